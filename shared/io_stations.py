@@ -1,0 +1,306 @@
+"""Readers of station metadata and station air-temperature observations.
+
+Two CSV dialects are accepted for each (see DESIGN.md, raw-data contract):
+
+* project: ``stn_id,name,lat,lon,elev_m`` and ``stn_id,time_utc,ta_c`` (UTC);
+* KMA (data.kma.go.kr exports): ``지점,지점명,위도,경도,노장해발고도(m)`` station
+  metadata (possibly with start/end dates and one row per relocation) and the
+  ASOS/AWS hourly export ``지점,지점명,일시,기온(°C),...`` whose ``일시`` is KST.
+
+Encoding is detected per file: UTF-8 with BOM, UTF-8, else cp949 (what the
+KMA portal writes). All times returned are naive UTC ``datetime64[ns]``.
+KST = UTC+9 with no daylight saving (Korea last used DST in 1987-88).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Plausible 2 m air temperature at Korean stations (deg C); outside -> dropped.
+TA_RANGE_C = (-40.0, 45.0)
+KST_OFFSET = pd.Timedelta(hours=9)
+
+# Header aliases, compared after _norm() (no spaces, lower case, ℃ -> °c).
+_STATION_COLS = {
+    "stn_id": ("stn_id", "지점", "지점번호", "stnid", "stn", "station_id"),
+    "name": ("name", "지점명", "stn_nm", "station_name"),
+    "lat": ("lat", "위도", "latitude", "위도(도)"),
+    "lon": ("lon", "경도", "longitude", "경도(도)"),
+    "elev_m": ("elev_m", "노장해발고도(m)", "해발고도(m)", "노장해발고도", "해발고도", "elevation", "elev", "height_m"),
+}
+_STATION_REQUIRED = ("stn_id", "lat", "lon", "elev_m")
+# KMA metadata history columns: a station appears once per relocation/period.
+_START_COLS = ("시작일", "start", "start_date")
+_END_COLS = ("종료일", "end", "end_date")
+
+_OBS_PROJECT = {"stn_id": ("stn_id",), "time_utc": ("time_utc",), "ta_c": ("ta_c",)}
+_OBS_KMA = {"stn_id": ("지점", "지점번호"), "time_kst": ("일시",), "ta_c": ("기온(°c)", "기온", "기온(c)")}
+
+OBS_REPORT_KEYS = ("rows_read", "bad_stn_id", "bad_time", "missing_ta", "out_of_range", "duplicates", "rows_kept")
+
+
+def _norm(name: str) -> str:
+    return str(name).replace("\ufeff", "").replace(" ", "").replace("℃", "°c").strip().lower()
+
+
+def _decode(path: Path) -> tuple[str, str]:
+    """Return (text, encoding name) of a CSV: UTF-8(-BOM) first, then cp949."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return raw[3:].decode("utf-8", errors="replace"), "utf-8-sig"
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode("cp949"), "cp949"
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: cannot decode as UTF-8 or cp949 (byte {e.start}); save the file as UTF-8 or cp949 CSV"
+        ) from None
+
+
+def _match_columns(header: list[str], aliases: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """Map canonical names to the header's own column names (first alias found)."""
+    by_norm = {}
+    for h in header:
+        by_norm.setdefault(_norm(h), h)
+    out = {}
+    for key, names in aliases.items():
+        for n in names:
+            if _norm(n) in by_norm:
+                out[key] = by_norm[_norm(n)]
+                break
+    return out
+
+
+def _header(text: str) -> list[str]:
+    first = text.split("\n", 1)[0].rstrip("\r")
+    return next(csv.reader([first]), [])
+
+
+def _missing_error(path: Path, what: str, missing: list[str], aliases: dict, header: list[str]) -> UserError:
+    wanted = "; ".join(f"{m} (one of: {', '.join(aliases[m])})" for m in missing)
+    return UserError(
+        f"{path}: {what} is missing column(s) {wanted}; columns found: {', '.join(header) or '(none)'}"
+    )
+
+
+# --------------------------------------------------------------------------- stations
+
+
+def read_stations(path: str | Path) -> pd.DataFrame:
+    """Read a station table (project or KMA header).
+
+    Returns columns ``stn_id`` (int64), ``name`` (str), ``lat``, ``lon``,
+    ``elev_m`` (float64, deg / m), one row per station sorted by ``stn_id``.
+    KMA metadata with several periods per station keep the latest period
+    (open end date first, then the latest start date). Remaining duplicate
+    ids keep the last row. ``df.attrs["report"]`` holds the counts
+    (rows_read, history_rows_dropped, duplicates, bad_rows, stations).
+    """
+    path = Path(path)
+    text, enc = _decode(path)
+    header = _header(text)
+    cols = _match_columns(header, _STATION_COLS)
+    missing = [c for c in _STATION_REQUIRED if c not in cols]
+    if missing:
+        raise _missing_error(path, "station table", missing, _STATION_COLS, header)
+    hist = _match_columns(header, {"start": _START_COLS, "end": _END_COLS})
+    use = list(cols.values()) + list(hist.values())
+    raw = pd.read_csv(io.StringIO(text), usecols=use, dtype=str, skipinitialspace=True)
+    n_read = len(raw)
+
+    df = pd.DataFrame({
+        "stn_id": pd.to_numeric(raw[cols["stn_id"]], errors="coerce"),
+        "name": raw[cols["name"]].fillna("").str.strip() if "name" in cols else "",
+        "lat": pd.to_numeric(raw[cols["lat"]], errors="coerce"),
+        "lon": pd.to_numeric(raw[cols["lon"]], errors="coerce"),
+        "elev_m": pd.to_numeric(raw[cols["elev_m"]], errors="coerce"),
+    })
+    bad = df["stn_id"].isna() | df["lat"].isna() | df["lon"].isna() | (df["stn_id"] % 1 != 0)
+    first_bad = int(np.flatnonzero(bad.to_numpy())[0]) + 2 if bad.any() else None
+    if bad.any():
+        log.warning("%s: %d station row(s) without a numeric id/lat/lon dropped (first at line %d)",
+                    path, int(bad.sum()), first_bad)
+    df = df[~bad].copy()
+    df["stn_id"] = df["stn_id"].astype("int64")
+    if "name" not in cols:  # optional: KMA-style tables without names still work
+        df["name"] = df["stn_id"].astype(str)
+
+    # Latest period per station: open end date (still operating) beats any
+    # closed one, then the latest start date; ties keep file order.
+    n_hist = 0
+    if hist:
+        far = pd.Timestamp("2262-01-01")
+        key = pd.DataFrame(index=df.index)
+        for k in ("end", "start"):
+            if k in hist:
+                t = pd.to_datetime(raw.loc[df.index, hist[k]].str.strip(), format="mixed", errors="coerce")
+                key[k] = t.fillna(far) if k == "end" else t.fillna(pd.Timestamp.min)
+        order = df.assign(**{f"_{k}": key[k] for k in key}).sort_values(
+            ["stn_id"] + [f"_{k}" for k in key], kind="stable")
+        before = len(order)
+        df = order.drop_duplicates("stn_id", keep="last")[["stn_id", "name", "lat", "lon", "elev_m"]]
+        n_hist = before - len(df)
+        n_dup = 0
+    else:
+        before = len(df)
+        df = df.drop_duplicates("stn_id", keep="last")
+        n_dup = before - len(df)
+        if n_dup:
+            log.warning("%s: %d duplicate station id row(s); the last row of each id is kept", path, n_dup)
+
+    df = df.sort_values("stn_id", kind="stable").reset_index(drop=True)
+    df["name"] = df["name"].astype(str)
+    for c in ("lat", "lon", "elev_m"):
+        df[c] = df[c].astype("float64")
+    df.attrs["report"] = {
+        "file": str(path), "encoding": enc, "rows_read": n_read, "bad_rows": int(bad.sum()),
+        "first_bad_line": first_bad, "history_rows_dropped": n_hist, "duplicates": n_dup,
+        "missing_elev": int(df["elev_m"].isna().sum()), "stations": len(df),
+    }
+    return df
+
+
+def stations_outside_grid(stations: pd.DataFrame, grid, margin: int = 0) -> pd.DataFrame:
+    """Stations whose nearest pixel is outside ``grid`` (or within ``margin`` of its edge).
+
+    Returns those rows with ``pixel_y``/``pixel_x`` added (indices may be
+    negative or >= the grid size). Not an error: callers report them.
+    """
+    row, col = grid.latlon_to_rowcol(stations["lat"].to_numpy(), stations["lon"].to_numpy())
+    out = ~grid.inside(row, col, margin=margin)
+    return stations.loc[out].assign(pixel_y=row[out], pixel_x=col[out])
+
+
+# --------------------------------------------------------------------------- observations
+
+
+def _parse_times(s: pd.Series) -> pd.Series:
+    """Strings -> naive datetime64[ns]; NaT where unparseable.
+
+    ISO 8601 first (covers ``YYYY-MM-DD HH:MM``, ``YYYY-MM-DD HH``, ``T``/``Z``
+    and offsets), then a few KMA spellings for the remainder.
+    """
+    s = s.str.strip()
+    t = pd.to_datetime(s, format="ISO8601", errors="coerce", utc=True)
+    for fmt in ("%Y-%m-%d %H:%M", "%Y/%m/%d %H:%M", "%Y-%m-%d %H", "%Y%m%d%H%M"):
+        rest = t.isna() & s.notna()
+        if not rest.any():
+            break
+        t.loc[rest] = pd.to_datetime(s[rest], format=fmt, errors="coerce", utc=True)
+    return t.dt.tz_convert(None).astype("datetime64[ns]")
+
+
+def _read_obs_file(path: Path) -> tuple[pd.DataFrame, dict]:
+    text, enc = _decode(path)
+    header = _header(text)
+    cols = _match_columns(header, _OBS_PROJECT)
+    fmt = "project"
+    if len(cols) < 3:
+        kma = _match_columns(header, _OBS_KMA)
+        if len(kma) == 3 or len(kma) > len(cols):
+            cols, fmt = kma, "kma"
+    aliases = _OBS_PROJECT if fmt == "project" else _OBS_KMA
+    missing = [c for c in aliases if c not in cols]
+    if missing:
+        raise UserError(
+            f"{path}: observation CSV is missing column(s) "
+            + "; ".join(f"{m} (one of: {', '.join(aliases[m])})" for m in missing)
+            + f"; columns found: {', '.join(header) or '(none)'}. Expected the project format "
+            "stn_id,time_utc,ta_c (UTC) or the KMA export 지점,지점명,일시,기온(°C) (KST)"
+        )
+    raw = pd.read_csv(io.StringIO(text), usecols=list(cols.values()), dtype=str, skipinitialspace=True)
+    rep = {"file": str(path), "format": fmt, "encoding": enc, "rows_read": len(raw)}
+
+    stn = pd.to_numeric(raw[cols["stn_id"]], errors="coerce")
+    tcol = cols["time_utc"] if fmt == "project" else cols["time_kst"]
+    t = _parse_times(raw[tcol])
+    if fmt == "kma":
+        t = t - KST_OFFSET
+    ta = pd.to_numeric(raw[cols["ta_c"]], errors="coerce")
+
+    bad_stn = stn.isna() | (stn % 1 != 0)
+    bad_time = t.isna() & ~bad_stn
+    missing_ta = ta.isna() & ~bad_stn & ~bad_time
+    out_range = ~ta.between(*TA_RANGE_C) & ~missing_ta & ~bad_stn & ~bad_time
+    rep["bad_stn_id"] = int(bad_stn.sum())
+    rep["bad_time"] = int(bad_time.sum())
+    rep["first_bad_time_line"] = None
+    if rep["bad_time"]:
+        i = int(np.flatnonzero(bad_time.to_numpy())[0])
+        rep["first_bad_time_line"] = i + 2  # 1-based, header is line 1
+        log.warning("%s: %d row(s) with an unparseable time dropped; first at line %d: %r",
+                    path, rep["bad_time"], i + 2, raw[tcol].iloc[i])
+    rep["missing_ta"] = int(missing_ta.sum())
+    rep["out_of_range"] = int(out_range.sum())
+    keep = ~(bad_stn | bad_time | missing_ta | out_range)
+    df = pd.DataFrame({"stn_id": stn[keep].astype("int64"), "time_utc": t[keep], "ta_c": ta[keep].astype("float64")})
+    return df.reset_index(drop=True), rep
+
+
+def _obs_files(paths) -> list[Path]:
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() == ".csv" and q.is_file())
+            if not found:
+                raise UserError(f"no *.csv observation files under {p}")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"observation file not found: {p}")
+    if not files:
+        raise UserError("no observation files given")
+    return files
+
+
+def read_obs(paths: str | Path | Iterable[str | Path]) -> tuple[pd.DataFrame, dict]:
+    """Read hourly station TA from CSV files (project or KMA format) at once.
+
+    ``paths``: files and/or folders (searched recursively for ``*.csv``).
+    Returns ``(df, report)``: ``df`` has ``stn_id`` int64, ``time_utc``
+    naive UTC datetime64[ns], ``ta_c`` float64 (deg C), sorted by station
+    then time, one row per (station, time): the first occurrence (file order,
+    then row order) wins. ``report = {"files": [per-file dict], "totals":
+    {...}, "ta_range_c": [lo, hi]}``; per-file keys are
+    ``OBS_REPORT_KEYS`` plus file, format, encoding, first_bad_time_line.
+    """
+    files = _obs_files(paths)
+    frames, reps = [], []
+    for i, f in enumerate(files):
+        df, rep = _read_obs_file(f)
+        frames.append(df.assign(_file=i))
+        reps.append(rep)
+    all_ = pd.concat(frames, ignore_index=True)
+    dup = all_.duplicated(["stn_id", "time_utc"], keep="first")
+    dup_per_file = np.bincount(all_["_file"].to_numpy()[dup.to_numpy()], minlength=len(files))
+    all_ = all_[~dup.to_numpy()]
+    kept_per_file = np.bincount(all_["_file"].to_numpy(), minlength=len(files))
+    for rep, nd, nk in zip(reps, dup_per_file, kept_per_file):
+        rep["duplicates"] = int(nd)
+        rep["rows_kept"] = int(nk)
+    totals = {k: int(sum(r[k] for r in reps)) for k in OBS_REPORT_KEYS}
+    if totals["duplicates"]:
+        log.info("%d duplicate (station, time) observation(s) dropped; first occurrence kept", totals["duplicates"])
+    out = (all_.drop(columns="_file").sort_values(["stn_id", "time_utc"], kind="stable").reset_index(drop=True))
+    out["time_utc"] = out["time_utc"].astype("datetime64[ns]")
+    return out, {"files": reps, "totals": totals, "ta_range_c": list(TA_RANGE_C)}

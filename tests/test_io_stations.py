@@ -1,0 +1,128 @@
+"""Station metadata and observation readers on small CSVs written in the test."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from shared.errors import UserError
+from shared.grid import KO_GRID
+from shared.io_stations import TA_RANGE_C, read_obs, read_stations, stations_outside_grid
+
+KMA_OBS_HEADER = "지점,지점명,일시,기온(°C),기온 QC플래그,강수량(mm)\n"
+
+
+def _write(path, text, encoding):
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def test_kma_cp949_kst_to_utc(tmp_path):
+    rows = [
+        "108,서울,2022-08-01 09:00,27.5,,",
+        "108,서울,2022-08-01 10:00,28.1,,",
+        "159,부산,2023-01-01 05:00,-1.2,,",  # year boundary in UTC
+        "159,부산,2022-03-01 08:00,3.0,,",  # month boundary in UTC
+        "159,부산,2022-03-01 09,4.0,,",  # 'YYYY-MM-DD HH' spelling
+    ]
+    f = _write(tmp_path / "asos.csv", KMA_OBS_HEADER + "\n".join(rows) + "\n", "cp949")
+    df, rep = read_obs([f])
+    assert rep["files"][0]["encoding"] == "cp949" and rep["files"][0]["format"] == "kma"
+    assert df["stn_id"].dtype == np.int64 and df["ta_c"].dtype == np.float64
+    assert df["time_utc"].dtype == np.dtype("datetime64[ns]")
+    got = {(r.stn_id, r.time_utc): r.ta_c for r in df.itertuples()}
+    assert got[(108, pd.Timestamp("2022-08-01 00:00"))] == 27.5
+    assert got[(108, pd.Timestamp("2022-08-01 01:00"))] == 28.1
+    assert got[(159, pd.Timestamp("2022-12-31 20:00"))] == -1.2
+    assert got[(159, pd.Timestamp("2022-02-28 23:00"))] == 3.0
+    assert got[(159, pd.Timestamp("2022-03-01 00:00"))] == 4.0
+    assert len(df) == 5 and rep["totals"]["rows_kept"] == 5
+
+
+def test_kma_utf8_bom_and_degree_sign_variant(tmp_path):
+    text = "지점,지점명,일시,기온(℃)\n119,수원,2022-08-01 00:00,25.0\n"
+    f = _write(tmp_path / "aws.csv", "\ufeff" + text, "utf-8")
+    df, rep = read_obs(tmp_path)  # a folder is searched for *.csv
+    assert rep["files"][0]["encoding"] == "utf-8-sig"
+    assert df.iloc[0].time_utc == pd.Timestamp("2022-07-31 15:00") and df.iloc[0].stn_id == 119
+
+
+def test_project_format_is_utc_and_counts(tmp_path):
+    a = _write(tmp_path / "a.csv", "stn_id,time_utc,ta_c\n"
+               "1,2022-08-01 00:00,20.0\n"
+               "1,2022-08-01 01:00,\n"  # missing TA
+               "1,2022-08-01 02:00,55.0\n"  # out of range
+               "1,2022-08-01 03:00,-45\n"  # out of range
+               "1,not-a-time,10\n"  # bad time, line 6
+               "1,2022-08-01 00:00,21.0\n"  # duplicate within the file
+               f"2,2022-08-01T04:00:00Z,{TA_RANGE_C[1]}\n", "utf-8")
+    b = _write(tmp_path / "b.csv", "stn_id,time_utc,ta_c\n1,2022-08-01 00:00,99\n1,2022-08-01 00:00,22.0\n", "utf-8")
+    df, rep = read_obs([a, b])
+    ra, rb = rep["files"]
+    assert ra["rows_read"] == 7 and ra["missing_ta"] == 1 and ra["out_of_range"] == 2
+    assert ra["bad_time"] == 1 and ra["first_bad_time_line"] == 6
+    assert ra["duplicates"] == 1 and ra["rows_kept"] == 2
+    # b: 99 is out of range; 22.0 duplicates a's first row -> first file wins
+    assert rb["out_of_range"] == 1 and rb["duplicates"] == 1 and rb["rows_kept"] == 0
+    assert rep["totals"]["duplicates"] == 2 and rep["totals"]["rows_kept"] == len(df) == 2
+    assert df.loc[df.stn_id == 1, "ta_c"].tolist() == [20.0]
+    assert df.loc[df.stn_id == 2, "time_utc"].iloc[0] == pd.Timestamp("2022-08-01 04:00")
+
+
+def test_obs_missing_column_names_file(tmp_path):
+    f = _write(tmp_path / "bad.csv", "지점,지점명,일시,습도(%)\n108,서울,2022-08-01 09:00,80\n", "cp949")
+    with pytest.raises(UserError) as e:
+        read_obs([f])
+    msg = str(e.value)
+    assert "bad.csv" in msg and "ta_c" in msg and "습도(%)" in msg
+
+
+def test_obs_missing_path(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        read_obs([tmp_path / "nope.csv"])
+
+
+def test_stations_project_header_and_duplicates(tmp_path):
+    f = _write(tmp_path / "st.csv", "stn_id,name,lat,lon,elev_m\n"
+               "108,서울,37.5714,126.9658,85.8\n159,부산,35.1047,129.032,70\n108,서울2,37.0,127.0,1\n", "utf-8")
+    st = read_stations(f)
+    assert list(st.columns) == ["stn_id", "name", "lat", "lon", "elev_m"]
+    assert st["stn_id"].dtype == np.int64 and st["elev_m"].dtype == np.float64
+    assert st.attrs["report"]["duplicates"] == 1 and len(st) == 2
+    assert st.set_index("stn_id").loc[108, "name"] == "서울2"  # last row kept
+
+
+def test_stations_kma_metadata_history(tmp_path):
+    text = ("지점,시작일,종료일,지점명,지점주소,위도,경도,노장해발고도(m),기압계(관측장비지상높이(m))\n"
+            "108,1907-10-01,1933-12-31,서울,주소,37.57,126.97,86.0,1\n"
+            "108,1934-01-01,,서울,주소,37.5714,126.9658,85.8,1\n"
+            "108,1960-01-01,1970-01-01,서울,주소,37.0,126.0,50.0,1\n"
+            "90,2008-01-01,,속초,주소,38.2509,128.5647,17.53,1\n")
+    st = read_stations(_write(tmp_path / "META_관측지점정보.csv", text, "cp949"))
+    assert st["stn_id"].tolist() == [90, 108]
+    seoul = st.set_index("stn_id").loc[108]
+    assert (seoul.lat, seoul.lon, seoul.elev_m) == (37.5714, 126.9658, 85.8)  # open period wins
+    assert st.attrs["report"]["history_rows_dropped"] == 2 and st.attrs["report"]["encoding"] == "cp949"
+
+
+def test_stations_kma_variant_header_bom(tmp_path):
+    text = "\ufeff지점,지점명,위도,경도,해발고도(m)\n108,서울,37.5714,126.9658,85.8\n"
+    st = read_stations(_write(tmp_path / "st.csv", text, "utf-8"))
+    assert st.to_dict("records") == [{"stn_id": 108, "name": "서울", "lat": 37.5714, "lon": 126.9658, "elev_m": 85.8}]
+
+
+def test_stations_missing_column(tmp_path):
+    f = _write(tmp_path / "st.csv", "지점,지점명,위도,경도\n108,서울,37.5,127.0\n", "cp949")
+    with pytest.raises(UserError) as e:
+        read_stations(f)
+    msg = str(e.value)
+    assert "st.csv" in msg and "elev_m" in msg and "columns found: 지점, 지점명, 위도, 경도" in msg
+
+
+def test_stations_outside_grid(tmp_path):
+    st = pd.DataFrame({"stn_id": [108, 999], "name": ["서울", "far"], "lat": [37.5714, 10.0],
+                       "lon": [126.9658, 150.0], "elev_m": [85.8, 0.0]})
+    out = stations_outside_grid(st, KO_GRID)
+    assert out["stn_id"].tolist() == [999]
+    # Seoul (row 472, col 491) inside a 30x30 window at (460, 480), not in one beside it
+    assert stations_outside_grid(st, KO_GRID.window(460, 480, 30, 30))["stn_id"].tolist() == [999]
+    out = stations_outside_grid(st, KO_GRID.window(460, 400, 30, 30))
+    assert out["stn_id"].tolist() == [108, 999] and out["pixel_x"].iloc[0] == 91
