@@ -1,0 +1,198 @@
+"""step01 logic: match station observations to satellite times and pixels, split.
+
+Rows are (station, observation time). Each is matched to the nearest
+satellite time within a tolerance and to the station's pixel on the grid of
+``static.nc``. Splits never leak:
+
+* ``station``: stations are shuffled (seeded) into train/val/test; a test
+  station never appears in training.
+* ``time``: whole UTC days are shuffled into train/val/test (blocked by day,
+  so neighbouring hours of one weather situation stay together).
+* ``station_time``: both at once. A row is kept only where its station group
+  and its day group agree (train station on a train day, ...); other rows are
+  dropped and counted as ``split_mix``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+from .grid import Grid
+
+INDEX_COLUMNS = [
+    "time_utc", "stn_id", "lat", "lon", "elev_m", "pixel_y", "pixel_x", "ta_c",
+    "path_bt", "path_rf", "path_sza", "year", "split", "sat_time_utc",
+]
+SPLITS = ("train", "val", "test")
+
+
+def match_times(obs_times: pd.Series, sat_times: pd.Series, tol_min: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest satellite time for each observation.
+
+    Returns ``(idx, ok)``: index into ``sat_times`` (sorted ascending) and a
+    mask of matches within ``tol_min`` minutes. Vectorised (searchsorted).
+    """
+    st = sat_times.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    ot = obs_times.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    if len(st) == 0:
+        return np.zeros(len(ot), dtype=np.int64), np.zeros(len(ot), dtype=bool)
+    right = np.clip(np.searchsorted(st, ot), 0, len(st) - 1)
+    left = np.clip(right - 1, 0, len(st) - 1)
+    pick = np.where(np.abs(st[left] - ot) <= np.abs(st[right] - ot), left, right)
+    ok = np.abs(st[pick] - ot) <= int(tol_min * 60e9)
+    return pick, ok
+
+
+def _three_way(keys: np.ndarray, seed: int, val_frac: float, test_frac: float) -> dict:
+    """Shuffle unique ``keys`` with ``seed`` and cut them into train/val/test."""
+    keys = np.array(sorted(np.unique(keys)))
+    rng = np.random.default_rng(seed)
+    perm = keys[rng.permutation(len(keys))]
+    n = len(perm)
+    n_test = int(round(n * test_frac))
+    n_val = int(round(n * val_frac))
+    if n >= 3:
+        n_test = max(1, n_test) if test_frac > 0 else 0
+        n_val = max(1, n_val) if val_frac > 0 else 0
+        n_test = min(n_test, n - 1 - n_val) if n - 1 - n_val > 0 else n_test
+    test, val, train = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
+    return {"train": sorted(train.tolist()), "val": sorted(val.tolist()), "test": sorted(test.tolist())}
+
+
+def assign_splits(df: pd.DataFrame, mode: str, seed: int, val_frac: float, test_frac: float) -> tuple[pd.Series, dict, int]:
+    """Split label per row, a description of the split, and rows dropped by it."""
+    day = df["sat_time_utc"].dt.strftime("%Y-%m-%d").to_numpy()
+    info: dict = {"mode": mode, "seed": seed, "val_frac": val_frac, "test_frac": test_frac}
+    split = pd.Series(np.full(len(df), "", dtype=object), index=df.index)
+    if mode in ("station", "station_time"):
+        st = _three_way(df["stn_id"].to_numpy(), seed, val_frac, test_frac)
+        info["stations"] = {k: [int(s) for s in v] for k, v in st.items()}
+        st_of = {s: k for k, v in st.items() for s in v}
+        by_station = df["stn_id"].map(st_of).to_numpy()
+    if mode in ("time", "station_time"):
+        dy = _three_way(day, seed + 1, val_frac, test_frac)
+        info["days"] = dy
+        day_of = {d: k for k, v in dy.items() for d in v}
+        by_day = pd.Series(day).map(day_of).to_numpy()
+    if mode == "station":
+        split[:] = by_station
+    elif mode == "time":
+        split[:] = by_day
+    elif mode == "station_time":
+        agree = by_station == by_day
+        split[:] = np.where(agree, by_station, "")
+    else:
+        raise UserError(f"unknown split mode {mode!r} (use station, time or station_time)")
+    dropped = int((split == "").sum())
+    return split, info, dropped
+
+
+def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, grid: Grid,
+                tol_min: float, mode: str, seed: int, val_frac: float, test_frac: float,
+                margin: int = 0) -> tuple[pd.DataFrame, "OrderedDict[str, int]", dict]:
+    """Index rows, the drop report (reason -> count) and the split description.
+
+    ``obs`` has ``stn_id, time_utc, ta_c`` already cleaned of missing /
+    out-of-range TA and duplicates (their counts come from the reader);
+    ``sat`` is :func:`shared.io_sat.scan_sat_times`' table.
+    """
+    report: "OrderedDict[str, int]" = OrderedDict()
+    report["observations"] = len(obs)
+    known = obs["stn_id"].isin(stations["stn_id"])
+    report["dropped_unknown_station"] = int((~known).sum())
+    df = obs[known].merge(stations[["stn_id", "lat", "lon", "elev_m"]], on="stn_id", how="left")
+
+    py, px = grid.latlon_to_rowcol(df["lat"].to_numpy(), df["lon"].to_numpy())
+    inside = grid.inside(py, px, margin=margin)
+    report["dropped_outside_grid"] = int((~inside).sum())
+    df = df[inside].copy()
+    df["pixel_y"], df["pixel_x"] = py[inside], px[inside]
+
+    sat = sat.sort_values("sat_time_utc").reset_index(drop=True)
+    idx, ok = match_times(df["time_utc"], sat["sat_time_utc"], tol_min)
+    report["dropped_no_image_within_tolerance"] = int((~ok).sum())
+    df = df[ok].copy()
+    picked = sat.iloc[idx[ok]].reset_index(drop=True)
+    for col in ("sat_time_utc", "path_bt", "path_rf", "path_sza"):
+        df[col] = picked[col].to_numpy()
+
+    # Two observations of one station matched to the same image: keep the closest.
+    df["_dt"] = (df["time_utc"] - df["sat_time_utc"]).abs()
+    df = df.sort_values(["stn_id", "sat_time_utc", "_dt"])
+    dup = df.duplicated(["stn_id", "sat_time_utc"], keep="first")
+    report["dropped_duplicate_image_match"] = int(dup.sum())
+    df = df[~dup].drop(columns="_dt")
+
+    if df.empty:
+        raise UserError("no observation could be matched to a satellite image; check times (UTC), time_tolerance_min and station coordinates")
+    df["year"] = df["sat_time_utc"].dt.year
+    split, info, dropped = assign_splits(df, mode, seed, val_frac, test_frac)
+    df["split"] = split.to_numpy()
+    report["dropped_split_mix"] = dropped
+    df = df[df["split"] != ""]
+    df = df.sort_values(["sat_time_utc", "stn_id"]).reset_index(drop=True)
+    for s in SPLITS:
+        report[f"kept_{s}"] = int((df["split"] == s).sum())
+    report["kept"] = len(df)
+    info["counts"] = {s: report[f"kept_{s}"] for s in SPLITS}
+    return df[INDEX_COLUMNS], report, info
+
+
+def print_report(title: str, report: dict) -> None:
+    """Print ``reason -> count`` as an aligned two-column table."""
+    width = max(len(k) for k in report)
+    print(title)
+    for k, v in report.items():
+        print(f"  {k:<{width}}  {v:>9,}")
+
+
+def make_index(cfg, run) -> dict:
+    """step01 end to end: read inputs, match, split, write CSVs + splits.json.
+
+    ``cfg`` is step01's config object; ``run`` its :class:`~shared.runinfo.StepRun`.
+    """
+    from .errors import require_dir
+    from .io_sat import read_static, scan_sat_times
+    from .io_stations import read_obs, read_stations
+    from .runinfo import write_csv, write_json
+
+    require_dir(cfg.raw_dir, "raw data folder", "generate the demo world with `python -m shared.demo_world` or set raw_dir")
+    require_dir(cfg.obs_dir, "observation folder", "set obs_dir to the folder of TA CSV files")
+    static = read_static(cfg.raw_dir / "static.nc")
+    stations = read_stations(cfg.stations_csv)
+    obs_files = sorted(cfg.obs_dir.glob("*.csv"))
+    if not obs_files:
+        raise UserError(f"no *.csv files in {cfg.obs_dir}; put station TA CSVs there (stn_id,time_utc,ta_c or KMA ASOS export)")
+    obs, obs_report = read_obs(obs_files)
+    sat, incomplete = scan_sat_times(cfg.raw_dir)
+    if incomplete:
+        print(f"warning: {len(incomplete)} time(s) lack a bt/rf/sza file and are ignored, e.g. {incomplete[:3]}")
+
+    df, report, info = build_index(
+        stations, obs, sat, static.grid, cfg.time_tolerance_min,
+        cfg.split.mode, cfg.split.seed, cfg.split.val_frac, cfg.split.test_frac,
+    )
+    full_report = OrderedDict()
+    for k, v in obs_report["totals"].items():
+        full_report[f"obs_{k}"] = int(v)
+    full_report.update(report)
+
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = {"date_format": "%Y-%m-%d %H:%M:%S"}
+    outputs = []
+    for name, part in [("index", df)] + [(f"index_{s}", df[df["split"] == s]) for s in SPLITS]:
+        write_csv(out / f"{name}.csv", part, **fmt)
+        outputs.append(out / f"{name}.csv")
+    info.update({"static": str(static.path), "raw_dir": str(cfg.raw_dir), "grid": static.grid.attrs(),
+                 "time_tolerance_min": cfg.time_tolerance_min, "report": full_report,
+                 "images": len(sat), "images_incomplete": incomplete})
+    write_json(out / "splits.json", info)
+    outputs.append(out / "splits.json")
+    print_report(f"step01: {len(df):,} rows kept from {len(obs_files)} file(s), {len(sat)} image time(s)", full_report)
+    run.finish(outputs, counts=dict(full_report))
+    print(f"wrote {out}/index*.csv, splits.json")
+    return full_report

@@ -1,0 +1,104 @@
+"""Config validation, run records and the KO grid."""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import pytest
+
+from shared import REPO_ROOT
+from shared.config import load_config
+from shared.errors import UserError
+from shared.grid import KO_GRID
+from shared.runinfo import StepRun, atomic_path
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    mode: Literal["a", "b"] = "a"
+
+
+@dataclass
+class Cfg:
+    path: Path = Path("data/raw")
+    n: int = 3
+    opt: Optional[Path] = None
+    inner: Inner = field(default_factory=Inner)
+
+    def check(self):
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_config_defaults_overrides_and_paths(tmp_path):
+    p = _write(tmp_path, "n: 5\ninner:\n  lr: 0.01\n")
+    cfg = load_config(Cfg, p, ["inner.mode=b", "opt=/abs/x", "inner.lr=2e-4"])
+    assert cfg.n == 5 and cfg.inner.mode == "b" and cfg.inner.lr == pytest.approx(2e-4)
+    assert cfg.path == REPO_ROOT / "data/raw"  # relative to the repo root, not the cwd
+    assert cfg.opt == Path("/abs/x")
+
+
+def test_unknown_key_names_closest(tmp_path):
+    p = _write(tmp_path, "inner:\n  lrr: 0.1\n")
+    with pytest.raises(UserError, match=r"unknown config key 'inner.lrr'.*did you mean 'lr'"):
+        load_config(Cfg, p)
+    with pytest.raises(UserError, match=r"unknown config key 'inner.mdoe'.*'mode'"):
+        load_config(Cfg, _write(tmp_path, ""), ["inner.mdoe=a"])
+
+
+def test_wrong_type_and_impossible_value(tmp_path):
+    with pytest.raises(UserError, match="'n' expects int"):
+        load_config(Cfg, _write(tmp_path, "n: lots\n"))
+    with pytest.raises(UserError, match="n must be >= 1"):
+        load_config(Cfg, _write(tmp_path, "n: 0\n"))
+    with pytest.raises(UserError, match="must be one of 'a', 'b'"):
+        load_config(Cfg, _write(tmp_path, "inner:\n  mode: c\n"))
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(Cfg, tmp_path / "nope.yaml")
+
+
+def test_grid_check_values():
+    r, c = KO_GRID.latlon_to_rowcol(37.5714, 126.9658)  # Seoul, ASOS 108
+    assert (int(r), int(c)) == (472, 491)
+    # corner pixel centres are +-899000 m; round trip lands on the corner indices
+    lat, lon = KO_GRID.rowcol_to_latlon([0, 0, 899, 899], [0, 899, 0, 899])
+    rr, cc = KO_GRID.latlon_to_rowcol(lat, lon)
+    assert rr.tolist() == [0, 0, 899, 899] and cc.tolist() == [0, 899, 0, 899]
+    x, y = KO_GRID.latlon_to_xy(lat, lon)
+    np.testing.assert_allclose(x, [-899000, 899000, -899000, 899000], atol=1e-3)
+    np.testing.assert_allclose(y, [899000, 899000, -899000, -899000], atol=1e-3)
+    # north-west corner is north of the south-west one; the grid is symmetric about 126E
+    assert lat[0] > lat[2] and lon[0] + lon[1] == pytest.approx(252.0, abs=1e-6)
+    sub = KO_GRID.window(400, 450, 100, 100)
+    r2, c2 = sub.latlon_to_rowcol(37.5714, 126.9658)
+    assert (int(r2), int(c2)) == (72, 41)
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    final = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(final) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert not final.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_steprun_up_to_date_tracks_inputs_config_outputs(tmp_path):
+    inp = tmp_path / "in.txt"
+    inp.write_text("a")
+    out = tmp_path / "o.txt"
+    out.write_text("x")
+    run = StepRun(tmp_path / "outputs", {"k": 1}, [inp])
+    assert not run.up_to_date()
+    run.finish([out])
+    assert StepRun(tmp_path / "outputs", {"k": 1}, [inp]).up_to_date()
+    assert not StepRun(tmp_path / "outputs", {"k": 2}, [inp]).up_to_date()
+    out.unlink()
+    assert not StepRun(tmp_path / "outputs", {"k": 1}, [inp]).up_to_date()
