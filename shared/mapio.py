@@ -1,0 +1,248 @@
+"""TA map files: CF-1.8 netCDF writer / reader and the PNG quicklook.
+
+One file per time, ``ta_map_YYYYMMDDhhmm.nc``::
+
+    t2m  (y, x) float32  K   standard_name=air_temperature, grid_mapping=crs
+    x    (x)   m             projection_x_coordinate (LCC, west -> east)
+    y    (y)   m             projection_y_coordinate (north first, row 0 = north)
+    lat, lon (y, x)  deg     2-D geographic coordinates of pixel centres
+    height ()  2 m           scalar coordinate, positive up
+    time   ()                scalar coordinate, UTC
+    crs    ()                grid_mapping variable from pyproj ``crs.to_cf()``
+
+Global attributes: ``Conventions = CF-1.8``, ``title``, ``source``,
+``history``, the grid placement (``grid_row0`` ... from :meth:`Grid.attrs`)
+and how the map was made (checkpoint fingerprint, precision, edge padding,
+pixels without a value). Opens in Panoply and ``xarray.open_dataset``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+from .grid import Grid
+
+KELVIN = 273.15
+KST = pd.Timedelta(hours=9)
+MAP_PREFIX = "ta_map_"
+
+
+def map_name(time_utc) -> str:
+    return f"{MAP_PREFIX}{pd.Timestamp(time_utc):%Y%m%d%H%M}.nc"
+
+
+def time_of_map_name(name: str) -> pd.Timestamp | None:
+    stem = Path(name).name
+    if not (stem.startswith(MAP_PREFIX) and stem.endswith(".nc")):
+        return None
+    s = stem[len(MAP_PREFIX):-3]
+    if len(s) != 12 or not s.isdigit():
+        return None
+    return pd.Timestamp(f"{s[:8]}T{s[8:]}")
+
+
+def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: np.ndarray,
+                attrs: dict | None = None):
+    """Build the CF dataset of one map. ``t2m_K (ny, nx)`` in K, NaN where no value."""
+    import xarray as xr
+
+    if t2m_K.shape != grid.shape:
+        raise ValueError(f"map shape {t2m_K.shape} != grid shape {grid.shape}")
+    t = pd.Timestamp(time_utc)
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    gattrs = {
+        "Conventions": "CF-1.8",
+        "title": f"2 m air temperature over Korea, {t:%Y-%m-%d %H:%M} UTC",
+        "source": "TA-2D: GK-2A AMI (10 BT + 6 reflectance bands, SZA) + DEM + land mask, "
+                  "Clay-style encoder with regression head (one prediction per pixel from its P x P window)",
+        "history": f"{now} created by TA-2D step04_infer_map",
+        "time_utc": f"{t:%Y-%m-%dT%H:%M:%SZ}",
+        "time_kst": f"{t + KST:%Y-%m-%dT%H:%M} KST (UTC+9)",
+        **grid.attrs(),
+    }
+    gattrs.update(attrs or {})
+    data = t2m_K.astype(np.float32)
+    finite = np.isfinite(data)
+    t2m_attrs = {
+        "standard_name": "air_temperature",
+        "long_name": "2 m air temperature",
+        "units": "K",
+        "grid_mapping": "crs",
+    }
+    if finite.any():
+        t2m_attrs["actual_range"] = np.array([np.nanmin(data), np.nanmax(data)], dtype=np.float32)
+    ds = xr.Dataset(
+        data_vars={
+            "t2m": (("y", "x"), data, t2m_attrs),
+            "crs": ((), np.int32(0), grid.cf_grid_mapping()),
+        },
+        coords={
+            "x": ("x", grid.x.astype(np.float64), {"standard_name": "projection_x_coordinate", "long_name": "x coordinate of projection", "units": "m", "axis": "X"}),
+            "y": ("y", grid.y.astype(np.float64), {"standard_name": "projection_y_coordinate", "long_name": "y coordinate of projection", "units": "m", "axis": "Y"}),
+            "lat": (("y", "x"), np.asarray(lat, dtype=np.float32), {"standard_name": "latitude", "long_name": "latitude of pixel centre", "units": "degrees_north"}),
+            "lon": (("y", "x"), np.asarray(lon, dtype=np.float32), {"standard_name": "longitude", "long_name": "longitude of pixel centre", "units": "degrees_east"}),
+            "height": ((), np.float64(2.0), {"standard_name": "height", "long_name": "height above the surface", "units": "m", "positive": "up", "axis": "Z"}),
+            "time": ((), np.datetime64(t.to_datetime64(), "ns"), {"standard_name": "time", "long_name": "image time (UTC)", "axis": "T"}),
+        },
+        attrs=gattrs,
+    )
+    return ds
+
+
+def write_map(path: str | Path, ds) -> None:
+    """Write ``ds`` atomically (temp name, then rename) with compression."""
+    from .runinfo import atomic_path
+
+    enc = {
+        "t2m": {"zlib": True, "complevel": 4, "dtype": "float32", "_FillValue": np.float32(np.nan)},
+        "lat": {"zlib": True, "complevel": 4, "_FillValue": None},
+        "lon": {"zlib": True, "complevel": 4, "_FillValue": None},
+        "x": {"_FillValue": None},
+        "y": {"_FillValue": None},
+        "height": {"_FillValue": None},
+        "time": {"units": "seconds since 1970-01-01 00:00:00", "calendar": "standard", "dtype": "int64"},
+    }
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=enc)
+
+
+@dataclass
+class MapField:
+    t2m: np.ndarray  # (ny, nx) float32 K, NaN = no value
+    grid: Grid
+    time: pd.Timestamp
+    attrs: dict
+    path: Path
+
+
+def _grid_desc(g: Grid) -> str:
+    return f"{g.ny}x{g.nx} at row {g.row0}, col {g.col0} of the KO grid ({g.res_m:g} m)"
+
+
+def read_map(path: str | Path, expect_grid: Grid | None = None) -> MapField:
+    """Read a map written by :func:`write_map`.
+
+    UserError when the file is not a TA map, is unreadable, or lies on a grid
+    other than ``expect_grid`` (e.g. a map made from another ``static.nc``).
+    """
+    import netCDF4
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"map file not found: {path}; run step04 (python step04_infer_map/run.py)")
+    try:
+        with netCDF4.Dataset(path) as ds:
+            if "t2m" not in ds.variables:
+                raise UserError(f"{path}: no 't2m' variable (found {', '.join(ds.variables)}); not a TA-2D map, rerun step04")
+            v = ds.variables["t2m"]
+            v.set_auto_mask(False)
+            t2m = np.asarray(v[...], dtype=np.float32)
+            attrs = {k: ds.getncattr(k) for k in ds.ncattrs()}
+            tv = ds.variables.get("time")
+            time = pd.Timestamp(netCDF4.num2date(tv[...], tv.units, only_use_cftime_datetimes=False).isoformat()) if tv is not None else None
+    except UserError:
+        raise
+    except (OSError, RuntimeError, ValueError) as e:
+        raise UserError(f"{path}: cannot read ({type(e).__name__}: {e}); delete it and rerun step04") from None
+    try:
+        grid = Grid.from_attrs(attrs, t2m.shape)
+    except ValueError as e:
+        raise UserError(f"{path}: {e}; rerun step04 with the current static.nc") from None
+    if t2m.shape != grid.shape:
+        raise UserError(f"{path}: t2m is {t2m.shape} but its grid attributes say {grid.shape}; rerun step04")
+    if expect_grid is not None and grid != expect_grid:
+        raise UserError(f"{path}: map is on grid {_grid_desc(grid)}, but the data is on {_grid_desc(expect_grid)}; "
+                        f"it was made from another static.nc: delete it and rerun step04")
+    if time is None:
+        time = time_of_map_name(path.name)
+    return MapField(t2m=t2m, grid=grid, time=time, attrs=attrs, path=path)
+
+
+def sample_map(path: str | Path, rows: np.ndarray, cols: np.ndarray, expect_grid: Grid | None = None) -> np.ndarray:
+    """t2m (K) at pixels ``(rows, cols)`` of one map file."""
+    f = read_map(path, expect_grid)
+    return f.t2m[np.asarray(rows), np.asarray(cols)]
+
+
+# --------------------------------------------------------------------------- quicklook
+
+
+def _nice_limits(vals_c: np.ndarray) -> tuple[float, float]:
+    """Colour range in whole degrees covering 1..99 % of the finite values."""
+    v = vals_c[np.isfinite(vals_c)]
+    if v.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(v, [1, 99])
+    lo, hi = np.floor(lo), np.ceil(hi)
+    if hi - lo < 2:
+        lo, hi = lo - 1, hi + 1
+    return float(lo), float(hi)
+
+
+def draw_outline(ax, grid: Grid, lsmask: np.ndarray, color="k", lw=0.7, graticule: bool = True,
+                 lat: np.ndarray | None = None, lon: np.ndarray | None = None) -> None:
+    """Coastline (0.5 contour of the land-sea mask) in km, with a lat/lon graticule."""
+    xk, yk = grid.x / 1000.0, grid.y / 1000.0
+    if np.any(lsmask > 0.5) and np.any(lsmask < 0.5):
+        ax.contour(xk, yk, lsmask.astype(np.float32), levels=[0.5], colors=color, linewidths=lw)
+    if graticule and lat is not None and lon is not None:
+        def levels(a, step):
+            lo, hi = np.floor(np.nanmin(a) / step) * step, np.ceil(np.nanmax(a) / step) * step
+            return np.arange(lo, hi + step / 2, step)
+        span = max(np.nanmax(lat) - np.nanmin(lat), np.nanmax(lon) - np.nanmin(lon))
+        step = 1.0 if span < 6 else (2.0 if span < 15 else 5.0)
+        for a in (lat, lon):
+            cs = ax.contour(xk, yk, a, levels=levels(a, step), colors="0.45", linewidths=0.4, linestyles=":")
+            ax.clabel(cs, fmt=lambda v: f"{v:g}°", fontsize=6, inline=True)
+    ax.set_xlabel("x (km, LCC 38N 126E)")
+    ax.set_ylabel("y (km)")
+    ax.set_aspect("equal")
+    ax.set_xlim(xk[0] - grid.res_m / 2000, xk[-1] + grid.res_m / 2000)
+    ax.set_ylim(yk[-1] - grid.res_m / 2000, yk[0] + grid.res_m / 2000)
+
+
+def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask: np.ndarray,
+              lat: np.ndarray | None = None, lon: np.ndarray | None = None,
+              stations: pd.DataFrame | None = None, note: str = "") -> None:
+    """PNG of one map in deg C: colour scale + colorbar, coastline, station dots, UTC/KST title.
+
+    ``stations`` (optional) has ``pixel_y, pixel_x`` in this grid.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .runinfo import atomic_path
+
+    t = pd.Timestamp(time_utc)
+    tc = t2m_K.astype(np.float32) - KELVIN
+    lo, hi = _nice_limits(tc)
+    cmap = plt.get_cmap("RdYlBu_r").copy()
+    cmap.set_bad("0.8")
+    aspect = grid.ny / grid.nx
+    fig, ax = plt.subplots(figsize=(7.6, max(3.5, 6.6 * aspect)), dpi=110)
+    xk, yk = grid.x / 1000.0, grid.y / 1000.0
+    half = grid.res_m / 2000.0
+    im = ax.imshow(np.ma.masked_invalid(tc), cmap=cmap, vmin=lo, vmax=hi, origin="upper", interpolation="nearest",
+                   extent=(xk[0] - half, xk[-1] + half, yk[-1] - half, yk[0] + half))
+    draw_outline(ax, grid, lsmask, lat=lat, lon=lon)
+    if stations is not None and len(stations):
+        ax.scatter(xk[stations["pixel_x"].to_numpy()], yk[stations["pixel_y"].to_numpy()], s=7, c="k",
+                   edgecolors="w", linewidths=0.4, zorder=3, label=f"stations ({len(stations)})")
+        ax.legend(loc="lower right", fontsize=7, framealpha=0.8)
+    cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, extend="both")
+    cb.set_label("2 m air temperature (°C)")
+    ax.set_title(f"2 m air temperature  {t:%Y-%m-%d %H:%M} UTC  ({t + KST:%Y-%m-%d %H:%M} KST)", fontsize=10)
+    if note:
+        ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=6.5, va="bottom", ha="left",
+                bbox=dict(facecolor="w", alpha=0.7, lw=0))
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
