@@ -1,0 +1,518 @@
+"""GK-2A AMI L1B (KO area) -> the raw-data contract's BT / RF / SZA stacks.
+
+    python -m shared.l1b convert --src DIR --dst data/raw [--start YYYYmmddHHMM]
+        [--end YYYYmmddHHMM] [--every 60min] [--workers N] [--window R0,C0,NY,NX] [--force]
+
+Finds ``gk2a_ami_le1b_<ch>_ko<res>lc_YYYYMMDDhhmm.nc`` below ``--src``,
+groups them by time and writes, for every time that has all 16 channels,
+``dst/sat/YYYY/MM/DD/gk2a_{bt,rf,sza}_YYYYMMDDhhmm.nc`` (see DESIGN.md).
+
+Per channel (formulas of the NMSC L1B documentation, attribute names as the
+files spell them):
+
+* counts: the top 2 of the 16 bits are a quality flag (0 good, 1 usable
+  with conditions, 2 out of scan area, 3 error); flags 2/3 and the error
+  count ``2**number_of_valid_bits_per_pixel - 1`` become NaN, flag 1 is kept;
+* ``radiance = DN * DN_to_Radiance_Gain + DN_to_Radiance_Offset``;
+* reflective: ``albedo = radiance * Radiance_to_Albedo_c``;
+* thermal: ``Teff = (h c / k) nu / ln(2 h c^2 nu^3 / (L 1e-5) + 1)`` with
+  nu = 1e6 / wavelength_um m-1 (radiance in mW m-2 sr-1 (cm-1)-1), then
+  ``Tb = c0 + c1 Teff + c2 Teff^2``; radiance <= 0 -> NaN.
+
+Files without calibration attributes (some KO files) take the channel's row
+of ``shared/data/ami_calibration.csv`` and the log says so. The wavelength
+for the Planck function always comes from that table (the precise channel
+centre the c0/c1/c2 fit was made for; files often carry a rounded label).
+Channels delivered finer than 2 km (``ko010lc``, ``ko005lc``) are averaged
+over 2x2 / 4x4 blocks onto the 2 km grid after calibration.
+
+``--window`` writes a sub-window of the KO grid; input images may be full
+KO images (they are cut) or already of the window's size (taken as they
+are; that is how the tests fabricate small files).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import REPO_ROOT
+from .errors import UserError
+from .grid import KO_GRID, KO_SIZE, Grid
+from .io_sat import BT_CHANNELS, BT_WAVES_UM, RF_CHANNELS, RF_WAVES_UM, sat_path
+from .runinfo import atomic_path
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_TABLE = Path(__file__).resolve().parent / "data" / "ami_calibration.csv"
+ALL_CHANNELS = BT_CHANNELS + RF_CHANNELS
+#: Physical constants as the L1B files carry them (CODATA 2010), used when a file lacks them.
+PLANCK_H, LIGHT_C, BOLTZMANN_K = 6.62606957e-34, 299792458.0, 1.3806488e-23
+_CAL_ATTRS = {
+    "rf": ("DN_to_Radiance_Gain", "DN_to_Radiance_Offset", "Radiance_to_Albedo_c"),
+    "bt": ("DN_to_Radiance_Gain", "DN_to_Radiance_Offset", "Teff_to_Tbb_c0", "Teff_to_Tbb_c1", "Teff_to_Tbb_c2"),
+}
+_NAME_RE = re.compile(r"^gk2a_ami_le1b_([a-z]{2}\d{3})_ko(\d{3})lc_(\d{12})\.nc$", re.IGNORECASE)
+
+#: int16 packing of the output stacks: (scale_factor, add_offset, units, long name); the
+#: same steps as the demo world's files (shared/demo_world.py PACK) so both look alike.
+PACKING = {
+    "bt": (0.02, 250.0, "K", "brightness temperature"),
+    "rf": (2e-4, 3.0, "1", "reflectance (albedo as in GK-2A L1B: radiance x Radiance_to_Albedo_c, not divided by cos SZA)"),
+    "sza": (0.01, 90.0, "degree", "solar zenith angle"),
+}
+FILL_I16 = np.int16(-32768)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class ChannelCal:
+    """Calibration of one channel in one file; ``source`` is "file" or the table path."""
+
+    channel: str
+    kind: str  # "bt" or "rf"
+    gain: float
+    offset: float
+    wavelength_um: float
+    valid_bits: int
+    albedo_c: float = math.nan
+    c0: float = math.nan
+    c1: float = math.nan
+    c2: float = math.nan
+    h: float = PLANCK_H
+    c: float = LIGHT_C
+    k: float = BOLTZMANN_K
+    source: str = "file"
+
+
+@lru_cache(maxsize=4)
+def load_table(path: str | Path = CALIBRATION_TABLE) -> dict[str, dict]:
+    """The per-channel coefficient table as ``{channel: {column: value}}``."""
+    try:
+        t = pd.read_csv(path, comment="#")
+    except OSError as e:
+        raise UserError(f"calibration table not found: {path} ({e.strerror})") from None
+    need = {"channel", "kind", "wavelength_um", "valid_bits", "gain", "offset", "albedo_c", "c0", "c1", "c2"}
+    if not need <= set(t.columns):
+        raise UserError(f"{path}: calibration table lacks column(s) {sorted(need - set(t.columns))}")
+    missing = sorted(set(ALL_CHANNELS) - set(t["channel"]))
+    if missing:
+        raise UserError(f"{path}: calibration table lacks channel(s) {', '.join(missing)}")
+    return {r["channel"]: r for r in t.to_dict("records")}
+
+
+def _num(v) -> float:
+    """Attribute (number, numpy scalar or string like "10.5") -> float; NaN if unusable."""
+    try:
+        return float(np.asarray(v).reshape(-1)[0] if not isinstance(v, str) else v.strip())
+    except (TypeError, ValueError, IndexError):
+        return math.nan
+
+
+def channel_calibration(channel: str, gattrs: dict, vattrs: dict, table: dict[str, dict], table_name: str) -> ChannelCal:
+    """Calibration of ``channel`` from a file's global/variable attributes, else the table.
+
+    All of a channel's coefficients come from one source: if any is missing
+    (or not a number) in the file, the whole row of the table is used.
+    """
+    row = table[channel]
+    kind = row["kind"]
+    vals = {a: _num(gattrs.get(a)) for a in _CAL_ATTRS[kind]}
+    from_file = all(math.isfinite(v) for v in vals.values())
+    bits = _num(vattrs.get("number_of_valid_bits_per_pixel"))
+    common = dict(
+        channel=channel, kind=kind, wavelength_um=float(row["wavelength_um"]),
+        valid_bits=int(bits) if math.isfinite(bits) else int(row["valid_bits"]),
+    )
+    if from_file:
+        consts = {n: _num(gattrs.get(a)) for n, a in (("h", "Plank_constant_h"), ("c", "light_speed"), ("k", "Boltzmann_constant_k"))}
+        consts = {n: v for n, v in consts.items() if math.isfinite(v) and v > 0}
+        return ChannelCal(
+            **common, gain=vals["DN_to_Radiance_Gain"], offset=vals["DN_to_Radiance_Offset"],
+            albedo_c=vals.get("Radiance_to_Albedo_c", math.nan), c0=vals.get("Teff_to_Tbb_c0", math.nan),
+            c1=vals.get("Teff_to_Tbb_c1", math.nan), c2=vals.get("Teff_to_Tbb_c2", math.nan), source="file", **consts,
+        )
+    return ChannelCal(
+        **common, gain=float(row["gain"]), offset=float(row["offset"]), albedo_c=float(row["albedo_c"]),
+        c0=float(row["c0"]), c1=float(row["c1"]), c2=float(row["c2"]), source=table_name,
+    )
+
+
+def calibrate_counts(raw: np.ndarray, cal: ChannelCal, total_bits: int = 16, flag_bits: int = 2) -> np.ndarray:
+    """uint16 pixel values -> albedo / BT (float64), NaN for flagged or error pixels.
+
+    Flag = top ``flag_bits`` of ``total_bits``; 2 (out of scan) and 3 (error)
+    are dropped, 1 (conditionally usable) is kept. The count is the low
+    ``cal.valid_bits``; all of them set is the channel's error value. Counts
+    are integers below 2**valid_bits, so the formulas run once per possible
+    count (a lookup table) instead of once per pixel.
+    """
+    raw = np.asarray(raw)
+    if raw.dtype.kind not in "ui":
+        raise UserError(f"image_pixel_values must be integer counts, got {raw.dtype}")
+    raw = raw.astype(np.uint32)
+    err = (1 << cal.valid_bits) - 1
+    lut = dn_to_physical(np.arange(err + 1, dtype=np.float64), cal)
+    lut[err] = np.nan
+    out = lut[raw & err]
+    out[(raw >> (total_bits - flag_bits)) >= 2] = np.nan
+    return out
+
+
+def dn_to_physical(dn: np.ndarray, cal: ChannelCal) -> np.ndarray:
+    """DN (float, NaN = missing) -> albedo (rf) or brightness temperature in K (bt)."""
+    rad = dn * cal.gain + cal.offset
+    if cal.kind == "rf":
+        return rad * cal.albedo_c
+    nu = 1e6 / cal.wavelength_um  # m-1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rad = np.where(rad > 0, rad, np.nan)
+        teff = (cal.h * cal.c / cal.k) * nu / np.log(2 * cal.h * cal.c**2 * nu**3 / (rad * 1e-5) + 1)
+    return cal.c0 + cal.c1 * teff + cal.c2 * teff * teff
+
+
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """Mean of valid values over f x f blocks (NaN where a block has none)."""
+    if f == 1:
+        return a
+    h, w = a.shape
+    b = a.reshape(h // f, f, w // f, f)
+    ok = np.isfinite(b)
+    n = ok.sum(axis=(1, 3))
+    s = np.where(ok, b, 0.0).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, s / n, np.nan)
+
+
+def read_channel(path: str | Path, channel: str, grid: Grid = KO_GRID, res_km: float = 2.0,
+                 table_path: str | Path = CALIBRATION_TABLE) -> tuple[np.ndarray, ChannelCal]:
+    """One L1B file -> (values on ``grid`` as float32 (ny, nx), calibration used).
+
+    The image is either the full KO area at ``res_km`` (it is cut to ``grid``)
+    or exactly ``grid``'s window at that resolution.
+    """
+    import netCDF4
+
+    path = Path(path)
+    f = int(round(2.0 / res_km))
+    table = load_table(str(table_path))
+    try:
+        with netCDF4.Dataset(path) as ds:
+            if "image_pixel_values" not in ds.variables:
+                raise UserError(f"{path}: no variable 'image_pixel_values' (found {', '.join(ds.variables)}); not a GK-2A L1B file")
+            v = ds.variables["image_pixel_values"]
+            v.set_auto_maskandscale(False)
+            h, w = v.shape
+            if (h, w) == (KO_SIZE * f, KO_SIZE * f):
+                r0, c0 = grid.row0 * f, grid.col0 * f
+                raw = v[r0:r0 + grid.ny * f, c0:c0 + grid.nx * f]
+            elif (h, w) == (grid.ny * f, grid.nx * f):
+                raw = v[...]
+            else:
+                raise UserError(
+                    f"{path}: image is {h}x{w}; expected the KO area {KO_SIZE * f}x{KO_SIZE * f} at {res_km:g} km"
+                    + (f" or the window {grid.ny * f}x{grid.nx * f}" if grid.shape != KO_GRID.shape else "")
+                )
+            raw = np.asarray(raw)
+            vattrs = {a: v.getncattr(a) for a in v.ncattrs()}
+            gattrs = {a: ds.getncattr(a) for a in ds.ncattrs()}
+    except UserError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, IndexError) as e:
+        raise UserError(f"{path}: cannot read L1B file ({type(e).__name__}: {e}); delete or re-download it and rerun "
+                        "(times already converted are kept)") from None
+    name = str(vattrs.get("channel_name", channel)).strip().upper()
+    if name != channel:
+        raise UserError(f"{path}: file name says channel {channel} but channel_name is {name}")
+    cal = channel_calibration(channel, gattrs, vattrs, table, Path(table_path).name)
+    total = _num(vattrs.get("number_of_total_bits_per_pixel"))
+    flag = _num(vattrs.get("number_of_data_quality_flag_bits_per_pixel"))
+    val = calibrate_counts(raw, cal, int(total) if math.isfinite(total) else 16, int(flag) if math.isfinite(flag) else 2)
+    return _block_mean(val, f).astype(np.float32), cal
+
+
+# --------------------------------------------------------------------------- finding files
+
+
+def find_l1b(src: str | Path) -> pd.DataFrame:
+    """All KO L1B files below ``src``: columns time (UTC), channel, res_km, path.
+
+    If a channel comes at several resolutions for one time, the coarsest
+    (closest to 2 km) is kept.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise UserError(f"L1B folder not found: {src}")
+    rows = []
+    for p in src.rglob("gk2a_ami_le1b_*.nc"):
+        m = _NAME_RE.match(p.name)
+        if m and m.group(1).upper() in ALL_CHANNELS:
+            rows.append((m.group(3), m.group(1).upper(), int(m.group(2)) / 10.0, str(p)))
+    if not rows:
+        raise UserError(f"no GK-2A KO L1B files (gk2a_ami_le1b_<channel>_ko020lc_YYYYMMDDhhmm.nc) under {src}")
+    df = pd.DataFrame(rows, columns=["stamp", "channel", "res_km", "path"])
+    bad = ~df["res_km"].isin([0.5, 1.0, 2.0])
+    if bad.any():
+        raise UserError(f"unsupported KO resolution in {df.loc[bad, 'path'].iloc[0]} (expected ko005lc, ko010lc or ko020lc)")
+    df["time"] = pd.to_datetime(df["stamp"], format="%Y%m%d%H%M").astype("datetime64[ns]")
+    df = df.sort_values(["time", "channel", "res_km", "path"]).drop_duplicates(["time", "channel"], keep="last")
+    return df.drop(columns="stamp").reset_index(drop=True)
+
+
+def select_times(files: pd.DataFrame, start=None, end=None, every: str | None = "60min") -> tuple[dict, list[str]]:
+    """Group files by time -> ``({time: {channel: (path, res_km)}}, incomplete)``.
+
+    ``start``/``end`` (inclusive) and ``every`` (keep times on multiples of
+    this period since midnight UTC) filter first; ``incomplete`` names each
+    dropped time with its missing channels.
+    """
+    t = files["time"]
+    keep = pd.Series(True, index=files.index)
+    if start is not None:
+        keep &= t >= pd.Timestamp(start)
+    if end is not None:
+        keep &= t <= pd.Timestamp(end)
+    if every:
+        step = pd.Timedelta(every)
+        if step <= pd.Timedelta(0):
+            raise UserError(f"--every must be positive, got {every}")
+        keep &= ((t - t.dt.floor("D")) % step) == pd.Timedelta(0)
+    files = files[keep]
+    complete, incomplete = {}, []
+    for time, g in files.groupby("time", sort=True):
+        missing = [c for c in ALL_CHANNELS if c not in set(g["channel"])]
+        if missing:
+            incomplete.append(f"{time:%Y%m%d%H%M}: missing {', '.join(missing)}")
+        else:
+            complete[time] = {r.channel: (r.path, r.res_km) for r in g.itertuples()}
+    return complete, incomplete
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@lru_cache(maxsize=2)
+def _latlon(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    return grid.latlon_2d()
+
+
+def _pack(a: np.ndarray, kind: str) -> np.ndarray:
+    scale, offset = PACKING[kind][:2]
+    q = np.rint((np.asarray(a, dtype=np.float64) - offset) / scale)
+    q = np.clip(q, -32767, 32767)
+    return np.where(np.isfinite(q), q, FILL_I16).astype(np.int16)
+
+
+def write_stack(path: str | Path, kind: str, data: np.ndarray, grid: Grid, time_utc) -> None:
+    """Write one contract stack (``bt``/``rf`` (C, y, x) or ``sza`` (y, x)) atomically.
+
+    int16 with ``scale_factor``/``add_offset``/``_FillValue`` (NaN -> fill),
+    zlib; 1-D projected ``x``/``y``, ``channel`` + ``wavelength_um`` for
+    stacks, LCC ``grid_mapping``, global ``grid_*`` and ``time_utc``.
+    """
+    import netCDF4
+
+    t = pd.Timestamp(time_utc)
+    scale, offset, units, long_name = PACKING[kind]
+    with atomic_path(path) as tmp:
+        with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
+            ds.createDimension("y", grid.ny)
+            ds.createDimension("x", grid.nx)
+            for name, vals, std in (("y", grid.y, "projection_y_coordinate"), ("x", grid.x, "projection_x_coordinate")):
+                v = ds.createVariable(name, "f8", (name,))
+                v[:] = vals
+                v.setncatts({"standard_name": std, "units": "m", "axis": name.upper()})
+            gm = ds.createVariable("lambert_conformal_conic", "i4")
+            gm.setncatts(grid.cf_grid_mapping())
+            tv = ds.createVariable("time", "f8")
+            tv.setncatts({"standard_name": "time", "units": "seconds since 1970-01-01 00:00:00", "calendar": "standard",
+                          "long_name": "observation time (UTC)"})
+            tv.assignValue((t - pd.Timestamp("1970-01-01")).total_seconds())
+            dims = ("y", "x")
+            chunks = (grid.ny, grid.nx)
+            if kind != "sza":
+                names = BT_CHANNELS if kind == "bt" else RF_CHANNELS
+                waves = BT_WAVES_UM if kind == "bt" else RF_WAVES_UM
+                ds.createDimension("channel", len(names))
+                cv = ds.createVariable("channel", str, ("channel",))
+                for i, n in enumerate(names):
+                    cv[i] = n
+                cv.long_name = "AMI channel name"
+                wv = ds.createVariable("wavelength_um", "f4", ("channel",))
+                wv[:] = waves
+                wv.setncatts({"long_name": "channel central wavelength", "units": "um"})
+                dims, chunks = ("channel",) + dims, (1,) + chunks
+            v = ds.createVariable(kind, "i2", dims, zlib=True, complevel=1, shuffle=True,
+                                  chunksizes=chunks, fill_value=FILL_I16)
+            v.set_auto_maskandscale(False)
+            v.setncatts({"scale_factor": np.float32(scale), "add_offset": np.float32(offset), "units": units,
+                         "long_name": long_name, "grid_mapping": "lambert_conformal_conic",
+                         "coordinates": "time" if kind == "sza" else "time channel wavelength_um"})
+            if kind == "bt":
+                v.standard_name = "toa_brightness_temperature"
+            elif kind == "sza":
+                v.standard_name = "solar_zenith_angle"
+            v[...] = _pack(data, kind)
+            ds.setncatts({**grid.attrs(), "time_utc": f"{t:%Y-%m-%dT%H:%M:%SZ}", "Conventions": "CF-1.8",
+                          "source": "GK-2A AMI L1B (KO area) converted by shared.l1b"})
+
+
+def outputs_for(dst: str | Path, time_utc) -> list[Path]:
+    return [sat_path(dst, k, time_utc) for k in ("bt", "rf", "sza")]
+
+
+def convert_time(time_utc, channels: dict, dst: str | Path, grid: Grid = KO_GRID,
+                 table_path: str | Path = CALIBRATION_TABLE, force: bool = False) -> dict:
+    """Convert one time's 16 files; returns ``{"time", "status", "table_channels"}``.
+
+    Skips (status "skipped") when all three outputs exist, unless ``force``.
+    """
+    from .solar import solar_zenith
+
+    outs = outputs_for(dst, time_utc)
+    stamp = f"{pd.Timestamp(time_utc):%Y%m%d%H%M}"
+    if not force and all(p.is_file() for p in outs):
+        return {"time": stamp, "status": "skipped", "table_channels": []}
+    table_used = []
+    stacks = {}
+    for kind, names in (("bt", BT_CHANNELS), ("rf", RF_CHANNELS)):
+        arr = np.empty((len(names), grid.ny, grid.nx), np.float32)
+        for i, ch in enumerate(names):
+            path, res = channels[ch]
+            arr[i], cal = read_channel(path, ch, grid, res, table_path)
+            if cal.source != "file":
+                table_used.append(ch)
+                log.debug("%s: no calibration attributes, using %s", path, table_path)
+        stacks[kind] = arr
+    lat, lon = _latlon(grid)
+    stacks["sza"] = solar_zenith(time_utc, lat, lon)
+    for kind, out in zip(("bt", "rf", "sza"), outs):
+        write_stack(out, kind, stacks[kind], grid, time_utc)
+    return {"time": stamp, "status": "written", "table_channels": table_used}
+
+
+def _convert_job(args):
+    return convert_time(*args)
+
+
+def parse_window(text: str | None) -> Grid:
+    """``"R0,C0,NY,NX"`` -> sub-grid of the KO grid (None -> the full KO grid)."""
+    if not text:
+        return KO_GRID
+    try:
+        r0, c0, ny, nx = (int(v) for v in str(text).split(","))
+    except ValueError:
+        raise UserError(f"--window must be ROW0,COL0,NY,NX (integers), got {text!r}") from None
+    if min(r0, c0) < 0 or min(ny, nx) < 1 or r0 + ny > KO_SIZE or c0 + nx > KO_SIZE:
+        raise UserError(f"--window {text} does not fit in the {KO_SIZE}x{KO_SIZE} KO grid")
+    return KO_GRID.window(r0, c0, ny, nx)
+
+
+def _parse_time(text: str | None, what: str):
+    if text is None:
+        return None
+    try:
+        return pd.Timestamp(pd.to_datetime(str(text), format="%Y%m%d%H%M"))
+    except ValueError:
+        raise UserError(f"{what} must be YYYYmmddHHMM (UTC), got {text!r}") from None
+
+
+def convert(src, dst, start=None, end=None, every: str | None = "60min", workers: int = 1,
+            grid: Grid = KO_GRID, table_path: str | Path = CALIBRATION_TABLE, force: bool = False,
+            progress: bool | None = None) -> dict:
+    """Convert every complete time under ``src``; returns a report dict.
+
+    Report keys: written, skipped, incomplete (list of "stamp: missing ..."),
+    table_channels ({channel: n files calibrated from the table}).
+    """
+    from tqdm import tqdm
+
+    files = find_l1b(src)
+    try:
+        complete, incomplete = select_times(files, start, end, every)
+    except ValueError as e:
+        raise UserError(f"--every: {e}") from None
+    if incomplete:
+        log.warning("%d time(s) lack channels and are skipped: %s%s", len(incomplete), "; ".join(incomplete[:5]),
+                    " ..." if len(incomplete) > 5 else "")
+    if not complete:
+        raise UserError(f"no time under {src} has all 16 channels (after --start/--end/--every); "
+                        f"first incomplete: {incomplete[0] if incomplete else 'none'}")
+    jobs = [(t, chans, str(dst), grid, str(table_path), force) for t, chans in complete.items()]
+    results = []
+    # progress None: tqdm decides (bar on a terminal only)
+    bar = tqdm(total=len(jobs), desc="L1B -> sat stacks", unit="time", disable=None if progress is None else not progress)
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with mp.Pool(min(workers, len(jobs))) as pool:
+            for r in pool.imap_unordered(_convert_job, jobs):
+                results.append(r)
+                bar.update()
+    else:
+        for j in jobs:
+            results.append(_convert_job(j))
+            bar.update()
+    bar.close()
+    table_counts: dict[str, int] = {}
+    for r in results:
+        for ch in r["table_channels"]:
+            table_counts[ch] = table_counts.get(ch, 0) + 1
+    if table_counts:
+        log.warning("calibration attributes missing in some files; coefficients taken from %s for: %s",
+                    table_path, ", ".join(f"{c} ({n} file(s))" for c, n in sorted(table_counts.items())))
+    report = {
+        "written": sum(r["status"] == "written" for r in results),
+        "skipped": sum(r["status"] == "skipped" for r in results),
+        "incomplete": incomplete,
+        "table_channels": table_counts,
+    }
+    log.info("converted %d time(s), %d already done, %d incomplete time(s) skipped",
+             report["written"], report["skipped"], len(incomplete))
+    return report
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m shared.l1b", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert", help="L1B KO files -> data/raw/sat stacks")
+    c.add_argument("--src", required=True, type=Path, help="folder searched recursively for gk2a_ami_le1b_*_ko*lc_*.nc")
+    c.add_argument("--dst", type=Path, default=REPO_ROOT / "data" / "raw", help="raw-data folder (default data/raw)")
+    c.add_argument("--start", help="first time, YYYYmmddHHMM UTC (inclusive)")
+    c.add_argument("--end", help="last time, YYYYmmddHHMM UTC (inclusive)")
+    c.add_argument("--every", default="60min", help="keep times on multiples of this since 00 UTC (default 60min; 2min keeps all)")
+    c.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    c.add_argument("--window", help="ROW0,COL0,NY,NX: write only this sub-window of the KO grid")
+    c.add_argument("--calibration", type=Path, default=CALIBRATION_TABLE, help="fallback coefficient table (CSV)")
+    c.add_argument("--force", action="store_true", help="rewrite times whose outputs already exist")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    rep = convert(args.src, args.dst, _parse_time(args.start, "--start"), _parse_time(args.end, "--end"),
+                  args.every, args.workers, parse_window(args.window), args.calibration, args.force)
+    for line in rep["incomplete"]:
+        print(f"incomplete: {line}")
+    print(f"wrote {rep['written']} time(s) to {Path(args.dst) / 'sat'}; {rep['skipped']} already complete; "
+          f"{len(rep['incomplete'])} incomplete time(s) skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    from shared import l1b  # so worker processes pickle shared.l1b functions, not __main__'s
+    from shared.cli import run_main
+
+    run_main(l1b.main)
