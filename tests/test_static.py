@@ -1,0 +1,133 @@
+"""Static layers regridded from small netCDF rasters written in the test."""
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+from pyproj import CRS, Transformer
+
+from shared.errors import UserError
+from shared.grid import KO_GRID
+from shared.io_sat import read_static
+from shared.static import build_static, main, read_raster, regrid
+
+GRID = KO_GRID.window(440, 460, 60, 70)
+
+
+def write_latlon_raster(path, var, lat, lon, data, fill=None):
+    """A CF netCDF raster on 1-D lat/lon (deg)."""
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("lat", lat.size)
+        ds.createDimension("lon", lon.size)
+        for name, vals, units in (("lat", lat, "degrees_north"), ("lon", lon, "degrees_east")):
+            v = ds.createVariable(name, "f8", (name,))
+            v[:] = vals
+            v.units = units
+        v = ds.createVariable(var, "f4", ("lat", "lon"), fill_value=fill)
+        v[:] = data
+    return path
+
+
+def write_projected_raster(path, var, crs, x, y, data):
+    """A CF netCDF raster on projected 1-D x/y with a grid_mapping variable."""
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("y", y.size)
+        ds.createDimension("x", x.size)
+        for name, vals in (("y", y), ("x", x)):
+            v = ds.createVariable(name, "f8", (name,))
+            v[:] = vals
+            v.units = "m"
+            v.standard_name = f"projection_{name}_coordinate"
+        gm = ds.createVariable("crs", "i4")
+        gm.setncatts(crs.to_cf())
+        v = ds.createVariable(var, "f4", ("y", "x"))
+        v.grid_mapping = "crs"
+        v[:] = data
+    return path
+
+
+def test_latlon_dem_bilinear_and_classes(tmp_path):
+    lat = np.arange(40.0, 35.0, -0.05)  # descending, as many DEMs are
+    lon = np.arange(124.0, 130.0, 0.05)
+    dem_fn = lambda la, lo: 100.0 * (lo - 124) + 50.0 * (la - 35)  # noqa: E731  linear: bilinear is exact
+    write_latlon_raster(tmp_path / "dem.nc", "z", lat, lon, dem_fn(lat[:, None], lon[None, :]))
+    lc = np.where(lon[None, :] < 127.0, 12, 17) + 0 * lat[:, None]
+    lc[lat > 37.8, :] = 255  # unclassified
+    write_latlon_raster(tmp_path / "lc.nc", "lc", lat, lon, lc)
+    s = build_static(tmp_path / "dem.nc", f"{tmp_path / 'lc.nc'}:lc", dst=tmp_path / "static.nc", grid=GRID)
+    assert s["dem_coverage"] == 1.0
+
+    st = read_static(tmp_path / "static.nc")
+    assert st.grid == GRID
+    glat, glon = GRID.latlon_2d()
+    np.testing.assert_allclose(st.dem, dem_fn(glat, glon), rtol=1e-5, atol=1e-3)
+    cls = st.landcover
+    assert set(np.unique(cls)) <= {0, 12, 17}
+    # nearest neighbour: away from the class edges the class is the source's
+    far = (np.abs(glon - 127.0) > 0.05) & (np.abs(glat - 37.8) > 0.05)
+    want = np.where(glat > 37.8, 0, np.where(glon < 127.0, 12, 17))
+    np.testing.assert_array_equal(cls[far], want[far])
+    # lsmask: water (17) -> sea, cropland -> land, unclassified -> DEM > 0 (all > 0 here)
+    np.testing.assert_array_equal(st.lsmask[far], np.where(want[far] == 17, 0, 1))
+
+    with xr.open_dataset(tmp_path / "static.nc") as ds:
+        assert ds.attrs["Conventions"] == "CF-1.8" and ds.attrs["grid_row0"] == 440
+        assert ds["dem"].dtype == np.float32 and ds["dem"].attrs["units"] == "m"
+        assert ds["lsmask"].dtype == np.uint8 and ds["landcover"].dtype == np.uint8
+        assert ds["dem"].attrs["grid_mapping"] == "lambert_conformal_conic"
+        assert ds["lambert_conformal_conic"].attrs["grid_mapping_name"] == "lambert_conformal_conic"
+        assert ds["lat"].dims == ("y", "x")
+
+
+def test_projected_fine_dem_is_block_averaged(tmp_path):
+    crs = CRS.from_epsg(5179)  # Korea 2000 / Unified CS (TM), metres
+    tr = Transformer.from_crs(KO_GRID.crs(), crs, always_xy=True)
+    xx, yy = np.meshgrid(GRID.x, GRID.y)
+    sx, sy = tr.transform(xx, yy)
+    x = np.arange(sx.min() - 5000, sx.max() + 5000, 500.0)  # 500 m pixels -> 4x4 block mean
+    y = np.arange(sy.max() + 5000, sy.min() - 5000, -500.0)
+    fn = lambda a, b: 0.002 * (a - x[0]) + 0.001 * (b - y[-1])  # noqa: E731
+    write_projected_raster(tmp_path / "dem.nc", "height", crs, x, y, fn(x[None, :], y[:, None]))
+    r = read_raster(tmp_path / "dem.nc", GRID)
+    assert r.x.size < x.size and r.y.size < y.size  # cut to the grid's extent (+2 pixels)
+    got = regrid(r, GRID, "linear")
+    # the mean of a linear field over a block is its value at the block centre: still exact
+    np.testing.assert_allclose(got, fn(sx, sy), atol=1e-3)
+    big = read_raster(tmp_path / "dem.nc", GRID.window(0, 0, 5, 5))
+    assert big.data.size < r.data.size  # only the needed part is read
+
+
+def test_landmask_option_and_window_cli(tmp_path, capsys):
+    lat = np.arange(36.0, 39.5, 0.1)
+    lon = np.arange(125.0, 129.0, 0.1)
+    write_latlon_raster(tmp_path / "dem.nc", "dem", lat, lon, -5.0 + 0 * lat[:, None] * lon[None, :])
+    write_latlon_raster(tmp_path / "lc.nc", "lc", lat, lon, 0 * lat[:, None] * lon[None, :])  # all unclassified
+    write_latlon_raster(tmp_path / "lm.nc", "mask", lat, lon, 1 + 0 * lat[:, None] * lon[None, :])
+    out = tmp_path / "static.nc"
+    main(["build", "--dem", str(tmp_path / "dem.nc"), "--landcover", str(tmp_path / "lc.nc"), "--dst", str(out),
+          "--window", "460,480,20,30"])
+    st = read_static(out)
+    assert st.grid == KO_GRID.window(460, 480, 20, 30)
+    assert st.lsmask.sum() == 0  # no class, DEM <= 0 -> sea
+    main(["build", "--dem", str(tmp_path / "dem.nc"), "--landcover", str(tmp_path / "lc.nc"), "--landmask",
+          str(tmp_path / "lm.nc"), "--dst", str(out), "--window", "460,480,20,30"])
+    assert read_static(out).lsmask.min() == 1
+    assert "lsmask from landmask" in capsys.readouterr().out
+
+
+def test_errors(tmp_path):
+    tif = tmp_path / "dem.tif"
+    tif.write_bytes(b"II*\x00")
+    try:
+        import rasterio  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="pip install rasterio"):
+            read_raster(tif)
+    with pytest.raises(UserError, match="raster not found"):
+        read_raster(tmp_path / "nope.nc")
+    lat = np.arange(10.0, 12.0, 0.1)
+    lon = np.arange(60.0, 62.0, 0.1)
+    write_latlon_raster(tmp_path / "far.nc", "z", lat, lon, np.ones((lat.size, lon.size)))
+    with pytest.raises(UserError, match="does not"):
+        build_static(tmp_path / "far.nc", tmp_path / "far.nc", dst=tmp_path / "s.nc", grid=GRID)
+    with pytest.raises(UserError, match="no variable 'zz'"):
+        read_raster(f"{tmp_path / 'far.nc'}:zz")
