@@ -180,12 +180,15 @@ def dn_to_physical(dn: np.ndarray, cal: ChannelCal) -> np.ndarray:
     return cal.c0 + cal.c1 * teff + cal.c2 * teff * teff
 
 
-def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
-    """Mean of valid values over f x f blocks (NaN where a block has none)."""
-    if f == 1:
+def block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """Mean of the finite values over f x f blocks of a 2-D array (NaN where a block has none).
+
+    Trailing rows/columns that do not fill a block are dropped.
+    """
+    if f < 2:
         return a
-    h, w = a.shape
-    b = a.reshape(h // f, f, w // f, f)
+    h, w = (a.shape[0] // f) * f, (a.shape[1] // f) * f
+    b = a[:h, :w].reshape(h // f, f, w // f, f)
     ok = np.isfinite(b)
     n = ok.sum(axis=(1, 3))
     s = np.where(ok, b, 0.0).sum(axis=(1, 3))
@@ -237,7 +240,7 @@ def read_channel(path: str | Path, channel: str, grid: Grid = KO_GRID, res_km: f
     total = _num(vattrs.get("number_of_total_bits_per_pixel"))
     flag = _num(vattrs.get("number_of_data_quality_flag_bits_per_pixel"))
     val = calibrate_counts(raw, cal, int(total) if math.isfinite(total) else 16, int(flag) if math.isfinite(flag) else 2)
-    return _block_mean(val, f).astype(np.float32), cal
+    return block_mean(val, f).astype(np.float32), cal
 
 
 # --------------------------------------------------------------------------- finding files
@@ -312,6 +315,18 @@ def _pack(a: np.ndarray, kind: str) -> np.ndarray:
     return np.where(np.isfinite(q), q, FILL_I16).astype(np.int16)
 
 
+def nc_grid_base(ds, grid: Grid) -> None:
+    """Dims (y, x), 1-D projected coordinates and the LCC ``grid_mapping`` variable."""
+    ds.createDimension("y", grid.ny)
+    ds.createDimension("x", grid.nx)
+    for name, vals, std in (("y", grid.y, "projection_y_coordinate"), ("x", grid.x, "projection_x_coordinate")):
+        v = ds.createVariable(name, "f8", (name,))
+        v[:] = vals
+        v.setncatts({"standard_name": std, "units": "m", "axis": name.upper()})
+    gm = ds.createVariable("lambert_conformal_conic", "i4")
+    gm.setncatts(grid.cf_grid_mapping())
+
+
 def write_stack(path: str | Path, kind: str, data: np.ndarray, grid: Grid, time_utc) -> None:
     """Write one contract stack (``bt``/``rf`` (C, y, x) or ``sza`` (y, x)) atomically.
 
@@ -325,14 +340,7 @@ def write_stack(path: str | Path, kind: str, data: np.ndarray, grid: Grid, time_
     scale, offset, units, long_name = PACKING[kind]
     with atomic_path(path) as tmp:
         with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
-            ds.createDimension("y", grid.ny)
-            ds.createDimension("x", grid.nx)
-            for name, vals, std in (("y", grid.y, "projection_y_coordinate"), ("x", grid.x, "projection_x_coordinate")):
-                v = ds.createVariable(name, "f8", (name,))
-                v[:] = vals
-                v.setncatts({"standard_name": std, "units": "m", "axis": name.upper()})
-            gm = ds.createVariable("lambert_conformal_conic", "i4")
-            gm.setncatts(grid.cf_grid_mapping())
+            nc_grid_base(ds, grid)
             tv = ds.createVariable("time", "f8")
             tv.setncatts({"standard_name": "time", "units": "seconds since 1970-01-01 00:00:00", "calendar": "standard",
                           "long_name": "observation time (UTC)"})

@@ -33,6 +33,7 @@ import numpy as np
 from . import REPO_ROOT
 from .errors import UserError
 from .grid import KO_GRID, Grid
+from .l1b import block_mean, nc_grid_base, parse_window
 from .runinfo import atomic_path
 
 log = logging.getLogger(__name__)
@@ -103,11 +104,11 @@ def _crs_of(ds, var, xname: str, yname: str, path: Path):
                     "add a CF grid_mapping variable or reproject to lat/lon (e.g. gdalwarp -t_srs EPSG:4326)")
 
 
-def read_netcdf_raster(path: Path, var: str | None = None, bounds=None) -> Raster:
+def read_netcdf_raster(path: Path, var: str | None = None, grid: Grid | None = None) -> Raster:
     """A 2-D variable of a netCDF file with 1-D coordinates.
 
-    ``bounds`` (xmin, xmax, ymin, ymax) in the source CRS limits what is
-    read (with a margin of 2 pixels) so a continental DEM is not loaded whole.
+    With ``grid``, only the part covering it (plus 2 pixels) is read, so a
+    continental DEM is not loaded whole.
     """
     import netCDF4
 
@@ -136,9 +137,9 @@ def read_netcdf_raster(path: Path, var: str | None = None, bounds=None) -> Raste
         y = np.asarray(ds.variables[ydim][:], dtype=np.float64)
         x = np.asarray(ds.variables[xdim][:], dtype=np.float64)
         ys, xs = slice(None), slice(None)
-        if bounds is not None:
-            xs = _index_range(x, bounds[0], bounds[1])
-            ys = _index_range(y, bounds[2], bounds[3])
+        if grid is not None:
+            x0, x1, y0, y1 = _extent_in(crs, grid, path)
+            xs, ys = _index_range(x, x0, x1), _index_range(y, y0, y1)
         v.set_auto_maskandscale(True)
         data = np.ma.filled(np.ma.asarray(v[ys, xs]).astype(np.float64), np.nan)
         return _ascending(Raster(data=data, y=y[ys], x=x[xs], crs=crs, path=str(path)))
@@ -179,14 +180,26 @@ def read_raster(spec: str | Path, grid: Grid = KO_GRID) -> Raster:
         raise UserError(f"raster not found: {path}")
     if path.suffix.lower() in (".tif", ".tiff"):
         return read_geotiff(path)
-    # First pass reads coordinates only (cheap); the data is read for the KO extent.
-    probe = read_netcdf_raster(path, var, bounds=(np.inf, -np.inf, np.inf, -np.inf))
-    sx, sy = _target_in(probe.crs, grid)
-    finite = np.isfinite(sx) & np.isfinite(sy)
-    if not finite.any():
-        raise UserError(f"{path}: the KO grid cannot be expressed in this raster's CRS")
-    b = (sx[finite].min(), sx[finite].max(), sy[finite].min(), sy[finite].max())
-    return read_netcdf_raster(path, var, bounds=b)
+    return read_netcdf_raster(path, var, grid)
+
+
+def _extent_in(crs, grid: Grid, path) -> tuple[float, float, float, float]:
+    """(xmin, xmax, ymin, ymax) of ``grid`` in ``crs``.
+
+    The transform is a smooth bijection without interior extrema, so the
+    grid's perimeter (one pixel outside it) bounds the whole grid.
+    """
+    from pyproj import Transformer
+
+    x, y = grid.x, grid.y
+    h = grid.res_m
+    px = np.concatenate([x, x, np.full(y.size, x[0] - h), np.full(y.size, x[-1] + h)])
+    py = np.concatenate([np.full(x.size, y[0] + h), np.full(x.size, y[-1] - h), y, y])
+    sx, sy = Transformer.from_crs(grid.crs(), crs, always_xy=True).transform(px, py)
+    ok = np.isfinite(sx) & np.isfinite(sy)
+    if not ok.any():
+        raise UserError(f"{path}: the KO grid cannot be expressed in this raster's CRS ({crs.name})")
+    return sx[ok].min(), sx[ok].max(), sy[ok].min(), sy[ok].max()
 
 
 def _target_in(crs, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -198,16 +211,11 @@ def _target_in(crs, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     return tr.transform(xx, yy)
 
 
-def _block_mean(r: Raster, f: int) -> Raster:
-    if f < 2:
-        return r
-    ny, nx = (r.data.shape[0] // f) * f, (r.data.shape[1] // f) * f
-    b = r.data[:ny, :nx].reshape(ny // f, f, nx // f, f)
-    ok = np.isfinite(b)
-    n = ok.sum(axis=(1, 3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        data = np.where(n > 0, np.where(ok, b, 0).sum(axis=(1, 3)) / n, np.nan)
-    return Raster(data=data, y=r.y[:ny].reshape(-1, f).mean(1), x=r.x[:nx].reshape(-1, f).mean(1), crs=r.crs, path=r.path)
+def _coarsen(r: Raster, f: int) -> Raster:
+    """Block mean of the data, block centres as coordinates."""
+    d = block_mean(r.data, f)
+    ny, nx = d.shape
+    return Raster(data=d, y=r.y[:ny * f].reshape(ny, f).mean(1), x=r.x[:nx * f].reshape(nx, f).mean(1), crs=r.crs, path=r.path)
 
 
 def regrid(r: Raster, grid: Grid = KO_GRID, method: str = "linear") -> np.ndarray:
@@ -220,7 +228,7 @@ def regrid(r: Raster, grid: Grid = KO_GRID, method: str = "linear") -> np.ndarra
         # source pixel size in metres (rough), so a fine DEM is averaged to ~2 km first
         dx = abs(float(np.median(np.diff(r.x)))) * (111e3 * np.cos(np.deg2rad(37.0)) if r.geographic else 1.0)
         f = int(grid.res_m // max(dx, 1e-9))
-        r = _block_mean(r, f) if f >= 2 else r
+        r = _coarsen(r, f) if f >= 2 else r
     sx, sy = _target_in(r.crs, grid)
     interp = RegularGridInterpolator((r.y, r.x), r.data, method=method, bounds_error=False, fill_value=np.nan)
     return interp(np.stack([sy.ravel(), sx.ravel()], axis=-1)).reshape(grid.shape)
@@ -261,14 +269,7 @@ def write_static(dst, grid: Grid, lat, lon, dem, lsmask, landcover, history: str
 
     with atomic_path(dst) as tmp:
         with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
-            ds.createDimension("y", grid.ny)
-            ds.createDimension("x", grid.nx)
-            for name, vals, std in (("y", grid.y, "projection_y_coordinate"), ("x", grid.x, "projection_x_coordinate")):
-                v = ds.createVariable(name, "f8", (name,))
-                v[:] = vals
-                v.setncatts({"standard_name": std, "units": "m", "axis": name.upper()})
-            gm = ds.createVariable("lambert_conformal_conic", "i4")
-            gm.setncatts(grid.cf_grid_mapping())
+            nc_grid_base(ds, grid)
             common = {"grid_mapping": "lambert_conformal_conic"}
             for name, arr, attrs in (
                 ("lat", lat, {"standard_name": "latitude", "units": "degrees_north"}),
@@ -295,8 +296,6 @@ def write_static(dst, grid: Grid, lat, lon, dem, lsmask, landcover, history: str
 
 
 def main(argv=None) -> int:
-    from .l1b import parse_window
-
     p = argparse.ArgumentParser(prog="python -m shared.static", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
