@@ -78,7 +78,7 @@ def time7(times_utc, sza_center_z: np.ndarray) -> np.ndarray:
     """(N, 7) float32 time features for UTC times (see module docstring)."""
     t = pd.DatetimeIndex(pd.to_datetime(np.asarray(times_utc)))
     hour = t.hour + t.minute / 60.0
-    doy = (t.dayofyear - 1) + hour / 24.0
+    doy = (t.day_of_year - 1) + hour / 24.0
     out = np.empty((len(t), 7), dtype=np.float32)
     out[:, 0], out[:, 1] = cyc(doy, 365.25)
     out[:, 2], out[:, 3] = cyc(hour, 24.0)

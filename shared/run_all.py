@@ -1,0 +1,61 @@
+"""Run the whole pipeline: demo world (if asked) then every step's run.py in order.
+
+    python -m shared.run_all                 # demo world + step01..step05 with default configs
+    python -m shared.run_all --preset tiny   # small world, for a quick look
+    python -m shared.run_all --no-world      # your own data/raw; steps only
+    python -m shared.run_all --steps 3 4 5   # a subset (each step reads the previous one's files)
+
+Each step runs as its own process exactly as a user would run it, so a step
+whose inputs did not change says "up to date" and finishes in a second.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from . import REPO_ROOT
+from .cli import run_main
+from .errors import UserError
+
+STEPS = {
+    1: "step01_make_index",
+    2: "step02_make_patches",
+    3: "step03_train_clay",
+    4: "step04_infer_map",
+    5: "step05_eval_metrics",
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m shared.run_all", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="demo", choices=["demo", "tiny"], help="demo world preset (default demo)")
+    ap.add_argument("--no-world", action="store_true", help="do not generate the demo world; use data/raw as it is")
+    ap.add_argument("--steps", type=int, nargs="+", default=list(STEPS), choices=list(STEPS))
+    ap.add_argument("--force", action="store_true", help="pass --force to every step")
+    a = ap.parse_args(argv)
+
+    cmds = []
+    if not a.no_world:
+        cmds.append(("demo world", [sys.executable, "-m", "shared.demo_world", "--preset", a.preset]))
+    for n in a.steps:
+        step_dir = REPO_ROOT / STEPS[n]
+        if not (step_dir / "run.py").is_file():
+            raise UserError(f"{STEPS[n]}/run.py does not exist in this checkout")
+        cmds.append((STEPS[n], [sys.executable, str(step_dir / "run.py")] + (["--force"] if a.force else [])))
+    t_all = time.time()
+    for name, cmd in cmds:
+        print(f"\n=== {name} ===", flush=True)
+        t0 = time.time()
+        rc = subprocess.call(cmd, cwd=REPO_ROOT)
+        if rc != 0:
+            print(f"\n{name} failed (exit {rc}); fix the message above and rerun: finished steps are skipped as up to date", file=sys.stderr)
+            return rc
+        print(f"--- {name}: {time.time() - t0:.1f} s", flush=True)
+    print(f"\npipeline finished in {time.time() - t_all:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

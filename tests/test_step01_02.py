@@ -1,0 +1,241 @@
+"""step01 (index + splits) and step02 (patch chunks) on the tiny demo world."""
+import json
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_step, step01_args
+from shared.chunks import load_chunk, read_manifest
+from shared.io_sat import PATCH_CHANNELS
+
+
+def _step02(index_dir, out, *extra):
+    return run_step("step02_make_patches", "--set", f"index_dir={index_dir}", "--set", f"output_dir={out}",
+                    "--set", "patch_chunk_rows=64", "--set", "split_workers=1", *extra)
+
+
+def _all_chunks(out, split):
+    man = read_manifest(out / "patch_pt")
+    return [load_chunk(out / "patch_pt" / e["file"]) for e in man["chunks"][split]]
+
+
+# ----------------------------------------------------------------------------- step01
+def test_station_split_has_no_leak(tiny_index):
+    parts = {s: pd.read_csv(tiny_index / f"index_{s}.csv") for s in ("train", "val", "test")}
+    st = {s: set(df["stn_id"]) for s, df in parts.items()}
+    assert st["train"] and st["val"] and st["test"]
+    assert not (st["train"] & st["test"]) and not (st["train"] & st["val"]) and not (st["val"] & st["test"])
+    info = json.loads((tiny_index / "splits.json").read_text())
+    assert set(info["stations"]["test"]) == st["test"]
+    full = pd.read_csv(tiny_index / "index.csv")
+    assert len(full) == sum(len(d) for d in parts.values())
+    assert (full["path_bt"].str.contains("gk2a_bt_")).all()
+
+
+@pytest.mark.parametrize("mode", ["time", "station_time"])
+def test_time_splits_are_blocked_by_day(tiny_world, tmp_path, mode):
+    out = tmp_path / "o"
+    assert run_step("step01_make_index", *step01_args(tiny_world, out, "--set", f"split.mode={mode}")) == 0
+    days = {s: set(pd.read_csv(out / f"index_{s}.csv")["sat_time_utc"].str[:10]) for s in ("train", "val", "test")}
+    assert not (days["train"] & days["test"]) and not (days["train"] & days["val"])
+    if mode == "station_time":
+        st = {s: set(pd.read_csv(out / f"index_{s}.csv")["stn_id"]) for s in ("train", "test")}
+        assert not (st["train"] & st["test"])
+
+
+def test_kma_cp949_kst_file_is_matched_in_utc(tiny_world, tmp_path):
+    """A KMA export (cp949, KST) lands on the UTC image time 9 hours earlier."""
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_world, raw)
+    obs = pd.concat([pd.read_csv(f) for f in sorted((raw / "ta_obs").glob("*.csv"))])
+    first = obs.dropna().iloc[0]
+    t_utc = pd.Timestamp(first["time_utc"])
+    t_kst = t_utc + pd.Timedelta(hours=9)
+    for f in (raw / "ta_obs").glob("*.csv"):
+        f.unlink()
+    text = "지점,지점명,일시,기온(°C)\n" + f"{int(first['stn_id'])},테스트,{t_kst:%Y-%m-%d %H:%M},{first['ta_c']}\n"
+    (raw / "ta_obs" / "kma.csv").write_bytes(text.encode("cp949"))
+    out = tmp_path / "o"
+    assert run_step("step01_make_index", *step01_args(raw, out, "--set", "split.test_frac=0.5", "--set", "split.val_frac=0.0")) == 0
+    idx = pd.read_csv(out / "index.csv")
+    assert len(idx) == 1
+    assert pd.Timestamp(idx["sat_time_utc"].iloc[0]) == t_utc
+    assert idx["ta_c"].iloc[0] == pytest.approx(first["ta_c"])
+
+
+def test_station_outside_grid_is_dropped_and_counted(tiny_world, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_world, raw)
+    st = pd.read_csv(raw / "stations.csv")
+    st.loc[0, ["lat", "lon"]] = [33.0, 140.0]  # east of Japan: off the KO sub-window
+    st.to_csv(raw / "stations.csv", index=False)
+    out = tmp_path / "o"
+    assert run_step("step01_make_index", *step01_args(raw, out)) == 0
+    info = json.loads((out / "splits.json").read_text())
+    n_obs = pd.concat([pd.read_csv(f) for f in (raw / "ta_obs").glob("*.csv")]).dropna()
+    assert info["report"]["dropped_outside_grid"] == int((n_obs["stn_id"] == st.loc[0, "stn_id"]).sum()) > 0
+    assert st.loc[0, "stn_id"] not in set(pd.read_csv(out / "index.csv")["stn_id"])
+
+
+def test_rerun_is_up_to_date_fast(tiny_world, tiny_index, capsys):
+    t0 = time.perf_counter()
+    assert run_step("step01_make_index", *step01_args(tiny_world, tiny_index)) == 0
+    assert time.perf_counter() - t0 < 1.0
+    assert "up to date" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- step02
+def test_chunk_layout(tiny_patches):
+    man = read_manifest(tiny_patches / "patch_pt")
+    assert man["patch_size"] == 9 and man["channels"] == PATCH_CHANNELS
+    ch = _all_chunks(tiny_patches, "train")[0]
+    n = ch["x"].shape[0]
+    assert 0 < n <= 64
+    assert ch["x"].shape == (n, 19, 9, 9) and ch["x"].dtype == torch.float32 and ch["x"].is_contiguous()
+    for k, shape in {"y": (n,), "time7": (n, 7), "loc": (n, 3), "landcover_onehot": (n, 17)}.items():
+        assert tuple(ch[k].shape) == shape and ch[k].dtype == torch.float32
+    assert set(ch["meta"]) == {"time", "stn_id", "pixel_y", "pixel_x"}
+    assert ch["meta"]["time"].dtype == torch.int64
+    # time7: unit circles; sza_center equals the z-scored centre SZA; gsd is 2 km
+    t7 = ch["time7"].numpy()
+    np.testing.assert_allclose(t7[:, 0] ** 2 + t7[:, 1] ** 2, 1, atol=1e-5)
+    np.testing.assert_allclose(t7[:, 6], ch["x"][:, 16, 4, 4].numpy(), atol=1e-6)
+    assert (ch["loc"][:, 2] == 2000).all()
+    assert set(ch["landcover_onehot"].sum(1).tolist()) <= {0.0, 1.0}
+
+
+def test_stats_come_from_train_rows_only(tiny_patches, tiny_index, tmp_path):
+    # Train chunks, pooled, are z-scored to mean 0 / std 1 per channel (constant channels excepted).
+    x = torch.cat([c["x"] for c in _all_chunks(tiny_patches, "train")]).numpy()
+    m = x.transpose(1, 0, 2, 3).reshape(19, -1)
+    np.testing.assert_allclose(m.mean(1), 0, atol=1e-3)
+    stds = m.std(1)
+    assert np.all((np.abs(stds - 1) < 1e-3) | (stds == 0))
+    tst = json.loads((tiny_patches / "stats" / "target_statistics.json").read_text())
+    y = torch.cat([c["y"] for c in _all_chunks(tiny_patches, "train")]).numpy()
+    np.testing.assert_allclose([y.mean(), y.std()], [0, 1], atol=1e-4)
+    # Changing only test/val observations leaves the statistics unchanged.
+    idx2 = tmp_path / "idx"
+    shutil.copytree(tiny_index, idx2)
+    for s in ("val", "test"):
+        df = pd.read_csv(idx2 / f"index_{s}.csv")
+        df["ta_c"] = df["ta_c"] + 30.0
+        df.to_csv(idx2 / f"index_{s}.csv", index=False)
+    out2 = tmp_path / "o"
+    assert _step02(idx2, out2) == 0
+    tst2 = json.loads((out2 / "stats" / "target_statistics.json").read_text())
+    assert tst2["mean"] == pytest.approx(tst["mean"]) and tst2["std"] == pytest.approx(tst["std"])
+    ist, ist2 = (json.loads((o / "stats" / "input_statistics.json").read_text()) for o in (tiny_patches, out2))
+    np.testing.assert_allclose(ist["mean"], ist2["mean"]) 
+
+
+def test_skip_existing_rebuilds_deleted_chunk_identically(tiny_patches, tiny_index, tmp_path, capsys):
+    out = tmp_path / "o"
+    shutil.copytree(tiny_patches, out)
+    man = read_manifest(out / "patch_pt")
+    last = out / "patch_pt" / man["chunks"]["train"][-1]["file"]
+    before = torch.load(last, weights_only=True)
+    last.unlink()
+    assert _step02(tiny_index, out) == 0
+    assert "chunks_reused" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    n_chunks = sum(len(v) for v in man["chunks"].values())
+    assert report["chunks_reused"] == n_chunks - 1
+    after = torch.load(last, weights_only=True)
+    for k in ("x", "y", "time7", "loc", "landcover_onehot"):
+        assert torch.equal(before[k], after[k]), k
+    for k in before["meta"]:
+        assert torch.equal(before["meta"][k], after["meta"][k])
+
+
+def test_check_patch_pt_prints_layout(tiny_patches, capsys):
+    from shared.check_patch_pt import main
+
+    f = tiny_patches / "patch_pt" / read_manifest(tiny_patches / "patch_pt")["chunks"]["train"][0]["file"]
+    assert main([str(f), "--idx", "1"]) == 0
+    out = capsys.readouterr().out
+    assert ", 19, 9, 9)" in out and "IR105" in out and "sample 1" in out
+
+
+# ----------------------------------------------------------------------------- bad input
+def _copy_world(tiny_world, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_world, raw)
+    return raw
+
+
+def _assert_clean_failure(rc, capsys, out, *words):
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err  # one line, no traceback
+    for w in words:
+        assert w in err, (w, err)
+    assert not (out / "index.csv").exists() and not (out / "run.json").exists()
+    return err
+
+
+def test_missing_raw_folder(tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = run_step("step01_make_index", *step01_args(tmp_path / "nope", out))
+    _assert_clean_failure(rc, capsys, out, "raw data folder not found", "nope")
+
+
+def test_csv_missing_column(tiny_world, tmp_path, capsys):
+    raw = _copy_world(tiny_world, tmp_path)
+    f = sorted((raw / "ta_obs").glob("*.csv"))[0]
+    pd.read_csv(f).drop(columns="ta_c").to_csv(f, index=False)
+    out = tmp_path / "o"
+    rc = run_step("step01_make_index", *step01_args(raw, out))
+    _assert_clean_failure(rc, capsys, out, f.name, "ta_c")
+
+
+def test_truncated_image(tiny_world, tmp_path, capsys):
+    raw = _copy_world(tiny_world, tmp_path)
+    out1 = tmp_path / "o1"
+    assert run_step("step01_make_index", *step01_args(raw, out1)) == 0
+    f = sorted(raw.rglob("gk2a_bt_*.nc"))[0]
+    f.write_bytes(f.read_bytes()[:2000])
+    out = tmp_path / "o2"
+    capsys.readouterr()
+    rc = _step02(out1, out)
+    err = capsys.readouterr().err
+    assert rc == 2 and f.name in err and "truncated" in err, err
+    assert not (out / "patch_pt" / "manifest.json").exists()
+
+
+def test_all_nan_image(tiny_world, tmp_path, capsys):
+    import netCDF4
+
+    raw = _copy_world(tiny_world, tmp_path)
+    out1 = tmp_path / "o1"
+    assert run_step("step01_make_index", *step01_args(raw, out1)) == 0
+    f = sorted(raw.rglob("gk2a_rf_*.nc"))[-1]
+    with netCDF4.Dataset(f, "a") as ds:  # every pixel set to the missing-value code
+        v = ds.variables["rf"]
+        v.set_auto_maskandscale(False)
+        v[:] = v._FillValue
+    out = tmp_path / "o2"
+    capsys.readouterr()
+    rc = _step02(out1, out)
+    err = capsys.readouterr().err
+    assert rc == 2 and f.name in err and "entirely missing" in err, err
+    assert not (out / "patch_pt" / "manifest.json").exists()
+
+
+def test_unknown_config_key(tiny_world, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = run_step("step01_make_index", *step01_args(tiny_world, out, "--set", "split.mdoe=time"))
+    _assert_clean_failure(rc, capsys, out, "split.mdoe", "did you mean 'mode'")
+
+
+@pytest.mark.parametrize("p", ["8", "0", "-3"])
+def test_bad_patch_size(tiny_index, tmp_path, capsys, p):
+    out = tmp_path / "o"
+    rc = _step02(tiny_index, out, "--set", f"patch_size={p}")
+    err = capsys.readouterr().err
+    assert rc == 2 and "patch_size must be odd and >= 1" in err
+    assert not out.exists()
