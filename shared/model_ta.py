@@ -1,0 +1,190 @@
+"""The TA regression model: Clay encoder on the patch + a small MLP head.
+
+::
+
+    x (B,19,P,P) ─ encoder channels ─ bilinear resize to R×R ─ ClayEncoder ─ CLS (B,D) ─ LayerNorm ─┐
+    time7 (B,7), loc -> normalised lat/lon (B,2), landcover_onehot (B,17),                         ├─ MLP ─ TA z-score (B,)
+    SZA/DEM/LSMASK centre value + patch mean + patch std (B,9)  ── "aux" (B,35) ───────────────────┘
+
+The model is described by one plain dict (``model_cfg``) stored in every
+checkpoint, so :func:`load_ta_checkpoint` rebuilds it with nothing else.
+For cached frozen-encoder features, :meth:`TAModel.encode` gives the CLS
+features and :meth:`TAModel.aux_features` the rest; :meth:`TAModel.forward`
+uses ``batch["features"]`` / ``batch["aux"]`` when present.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+from .model_clay import CLAY_SIZES, ClayEncoder, clay_latlon_encoding, clay_time_encoding
+from .features import N_LANDCOVER
+from .io_sat import BT_CHANNELS, BT_WAVES_UM, PATCH_CHANNELS, RF_CHANNELS, RF_WAVES_UM
+
+#: Channels that are not radiances: to the head as statistics, or to the encoder with pseudo-wavelengths.
+AUX_CHANNELS = PATCH_CHANNELS[len(BT_CHANNELS) + len(RF_CHANNELS):]  # SZA, DEM, LSMASK
+N_TIME7 = 7
+MODEL_TYPE = "clay_transfer"
+CKPT_FORMAT = "ta2d-step03"
+
+#: Wavelengths given to the non-spectral inputs when they go through the encoder
+#: (encoder_channels: all); beyond every real band so none is mistaken for one.
+PSEUDO_WAVES_UM = [20.0, 25.0, 30.0]
+
+_DEFAULTS = {
+    "type": MODEL_TYPE,
+    "size": "tiny",
+    "clay_patch_size": 8,
+    "patch_size": 9,
+    "resize_to": 16,
+    "channels": PATCH_CHANNELS,
+    "encoder_channels": "spectral",
+    "bt_waves_um": BT_WAVES_UM,
+    "rf_waves_um": RF_WAVES_UM,
+    "pseudo_waves_um": PSEUDO_WAVES_UM,
+    "gsd_m": 2000.0,
+    "loc_mean": [36.0, 127.5],
+    "loc_std": [1.5, 1.5],
+    "head_hidden": 256,
+    "head_layers": 2,
+    "dropout": 0.0,
+    "freeze_encoder": False,
+}
+
+
+def model_config(**kw) -> dict:
+    """A complete model config: defaults overridden by ``kw`` (unknown keys -> ValueError)."""
+    bad = [k for k in kw if k not in _DEFAULTS]
+    if bad:
+        raise ValueError(f"unknown model config keys: {', '.join(bad)}")
+    cfg = {**_DEFAULTS, **kw}
+    cfg["channels"] = list(cfg["channels"])
+    return cfg
+
+
+class TAModel(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+        if cfg["size"] not in CLAY_SIZES:
+            raise UserError(f"model.size must be one of {', '.join(CLAY_SIZES)}, got {cfg['size']!r}")
+        if cfg["resize_to"] % cfg["clay_patch_size"]:
+            raise UserError(f"model.resize_to ({cfg['resize_to']}) must be a multiple of the Clay patch size "
+                            f"({cfg['clay_patch_size']})")
+        if len(cfg["bt_waves_um"]) != len(BT_CHANNELS) or len(cfg["rf_waves_um"]) != len(RF_CHANNELS):
+            raise UserError(f"model.bt_waves_um needs {len(BT_CHANNELS)} values and model.rf_waves_um "
+                            f"{len(RF_CHANNELS)} (GK-2A channel order)")
+        waves = dict(zip(BT_CHANNELS, cfg["bt_waves_um"])) | dict(zip(RF_CHANNELS, cfg["rf_waves_um"]))
+        if cfg["encoder_channels"] == "all":
+            waves |= dict(zip(AUX_CHANNELS, cfg["pseudo_waves_um"]))
+        elif cfg["encoder_channels"] != "spectral":
+            raise UserError(f"model.encoder_channels must be 'spectral' or 'all', got {cfg['encoder_channels']!r}")
+        chans = cfg["channels"]
+        # Derived from cfg, so not saved in the state dict.
+        self.register_buffer("enc_idx", torch.tensor([chans.index(n) for n in waves]), persistent=False)
+        # Kept on the CPU: the encoder keys its cached patch kernel on these values.
+        self.waves = torch.tensor(list(waves.values()), dtype=torch.float32)
+        self.register_buffer("aux_idx", torch.tensor([chans.index(n) for n in AUX_CHANNELS]), persistent=False)
+        self.register_buffer("loc_mean", torch.tensor(cfg["loc_mean"], dtype=torch.float32), persistent=False)
+        self.register_buffer("loc_std", torch.tensor(cfg["loc_std"], dtype=torch.float32), persistent=False)
+        # Clay sees R×R pixels covering the P×P window: gsd of a resized pixel.
+        self.enc_gsd = float(cfg["gsd_m"]) * cfg["patch_size"] / cfg["resize_to"]
+
+        self.encoder = ClayEncoder(cfg["size"], cfg["clay_patch_size"])
+        d = self.encoder.dim
+        self.n_aux = N_TIME7 + 2 + N_LANDCOVER + 3 * len(AUX_CHANNELS)
+        layers: list[nn.Module] = []
+        width = d + self.n_aux
+        for _ in range(cfg["head_layers"]):
+            layers += [nn.Linear(width, cfg["head_hidden"]), nn.GELU(), nn.Dropout(cfg["dropout"])]
+            width = cfg["head_hidden"]
+        layers.append(nn.Linear(width, 1))
+        self.feat_norm = nn.LayerNorm(d)  # pretrained CLS features can be far from unit scale
+        self.mlp = nn.Sequential(*layers)
+        self.freeze_encoder = bool(cfg["freeze_encoder"])
+        if self.freeze_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()  # fixed weights: keep the generated patch kernel cached
+        return self
+
+    @property
+    def feature_dim(self) -> int:
+        return self.encoder.dim
+
+    def encode(self, batch: dict) -> torch.Tensor:
+        """CLS embedding ``(B, D)`` of the patches in ``batch``."""
+        x = batch["x"].index_select(1, self.enc_idx)  # (B, C_enc, P, P)
+        r = self.cfg["resize_to"]
+        if x.shape[-1] != r or x.shape[-2] != r:
+            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
+        loc = batch["loc"]
+        time = clay_time_encoding(batch["time_unix"]).to(x.device)
+        latlon = clay_latlon_encoding(loc[:, 0], loc[:, 1])
+        return self.encoder(x, time, latlon, self.enc_gsd, self.waves)[:, 0]
+
+    def aux_features(self, batch: dict) -> torch.Tensor:
+        """Non-encoder inputs of the head ``(B, n_aux)``."""
+        x = batch["x"].index_select(1, self.aux_idx)  # (B, 3, P, P)
+        c = x.shape[-1] // 2
+        latlon = (batch["loc"][:, :2] - self.loc_mean) / self.loc_std
+        return torch.cat([
+            batch["time7"], latlon, batch["landcover_onehot"],
+            x[:, :, c, c], x.mean((2, 3)), x.std((2, 3)),
+        ], dim=1)
+
+    def head(self, features: torch.Tensor, batch: dict) -> torch.Tensor:
+        """TA z-score ``(B,)`` from encoder features ``(B, D)`` and the batch's other inputs."""
+        aux = batch["aux"] if "aux" in batch else self.aux_features(batch)
+        h = torch.cat([self.feat_norm(features), aux.to(features.dtype)], dim=1)
+        return self.mlp(h).squeeze(1)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        feats = batch["features"] if "features" in batch else self.encode(batch)
+        return self.head(feats, batch)
+
+
+def build_model(model_cfg: dict) -> TAModel:
+    """Rebuild a :class:`TAModel` from the dict stored in a checkpoint."""
+    if not isinstance(model_cfg, dict) or model_cfg.get("type") != MODEL_TYPE:
+        kind = model_cfg.get("type") if isinstance(model_cfg, dict) else type(model_cfg).__name__
+        raise UserError(f"model type {kind!r} is not supported here (expected {MODEL_TYPE!r})")
+    missing = [k for k in _DEFAULTS if k not in model_cfg]
+    if missing:
+        raise UserError(f"model config lacks {', '.join(missing)}")
+    return TAModel(model_cfg)
+
+
+def read_ta_checkpoint(path: str | Path) -> dict:
+    """Load and check a step03 checkpoint dict (tensors memory-mapped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path} (run step03_train_clay first)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        keys = ", ".join(list(ckpt)[:6]) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UserError(f"{path}: not a TA-2D step03 checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else None!r}, "
+                        f"keys: {keys}); point at step03_train_clay/weights/best.pt")
+    return ckpt
+
+
+def load_ta_checkpoint(path: str | Path, map_location="cpu") -> tuple[TAModel, dict]:
+    """-> (model in eval mode, checkpoint dict with ``model_cfg``, ``norm``, ``epoch``, ``best_val``...)."""
+    ckpt = read_ta_checkpoint(path)
+    model = build_model(ckpt["model_cfg"])
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not fit the model config stored with them "
+                        f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
+    return model.to(map_location).eval(), ckpt

@@ -1,0 +1,200 @@
+"""Clay v1.5 encoder: checkpoint layout, loading, forward math, TA model wrapper."""
+import datetime
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shared.errors import UserError
+from shared.model_clay import (ClayEncoder, clay_latlon_encoding, clay_time_encoding, iso_week, load_clay_encoder,
+                               load_clay_state)
+from shared.model_ta import build_model, load_ta_checkpoint, model_config
+
+WAVES = torch.tensor([3.83, 6.21, 10.35, 0.47, 0.64, 1.61])
+
+
+def _inputs(b=3, c=6, hw=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, hw, hw, generator=g)
+    t = clay_time_encoding(torch.tensor([1_600_000_000, 1_650_000_000, 1_700_003_600][:b]))
+    ll = clay_latlon_encoding(torch.tensor([33.5, 36.0, 38.9][:b]), torch.tensor([126.5, 127.0, 129.3][:b]))
+    return x, t, ll
+
+
+def test_large_has_official_key_and_parameter_count():
+    with torch.device("meta"):
+        enc = ClayEncoder("large")
+    sd = enc.state_dict()
+    assert len(sd) == 265
+    assert sum(v.numel() for v in sd.values()) == 311_442_944
+    assert sd["cls_token"].shape == (1, 1, 1024)
+    assert sd["patch_embedding.weight_generator.fc_weight.weight"].shape == (8 * 8 * 1024, 128)
+    assert sd["patch_embedding.weight_generator.encoder.layers.0.self_attn.in_proj_weight"].shape == (384, 128)
+    assert sd["transformer.layers.23.0.to_qkv.weight"].shape == (3 * 16 * 64, 1024)
+    assert sd["transformer.layers.23.1.net.3.weight"].shape == (1024, 4096)
+
+
+def _reference_forward(e: ClayEncoder, cube, time, latlon, gsd, waves):
+    """The Clay v1.5 computation written out step by step (CLAY.md), independent of forward()."""
+    pe = e.patch_embedding
+    half = 64
+    omega = 1.0 / 10000 ** (torch.arange(half) / (half - 1))
+    s = waves[:, None] * omega[None]
+    w_enc = pe.fclayer(torch.cat((s.sin(), s.cos()), 1))
+    wg = pe.weight_generator
+    seq = torch.cat([wg.weight_tokens, w_enc, wg.bias_token], 0)
+    out = wg.encoder(seq)
+    weights = wg.fc_weight(out[128:-1] + seq[128:-1])
+    bias = wg.fc_bias(out[-1])
+    c, d, p = len(waves), e.dim, e.patch_size
+    kernel = weights.reshape(c, d, p, p).permute(1, 0, 2, 3)
+    o = F.conv2d(cube, kernel * 0.02, bias, stride=p)
+    b, _, h, w = o.shape
+    patches = o.reshape(b, d, h * w).permute(0, 2, 1)
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    q = (d - 8) // 4
+    om = 1.0 / 10000 ** (2 * (torch.arange(q) / (q - 1)) / (d - 8)) * gsd
+    yy, xx = y.flatten()[:, None] * om, x.flatten()[:, None] * om
+    pos = torch.cat((xx.sin(), xx.cos(), yy.sin(), yy.cos()), 1)
+    enc = torch.cat((pos[None].repeat(b, 1, 1), torch.hstack((time, latlon))[:, None].repeat(1, h * w, 1)), -1)
+    z = torch.cat((e.cls_token.repeat(b, 1, 1), patches + enc), 1)
+    for attn, ff in e.transformer.layers:
+        n = attn.norm(z)
+        qkv = [t.reshape(b, z.shape[1], attn.heads, -1).permute(0, 2, 1, 3) for t in attn.to_qkv(n).chunk(3, -1)]
+        a = (qkv[0] @ qkv[1].transpose(-1, -2) / math.sqrt(qkv[0].shape[-1])).softmax(-1) @ qkv[2]
+        z = attn.to_out(a.permute(0, 2, 1, 3).reshape(b, z.shape[1], -1)) + z
+        z = ff(z) + z
+    return e.transformer.norm(z)
+
+
+def test_forward_matches_step_by_step_reference():
+    torch.manual_seed(0)
+    e = ClayEncoder("tiny").eval()
+    x, t, ll = _inputs(hw=24)  # 3x3 tokens: exercises row/column order of the position encoding
+    with torch.no_grad():
+        got = e(x, t, ll, 1125.0, WAVES)
+        ref = _reference_forward(e, x, t, ll, 1125.0, WAVES)
+    assert got.shape == (3, 10, 192)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_lightning_checkpoint_roundtrip_ignores_other_prefixes(tmp_path):
+    torch.manual_seed(0)
+    e = ClayEncoder("tiny").eval()
+    sd = {f"model.encoder.{k}": v for k, v in e.state_dict().items()}
+    sd["model.decoder.mask_patch"] = torch.randn(96)  # decoys a real Clay checkpoint also holds
+    sd["model.decoder.transformer.norm.weight"] = torch.randn(96)
+    sd["model.proj.weight"] = torch.randn(1024, 192)
+    sd["model.teacher.blocks.0.norm1.weight"] = torch.randn(1024)
+    path = tmp_path / "clay-like.ckpt"
+    torch.save({"state_dict": sd, "epoch": 7, "global_step": 100}, path)
+    loaded = load_clay_encoder(path, "tiny").eval()
+    x, t, ll = _inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, ll, 2000.0, WAVES), e(x, t, ll, 2000.0, WAVES))
+
+
+def test_bare_state_dict_with_flat_cls_token(tmp_path):
+    e = ClayEncoder("tiny")
+    sd = e.state_dict()
+    sd["cls_token"] = sd["cls_token"].reshape(-1)  # (D,) as in some Clay versions
+    torch.save(sd, tmp_path / "enc.pt")
+    loaded = load_clay_encoder(tmp_path / "enc.pt", "tiny")
+    assert loaded.cls_token.shape == (1, 1, 192)
+    assert torch.equal(loaded.cls_token, e.cls_token)
+
+
+def test_wrong_size_names_keys_and_detected_size(tmp_path):
+    torch.save({"state_dict": {f"model.encoder.{k}": v for k, v in ClayEncoder("tiny").state_dict().items()}},
+               tmp_path / "tiny.ckpt")
+    with pytest.raises(UserError) as ei:
+        load_clay_state(tmp_path / "tiny.ckpt", "base")
+    msg = str(ei.value)
+    assert "looks like size 'tiny'" in msg
+    assert "cls_token (1, 1, 192) != (1, 1, 768)" in msg
+    assert "missing" in msg and "transformer.layers.6." in msg
+
+
+def test_not_a_clay_file(tmp_path):
+    torch.save({"state_dict": {"model.backbone.w": torch.zeros(2)}}, tmp_path / "other.ckpt")
+    with pytest.raises(UserError, match="no Clay encoder tensors"):
+        load_clay_state(tmp_path / "other.ckpt", "tiny")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read"):
+        load_clay_state(tmp_path / "junk.ckpt", "tiny")
+
+
+def test_kernel_cache_reused_and_invalidated():
+    torch.manual_seed(0)
+    e = ClayEncoder("tiny").eval()
+    x, t, ll = _inputs()
+    with torch.no_grad():
+        a = e(x, t, ll, 2000.0, WAVES)
+        cached = e._kernel_cache[1]
+        e(x, t, ll, 2000.0, WAVES)
+        assert e._kernel_cache[1] is cached  # same waves, same weights: not regenerated
+        e.patch_embedding.fclayer.l1.bias.add_(0.5)  # an optimizer step changes weights in place
+        b = e(x, t, ll, 2000.0, WAVES)
+    assert e._kernel_cache[1] is not cached and not torch.allclose(a, b)
+    e.train()
+    assert e._kernel_cache is None
+    # Frozen weights: cached even while gradients flow to something else.
+    e.requires_grad_(False)
+    x.requires_grad_(True)
+    e(x, t, ll, 2000.0, WAVES).sum().backward()
+    assert e._kernel_cache is not None and x.grad is not None
+
+
+def test_time_and_latlon_encodings():
+    rng = torch.Generator().manual_seed(0)
+    ts = torch.randint(0, 2_500_000_000, (2000,), generator=rng)
+    ref = torch.tensor([datetime.datetime.fromtimestamp(int(s), datetime.UTC).isocalendar()[1] for s in ts])
+    assert torch.equal(iso_week(ts), ref)
+    # 2021-01-01 06:30 UTC is in ISO week 53 of 2020.
+    t = int(datetime.datetime(2021, 1, 1, 6, 30, tzinfo=datetime.UTC).timestamp())
+    enc = clay_time_encoding(torch.tensor([t]))[0]
+    w, h = 53 * 2 * math.pi / 52, 6.5 * 2 * math.pi / 24
+    torch.testing.assert_close(enc, torch.tensor([math.sin(w), math.cos(w), math.sin(h), math.cos(h)]))
+    ll = clay_latlon_encoding(torch.tensor([30.0]), torch.tensor([-90.0]))[0]
+    torch.testing.assert_close(ll, torch.tensor([0.5, math.sqrt(3) / 2, -1.0, 0.0]), atol=1e-6, rtol=0)
+
+
+def _batch(b=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(b, 19, 9, 9, generator=g), "time7": torch.randn(b, 7, generator=g),
+            "loc": torch.tensor([[36.0, 127.0, 2000.0]]).repeat(b, 1), "landcover_onehot": torch.eye(17)[:b],
+            "time_unix": torch.full((b,), 1_700_000_000), "y": torch.randn(b, generator=g)}
+
+
+@pytest.mark.parametrize("channels,n_enc", [("spectral", 16), ("all", 19)])
+def test_ta_model_encode_head_equals_forward(channels, n_enc):
+    torch.manual_seed(0)
+    m = build_model(model_config(encoder_channels=channels)).eval()
+    assert len(m.waves) == n_enc
+    batch = _batch()
+    with torch.no_grad():
+        full = m(batch)
+        split = m.head(m.encode(batch), batch)
+        via_cache = m({**batch, "features": m.encode(batch), "aux": m.aux_features(batch)})
+    assert full.shape == (5,)
+    torch.testing.assert_close(full, split)
+    torch.testing.assert_close(full, via_cache)
+
+
+def test_ta_checkpoint_rebuilds_model_and_rejects_others(tmp_path):
+    torch.manual_seed(0)
+    cfg = model_config(size="tiny", resize_to=8, head_hidden=32)
+    m = build_model(cfg).eval()
+    torch.save({"format": "ta2d-step03", "model": m.state_dict(), "model_cfg": cfg, "norm": {}}, tmp_path / "ta.pt")
+    m2, ck = load_ta_checkpoint(tmp_path / "ta.pt")
+    b = _batch()
+    with torch.no_grad():
+        assert torch.equal(m(b), m2(b))
+    torch.save({"state_dict": {f"model.encoder.{k}": v for k, v in ClayEncoder("tiny").state_dict().items()}},
+               tmp_path / "clay.ckpt")
+    with pytest.raises(UserError, match="not a TA-2D step03 checkpoint"):
+        load_ta_checkpoint(tmp_path / "clay.ckpt")
+    torch.save({"format": "ta2d-step03", "model": {}, "model_cfg": {**cfg, "type": "unet"}}, tmp_path / "unet.pt")
+    with pytest.raises(UserError, match="'unet' is not supported"):
+        load_ta_checkpoint(tmp_path / "unet.pt")
