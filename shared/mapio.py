@@ -172,16 +172,22 @@ def sample_map(path: str | Path, rows: np.ndarray, cols: np.ndarray, expect_grid
 # --------------------------------------------------------------------------- quicklook
 
 
-def _nice_limits(vals_c: np.ndarray) -> tuple[float, float]:
-    """Colour range in whole degrees covering 1..99 % of the finite values."""
+def _nice_levels(vals_c: np.ndarray, min_span: float = 6.0) -> np.ndarray:
+    """Colour class edges in whole degrees (1, 2 or 5 deg wide) covering 1..99 % of the values.
+
+    A span of at least ``min_span`` deg keeps a nearly uniform field from
+    looking like strong contrasts.
+    """
     v = vals_c[np.isfinite(vals_c)]
     if v.size == 0:
-        return 0.0, 1.0
+        return np.arange(0.0, 7.0)
     lo, hi = np.percentile(v, [1, 99])
-    lo, hi = np.floor(lo), np.ceil(hi)
-    if hi - lo < 2:
-        lo, hi = lo - 1, hi + 1
-    return float(lo), float(hi)
+    if hi - lo < min_span:
+        mid = 0.5 * (lo + hi)
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+    step = 1.0 if hi - lo <= 24 else (2.0 if hi - lo <= 48 else 5.0)
+    lo, hi = np.floor(lo / step) * step, np.ceil(hi / step) * step
+    return np.arange(lo, hi + step / 2, step)
 
 
 def draw_outline(ax, grid: Grid, lsmask: np.ndarray, color="k", lw=0.7, graticule: bool = True,
@@ -222,21 +228,23 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
 
     t = pd.Timestamp(time_utc)
     tc = t2m_K.astype(np.float32) - KELVIN
-    lo, hi = _nice_limits(tc)
-    cmap = plt.get_cmap("RdYlBu_r").copy()
-    cmap.set_bad("0.8")
+    from matplotlib.colors import BoundaryNorm
+
+    levels = _nice_levels(tc)
+    cmap = plt.get_cmap("RdYlBu_r").with_extremes(bad="0.8")
+    norm = BoundaryNorm(levels, cmap.N, extend="both")
     aspect = grid.ny / grid.nx
     fig, ax = plt.subplots(figsize=(7.6, max(3.5, 6.6 * aspect)), dpi=110)
     xk, yk = grid.x / 1000.0, grid.y / 1000.0
     half = grid.res_m / 2000.0
-    im = ax.imshow(np.ma.masked_invalid(tc), cmap=cmap, vmin=lo, vmax=hi, origin="upper", interpolation="nearest",
+    im = ax.imshow(np.ma.masked_invalid(tc), cmap=cmap, norm=norm, origin="upper", interpolation="nearest",
                    extent=(xk[0] - half, xk[-1] + half, yk[-1] - half, yk[0] + half))
     draw_outline(ax, grid, lsmask, lat=lat, lon=lon)
     if stations is not None and len(stations):
         ax.scatter(xk[stations["pixel_x"].to_numpy()], yk[stations["pixel_y"].to_numpy()], s=7, c="k",
                    edgecolors="w", linewidths=0.4, zorder=3, label=f"stations ({len(stations)})")
         ax.legend(loc="lower right", fontsize=7, framealpha=0.8)
-    cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, extend="both")
+    cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, ticks=levels[:: max(1, len(levels) // 12)])
     cb.set_label("2 m air temperature (°C)")
     ax.set_title(f"2 m air temperature  {t:%Y-%m-%d %H:%M} UTC  ({t + KST:%Y-%m-%d %H:%M} KST)", fontsize=10)
     if note:

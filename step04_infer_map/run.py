@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -28,13 +28,24 @@ STEP = "step04_infer_map"
 @dataclass
 class TimesConfig:
     select: Literal["test", "list", "range", "all"] = "test"
-    list_utc: list[str] = field(default_factory=list)
-    start: Optional[str] = None
-    end: Optional[str] = None
+    list_utc: list[Any] = field(default_factory=list)
+    start: Any = None
+    end: Any = None
     step_min: int = 60
     limit: int = 0
 
     def check(self):
+        import pandas as pd
+
+        def utc(v, key):  # YAML turns 2023-07-01 into a date: accept it and any pandas-readable time
+            try:
+                return f"{pd.Timestamp(v):%Y-%m-%d %H:%M}"
+            except (ValueError, TypeError):
+                raise ValueError(f"times.{key}: cannot read {v!r} as a time; use 'YYYY-MM-DD hh:mm' (UTC)") from None
+
+        self.list_utc = [utc(v, f"list_utc[{i}]") for i, v in enumerate(self.list_utc)]
+        self.start = None if self.start is None else utc(self.start, "start")
+        self.end = None if self.end is None else utc(self.end, "end")
         if self.select == "range" and (not self.start or not self.end):
             raise ValueError("times.select is 'range': set times.start and times.end (UTC, e.g. '2023-07-01 00:00')")
         if self.step_min < 1:

@@ -1,0 +1,285 @@
+"""step04: per-pixel windows, reflect-padded edges, missing input, CF map files, resume, torchrun.
+
+A small world (24 x 30 pixels of the KO grid, 3 times) is written in tmp_path
+with the real file layout (``shared.static.write_static`` /
+``shared.l1b.write_stack``); the model is a randomly initialised TA model
+saved as a step03 checkpoint. Nothing is mocked.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, run_step
+from shared.errors import UserError
+from shared.features import extract_patches, landcover_onehot, loc3, normalise_, time7
+from shared.grid import KO_GRID
+from shared.io_sat import PATCH_CHANNELS, read_frame, read_static, sat_path
+
+STEP = "step04_infer_map"
+TIMES = ["2023-07-01 00:00", "2023-07-01 06:00", "2023-07-01 18:00"]
+NAN_PIXEL = (12, 15)  # one missing IR105 pixel at the first time
+
+
+def make_world(root: Path, ny: int = 24, nx: int = 30, times=TIMES, n_stations: int = 8, seed: int = 0) -> dict:
+    """Write static.nc, sat stacks, stations.csv and ta_obs/obs.csv of a small world under ``root/raw``."""
+    from shared.l1b import write_stack
+    from shared.solar import solar_zenith
+    from shared.static import write_static
+
+    raw = root / "raw"
+    rng = np.random.default_rng(seed)
+    g = KO_GRID.window(450, 480, ny, nx)
+    lat, lon = g.latlon_2d()
+    rows, cols = np.mgrid[0:ny, 0:nx]
+    dem = (40.0 * cols + 200.0 * np.sin(rows / 6.0) + 200.0).astype("f4")
+    lsmask = (cols < int(0.75 * nx)).astype("u1")
+    landcover = np.where(lsmask == 1, np.where(rows < ny // 2, 12, 5), 17).astype("u1")
+    write_static(raw / "static.nc", g, lat, lon, dem, lsmask, landcover)
+    truth = {}
+    for k, t in enumerate(times):
+        ts = pd.Timestamp(t)
+        ta = 24.0 + 4.0 * np.cos(2 * np.pi * (ts.hour - 6) / 24) - 0.0065 * dem + 0.5 * rng.standard_normal(g.shape)
+        truth[ts] = ta
+        bt = np.stack([ta + 273.15 - 2.0 * i + rng.standard_normal(g.shape) for i in range(10)])
+        if k == 0:
+            bt[6, NAN_PIXEL[0], NAN_PIXEL[1]] = np.nan
+        sza = solar_zenith(ts, lat, lon)
+        rf = np.stack([np.clip(0.1 + 0.05 * i + 0.02 * rng.standard_normal(g.shape), 0, 1.2) * (sza < 90) for i in range(6)])
+        write_stack(sat_path(raw, "bt", ts), "bt", bt, g, ts)
+        write_stack(sat_path(raw, "rf", ts), "rf", rf, g, ts)
+        write_stack(sat_path(raw, "sza", ts), "sza", sza, g, ts)
+    # stations on interior pixels (>= 4 from the edge), ids 101..
+    py = rng.integers(5, ny - 5, n_stations)
+    px = rng.integers(5, nx - 5, n_stations)
+    st = pd.DataFrame({"stn_id": np.arange(101, 101 + n_stations), "name": [f"s{i}" for i in range(n_stations)],
+                       "lat": lat[py, px].round(5), "lon": lon[py, px].round(5), "elev_m": dem[py, px].round(1)})
+    st.to_csv(raw / "stations.csv", index=False)
+    obs = [{"stn_id": s, "time_utc": t.strftime("%Y-%m-%d %H:%M"), "ta_c": round(float(truth[t][y, x] + 0.3 * rng.standard_normal()), 1)}
+           for t in truth for s, y, x in zip(st["stn_id"], py, px)]
+    (raw / "ta_obs").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(obs).to_csv(raw / "ta_obs" / "obs.csv", index=False)
+    return {"raw": raw, "grid": g}
+
+
+def small_model_cfg():
+    from shared.model_ta import model_config
+
+    # The encoder keeps its 'tiny' size; the 8x8 resize and a small head keep tests fast.
+    return model_config(size="tiny", resize_to=8, head_hidden=32, head_layers=1)
+
+
+def save_checkpoint(path: Path, norm: dict, seed: int = 0) -> Path:
+    """A randomly initialised TA model in step03's checkpoint format."""
+    from shared.model_ta import CKPT_FORMAT, build_model
+
+    torch.manual_seed(seed)
+    cfg = small_model_cfg()
+    model = build_model(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": CKPT_FORMAT, "model": model.state_dict(), "model_cfg": cfg, "norm": norm,
+                "epoch": 0, "best_val": float("nan")}, path)
+    return path
+
+
+NORM = {"channels": PATCH_CHANNELS, "patch_size": 9,
+        "input_mean": [280.0, 240, 250, 255, 275, 260, 280, 280, 278, 265, 0.2, 0.2, 0.2, 0.3, 0.05, 0.2, 60.0, 500.0, 0.6],
+        "input_std": [8.0] * 10 + [0.1] * 6 + [30.0, 400.0, 0.5],
+        "target_mean": 20.0, "target_std": 6.0, "target_units": "degC"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("w04")
+    w = make_world(root)
+    w["ckpt"] = save_checkpoint(root / "weights" / "best.pt", NORM)
+    return w
+
+
+def args_for(w, out: Path, *extra: str) -> list:
+    raw = w["raw"]
+    return ["--set", f"checkpoint={w['ckpt']}", "--set", f"raw_dir={raw}", "--set", f"stations_csv={raw / 'stations.csv'}",
+            "--set", f"index_dir={out.parent / 'no_index'}", "--set", f"output_dir={out}", "--set", "progress=false",
+            "--set", "times.select=all", "--set", "times.limit=0", "--set", "num_threads=1", *extra]
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def test_windows_equal_step02_patches_and_edges_are_reflected(world):
+    """Interior windows equal extract_patches + normalise_ bit for bit; edge windows are mirror images."""
+    from shared.infer_map import block_windows, normalised_stack, pad_reflect
+
+    static = read_static(world["raw"] / "static.nc")
+    t = pd.Timestamp(TIMES[1])
+    frame = read_frame(sat_path(world["raw"], "bt", t), sat_path(world["raw"], "rf", t), sat_path(world["raw"], "sza", t), static.grid)
+    mean, std = np.array(NORM["input_mean"]), np.array(NORM["input_std"])
+    xs = normalised_stack(frame, static, mean, std)
+    xp = pad_reflect(xs, 4)
+    py, px = np.array([4, 10, 19, 12]), np.array([4, 25, 20, 15])
+    ref = normalise_(extract_patches(frame, static, py, px, 9), mean, std)
+    for i in range(len(py)):
+        got = block_windows(xp, py[i], py[i] + 1, py[i:i + 1], px[i:i + 1], 9)
+        np.testing.assert_array_equal(got[0], ref[i])
+    # corner pixel (0, 0): its window row -4..4 is rows 4,3,2,1,0,1,2,3,4 (edge not repeated)
+    corner = block_windows(xp, 0, 1, np.array([0]), np.array([0]), 9)[0]
+    idx = np.abs(np.arange(-4, 5))
+    np.testing.assert_array_equal(corner, xs[:, idx][:, :, idx])
+
+
+def test_missing_input_marks_exactly_the_windows_that_contain_it():
+    from shared.infer_map import window_has_missing
+
+    xs = np.zeros((19, 30, 40), np.float32)
+    xs[6, 10, 20] = np.nan  # interior -> a 9 x 9 block
+    xs[3, 0, 0] = np.nan  # corner -> reflected: rows/cols 0..4 see it directly, none via mirror beyond
+    bad = window_has_missing(xs, 9)
+    want = np.zeros((30, 40), bool)
+    want[6:15, 16:25] = True
+    want[0:5, 0:5] = True
+    np.testing.assert_array_equal(bad, want)
+
+
+# --------------------------------------------------------------------------- model on the map
+
+
+def test_map_values_equal_the_model_on_each_window(world):
+    """predict_map(pixel) == model(window, time7, pixel-centre loc, land cover), any block/batch size."""
+    from shared.infer_map import load_predictor, predict_map
+
+    static = read_static(world["raw"] / "static.nc")
+    t = pd.Timestamp(TIMES[0])
+    frame = read_frame(sat_path(world["raw"], "bt", t), sat_path(world["raw"], "rf", t), sat_path(world["raw"], "sza", t), static.grid)
+    pred = load_predictor(world["ckpt"])
+    a = predict_map(pred, frame, static, t, block_rows=7, batch_size=300, progress=False)
+    b = predict_map(pred, frame, static, t, block_rows=40, batch_size=4096, progress=False)
+    np.testing.assert_allclose(a.t2m_K, b.t2m_K, atol=2e-4, equal_nan=True)
+    # 81 pixels around the missing one are NaN, every other pixel has a value
+    assert a.n_missing == 81 and int(np.isnan(a.t2m_K).sum()) == 81
+    r, c = NAN_PIXEL
+    assert np.isnan(a.t2m_K[r - 4:r + 5, c - 4:c + 5]).all() and np.isfinite(a.t2m_K[r - 5, c]) and np.isfinite(a.t2m_K[0, 0])
+    # direct evaluation at interior pixels
+    py, px = np.array([5, 12, 18]), np.array([6, 24, 9])
+    x = normalise_(extract_patches(frame, static, py, px, 9), pred.input_mean, pred.input_std)
+    batch = {"x": torch.from_numpy(x), "time7": torch.from_numpy(time7(np.full(3, t.to_datetime64()), x[:, 16, 4, 4])),
+             "loc": torch.from_numpy(loc3(static.lat[py, px], static.lon[py, px], 2000.0)),
+             "landcover_onehot": torch.from_numpy(landcover_onehot(static.landcover[py, px])),
+             "time_unix": torch.full((3,), t.value // 10**9, dtype=torch.int64)}
+    want = pred.to_kelvin(pred.predict(batch))
+    np.testing.assert_allclose(a.t2m_K[py, px], want, atol=2e-4)
+    assert 200 < np.nanmin(a.t2m_K) and np.nanmax(a.t2m_K) < 350
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def test_step04_writes_cf_maps_resumes_and_is_up_to_date(world, tmp_path, capsys):
+    import xarray as xr
+
+    out = tmp_path / "out"
+    assert run_step(STEP, *args_for(world, out)) == 0
+    names = sorted(p.name for p in out.glob("ta_map_*.nc"))
+    assert names == [f"ta_map_{pd.Timestamp(t):%Y%m%d%H%M}.nc" for t in TIMES]
+    assert all((out / n).with_suffix(".png").stat().st_size > 10_000 for n in names)
+
+    ds = xr.open_dataset(out / names[1])
+    t2m = ds["t2m"]
+    assert t2m.dims == ("y", "x") and t2m.shape == (24, 30) and t2m.dtype == np.float32
+    assert t2m.attrs["standard_name"] == "air_temperature" and t2m.attrs["units"] == "K"
+    assert t2m.attrs["grid_mapping"] == "crs"
+    assert set(t2m.encoding["coordinates"].split()) >= {"lat", "lon", "height", "time"}
+    assert float(ds["height"]) == 2.0 and ds["height"].attrs["standard_name"] == "height" and ds["height"].attrs["positive"] == "up"
+    assert ds["x"].attrs["standard_name"] == "projection_x_coordinate" and ds["y"].attrs["units"] == "m"
+    assert ds["lat"].dims == ("y", "x") and ds["lat"].attrs["units"] == "degrees_north"
+    crs = ds["crs"].attrs
+    assert crs["grid_mapping_name"] == "lambert_conformal_conic"
+    assert list(np.atleast_1d(crs["standard_parallel"])) == [30.0, 60.0] and crs["longitude_of_central_meridian"] == 126.0
+    assert ds.attrs["Conventions"] == "CF-1.8" and ds.attrs["source"] and ds.attrs["history"]
+    assert pd.Timestamp(ds["time"].values) == pd.Timestamp(TIMES[1])
+    np.testing.assert_allclose(ds["x"].values[[0, -1]], [-899000 + 2000 * 480, -899000 + 2000 * 509])
+    from pyproj import CRS
+
+    assert CRS.from_cf(crs).equals(KO_GRID.crs())
+    ds.close()
+
+    st = pd.read_csv(out / "map_at_stations.csv")
+    assert len(st) == 3 * 8
+    # NaN exactly at stations whose window holds the missing pixel of the first time
+    r, c = NAN_PIXEL
+    in_block = (abs(st["pixel_y"] - r) <= 4) & (abs(st["pixel_x"] - c) <= 4) & (pd.to_datetime(st["time_utc"]) == pd.Timestamp(TIMES[0]))
+    assert (st["t2m_K"].isna() == in_block).all()
+    assert np.allclose(st["t2m_K"] - 273.15, st["t2m_c"], atol=1e-3, equal_nan=True)
+
+    capsys.readouterr()
+    assert run_step(STEP, *args_for(world, out)) == 0
+    assert "up to date" in capsys.readouterr().out
+
+    # an interrupted run: one map gone -> only that one is recomputed
+    keep = out / names[0]
+    mtime = keep.stat().st_mtime_ns
+    (out / names[2]).unlink()
+    assert run_step(STEP, *args_for(world, out)) == 0
+    text = capsys.readouterr().out
+    assert "wrote 1 map(s), kept 2 complete" in text
+    assert keep.stat().st_mtime_ns == mtime and (out / names[2]).is_file()
+
+
+def test_times_list_missing_image_skip_or_fail(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    want = ["2023-07-01 06:00", "2023-07-02 06:00"]
+    args = args_for(world, out, "--set", "times.select=list", "--set", f"times.list_utc={want}")
+    assert run_step(STEP, *args, "--set", "on_missing_image=fail") == 2
+    err = capsys.readouterr().err
+    assert "2023-07-02 06:00 UTC" in err and err.count("\n") == 1
+    assert run_step(STEP, *args) == 0
+    cap = capsys.readouterr()
+    assert "2023-07-02 06:00 UTC" in cap.out and "skipped" in cap.out
+    assert [p.name for p in out.glob("ta_map_*.nc")] == ["ta_map_202307010600.nc"]
+
+
+def test_bad_inputs_exit_2_with_one_line(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_step(STEP, *args_for(world, out), "--set", f"checkpoint={tmp_path / 'nope.pt'}") == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    # test split selected but step01's index has no test rows
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    pd.DataFrame(columns=["sat_time_utc", "path_bt", "path_rf", "path_sza"]).to_csv(idx / "index_test.csv", index=False)
+    assert run_step(STEP, *args_for(world, out), "--set", "times.select=test", "--set", f"index_dir={idx}") == 2
+    assert "test split is empty" in capsys.readouterr().err
+    assert run_step(STEP, *args_for(world, out), "--set", "times.select=range", "--set", "times.start=2023-07-01") == 2
+    assert "times.start and times.end" in capsys.readouterr().err
+
+
+def test_map_from_another_grid_is_refused(world, tmp_path):
+    from shared.mapio import map_dataset, read_map, write_map
+
+    g = KO_GRID.window(100, 100, 24, 30)
+    lat, lon = g.latlon_2d()
+    write_map(tmp_path / "ta_map_202307010000.nc", map_dataset(np.full(g.shape, 280.0, np.float32), g, TIMES[0], lat, lon))
+    assert read_map(tmp_path / "ta_map_202307010000.nc", g).grid == g
+    with pytest.raises(UserError, match="another static.nc"):
+        read_map(tmp_path / "ta_map_202307010000.nc", world["grid"])
+
+
+def test_torchrun_splits_times_between_ranks(world, tmp_path):
+    """Two processes: each writes its own maps, none twice; rank 0 writes the summary."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip("torchrun not installed beside this python")
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / STEP / "run.py"),
+                        *args_for(world, out)],
+                       capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[rank 0] ta_map_202307010000.nc" in r.stdout and "[rank 0] ta_map_202307011800.nc" in r.stdout
+    assert "[rank 1] ta_map_202307010600.nc" in r.stdout
+    assert len(list(out.glob("ta_map_*.nc"))) == 3 and (out / "run.json").is_file()
+    assert len(pd.read_csv(out / "map_at_stations.csv")) == 24
