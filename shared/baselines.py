@@ -78,17 +78,23 @@ class Baselines:
 
 
 def fit_baselines(times: np.ndarray, feats: np.ndarray, ta_c: np.ndarray, hgb_max_iter: int = 300,
-                  hgb_learning_rate: float = 0.1, hgb_max_leaf_nodes: int = 31, seed: int = 0) -> Baselines:
-    """Fit the three baselines on train rows: ``times (N,)``, ``feats (N, 28)``, ``ta_c (N,)``."""
+                  hgb_learning_rate: float = 0.1, hgb_max_leaf_nodes: int = 31, seed: int = 0,
+                  threads: int | None = None) -> Baselines:
+    """Fit the three baselines on train rows: ``times (N,)``, ``feats (N, 28)``, ``ta_c (N,)``.
+
+    ``threads`` caps the OpenMP threads of the tree fit (None: all cores).
+    """
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.linear_model import LinearRegression
+    from threadpoolctl import threadpool_limits
 
     clim = Climatology.fit(times, ta_c)
     lin = LinearRegression().fit(feats, ta_c)
     hgb = HistGradientBoostingRegressor(max_iter=hgb_max_iter, learning_rate=hgb_learning_rate,
                                         max_leaf_nodes=hgb_max_leaf_nodes, random_state=seed,
                                         early_stopping=len(ta_c) > 10000)
-    hgb.fit(feats, ta_c)
+    with threadpool_limits(limits=threads):
+        hgb.fit(feats, ta_c)
     info = {"features": FEATURE_NAMES, "fitted_on": "train", "n_train": int(len(ta_c)),
             "hgb_iterations": int(hgb.n_iter_), "hgb_params": {"max_iter": hgb_max_iter, "learning_rate": hgb_learning_rate,
                                                                  "max_leaf_nodes": hgb_max_leaf_nodes, "random_state": seed},

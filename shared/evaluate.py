@@ -405,7 +405,8 @@ def run_step05(cfg, run) -> dict:
     from .io_sat import read_static
     from .runinfo import fingerprint, write_csv, write_json
 
-    torch.set_num_threads(cfg.num_threads if cfg.num_threads > 0 else max(1, os.cpu_count() or 1))
+    threads = cfg.num_threads if cfg.num_threads > 0 else max(1, os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     predictor = load_predictor(cfg.checkpoint, "fp32")
@@ -424,7 +425,7 @@ def run_step05(cfg, run) -> dict:
     print(f"step05: fitting baselines on {len(tr_obs):,} train rows ...", flush=True)
     base = fit_baselines(train["time"], centre_features(train["centre"], train["time7"], train["loc"]), tr_obs,
                          cfg.baselines.hgb_max_iter, cfg.baselines.hgb_learning_rate, cfg.baselines.hgb_max_leaf_nodes,
-                         cfg.baselines.seed)
+                         cfg.baselines.seed, threads)
     base_preds = base.predict(test["time"], centre_features(test["centre"], test["time7"], test["loc"]))
     df = build_table(test, predictor, base_preds, cfg.clear_ir105_K)
 

@@ -1,0 +1,178 @@
+"""step05: metrics, baselines on the same rows, map agreement, demo-world truth, bad input.
+
+Uses the demo world's ``tiny`` preset through step01/02 (conftest fixtures)
+and a randomly initialised model saved as a step03 checkpoint: the numbers
+are poor, but every one of them can be checked against its definition.
+"""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_step
+from shared.baselines import Climatology, fit_baselines
+from shared.metrics import grouped_metrics, regression_metrics
+from test_step04 import save_checkpoint
+
+STEP = "step05_eval_metrics"
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_regression_metrics_match_their_definitions():
+    obs = np.array([10.0, 12.0, 14.0, np.nan, 20.0])
+    pred = np.array([11.0, 11.0, 16.0, 5.0, np.nan])
+    m = regression_metrics(pred, obs, ta_std=2.0)
+    e = np.array([1.0, -1.0, 2.0])
+    assert m["n"] == 3
+    assert m["mse"] == pytest.approx(np.mean(e**2)) and m["rmse_K"] == pytest.approx(np.sqrt(2.0))
+    assert m["rmse_norm"] == pytest.approx(np.sqrt(2.0) / 2.0)
+    assert m["mae"] == pytest.approx(4 / 3) and m["bias"] == pytest.approx(2 / 3)
+    assert m["r2"] == pytest.approx(1 - 6.0 / 8.0)
+    df = pd.DataFrame({"g": [1, 1, 2], "o": [0.0, 0.0, 1.0], "p": [1.0, -1.0, 1.0]})
+    t = grouped_metrics(df, "g", {"m": "p"}, "o", 1.0)
+    assert t["n"].tolist() == [2, 1] and t["rmse_K_m"].tolist() == [1.0, 0.0] and t["bias_m"].tolist() == [0.0, 0.0]
+
+
+def test_baselines_fit_on_train_only_and_fall_back():
+    times = pd.to_datetime(["2023-01-01 00:00", "2023-01-02 00:00", "2023-01-01 06:00", "2023-07-01 06:00"]).to_numpy()
+    clim = Climatology.fit(times, np.array([0.0, 2.0, 5.0, 25.0]))
+    got = clim.predict(pd.to_datetime(["2023-01-09 00:00", "2023-07-09 00:00", "2023-03-01 12:00"]).to_numpy())
+    # (00 UTC, Jan) mean; (00 UTC, Jul) unseen -> the 00 UTC mean; 12 UTC unseen -> overall mean
+    np.testing.assert_allclose(got, [1.0, 1.0, 8.0])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 28)).astype(np.float32)
+    y = 3.0 * x[:, 0] - 2.0 * x[:, 20] + 15.0
+    b = fit_baselines(np.repeat(times, 100), x, y, hgb_max_iter=50, threads=1)
+    p = b.predict(np.repeat(times, 100)[:5], x[:5])
+    np.testing.assert_allclose(p["linear"], y[:5], atol=1e-3)
+    assert set(p) == {"climatology", "linear", "hgb"} and b.n_train == 400
+
+
+# --------------------------------------------------------------------------- the step
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_world, tiny_index, tiny_patches, tmp_path_factory):
+    """Random-init checkpoint -> step04 map of one test time -> step05."""
+    from shared.patch_data import read_stats
+
+    root = tmp_path_factory.mktemp("s05")
+    norm = dict(read_stats(tiny_patches), patch_size=9)
+    ckpt = save_checkpoint(root / "weights" / "best.pt", norm)
+    maps = root / "s04"
+    rc = run_step("step04_infer_map", "--set", f"checkpoint={ckpt}", "--set", f"raw_dir={tiny_world}",
+                  "--set", f"stations_csv={tiny_world / 'stations.csv'}", "--set", f"index_dir={tiny_index}",
+                  "--set", f"output_dir={maps}", "--set", "times.limit=1", "--set", "num_threads=1", "--set", "progress=false")
+    assert rc == 0
+    out = root / "s05"
+    args = ["--set", f"checkpoint={ckpt}", "--set", f"patch_dir={tiny_patches}", "--set", f"index_dir={tiny_index}",
+            "--set", f"map_dir={maps}", "--set", f"output_dir={out}", "--set", "num_threads=1",
+            "--set", "baselines.hgb_max_iter=60"]
+    assert run_step(STEP, *args) == 0
+    return {"root": root, "ckpt": ckpt, "maps": maps, "out": out, "args": args, "norm": norm, "raw": tiny_world,
+            "patches": tiny_patches, "index": tiny_index}
+
+
+def test_metrics_json_preds_and_baselines_on_the_same_rows(evaluated):
+    out, norm = evaluated["out"], evaluated["norm"]
+    m = json.loads((out / "metrics.json").read_text())
+    p = pd.read_csv(out / "preds_test.csv")
+    test_rows = pd.read_csv(evaluated["index"] / "index_test.csv")
+    assert m["n"] == len(p) > 0 and len(p) <= len(test_rows)
+    assert set(p["stn_id"]) <= set(test_rows["stn_id"])
+    for name, col in (("model", "prediction_c"), ("climatology", "climatology_c"), ("linear", "linear_c"), ("hgb", "hgb_c")):
+        got = m["model"] if name == "model" else m["baselines"][name]
+        e = p[col] - p["obs_c"]
+        assert got["n"] == len(p)
+        assert got["rmse_K"] == pytest.approx(np.sqrt(np.mean(e**2)), abs=1e-3)
+        assert got["rmse_norm"] == pytest.approx(got["rmse_K"] / norm["target_std"], rel=1e-6)
+        assert got["bias"] == pytest.approx(e.mean(), abs=1e-3)
+    # obs are the step01 observations (deg C, 0.1 C resolution)
+    j = p.merge(test_rows.rename(columns={"sat_time_utc": "t"}).assign(time_utc=lambda d: pd.to_datetime(d["t"]).dt.strftime("%Y-%m-%d %H:%M"))[["time_utc", "stn_id", "ta_c"]],
+                on=["time_utc", "stn_id"])
+    assert len(j) == len(p) and np.allclose(j["obs_c"], j["ta_c"], atol=1e-3)
+    # climatology = mean TA of the train chunks' rows by (UTC hour, month)
+    from shared.chunks import load_chunk, split_files
+
+    ys, ts = [], []
+    for f in split_files(evaluated["patches"] / "patch_pt", "train"):
+        ch = load_chunk(f)
+        ys.append(ch["y"].numpy() * norm["target_std"] + norm["target_mean"])
+        ts.append(pd.to_datetime(ch["meta"]["time"].numpy(), unit="s"))
+    tr = pd.DataFrame({"ta": np.concatenate(ys), "t": np.concatenate(ts)})
+    clim = tr.groupby([tr["t"].dt.hour, tr["t"].dt.month])["ta"].mean()
+    pt = pd.to_datetime(p["time_utc"])
+    want = [clim.get((h, mo), np.nan) for h, mo in zip(pt.dt.hour, pt.dt.month)]
+    np.testing.assert_allclose(p["climatology_c"], want, atol=1e-3)
+    assert m["baseline_info"]["fitted_on"] == "train" and m["baseline_info"]["n_train"] == len(tr)
+
+
+def test_maps_agree_with_the_model_and_are_scored_against_truth(evaluated):
+    from shared.mapio import read_map
+
+    m = json.loads((evaluated["out"] / "metrics.json").read_text())
+    p = pd.read_csv(evaluated["out"] / "preds_test.csv")
+    a = m["map_model_agreement"]
+    assert a["n"] > 0 and a["checked"] and a["ok"] and a["max_abs_diff_K"] <= 1e-3
+    mapped = p[p["map_c"].notna()]
+    assert len(mapped) == a["n"] and mapped["time_utc"].nunique() == 1
+    f = read_map(next(evaluated["maps"].glob("ta_map_*.nc")))
+    np.testing.assert_allclose(mapped["map_c"], f.t2m[mapped["pixel_y"], mapped["pixel_x"]] - 273.15, atol=1e-3)
+    truth = json.loads((evaluated["raw"] / "truth.json").read_text())
+    d = m["demo_world"]
+    assert d["noise_floor_rmse_K"] == truth["noise_floor_rmse_k"]
+    assert len(d["maps_vs_truth"]) == 1 and d["maps_vs_truth"][0]["n_pixels_all"] == 128 * 128
+    assert 0 < d["maps_vs_truth"][0]["rmse_K_all"] < 100
+    assert 0.3 < d["test_rows"]["test_rows_obs_vs_truth_rmse_K"] < 1.5
+
+
+def test_tables_plots_and_up_to_date(evaluated, capsys):
+    out = evaluated["out"]
+    n = json.loads((out / "metrics.json").read_text())["n"]
+    for name, key in (("by_station", "stn_id"), ("by_hour", "hour_utc"), ("by_month", "month"), ("by_landcover", "landcover"),
+                      ("by_daynight", "day_night"), ("by_sky", "sky")):
+        t = pd.read_csv(out / f"{name}.csv")
+        assert key in t and t["n"].sum() == n, name
+        assert {"rmse_K_model", "rmse_K_climatology", "rmse_K_linear", "rmse_K_hgb"} <= set(t.columns)
+    h = pd.read_csv(out / "by_hour.csv")
+    assert ((h["hour_utc"] + 9) % 24 == h["hour_kst"]).all()
+    assert set(pd.read_csv(out / "by_daynight.csv")["day_night"]) == {"day", "night"}
+    for png in ("scatter", "residual_hist", "rmse_by_hour", "station_rmse_map", "model_vs_baselines"):
+        assert (out / f"{png}.png").stat().st_size > 10_000, png
+    capsys.readouterr()
+    assert run_step(STEP, *evaluated["args"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_bad_input_exits_2(evaluated, tmp_path, capsys):
+    from shared.grid import KO_GRID
+    from shared.mapio import map_dataset, write_map
+
+    args = evaluated["args"]
+    assert run_step(STEP, *args, "--set", f"checkpoint={tmp_path / 'none.pt'}", "--set", f"output_dir={tmp_path / 'a'}") == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    # a map of a test time but on another grid
+    bad_maps = tmp_path / "maps"
+    src = next(evaluated["maps"].glob("ta_map_*.nc"))
+    g = KO_GRID.window(0, 0, 128, 128)
+    lat, lon = g.latlon_2d()
+    write_map(bad_maps / src.name, map_dataset(np.full(g.shape, 280.0, np.float32), g, pd.Timestamp(src.stem[7:]), lat, lon))
+    assert run_step(STEP, *args, "--set", f"map_dir={bad_maps}", "--set", f"output_dir={tmp_path / 'b'}") == 2
+    assert "another static.nc" in capsys.readouterr().err
+    # maps of another checkpoint
+    other = save_checkpoint(tmp_path / "other.pt", evaluated["norm"], seed=1)
+    assert run_step(STEP, *args, "--set", f"checkpoint={other}", "--set", f"output_dir={tmp_path / 'c'}") == 2
+    assert "another checkpoint" in capsys.readouterr().err
+    # empty test split
+    patches = tmp_path / "patches"
+    shutil.copytree(evaluated["patches"], patches)
+    man = json.loads((patches / "patch_pt" / "manifest.json").read_text())
+    man["chunks"]["test"] = []
+    (patches / "patch_pt" / "manifest.json").write_text(json.dumps(man))
+    assert run_step(STEP, *args, "--set", f"patch_dir={patches}", "--set", f"output_dir={tmp_path / 'd'}") == 2
+    err = capsys.readouterr().err
+    assert "split 'test' has no rows" in err and err.count("\n") == 1
