@@ -1,0 +1,433 @@
+"""Step03 training loop: TA model on patch chunks, single process or DDP.
+
+Read top to bottom: :func:`train` sets up (devices, data, model, optimizer,
+resume), then runs epochs of :func:`_train_epoch` / :func:`evaluate` and
+writes checkpoints. The same code runs under ``torchrun --nproc_per_node=N``:
+each rank takes every N-th batch, gradients are averaged by DDP, validation
+sums are all-reduced, and only rank 0 writes files.
+
+A checkpoint (``weights/current.pt`` every epoch, ``weights/best.pt`` on a
+better validation loss) holds everything needed to continue training or to
+run the model alone::
+
+    format, model, model_cfg, norm (channels, patch_size, input/target stats),
+    optimizer, scheduler, scaler, epoch, best_val, best_epoch, bad_epochs,
+    log (rows of train_log.csv so far), rng, train_cfg
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .config import config_to_dict
+from .errors import UserError
+from .model_clay import load_clay_state
+from .model_ta import CKPT_FORMAT, build_model, model_config, read_ta_checkpoint
+from .io_sat import BT_WAVES_UM, RF_WAVES_UM
+from .patch_data import ChunkBatches, TensorBatches, check_split, make_loader, read_manifest, read_stats
+from .runinfo import atomic_path, write_csv
+
+LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "rmse_norm", "rmse_K", "lr", "seconds", "data_wait_s"]
+
+
+# --------------------------------------------------------------------------- setup helpers
+
+
+class Dist:
+    """Rank/world of this process; single-process unless started by torchrun."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def start(self, device: torch.device) -> None:
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def stop(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for train.amp (``None`` = full fp32)."""
+    if mode == "off":
+        return None
+    if mode == "auto":
+        if device.type != "cuda":
+            return None  # bf16 on CPUs without native support is slower than fp32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if mode == "fp16" and device.type != "cuda":
+        raise UserError("train.amp=fp16 needs a CUDA device; use bf16 or off on the CPU")
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int, min_frac: float = 0.05):
+    """Linear warmup, then cosine decay to ``min_frac`` of the peak LR."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only; not biases, norms or tokens."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _save(path: Path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _diff_keys(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_model_cfg(cfg, manifest: dict, loc_stats: dict) -> dict:
+    m = cfg.model
+    return model_config(
+        size=m.size,
+        patch_size=int(manifest["patch_size"]),
+        resize_to=m.resize_to,
+        channels=list(manifest["channels"]),
+        encoder_channels=m.encoder_channels,
+        bt_waves_um=list(m.bt_waves_um or BT_WAVES_UM),
+        rf_waves_um=list(m.rf_waves_um or RF_WAVES_UM),
+        pseudo_waves_um=list(m.pseudo_waves_um),
+        gsd_m=loc_stats["gsd_m"],
+        loc_mean=loc_stats["loc_mean"],
+        loc_std=loc_stats["loc_std"],
+        head_hidden=m.head_hidden,
+        head_layers=m.head_layers,
+        dropout=m.dropout,
+        freeze_encoder=m.freeze_encoder,
+    )
+
+
+@torch.no_grad()
+def compute_features(model, plan, device: torch.device, dtype, store: torch.device) -> dict[str, torch.Tensor]:
+    """Encoder CLS features, head aux inputs and targets of every row of ``plan`` (in plan order)."""
+    model.eval()
+    feats, aux, ys = [], [], []
+    for batch in plan:
+        batch = _to(batch, device)
+        with _autocast(device, dtype):
+            f = model.encode(batch)
+        feats.append(f.float().to(store))
+        aux.append(model.aux_features(batch).float().to(store))
+        ys.append(batch["y"].to(store))
+    return {"features": torch.cat(feats), "aux": torch.cat(aux), "y": torch.cat(ys)}
+
+
+@torch.no_grad()
+def evaluate(model, loader, device: torch.device, dtype, d: Dist) -> tuple[float, int]:
+    """(MSE in z-score units, rows) over all ranks' shares of the split."""
+    model.eval()
+    acc = torch.zeros(2, dtype=torch.float64, device=device)
+    for batch in loader:
+        batch = _to(batch, device)
+        with _autocast(device, dtype):
+            pred = model(batch)
+        err = pred.float() - batch["y"]
+        acc[0] += (err * err).sum().double()
+        acc[1] += err.numel()
+    d.sum_(acc)
+    return float(acc[0] / acc[1].clamp_min(1)), int(acc[1])
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device, dtype, grad_clip,
+                 target_std, d: Dist, params) -> tuple[float, float, float]:
+    """One pass over this rank's training batches -> (mean loss over ranks, data wait s, step s)."""
+    from tqdm import tqdm
+
+    ddp_model.train()
+    bar = tqdm(total=n_batches, desc=f"epoch {epoch}", disable=not d.main, leave=False, mininterval=0.5,
+               dynamic_ncols=True, file=sys.stderr)
+    loss_sum, n = 0.0, 0
+    wait = 0.0
+    t_epoch = time.perf_counter()
+    it = iter(loader)
+    for bi in range(n_batches):
+        t0 = time.perf_counter()
+        batch = next(it)
+        batch = _to(batch, device)
+        wait += time.perf_counter() - t0
+        with _autocast(device, dtype):
+            pred = ddp_model(batch)
+        loss = F.mse_loss(pred.float(), batch["y"])
+        lv = loss.detach()
+        bad = (~torch.isfinite(lv)).float()
+        if d.enabled:  # every rank must stop together, or the others wait forever in all-reduce
+            d.sum_(bad)
+        if bad.item() > 0:
+            bar.close()
+            raise UserError(f"loss became NaN/inf at epoch {epoch}, batch {bi + 1} of {n_batches}; "
+                            "check the inputs for NaN or lower train.lr; weights/current.pt keeps the last "
+                            "good epoch")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        loss_sum += float(lv)
+        n += 1
+        if d.main:
+            mean = loss_sum / n
+            bar.set_postfix(loss=f"{mean:.4f}", rmse=f"{math.sqrt(mean):.4f}",
+                            rmse_K=f"{math.sqrt(mean) * target_std:.3f}", refresh=False)
+            bar.update(1)
+    bar.close()
+    for _ in it:  # let DataLoader workers finish cleanly
+        pass
+    tot = torch.tensor([loss_sum, n], dtype=torch.float64, device=device)
+    d.sum_(tot)
+    return float(tot[0] / tot[1].clamp_min(1)), wait, time.perf_counter() - t_epoch
+
+
+def train(cfg, resume: bool = False, stop_after: int | None = None, log=print) -> dict:
+    """Train per ``cfg`` (the step03 config object). Returns a summary dict.
+
+    ``resume`` continues from ``weights/current.pt``; ``stop_after`` ends this
+    invocation after that many epochs (rerun with ``resume`` to go on).
+    """
+    d = Dist()
+    device = pick_device(cfg.train.device, d.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+    dtype = amp_dtype(cfg.train.amp, device)
+    threads = torch.get_num_threads()
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    d.start(device)
+    say = log if d.main else (lambda *a, **k: None)
+    try:
+        return _train(cfg, d, device, dtype, resume, stop_after, say)
+    finally:
+        d.stop()
+        torch.set_num_threads(threads)
+
+
+def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
+    t_start = time.time()
+    weights_dir, out_dir = Path(cfg.output.weights_dir), Path(cfg.output.outputs_dir)
+    current, best = weights_dir / "current.pt", weights_dir / "best.pt"
+
+    # ---- data
+    manifest, splits = read_manifest(cfg.data.patch_dir)
+    n_ch, psize = len(manifest["channels"]), int(manifest["patch_size"])
+    loc_stats = check_split(splits["train"], n_ch, psize)
+    check_split(splits["val"], n_ch, psize)
+    stats = read_stats(cfg.data.patch_dir)
+    norm = {"channels": list(manifest["channels"]), "patch_size": psize, **stats}
+    tcfg = cfg.train
+    plan_kw = dict(batch_size=tcfg.batch_size, seed=tcfg.seed, rank=d.rank, world=d.world)
+    train_plan = ChunkBatches(splits["train"], n_ch, psize, shuffle_files=cfg.data.shuffle_files,
+                              shuffle_within=cfg.data.shuffle_within_file, drop_last=True, **plan_kw)
+    val_plan = ChunkBatches(splits["val"], n_ch, psize, **plan_kw)
+    if len(train_plan) == 0:
+        raise UserError(f"train split has {splits['train'].n_rows} rows: fewer than one batch of "
+                        f"{tcfg.batch_size} per process; lower train.batch_size")
+
+    # ---- model
+    torch.manual_seed(tcfg.seed)
+    model_cfg = make_model_cfg(cfg, manifest, loc_stats)
+    model = build_model(model_cfg)
+    if cfg.model.clay_ckpt_path is not None:
+        model.encoder.load_state_dict(load_clay_state(cfg.model.clay_ckpt_path, cfg.model.size), strict=True)
+        say(f"encoder: Clay {cfg.model.size} weights from {cfg.model.clay_ckpt_path}"
+            f"{' (frozen)' if cfg.model.freeze_encoder else ' (fine-tuned)'}")
+    else:
+        say(f"warning: model.clay_ckpt_path is null: the Clay {cfg.model.size} encoder starts from random "
+            "weights and is trained from scratch (no pretrained transfer)")
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    # ---- data paths: cached frozen-encoder features, or chunks
+    if tcfg.cache_features:
+        t0 = time.perf_counter()
+        store = device if device.type == "cuda" else torch.device("cpu")
+        cached = {}
+        for name in ("train", "val"):  # each rank caches all rows: simple, and ranks' shards change every epoch
+            plan = ChunkBatches(splits[name], n_ch, psize, batch_size=max(tcfg.batch_size, 512))
+            cached[name] = compute_features(model, plan, device, dtype, store)
+        train_plan = TensorBatches(cached["train"], splits["train"].rows, shuffle_files=cfg.data.shuffle_files,
+                                   shuffle_within=cfg.data.shuffle_within_file, drop_last=True, **plan_kw)
+        val_plan = TensorBatches(cached["val"], splits["val"].rows, **plan_kw)
+        train_loader, val_loader = train_plan, val_plan
+        say(f"cached encoder features of {splits['train'].n_rows} train + {splits['val'].n_rows} val rows "
+            f"in {time.perf_counter() - t0:.1f} s")
+    else:
+        pin = device.type == "cuda"
+        train_loader = make_loader(train_plan, cfg.data.num_workers, pin)
+        val_loader = make_loader(val_plan, cfg.data.num_workers, pin)
+
+    steps_per_epoch = len(train_plan)
+    total_steps = steps_per_epoch * tcfg.epochs
+    opt = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr, fused=device.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(total_steps, max(1, round(tcfg.warmup * steps_per_epoch))))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    # ---- resume
+    state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0, "log": []}
+    if resume and current.is_file():
+        ck = read_ta_checkpoint(current)
+        if ck["model_cfg"] != model_cfg:
+            raise UserError(f"{current} was trained with another model or data (differs in: "
+                            f"{', '.join(_diff_keys(ck['model_cfg'], model_cfg))}); run without --resume to "
+                            "start over")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        state = {k: ck[k] for k in state}
+        torch.set_rng_state(ck["rng"]["torch"])
+        if device.type == "cuda" and ck["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ck["rng"]["cuda"], device)
+        say(f"resuming from {current} after epoch {state['epoch']} (best val {state['best_val']:.4f})")
+    elif resume:
+        say(f"--resume: no {current} yet; starting from scratch")
+
+    ddp_model = model
+    if d.enabled and params:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # ---- epochs
+    target_std = stats["target_std"]
+    ran = 0
+    stopped_early = tcfg.early_stop_patience > 0 and state["bad_epochs"] >= tcfg.early_stop_patience
+    for epoch in range(state["epoch"] + 1, tcfg.epochs + 1):
+        if stopped_early or (stop_after is not None and ran >= stop_after):
+            break
+        t0 = time.perf_counter()
+        train_plan.set_epoch(epoch)
+        train_loss, wait, step_s = _train_epoch(epoch, ddp_model, train_loader, steps_per_epoch, opt, sched,
+                                                scaler, device, dtype, tcfg.grad_clip, target_std, d, params)
+        val_loss, n_val = evaluate(model, val_loader, device, dtype, d)
+        rmse = math.sqrt(val_loss)
+        improved = val_loss < state["best_val"]
+        if improved:
+            state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "rmse_norm": rmse,
+               "rmse_K": rmse * target_std, "lr": opt.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - t0, 3), "data_wait_s": round(wait, 3)}
+        state["log"].append(row)
+        state["epoch"] = epoch
+        ran += 1
+        if d.main:
+            ckpt = {
+                "format": CKPT_FORMAT, "model": model.state_dict(), "model_cfg": model_cfg, "norm": norm,
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                **state,
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+                "train_cfg": config_to_dict(cfg),
+            }
+            _save(current, ckpt)
+            if improved:
+                _copy(current, best)
+            _write_log(out_dir / "train_log.csv", state["log"])
+            say(f"epoch {epoch}/{tcfg.epochs}: train {train_loss:.4f}  val {val_loss:.4f}  "
+                f"rmse {rmse:.4f} ({rmse * target_std:.3f} K)  lr {row['lr']:.2e}  {row['seconds']:.1f} s"
+                f"  data wait {100 * wait / max(step_s, 1e-9):.1f}%" + ("  *best" if improved else ""))
+        d.barrier()
+        stopped_early = tcfg.early_stop_patience > 0 and state["bad_epochs"] >= tcfg.early_stop_patience
+        if stopped_early:
+            say(f"early stop: no better validation loss for {state['bad_epochs']} epochs")
+
+    done = stopped_early or state["epoch"] >= tcfg.epochs
+    best_row = next((r for r in state["log"] if r["epoch"] == state["best_epoch"]), None)
+    return {
+        "done": done,
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best_val": state["best_val"],
+        "best_rmse_K": best_row["rmse_K"] if best_row else None,
+        "train_rows": splits["train"].n_rows,
+        "val_rows": splits["val"].n_rows,
+        "seconds": round(time.time() - t_start, 2),
+        "outputs": [best, current, out_dir / "train_log.csv"],
+        "is_main": d.main,
+    }
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    write_csv(path, pd.DataFrame(rows, columns=LOG_COLUMNS))

@@ -1,0 +1,247 @@
+"""step03 training on small fabricated patch chunks: learning, resume, feature cache, DDP, bad input."""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from shared.cli import run_main
+from shared.model_clay import ClayEncoder
+from shared.model_ta import load_ta_checkpoint
+from shared.patch_data import ChunkBatches, read_manifest, write_synthetic_patches
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "step03_train_clay" / "run.py"
+# Small and quick: 1 token per patch, small head, batches that span chunk borders.
+FAST = ["model.resize_to=8", "model.head_hidden=64", "train.batch_size=64", "train.lr=3e-3", "train.warmup=0.2",
+        "train.num_threads=1"]
+
+
+def _step_main():
+    spec = importlib.util.spec_from_file_location("step03_run", RUN)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up here
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+step_main = _step_main()
+
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory):
+    d = tmp_path_factory.mktemp("p") / "outputs"
+    return write_synthetic_patches(d, {"train": 768, "val": 256, "test": 64}, chunk_rows=300, noise=0.1)
+
+
+def run_step(tmp, patch_dir, *sets, extra=(), out="run"):
+    """Run step03's main in-process; returns (exit code, stdout+stderr)."""
+    argv = ["--set", f"data.patch_dir={patch_dir}", "--set", f"output.weights_dir={tmp / out / 'weights'}",
+            "--set", f"output.outputs_dir={tmp / out / 'outputs'}"]
+    for s in FAST + list(sets):
+        argv += ["--set", s]
+    argv += list(extra)
+    try:
+        run_main(step_main, argv)
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def log_of(tmp, out="run"):
+    return pd.read_csv(tmp / out / "outputs" / "train_log.csv")
+
+
+def test_batches_cover_split_once_in_any_sharding(patches):
+    _, splits = read_manifest(patches)
+    tr = splits["train"]
+    one = ChunkBatches(tr, 19, 9, batch_size=64, seed=3, shuffle_files=True, shuffle_within=True)
+    one.set_epoch(2)
+    seen = torch.cat([b["y"] for b in one])
+    assert len(seen) == 768 and len(torch.unique(seen)) == 768  # every row exactly once, across chunk borders
+    ranks = []
+    for r in range(2):
+        p = ChunkBatches(tr, 19, 9, batch_size=64, seed=3, shuffle_files=True, shuffle_within=True, rank=r, world=2,
+                         drop_last=True)
+        p.set_epoch(2)
+        ranks.append(torch.cat([b["y"] for b in p]))
+    assert len(ranks[0]) == len(ranks[1]) == 384
+    assert not set(ranks[0].tolist()) & set(ranks[1].tolist())
+    one.set_epoch(3)
+    assert not torch.equal(torch.cat([b["y"] for b in one]), seen)  # new order each epoch
+
+
+def test_training_learns_and_writes_outputs(tmp_path, patches, capsys):
+    assert run_step(tmp_path, patches, "train.epochs=4") == 0
+    log = log_of(tmp_path)
+    assert list(log.columns) == ["epoch", "train_loss", "val_loss", "rmse_norm", "rmse_K", "lr", "seconds",
+                                 "data_wait_s"]
+    assert len(log) == 4
+    assert log.val_loss.iloc[-1] < 0.6 * log.val_loss.iloc[0]
+    assert log.val_loss.iloc[-1] < 0.4  # target variance is ~0.7
+    assert (log.rmse_K - log.rmse_norm * 9.0).abs().max() < 1e-9  # target std of the fabricated stats
+    model, ck = load_ta_checkpoint(tmp_path / "run" / "weights" / "best.pt")
+    assert ck["epoch"] == ck["best_epoch"] == int(log.val_loss.idxmin()) + 1
+    assert ck["norm"]["target_std"] == 9.0 and ck["norm"]["patch_size"] == 9 and len(ck["norm"]["channels"]) == 19
+    assert {"optimizer", "scheduler", "best_val", "model_cfg"} <= set(ck)
+    assert (tmp_path / "run" / "outputs" / "run.json").is_file()
+    capsys.readouterr()
+
+    # Unchanged config and inputs: "up to date" without importing torch.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, str(RUN), "--set", f"data.patch_dir={patches}",
+            "--set", f"output.weights_dir={tmp_path / 'run' / 'weights'}",
+            "--set", f"output.outputs_dir={tmp_path / 'run' / 'outputs'}", "--set", "train.epochs=4"]
+    for s in FAST:
+        argv += ["--set", s]
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "up to date" in r.stdout
+    assert time.perf_counter() - t0 < 3.0  # includes interpreter start-up on a busy CI box
+    r = subprocess.run([sys.executable, "-X", "importtime", *argv[1:]], capture_output=True, text=True, env=env)
+    assert "up to date" in r.stdout
+    assert not [ln for ln in r.stderr.splitlines() if ln.rstrip().endswith("| torch")]
+
+
+def test_resume_gives_the_same_weights(tmp_path, patches):
+    sets = ["train.epochs=3", "data.num_workers=0"]
+    assert run_step(tmp_path, patches, *sets, out="full") == 0
+    assert run_step(tmp_path, patches, *sets, extra=["--stop-after", "1"], out="cut") == 0
+    assert len(log_of(tmp_path, "cut")) == 1
+    assert not (tmp_path / "cut" / "outputs" / "run.json").exists()  # not finished yet
+    assert run_step(tmp_path, patches, *sets, extra=["--resume"], out="cut") == 0
+    a = torch.load(tmp_path / "full" / "weights" / "current.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "weights" / "current.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    pd.testing.assert_frame_equal(log_of(tmp_path, "full").drop(columns=["seconds", "data_wait_s"]),
+                                  log_of(tmp_path, "cut").drop(columns=["seconds", "data_wait_s"]))
+
+
+def test_worker_processes_see_the_same_batches(tmp_path, patches):
+    sets = ["train.epochs=1"]
+    assert run_step(tmp_path, patches, *sets, "data.num_workers=0", out="w0") == 0
+    assert run_step(tmp_path, patches, *sets, "data.num_workers=2", out="w2") == 0
+    assert log_of(tmp_path, "w0").val_loss.iloc[0] == pytest.approx(log_of(tmp_path, "w2").val_loss.iloc[0], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def clay_ckpt(tmp_path_factory):
+    torch.manual_seed(1)
+    p = tmp_path_factory.mktemp("clay") / "clay-tiny.ckpt"
+    torch.save({"state_dict": {f"model.encoder.{k}": v for k, v in ClayEncoder("tiny").state_dict().items()}}, p)
+    return p
+
+
+def test_cached_features_match_uncached(tmp_path, patches, clay_ckpt):
+    sets = ["train.epochs=2", f"model.clay_ckpt_path={clay_ckpt}", "model.freeze_encoder=true"]
+    t0 = time.perf_counter()
+    assert run_step(tmp_path, patches, *sets, "train.cache_features=false", out="plain") == 0
+    t_plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    assert run_step(tmp_path, patches, *sets, "train.cache_features=true", out="cached") == 0
+    t_cached = time.perf_counter() - t0
+    plain, cached = log_of(tmp_path, "plain"), log_of(tmp_path, "cached")
+    assert cached.val_loss.tolist() == pytest.approx(plain.val_loss.tolist(), rel=1e-4)
+    assert cached.train_loss.tolist() == pytest.approx(plain.train_loss.tolist(), rel=1e-4)
+    assert t_cached < t_plain
+    ck = torch.load(tmp_path / "cached" / "weights" / "best.pt", weights_only=True)
+    enc0 = torch.load(clay_ckpt, weights_only=True)["state_dict"]
+    assert torch.equal(ck["model"]["encoder.transformer.norm.weight"], enc0["model.encoder.transformer.norm.weight"])
+
+
+def test_ddp_two_processes_on_cpu(tmp_path, patches):
+    """2 ranks x batch 32 average the gradients of the same 64 rows as one process with batch 64."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(RUN), "--set", f"data.patch_dir={patches}",
+           "--set", f"output.weights_dir={tmp_path / 'weights'}", "--set", f"output.outputs_dir={tmp_path / 'out'}",
+           "--set", "train.epochs=3"]
+    for s in FAST + ["train.batch_size=32"]:
+        cmd += ["--set", s]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("epoch 1/3:") == 1  # only rank 0 reports and writes
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["best.pt", "current.pt"]
+    log = pd.read_csv(tmp_path / "out" / "train_log.csv")
+    assert len(log) == 3 and log.val_loss.iloc[-1] < 0.75 * log.val_loss.iloc[0]
+    assert torch.load(tmp_path / "weights" / "current.pt", weights_only=True)["epoch"] == 3
+    assert run_step(tmp_path, patches, "train.epochs=3", out="single") == 0  # batch 64, same rows per step
+    # Epoch 1 agrees to float rounding; later epochs drift apart by a few % (Adam amplifies summation-order
+    # noise; a different thread count does the same to a single process).
+    assert log.val_loss.iloc[0] == pytest.approx(log_of(tmp_path, "single").val_loss.iloc[0], rel=2e-4)
+
+
+# --------------------------------------------------------------------------- bad input -> exit 2, one line
+
+
+def _err(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1] if err else ""
+
+
+def test_missing_patch_dir(tmp_path, capsys):
+    assert run_step(tmp_path, tmp_path / "nowhere") == 2
+    assert "patch folder not found" in _err(capsys)
+
+
+def test_empty_split(tmp_path, capsys):
+    d = write_synthetic_patches(tmp_path / "p", {"train": 128, "val": 0}, chunk_rows=128)
+    assert run_step(tmp_path, d) == 2
+    assert "split 'val' has no rows" in _err(capsys)
+
+
+def test_chunk_with_wrong_shape_is_named(tmp_path, patches, capsys):
+    d = tmp_path / "p"
+    shutil.copytree(patches, d)
+    f = d / "patch_pt" / "train_chunk_00001.pt"
+    c = torch.load(f, weights_only=True)
+    c["time7"] = c["time7"][:, :5]
+    torch.save(c, f)
+    assert run_step(tmp_path, d) == 2
+    msg = _err(capsys)
+    assert "train_chunk_00001.pt" in msg and "time7" in msg
+
+
+def test_config_mistakes(tmp_path, patches, capsys, clay_ckpt):
+    assert run_step(tmp_path, patches, "model.freeze_encoder=true") == 2
+    assert "clay_ckpt_path is null" in _err(capsys)
+    assert run_step(tmp_path, patches, f"model.clay_ckpt_path={clay_ckpt}", "train.cache_features=true") == 2
+    assert "needs model.freeze_encoder: true" in _err(capsys)
+    assert run_step(tmp_path, patches, "train.epoch=3") == 2
+    assert "did you mean 'epochs'" in _err(capsys)
+    assert run_step(tmp_path, patches, f"model.clay_ckpt_path={clay_ckpt}", "model.size=small") == 2
+    assert "looks like size 'tiny'" in _err(capsys)
+
+
+def test_checkpoint_of_another_model(tmp_path, patches, capsys):
+    assert run_step(tmp_path, patches, "train.epochs=1") == 0
+    best = tmp_path / "run" / "weights" / "best.pt"
+    # A step03 checkpoint is not a Clay checkpoint...
+    assert run_step(tmp_path, patches, f"model.clay_ckpt_path={best}", out="x") == 2
+    assert "no Clay encoder tensors" in _err(capsys)
+    # ...and resuming with another model config is refused, naming what differs.
+    assert run_step(tmp_path, patches, "train.epochs=2", "model.head_hidden=32", extra=["--resume"]) == 2
+    assert "differs in: head_hidden" in _err(capsys)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, patches, capsys):
+    d = tmp_path / "p"
+    shutil.copytree(patches, d)
+    assert run_step(tmp_path, d, "train.epochs=3", extra=["--stop-after", "1"]) == 0
+    before = (tmp_path / "run" / "weights" / "current.pt").read_bytes()
+    f = d / "patch_pt" / "train_chunk_00002.pt"
+    c = torch.load(f, weights_only=True)
+    c["y"][:] = float("nan")
+    torch.save(c, f)
+    assert run_step(tmp_path, d, "train.epochs=3", extra=["--resume"]) == 2
+    msg = _err(capsys)
+    assert "NaN" in msg and "epoch 2, batch" in msg
+    assert (tmp_path / "run" / "weights" / "current.pt").read_bytes() == before
