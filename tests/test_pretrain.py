@@ -1,0 +1,95 @@
+"""Self-supervised pretraining (shared/pretrain.py) on the tiny demo world: masking, loss, checkpoint, resume."""
+from pathlib import Path
+
+import torch
+
+from conftest import ROOT
+
+YAML = ROOT / "step03_train_clay" / "pretrain.yaml"
+
+
+def _argv(tiny_index, tiny_patches, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["--config", str(YAML), "--force",
+            "--set", f"data.index_dir={tiny_index}", "--set", f"data.patch_dir={tiny_patches}",
+            "--set", "data.tile_px=32", "--set", "data.source_px=0", "--set", "data.max_images=4",
+            "--set", "data.tiles_per_image=16", "--set", "model.decoder_dim=64", "--set", "model.decoder_depth=1",
+            "--set", f"train.steps={steps}", "--set", "train.batch_size=16", "--set", "train.lr=2e-3",
+            "--set", "train.warmup_steps=5", "--set", "train.ckpt_every=10", "--set", "train.recon_tiles=2",
+            "--set", "train.max_minutes=0", "--set", "train.num_threads=1",
+            "--set", f"output.weights_dir={out / 'weights'}", "--set", f"output.outputs_dir={out / 'outputs'}",
+            *extra]
+
+
+def _run(argv) -> int:
+    from shared.cli import run_main
+    from shared.pretrain import main
+
+    try:
+        run_main(main, argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def test_masking_keeps_a_quarter_of_the_tokens():
+    from shared.pretrain import ClayMAE, random_masking
+
+    masked, visible = random_masking(5, 16, 0.75, torch.Generator().manual_seed(0))
+    assert masked.shape == (5, 12) and visible.shape == (5, 4)
+    both = torch.cat([masked, visible], 1).sort(1).values
+    assert torch.equal(both, torch.arange(16).expand(5, -1))  # a partition of the 16 tokens
+    assert len({tuple(r) for r in masked.tolist()}) > 1  # a new mask per sample
+
+    torch.manual_seed(0)
+    m = ClayMAE("tiny", decoder_dim=32, decoder_depth=1, decoder_heads=2, decoder_dim_head=16)
+    x = torch.randn(3, 16, 32, 32)
+    loss, recon, masked = m(x, torch.zeros(3, 4), torch.zeros(3, 4), 1125.0, torch.linspace(0.5, 13, 16))
+    assert recon.shape == (3, 16, 16, 64) and masked.shape == (3, 12)
+    # token 5 of a 4x4 grid is row 1, column 1 (row-major, as the encoder's tokens)
+    p = m.patchify(x)
+    assert torch.equal(p[1, 5, 3].reshape(8, 8), x[1, 3, 8:16, 8:16])
+
+
+def test_pretrain_loss_falls_ckpt_loads_strict_and_resume_matches(tiny_index, tiny_patches, tmp_path):
+    import pandas as pd
+
+    from shared.model_clay import load_clay_encoder
+
+    full = tmp_path / "full"
+    assert _run(_argv(tiny_index, tiny_patches, full, 40)) == 0
+    log = pd.read_csv(full / "outputs" / "pretrain_log.csv")
+    assert len(log) == 40
+    assert log["loss"].iloc[-10:].mean() < 0.85 * log["loss"].iloc[:5].mean()
+    assert (full / "outputs" / "recon.png").stat().st_size > 1000
+
+    ckpt = full / "weights" / "pretrain_clay.ckpt"
+    sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert any(k.startswith("model.decoder.mask_patch") for k in sd)
+    assert any(k.startswith("model.decoder.embed_to_pixels.weight_generator.") for k in sd)
+    enc = load_clay_encoder(ckpt, "tiny")  # strict, through the loader step03 uses
+    assert torch.equal(enc.cls_token, sd["model.encoder.cls_token"])
+
+    # interrupted after 20 steps, resumed: same weights as the uninterrupted run
+    part = tmp_path / "part"
+    assert _run(_argv(tiny_index, tiny_patches, part, 40, "--stop-after", "20")) == 0
+    assert not (part / "weights" / "pretrain_clay.ckpt").exists()
+    assert _run(_argv(tiny_index, tiny_patches, part, 40, "--resume")) == 0
+    sd2 = torch.load(part / "weights" / "pretrain_clay.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    for k in ("model.encoder.transformer.layers.0.0.to_qkv.weight", "model.decoder.mask_patch"):
+        torch.testing.assert_close(sd2[k], sd[k], rtol=1e-4, atol=1e-5)
+    assert len(pd.read_csv(part / "outputs" / "pretrain_log.csv")) == 40
+
+
+def test_pretrain_uses_train_times_only_and_bad_input_exits_2(tiny_index, tmp_path):
+    import pandas as pd
+
+    from shared.pretrain import train_times
+
+    df, _ = train_times(tiny_index)
+    train = set(pd.to_datetime(pd.read_csv(tiny_index / "index_train.csv")["sat_time_utc"]))
+    assert set(df["sat_time_utc"]) <= train and len(df) == df["sat_time_utc"].nunique()
+    rc = _run(["--config", str(YAML), "--set", f"data.index_dir={tmp_path / 'nope'}",
+               "--set", f"output.outputs_dir={tmp_path / 'o'}"])
+    assert rc == 2
+    assert _run(["--config", str(YAML), "--set", "model.mask_ratio=1.5",
+                 "--set", f"output.outputs_dir={tmp_path / 'o'}"]) == 2
