@@ -92,7 +92,7 @@ class PretrainTrainCfg:
     weight_decay: float = 0.05
     warmup_steps: int = 50
     grad_clip: float = 1.0
-    max_minutes: float = 0.0  # stop early (and still write the checkpoint) after this wall time; 0 = off
+    max_minutes: float = 0.0  # stop early (and still write the checkpoint) after this wall time, tile sampling included; 0 = off
     ckpt_every: int = 100  # steps between resume checkpoints
     num_threads: int = 1  # torch CPU threads; 0 = torch default. 1 is several times faster on a busy machine
     seed: int = 0
@@ -389,7 +389,7 @@ def batch_inputs(tiles: dict, idx: torch.Tensor):
 
 
 def save_recon_png(path: Path, model: ClayMAE, tiles: dict, n: int, channels: list[str], seed: int = 0) -> None:
-    """PNG with one row per tile: input, masked input, reconstruction (IR105, or the first channel)."""
+    """PNG with one row per tile: input, visible patches, reconstruction of the masked ones (IR105, or the first channel)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -423,7 +423,9 @@ def save_recon_png(path: Path, model: ClayMAE, tiles: dict, n: int, channels: li
         vmin, vmax = float(a.min()), float(a.max())
         shown = a.copy()
         shown[mask_img[i].numpy()] = np.nan
-        for j, (img, title) in enumerate(((a, "input"), (shown, "masked (75 %)"), (rec[i, ch].numpy(), "reconstruction"))):
+        # MAE convention: the loss sees masked patches only, so show visible patches from the input
+        pasted = np.where(mask_img[i].numpy(), rec[i, ch].numpy(), a)
+        for j, (img, title) in enumerate(((a, "input"), (shown, "visible (25 %)"), (pasted, "reconstruction"))):
             axes[i, j].imshow(img, vmin=vmin, vmax=vmax, cmap="viridis")
             axes[i, j].set_title(f"{title} {channels[ch]}", fontsize=8)
             axes[i, j].axis("off")
@@ -504,7 +506,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, stop_after: int | None =
         bs = min(tc.batch_size, n)
         model.train()
         bar = tqdm(total=tc.steps, initial=step, desc="pretrain", mininterval=0.5, dynamic_ncols=True)
-        ema, t_run, stopped, paused, step0 = None, time.time(), False, False, step
+        ema, stopped, paused, step0 = None, False, False, step
         while step < tc.steps:
             idx = torch.randint(0, n, (bs,), generator=gen)
             pixels, t, ll = batch_inputs(tiles, idx)
@@ -522,7 +524,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, stop_after: int | None =
                              "seconds": round(time.time() - t_start, 2)})
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.4f}")
-            stopped = tc.max_minutes > 0 and time.time() - t_run > tc.max_minutes * 60
+            stopped = tc.max_minutes > 0 and time.time() - t_start > tc.max_minutes * 60  # tile sampling included
             paused = stop_after is not None and step - step0 >= stop_after and step < tc.steps
             if step % tc.ckpt_every == 0 or step == tc.steps or stopped or paused:
                 _save(current, {"model": model.state_dict(), "optimizer": opt.state_dict(),
