@@ -526,3 +526,16 @@ def run_step05(cfg, run) -> dict:
         print(f"map vs model at {agreement['n']} mapped test rows: max |diff| {agreement['max_abs_diff_K']:.2e} K ({state})")
     print(f"wrote {out}/metrics.json, preds_test.csv, by_*.csv, *.png")
     return metrics
+
+
+def print_saved_table(path: Path) -> None:
+    """Print the model-vs-baselines table of an earlier run's metrics.json (when step05 is up to date)."""
+    try:
+        m = json.loads(Path(path).read_text(encoding="utf-8"))
+        results = {MODEL: m["model"], **m["baselines"]}
+    except (OSError, ValueError, KeyError):
+        return
+    print(format_table(results))
+    floor = (m.get("demo_world") or {}).get("noise_floor_rmse_K")
+    if floor is not None:
+        print(f"noise floor (demo world truth.json): {floor:.3f} K")

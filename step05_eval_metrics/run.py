@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     run = StepRun(cfg.output_dir, config_to_dict(cfg), inputs, STEP)
     if not args.force and run.up_to_date():
         print(f"{STEP}: up to date ({run.path}); use --force to rerun")
+        from shared.evaluate import print_saved_table
+
+        print_saved_table(cfg.output_dir / "metrics.json")
         return 0
 
     from shared.evaluate import run_step05
