@@ -1,0 +1,190 @@
+"""The embedded demo world (tiny preset): file contract, determinism, physics."""
+import json
+import subprocess
+import sys
+
+import netCDF4
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from shared import REPO_ROOT
+from shared import demo_world as dw
+from shared.errors import UserError
+from shared.grid import KO_GRID, Grid
+from shared.solar import solar_zenith
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    raw = tmp_path_factory.mktemp("demo") / "raw"
+    summary = dw.generate(raw, preset="tiny", seed=0, progress=False)
+    return raw, summary
+
+
+def _times(raw):
+    return sorted(p.name[8:20] for p in (raw / "sat").rglob("gk2a_bt_*.nc"))
+
+
+def _sat(raw, kind, stamp):
+    return raw / "sat" / stamp[:4] / stamp[4:6] / stamp[6:8] / f"gk2a_{kind}_{stamp}.nc"
+
+
+def _obs(raw):
+    df = pd.concat([pd.read_csv(p) for p in sorted((raw / "ta_obs").glob("*.csv"))])
+    df["time_utc"] = pd.to_datetime(df["time_utc"], format="%Y-%m-%d %H:%M")
+    return df
+
+
+def test_static_layout(world):
+    raw, summary = world
+    with netCDF4.Dataset(raw / "static.nc") as ds:
+        assert ds.Conventions == "CF-1.8"
+        g = Grid.from_attrs({k: ds.getncattr(k) for k in ds.ncattrs()})
+        assert g == KO_GRID.window(*dw._preset("tiny").window)
+        for name, dtype in [("lat", "f8"), ("lon", "f8"), ("dem", "f4"), ("lsmask", "u1"), ("landcover", "u1")]:
+            v = ds.variables[name]
+            assert v.dimensions == ("y", "x") and v.dtype == np.dtype(dtype) and v.shape == (128, 128)
+        for name in ("dem", "lsmask", "landcover"):
+            assert ds.variables[name].grid_mapping == "lambert_conformal_conic"
+        assert ds.variables["lambert_conformal_conic"].grid_mapping_name == "lambert_conformal_conic"
+        np.testing.assert_array_equal(ds.variables["x"][:], g.x)
+        np.testing.assert_array_equal(ds.variables["y"][:], g.y)
+        lat, lon = g.latlon_2d()
+        np.testing.assert_allclose(ds.variables["lat"][:], lat, atol=1e-9)
+        dem, ls, lc = (np.asarray(ds.variables[k][:]) for k in ("dem", "lsmask", "landcover"))
+    assert set(np.unique(ls)) == {0, 1}  # the window has sea (Yellow Sea coast) and land
+    assert np.all(dem[ls == 0] == 0) and dem[ls == 1].min() >= 0 and 500 < dem.max() < 1800
+    assert np.all(lc[ls == 0] == 17) and np.all((lc[ls == 1] >= 1) & (lc[ls == 1] <= 16))
+    st = pd.read_csv(raw / "stations.csv")
+    assert list(st.columns) == ["stn_id", "name", "lat", "lon", "elev_m"]
+    assert len(st) >= 15 and summary["n_stations"] == len(st)
+    r, c = g.latlon_to_rowcol(st["lat"], st["lon"])
+    assert g.inside(r, c).all()
+    # station pixels are land and the DEM there roughly matches the station elevation
+    assert (ls[r, c] == 1).all()
+    assert np.sqrt(np.mean((dem[r, c] - st["elev_m"]) ** 2)) < 120
+
+
+def test_sat_and_truth_layout(world):
+    raw, summary = world
+    stamps = _times(raw)
+    assert len(stamps) == summary["n_timestamps"] == 8
+    assert {s[4:6] for s in stamps} == {"01", "07"}
+    s = stamps[0]
+    with netCDF4.Dataset(_sat(raw, "bt", s)) as ds:
+        v = ds.variables["bt"]
+        assert v.dimensions == ("channel", "y", "x") and v.dtype == np.int16 and v.shape == (10, 128, 128)
+        assert v.scale_factor == np.float32(0.1) and v._FillValue == -32768 and v.units == "K"
+        assert v.filters()["zlib"] and v.filters()["shuffle"] and v.chunking() == [1, 128, 128]
+        assert list(ds.variables["channel"][:]) == list(dw.BT_CHANNELS)
+        np.testing.assert_allclose(ds.variables["wavelength_um"][:], dw.BT_WAVES_UM, rtol=1e-6)
+        assert ds.grid_row0 == 440 and ds.time_utc == "2023-01-08T00:00:00Z"
+    bt = xr.open_dataset(_sat(raw, "bt", s))
+    assert bt["bt"].dtype == np.float32 and pd.Timestamp(bt["time"].values) == pd.Timestamp("2023-01-08 00:00")
+    assert 180 < float(bt["bt"].min()) and float(bt["bt"].max()) < 340
+    rf = xr.open_dataset(_sat(raw, "rf", s))
+    assert rf["rf"].dims == ("channel", "y", "x") and list(rf["channel"].values) == list(dw.RF_CHANNELS)
+    sza = xr.open_dataset(_sat(raw, "sza", s))
+    assert sza["sza"].dims == ("y", "x")
+    tr = xr.open_dataset(raw / "truth" / f"ta_true_{s}.nc")
+    assert tr["t2m"].attrs["standard_name"] == "air_temperature" and tr["t2m"].attrs["units"] == "K"
+    assert float(tr["height"]) == 2.0 and tr["cloud_mask"].dtype == np.uint8
+    truth = json.loads((raw / "truth.json").read_text())
+    for k in ("preset", "seed", "grid", "n_timestamps", "station_noise_sigma_k", "noise_floor_rmse_k", "climatology_rmse_k"):
+        assert k in truth
+    assert json.loads((raw / dw.MARKER).read_text())["status"] == "complete"
+
+
+def test_obs_csv(world):
+    raw, summary = world
+    text = (raw / "ta_obs" / "asos_ta_202301.csv").read_text().splitlines()
+    assert text[0] == "stn_id,time_utc,ta_c" and len(text[1].split(",")[1]) == 16  # "YYYY-MM-DD HH:MM"
+    df = _obs(raw)
+    assert df["ta_c"].notna().sum() == summary["n_samples"]
+    assert 0 < df["ta_c"].isna().mean() < 0.05
+    jan, jul = df[df.time_utc.dt.month == 1]["ta_c"].mean(), df[df.time_utc.dt.month == 7]["ta_c"].mean()
+    assert -15 < jan < 5 and 18 < jul < 32 and jul - jan > 15
+
+
+def test_deterministic(world, tmp_path):
+    raw, _ = world
+    other = tmp_path / "again"
+    dw.generate(other, preset="tiny", seed=0, progress=False, workers=2)
+    s = _times(raw)[5]
+    for kind in ("bt", "rf", "sza"):
+        with netCDF4.Dataset(_sat(raw, kind, s)) as a, netCDF4.Dataset(_sat(other, kind, s)) as b:
+            np.testing.assert_array_equal(a.variables[kind][:], b.variables[kind][:])
+    assert (raw / "ta_obs" / "asos_ta_202307.csv").read_bytes() == (other / "ta_obs" / "asos_ta_202307.csv").read_bytes()
+    # another seed is another world
+    dem0 = xr.open_dataset(raw / "static.nc")["dem"].values
+    assert not np.array_equal(dw.build_world("tiny", seed=1).dem, dem0)
+
+
+def test_rf_zero_at_night_and_sza(world):
+    raw, _ = world
+    lat, lon = Grid.from_attrs(xr.open_dataset(raw / "static.nc").attrs).latlon_2d()
+    day_seen = night_seen = False
+    for s in _times(raw):
+        sza = xr.open_dataset(_sat(raw, "sza", s))["sza"].values
+        np.testing.assert_allclose(sza, solar_zenith(pd.Timestamp(s[:8] + "T" + s[8:]), lat, lon), atol=0.006)
+        rf = xr.open_dataset(_sat(raw, "rf", s))["rf"].values
+        night = sza > 90
+        assert np.all(rf[:, night] == 0)
+        night_seen |= night.all()
+        if (sza < 70).all():
+            day_seen = True
+            assert rf[2].mean() > 0.03 and rf.max() <= 1.25
+    assert day_seen and night_seen
+
+
+def test_clouds_cold_and_bright(world):
+    raw, _ = world
+    checked = 0
+    for s in _times(raw):
+        bt = xr.open_dataset(_sat(raw, "bt", s))["bt"]
+        cm = xr.open_dataset(raw / "truth" / f"ta_true_{s}.nc")["cloud_mask"].values.astype(bool)
+        if cm.mean() < 0.05 or cm.mean() > 0.95:
+            continue
+        ir = bt.sel(channel="IR105").values
+        assert ir[cm].mean() < ir[~cm].mean() - 5
+        checked += 1
+        # water-vapour channels are much colder than the window channels in clear sky
+        wv = bt.sel(channel="WV063").values
+        assert wv[~cm].mean() < ir[~cm].mean() - 15
+    assert checked >= 2
+
+
+def test_station_noise(world):
+    raw, summary = world
+    st = pd.read_csv(raw / "stations.csv")
+    static = xr.open_dataset(raw / "static.nc")
+    g = Grid.from_attrs(static.attrs)
+    r, c = g.latlon_to_rowcol(st["lat"].to_numpy(), st["lon"].to_numpy())
+    px = pd.DataFrame({"stn_id": st["stn_id"], "row": r, "col": c,
+                       "elev_eff": -dw.LAPSE * (st["elev_m"] - static["dem"].values[r, c])})
+    df = _obs(raw).dropna().merge(px, on="stn_id")
+    res = []
+    for t, part in df.groupby("time_utc"):
+        t2m = xr.open_dataset(raw / "truth" / f"ta_true_{t:%Y%m%d%H%M}.nc")["t2m"].values
+        res.append(part["ta_c"] - (t2m[part["row"], part["col"]] - 273.15) - part["elev_eff"])
+    res = np.concatenate(res)
+    assert abs(res.mean()) < 0.1
+    assert abs(res.std() - summary["station_noise_sigma_k"]) < 0.08
+    assert summary["noise_floor_rmse_k"] >= summary["station_noise_sigma_k"] * 0.9
+
+
+def test_skips_existing_and_refuses_foreign(world, tmp_path):
+    raw, _ = world
+    again = dw.generate(raw, preset="tiny", seed=0, progress=False)
+    assert again["skipped"] is True and again["seconds"] < 5
+    foreign = tmp_path / "real"
+    foreign.mkdir()
+    (foreign / "my_data.nc").write_text("x")
+    with pytest.raises(UserError, match="not a demo world"):
+        dw.generate(foreign, preset="tiny", progress=False)
+    assert (foreign / "my_data.nc").read_text() == "x"
+    p = subprocess.run([sys.executable, "-m", "shared.demo_world", "--preset", "tiny", "--out", str(foreign)],
+                       cwd=REPO_ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and "not a demo world" in p.stderr and "Traceback" not in p.stderr
