@@ -370,6 +370,14 @@ def plot_station_map(st: pd.DataFrame, static, path: Path) -> None:
                     cmap="magma_r", edgecolors="k", linewidths=0.5, zorder=3,
                     vmin=0, vmax=max(1.0, float(np.nanpercentile(st["rmse_K_model"], 95))))
     fig.colorbar(sc, ax=ax, shrink=0.8, label="RMSE (K)", extend="max")
+    sx, sy = xk[st["pixel_x"].to_numpy()], yk[st["pixel_y"].to_numpy()]
+    if len(st) <= 40:
+        for x, y, sid in zip(sx, sy, st["stn_id"]):
+            ax.annotate(str(sid), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color="0.25")
+    # zoom on the stations (the KO grid is far larger than Korea), keeping the grid's bounds
+    pad = 120.0
+    ax.set_xlim(max(ax.get_xlim()[0], sx.min() - pad), min(ax.get_xlim()[1], sx.max() + pad))
+    ax.set_ylim(max(ax.get_ylim()[0], sy.min() - pad), min(ax.get_ylim()[1], sy.max() + pad))
     ax.set_title(f"model RMSE at the {len(st)} test stations", fontsize=10)
     _save(fig, path)
 

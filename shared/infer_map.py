@@ -250,7 +250,8 @@ def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFram
 
     ``select``: ``test`` (every image time of step01's test split), ``all``
     (every complete image under raw_dir), ``list`` or ``range`` (UTC). With
-    ``limit`` N > 0 only N evenly spaced times of the selection are kept.
+    ``limit`` N > 0 only N evenly spaced times of the selection are kept (the
+    middle one of each of N equal parts).
     """
     from .config import resolve_path
     from .io_sat import scan_sat_times
@@ -299,7 +300,8 @@ def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFram
             df = sat.set_index("time_utc").loc[want[ok]].reset_index()
     df = df.sort_values("time_utc").reset_index(drop=True)
     if cfg_times.limit and len(df) > cfg_times.limit:
-        pick = np.unique(np.linspace(0, len(df) - 1, cfg_times.limit).round().astype(int))
+        # the middle time of each of ``limit`` equal parts of the sorted selection
+        pick = np.unique(((np.arange(cfg_times.limit) + 0.5) * len(df) / cfg_times.limit).astype(int))
         df = df.iloc[pick].reset_index(drop=True)
     return df[["time_utc", "path_bt", "path_rf", "path_sza"]], missing
 
