@@ -47,7 +47,7 @@ from .errors import UserError
 from .grid import KO_GRID, Grid
 
 #: Bump when physics or file layout change: an old demo world is then rebuilt.
-VERSION = "2"
+VERSION = "3"
 MARKER = "DEMO_WORLD.json"
 #: Paths inside the output folder that the generator owns (removed on rebuild).
 MANAGED = ("static.nc", "stations.csv", "truth.json", MARKER, "sat", "ta_obs", "truth")
@@ -165,8 +165,13 @@ _RIDGES = [
     ([(36.0, 137.5), (36.5, 138.0)], 60, 1.0),
     ([(43.5, 133.0), (45.0, 135.5)], 50, 0.6),
 ]
-# Volcanic cones: (lat, lon, height m, e-folding km, east-west stretch)
-_CONES = [(33.362, 126.533, 1930.0, 3.7, 1.9), (37.50, 130.87, 984.0, 1.5, 1.0)]
+# Volcanic cones and the main summits of South Korea: (lat, lon, height m, e-folding km, east-west stretch)
+_CONES = [
+    (33.362, 126.533, 1930.0, 3.7, 1.9), (37.50, 130.87, 984.0, 1.5, 1.0),  # Halla (Jeju), Ulleungdo
+    (38.119, 128.465, 1760.0, 4.0, 1.0), (35.337, 127.731, 1780.0, 4.5, 1.0),  # Seorak, Jiri
+    (35.860, 127.747, 1600.0, 4.0, 1.0), (37.794, 128.543, 1560.0, 4.0, 1.0),  # Deogyu, Odae
+    (37.096, 128.916, 1550.0, 4.0, 1.0), (36.957, 128.485, 1430.0, 4.0, 1.0),  # Taebaek, Sobaek
+]
 # Cities (urban land cover + heat island): (lat, lon, radius km)
 _CITIES = [
     (37.55, 126.98, 17), (37.46, 126.70, 8), (37.27, 127.01, 7), (35.15, 129.05, 9), (35.87, 128.60, 9),
@@ -442,9 +447,9 @@ def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float
     lc = np.full(dem.shape, 12, dtype=np.uint8)  # cropland by default
     forest_score = dem / 350.0 + slope / 0.08 + 0.7 * N1
     north_dry = (lon < 120.5) & (lat > 41.0)
-    lc[(forest_score > 0.6) & (forest_score <= 1.0)] = 14
-    lc[north_dry & (forest_score < 1.0)] = 10
-    f = forest_score > 1.0
+    lc[(forest_score > 0.5) & (forest_score <= 0.85)] = 14
+    lc[north_dry & (forest_score < 0.85)] = 10
+    f = forest_score > 0.85
     lc[f & (N2 > 0.35)] = 4
     lc[f & (N2 <= 0.35)] = 5
     lc[f & ((dem > 900) | (lat > 42.5)) & (N2 < 0.4)] = 1
@@ -459,7 +464,7 @@ def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float
             np.minimum(d, np.hypot(xk - np.float32(cx / 1000), yk - np.float32(cy / 1000)) / rkm, out=d)
         return d
 
-    urban = _coarse(city_dist, XK, YK) < 0.75 + 0.35 * N2
+    urban = _coarse(city_dist, XK, YK) < 1.0 + 0.4 * N2
     urban &= (dem < 250) & (slope < 0.08)
     lc[urban] = 13
     lc[~land] = 17
@@ -635,7 +640,7 @@ def simulate(W: World, t: pd.Timestamp) -> dict:
 
     # ---- 2 m air temperature (degC)
     dlat = lat - f32(37.6)
-    tl = (f32(12.8) - dlat) - (f32(14.5) + f32(0.9) * dlat) * f32(np.cos(ph * (doy - 22)))
+    tl = (f32(12.4) - dlat) - (f32(14.5) + f32(0.9) * dlat) * f32(np.cos(ph * (doy - 22)))
     yellow, warm = W.yellow, W.warm_cur  # shallow Yellow Sea: colder winters; warm current: milder
     tsea = (f32(15.5) - f32(1.2) * (lat - f32(35)) - f32(1.5) * yellow + f32(1.5) * warm) - (
         f32(8.5) + f32(0.8) * (lat - f32(35)) + f32(2.5) * yellow - f32(2.0) * warm) * f32(np.cos(ph * (doy - 45)))
