@@ -4,7 +4,13 @@
 
     x (B,19,P,P) ─ encoder channels ─ bilinear resize to R×R ─ ClayEncoder ─ CLS (B,D) ─ LayerNorm ─┐
     time7 (B,7), loc -> normalised lat/lon (B,2), landcover_onehot (B,17),                         ├─ MLP ─ TA z-score (B,)
-    SZA/DEM/LSMASK centre value + patch mean + patch std (B,9)  ── "aux" (B,35) ───────────────────┘
+    SZA/DEM/LSMASK centre value + patch mean + patch std (B,9)  ── "aux" (B,35) ───────────────────┤
+    [head_spectral] 16 radiances: centre value + patch mean (B,32)  ── also "aux" (B,67) ──────────┘
+
+``encoder_channels: all`` also feeds SZA/DEM/LSMASK to the encoder, with
+the pseudo-wavelengths ``pseudo_waves_um``. ``head_spectral`` gives the head
+a direct path to the radiances: an encoder trained from scratch on a few
+thousand samples extracts them poorly (measured on the demo world).
 
 The model is described by one plain dict (``model_cfg``) stored in every
 checkpoint, so :func:`load_ta_checkpoint` rebuilds it with nothing else.
@@ -53,7 +59,10 @@ _DEFAULTS = {
     "head_layers": 2,
     "dropout": 0.0,
     "freeze_encoder": False,
+    "head_spectral": False,
 }
+#: Keys added after the first checkpoints were written, with the value that rebuilds those.
+_ADDED_LATER = {"head_spectral": False}
 
 
 def model_config(**kw) -> dict:
@@ -89,6 +98,9 @@ class TAModel(nn.Module):
         # Kept on the CPU: the encoder keys its cached patch kernel on these values.
         self.waves = torch.tensor(list(waves.values()), dtype=torch.float32)
         self.register_buffer("aux_idx", torch.tensor([chans.index(n) for n in AUX_CHANNELS]), persistent=False)
+        self.head_spectral = bool(cfg.get("head_spectral", False))
+        self.register_buffer("spec_idx", torch.tensor([chans.index(n) for n in BT_CHANNELS + RF_CHANNELS]),
+                             persistent=False)
         self.register_buffer("loc_mean", torch.tensor(cfg["loc_mean"], dtype=torch.float32), persistent=False)
         self.register_buffer("loc_std", torch.tensor(cfg["loc_std"], dtype=torch.float32), persistent=False)
         # Clay sees R×R pixels covering the P×P window: gsd of a resized pixel.
@@ -97,6 +109,8 @@ class TAModel(nn.Module):
         self.encoder = ClayEncoder(cfg["size"], cfg["clay_patch_size"])
         d = self.encoder.dim
         self.n_aux = N_TIME7 + 2 + N_LANDCOVER + 3 * len(AUX_CHANNELS)
+        if self.head_spectral:
+            self.n_aux += 2 * len(self.spec_idx)
         layers: list[nn.Module] = []
         width = d + self.n_aux
         for _ in range(cfg["head_layers"]):
@@ -136,10 +150,11 @@ class TAModel(nn.Module):
         x = batch["x"].index_select(1, self.aux_idx)  # (B, 3, P, P)
         c = x.shape[-1] // 2
         latlon = (batch["loc"][:, :2] - self.loc_mean) / self.loc_std
-        return torch.cat([
-            batch["time7"], latlon, batch["landcover_onehot"],
-            x[:, :, c, c], x.mean((2, 3)), x.std((2, 3)),
-        ], dim=1)
+        parts = [batch["time7"], latlon, batch["landcover_onehot"], x[:, :, c, c], x.mean((2, 3)), x.std((2, 3))]
+        if self.head_spectral:  # a direct path for the radiances beside the encoder
+            spec = batch["x"].index_select(1, self.spec_idx)  # (B, 16, P, P)
+            parts += [spec[:, :, c, c], spec.mean((2, 3))]
+        return torch.cat(parts, dim=1)
 
     def head(self, features: torch.Tensor, batch: dict) -> torch.Tensor:
         """TA z-score ``(B,)`` from encoder features ``(B, D)`` and the batch's other inputs."""
@@ -157,10 +172,10 @@ def build_model(model_cfg: dict) -> TAModel:
     if not isinstance(model_cfg, dict) or model_cfg.get("type") != MODEL_TYPE:
         kind = model_cfg.get("type") if isinstance(model_cfg, dict) else type(model_cfg).__name__
         raise UserError(f"model type {kind!r} is not supported here (expected {MODEL_TYPE!r})")
-    missing = [k for k in _DEFAULTS if k not in model_cfg]
+    missing = [k for k in _DEFAULTS if k not in model_cfg and k not in _ADDED_LATER]
     if missing:
         raise UserError(f"model config lacks {', '.join(missing)}")
-    return TAModel(model_cfg)
+    return TAModel({**_ADDED_LATER, **model_cfg})
 
 
 def read_ta_checkpoint(path: str | Path) -> dict:

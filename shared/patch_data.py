@@ -140,17 +140,25 @@ def check_split(split: SplitFiles, n_channels: int, patch_size: int) -> dict:
     }
 
 
-def epoch_order(rows: list[int], seed: int, epoch: int, shuffle_files: bool, shuffle_within: bool) -> torch.Tensor:
-    """Global row indices of one epoch, ``(sum(rows),)`` int64; a function of (seed, epoch) only."""
+def epoch_order(rows: list[int], seed: int, epoch: int, shuffle_files: bool, shuffle_within: bool,
+                mix_chunks: int = 1) -> torch.Tensor:
+    """Global row indices of one epoch, ``(sum(rows),)`` int64; a function of (seed, epoch) only.
+
+    Files are visited in (shuffled) order, ``mix_chunks`` at a time; with
+    ``shuffle_within`` the rows of those files are shuffled together. Chunks
+    are written in time order, so mixing several keeps each batch's seasons
+    and hours representative while reads stay within a few files.
+    """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     offsets = [0]
     for r in rows:
         offsets.append(offsets[-1] + r)
-    file_order = torch.randperm(len(rows), generator=g).tolist() if shuffle_files else range(len(rows))
+    file_order = torch.randperm(len(rows), generator=g).tolist() if shuffle_files else list(range(len(rows)))
     parts = []
-    for f in file_order:  # per file, not per sample
-        idx = torch.randperm(rows[f], generator=g) if shuffle_within else torch.arange(rows[f])
-        parts.append(idx + offsets[f])
+    step = max(1, mix_chunks)
+    for k in range(0, len(file_order), step):  # per group of files, not per sample
+        idx = torch.cat([torch.arange(offsets[f], offsets[f + 1]) for f in file_order[k:k + step]])
+        parts.append(idx[torch.randperm(len(idx), generator=g)] if shuffle_within else idx)
     return torch.cat(parts)
 
 
@@ -163,12 +171,14 @@ class BatchPlan(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, rows: list[int], batch_size: int, seed: int = 0, shuffle_files: bool = False,
-                 shuffle_within: bool = False, rank: int = 0, world: int = 1, drop_last: bool = False):
+                 shuffle_within: bool = False, mix_chunks: int = 1, rank: int = 0, world: int = 1,
+                 drop_last: bool = False):
         self.rows = list(rows)
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle_files = shuffle_files
         self.shuffle_within = shuffle_within
+        self.mix_chunks = mix_chunks
         self.rank = rank
         self.world = world
         self.drop_last = drop_last
@@ -188,7 +198,7 @@ class BatchPlan(torch.utils.data.IterableDataset):
         return len(range(self.rank, nb, self.world))
 
     def batch_indices(self) -> list[torch.Tensor]:
-        order = epoch_order(self.rows, self.seed, self.epoch, self.shuffle_files, self.shuffle_within)
+        order = epoch_order(self.rows, self.seed, self.epoch, self.shuffle_files, self.shuffle_within, self.mix_chunks)
         bs = self.batch_size
         mine = range(self.rank, len(self) * self.world if self.drop_last else self._n_total(), self.world)
         return [order[b * bs:(b + 1) * bs] for b in mine]
@@ -216,7 +226,7 @@ class ChunkBatches(BatchPlan):
         self.split = split
         self.n_channels = n_channels
         self.patch_size = patch_size
-        self.cache_chunks = cache_chunks
+        self.cache_chunks = max(cache_chunks, self.mix_chunks + 1)
         self._offsets = split.offsets
         self._cache: OrderedDict[int, dict] = OrderedDict()  # per process: workers get their own copy
 

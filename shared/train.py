@@ -1,7 +1,7 @@
 """Step03 training loop: TA model on patch chunks, single process or DDP.
 
 Read top to bottom: :func:`train` sets up (devices, data, model, optimizer,
-resume), then runs epochs of :func:`_train_epoch` / :func:`evaluate` and
+resume), then runs epochs of :func:`train_epoch` / :func:`evaluate` and
 writes checkpoints. The same code runs under ``torchrun --nproc_per_node=N``:
 each rank takes every N-th batch, gradients are averaged by DDP, validation
 sums are all-reduced, and only rank 0 writes files.
@@ -164,6 +164,7 @@ def make_model_cfg(cfg, manifest: dict, loc_stats: dict) -> dict:
         loc_std=loc_stats["loc_std"],
         head_hidden=m.head_hidden,
         head_layers=m.head_layers,
+        head_spectral=m.head_spectral,
         dropout=m.dropout,
         freeze_encoder=m.freeze_encoder,
     )
@@ -203,7 +204,7 @@ def evaluate(model, loader, device: torch.device, dtype, d: Dist) -> tuple[float
 # --------------------------------------------------------------------------- training
 
 
-def _train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device, dtype, grad_clip,
+def train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device, dtype, grad_clip,
                  target_std, d: Dist, params) -> tuple[float, float, float]:
     """One pass over this rank's training batches -> (mean loss over ranks, data wait s, step s)."""
     from tqdm import tqdm
@@ -247,12 +248,12 @@ def _train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device
             bar.set_postfix(loss=f"{mean:.4f}", rmse=f"{math.sqrt(mean):.4f}",
                             rmse_K=f"{math.sqrt(mean) * target_std:.3f}", refresh=False)
             bar.update(1)
+    elapsed = time.perf_counter() - t_epoch
     bar.close()
-    for _ in it:  # let DataLoader workers finish cleanly
-        pass
+    del it  # stops DataLoader workers if the loop ended early (benchmarks)
     tot = torch.tensor([loss_sum, n], dtype=torch.float64, device=device)
     d.sum_(tot)
-    return float(tot[0] / tot[1].clamp_min(1)), wait, time.perf_counter() - t_epoch
+    return float(tot[0] / tot[1].clamp_min(1)), wait, elapsed
 
 
 def train(cfg, resume: bool = False, stop_after: int | None = None, log=print) -> dict:
@@ -294,8 +295,9 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
     norm = {"channels": list(manifest["channels"]), "patch_size": psize, **stats}
     tcfg = cfg.train
     plan_kw = dict(batch_size=tcfg.batch_size, seed=tcfg.seed, rank=d.rank, world=d.world)
-    train_plan = ChunkBatches(splits["train"], n_ch, psize, shuffle_files=cfg.data.shuffle_files,
-                              shuffle_within=cfg.data.shuffle_within_file, drop_last=True, **plan_kw)
+    shuffle_kw = dict(shuffle_files=cfg.data.shuffle_files, shuffle_within=cfg.data.shuffle_within_file,
+                      mix_chunks=cfg.data.mix_chunks, drop_last=True)
+    train_plan = ChunkBatches(splits["train"], n_ch, psize, **shuffle_kw, **plan_kw)
     val_plan = ChunkBatches(splits["val"], n_ch, psize, **plan_kw)
     if len(train_plan) == 0:
         raise UserError(f"train split has {splits['train'].n_rows} rows: fewer than one batch of "
@@ -323,8 +325,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
         for name in ("train", "val"):  # each rank caches all rows: simple, and ranks' shards change every epoch
             plan = ChunkBatches(splits[name], n_ch, psize, batch_size=max(tcfg.batch_size, 512))
             cached[name] = compute_features(model, plan, device, dtype, store)
-        train_plan = TensorBatches(cached["train"], splits["train"].rows, shuffle_files=cfg.data.shuffle_files,
-                                   shuffle_within=cfg.data.shuffle_within_file, drop_last=True, **plan_kw)
+        train_plan = TensorBatches(cached["train"], splits["train"].rows, **shuffle_kw, **plan_kw)
         val_plan = TensorBatches(cached["val"], splits["val"].rows, **plan_kw)
         train_loader, val_loader = train_plan, val_plan
         say(f"cached encoder features of {splits['train'].n_rows} train + {splits['val'].n_rows} val rows "
@@ -375,9 +376,9 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
             break
         t0 = time.perf_counter()
         train_plan.set_epoch(epoch)
-        train_loss, wait, step_s = _train_epoch(epoch, ddp_model, train_loader, steps_per_epoch, opt, sched,
+        train_loss, wait, step_s = train_epoch(epoch, ddp_model, train_loader, steps_per_epoch, opt, sched,
                                                 scaler, device, dtype, tcfg.grad_clip, target_std, d, params)
-        val_loss, n_val = evaluate(model, val_loader, device, dtype, d)
+        val_loss, _ = evaluate(model, val_loader, device, dtype, d)
         rmse = math.sqrt(val_loss)
         improved = val_loss < state["best_val"]
         if improved:

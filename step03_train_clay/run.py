@@ -26,11 +26,14 @@ class DataCfg:
     patch_dir: Path = Path("step02_make_patches/outputs")
     shuffle_files: bool = True
     shuffle_within_file: bool = True
+    mix_chunks: int = 8  # rows of this many chunks are shuffled together
     num_workers: int = 0
 
     def check(self):
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.mix_chunks < 1:
+            raise ValueError(f"data.mix_chunks must be >= 1, got {self.mix_chunks}")
 
 
 @dataclass
@@ -52,6 +55,7 @@ class ModelCfg:
     pseudo_waves_um: list[float] = field(default_factory=lambda: [20.0, 25.0, 30.0])
     head_hidden: int = 256
     head_layers: int = 2
+    head_spectral: bool = False  # also give the head the 16 radiances' centre values and patch means
     dropout: float = 0.0
 
     def check(self):

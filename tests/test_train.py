@@ -75,6 +75,12 @@ def test_batches_cover_split_once_in_any_sharding(patches):
     assert not set(ranks[0].tolist()) & set(ranks[1].tolist())
     one.set_epoch(3)
     assert not torch.equal(torch.cat([b["y"] for b in one]), seen)  # new order each epoch
+    # Chunks hold consecutive times: mix_chunks shuffles rows of several chunks together.
+    offsets = tr.offsets
+    for mix, n_files in ((1, 1), (3, 3)):
+        p = ChunkBatches(tr, 19, 9, batch_size=64, seed=3, shuffle_files=True, shuffle_within=True, mix_chunks=mix)
+        first = p.batch_indices()[0]
+        assert len(torch.unique(torch.searchsorted(offsets, first, right=True))) == n_files
 
 
 def test_training_learns_and_writes_outputs(tmp_path, patches, capsys):
