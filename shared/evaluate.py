@@ -114,6 +114,21 @@ def chunk_row_locations(patch_dir: Path, split: str) -> list[tuple[Path, int]]:
     return [(f, rows[f.name]) for f in split_files(pdir, split)]
 
 
+def check_stats(predictor, patch_dir: Path, ckpt_path: Path) -> None:
+    """The chunks must be z-scored with the statistics the model was trained with."""
+    p = patch_dir / "stats" / "input_statistics.json"
+    t = patch_dir / "stats" / "target_statistics.json"
+    if not p.is_file() or not t.is_file():
+        raise UserError(f"no {p.name}/{t.name} in {patch_dir / 'stats'}; run step02 first (python step02_make_patches/run.py)")
+    st, tt = json.loads(p.read_text(encoding="utf-8")), json.loads(t.read_text(encoding="utf-8"))
+    same = (np.allclose(st["mean"], predictor.input_mean, rtol=1e-6, atol=1e-9)
+            and np.allclose(st["std"], predictor.input_std, rtol=1e-6, atol=1e-9)
+            and np.isclose(tt["mean"], predictor.target_mean, rtol=1e-6) and np.isclose(tt["std"], predictor.target_std, rtol=1e-6))
+    if not same:
+        raise UserError(f"{ckpt_path} was trained on patches normalised with other statistics than {patch_dir / 'stats'} "
+                        f"(step02 was rerun after step03); retrain: python step03_train_clay/run.py")
+
+
 # --------------------------------------------------------------------------- table of rows
 
 
@@ -239,14 +254,21 @@ def map_agreement(df: pd.DataFrame, predictor, patch_dir: Path, split: str, stat
     return res
 
 
-def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static) -> list[dict]:
-    """Whole-grid RMSE of each map against the demo world's true field (all / land / sea pixels)."""
+def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, near: np.ndarray | None = None) -> list[dict]:
+    """Whole-grid RMSE of each map against the demo world's true field.
+
+    Over all pixels, land, sea and (``near``, a (ny, nx) mask) the pixels
+    close to a station, where the model can be trusted most.
+    """
     import netCDF4
 
     from .mapio import read_map
 
     out = []
     land = static.lsmask > 0.5
+    masks = [("all", None), ("land", land), ("sea", ~land)]
+    if near is not None:
+        masks.append(("near_stations", near))
     for m in maps_used:
         t = pd.Timestamp(m["time_utc"])
         tp = truth_dir / f"ta_true_{t:%Y%m%d%H%M}.nc"
@@ -258,7 +280,7 @@ def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static) 
         if truth.shape != f.t2m.shape:
             raise UserError(f"{tp}: truth is {truth.shape}, map {f.t2m.shape}; the demo world and the maps differ: rerun step04")
         rec = {"time_utc": m["time_utc"], "file": m["file"]}
-        for name, mask in (("all", None), ("land", land), ("sea", ~land)):
+        for name, mask in masks:
             s = field_rmse(f.t2m, truth, mask)
             rec[f"rmse_K_{name}"] = s["rmse_K"]
             rec[f"bias_K_{name}"] = s["bias"]
@@ -425,6 +447,7 @@ def run_step05(cfg, run) -> dict:
     static = read_static(resolve_path(splits.get("static", "data/raw/static.nc")))
     raw_dir = resolve_path(splits.get("raw_dir", "data/raw"))
 
+    check_stats(predictor, cfg.patch_dir, cfg.checkpoint)
     print(f"step05: predicting the {cfg.split} split with {cfg.checkpoint.name} ...", flush=True)
     test = read_rows(cfg.patch_dir, cfg.split, predictor, cfg.batch_size)
     train = read_rows(cfg.patch_dir, "train")
@@ -446,7 +469,14 @@ def run_step05(cfg, run) -> dict:
             fp32 = all(m["precision"] == "fp32" for m in maps_used)
             agreement = map_agreement(df, predictor, cfg.patch_dir, cfg.split, static, cfg.map_agreement_tol_K, fp32, cfg.batch_size)
             truth_dir = cfg.truth_dir or raw_dir / "truth"
-            truth = truth_scores(maps_used, cfg.map_dir, truth_dir, static)
+            near = None
+            ip = cfg.index_dir / "index.csv"
+            if ip.is_file() and cfg.coverage_km > 0:
+                from .mapio import station_distance_km
+
+                px = pd.read_csv(ip, usecols=["pixel_y", "pixel_x"]).drop_duplicates()
+                near = station_distance_km(static.grid, px["pixel_y"].to_numpy(), px["pixel_x"].to_numpy()) <= cfg.coverage_km
+            truth = truth_scores(maps_used, cfg.map_dir, truth_dir, static, near)
         else:
             print(f"note: no step04 map in {cfg.map_dir} for a {cfg.split} time; map columns left empty")
     if "map_c" not in df:
@@ -481,6 +511,9 @@ def run_step05(cfg, run) -> dict:
         if truth:
             metrics["demo_world"]["maps_vs_truth_mean_rmse_K"] = float(np.mean([r["rmse_K_all"] for r in truth]))
             metrics["demo_world"]["maps_vs_truth_mean_rmse_K_land"] = float(np.nanmean([r["rmse_K_land"] for r in truth]))
+            if "rmse_K_near_stations" in truth[0]:
+                metrics["demo_world"]["maps_vs_truth_mean_rmse_K_near_stations"] = float(np.nanmean([r["rmse_K_near_stations"] for r in truth]))
+                metrics["demo_world"]["near_stations_km"] = cfg.coverage_km
 
     # --- tables ----------------------------------------------------------------
     outputs = []
@@ -528,7 +561,10 @@ def run_step05(cfg, run) -> dict:
     if noise_floor is not None:
         print(f"noise floor (demo world truth.json): {noise_floor:.3f} K")
     if truth:
-        print(f"maps vs true field: mean RMSE {metrics['demo_world']['maps_vs_truth_mean_rmse_K']:.3f} K over {len(truth)} map(s)")
+        d = metrics["demo_world"]
+        near = (f", {d['maps_vs_truth_mean_rmse_K_near_stations']:.3f} K within {cfg.coverage_km:g} km of a station"
+                if "maps_vs_truth_mean_rmse_K_near_stations" in d else "")
+        print(f"maps vs true field: mean RMSE {d['maps_vs_truth_mean_rmse_K']:.3f} K over the whole grid{near} ({len(truth)} map(s))")
     if agreement and agreement.get("n"):
         state = "ok" if agreement.get("ok") else ("not checked (bf16 maps)" if not agreement.get("checked") else "FAILED")
         print(f"map vs model at {agreement['n']} mapped test rows: max |diff| {agreement['max_abs_diff_K']:.2e} K ({state})")

@@ -419,7 +419,7 @@ def run_step04(cfg, run, rank: int = 0, world: int = 1) -> dict:
         ds = map_dataset(res.t2m_K, static.grid, t, static.lat, static.lon, attrs)
         if cfg.quicklook:  # PNG first: a map file present means its quicklook is too
             note = f"{predictor.model_cfg.get('size')} model, {res.n_missing:,} px without input" if res.n_missing else ""
-            quicklook(png, res.t2m_K, static.grid, t, static.lsmask, static.lat, static.lon, stations, note)
+            quicklook(png, res.t2m_K, static.grid, t, static.lsmask, static.lat, static.lon, stations, note, cfg.coverage_km)
         write_map(path, ds)
         done += 1
         rec = {"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": path.name, "seconds": round(res.seconds, 2),

@@ -69,6 +69,7 @@ class Config:
     num_threads: int = 0
     skip_existing: bool = True
     quicklook: bool = True
+    coverage_km: float = 100.0
     progress: bool = True
 
     def check(self):
@@ -76,6 +77,8 @@ class Config:
             raise ValueError(f"block_rows must be >= 1, got {self.block_rows}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.coverage_km < 0:
+            raise ValueError(f"coverage_km must be >= 0 (0 = no line), got {self.coverage_km}")
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0 (0 = all cores / processes), got {self.num_threads}")
 

@@ -48,6 +48,7 @@ class Config:
     clear_ir105_K: float = 270.0
     compare_maps: bool = True
     map_agreement_tol_K: float = 1.0e-3
+    coverage_km: float = 100.0
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
 
     def check(self):

@@ -167,6 +167,11 @@ def test_bad_input_exits_2(evaluated, tmp_path, capsys):
     other = save_checkpoint(tmp_path / "other.pt", evaluated["norm"], seed=1)
     assert run_step(STEP, *args, "--set", f"checkpoint={other}", "--set", f"output_dir={tmp_path / 'c'}") == 2
     assert "another checkpoint" in capsys.readouterr().err
+    # a checkpoint trained on other statistics than the chunks
+    shifted = dict(evaluated["norm"], input_mean=[v + 1.0 for v in evaluated["norm"]["input_mean"]])
+    stale = save_checkpoint(tmp_path / "stale.pt", shifted)
+    assert run_step(STEP, *args, "--set", f"checkpoint={stale}", "--set", f"output_dir={tmp_path / 'e'}") == 2
+    assert "other statistics" in capsys.readouterr().err
     # empty test split
     patches = tmp_path / "patches"
     shutil.copytree(evaluated["patches"], patches)
