@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--block-rows", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=8192)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--child", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
     a = ap.parse_args()

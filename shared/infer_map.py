@@ -20,7 +20,7 @@ and it is counted (``n_missing``).
 
 Memory: only the normalised stack (19 x (H+P-1) x (W+P-1) float32, ~62 MB on
 the KO grid) and one block of windows (``block_rows * W * 19 * P * P * 4`` B,
-e.g. 8 rows -> 44 MB) exist at a time, never the 810,000 x 19 x 9 x 9 array
+e.g. 8 rows -> 44 MB) and the activations of one batch exist at a time, never the 810,000 x 19 x 9 x 9 array
 (5 GB). The peak is reported (process max RSS).
 
 Inputs per window, as in the chunks (``shared/features.py``): ``x`` z-scored,
@@ -205,7 +205,7 @@ class MapResult:
 
 
 def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, block_rows: int = 8,
-                batch_size: int = 2048, progress: bool = True, desc: str = "") -> MapResult:
+                batch_size: int = 8192, progress: bool = True, desc: str = "") -> MapResult:
     """The whole map of one time: (H, W) K, NaN where a window has missing input."""
     from tqdm import tqdm
 

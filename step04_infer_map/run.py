@@ -64,7 +64,7 @@ class Config:
     times: TimesConfig = field(default_factory=TimesConfig)
     on_missing_image: Literal["skip", "fail"] = "skip"
     block_rows: int = 8
-    batch_size: int = 2048
+    batch_size: int = 8192
     precision: Literal["fp32", "bf16"] = "fp32"
     num_threads: int = 0
     skip_existing: bool = True

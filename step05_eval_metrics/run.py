@@ -43,7 +43,7 @@ class Config:
     truth_dir: Optional[Path] = None
     output_dir: Path = Path(f"{STEP}/outputs")
     split: Literal["test", "val"] = "test"
-    batch_size: int = 2048
+    batch_size: int = 8192
     num_threads: int = 0
     clear_ir105_K: float = 270.0
     compare_maps: bool = True
