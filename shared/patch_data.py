@@ -242,11 +242,11 @@ class ChunkBatches(BatchPlan):
     def gather(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         fid = torch.searchsorted(self._offsets, idx, right=True) - 1
         files = fid.unique()
-        if len(files) == 1:  # the usual case: the whole batch from one chunk
+        if len(files) == 1:  # evaluation, or mix_chunks 1: the whole batch from one chunk
             f = int(files[0])
             return self._take(f, idx - self._offsets[f])
         parts, pos = [], []
-        for f in files.tolist():  # at most a few files per batch
+        for f in files.tolist():  # at most mix_chunks files (two groups at a border)
             m = fid == f
             pos.append(m.nonzero().squeeze(1))
             parts.append(self._take(f, idx[m] - self._offsets[f]))

@@ -55,7 +55,7 @@ class ModelCfg:
     pseudo_waves_um: list[float] = field(default_factory=lambda: [20.0, 25.0, 30.0])
     head_hidden: int = 256
     head_layers: int = 2
-    head_spectral: bool = False  # also give the head the 16 radiances' centre values and patch means
+    head_spectral: bool = True  # also give the head the 16 radiances' centre values and patch means
     dropout: float = 0.0
 
     def check(self):
