@@ -4,6 +4,8 @@ Writes ``weights/current.pt`` every epoch, ``weights/best.pt`` on a better
 validation loss, ``outputs/train_log.csv`` and ``outputs/run.json``.
 ``--resume`` continues an interrupted run from ``weights/current.pt``.
 Multi-process: ``torchrun --nproc_per_node=N step03_train_clay/run.py``.
+A config with ``mode: pretrain`` (``--config step03_train_clay/pretrain.yaml``)
+runs the self-supervised masked-autoencoder pretraining of ``shared.pretrain``.
 """
 from __future__ import annotations
 
@@ -107,6 +109,7 @@ class TrainCfg:
 
 @dataclass
 class Config:
+    mode: Literal["train"] = "train"  # pretrain.yaml sets "pretrain" (handled by shared.pretrain)
     data: DataCfg = field(default_factory=DataCfg)
     output: OutputCfg = field(default_factory=OutputCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
@@ -118,7 +121,27 @@ class Config:
                              "features change every step)")
 
 
+def _config_mode(argv) -> str:
+    """The ``mode`` key of the chosen config file (``train`` when absent or unreadable)."""
+    import argparse
+
+    import yaml
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=Path(__file__).resolve().parent / "config.yaml")
+    known, _ = pre.parse_known_args(argv)
+    try:
+        data = yaml.safe_load(known.config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "train"  # load_config reports the problem with the file
+    return data.get("mode", "train") if isinstance(data, dict) else "train"
+
+
 def main(argv=None) -> int:
+    if _config_mode(sys.argv[1:] if argv is None else argv) == "pretrain":
+        from shared.pretrain import main as pretrain_main
+
+        return pretrain_main(argv)
     parser = step_parser(STEP, __doc__)
     parser.add_argument("--resume", action="store_true", help="continue from weights/current.pt")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",

@@ -93,3 +93,15 @@ def test_pretrain_uses_train_times_only_and_bad_input_exits_2(tiny_index, tmp_pa
     assert rc == 2
     assert _run(["--config", str(YAML), "--set", "model.mask_ratio=1.5",
                  "--set", f"output.outputs_dir={tmp_path / 'o'}"]) == 2
+
+
+def test_step03_run_py_dispatches_pretrain_mode(tmp_path, capsys):
+    """step03's run.py hands a `mode: pretrain` config to shared.pretrain (its keys, its checks)."""
+    from conftest import run_step
+
+    rc = run_step("step03_train_clay", "--config", str(ROOT / "step03_train_clay" / "pretrain.yaml"),
+                  "--set", "model.mask_ratio=1.5", "--set", f"output.outputs_dir={tmp_path / 'o'}")
+    err = capsys.readouterr().err
+    assert rc == 2 and "mask_ratio" in err
+    rc = run_step("step03_train_clay", "--set", "data.tile_px=32")  # a pretrain-only key is unknown in train mode
+    assert rc == 2 and "unknown config key 'data.tile_px'" in capsys.readouterr().err
