@@ -185,7 +185,7 @@ def _nice_levels(vals_c: np.ndarray, min_span: float = 6.0) -> np.ndarray:
     if hi - lo < min_span:
         mid = 0.5 * (lo + hi)
         lo, hi = mid - min_span / 2, mid + min_span / 2
-    step = 1.0 if hi - lo <= 24 else (2.0 if hi - lo <= 48 else 5.0)
+    step = 1.0 if hi - lo <= 20 else (2.0 if hi - lo <= 60 else 5.0)
     lo, hi = np.floor(lo / step) * step, np.ceil(hi / step) * step
     return np.arange(lo, hi + step / 2, step)
 
@@ -248,9 +248,7 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
 
     t = pd.Timestamp(time_utc)
     tc = t2m_K.astype(np.float32) - KELVIN
-    levels = _nice_levels(tc)
     cmap = plt.get_cmap("RdYlBu_r").with_extremes(bad="0.8")
-    norm = BoundaryNorm(levels, cmap.N, extend="both")
     xk, yk = grid.x / 1000.0, grid.y / 1000.0
     half = grid.res_m / 2000.0
     extent = (xk[0] - half, xk[-1] + half, yk[-1] - half, yk[0] + half)
@@ -270,10 +268,19 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
         axes = [ax0]
     else:
         zaspect = (box[3] - box[2]) / (box[1] - box[0])
-        fig, axes = plt.subplots(1, 2, figsize=(13.0, max(3.5, 5.2 * max(aspect, zaspect) + 0.5)), dpi=110,
+        fig, axes = plt.subplots(1, 2, figsize=(14.0, max(3.5, 5.2 * max(aspect, zaspect) + 0.5)), dpi=110,
                                  gridspec_kw={"width_ratios": [1.0, 1.0]})
     for i, ax in enumerate(axes):
+        # each panel its own colour classes: the zoom resolves the temperatures of its own area
+        if i == 0:
+            levels = _nice_levels(tc)
+        else:
+            inx, iny = (xk >= box[0]) & (xk <= box[1]), (yk >= box[2]) & (yk <= box[3])
+            levels = _nice_levels(tc[np.ix_(iny, inx)], min_span=4.0)
+        norm = BoundaryNorm(levels, cmap.N, extend="both")
         im = ax.imshow(np.ma.masked_invalid(tc), cmap=cmap, norm=norm, origin="upper", interpolation="nearest", extent=extent)
+        cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, ticks=levels[:: max(1, len(levels) // 12)])
+        cb.set_label("2 m air temperature (°C)")
         draw_outline(ax, grid, lsmask, lat=lat, lon=lon)
         handles = []
         if has_st:
@@ -287,10 +294,8 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
         if i == 1:
             ax.set_xlim(box[0], box[1])
             ax.set_ylim(box[2], box[3])
-            ax.set_title("zoom on the stations", fontsize=9)
+            ax.set_title("zoom on the stations (own colour scale)", fontsize=9)
             axes[0].add_patch(Rectangle((box[0], box[2]), box[1] - box[0], box[3] - box[2], fill=False, ec="k", lw=0.8, ls=":"))
-    cb = fig.colorbar(im, ax=axes, shrink=0.85, pad=0.02, ticks=levels[:: max(1, len(levels) // 12)])
-    cb.set_label("2 m air temperature (°C)")
     title = f"2 m air temperature  {t:%Y-%m-%d %H:%M} UTC  ({t + KST:%Y-%m-%d %H:%M} KST)"
     if box is None:
         axes[0].set_title(title, fontsize=10)
