@@ -86,7 +86,7 @@ def bench(cfg, size: str, mode: str, steps: int, splits, manifest, loc_stats) ->
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     d = T.Dist()
     d.world, d.rank, d.enabled = 1, 0, False
-    args = (opt, sched, scaler, device, None, cfg.train.grad_clip, 1.0, d, params)
+    args = (opt, sched, scaler, device, None, cfg.train.grad_clip, 1.0, d, params, False)
     plan.set_epoch(1)
     T.train_epoch(0, model, loader, 2, *args)  # warm-up: allocations, kernel cache
     plan.set_epoch(2)

@@ -205,12 +205,12 @@ def evaluate(model, loader, device: torch.device, dtype, d: Dist) -> tuple[float
 
 
 def train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device, dtype, grad_clip,
-                 target_std, d: Dist, params) -> tuple[float, float, float]:
+                target_std, d: Dist, params, progress: bool = True) -> tuple[float, float, float]:
     """One pass over this rank's training batches -> (mean loss over ranks, data wait s, step s)."""
     from tqdm import tqdm
 
     ddp_model.train()
-    bar = tqdm(total=n_batches, desc=f"epoch {epoch}", disable=not d.main, leave=False, mininterval=0.5,
+    bar = tqdm(total=n_batches, desc=f"epoch {epoch}", disable=not (d.main and progress), leave=False, mininterval=0.5,
                dynamic_ncols=True, file=sys.stderr)
     loss_sum, n = 0.0, 0
     wait = 0.0
