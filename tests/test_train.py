@@ -4,7 +4,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -106,12 +105,9 @@ def test_training_learns_and_writes_outputs(tmp_path, patches, capsys):
             "--set", f"output.outputs_dir={tmp_path / 'run' / 'outputs'}", "--set", "train.epochs=4"]
     for s in FAST:
         argv += ["--set", s]
-    t0 = time.perf_counter()
-    r = subprocess.run(argv, capture_output=True, text=True, env=env)
-    assert r.returncode == 0 and "up to date" in r.stdout
-    assert time.perf_counter() - t0 < 3.0  # includes interpreter start-up on a busy CI box
+    # (Wall time is not asserted on a shared machine; not importing torch is what keeps it < 1 s.)
     r = subprocess.run([sys.executable, "-X", "importtime", *argv[1:]], capture_output=True, text=True, env=env)
-    assert "up to date" in r.stdout
+    assert r.returncode == 0 and "up to date" in r.stdout
     assert not [ln for ln in r.stderr.splitlines() if ln.rstrip().endswith("| torch")]
 
 
@@ -146,18 +142,19 @@ def clay_ckpt(tmp_path_factory):
     return p
 
 
-def test_cached_features_match_uncached(tmp_path, patches, clay_ckpt):
+def test_cached_features_match_uncached(tmp_path, patches, clay_ckpt, monkeypatch):
+    encoded = []  # rows that went through the encoder: the work the cache saves
+    forward = ClayEncoder.forward
+    monkeypatch.setattr(ClayEncoder, "forward", lambda self, px, *a: encoded.append(len(px)) or forward(self, px, *a))
     sets = ["train.epochs=2", f"model.clay_ckpt_path={clay_ckpt}", "model.freeze_encoder=true"]
-    t0 = time.perf_counter()
     assert run_step(tmp_path, patches, *sets, "train.cache_features=false", out="plain") == 0
-    t_plain = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    n_plain, encoded[:] = sum(encoded), []
     assert run_step(tmp_path, patches, *sets, "train.cache_features=true", out="cached") == 0
-    t_cached = time.perf_counter() - t0
     plain, cached = log_of(tmp_path, "plain"), log_of(tmp_path, "cached")
     assert cached.val_loss.tolist() == pytest.approx(plain.val_loss.tolist(), rel=1e-4)
     assert cached.train_loss.tolist() == pytest.approx(plain.train_loss.tolist(), rel=1e-4)
-    assert t_cached < t_plain
+    assert sum(encoded) == 768 + 256  # every train and val row encoded once...
+    assert n_plain == 2 * (768 + 256)  # ...instead of once per epoch
     ck = torch.load(tmp_path / "cached" / "weights" / "best.pt", weights_only=True)
     enc0 = torch.load(clay_ckpt, weights_only=True)["state_dict"]
     assert torch.equal(ck["model"]["encoder.transformer.norm.weight"], enc0["model.encoder.transformer.norm.weight"])
