@@ -314,8 +314,19 @@ def dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str) -> bool:
-    """A finished map of the same checkpoint, precision and grid exists (written atomically, so present = whole)."""
+def inputs_fingerprint(paths) -> str:
+    """One digest of the image and static files a map is made from (sizes + mtimes)."""
+    import hashlib
+
+    from .runinfo import fingerprint
+
+    fp = fingerprint([Path(p) for p in paths])
+    return hashlib.sha1("|".join(fp[str(Path(p))] for p in paths).encode()).hexdigest()[:16]
+
+
+def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: str | None = None) -> bool:
+    """A finished map of the same checkpoint, inputs, precision and grid exists
+    (maps are written atomically, so present = whole)."""
     if not path.is_file():
         return False
     try:
@@ -325,6 +336,8 @@ def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str) -> bool:
             a = {k: ds.getncattr(k) for k in ds.ncattrs()}
             ok = "t2m" in ds.variables
     except (OSError, RuntimeError):
+        return False
+    if inputs_fp is not None and a.get("inputs_fingerprint") != inputs_fp:
         return False
     return ok and a.get("checkpoint_fingerprint") == ckpt_fp and a.get("precision") == precision and all(str(a.get(k)) == str(v) for k, v in grid.attrs().items())
 
@@ -364,8 +377,12 @@ def sample_maps_at_stations(map_paths: list[Path], stations: pd.DataFrame, grid,
     return df.sort_values(["time_utc", "stn_id"]).reset_index(drop=True)
 
 
-def run_step04(cfg, run, rank: int = 0, world: int = 1) -> dict:
-    """step04 end to end for this rank's share of the times; rank 0 writes the summary files."""
+def run_step04(cfg, run, rank: int = 0, world: int = 1, force: bool = False) -> dict:
+    """step04 end to end for this rank's share of the times; rank 0 writes the summary files.
+
+    Maps already complete for the same checkpoint, image files, static.nc and
+    precision are kept (``skip_existing``) unless ``force``.
+    """
     import torch
 
     from .config import resolve_path
@@ -408,14 +425,18 @@ def run_step04(cfg, run, rank: int = 0, world: int = 1) -> dict:
         t = pd.Timestamp(r["time_utc"])
         path = out / map_name(t)
         png = path.with_suffix(".png")
-        if cfg.skip_existing and map_is_complete(path, ckpt_fp, static.grid, cfg.precision) and (png.is_file() or not cfg.quicklook):
+        srcs = [resolve_path(r["path_bt"]), resolve_path(r["path_rf"]), resolve_path(r["path_sza"])]
+        in_fp = inputs_fingerprint(srcs + [static.path])
+        if (cfg.skip_existing and not force and map_is_complete(path, ckpt_fp, static.grid, cfg.precision, in_fp)
+                and (png.is_file() or not cfg.quicklook)):
             skipped += 1
             continue
-        frame = read_frame(resolve_path(r["path_bt"]), resolve_path(r["path_rf"]), resolve_path(r["path_sza"]), static.grid)
+        frame = read_frame(*srcs, static.grid)
         res = predict_map(predictor, frame, static, t, cfg.block_rows, cfg.batch_size, progress=cfg.progress,
                           desc=f"[rank {rank}] {t:%Y-%m-%d %H:%M}" if world > 1 else "")
         del frame
-        attrs = dict(attrs_common, n_pixels_missing_input=res.n_missing, n_pixels_predicted=res.n_windows)
+        attrs = dict(attrs_common, inputs_fingerprint=in_fp, input_files=" ".join(p.name for p in srcs),
+                     n_pixels_missing_input=res.n_missing, n_pixels_predicted=res.n_windows)
         ds = map_dataset(res.t2m_K, static.grid, t, static.lat, static.lon, attrs)
         if cfg.quicklook:  # PNG first: a map file present means its quicklook is too
             note = f"{predictor.model_cfg.get('size')} model, {res.n_missing:,} px without input" if res.n_missing else ""

@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     try:
         from shared.infer_map import run_step04
 
-        run_step04(cfg, run, rank, world)
+        run_step04(cfg, run, rank, world, force=args.force)
     finally:
         if world > 1:
             import torch.distributed as dist
