@@ -188,8 +188,20 @@ def map_files(map_dir: Path) -> dict[pd.Timestamp, Path]:
     return out
 
 
+def map_offset(f, grid, path: Path) -> tuple[int, int]:
+    """Where map ``f`` starts inside ``grid``: the whole grid or a region of it (step04 ``region``)."""
+    g = f.grid
+    r0, c0 = g.row0 - grid.row0, g.col0 - grid.col0
+    if g.proj4 != grid.proj4 or g.res_m != grid.res_m or r0 < 0 or c0 < 0 or r0 + g.ny > grid.ny or c0 + g.nx > grid.nx:
+        from .mapio import _grid_desc
+
+        raise UserError(f"{path}: map is on grid {_grid_desc(g)}, which is not part of the data's grid {_grid_desc(grid)}; "
+                        f"it was made from another static.nc: delete it and rerun step04")
+    return r0, c0
+
+
 def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid, ckpt_fp: str | None) -> tuple[pd.DataFrame, list[dict]]:
-    """Add ``map_c`` (NaN where the time has no map); per-map info list."""
+    """Add ``map_c`` (NaN where the time has no map or the station lies outside a region map); per-map info list."""
     from .mapio import read_map
 
     df = df.copy()
@@ -199,15 +211,17 @@ def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid, ckpt_fp: s
     for t, p in maps.items():
         if t not in times:
             continue
-        f = read_map(p, grid)
+        f = read_map(p)
+        r0, c0 = map_offset(f, grid, p)
         fp = f.attrs.get("checkpoint_fingerprint")
         if ckpt_fp is not None and fp is not None and fp != ckpt_fp:
             raise UserError(f"{p}: map was made with another checkpoint than {f.attrs.get('checkpoint', '?')} holds now; "
                             f"rerun step04 (python step04_infer_map/run.py) or set compare_maps: false")
-        sel = (df["time_utc"] == t).to_numpy()
-        df.loc[sel, "map_c"] = f.t2m[df.loc[sel, "pixel_y"].to_numpy(), df.loc[sel, "pixel_x"].to_numpy()].astype(np.float64) - KELVIN
+        py, px = df["pixel_y"].to_numpy() - r0, df["pixel_x"].to_numpy() - c0
+        sel = (df["time_utc"] == t).to_numpy() & f.grid.inside(py, px)
+        df.loc[sel, "map_c"] = f.t2m[py[sel], px[sel]].astype(np.float64) - KELVIN
         info.append({"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": p.name, "precision": str(f.attrs.get("precision", "?")),
-                     "rows": int(sel.sum())})
+                     "rows": int(sel.sum()), "grid": f.grid.attrs()})
     return df, info
 
 
@@ -274,14 +288,17 @@ def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, 
         tp = truth_dir / f"ta_true_{t:%Y%m%d%H%M}.nc"
         if not tp.is_file():
             continue
-        f = read_map(map_dir / m["file"], static.grid)
+        f = read_map(map_dir / m["file"])
+        r0, c0 = map_offset(f, static.grid, map_dir / m["file"])
+        cut = (slice(r0, r0 + f.grid.ny), slice(c0, c0 + f.grid.nx))
         with netCDF4.Dataset(tp) as ds:
             truth = np.ma.filled(ds.variables["t2m"][...].astype(np.float64), np.nan)
-        if truth.shape != f.t2m.shape:
-            raise UserError(f"{tp}: truth is {truth.shape}, map {f.t2m.shape}; the demo world and the maps differ: rerun step04")
-        rec = {"time_utc": m["time_utc"], "file": m["file"]}
+        if truth.shape != static.grid.shape:
+            raise UserError(f"{tp}: truth is {truth.shape}, static.nc {static.grid.shape}; the demo world and static.nc differ: rerun the pipeline")
+        truth = truth[cut]
+        rec = {"time_utc": m["time_utc"], "file": m["file"], "region": f.grid.shape != static.grid.shape}
         for name, mask in masks:
-            s = field_rmse(f.t2m, truth, mask)
+            s = field_rmse(f.t2m, truth, None if mask is None else mask[cut])
             rec[f"rmse_K_{name}"] = s["rmse_K"]
             rec[f"bias_K_{name}"] = s["bias"]
             rec[f"n_pixels_{name}"] = s["n_pixels"]

@@ -205,8 +205,14 @@ class MapResult:
 
 
 def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, block_rows: int = 8,
-                batch_size: int = 8192, progress: bool = True, desc: str = "") -> MapResult:
-    """The whole map of one time: (H, W) K, NaN where a window has missing input."""
+                batch_size: int = 8192, progress: bool = True, desc: str = "",
+                region: tuple[int, int, int, int] | None = None) -> MapResult:
+    """The map of one time: (H, W) K, NaN where a window has missing input.
+
+    ``region = (row0, col0, ny, nx)`` maps only that part of the grid, an
+    (ny, nx) array; its pixels get exactly the values of the whole map (their
+    windows are cut from the whole image, padding only at the image edges).
+    """
     from tqdm import tqdm
 
     t0 = _time.time()
@@ -216,7 +222,8 @@ def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, bl
     missing = window_has_missing(xs, p)
     xp = pad_reflect(xs, h)
     del xs
-    ny, nx = static.grid.shape
+    g0, c0, ny, nx = region if region is not None else (0, 0) + static.grid.shape
+    missing = missing[g0:g0 + ny, c0:c0 + nx]
     out = np.full((ny, nx), np.nan, dtype=np.float32)
     lat32, lon32 = static.lat.astype(np.float32), static.lon.astype(np.float32)
     n_good = int((~missing).sum())
@@ -225,21 +232,33 @@ def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, bl
                unit_scale=True, disable=not progress, mininterval=1.0, smoothing=0.1)
     for r0 in range(0, ny, block_rows):
         r1 = min(ny, r0 + block_rows)
-        rr, cc = np.nonzero(~missing[r0:r1])
+        rr, cc = np.nonzero(~missing[r0:r1])  # in the region
         if len(rr) == 0:
             continue
         rr += r0
-        win = block_windows(xp, r0, r1, rr, cc, p)  # (N, 19, P, P)
+        gr, gc = rr + g0, cc + c0  # in the whole grid
+        win = block_windows(xp, g0 + r0, g0 + r1, gr, gc, p)  # (N, 19, P, P)
         block_bytes = max(block_bytes, win.nbytes)
         for b0 in range(0, len(win), batch_size):
             sl = slice(b0, b0 + batch_size)
-            batch = pixel_batch(win[sl], rr[sl], cc[sl], time_utc, lat32, lon32, static.landcover, static.grid.res_m)
+            batch = pixel_batch(win[sl], gr[sl], gc[sl], time_utc, lat32, lon32, static.landcover, static.grid.res_m)
             out[rr[sl], cc[sl]] = predictor.to_kelvin(predictor.predict(batch))
             bar.update(len(win[sl]))
         del win
     bar.close()
     return MapResult(t2m_K=out, n_windows=n_good, n_missing=int(missing.sum()), seconds=_time.time() - t0,
                      peak_rss_bytes=peak_rss_bytes(), block_bytes=block_bytes)
+
+
+def check_region(region, grid) -> tuple[int, int, int, int] | None:
+    """``[row0, col0, ny, nx]`` inside ``grid`` (None = whole grid), or a UserError."""
+    if region is None:
+        return None
+    r0, c0, ny, nx = (int(v) for v in region)
+    if r0 < 0 or c0 < 0 or ny < 1 or nx < 1 or r0 + ny > grid.ny or c0 + nx > grid.nx:
+        raise UserError(f"region {list(region)} is not inside the {grid.ny}x{grid.nx} grid of static.nc; "
+                        f"use [row0, col0, ny, nx] with row0 + ny <= {grid.ny} and col0 + nx <= {grid.nx}")
+    return r0, c0, ny, nx
 
 
 # --------------------------------------------------------------------------- times
@@ -352,15 +371,19 @@ def station_pixels(stations_csv: Path, static: Static) -> pd.DataFrame:
     return st[static.grid.inside(py, px)].reset_index(drop=True)
 
 
-def sample_maps_at_stations(map_paths: list[Path], stations: pd.DataFrame, grid, index_dir: Path | None) -> pd.DataFrame:
-    """One row per (map, station): the map value at the station pixel, with the observation if step01 has it."""
+def sample_maps_at_stations(map_paths: list[Path], stations: pd.DataFrame, grid, index_dir: Path | None,
+                            offset: tuple[int, int] = (0, 0)) -> pd.DataFrame:
+    """One row per (map, station): the map value at the station pixel, with the observation if step01 has it.
+
+    ``pixel_y/x`` are static.nc's pixel indices; ``offset`` is where the maps' ``grid`` starts in it.
+    """
     from .mapio import read_map
 
     parts = []
     py, px = stations["pixel_y"].to_numpy(), stations["pixel_x"].to_numpy()
     for p in map_paths:
         f = read_map(p, grid)
-        v = f.t2m[py, px]
+        v = f.t2m[py - offset[0], px - offset[1]]
         parts.append(pd.DataFrame({"time_utc": f.time, "stn_id": stations["stn_id"].to_numpy(),
                                    "lat": stations["lat"].to_numpy(), "lon": stations["lon"].to_numpy(),
                                    "pixel_y": py, "pixel_x": px, "t2m_K": v, "t2m_c": v - KELVIN}))
@@ -408,10 +431,23 @@ def run_step04(cfg, run, rank: int = 0, world: int = 1, force: bool = False) -> 
     if times.empty:
         raise UserError("no time to map: " + ("; ".join(missing[:3]) if missing else "the selection is empty"))
     stations = station_pixels(cfg.stations_csv, static) if cfg.stations_csv.is_file() else None
+    region = check_region(cfg.region, static.grid)
+    if region is None:
+        grid_out, cut, st_out = static.grid, (slice(None), slice(None)), stations
+    else:
+        r0, c0, rny, rnx = region
+        grid_out = static.grid.window(r0, c0, rny, rnx)
+        cut = (slice(r0, r0 + rny), slice(c0, c0 + rnx))
+        st_out = None
+        if stations is not None:
+            ins = grid_out.inside(stations["pixel_y"] - r0, stations["pixel_x"] - c0)
+            st_out = stations[ins].reset_index(drop=True)
+    offset = (cut[0].start or 0, cut[1].start or 0)
+    st_plot = None if st_out is None else st_out.assign(pixel_y=st_out["pixel_y"] - offset[0], pixel_x=st_out["pixel_x"] - offset[1])
 
     mine = times.iloc[rank::world]
     if rank == 0:
-        print(f"step04: {len(times)} map(s) of {static.grid.ny}x{static.grid.nx} on {world} process(es) x {threads} thread(s); "
+        print(f"step04: {len(times)} map(s) of {grid_out.ny}x{grid_out.nx}{'' if region is None else f' (region of {static.grid.ny}x{static.grid.nx})'} on {world} process(es) x {threads} thread(s); "
               f"model {predictor.model_cfg.get('size')} (epoch {predictor.info.get('epoch')}), {cfg.precision}, "
               f"P={predictor.patch_size}, reflect-padded edges")
     done, skipped, records = 0, 0, []
@@ -427,20 +463,20 @@ def run_step04(cfg, run, rank: int = 0, world: int = 1, force: bool = False) -> 
         png = path.with_suffix(".png")
         srcs = [resolve_path(r["path_bt"]), resolve_path(r["path_rf"]), resolve_path(r["path_sza"])]
         in_fp = inputs_fingerprint(srcs + [static.path])
-        if (cfg.skip_existing and not force and map_is_complete(path, ckpt_fp, static.grid, cfg.precision, in_fp)
+        if (cfg.skip_existing and not force and map_is_complete(path, ckpt_fp, grid_out, cfg.precision, in_fp)
                 and (png.is_file() or not cfg.quicklook)):
             skipped += 1
             continue
         frame = read_frame(*srcs, static.grid)
         res = predict_map(predictor, frame, static, t, cfg.block_rows, cfg.batch_size, progress=cfg.progress,
-                          desc=f"[rank {rank}] {t:%Y-%m-%d %H:%M}" if world > 1 else "")
+                          desc=f"[rank {rank}] {t:%Y-%m-%d %H:%M}" if world > 1 else "", region=region)
         del frame
         attrs = dict(attrs_common, inputs_fingerprint=in_fp, input_files=" ".join(p.name for p in srcs),
                      n_pixels_missing_input=res.n_missing, n_pixels_predicted=res.n_windows)
-        ds = map_dataset(res.t2m_K, static.grid, t, static.lat, static.lon, attrs)
+        ds = map_dataset(res.t2m_K, grid_out, t, static.lat[cut], static.lon[cut], attrs)
         if cfg.quicklook:  # PNG first: a map file present means its quicklook is too
             note = f"{predictor.model_cfg.get('size')} model, {res.n_missing:,} px without input" if res.n_missing else ""
-            quicklook(png, res.t2m_K, static.grid, t, static.lsmask, static.lat, static.lon, stations, note, cfg.coverage_km)
+            quicklook(png, res.t2m_K, grid_out, t, static.lsmask[cut], static.lat[cut], static.lon[cut], st_plot, note, cfg.coverage_km)
         write_map(path, ds)
         done += 1
         rec = {"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": path.name, "seconds": round(res.seconds, 2),
@@ -467,9 +503,9 @@ def run_step04(cfg, run, rank: int = 0, world: int = 1, force: bool = False) -> 
     outputs = list(present)
     if cfg.quicklook:
         outputs += [p.with_suffix(".png") for p in present]
-    if stations is not None:
+    if st_out is not None:
         st_csv = out / "map_at_stations.csv"
-        write_csv(st_csv, sample_maps_at_stations(present, stations, static.grid, cfg.index_dir), date_format="%Y-%m-%d %H:%M:%S")
+        write_csv(st_csv, sample_maps_at_stations(present, st_out, grid_out, cfg.index_dir, offset), date_format="%Y-%m-%d %H:%M:%S")
         outputs.append(st_csv)
     write_json(out / "maps.json", {"times_utc": [f"{t:%Y-%m-%d %H:%M}" for t in times["time_utc"]],
                                    "files": [p.name for p in present], "times_without_image": missing,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -62,6 +62,7 @@ class Config:
     index_dir: Path = Path("step01_make_index/outputs")
     output_dir: Path = Path(f"{STEP}/outputs")
     times: TimesConfig = field(default_factory=TimesConfig)
+    region: Optional[list[int]] = None
     on_missing_image: Literal["skip", "fail"] = "skip"
     block_rows: int = 8
     batch_size: int = 8192
@@ -77,6 +78,8 @@ class Config:
             raise ValueError(f"block_rows must be >= 1, got {self.block_rows}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.region is not None and (len(self.region) != 4 or min(self.region[2:]) < 1 or min(self.region[:2]) < 0):
+            raise ValueError(f"region must be [row0, col0, ny, nx] (pixels of static.nc's grid, ny, nx >= 1) or null, got {self.region}")
         if self.coverage_km < 0:
             raise ValueError(f"coverage_km must be >= 0 (0 = no line), got {self.coverage_km}")
         if self.num_threads < 0:

@@ -238,6 +238,23 @@ def test_step04_writes_cf_maps_resumes_and_is_up_to_date(world, tmp_path, capsys
     assert "wrote 3 map(s), kept 0 complete" in capsys.readouterr().out
 
 
+def test_region_map_equals_the_whole_map_there(world, tmp_path):
+    """A region map holds the whole map's values (real neighbours, no padding at the region's edges)."""
+    from shared.mapio import read_map
+
+    one = ["--set", "times.select=list", "--set", f"times.list_utc=['{TIMES[1]}']"]
+    assert run_step(STEP, *args_for(world, tmp_path / "full", *one)) == 0
+    assert run_step(STEP, *args_for(world, tmp_path / "part", *one, "--set", "region=[3, 4, 15, 20]")) == 0
+    full = read_map(tmp_path / "full" / "ta_map_202307010600.nc", world["grid"])
+    part = read_map(tmp_path / "part" / "ta_map_202307010600.nc")
+    assert part.grid == world["grid"].window(3, 4, 15, 20) and part.t2m.shape == (15, 20)
+    np.testing.assert_allclose(part.t2m, full.t2m[3:18, 4:24], atol=2e-4)
+    st = pd.read_csv(tmp_path / "part" / "map_at_stations.csv")
+    assert len(st) > 0 and st["pixel_y"].between(3, 17).all() and st["pixel_x"].between(4, 23).all()
+    fs = pd.read_csv(tmp_path / "full" / "map_at_stations.csv").set_index("stn_id")
+    np.testing.assert_allclose(st["t2m_K"], fs.loc[st["stn_id"], "t2m_K"], atol=2e-4)
+
+
 def test_times_list_missing_image_skip_or_fail(world, tmp_path, capsys):
     out = tmp_path / "out"
     want = ["2023-07-01 06:00", "2023-07-02 06:00"]
@@ -263,6 +280,8 @@ def test_bad_inputs_exit_2_with_one_line(world, tmp_path, capsys):
     assert "test split is empty" in capsys.readouterr().err
     assert run_step(STEP, *args_for(world, out), "--set", "times.select=range", "--set", "times.start=2023-07-01") == 2
     assert "times.start and times.end" in capsys.readouterr().err
+    assert run_step(STEP, *args_for(world, out), "--set", "region=[10, 10, 20, 5]") == 2
+    assert "not inside the 24x30 grid" in capsys.readouterr().err
 
 
 def test_map_from_another_grid_is_refused(world, tmp_path):

@@ -17,6 +17,7 @@ from shared.metrics import grouped_metrics, regression_metrics
 from test_step04 import save_checkpoint
 
 STEP = "step05_eval_metrics"
+REGION = (20, 10, 100, 110)  # step04 maps only this part of the tiny world's 128 x 128 grid
 
 
 # --------------------------------------------------------------------------- units
@@ -57,7 +58,7 @@ def test_baselines_fit_on_train_only_and_fall_back():
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_world, tiny_index, tiny_patches, tmp_path_factory):
-    """Random-init checkpoint -> step04 map of one test time -> step05."""
+    """Random-init checkpoint -> step04 map of one test time (a region of the grid) -> step05."""
     from shared.patch_data import read_stats
 
     root = tmp_path_factory.mktemp("s05")
@@ -66,7 +67,8 @@ def evaluated(tiny_world, tiny_index, tiny_patches, tmp_path_factory):
     maps = root / "s04"
     rc = run_step("step04_infer_map", "--set", f"checkpoint={ckpt}", "--set", f"raw_dir={tiny_world}",
                   "--set", f"stations_csv={tiny_world / 'stations.csv'}", "--set", f"index_dir={tiny_index}",
-                  "--set", f"output_dir={maps}", "--set", "times.limit=1", "--set", "num_threads=1", "--set", "progress=false")
+                  "--set", f"output_dir={maps}", "--set", "times.limit=1", "--set", "num_threads=1", "--set", "progress=false",
+                  "--set", f"region={list(REGION)}")
     assert rc == 0
     out = root / "s05"
     args = ["--set", f"checkpoint={ckpt}", "--set", f"patch_dir={tiny_patches}", "--set", f"index_dir={tiny_index}",
@@ -121,11 +123,15 @@ def test_maps_agree_with_the_model_and_are_scored_against_truth(evaluated):
     mapped = p[p["map_c"].notna()]
     assert len(mapped) == a["n"] and mapped["time_utc"].nunique() == 1
     f = read_map(next(evaluated["maps"].glob("ta_map_*.nc")))
-    np.testing.assert_allclose(mapped["map_c"], f.t2m[mapped["pixel_y"], mapped["pixel_x"]] - 273.15, atol=1e-3)
+    r0, c0, ny, nx = REGION
+    at_t = p[p["time_utc"] == mapped["time_utc"].iloc[0]]
+    inside = at_t["pixel_y"].between(r0, r0 + ny - 1) & at_t["pixel_x"].between(c0, c0 + nx - 1)
+    assert len(mapped) == inside.sum() < len(at_t)  # the region map covers some test stations, not all
+    np.testing.assert_allclose(mapped["map_c"], f.t2m[mapped["pixel_y"] - r0, mapped["pixel_x"] - c0] - 273.15, atol=1e-3)
     truth = json.loads((evaluated["raw"] / "truth.json").read_text())
     d = m["demo_world"]
     assert d["noise_floor_rmse_K"] == truth["noise_floor_rmse_k"]
-    assert len(d["maps_vs_truth"]) == 1 and d["maps_vs_truth"][0]["n_pixels_all"] == 128 * 128
+    assert len(d["maps_vs_truth"]) == 1 and d["maps_vs_truth"][0]["n_pixels_all"] == REGION[2] * REGION[3]
     assert 0 < d["maps_vs_truth"][0]["rmse_K_all"] < 100
     assert 0.3 < d["test_rows"]["test_rows_obs_vs_truth_rmse_K"] < 1.5
 
