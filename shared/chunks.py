@@ -14,7 +14,6 @@ A chunk ``{split}_chunk_XXXXX.pt`` is a dict of contiguous tensors::
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import UserError
@@ -88,14 +87,11 @@ def load_chunk(path: str | Path, validate: bool = True, n_channels: int | None =
 
 def read_manifest(patch_dir: str | Path) -> dict:
     """``manifest.json`` of a ``patch_pt`` folder, or a UserError saying what to run."""
-    p = Path(patch_dir) / MANIFEST
-    if not p.is_file():
-        raise UserError(f"no {MANIFEST} in {patch_dir}; run step02 first (python step02_make_patches/run.py)")
-    try:
-        with open(p, encoding="utf-8") as fh:
-            return json.load(fh)
-    except ValueError as e:
-        raise UserError(f"{p}: not valid JSON ({e}); rerun step02 with --force") from None
+    from .runinfo import read_json
+
+    return read_json(Path(patch_dir) / MANIFEST,
+                     f"no {MANIFEST} in {patch_dir}; run step02 first (python step02_make_patches/run.py)",
+                     "rerun step02 with --force")
 
 
 def split_files(patch_dir: str | Path, split: str) -> list[Path]:

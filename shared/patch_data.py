@@ -18,7 +18,6 @@ rows, so a cached run sees exactly the batches of an uncached one.
 """
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,13 +50,10 @@ class SplitFiles:
 
 
 def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path} (run step02_make_patches first, or set data.patch_dir)")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except ValueError as e:
-        raise UserError(f"{path}: not valid JSON ({e}); rerun step02_make_patches") from None
+    from .runinfo import read_json
+
+    return read_json(path, f"{what} not found: {path} (run step02_make_patches first, or set data.patch_dir)",
+                     "rerun step02_make_patches")
 
 
 def read_manifest(patch_dir: Path, splits=("train", "val")) -> tuple[dict, dict[str, SplitFiles]]:

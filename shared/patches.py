@@ -23,7 +23,7 @@ import pandas as pd
 
 from .chunks import MANIFEST, chunk_name, load_chunk, save_chunk
 from .errors import UserError
-from .features import LSMASK_CH, N_CHANNELS, SZA_CH, extract_patches, landcover_onehot, loc3, normalise_, time7
+from .features import N_CHANNELS, SZA_CH, extract_patches, landcover_onehot, loc3, normalise_, time7
 from .index import SPLITS
 from .io_sat import PATCH_CHANNELS, Static, read_frame, read_static
 from .runinfo import fingerprint, write_json

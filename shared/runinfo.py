@@ -88,6 +88,20 @@ def write_json(path: str | Path, obj) -> None:
             fh.write("\n")
 
 
+def read_json(path: str | Path, missing: str, hint: str):
+    """Load a JSON file; ``UserError`` with ``missing`` if absent, ``hint`` if not valid JSON."""
+    from .errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(missing)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except ValueError as e:
+        raise UserError(f"{path}: not valid JSON ({e}); {hint}") from None
+
+
 def write_csv(path: str | Path, df, **kw) -> None:
     """Write a pandas DataFrame as CSV atomically."""
     with atomic_path(path) as tmp:
