@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,13 +201,19 @@ def map_offset(f, grid, path: Path) -> tuple[int, int]:
     return r0, c0
 
 
-def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid, ckpt_fp: str | None) -> tuple[pd.DataFrame, list[dict]]:
-    """Add ``map_c`` (NaN where the time has no map or the station lies outside a region map); per-map info list."""
+def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid,
+              ckpt_fp: str | None) -> tuple[pd.DataFrame, list[dict], list[Path]]:
+    """Add ``map_c`` (NaN where the time has no map or the station lies outside a region map).
+
+    Returns the table, the per-map info of the maps joined, and the maps left
+    out because another checkpoint made them (an older model's maps stay in
+    step04's folder until its times are mapped again).
+    """
     from .mapio import read_map
 
     df = df.copy()
     df["map_c"] = np.nan
-    info = []
+    info, other = [], []
     times = set(pd.DatetimeIndex(df["time_utc"].unique()))
     for t, p in maps.items():
         if t not in times:
@@ -215,14 +222,14 @@ def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid, ckpt_fp: s
         r0, c0 = map_offset(f, grid, p)
         fp = f.attrs.get("checkpoint_fingerprint")
         if ckpt_fp is not None and fp is not None and fp != ckpt_fp:
-            raise UserError(f"{p}: map was made with another checkpoint than {f.attrs.get('checkpoint', '?')} holds now; "
-                            f"rerun step04 (python step04_infer_map/run.py) or set compare_maps: false")
+            other.append(p)
+            continue
         py, px = df["pixel_y"].to_numpy() - r0, df["pixel_x"].to_numpy() - c0
         sel = (df["time_utc"] == t).to_numpy() & f.grid.inside(py, px)
         df.loc[sel, "map_c"] = f.t2m[py[sel], px[sel]].astype(np.float64) - KELVIN
         info.append({"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": p.name, "precision": str(f.attrs.get("precision", "?")),
                      "rows": int(sel.sum()), "grid": f.grid.attrs()})
-    return df, info
+    return df, info, other
 
 
 def map_agreement(df: pd.DataFrame, predictor, patch_dir: Path, split: str, static, tol_K: float,
@@ -478,10 +485,14 @@ def run_step05(cfg, run) -> dict:
     df = build_table(test, predictor, base_preds, cfg.clear_ir105_K)
 
     # --- maps ------------------------------------------------------------------
-    maps_used, agreement, truth = [], None, []
+    maps_used, maps_other, agreement, truth = [], [], None, []
     if cfg.compare_maps:
         ckpt_fp = fingerprint([cfg.checkpoint])[str(cfg.checkpoint)]
-        df, maps_used = join_maps(df, map_files(cfg.map_dir), static.grid, ckpt_fp)
+        df, maps_used, maps_other = join_maps(df, map_files(cfg.map_dir), static.grid, ckpt_fp)
+        if maps_other:
+            print(f"warning: {len(maps_other)} map(s) in {cfg.map_dir} were made with another checkpoint than "
+                  f"{cfg.checkpoint} and are left out (first: {maps_other[0].name}); rerun step04 for their times "
+                  f"or delete them", file=sys.stderr)
         if maps_used:
             fp32 = all(m["precision"] == "fp32" for m in maps_used)
             agreement = map_agreement(df, predictor, cfg.patch_dir, cfg.split, static, cfg.map_agreement_tol_K, fp32, cfg.batch_size)
@@ -495,7 +506,8 @@ def run_step05(cfg, run) -> dict:
                 near = station_distance_km(static.grid, px["pixel_y"].to_numpy(), px["pixel_x"].to_numpy()) <= cfg.coverage_km
             truth = truth_scores(maps_used, cfg.map_dir, truth_dir, static, near)
         else:
-            print(f"note: no step04 map in {cfg.map_dir} for a {cfg.split} time; map columns left empty")
+            print(f"note: no step04 map of this checkpoint in {cfg.map_dir} for a {cfg.split} time; "
+                  f"map columns left empty")
     if "map_c" not in df:
         df["map_c"] = np.nan
 
@@ -514,6 +526,8 @@ def run_step05(cfg, run) -> dict:
             df.loc[mapped, "prediction_c"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy(), ta_std)
         metrics["maps_compared"] = maps_used
         metrics["map_model_agreement"] = agreement
+    if maps_other:
+        metrics["maps_of_another_checkpoint"] = [p.name for p in maps_other]
     noise_floor = None
     tj = raw_dir / "truth.json"
     if tj.is_file():

@@ -3,6 +3,7 @@
 ::
 
     x (B,19,P,P) ─ encoder channels ─ bilinear resize to R×R ─ ClayEncoder ─ CLS (B,D) ─ LayerNorm ─┐
+                                                                        (or pool: mean of patch tokens) │
     time7 (B,7), loc -> normalised lat/lon (B,2), landcover_onehot (B,17),                         ├─ MLP ─ TA z-score (B,)
     SZA/DEM/LSMASK centre value + patch mean + patch std (B,9)  ── "aux" (B,35) ───────────────────┤
     [head_spectral] 16 radiances: centre value + patch mean (B,32)  ── also "aux" (B,67) ──────────┘
@@ -46,7 +47,7 @@ _DEFAULTS = {
     "size": "tiny",
     "clay_patch_size": 8,
     "patch_size": 9,
-    "resize_to": 16,
+    "resize_to": 8,
     "channels": PATCH_CHANNELS,
     "encoder_channels": "spectral",
     "bt_waves_um": BT_WAVES_UM,
@@ -60,9 +61,10 @@ _DEFAULTS = {
     "dropout": 0.0,
     "freeze_encoder": False,
     "head_spectral": False,
+    "pool": "cls",
 }
 #: Keys added after the first checkpoints were written, with the value that rebuilds those.
-_ADDED_LATER = {"head_spectral": False}
+_ADDED_LATER = {"head_spectral": False, "pool": "cls"}
 
 
 def model_config(**kw) -> dict:
@@ -92,6 +94,9 @@ class TAModel(nn.Module):
             waves |= dict(zip(AUX_CHANNELS, cfg["pseudo_waves_um"]))
         elif cfg["encoder_channels"] != "spectral":
             raise UserError(f"model.encoder_channels must be 'spectral' or 'all', got {cfg['encoder_channels']!r}")
+        self.pool = cfg.get("pool", "cls")
+        if self.pool not in ("cls", "mean"):
+            raise UserError(f"model.pool must be 'cls' or 'mean', got {self.pool!r}")
         chans = cfg["channels"]
         # Derived from cfg, so not saved in the state dict.
         self.register_buffer("enc_idx", torch.tensor([chans.index(n) for n in waves]), persistent=False)
@@ -135,7 +140,7 @@ class TAModel(nn.Module):
         return self.encoder.dim
 
     def encode(self, batch: dict) -> torch.Tensor:
-        """CLS embedding ``(B, D)`` of the patches in ``batch``."""
+        """Encoder embedding ``(B, D)`` of the patches in ``batch``: the CLS token, or the mean patch token."""
         x = batch["x"].index_select(1, self.enc_idx)  # (B, C_enc, P, P)
         r = self.cfg["resize_to"]
         if x.shape[-1] != r or x.shape[-2] != r:
@@ -143,7 +148,8 @@ class TAModel(nn.Module):
         loc = batch["loc"]
         time = clay_time_encoding(batch["time_unix"]).to(x.device)
         latlon = clay_latlon_encoding(loc[:, 0], loc[:, 1])
-        return self.encoder(x, time, latlon, self.enc_gsd, self.waves)[:, 0]
+        tokens = self.encoder(x, time, latlon, self.enc_gsd, self.waves)  # (B, 1+L, D)
+        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(1)
 
     def aux_features(self, batch: dict) -> torch.Tensor:
         """Non-encoder inputs of the head ``(B, n_aux)``."""

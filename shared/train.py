@@ -165,6 +165,7 @@ def make_model_cfg(cfg, manifest: dict, loc_stats: dict) -> dict:
         head_hidden=m.head_hidden,
         head_layers=m.head_layers,
         head_spectral=m.head_spectral,
+        pool=m.pool,
         dropout=m.dropout,
         freeze_encoder=m.freeze_encoder,
     )

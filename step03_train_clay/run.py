@@ -50,7 +50,7 @@ class ModelCfg:
     size: Literal["tiny", "small", "base", "large"] = "tiny"
     clay_ckpt_path: Optional[Path] = None
     freeze_encoder: bool = False
-    resize_to: int = 16
+    resize_to: int = 8
     encoder_channels: Literal["spectral", "all"] = "spectral"
     bt_waves_um: Optional[list[float]] = None  # null: GK-2A central wavelengths (shared.io_sat)
     rf_waves_um: Optional[list[float]] = None
@@ -58,6 +58,7 @@ class ModelCfg:
     head_hidden: int = 256
     head_layers: int = 2
     head_spectral: bool = True  # also give the head the 16 radiances' centre values and patch means
+    pool: Literal["cls", "mean"] = "cls"  # encoder embedding: CLS token or mean of the patch tokens
     dropout: float = 0.0
 
     def check(self):
@@ -80,9 +81,9 @@ class ModelCfg:
 
 @dataclass
 class TrainCfg:
-    epochs: int = 12
-    batch_size: int = 128
-    lr: float = 1e-3
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 2e-3
     weight_decay: float = 0.01
     warmup: float = 0.5  # epochs of linear warmup before the cosine decay
     grad_clip: float = 1.0  # max gradient norm; 0 = off

@@ -182,6 +182,24 @@ def test_ta_model_encode_head_equals_forward(channels, n_enc):
     torch.testing.assert_close(full, via_cache)
 
 
+def test_mean_pool_is_the_mean_of_the_patch_tokens():
+    torch.manual_seed(0)
+    cls_m = build_model(model_config(resize_to=16)).eval()
+    mean_m = build_model(model_config(resize_to=16, pool="mean")).eval()
+    mean_m.load_state_dict(cls_m.state_dict())
+    batch = _batch()
+    x = F.interpolate(batch["x"].index_select(1, cls_m.enc_idx), size=(16, 16), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        tokens = cls_m.encoder(x, clay_time_encoding(batch["time_unix"]),
+                               clay_latlon_encoding(batch["loc"][:, 0], batch["loc"][:, 1]), cls_m.enc_gsd, cls_m.waves)
+        assert tokens.shape[1] == 1 + 4
+        torch.testing.assert_close(cls_m.encode(batch), tokens[:, 0])
+        torch.testing.assert_close(mean_m.encode(batch), tokens[:, 1:].mean(1))
+        assert not torch.allclose(mean_m.encode(batch), cls_m.encode(batch))
+    with pytest.raises(UserError, match="model.pool"):
+        build_model(model_config(pool="max"))
+
+
 def test_ta_checkpoint_rebuilds_model_and_rejects_others(tmp_path):
     torch.manual_seed(0)
     cfg = model_config(size="tiny", resize_to=8, head_hidden=32)

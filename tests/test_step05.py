@@ -169,10 +169,13 @@ def test_bad_input_exits_2(evaluated, tmp_path, capsys):
     write_map(bad_maps / src.name, map_dataset(np.full(g.shape, 280.0, np.float32), g, pd.Timestamp(src.stem[7:]), lat, lon))
     assert run_step(STEP, *args, "--set", f"map_dir={bad_maps}", "--set", f"output_dir={tmp_path / 'b'}") == 2
     assert "another static.nc" in capsys.readouterr().err
-    # maps of another checkpoint
+    # maps of another checkpoint (an older model's maps): left out of the comparison, named in a warning
     other = save_checkpoint(tmp_path / "other.pt", evaluated["norm"], seed=1)
-    assert run_step(STEP, *args, "--set", f"checkpoint={other}", "--set", f"output_dir={tmp_path / 'c'}") == 2
-    assert "another checkpoint" in capsys.readouterr().err
+    assert run_step(STEP, *args, "--set", f"checkpoint={other}", "--set", f"output_dir={tmp_path / 'c'}") == 0
+    assert "made with another checkpoint" in capsys.readouterr().err
+    m = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert "maps_compared" not in m and m["maps_of_another_checkpoint"] == sorted(
+        p.name for p in evaluated["maps"].glob("ta_map_*.nc"))
     # a checkpoint trained on other statistics than the chunks
     shifted = dict(evaluated["norm"], input_mean=[v + 1.0 for v in evaluated["norm"]["input_mean"]])
     stale = save_checkpoint(tmp_path / "stale.pt", shifted)
