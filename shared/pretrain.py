@@ -50,10 +50,10 @@ class PretrainDataCfg:
     index_dir: Path = Path("step01_make_index/outputs")  # index_train.csv (times), splits.json (static, mode)
     patch_dir: Path = Path("step02_make_patches/outputs")  # stats/input_statistics.json (normalisation)
     encoder_channels: Literal["spectral", "all"] = "spectral"
-    tile_px: int = 32  # encoder input size (multiple of the patch size 8): 32 -> 16 tokens
-    source_px: int = 0  # raw pixels cut per tile, bilinear-resized to tile_px; 0 = tile_px (no resize)
-    max_images: int = 48  # train-period images read (random subset); 0 = all
-    tiles_per_image: int = 96  # tiles drawn per image (tiles with a missing value are skipped)
+    tile_px: int = 16  # encoder input size (multiple of the patch size 8): 16 -> 4 tokens
+    source_px: int = 18  # raw pixels cut per tile, bilinear-resized to tile_px; 0 = tile_px (no resize)
+    max_images: int = 96  # train-period images read (random subset); 0 = all
+    tiles_per_image: int = 192  # tiles drawn per image (tiles with a missing value are skipped)
     seed: int = 0
 
     def check(self):
@@ -86,15 +86,15 @@ class PretrainModelCfg:
 
 @dataclass
 class PretrainTrainCfg:
-    steps: int = 400  # optimizer steps; 0 = write the initial (random or loaded) weights only
-    batch_size: int = 64
+    steps: int = 1400  # optimizer steps; 0 = write the initial (random or loaded) weights only
+    batch_size: int = 256
     lr: float = 5.0e-4
     weight_decay: float = 0.05
     warmup_steps: int = 50
     grad_clip: float = 1.0
     max_minutes: float = 0.0  # stop early (and still write the checkpoint) after this wall time, tile sampling included; 0 = off
     ckpt_every: int = 100  # steps between resume checkpoints
-    num_threads: int = 1  # torch CPU threads; 0 = torch default. 1 is several times faster on a busy machine
+    num_threads: int = 0  # torch CPU threads; 0 = torch default (all cores). 1 is faster on a busy machine
     seed: int = 0
     recon_tiles: int = 4  # tiles in the reconstruction PNG (0 = no PNG)
 

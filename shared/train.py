@@ -295,14 +295,20 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
     stats = read_stats(cfg.data.patch_dir)
     norm = {"channels": list(manifest["channels"]), "patch_size": psize, **stats}
     tcfg = cfg.train
-    plan_kw = dict(batch_size=tcfg.batch_size, seed=tcfg.seed, rank=d.rank, world=d.world)
+    batch_size = tcfg.batch_size
+    per_proc = splits["train"].n_rows // d.world
+    if 0 < per_proc < batch_size:  # a small world (e.g. the tiny demo preset): one smaller batch, not none
+        batch_size = per_proc
+        say(f"note: train.batch_size {tcfg.batch_size} lowered to {batch_size}: the train split has only "
+                f"{splits['train'].n_rows} rows{f' for {d.world} processes' if d.world > 1 else ''}")
+    plan_kw = dict(batch_size=batch_size, seed=tcfg.seed, rank=d.rank, world=d.world)
     shuffle_kw = dict(shuffle_files=cfg.data.shuffle_files, shuffle_within=cfg.data.shuffle_within_file,
                       mix_chunks=cfg.data.mix_chunks, drop_last=True)
     train_plan = ChunkBatches(splits["train"], n_ch, psize, **shuffle_kw, **plan_kw)
     val_plan = ChunkBatches(splits["val"], n_ch, psize, **plan_kw)
     if len(train_plan) == 0:
-        raise UserError(f"train split has {splits['train'].n_rows} rows: fewer than one batch of "
-                        f"{tcfg.batch_size} per process; lower train.batch_size")
+        raise UserError(f"train split has {splits['train'].n_rows} rows: fewer than one per process; "
+                        f"make more training rows in step01/step02 or use fewer processes")
 
     # ---- model
     torch.manual_seed(tcfg.seed)

@@ -202,6 +202,13 @@ def test_empty_split(tmp_path, capsys):
     assert "split 'val' has no rows" in _err(capsys)
 
 
+def test_split_smaller_than_a_batch_trains_on_one_smaller_batch(tmp_path, capsys):
+    d = write_synthetic_patches(tmp_path / "p", {"train": 40, "val": 16}, chunk_rows=64)
+    assert run_step(tmp_path, d, "train.batch_size=256", "train.epochs=1") == 0
+    assert "train.batch_size 256 lowered to 40" in capsys.readouterr().out
+    assert len(log_of(tmp_path)) == 1
+
+
 def test_chunk_with_wrong_shape_is_named(tmp_path, patches, capsys):
     d = tmp_path / "p"
     shutil.copytree(patches, d)
