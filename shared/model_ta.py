@@ -3,12 +3,12 @@
 ::
 
     x (B,19,P,P) ─ encoder channels ─ bilinear resize to R×R ─ ClayEncoder ─ CLS (B,D) ─ LayerNorm ─┐
-                                                                        (or pool: mean of patch tokens) │
     time7 (B,7), loc -> normalised lat/lon (B,2), landcover_onehot (B,17),                         ├─ MLP ─ TA z-score (B,)
     SZA/DEM/LSMASK centre value + patch mean + patch std (B,9)  ── "aux" (B,35) ───────────────────┤
     [head_spectral] 16 radiances: centre value + patch mean (B,32)  ── also "aux" (B,67) ──────────┘
 
-``encoder_channels: all`` also feeds SZA/DEM/LSMASK to the encoder, with
+``pool: mean`` gives the head the mean of the patch tokens instead of the CLS
+token. ``encoder_channels: all`` also feeds SZA/DEM/LSMASK to the encoder, with
 the pseudo-wavelengths ``pseudo_waves_um``. ``head_spectral`` gives the head
 a direct path to the radiances: an encoder trained from scratch on a few
 thousand samples extracts them poorly (measured on the demo world).
