@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "results" / "pretrain_table")
     a = ap.parse_args(argv)
 
+    import pandas as pd
     import torch
 
     from shared.model_clay import ClayEncoder
@@ -69,15 +70,10 @@ def main(argv=None) -> int:
     common = list(a.set) + ([f"train.epochs={a.epochs}"] if a.epochs else [])
     sets = lambda kv: [x for s in kv for x in ("--set", s)]  # noqa: E731
 
-    import importlib.util
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_step03 import load_step_config
 
-    from shared.config import load_config
-
-    spec = importlib.util.spec_from_file_location("step03_run", step03)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)
-    cfg = load_config(mod.Config, ROOT / "step03_train_clay" / "config.yaml", common)
+    cfg = load_step_config(common)
     size, seed = cfg.model.size, cfg.train.seed
 
     pre_dir = work / "pretrain"
@@ -107,8 +103,6 @@ def main(argv=None) -> int:
         run([py, step05, "--force", *sets([f"checkpoint={d / 'weights' / 'best.pt'}", "compare_maps=false",
                                           f"output_dir={d / 'eval'}"])], work / f"{key}_eval.log")
         m = json.loads((d / "eval" / "metrics.json").read_text())
-        import pandas as pd
-
         log = pd.read_csv(d / "train" / "train_log.csv")
         results[key] = {"name": name, "test_rmse_K": m["model"]["rmse_K"], "val_rmse_K": float(log["rmse_K"].min()),
                         "train_s": float(log["seconds"].sum()),

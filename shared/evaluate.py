@@ -117,14 +117,13 @@ def chunk_row_locations(patch_dir: Path, split: str) -> list[tuple[Path, int]]:
 
 def check_stats(predictor, patch_dir: Path, ckpt_path: Path) -> None:
     """The chunks must be z-scored with the statistics the model was trained with."""
-    p = patch_dir / "stats" / "input_statistics.json"
-    t = patch_dir / "stats" / "target_statistics.json"
-    if not p.is_file() or not t.is_file():
-        raise UserError(f"no {p.name}/{t.name} in {patch_dir / 'stats'}; run step02 first (python step02_make_patches/run.py)")
-    st, tt = json.loads(p.read_text(encoding="utf-8")), json.loads(t.read_text(encoding="utf-8"))
-    same = (np.allclose(st["mean"], predictor.input_mean, rtol=1e-6, atol=1e-9)
-            and np.allclose(st["std"], predictor.input_std, rtol=1e-6, atol=1e-9)
-            and np.isclose(tt["mean"], predictor.target_mean, rtol=1e-6) and np.isclose(tt["std"], predictor.target_std, rtol=1e-6))
+    from .patch_data import read_stats
+
+    st = read_stats(patch_dir)
+    same = (np.allclose(st["input_mean"], predictor.input_mean, rtol=1e-6, atol=1e-9)
+            and np.allclose(st["input_std"], predictor.input_std, rtol=1e-6, atol=1e-9)
+            and np.isclose(st["target_mean"], predictor.target_mean, rtol=1e-6)
+            and np.isclose(st["target_std"], predictor.target_std, rtol=1e-6))
     if not same:
         raise UserError(f"{ckpt_path} was trained on patches normalised with other statistics than {patch_dir / 'stats'} "
                         f"(step02 was rerun after step03); retrain: python step03_train_clay/run.py")

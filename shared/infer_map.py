@@ -433,16 +433,14 @@ def run_step04(cfg, run, rank: int = 0, world: int = 1, force: bool = False) -> 
     stations = station_pixels(cfg.stations_csv, static) if cfg.stations_csv.is_file() else None
     region = check_region(cfg.region, static.grid)
     if region is None:
-        grid_out, cut, st_out = static.grid, (slice(None), slice(None)), stations
+        grid_out, offset, st_out = static.grid, (0, 0), stations
     else:
-        r0, c0, rny, rnx = region
-        grid_out = static.grid.window(r0, c0, rny, rnx)
-        cut = (slice(r0, r0 + rny), slice(c0, c0 + rnx))
+        grid_out, offset = static.grid.window(*region), region[:2]
         st_out = None
         if stations is not None:
-            ins = grid_out.inside(stations["pixel_y"] - r0, stations["pixel_x"] - c0)
+            ins = grid_out.inside(stations["pixel_y"] - offset[0], stations["pixel_x"] - offset[1])
             st_out = stations[ins].reset_index(drop=True)
-    offset = (cut[0].start or 0, cut[1].start or 0)
+    cut = (slice(offset[0], offset[0] + grid_out.ny), slice(offset[1], offset[1] + grid_out.nx))
     st_plot = None if st_out is None else st_out.assign(pixel_y=st_out["pixel_y"] - offset[0], pixel_x=st_out["pixel_x"] - offset[1])
 
     mine = times.iloc[rank::world]

@@ -300,7 +300,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
     if 0 < per_proc < batch_size:  # a small world (e.g. the tiny demo preset): one smaller batch, not none
         batch_size = per_proc
         say(f"note: train.batch_size {tcfg.batch_size} lowered to {batch_size}: the train split has only "
-                f"{splits['train'].n_rows} rows{f' for {d.world} processes' if d.world > 1 else ''}")
+            f"{splits['train'].n_rows} rows{f' for {d.world} processes' if d.world > 1 else ''}")
     plan_kw = dict(batch_size=batch_size, seed=tcfg.seed, rank=d.rank, world=d.world)
     shuffle_kw = dict(shuffle_files=cfg.data.shuffle_files, shuffle_within=cfg.data.shuffle_within_file,
                       mix_chunks=cfg.data.mix_chunks, drop_last=True)
@@ -384,7 +384,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
         t0 = time.perf_counter()
         train_plan.set_epoch(epoch)
         train_loss, wait, step_s = train_epoch(epoch, ddp_model, train_loader, steps_per_epoch, opt, sched,
-                                                scaler, device, dtype, tcfg.grad_clip, target_std, d, params)
+                                               scaler, device, dtype, tcfg.grad_clip, target_std, d, params)
         val_loss, _ = evaluate(model, val_loader, device, dtype, d)
         rmse = math.sqrt(val_loss)
         improved = val_loss < state["best_val"]
