@@ -150,23 +150,26 @@ class FCBlock(nn.Module):
 class WavesTransformer(nn.Module):
     """Generates a patch-embedding kernel and bias from wave tokens (DOFA-style)."""
 
-    def __init__(self, patch_size: int, dim: int):
+    def __init__(self, patch_size: int, dim: int, latent_tokens: int = NUM_LATENT_TOKENS, mlp_dim: int = 2048):
+        """Clay's sizes by default (``latent_tokens`` 128, ``mlp_dim`` 2048); smaller ones only
+        for modules that are never loaded from a Clay checkpoint (the pretraining pixel head)."""
         super().__init__()
         layer = nn.TransformerEncoderLayer(
-            d_model=WAVE_DIM, nhead=4, dim_feedforward=2048, activation="gelu",
+            d_model=WAVE_DIM, nhead=4, dim_feedforward=mlp_dim, activation="gelu",
             dropout=0.0, norm_first=False, batch_first=True,
         )
         self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
         self.fc_weight = nn.Linear(WAVE_DIM, patch_size * patch_size * dim)
         self.fc_bias = nn.Linear(WAVE_DIM, dim)
-        self.weight_tokens = nn.Parameter(torch.randn(NUM_LATENT_TOKENS, WAVE_DIM) * 0.02)
+        self.n_latent = latent_tokens
+        self.weight_tokens = nn.Parameter(torch.randn(latent_tokens, WAVE_DIM) * 0.02)
         self.bias_token = nn.Parameter(torch.randn(1, WAVE_DIM) * 0.02)
 
     def forward(self, waves_enc: torch.Tensor):
         """``(C, 128)`` wave tokens -> weight ``(C, p·p·D)``, bias ``(D,)``."""
         x = torch.cat([self.weight_tokens, waves_enc, self.bias_token], dim=0)  # (128+C+1, 128), unbatched
         out = self.encoder(x)
-        n = NUM_LATENT_TOKENS
+        n = self.n_latent
         weight = self.fc_weight(out[n:-1] + x[n:-1])
         bias = self.fc_bias(out[-1])
         return weight, bias

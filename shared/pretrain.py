@@ -54,6 +54,7 @@ class PretrainDataCfg:
     source_px: int = 18  # raw pixels cut per tile, bilinear-resized to tile_px; 0 = tile_px (no resize)
     max_images: int = 96  # train-period images read (random subset); 0 = all
     tiles_per_image: int = 192  # tiles drawn per image (tiles with a missing value are skipped)
+    centre: Literal["land", "any"] = "land"  # tile centres on land pixels (where stations are) or anywhere
     seed: int = 0
 
     def check(self):
@@ -69,7 +70,7 @@ class PretrainModelCfg:
     clay_ckpt_path: Optional[Path] = None  # start from this checkpoint (continued pretraining); null = random
     mask_ratio: float = 0.75
     decoder_dim: int = 128
-    decoder_depth: int = 2
+    decoder_depth: int = 1
     decoder_heads: int = 4
     decoder_dim_head: int = 32
     decoder_mlp_ratio: float = 2.0
@@ -86,8 +87,8 @@ class PretrainModelCfg:
 
 @dataclass
 class PretrainTrainCfg:
-    steps: int = 1400  # optimizer steps; 0 = write the initial (random or loaded) weights only
-    batch_size: int = 256
+    steps: int = 2500  # optimizer steps; 0 = write the initial (random or loaded) weights only
+    batch_size: int = 192
     lr: float = 5.0e-4
     weight_decay: float = 0.05
     warmup_steps: int = 50
@@ -188,7 +189,8 @@ def sample_tiles(cfg: PretrainDataCfg, log=print) -> dict:
     """Draw the tile pool.
 
     Returns ``x (N, C, T, T) float16`` z-scored, ``time_unix (N,) int64``,
-    ``lat (N,)``, ``lon (N,)`` (tile centres, degrees), ``gsd`` (m per tile
+    ``lat (N,)``, ``lon (N,)`` (tile centres, degrees), ``yx (N, 2)`` (their
+    grid row/column), ``gsd`` (m per tile
     pixel), ``waves (C,)`` µm, ``channels``, ``n_images``.
     """
     import torch
@@ -209,20 +211,30 @@ def sample_tiles(cfg: PretrainDataCfg, log=print) -> dict:
     rng = np.random.default_rng(cfg.seed)
     if cfg.max_images and len(df) > cfg.max_images:
         df = df.iloc[np.sort(rng.choice(len(df), cfg.max_images, replace=False))]
-    xs, ts, lats, lons = [], [], [], []
+    xs, ts, lats, lons, yxs = [], [], [], [], []
     off = np.arange(s)
+    # candidate top-left corners: every position, or those whose centre pixel is land
+    ok_y, ok_x = np.meshgrid(np.arange(h - s + 1), np.arange(w - s + 1), indexing="ij")
+    if cfg.centre == "land":
+        on_land = static.lsmask[ok_y + s // 2, ok_x + s // 2] > 0
+        ok_y, ok_x = ok_y[on_land], ok_x[on_land]
+        if ok_y.size == 0:
+            raise UserError(f"{splits['static']}: no land pixel to centre tiles on; set data.centre: any")
+    ok_y, ok_x = ok_y.ravel(), ok_x.ravel()
     for row in df.itertuples(index=False):
         stack = full_stack(read_frame(row.path_bt, row.path_rf, row.path_sza), static)[ch_idx]  # (C, H, W)
         stack -= mean[:, None, None]
         stack /= std[:, None, None]
         k = cfg.tiles_per_image * 2  # oversample: tiles touching missing pixels are dropped
-        y0, x0 = rng.integers(0, h - s + 1, k), rng.integers(0, w - s + 1, k)
+        pick = rng.integers(0, ok_y.size, k)
+        y0, x0 = ok_y[pick], ok_x[pick]
         t = stack[:, (y0[:, None] + off)[:, :, None], (x0[:, None] + off)[:, None, :]]  # (C, k, S, S)
         ok = np.isfinite(t).all(axis=(0, 2, 3))
         sel = np.nonzero(ok)[0][: cfg.tiles_per_image]
         xs.append(np.ascontiguousarray(t[:, sel].transpose(1, 0, 2, 3)))
         ts.append(np.full(len(sel), int(row.sat_time_utc.value // 10**9), np.int64))
         cy, cx = y0[sel] + s // 2, x0[sel] + s // 2
+        yxs.append(np.stack((cy, cx), axis=1))
         lats.append(static.lat[cy, cx].astype(np.float32))
         lons.append(static.lon[cy, cx].astype(np.float32))
     x = torch.from_numpy(np.concatenate(xs))
@@ -237,6 +249,7 @@ def sample_tiles(cfg: PretrainDataCfg, log=print) -> dict:
         "time_unix": torch.from_numpy(np.concatenate(ts)),
         "lat": torch.from_numpy(np.concatenate(lats)),
         "lon": torch.from_numpy(np.concatenate(lons)),
+        "yx": np.concatenate(yxs),  # (N, 2) grid row/column of the tile centres
         "gsd": float(static.grid.res_m) * s / cfg.tile_px,
         "waves": torch.tensor(waves, dtype=torch.float32),
         "channels": names,
@@ -262,6 +275,13 @@ def random_masking(b: int, n: int, ratio: float, generator: torch.Generator | No
     return order[:, :n_mask], order[:, n_mask:]
 
 
+def patchify(pixels: torch.Tensor, p: int) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, L, C, p·p)``, tokens row-major as in the encoder."""
+    b, c, h, w = pixels.shape
+    x = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c, p * p)
+
+
 def position_metadata(h: int, w: int, dim: int, gsd: float, time: torch.Tensor, latlon: torch.Tensor):
     """Clay's token encoding ``(B, h·w, dim)``: 2-D sincos with gsd (dim-8) + time (4) + latlon (4)."""
     pos = posemb_sincos_2d_with_gsd(h, w, dim - 8, gsd, device=time.device)  # (L, dim-8)
@@ -277,12 +297,15 @@ def encode_visible(enc: ClayEncoder, pixels, time, latlon, gsd, waves, visible):
     (CLS first), position encodings added before the tokens are dropped.
     """
     p = enc.patch_size
-    weight, bias = enc._kernel(waves)
-    tokens = enc.patch_embedding(pixels, weight, bias)  # (B, L, D)
-    tokens = tokens + position_metadata(pixels.shape[2] // p, pixels.shape[3] // p, enc.dim, gsd,
-                                        time, latlon).to(tokens.dtype)
-    tokens = torch.gather(tokens, 1, visible[:, :, None].expand(-1, -1, tokens.shape[-1]))  # (B, V, D)
-    x = torch.cat((enc.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens), dim=1)
+    b, _, h, w = pixels.shape
+    weight, bias = enc._kernel(waves)  # conv kernel (D, C, p, p)
+    # the patch embedding is a stride-p conv: embed the visible patches only (a linear map of each)
+    patches = patchify(pixels, p).flatten(2)  # (B, L, C·p·p), the conv kernel's order
+    patches = torch.gather(patches, 1, visible[:, :, None].expand(-1, -1, patches.shape[-1]))  # (B, V, C·p·p)
+    tokens = F.linear(patches, weight.reshape(weight.shape[0], -1), bias)  # (B, V, D)
+    pos = position_metadata(h // p, w // p, enc.dim, gsd, time, latlon).to(tokens.dtype)  # (B, L, D)
+    tokens = tokens + torch.gather(pos, 1, visible[:, :, None].expand(-1, -1, pos.shape[-1]))
+    x = torch.cat((enc.cls_token.expand(b, -1, -1).to(tokens.dtype), tokens), dim=1)
     return enc.transformer(x)
 
 
@@ -290,13 +313,16 @@ class PixelHead(nn.Module):
     """Dynamic-embedding pixel head: a per-band linear map ``D -> p·p`` generated from the wavelengths.
 
     Same parts as the encoder's patch embedding (``fclayer``, ``weight_generator``);
-    the generated bias (width D) is added to the features before the map.
+    the generated bias (width D) is added to the features before the map. The
+    generator is smaller than the encoder's (16 latent tokens, MLP 512 instead of
+    128 / 2048): it is never loaded from or into a Clay checkpoint's encoder, and
+    at Clay's size the two generators took a third of a tiny-model step.
     """
 
-    def __init__(self, patch_size: int, dim: int):
+    def __init__(self, patch_size: int, dim: int, latent_tokens: int = 16, mlp_dim: int = 512):
         super().__init__()
         self.patch_size, self.dim = patch_size, dim
-        self.weight_generator = WavesTransformer(patch_size, dim)
+        self.weight_generator = WavesTransformer(patch_size, dim, latent_tokens, mlp_dim)
         self.fclayer = FCBlock(WAVE_DIM)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -341,7 +367,7 @@ class MAEDecoder(nn.Module):
 class ClayMAE(nn.Module):
     """Encoder + decoder; ``state_dict`` keys ``encoder.*`` / ``decoder.*``."""
 
-    def __init__(self, size: str = "tiny", decoder_dim: int = 128, decoder_depth: int = 2, decoder_heads: int = 4,
+    def __init__(self, size: str = "tiny", decoder_dim: int = 128, decoder_depth: int = 1, decoder_heads: int = 4,
                  decoder_dim_head: int = 32, decoder_mlp_ratio: float = 2.0, mask_ratio: float = 0.75,
                  loss: str = "l1"):
         super().__init__()
@@ -352,10 +378,7 @@ class ClayMAE(nn.Module):
 
     def patchify(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, L, C, p·p)``, tokens row-major as in the encoder."""
-        p = self.encoder.patch_size
-        b, c, h, w = pixels.shape
-        x = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(b, (h // p) * (w // p), c, p * p)
+        return patchify(pixels, self.encoder.patch_size)
 
     def forward(self, pixels, time, latlon, gsd, waves, generator=None):
         """-> ``(loss, recon (B, L, C, p·p), masked (B, M))``; loss over masked patches only."""
@@ -417,19 +440,22 @@ def save_recon_png(path: Path, model: ClayMAE, tiles: dict, n: int, channels: li
     mask_img = torch.zeros(b, gh * gw)
     mask_img.scatter_(1, masked, 1.0)
     mask_img = mask_img.reshape(b, 1, gh, gw).repeat_interleave(p, 2).repeat_interleave(p, 3)[:, 0].bool()
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(8.5, 2.5 * n), squeeze=False, layout="constrained")
     for i in range(n):
         a = pixels[i, ch].numpy()
-        vmin, vmax = float(a.min()), float(a.max())
+        m = mask_img[i].numpy()
         shown = a.copy()
-        shown[mask_img[i].numpy()] = np.nan
+        shown[m] = np.nan
         # MAE convention: the loss sees masked patches only, so show visible patches from the input
-        pasted = np.where(mask_img[i].numpy(), rec[i, ch].numpy(), a)
-        for j, (img, title) in enumerate(((a, "input"), (shown, "visible (25 %)"), (pasted, "reconstruction"))):
-            axes[i, j].imshow(img, vmin=vmin, vmax=vmax, cmap="viridis")
+        pasted = np.where(m, rec[i, ch].numpy(), a)
+        vmin, vmax = float(min(a.min(), pasted.min())), float(max(a.max(), pasted.max()))  # one scale for all three
+        err = float(np.abs(pasted - a)[m].mean())
+        titles = ("input", "visible (25 %)", f"reconstruction (L1 {err:.2f})")
+        for j, (img, title) in enumerate(zip((a, shown, pasted), titles)):
+            im = axes[i, j].imshow(img, vmin=vmin, vmax=vmax, cmap="viridis")
             axes[i, j].set_title(f"{title} {channels[ch]}", fontsize=8)
             axes[i, j].axis("off")
-    fig.tight_layout()
+        fig.colorbar(im, ax=axes[i, :].tolist(), shrink=0.8, label="z-score")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
@@ -476,7 +502,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, stop_after: int | None =
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "token" not in n and "mask_patch" not in n]
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "token" not in n and "mask_patch" not in n)]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr)
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, fused=True)
 
         def lr_at(step):
             if step < tc.warmup_steps:

@@ -344,7 +344,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
 
     steps_per_epoch = len(train_plan)
     total_steps = steps_per_epoch * tcfg.epochs
-    opt = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(total_steps, max(1, round(tcfg.warmup * steps_per_epoch))))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -1,6 +1,7 @@
 """Self-supervised pretraining (shared/pretrain.py) on the tiny demo world: masking, loss, checkpoint, resume."""
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from conftest import ROOT
@@ -50,6 +51,25 @@ def test_masking_keeps_a_quarter_of_the_tokens():
     assert torch.equal(p[1, 5, 3].reshape(8, 8), x[1, 3, 8:16, 8:16])
 
 
+def test_encode_visible_matches_the_encoder_on_the_same_tokens():
+    """Embedding only the visible patches equals the encoder's conv path on those tokens."""
+    from shared.model_clay import ClayEncoder
+    from shared.pretrain import encode_visible
+
+    torch.manual_seed(0)
+    enc = ClayEncoder("tiny").eval()
+    x, waves = torch.randn(2, 16, 24, 24), torch.linspace(0.5, 13, 16)
+    t, ll = torch.randn(2, 4), torch.randn(2, 4)
+    perm = torch.stack([torch.randperm(9), torch.randperm(9)])  # every token, shuffled
+    with torch.no_grad():
+        full = enc(x, t, ll, 1125.0, waves)  # (2, 1 + 9, D)
+        vis = encode_visible(enc, x, t, ll, 1125.0, waves, perm)
+    # attention is permutation-equivariant: CLS unchanged, token j of vis is token perm[j] of full
+    torch.testing.assert_close(vis[:, 0], full[:, 0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(vis[:, 1:], torch.gather(full[:, 1:], 1, perm[:, :, None].expand(-1, -1, 192)),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_pretrain_loss_falls_ckpt_loads_strict_and_resume_matches(tiny_index, tiny_patches, tmp_path):
     import pandas as pd
 
@@ -93,6 +113,26 @@ def test_pretrain_uses_train_times_only_and_bad_input_exits_2(tiny_index, tmp_pa
     assert rc == 2
     assert _run(["--config", str(YAML), "--set", "model.mask_ratio=1.5",
                  "--set", f"output.outputs_dir={tmp_path / 'o'}"]) == 2
+
+
+def test_tiles_are_centred_on_land_unless_asked_otherwise(tiny_index, tiny_patches):
+    import json
+
+    from shared.io_sat import read_static
+    from shared.pretrain import PretrainDataCfg, sample_tiles
+
+    static = read_static(json.loads((tiny_index / "splits.json").read_text())["static"])
+    assert 0.05 < static.lsmask.mean() < 0.95  # the tiny world has land and sea
+    kw = dict(index_dir=tiny_index, patch_dir=tiny_patches, tile_px=16, source_px=18, max_images=2,
+              tiles_per_image=64)
+    on_land = {}
+    for centre in ("land", "any"):
+        tiles = sample_tiles(PretrainDataCfg(centre=centre, **kw), log=lambda *_: None)
+        y, x = tiles["yx"].T
+        on_land[centre] = static.lsmask[y, x].mean()
+        assert tiles["x"].shape[1:] == (16, 16, 16) and len(tiles["yx"]) == len(tiles["x"])
+        np.testing.assert_allclose(tiles["lat"].numpy(), static.lat[y, x], rtol=1e-6)
+    assert on_land["land"] == 1.0 and on_land["any"] < 1.0
 
 
 def test_step03_run_py_dispatches_pretrain_mode(tmp_path, capsys):
