@@ -81,7 +81,7 @@ def bench(cfg, size: str, mode: str, steps: int, splits, manifest, loc_stats) ->
         plan = ChunkBatches(splits["train"], n_ch, ps, **plan_kw)
         loader = make_loader(plan, cfg.data.num_workers)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(T._param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    opt = torch.optim.AdamW(T.param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, fused=True)  # as step03
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T._lr_lambda(1000, 10))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     d = T.Dist()

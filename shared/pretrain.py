@@ -159,19 +159,16 @@ def train_times(index_dir: Path):
 
 
 def read_norm(patch_dir: Path, channels: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean/std of ``channels`` from step02's ``stats/input_statistics.json``."""
-    import json
+    """Mean/std of ``channels`` from step02's statistics (read by :func:`shared.patch_data.read_stats`)."""
+    from .patch_data import read_stats
 
-    f = Path(patch_dir) / "stats" / "input_statistics.json"
-    if not f.is_file():
-        raise UserError(f"{f} not found; run step02_make_patches first (or set data.patch_dir)")
-    with open(f, encoding="utf-8") as fh:
-        st = json.load(fh)
+    st = read_stats(patch_dir)
     missing = [c for c in channels if c not in st["channels"]]
     if missing:
-        raise UserError(f"{f}: no statistics for channel(s) {', '.join(missing)}")
+        raise UserError(f"{Path(patch_dir) / 'stats' / 'input_statistics.json'}: no statistics for channel(s) "
+                        f"{', '.join(missing)}")
     idx = [st["channels"].index(c) for c in channels]
-    return np.asarray(st["mean"], np.float32)[idx], np.asarray(st["std"], np.float32)[idx]
+    return np.asarray(st["input_mean"], np.float32)[idx], np.asarray(st["input_std"], np.float32)[idx]
 
 
 def encoder_channels(kind: str) -> tuple[list[str], list[float]]:
@@ -482,6 +479,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, stop_after: int | None =
     from .config import config_to_dict
     from .model_clay import load_clay_state
     from .runinfo import write_csv
+    from .train import param_groups
 
     tc = cfg.train
     threads = torch.get_num_threads()
@@ -499,10 +497,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, stop_after: int | None =
         if mc.clay_ckpt_path is not None:
             model.encoder.load_state_dict(load_clay_state(mc.clay_ckpt_path, mc.size), strict=True)
             log(f"encoder: Clay {mc.size} weights from {mc.clay_ckpt_path} (continued pretraining)")
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "token" not in n and "mask_patch" not in n]
-        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "token" not in n and "mask_patch" not in n)]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, fused=True)
+        opt = torch.optim.AdamW(param_groups(model, tc.weight_decay, no_decay_names=("token", "mask_patch")),
+                                lr=tc.lr, fused=True)
 
         def lr_at(step):
             if step < tc.warmup_steps:

@@ -122,12 +122,14 @@ def _lr_lambda(total_steps: int, warmup_steps: int, min_frac: float = 0.05):
     return f
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only; not biases, norms or tokens."""
+def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_names: tuple[str, ...] = ()) -> list[dict]:
+    """AdamW groups of the trainable parameters: decay those of 2+ dimensions, not biases or norms,
+    nor those whose name contains one of ``no_decay_names`` (e.g. ``"token"``)."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            matrix = p.dim() >= 2 and not any(k in name for k in no_decay_names)
+            (decay if matrix else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -344,7 +346,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
 
     steps_per_epoch = len(train_plan)
     total_steps = steps_per_epoch * tcfg.epochs
-    opt = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr, fused=True)
+    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(total_steps, max(1, round(tcfg.warmup * steps_per_epoch))))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
