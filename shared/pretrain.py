@@ -511,8 +511,13 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, stop_after: int | None =
         step, log_rows = 0, []
         gen = torch.Generator().manual_seed(tc.seed)
         if resume and current.is_file():
-            ck = torch.load(current, map_location="cpu", weights_only=False)
-            if ck.get("config") != cfg_dict:
+            try:  # weights_only: a crafted pickle in weights/ must never run code here
+                ck = torch.load(current, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(f"{current}: not a loadable pretraining checkpoint ({type(e).__name__}: {first}); "
+                                "delete it and rerun without --resume") from None
+            if not isinstance(ck, dict) or ck.get("config") != cfg_dict:
                 raise UserError(f"{current} was written with another config; rerun without --resume "
                                 "(or restore the config it was started with)")
             model.load_state_dict(ck["model"])
