@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def read_frames(paths) -> float:
@@ -51,7 +50,7 @@ def main() -> None:
     if not (idx / "index.csv").is_file():
         sys.exit(f"no {idx}/index.csv: run the demo first (README) or python step01_make_index/run.py")
     df = pd.read_csv(idx / "index.csv")
-    from shared.config import resolve_path
+    from shared.core.config import resolve_path
 
     times = df.drop_duplicates("sat_time_utc")
     paths = [(resolve_path(p), v) for _, r in times.iterrows() for p, v in ((r.path_bt, "bt"), (r.path_rf, "rf"), (r.path_sza, "sza"))]

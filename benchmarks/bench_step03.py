@@ -5,7 +5,7 @@
 Input: ``step02_make_patches/outputs`` when its manifest exists, otherwise
 synthetic chunks of the demo world's size (11,800 train rows, 4096 per chunk)
 written to a temporary folder. Each configuration runs the real training
-step of ``shared.train.train_epoch`` (forward, MSE, backward, AdamW, LR
+step of ``shared.training.loop.train_epoch`` (forward, MSE, backward, AdamW, LR
 schedule) on the default batch size and data settings of
 ``step03_train_clay/config.yaml``, after two warm-up steps:
 
@@ -28,27 +28,22 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def load_step_config(overrides: list[str]):
-    import importlib.util
+    """step03's config.yaml with ``--set`` overrides, as the step itself reads it."""
+    from shared.core.config import load_config
+    from shared.stages.step03_train import Config
 
-    spec = importlib.util.spec_from_file_location("step03_run", ROOT / "step03_train_clay" / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    from shared.config import load_config
-
-    return load_config(mod.Config, ROOT / "step03_train_clay" / "config.yaml", overrides)
+    return load_config(Config, ROOT / "step03_train_clay" / "config.yaml", overrides)
 
 
 def bench(cfg, size: str, mode: str, steps: int, splits, manifest, loc_stats) -> dict:
     import torch
 
-    from shared import train as T
-    from shared.model_ta import build_model
-    from shared.patch_data import ChunkBatches, TensorBatches, make_loader
+    from shared.models.ta import build_model
+    from shared.training import loop as T
+    from shared.training.batches import ChunkBatches, TensorBatches, make_loader
 
     cfg.model.size = size
     cfg.model.freeze_encoder = mode != "train encoder"
@@ -108,7 +103,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from shared.patch_data import check_split, read_manifest, write_synthetic_patches
+    from shared.io.patches import check_split, read_manifest, write_synthetic_patches
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,7 +7,7 @@ the default model of ``step03_train_clay/config.yaml`` with random weights
 (the cost of a forward pass does not depend on the weights). The input is a
 synthetic frame on the KO grid with no missing pixel, so every one of the
 810,000 windows goes through the model, exactly as in step04
-(:func:`shared.infer_map.predict_map`: row blocks, reflect padding, batches).
+(:func:`shared.mapping.predict.predict_map`: row blocks, reflect padding, batches).
 
 Each precision runs in a fresh process (clean peak memory) that also measures,
 right before its map, the GFLOP/s of a large square matmul in the same dtype
@@ -33,27 +33,29 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def default_model_cfg() -> tuple[dict, str]:
     """The model step03 builds with its config.yaml (size, resize, head...)."""
+    from dataclasses import fields
+
     import yaml
 
-    from shared.model_ta import _DEFAULTS, model_config
+    from shared.models.ta import TAModelConfig
 
     cfg = yaml.safe_load((ROOT / "step03_train_clay" / "config.yaml").read_text()).get("model", {})
-    kw = {k: v for k, v in cfg.items() if k in _DEFAULTS and k != "type"}
-    return model_config(**kw), "step03_train_clay/config.yaml model section, random weights"
+    names = {f.name for f in fields(TAModelConfig)}
+    kw = {k: v for k, v in cfg.items() if k in names and k != "type" and v is not None}
+    return TAModelConfig(**kw).to_dict(), "step03_train_clay/config.yaml model section, random weights"
 
 
 def build_predictor(precision: str):
     import numpy as np
     import torch
 
-    from shared.infer_map import Predictor, load_predictor
-    from shared.io_sat import PATCH_CHANNELS
-    from shared.model_ta import build_model
+    from shared.io.channels import PATCH_CHANNELS
+    from shared.mapping.predict import Predictor, load_predictor
+    from shared.models.ta import build_model
 
     best = ROOT / "step03_train_clay" / "weights" / "best.pt"
     if best.is_file():
@@ -70,8 +72,8 @@ def synthetic_world(rows: int):
     """A frame + static layers on the first ``rows`` rows of the KO grid, values in physical ranges, no NaN."""
     import numpy as np
 
-    from shared.grid import KO_GRID
-    from shared.io_sat import Frame, Packed, Static
+    from shared.geo.grid import KO_GRID
+    from shared.io.raw import Frame, Packed, Static
 
     g = KO_GRID if rows >= 900 else KO_GRID.window(0, 0, rows, 900)
     rng = np.random.default_rng(0)
@@ -99,7 +101,6 @@ def matmul_gflops(dtype, n: int = 2048, seconds: float = 3.0) -> float:
 
 
 def flops_per_window(predictor, batch: int = 256) -> float:
-    import numpy as np
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -119,7 +120,7 @@ def child(a) -> None:
     import pandas as pd
     import torch
 
-    from shared.infer_map import current_rss_bytes, peak_rss_bytes, predict_map
+    from shared.mapping.predict import current_rss_bytes, peak_rss_bytes, predict_map
 
     torch.set_num_threads(a.threads)
     predictor, what = build_predictor(a.child)

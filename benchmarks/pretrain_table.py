@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/pretrain_table.py [--epochs 16] [--set model.pool=mean] [--skip-pretrain]
 
-On the current step01/step02 outputs (the demo world after ``python -m shared.run_all``):
+On the current step01/step02 outputs (the demo world after ``python -m shared.tools.run_all``):
 
 1. pretrains the encoder (``step03_train_clay/pretrain.yaml``, its own config
    unless ``--pretrain-set`` overrides keys) -> ``<work>/pretrain/pretrain_clay.ckpt``;
@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 ROWS = {
     "a": ("random init, frozen + head", "random", True),
@@ -61,8 +60,8 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
-    from shared.model_clay import ClayEncoder
-    from shared.runinfo import atomic_path
+    from shared.core.records import atomic_path
+    from shared.models.clay import ClayEncoder
 
     py, work = sys.executable, a.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -70,7 +69,6 @@ def main(argv=None) -> int:
     common = list(a.set) + ([f"train.epochs={a.epochs}"] if a.epochs else [])
     sets = lambda kv: [x for s in kv for x in ("--set", s)]  # noqa: E731
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_step03 import load_step_config
 
     cfg = load_step_config(common)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from shared import REPO_ROOT
-from shared.config import load_config
-from shared.errors import UserError
-from shared.grid import KO_GRID
-from shared.runinfo import StepRun, atomic_path
+from shared.core.config import load_config
+from shared.core.errors import UserError
+from shared.core.records import StepRun, atomic_path
+from shared.geo.grid import KO_GRID
 
 
 @dataclass

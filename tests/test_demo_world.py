@@ -10,10 +10,11 @@ import pytest
 import xarray as xr
 
 from shared import REPO_ROOT
-from shared import demo_world as dw
-from shared.errors import UserError
-from shared.grid import KO_GRID, Grid
-from shared.solar import solar_zenith
+from shared.core.errors import UserError
+from shared.geo.grid import KO_GRID, Grid
+from shared.geo.solar import solar_zenith
+from shared.ingest import demo_world as dw
+from shared.io.channels import BT_CHANNELS, BT_WAVES_UM, RF_CHANNELS
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +79,14 @@ def test_sat_and_truth_layout(world):
         assert v.dimensions == ("channel", "y", "x") and v.dtype == np.int16 and v.shape == (10, 128, 128)
         assert v.scale_factor == np.float32(0.1) and v._FillValue == -32768 and v.units == "K"
         assert v.filters()["zlib"] and v.filters()["shuffle"] and v.chunking() == [1, 128, 128]
-        assert list(ds.variables["channel"][:]) == list(dw.BT_CHANNELS)
-        np.testing.assert_allclose(ds.variables["wavelength_um"][:], dw.BT_WAVES_UM, rtol=1e-6)
+        assert list(ds.variables["channel"][:]) == list(BT_CHANNELS)
+        np.testing.assert_allclose(ds.variables["wavelength_um"][:], BT_WAVES_UM, rtol=1e-6)
         assert ds.grid_row0 == 440 and ds.time_utc == "2023-01-08T00:00:00Z"
     bt = xr.open_dataset(_sat(raw, "bt", s))
     assert bt["bt"].dtype == np.float32 and pd.Timestamp(bt["time"].values) == pd.Timestamp("2023-01-08 00:00")
     assert 180 < float(bt["bt"].min()) and float(bt["bt"].max()) < 340
     rf = xr.open_dataset(_sat(raw, "rf", s))
-    assert rf["rf"].dims == ("channel", "y", "x") and list(rf["channel"].values) == list(dw.RF_CHANNELS)
+    assert rf["rf"].dims == ("channel", "y", "x") and list(rf["channel"].values) == list(RF_CHANNELS)
     sza = xr.open_dataset(_sat(raw, "sza", s))
     assert sza["sza"].dims == ("y", "x")
     tr = xr.open_dataset(raw / "truth" / f"ta_true_{s}.nc")
@@ -185,6 +186,6 @@ def test_skips_existing_and_refuses_foreign(world, tmp_path):
     with pytest.raises(UserError, match="not a demo world"):
         dw.generate(foreign, preset="tiny", progress=False)
     assert (foreign / "my_data.nc").read_text() == "x"
-    p = subprocess.run([sys.executable, "-m", "shared.demo_world", "--preset", "tiny", "--out", str(foreign)],
+    p = subprocess.run([sys.executable, "-m", "shared.ingest.demo_world", "--preset", "tiny", "--out", str(foreign)],
                        cwd=REPO_ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and "not a demo world" in p.stderr and "Traceback" not in p.stderr

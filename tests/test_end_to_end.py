@@ -13,8 +13,6 @@ import time
 
 import numpy as np
 import pandas as pd
-import pytest
-
 from conftest import ROOT
 
 
@@ -32,7 +30,7 @@ def test_five_steps_on_tiny_world(tmp_path):
     s1, s2, s3w, s3o, s4, s5 = (tmp_path / n for n in ("s01", "s02", "weights", "s03", "s04", "s05"))
     cwd = tmp_path  # not the repository: paths must not depend on the working directory
 
-    _run(["-m", "shared.demo_world", "--preset", "tiny", "--out", raw], cwd=ROOT)
+    _run(["-m", "shared.ingest.demo_world", "--preset", "tiny", "--out", raw], cwd=ROOT)
     assert (raw / "static.nc").is_file() and (raw / "truth.json").is_file()
 
     step = {
@@ -63,7 +61,7 @@ def test_five_steps_on_tiny_world(tmp_path):
     assert man["patch_size"] == 9 and man["rows"]["test"] > 0
     assert (s2 / "stats" / "input_statistics.json").is_file()
     # step03 -> step04/05: best.pt alone rebuilds the model
-    from shared.model_ta import load_ta_checkpoint
+    from shared.models.checkpoint import load_ta_checkpoint
 
     model, ckpt = load_ta_checkpoint(s3w / "best.pt")
     assert ckpt["model_cfg"]["resize_to"] == 8 and ckpt["norm"]["target_std"] > 0

@@ -3,9 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.errors import UserError
-from shared.grid import KO_GRID
-from shared.io_stations import TA_RANGE_C, read_obs, read_stations, stations_outside_grid
+from shared.core.errors import UserError
+from shared.geo.grid import KO_GRID
+from shared.io.stations import TA_RANGE_C, read_obs, read_stations, stations_outside_grid
 
 KMA_OBS_HEADER = "지점,지점명,일시,기온(°C),기온 QC플래그,강수량(mm)\n"
 
@@ -39,7 +39,7 @@ def test_kma_cp949_kst_to_utc(tmp_path):
 
 def test_kma_utf8_bom_and_degree_sign_variant(tmp_path):
     text = "지점,지점명,일시,기온(℃)\n119,수원,2022-08-01 00:00,25.0\n"
-    f = _write(tmp_path / "aws.csv", "\ufeff" + text, "utf-8")
+    _write(tmp_path / "aws.csv", "\ufeff" + text, "utf-8")
     df, rep = read_obs(tmp_path)  # a folder is searched for *.csv
     assert rep["files"][0]["encoding"] == "utf-8-sig"
     assert df.iloc[0].time_utc == pd.Timestamp("2022-07-31 15:00") and df.iloc[0].stn_id == 119

@@ -6,10 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shared.errors import UserError
-from shared.model_clay import (ClayEncoder, clay_latlon_encoding, clay_time_encoding, iso_week, load_clay_encoder,
-                               load_clay_state)
-from shared.model_ta import build_model, load_ta_checkpoint, model_config
+from shared.core.errors import UserError
+from shared.models.checkpoint import load_ta_checkpoint
+from shared.models.clay import (
+    ClayEncoder,
+    clay_latlon_encoding,
+    clay_time_encoding,
+    iso_week,
+    load_clay_encoder,
+    load_clay_state,
+)
+from shared.models.ta import TAModelConfig, build_model
 
 WAVES = torch.tensor([3.83, 6.21, 10.35, 0.47, 0.64, 1.61])
 
@@ -121,7 +128,7 @@ def test_not_a_clay_file(tmp_path):
     with pytest.raises(UserError, match="no Clay encoder tensors"):
         load_clay_state(tmp_path / "other.ckpt", "tiny")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="corrupted Clay checkpoint"):
         load_clay_state(tmp_path / "junk.ckpt", "tiny")
 
 
@@ -170,7 +177,7 @@ def _batch(b=5, seed=0):
 @pytest.mark.parametrize("channels,n_enc", [("spectral", 16), ("all", 19)])
 def test_ta_model_encode_head_equals_forward(channels, n_enc):
     torch.manual_seed(0)
-    m = build_model(model_config(encoder_channels=channels)).eval()
+    m = build_model(TAModelConfig(encoder_channels=channels).to_dict()).eval()
     assert len(m.waves) == n_enc
     batch = _batch()
     with torch.no_grad():
@@ -184,8 +191,8 @@ def test_ta_model_encode_head_equals_forward(channels, n_enc):
 
 def test_mean_pool_is_the_mean_of_the_patch_tokens():
     torch.manual_seed(0)
-    cls_m = build_model(model_config(resize_to=16)).eval()
-    mean_m = build_model(model_config(resize_to=16, pool="mean")).eval()
+    cls_m = build_model(TAModelConfig(resize_to=16).to_dict()).eval()
+    mean_m = build_model(TAModelConfig(resize_to=16, pool="mean").to_dict()).eval()
     mean_m.load_state_dict(cls_m.state_dict())
     batch = _batch()
     x = F.interpolate(batch["x"].index_select(1, cls_m.enc_idx), size=(16, 16), mode="bilinear", align_corners=False)
@@ -197,12 +204,12 @@ def test_mean_pool_is_the_mean_of_the_patch_tokens():
         torch.testing.assert_close(mean_m.encode(batch), tokens[:, 1:].mean(1))
         assert not torch.allclose(mean_m.encode(batch), cls_m.encode(batch))
     with pytest.raises(UserError, match="model.pool"):
-        build_model(model_config(pool="max"))
+        build_model(TAModelConfig(pool="max").to_dict())
 
 
 def test_ta_checkpoint_rebuilds_model_and_rejects_others(tmp_path):
     torch.manual_seed(0)
-    cfg = model_config(size="tiny", resize_to=8, head_hidden=32)
+    cfg = TAModelConfig(size="tiny", resize_to=8, head_hidden=32).to_dict()
     m = build_model(cfg).eval()
     torch.save({"format": "ta2d-step03", "model": m.state_dict(), "model_cfg": cfg, "norm": {}}, tmp_path / "ta.pt")
     m2, ck = load_ta_checkpoint(tmp_path / "ta.pt")

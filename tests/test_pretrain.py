@@ -3,8 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from conftest import ROOT
+from conftest import ROOT, STAGES
 
 YAML = ROOT / "step03_train_clay" / "pretrain.yaml"
 
@@ -22,8 +21,12 @@ def _argv(tiny_index, tiny_patches, out: Path, steps: int, *extra: str) -> list[
 
 
 def _run(argv) -> int:
-    from shared.cli import run_main
-    from shared.pretrain import main
+    """step03's run.py with a ``mode: pretrain`` config, in-process."""
+    from shared.core.cli import run_main
+    from shared.core.runner import execute
+
+    def main(a):
+        return execute(STAGES["step03_train_clay"], a)
 
     try:
         run_main(main, argv)
@@ -33,7 +36,7 @@ def _run(argv) -> int:
 
 
 def test_masking_keeps_a_quarter_of_the_tokens():
-    from shared.pretrain import ClayMAE, random_masking
+    from shared.models.mae import ClayMAE, random_masking
 
     masked, visible = random_masking(5, 16, 0.75, torch.Generator().manual_seed(0))
     assert masked.shape == (5, 12) and visible.shape == (5, 4)
@@ -53,8 +56,8 @@ def test_masking_keeps_a_quarter_of_the_tokens():
 
 def test_encode_visible_matches_the_encoder_on_the_same_tokens():
     """Embedding only the visible patches equals the encoder's conv path on those tokens."""
-    from shared.model_clay import ClayEncoder
-    from shared.pretrain import encode_visible
+    from shared.models.clay import ClayEncoder
+    from shared.models.mae import encode_visible
 
     torch.manual_seed(0)
     enc = ClayEncoder("tiny").eval()
@@ -73,7 +76,7 @@ def test_encode_visible_matches_the_encoder_on_the_same_tokens():
 def test_pretrain_loss_falls_ckpt_loads_strict_and_resume_matches(tiny_index, tiny_patches, tmp_path):
     import pandas as pd
 
-    from shared.model_clay import load_clay_encoder
+    from shared.models.clay import load_clay_encoder
 
     full = tmp_path / "full"
     assert _run(_argv(tiny_index, tiny_patches, full, 40)) == 0
@@ -103,7 +106,7 @@ def test_pretrain_loss_falls_ckpt_loads_strict_and_resume_matches(tiny_index, ti
 def test_pretrain_uses_train_times_only_and_bad_input_exits_2(tiny_index, tmp_path):
     import pandas as pd
 
-    from shared.pretrain import train_times
+    from shared.training.pretrain import train_times
 
     df, _ = train_times(tiny_index)
     train = set(pd.to_datetime(pd.read_csv(tiny_index / "index_train.csv")["sat_time_utc"]))
@@ -118,8 +121,9 @@ def test_pretrain_uses_train_times_only_and_bad_input_exits_2(tiny_index, tmp_pa
 def test_tiles_are_centred_on_land_unless_asked_otherwise(tiny_index, tiny_patches):
     import json
 
-    from shared.io_sat import read_static
-    from shared.pretrain import PretrainDataCfg, sample_tiles
+    from shared.io.raw import read_static
+    from shared.stages.step03_pretrain import PretrainDataCfg
+    from shared.training.pretrain import sample_tiles
 
     static = read_static(json.loads((tiny_index / "splits.json").read_text())["static"])
     assert 0.05 < static.lsmask.mean() < 0.95  # the tiny world has land and sea

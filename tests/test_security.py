@@ -1,10 +1,6 @@
 """No code runs from a crafted file: every checkpoint / chunk load refuses pickled objects."""
-import os
 
-import pytest
 import torch
-
-from conftest import ROOT
 
 
 class _Payload:

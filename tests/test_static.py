@@ -5,10 +5,10 @@ import pytest
 import xarray as xr
 from pyproj import CRS, Transformer
 
-from shared.errors import UserError
-from shared.grid import KO_GRID
-from shared.io_sat import read_static
-from shared.static import build_static, main, read_raster, regrid
+from shared.core.errors import UserError
+from shared.geo.grid import KO_GRID
+from shared.ingest.static_layers import build_static, main, read_raster, regrid
+from shared.io.raw import read_static
 
 GRID = KO_GRID.window(440, 460, 60, 70)
 

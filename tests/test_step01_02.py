@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import adopt, run_step, step01_args
 
-from conftest import run_step, step01_args
-from shared.chunks import load_chunk, read_manifest
-from shared.io_sat import PATCH_CHANNELS
+from shared.io.channels import PATCH_CHANNELS
+from shared.io.patches import load_chunk, read_manifest
 
 
 def _step02(index_dir, out, *extra):
@@ -18,7 +18,7 @@ def _step02(index_dir, out, *extra):
 
 
 def _all_chunks(out, split):
-    man = read_manifest(out / "patch_pt")
+    man = read_manifest(out, splits=())[0]
     return [load_chunk(out / "patch_pt" / e["file"]) for e in man["chunks"][split]]
 
 
@@ -92,7 +92,7 @@ def test_rerun_is_up_to_date(tiny_world, tiny_index, capsys):
 
 # ----------------------------------------------------------------------------- step02
 def test_chunk_layout(tiny_patches):
-    man = read_manifest(tiny_patches / "patch_pt")
+    man = read_manifest(tiny_patches, splits=())[0]
     assert man["patch_size"] == 9 and man["channels"] == PATCH_CHANNELS
     ch = _all_chunks(tiny_patches, "train")[0]
     n = ch["x"].shape[0]
@@ -127,18 +127,19 @@ def test_stats_come_from_train_rows_only(tiny_patches, tiny_index, tmp_path):
         df = pd.read_csv(idx2 / f"index_{s}.csv")
         df["ta_c"] = df["ta_c"] + 30.0
         df.to_csv(idx2 / f"index_{s}.csv", index=False)
+    adopt(idx2, "step01", "test: val/test observations shifted by hand")
     out2 = tmp_path / "o"
     assert _step02(idx2, out2) == 0
     tst2 = json.loads((out2 / "stats" / "target_statistics.json").read_text())
     assert tst2["mean"] == pytest.approx(tst["mean"]) and tst2["std"] == pytest.approx(tst["std"])
     ist, ist2 = (json.loads((o / "stats" / "input_statistics.json").read_text()) for o in (tiny_patches, out2))
-    np.testing.assert_allclose(ist["mean"], ist2["mean"]) 
+    np.testing.assert_allclose(ist["mean"], ist2["mean"])
 
 
 def test_skip_existing_rebuilds_deleted_chunk_identically(tiny_patches, tiny_index, tmp_path, capsys):
     out = tmp_path / "o"
     shutil.copytree(tiny_patches, out)
-    man = read_manifest(out / "patch_pt")
+    man = read_manifest(out, splits=())[0]
     last = out / "patch_pt" / man["chunks"]["train"][-1]["file"]
     before = torch.load(last, weights_only=True)
     last.unlink()
@@ -155,9 +156,9 @@ def test_skip_existing_rebuilds_deleted_chunk_identically(tiny_patches, tiny_ind
 
 
 def test_check_patch_pt_prints_layout(tiny_patches, capsys):
-    from shared.check_patch_pt import main
+    from shared.tools.check_patch_pt import main
 
-    f = tiny_patches / "patch_pt" / read_manifest(tiny_patches / "patch_pt")["chunks"]["train"][0]["file"]
+    f = tiny_patches / "patch_pt" / read_manifest(tiny_patches, splits=())[0]["chunks"]["train"][0]["file"]
     assert main([str(f), "--idx", "1"]) == 0
     out = capsys.readouterr().out
     assert ", 19, 9, 9)" in out and "IR105" in out and "sample 1" in out

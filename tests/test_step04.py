@@ -1,12 +1,11 @@
 """step04: per-pixel windows, reflect-padded edges, missing input, CF map files, resume, torchrun.
 
 A small world (24 x 30 pixels of the KO grid, 3 times) is written in tmp_path
-with the real file layout (``shared.static.write_static`` /
-``shared.l1b.write_stack``); the model is a randomly initialised TA model
+with the real file layout (``shared.io.raw.write_static`` /
+``shared.ingest.l1b.write_stack``); the model is a randomly initialised TA model
 saved as a step03 checkpoint. Nothing is mocked.
 """
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT, adopt, run_step
 
-from conftest import ROOT, run_step
-from shared.errors import UserError
-from shared.features import extract_patches, landcover_onehot, loc3, normalise_, time7
-from shared.grid import KO_GRID
-from shared.io_sat import PATCH_CHANNELS, read_frame, read_static, sat_path
+from shared.core.errors import UserError
+from shared.features.patch import extract_patches, landcover_onehot, loc3, normalise_, time7
+from shared.geo.grid import KO_GRID
+from shared.io.channels import PATCH_CHANNELS
+from shared.io.raw import read_frame, read_static, sat_path
 
 STEP = "step04_infer_map"
 TIMES = ["2023-07-01 00:00", "2023-07-01 06:00", "2023-07-01 18:00"]
@@ -29,9 +29,9 @@ NAN_PIXEL = (12, 15)  # one missing IR105 pixel at the first time
 
 def make_world(root: Path, ny: int = 24, nx: int = 30, times=TIMES, n_stations: int = 8, seed: int = 0) -> dict:
     """Write static.nc, sat stacks, stations.csv and ta_obs/obs.csv of a small world under ``root/raw``."""
-    from shared.l1b import write_stack
-    from shared.solar import solar_zenith
-    from shared.static import write_static
+    from shared.geo.solar import solar_zenith
+    from shared.ingest.static_layers import write_static
+    from shared.io.raw import write_stack
 
     raw = root / "raw"
     rng = np.random.default_rng(seed)
@@ -69,15 +69,16 @@ def make_world(root: Path, ny: int = 24, nx: int = 30, times=TIMES, n_stations: 
 
 
 def small_model_cfg():
-    from shared.model_ta import model_config
+    from shared.models.ta import TAModelConfig
 
     # The encoder keeps its 'tiny' size; the 8x8 resize and a small head keep tests fast.
-    return model_config(size="tiny", resize_to=8, head_hidden=32, head_layers=1)
+    return TAModelConfig(size="tiny", resize_to=8, head_hidden=32, head_layers=1).to_dict()
 
 
 def save_checkpoint(path: Path, norm: dict, seed: int = 0) -> Path:
     """A randomly initialised TA model in step03's checkpoint format."""
-    from shared.model_ta import CKPT_FORMAT, build_model
+    from shared.models.checkpoint import CKPT_FORMAT
+    from shared.models.ta import build_model
 
     torch.manual_seed(seed)
     cfg = small_model_cfg()
@@ -85,7 +86,7 @@ def save_checkpoint(path: Path, norm: dict, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": CKPT_FORMAT, "model": model.state_dict(), "model_cfg": cfg, "norm": norm,
                 "epoch": 0, "best_val": float("nan")}, path)
-    return path
+    return adopt(path, "step03", "test: randomly initialised model")
 
 
 NORM = {"channels": PATCH_CHANNELS, "patch_size": 9,
@@ -114,7 +115,7 @@ def args_for(w, out: Path, *extra: str) -> list:
 
 def test_windows_equal_step02_patches_and_edges_are_reflected(world):
     """Interior windows equal extract_patches + normalise_ bit for bit; edge windows are mirror images."""
-    from shared.infer_map import block_windows, normalised_stack, pad_reflect
+    from shared.mapping.predict import block_windows, normalised_stack, pad_reflect
 
     static = read_static(world["raw"] / "static.nc")
     t = pd.Timestamp(TIMES[1])
@@ -134,7 +135,7 @@ def test_windows_equal_step02_patches_and_edges_are_reflected(world):
 
 
 def test_missing_input_marks_exactly_the_windows_that_contain_it():
-    from shared.infer_map import window_has_missing
+    from shared.mapping.predict import window_has_missing
 
     xs = np.zeros((19, 30, 40), np.float32)
     xs[6, 10, 20] = np.nan  # interior -> a 9 x 9 block
@@ -151,7 +152,7 @@ def test_missing_input_marks_exactly_the_windows_that_contain_it():
 
 def test_map_values_equal_the_model_on_each_window(world):
     """predict_map(pixel) == model(window, time7, pixel-centre loc, land cover), any block/batch size."""
-    from shared.infer_map import load_predictor, predict_map
+    from shared.mapping.predict import load_predictor, predict_map
 
     static = read_static(world["raw"] / "static.nc")
     t = pd.Timestamp(TIMES[0])
@@ -240,7 +241,7 @@ def test_step04_writes_cf_maps_resumes_and_is_up_to_date(world, tmp_path, capsys
 
 def test_region_map_equals_the_whole_map_there(world, tmp_path):
     """A region map holds the whole map's values (real neighbours, no padding at the region's edges)."""
-    from shared.mapio import read_map
+    from shared.io.maps import read_map
 
     one = ["--set", "times.select=list", "--set", f"times.list_utc=['{TIMES[1]}']"]
     assert run_step(STEP, *args_for(world, tmp_path / "full", *one)) == 0
@@ -271,11 +272,12 @@ def test_times_list_missing_image_skip_or_fail(world, tmp_path, capsys):
 def test_bad_inputs_exit_2_with_one_line(world, tmp_path, capsys):
     out = tmp_path / "out"
     assert run_step(STEP, *args_for(world, out), "--set", f"checkpoint={tmp_path / 'nope.pt'}") == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert "nope.pt not found" in capsys.readouterr().err
     # test split selected but step01's index has no test rows
     idx = tmp_path / "idx"
     idx.mkdir()
     pd.DataFrame(columns=["sat_time_utc", "path_bt", "path_rf", "path_sza"]).to_csv(idx / "index_test.csv", index=False)
+    adopt(idx, "step01", "test: empty test split")
     assert run_step(STEP, *args_for(world, out), "--set", "times.select=test", "--set", f"index_dir={idx}") == 2
     assert "test split is empty" in capsys.readouterr().err
     assert run_step(STEP, *args_for(world, out), "--set", "times.select=range", "--set", "times.start=2023-07-01") == 2
@@ -285,7 +287,7 @@ def test_bad_inputs_exit_2_with_one_line(world, tmp_path, capsys):
 
 
 def test_map_from_another_grid_is_refused(world, tmp_path):
-    from shared.mapio import map_dataset, read_map, write_map
+    from shared.io.maps import map_dataset, read_map, write_map
 
     g = KO_GRID.window(100, 100, 24, 30)
     lat, lon = g.latlon_2d()

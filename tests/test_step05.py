@@ -10,11 +10,11 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import run_step
-from shared.baselines import Climatology, fit_baselines
-from shared.metrics import grouped_metrics, regression_metrics
+from conftest import adopt, run_step
 from test_step04 import save_checkpoint
+
+from shared.evaluation.baselines import Climatology, fit_baselines
+from shared.evaluation.metrics import grouped_metrics, regression_metrics
 
 STEP = "step05_eval_metrics"
 REGION = (20, 10, 100, 110)  # step04 maps only this part of the tiny world's 128 x 128 grid
@@ -59,7 +59,7 @@ def test_baselines_fit_on_train_only_and_fall_back():
 @pytest.fixture(scope="module")
 def evaluated(tiny_world, tiny_index, tiny_patches, tmp_path_factory):
     """Random-init checkpoint -> step04 map of one test time (a region of the grid) -> step05."""
-    from shared.patch_data import read_stats
+    from shared.io.patches import read_stats
 
     root = tmp_path_factory.mktemp("s05")
     norm = dict(read_stats(tiny_patches), patch_size=9)
@@ -98,10 +98,10 @@ def test_metrics_json_preds_and_baselines_on_the_same_rows(evaluated):
                 on=["time_utc", "stn_id"])
     assert len(j) == len(p) and np.allclose(j["obs_c"], j["ta_c"], atol=1e-3)
     # climatology = mean TA of the train chunks' rows by (UTC hour, month)
-    from shared.chunks import load_chunk, split_files
+    from shared.io.patches import load_chunk, read_manifest
 
     ys, ts = [], []
-    for f in split_files(evaluated["patches"] / "patch_pt", "train"):
+    for f in read_manifest(evaluated["patches"], splits=("train",))[1]["train"].files:
         ch = load_chunk(f)
         ys.append(ch["y"].numpy() * norm["target_std"] + norm["target_mean"])
         ts.append(pd.to_datetime(ch["meta"]["time"].numpy(), unit="s"))
@@ -114,7 +114,7 @@ def test_metrics_json_preds_and_baselines_on_the_same_rows(evaluated):
 
 
 def test_maps_agree_with_the_model_and_are_scored_against_truth(evaluated):
-    from shared.mapio import read_map
+    from shared.io.maps import read_map
 
     m = json.loads((evaluated["out"] / "metrics.json").read_text())
     p = pd.read_csv(evaluated["out"] / "preds_test.csv")
@@ -155,18 +155,22 @@ def test_tables_plots_and_up_to_date(evaluated, capsys):
 
 
 def test_bad_input_exits_2(evaluated, tmp_path, capsys):
-    from shared.grid import KO_GRID
-    from shared.mapio import map_dataset, write_map
+    from shared.geo.grid import KO_GRID
+    from shared.io.maps import map_dataset, write_map
 
     args = evaluated["args"]
     assert run_step(STEP, *args, "--set", f"checkpoint={tmp_path / 'none.pt'}", "--set", f"output_dir={tmp_path / 'a'}") == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert "none.pt not found" in capsys.readouterr().err
     # a map of a test time but on another grid
     bad_maps = tmp_path / "maps"
     src = next(evaluated["maps"].glob("ta_map_*.nc"))
     g = KO_GRID.window(0, 0, 128, 128)
     lat, lon = g.latlon_2d()
     write_map(bad_maps / src.name, map_dataset(np.full(g.shape, 280.0, np.float32), g, pd.Timestamp(src.stem[7:]), lat, lon))
+    # not written by a finished step04 run: left out, with a warning naming it
+    assert run_step(STEP, *args, "--set", f"map_dir={bad_maps}", "--set", f"output_dir={tmp_path / 'b0'}") == 0
+    assert "not part of step04's last finished run" in capsys.readouterr().err
+    adopt(bad_maps, "step04", "test: map on another grid")
     assert run_step(STEP, *args, "--set", f"map_dir={bad_maps}", "--set", f"output_dir={tmp_path / 'b'}") == 2
     assert "another static.nc" in capsys.readouterr().err
     # maps of another checkpoint (an older model's maps): left out of the comparison, named in a warning
@@ -185,8 +189,9 @@ def test_bad_input_exits_2(evaluated, tmp_path, capsys):
     patches = tmp_path / "patches"
     shutil.copytree(evaluated["patches"], patches)
     man = json.loads((patches / "patch_pt" / "manifest.json").read_text())
-    man["chunks"]["test"] = []
+    man["chunks"]["test"], man["rows"]["test"] = [], 0
     (patches / "patch_pt" / "manifest.json").write_text(json.dumps(man))
+    adopt(patches, "step02", "test: test split emptied by hand")
     assert run_step(STEP, *args, "--set", f"patch_dir={patches}", "--set", f"output_dir={tmp_path / 'd'}") == 2
     err = capsys.readouterr().err
     assert "split 'test' has no rows" in err and err.count("\n") == 1

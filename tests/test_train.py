@@ -1,5 +1,4 @@
 """step03 training on small fabricated patch chunks: learning, resume, feature cache, DDP, bad input."""
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -9,11 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import STAGES, adopt
 
-from shared.cli import run_main
-from shared.model_clay import ClayEncoder
-from shared.model_ta import load_ta_checkpoint
-from shared.patch_data import ChunkBatches, read_manifest, write_synthetic_patches
+from shared.core.cli import run_main
+from shared.core.runner import execute
+from shared.io.patches import read_manifest, write_synthetic_patches
+from shared.models.checkpoint import load_ta_checkpoint
+from shared.models.clay import ClayEncoder
+from shared.training.batches import ChunkBatches
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "step03_train_clay" / "run.py"
@@ -22,15 +24,9 @@ FAST = ["model.resize_to=8", "model.head_hidden=64", "train.batch_size=64", "tra
         "train.num_threads=1"]
 
 
-def _step_main():
-    spec = importlib.util.spec_from_file_location("step03_run", RUN)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up here
-    spec.loader.exec_module(mod)
-    return mod.main
-
-
-step_main = _step_main()
+def step_main(argv):
+    """What step03's run.py does: the runner with the train and pretrain stages."""
+    return execute(STAGES["step03_train_clay"], argv)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +168,8 @@ def test_ddp_two_processes_on_cpu(tmp_path, patches):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("epoch 1/3:") == 1  # only rank 0 reports and writes
-    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["best.pt", "current.pt"]
+    # rank 0 alone wrote: the two promoted checkpoints and the run record beside them, no staging left
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["best.pt", "current.pt", "run.json"]
     log = pd.read_csv(tmp_path / "out" / "train_log.csv")
     assert len(log) == 3 and log.val_loss.iloc[-1] < 0.75 * log.val_loss.iloc[0]
     assert torch.load(tmp_path / "weights" / "current.pt", weights_only=True)["epoch"] == 3
@@ -193,7 +190,7 @@ def _err(capsys):
 
 def test_missing_patch_dir(tmp_path, capsys):
     assert run_step(tmp_path, tmp_path / "nowhere") == 2
-    assert "patch folder not found" in _err(capsys)
+    assert "nowhere/patch_pt not found" in _err(capsys)
 
 
 def test_empty_split(tmp_path, capsys):
@@ -212,10 +209,12 @@ def test_split_smaller_than_a_batch_trains_on_one_smaller_batch(tmp_path, capsys
 def test_chunk_with_wrong_shape_is_named(tmp_path, patches, capsys):
     d = tmp_path / "p"
     shutil.copytree(patches, d)
+    adopt(d, "step02")
     f = d / "patch_pt" / "train_chunk_00001.pt"
     c = torch.load(f, weights_only=True)
     c["time7"] = c["time7"][:, :5]
     torch.save(c, f)
+    adopt(d, "step02", "test: chunk edited by hand")
     assert run_step(tmp_path, d) == 2
     msg = _err(capsys)
     assert "train_chunk_00001.pt" in msg and "time7" in msg
@@ -246,13 +245,17 @@ def test_checkpoint_of_another_model(tmp_path, patches, capsys):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, patches, capsys):
     d = tmp_path / "p"
     shutil.copytree(patches, d)
+    adopt(d, "step02")
     assert run_step(tmp_path, d, "train.epochs=3", extra=["--stop-after", "1"]) == 0
-    before = (tmp_path / "run" / "weights" / "current.pt").read_bytes()
+    staged = tmp_path / "run" / "weights" / ".staging" / "current.pt"  # the unfinished run's checkpoint
+    before = staged.read_bytes()
     f = d / "patch_pt" / "train_chunk_00002.pt"
     c = torch.load(f, weights_only=True)
     c["y"][:] = float("nan")
     torch.save(c, f)
+    adopt(d, "step02", "test: chunk edited by hand")
     assert run_step(tmp_path, d, "train.epochs=3", extra=["--resume"]) == 2
     msg = _err(capsys)
     assert "NaN" in msg and "epoch 2, batch" in msg
-    assert (tmp_path / "run" / "weights" / "current.pt").read_bytes() == before
+    assert staged.read_bytes() == before
+    assert not (tmp_path / "run" / "weights" / "best.pt").exists()  # an unfinished run promotes nothing

@@ -1,28 +1,23 @@
-"""Command-line scaffolding shared by every step's ``run.py``.
+"""Command-line scaffolding: the options every step has, and one-line errors.
 
-Usage in a step::
-
-    def main(argv=None):
-        args = step_parser("step01_make_index", __doc__).parse_args(argv)
-        cfg = load_config(Config, args.config, args.set)
-        ...
-
-    if __name__ == "__main__":
-        run_main(main)
+``run_main(main)`` turns expected mistakes into one line on stderr and exit
+code 2: :class:`~shared.core.errors.UserError`, a full disk, a YAML file that
+does not parse. ``TA2D_DEBUG=1`` shows the traceback as well.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import traceback
 from pathlib import Path
 
-from . import REPO_ROOT
-from .errors import UserError
+from shared import REPO_ROOT
+from shared.core.errors import UserError
 
 
-def step_parser(step_dir: str, description: str | None = None) -> argparse.ArgumentParser:
+def step_parser(step_dir: str, description: str | None = None, config_name: str = "config.yaml") -> argparse.ArgumentParser:
     """Parser with the options every step has: --config, --set, --force."""
     p = argparse.ArgumentParser(
         prog=f"python {step_dir}/run.py",
@@ -32,8 +27,8 @@ def step_parser(step_dir: str, description: str | None = None) -> argparse.Argum
     p.add_argument(
         "--config",
         type=Path,
-        default=REPO_ROOT / step_dir / "config.yaml",
-        help=f"YAML config (default: {step_dir}/config.yaml)",
+        default=REPO_ROOT / step_dir / config_name,
+        help=f"YAML config (default: {step_dir}/{config_name})",
     )
     p.add_argument(
         "--set",
@@ -49,10 +44,10 @@ def step_parser(step_dir: str, description: str | None = None) -> argparse.Argum
 def run_main(main, argv=None) -> None:
     """Call ``main(argv)`` and turn expected mistakes into exit code 2.
 
-    ``UserError`` -> one line ``error: ...`` on stderr, exit 2.
-    ``KeyboardInterrupt`` -> exit 130 (outputs are written atomically, so
-    nothing half-written is left). Other exceptions are bugs: full traceback.
-    Set ``TA2D_DEBUG=1`` to see tracebacks for user errors too.
+    ``UserError`` -> one line ``error: ...`` on stderr, exit 2; so does a full
+    disk (``ENOSPC``). ``KeyboardInterrupt`` -> exit 130 (outputs are written
+    atomically, so nothing half-written is left). Other exceptions are bugs:
+    full traceback. ``TA2D_DEBUG=1`` shows tracebacks for user errors too.
     """
     try:
         rc = main(argv)
@@ -61,7 +56,23 @@ def run_main(main, argv=None) -> None:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if os.environ.get("TA2D_DEBUG"):
+            traceback.print_exc()
+        print(f"error: disk full while writing {e.filename or 'an output'} ({e.strerror}); free space and rerun: "
+              "files under their final names are untouched", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
     sys.exit(rc or 0)
+
+
+def print_report(title: str, report: dict) -> None:
+    """Print ``reason -> count`` as an aligned two-column table."""
+    width = max(len(k) for k in report)
+    print(title)
+    for k, v in report.items():
+        print(f"  {k:<{width}}  {v:>9,}")

@@ -8,7 +8,7 @@ result into those dataclasses, checking as it goes:
 * wrong type -> error naming the key, the expected type and the value;
 * ``Path`` fields are resolved against the repository root (not the cwd);
 * each dataclass may define ``check(self)`` for impossible values; it raises
-  :class:`~shared.errors.UserError` (or ``ValueError``, which is wrapped).
+  :class:`~shared.core.errors.UserError` (or ``ValueError``, which is wrapped).
 
 All of these surface as :class:`UserError` (exit code 2, one line).
 """
@@ -23,10 +23,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from . import REPO_ROOT
-from .errors import UserError
+from shared import REPO_ROOT
+from shared.core.errors import UserError
 
-__all__ = ["load_config", "parse_overrides", "config_to_dict", "resolve_path"]
+__all__ = ["load_config", "parse_overrides", "config_to_dict", "resolve_path", "read_yaml"]
 
 
 def resolve_path(p: str | Path, root: Path = REPO_ROOT) -> Path:
@@ -57,7 +57,8 @@ def parse_overrides(items: list[str] | None) -> list[tuple[list[str], Any]]:
 
 
 def _closest(name: str, options) -> str:
-    m = difflib.get_close_matches(name, list(options), n=1, cutoff=0.0)
+    # only a real near-miss is worth suggesting ("epoch" -> "epochs"), not any key for nonsense
+    m = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
     return m[0] if m else ""
 
 
@@ -168,7 +169,9 @@ def _build(cls, data: dict, prefix: str, where: str, root: Path):
             # Defaults go through the same conversion (a default "data/raw" becomes an absolute Path).
             kwargs[name] = _convert(f.default, hints[name], key, where, root)
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            kwargs[name] = f.default_factory()  # type: ignore[misc]
+            # A whole section left out: build it from its defaults like any other value, so
+            # its paths resolve against the repository root too.
+            kwargs[name] = _convert(config_to_dict(f.default_factory()), hints[name], key, where, root)  # type: ignore[misc]
         else:
             raise UserError(f"{where}: missing required config key '{key}'")
     obj = cls(**kwargs)
@@ -201,8 +204,8 @@ def _apply_override(data: dict, path: list[str], value, cls, where: str) -> None
         node, tp = node[part], hint
 
 
-def load_config(cls, path: str | Path, overrides: list[str] | None = None, root: Path = REPO_ROOT):
-    """Read ``path`` (YAML), apply ``--set`` overrides, validate into ``cls``."""
+def read_yaml(path: str | Path) -> dict:
+    """A YAML config file as a mapping; one-line UserError if missing, unparsable or not a mapping."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path} (pass --config PATH or restore the step's config.yaml)")
@@ -210,9 +213,20 @@ def load_config(cls, path: str | Path, overrides: list[str] | None = None, root:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {e}") from None
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{at}: {what}; fix the file or restore it from git") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file ({e.reason}); save it as UTF-8") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: top level must be a mapping of keys to values")
+    return data
+
+
+def load_config(cls, path: str | Path, overrides: list[str] | None = None, root: Path = REPO_ROOT):
+    """Read ``path`` (YAML), apply ``--set`` overrides, validate into ``cls``."""
+    data = read_yaml(path)
     for keys, value in parse_overrides(overrides):
         _apply_override(data, keys, value, cls, str(path))
     return _build(cls, data, "", str(path), root)

@@ -1,9 +1,19 @@
-"""Run records (``outputs/run.json``), input fingerprints and atomic writes.
+"""Run records (``outputs/run.json``), fingerprints, output sets and atomic writes.
 
-A step is *up to date* when its resolved config and the fingerprints of its
-inputs equal those of the last successful run and every output it listed is
-still there unchanged. Fingerprints use (relative path, size, mtime_ns) so
-that checking a folder of thousands of images takes milliseconds.
+A step is *up to date* when its resolved config and the fingerprints of
+everything it reads (its ``deps``) equal those of the last finished run and
+every output it listed is still there unchanged. Fingerprints use (relative
+path, size, mtime_ns), so checking a folder of thousands of images takes
+milliseconds; :class:`Names` fingerprints only the names in a folder (a step
+that lists images without reading them).
+
+A run record moves through two states: ``running`` (written when the step
+starts; the last finished record is kept inside as ``previous``) and ``ok``
+(written after every output is in place). The next step checks each file
+it reads against the record of the step that wrote it
+(:func:`check_upstream`): a file that is not the one a finished run wrote
+(a half-finished rerun, a mix of two runs, a hand-edited file) is refused
+with one line naming the step to rerun.
 """
 from __future__ import annotations
 
@@ -14,24 +24,50 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Iterator
+
+from shared.core.errors import UserError, rerun
 
 RUN_JSON = "run.json"
 _PACKAGES = ("numpy", "pandas", "xarray", "netCDF4", "scipy", "pyproj", "torch", "scikit-learn", "PyYAML")
 
 
-def fingerprint(paths: Iterable[str | Path]) -> dict[str, str]:
+class Names:
+    """A folder whose *file names* (matching ``pattern``) are read, not their contents."""
+
+    def __init__(self, path: str | Path, pattern: str = "*"):
+        self.path, self.pattern = Path(path), pattern
+
+    def __str__(self) -> str:
+        return f"{self.path} [names {self.pattern}]"
+
+
+def _skip(name: str) -> bool:
+    return name.startswith(".tmp") or name == RUN_JSON
+
+
+def fingerprint(paths: Iterable[str | Path | Names]) -> dict[str, str]:
     """``{path: digest}`` of files or folders (recursively) by size + mtime.
 
     A missing path fingerprints as ``"missing"`` so that its appearance
-    counts as a change.
+    counts as a change. Temporary files and ``run.json`` inside folders are
+    left out (a folder's record must not change when its record is written).
     """
     out = {}
     for p in paths:
-        p = Path(p)
         h = hashlib.sha1()
+        if isinstance(p, Names):
+            if not p.path.is_dir():
+                out[str(p)] = "missing"
+                continue
+            for f in sorted(p.path.rglob(p.pattern)):
+                if f.is_file() and not _skip(f.name):
+                    h.update(f"{f.relative_to(p.path)}\n".encode())
+            out[str(p)] = h.hexdigest()
+            continue
+        p = Path(p)
         if p.is_file():
             st = p.stat()
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
@@ -39,7 +75,7 @@ def fingerprint(paths: Iterable[str | Path]) -> dict[str, str]:
             for dirpath, dirnames, filenames in os.walk(p):
                 dirnames.sort()
                 for fn in sorted(filenames):
-                    if fn.startswith(".tmp"):
+                    if _skip(fn):
                         continue
                     fp = os.path.join(dirpath, fn)
                     st = os.stat(fp)
@@ -62,6 +98,13 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _tmp_name(final: Path) -> Path:
+    return final.with_name(f".tmp-{os.getpid()}-{final.name}")
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it to ``final`` on success.
@@ -71,13 +114,39 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
+    tmp = _tmp_name(final)
     try:
         yield tmp
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def output_set() -> Iterator:
+    """Write several files as one set: ``put(final)`` gives a temporary path for each;
+    all are renamed to their final names together, after the block succeeds.
+
+    If the block fails, no final name changes (the temporary files are removed).
+    """
+    staged: list[tuple[Path, Path]] = []
+
+    def put(final: str | Path) -> Path:
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".tmp-set-{os.getpid()}-{final.name}")
+        staged.append((tmp, final))
+        return tmp
+
+    try:
+        yield put
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in staged:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -90,15 +159,13 @@ def write_json(path: str | Path, obj) -> None:
 
 def read_json(path: str | Path, missing: str, hint: str):
     """Load a JSON file; ``UserError`` with ``missing`` if absent, ``hint`` if not valid JSON."""
-    from .errors import UserError
-
     path = Path(path)
     if not path.is_file():
         raise UserError(missing)
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except ValueError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e}); {hint}") from None
 
 
@@ -108,19 +175,83 @@ def write_csv(path: str | Path, df, **kw) -> None:
         df.to_csv(tmp, index=False, **kw)
 
 
-class StepRun:
-    """Bookkeeping for one execution of a step.
+# --------------------------------------------------------------------------- run records
 
-    >>> run = StepRun(out_dir, cfg_dict, inputs=[raw_dir])
+
+def _json_clean(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def read_record(run_dir: str | Path) -> dict | None:
+    """The ``run.json`` of a step's output folder, or None if absent / unreadable."""
+    try:
+        with open(Path(run_dir) / RUN_JSON, encoding="utf-8") as fh:
+            rec = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def finished_record(rec: dict | None) -> dict | None:
+    """The last finished record: ``rec`` itself when ok, else the one a running rerun kept."""
+    if not rec:
+        return None
+    if rec.get("status") == "ok":
+        return rec
+    prev = rec.get("previous")
+    return prev if isinstance(prev, dict) and prev.get("status") == "ok" else None
+
+
+def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) -> dict:
+    """Refuse files that are not exactly those a finished run of ``step`` wrote in ``run_dir``.
+
+    Each path must be listed among the outputs of the last finished record
+    with the same fingerprint. Returns that record.
+    """
+    run_dir = Path(run_dir)
+    files = list(files)
+    for f in files:
+        if not Path(f).exists():
+            raise UserError(f"{f} not found; {rerun(step)} or set its path in the config")
+    rec = read_record(run_dir)
+    done = finished_record(rec)
+    if done is None:
+        state = "has no run record" if rec is None else f"holds an unfinished {step} run (status {rec.get('status')!r})"
+        raise UserError(f"{run_dir} {state}: its files do not form a finished set; {rerun(step)}")
+    outs = done.get("outputs") or {}
+    for f in files:
+        key = str(Path(f))
+        want = outs.get(key)
+        if want is None:
+            raise UserError(f"{f} was not written by the last finished {step} run (its record in {run_dir / RUN_JSON} "
+                            f"does not list it); {rerun(step)}")
+        if fingerprint([f])[key] != want:
+            raise UserError(f"{f} changed after the last finished {step} run wrote it (an interrupted rerun or an "
+                            f"edit: the files no longer belong together); {rerun(step)}")
+    return done
+
+
+def adopt(run_dir: str | Path, files: Iterable[str | Path], step: str, how: str) -> dict:
+    """Record ``files`` in ``run_dir`` as a finished set of ``step`` although no run of it wrote them
+    (files made elsewhere, e.g. a checkpoint trained on another machine, or a test fixture); ``how`` says so."""
+    rec = StepRun(run_dir, {"adopted": how}, [], step)
+    return rec.finish(files, extra={"adopted": how})
+
+
+class StepRun:
+    """Bookkeeping for one execution of a step: up-to-date check, start, finish.
+
+    >>> run = StepRun(out_dir, cfg_dict, deps=[raw_dir / "static.nc"], step="step01_make_index")
     >>> if run.up_to_date(): ...  # print "up to date", exit 0
-    >>> ...work...
-    >>> run.finish(outputs=[...], counts={...})
+    >>> run.start(); ...work...; run.finish(outputs=[...], counts={...})
     """
 
-    def __init__(self, out_dir: str | Path, config: dict, inputs: Iterable[str | Path], step: str = ""):
+    def __init__(self, out_dir: str | Path, config: dict, deps: Iterable[str | Path | Names], step: str = "",
+                 mirrors: Iterable[str | Path] = ()):
         self.out_dir = Path(out_dir)
+        self.mirrors = [Path(m) for m in mirrors if Path(m) != Path(out_dir)]  # folders that get a copy of run.json
         self.config = config
-        self.inputs = [Path(p) for p in inputs]
+        self.deps = list(deps)
         self.step = step
         self.t0 = time.time()
         self._input_fp: dict[str, str] | None = None
@@ -131,36 +262,59 @@ class StepRun:
 
     def input_fingerprints(self) -> dict[str, str]:
         if self._input_fp is None:
-            self._input_fp = fingerprint(self.inputs)
+            self._input_fp = fingerprint(self.deps)
         return self._input_fp
 
+    @property
+    def signature(self) -> str:
+        """One digest of the resolved config and every input: what this run's outputs were made from."""
+        src = json.dumps({"config": _json_clean(self.config), "inputs": self.input_fingerprints()}, sort_keys=True)
+        return hashlib.sha1(src.encode()).hexdigest()[:16]
+
     def previous(self) -> dict | None:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                return json.load(fh)
-        except (OSError, ValueError):
-            return None
+        return read_record(self.out_dir)
 
     def up_to_date(self) -> bool:
         prev = self.previous()
         if not prev or prev.get("status") != "ok":
             return False
-        if prev.get("config") != json.loads(json.dumps(self.config, default=str)):
+        if prev.get("config") != _json_clean(self.config):
             return False
         if prev.get("inputs") != self.input_fingerprints():
             return False
         outs = prev.get("outputs") or {}
         return bool(outs) and fingerprint(outs.keys()) == outs
 
+    def start(self) -> None:
+        """Mark the outputs as being rewritten; the last finished record is kept as ``previous``."""
+        done = finished_record(self.previous())
+        self._started_without_previous = done is None
+        self.t0 = time.time()
+        self._write({"step": self.step, "status": "running",
+                     "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "command": " ".join(sys.argv), "config": _json_clean(self.config), "previous": done})
+
+    def abandon(self) -> None:
+        """After a failed run: with no earlier finished run the record goes (nothing was ever promised);
+        otherwise it stays "running", so readers keep using the earlier run's files only while unchanged."""
+        if self._started_without_previous:
+            for d in [self.out_dir] + self.mirrors:
+                (d / RUN_JSON).unlink(missing_ok=True)
+
+    def _write(self, rec: dict) -> None:
+        for d in [self.out_dir] + self.mirrors:
+            write_json(d / RUN_JSON, rec)
+
     def finish(self, outputs: Iterable[str | Path], counts: dict | None = None, extra: dict | None = None) -> dict:
         """Write ``run.json`` (atomically) after all outputs are in place."""
         rec = {
             "step": self.step,
             "status": "ok",
+            "signature": self.signature,
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "wall_seconds": round(time.time() - self.t0, 3),
             "command": " ".join(sys.argv),
-            "config": json.loads(json.dumps(self.config, default=str)),
+            "config": _json_clean(self.config),
             "inputs": self.input_fingerprints(),
             "outputs": fingerprint(outputs),
             "counts": counts or {},
@@ -168,5 +322,5 @@ class StepRun:
         }
         if extra:
             rec.update(extra)
-        write_json(self.path, rec)
+        self._write(rec)
         return rec

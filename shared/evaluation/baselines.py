@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .io_sat import PATCH_CHANNELS
+from shared.io.channels import PATCH_CHANNELS
 
 BASELINES = ("climatology", "linear", "hgb")
 FEATURE_NAMES = [f"{c}_centre_z" for c in PATCH_CHANNELS] + [
@@ -43,7 +43,7 @@ class Climatology:
     overall: float = float("nan")
 
     @classmethod
-    def fit(cls, times: np.ndarray, ta_c: np.ndarray) -> "Climatology":
+    def fit(cls, times: np.ndarray, ta_c: np.ndarray) -> Climatology:
         t = pd.DatetimeIndex(times)
         df = pd.DataFrame({"h": t.hour, "m": t.month, "ta": ta_c})
         return cls(

@@ -22,12 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .io_sat import N_BT, N_RF, PATCH_CHANNELS, Frame, Static
-
-N_CHANNELS = len(PATCH_CHANNELS)  # 19
-SZA_CH, DEM_CH, LSMASK_CH = 16, 17, 18
-N_LANDCOVER = 17
-GSD_M = 2000.0
+from shared.io.channels import DEM_CH, GSD_M, LSMASK_CH, N_BT, N_CHANNELS, N_LANDCOVER, N_RF, SZA_CH
+from shared.io.raw import Frame, Static
 
 
 def window_index(py: np.ndarray, px: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:

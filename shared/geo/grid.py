@@ -51,7 +51,6 @@ class Grid:
         return KO_HALF_M - (self.row0 + np.arange(self.ny)) * self.res_m
 
     def crs(self):
-        from pyproj import CRS
 
         return _crs(self.proj4)
 
@@ -92,7 +91,7 @@ class Grid:
         xx, yy = np.meshgrid(self.x, self.y)
         return self.xy_to_latlon(xx, yy)
 
-    def window(self, row0: int, col0: int, ny: int, nx: int) -> "Grid":
+    def window(self, row0: int, col0: int, ny: int, nx: int) -> Grid:
         """A sub-grid of this one (offsets relative to this grid)."""
         return Grid(ny=ny, nx=nx, row0=self.row0 + row0, col0=self.col0 + col0, res_m=self.res_m, proj4=self.proj4)
 
@@ -107,7 +106,7 @@ class Grid:
         return {"grid_ny": self.ny, "grid_nx": self.nx, "grid_row0": self.row0, "grid_col0": self.col0, "grid_res_m": self.res_m}
 
     @classmethod
-    def from_attrs(cls, attrs: dict, shape: tuple[int, int] | None = None) -> "Grid":
+    def from_attrs(cls, attrs: dict, shape: tuple[int, int] | None = None) -> Grid:
         """Rebuild from :meth:`attrs` (falls back to the full KO grid of ``shape``)."""
         if "grid_row0" in attrs:
             return cls(

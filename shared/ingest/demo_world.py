@@ -17,7 +17,7 @@ raw-data contract (``../shared/DESIGN.md``) from a small physical model:
 * BT per AMI channel from skin temperature, emissivity, water vapour (path
   length from the real GK-2A view geometry) and clouds; RF per channel from
   surface/cloud/snow reflectance x cos(SZA), 0 at night; SZA from
-  :func:`shared.solar.solar_zenith`;
+  :func:`shared.geo.solar.solar_zenith`;
 * station TA = true TA at the station pixel - lapse rate x (station elevation
   - pixel DEM) + N(0, sigma) noise, rounded to 0.1 degC, ~1 % missing.
 
@@ -25,7 +25,7 @@ Everything is a deterministic function of (preset, seed). All spatial fields
 are functions of absolute KO pixel position, so the ``tiny`` preset is an
 exact window of the ``demo`` world at the same times.
 
-    python -m shared.demo_world --preset demo|tiny [--out data/raw] [--seed 0] [--force]
+    python -m shared.ingest.demo_world --preset demo|tiny [--out data/raw] [--seed 0] [--force]
 
 or from Python: ``generate(out_dir, preset="tiny", seed=0, force=False) -> dict``.
 """
@@ -42,9 +42,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import REPO_ROOT
-from .errors import UserError
-from .grid import KO_GRID, Grid
+from shared import REPO_ROOT
+from shared.core.errors import UserError
+from shared.geo.grid import KO_GRID, Grid
+from shared.io.raw import (
+    COMPLEVEL,
+    FILL_I16,
+    GRID_MAPPING,
+    PACKING,
+    nc_header,
+    packed_var,
+    sat_path,
+    write_nc,
+    write_stack,
+)
+from shared.io.raw import write_static as write_static_nc
 
 #: Bump when physics or file layout change: an old demo world is then rebuilt.
 VERSION = "3"
@@ -52,17 +64,6 @@ MARKER = "DEMO_WORLD.json"
 #: Paths inside the output folder that the generator owns (removed on rebuild).
 MANAGED = ("static.nc", "stations.csv", "truth.json", MARKER, "sat", "ta_obs", "truth")
 
-BT_CHANNELS = ("SW038", "WV063", "WV069", "WV073", "IR087", "IR096", "IR105", "IR112", "IR123", "IR133")
-BT_WAVES_UM = (3.83, 6.21, 6.94, 7.33, 8.59, 9.62, 10.35, 11.23, 12.36, 13.29)
-RF_CHANNELS = ("VI004", "VI005", "VI006", "VI008", "NR013", "NR016")
-RF_WAVES_UM = (0.47, 0.51, 0.64, 0.86, 1.38, 1.61)
-
-#: int16 packing (scale_factor, add_offset): physical = raw * scale + offset.
-#: Steps: BT 0.1 K (AMI NEdT is ~0.1 K; rounding adds 0.03 K rms), RF 0.001, SZA 0.01 deg,
-#: true TA 0.02 K. Finer steps cost ~1 byte/pixel more with zlib and would break the disk budget.
-PACK = {"bt": (0.1, 250.0), "rf": (0.001, 0.0), "sza": (0.01, 90.0), "t2m": (0.02, 280.0)}
-FILL_I16 = np.int16(-32768)
-COMPLEVEL = 3  # zlib level: 5 % smaller than 1 at little cost; 6-9 gain ~2 % more, 40 % slower
 
 LAPSE = 0.0065  # K per m (standard atmosphere)
 NOISE_SIGMA_K = 0.5
@@ -123,12 +124,6 @@ _LC = {
     16: ((0.15, 0.18, 0.22, 0.28, 0.0, 0.35), 0.82, 0.80, 0.960, 1.3),
     17: ((0.05, 0.04, 0.03, 0.02, 0.0, 0.01), 0.98, 0.985, 0.990, 0.1),
 }
-IGBP_NAMES = (
-    "evergreen_needleleaf_forest evergreen_broadleaf_forest deciduous_needleleaf_forest "
-    "deciduous_broadleaf_forest mixed_forest closed_shrublands open_shrublands woody_savannas "
-    "savannas grasslands permanent_wetlands croplands urban_and_built_up "
-    "cropland_natural_vegetation_mosaic snow_and_ice barren water"
-)
 _SEASONAL_VEG = (4, 5, 8, 9, 10, 12, 14)  # classes whose NIR greens up in summer
 _FOREST = (1, 2, 3, 4, 5)
 
@@ -595,7 +590,7 @@ def simulate(W: World, t: pd.Timestamp) -> dict:
     SZA > 90), ``sza`` deg, ``t2m`` K, ``tskin`` K, ``tau`` (cloud optical
     thickness), bool ``cloud`` mask, and the scalar target cloud cover ``cf``.
     """
-    from .solar import solar_declination_eot, solar_zenith
+    from shared.geo.solar import solar_declination_eot, solar_zenith
 
     f32 = np.float32
     t = pd.Timestamp(t)
@@ -605,7 +600,7 @@ def simulate(W: World, t: pd.Timestamp) -> dict:
     lat, lon, dem, landf = W.lat32, W.lon32, W.dem, W.landf
     winter = 0.5 + 0.5 * np.cos(ph * (doy - 15))  # 1 mid-Jan, 0 mid-Jul
 
-    # ---- sun: zenith from shared.solar, plus the local solar time and sun direction
+    # ---- sun: zenith from shared.geo.solar, plus the local solar time and sun direction
     sza = solar_zenith(t, W.lat, W.lon)
     mu0 = np.cos(np.deg2rad(sza))
     mu0p = np.maximum(mu0, f32(0))
@@ -746,147 +741,47 @@ def simulate(W: World, t: pd.Timestamp) -> dict:
 
 
 # --------------------------------------------------------------------------- netCDF writing
-def _pack(a: np.ndarray, scale: float, offset: float) -> np.ndarray:
-    """float -> int16 with ``raw * scale + offset``; NaN -> _FillValue."""
-    q = (a - np.float32(offset)) * np.float32(1.0 / scale)
-    bad = np.isnan(q)
-    np.clip(q, -32767, 32767, out=q)
-    q = np.rint(q, out=q).astype(np.int16)
-    if bad.any():
-        q[bad] = FILL_I16
-    return q
-
-
-def _nc_base(ds, g: Grid, title: str, t: pd.Timestamp | None):
-    ds.setncatts({"Conventions": "CF-1.8", "title": title,
-                  "source": f"TA-2D embedded demo world v{VERSION} (synthetic, shared/demo_world.py)",
-                  "institution": "TA-2D", "platform": "GK-2A (synthetic)", "area": "ko020lc"})
-    ds.setncatts(g.attrs())
-    ds.createDimension("y", g.ny)
-    ds.createDimension("x", g.nx)
-    x = ds.createVariable("x", "f8", ("x",))
-    x[:] = g.x
-    x.setncatts({"standard_name": "projection_x_coordinate", "long_name": "x coordinate of projection", "units": "m", "axis": "X"})
-    y = ds.createVariable("y", "f8", ("y",))
-    y[:] = g.y
-    y.setncatts({"standard_name": "projection_y_coordinate", "long_name": "y coordinate of projection", "units": "m", "axis": "Y"})
-    gm = ds.createVariable("lambert_conformal_conic", "i4", ())
-    gm.setncatts({k: v for k, v in g.cf_grid_mapping().items() if v is not None})
-    if t is not None:
-        ds.setncattr("time_utc", t.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        tv = ds.createVariable("time", "f8", ())
-        tv.setncatts({"standard_name": "time", "units": "seconds since 1970-01-01 00:00:00", "calendar": "standard", "long_name": "observation time (UTC)"})
-        tv[...] = (t - pd.Timestamp(1970, 1, 1)).total_seconds()
-
-
-def _packed_var(ds, name, dims, data, pack_key, attrs, chunks):
-    scale, offset = PACK[pack_key]
-    v = ds.createVariable(name, "i2", dims, zlib=True, complevel=COMPLEVEL, shuffle=True,
-                          chunksizes=chunks, fill_value=FILL_I16)
-    v.set_auto_maskandscale(False)
-    v.setncatts({"scale_factor": np.float32(scale), "add_offset": np.float32(offset), **attrs,
-                 "grid_mapping": "lambert_conformal_conic"})
-    v[...] = _pack(data, scale, offset)
-    return v
-
-
-def _write_nc(path: Path, fill):
-    import netCDF4
-
-    from .runinfo import atomic_path
-
-    with atomic_path(path) as tmp:
-        ds = netCDF4.Dataset(tmp, "w", format="NETCDF4")
-        try:
-            fill(ds)
-        finally:
-            ds.close()
+_SOURCE = f"TA-2D embedded demo world v{VERSION} (synthetic, shared/ingest/demo_world.py)"
+_DEMO_ATTRS = {"institution": "TA-2D", "platform": "GK-2A (synthetic)", "area": "ko020lc"}
 
 
 def write_sat(raw: Path, W: World, t: pd.Timestamp, F: dict) -> list[Path]:
+    """The bt/rf/sza stacks of one time (the raw-data contract, :mod:`shared.io.raw`) and its true field."""
     g = W.grid
-    day = raw / "sat" / f"{t:%Y}" / f"{t:%m}" / f"{t:%d}"
     stamp = f"{t:%Y%m%d%H%M}"
     out = []
-
-    def stack(kind, names, waves, data, attrs):
-        def fill(ds):
-            _nc_base(ds, g, f"GK-2A AMI {kind.upper()} stack (synthetic demo world)", t)
-            ds.createDimension("channel", len(names))
-            ch = ds.createVariable("channel", str, ("channel",))
-            for i, n in enumerate(names):
-                ch[i] = n
-            ch.long_name = "AMI channel name"
-            wl = ds.createVariable("wavelength_um", "f4", ("channel",))
-            wl[:] = np.array(waves, dtype=np.float32)
-            wl.setncatts({"long_name": "channel central wavelength", "units": "um"})
-            _packed_var(ds, kind, ("channel", "y", "x"), data, kind,
-                        {**attrs, "coordinates": "time channel wavelength_um"}, (1, g.ny, g.nx))
-        p = day / f"gk2a_{kind}_{stamp}.nc"
-        _write_nc(p, fill)
+    for kind in ("bt", "rf", "sza"):
+        p = sat_path(raw, kind, t)
+        title = (f"GK-2A AMI {kind.upper()} stack (synthetic demo world)" if kind != "sza"
+                 else "solar zenith angle (synthetic demo world)")
+        write_stack(p, kind, F[kind], g, t, _SOURCE, title, _DEMO_ATTRS)
         out.append(p)
 
-    stack("bt", BT_CHANNELS, BT_WAVES_UM, F["bt"],
-          {"standard_name": "toa_brightness_temperature", "long_name": "brightness temperature", "units": "K"})
-    stack("rf", RF_CHANNELS, RF_WAVES_UM, F["rf"],
-          {"long_name": "reflectance (albedo as in GK-2A L1B: radiance x Radiance_to_Albedo_c, not divided by cos SZA)", "units": "1"})
-
-    def fill_sza(ds):
-        _nc_base(ds, g, "solar zenith angle (synthetic demo world)", t)
-        _packed_var(ds, "sza", ("y", "x"), F["sza"], "sza",
-                    {"standard_name": "solar_zenith_angle", "long_name": "solar zenith angle", "units": "degree",
-                     "coordinates": "time"}, (g.ny, g.nx))
-    p = day / f"gk2a_sza_{stamp}.nc"
-    _write_nc(p, fill_sza)
-    out.append(p)
-
     def fill_truth(ds):
-        _nc_base(ds, g, "true 2 m air temperature of the demo world", t)
+        nc_header(ds, g, "true 2 m air temperature of the demo world", _SOURCE, t, _DEMO_ATTRS)
         h = ds.createVariable("height", "f4", ())
         h.setncatts({"standard_name": "height", "units": "m", "positive": "up", "axis": "Z"})
         h[...] = 2.0
-        _packed_var(ds, "t2m", ("y", "x"), F["t2m"], "t2m",
-                    {"standard_name": "air_temperature", "long_name": "true 2 m air temperature", "units": "K",
-                     "coordinates": "time height"}, (g.ny, g.nx))
+        packed_var(ds, "t2m", ("y", "x"), F["t2m"], "t2m",
+                   {"standard_name": "air_temperature", "long_name": "true 2 m air temperature", "units": "K",
+                    "coordinates": "time height"}, (g.ny, g.nx))
         v = ds.createVariable("cloud_mask", "u1", ("y", "x"), zlib=True, complevel=COMPLEVEL, shuffle=True,
                               chunksizes=(g.ny, g.nx))
         v.setncatts({"long_name": "cloud present in the pixel (cloud optical thickness > 0)", "flag_values": np.array([0, 1], "u1"),
-                     "flag_meanings": "clear cloudy", "grid_mapping": "lambert_conformal_conic", "coordinates": "time"})
+                     "flag_meanings": "clear cloudy", "grid_mapping": GRID_MAPPING, "coordinates": "time"})
         v[...] = F["cloud"].astype(np.uint8)
     p = raw / "truth" / f"ta_true_{stamp}.nc"
-    _write_nc(p, fill_truth)
+    write_nc(p, fill_truth)
     out.append(p)
     return out
 
 
 def write_static(raw: Path, W: World) -> Path:
-    g = W.grid
-
-    def fill(ds):
-        _nc_base(ds, g, "static layers of the TA-2D demo world (KO grid)", None)
-        ds.setncattr("landcover_source", "synthetic IGBP-like classes (rules on terrain, coast, cities)")
-        ds.setncattr("lsmask_source", "global_land_mask (1 km) at pixel centres; ASOS station pixels forced to land")
-        common = {"grid_mapping": "lambert_conformal_conic", "coordinates": "lat lon"}
-        kw = {"zlib": True, "complevel": COMPLEVEL, "shuffle": True, "chunksizes": (g.ny, g.nx)}
-        v = ds.createVariable("lat", "f8", ("y", "x"), **kw)
-        v.setncatts({"standard_name": "latitude", "units": "degrees_north"})
-        v[...] = W.lat
-        v = ds.createVariable("lon", "f8", ("y", "x"), **kw)
-        v.setncatts({"standard_name": "longitude", "units": "degrees_east"})
-        v[...] = W.lon
-        v = ds.createVariable("dem", "f4", ("y", "x"), fill_value=np.float32(np.nan), **kw)
-        v.setncatts({"standard_name": "surface_altitude", "long_name": "terrain height above sea level", "units": "m", **common})
-        v[...] = W.dem
-        v = ds.createVariable("lsmask", "u1", ("y", "x"), **kw)
-        v.setncatts({"long_name": "land-sea mask", "flag_values": np.array([0, 1], "u1"), "flag_meanings": "sea land", **common})
-        v[...] = W.land.astype(np.uint8)
-        v = ds.createVariable("landcover", "u1", ("y", "x"), **kw)
-        v.setncatts({"long_name": "IGBP land cover class", "flag_values": np.arange(0, 18, dtype="u1"),
-                     "flag_meanings": "unclassified " + IGBP_NAMES, **common})
-        v[...] = W.landcover
-
     p = raw / "static.nc"
-    _write_nc(p, fill)
+    attrs = {**_DEMO_ATTRS, "landcover_source": "synthetic IGBP-like classes (rules on terrain, coast, cities)",
+             "lsmask_source": "global_land_mask (1 km) at pixel centres; ASOS station pixels forced to land"}
+    write_static_nc(p, W.grid, W.lat, W.lon, W.dem, W.land, W.landcover,
+                    "static layers of the TA-2D demo world (KO grid)", _SOURCE, attrs)
     return p
 
 
@@ -986,7 +881,7 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
     :class:`UserError` if ``out_dir`` holds something that is not a demo
     world and ``force`` is False.
     """
-    from .runinfo import write_csv, write_json
+    from shared.core.records import write_csv, write_json
 
     t_start = time.time()
     P = _preset(preset)
@@ -1003,7 +898,7 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
             print(f"demo world '{P.name}' (seed {seed}) is already in {raw}: nothing to do (--force rebuilds it)")
         return old
     raw.mkdir(parents=True, exist_ok=True)
-    write_json(raw / MARKER, {"generator": "shared.demo_world", "params": params, "status": "incomplete",
+    write_json(raw / MARKER, {"generator": "shared.ingest.demo_world", "params": params, "status": "incomplete",
                               "n_timestamps": len(P.times)})
 
     global _W, _RAW
@@ -1063,7 +958,7 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
 
     cover = np.array([r[1] for r in results])
     summary = {
-        "generator": "shared.demo_world", "version": VERSION, "preset": P.name, "seed": int(seed),
+        "generator": "shared.ingest.demo_world", "version": VERSION, "preset": P.name, "seed": int(seed),
         "grid": W.grid.attrs(), "n_timestamps": T, "first_time_utc": f"{times[0]:%Y-%m-%d %H:%M}",
         "last_time_utc": f"{times[-1]:%Y-%m-%d %H:%M}", "months": sorted({t.month for t in times}),
         "n_stations": S, "n_samples": int(ok.sum()), "n_missing": int((~ok).sum()),
@@ -1075,12 +970,12 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
         "climatology_note": "station TA mean by (UTC hour, month) over all stations, scored in-sample on all samples",
         "cloud_fraction_mean": round(float(cover.mean()), 4),
         "cloud_fraction_range": [round(float(cover.min()), 4), round(float(cover.max()), 4)],
-        "packing": {k: {"scale_factor": s, "add_offset": o, "dtype": "int16", "_FillValue": int(FILL_I16)} for k, (s, o) in PACK.items()},
+        "packing": {k: {"scale_factor": s, "add_offset": o, "dtype": "int16", "_FillValue": int(FILL_I16)} for k, (s, o) in PACKING.items()},
     }
     summary["disk_mb"] = round(_du_mb(raw), 1)
     summary["seconds"] = round(time.time() - t_start, 1)
     write_json(raw / "truth.json", summary)
-    write_json(raw / MARKER, {"generator": "shared.demo_world", "params": params, "status": "complete",
+    write_json(raw / MARKER, {"generator": "shared.ingest.demo_world", "params": params, "status": "complete",
                               "n_timestamps": T, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     summary["skipped"] = False
     if progress:
@@ -1111,7 +1006,7 @@ def _progress(total: int, enabled: bool, desc: str):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shared.demo_world", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m shared.ingest.demo_world", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=PRESETS, default="demo",
                    help="demo: full 900x900 KO grid, 95 ASOS stations, 192 times over a year; tiny: 128x128 window, 8 times")
@@ -1126,6 +1021,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli import run_main
+    from shared.core.cli import run_main
 
     run_main(main)

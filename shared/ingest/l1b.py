@@ -1,6 +1,6 @@
 """GK-2A AMI L1B (KO area) -> the raw-data contract's BT / RF / SZA stacks.
 
-    python -m shared.l1b convert --src DIR --dst data/raw [--start YYYYmmddHHMM]
+    python -m shared.ingest.l1b convert --src DIR --dst data/raw [--start YYYYmmddHHMM]
         [--end YYYYmmddHHMM] [--every 60min] [--workers N] [--window R0,C0,NY,NX] [--force]
 
 Finds ``gk2a_ami_le1b_<ch>_ko<res>lc_YYYYMMDDhhmm.nc`` below ``--src``,
@@ -20,7 +20,7 @@ files spell them):
   ``Tb = c0 + c1 Teff + c2 Teff^2``; radiance <= 0 -> NaN.
 
 Files without calibration attributes (some KO files) take the channel's row
-of ``shared/data/ami_calibration.csv`` and the log says so. The wavelength
+of ``shared/ingest/data/ami_calibration.csv`` and the log says so. The wavelength
 for the Planck function always comes from that table (the precise channel
 centre the c0/c1/c2 fit was made for; files often carry a rounded label).
 Channels delivered finer than 2 km (``ko010lc``, ``ko005lc``) are averaged
@@ -43,11 +43,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import REPO_ROOT
-from .errors import UserError
-from .grid import KO_GRID, KO_SIZE, Grid
-from .io_sat import BT_CHANNELS, BT_WAVES_UM, RF_CHANNELS, RF_WAVES_UM, sat_path
-from .runinfo import atomic_path
+from shared import REPO_ROOT
+from shared.core.errors import UserError
+from shared.geo.grid import KO_GRID, KO_SIZE, Grid
+from shared.io.channels import BT_CHANNELS, RF_CHANNELS
+from shared.io.raw import sat_path, write_stack
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,9 @@ _CAL_ATTRS = {
     "rf": ("DN_to_Radiance_Gain", "DN_to_Radiance_Offset", "Radiance_to_Albedo_c"),
     "bt": ("DN_to_Radiance_Gain", "DN_to_Radiance_Offset", "Teff_to_Tbb_c0", "Teff_to_Tbb_c1", "Teff_to_Tbb_c2"),
 }
+SOURCE = "GK-2A AMI L1B (KO area) converted by shared.ingest.l1b"
 _NAME_RE = re.compile(r"^gk2a_ami_le1b_([a-z]{2}\d{3})_ko(\d{3})lc_(\d{12})\.nc$", re.IGNORECASE)
 
-#: int16 packing of the output stacks: (scale_factor, add_offset, units, long name); the
-#: same steps as the demo world's files (shared/demo_world.py PACK) so both look alike.
-PACKING = {
-    "bt": (0.02, 250.0, "K", "brightness temperature"),
-    "rf": (2e-4, 3.0, "1", "reflectance (albedo as in GK-2A L1B: radiance x Radiance_to_Albedo_c, not divided by cos SZA)"),
-    "sza": (0.01, 90.0, "degree", "solar zenith angle"),
-}
-FILL_I16 = np.int16(-32768)
 
 
 # --------------------------------------------------------------------------- calibration
@@ -304,76 +297,6 @@ def select_times(files: pd.DataFrame, start=None, end=None, every: str | None = 
 
 
 @lru_cache(maxsize=2)
-def _latlon(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    return grid.latlon_2d()
-
-
-def _pack(a: np.ndarray, kind: str) -> np.ndarray:
-    scale, offset = PACKING[kind][:2]
-    q = np.rint((np.asarray(a, dtype=np.float64) - offset) / scale)
-    q = np.clip(q, -32767, 32767)
-    return np.where(np.isfinite(q), q, FILL_I16).astype(np.int16)
-
-
-def nc_grid_base(ds, grid: Grid) -> None:
-    """Dims (y, x), 1-D projected coordinates and the LCC ``grid_mapping`` variable."""
-    ds.createDimension("y", grid.ny)
-    ds.createDimension("x", grid.nx)
-    for name, vals, std in (("y", grid.y, "projection_y_coordinate"), ("x", grid.x, "projection_x_coordinate")):
-        v = ds.createVariable(name, "f8", (name,))
-        v[:] = vals
-        v.setncatts({"standard_name": std, "units": "m", "axis": name.upper()})
-    gm = ds.createVariable("lambert_conformal_conic", "i4")
-    gm.setncatts(grid.cf_grid_mapping())
-
-
-def write_stack(path: str | Path, kind: str, data: np.ndarray, grid: Grid, time_utc) -> None:
-    """Write one contract stack (``bt``/``rf`` (C, y, x) or ``sza`` (y, x)) atomically.
-
-    int16 with ``scale_factor``/``add_offset``/``_FillValue`` (NaN -> fill),
-    zlib; 1-D projected ``x``/``y``, ``channel`` + ``wavelength_um`` for
-    stacks, LCC ``grid_mapping``, global ``grid_*`` and ``time_utc``.
-    """
-    import netCDF4
-
-    t = pd.Timestamp(time_utc)
-    scale, offset, units, long_name = PACKING[kind]
-    with atomic_path(path) as tmp:
-        with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
-            nc_grid_base(ds, grid)
-            tv = ds.createVariable("time", "f8")
-            tv.setncatts({"standard_name": "time", "units": "seconds since 1970-01-01 00:00:00", "calendar": "standard",
-                          "long_name": "observation time (UTC)"})
-            tv.assignValue((t - pd.Timestamp("1970-01-01")).total_seconds())
-            dims = ("y", "x")
-            chunks = (grid.ny, grid.nx)
-            if kind != "sza":
-                names = BT_CHANNELS if kind == "bt" else RF_CHANNELS
-                waves = BT_WAVES_UM if kind == "bt" else RF_WAVES_UM
-                ds.createDimension("channel", len(names))
-                cv = ds.createVariable("channel", str, ("channel",))
-                for i, n in enumerate(names):
-                    cv[i] = n
-                cv.long_name = "AMI channel name"
-                wv = ds.createVariable("wavelength_um", "f4", ("channel",))
-                wv[:] = waves
-                wv.setncatts({"long_name": "channel central wavelength", "units": "um"})
-                dims, chunks = ("channel",) + dims, (1,) + chunks
-            v = ds.createVariable(kind, "i2", dims, zlib=True, complevel=1, shuffle=True,
-                                  chunksizes=chunks, fill_value=FILL_I16)
-            v.set_auto_maskandscale(False)
-            v.setncatts({"scale_factor": np.float32(scale), "add_offset": np.float32(offset), "units": units,
-                         "long_name": long_name, "grid_mapping": "lambert_conformal_conic",
-                         "coordinates": "time" if kind == "sza" else "time channel wavelength_um"})
-            if kind == "bt":
-                v.standard_name = "toa_brightness_temperature"
-            elif kind == "sza":
-                v.standard_name = "solar_zenith_angle"
-            v[...] = _pack(data, kind)
-            ds.setncatts({**grid.attrs(), "time_utc": f"{t:%Y-%m-%dT%H:%M:%SZ}", "Conventions": "CF-1.8",
-                          "source": "GK-2A AMI L1B (KO area) converted by shared.l1b"})
-
-
 def outputs_for(dst: str | Path, time_utc) -> list[Path]:
     return [sat_path(dst, k, time_utc) for k in ("bt", "rf", "sza")]
 
@@ -384,7 +307,7 @@ def convert_time(time_utc, channels: dict, dst: str | Path, grid: Grid = KO_GRID
 
     Skips (status "skipped") when all three outputs exist, unless ``force``.
     """
-    from .solar import solar_zenith
+    from shared.geo.solar import solar_zenith
 
     outs = outputs_for(dst, time_utc)
     stamp = f"{pd.Timestamp(time_utc):%Y%m%d%H%M}"
@@ -401,10 +324,10 @@ def convert_time(time_utc, channels: dict, dst: str | Path, grid: Grid = KO_GRID
                 table_used.append(ch)
                 log.debug("%s: no calibration attributes, using %s", path, table_path)
         stacks[kind] = arr
-    lat, lon = _latlon(grid)
+    lat, lon = grid.latlon_2d()
     stacks["sza"] = solar_zenith(time_utc, lat, lon)
     for kind, out in zip(("bt", "rf", "sza"), outs):
-        write_stack(out, kind, stacks[kind], grid, time_utc)
+        write_stack(out, kind, stacks[kind], grid, time_utc, SOURCE)
     return {"time": stamp, "status": "written", "table_channels": table_used}
 
 
@@ -493,7 +416,7 @@ def convert(src, dst, start=None, end=None, every: str | None = "60min", workers
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shared.l1b", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m shared.ingest.l1b", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="L1B KO files -> data/raw/sat stacks")
@@ -520,7 +443,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from shared import l1b  # so worker processes pickle shared.l1b functions, not __main__'s
-    from shared.cli import run_main
+    from shared.core.cli import run_main
+    from shared.ingest import l1b
 
     run_main(l1b.main)

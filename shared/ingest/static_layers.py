@@ -1,6 +1,6 @@
 """Static layers (terrain, land/sea, land cover) regridded onto the KO grid.
 
-    python -m shared.static build --dem FILE --landcover FILE [--landmask FILE]
+    python -m shared.ingest.static_layers build --dem FILE --landcover FILE [--landmask FILE]
         [--dst data/raw/static.nc] [--window R0,C0,NY,NX]
 
 Inputs are user rasters: netCDF with 1-D coordinates (lat/lon, or projected
@@ -30,21 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import REPO_ROOT
-from .errors import UserError
-from .grid import KO_GRID, Grid
-from .l1b import block_mean, nc_grid_base, parse_window
-from .runinfo import atomic_path
+from shared import REPO_ROOT
+from shared.core.errors import UserError
+from shared.geo.grid import KO_GRID, Grid
+from shared.ingest.l1b import block_mean, parse_window
+from shared.io.channels import WATER
+from shared.io.raw import write_static as write_static_nc
 
 log = logging.getLogger(__name__)
 
-IGBP_CLASSES = [
-    "evergreen_needleleaf_forest", "evergreen_broadleaf_forest", "deciduous_needleleaf_forest",
-    "deciduous_broadleaf_forest", "mixed_forest", "closed_shrublands", "open_shrublands", "woody_savannas",
-    "savannas", "grasslands", "permanent_wetlands", "croplands", "urban_and_built_up", "cropland_natural_vegetation_mosaic",
-    "snow_and_ice", "barren", "water",
-]
-WATER = 17
 _COORD_NAMES = {"lat": ("lat", "latitude", "y"), "lon": ("lon", "longitude", "x")}
 
 
@@ -257,46 +251,21 @@ def build_static(dem: str | Path, landcover: str | Path, landmask: str | Path | 
         log.warning("%s covers %.1f%% of the grid; DEM is NaN elsewhere", dem, 100 * cover)
     lat, lon = grid.latlon_2d()
     write_static(dst, grid, lat, lon, dem_a.astype(np.float32), lsmask, lc,
-                 history=f"shared.static build --dem {dem} --landcover {landcover}"
+                 history=f"shared.ingest.static_layers build --dem {dem} --landcover {landcover}"
                  + (f" --landmask {landmask}" if landmask else ""), lsmask_source=lsmask_src)
     return {"dst": str(dst), "dem_coverage": float(cover), "land_fraction": float(lsmask.mean()),
             "landcover_classified": float((lc > 0).mean()), "lsmask_source": lsmask_src}
 
 
 def write_static(dst, grid: Grid, lat, lon, dem, lsmask, landcover, history: str = "", lsmask_source: str = "") -> None:
-    """Write the contract's ``static.nc`` (CF-1.8) atomically."""
-    import netCDF4
-
-    with atomic_path(dst) as tmp:
-        with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
-            nc_grid_base(ds, grid)
-            common = {"grid_mapping": "lambert_conformal_conic"}
-            for name, arr, attrs in (
-                ("lat", lat, {"standard_name": "latitude", "units": "degrees_north"}),
-                ("lon", lon, {"standard_name": "longitude", "units": "degrees_east"}),
-            ):
-                v = ds.createVariable(name, "f8", ("y", "x"), zlib=True)
-                v[:] = arr
-                v.setncatts(attrs)
-            v = ds.createVariable("dem", "f4", ("y", "x"), zlib=True, fill_value=np.float32(np.nan))
-            v[:] = dem
-            v.setncatts({**common, "standard_name": "surface_altitude", "units": "m", "coordinates": "lat lon",
-                         "long_name": "terrain height above sea level (2 km mean)"})
-            v = ds.createVariable("lsmask", "u1", ("y", "x"), zlib=True)
-            v[:] = lsmask
-            v.setncatts({**common, "long_name": "land-sea mask", "flag_values": np.array([0, 1], np.uint8),
-                         "flag_meanings": "sea land", "coordinates": "lat lon", "source": lsmask_source})
-            v = ds.createVariable("landcover", "u1", ("y", "x"), zlib=True)
-            v[:] = landcover
-            v.setncatts({**common, "long_name": "IGBP land cover class", "coordinates": "lat lon",
-                         "flag_values": np.arange(0, 18, dtype=np.uint8),
-                         "flag_meanings": "unclassified " + " ".join(IGBP_CLASSES)})
-            ds.setncatts({**grid.attrs(), "Conventions": "CF-1.8", "title": "TA-2D static layers on the GK-2A KO grid",
-                          "history": history})
+    """Write the contract's ``static.nc`` (CF-1.8) atomically through :func:`shared.io.raw.write_static`."""
+    write_static_nc(dst, grid, lat, lon, dem, lsmask, landcover, "TA-2D static layers on the GK-2A KO grid",
+                    "DEM and land cover regridded by shared.ingest.static_layers",
+                    {"history": history, "lsmask_source": lsmask_source})
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shared.static", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m shared.ingest.static_layers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="regrid DEM / land cover (/ land mask) rasters to data/raw/static.nc")
@@ -314,6 +283,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from shared.cli import run_main
+    from shared.core.cli import run_main
 
     run_main(main)

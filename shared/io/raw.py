@@ -1,4 +1,4 @@
-"""Reading the raw-data contract: satellite stacks and static layers.
+"""The raw-data contract: satellite stacks and static layers, reader and writer.
 
 Layout (``data/raw`` by default)::
 
@@ -7,10 +7,16 @@ Layout (``data/raw`` by default)::
     sat/YYYY/MM/DD/gk2a_rf_YYYYMMDDhhmm.nc      rf  (channel=6,  y, x)  albedo
     sat/YYYY/MM/DD/gk2a_sza_YYYYMMDDhhmm.nc     sza (y, x)              deg
 
-Stacks may be stored packed (int16 + scale_factor/add_offset/_FillValue) or
-as floats with NaN. Readers return float32 with NaN for missing pixels and
-turn every expected failure (missing, truncated, all-NaN, wrong grid) into a
-:class:`~shared.errors.UserError` that names the file.
+Every writer of these files (the L1B converter, the static-layer builder,
+the demo world) goes through :func:`write_stack` / :func:`write_static`:
+int16 with ``scale_factor``/``add_offset`` (:data:`PACKING`), ``_FillValue``
+-32768 = missing, zlib + shuffle, one chunk per image (per channel), 1-D
+projected ``x``/``y``, the LCC ``grid_mapping`` variable from pyproj, the
+global ``grid_*`` attributes of :meth:`Grid.attrs` and, for stacks, a scalar
+``time`` and ``time_utc``. Readers also accept stacks stored as floats with
+NaN; they return float32 with NaN for missing pixels and turn every expected
+failure (missing, truncated, all-NaN, wrong grid) into a
+:class:`~shared.core.errors.UserError` that names the file.
 """
 from __future__ import annotations
 
@@ -21,20 +27,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .grid import Grid
-
-BT_CHANNELS = ["SW038", "WV063", "WV069", "WV073", "IR087", "IR096", "IR105", "IR112", "IR123", "IR133"]
-RF_CHANNELS = ["VI004", "VI005", "VI006", "VI008", "NR013", "NR016"]
-BT_WAVES_UM = [3.83, 6.21, 6.94, 7.33, 8.59, 9.62, 10.35, 11.23, 12.36, 13.29]
-RF_WAVES_UM = [0.47, 0.51, 0.64, 0.86, 1.38, 1.61]
-#: Channel order of every patch tensor ``x (N, 19, P, P)``.
-PATCH_CHANNELS = BT_CHANNELS + RF_CHANNELS + ["SZA", "DEM", "LSMASK"]
-N_BT, N_RF = len(BT_CHANNELS), len(RF_CHANNELS)
+from shared.core.errors import UserError
+from shared.core.records import atomic_path
+from shared.geo.grid import Grid
+from shared.io.channels import BT_CHANNELS, BT_WAVES_UM, IGBP_CLASSES, N_BT, N_RF, RF_CHANNELS, RF_WAVES_UM
 
 KINDS = {"bt": ("bt", N_BT), "rf": ("rf", N_RF), "sza": ("sza", None)}
 _NAME_RE = re.compile(r"^gk2a_(bt|rf|sza)_(\d{12})\.nc$")
-_FIX = "regenerate it (python -m shared.demo_world) or reconvert it (python -m shared.l1b convert)"
+_FIX = "regenerate it (python -m shared.ingest.demo_world) or reconvert it (python -m shared.ingest.l1b convert)"
+
+#: int16 packing of the stored variables: (scale_factor, add_offset). BT steps of 0.1 K (AMI NEdT is
+#: ~0.1 K; rounding adds 0.03 K rms), reflectance 0.001 (range 0..32), SZA 0.01 deg, TA 0.02 K.
+PACKING = {"bt": (0.1, 250.0), "rf": (0.001, 0.0), "sza": (0.01, 90.0), "t2m": (0.02, 280.0)}
+FILL_I16 = np.int16(-32768)
+COMPLEVEL = 3  # zlib level: 5 % smaller than 1 at little cost; 6-9 gain ~2 % more, 40 % slower
+GRID_MAPPING = "lambert_conformal_conic"
+_STACK_ATTRS = {
+    "bt": {"standard_name": "toa_brightness_temperature", "long_name": "brightness temperature", "units": "K"},
+    "rf": {"long_name": "reflectance (albedo as in GK-2A L1B: radiance x Radiance_to_Albedo_c, not divided by cos SZA)",
+           "units": "1"},
+    "sza": {"standard_name": "solar_zenith_angle", "long_name": "solar zenith angle", "units": "degree"},
+}
 
 
 def sat_path(raw_dir: str | Path, kind: str, time_utc) -> Path:
@@ -213,3 +226,121 @@ def read_static(path: str | Path) -> Static:
         landcover=np.asarray(arrs["landcover"]).astype(np.int16),
         path=path,
     )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def pack(a: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    """float -> int16 with ``raw * scale + offset``; NaN -> _FillValue (float32 arithmetic)."""
+    q = (np.asarray(a, dtype=np.float32) - np.float32(offset)) * np.float32(1.0 / scale)
+    bad = np.isnan(q)
+    q[bad] = 0.0  # replaced by the fill value below; keeps the cast free of NaN
+    np.clip(q, -32767, 32767, out=q)
+    q = np.rint(q, out=q).astype(np.int16)
+    if bad.any():
+        q[bad] = FILL_I16
+    return q
+
+
+def nc_header(ds, g: Grid, title: str, source: str, t: pd.Timestamp | None, attrs: dict | None = None) -> None:
+    """Global attributes, dims (y, x), 1-D projected coordinates, the LCC grid mapping and (with ``t``) time."""
+    ds.setncatts({"Conventions": "CF-1.8", "title": title, "source": source, **(attrs or {})})
+    ds.setncatts(g.attrs())
+    ds.createDimension("y", g.ny)
+    ds.createDimension("x", g.nx)
+    x = ds.createVariable("x", "f8", ("x",))
+    x[:] = g.x
+    x.setncatts({"standard_name": "projection_x_coordinate", "long_name": "x coordinate of projection", "units": "m", "axis": "X"})
+    y = ds.createVariable("y", "f8", ("y",))
+    y[:] = g.y
+    y.setncatts({"standard_name": "projection_y_coordinate", "long_name": "y coordinate of projection", "units": "m", "axis": "Y"})
+    gm = ds.createVariable(GRID_MAPPING, "i4", ())
+    gm.setncatts({k: v for k, v in g.cf_grid_mapping().items() if v is not None})
+    if t is not None:
+        ds.setncattr("time_utc", t.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        tv = ds.createVariable("time", "f8", ())
+        tv.setncatts({"standard_name": "time", "units": "seconds since 1970-01-01 00:00:00", "calendar": "standard",
+                      "long_name": "observation time (UTC)"})
+        tv[...] = (t - pd.Timestamp(1970, 1, 1)).total_seconds()
+
+
+def packed_var(ds, name: str, dims: tuple, data: np.ndarray, pack_key: str, attrs: dict, chunks: tuple):
+    """An int16 variable packed with :data:`PACKING` ``[pack_key]``."""
+    scale, offset = PACKING[pack_key]
+    v = ds.createVariable(name, "i2", dims, zlib=True, complevel=COMPLEVEL, shuffle=True,
+                          chunksizes=chunks, fill_value=FILL_I16)
+    v.set_auto_maskandscale(False)
+    v.setncatts({"scale_factor": np.float32(scale), "add_offset": np.float32(offset), **attrs,
+                 "grid_mapping": GRID_MAPPING})
+    v[...] = pack(data, scale, offset)
+    return v
+
+
+def write_nc(path: str | Path, fill) -> None:
+    """Create a NETCDF4 file under a temporary name, ``fill(ds)`` it, rename it to ``path``."""
+    import netCDF4
+
+    with atomic_path(path) as tmp:
+        ds = netCDF4.Dataset(tmp, "w", format="NETCDF4")
+        try:
+            fill(ds)
+        finally:
+            ds.close()
+
+
+def write_stack(path: str | Path, kind: str, data: np.ndarray, grid: Grid, time_utc, source: str = "TA-2D",
+                title: str = "", attrs: dict | None = None) -> None:
+    """Write one contract stack atomically: ``bt`` (10, y, x) K, ``rf`` (6, y, x) albedo or ``sza`` (y, x) deg."""
+    t = pd.Timestamp(time_utc)
+    title = title or (f"GK-2A AMI {kind.upper()} stack" if kind != "sza" else "solar zenith angle")
+
+    def fill(ds):
+        nc_header(ds, grid, title, source, t, attrs)
+        if kind == "sza":
+            packed_var(ds, "sza", ("y", "x"), data, "sza", {**_STACK_ATTRS["sza"], "coordinates": "time"},
+                       (grid.ny, grid.nx))
+            return
+        names, waves = (BT_CHANNELS, BT_WAVES_UM) if kind == "bt" else (RF_CHANNELS, RF_WAVES_UM)
+        ds.createDimension("channel", len(names))
+        ch = ds.createVariable("channel", str, ("channel",))
+        for i, n in enumerate(names):
+            ch[i] = n
+        ch.long_name = "AMI channel name"
+        wl = ds.createVariable("wavelength_um", "f4", ("channel",))
+        wl[:] = np.array(waves, dtype=np.float32)
+        wl.setncatts({"long_name": "channel central wavelength", "units": "um"})
+        packed_var(ds, kind, ("channel", "y", "x"), data, kind,
+                   {**_STACK_ATTRS[kind], "coordinates": "time channel wavelength_um"}, (1, grid.ny, grid.nx))
+
+    if kind not in _STACK_ATTRS:
+        raise ValueError(f"unknown stack kind {kind!r}")
+    write_nc(path, fill)
+
+
+def write_static(path: str | Path, grid: Grid, lat, lon, dem, lsmask, landcover, title: str, source: str,
+                 attrs: dict | None = None) -> None:
+    """Write ``static.nc`` atomically: lat/lon (f8), dem (f4, m, NaN = none), lsmask (u1), landcover (u1, IGBP)."""
+
+    def fill(ds):
+        nc_header(ds, grid, title, source, None, attrs)
+        common = {"grid_mapping": GRID_MAPPING, "coordinates": "lat lon"}
+        kw = {"zlib": True, "complevel": COMPLEVEL, "shuffle": True, "chunksizes": (grid.ny, grid.nx)}
+        v = ds.createVariable("lat", "f8", ("y", "x"), **kw)
+        v.setncatts({"standard_name": "latitude", "units": "degrees_north"})
+        v[...] = lat
+        v = ds.createVariable("lon", "f8", ("y", "x"), **kw)
+        v.setncatts({"standard_name": "longitude", "units": "degrees_east"})
+        v[...] = lon
+        v = ds.createVariable("dem", "f4", ("y", "x"), fill_value=np.float32(np.nan), **kw)
+        v.setncatts({"standard_name": "surface_altitude", "long_name": "terrain height above sea level", "units": "m", **common})
+        v[...] = dem
+        v = ds.createVariable("lsmask", "u1", ("y", "x"), **kw)
+        v.setncatts({"long_name": "land-sea mask", "flag_values": np.array([0, 1], "u1"), "flag_meanings": "sea land", **common})
+        v[...] = np.asarray(lsmask).astype(np.uint8)
+        v = ds.createVariable("landcover", "u1", ("y", "x"), **kw)
+        v.setncatts({"long_name": "IGBP land cover class", "flag_values": np.arange(0, 18, dtype="u1"),
+                     "flag_meanings": "unclassified " + " ".join(IGBP_CLASSES), **common})
+        v[...] = landcover
+
+    write_nc(path, fill)

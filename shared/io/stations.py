@@ -16,19 +16,19 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
+from shared.core.constants import KST_OFFSET
+from shared.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
 #: Plausible 2 m air temperature at Korean stations (deg C); outside -> dropped.
 TA_RANGE_C = (-40.0, 45.0)
-KST_OFFSET = pd.Timedelta(hours=9)
 
 # Header aliases, compared after _norm() (no spaces, lower case, ℃ -> °c).
 _STATION_COLS = {

@@ -39,11 +39,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .features import N_CHANNELS, SZA_CH, full_stack, landcover_onehot, loc3, normalise_, time7
-from .io_sat import PATCH_CHANNELS, Frame, Static
-
-KELVIN = 273.15
+from shared.core.constants import KELVIN
+from shared.core.errors import UserError
+from shared.features.patch import full_stack, landcover_onehot, loc3, normalise_, time7
+from shared.io.channels import N_CHANNELS, PATCH_CHANNELS, SZA_CH
+from shared.io.raw import Frame, Static
+from shared.models.checkpoint import load_ta_checkpoint
 
 
 def peak_rss_bytes() -> int:
@@ -121,8 +122,6 @@ def _norm_stats(ckpt: dict, path: Path) -> tuple[np.ndarray, np.ndarray, float, 
 
 def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
     """Rebuild the model from ``best.pt`` alone (model config + stats are inside)."""
-    from .model_ta import load_ta_checkpoint
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; train the model first (python step03_train_clay/run.py) "
@@ -132,7 +131,7 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
     cfg = ckpt["model_cfg"]
     return Predictor(model=model, model_cfg=cfg, input_mean=mean, input_std=std, target_mean=t_mean,
                      target_std=t_std, patch_size=int(cfg.get("patch_size", 9)), path=path, precision=precision,
-                     info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val")})
+                     info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data")})
 
 
 # --------------------------------------------------------------------------- windows
@@ -264,251 +263,18 @@ def check_region(region, grid) -> tuple[int, int, int, int] | None:
 # --------------------------------------------------------------------------- times
 
 
-def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Requested times -> (table ``time_utc, path_bt, path_rf, path_sza``, names of times without image).
-
-    ``select``: ``test`` (every image time of step01's test split), ``all``
-    (every complete image under raw_dir), ``list`` or ``range`` (UTC). With
-    ``limit`` N > 0 only N evenly spaced times of the selection are kept (the
-    middle one of each of N equal parts).
-    """
-    from .config import resolve_path
-    from .io_sat import scan_sat_times
-
-    sel = cfg_times.select
-    missing: list[str] = []
-    if sel == "test":
-        p = index_dir / "index_test.csv"
-        if not p.is_file():
-            raise UserError(f"{p} not found; run step01 first (python step01_make_index/run.py) or choose times.select: list/range/all")
-        df = pd.read_csv(p, usecols=lambda c: c in ("sat_time_utc", "path_bt", "path_rf", "path_sza"))
-        if df.empty:
-            raise UserError(f"{p}: the test split is empty; nothing to map (check step01's split settings or choose times.select: list/range)")
-        df = df.drop_duplicates("sat_time_utc").rename(columns={"sat_time_utc": "time_utc"})
-        df["time_utc"] = pd.to_datetime(df["time_utc"]).astype("datetime64[ns]")
-        for c in ("path_bt", "path_rf", "path_sza"):
-            df[c] = [str(resolve_path(v)) for v in df[c]]
-        have = np.array([all(Path(r[c]).is_file() for c in ("path_bt", "path_rf", "path_sza")) for _, r in df.iterrows()], dtype=bool)
-        missing = [f"{t:%Y-%m-%d %H:%M} UTC (no {Path(b).name} or its rf/sza files)" for t, b in zip(df["time_utc"][~have], df["path_bt"][~have])]
-        df = df[have]
-    else:
-        sat, _ = scan_sat_times(raw_dir)
-        sat = sat.rename(columns={"sat_time_utc": "time_utc"})
-        if sel == "all":
-            df = sat
-        else:
-            if sel == "list":
-                try:
-                    want = pd.DatetimeIndex([pd.Timestamp(t) for t in cfg_times.list_utc])
-                except (ValueError, TypeError) as e:
-                    raise UserError(f"times.list_utc: cannot parse a time ({e}); use 'YYYY-MM-DD hh:mm' (UTC)") from None
-                if len(want) == 0:
-                    raise UserError("times.select is 'list' but times.list_utc is empty; add times like '2023-07-01 06:00' (UTC)")
-            else:
-                try:
-                    start, end = pd.Timestamp(cfg_times.start), pd.Timestamp(cfg_times.end)
-                except (ValueError, TypeError) as e:
-                    raise UserError(f"times.start / times.end: cannot parse ({e}); use 'YYYY-MM-DD hh:mm' (UTC)") from None
-                if end < start:
-                    raise UserError(f"times.end ({end}) is before times.start ({start})")
-                want = pd.date_range(start, end, freq=pd.Timedelta(minutes=cfg_times.step_min))
-            want = want.astype("datetime64[ns]")
-            have = pd.Index(sat["time_utc"])
-            ok = want.isin(have)
-            missing = [f"{t:%Y-%m-%d %H:%M} UTC (no gk2a_bt/rf/sza_{t:%Y%m%d%H%M}.nc under {raw_dir / 'sat'})" for t in want[~ok]]
-            df = sat.set_index("time_utc").loc[want[ok]].reset_index()
-    df = df.sort_values("time_utc").reset_index(drop=True)
-    if cfg_times.limit and len(df) > cfg_times.limit:
-        # the middle time of each of ``limit`` equal parts of the sorted selection
-        pick = np.unique(((np.arange(cfg_times.limit) + 0.5) * len(df) / cfg_times.limit).astype(int))
-        df = df.iloc[pick].reset_index(drop=True)
-    return df[["time_utc", "path_bt", "path_rf", "path_sza"]], missing
 
 
 # --------------------------------------------------------------------------- step04
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) under torchrun, (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def inputs_fingerprint(paths) -> str:
-    """One digest of the image and static files a map is made from (sizes + mtimes)."""
-    import hashlib
-
-    from .runinfo import fingerprint
-
-    fp = fingerprint([Path(p) for p in paths])
-    return hashlib.sha1("|".join(fp[str(Path(p))] for p in paths).encode()).hexdigest()[:16]
 
 
-def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: str | None = None) -> bool:
-    """A finished map of the same checkpoint, inputs, precision and grid exists
-    (maps are written atomically, so present = whole)."""
-    if not path.is_file():
-        return False
-    try:
-        import netCDF4
-
-        with netCDF4.Dataset(path) as ds:
-            a = {k: ds.getncattr(k) for k in ds.ncattrs()}
-            ok = "t2m" in ds.variables
-    except (OSError, RuntimeError):
-        return False
-    if inputs_fp is not None and a.get("inputs_fingerprint") != inputs_fp:
-        return False
-    return ok and a.get("checkpoint_fingerprint") == ckpt_fp and a.get("precision") == precision and all(str(a.get(k)) == str(v) for k, v in grid.attrs().items())
 
 
-def station_pixels(stations_csv: Path, static: Static) -> pd.DataFrame:
-    """Stations of ``stations_csv`` on this grid: ``stn_id, name, lat, lon, pixel_y, pixel_x``."""
-    from .io_stations import read_stations
-
-    st = read_stations(stations_csv)
-    py, px = static.grid.latlon_to_rowcol(st["lat"].to_numpy(), st["lon"].to_numpy())
-    st = st.assign(pixel_y=py, pixel_x=px)
-    return st[static.grid.inside(py, px)].reset_index(drop=True)
 
 
-def sample_maps_at_stations(map_paths: list[Path], stations: pd.DataFrame, grid, index_dir: Path | None,
-                            offset: tuple[int, int] = (0, 0)) -> pd.DataFrame:
-    """One row per (map, station): the map value at the station pixel, with the observation if step01 has it.
-
-    ``pixel_y/x`` are static.nc's pixel indices; ``offset`` is where the maps' ``grid`` starts in it.
-    """
-    from .mapio import read_map
-
-    parts = []
-    py, px = stations["pixel_y"].to_numpy(), stations["pixel_x"].to_numpy()
-    for p in map_paths:
-        f = read_map(p, grid)
-        v = f.t2m[py - offset[0], px - offset[1]]
-        parts.append(pd.DataFrame({"time_utc": f.time, "stn_id": stations["stn_id"].to_numpy(),
-                                   "lat": stations["lat"].to_numpy(), "lon": stations["lon"].to_numpy(),
-                                   "pixel_y": py, "pixel_x": px, "t2m_K": v, "t2m_c": v - KELVIN}))
-    cols = ["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "t2m_K", "t2m_c"]
-    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
-    df["time_utc"] = pd.to_datetime(df["time_utc"]).astype("datetime64[ns]")
-    ip = index_dir / "index.csv" if index_dir is not None else None
-    if ip is not None and ip.is_file() and len(df):
-        obs = pd.read_csv(ip, usecols=["sat_time_utc", "stn_id", "ta_c", "split"])
-        obs["sat_time_utc"] = pd.to_datetime(obs["sat_time_utc"]).astype("datetime64[ns]")
-        obs = obs.rename(columns={"sat_time_utc": "time_utc", "ta_c": "obs_c"})
-        df = df.merge(obs, on=["time_utc", "stn_id"], how="left")
-        df["error_K"] = df["t2m_c"] - df["obs_c"]
-    return df.sort_values(["time_utc", "stn_id"]).reset_index(drop=True)
 
 
-def run_step04(cfg, run, rank: int = 0, world: int = 1, force: bool = False) -> dict:
-    """step04 end to end for this rank's share of the times; rank 0 writes the summary files.
-
-    Maps already complete for the same checkpoint, image files, static.nc and
-    precision are kept (``skip_existing``) unless ``force``.
-    """
-    import torch
-
-    from .config import resolve_path
-    from .io_sat import read_frame, read_static
-    from .mapio import map_dataset, map_name, quicklook, write_map
-    from .runinfo import fingerprint, write_csv, write_json
-
-    threads = cfg.num_threads if cfg.num_threads > 0 else max(1, (os.cpu_count() or 1) // world)
-    torch.set_num_threads(threads)
-    out = cfg.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-
-    predictor = load_predictor(cfg.checkpoint, cfg.precision)
-    ckpt_fp = fingerprint([cfg.checkpoint])[str(cfg.checkpoint)]
-    static = read_static(cfg.raw_dir / "static.nc")
-    times, missing = select_times(cfg.times, cfg.index_dir, cfg.raw_dir)
-    if missing:
-        msg = f"{len(missing)} requested time(s) have no image: {'; '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
-        if cfg.on_missing_image == "fail":
-            raise UserError(msg + " (set on_missing_image: skip to map the others)")
-        if rank == 0:
-            print(f"warning: {msg}; skipped (on_missing_image: skip)")
-    if times.empty:
-        raise UserError("no time to map: " + ("; ".join(missing[:3]) if missing else "the selection is empty"))
-    stations = station_pixels(cfg.stations_csv, static) if cfg.stations_csv.is_file() else None
-    region = check_region(cfg.region, static.grid)
-    if region is None:
-        grid_out, offset, st_out = static.grid, (0, 0), stations
-    else:
-        grid_out, offset = static.grid.window(*region), region[:2]
-        st_out = None
-        if stations is not None:
-            ins = grid_out.inside(stations["pixel_y"] - offset[0], stations["pixel_x"] - offset[1])
-            st_out = stations[ins].reset_index(drop=True)
-    cut = (slice(offset[0], offset[0] + grid_out.ny), slice(offset[1], offset[1] + grid_out.nx))
-    st_plot = None if st_out is None else st_out.assign(pixel_y=st_out["pixel_y"] - offset[0], pixel_x=st_out["pixel_x"] - offset[1])
-
-    mine = times.iloc[rank::world]
-    if rank == 0:
-        print(f"step04: {len(times)} map(s) of {grid_out.ny}x{grid_out.nx}{'' if region is None else f' (region of {static.grid.ny}x{static.grid.nx})'} on {world} process(es) x {threads} thread(s); "
-              f"model {predictor.model_cfg.get('size')} (epoch {predictor.info.get('epoch')}), {cfg.precision}, "
-              f"P={predictor.patch_size}, reflect-padded edges")
-    done, skipped, records = 0, 0, []
-    attrs_common = {
-        "checkpoint": str(cfg.checkpoint), "checkpoint_fingerprint": ckpt_fp,
-        "model_size": str(predictor.model_cfg.get("size")), "patch_size": predictor.patch_size,
-        "precision": cfg.precision, "edge_handling": f"reflect padding of {predictor.patch_size // 2} pixels (numpy mode='reflect')",
-        "missing_input": "pixels whose window holds a missing input value are NaN",
-    }
-    for _, r in mine.iterrows():
-        t = pd.Timestamp(r["time_utc"])
-        path = out / map_name(t)
-        png = path.with_suffix(".png")
-        srcs = [resolve_path(r["path_bt"]), resolve_path(r["path_rf"]), resolve_path(r["path_sza"])]
-        in_fp = inputs_fingerprint(srcs + [static.path])
-        if (cfg.skip_existing and not force and map_is_complete(path, ckpt_fp, grid_out, cfg.precision, in_fp)
-                and (png.is_file() or not cfg.quicklook)):
-            skipped += 1
-            continue
-        frame = read_frame(*srcs, static.grid)
-        res = predict_map(predictor, frame, static, t, cfg.block_rows, cfg.batch_size, progress=cfg.progress,
-                          desc=f"[rank {rank}] {t:%Y-%m-%d %H:%M}" if world > 1 else "", region=region)
-        del frame
-        attrs = dict(attrs_common, inputs_fingerprint=in_fp, input_files=" ".join(p.name for p in srcs),
-                     n_pixels_missing_input=res.n_missing, n_pixels_predicted=res.n_windows)
-        ds = map_dataset(res.t2m_K, grid_out, t, static.lat[cut], static.lon[cut], attrs)
-        if cfg.quicklook:  # PNG first: a map file present means its quicklook is too
-            note = f"{predictor.model_cfg.get('size')} model, {res.n_missing:,} px without input" if res.n_missing else ""
-            quicklook(png, res.t2m_K, grid_out, t, static.lsmask[cut], static.lat[cut], static.lon[cut], st_plot, note, cfg.coverage_km)
-        write_map(path, ds)
-        done += 1
-        rec = {"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": path.name, "seconds": round(res.seconds, 2),
-               "windows_per_s": round(res.windows_per_s), "n_missing": res.n_missing,
-               "peak_rss_MB": round(res.peak_rss_bytes / 2**20), "block_MB": round(res.block_bytes / 2**20, 1)}
-        records.append(rec)
-        print(f"{'[rank %d] ' % rank if world > 1 else ''}{path.name}: {res.seconds:.1f} s, {res.windows_per_s:,.0f} windows/s, "
-              f"{res.n_missing:,} px missing input, peak RSS {res.peak_rss_bytes / 2**20:,.0f} MB "
-              f"(window block {res.block_bytes / 2**20:.0f} MB)", flush=True)
-
-    if world > 1:
-        import torch.distributed as dist
-
-        # Rank 0 summarises only after every rank has written its maps.
-        dist.barrier()
-    summary = {"maps_total": len(times), "maps_written": done, "maps_skipped_complete": skipped,
-               "times_without_image": len(missing), "rank": rank, "world": world}
-    if rank != 0:
-        return summary
-    all_maps = [out / map_name(t) for t in times["time_utc"]]
-    present = [p for p in all_maps if p.is_file()]
-    if len(present) != len(all_maps):
-        raise UserError(f"{len(all_maps) - len(present)} map(s) are missing after the run (did a rank fail?); rerun step04")
-    outputs = list(present)
-    if cfg.quicklook:
-        outputs += [p.with_suffix(".png") for p in present]
-    if st_out is not None:
-        st_csv = out / "map_at_stations.csv"
-        write_csv(st_csv, sample_maps_at_stations(present, st_out, grid_out, cfg.index_dir, offset), date_format="%Y-%m-%d %H:%M:%S")
-        outputs.append(st_csv)
-    write_json(out / "maps.json", {"times_utc": [f"{t:%Y-%m-%d %H:%M}" for t in times["time_utc"]],
-                                   "files": [p.name for p in present], "times_without_image": missing,
-                                   "this_run_rank0": records, **summary})
-    outputs.append(out / "maps.json")
-    run.finish(outputs, counts=summary, extra={"maps_rank0": records})
-    print(f"step04: wrote {done} map(s), kept {skipped} complete one(s) (rank 0's share), {len(present)} in {out}")
-    return summary

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
+from shared.core.errors import UserError
+from shared.io.torch_files import load_torch_file, save_torch_file
 
 __all__ = [
     "CLAY_SIZES",
@@ -364,12 +365,7 @@ def load_clay_state(path: str | Path, size: str = "large") -> dict[str, torch.Te
     file looks like when it does not fit.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"Clay checkpoint not found: {path} (set model.clay_ckpt_path, or null for random init)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user mistake here
-        raise UserError(f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from None
+    obj = load_torch_file(path, "Clay checkpoint", "set model.clay_ckpt_path to clay-v1.5.ckpt, or null for random init")
     sd = encoder_state_from_checkpoint(obj, str(path))
     if "cls_token" in sd and sd["cls_token"].dim() == 1:
         sd["cls_token"] = sd["cls_token"].reshape(1, 1, -1)
@@ -393,3 +389,9 @@ def load_clay_encoder(path: str | Path, size: str = "large", patch_size: int = 8
     enc = ClayEncoder(size, patch_size)
     enc.load_state_dict(load_clay_state(path, size), strict=True)
     return enc
+
+
+def save_lightning_checkpoint(path: str | Path, state_dict: dict, step: int, hyper_parameters: dict) -> None:
+    """Write ``{"state_dict": {"model.encoder.*", ...}, "step", "hyper_parameters"}``: the layout of the
+    official Clay checkpoint, so :func:`load_clay_state` reads it like ``clay-v1.5.ckpt``."""
+    save_torch_file(path, {"state_dict": state_dict, "step": step, "hyper_parameters": hyper_parameters})

@@ -21,60 +21,82 @@ uses ``batch["features"]`` / ``batch["aux"]`` when present.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-from .model_clay import CLAY_SIZES, ClayEncoder, clay_latlon_encoding, clay_time_encoding
-from .features import N_LANDCOVER
-from .io_sat import BT_CHANNELS, BT_WAVES_UM, PATCH_CHANNELS, RF_CHANNELS, RF_WAVES_UM
+from shared.core.errors import UserError
+from shared.io.channels import (
+    AUX_CHANNELS,
+    BT_CHANNELS,
+    BT_WAVES_UM,
+    GSD_M,
+    N_LANDCOVER,
+    PATCH_CHANNELS,
+    RF_CHANNELS,
+    RF_WAVES_UM,
+)
+from shared.models.clay import CLAY_SIZES, ClayEncoder, clay_latlon_encoding, clay_time_encoding
 
-#: Channels that are not radiances: to the head as statistics, or to the encoder with pseudo-wavelengths.
-AUX_CHANNELS = PATCH_CHANNELS[len(BT_CHANNELS) + len(RF_CHANNELS):]  # SZA, DEM, LSMASK
 N_TIME7 = 7
 MODEL_TYPE = "clay_transfer"
-CKPT_FORMAT = "ta2d-step03"
 
 #: Wavelengths given to the non-spectral inputs when they go through the encoder
 #: (encoder_channels: all); beyond every real band so none is mistaken for one.
 PSEUDO_WAVES_UM = [20.0, 25.0, 30.0]
 
-_DEFAULTS = {
-    "type": MODEL_TYPE,
-    "size": "tiny",
-    "clay_patch_size": 8,
-    "patch_size": 9,
-    "resize_to": 8,
-    "channels": PATCH_CHANNELS,
-    "encoder_channels": "spectral",
-    "bt_waves_um": BT_WAVES_UM,
-    "rf_waves_um": RF_WAVES_UM,
-    "pseudo_waves_um": PSEUDO_WAVES_UM,
-    "gsd_m": 2000.0,
-    "loc_mean": [36.0, 127.5],
-    "loc_std": [1.5, 1.5],
-    "head_hidden": 256,
-    "head_layers": 2,
-    "dropout": 0.0,
-    "freeze_encoder": False,
-    "head_spectral": False,
-    "pool": "cls",
-}
-#: Keys added after the first checkpoints were written, with the value that rebuilds those.
-_ADDED_LATER = {"head_spectral": False, "pool": "cls"}
 
+@dataclass
+class TAModelConfig:
+    """Everything that builds a :class:`TAModel`: the single source of the model's defaults.
 
-def model_config(**kw) -> dict:
-    """A complete model config: defaults overridden by ``kw`` (unknown keys -> ValueError)."""
-    bad = [k for k in kw if k not in _DEFAULTS]
-    if bad:
-        raise ValueError(f"unknown model config keys: {', '.join(bad)}")
-    cfg = {**_DEFAULTS, **kw}
-    cfg["channels"] = list(cfg["channels"])
-    return cfg
+    step03's ``model:`` config section takes its defaults from here; the data
+    fields (``patch_size``, ``channels``, ``gsd_m``, ``loc_*``) come from the
+    patch chunks. Stored in every checkpoint as a plain dict (:meth:`to_dict`).
+    """
+
+    type: str = MODEL_TYPE
+    size: str = "tiny"
+    clay_patch_size: int = 8
+    patch_size: int = 9
+    resize_to: int = 8
+    channels: list[str] = field(default_factory=lambda: list(PATCH_CHANNELS))
+    encoder_channels: str = "spectral"
+    bt_waves_um: list[float] = field(default_factory=lambda: list(BT_WAVES_UM))
+    rf_waves_um: list[float] = field(default_factory=lambda: list(RF_WAVES_UM))
+    pseudo_waves_um: list[float] = field(default_factory=lambda: list(PSEUDO_WAVES_UM))
+    gsd_m: float = GSD_M
+    loc_mean: list[float] = field(default_factory=lambda: [36.0, 127.5])
+    loc_std: list[float] = field(default_factory=lambda: [1.5, 1.5])
+    head_hidden: int = 256
+    head_layers: int = 2
+    dropout: float = 0.0
+    freeze_encoder: bool = False
+    head_spectral: bool = True
+    pool: str = "cls"
+
+    #: Keys added after the first checkpoints were written, with the value that rebuilds those.
+    ADDED_LATER = {"head_spectral": False, "pool": "cls"}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "checkpoint") -> TAModelConfig:
+        """From a stored dict; keys added later get the value that rebuilds older checkpoints."""
+        if not isinstance(d, dict) or d.get("type") != MODEL_TYPE:
+            kind = d.get("type") if isinstance(d, dict) else type(d).__name__
+            raise UserError(f"{where}: model type {kind!r} is not supported here (expected {MODEL_TYPE!r})")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"{where}: model config has keys this version does not know: {', '.join(unknown)}")
+        missing = sorted(names - set(d) - set(cls.ADDED_LATER))
+        if missing:
+            raise UserError(f"{where}: model config lacks {', '.join(missing)}")
+        return cls(**{**cls.ADDED_LATER, **d})
 
 
 class TAModel(nn.Module):
@@ -173,39 +195,8 @@ class TAModel(nn.Module):
         return self.head(feats, batch)
 
 
-def build_model(model_cfg: dict) -> TAModel:
-    """Rebuild a :class:`TAModel` from the dict stored in a checkpoint."""
-    if not isinstance(model_cfg, dict) or model_cfg.get("type") != MODEL_TYPE:
-        kind = model_cfg.get("type") if isinstance(model_cfg, dict) else type(model_cfg).__name__
-        raise UserError(f"model type {kind!r} is not supported here (expected {MODEL_TYPE!r})")
-    missing = [k for k in _DEFAULTS if k not in model_cfg and k not in _ADDED_LATER]
-    if missing:
-        raise UserError(f"model config lacks {', '.join(missing)}")
-    return TAModel({**_ADDED_LATER, **model_cfg})
-
-
-def read_ta_checkpoint(path: str | Path) -> dict:
-    """Load and check a step03 checkpoint dict (tensors memory-mapped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path} (run step03_train_clay first)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
-        keys = ", ".join(list(ckpt)[:6]) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise UserError(f"{path}: not a TA-2D step03 checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else None!r}, "
-                        f"keys: {keys}); point at step03_train_clay/weights/best.pt")
-    return ckpt
-
-
-def load_ta_checkpoint(path: str | Path, map_location="cpu") -> tuple[TAModel, dict]:
-    """-> (model in eval mode, checkpoint dict with ``model_cfg``, ``norm``, ``epoch``, ``best_val``...)."""
-    ckpt = read_ta_checkpoint(path)
-    model = build_model(ckpt["model_cfg"])
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    if missing or unexpected:
-        raise UserError(f"{path}: weights do not fit the model config stored with them "
-                        f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
-    return model.to(map_location).eval(), ckpt
+def build_model(model_cfg: TAModelConfig | dict, where: str = "checkpoint") -> TAModel:
+    """A :class:`TAModel` from its config (or the dict stored in a checkpoint)."""
+    if isinstance(model_cfg, dict):
+        model_cfg = TAModelConfig.from_dict(model_cfg, where)
+    return TAModel(model_cfg.to_dict())

@@ -1,4 +1,4 @@
-"""step01 logic: match station observations to satellite times and pixels, split.
+"""step01_make_index: match station observations to satellite times and pixels; split.
 
 Rows are (station, observation time). Each is matched to the nearest
 satellite time within a tolerance and to the station's pixel on the grid of
@@ -11,22 +11,68 @@ satellite time within a tolerance and to the station's pixel on the grid of
 * ``station_time``: both at once. A row is kept only where its station group
   and its day group agree (train station on a train day, ...); other rows are
   dropped and counted as ``split_mix``.
+
+Reads ``stations.csv``, every CSV in ``obs_dir``, ``static.nc`` and the names
+of the satellite stacks (not their contents); writes ``index.csv``,
+``index_{train,val,test}.csv`` and ``splits.json`` as one set.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .grid import Grid
+from shared.core.cli import print_report
+from shared.core.errors import UserError, require_dir
+from shared.core.records import Names
+from shared.core.runner import Context, Result, Stage
+from shared.geo.grid import Grid
+from shared.io.index import INDEX_COLUMNS, SPLITS, index_files, write_index
+from shared.io.raw import read_static, scan_sat_times
+from shared.io.stations import read_obs, read_stations
 
-INDEX_COLUMNS = [
-    "time_utc", "stn_id", "lat", "lon", "elev_m", "pixel_y", "pixel_x", "ta_c",
-    "path_bt", "path_rf", "path_sza", "year", "split", "sat_time_utc",
-]
-SPLITS = ("train", "val", "test")
+STEP = "step01_make_index"
+
+
+@dataclass
+class SplitConfig:
+    mode: Literal["station", "time", "station_time"] = "station"
+    seed: int = 42
+    val_frac: float = 0.15
+    test_frac: float = 0.20
+
+    def check(self):
+        if not (0 <= self.val_frac < 1 and 0 < self.test_frac < 1 and self.val_frac + self.test_frac < 1):
+            raise ValueError(f"split.val_frac ({self.val_frac}) and split.test_frac ({self.test_frac}) must be in "
+                             "[0, 1) with test_frac > 0 and a sum below 1")
+
+
+@dataclass
+class Config:
+    raw_dir: Path = Path("data/raw")
+    stations_csv: Path = Path("data/raw/stations.csv")
+    obs_dir: Path = Path("data/raw/ta_obs")
+    time_tolerance_min: float = 5.0
+    split: SplitConfig = field(default_factory=SplitConfig)
+    output_dir: Path = Path(f"{STEP}/outputs")
+
+    def check(self):
+        if self.time_tolerance_min < 0:
+            raise ValueError(f"time_tolerance_min must be >= 0, got {self.time_tolerance_min}")
+
+
+def deps(cfg: Config) -> list:
+    """static.nc, the station table, every observation CSV, and the *names* of the images (their
+    contents are not read here, so touching an image does not rerun step01)."""
+    return [cfg.raw_dir / "static.nc", cfg.stations_csv, cfg.obs_dir, Names(cfg.raw_dir / "sat", "gk2a_*.nc")]
+
+
+def outs(cfg: Config) -> list[Path]:
+    return index_files(cfg.output_dir)
 
 
 def match_times(obs_times: pd.Series, sat_times: pd.Series, tol_min: float) -> tuple[np.ndarray, np.ndarray]:
@@ -92,14 +138,14 @@ def assign_splits(df: pd.DataFrame, mode: str, seed: int, val_frac: float, test_
 
 def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, grid: Grid,
                 tol_min: float, mode: str, seed: int, val_frac: float, test_frac: float,
-                margin: int = 0) -> tuple[pd.DataFrame, "OrderedDict[str, int]", dict]:
+                margin: int = 0) -> tuple[pd.DataFrame, OrderedDict[str, int], dict]:
     """Index rows, the drop report (reason -> count) and the split description.
 
     ``obs`` has ``stn_id, time_utc, ta_c`` already cleaned of missing /
     out-of-range TA and duplicates (their counts come from the reader);
-    ``sat`` is :func:`shared.io_sat.scan_sat_times`' table.
+    ``sat`` is :func:`shared.io.raw.scan_sat_times`' table.
     """
-    report: "OrderedDict[str, int]" = OrderedDict()
+    report: OrderedDict[str, int] = OrderedDict()
     report["observations"] = len(obs)
     known = obs["stn_id"].isin(stations["stn_id"])
     report["dropped_unknown_station"] = int((~known).sum())
@@ -141,25 +187,10 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
     return df[INDEX_COLUMNS], report, info
 
 
-def print_report(title: str, report: dict) -> None:
-    """Print ``reason -> count`` as an aligned two-column table."""
-    width = max(len(k) for k in report)
-    print(title)
-    for k, v in report.items():
-        print(f"  {k:<{width}}  {v:>9,}")
-
-
-def make_index(cfg, run) -> dict:
-    """step01 end to end: read inputs, match, split, write CSVs + splits.json.
-
-    ``cfg`` is step01's config object; ``run`` its :class:`~shared.runinfo.StepRun`.
-    """
-    from .errors import require_dir
-    from .io_sat import read_static, scan_sat_times
-    from .io_stations import read_obs, read_stations
-    from .runinfo import write_csv, write_json
-
-    require_dir(cfg.raw_dir, "raw data folder", "generate the demo world with `python -m shared.demo_world` or set raw_dir")
+def run(cfg: Config, ctx: Context) -> Result:
+    """step01 end to end: read inputs, match, split, write the index set."""
+    require_dir(cfg.raw_dir, "raw data folder",
+                "generate the demo world with `python -m shared.ingest.demo_world` or set raw_dir")
     require_dir(cfg.obs_dir, "observation folder", "set obs_dir to the folder of TA CSV files")
     static = read_static(cfg.raw_dir / "static.nc")
     stations = read_stations(cfg.stations_csv)
@@ -180,19 +211,14 @@ def make_index(cfg, run) -> dict:
         full_report[f"obs_{k}"] = int(v)
     full_report.update(report)
 
-    out = cfg.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    fmt = {"date_format": "%Y-%m-%d %H:%M:%S"}
-    outputs = []
-    for name, part in [("index", df)] + [(f"index_{s}", df[df["split"] == s]) for s in SPLITS]:
-        write_csv(out / f"{name}.csv", part, **fmt)
-        outputs.append(out / f"{name}.csv")
     info.update({"static": str(static.path), "raw_dir": str(cfg.raw_dir), "grid": static.grid.attrs(),
                  "time_tolerance_min": cfg.time_tolerance_min, "report": full_report,
                  "images": len(sat), "images_incomplete": incomplete})
-    write_json(out / "splits.json", info)
-    outputs.append(out / "splits.json")
+    write_index(cfg.output_dir, df, info)
     print_report(f"step01: {len(df):,} rows kept from {len(obs_files)} file(s), {len(sat)} image time(s)", full_report)
-    run.finish(outputs, counts=dict(full_report))
-    print(f"wrote {out}/index*.csv, splits.json")
-    return full_report
+    print(f"wrote {cfg.output_dir}/index*.csv, splits.json")
+    return Result(counts=dict(full_report))
+
+
+STAGE = Stage(name=STEP, title="match station observations to satellite times and pixels; split without leakage",
+              config=Config, deps=deps, outs=outs, run=run, record_dir=lambda cfg: cfg.output_dir, doc=__doc__)

@@ -1,65 +1,104 @@
-"""step02 logic: index rows -> z-scored 19 x P x P patch chunks + statistics.
+"""step02_make_patches: index rows -> z-scored 19 x P x P patch chunks + train-only statistics.
 
 Each image time is read once (all splits' stations at that time together),
 its stations' windows are cut in one fancy-indexing call, and the raw patches
 go into one staging array. Statistics come from train rows only; then every
-chunk is normalised and saved atomically.
+chunk is normalised and saved atomically. The artifact layout (chunks,
+manifest, statistics) is :mod:`shared.io.patches`.
 
 Chunk membership is fixed before any image is read: within a split, rows
 sorted by (time, station) after the static filters (edge, land cover); chunk
 ``k`` holds rows ``k*R .. (k+1)*R - 1`` minus those with non-finite inputs.
 So ``skip_existing`` can rebuild just the missing chunks and get identical
 tensors, reading only the images those chunks need.
+
+Reads the index set of step01, ``static.nc`` and every image the index
+rows use (all of them are this stage's ``deps``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
+import os
 from collections import OrderedDict
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .chunks import MANIFEST, chunk_name, load_chunk, save_chunk
-from .errors import UserError
-from .features import N_CHANNELS, SZA_CH, extract_patches, landcover_onehot, loc3, normalise_, time7
-from .index import SPLITS
-from .io_sat import PATCH_CHANNELS, Static, read_frame, read_static
-from .runinfo import fingerprint, write_json
+from shared.core.cli import print_report
+from shared.core.config import resolve_path
+from shared.core.errors import UserError, require_dir
+from shared.core.records import fingerprint, write_json
+from shared.core.runner import Context, Result, Stage
+from shared.features.patch import extract_patches, landcover_onehot, loc3, normalise_, time7
+from shared.io.channels import N_CHANNELS, SZA_CH
+from shared.io.index import SPLITS, image_paths, index_files, read_index, read_splits
+from shared.io.patches import (
+    INPUT_STATS,
+    PATCH_SUBDIR,
+    STATS_SUBDIR,
+    chunk_name,
+    load_chunk,
+    read_stats,
+    save_chunk,
+    write_manifest,
+    write_stats,
+)
+from shared.io.raw import Static, read_frame, read_static
 
-INDEX_NEEDED = ["time_utc", "sat_time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "ta_c", "path_bt", "path_rf", "path_sza", "split"]
+STEP = "step02_make_patches"
 
 
-def read_index(index_dir: Path) -> tuple[pd.DataFrame, dict]:
-    """All rows of ``index_{train,val,test}.csv`` plus ``splits.json``."""
-    from .config import resolve_path
+@dataclass
+class Config:
+    index_dir: Path = Path("step01_make_index/outputs")
+    output_dir: Path = Path(f"{STEP}/outputs")
+    patch_size: int = 9
+    patch_chunk_rows: int = 4096
+    split_workers: int = 2
+    skip_existing: bool = True
+    landcover_exclude: list[int] = field(default_factory=list)
 
-    sp = index_dir / "splits.json"
-    if not sp.is_file():
-        raise UserError(f"no splits.json in {index_dir}; run step01 first (python step01_make_index/run.py)")
-    with open(sp, encoding="utf-8") as fh:
-        splits = json.load(fh)
-    parts = []
-    for s in SPLITS:
-        p = index_dir / f"index_{s}.csv"
-        if not p.is_file():
-            raise UserError(f"missing {p}; rerun step01 (python step01_make_index/run.py --force)")
-        df = pd.read_csv(p)
-        missing = [c for c in INDEX_NEEDED if c not in df.columns]
-        if missing:
-            raise UserError(f"{p}: missing column(s) {', '.join(missing)}; rerun step01 with --force")
-        parts.append(df)
-    df = pd.concat(parts, ignore_index=True)
-    for c in ("time_utc", "sat_time_utc"):
-        df[c] = pd.to_datetime(df[c]).astype("datetime64[ns]")
-    for c in ("path_bt", "path_rf", "path_sza"):
-        df[c] = [str(resolve_path(p)) for p in df[c]] if len(df) else df[c]
-    return df, splits
+    def check(self):
+        if self.patch_size < 1 or self.patch_size % 2 == 0:
+            raise ValueError(f"patch_size must be odd and >= 1 so the window is centred on the station pixel, got {self.patch_size}")
+        if self.patch_chunk_rows < 1:
+            raise ValueError(f"patch_chunk_rows must be >= 1, got {self.patch_chunk_rows}")
+        if self.split_workers < 1:
+            raise ValueError(f"split_workers must be >= 1, got {self.split_workers}")
+
+
+def _static_path(cfg: Config) -> Path:
+    try:
+        return resolve_path(read_splits(cfg.index_dir).get("static", "data/raw/static.nc"))
+    except UserError:
+        return resolve_path("data/raw/static.nc")
+
+
+def deps(cfg: Config) -> list[Path]:
+    """The index set, static.nc and every image its rows use."""
+    return index_files(cfg.index_dir) + [_static_path(cfg)] + image_paths(cfg.index_dir)
+
+
+def outs(cfg: Config) -> list[Path]:
+    out = cfg.output_dir
+    return [out / PATCH_SUBDIR, out / STATS_SUBDIR, out / "report.json"]
+
+
+def upstream(cfg: Config) -> list:
+    return [(cfg.index_dir, index_files(cfg.index_dir), "step01")]
+
+
+# --------------------------------------------------------------------------- reading images
 
 
 def _extract_time(args):
-    """Worker: read one time's stacks once, cut the windows of its rows."""
+    """Read one time's stacks once, cut the windows of its rows."""
     (path_bt, path_rf, path_sza), py, px, p, static = args
     frame = read_frame(path_bt, path_rf, path_sza, static.grid)
     return extract_patches(frame, static, py, px, p)
@@ -76,6 +115,33 @@ def _init_worker(static_path: str) -> None:
 def _extract_time_worker(args):
     paths, py, px, p = args
     return _extract_time((paths, py, px, p, _STATIC))
+
+
+def read_windows(tasks: list, static: Static, workers: int, on_result) -> None:
+    """Run :func:`_extract_time` for every task, in ``workers`` processes when > 1.
+
+    ``on_result(i, patches)`` receives each task's windows. The first failure
+    in any worker ends the whole run promptly with that worker's message:
+    pending tasks are cancelled and the pool is shut down (never left waiting).
+    """
+    if workers <= 1 or len(tasks) <= 1:
+        for i, task in enumerate(tasks):
+            on_result(i, _extract_time(task + (static,)))
+        return
+    ctx = mp.get_context("fork") if hasattr(os, "fork") else mp.get_context()
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(str(static.path),))
+    try:
+        pending = {ex.submit(_extract_time_worker, t): i for i, t in enumerate(tasks)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                i = pending.pop(fut)
+                on_result(i, fut.result())  # re-raises the worker's error here
+    except BrokenProcessPool:
+        raise UserError("a step02 worker process died (out of memory or killed); rerun with split_workers: 1 to "
+                        "see which image fails") from None
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def channel_stats(x: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -98,21 +164,19 @@ def channel_stats(x: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndar
     return mean, std
 
 
-def make_patches(cfg, run) -> dict:
-    """step02 end to end. ``cfg``: step02 config; ``run``: its StepRun."""
+def make_patches(cfg: Config) -> dict:
+    """step02 end to end; returns the row report."""
     import torch
     from tqdm import tqdm
 
     p = cfg.patch_size
     out = cfg.output_dir
-    pdir, sdir = out / "patch_pt", out / "stats"
+    pdir, sdir = out / PATCH_SUBDIR, out / STATS_SUBDIR
     df, splits_info = read_index(cfg.index_dir)
-    from .config import resolve_path
-
     static = read_static(resolve_path(splits_info.get("static", "data/raw/static.nc")))
     grid = static.grid
 
-    report: "OrderedDict[str, int]" = OrderedDict(rows_in=len(df))
+    report: OrderedDict[str, int] = OrderedDict(rows_in=len(df))
     inside = grid.inside(df["pixel_y"].to_numpy(), df["pixel_x"].to_numpy(), margin=p // 2)
     report["dropped_window_off_grid"] = int((~inside).sum())
     df = df[inside]
@@ -133,16 +197,19 @@ def make_patches(cfg, run) -> dict:
     signature = hashlib.sha1(sig_src.encode()).hexdigest()[:16]
 
     stats_ok = False
-    if cfg.skip_existing and (sdir / "input_statistics.json").is_file():
-        with open(sdir / "input_statistics.json", encoding="utf-8") as fh:
-            stats_ok = json.load(fh).get("signature") == signature
+    if cfg.skip_existing and (sdir / INPUT_STATS).is_file():
+        try:
+            with open(sdir / INPUT_STATS, encoding="utf-8") as fh:
+                stats_ok = json.load(fh).get("signature") == signature
+        except (OSError, ValueError, AttributeError):
+            stats_ok = False  # unreadable: rebuilt below
     existing: dict[tuple[str, int], int] = {}
     if cfg.skip_existing and stats_ok:
         for (s, k) in df.groupby(["split", "chunk"]).groups:
             f = pdir / chunk_name(s, k)
             if f.is_file():
                 try:
-                    ch = load_chunk(f, validate=True, patch_size=p)
+                    ch = load_chunk(f, patch_size=p)
                 except UserError:
                     continue
                 if ch.get("signature") == signature:
@@ -161,18 +228,12 @@ def make_patches(cfg, run) -> dict:
         r0 = todo.iloc[rows[0]]
         tasks.append(((r0["path_bt"], r0["path_rf"], r0["path_sza"]), todo["pixel_y"].to_numpy()[rows], todo["pixel_x"].to_numpy()[rows], p))
     bar = tqdm(total=len(tasks), desc="step02 images", unit="img", disable=not tasks)
-    if cfg.split_workers > 1 and len(tasks) > 1:
-        import multiprocessing as mp
 
-        ctx = mp.get_context("fork") if hasattr(__import__("os"), "fork") else mp.get_context()
-        with ctx.Pool(cfg.split_workers, initializer=_init_worker, initargs=(str(static.path),)) as pool:
-            for (_, rows), patches in zip(groups, pool.imap(_extract_time_worker, tasks, chunksize=1)):
-                x_raw[rows] = patches
-                bar.update()
-    else:
-        for (_, rows), task in zip(groups, tasks):
-            x_raw[rows] = _extract_time(task + (static,))
-            bar.update()
+    def store(i, patches):
+        x_raw[groups[i][1]] = patches
+        bar.update()
+
+    read_windows(tasks, static, cfg.split_workers, store)
     bar.close()
 
     finite = np.isfinite(x_raw).all(axis=(1, 2, 3))
@@ -180,12 +241,9 @@ def make_patches(cfg, run) -> dict:
 
     # --- statistics from train rows only ------------------------------------
     if stats_ok:
-        with open(sdir / "input_statistics.json", encoding="utf-8") as fh:
-            st = json.load(fh)
-        with open(sdir / "target_statistics.json", encoding="utf-8") as fh:
-            tst = json.load(fh)
-        mean, std = np.array(st["mean"]), np.array(st["std"])
-        t_mean, t_std = float(tst["mean"]), float(tst["std"])
+        st = read_stats(out)
+        mean, std = np.array(st["input_mean"]), np.array(st["input_std"])
+        t_mean, t_std = st["target_mean"], st["target_std"]
     else:
         tr = (todo["split"].to_numpy() == "train") & finite
         mean, std = channel_stats(x_raw[tr])
@@ -193,9 +251,7 @@ def make_patches(cfg, run) -> dict:
         t_mean, t_std = float(ta.mean()), float(ta.std())
         if not np.isfinite(t_std) or t_std <= 0:
             raise UserError("train TA has no spread; need more than one distinct train observation")
-        stats_meta = {"signature": signature, "from_split": "train", "n_rows": int(tr.sum())}
-        write_json(sdir / "input_statistics.json", {"channels": PATCH_CHANNELS, "mean": mean.tolist(), "std": std.tolist(), **stats_meta})
-        write_json(sdir / "target_statistics.json", {"name": "ta", "units": "degC", "mean": t_mean, "std": t_std, **stats_meta})
+        write_stats(out, mean, std, t_mean, t_std, {"signature": signature, "from_split": "train", "n_rows": int(tr.sum())})
 
     # --- normalise and save each needed chunk -------------------------------
     counts = dict(existing)
@@ -229,11 +285,23 @@ def make_patches(cfg, run) -> dict:
         if f.name not in keep:
             f.unlink()
 
-    manifest = {"patch_size": p, "channels": PATCH_CHANNELS, "signature": signature,
-                "chunks": {s: [{"file": chunk_name(s, k), "rows": counts[(s, k)]} for (ss, k) in sorted(counts) if ss == s] for s in SPLITS}}
+    by_split = {s: [(chunk_name(ss, k), counts[(ss, k)]) for (ss, k) in sorted(counts) if ss == s] for s in SPLITS}
+    manifest = write_manifest(out, p, signature, by_split)
     for s in SPLITS:
-        report[f"rows_{s}"] = sum(e["rows"] for e in manifest["chunks"][s])
-    manifest["rows"] = {s: report[f"rows_{s}"] for s in SPLITS}
-    write_json(pdir / MANIFEST, manifest)
+        report[f"rows_{s}"] = manifest["rows"][s]
     write_json(out / "report.json", report)
     return report
+
+
+def run(cfg: Config, ctx: Context) -> Result:
+    require_dir(cfg.index_dir, "step01 outputs", "run step01 first: python step01_make_index/run.py")
+    report = make_patches(cfg)
+    print_report("step02: rows", report)
+    print(f"wrote {cfg.output_dir}/patch_pt ({report['rows_train']:,} train / {report['rows_val']:,} val / "
+          f"{report['rows_test']:,} test rows)")
+    return Result(counts=dict(report))
+
+
+STAGE = Stage(name=STEP, title="cut 19 x P x P patches around the index rows, z-score them, write patch_pt chunks",
+              config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
+              record_dir=lambda cfg: cfg.output_dir, doc=__doc__)

@@ -1,472 +1,140 @@
-"""step05 logic: score the model and the baselines on the test split; tables and plots.
+"""step05_eval_metrics: score the model and the baselines on the test split; tables and plots.
 
-Rows are the test chunks of step02 (``shared/chunks.py``): the model predicts
-each from its stored window (``best.pt`` alone, as step04 does); the baselines
-(``shared/baselines.py``) are fitted on the train chunks and predict the same
-rows. All are scored with ``shared/metrics.py``.
-
-Maps: for every test time that step04 mapped, the map value at each test
-station's pixel is joined to the row (``map_c``). The map and the model are the
-same network on the same window, so they must agree; the one input that
-differs is ``loc``: a map pixel carries its pixel centre's lat/lon, a chunk row
-its station's. The agreement check therefore reruns those rows with the pixel
-centre's lat/lon and requires ``|map - model| <= map_agreement_tol_K`` (fp32
-maps); the difference with the station's own lat/lon is reported beside it.
-
-On the demo world (``truth/ta_true_*.nc`` next to the raw data) each map is
-also scored against the true field over the whole grid, and the noise floor
-of ``truth.json`` (what a perfect map scores at the stations) is reported.
+Rows are the test chunks of step02 (:mod:`shared.io.patches`): the model
+predicts each from its stored window (``best.pt`` alone, as step04 does); the
+baselines (:mod:`shared.evaluation.baselines`) are fitted on the train
+chunks and predict the same rows; all are scored with
+:mod:`shared.evaluation.metrics`. step04's maps of a finished step04 run are
+joined at the test stations and checked against the model
+(:mod:`shared.evaluation.maps`). Writes ``metrics.json``, ``preds_test.csv``,
+``by_*.csv`` tables and PNG plots (:mod:`shared.evaluation.plots`) and prints
+the metrics table.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Optional
 
 import numpy as np
 import pandas as pd
 
-from .baselines import BASELINES, centre_features, fit_baselines
-from .errors import UserError
-from .features import SZA_CH
-from .metrics import field_rmse, format_table, grouped_metrics, regression_metrics
+from shared.core.config import resolve_path
+from shared.core.errors import UserError, rerun
+from shared.core.records import fingerprint, finished_record, read_record, write_csv, write_json
+from shared.core.runner import Context, Result, Stage
+from shared.evaluation.baselines import BASELINES, centre_features, fit_baselines
+from shared.evaluation.maps import join_maps, map_agreement, map_files, station_truth_floor, truth_scores
+from shared.evaluation.metrics import format_table, grouped_metrics, regression_metrics
+from shared.evaluation.plots import plot_bars, plot_residuals, plot_rmse_by_hour, plot_scatter, plot_station_map
+from shared.evaluation.rows import MODEL, build_table, check_stats, pred_columns, read_rows
+from shared.io.index import SPLITS_JSON, read_splits
+from shared.io.patches import MANIFEST, PATCH_SUBDIR, STATS_SUBDIR
+from shared.io.raw import read_static
+from shared.mapping.predict import load_predictor
+from shared.mapping.quicklook import station_distance_km
 
-KELVIN = 273.15
-IR105_CH = 6  # PATCH_CHANNELS index of IR105
-MODEL = "model"
+STEP = "step05_eval_metrics"
 
 
-# --------------------------------------------------------------------------- data
+@dataclass
+class BaselineConfig:
+    hgb_max_iter: int = 300
+    hgb_learning_rate: float = 0.1
+    hgb_max_leaf_nodes: int = 31
+    seed: int = 0
+
+    def check(self):
+        if self.hgb_max_iter < 1 or self.hgb_max_leaf_nodes < 2 or not (0 < self.hgb_learning_rate <= 1):
+            raise ValueError("baselines: hgb_max_iter >= 1, hgb_max_leaf_nodes >= 2 and 0 < hgb_learning_rate <= 1 are needed")
 
 
-def read_rows(patch_dir: Path, split: str, predictor=None, batch_size: int = 2048) -> dict:
-    """Everything step05 needs from one split's chunks, as numpy arrays.
+@dataclass
+class Config:
+    checkpoint: Path = Path("step03_train_clay/weights/best.pt")
+    patch_dir: Path = Path("step02_make_patches/outputs")
+    index_dir: Path = Path("step01_make_index/outputs")
+    map_dir: Path = Path("step04_infer_map/outputs")
+    truth_dir: Optional[Path] = None
+    output_dir: Path = Path(f"{STEP}/outputs")
+    split: Literal["test", "val"] = "test"
+    batch_size: int = 8192
+    num_threads: int = 0
+    clear_ir105_K: float = 270.0
+    compare_maps: bool = True
+    map_agreement_tol_K: float = 1.0e-3
+    coverage_km: float = 100.0
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
 
-    ``centre (N, 19)`` z-scored centre pixel, ``time7``, ``loc``, ``lc (N,)``
-    IGBP class (0 = none), ``time (N,)`` datetime64, ``stn_id``, ``pixel_y``,
-    ``pixel_x``, ``y (N,)`` TA z-score and, with a ``predictor``, ``pred_z (N,)``.
-    """
-    from .chunks import load_chunk, read_manifest, split_files
+    def check(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.map_agreement_tol_K <= 0:
+            raise ValueError(f"map_agreement_tol_K must be > 0, got {self.map_agreement_tol_K}")
+        if not (150.0 < self.clear_ir105_K < 350.0):
+            raise ValueError(f"clear_ir105_K is a brightness temperature in K (e.g. 270), got {self.clear_ir105_K}")
 
-    pdir = patch_dir / "patch_pt"
-    files = split_files(pdir, split)
-    p = int(read_manifest(pdir).get("patch_size", 0)) or None
-    if predictor is not None and p is not None and p != predictor.patch_size:
-        raise UserError(f"{pdir}: patches are {p}x{p} but the checkpoint's model takes {predictor.patch_size}x{predictor.patch_size}; "
-                        f"rerun step02/step03 with the same patch_size")
-    parts: dict[str, list] = {k: [] for k in ("centre", "time7", "loc", "lc", "time", "stn_id", "pixel_y", "pixel_x", "y", "pred_z")}
-    for f in files:
-        ch = load_chunk(f, patch_size=p)
-        x = ch["x"]
-        c = x.shape[-1] // 2
-        parts["centre"].append(x[:, :, c, c].numpy().copy())
-        parts["time7"].append(ch["time7"].numpy().copy())
-        parts["loc"].append(ch["loc"].numpy().copy())
-        oh = ch["landcover_onehot"].numpy()
-        parts["lc"].append(np.where(oh.sum(1) > 0, oh.argmax(1) + 1, 0))
-        meta = ch["meta"]
-        parts["time"].append(meta["time"].numpy().astype("datetime64[s]").astype("datetime64[ns]"))
-        for k in ("stn_id", "pixel_y", "pixel_x"):
-            parts[k].append(meta[k].numpy().copy())
-        parts["y"].append(ch["y"].numpy().copy())
-        if predictor is not None:
-            preds = []
-            for b0 in range(0, x.shape[0], batch_size):
-                sl = slice(b0, b0 + batch_size)
-                batch = {"x": x[sl], "time7": ch["time7"][sl], "loc": ch["loc"][sl],
-                         "landcover_onehot": ch["landcover_onehot"][sl], "time_unix": meta["time"][sl]}
-                preds.append(predictor.predict(batch))
-            parts["pred_z"].append(np.concatenate(preds) if preds else np.zeros(0, np.float32))
-    out = {k: np.concatenate(v) for k, v in parts.items() if v}
-    if len(out.get("y", [])) == 0:
-        raise UserError(f"split '{split}' has no rows in {pdir}; check step01's split fractions")
+
+def deps(cfg: Config) -> list[Path]:
+    out = [cfg.checkpoint, cfg.patch_dir / PATCH_SUBDIR, cfg.patch_dir / STATS_SUBDIR, cfg.index_dir / SPLITS_JSON,
+           cfg.index_dir / "index.csv"]
+    if cfg.compare_maps:
+        out.append(cfg.map_dir)
+    try:
+        raw = resolve_path(read_splits(cfg.index_dir).get("raw_dir", "data/raw"))
+        out += [cfg.truth_dir or raw / "truth", raw / "truth.json"]
+    except UserError:
+        pass  # run() reports the missing index
     return out
 
 
-def predict_rows(predictor, rows: dict, x_rows: list[tuple[Path, np.ndarray]], loc: np.ndarray, batch_size: int = 2048) -> np.ndarray:
-    """Model z-scores of chosen chunk rows with a replaced ``loc (N, 3)``.
+NAMES = ("metrics.json", "preds_test.csv", "by_station.csv", "by_hour.csv", "by_month.csv", "by_landcover.csv",
+         "by_daynight.csv", "by_sky.csv", "scatter.png", "residual_hist.png", "rmse_by_hour.png",
+         "station_rmse_map.png", "model_vs_baselines.png")
 
-    ``x_rows``: ``(chunk file, row indices)`` in the order of ``loc``.
-    """
+
+def outs(cfg: Config) -> list[Path]:
+    return [cfg.output_dir / n for n in NAMES]
+
+
+def upstream(cfg: Config) -> list:
+    return [(cfg.checkpoint.parent, [cfg.checkpoint], "step03"),
+            (cfg.patch_dir, [cfg.patch_dir / PATCH_SUBDIR, cfg.patch_dir / STATS_SUBDIR], "step02"),
+            (cfg.index_dir, [cfg.index_dir / SPLITS_JSON, cfg.index_dir / "index.csv"], "step01")]
+
+
+def check_trained_on(predictor, patch_dir: Path, ckpt_path: Path) -> None:
+    """The checkpoint must have been trained on these patches (same step02 signature and statistics)."""
+    check_stats(predictor, patch_dir, ckpt_path)
+    want = (predictor.info.get("data") or {}).get("patch_signature")
+    man = json.loads((patch_dir / PATCH_SUBDIR / MANIFEST).read_text(encoding="utf-8"))
+    if want and man.get("signature") and want != man["signature"]:
+        raise UserError(f"{ckpt_path} was trained on other patches than {patch_dir} (step02 signature "
+                        f"{want} vs {man['signature']}: step02 was rerun after step03); {rerun('step03')}")
+
+
+def finished_maps(map_dir: Path) -> tuple[dict, list[Path]]:
+    """Maps of step04's last finished run (unchanged since), and the other map files found in the folder."""
+    found = map_files(map_dir)
+    done = finished_record(read_record(map_dir))
+    listed = (done or {}).get("outputs") or {}
+    ok = {t: p for t, p in found.items() if listed.get(str(p)) == fingerprint([p])[str(p)]}
+    return ok, [p for t, p in found.items() if t not in ok]
+
+
+def run(cfg: Config, ctx: Context) -> Result:
     import torch
-
-    from .chunks import load_chunk
-
-    out, k = [], 0
-    for f, idx in x_rows:
-        ch = load_chunk(f, validate=False)
-        idx_t = torch.as_tensor(idx, dtype=torch.long)
-        n = len(idx)
-        batch = {"x": ch["x"][idx_t], "time7": ch["time7"][idx_t], "loc": torch.from_numpy(loc[k:k + n].astype(np.float32)),
-                 "landcover_onehot": ch["landcover_onehot"][idx_t], "time_unix": ch["meta"]["time"][idx_t]}
-        out.append(predictor.predict(batch))
-        k += n
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
-def chunk_row_locations(patch_dir: Path, split: str) -> list[tuple[Path, int]]:
-    """``(file, rows)`` of each chunk of the split, in read order."""
-    from .chunks import read_manifest, split_files
-
-    pdir = patch_dir / "patch_pt"
-    man = read_manifest(pdir)
-    rows = {e["file"]: int(e["rows"]) for e in man.get("chunks", {}).get(split, [])}
-    return [(f, rows[f.name]) for f in split_files(pdir, split)]
-
-
-def check_stats(predictor, patch_dir: Path, ckpt_path: Path) -> None:
-    """The chunks must be z-scored with the statistics the model was trained with."""
-    from .patch_data import read_stats
-
-    st = read_stats(patch_dir)
-    same = (np.allclose(st["input_mean"], predictor.input_mean, rtol=1e-6, atol=1e-9)
-            and np.allclose(st["input_std"], predictor.input_std, rtol=1e-6, atol=1e-9)
-            and np.isclose(st["target_mean"], predictor.target_mean, rtol=1e-6)
-            and np.isclose(st["target_std"], predictor.target_std, rtol=1e-6))
-    if not same:
-        raise UserError(f"{ckpt_path} was trained on patches normalised with other statistics than {patch_dir / 'stats'} "
-                        f"(step02 was rerun after step03); retrain: python step03_train_clay/run.py")
-
-
-# --------------------------------------------------------------------------- table of rows
-
-
-def build_table(rows: dict, predictor, base_preds: dict[str, np.ndarray], clear_ir105_K: float) -> pd.DataFrame:
-    """One row per test sample: ids, obs, predictions (deg C) and the breakdown keys."""
-    from .static import IGBP_CLASSES
-
-    mean, std = predictor.input_mean, predictor.input_std
-    t = pd.DatetimeIndex(rows["time"])
-    obs_c = rows["y"].astype(np.float64) * predictor.target_std + predictor.target_mean
-    sza = rows["centre"][:, SZA_CH] * std[SZA_CH] + mean[SZA_CH]
-    ir105 = rows["centre"][:, IR105_CH] * std[IR105_CH] + mean[IR105_CH]
-    names = ["unclassified"] + list(IGBP_CLASSES)
-    df = pd.DataFrame({
-        "time_utc": t,
-        "stn_id": rows["stn_id"],
-        "lat": rows["loc"][:, 0].astype(np.float64).round(5),
-        "lon": rows["loc"][:, 1].astype(np.float64).round(5),
-        "pixel_y": rows["pixel_y"],
-        "pixel_x": rows["pixel_x"],
-        "obs_c": obs_c.round(4),
-        "prediction_c": predictor.to_celsius(rows["pred_z"]).astype(np.float64),
-    })
-    for name in BASELINES:
-        df[f"{name}_c"] = base_preds[name]
-    kst = t + pd.Timedelta(hours=9)
-    df["hour_utc"] = t.hour
-    df["hour_kst"] = kst.hour
-    df["month"] = t.month
-    df["landcover"] = rows["lc"]
-    df["landcover_name"] = [names[i] if 0 <= i < len(names) else "unclassified" for i in rows["lc"]]
-    df["sza_deg"] = sza.astype(np.float64).round(3)
-    df["ir105_K"] = ir105.astype(np.float64).round(3)
-    df["day_night"] = np.where(sza < 90.0, "day", "night")
-    df["sky"] = np.where(ir105 >= clear_ir105_K, "clear", "cloudy")
-    return df
-
-
-def pred_columns(df: pd.DataFrame) -> dict[str, str]:
-    cols = {MODEL: "prediction_c"}
-    cols.update({b: f"{b}_c" for b in BASELINES if f"{b}_c" in df})
-    return cols
-
-
-# --------------------------------------------------------------------------- maps
-
-
-def map_files(map_dir: Path) -> dict[pd.Timestamp, Path]:
-    from .mapio import time_of_map_name
-
-    out = {}
-    if map_dir.is_dir():
-        for p in sorted(map_dir.glob("ta_map_*.nc")):
-            t = time_of_map_name(p.name)
-            if t is not None:
-                out[t] = p
-    return out
-
-
-def map_offset(f, grid, path: Path) -> tuple[int, int]:
-    """Where map ``f`` starts inside ``grid``: the whole grid or a region of it (step04 ``region``)."""
-    g = f.grid
-    r0, c0 = g.row0 - grid.row0, g.col0 - grid.col0
-    if g.proj4 != grid.proj4 or g.res_m != grid.res_m or r0 < 0 or c0 < 0 or r0 + g.ny > grid.ny or c0 + g.nx > grid.nx:
-        from .mapio import _grid_desc
-
-        raise UserError(f"{path}: map is on grid {_grid_desc(g)}, which is not part of the data's grid {_grid_desc(grid)}; "
-                        f"it was made from another static.nc: delete it and rerun step04")
-    return r0, c0
-
-
-def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid,
-              ckpt_fp: str | None) -> tuple[pd.DataFrame, list[dict], list[Path]]:
-    """Add ``map_c`` (NaN where the time has no map or the station lies outside a region map).
-
-    Returns the table, the per-map info of the maps joined, and the maps left
-    out because another checkpoint made them (an older model's maps stay in
-    step04's folder until its times are mapped again).
-    """
-    from .mapio import read_map
-
-    df = df.copy()
-    df["map_c"] = np.nan
-    info, other = [], []
-    times = set(pd.DatetimeIndex(df["time_utc"].unique()))
-    for t, p in maps.items():
-        if t not in times:
-            continue
-        f = read_map(p)
-        r0, c0 = map_offset(f, grid, p)
-        fp = f.attrs.get("checkpoint_fingerprint")
-        if ckpt_fp is not None and fp is not None and fp != ckpt_fp:
-            other.append(p)
-            continue
-        py, px = df["pixel_y"].to_numpy() - r0, df["pixel_x"].to_numpy() - c0
-        sel = (df["time_utc"] == t).to_numpy() & f.grid.inside(py, px)
-        df.loc[sel, "map_c"] = f.t2m[py[sel], px[sel]].astype(np.float64) - KELVIN
-        info.append({"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": p.name, "precision": str(f.attrs.get("precision", "?")),
-                     "rows": int(sel.sum()), "grid": f.grid.attrs()})
-    return df, info, other
-
-
-def map_agreement(df: pd.DataFrame, predictor, patch_dir: Path, split: str, static, tol_K: float,
-                  fp32_maps: bool, batch_size: int) -> dict:
-    """Rerun the mapped rows with pixel-centre lat/lon and compare with the map values."""
-    sel = np.nonzero(df["map_c"].notna().to_numpy())[0]
-    if len(sel) == 0:
-        return {"n": 0, "note": "no test time has a step04 map"}
-    # global row -> (chunk file, local row)
-    locs = chunk_row_locations(patch_dir, split)
-    starts = np.cumsum([0] + [n for _, n in locs])
-    x_rows = []
-    for i, (f, _) in enumerate(locs):
-        m = (sel >= starts[i]) & (sel < starts[i + 1])
-        if m.any():
-            x_rows.append((f, sel[m] - starts[i]))
-    py, px = df["pixel_y"].to_numpy()[sel], df["pixel_x"].to_numpy()[sel]
-    from .features import loc3
-
-    loc = loc3(static.lat[py, px].astype(np.float32), static.lon[py, px].astype(np.float32), static.grid.res_m)
-    z = predict_rows(predictor, {}, x_rows, loc, batch_size)
-    model_pix_K = predictor.to_kelvin(z).astype(np.float64)
-    map_K = df["map_c"].to_numpy()[sel] + KELVIN
-    d = np.abs(map_K - model_pix_K)
-    d_station = np.abs(map_K - (df["prediction_c"].to_numpy()[sel] + KELVIN))
-    worst = int(np.nanargmax(d))
-    res = {
-        "n": int(len(sel)),
-        "max_abs_diff_K": float(np.nanmax(d)),
-        "mean_abs_diff_K": float(np.nanmean(d)),
-        "tolerance_K": tol_K,
-        "checked": bool(fp32_maps),
-        "ok": bool(np.nanmax(d) <= tol_K) if fp32_maps else None,
-        "note": "model rerun on the same chunk windows with the map pixel's centre lat/lon (what the map uses)",
-        "station_latlon_max_abs_diff_K": float(np.nanmax(d_station)),
-        "station_latlon_note": "map vs the model with the station's own lat/lon (the scored predictions): effect of the ~1 km location offset",
-    }
-    if fp32_maps and not res["ok"]:
-        r = df.iloc[sel[worst]]
-        raise UserError(f"step04 map and model disagree by {d[worst]:.4g} K (> {tol_K:g} K) at station {r['stn_id']} "
-                        f"{r['time_utc']:%Y-%m-%d %H:%M} UTC (pixel {r['pixel_y']},{r['pixel_x']}); the maps are stale or "
-                        f"were made differently: rerun step04 with --force")
-    return res
-
-
-def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, near: np.ndarray | None = None) -> list[dict]:
-    """Whole-grid RMSE of each map against the demo world's true field.
-
-    Over all pixels, land, sea and (``near``, a (ny, nx) mask) the pixels
-    close to a station, where the model can be trusted most.
-    """
-    import netCDF4
-
-    from .mapio import read_map
-
-    out = []
-    land = static.lsmask > 0.5
-    masks = [("all", None), ("land", land), ("sea", ~land)]
-    if near is not None:
-        masks.append(("near_stations", near))
-    for m in maps_used:
-        t = pd.Timestamp(m["time_utc"])
-        tp = truth_dir / f"ta_true_{t:%Y%m%d%H%M}.nc"
-        if not tp.is_file():
-            continue
-        f = read_map(map_dir / m["file"])
-        r0, c0 = map_offset(f, static.grid, map_dir / m["file"])
-        cut = (slice(r0, r0 + f.grid.ny), slice(c0, c0 + f.grid.nx))
-        with netCDF4.Dataset(tp) as ds:
-            truth = np.ma.filled(ds.variables["t2m"][...].astype(np.float64), np.nan)
-        if truth.shape != static.grid.shape:
-            raise UserError(f"{tp}: truth is {truth.shape}, static.nc {static.grid.shape}; the demo world and static.nc differ: rerun the pipeline")
-        truth = truth[cut]
-        rec = {"time_utc": m["time_utc"], "file": m["file"], "region": f.grid.shape != static.grid.shape}
-        for name, mask in masks:
-            s = field_rmse(f.t2m, truth, None if mask is None else mask[cut])
-            rec[f"rmse_K_{name}"] = s["rmse_K"]
-            rec[f"bias_K_{name}"] = s["bias"]
-            rec[f"n_pixels_{name}"] = s["n_pixels"]
-        out.append(rec)
-    return out
-
-
-def station_truth_floor(df: pd.DataFrame, raw_dir: Path, ta_std: float) -> dict | None:
-    """Noise floor on exactly the test rows: obs vs the true t2m at the station (demo world only)."""
-    p = raw_dir / "truth" / "station_truth.csv"
-    if not p.is_file():
-        return None
-    tr = pd.read_csv(p, usecols=["stn_id", "time_utc", "ta_true_c"])
-    tr["time_utc"] = pd.to_datetime(tr["time_utc"]).astype("datetime64[ns]")
-    j = df[["time_utc", "stn_id", "obs_c", "prediction_c"]].merge(tr, on=["time_utc", "stn_id"], how="left")
-    m = regression_metrics(j["ta_true_c"].to_numpy(), j["obs_c"].to_numpy(), ta_std)
-    mt = regression_metrics(j["prediction_c"].to_numpy(), j["ta_true_c"].to_numpy(), ta_std)
-    return {"test_rows_obs_vs_truth_rmse_K": m["rmse_K"], "n": m["n"], "model_vs_truth_at_stations_rmse_K": mt["rmse_K"]}
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    from .runinfo import atomic_path
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    _plt().close(fig)
-
-
-def plot_scatter(df: pd.DataFrame, m: dict, path: Path) -> None:
-    plt = _plt()
-    obs, pred = df["obs_c"].to_numpy(), df["prediction_c"].to_numpy()
-    lo, hi = np.nanmin([obs.min(), pred.min()]) - 1, np.nanmax([obs.max(), pred.max()]) + 1
-    fig, ax = plt.subplots(figsize=(5.6, 5.2))
-    if len(df) > 4000:
-        hb = ax.hexbin(obs, pred, gridsize=70, bins="log", cmap="viridis", mincnt=1, extent=(lo, hi, lo, hi))
-        fig.colorbar(hb, ax=ax, label="samples (log)")
-    else:
-        ax.scatter(obs, pred, s=6, alpha=0.5, lw=0)
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="1:1")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_aspect("equal")
-    ax.set_xlabel("observed 2 m TA (°C)")
-    ax.set_ylabel("predicted 2 m TA (°C)")
-    ax.set_title("test split: model vs station observations")
-    ax.text(0.03, 0.97, f"n = {m['n']:,}\nRMSE = {m['rmse_K']:.2f} K\nMAE = {m['mae']:.2f} K\nbias = {m['bias']:+.2f} K\nR² = {m['r2']:.3f}",
-            transform=ax.transAxes, va="top", fontsize=9, bbox=dict(facecolor="w", alpha=0.8, lw=0))
-    ax.legend(loc="lower right")
-    _save(fig, path)
-
-
-def plot_residuals(df: pd.DataFrame, path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    e = (df["prediction_c"] - df["obs_c"]).to_numpy()
-    bins = np.linspace(np.nanpercentile(e, 0.5) - 0.5, np.nanpercentile(e, 99.5) + 0.5, 50)
-    ax.hist(e, bins=bins, color="C0", alpha=0.8, label=f"model (mean {np.nanmean(e):+.2f}, sd {np.nanstd(e):.2f} K)")
-    if "hgb_c" in df:
-        eh = (df["hgb_c"] - df["obs_c"]).to_numpy()
-        ax.hist(eh, bins=bins, histtype="step", color="C3", lw=1.4, label=f"HGB baseline (sd {np.nanstd(eh):.2f} K)")
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("prediction - observation (K)")
-    ax.set_ylabel("samples")
-    ax.set_title("residuals on the test split")
-    ax.legend(fontsize=8)
-    _save(fig, path)
-
-
-def plot_rmse_by_hour(tab: pd.DataFrame, names: list[str], path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    t = tab.sort_values("hour_kst")
-    for i, n in enumerate(names):
-        ax.plot(t["hour_kst"], t[f"rmse_K_{n}"], marker="o", lw=2.2 if n == MODEL else 1.2, color=f"C{i}", label=n)
-    ax.set_xlabel("hour of day: KST (top line) / UTC (bottom line)")
-    ax.set_ylabel("RMSE (K)")
-    ax.set_xticks(range(0, 24, 3), [f"{h:02d}\n{(h - 9) % 24:02d}Z" for h in range(0, 24, 3)])
-    ax.set_xlim(-0.5, 23.5)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("RMSE by hour of day", fontsize=10)
-    _save(fig, path)
-
-
-def plot_station_map(st: pd.DataFrame, static, path: Path) -> None:
-    from .mapio import draw_outline
-
-    plt = _plt()
-    g = static.grid
-    fig, ax = plt.subplots(figsize=(6.4, max(3.5, 6.0 * g.ny / g.nx)))
-    draw_outline(ax, g, static.lsmask, lat=static.lat, lon=static.lon)
-    xk, yk = g.x / 1000.0, g.y / 1000.0
-    sc = ax.scatter(xk[st["pixel_x"].to_numpy()], yk[st["pixel_y"].to_numpy()], c=st["rmse_K_model"], s=40,
-                    cmap="magma_r", edgecolors="k", linewidths=0.5, zorder=3,
-                    vmin=0, vmax=max(1.0, float(np.nanpercentile(st["rmse_K_model"], 95))))
-    fig.colorbar(sc, ax=ax, shrink=0.8, label="RMSE (K)", extend="max")
-    sx, sy = xk[st["pixel_x"].to_numpy()], yk[st["pixel_y"].to_numpy()]
-    if len(st) <= 40:
-        for x, y, sid in zip(sx, sy, st["stn_id"]):
-            ax.annotate(str(sid), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color="0.25")
-    # zoom on the stations (the KO grid is far larger than Korea), keeping the grid's bounds
-    pad = 120.0
-    ax.set_xlim(max(ax.get_xlim()[0], sx.min() - pad), min(ax.get_xlim()[1], sx.max() + pad))
-    ax.set_ylim(max(ax.get_ylim()[0], sy.min() - pad), min(ax.get_ylim()[1], sy.max() + pad))
-    ax.set_title(f"model RMSE at the {len(st)} test stations", fontsize=10)
-    _save(fig, path)
-
-
-def plot_bars(results: dict[str, dict], noise_floor: float | None, path: Path) -> None:
-    plt = _plt()
-    names = list(results)
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    x = np.arange(len(names))
-    rm = [results[n]["rmse_K"] for n in names]
-    ma = [results[n]["mae"] for n in names]
-    ax.bar(x - 0.18, rm, 0.36, label="RMSE", color=["C0" if n == MODEL else "0.6" for n in names])
-    ax.bar(x + 0.18, ma, 0.36, label="MAE", color=["C9" if n == MODEL else "0.8" for n in names])
-    for xi, v in zip(x, rm):
-        ax.text(xi - 0.18, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-    if noise_floor is not None:
-        ax.axhline(noise_floor, color="C3", ls="--", lw=1, label=f"noise floor {noise_floor:.2f} K")
-    ax.set_xticks(x, names)
-    ax.set_ylabel("K")
-    ax.set_title("test split: model vs baselines (same rows)", fontsize=10)
-    ax.legend(fontsize=8)
-    _save(fig, path)
-
-
-# --------------------------------------------------------------------------- step05
-
-
-def run_step05(cfg, run) -> dict:
-    import torch
-
-    from .config import resolve_path
-    from .infer_map import load_predictor
-    from .io_sat import read_static
-    from .runinfo import fingerprint, write_csv, write_json
 
     threads = cfg.num_threads if cfg.num_threads > 0 else max(1, os.cpu_count() or 1)
     torch.set_num_threads(threads)
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     predictor = load_predictor(cfg.checkpoint, "fp32")
-    sp = cfg.index_dir / "splits.json"
-    if not sp.is_file():
-        raise UserError(f"no splits.json in {cfg.index_dir}; run step01 first (python step01_make_index/run.py)")
-    splits = json.loads(sp.read_text(encoding="utf-8"))
+    check_trained_on(predictor, cfg.patch_dir, cfg.checkpoint)
+    splits = read_splits(cfg.index_dir)
     static = read_static(resolve_path(splits.get("static", "data/raw/static.nc")))
     raw_dir = resolve_path(splits.get("raw_dir", "data/raw"))
 
@@ -487,7 +155,11 @@ def run_step05(cfg, run) -> dict:
     maps_used, maps_other, agreement, truth = [], [], None, []
     if cfg.compare_maps:
         ckpt_fp = fingerprint([cfg.checkpoint])[str(cfg.checkpoint)]
-        df, maps_used, maps_other = join_maps(df, map_files(cfg.map_dir), static.grid, ckpt_fp)
+        maps, unlisted = finished_maps(cfg.map_dir)
+        if unlisted:
+            print(f"warning: {len(unlisted)} map(s) in {cfg.map_dir} are not part of step04's last finished run and are "
+                  f"left out (first: {unlisted[0].name}); rerun step04 to include them", file=sys.stderr)
+        df, maps_used, maps_other = join_maps(df, maps, static.grid, ckpt_fp)
         if maps_other:
             print(f"warning: {len(maps_other)} map(s) in {cfg.map_dir} were made with another checkpoint than "
                   f"{cfg.checkpoint} and are left out (first: {maps_other[0].name}); rerun step04 for their times "
@@ -499,8 +171,6 @@ def run_step05(cfg, run) -> dict:
             near = None
             ip = cfg.index_dir / "index.csv"
             if ip.is_file() and cfg.coverage_km > 0:
-                from .mapio import station_distance_km
-
                 px = pd.read_csv(ip, usecols=["pixel_y", "pixel_x"]).drop_duplicates()
                 near = station_distance_km(static.grid, px["pixel_y"].to_numpy(), px["pixel_x"].to_numpy()) <= cfg.coverage_km
             truth = truth_scores(maps_used, cfg.map_dir, truth_dir, static, near)
@@ -580,8 +250,6 @@ def run_step05(cfg, run) -> dict:
 
     write_json(out / "metrics.json", metrics)
     outputs.append(out / "metrics.json")
-    run.finish(outputs, counts={"n_test": int(len(df)), "n_train_baselines": base.n_train,
-                                "n_mapped_rows": int(mapped.sum()), "maps": len(maps_used)})
 
     # --- summary ---------------------------------------------------------------
     print()
@@ -599,13 +267,14 @@ def run_step05(cfg, run) -> dict:
         state = "ok" if agreement.get("ok") else ("not checked (bf16 maps)" if not agreement.get("checked") else "FAILED")
         print(f"map vs model at {agreement['n']} mapped test rows: max |diff| {agreement['max_abs_diff_K']:.2e} K ({state})")
     print(f"wrote {out}/metrics.json, preds_test.csv, by_*.csv, *.png")
-    return metrics
+    return Result(counts={"n_test": int(len(df)), "n_train_baselines": base.n_train,
+                          "n_mapped_rows": int(mapped.sum()), "maps": len(maps_used)}, outputs=outputs)
 
 
-def print_saved_table(path: Path) -> None:
+def print_saved_table(cfg: Config) -> None:
     """Print the model-vs-baselines table of an earlier run's metrics.json (when step05 is up to date)."""
     try:
-        m = json.loads(Path(path).read_text(encoding="utf-8"))
+        m = json.loads((cfg.output_dir / "metrics.json").read_text(encoding="utf-8"))
         results = {MODEL: m["model"], **m["baselines"]}
     except (OSError, ValueError, KeyError):
         return
@@ -613,3 +282,8 @@ def print_saved_table(path: Path) -> None:
     floor = (m.get("demo_world") or {}).get("noise_floor_rmse_K")
     if floor is not None:
         print(f"noise floor (demo world truth.json): {floor:.3f} K")
+
+
+STAGE = Stage(name=STEP, title="score the model and the baselines on the test split; tables and plots",
+              config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
+              record_dir=lambda cfg: cfg.output_dir, on_up_to_date=print_saved_table, doc=__doc__)

@@ -1,14 +1,14 @@
 """Inspect one patch_pt chunk: keys, shapes, dtypes, per-channel stats, one sample.
 
-    python -m shared.check_patch_pt step02_make_patches/outputs/patch_pt/train_chunk_00000.pt --idx 0
+    python -m shared.tools.check_patch_pt step02_make_patches/outputs/patch_pt/train_chunk_00000.pt --idx 0
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .cli import run_main
-from .io_sat import PATCH_CHANNELS
+from shared.core.cli import run_main
+from shared.io.channels import PATCH_CHANNELS
 
 
 def describe(path, idx: int = 0) -> str:
@@ -16,8 +16,8 @@ def describe(path, idx: int = 0) -> str:
     import pandas as pd
     import torch
 
-    from .chunks import load_chunk
-    from .errors import UserError
+    from shared.core.errors import UserError
+    from shared.io.patches import load_chunk
 
     ch = load_chunk(path)
     n = ch["x"].shape[0]
@@ -46,14 +46,14 @@ def describe(path, idx: int = 0) -> str:
     t = pd.Timestamp(m["time"], unit="s")
     p = x.shape[-1]
     lines.append(f"  sample {idx}: time {t:%Y-%m-%d %H:%M} UTC, stn_id {m['stn_id']}, pixel (y={m['pixel_y']}, x={m['pixel_x']}), y={yy[idx]:.3f}")
-    lines.append(f"    centre pixel: " + ", ".join(f"{nm}={x[idx, c, p // 2, p // 2]:.2f}" for c, nm in enumerate(names)))
+    lines.append("    centre pixel: " + ", ".join(f"{nm}={x[idx, c, p // 2, p // 2]:.2f}" for c, nm in enumerate(names)))
     lines.append(f"    time7 {np.round(ch['time7'][idx].numpy(), 3).tolist()}")
     lines.append(f"    loc {np.round(ch['loc'][idx].numpy(), 4).tolist()}  landcover class {int(ch['landcover_onehot'][idx].argmax()) + 1 if ch['landcover_onehot'][idx].sum() > 0 else 'none'}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shared.check_patch_pt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m shared.tools.check_patch_pt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file")
     ap.add_argument("--idx", type=int, default=0, help="row to print (default 0)")
     a = ap.parse_args(argv)

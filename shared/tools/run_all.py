@@ -1,9 +1,9 @@
 """Run the whole pipeline: demo world (if asked) then every step's run.py in order.
 
-    python -m shared.run_all                 # demo world + step01..step05 with default configs
-    python -m shared.run_all --preset tiny   # small world, for a quick look
-    python -m shared.run_all --no-world      # your own data/raw; steps only
-    python -m shared.run_all --steps 3 4 5   # a subset (each step reads the previous one's files)
+    python -m shared.tools.run_all                 # demo world + step01..step05 with default configs
+    python -m shared.tools.run_all --preset tiny   # small world, for a quick look
+    python -m shared.tools.run_all --no-world      # your own data/raw; steps only
+    python -m shared.tools.run_all --steps 3 4 5   # a subset (each step reads the previous one's files)
 
 Each step runs as its own process exactly as a user would run it, so a step
 whose inputs did not change says "up to date" and finishes in a second.
@@ -15,9 +15,9 @@ import subprocess
 import sys
 import time
 
-from . import REPO_ROOT
-from .cli import run_main
-from .errors import UserError
+from shared import REPO_ROOT
+from shared.core.cli import run_main
+from shared.core.errors import UserError
 
 STEPS = {
     1: "step01_make_index",
@@ -29,7 +29,7 @@ STEPS = {
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shared.run_all", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m shared.tools.run_all", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="demo", choices=["demo", "tiny"], help="demo world preset (default demo)")
     ap.add_argument("--no-world", action="store_true", help="do not generate the demo world; use data/raw as it is")
     ap.add_argument("--steps", type=int, nargs="+", default=list(STEPS), choices=list(STEPS))
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
 
     cmds = []
     if not a.no_world:
-        cmds.append(("demo world", [sys.executable, "-m", "shared.demo_world", "--preset", a.preset]))
+        cmds.append(("demo world", [sys.executable, "-m", "shared.ingest.demo_world", "--preset", a.preset]))
     for n in a.steps:
         step_dir = REPO_ROOT / STEPS[n]
         if not (step_dir / "run.py").is_file():

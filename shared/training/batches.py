@@ -1,15 +1,6 @@
-"""Reading step02's ``patch_pt`` chunks in whole batches.
+"""Batches of step02's ``patch_pt`` chunks for training and evaluation.
 
-Layout (``step02_make_patches/outputs``)::
-
-    patch_pt/manifest.json          {"patch_size": P, "channels": [19 names],
-                                     "chunks": {"train": [{"file", "rows"}, ...], "val": ..., "test": ...}}
-    patch_pt/{split}_chunk_XXXXX.pt x (N,19,P,P) f32, y (N,) f32, time7 (N,7), loc (N,3),
-                                    landcover_onehot (N,17), meta {time, stn_id, pixel_y, pixel_x} (N,) i64
-    stats/input_statistics.json     {"channels", "mean", "std"} (per channel, train rows)
-    stats/target_statistics.json    {"mean", "std", "units"}
-
-The order of an epoch is a permutation of *global* row indices (file offset +
+The chunk layout and its reader are :mod:`shared.io.patches`. The order of an epoch is a permutation of *global* row indices (file offset +
 row) that depends only on ``(seed, epoch)``. Batches are consecutive slices
 of it; rank ``r`` of ``W`` takes batches ``r, r+W, ...`` and DataLoader worker
 ``w`` of ``K`` takes every K-th of those, so the sequence of batches a rank sees
@@ -19,103 +10,11 @@ rows, so a cached run sees exactly the batches of an uncached one.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from . import chunks
-from .errors import UserError
-from .io_sat import PATCH_CHANNELS
-
-#: Keys of one batch as the model sees it (``time_unix`` is ``meta.time``).
-BATCH_KEYS = ("x", "y", "time7", "loc", "landcover_onehot", "time_unix")
-
-
-@dataclass
-class SplitFiles:
-    """The chunk files of one split and where each starts in the global row index."""
-
-    name: str
-    files: list[Path]
-    rows: list[int]
-
-    @property
-    def offsets(self) -> torch.Tensor:  # (n_files + 1,) int64
-        return torch.tensor([0] + self.rows, dtype=torch.long).cumsum(0)
-
-    @property
-    def n_rows(self) -> int:
-        return sum(self.rows)
-
-
-def _read_json(path: Path, what: str) -> dict:
-    from .runinfo import read_json
-
-    return read_json(path, f"{what} not found: {path} (run step02_make_patches first, or set data.patch_dir)",
-                     "rerun step02_make_patches")
-
-
-def read_manifest(patch_dir: Path, splits=("train", "val")) -> tuple[dict, dict[str, SplitFiles]]:
-    """Validate ``patch_pt/manifest.json``; returns (manifest, {split: SplitFiles})."""
-    patch_dir = Path(patch_dir)
-    if not patch_dir.is_dir():
-        raise UserError(f"patch folder not found: {patch_dir} (run step02_make_patches first, or set data.patch_dir)")
-    pt_dir = patch_dir / "patch_pt"
-    man = chunks.read_manifest(pt_dir)
-    where = pt_dir / chunks.MANIFEST
-    for key in ("patch_size", "channels", "chunks"):
-        if key not in man:
-            raise UserError(f"{where}: missing key '{key}'; rerun step02_make_patches")
-    missing = [c for c in PATCH_CHANNELS if c not in man["channels"]]
-    if missing:
-        raise UserError(f"{where}: channels lack {', '.join(missing)} (have {man['channels']})")
-    out = {}
-    for split in splits:
-        entries = [e for e in man["chunks"].get(split) or [] if int(e.get("rows", 0)) > 0]
-        if not entries:
-            raise UserError(f"{where}: split '{split}' has no rows; check step01's split settings and rerun "
-                            "step01/step02")
-        files = [pt_dir / e["file"] for e in entries]
-        for f in files:
-            if not f.is_file():
-                raise UserError(f"chunk listed in {where} is missing: {f}; rerun step02_make_patches")
-        out[split] = SplitFiles(split, files, [int(e["rows"]) for e in entries])
-    return man, out
-
-
-def read_stats(patch_dir: Path) -> dict:
-    """Normalisation statistics as stored in the step03 checkpoints."""
-    patch_dir = Path(patch_dir)
-    inp = _read_json(patch_dir / "stats" / "input_statistics.json", "input statistics")
-    tgt = _read_json(patch_dir / "stats" / "target_statistics.json", "target statistics")
-    for key in ("channels", "mean", "std"):
-        if key not in inp:
-            raise UserError(f"{patch_dir / 'stats' / 'input_statistics.json'}: missing key '{key}'")
-    for key in ("mean", "std"):
-        if key not in tgt:
-            raise UserError(f"{patch_dir / 'stats' / 'target_statistics.json'}: missing key '{key}'")
-    if not float(tgt["std"]) > 0:
-        raise UserError(f"{patch_dir / 'stats' / 'target_statistics.json'}: std must be > 0, got {tgt['std']}")
-    return {
-        "channels": list(inp["channels"]),
-        "input_mean": [float(v) for v in inp["mean"]],
-        "input_std": [float(v) for v in inp["std"]],
-        "target_mean": float(tgt["mean"]),
-        "target_std": float(tgt["std"]),
-        "target_units": tgt.get("units", "degC"),
-    }
-
-
-def load_chunk(path: Path, n_channels: int, patch_size: int, rows: int | None = None) -> dict[str, torch.Tensor]:
-    """One chunk as flat tensors (keys :data:`BATCH_KEYS`), validated, memory-mapped."""
-    c = chunks.load_chunk(path, validate=True, n_channels=n_channels, patch_size=patch_size)
-    n = c["y"].shape[0]
-    if rows is not None and n != rows:
-        raise UserError(f"{path}: holds {n} rows but the manifest says {rows}; rerun step02_make_patches")
-    out = {k: c[k] for k in chunks.TENSOR_KEYS}
-    out["time_unix"] = torch.as_tensor(c["meta"]["time"])
-    return out
+from shared.core.errors import UserError
+from shared.io.patches import BATCH_KEYS, SplitFiles, batch_view, load_chunk
 
 
 def check_split(split: SplitFiles, n_channels: int, patch_size: int) -> dict:
@@ -230,7 +129,8 @@ class ChunkBatches(BatchPlan):
         if f in self._cache:
             self._cache.move_to_end(f)
         else:
-            self._cache[f] = load_chunk(self.split.files[f], self.n_channels, self.patch_size, self.split.rows[f])
+            self._cache[f] = batch_view(load_chunk(self.split.files[f], self.n_channels, self.patch_size,
+                                                    self.split.rows[f]))
             while len(self._cache) > self.cache_chunks:
                 self._cache.popitem(last=False)
         return self._cache[f]
@@ -283,55 +183,3 @@ def make_loader(plan: BatchPlan, num_workers: int = 0, pin_memory: bool = False)
                                        prefetch_factor=4)
 
 
-def write_synthetic_patches(patch_dir: Path, n_rows: dict[str, int], chunk_rows: int = 4096, patch_size: int = 9,
-                            seed: int = 0, noise: float = 0.2) -> Path:
-    """Write a learnable stand-in of step02's outputs (for tests and benchmarks).
-
-    Each patch is a per-channel level plus pixel noise; the target is a fixed
-    mix of the IR105 level (seen only through the encoder), the DEM level and
-    the hour (also given to the head), plus ``noise``.
-    """
-    import numpy as np
-
-    from .runinfo import write_json
-
-    patch_dir = Path(patch_dir)
-    pt = patch_dir / "patch_pt"
-    pt.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(seed)
-    nc = len(PATCH_CHANNELS)
-    ir105, dem = PATCH_CHANNELS.index("IR105"), PATCH_CHANNELS.index("DEM")
-    manifest = {"patch_size": patch_size, "channels": PATCH_CHANNELS, "chunks": {}}
-    for split, n in n_rows.items():
-        entries = []
-        for k, start in enumerate(range(0, n, chunk_rows)):
-            m = min(chunk_rows, n - start)
-            level = torch.randn(m, nc, 1, 1, generator=g)
-            x = level + 0.3 * torch.randn(m, nc, patch_size, patch_size, generator=g)
-            t = 1_600_000_000 + torch.randint(0, 3 * 365 * 86400, (m,), generator=g) // 3600 * 3600
-            hour = (t % 86400).double() / 3600 * 2 * np.pi / 24
-            doy = (t % (365 * 86400)).double() / 86400 * 2 * np.pi / 365.25
-            time7 = torch.stack([doy.cos(), doy.sin(), hour.cos(), hour.sin(), doy.cos(), doy.sin(),
-                                 x[:, PATCH_CHANNELS.index("SZA"), patch_size // 2, patch_size // 2].double()], 1)
-            y = (0.5 * level[:, ir105, 0, 0] - 0.6 * level[:, dem, 0, 0] + 0.4 * hour.cos().float()
-                 + noise * torch.randn(m, generator=g))
-            lat = 33 + 6 * torch.rand(m, generator=g)
-            lon = 125 + 5 * torch.rand(m, generator=g)
-            lc = torch.zeros(m, 17)
-            lc[torch.arange(m), torch.randint(0, 17, (m,), generator=g)] = 1
-            chunk = {
-                "x": x.float().contiguous(), "y": y.float(), "time7": time7.float(),
-                "loc": torch.stack([lat, lon, torch.full((m,), 2000.0)], 1), "landcover_onehot": lc,
-                "meta": {"time": t.long(), "stn_id": torch.randint(90, 300, (m,), generator=g),
-                         "pixel_y": torch.randint(0, 900, (m,), generator=g),
-                         "pixel_x": torch.randint(0, 900, (m,), generator=g)},
-            }
-            name = chunks.chunk_name(split, k)
-            chunks.save_chunk(pt / name, chunk)
-            entries.append({"file": name, "rows": m})
-        manifest["chunks"][split] = entries
-    write_json(pt / chunks.MANIFEST, manifest)
-    write_json(patch_dir / "stats" / "input_statistics.json",
-               {"channels": PATCH_CHANNELS, "mean": [0.0] * nc, "std": [1.0] * nc})
-    write_json(patch_dir / "stats" / "target_statistics.json", {"mean": 12.0, "std": 9.0, "units": "degC"})
-    return patch_dir

@@ -6,71 +6,45 @@ writes checkpoints. The same code runs under ``torchrun --nproc_per_node=N``:
 each rank takes every N-th batch, gradients are averaged by DDP, validation
 sums are all-reduced, and only rank 0 writes files.
 
-A checkpoint (``weights/current.pt`` every epoch, ``weights/best.pt`` on a
-better validation loss) holds everything needed to continue training or to
-run the model alone::
-
-    format, model, model_cfg, norm (channels, patch_size, input/target stats),
-    optimizer, scheduler, scaler, epoch, best_val, best_epoch, bad_epochs,
-    log (rows of train_log.csv so far), rng, train_cfg
+Checkpoints (layout: :mod:`shared.models.checkpoint`) are written into
+``weights/.staging/`` every epoch and promoted to ``weights/best.pt`` and
+``weights/current.pt`` together when the run finishes: an interrupted run
+leaves the last finished model in place. The process group (torchrun) is
+started by the runner (:mod:`shared.core.runner`).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-import shutil
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
+import pandas as pd
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from .config import config_to_dict
-from .errors import UserError
-from .model_clay import load_clay_state
-from .model_ta import CKPT_FORMAT, build_model, model_config, read_ta_checkpoint
-from .io_sat import BT_WAVES_UM, RF_WAVES_UM
-from .patch_data import ChunkBatches, TensorBatches, check_split, make_loader, read_manifest, read_stats
-from .runinfo import atomic_path, write_csv
+from shared.core.config import config_to_dict
+from shared.core.distributed import Dist
+from shared.core.errors import UserError
+from shared.core.records import write_csv
+from shared.io.channels import BT_WAVES_UM, RF_WAVES_UM
+from shared.io.patches import read_manifest, read_stats
+from shared.models.checkpoint import load_weights, read_ta_checkpoint, save_ta_checkpoint
+from shared.models.clay import load_clay_state
+from shared.models.ta import TAModelConfig, build_model
+from shared.training.batches import ChunkBatches, TensorBatches, check_split, make_loader
 
+STAGING = ".staging"  # weights/.staging/: checkpoints of a run that has not finished yet
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "rmse_norm", "rmse_K", "lr", "seconds", "data_wait_s"]
 
 
 # --------------------------------------------------------------------------- setup helpers
 
 
-class Dist:
-    """Rank/world of this process; single-process unless started by torchrun."""
-
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def start(self, device: torch.device) -> None:
-        if self.enabled and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-    def sum_(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            dist.all_reduce(t)
-        return t
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def stop(self) -> None:
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -133,44 +107,43 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_names: tu
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _save(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _copy(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-
-
-def _diff_keys(a: dict, b: dict) -> list[str]:
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
 
 # --------------------------------------------------------------------------- data
 
 
+#: step03 ``model:`` keys that are fields of TAModelConfig as they are.
+_USER_MODEL_FIELDS = ("type", "size", "resize_to", "encoder_channels", "pseudo_waves_um", "head_hidden", "head_layers",
+                      "head_spectral", "pool", "dropout", "freeze_encoder")
+
+
 def make_model_cfg(cfg, manifest: dict, loc_stats: dict) -> dict:
+    """The model config (a plain dict for the checkpoint) from step03's ``model:`` section and the data."""
     m = cfg.model
-    return model_config(
-        size=m.size,
+    mc = TAModelConfig(
+        **{k: getattr(m, k) for k in _USER_MODEL_FIELDS},
         patch_size=int(manifest["patch_size"]),
-        resize_to=m.resize_to,
         channels=list(manifest["channels"]),
-        encoder_channels=m.encoder_channels,
         bt_waves_um=list(m.bt_waves_um or BT_WAVES_UM),
         rf_waves_um=list(m.rf_waves_um or RF_WAVES_UM),
-        pseudo_waves_um=list(m.pseudo_waves_um),
         gsd_m=loc_stats["gsd_m"],
         loc_mean=loc_stats["loc_mean"],
         loc_std=loc_stats["loc_std"],
-        head_hidden=m.head_hidden,
-        head_layers=m.head_layers,
-        head_spectral=m.head_spectral,
-        pool=m.pool,
-        dropout=m.dropout,
-        freeze_encoder=m.freeze_encoder,
     )
+    assert {f.name for f in fields(TAModelConfig)} - set(_USER_MODEL_FIELDS) == {
+        "clay_patch_size", "patch_size", "channels", "bt_waves_um", "rf_waves_um", "gsd_m", "loc_mean", "loc_std"}
+    return mc.to_dict()
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 @torch.no_grad()
@@ -210,8 +183,6 @@ def evaluate(model, loader, device: torch.device, dtype, d: Dist) -> tuple[float
 def train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device, dtype, grad_clip,
                 target_std, d: Dist, params, progress: bool = True) -> tuple[float, float, float]:
     """One pass over this rank's training batches -> (mean loss over ranks, data wait s, step s)."""
-    from tqdm import tqdm
-
     ddp_model.train()
     bar = tqdm(total=n_batches, desc=f"epoch {epoch}", disable=not (d.main and progress), leave=False, mininterval=0.5,
                dynamic_ncols=True, file=sys.stderr)
@@ -259,13 +230,14 @@ def train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device,
     return float(tot[0] / tot[1].clamp_min(1)), wait, elapsed
 
 
-def train(cfg, resume: bool = False, stop_after: int | None = None, log=print) -> dict:
+def train(cfg, d: Dist | None = None, resume: bool = False, stop_after: int | None = None,
+          allow_config_change: bool = False, log=print) -> dict:
     """Train per ``cfg`` (the step03 config object). Returns a summary dict.
 
-    ``resume`` continues from ``weights/current.pt``; ``stop_after`` ends this
+    ``resume`` continues an interrupted run; ``stop_after`` ends this
     invocation after that many epochs (rerun with ``resume`` to go on).
     """
-    d = Dist()
+    d = d or Dist()
     device = pick_device(cfg.train.device, d.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -275,19 +247,18 @@ def train(cfg, resume: bool = False, stop_after: int | None = None, log=print) -
     threads = torch.get_num_threads()
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
-    d.start(device)
     say = log if d.main else (lambda *a, **k: None)
     try:
-        return _train(cfg, d, device, dtype, resume, stop_after, say)
+        return _train(cfg, d, device, dtype, resume, stop_after, allow_config_change, say)
     finally:
-        d.stop()
         torch.set_num_threads(threads)
 
 
-def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
+def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change, say) -> dict:
     t_start = time.time()
     weights_dir, out_dir = Path(cfg.output.weights_dir), Path(cfg.output.outputs_dir)
-    current, best = weights_dir / "current.pt", weights_dir / "best.pt"
+    staging = weights_dir / STAGING
+    current, best = staging / "current.pt", staging / "best.pt"
 
     # ---- data
     manifest, splits = read_manifest(cfg.data.patch_dir)
@@ -296,6 +267,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
     check_split(splits["val"], n_ch, psize)
     stats = read_stats(cfg.data.patch_dir)
     norm = {"channels": list(manifest["channels"]), "patch_size": psize, **stats}
+    data_info = {"patch_signature": str(manifest.get("signature", ""))}
     tcfg = cfg.train
     batch_size = tcfg.batch_size
     per_proc = splits["train"].n_rows // d.world
@@ -317,7 +289,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
     model_cfg = make_model_cfg(cfg, manifest, loc_stats)
     model = build_model(model_cfg)
     if cfg.model.clay_ckpt_path is not None:
-        model.encoder.load_state_dict(load_clay_state(cfg.model.clay_ckpt_path, cfg.model.size), strict=True)
+        load_weights(model.encoder, load_clay_state(cfg.model.clay_ckpt_path, cfg.model.size), cfg.model.clay_ckpt_path)
         say(f"encoder: Clay {cfg.model.size} weights from {cfg.model.clay_ckpt_path}"
             f"{' (frozen)' if cfg.model.freeze_encoder else ' (fine-tuned)'}")
     else:
@@ -353,23 +325,46 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
 
     # ---- resume
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0, "log": []}
-    if resume and current.is_file():
-        ck = read_ta_checkpoint(current)
+    source = current if current.is_file() else weights_dir / "current.pt"
+    cfg_dict = config_to_dict(cfg)
+    if resume and source.is_file():
+        ck = read_ta_checkpoint(source)
         if ck["model_cfg"] != model_cfg:
-            raise UserError(f"{current} was trained with another model or data (differs in: "
-                            f"{', '.join(_diff_keys(ck['model_cfg'], model_cfg))}); run without --resume to "
+            raise UserError(f"{source} was trained with another model or data (differs in: "
+                            f"{', '.join(changed_keys(ck['model_cfg'], model_cfg))}); run without --resume to "
                             "start over")
-        model.load_state_dict(ck["model"])
+        changed = [c for c in changed_keys(ck.get("train_cfg", {}).get("train", {}), cfg_dict["train"], "train.")
+                   + changed_keys(ck.get("train_cfg", {}).get("data", {}), cfg_dict["data"], "data.")
+                   if not c.startswith(("train.epochs:", "train.num_threads:", "data.num_workers:"))]
+        if changed and not allow_config_change:
+            raise UserError(f"--resume: the training config changed since {source} was written ({'; '.join(changed)}); "
+                            "restore it, add --allow-config-change to continue with the new values, or run without "
+                            "--resume to start over")
+        load_weights(model, ck["model"], source)
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
+        if changed:  # --allow-config-change: the new learning rate and weight decay apply from here on
+            for g in opt.param_groups:
+                g["initial_lr"] = tcfg.lr
+                if g["weight_decay"] > 0:
+                    g["weight_decay"] = tcfg.weight_decay
+            sched.base_lrs = [tcfg.lr] * len(opt.param_groups)
+            say(f"--allow-config-change: continuing with {'; '.join(changed)}")
         state = {k: ck[k] for k in state}
         torch.set_rng_state(ck["rng"]["torch"])
         if device.type == "cuda" and ck["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ck["rng"]["cuda"], device)
-        say(f"resuming from {current} after epoch {state['epoch']} (best val {state['best_val']:.4f})")
+        say(f"resuming from {source} after epoch {state['epoch']} (best val {state['best_val']:.4f})")
+        if source != current and d.main:  # a finished run continued: its best stays best until beaten
+            staging.mkdir(parents=True, exist_ok=True)
+            if (weights_dir / "best.pt").is_file():
+                save_ta_checkpoint(best, {k: v for k, v in read_ta_checkpoint(weights_dir / "best.pt").items() if k != "format"})
     elif resume:
         say(f"--resume: no {current} yet; starting from scratch")
+    if not resume and d.main:
+        for f in (best, current):  # leftovers of an interrupted run that is not being continued
+            f.unlink(missing_ok=True)
 
     ddp_model = model
     if d.enabled and params:
@@ -402,16 +397,16 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
         ran += 1
         if d.main:
             ckpt = {
-                "format": CKPT_FORMAT, "model": model.state_dict(), "model_cfg": model_cfg, "norm": norm,
+                "model": model.state_dict(), "model_cfg": model_cfg, "norm": norm, "data": data_info,
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                 **state,
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-                "train_cfg": config_to_dict(cfg),
+                "train_cfg": cfg_dict,
             }
-            _save(current, ckpt)
+            save_ta_checkpoint(current, ckpt)
             if improved:
-                _copy(current, best)
+                save_ta_checkpoint(best, ckpt)
             _write_log(out_dir / "train_log.csv", state["log"])
             say(f"epoch {epoch}/{tcfg.epochs}: train {train_loss:.4f}  val {val_loss:.4f}  "
                 f"rmse {rmse:.4f} ({rmse * target_std:.3f} K)  lr {row['lr']:.2e}  {row['seconds']:.1f} s"
@@ -422,6 +417,12 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
             say(f"early stop: no better validation loss for {state['bad_epochs']} epochs")
 
     done = stopped_early or state["epoch"] >= tcfg.epochs
+    if done and d.main:  # promote the finished run's checkpoints together
+        for f in (best, current):
+            os.replace(f, weights_dir / f.name)
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+    d.barrier()
     best_row = next((r for r in state["log"] if r["epoch"] == state["best_epoch"]), None)
     return {
         "done": done,
@@ -432,12 +433,10 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, say) -> dict:
         "train_rows": splits["train"].n_rows,
         "val_rows": splits["val"].n_rows,
         "seconds": round(time.time() - t_start, 2),
-        "outputs": [best, current, out_dir / "train_log.csv"],
+        "outputs": [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"],
         "is_main": d.main,
     }
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
-    import pandas as pd
-
     write_csv(path, pd.DataFrame(rows, columns=LOG_COLUMNS))

@@ -1,0 +1,169 @@
+"""step04's maps in step05: joined to the test rows, checked against the model, scored against the truth.
+
+For every test time that step04 mapped, the map value at each test station's
+pixel is joined to the row (``map_c``). The map and the model are the same
+network on the same window, so they must agree; the one input that differs is
+``loc``: a map pixel carries its pixel centre's lat/lon, a chunk row its
+station's. :func:`map_agreement` therefore reruns those rows with the pixel
+centre's lat/lon and requires ``|map - model| <= tol`` (fp32 maps).
+
+On the demo world (``truth/ta_true_*.nc`` next to the raw data) each map is
+also scored against the true field (:func:`truth_scores`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pandas as pd
+
+from shared.core.constants import KELVIN
+from shared.core.errors import UserError
+from shared.evaluation.metrics import field_rmse, regression_metrics
+from shared.evaluation.rows import chunk_row_locations, predict_rows
+from shared.features.patch import loc3
+from shared.io.maps import grid_desc, read_map, time_of_map_name
+
+
+def map_files(map_dir: Path) -> dict[pd.Timestamp, Path]:
+    out = {}
+    if map_dir.is_dir():
+        for p in sorted(map_dir.glob("ta_map_*.nc")):
+            t = time_of_map_name(p.name)
+            if t is not None:
+                out[t] = p
+    return out
+
+
+
+def map_offset(f, grid, path: Path) -> tuple[int, int]:
+    """Where map ``f`` starts inside ``grid``: the whole grid or a region of it (step04 ``region``)."""
+    g = f.grid
+    r0, c0 = g.row0 - grid.row0, g.col0 - grid.col0
+    if g.proj4 != grid.proj4 or g.res_m != grid.res_m or r0 < 0 or c0 < 0 or r0 + g.ny > grid.ny or c0 + g.nx > grid.nx:
+        raise UserError(f"{path}: map is on grid {grid_desc(g)}, which is not part of the data's grid {grid_desc(grid)}; "
+                        f"it was made from another static.nc: delete it and rerun step04")
+    return r0, c0
+
+
+
+def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid,
+              ckpt_fp: str | None) -> tuple[pd.DataFrame, list[dict], list[Path]]:
+    """Add ``map_c`` (NaN where the time has no map or the station lies outside a region map).
+
+    Returns the table, the per-map info of the maps joined, and the maps left
+    out because another checkpoint made them (an older model's maps stay in
+    step04's folder until its times are mapped again).
+    """
+    df = df.copy()
+    df["map_c"] = np.nan
+    info, other = [], []
+    times = set(pd.DatetimeIndex(df["time_utc"].unique()))
+    for t, p in maps.items():
+        if t not in times:
+            continue
+        f = read_map(p)
+        r0, c0 = map_offset(f, grid, p)
+        fp = f.attrs.get("checkpoint_fingerprint")
+        if ckpt_fp is not None and fp is not None and fp != ckpt_fp:
+            other.append(p)
+            continue
+        py, px = df["pixel_y"].to_numpy() - r0, df["pixel_x"].to_numpy() - c0
+        sel = (df["time_utc"] == t).to_numpy() & f.grid.inside(py, px)
+        df.loc[sel, "map_c"] = f.t2m[py[sel], px[sel]].astype(np.float64) - KELVIN
+        info.append({"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": p.name, "precision": str(f.attrs.get("precision", "?")),
+                     "rows": int(sel.sum()), "grid": f.grid.attrs()})
+    return df, info, other
+
+
+
+def map_agreement(df: pd.DataFrame, predictor, patch_dir: Path, split: str, static, tol_K: float,
+                  fp32_maps: bool, batch_size: int) -> dict:
+    """Rerun the mapped rows with pixel-centre lat/lon and compare with the map values."""
+    sel = np.nonzero(df["map_c"].notna().to_numpy())[0]
+    if len(sel) == 0:
+        return {"n": 0, "note": "no test time has a step04 map"}
+    # global row -> (chunk file, local row)
+    locs = chunk_row_locations(patch_dir, split)
+    starts = np.cumsum([0] + [n for _, n in locs])
+    x_rows = []
+    for i, (f, _) in enumerate(locs):
+        m = (sel >= starts[i]) & (sel < starts[i + 1])
+        if m.any():
+            x_rows.append((f, sel[m] - starts[i]))
+    py, px = df["pixel_y"].to_numpy()[sel], df["pixel_x"].to_numpy()[sel]
+    loc = loc3(static.lat[py, px].astype(np.float32), static.lon[py, px].astype(np.float32), static.grid.res_m)
+    z = predict_rows(predictor, x_rows, loc)
+    model_pix_K = predictor.to_kelvin(z).astype(np.float64)
+    map_K = df["map_c"].to_numpy()[sel] + KELVIN
+    d = np.abs(map_K - model_pix_K)
+    d_station = np.abs(map_K - (df["prediction_c"].to_numpy()[sel] + KELVIN))
+    worst = int(np.nanargmax(d))
+    res = {
+        "n": int(len(sel)),
+        "max_abs_diff_K": float(np.nanmax(d)),
+        "mean_abs_diff_K": float(np.nanmean(d)),
+        "tolerance_K": tol_K,
+        "checked": bool(fp32_maps),
+        "ok": bool(np.nanmax(d) <= tol_K) if fp32_maps else None,
+        "note": "model rerun on the same chunk windows with the map pixel's centre lat/lon (what the map uses)",
+        "station_latlon_max_abs_diff_K": float(np.nanmax(d_station)),
+        "station_latlon_note": "map vs the model with the station's own lat/lon (the scored predictions): effect of the ~1 km location offset",
+    }
+    if fp32_maps and not res["ok"]:
+        r = df.iloc[sel[worst]]
+        raise UserError(f"step04 map and model disagree by {d[worst]:.4g} K (> {tol_K:g} K) at station {r['stn_id']} "
+                        f"{r['time_utc']:%Y-%m-%d %H:%M} UTC (pixel {r['pixel_y']},{r['pixel_x']}); the maps are stale or "
+                        f"were made differently: rerun step04 with --force")
+    return res
+
+
+
+def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, near: np.ndarray | None = None) -> list[dict]:
+    """Whole-grid RMSE of each map against the demo world's true field.
+
+    Over all pixels, land, sea and (``near``, a (ny, nx) mask) the pixels
+    close to a station, where the model can be trusted most.
+    """
+    out = []
+    land = static.lsmask > 0.5
+    masks = [("all", None), ("land", land), ("sea", ~land)]
+    if near is not None:
+        masks.append(("near_stations", near))
+    for m in maps_used:
+        t = pd.Timestamp(m["time_utc"])
+        tp = truth_dir / f"ta_true_{t:%Y%m%d%H%M}.nc"
+        if not tp.is_file():
+            continue
+        f = read_map(map_dir / m["file"])
+        r0, c0 = map_offset(f, static.grid, map_dir / m["file"])
+        cut = (slice(r0, r0 + f.grid.ny), slice(c0, c0 + f.grid.nx))
+        with netCDF4.Dataset(tp) as ds:
+            truth = np.ma.filled(ds.variables["t2m"][...].astype(np.float64), np.nan)
+        if truth.shape != static.grid.shape:
+            raise UserError(f"{tp}: truth is {truth.shape}, static.nc {static.grid.shape}; the demo world and static.nc differ: rerun the pipeline")
+        truth = truth[cut]
+        rec = {"time_utc": m["time_utc"], "file": m["file"], "region": f.grid.shape != static.grid.shape}
+        for name, mask in masks:
+            s = field_rmse(f.t2m, truth, None if mask is None else mask[cut])
+            rec[f"rmse_K_{name}"] = s["rmse_K"]
+            rec[f"bias_K_{name}"] = s["bias"]
+            rec[f"n_pixels_{name}"] = s["n_pixels"]
+        out.append(rec)
+    return out
+
+
+
+def station_truth_floor(df: pd.DataFrame, raw_dir: Path, ta_std: float) -> dict | None:
+    """Noise floor on exactly the test rows: obs vs the true t2m at the station (demo world only)."""
+    p = raw_dir / "truth" / "station_truth.csv"
+    if not p.is_file():
+        return None
+    tr = pd.read_csv(p, usecols=["stn_id", "time_utc", "ta_true_c"])
+    tr["time_utc"] = pd.to_datetime(tr["time_utc"]).astype("datetime64[ns]")
+    j = df[["time_utc", "stn_id", "obs_c", "prediction_c"]].merge(tr, on=["time_utc", "stn_id"], how="left")
+    m = regression_metrics(j["ta_true_c"].to_numpy(), j["obs_c"].to_numpy(), ta_std)
+    mt = regression_metrics(j["prediction_c"].to_numpy(), j["ta_true_c"].to_numpy(), ta_std)
+    return {"test_rows_obs_vs_truth_rmse_K": m["rmse_K"], "n": m["n"], "model_vs_truth_at_stations_rmse_K": mt["rmse_K"]}
+

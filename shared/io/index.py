@@ -1,0 +1,126 @@
+"""The index artifact of step01: ``index*.csv`` + ``splits.json``, writer and reader.
+
+One row per (station, observation time) matched to an image::
+
+    time_utc, stn_id, lat, lon, elev_m, pixel_y, pixel_x, ta_c,
+    path_bt, path_rf, path_sza, year, split, sat_time_utc
+
+``index.csv`` holds every row, ``index_{train,val,test}.csv`` each split;
+``splits.json`` says which stations / days went where (seed, mode), the
+static layers and raw folder used, and the drop report. The five files are
+written as one set (renamed together). Times are UTC.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from shared.core.config import resolve_path
+from shared.core.errors import UserError, rerun
+from shared.core.records import output_set, write_csv, write_json
+
+INDEX_COLUMNS = [
+    "time_utc", "stn_id", "lat", "lon", "elev_m", "pixel_y", "pixel_x", "ta_c",
+    "path_bt", "path_rf", "path_sza", "year", "split", "sat_time_utc",
+]
+SPLITS = ("train", "val", "test")
+INDEX_NEEDED = ["time_utc", "sat_time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "ta_c",
+                "path_bt", "path_rf", "path_sza", "split"]
+SPLITS_JSON = "splits.json"
+_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def index_files(index_dir: str | Path) -> list[Path]:
+    """Every file of the set, in the order they are written."""
+    d = Path(index_dir)
+    return [d / "index.csv"] + [d / f"index_{s}.csv" for s in SPLITS] + [d / SPLITS_JSON]
+
+
+def write_index(out_dir: str | Path, df: pd.DataFrame, info: dict) -> list[Path]:
+    """Write ``index.csv``, the three split CSVs and ``splits.json`` as one set; returns the paths."""
+    out = Path(out_dir)
+    files = index_files(out)
+    with output_set() as put:
+        write_csv(put(files[0]), df, date_format=_DATE_FORMAT)
+        for s, f in zip(SPLITS, files[1:4]):
+            write_csv(put(f), df[df["split"] == s], date_format=_DATE_FORMAT)
+        write_json(put(files[4]), info)
+    return files
+
+
+def read_splits(index_dir: str | Path) -> dict:
+    """``splits.json`` of step01 (UserError naming the step to run when absent or broken)."""
+    sp = Path(index_dir) / SPLITS_JSON
+    if not sp.is_file():
+        raise UserError(f"no {SPLITS_JSON} in {index_dir}; run step01 first (python step01_make_index/run.py)")
+    try:
+        with open(sp, encoding="utf-8") as fh:
+            info = json.load(fh)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{sp}: not valid JSON ({e}); {rerun('step01', force=True)}") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{sp}: not a split description; {rerun('step01', force=True)}")
+    return info
+
+
+def read_split_csv(index_dir: str | Path, split: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One of the index CSVs (``split`` = train | val | test | all), checked for the columns needed."""
+    p = Path(index_dir) / ("index.csv" if split == "all" else f"index_{split}.csv")
+    if not p.is_file():
+        raise UserError(f"missing {p}; {rerun('step01', force=True)}")
+    need = columns or INDEX_NEEDED
+    try:
+        df = pd.read_csv(p, usecols=lambda c: columns is None or c in columns)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: cannot read as CSV ({e}); {rerun('step01', force=True)}") from None
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise UserError(f"{p}: missing column(s) {', '.join(missing)}; {rerun('step01', force=True)}")
+    return df
+
+
+def read_index(index_dir: str | Path) -> tuple[pd.DataFrame, dict]:
+    """All rows of ``index_{train,val,test}.csv`` plus ``splits.json``.
+
+    Checks that the splits do not share what the split mode holds out
+    (stations for ``station``, days for ``time``): a mix of two step01 runs
+    would leak test stations into training.
+    """
+    index_dir = Path(index_dir)
+    splits = read_splits(index_dir)
+    df = pd.concat([read_split_csv(index_dir, s) for s in SPLITS], ignore_index=True)
+    for c in ("time_utc", "sat_time_utc"):
+        df[c] = pd.to_datetime(df[c]).astype("datetime64[ns]")
+    for c in ("path_bt", "path_rf", "path_sza"):
+        df[c] = [str(resolve_path(p)) for p in df[c]] if len(df) else df[c]
+    mode = splits.get("mode", "station")
+    keys = []
+    if mode in ("station", "station_time"):
+        keys.append(("stations", df["stn_id"]))
+    if mode in ("time", "station_time"):
+        keys.append(("days", df["sat_time_utc"].dt.strftime("%Y-%m-%d")))
+    for what, key in keys:
+        n_splits = pd.Series(df["split"].to_numpy()).groupby(key.to_numpy()).nunique()
+        shared = n_splits[n_splits > 1]
+        if len(shared):
+            raise UserError(f"{index_dir}: {len(shared)} {what} appear in more than one split (e.g. {shared.index[0]}); "
+                            f"the index files come from different step01 runs: {rerun('step01', force=True)}")
+    return df, splits
+
+
+def image_paths(index_dir: str | Path, splits=SPLITS) -> list[Path]:
+    """The distinct image files (bt, rf, sza) the rows of ``splits`` use."""
+    cols = ["path_bt", "path_rf", "path_sza"]
+    paths: set[str] = set()
+    for s in splits:
+        p = Path(index_dir) / f"index_{s}.csv"
+        if p.is_file():
+            try:
+                df = pd.read_csv(p, usecols=cols)
+            except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
+                continue  # the reader reports it
+            for c in cols:
+                paths.update(df[c].dropna().unique().tolist())
+    return sorted(resolve_path(p) for p in paths)

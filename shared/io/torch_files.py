@@ -1,0 +1,66 @@
+"""Every ``.pt`` / ``.ckpt`` file of the project is read and written here.
+
+Reading is always ``torch.load(..., weights_only=True)``: a file that holds
+pickled code (a crafted checkpoint or chunk) is refused with one line and
+nothing in it runs. Writing goes to a temporary name and is renamed, so no
+half-written file ever carries a final name; a full disk is one clear line.
+"""
+from __future__ import annotations
+
+import errno
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from shared.core.errors import UserError
+from shared.core.records import atomic_path
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, without terminal colour codes."""
+    text = _ANSI.sub("", str(e)).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+    return line[:limit]
+
+
+def load_torch_file(path: str | Path, what: str, hint: str, mmap: bool = True):
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file.
+
+    ``what`` names the artifact ("patch chunk", "checkpoint"), ``hint`` what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}; {hint}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise UserError(f"{path}: refused to load: the {what} holds Python objects other than tensors and plain "
+                            f"values ({first_line(e, 120)}); a file of this project never does, so it may be "
+                            f"crafted: {hint}") from None
+        raise UserError(f"{path}: corrupted {what} ({first_line(e)}); {hint}") from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, AttributeError, TypeError) as e:
+        raise UserError(f"{path}: corrupted {what} ({type(e).__name__}: {first_line(e)}); {hint}") from None
+
+
+def save_torch_file(path: str | Path, obj) -> None:
+    """``torch.save`` under a temporary name, then rename; disk full -> one line."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{path}: disk full while writing ({e.strerror}); free space in {path.parent} and rerun "
+                            "(the previous file under this name is untouched)") from None
+        raise
+    except RuntimeError as e:  # torch wraps write failures of its zip writer
+        if "No space left" in str(e) or "file write failed" in str(e):
+            raise UserError(f"{path}: disk full while writing ({first_line(e)}); free space in {path.parent} and "
+                            "rerun (the previous file under this name is untouched)") from None
+        raise

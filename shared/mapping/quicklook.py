@@ -1,0 +1,148 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shared.core.constants import KELVIN, KST_OFFSET
+from shared.geo.grid import Grid
+
+
+def _nice_levels(vals_c: np.ndarray, min_span: float = 6.0) -> np.ndarray:
+    """Colour class edges in whole degrees (1, 2 or 5 deg wide) covering 1..99 % of the values.
+
+    A span of at least ``min_span`` deg keeps a nearly uniform field from
+    looking like strong contrasts.
+    """
+    v = vals_c[np.isfinite(vals_c)]
+    if v.size == 0:
+        return np.arange(0.0, 7.0)
+    lo, hi = np.percentile(v, [1, 99])
+    if hi - lo < min_span:
+        mid = 0.5 * (lo + hi)
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+    step = 1.0 if hi - lo <= 20 else (2.0 if hi - lo <= 60 else 5.0)
+    lo, hi = np.floor(lo / step) * step, np.ceil(hi / step) * step
+    return np.arange(lo, hi + step / 2, step)
+
+
+
+def draw_outline(ax, grid: Grid, lsmask: np.ndarray, color="k", lw=0.7, graticule: bool = True,
+                 lat: np.ndarray | None = None, lon: np.ndarray | None = None) -> None:
+    """Coastline (0.5 contour of the land-sea mask) in km, with a lat/lon graticule."""
+    xk, yk = grid.x / 1000.0, grid.y / 1000.0
+    if np.any(lsmask > 0.5) and np.any(lsmask < 0.5):
+        ax.contour(xk, yk, lsmask.astype(np.float32), levels=[0.5], colors=color, linewidths=lw)
+    if graticule and lat is not None and lon is not None:
+        def levels(a, step):
+            lo, hi = np.floor(np.nanmin(a) / step) * step, np.ceil(np.nanmax(a) / step) * step
+            return np.arange(lo, hi + step / 2, step)
+        span = max(np.nanmax(lat) - np.nanmin(lat), np.nanmax(lon) - np.nanmin(lon))
+        step = 1.0 if span < 6 else (2.0 if span < 15 else 5.0)
+        for a in (lat, lon):
+            cs = ax.contour(xk, yk, a, levels=levels(a, step), colors="0.45", linewidths=0.4, linestyles=":")
+            ax.clabel(cs, fmt=lambda v: f"{v:g}°", fontsize=6, inline=True)
+    ax.set_xlabel("x (km, LCC 38N 126E)")
+    ax.set_ylabel("y (km)")
+    ax.set_aspect("equal")
+    ax.set_xlim(xk[0] - grid.res_m / 2000, xk[-1] + grid.res_m / 2000)
+    ax.set_ylim(yk[-1] - grid.res_m / 2000, yk[0] + grid.res_m / 2000)
+
+
+
+def station_distance_km(grid: Grid, rows, cols) -> np.ndarray:
+    """(ny, nx) distance (km) from each pixel centre to the nearest of the given station pixels."""
+    from scipy.ndimage import distance_transform_edt
+
+    mask = np.ones(grid.shape, dtype=bool)
+    mask[np.asarray(rows), np.asarray(cols)] = False
+    if mask.all():
+        return np.full(grid.shape, np.inf, dtype=np.float32)
+    return (distance_transform_edt(mask) * grid.res_m / 1000.0).astype(np.float32)
+
+
+
+def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask: np.ndarray,
+              lat: np.ndarray | None = None, lon: np.ndarray | None = None,
+              stations: pd.DataFrame | None = None, note: str = "", coverage_km: float = 0.0,
+              zoom_pad_km: float = 120.0) -> None:
+    """PNG of one map in deg C: colour scale + colorbar, coastline, station dots, UTC/KST title.
+
+    ``stations`` (optional) has ``pixel_y, pixel_x`` in this grid. With
+    ``coverage_km`` > 0 a dashed line encloses the pixels within that distance
+    of a station: where the model was trained and can be checked; beyond it
+    (open sea, other countries) the map is extrapolation. When the stations
+    cover a small part of the grid (Korea on the 1800 km KO grid) a second
+    panel zooms on them (``zoom_pad_km`` around), same colours.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import BoundaryNorm
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    from shared.core.records import atomic_path
+
+    t = pd.Timestamp(time_utc)
+    tc = t2m_K.astype(np.float32) - KELVIN
+    cmap = plt.get_cmap("RdYlBu_r").with_extremes(bad="0.8")
+    xk, yk = grid.x / 1000.0, grid.y / 1000.0
+    half = grid.res_m / 2000.0
+    extent = (xk[0] - half, xk[-1] + half, yk[-1] - half, yk[0] + half)
+    has_st = stations is not None and len(stations) > 0
+    sx = xk[stations["pixel_x"].to_numpy()] if has_st else None
+    sy = yk[stations["pixel_y"].to_numpy()] if has_st else None
+    dist = station_distance_km(grid, stations["pixel_y"].to_numpy(), stations["pixel_x"].to_numpy()) if has_st and coverage_km > 0 else None
+    box = None
+    if has_st:
+        x0, x1 = max(extent[0], sx.min() - zoom_pad_km), min(extent[1], sx.max() + zoom_pad_km)
+        y0, y1 = max(extent[2], sy.min() - zoom_pad_km), min(extent[3], sy.max() + zoom_pad_km)
+        if (x1 - x0) * (y1 - y0) < 0.35 * (extent[1] - extent[0]) * (extent[3] - extent[2]):
+            box = (x0, x1, y0, y1)
+    aspect = grid.ny / grid.nx
+    if box is None:
+        fig, ax0 = plt.subplots(figsize=(7.6, max(3.5, 6.6 * aspect)), dpi=110)
+        axes = [ax0]
+    else:
+        zaspect = (box[3] - box[2]) / (box[1] - box[0])
+        fig, axes = plt.subplots(1, 2, figsize=(14.0, max(3.5, 5.2 * max(aspect, zaspect) + 0.5)), dpi=110,
+                                 gridspec_kw={"width_ratios": [1.0, 1.0]})
+    for i, ax in enumerate(axes):
+        # each panel its own colour classes: the zoom resolves the temperatures of its own area
+        if i == 0:
+            levels = _nice_levels(tc)
+        else:
+            inx, iny = (xk >= box[0]) & (xk <= box[1]), (yk >= box[2]) & (yk <= box[3])
+            levels = _nice_levels(tc[np.ix_(iny, inx)], min_span=4.0)
+        norm = BoundaryNorm(levels, cmap.N, extend="both")
+        im = ax.imshow(np.ma.masked_invalid(tc), cmap=cmap, norm=norm, origin="upper", interpolation="nearest", extent=extent)
+        cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, ticks=levels[:: max(1, len(levels) // 12)])
+        cb.set_label("2 m air temperature (°C)")
+        draw_outline(ax, grid, lsmask, lat=lat, lon=lon)
+        handles = []
+        if has_st:
+            handles.append(ax.scatter(sx, sy, s=4 if i == 0 else 9, c="k", edgecolors="w", linewidths=0.3, zorder=3,
+                                      label=f"stations ({len(stations)})"))
+        if dist is not None:
+            ax.contour(xk, yk, dist, levels=[coverage_km], colors="0.15", linewidths=0.9, linestyles="--")
+            handles.append(Line2D([], [], color="0.15", lw=0.9, ls="--", label=f"{coverage_km:g} km from a station"))
+        if handles and i == len(axes) - 1:
+            ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
+        if i == 1:
+            ax.set_xlim(box[0], box[1])
+            ax.set_ylim(box[2], box[3])
+            ax.set_title("zoom on the stations (own colour scale)", fontsize=9)
+            axes[0].add_patch(Rectangle((box[0], box[2]), box[1] - box[0], box[3] - box[2], fill=False, ec="k", lw=0.8, ls=":"))
+    title = f"2 m air temperature  {t:%Y-%m-%d %H:%M} UTC  ({t + KST_OFFSET:%Y-%m-%d %H:%M} KST)"
+    if box is None:
+        axes[0].set_title(title, fontsize=10)
+    else:
+        fig.suptitle(title, fontsize=11, y=0.96)
+    if note:
+        axes[0].text(0.01, 0.01, note, transform=axes[0].transAxes, fontsize=6.5, va="bottom", ha="left",
+                     bbox=dict(facecolor="w", alpha=0.7, lw=0))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shared.core.errors import UserError
+
+
+def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Requested times -> (table ``time_utc, path_bt, path_rf, path_sza``, names of times without image).
+
+    ``select``: ``test`` (every image time of step01's test split), ``all``
+    (every complete image under raw_dir), ``list`` or ``range`` (UTC). With
+    ``limit`` N > 0 only N evenly spaced times of the selection are kept (the
+    middle one of each of N equal parts).
+    """
+    from shared.core.config import resolve_path
+    from shared.io.raw import scan_sat_times
+
+    sel = cfg_times.select
+    missing: list[str] = []
+    if sel == "test":
+        p = index_dir / "index_test.csv"
+        if not p.is_file():
+            raise UserError(f"{p} not found; run step01 first (python step01_make_index/run.py) or choose times.select: list/range/all")
+        df = pd.read_csv(p, usecols=lambda c: c in ("sat_time_utc", "path_bt", "path_rf", "path_sza"))
+        if df.empty:
+            raise UserError(f"{p}: the test split is empty; nothing to map (check step01's split settings or choose times.select: list/range)")
+        df = df.drop_duplicates("sat_time_utc").rename(columns={"sat_time_utc": "time_utc"})
+        df["time_utc"] = pd.to_datetime(df["time_utc"]).astype("datetime64[ns]")
+        for c in ("path_bt", "path_rf", "path_sza"):
+            df[c] = [str(resolve_path(v)) for v in df[c]]
+        have = np.array([all(Path(r[c]).is_file() for c in ("path_bt", "path_rf", "path_sza")) for _, r in df.iterrows()], dtype=bool)
+        missing = [f"{t:%Y-%m-%d %H:%M} UTC (no {Path(b).name} or its rf/sza files)" for t, b in zip(df["time_utc"][~have], df["path_bt"][~have])]
+        df = df[have]
+    else:
+        sat, _ = scan_sat_times(raw_dir)
+        sat = sat.rename(columns={"sat_time_utc": "time_utc"})
+        if sel == "all":
+            df = sat
+        else:
+            if sel == "list":
+                try:
+                    want = pd.DatetimeIndex([pd.Timestamp(t) for t in cfg_times.list_utc])
+                except (ValueError, TypeError) as e:
+                    raise UserError(f"times.list_utc: cannot parse a time ({e}); use 'YYYY-MM-DD hh:mm' (UTC)") from None
+                if len(want) == 0:
+                    raise UserError("times.select is 'list' but times.list_utc is empty; add times like '2023-07-01 06:00' (UTC)")
+            else:
+                try:
+                    start, end = pd.Timestamp(cfg_times.start), pd.Timestamp(cfg_times.end)
+                except (ValueError, TypeError) as e:
+                    raise UserError(f"times.start / times.end: cannot parse ({e}); use 'YYYY-MM-DD hh:mm' (UTC)") from None
+                if end < start:
+                    raise UserError(f"times.end ({end}) is before times.start ({start})")
+                want = pd.date_range(start, end, freq=pd.Timedelta(minutes=cfg_times.step_min))
+            want = want.astype("datetime64[ns]")
+            have = pd.Index(sat["time_utc"])
+            ok = want.isin(have)
+            missing = [f"{t:%Y-%m-%d %H:%M} UTC (no gk2a_bt/rf/sza_{t:%Y%m%d%H%M}.nc under {raw_dir / 'sat'})" for t in want[~ok]]
+            df = sat.set_index("time_utc").loc[want[ok]].reset_index()
+    df = df.sort_values("time_utc").reset_index(drop=True)
+    if cfg_times.limit and len(df) > cfg_times.limit:
+        # the middle time of each of ``limit`` equal parts of the sorted selection
+        pick = np.unique(((np.arange(cfg_times.limit) + 0.5) * len(df) / cfg_times.limit).astype(int))
+        df = df.iloc[pick].reset_index(drop=True)
+    return df[["time_utc", "path_bt", "path_rf", "path_sza"]], missing
+

@@ -1,0 +1,74 @@
+"""The TA model checkpoint of step03 (``weights/best.pt``, ``weights/current.pt``): writer and reader.
+
+One dict, everything needed to continue training or to run the model alone::
+
+    format        "ta2d-step03"
+    model         state dict of TAModel
+    model_cfg     TAModelConfig as a dict (shared.models.ta)
+    norm          channels, patch_size, input_mean/std, target_mean/std, target_units (step02's statistics)
+    data          {"patch_signature": step02's manifest signature}: which patches it was trained on
+    optimizer, scheduler, scaler, rng      training state (resume)
+    epoch, best_val, best_epoch, bad_epochs, log (rows of train_log.csv so far)
+    train_cfg     the resolved step03 config
+
+Read with ``weights_only=True`` (no code runs from a crafted file); a file
+whose weights do not fit its stored model config is refused in one line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.core.errors import UserError
+from shared.io.torch_files import load_torch_file, save_torch_file
+from shared.models.ta import TAModel, build_model
+
+CKPT_FORMAT = "ta2d-step03"
+HINT = "point at a step03 weights/best.pt or retrain (python step03_train_clay/run.py)"
+
+
+def save_ta_checkpoint(path: str | Path, ckpt: dict) -> None:
+    """Write a checkpoint dict (``format`` is set here) atomically."""
+    save_torch_file(path, {"format": CKPT_FORMAT, **ckpt})
+
+
+def read_ta_checkpoint(path: str | Path) -> dict:
+    """Load and check a step03 checkpoint dict (tensors memory-mapped)."""
+    path = Path(path)
+    ckpt = load_torch_file(path, "checkpoint", HINT)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+        keys = ", ".join(map(str, list(ckpt)[:6])) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UserError(f"{path}: not a TA-2D step03 checkpoint (format {fmt!r}, keys: {keys}); {HINT}")
+    for key in ("model", "model_cfg"):
+        if key not in ckpt:
+            raise UserError(f"{path}: checkpoint lacks '{key}'; {HINT}")
+    return ckpt
+
+
+def load_ta_checkpoint(path: str | Path, map_location="cpu") -> tuple[TAModel, dict]:
+    """-> (model in eval mode, checkpoint dict with ``model_cfg``, ``norm``, ``epoch``, ``best_val``...)."""
+    ckpt = read_ta_checkpoint(path)
+    model = build_model(ckpt["model_cfg"], where=str(path))
+    load_weights(model, ckpt["model"], path)
+    return model.to(map_location).eval(), ckpt
+
+
+def load_weights(model, state: dict, path) -> None:
+    """``load_state_dict`` with one line naming the first mismatching tensors instead of a long traceback."""
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: 'model' is not a state dict; {HINT}")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if shape:
+            parts.append(f"{len(shape)} tensor(s) of another shape, e.g. {shape[0]}")
+        if missing:
+            parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+        raise UserError(f"{path}: weights do not fit the model config stored with them ({'; '.join(parts)}); {HINT}")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,179 @@
+"""step03_train_clay: patch chunks -> TA model weights (Clay encoder + MLP head).
+
+Trains into ``weights/.staging/`` (``current.pt`` every epoch, ``best.pt`` on
+a better validation loss) and promotes both to ``weights/`` only when the
+run finishes, so an interrupted or failed retraining never replaces the last
+good model. ``--resume`` continues an interrupted run (from the staged
+``current.pt``, else ``weights/current.pt``) and refuses a changed training
+config unless ``--allow-config-change``. Multi-process:
+``torchrun --nproc_per_node=N step03_train_clay/run.py`` (DDP; only rank 0
+writes). A config with ``mode: pretrain`` runs :mod:`shared.stages.step03_pretrain`.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from shared.core.runner import Context, Result, Stage
+from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR
+from shared.models.ta import TAModelConfig
+
+STEP = "step03_train_clay"
+SIZES = ("tiny", "small", "base", "large")
+_M = TAModelConfig()
+
+
+@dataclass
+class DataCfg:
+    patch_dir: Path = Path("step02_make_patches/outputs")
+    shuffle_files: bool = True
+    shuffle_within_file: bool = True
+    mix_chunks: int = 8  # rows of this many chunks are shuffled together
+    num_workers: int = 0
+
+    def check(self):
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.mix_chunks < 1:
+            raise ValueError(f"data.mix_chunks must be >= 1, got {self.mix_chunks}")
+
+
+@dataclass
+class OutputCfg:
+    weights_dir: Path = Path(f"{STEP}/weights")
+    outputs_dir: Path = Path(f"{STEP}/outputs")
+
+
+@dataclass
+class ModelCfg:
+    """User-settable part of :class:`~shared.models.ta.TAModelConfig` (defaults come from there)."""
+
+    type: Literal["clay_transfer"] = _M.type
+    size: Literal["tiny", "small", "base", "large"] = _M.size
+    clay_ckpt_path: Optional[Path] = None
+    freeze_encoder: bool = _M.freeze_encoder
+    resize_to: int = _M.resize_to
+    encoder_channels: Literal["spectral", "all"] = _M.encoder_channels
+    bt_waves_um: Optional[list[float]] = None  # null: GK-2A central wavelengths (shared.io.channels)
+    rf_waves_um: Optional[list[float]] = None
+    pseudo_waves_um: list[float] = field(default_factory=lambda: list(_M.pseudo_waves_um))
+    head_hidden: int = _M.head_hidden
+    head_layers: int = _M.head_layers
+    head_spectral: bool = _M.head_spectral  # also give the head the 16 radiances' centre values and patch means
+    pool: Literal["cls", "mean"] = _M.pool  # encoder embedding: CLS token or mean of the patch tokens
+    dropout: float = _M.dropout
+
+    def check(self):
+        if self.clay_ckpt_path is None and self.freeze_encoder:
+            raise ValueError("model.freeze_encoder is true but model.clay_ckpt_path is null: a frozen random "
+                             "encoder learns nothing; set clay_ckpt_path to clay-v1.5.ckpt or freeze_encoder: false")
+        if self.clay_ckpt_path is not None and not self.clay_ckpt_path.is_file():
+            raise ValueError(f"model.clay_ckpt_path not found: {self.clay_ckpt_path} (null = random init)")
+        if self.resize_to < 8 or self.resize_to % 8:
+            raise ValueError(f"model.resize_to must be a multiple of the Clay patch size 8, got {self.resize_to}")
+        for key, n in (("bt_waves_um", 10), ("rf_waves_um", 6), ("pseudo_waves_um", 3)):
+            v = getattr(self, key)
+            if v is not None and (len(v) != n or any(w <= 0 for w in v)):
+                raise ValueError(f"model.{key} needs {n} positive wavelengths in µm, got {v}")
+        if self.head_hidden < 1 or self.head_layers < 0:
+            raise ValueError("model.head_hidden must be >= 1 and model.head_layers >= 0")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainCfg:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.5  # epochs of linear warmup before the cosine decay
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    tf32: bool = True
+    device: str = "auto"
+    num_threads: int = 0  # CPU threads per process; 0 = torch's default (all cores)
+    seed: int = 0
+    cache_features: bool = False
+    early_stop_patience: int = 0  # epochs without a better val loss before stopping; 0 = off
+
+    def check(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("train.epochs and train.batch_size must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup < 0 or self.grad_clip < 0:
+            raise ValueError("train.lr must be > 0; weight_decay, warmup, grad_clip >= 0")
+        if self.num_threads < 0:
+            raise ValueError("train.num_threads must be >= 0 (0 = torch default)")
+        if self.early_stop_patience < 0:
+            raise ValueError("train.early_stop_patience must be >= 0")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class Config:
+    mode: Literal["train"] = "train"  # pretrain.yaml sets "pretrain" (shared.stages.step03_pretrain)
+    data: DataCfg = field(default_factory=DataCfg)
+    output: OutputCfg = field(default_factory=OutputCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+
+    def check(self):
+        if self.train.cache_features and not self.model.freeze_encoder:
+            raise ValueError("train.cache_features needs model.freeze_encoder: true (a trained encoder's "
+                             "features change every step)")
+
+
+def deps(cfg: Config) -> list[Path]:
+    out = [cfg.data.patch_dir / PATCH_SUBDIR, cfg.data.patch_dir / STATS_SUBDIR]
+    if cfg.model.clay_ckpt_path is not None:
+        out.append(cfg.model.clay_ckpt_path)
+    return out
+
+
+def outs(cfg: Config) -> list[Path]:
+    w = cfg.output.weights_dir
+    return [w / "best.pt", w / "current.pt", cfg.output.outputs_dir / "train_log.csv"]
+
+
+def upstream(cfg: Config) -> list:
+    return [(cfg.data.patch_dir, [cfg.data.patch_dir / PATCH_SUBDIR, cfg.data.patch_dir / STATS_SUBDIR], "step02")]
+
+
+def backend(cfg: Config) -> str:
+    import torch
+
+    return "nccl" if cfg.train.device != "cpu" and torch.cuda.is_available() else "gloo"
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run (weights/.staging/current.pt)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue although the training config changed (new values apply)")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="stop after N epochs in this invocation (continue later with --resume)")
+
+
+def run(cfg: Config, ctx: Context) -> Result:
+    from shared.training.loop import train  # torch: imported only after the up-to-date check
+
+    res = train(cfg, ctx.dist, resume=ctx.args.resume, stop_after=ctx.args.stop_after,
+                allow_config_change=ctx.args.allow_config_change)
+    if not ctx.dist.main:
+        return Result(done=res["done"])
+    if not res["done"]:
+        print(f"stopped after epoch {res['epochs']} of {cfg.train.epochs}; rerun with --resume to continue "
+              f"(weights/best.pt is still the last finished run's)")
+        return Result(done=False)
+    print(f"best epoch {res['best_epoch']}: val rmse {res['best_rmse_K']:.3f} K -> {res['outputs'][0]}")
+    return Result(counts={k: res[k] for k in ("epochs", "best_epoch", "train_rows", "val_rows")},
+                  extra={"best_val_loss": res["best_val"], "best_rmse_K": res["best_rmse_K"]})
+
+
+STAGE = Stage(name=STEP, title="train the TA model (Clay encoder + regression head) on the patch chunks",
+              config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
+              record_dir=lambda cfg: cfg.output.outputs_dir, mirror_dirs=lambda cfg: [cfg.output.weights_dir],
+              distributed=True, backend=backend,
+              add_args=add_args, rerun_when_resuming=True, doc=__doc__)

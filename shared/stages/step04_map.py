@@ -1,0 +1,306 @@
+"""step04_infer_map: trained model -> one 2 m TA map (CF netCDF + PNG) per time.
+
+Loads ``weights/best.pt`` alone (model config and normalisation statistics are
+inside), reads each time's BT/RF/SZA stacks once and predicts every pixel of
+the grid from its P x P window (edges reflect-padded, see
+:mod:`shared.mapping.predict`). Writes ``output_dir/ta_map_YYYYMMDDhhmm.nc`` +
+``.png`` (layout: :mod:`shared.io.maps`), ``map_at_stations.csv`` and
+``maps.json``.
+
+Many times: ``torchrun --nproc_per_node=N step04_infer_map/run.py`` splits the
+times between N processes (each writes its own maps); ``num_threads`` sets
+the threads of each. A rerun after an interruption keeps maps already complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import netCDF4
+import pandas as pd
+
+from shared.core.config import resolve_path
+from shared.core.constants import KELVIN
+from shared.core.errors import UserError, require_file
+from shared.core.records import fingerprint, write_csv, write_json
+from shared.core.runner import Context, Result, Stage
+from shared.io.maps import map_dataset, map_name, read_map, write_map
+from shared.io.raw import Static, read_frame, read_static
+from shared.io.stations import read_stations
+from shared.mapping.predict import check_region, load_predictor, predict_map
+from shared.mapping.quicklook import quicklook
+from shared.mapping.times import select_times
+
+STEP = "step04_infer_map"
+
+
+@dataclass
+class TimesConfig:
+    select: Literal["test", "list", "range", "all"] = "test"
+    list_utc: list[Any] = field(default_factory=list)
+    start: Any = None
+    end: Any = None
+    step_min: int = 60
+    limit: int = 0
+
+    def check(self):
+        def utc(v, key):  # YAML turns 2023-07-01 into a date: accept it and any pandas-readable time
+            try:
+                return f"{pd.Timestamp(v):%Y-%m-%d %H:%M}"
+            except (ValueError, TypeError):
+                raise ValueError(f"times.{key}: cannot read {v!r} as a time; use 'YYYY-MM-DD hh:mm' (UTC)") from None
+
+        self.list_utc = [utc(v, f"list_utc[{i}]") for i, v in enumerate(self.list_utc)]
+        self.start = None if self.start is None else utc(self.start, "start")
+        self.end = None if self.end is None else utc(self.end, "end")
+        if self.select == "range" and (not self.start or not self.end):
+            raise ValueError("times.select is 'range': set times.start and times.end (UTC, e.g. '2023-07-01 00:00')")
+        if self.step_min < 1:
+            raise ValueError(f"times.step_min must be >= 1, got {self.step_min}")
+        if self.limit < 0:
+            raise ValueError(f"times.limit must be >= 0 (0 = no limit), got {self.limit}")
+
+
+@dataclass
+class Config:
+    checkpoint: Path = Path("step03_train_clay/weights/best.pt")
+    raw_dir: Path = Path("data/raw")
+    stations_csv: Path = Path("data/raw/stations.csv")
+    index_dir: Path = Path("step01_make_index/outputs")
+    output_dir: Path = Path(f"{STEP}/outputs")
+    times: TimesConfig = field(default_factory=TimesConfig)
+    region: Optional[list[int]] = None
+    on_missing_image: Literal["skip", "fail"] = "skip"
+    block_rows: int = 8
+    batch_size: int = 8192
+    precision: Literal["fp32", "bf16"] = "fp32"
+    num_threads: int = 0
+    skip_existing: bool = True
+    quicklook: bool = True
+    coverage_km: float = 100.0
+    progress: bool = True
+
+    def check(self):
+        if self.block_rows < 1:
+            raise ValueError(f"block_rows must be >= 1, got {self.block_rows}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.region is not None and (len(self.region) != 4 or min(self.region[2:]) < 1 or min(self.region[:2]) < 0):
+            raise ValueError(f"region must be [row0, col0, ny, nx] (pixels of static.nc's grid, ny, nx >= 1) or null, got {self.region}")
+        if self.coverage_km < 0:
+            raise ValueError(f"coverage_km must be >= 0 (0 = no line), got {self.coverage_km}")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0 (0 = all cores / processes), got {self.num_threads}")
+
+
+def inputs_fingerprint(paths) -> str:
+    """One digest of the image and static files a map is made from (sizes + mtimes)."""
+    fp = fingerprint([Path(p) for p in paths])
+    return hashlib.sha1("|".join(fp[str(Path(p))] for p in paths).encode()).hexdigest()[:16]
+
+
+
+def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: str | None = None,
+                    quicklook: str | None = None) -> bool:
+    """A finished map of the same checkpoint, inputs, precision, grid and quicklook settings exists
+    (maps are written atomically after their PNG, so present = whole)."""
+    if not path.is_file():
+        return False
+    try:
+        with netCDF4.Dataset(path) as ds:
+            a = {k: ds.getncattr(k) for k in ds.ncattrs()}
+            ok = "t2m" in ds.variables
+    except (OSError, RuntimeError):
+        return False
+    if inputs_fp is not None and a.get("inputs_fingerprint") != inputs_fp:
+        return False
+    if quicklook is not None and a.get("quicklook_settings") != quicklook:
+        return False
+    return ok and a.get("checkpoint_fingerprint") == ckpt_fp and a.get("precision") == precision and all(str(a.get(k)) == str(v) for k, v in grid.attrs().items())
+
+
+
+def station_pixels(stations_csv: Path, static: Static) -> pd.DataFrame:
+    """Stations of ``stations_csv`` on this grid: ``stn_id, name, lat, lon, pixel_y, pixel_x``."""
+    st = read_stations(stations_csv)
+    py, px = static.grid.latlon_to_rowcol(st["lat"].to_numpy(), st["lon"].to_numpy())
+    st = st.assign(pixel_y=py, pixel_x=px)
+    return st[static.grid.inside(py, px)].reset_index(drop=True)
+
+
+
+def sample_maps_at_stations(map_paths: list[Path], stations: pd.DataFrame, grid, index_dir: Path | None,
+                            offset: tuple[int, int] = (0, 0)) -> pd.DataFrame:
+    """One row per (map, station): the map value at the station pixel, with the observation if step01 has it.
+
+    ``pixel_y/x`` are static.nc's pixel indices; ``offset`` is where the maps' ``grid`` starts in it.
+    """
+    parts = []
+    py, px = stations["pixel_y"].to_numpy(), stations["pixel_x"].to_numpy()
+    for p in map_paths:
+        f = read_map(p, grid)
+        v = f.t2m[py - offset[0], px - offset[1]]
+        parts.append(pd.DataFrame({"time_utc": f.time, "stn_id": stations["stn_id"].to_numpy(),
+                                   "lat": stations["lat"].to_numpy(), "lon": stations["lon"].to_numpy(),
+                                   "pixel_y": py, "pixel_x": px, "t2m_K": v, "t2m_c": v - KELVIN}))
+    cols = ["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "t2m_K", "t2m_c"]
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    df["time_utc"] = pd.to_datetime(df["time_utc"]).astype("datetime64[ns]")
+    ip = index_dir / "index.csv" if index_dir is not None else None
+    if ip is not None and ip.is_file() and len(df):
+        obs = pd.read_csv(ip, usecols=["sat_time_utc", "stn_id", "ta_c", "split"])
+        obs["sat_time_utc"] = pd.to_datetime(obs["sat_time_utc"]).astype("datetime64[ns]")
+        obs = obs.rename(columns={"sat_time_utc": "time_utc", "ta_c": "obs_c"})
+        df = df.merge(obs, on=["time_utc", "stn_id"], how="left")
+        df["error_K"] = df["t2m_c"] - df["obs_c"]
+    return df.sort_values(["time_utc", "stn_id"]).reset_index(drop=True)
+
+
+
+def run(cfg: Config, ctx: Context) -> Result:
+    """step04 for this rank's share of the times; rank 0 writes the summary files.
+
+    Maps already complete for the same checkpoint, image files, static.nc,
+    precision and quicklook settings are kept (``skip_existing``) unless ``--force``.
+    """
+    import torch
+
+    rank, world, force = ctx.dist.rank, ctx.dist.world, ctx.force
+    threads = cfg.num_threads if cfg.num_threads > 0 else max(1, (os.cpu_count() or 1) // world)
+    torch.set_num_threads(threads)
+    out = cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+
+    require_file(cfg.checkpoint, "checkpoint", "train the model first: python step03_train_clay/run.py (or set checkpoint)")
+    predictor = load_predictor(cfg.checkpoint, cfg.precision)
+    ckpt_fp = fingerprint([cfg.checkpoint])[str(cfg.checkpoint)]
+    static = read_static(cfg.raw_dir / "static.nc")
+    times, missing = select_times(cfg.times, cfg.index_dir, cfg.raw_dir)
+    if missing:
+        msg = f"{len(missing)} requested time(s) have no image: {'; '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
+        if cfg.on_missing_image == "fail":
+            raise UserError(msg + " (set on_missing_image: skip to map the others)")
+        if rank == 0:
+            print(f"warning: {msg}; skipped (on_missing_image: skip)")
+    if times.empty:
+        raise UserError("no time to map: " + ("; ".join(missing[:3]) if missing else "the selection is empty"))
+    stations = station_pixels(cfg.stations_csv, static) if cfg.stations_csv.is_file() else None
+    region = check_region(cfg.region, static.grid)
+    if region is None:
+        grid_out, offset, st_out = static.grid, (0, 0), stations
+    else:
+        grid_out, offset = static.grid.window(*region), region[:2]
+        st_out = None
+        if stations is not None:
+            ins = grid_out.inside(stations["pixel_y"] - offset[0], stations["pixel_x"] - offset[1])
+            st_out = stations[ins].reset_index(drop=True)
+    cut = (slice(offset[0], offset[0] + grid_out.ny), slice(offset[1], offset[1] + grid_out.nx))
+    st_plot = None if st_out is None else st_out.assign(pixel_y=st_out["pixel_y"] - offset[0], pixel_x=st_out["pixel_x"] - offset[1])
+
+    mine = times.iloc[rank::world]
+    if rank == 0:
+        print(f"step04: {len(times)} map(s) of {grid_out.ny}x{grid_out.nx}{'' if region is None else f' (region of {static.grid.ny}x{static.grid.nx})'} on {world} process(es) x {threads} thread(s); "
+              f"model {predictor.model_cfg.get('size')} (epoch {predictor.info.get('epoch')}), {cfg.precision}, "
+              f"P={predictor.patch_size}, reflect-padded edges")
+    done, skipped, records = 0, 0, []
+    quick = f"quicklook={cfg.quicklook} coverage_km={cfg.coverage_km:g}"
+    attrs_common = {
+        "checkpoint": str(cfg.checkpoint), "checkpoint_fingerprint": ckpt_fp,
+        "model_size": str(predictor.model_cfg.get("size")), "patch_size": predictor.patch_size,
+        "precision": cfg.precision, "edge_handling": f"reflect padding of {predictor.patch_size // 2} pixels (numpy mode='reflect')",
+        "missing_input": "pixels whose window holds a missing input value are NaN",
+        "quicklook_settings": quick,
+    }
+    for _, r in mine.iterrows():
+        t = pd.Timestamp(r["time_utc"])
+        path = out / map_name(t)
+        png = path.with_suffix(".png")
+        srcs = [resolve_path(r["path_bt"]), resolve_path(r["path_rf"]), resolve_path(r["path_sza"])]
+        in_fp = inputs_fingerprint(srcs + [static.path])
+        if (cfg.skip_existing and not force and map_is_complete(path, ckpt_fp, grid_out, cfg.precision, in_fp, quick)
+                and (png.is_file() or not cfg.quicklook)):
+            skipped += 1
+            continue
+        frame = read_frame(*srcs, static.grid)
+        res = predict_map(predictor, frame, static, t, cfg.block_rows, cfg.batch_size, progress=cfg.progress,
+                          desc=f"[rank {rank}] {t:%Y-%m-%d %H:%M}" if world > 1 else "", region=region)
+        del frame
+        attrs = dict(attrs_common, inputs_fingerprint=in_fp, input_files=" ".join(p.name for p in srcs),
+                     n_pixels_missing_input=res.n_missing, n_pixels_predicted=res.n_windows)
+        ds = map_dataset(res.t2m_K, grid_out, t, static.lat[cut], static.lon[cut], attrs)
+        if cfg.quicklook:  # PNG first: a map file present means its quicklook is too
+            note = f"{predictor.model_cfg.get('size')} model, {res.n_missing:,} px without input" if res.n_missing else ""
+            quicklook(png, res.t2m_K, grid_out, t, static.lsmask[cut], static.lat[cut], static.lon[cut], st_plot, note, cfg.coverage_km)
+        write_map(path, ds)
+        done += 1
+        rec = {"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": path.name, "seconds": round(res.seconds, 2),
+               "windows_per_s": round(res.windows_per_s), "n_missing": res.n_missing,
+               "peak_rss_MB": round(res.peak_rss_bytes / 2**20), "block_MB": round(res.block_bytes / 2**20, 1)}
+        records.append(rec)
+        print(f"{f'[rank {rank}] ' if world > 1 else ''}{path.name}: {res.seconds:.1f} s, {res.windows_per_s:,.0f} windows/s, "
+              f"{res.n_missing:,} px missing input, peak RSS {res.peak_rss_bytes / 2**20:,.0f} MB "
+              f"(window block {res.block_bytes / 2**20:.0f} MB)", flush=True)
+
+    ctx.dist.barrier()  # rank 0 summarises only after every rank has written its maps
+    summary = {"maps_total": len(times), "maps_written": done, "maps_skipped_complete": skipped,
+               "times_without_image": len(missing), "rank": rank, "world": world}
+    if rank != 0:
+        return Result(counts=summary)
+    all_maps = [out / map_name(t) for t in times["time_utc"]]
+    present = [p for p in all_maps if p.is_file()]
+    if len(present) != len(all_maps):
+        raise UserError(f"{len(all_maps) - len(present)} map(s) are missing after the run (did a rank fail?); rerun step04")
+    outputs = list(present)
+    if cfg.quicklook:
+        outputs += [p.with_suffix(".png") for p in present]
+    if st_out is not None:
+        st_csv = out / "map_at_stations.csv"
+        write_csv(st_csv, sample_maps_at_stations(present, st_out, grid_out, cfg.index_dir, offset), date_format="%Y-%m-%d %H:%M:%S")
+        outputs.append(st_csv)
+    write_json(out / "maps.json", {"times_utc": [f"{t:%Y-%m-%d %H:%M}" for t in times["time_utc"]],
+                                   "files": [p.name for p in present], "times_without_image": missing,
+                                   "this_run_rank0": records, **summary})
+    outputs.append(out / "maps.json")
+    stale = [p for p in out.glob("ta_map_*.png") if p.with_suffix(".nc") not in set(present) and not p.with_suffix(".nc").is_file()]
+    for p in stale:  # a quicklook whose map is gone would mislead
+        p.unlink()
+    print(f"step04: wrote {done} map(s), kept {skipped} complete one(s) (rank 0's share), {len(present)} in {out}")
+    return Result(counts=summary, extra={"maps_rank0": records}, outputs=outputs)
+
+
+def _times(cfg: Config) -> pd.DataFrame:
+    try:
+        return select_times(cfg.times, cfg.index_dir, cfg.raw_dir)[0]
+    except UserError:
+        return pd.DataFrame(columns=["time_utc", "path_bt", "path_rf", "path_sza"])  # run() reports it
+
+
+def deps(cfg: Config) -> list[Path]:
+    """The checkpoint, static.nc, the station table, the index (times, observations) and the images of the
+    selected times."""
+    t = _times(cfg)
+    images = sorted({resolve_path(p) for c in ("path_bt", "path_rf", "path_sza") for p in t[c]})
+    return [cfg.checkpoint, cfg.raw_dir / "static.nc", cfg.stations_csv, cfg.index_dir / "index.csv",
+            cfg.index_dir / "index_test.csv"] + images
+
+
+def outs(cfg: Config) -> list[Path]:
+    out = cfg.output_dir
+    maps = [out / map_name(t) for t in _times(cfg)["time_utc"]]
+    return maps + ([m.with_suffix(".png") for m in maps] if cfg.quicklook else []) + [out / "maps.json"]
+
+
+def upstream(cfg: Config) -> list:
+    """The weights must be those of a finished step03 run (its record sits beside them in weights/); the index
+    files read (test times, observations for map_at_stations.csv) those of a finished step01 run."""
+    index = [f for f in (cfg.index_dir / "index.csv", cfg.index_dir / "index_test.csv")
+             if f.exists() or (cfg.times.select == "test" and f.name == "index_test.csv")]
+    return [(cfg.checkpoint.parent, [cfg.checkpoint], "step03")] + ([(cfg.index_dir, index, "step01")] if index else [])
+
+
+STAGE = Stage(name=STEP, title="one 2 m air temperature map (CF netCDF + PNG) per time from the trained model",
+              config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
+              record_dir=lambda cfg: cfg.output_dir, distributed=True, doc=__doc__)
