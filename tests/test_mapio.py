@@ -106,3 +106,19 @@ def test_read_map_refuses_a_stacked_file(three_maps, tmp_path):
         d.close()
     with pytest.raises(UserError, match="holds 3 times"):
         read_map(tmp_path / "season.nc")
+
+
+def test_map_is_clean_under_the_ioos_compliance_checker(three_maps, tmp_path):
+    """DESIGN.md: step04's maps are CF-1.8 "clean under the IOOS compliance-checker" (int64 time was its one error)."""
+    import json
+
+    runner = pytest.importorskip("compliance_checker.runner")
+    runner.CheckSuite().load_all_available_checkers()
+    out = tmp_path / "cc.json"
+    passed, errors = runner.ComplianceChecker.run_checker(str(three_maps[0]), ["cf:1.8"], 0, "normal",
+                                                          output_filename=str(out), output_format="json")
+    rep = json.loads(out.read_text())["cf:1.8"]
+    issues = [(g["name"], g["msgs"]) for k in ("high_priorities", "medium_priorities", "low_priorities")
+              for g in rep[k] if g["msgs"]]
+    assert passed and not errors and not issues, issues
+    assert (rep["high_count"], rep["medium_count"], rep["low_count"]) == (0, 0, 0)
