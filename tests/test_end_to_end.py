@@ -72,9 +72,9 @@ def test_five_steps_on_tiny_world(tmp_path):
     import xarray as xr
 
     with xr.open_dataset(maps[0]) as ds:
-        assert ds["t2m"].shape == (128, 128) and ds["t2m"].attrs["standard_name"] == "air_temperature"
+        assert ds["t2m"].shape == (1, 128, 128) and ds["t2m"].attrs["standard_name"] == "air_temperature"  # (time=1, y, x)
         assert ds.attrs["Conventions"] == "CF-1.8" and float(ds["height"]) == 2.0
-        t_map = pd.Timestamp(ds["time"].values)
+        t_map = pd.Timestamp(ds["time"].values[0])
         t2m = ds["t2m"].values
     assert t_map in set(pd.to_datetime(idx["test"]["sat_time_utc"]))
     assert np.isfinite(t2m).all() and 230 < t2m.min() and t2m.max() < 320

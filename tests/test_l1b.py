@@ -38,8 +38,27 @@ def base_dn(ch):
     return 500
 
 
-def write_l1b(path, ch, dn, with_cal=True, gain_scale=1.0):
-    """One L1B file in the real layout (uint16 image_pixel_values, dims dim_image_y/x)."""
+TABLE_VERSION = "v.3.0_20190415"  # what shared/data/ami_calibration.csv states
+
+
+def projection_attrs(shape, res_km=2.0):
+    """LCC attributes of a KO file on GRID's window (or the full KO area when ``shape`` is 900 km / res)."""
+    res_m = res_km * 1000
+    full = shape == (int(900 * 2 / res_km),) * 2
+    x_edge, y_edge = (-900000.0, 900000.0) if full else (GRID.x[0] - 1000, GRID.y[0] + 1000)
+    return {"projection_type": "LC", "standard_parallel1": 30.0, "standard_parallel2": 60.0, "central_meridian": 126.0,
+            "origin_latitude": 38.0, "false_easting": 0.0, "false_northing": 0.0, "pixel_size": res_m,
+            "upper_left_easting": x_edge + res_m / 2, "upper_left_northing": y_edge - res_m / 2,
+            "number_of_columns": shape[1], "number_of_lines": shape[0]}
+
+
+def write_l1b(path, ch, dn, with_cal=True, gain_scale=1.0, res_km=2.0, proj="global", version=TABLE_VERSION, **override):
+    """One L1B file in the real layout (uint16 image_pixel_values, dims dim_image_y/x).
+
+    ``proj``: where the LCC projection attributes go: "global" (global attributes), "variable" (a
+    ``gk2a_imager_projection`` variable, NMSC's L2 layout) or None (none at all, not even
+    ``projection_type``). ``override``: attributes replaced after that (a value None removes one).
+    """
     row = TABLE[ch]
     path.parent.mkdir(parents=True, exist_ok=True)
     with netCDF4.Dataset(path, "w") as ds:
@@ -54,16 +73,23 @@ def write_l1b(path, ch, dn, with_cal=True, gain_scale=1.0):
         })
         v[:] = dn
         attrs = {"satellite_name": "GK-2A", "instrument_name": "AMI", "channel_center_wavelength": f"{row['wavelength_um']:.2f}",
-                 "observation_mode": "KO", "projection_type": "LC", "number_of_columns": dn.shape[1],
-                 "number_of_lines": dn.shape[0], "Plank_constant_h": H, "light_speed": C, "Boltzmann_constant_k": K}
+                 "observation_mode": "KO", "Plank_constant_h": H, "light_speed": C, "Boltzmann_constant_k": K}
+        pa = projection_attrs(dn.shape, res_km)
+        if proj == "global":
+            attrs.update(pa)
+        elif proj == "variable":
+            pv = ds.createVariable("gk2a_imager_projection", "i4")
+            pv.setncatts({k: v for k, v in pa.items() if k not in override})
+        if version is not None:
+            attrs["calibration_table_version"] = version
         if with_cal:
-            attrs.update({"DN_to_Radiance_Gain": row["gain"] * gain_scale, "DN_to_Radiance_Offset": row["offset"],
-                          "calibration_table_version": "v.3.0_20190415"})
+            attrs.update({"DN_to_Radiance_Gain": row["gain"] * gain_scale, "DN_to_Radiance_Offset": row["offset"]})
             if row["kind"] == "rf":
                 attrs["Radiance_to_Albedo_c"] = row["albedo_c"]
             else:
                 attrs.update({f"Teff_to_Tbb_c{i}": row[f"c{i}"] for i in range(3)})
-        ds.setncatts(attrs)
+        attrs.update(override)
+        ds.setncatts({k: v for k, v in attrs.items() if v is not None})
 
 
 def channel_counts(ch):
@@ -73,21 +99,21 @@ def channel_counts(ch):
     err = (1 << int(TABLE[ch]["valid_bits"])) - 1
     dn[0:f, 0:f] |= 3 << 14  # error flag -> NaN
     dn[0:f, f:2 * f] |= 1 << 14  # conditionally usable -> kept
-    dn[f:2 * f, 0:f] = err  # error count -> NaN
+    dn[f:2 * f, 0:f] = err  # top count, flag good: IR error value -> NaN; VIS/NIR saturated -> max albedo
     dn[f:2 * f, f:2 * f] |= 2 << 14  # out of scan area -> NaN
-    if f > 1:  # one bad sub-pixel in an otherwise good 2 km block -> mean of the rest
-        dn[2 * f, 0] = err
+    if f > 1:  # one bad sub-pixel (error flag) in an otherwise good 2 km block -> mean of the rest
+        dn[2 * f, 0] = err | 3 << 14
     return dn
 
 
-def make_l1b_dir(root, stamps, drop=(), no_cal=()):
+def make_l1b_dir(root, stamps, drop=(), no_cal=(), **kw):
     for stamp in stamps:
         for ch in BT_CHANNELS + RF_CHANNELS:
             if (stamp, ch) in drop:
                 continue
             res = f"{int(RES.get(ch, 2.0) * 10):03d}"
             p = root / stamp[:8] / f"gk2a_ami_le1b_{ch.lower()}_ko{res}lc_{stamp}.nc"
-            write_l1b(p, ch, channel_counts(ch), with_cal=ch not in no_cal)
+            write_l1b(p, ch, channel_counts(ch), with_cal=ch not in no_cal, res_km=RES.get(ch, 2.0), **kw)
     return root
 
 
@@ -163,6 +189,111 @@ def test_full_ko_image_is_cut_to_window(tmp_path):
         l1b.read_channel(p, "IR105", KO_GRID, res_km=1.0)
 
 
+def test_saturated_visible_pixel_kept_error_pixel_dropped():
+    vis = l1b.channel_calibration("VI006", {}, {}, TABLE, "table")  # 12 valid bits: top count 4095
+    top = 4095
+    raw = np.array([top, top | 1 << 14, top | 3 << 14, top | 2 << 14, 500], np.uint16)
+    stats = {}
+    got = l1b.calibrate_counts(raw, vis, stats=stats)
+    # flags 0 and 1: a saturated bright pixel, the albedo the top count calibrates to (GK2A.md formula)
+    assert got[0] == pytest.approx(expected_value("VI006", top), abs=1e-12) and got[1] == got[0]
+    assert got[0] == pytest.approx((4095 * 0.154856294393539 - 6.19424438476562) * 0.0019244840, abs=1e-12)
+    assert got[0] > got[4] and got[0] > 1.0
+    assert np.isnan(got[2]) and np.isnan(got[3])  # the same count with flag 3 (error) / 2 (out of scan)
+    assert stats["saturated"] == 2
+    ir = l1b.channel_calibration("IR105", {}, {}, TABLE, "table")  # thermal: the top count is the error value
+    stats = {}
+    assert np.isnan(l1b.calibrate_counts(np.array([8191, 8191 | 1 << 14], np.uint16), ir, stats=stats)).all()
+    assert stats["saturated"] == 0
+
+
+def test_saturated_pixel_through_a_file(tmp_path):
+    p = tmp_path / "gk2a_ami_le1b_vi005_ko020lc_202208010300.nc"
+    dn = np.full((GRID.ny, GRID.nx), 500, np.uint16)
+    dn[0, 0], dn[0, 1] = 2047, 2047 | 3 << 14  # VI005: 11 valid bits; flag 0 vs flag 3
+    write_l1b(p, "VI005", dn)
+    info = {}
+    v, _ = l1b.read_channel(p, "VI005", GRID, report=info)
+    assert v[0, 0] == pytest.approx(expected_value("VI005", 2047), abs=1e-6) and np.isnan(v[0, 1])
+    assert info["saturated"] == 1
+
+
+def test_projection_attributes_checked_against_the_grid(tmp_path):
+    p = tmp_path / "gk2a_ami_le1b_ir105_ko020lc_202208010000.nc"
+    dn = np.full((GRID.ny, GRID.nx), 3508, np.uint16)
+    for where in ("global", "variable"):
+        write_l1b(p, "IR105", dn, proj=where)
+        info = {}
+        l1b.read_channel(p, "IR105", GRID, report=info)  # the right projection passes
+        assert info["projection_attrs"] >= 10
+    # another standard parallel: refused, naming the file, the attribute, found and expected values
+    write_l1b(p, "IR105", dn, standard_parallel1=25.0)
+    with pytest.raises(UserError, match=r"ir105_ko020lc.*standard_parallel1 = 25\.0, expected 30") as e:
+        l1b.read_channel(p, "IR105", GRID)
+    assert "standard_parallel2" not in str(e.value)
+    write_l1b(p, "IR105", dn, proj="variable", standard_parallel1=25.0)  # same, in gk2a_imager_projection
+    with pytest.raises(UserError, match=r"standard_parallel1 = 25\.0, expected 30"):
+        l1b.read_channel(p, "IR105", GRID)
+    for attr, bad, want in [("central_meridian", 128.2, "expected 126"), ("origin_latitude", 0.0, "expected 38"),
+                            ("projection_type", "GEOS", "expected 'LC'"), ("pixel_size", 1000.0, "expected 2000"),
+                            ("upper_left_easting", GRID.x[0] + 2000, f"expected {GRID.x[0]:g}"),
+                            ("number_of_columns", 900, "expected 10")]:
+        write_l1b(p, "IR105", dn, **{attr: bad})
+        with pytest.raises(UserError, match=f"{attr} = .*{want}"):
+            l1b.read_channel(p, "IR105", GRID)
+    # a 0.5 km file (ko005lc) has 500 m pixels; labelled 2000 m it is refused
+    q = tmp_path / "gk2a_ami_le1b_vi006_ko005lc_202208010000.nc"
+    write_l1b(q, "VI006", np.full((GRID.ny * 4, GRID.nx * 4), 500, np.uint16), res_km=0.5)
+    l1b.read_channel(q, "VI006", GRID, res_km=0.5)
+    write_l1b(q, "VI006", np.full((GRID.ny * 4, GRID.nx * 4), 500, np.uint16), res_km=0.5, pixel_size=2000.0)
+    with pytest.raises(UserError, match="pixel_size = 2000.0, expected 500"):
+        l1b.read_channel(q, "VI006", GRID, res_km=0.5)
+    # a full KO image carries the KO area's own upper-left pixel centre
+    full = tmp_path / "gk2a_ami_le1b_ir105_ko020lc_202208010100.nc"
+    write_l1b(full, "IR105", np.full((900, 900), 3508, np.uint16))
+    assert l1b.read_channel(full, "IR105", GRID)[0].shape == GRID.shape
+
+
+def test_projection_errors_stop_the_converter(tmp_path):
+    src = make_l1b_dir(tmp_path / "l1b", ["202208010000"])
+    write_l1b(next(src.rglob("*ir087*")), "IR087", channel_counts("IR087"), standard_parallel1=33.0)
+    with pytest.raises(UserError, match="ir087.*standard_parallel1 = 33.0, expected 30"):
+        l1b.convert(src, tmp_path / "raw", grid=GRID, progress=False)
+    assert not list((tmp_path / "raw").rglob("*.nc"))
+
+
+def test_files_without_projection_attributes_accepted_and_logged_once(tmp_path, caplog):
+    src = make_l1b_dir(tmp_path / "l1b", ["202208010000", "202208010100"], proj=None)
+    with caplog.at_level(logging.INFO, logger="shared.ingest.l1b"):
+        rep = l1b.convert(src, tmp_path / "raw", grid=GRID, progress=False)
+    assert rep["written"] == 2 and rep["files_without_projection"] == 32
+    notes = [r for r in caplog.records if "no projection attributes" in r.getMessage()]
+    assert len(notes) == 1 and "32 file(s)" in notes[0].getMessage()
+
+
+def test_calibration_table_version_mismatch_warns_once(tmp_path, caplog, capsys):
+    assert l1b.table_version() == TABLE_VERSION
+    src = make_l1b_dir(tmp_path / "l1b", ["202208010000", "202208010100"], no_cal={"NR013", "IR112"},
+                       version="v.3.1_20230101")
+    with caplog.at_level(logging.INFO, logger="shared.ingest.l1b"):
+        rep = l1b.convert(src, tmp_path / "raw", grid=GRID, progress=False)
+    assert rep["written"] == 2  # a warning, not a failure
+    # only the 4 files calibrated from the table count (files with their own coefficients need no table)
+    assert rep["calibration_version_mismatch"] == {"table": TABLE_VERSION, "files": {"v.3.1_20230101": 4}}
+    warns = [r for r in caplog.records if "calibration table version" in r.getMessage()]
+    assert len(warns) == 1 and warns[0].levelno == logging.WARNING
+    assert "v.3.1_20230101" in warns[0].getMessage() and TABLE_VERSION in warns[0].getMessage()
+    # the same version as the table: nothing to say
+    caplog.clear()
+    src2 = make_l1b_dir(tmp_path / "l1b2", ["202208010000"], no_cal={"NR013"})
+    rep2 = l1b.convert(src2, tmp_path / "raw2", grid=GRID, progress=False)
+    assert rep2["calibration_version_mismatch"] is None and "calibration table version" not in caplog.text
+    # the CLI prints it in its summary
+    assert l1b.main(["convert", "--src", str(src), "--dst", str(tmp_path / "raw3"),
+                     "--window", ",".join(map(str, WINDOW))]) == 0
+    assert "calibration table v.3.0_20190415 used for files naming v.3.1_20230101 (4)" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- conversion
 
 
@@ -176,6 +307,10 @@ def test_convert_writes_contract_stacks(tmp_path, caplog):
     assert rep["written"] == 1 and rep["skipped"] == 0
     assert rep["incomplete"] == ["202208010100: missing IR105, VI006"]
     assert rep["table_channels"] == {"NR013": 1}
+    # one saturated 2 km pixel per reflective channel (16 sub-pixels for VI006 at 0.5 km); same table version
+    assert rep["saturated"] == {"VI004": 1, "VI005": 1, "VI008": 1, "NR013": 1, "NR016": 1, "VI006": 16}
+    assert rep["files_without_projection"] == 0 and rep["calibration_version_mismatch"] is None
+    assert "saturated reflective pixels" in caplog.text and "VI006 16" in caplog.text
     assert "NR013 (1 file(s))" in caplog.text and "ami_calibration.csv" in caplog.text
     assert "202208010100: missing IR105, VI006" in caplog.text
 
@@ -201,10 +336,15 @@ def test_convert_writes_contract_stacks(tmp_path, caplog):
         assert list(ds["channel"].values) == RF_CHANNELS
         rf = ds["rf"].values
     for i, ch in enumerate(RF_CHANNELS):
-        assert rf[i, 2, 0] == pytest.approx(expected_value(ch, base_dn(ch)), abs=PACKING["rf"][0] / 2 + 1e-6), ch
-        assert np.isnan(rf[i, 0, 0]) and not np.isnan(rf[i, 0, 1])
+        step = PACKING["rf"][0] / 2 + 1e-6  # rounding to the contract's packing step (shared.io.raw)
+        assert rf[i, 2, 0] == pytest.approx(expected_value(ch, base_dn(ch)), abs=step), ch
+        assert np.isnan(rf[i, 0, 0]) and not np.isnan(rf[i, 0, 1]) and np.isnan(rf[i, 1, 1])
+        # top count with a good flag: saturated, kept at the largest albedo the channel reports
+        err = (1 << int(TABLE[ch]["valid_bits"])) - 1
+        assert rf[i, 1, 0] == pytest.approx(expected_value(ch, err), abs=step), ch
+        assert rf[i, 1, 0] > 1.0, ch
     # VI006 came at 0.5 km: its 2 km pixel (2, 0) averaged 15 good sub-pixels and dropped the bad one
-    assert rf[RF_CHANNELS.index("VI006"), 2, 0] == pytest.approx(expected_value("VI006", 500), abs=1.1e-4)
+    assert rf[RF_CHANNELS.index("VI006"), 2, 0] == pytest.approx(expected_value("VI006", 500), abs=PACKING["rf"][0] / 2 + 1e-6)
 
     with xr.open_dataset(day / "gk2a_sza_202208010000.nc") as ds:
         sza = ds["sza"].values

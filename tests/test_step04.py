@@ -191,10 +191,12 @@ def test_step04_writes_cf_maps_resumes_and_is_up_to_date(world, tmp_path, capsys
 
     ds = xr.open_dataset(out / names[1])
     t2m = ds["t2m"]
-    assert t2m.dims == ("y", "x") and t2m.shape == (24, 30) and t2m.dtype == np.float32
+    # length-1 time dimension: a season of maps stacks with xr.open_mfdataset (tests/test_mapio.py)
+    assert t2m.dims == ("time", "y", "x") and t2m.shape == (1, 24, 30) and t2m.dtype == np.float32
     assert t2m.attrs["standard_name"] == "air_temperature" and t2m.attrs["units"] == "K"
     assert t2m.attrs["grid_mapping"] == "crs"
-    assert set(t2m.encoding["coordinates"].split()) >= {"lat", "lon", "height", "time"}
+    assert set(t2m.encoding["coordinates"].split()) >= {"lat", "lon", "height"}
+    assert ds["time"].dims == ("time",) and ds["time"].encoding["dtype"] == np.float64  # CF-1.8 §2.2: no int64
     assert float(ds["height"]) == 2.0 and ds["height"].attrs["standard_name"] == "height" and ds["height"].attrs["positive"] == "up"
     assert ds["x"].attrs["standard_name"] == "projection_x_coordinate" and ds["y"].attrs["units"] == "m"
     assert ds["lat"].dims == ("y", "x") and ds["lat"].attrs["units"] == "degrees_north"
@@ -202,7 +204,7 @@ def test_step04_writes_cf_maps_resumes_and_is_up_to_date(world, tmp_path, capsys
     assert crs["grid_mapping_name"] == "lambert_conformal_conic"
     assert list(np.atleast_1d(crs["standard_parallel"])) == [30.0, 60.0] and crs["longitude_of_central_meridian"] == 126.0
     assert ds.attrs["Conventions"] == "CF-1.8" and ds.attrs["source"] and ds.attrs["history"]
-    assert pd.Timestamp(ds["time"].values) == pd.Timestamp(TIMES[1])
+    assert pd.Timestamp(ds["time"].values[0]) == pd.Timestamp(TIMES[1])
     np.testing.assert_allclose(ds["x"].values[[0, -1]], [-899000 + 2000 * 480, -899000 + 2000 * 509])
     from pyproj import CRS
 

@@ -11,8 +11,12 @@ Per channel (formulas of the NMSC L1B documentation, attribute names as the
 files spell them):
 
 * counts: the top 2 of the 16 bits are a quality flag (0 good, 1 usable
-  with conditions, 2 out of scan area, 3 error); flags 2/3 and the error
-  count ``2**number_of_valid_bits_per_pixel - 1`` become NaN, flag 1 is kept;
+  with conditions, 2 out of scan area, 3 error); flags 2/3 become NaN, flag
+  1 is kept. The top count ``2**number_of_valid_bits_per_pixel - 1`` is the
+  documented error value of the thermal channels (NaN); in a reflective
+  channel with flag 0/1 it is a saturated bright pixel (cloud tops, sun
+  glint) and keeps the maximum albedo that count calibrates to; the
+  converter counts these pixels and reports them;
 * ``radiance = DN * DN_to_Radiance_Gain + DN_to_Radiance_Offset``;
 * reflective: ``albedo = radiance * Radiance_to_Albedo_c``;
 * thermal: ``Teff = (h c / k) nu / ln(2 h c^2 nu^3 / (L 1e-5) + 1)`` with
@@ -20,7 +24,14 @@ files spell them):
   ``Tb = c0 + c1 Teff + c2 Teff^2``; radiance <= 0 -> NaN.
 
 Files without calibration attributes (some KO files) take the channel's row
-of ``shared/ingest/data/ami_calibration.csv`` and the log says so. The wavelength
+of ``shared/ingest/data/ami_calibration.csv`` and the log says so; when such a file
+names a ``calibration_table_version`` other than the table's, one warning per
+run names both versions (the coefficients rarely change; nothing fails).
+
+Every file's LCC projection attributes (where it has them) must describe the
+KO grid of ``shared/geo/grid.py``; a file on another projection, origin or pixel
+size is refused (see ``PROJECTION_ATTRS``). Files without them are accepted
+and the run's log says once how many there were. The wavelength
 for the Planck function always comes from that table (the precise channel
 centre the c0/c1/c2 fit was made for; files often carry a rounded label).
 Channels delivered finer than 2 km (``ko010lc``, ``ko005lc``) are averaged
@@ -60,6 +71,20 @@ _CAL_ATTRS = {
     "bt": ("DN_to_Radiance_Gain", "DN_to_Radiance_Offset", "Teff_to_Tbb_c0", "Teff_to_Tbb_c1", "Teff_to_Tbb_c2"),
 }
 SOURCE = "GK-2A AMI L1B (KO area) converted by shared.ingest.l1b"
+#: LCC projection attributes of GK-2A KO (``ko*lc``) files checked against the grid, as
+#: (attribute, proj4 key of Grid.proj4 or special, tolerance). Names: GK2A.md (``projection_type``,
+#: ``number_of_columns``/``number_of_lines`` among the L1B global attributes) and NMSC's
+#: ``gk2a_imager_projection`` attributes as public GK-2A KO/EA LC readers use them
+#: (``standard_parallel1/2``, ``central_meridian``, ``origin_latitude``, ``false_easting``,
+#: ``false_northing``, ``pixel_size`` in m, ``upper_left_easting/northing``, ``image_width/height``);
+#: ``channel_spatial_resolution`` (km) as public L1B (LA) readers check it. They are looked up among
+#: the global attributes first, then on a ``gk2a_imager_projection`` variable if the file has one.
+PROJECTION_ATTRS = (
+    ("standard_parallel1", "lat_1", 1e-6), ("standard_parallel2", "lat_2", 1e-6),
+    ("origin_latitude", "lat_0", 1e-6), ("central_meridian", "lon_0", 1e-6),
+    ("false_easting", "x_0", 1e-3), ("false_northing", "y_0", 1e-3),
+)
+PROJECTION_VAR = "gk2a_imager_projection"
 _NAME_RE = re.compile(r"^gk2a_ami_le1b_([a-z]{2}\d{3})_ko(\d{3})lc_(\d{12})\.nc$", re.IGNORECASE)
 
 
@@ -103,6 +128,26 @@ def load_table(path: str | Path = CALIBRATION_TABLE) -> dict[str, dict]:
     return {r["channel"]: r for r in t.to_dict("records")}
 
 
+@lru_cache(maxsize=4)
+def table_version(path: str | Path = CALIBRATION_TABLE) -> str | None:
+    """The ``calibration_table_version`` a coefficient table states in its ``#`` header.
+
+    ``shared/data/ami_calibration.csv`` says ``calibration_table_version = "v.3.0_20190415"``
+    (the string real files carry); None when the header names none.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.startswith("#"):
+                    break
+                m = re.search(r'calibration_table_version\s*=\s*"([^"]+)"', line)
+                if m:
+                    return m.group(1).strip()
+    except OSError:
+        return None
+    return None
+
+
 def _num(v) -> float:
     """Attribute (number, numpy scalar or string like "10.5") -> float; NaN if unusable."""
     try:
@@ -140,14 +185,19 @@ def channel_calibration(channel: str, gattrs: dict, vattrs: dict, table: dict[st
     )
 
 
-def calibrate_counts(raw: np.ndarray, cal: ChannelCal, total_bits: int = 16, flag_bits: int = 2) -> np.ndarray:
+def calibrate_counts(raw: np.ndarray, cal: ChannelCal, total_bits: int = 16, flag_bits: int = 2,
+                     stats: dict | None = None) -> np.ndarray:
     """uint16 pixel values -> albedo / BT (float64), NaN for flagged or error pixels.
 
     Flag = top ``flag_bits`` of ``total_bits``; 2 (out of scan) and 3 (error)
     are dropped, 1 (conditionally usable) is kept. The count is the low
-    ``cal.valid_bits``; all of them set is the channel's error value. Counts
-    are integers below 2**valid_bits, so the formulas run once per possible
-    count (a lookup table) instead of once per pixel.
+    ``cal.valid_bits``. All of them set (the top count): in a thermal channel
+    the documented error value (NaN); in a reflective channel a saturated
+    pixel when its flag is 0 or 1 (kept: the albedo of the top count, the
+    largest the channel can report) and NaN with flag 2/3. ``stats``, when
+    given, gets ``saturated`` = number of such kept pixels. Counts are
+    integers below 2**valid_bits, so the formulas run once per possible count
+    (a lookup table) instead of once per pixel.
     """
     raw = np.asarray(raw)
     if raw.dtype.kind not in "ui":
@@ -155,9 +205,14 @@ def calibrate_counts(raw: np.ndarray, cal: ChannelCal, total_bits: int = 16, fla
     raw = raw.astype(np.uint32)
     err = (1 << cal.valid_bits) - 1
     lut = dn_to_physical(np.arange(err + 1, dtype=np.float64), cal)
-    lut[err] = np.nan
-    out = lut[raw & err]
-    out[(raw >> (total_bits - flag_bits)) >= 2] = np.nan
+    if cal.kind != "rf":
+        lut[err] = np.nan  # thermal: the top count is the error value
+    count = raw & err
+    bad_flag = (raw >> (total_bits - flag_bits)) >= 2
+    out = lut[count]
+    out[bad_flag] = np.nan
+    if stats is not None:
+        stats["saturated"] = int(np.count_nonzero((count == err) & ~bad_flag)) if cal.kind == "rf" else 0
     return out
 
 
@@ -189,12 +244,101 @@ def block_mean(a: np.ndarray, f: int) -> np.ndarray:
         return np.where(n > 0, s / n, np.nan)
 
 
+def _proj4_params(proj4: str) -> dict[str, float]:
+    """``"+proj=lcc +lat_1=30 ..."`` -> ``{"lat_1": 30.0, ...}`` (numeric parameters only)."""
+    out = {}
+    for tok in proj4.split():
+        k, _, v = tok.lstrip("+").partition("=")
+        f = _num(v) if v else math.nan
+        if math.isfinite(f):
+            out[k] = f
+    return out
+
+
+def _show(v) -> str:
+    """An attribute value as the file holds it: 25.0, 'LC', [30. 60.] (no numpy type names)."""
+    v = v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, (bool, int, float)):
+        return repr(float(v)) if isinstance(v, float) else repr(v)
+    if isinstance(v, bytes):
+        v = v.decode(errors="replace")
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def check_projection(path, attrs: dict, grid: Grid, res_km: float, shape: tuple[int, int], full: bool) -> int:
+    """Refuse a file whose LCC projection attributes do not describe ``grid``.
+
+    ``attrs``: the file's global attributes (with those of a
+    ``gk2a_imager_projection`` variable underneath). ``shape``: the image's
+    (lines, columns) at ``res_km``; ``full``: whether it is the whole KO area
+    (else ``grid``'s window). Returns how many of the checked attributes the
+    file has (0: a file without projection attributes, accepted). All
+    mismatches go into one UserError naming the file, each attribute, the
+    value found and the value expected.
+    """
+    want = _proj4_params(grid.proj4)
+    res_m = res_km * 1000.0
+    # outer north-west corner of the image (the full KO area or grid's window); its first pixel's
+    # centre lies half a file pixel inside it (pixel centres, as shared/geo/grid.py places them)
+    x_edge = grid.x[0] - grid.res_m / 2
+    y_edge = grid.y[0] + grid.res_m / 2
+    if full:
+        x_edge, y_edge = -KO_SIZE * grid.res_m / 2, KO_SIZE * grid.res_m / 2
+    checks = [(name, want.get(key, 0.0), tol) for name, key, tol in PROJECTION_ATTRS]
+    checks += [
+        ("pixel_size", res_m, 1e-3),
+        ("channel_spatial_resolution", res_km, 1e-6),
+        ("number_of_columns", shape[1], 0.0), ("number_of_lines", shape[0], 0.0),
+        ("image_width", shape[1], 0.0), ("image_height", shape[0], 0.0),
+        # half a pixel: accepts the first pixel's centre or its outer corner, refuses any shift of a pixel
+        ("upper_left_easting", x_edge + res_m / 2, res_m / 2 + 1e-3),
+        ("upper_left_northing", y_edge - res_m / 2, res_m / 2 + 1e-3),
+    ]
+    bad, seen = [], 0
+    ptype = attrs.get("projection_type")
+    if ptype is not None:
+        seen += 1
+        found = (ptype.decode() if isinstance(ptype, bytes) else str(ptype)).strip()
+        if found.upper() != "LC":
+            bad.append(f"projection_type = {found!r}, expected 'LC' (Lambert conformal conic of the KO area)")
+    for name, expected, tol in checks:
+        if name not in attrs:
+            continue
+        seen += 1
+        found = _num(attrs[name])
+        if not (math.isfinite(found) and abs(found - expected) <= tol):
+            bad.append(f"{name} = {_show(attrs[name])}, expected {expected:g}" + (f" (± {tol:.0f})" if tol >= 1 else ""))
+    if bad:
+        raise UserError(f"{path}: projection attributes do not match the KO grid of shared/geo/grid.py "
+                        f"({grid.proj4.split(' +ellps')[0]}, {res_m:g} m pixels): " + "; ".join(bad))
+    return seen
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(key: str, msg: str, *args) -> None:
+    """Log ``msg`` once per process (read_channel called without a report)."""
+    if key not in _NOTED:
+        _NOTED.add(key)
+        log.warning(msg, *args)
+
+
 def read_channel(path: str | Path, channel: str, grid: Grid = KO_GRID, res_km: float = 2.0,
-                 table_path: str | Path = CALIBRATION_TABLE) -> tuple[np.ndarray, ChannelCal]:
+                 table_path: str | Path = CALIBRATION_TABLE, report: dict | None = None) -> tuple[np.ndarray, ChannelCal]:
     """One L1B file -> (values on ``grid`` as float32 (ny, nx), calibration used).
 
     The image is either the full KO area at ``res_km`` (it is cut to ``grid``)
-    or exactly ``grid``'s window at that resolution.
+    or exactly ``grid``'s window at that resolution. Its projection attributes
+    are checked against ``grid`` (:func:`check_projection`).
+
+    ``report`` (a dict, optional) receives what the converter summarises once
+    per run: ``saturated`` (reflective pixels at the top count kept as
+    saturated, at the file's resolution), ``projection_attrs`` (number of
+    projection attributes found; 0 = none to check), ``table_version`` /
+    ``file_version`` (when the table was used and the file names another
+    ``calibration_table_version``). Without ``report`` the two notes are
+    logged once per process instead.
     """
     import netCDF4
 
@@ -219,8 +363,10 @@ def read_channel(path: str | Path, channel: str, grid: Grid = KO_GRID, res_km: f
                     + (f" or the window {grid.ny * f}x{grid.nx * f}" if grid.shape != KO_GRID.shape else "")
                 )
             raw = np.asarray(raw)
+            full = (h, w) == (KO_SIZE * f, KO_SIZE * f)
             vattrs = {a: v.getncattr(a) for a in v.ncattrs()}
             gattrs = {a: ds.getncattr(a) for a in ds.ncattrs()}
+            pattrs = dict(ds.variables[PROJECTION_VAR].__dict__) if PROJECTION_VAR in ds.variables else {}
     except UserError:
         raise
     except (OSError, RuntimeError, ValueError, KeyError, IndexError) as e:
@@ -229,10 +375,27 @@ def read_channel(path: str | Path, channel: str, grid: Grid = KO_GRID, res_km: f
     name = str(vattrs.get("channel_name", channel)).strip().upper()
     if name != channel:
         raise UserError(f"{path}: file name says channel {channel} but channel_name is {name}")
+    n_proj = check_projection(path, {**pattrs, **gattrs}, grid, res_km, (h, w), full)
     cal = channel_calibration(channel, gattrs, vattrs, table, Path(table_path).name)
     total = _num(vattrs.get("number_of_total_bits_per_pixel"))
     flag = _num(vattrs.get("number_of_data_quality_flag_bits_per_pixel"))
-    val = calibrate_counts(raw, cal, int(total) if math.isfinite(total) else 16, int(flag) if math.isfinite(flag) else 2)
+    stats: dict = {}
+    val = calibrate_counts(raw, cal, int(total) if math.isfinite(total) else 16, int(flag) if math.isfinite(flag) else 2,
+                           stats=stats)
+    file_ver = gattrs.get("calibration_table_version")
+    file_ver = None if file_ver is None else (file_ver.decode() if isinstance(file_ver, bytes) else str(file_ver)).strip()
+    tab_ver = table_version(str(table_path))
+    mismatch = cal.source != "file" and file_ver is not None and file_ver != tab_ver
+    if report is not None:
+        report.update(saturated=stats.get("saturated", 0), projection_attrs=n_proj,
+                      file_version=file_ver if mismatch else None, table_version=tab_ver)
+    else:
+        if n_proj == 0:
+            _note_once("projection", "%s: no projection attributes; taken to be on the KO grid unchecked "
+                       "(said once; later files without them are not named)", path)
+        if mismatch:
+            _note_once(f"version {file_ver}", "%s names calibration_table_version %s but its coefficients come from "
+                       "%s (version %s); converting anyway", path, file_ver, Path(table_path).name, tab_ver)
     return block_mean(val, f).astype(np.float32), cal
 
 
@@ -303,23 +466,34 @@ def outputs_for(dst: str | Path, time_utc) -> list[Path]:
 
 def convert_time(time_utc, channels: dict, dst: str | Path, grid: Grid = KO_GRID,
                  table_path: str | Path = CALIBRATION_TABLE, force: bool = False) -> dict:
-    """Convert one time's 16 files; returns ``{"time", "status", "table_channels"}``.
+    """Convert one time's 16 files; returns ``{"time", "status", "table_channels", "saturated",
+    "no_projection", "version_mismatch"}``.
 
     Skips (status "skipped") when all three outputs exist, unless ``force``.
+    ``saturated``: {channel: saturated pixels kept}; ``no_projection``: files
+    without projection attributes; ``version_mismatch``: {file version: files}
+    calibrated from the table although they name another table version.
     """
     from shared.geo.solar import solar_zenith
 
     outs = outputs_for(dst, time_utc)
     stamp = f"{pd.Timestamp(time_utc):%Y%m%d%H%M}"
     if not force and all(p.is_file() for p in outs):
-        return {"time": stamp, "status": "skipped", "table_channels": []}
-    table_used = []
+        return {"time": stamp, "status": "skipped", "table_channels": [], "saturated": {}, "no_projection": 0,
+                "version_mismatch": {}}
+    table_used, saturated, no_proj, mismatch = [], {}, 0, {}
     stacks = {}
     for kind, names in (("bt", BT_CHANNELS), ("rf", RF_CHANNELS)):
         arr = np.empty((len(names), grid.ny, grid.nx), np.float32)
         for i, ch in enumerate(names):
             path, res = channels[ch]
-            arr[i], cal = read_channel(path, ch, grid, res, table_path)
+            info: dict = {}
+            arr[i], cal = read_channel(path, ch, grid, res, table_path, report=info)
+            if info["saturated"]:
+                saturated[ch] = info["saturated"]
+            no_proj += info["projection_attrs"] == 0
+            if info["file_version"] is not None:
+                mismatch[info["file_version"]] = mismatch.get(info["file_version"], 0) + 1
             if cal.source != "file":
                 table_used.append(ch)
                 log.debug("%s: no calibration attributes, using %s", path, table_path)
@@ -328,7 +502,8 @@ def convert_time(time_utc, channels: dict, dst: str | Path, grid: Grid = KO_GRID
     stacks["sza"] = solar_zenith(time_utc, lat, lon)
     for kind, out in zip(("bt", "rf", "sza"), outs):
         write_stack(out, kind, stacks[kind], grid, time_utc, SOURCE)
-    return {"time": stamp, "status": "written", "table_channels": table_used}
+    return {"time": stamp, "status": "written", "table_channels": table_used, "saturated": saturated,
+            "no_projection": no_proj, "version_mismatch": mismatch}
 
 
 def _convert_job(args):
@@ -363,7 +538,13 @@ def convert(src, dst, start=None, end=None, every: str | None = "60min", workers
     """Convert every complete time under ``src``; returns a report dict.
 
     Report keys: written, skipped, incomplete (list of "stamp: missing ..."),
-    table_channels ({channel: n files calibrated from the table}).
+    table_channels ({channel: n files calibrated from the table}),
+    saturated ({channel: reflective pixels at the top count kept as saturated,
+    at the files' resolution}), files_without_projection (files whose
+    projection could not be checked), calibration_version_mismatch (None, or
+    ``{"table": version, "files": {version: n files}}`` for files calibrated
+    from the table that name another table version). Each of the last three
+    is logged once per run.
     """
     from tqdm import tqdm
 
@@ -401,11 +582,35 @@ def convert(src, dst, start=None, end=None, every: str | None = "60min", workers
     if table_counts:
         log.warning("calibration attributes missing in some files; coefficients taken from %s for: %s",
                     table_path, ", ".join(f"{c} ({n} file(s))" for c, n in sorted(table_counts.items())))
+    saturated: dict[str, int] = {}
+    versions: dict[str, int] = {}
+    for r in results:
+        for ch, n in r["saturated"].items():
+            saturated[ch] = saturated.get(ch, 0) + n
+        for v, n in r["version_mismatch"].items():
+            versions[v] = versions.get(v, 0) + n
+    no_proj = sum(r["no_projection"] for r in results)
+    if saturated:
+        log.info("saturated reflective pixels (top count, flag good/usable) kept at the channel's maximum albedo: %s",
+                 ", ".join(f"{c} {n:,}" for c, n in sorted(saturated.items())))
+    if no_proj:
+        log.warning("%d file(s) carry no projection attributes (standard_parallel1 ...); taken to be on the KO grid "
+                    "without a check", no_proj)
+    mismatch = None
+    if versions:
+        mismatch = {"table": table_version(str(table_path)), "files": versions}
+        log.warning("calibration table version differs: files calibrated from %s (%s) name calibration_table_version "
+                    "%s; converted anyway (the coefficients rarely change; check the table against these files)",
+                    Path(table_path).name, mismatch["table"] or "no version stated",
+                    ", ".join(f"{v} ({n} file(s))" for v, n in sorted(versions.items())))
     report = {
         "written": sum(r["status"] == "written" for r in results),
         "skipped": sum(r["status"] == "skipped" for r in results),
         "incomplete": incomplete,
         "table_channels": table_counts,
+        "saturated": saturated,
+        "files_without_projection": no_proj,
+        "calibration_version_mismatch": mismatch,
     }
     log.info("converted %d time(s), %d already done, %d incomplete time(s) skipped",
              report["written"], report["skipped"], len(incomplete))
@@ -437,6 +642,15 @@ def main(argv=None) -> int:
                   args.every, args.workers, parse_window(args.window), args.calibration, args.force)
     for line in rep["incomplete"]:
         print(f"incomplete: {line}")
+    if rep["saturated"]:
+        print("saturated reflective pixels kept at the maximum albedo: "
+              + ", ".join(f"{c} {n:,}" for c, n in sorted(rep["saturated"].items())))
+    if rep["files_without_projection"]:
+        print(f"{rep['files_without_projection']} file(s) without projection attributes (not checked against the KO grid)")
+    if rep["calibration_version_mismatch"]:
+        m = rep["calibration_version_mismatch"]
+        print(f"warning: calibration table {m['table']} used for files naming "
+              + ", ".join(f"{v} ({n})" for v, n in sorted(m["files"].items())))
     print(f"wrote {rep['written']} time(s) to {Path(args.dst) / 'sat'}; {rep['skipped']} already complete; "
           f"{len(rep['incomplete'])} incomplete time(s) skipped")
     return 0

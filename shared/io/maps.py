@@ -2,18 +2,29 @@
 
 One file per time, ``ta_map_YYYYMMDDhhmm.nc``::
 
-    t2m  (y, x) float32  K   standard_name=air_temperature, grid_mapping=crs
+    t2m  (time=1, y, x) float32  K   standard_name=air_temperature, grid_mapping=crs
+    time (time)  float64     seconds since 1970-01-01 00:00:00 (UTC, standard calendar)
     x    (x)   m             projection_x_coordinate (LCC, west -> east)
     y    (y)   m             projection_y_coordinate (north first, row 0 = north)
     lat, lon (y, x)  deg     2-D geographic coordinates of pixel centres
     height ()  2 m           scalar coordinate, positive up
-    time   ()                scalar coordinate, UTC
     crs    ()                grid_mapping variable from pyproj ``crs.to_cf()``
+
+``time`` is a length-1 dimension so that a season of maps stacks along it:
+``xr.open_mfdataset("step04_infer_map/outputs/ta_map_*.nc", combine="by_coords")``
+gives ``t2m (time=N, y, x)``. It is stored as float64 seconds: a data type
+CF-1.8 permits (§2.2 has no 64-bit integers, which the IOOS compliance-checker
+flags), exact for whole seconds (53-bit mantissa: about 285 million years),
+and the same encoding as the converter's satellite stacks (``shared.ingest.l1b``).
+Files written before this layout (scalar ``time``, ``t2m (y, x)``, int64
+seconds) are still read by :func:`read_map`, which returns the 2-D field
+either way.
 
 Global attributes: ``Conventions = CF-1.8``, ``title``, ``source``,
 ``history``, the grid placement (``grid_row0`` ... from :meth:`Grid.attrs`)
 and how the map was made (checkpoint fingerprint, precision, edge padding,
-pixels without a value). Opens in Panoply and ``xarray.open_dataset``.
+pixels without a value). Opens in Panoply and ``xarray.open_dataset``;
+``benchmarks/cf_check.py`` runs the IOOS compliance-checker on a fresh map.
 """
 from __future__ import annotations
 
@@ -47,7 +58,11 @@ def time_of_map_name(name: str) -> pd.Timestamp | None:
 
 def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: np.ndarray,
                 attrs: dict | None = None):
-    """Build the CF dataset of one map. ``t2m_K (ny, nx)`` in K, NaN where no value."""
+    """Build the CF dataset of one map. ``t2m_K (ny, nx)`` in K, NaN where no value.
+
+    The file's ``t2m`` is ``(time=1, y, x)`` with a 1-D ``time`` coordinate
+    (see the module docstring); ``read_map`` gives back the ``(ny, nx)`` field.
+    """
     import xarray as xr
 
     if t2m_K.shape != grid.shape:
@@ -77,7 +92,7 @@ def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: n
         t2m_attrs["actual_range"] = np.array([np.nanmin(data), np.nanmax(data)], dtype=np.float32)
     ds = xr.Dataset(
         data_vars={
-            "t2m": (("y", "x"), data, t2m_attrs),
+            "t2m": (("time", "y", "x"), data[np.newaxis], t2m_attrs),
             "crs": ((), np.int32(0), grid.cf_grid_mapping()),
         },
         coords={
@@ -86,7 +101,7 @@ def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: n
             "lat": (("y", "x"), np.asarray(lat, dtype=np.float32), {"standard_name": "latitude", "long_name": "latitude of pixel centre", "units": "degrees_north"}),
             "lon": (("y", "x"), np.asarray(lon, dtype=np.float32), {"standard_name": "longitude", "long_name": "longitude of pixel centre", "units": "degrees_east"}),
             "height": ((), np.float64(2.0), {"standard_name": "height", "long_name": "height above the surface", "units": "m", "positive": "up", "axis": "Z"}),
-            "time": ((), np.datetime64(t.to_datetime64(), "ns"), {"standard_name": "time", "long_name": "image time (UTC)", "axis": "T"}),
+            "time": ("time", np.array([t.to_datetime64()], dtype="datetime64[ns]"), {"standard_name": "time", "long_name": "image time (UTC)", "axis": "T"}),
         },
         attrs=gattrs,
     )
@@ -104,7 +119,9 @@ def write_map(path: str | Path, ds) -> None:
         "x": {"_FillValue": None},
         "y": {"_FillValue": None},
         "height": {"_FillValue": None},
-        "time": {"units": "seconds since 1970-01-01 00:00:00", "calendar": "standard", "dtype": "int64"},
+        # float64 seconds: CF-1.8 §2.2 permits no int64; exact for whole seconds (module docstring)
+        "time": {"units": "seconds since 1970-01-01 00:00:00", "calendar": "standard", "dtype": "float64",
+                 "_FillValue": None},
     }
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=enc)
@@ -112,7 +129,7 @@ def write_map(path: str | Path, ds) -> None:
 
 @dataclass
 class MapField:
-    t2m: np.ndarray  # (ny, nx) float32 K, NaN = no value
+    t2m: np.ndarray  # (ny, nx) float32 K, NaN = no value (the file's length-1 time dimension dropped)
     grid: Grid
     time: pd.Timestamp
     attrs: dict
@@ -124,8 +141,10 @@ def grid_desc(g: Grid) -> str:
 
 
 def read_map(path: str | Path, expect_grid: Grid | None = None) -> MapField:
-    """Read a map written by :func:`write_map`.
+    """Read a map written by :func:`write_map`: ``t2m`` as the 2-D ``(ny, nx)`` field.
 
+    Reads both layouts: ``t2m (time=1, y, x)`` with a 1-D ``time`` (current)
+    and ``t2m (y, x)`` with a scalar ``time`` (maps written before).
     UserError when the file is not a TA map, is unreadable, or lies on a grid
     other than ``expect_grid`` (e.g. a map made from another ``static.nc``).
     """
@@ -140,10 +159,26 @@ def read_map(path: str | Path, expect_grid: Grid | None = None) -> MapField:
                 raise UserError(f"{path}: no 't2m' variable (found {', '.join(ds.variables)}); not a TA-2D map, rerun step04")
             v = ds.variables["t2m"]
             v.set_auto_mask(False)
-            t2m = np.asarray(v[...], dtype=np.float32)
+            if v.dimensions[:1] == ("time",) and v.ndim == 3:
+                if v.shape[0] != 1:
+                    raise UserError(f"{path}: t2m holds {v.shape[0]} times; a TA map file holds one (t2m (time=1, y, x)), "
+                                    "write one file per time with step04")
+                t2m = np.asarray(v[0, ...], dtype=np.float32)
+            elif v.ndim == 2:  # maps written before the time dimension (scalar time)
+                t2m = np.asarray(v[...], dtype=np.float32)
+            else:
+                raise UserError(f"{path}: t2m has dimensions {v.dimensions}; expected (time, y, x) or (y, x); rerun step04")
             attrs = {k: ds.getncattr(k) for k in ds.ncattrs()}
             tv = ds.variables.get("time")
-            time = pd.Timestamp(netCDF4.num2date(tv[...], tv.units, only_use_cftime_datetimes=False).isoformat()) if tv is not None else None
+            time = None
+            if tv is not None:
+                tv.set_auto_mask(False)
+                tnum = np.asarray(tv[...]).reshape(-1)
+                if tnum.size != 1:
+                    raise UserError(f"{path}: 'time' holds {tnum.size} values; a TA map file holds one; rerun step04")
+                tval = tnum[0].item()  # python int/float: num2date takes int64 (old maps) and float64 (current)
+                time = pd.Timestamp(netCDF4.num2date(tval, tv.units, getattr(tv, "calendar", "standard"),
+                                                     only_use_cftime_datetimes=False).isoformat())
     except UserError:
         raise
     except (OSError, RuntimeError, ValueError) as e:
