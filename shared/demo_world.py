@@ -783,12 +783,12 @@ def _air_temperature(S, t: pd.Timestamp, sun: dict, st: dict) -> tuple[np.ndarra
     dry = 1 - sm
     calm = np.exp(-wind / f32(2.5))
     autumn = max(np.cos(ph * (doy - 290)), 0.0) ** 2
-    half = f32(5.5 + 2.6 * spring - 1.5 * summer + 1.0 * autumn)
+    half = f32(4.6 + 3.6 * spring - 1.0 * summer + 1.8 * autumn)
     amp_d = half * S.kd * (1 - f32(0.65) * cs) * (f32(0.75) + f32(0.5) * dry) / (1 + wind / f32(15.0)) + f32(0.3)
     daily = t_sl - f32(LAPSE) * S.dem + st["anom"]
     # cold-air pooling: grows through the night on clear calm nights, by terrain position
     inv = nightf * (-fd) * calm * (1 - cs) * clear
-    pool_k = f32(1.5 + 0.9 * winter)
+    pool_k = f32(1.6 + 0.3 * winter)
     pooling = -np.clip(pool_k * S.valley, f32(-2.0), f32(7.0)) * inv
     # sea breeze: warm-season afternoons, coastal land, land warmer than the sea
     warm_season = f32(max(np.cos(ph * (doy - 170)), 0.0))
@@ -915,14 +915,14 @@ def _skin_temperature(W: World, t2m, sun: dict, st: dict, parts: dict, eps_c, sn
     clear = 1 - f32(0.85) * eps_c
     Q = (f32(0.3) * sun["mu0p"] + f32(0.7) * sun["incid"]) * clear
     beta = W.lc_heat * (f32(0.25) + f32(1.25) * dry ** f32(1.5)) * (1 - f32(0.7) * snow)
-    day_excess = f32(20.0 * (1 - 0.2 * parts["summer"])) * Q * beta * (f32(0.35) + f32(0.65) / (1 + wind / f32(3.0)))
+    day_excess = f32(24.0 * (1 - 0.2 * parts["summer"])) * Q * beta * (f32(0.35) + f32(0.65) / (1 + wind / f32(3.0)))
     nightish = np.clip((f32(0.12) - sun["mu0"]) / f32(0.15), 0, 1)
-    night_def = -(f32(0.5) + f32(3.8) * clear * np.exp(-wind / f32(3.0))) * (f32(0.75) + f32(0.6) * dry) \
+    night_def = -(f32(0.5) + f32(4.5) * clear * np.exp(-wind / f32(3.0))) * (f32(0.75) + f32(0.6) * dry) \
         * (1 - f32(0.35) * W.forest) * nightish
     lag_h = f32(0.8) + f32(0.9) * sm + f32(0.4) * W.forest
     lag = parts["amp_d"] * (_diurnal((sun["solar_h"] + lag_h) % f32(24), sun["sunrise"]) - sun["fd"])
-    memory = f32(0.5) * (anom_prev - st["anom"])
-    land = day_excess + night_def + lag + memory + f32(0.8) * W.skin_tex
+    memory = f32(0.7) * (anom_prev - st["anom"])
+    land = day_excess + night_def + lag + memory + f32(0.8) * W.skin_tex - f32(2.0) * snow  # snow: colder skin
     sea = f32(0.4) + f32(1.4 * parts["winter"]) + f32(0.3) * W.skin_tex
     return (t2m + W.landf * land + (1 - W.landf) * sea).astype(f32)
 
