@@ -189,3 +189,98 @@ def test_skips_existing_and_refuses_foreign(world, tmp_path):
     p = subprocess.run([sys.executable, "-m", "shared.ingest.demo_world", "--preset", "tiny", "--out", str(foreign)],
                        cwd=REPO_ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and "not a demo world" in p.stderr and "Traceback" not in p.stderr
+
+
+# --------------------------------------------------------------------------- v4 physics
+def _pts(n, **over):
+    """A namespace of n identical flat lowland pixels for the pure physics functions."""
+    lat = np.full(n, 37.3)
+    lon = np.full(n, 127.6)
+    S = dw._static_ns(lat, lon, np.full(n, 80.0), np.ones(n, bool), np.full(n, 12, np.uint8),
+                      ks=np.full(n, 0.9, np.float32), kd=np.full(n, 0.95, np.float32), urban=np.zeros(n, np.float32),
+                      valley=np.zeros(n, np.float32), coast_km=np.full(n, 60.0, np.float32),
+                      sm_base=np.full(n, 0.5, np.float32), wind_terrain=np.ones(n, np.float32))
+    for k, v in over.items():
+        setattr(S, k, np.asarray(v, np.float32))
+    return S
+
+
+def _state(n, wind, cs=0.0):
+    f = np.float32
+    return {"anom": f(0), "cs": f(cs), "clear": f(1 - cs), "wind": np.full(n, wind, f), "sm": np.full(n, 0.5, f),
+            "rain": f(0), "tex": f(0)}
+
+
+def test_cold_air_pools_in_valleys_on_clear_calm_nights():
+    S = _pts(2, valley=[2.0, -1.0])  # valley floor (200 m below its surroundings) vs ridge, same height
+    t = pd.Timestamp("2023-10-20 20:00")  # 05 KST, before sunrise
+    calm = dw._air_temperature(S, t, dw._sun(S, t), _state(2, wind=0.5))[0]
+    windy = dw._air_temperature(S, t, dw._sun(S, t), _state(2, wind=9.0))[0]
+    cloudy = dw._air_temperature(S, t, dw._sun(S, t), _state(2, wind=0.5, cs=1.0))[0]
+    assert calm[1] - calm[0] > 3.0  # inversion: the valley is much colder than the ridge
+    assert windy[1] - windy[0] < 0.5 * (calm[1] - calm[0])  # wind mixes it away
+    assert abs(cloudy[1] - cloudy[0]) < 0.3  # clouds too
+    t_day = pd.Timestamp("2023-10-20 06:00")  # 15 KST
+    day = dw._air_temperature(S, t_day, dw._sun(S, t_day), _state(2, wind=0.5))[0]
+    assert abs(day[1] - day[0]) < 0.2
+
+
+def test_sea_breeze_cools_the_coast_on_summer_afternoons():
+    S = _pts(2, coast_km=[1.0, 60.0])
+    t = pd.Timestamp("2023-07-10 06:00")  # 15 KST
+    t2m = dw._air_temperature(S, t, dw._sun(S, t), _state(2, wind=2.0))[0]
+    assert t2m[1] - t2m[0] > 1.0
+    t = pd.Timestamp("2023-01-10 06:00")
+    t2m = dw._air_temperature(S, t, dw._sun(S, t), _state(2, wind=2.0))[0]
+    assert abs(t2m[1] - t2m[0]) < 0.2
+
+
+def test_diurnal_range_largest_in_spring():
+    S = _pts(1)
+    rng = {}
+    for m in (1, 4, 7, 10):
+        vals = []
+        for h in range(0, 24):
+            t = pd.Timestamp(2023, m, 15, h)
+            vals.append(float(dw._air_temperature(S, t, dw._sun(S, t), _state(1, wind=2.0))[0][0]))
+        rng[m] = max(vals) - min(vals)
+    assert rng[4] == max(rng.values()) and rng[4] > 11.0 and rng[7] < rng[1]
+
+
+def test_normals_at_six_stations():
+    W = dw.build_world("tiny", seed=0)
+    cc = W.clim_check
+    assert set(cc["stn_id"]) == set(dw.NORMALS_1991_2020) and len(cc) == 72
+    assert (cc["model_c"] - cc["normal_c"]).abs().max() < 1.5
+    seoul = cc[cc.stn_id == 108].set_index("month")["model_c"]
+    assert seoul[4] > 11.0 and seoul[1] < 0.0 and seoul[8] > 24.5
+
+
+def test_skin_air_coupling_varies(world):
+    raw, _ = world
+    W = dw.build_world("tiny", seed=0)
+    rep = json.loads((raw / "realism.json").read_text())
+    per = rep["per_time"]
+    assert len(per) == 8 and {p["kind"] for p in per} >= {"day", "night"}
+    for p in per:
+        if p["std_ir105_minus_ta_k"] is None:
+            continue
+        # v3 had 0.6-0.8 K everywhere: clear-sky IR105 - TA now varies with soil moisture, wind, land cover
+        assert p["std_ir105_minus_ta_k"] > (1.0 if p["kind"] == "day" else 0.8), p
+    # daytime skin excess is larger on drier soil
+    F = dw.simulate(W, pd.Timestamp("2023-07-22 03:00"))
+    clr = W.land & ~F["cloud"] & (W.lc_heat > 0.7)
+    dT = (F["tskin"] - F["t2m"])[clr]
+    assert np.corrcoef(dT, F["sm"][clr])[0, 1] < -0.3
+    s = rep["summary"]
+    assert s["noise_floor_elev_corrected_rmse_k"] < s["noise_floor_rmse_k"]
+    assert abs(s["noise_floor_elev_corrected_rmse_k"] - 0.5) < 0.08
+
+
+def test_fog_is_cloud_with_a_low_warm_top():
+    W = dw.build_world("tiny", seed=0)
+    F = dw.simulate(W, pd.Timestamp("2023-07-22 00:00"))
+    fog = F["fog"]
+    assert fog.any() and F["cloud"][fog].all() and (F["tau"][fog] >= 10).all()
+    ir = F["bt"][6][fog]
+    assert np.abs(ir - F["t2m"][fog]).mean() < 4.0  # IR sees the fog top, near the air temperature, not a cold high cloud

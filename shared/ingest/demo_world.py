@@ -59,10 +59,10 @@ from shared.io.raw import (
 from shared.io.raw import write_static as write_static_nc
 
 #: Bump when physics or file layout change: an old demo world is then rebuilt.
-VERSION = "3"
+VERSION = "4"
 MARKER = "DEMO_WORLD.json"
 #: Paths inside the output folder that the generator owns (removed on rebuild).
-MANAGED = ("static.nc", "stations.csv", "truth.json", MARKER, "sat", "ta_obs", "truth")
+MANAGED = ("static.nc", "stations.csv", "truth.json", MARKER, "sat", "ta_obs", "truth", "realism.json")
 
 
 LAPSE = 0.0065  # K per m (standard atmosphere)
@@ -176,6 +176,29 @@ _CITIES = [
     (34.39, 132.46, 6), (43.12, 131.9, 5), (43.88, 125.32, 9), (39.0, 121.0, 4), (34.69, 135.5, 10),
 ]
 
+
+# v4: soil-moisture base (0 dry .. 1 saturated) and wind roughness factor per IGBP class
+_SM_BASE = {1: 0.55, 2: 0.6, 3: 0.55, 4: 0.55, 5: 0.55, 6: 0.35, 7: 0.25, 8: 0.45, 9: 0.4, 10: 0.3,
+            11: 0.9, 12: 0.5, 13: 0.12, 14: 0.45, 15: 0.9, 16: 0.08, 17: 1.0}
+_ROUGH = {1: 0.7, 2: 0.7, 3: 0.7, 4: 0.7, 5: 0.7, 6: 0.85, 7: 1.05, 8: 0.85, 9: 0.95, 10: 1.05,
+          11: 1.1, 12: 0.95, 13: 0.6, 14: 0.85, 15: 1.1, 16: 1.1, 17: 1.35}
+
+#: KMA climatological normals 1991-2020, monthly mean air temperature (degC) at six ASOS stations.
+#: Seoul: KMA 1991-2020 monthly normals as quoted in a public code comment (see data/README.md);
+#: the other five: best available values (Wikipedia "Climate data for ... (1991-2020 normals)" tables
+#: as recalled, checked against the KMA 1991-2020 annual means Busan 15.0, Daegu 14.5, Gangneung 13.5,
+#: Jeju 16.2, Daegwallyeong 7.1 degC); see data/README.md for the caveat.
+NORMALS_1991_2020 = {
+    108: ("Seoul", (-1.9, 0.7, 6.1, 12.6, 17.8, 22.1, 25.3, 26.1, 21.6, 15.0, 7.5, 0.2)),
+    159: ("Busan", (3.6, 5.4, 9.2, 13.8, 17.9, 21.1, 24.5, 26.1, 22.7, 18.1, 11.9, 5.7)),
+    143: ("Daegu", (0.6, 3.3, 8.5, 14.5, 19.7, 23.4, 26.3, 26.9, 22.1, 16.0, 9.1, 2.4)),
+    105: ("Gangneung", (1.2, 2.8, 7.0, 13.0, 17.6, 20.9, 24.6, 25.1, 20.8, 15.6, 9.7, 3.5)),
+    184: ("Jeju", (6.1, 7.0, 9.9, 14.3, 18.3, 21.7, 25.9, 27.3, 23.7, 19.0, 13.3, 8.3)),
+    100: ("Daegwallyeong", (-7.0, -4.6, 0.4, 7.0, 12.6, 16.5, 19.3, 19.4, 14.8, 8.5, 1.9, -4.7)),
+}
+_LOWLAND_NORMALS = (108, 159, 143, 105, 184)  # Gaussian bumps; 100 (Daegwallyeong) acts on high ground only
+_CLIM_SIGMA_KM = 60.0
+_KOREA_CENTRE = (36.3, 127.8)
 
 # --------------------------------------------------------------------------- static helpers
 def _fractal(rng: np.random.Generator, beta: float, n: int = TILE, lmax_px: float | None = None) -> np.ndarray:
@@ -354,6 +377,14 @@ class World:
     tiles: dict = field(repr=False, default_factory=dict)
     ta_tex: np.ndarray = field(repr=False, default=None)
     skin_tex: np.ndarray = field(repr=False, default=None)
+    # v4 land-surface coupling and climatology (see _air_temperature, _skin_temperature)
+    coast_km: np.ndarray = field(repr=False, default=None)  # distance to the sea (km), 0 at sea
+    valley: np.ndarray = field(repr=False, default=None)  # terrain position: + valley floor / basin, - ridge (per 100 m)
+    sm_base: np.ndarray = field(repr=False, default=None)  # soil-moisture base 0..1 by land cover (+ texture)
+    wind_terrain: np.ndarray = field(repr=False, default=None)  # wind factor: exposure x roughness
+    clim_basis: np.ndarray = field(repr=False, default=None)  # (K, ny, nx) spatial shapes of the normals correction
+    clim_coef: np.ndarray = field(repr=False, default=None)  # (K, 7) harmonic coefficients per shape
+    clim_check: pd.DataFrame = field(repr=False, default=None)  # noise-free monthly means vs KMA normals
 
 
 def _rng(seed: int, stream: int, *more: int) -> np.random.Generator:
@@ -468,7 +499,7 @@ def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float
     smooth_land = ndimage.gaussian_filter(landf, 8)  # ~16 km
     kd = np.where(land, 0.3 + 0.7 * smooth_land**1.5, 0.12 * smooth_land**2)
     ks = ndimage.gaussian_filter(landf, 20)  # ~40 km: seasonal continentality
-    ks = np.where(land, np.maximum(ks, 0.45), ks * 0.8)
+    ks = np.where(land, np.maximum(ks, 0.7), ks * 0.8)  # v4: coastal land air is mostly land air
     pool = (ndimage.gaussian_filter(dem, 5) - dem) / 100.0
     pool = np.clip(pool, -3, 3) * land
     urb = ndimage.gaussian_filter(urban.astype(np.float32), 2.0)
@@ -476,6 +507,19 @@ def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float
     nrm = np.sqrt(gx**2 + gy**2 + 1.0)
     # surface normal in (east, north, up); row 0 is north so d/dy(row) = -d/dnorth
     nxe, nyn, nzu = -gx / nrm, gy / nrm, 1.0 / nrm
+
+    # v4: terrain position at two scales (valley floors and basins collect cold air, ridges stay mixed)
+    valley = np.clip(0.55 * pool + 0.45 * (ndimage.gaussian_filter(dem, 15) - dem) / 100.0, -3, 4) * land
+    sm_tab = np.array([_SM_BASE.get(i, 0.5) for i in range(18)], dtype=np.float32)
+    rough_tab = np.array([_ROUGH.get(i, 0.95) for i in range(18)], dtype=np.float32)
+    r = _rng(seed, 8)
+    sm_tex = _fractal(r, 2.6)[:900, :900]
+    sm_base = np.clip(sm_tab[lc] + 0.12 * sm_tex, 0.03, 1.0).astype(np.float32)
+    wind_terrain = (rough_tab[lc] * np.exp(-0.22 * np.clip(valley, -2, 3))).astype(np.float32)
+    fullS = _static_ns(lat, lon, dem, land, lc, ks=np.asarray(ks, np.float32), kd=np.asarray(kd, np.float32),
+                       urban=urb.astype(np.float32), valley=valley.astype(np.float32),
+                       coast_km=dist_sea_km, sm_base=sm_base, wind_terrain=wind_terrain)
+    clim_basis, clim_coef, clim_check = _fit_normals(fullS, st, G)
 
     # ---- window
     if P.window is None:
@@ -527,6 +571,17 @@ def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float
                "m1": _fractal(r, 4.0, lmax_px=150), "m2": _fractal(r, 4.0, lmax_px=150)}
     W.ta_tex = cut(_fractal(r, 3.2)[:900, :900])  # unobservable small-scale TA texture
     W.skin_tex = cut(_fractal(r, 2.8)[:900, :900])  # skin texture (soil moisture, land use)
+    # v4: wind, rain history (soil moisture), fog patches, and the fitted climatology
+    r = _rng(seed, 9)
+    W.modes["wind"] = _Modes.make(r, 20, 300, 3000, 0.7, 9.0, 3.0, (2.0, 6.0))
+    W.tiles.update({"rn": _fractal(r, 3.3, lmax_px=200), "fg": _fractal(r, 3.6, lmax_px=120)})
+    W.coast_km = cut(dist_sea_km).astype(np.float32)
+    W.valley = cut(valley).astype(np.float32)
+    W.sm_base = cut(sm_base)
+    W.wind_terrain = cut(wind_terrain)
+    W.clim_basis = cut(clim_basis)
+    W.clim_coef = clim_coef
+    W.clim_check = clim_check
     return W
 
 
@@ -583,42 +638,309 @@ _RAYLEIGH = (0.085, 0.065, 0.04, 0.012, 0.0, 0.003)
 _SNOW_RF = (0.78, 0.77, 0.75, 0.68, 0.0, 0.09)
 
 
+# --------------------------------------------------------------------------- v4 physics
+def _static_ns(lat, lon, dem, land, lc, **more):
+    """Namespace of the static per-pixel fields the air-temperature physics needs (any array shape)."""
+    from types import SimpleNamespace
+
+    lat = np.asarray(lat, dtype=np.float64)
+    lon = np.asarray(lon, dtype=np.float64)
+    latr = np.deg2rad(lat)
+    S = SimpleNamespace(
+        lat=lat, lon=lon, lat32=lat.astype(np.float32), lon32=lon.astype(np.float32),
+        tan_lat=np.tan(latr).astype(np.float32), dem=np.asarray(dem, np.float32),
+        land=np.asarray(land, bool), landf=np.asarray(land, np.float32),
+        forest=np.isin(lc, _FOREST), lc_heat=np.array([_LC[i][4] for i in range(18)], np.float32)[lc],
+        yellow=(1 / (1 + np.exp(-(125.8 - lon) / 0.8))).astype(np.float32),
+        warm_cur=(1 / (1 + np.exp(-(lon - 128.6) / 0.6)) / (1 + np.exp(-(40.5 - lat) / 0.8))).astype(np.float32),
+        clim_basis=None, clim_coef=None, ta_tex=None,
+    )
+    for k, v in more.items():
+        setattr(S, k, v)
+    return S
+
+
+def _points(S, rows, cols):
+    """The same namespace at a few pixels (1-D arrays)."""
+    from types import SimpleNamespace
+
+    out = SimpleNamespace()
+    shape = S.dem.shape
+    for k, v in vars(S).items():
+        if isinstance(v, np.ndarray) and v.shape[-2:] == shape:
+            v = v[..., rows, cols]
+        setattr(out, k, v)
+    return out
+
+
+def _seasons(doy: float) -> tuple[float, float, float]:
+    """(winter, spring, summer) weights 0..1: mid-Jan, late April (dry, sunny), late July (humid monsoon)."""
+    ph = 2 * np.pi / 365.25
+    winter = 0.5 + 0.5 * np.cos(ph * (doy - 15))
+    spring = max(np.cos(ph * (doy - 115)), 0.0) ** 2
+    summer = max(np.cos(ph * (doy - 205)), 0.0) ** 3
+    return float(winter), float(spring), float(summer)
+
+
+def _harm(doy: float) -> np.ndarray:
+    ph = 2 * np.pi / 365.25
+    return np.array([1.0] + [f(k * ph * doy) for k in (1, 2, 3) for f in (np.cos, np.sin)])
+
+
+def _sea_level_clim(S, doy: float):
+    """Sea-level daily-mean land climate, sea-surface temperature and their continentality blend (degC).
+
+    Land: harmonic fit of the Seoul normals (max ~22 July, fast spring warming), 1 K/deg colder and
+    more continental northwards. SST: coldest late February, warmest late August; shallow Yellow Sea
+    ~5-6 degC in February, Korea Strait / East Sea warm current 10-14 degC, 25-28 degC in August.
+    """
+    f32 = np.float32
+    ph = 2 * np.pi / 365.25
+    dlat = S.lat32 - f32(37.6)
+    tl = (f32(13.3) - dlat + (f32(13.6) + f32(0.9) * dlat) * f32(np.cos(ph * (doy - 203.3)))
+          + f32(1.45 * np.cos(2 * ph * (doy - 84.5))))
+    la = S.lat32 - f32(35.0)
+    y, w = S.yellow, S.warm_cur
+    smean = f32(19.5) - f32(1.0) * la - f32(3.5) * y + f32(0.5) * w
+    samp = f32(6.5) + f32(0.8) * la + f32(3.5) * y - f32(0.5) * w
+    tsea = np.maximum(smean - samp * f32(np.cos(ph * (doy - 50))), f32(-1.8))
+    return tl, tsea, S.ks * tl + (1 - S.ks) * tsea
+
+
+def _clim_corr(S, doy: float):
+    if S.clim_basis is None:
+        return np.float32(0)
+    a = (S.clim_coef @ _harm(doy)).astype(np.float32)
+    return np.tensordot(a, S.clim_basis, axes=1)
+
+
+def _diurnal(solar_h, sunrise):
+    """Diurnal shape: -1 at sunrise, +1 at 15 h solar time, fast evening drop, slow cooling to sunrise."""
+    f32 = np.float32
+    rise_len = f32(15.0) - sunrise
+    tau_d = (solar_h - sunrise) % f32(24)
+    s_night = np.clip((tau_d - rise_len) / (f32(24) - rise_len), 0, 1)
+    return np.where(tau_d <= rise_len, -np.cos(f32(np.pi) * tau_d / rise_len),
+                    f32(2) * (1 - s_night) ** f32(1.6) - 1).astype(f32)
+
+
+def _sun(S, t: pd.Timestamp) -> dict:
+    """Sun geometry on S's pixels: zenith, local solar time, sunrise, diurnal shape, incidence on the slope."""
+    from shared.geo.solar import solar_declination_eot, solar_zenith
+
+    f32 = np.float32
+    sza = solar_zenith(t, S.lat, S.lon)
+    mu0 = np.cos(np.deg2rad(sza))
+    decl, eot = (float(v[0]) for v in solar_declination_eot(t))
+    hour = t.hour + t.minute / 60
+    solar_h = (f32(hour + eot / 60.0) + S.lon32 / f32(15.0)) % f32(24)
+    sunrise = f32(12) - np.rad2deg(np.arccos(np.clip(-S.tan_lat * f32(np.tan(decl)), -1, 1))) / f32(15)
+    fd = _diurnal(solar_h, sunrise)
+    out = {"sza": sza, "mu0": mu0, "mu0p": np.maximum(mu0, f32(0)), "solar_h": solar_h, "sunrise": sunrise,
+           "fd": fd, "nightf": (fd < 0).astype(f32), "decl": decl}
+    if getattr(S, "nx_", None) is not None:
+        ha = np.deg2rad(f32(15) * (solar_h - f32(12)))
+        sun_e = f32(-np.cos(decl)) * np.sin(ha)
+        sun_n = S.cos_lat * f32(np.sin(decl)) - S.sin_lat * f32(np.cos(decl)) * np.cos(ha)
+        out["incid"] = np.maximum(S.nx_ * sun_e + S.ny_ * sun_n + S.nz_ * mu0, 0) * (mu0 > 0)
+    return out
+
+
+def _climate_state(S, doy: float) -> dict:
+    """The mean weather state (no anomaly, climatological cloudiness, wind and soil moisture, no rain)."""
+    winter, spring, summer = _seasons(doy)
+    cf = 0.38 + 0.1 * np.cos(2 * np.pi * (doy - 195) / 365.25)
+    return {"anom": np.float32(0), "cs": np.float32(cf), "clear": np.float32(1 - 0.6 * cf),
+            "wind": (3.0 + 1.5 * winter + 1.0 * spring) * S.wind_terrain * np.float32(1.1),
+            "sm": _sm_season(S.sm_base, spring, summer) + np.float32(0.05), "rain": np.float32(0), "tex": np.float32(0)}
+
+
+def _sm_season(sm_base, spring: float, summer: float):
+    return np.clip(sm_base - np.float32(0.12 * spring) + np.float32(0.12 * summer), 0.02, 1.0).astype(np.float32)
+
+
+def _air_temperature(S, t: pd.Timestamp, sun: dict, st: dict) -> tuple[np.ndarray, dict]:
+    """2 m air temperature (K) on S's pixels for one time and weather state ``st``; and its parts.
+
+    daily mean = sea-level climate (+ KMA-normals correction) - LAPSE x DEM + synoptic anomaly;
+    diurnal cycle: half-range ~4-7 K inland, largest in dry spring, smaller with clouds, wind and wet soil;
+    cold-air pooling / surface inversion in valleys and basins on clear calm nights (ridges slightly warm);
+    sea breeze on coastal land on warm-season afternoons; rain cooling under thick cloud; urban heat island.
+    """
+    f32 = np.float32
+    doy = _day_of_year(t)
+    winter, spring, summer = _seasons(doy)
+    ph = 2 * np.pi / 365.25
+    tl, tsea, t_sl = _sea_level_clim(S, doy)
+    t_sl = t_sl + _clim_corr(S, doy)
+    fd, nightf = sun["fd"], sun["nightf"]
+    wind, sm, cs, clear = st["wind"], st["sm"], st["cs"], st["clear"]
+    dry = 1 - sm
+    calm = np.exp(-wind / f32(2.5))
+    autumn = max(np.cos(ph * (doy - 290)), 0.0) ** 2
+    half = f32(4.6 + 3.6 * spring - 1.0 * summer + 1.8 * autumn)
+    amp_d = half * S.kd * (1 - f32(0.65) * cs) * (f32(0.75) + f32(0.5) * dry) / (1 + wind / f32(15.0)) + f32(0.3)
+    daily = t_sl - f32(LAPSE) * S.dem + st["anom"]
+    # cold-air pooling: grows through the night on clear calm nights, by terrain position
+    inv = nightf * (-fd) * calm * (1 - cs) * clear
+    pool_k = f32(1.6 + 0.3 * winter)
+    pooling = -np.clip(pool_k * S.valley, f32(-2.0), f32(7.0)) * inv
+    # sea breeze: warm-season afternoons, coastal land, land warmer than the sea
+    warm_season = f32(max(np.cos(ph * (doy - 170)), 0.0))
+    contrast = np.clip((tl + half - tsea) / f32(6.0), 0, 1.5)
+    seab = -f32(2.8) * warm_season * S.landf * np.exp(-S.coast_km / f32(12.0)) * np.clip(fd, 0, 1) * contrast \
+        * (1 - f32(0.5) * cs) / (1 + wind / f32(6.0))
+    rainc = -f32(1.2 + 2.3 * (1 - winter)) * st["rain"]
+    uhi = S.urban * (f32(0.4) - f32(1.3) * nightf * fd * (1 - f32(0.5) * cs))
+    t2m = daily + amp_d * fd + pooling + seab + rainc + uhi + f32(0.45) * st["tex"] + f32(273.15)
+    return t2m.astype(f32), {"t_sl": t_sl, "tl": tl, "tsea": tsea, "daily": daily, "amp_d": amp_d,
+                             "pooling": pooling, "inv": inv, "calm": calm, "winter": winter, "spring": spring,
+                             "summer": summer}
+
+
+def _clim_times(month: int):
+    """Times that define a month's noise-free climatological mean: 3 days x every 2 h."""
+    return [pd.Timestamp(2023, month, d, h) for d in (5, 15, 25) for h in range(0, 24, 2)]
+
+
+def climatology_monthly(S) -> np.ndarray:
+    """Noise-free climatological monthly mean 2 m air temperature (degC), shape (12, n) on S's pixels."""
+    out = []
+    for m in range(1, 13):
+        acc = 0.0
+        ts = _clim_times(m)
+        for t in ts:
+            st = _climate_state(S, _day_of_year(t))
+            acc = acc + _air_temperature(S, t, _sun(S, t), st)[0]
+        out.append(acc / len(ts) - 273.15)
+    return np.array(out, dtype=np.float64)
+
+
+def _fit_normals(S, st: pd.DataFrame, G: Grid):
+    """Calibrate the world's climatology to the KMA 1991-2020 normals at six stations.
+
+    The residual (normal - elevation effect - noise-free model) per month is spread by a broad
+    peninsula-wide shape (the lowland mean), 60 km Gaussians around the five lowland stations and
+    a high-ground-only shape around Daegwallyeong; each shape's 12 monthly amplitudes are turned
+    into 3 harmonics of the day of year. Returns (basis (7, 900, 900), coef (7, 7), check table).
+    """
+    ids = [i for i in NORMALS_1991_2020 if i in set(st["stn_id"])]
+    sel = st.set_index("stn_id").loc[ids]
+    rows, cols = sel["row"].to_numpy(), sel["col"].to_numpy()
+    P = _points(S, rows, cols)
+    elev_eff = -LAPSE * (sel["elev_m"].to_numpy() - P.dem)
+    normals = np.array([NORMALS_1991_2020[i][1] for i in ids]).T  # (12, n)
+    model = climatology_monthly(P)
+    resid = normals - elev_eff[None, :] - model
+    # basis shapes on the full grid
+    lat, lon = S.lat, S.lon
+    XK, YK = G.latlon_to_xy(lat, lon)
+    XK, YK = XK / 1000.0, YK / 1000.0
+
+    def gauss(la, lo, sig):
+        cx, cy = G.latlon_to_xy(la, lo)
+        return np.exp(-0.5 * ((XK - cx / 1000) ** 2 + (YK - cy / 1000) ** 2) / sig**2)
+
+    basis = [gauss(*_KOREA_CENTRE, 330.0)]
+    low = [i for i in _LOWLAND_NORMALS if i in ids]
+    for i in low:
+        basis.append(gauss(*sel.loc[i, ["lat", "lon"]], _CLIM_SIGMA_KM))
+    high = 100 in ids
+    if high:
+        hfac = np.clip((S.dem - 250.0) / 520.0, 0, 1.3)
+        basis.append(gauss(*sel.loc[100, ["lat", "lon"]], _CLIM_SIGMA_KM) * hfac)
+    basis = np.array(basis, dtype=np.float32) * S.landf
+    B = basis[:, rows, cols].T  # (n stations, K)
+    idx_low = [ids.index(i) for i in low]
+    A = np.zeros((12, basis.shape[0]))
+    for m in range(12):
+        A[m, 0] = resid[m, idx_low].mean() if idx_low else 0.0
+        rest = resid[m] - B[:, 0] * A[m, 0]
+        A[m, 1:] = np.linalg.lstsq(B[:, 1:], rest, rcond=None)[0]
+    # monthly amplitudes -> harmonics whose monthly means (over the same sample times) match them
+    H = np.array([np.mean([_harm(_day_of_year(t)) for t in _clim_times(m)], axis=0) for m in range(1, 13)])
+    coef = np.linalg.lstsq(H, A, rcond=None)[0].T  # (K, 7)
+    P.clim_basis, P.clim_coef = basis[:, rows, cols], coef
+    final = climatology_monthly(P) + elev_eff[None, :]
+    rows_out = []
+    for j, i in enumerate(ids):
+        for m in range(12):
+            rows_out.append({"stn_id": int(i), "name": NORMALS_1991_2020[i][0], "month": m + 1,
+                             "normal_c": normals[m, j], "model_uncorrected_c": round(float(model[m, j] + elev_eff[j]), 3),
+                             "model_c": round(float(final[m, j]), 3)})
+    return basis, coef, pd.DataFrame(rows_out)
+
+
+def _soil_moisture(W: World, t_days: float, spring: float, summer: float, winter: float) -> np.ndarray:
+    """Soil moisture 0..1: land-cover base + antecedent rain of the last 12 days, drying out
+    exponentially (e-folding 3.5 days in summer, ~7 in winter). Each day has one rain event: a
+    band-limited patch pattern at a random place, covering ~15 % of land in winter, ~35 % in summer."""
+    f32 = np.float32
+    day0 = int(np.floor(t_days))
+    tau = 3.5 + 3.5 * winter
+    thr = 1.0 - 0.6 * summer
+    api = np.zeros(W.dem.shape, dtype=f32)
+    for d in range(day0 - 11, day0 + 1):
+        r = _rng(W.seed, 7, d + 100_000)
+        te = d + r.uniform(0.0, 1.0)
+        if te > t_days:
+            continue
+        rain = np.clip(_tile(W, "rn", (r.uniform(0, TILE), r.uniform(0, TILE))) - f32(thr), 0, 1.5)
+        api += rain * f32(np.exp(-(t_days - te) / tau))
+    return np.clip(_sm_season(W.sm_base, spring, summer) - f32(0.08) + f32(0.4) * np.tanh(api / f32(1.2)), 0.02, 1.0).astype(f32)
+
+
+def _anomaly(W: World, t_days: float, winter: float) -> np.ndarray:
+    return ((W.modes["ta"].eval(t_days, W.xk, W.yk) * np.float32(2.8 + 1.8 * winter)
+             + _meso(W, t_days) * np.float32(1.5)) * (np.float32(0.55) + np.float32(0.45) * W.ks))
+
+
+def _skin_temperature(W: World, t2m, sun: dict, st: dict, parts: dict, eps_c, snow, anom_prev) -> np.ndarray:
+    """Land-surface skin temperature (K): 2 m air + sensible-heat excess by day + radiative deficit by night.
+
+    Day: sunlight on the slope x (1 - cloud emissivity) x land-cover heating x dryness (dry soil, bare,
+    urban: up to ~15 K; wet crops, forest: 1-4 K), reduced by wind mixing. Night: -0.5..-5 K, larger
+    when clear, calm and dry, smaller under canopy. Thermal lag: the skin leads the air by 0.8-2 h
+    (more with wet soil and forest). Ground memory: the skin keeps part of the last 9 h of advection.
+    Sea: SST-like, warmer than the winter air.
+    """
+    f32 = np.float32
+    wind, sm = st["wind"], st["sm"]
+    dry = 1 - sm
+    clear = 1 - f32(0.85) * eps_c
+    Q = (f32(0.3) * sun["mu0p"] + f32(0.7) * sun["incid"]) * clear
+    beta = W.lc_heat * (f32(0.25) + f32(1.25) * dry ** f32(1.5)) * (1 - f32(0.7) * snow)
+    day_excess = f32(24.0 * (1 - 0.2 * parts["summer"])) * Q * beta * (f32(0.35) + f32(0.65) / (1 + wind / f32(3.0)))
+    nightish = np.clip((f32(0.12) - sun["mu0"]) / f32(0.15), 0, 1)
+    night_def = -(f32(0.5) + f32(4.5) * clear * np.exp(-wind / f32(3.0))) * (f32(0.75) + f32(0.6) * dry) \
+        * (1 - f32(0.35) * W.forest) * nightish
+    lag_h = f32(0.8) + f32(0.9) * sm + f32(0.4) * W.forest
+    lag = parts["amp_d"] * (_diurnal((sun["solar_h"] + lag_h) % f32(24), sun["sunrise"]) - sun["fd"])
+    memory = f32(0.7) * (anom_prev - st["anom"])
+    land = day_excess + night_def + lag + memory + f32(0.8) * W.skin_tex - f32(2.0) * snow  # snow: colder skin
+    sea = f32(0.4) + f32(1.4 * parts["winter"]) + f32(0.3) * W.skin_tex
+    return (t2m + W.landf * land + (1 - W.landf) * sea).astype(f32)
+
+
 def simulate(W: World, t: pd.Timestamp) -> dict:
     """All fields of one UTC time on the world's window.
 
     Returns float32 arrays ``bt (10, ny, nx)`` K, ``rf (6, ny, nx)`` (0 where
     SZA > 90), ``sza`` deg, ``t2m`` K, ``tskin`` K, ``tau`` (cloud optical
-    thickness), bool ``cloud`` mask, and the scalar target cloud cover ``cf``.
+    thickness), bool ``cloud`` mask (clouds and fog), ``fog`` (fog / low stratus),
+    ``wind`` m/s, ``sm`` soil moisture, and the scalar target cloud cover ``cf``.
     """
-    from shared.geo.solar import solar_declination_eot, solar_zenith
-
     f32 = np.float32
     t = pd.Timestamp(t)
     t_days = (t - _T0).total_seconds() / 86400.0
     doy = _day_of_year(t)
     ph = 2 * np.pi / 365.25
-    lat, lon, dem, landf = W.lat32, W.lon32, W.dem, W.landf
-    winter = 0.5 + 0.5 * np.cos(ph * (doy - 15))  # 1 mid-Jan, 0 mid-Jul
+    landf = W.landf
+    winter, spring, summer = _seasons(doy)
 
-    # ---- sun: zenith from shared.geo.solar, plus the local solar time and sun direction
-    sza = solar_zenith(t, W.lat, W.lon)
-    mu0 = np.cos(np.deg2rad(sza))
-    mu0p = np.maximum(mu0, f32(0))
-    decl, eot = (float(v[0]) for v in solar_declination_eot(t))
-    hour = t.hour + t.minute / 60
-    solar_h = (f32(hour + eot / 60.0) + lon / f32(15.0)) % f32(24)
-    sunrise = f32(12) - np.rad2deg(np.arccos(np.clip(-W.tan_lat * f32(np.tan(decl)), -1, 1))) / f32(15)
-    ha = np.deg2rad(f32(15) * (solar_h - f32(12)))
-    sun_e = f32(-np.cos(decl)) * np.sin(ha)
-    sun_n = W.cos_lat * f32(np.sin(decl)) - W.sin_lat * f32(np.cos(decl)) * np.cos(ha)
-    incid = np.maximum(W.nx_ * sun_e + W.ny_ * sun_n + W.nz_ * mu0, 0) * (mu0 > 0)  # sun on the slope
-    # diurnal shape: -1 at sunrise, +1 at 15 h solar time, fast evening drop, slow cooling to sunrise
-    rise_len = f32(15.0) - sunrise
-    tau_d = (solar_h - sunrise) % f32(24)
-    s_night = np.clip((tau_d - rise_len) / (f32(24) - rise_len), 0, 1)
-    fd = np.where(tau_d <= rise_len, -np.cos(f32(np.pi) * tau_d / rise_len),
-                  f32(2) * (1 - s_night) ** f32(1.6) - 1).astype(f32)
-    nightf = (fd < 0).astype(f32)
+    # ---- sun: zenith from shared.geo.solar, local solar time, sun direction, diurnal shape
+    sun = _sun(W, t)
+    sza, mu0, mu0p, fd = sun["sza"], sun["mu0"], sun["mu0p"], sun["fd"]
 
     # ---- clouds: cover fixed per time from a domain-wide subsample, so windows agree
     blend = 0.5 + 0.5 * np.sin(2 * np.pi * t_days / 2.7)
@@ -633,25 +955,32 @@ def simulate(W: World, t: pd.Timestamp) -> dict:
     eps_c = 1 - np.exp(f32(-0.5) * tau)  # IR cloud emissivity
     cs = _sig((f32(0.8) * smooth - thr) / f32(0.35))  # cloudiness the air feels (hours of radiation)
 
-    # ---- 2 m air temperature (degC)
-    dlat = lat - f32(37.6)
-    tl = (f32(12.4) - dlat) - (f32(14.5) + f32(0.9) * dlat) * f32(np.cos(ph * (doy - 22)))
-    yellow, warm = W.yellow, W.warm_cur  # shallow Yellow Sea: colder winters; warm current: milder
-    tsea = (f32(15.5) - f32(1.2) * (lat - f32(35)) - f32(1.5) * yellow + f32(1.5) * warm) - (
-        f32(8.5) + f32(0.8) * (lat - f32(35)) + f32(2.5) * yellow - f32(2.0) * warm) * f32(np.cos(ph * (doy - 45)))
-    t_sl = W.ks * tl + (1 - W.ks) * tsea  # sea-level daily mean
-    anom = (W.modes["ta"].eval(t_days, W.xk, W.yk) * f32(2.8 + 1.8 * winter)
-            + _meso(W, t_days) * f32(1.5)) * (f32(0.55) + f32(0.45) * W.ks)
-    anom -= f32(1.2 * (1 - winter)) * cs  # rain-cooled air under the summer monsoon clouds
-    dry_spring = 0.5 + 0.5 * np.cos(ph * (doy - 110))
-    amp_d = f32(3.6 + 1.4 * dry_spring) * W.kd * (1 - f32(0.7) * cs) + f32(0.35)
-    local = (
-        f32(0.9) * W.pool * nightf * (1 - cs) * fd  # valleys collect cold air on clear nights
-        + W.urban * (f32(0.4) - f32(1.2) * nightf * fd)  # urban heat island, strongest at night
-        + f32(0.45) * W.ta_tex
-    )
-    daily = t_sl - f32(LAPSE) * dem + anom
-    t2m = (daily + amp_d * fd + local + f32(273.15)).astype(f32)
+    # ---- weather state: wind (synoptic x terrain x roughness, stronger by day), soil moisture, rain
+    wsyn = f32(3.0 + 1.5 * winter + 1.0 * spring) * np.exp(f32(0.45) * W.modes["wind"].eval(t_days, W.xk, W.yk))
+    wind = (wsyn * W.wind_terrain * (1 + f32(0.3) * np.clip(fd, 0, 1))).astype(f32)
+    sm = _soil_moisture(W, t_days, spring, summer, winter)
+    anom = _anomaly(W, t_days, winter)
+    st = {"anom": anom, "cs": cs, "clear": 1 - f32(0.85) * eps_c, "wind": wind, "sm": sm,
+          "rain": _sig((tau - f32(24.0)) / f32(4.0)) * cloud, "tex": W.ta_tex}
+
+    # ---- 2 m air temperature
+    t2m, parts = _air_temperature(W, t, sun, st)
+    daily = parts["daily"]
+
+    # ---- fog and low stratus: Yellow Sea advection fog (spring-summer), valley radiation fog (clear calm nights)
+    ftex = _tile(W, "fg", (-20.0 * t_days, 150.0 * t_days))
+    sea_season = f32(max(np.cos(ph * (doy - 160)), 0.0) ** 2)
+    sea_fog = (1 - landf) * W.yellow * sea_season * (ftex > f32(0.6))
+    fog_night = np.clip(parts["inv"] * 2.5, 0, 1) + np.clip(1 - sun["mu0"] / f32(0.3), 0, 1) * (sun["solar_h"] < 12)
+    val_fog = landf * (W.valley > f32(0.6)) * (sm > f32(0.45)) * (np.minimum(fog_night, 1) * (1 - cs) > f32(0.35)) \
+        * (ftex > f32(-0.2)) * f32(0.3 + 0.7 * (1 - winter))
+    fog = ((sea_fog + val_fog) > 0.5) & ~(tau > 8)
+    # under fog the valley stops cooling and the day warms less
+    t2m = (t2m + fog * (f32(-0.4) * parts["pooling"] - f32(0.5) * parts["amp_d"] * np.clip(fd, 0, 1))).astype(f32)
+    tau_fog = f32(10.0) + f32(8.0) * np.clip(ftex, 0, 1.5)
+    tau = np.where(fog, np.maximum(tau, tau_fog), tau).astype(f32)
+    eps_c = 1 - np.exp(f32(-0.5) * tau)
+    cloud = cloud | fog
 
     # ---- snow (winter, cold land, partly hidden by forest)
     if winter > 0.55:
@@ -659,16 +988,12 @@ def simulate(W: World, t: pd.Timestamp) -> dict:
     else:
         snow = np.zeros_like(t2m)
 
-    # ---- skin temperature: solar heating by day, radiative cooling at night, SST lead/lag
-    clear = 1 - f32(0.85) * eps_c
-    heat = W.lc_heat * (1 - f32(0.7) * snow)
-    day_excess = f32(12.0 * (1 - 0.25 * (1 - winter))) * heat * (f32(0.3) * mu0p + f32(0.7) * incid) * clear
-    night_def = f32(-2.2) * (mu0 <= f32(0.05)) * clear
-    tskin = t2m + landf * (day_excess + night_def + f32(0.8) * W.skin_tex) + (1 - landf) * (
-        f32(0.4 + 1.4 * winter) + f32(0.3) * W.skin_tex)
-    tskin = tskin.astype(f32)
+    # ---- skin temperature: land-surface coupling with soil moisture, wind, lag and memory
+    anom_prev = _anomaly(W, t_days - 0.5, _seasons(doy - 0.5)[0])
+    tskin = _skin_temperature(W, t2m, sun, st, parts, eps_c, snow, anom_prev)
 
     # ---- water vapour (cm), slant path through the GK-2A view; upper-tropospheric humidity
+    t_sl = parts["t_sl"]
     hum = W.modes["hum"].eval(t_days, W.xk, W.yk)
     qp = f32(0.55) * np.exp(f32(0.075) * (t_sl + anom)) * (1 + f32(0.25) * hum) * W.q_dem * W.path
     uth = W.modes["uth"].eval(t_days, W.xk, W.yk) + f32(0.25) * _tile(W, "wv", (0.0, 700 * t_days))
@@ -694,7 +1019,10 @@ def simulate(W: World, t: pd.Timestamp) -> dict:
     # ---- clouds on BT: emissivity mix with the cloud-top temperature
     zt = np.clip(f32(2.2 + 2.0 * (1 - winter)) + f32(2.4) * W.modes["ztop"].eval(t_days, W.xk, W.yk)
                  + f32(4.0) * (1 - np.exp(-c / f32(1.2))), 0.6, 13.5).astype(f32)
+    # fog / low stratus: top at 0.2-0.8 km; a valley-fog top sits on the inversion (warmer than the pool below)
+    zt = np.where(fog, f32(0.2) + f32(0.3) * np.clip(ftex + 1, 0, 2), zt).astype(f32)
     ttop = np.maximum(t_up + f32(283.0) - f32(6.5) * zt, f32(205.0))
+    ttop = np.where(fog, t2m - f32(6.5e-3 * 1000) * zt * (1 - landf) - f32(0.8) * parts["pooling"] - f32(0.5), ttop)
     ice = ttop < 253.0
     for i, (scale, zlev) in enumerate(_BT_CLOUD):
         e = eps_c * f32(scale) if scale != 1 else eps_c
@@ -737,7 +1065,8 @@ def simulate(W: World, t: pd.Timestamp) -> dict:
             toa = f32(_RAYLEIGH[i] * 0.35) * am + rc + (1 - rc) ** 2 * surf / (1 - rc * surf)
             rf[i] = np.clip(toa * mu0p, 0, 1.25)
         rf[:, mu0 <= 0] = 0.0
-    return {"bt": bt, "rf": rf, "sza": sza, "t2m": t2m, "tskin": tskin, "cloud": cloud, "tau": tau, "cf": cf}
+    return {"bt": bt, "rf": rf, "sza": sza, "t2m": t2m, "tskin": tskin, "cloud": cloud, "tau": tau, "cf": cf,
+            "fog": fog, "wind": wind, "sm": sm}
 
 
 # --------------------------------------------------------------------------- netCDF writing
@@ -810,12 +1139,44 @@ def _one_thread_blas():
         return None
 
 
-def _one_time(t: pd.Timestamp) -> tuple[np.ndarray, float, float]:
+def _one_time(t: pd.Timestamp) -> tuple[np.ndarray, float, float, dict]:
     W = _W
     F = simulate(W, t)
     write_sat(_RAW, W, t, F)
     rr, cc = W.stations["row"].to_numpy(), W.stations["col"].to_numpy()
-    return F["t2m"][rr, cc].astype(np.float64), float(F["cloud"].mean()), F["cf"]
+    return F["t2m"][rr, cc].astype(np.float64), float(F["cloud"].mean()), F["cf"], realism_stats(W, t, F)
+
+
+def _korea_mask(W: World, km: float = 50.0) -> np.ndarray:
+    """Pixels within ``km`` of an ASOS station of the window (where the project's labels are)."""
+    from scipy import ndimage
+
+    m = np.ones(W.dem.shape, dtype=bool)
+    m[W.stations["row"].to_numpy(), W.stations["col"].to_numpy()] = False
+    return ndimage.distance_transform_edt(m) * (W.grid.res_m / 1000.0) <= km
+
+
+def realism_stats(W: World, t: pd.Timestamp, F: dict) -> dict:
+    """Per-time realism numbers over clear land: spatial std of (IR105 - TA) and R^2 of the linear
+    fit TA ~ IR105 + IR123 + DEM, on the whole window and within 50 km of an ASOS station."""
+    clr = W.land & ~F["cloud"]
+    sza_land = F["sza"][W.land]
+    kind = "day" if np.mean(sza_land < 85) > 0.9 else "night" if np.mean(sza_land > 95) > 0.9 else "twilight"
+    out = {"time_utc": f"{t:%Y-%m-%d %H:%M}", "kind": kind, "cloud_fraction": round(float(F["cloud"].mean()), 4),
+           "fog_fraction": round(float(F["fog"].mean()), 4), "clear_land_fraction": round(float(clr.mean()), 4)}
+    if getattr(W, "_korea", None) is None or W._korea.shape != W.dem.shape:
+        W._korea = _korea_mask(W)
+    for tag, m in (("", clr), ("_korea", clr & W._korea)):
+        n = int(m.sum())
+        if n < 200:
+            out[f"std_ir105_minus_ta{tag}_k"] = out[f"r2_ta_on_ir{tag}"] = None
+            continue
+        ir, ir12, ta = F["bt"][6][m].astype(np.float64), F["bt"][8][m].astype(np.float64), F["t2m"][m].astype(np.float64)
+        X = np.stack([np.ones(n), ir, ir12, W.dem[m].astype(np.float64)], 1)
+        coef = np.linalg.lstsq(X, ta, rcond=None)[0]
+        out[f"std_ir105_minus_ta{tag}_k"] = round(float(np.std(ir - ta)), 4)
+        out[f"r2_ta_on_ir{tag}"] = round(float(1 - np.var(ta - X @ coef) / max(np.var(ta), 1e-9)), 4)
+    return out
 
 
 # --------------------------------------------------------------------------- driver
@@ -946,6 +1307,8 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
     ok = df["ta_c"].notna()
     err = (df["ta_c"] - df["ta_true_c"])[ok]
     noise_floor = float(np.sqrt(np.mean(err**2)))
+    err_elev = (df["ta_c"] - df["ta_true_c"] - np.tile(elev_eff, T))[ok]
+    noise_floor_elev = float(np.sqrt(np.mean(err_elev**2)))
     clim = df[ok].groupby(["month", "hour"])["ta_c"].transform("mean")
     clim_rmse = float(np.sqrt(np.mean((df.loc[ok, "ta_c"] - clim) ** 2)))
     (raw / "ta_obs").mkdir(exist_ok=True)
@@ -966,12 +1329,17 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
         "elevation_mismatch_rmse_k": float(np.sqrt(np.mean(elev_eff**2))),
         "noise_floor_rmse_k": round(noise_floor, 4),
         "noise_floor_note": "RMSE of station obs vs true t2m at the station pixel over all samples (noise + elevation mismatch + 0.1 C rounding): what a perfect map scores",
+        "noise_floor_elev_corrected_rmse_k": round(noise_floor_elev, 4),
+        "noise_floor_elev_corrected_note": "RMSE of station obs vs the true t2m at the station pixel corrected to the station elevation with lapse_rate_k_per_m (what is left: noise + 0.1 C rounding)",
         "climatology_rmse_k": round(clim_rmse, 4),
         "climatology_note": "station TA mean by (UTC hour, month) over all stations, scored in-sample on all samples",
         "cloud_fraction_mean": round(float(cover.mean()), 4),
         "cloud_fraction_range": [round(float(cover.min()), 4), round(float(cover.max()), 4)],
         "packing": {k: {"scale_factor": s, "add_offset": o, "dtype": "int16", "_FillValue": int(FILL_I16)} for k, (s, o) in PACKING.items()},
     }
+    realism = realism_report(W, times, results, true_k, elev_eff, df, noise_floor, noise_floor_elev)
+    write_json(raw / "realism.json", realism)
+    summary["realism"] = realism["summary"]
     summary["disk_mb"] = round(_du_mb(raw), 1)
     summary["seconds"] = round(time.time() - t_start, 1)
     write_json(raw / "truth.json", summary)
@@ -985,6 +1353,81 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
             f"noise floor {noise_floor:.2f} K"
         )
     return summary
+
+
+def _agg(vals) -> dict | None:
+    v = np.array([x for x in vals if x is not None], dtype=float)
+    if v.size == 0:
+        return None
+    return {"n": int(v.size), "median": round(float(np.median(v)), 3), "min": round(float(v.min()), 3),
+            "max": round(float(v.max()), 3)}
+
+
+def realism_report(W: World, times, results, true_k, elev_eff, df, noise_floor, noise_floor_elev) -> dict:
+    """The world's realism numbers (written to ``realism.json``; its summary also goes to truth.json)."""
+    per = [r[3] for r in results]
+    summ = {}
+    for kind in ("day", "night", "twilight"):
+        sel = [x for x in per if x["kind"] == kind]
+        if not sel:
+            continue
+        summ[kind] = {k: _agg([x[k] for x in sel]) for k in
+                      ("std_ir105_minus_ta_k", "r2_ta_on_ir", "std_ir105_minus_ta_korea_k", "r2_ta_on_ir_korea")}
+    # monthly means at the six normals stations: noise-free climatology (full grid) and the simulated times
+    st = W.stations.reset_index(drop=True)
+    months = []
+    for _, row in W.clim_check.iterrows():
+        rec = {k: row[k] for k in ("stn_id", "name", "month", "normal_c", "model_c")}
+        rec["model_minus_normal_k"] = round(float(row["model_c"] - row["normal_c"]), 3)
+        j = np.flatnonzero(st["stn_id"].to_numpy() == row["stn_id"])
+        tm = np.array([t.month == row["month"] for t in times])
+        if j.size and tm.any():
+            rec["simulated_times_mean_c"] = round(float(np.mean(true_k[tm, j[0]] - 273.15 + elev_eff[j[0]])), 3)
+            rec["n_times"] = int(tm.sum())
+        months.append({k: (int(v) if isinstance(v, (np.integer,)) else float(v) if isinstance(v, np.floating) else v)
+                       for k, v in rec.items()})
+    mdiff = [abs(m["model_minus_normal_k"]) for m in months]
+    sdiff = [abs(m["simulated_times_mean_c"] - m["normal_c"]) for m in months if "simulated_times_mean_c" in m]
+    # diurnal range at the station pixels: max - min of the day's times (UTC day), by season
+    rr, cc = st["row"].to_numpy(), st["col"].to_numpy()
+    inland = W.coast_km[rr, cc] > 25.0
+    days = pd.DatetimeIndex(times).normalize()
+    season_of = {12: "DJF", 1: "DJF", 2: "DJF", 3: "MAM", 4: "MAM", 5: "MAM", 6: "JJA", 7: "JJA", 8: "JJA"}
+    dtr = {}
+    for d in days.unique():
+        k = days == d
+        rng_ = true_k[k].max(0) - true_k[k].min(0)
+        dtr.setdefault(season_of.get(d.month, "SON"), []).append(rng_)
+    dtr_out = {}
+    for sname in ("DJF", "MAM", "JJA", "SON"):
+        if sname in dtr:
+            a = np.stack(dtr[sname])
+            dtr_out[sname] = {"all_stations_mean_k": round(float(a.mean()), 2),
+                              "inland_mean_k": round(float(a[:, inland].mean()), 2) if inland.any() else None,
+                              "inland_p90_k": round(float(np.percentile(a[:, inland], 90)), 2) if inland.any() else None,
+                              "n_days": int(a.shape[0])}
+    cover = np.array([r[1] for r in results])
+    summary = {
+        "clear_land": summ,
+        "normals_noise_free_max_abs_diff_k": round(max(mdiff), 3) if mdiff else None,
+        "normals_simulated_times_max_abs_diff_k": round(max(sdiff), 3) if sdiff else None,
+        "normals_simulated_times_rms_diff_k": round(float(np.sqrt(np.mean(np.square(sdiff)))), 3) if sdiff else None,
+        "diurnal_range_by_season": dtr_out,
+        "cloud_fraction_mean": round(float(cover.mean()), 4),
+        "fog_fraction_mean": round(float(np.mean([x["fog_fraction"] for x in per])), 4),
+        "noise_floor_rmse_k": round(noise_floor, 4),
+        "noise_floor_elev_corrected_rmse_k": round(noise_floor_elev, 4),
+    }
+    notes = {
+        "std_ir105_minus_ta": "per time, spatial std of IR105 BT - true t2m over clear land (truth cloud_mask = 0, fog counts as cloud)",
+        "r2_ta_on_ir": "per time, R^2 of the least-squares fit t2m ~ 1 + IR105 + IR123 + DEM over clear land; '_korea' = within 50 km of an ASOS station",
+        "kind": "day: >90 % of land pixels with SZA < 85 deg; night: >90 % with SZA > 95 deg; else twilight",
+        "normals": "model_c = noise-free climatological mean of the month (mean weather state, 3 days x every 2 h) at the station pixel corrected to the station elevation; simulated_times_mean_c = mean of the month's simulated times (2 days x 8 in demo: synoptic anomalies do not average out)",
+        "diurnal_range": "max - min of the true t2m at the station pixels over one UTC day's simulated times (8 in demo, 4 in tiny); inland = station pixel > 25 km from the sea",
+        "normals_source": "KMA climatological normals 1991-2020 (see data/README.md for the exact source and caveats)",
+    }
+    return {"generator": "shared.demo_world", "version": VERSION, "preset": W.preset.name, "seed": W.seed,
+            "summary": summary, "notes": notes, "monthly_normals": months, "per_time": per}
 
 
 class _NoBar:
