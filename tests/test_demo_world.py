@@ -14,6 +14,8 @@ from shared.core.errors import UserError
 from shared.geo.grid import KO_GRID, Grid
 from shared.geo.solar import solar_zenith
 from shared.ingest import demo_world as dw
+from shared.ingest.demo import climate, tables, weather
+from shared.ingest.demo import world as dworld
 from shared.io.channels import BT_CHANNELS, BT_WAVES_UM, RF_CHANNELS
 
 
@@ -43,7 +45,7 @@ def test_static_layout(world):
     with netCDF4.Dataset(raw / "static.nc") as ds:
         assert ds.Conventions == "CF-1.8"
         g = Grid.from_attrs({k: ds.getncattr(k) for k in ds.ncattrs()})
-        assert g == KO_GRID.window(*dw._preset("tiny").window)
+        assert g == KO_GRID.window(*dworld._preset("tiny").window)
         for name, dtype in [("lat", "f8"), ("lon", "f8"), ("dem", "f4"), ("lsmask", "u1"), ("landcover", "u1")]:
             v = ds.variables[name]
             assert v.dimensions == ("y", "x") and v.dtype == np.dtype(dtype) and v.shape == (128, 128)
@@ -120,7 +122,7 @@ def test_deterministic(world, tmp_path):
     assert (raw / "ta_obs" / "asos_ta_202307.csv").read_bytes() == (other / "ta_obs" / "asos_ta_202307.csv").read_bytes()
     # another seed is another world
     dem0 = xr.open_dataset(raw / "static.nc")["dem"].values
-    assert not np.array_equal(dw.build_world("tiny", seed=1).dem, dem0)
+    assert not np.array_equal(dworld.build_world("tiny", seed=1).dem, dem0)
 
 
 def test_rf_zero_at_night_and_sza(world):
@@ -164,7 +166,7 @@ def test_station_noise(world):
     g = Grid.from_attrs(static.attrs)
     r, c = g.latlon_to_rowcol(st["lat"].to_numpy(), st["lon"].to_numpy())
     px = pd.DataFrame({"stn_id": st["stn_id"], "row": r, "col": c,
-                       "elev_eff": -dw.LAPSE * (st["elev_m"] - static["dem"].values[r, c])})
+                       "elev_eff": -tables.LAPSE * (st["elev_m"] - static["dem"].values[r, c])})
     df = _obs(raw).dropna().merge(px, on="stn_id")
     res = []
     for t, part in df.groupby("time_utc"):
@@ -196,7 +198,7 @@ def _pts(n, **over):
     """A namespace of n identical flat lowland pixels for the pure physics functions."""
     lat = np.full(n, 37.3)
     lon = np.full(n, 127.6)
-    S = dw._static_ns(lat, lon, np.full(n, 80.0), np.ones(n, bool), np.full(n, 12, np.uint8),
+    S = climate._static_ns(lat, lon, np.full(n, 80.0), np.ones(n, bool), np.full(n, 12, np.uint8),
                       ks=np.full(n, 0.9, np.float32), kd=np.full(n, 0.95, np.float32), urban=np.zeros(n, np.float32),
                       valley=np.zeros(n, np.float32), coast_km=np.full(n, 60.0, np.float32),
                       sm_base=np.full(n, 0.5, np.float32), wind_terrain=np.ones(n, np.float32))
@@ -214,24 +216,24 @@ def _state(n, wind, cs=0.0):
 def test_cold_air_pools_in_valleys_on_clear_calm_nights():
     S = _pts(2, valley=[2.0, -1.0])  # valley floor (200 m below its surroundings) vs ridge, same height
     t = pd.Timestamp("2023-10-20 20:00")  # 05 KST, before sunrise
-    calm = dw._air_temperature(S, t, dw._sun(S, t), _state(2, wind=0.5))[0]
-    windy = dw._air_temperature(S, t, dw._sun(S, t), _state(2, wind=9.0))[0]
-    cloudy = dw._air_temperature(S, t, dw._sun(S, t), _state(2, wind=0.5, cs=1.0))[0]
+    calm = climate._air_temperature(S, t, climate._sun(S, t), _state(2, wind=0.5))[0]
+    windy = climate._air_temperature(S, t, climate._sun(S, t), _state(2, wind=9.0))[0]
+    cloudy = climate._air_temperature(S, t, climate._sun(S, t), _state(2, wind=0.5, cs=1.0))[0]
     assert calm[1] - calm[0] > 3.0  # inversion: the valley is much colder than the ridge
     assert windy[1] - windy[0] < 0.5 * (calm[1] - calm[0])  # wind mixes it away
     assert abs(cloudy[1] - cloudy[0]) < 0.3  # clouds too
     t_day = pd.Timestamp("2023-10-20 06:00")  # 15 KST
-    day = dw._air_temperature(S, t_day, dw._sun(S, t_day), _state(2, wind=0.5))[0]
+    day = climate._air_temperature(S, t_day, climate._sun(S, t_day), _state(2, wind=0.5))[0]
     assert abs(day[1] - day[0]) < 0.2
 
 
 def test_sea_breeze_cools_the_coast_on_summer_afternoons():
     S = _pts(2, coast_km=[1.0, 60.0])
     t = pd.Timestamp("2023-07-10 06:00")  # 15 KST
-    t2m = dw._air_temperature(S, t, dw._sun(S, t), _state(2, wind=2.0))[0]
+    t2m = climate._air_temperature(S, t, climate._sun(S, t), _state(2, wind=2.0))[0]
     assert t2m[1] - t2m[0] > 1.0
     t = pd.Timestamp("2023-01-10 06:00")
-    t2m = dw._air_temperature(S, t, dw._sun(S, t), _state(2, wind=2.0))[0]
+    t2m = climate._air_temperature(S, t, climate._sun(S, t), _state(2, wind=2.0))[0]
     assert abs(t2m[1] - t2m[0]) < 0.2
 
 
@@ -242,15 +244,15 @@ def test_diurnal_range_largest_in_spring():
         vals = []
         for h in range(0, 24):
             t = pd.Timestamp(2023, m, 15, h)
-            vals.append(float(dw._air_temperature(S, t, dw._sun(S, t), _state(1, wind=2.0))[0][0]))
+            vals.append(float(climate._air_temperature(S, t, climate._sun(S, t), _state(1, wind=2.0))[0][0]))
         rng[m] = max(vals) - min(vals)
     assert rng[4] == max(rng.values()) and rng[4] > 11.0 and rng[7] < rng[1]
 
 
 def test_normals_at_six_stations():
-    W = dw.build_world("tiny", seed=0)
+    W = dworld.build_world("tiny", seed=0)
     cc = W.clim_check
-    assert set(cc["stn_id"]) == set(dw.NORMALS_1991_2020) and len(cc) == 72
+    assert set(cc["stn_id"]) == set(tables.NORMALS_1991_2020) and len(cc) == 72
     assert (cc["model_c"] - cc["normal_c"]).abs().max() < 1.5
     seoul = cc[cc.stn_id == 108].set_index("month")["model_c"]
     assert seoul[4] > 11.0 and seoul[1] < 0.0 and seoul[8] > 24.5
@@ -258,7 +260,7 @@ def test_normals_at_six_stations():
 
 def test_skin_air_coupling_varies(world):
     raw, _ = world
-    W = dw.build_world("tiny", seed=0)
+    W = dworld.build_world("tiny", seed=0)
     rep = json.loads((raw / "realism.json").read_text())
     per = rep["per_time"]
     assert len(per) == 8 and {p["kind"] for p in per} >= {"day", "night"}
@@ -268,7 +270,7 @@ def test_skin_air_coupling_varies(world):
         # v3 had 0.6-0.8 K everywhere: clear-sky IR105 - TA now varies with soil moisture, wind, land cover
         assert p["std_ir105_minus_ta_k"] > (1.0 if p["kind"] == "day" else 0.8), p
     # daytime skin excess is larger on drier soil
-    F = dw.simulate(W, pd.Timestamp("2023-07-22 03:00"))
+    F = weather.simulate(W, pd.Timestamp("2023-07-22 03:00"))
     clr = W.land & ~F["cloud"] & (W.lc_heat > 0.7)
     dT = (F["tskin"] - F["t2m"])[clr]
     assert np.corrcoef(dT, F["sm"][clr])[0, 1] < -0.3
@@ -278,8 +280,8 @@ def test_skin_air_coupling_varies(world):
 
 
 def test_fog_is_cloud_with_a_low_warm_top():
-    W = dw.build_world("tiny", seed=0)
-    F = dw.simulate(W, pd.Timestamp("2023-07-22 00:00"))
+    W = dworld.build_world("tiny", seed=0)
+    F = weather.simulate(W, pd.Timestamp("2023-07-22 00:00"))
     fog = F["fog"]
     assert fog.any() and F["cloud"][fog].all() and (F["tau"][fog] >= 10).all()
     ir = F["bt"][6][fog]
