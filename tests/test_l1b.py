@@ -17,13 +17,13 @@ import xarray as xr
 from shared.core.errors import UserError
 from shared.geo.grid import KO_GRID
 from shared.geo.solar import solar_zenith
-from shared.ingest import l1b
+from shared.ingest import calibration, l1b, l1b_read
 from shared.io.channels import BT_CHANNELS, RF_CHANNELS
 from shared.io.raw import PACKING
 
 WINDOW = (465, 485, 8, 10)  # around Seoul (row 472, col 491)
 GRID = KO_GRID.window(*WINDOW)
-TABLE = l1b.load_table()
+TABLE = calibration.load_table()
 RES = {"VI006": 0.5}  # everything else at 2 km
 
 # Physical constants as real L1B files carry them.
@@ -132,20 +132,20 @@ def expected_value(ch, dn):
 
 
 def test_quality_flags_and_error_value():
-    cal = l1b.channel_calibration("IR105", {}, {}, TABLE, "table")  # 13 valid bits
+    cal = calibration.channel_calibration("IR105", {}, {}, TABLE, "table")  # 13 valid bits
     raw = np.array([3508, 3508 | 1 << 14, 3508 | 2 << 14, 3508 | 3 << 14, 8191, 8191 | 1 << 14, 1 << 13 | 3127], np.uint16)
-    got = l1b.calibrate_counts(raw, cal)
+    got = calibration.calibrate_counts(raw, cal)
     np.testing.assert_allclose(got[:2], expected_value("IR105", 3508), atol=1e-9)  # flags 0 and 1 kept
     assert np.isnan(got[2:6]).all()  # flags 2, 3 and the error count 2**13-1
     # bit 13 lies outside the 13 valid bits: stripped, not data
     assert got[6] == pytest.approx(expected_value("IR105", 3127), abs=1e-9)
     with pytest.raises(UserError, match="integer counts"):
-        l1b.calibrate_counts(raw.astype(float), cal)
+        calibration.calibrate_counts(raw.astype(float), cal)
 
 
 def test_calibration_against_hand_numbers():
-    ir = l1b.channel_calibration("IR105", {}, {}, TABLE, "table")
-    got = l1b.dn_to_physical(np.array([3508.0, 3127.0, 6198.0, 8190.0]), ir)
+    ir = calibration.channel_calibration("IR105", {}, {}, TABLE, "table")
+    got = calibration.dn_to_physical(np.array([3508.0, 3127.0, 6198.0, 8190.0]), ir)
     # DN 3508 -> radiance 92.05265 mW m-2 sr-1 (cm-1)-1 -> 291.538 K at the table's 966.153 cm-1
     assert 3508 * ir.gain + ir.offset == pytest.approx(92.052647, abs=1e-5)
     assert got[0] == pytest.approx(expected_value("IR105", 3508), abs=1e-9)
@@ -156,21 +156,21 @@ def test_calibration_against_hand_numbers():
     # from real IR105 file attributes elsewhere (289.9783358, 294.8541096, 245.2956070 K).
     import dataclasses
 
-    lab = l1b.dn_to_physical(np.array([3508.0, 3127.0, 6198.0]), dataclasses.replace(ir, wavelength_um=10.5))
+    lab = calibration.dn_to_physical(np.array([3508.0, 3127.0, 6198.0]), dataclasses.replace(ir, wavelength_um=10.5))
     np.testing.assert_allclose(lab, [289.9783358, 294.8541096, 245.2956070], atol=1e-6)
-    vis = l1b.channel_calibration("VI005", {}, {}, TABLE, "table")
+    vis = calibration.channel_calibration("VI005", {}, {}, TABLE, "table")
     # 539 * 0.343625485897064 - 6.87249755859375 = 178.3416393 W m-2 sr-1 um-1; * 0.0016595767
-    assert l1b.dn_to_physical(np.array([539.0]), vis)[0] == pytest.approx(0.29597162929, abs=1e-10)
+    assert calibration.dn_to_physical(np.array([539.0]), vis)[0] == pytest.approx(0.29597162929, abs=1e-10)
 
 
 def test_file_attributes_win_over_table(tmp_path):
     p = tmp_path / "gk2a_ami_le1b_ir112_ko020lc_202208010000.nc"
     dn = np.full((GRID.ny, GRID.nx), 3000, np.uint16)
     write_l1b(p, "IR112", dn, gain_scale=1.01)
-    v, cal = l1b.read_channel(p, "IR112", GRID)
+    v, cal = l1b_read.read_channel(p, "IR112", GRID)
     assert cal.source == "file" and cal.gain == pytest.approx(TABLE["IR112"]["gain"] * 1.01)
     write_l1b(p, "IR112", dn, with_cal=False)
-    v2, cal2 = l1b.read_channel(p, "IR112", GRID)
+    v2, cal2 = l1b_read.read_channel(p, "IR112", GRID)
     assert cal2.source == "ami_calibration.csv"
     assert v2[0, 0] == pytest.approx(expected_value("IR112", 3000), abs=1e-3)
     assert v[0, 0] != pytest.approx(v2[0, 0], abs=0.1)
@@ -181,29 +181,29 @@ def test_full_ko_image_is_cut_to_window(tmp_path):
     full = np.full((900, 900), 3508, np.uint16)
     full[GRID.row0, GRID.col0] = 3127  # the window's first pixel
     write_l1b(p, "IR105", full)
-    v, _ = l1b.read_channel(p, "IR105", GRID)
+    v, _ = l1b_read.read_channel(p, "IR105", GRID)
     assert v.shape == GRID.shape
     assert v[0, 0] == pytest.approx(expected_value("IR105", 3127), abs=1e-3)
     assert v[1, 1] == pytest.approx(expected_value("IR105", 3508), abs=1e-3)
     with pytest.raises(UserError, match="image is 900x900"):
-        l1b.read_channel(p, "IR105", KO_GRID, res_km=1.0)
+        l1b_read.read_channel(p, "IR105", KO_GRID, res_km=1.0)
 
 
 def test_saturated_visible_pixel_kept_error_pixel_dropped():
-    vis = l1b.channel_calibration("VI006", {}, {}, TABLE, "table")  # 12 valid bits: top count 4095
+    vis = calibration.channel_calibration("VI006", {}, {}, TABLE, "table")  # 12 valid bits: top count 4095
     top = 4095
     raw = np.array([top, top | 1 << 14, top | 3 << 14, top | 2 << 14, 500], np.uint16)
     stats = {}
-    got = l1b.calibrate_counts(raw, vis, stats=stats)
+    got = calibration.calibrate_counts(raw, vis, stats=stats)
     # flags 0 and 1: a saturated bright pixel, the albedo the top count calibrates to (GK2A.md formula)
     assert got[0] == pytest.approx(expected_value("VI006", top), abs=1e-12) and got[1] == got[0]
     assert got[0] == pytest.approx((4095 * 0.154856294393539 - 6.19424438476562) * 0.0019244840, abs=1e-12)
     assert got[0] > got[4] and got[0] > 1.0
     assert np.isnan(got[2]) and np.isnan(got[3])  # the same count with flag 3 (error) / 2 (out of scan)
     assert stats["saturated"] == 2
-    ir = l1b.channel_calibration("IR105", {}, {}, TABLE, "table")  # thermal: the top count is the error value
+    ir = calibration.channel_calibration("IR105", {}, {}, TABLE, "table")  # thermal: the top count is the error value
     stats = {}
-    assert np.isnan(l1b.calibrate_counts(np.array([8191, 8191 | 1 << 14], np.uint16), ir, stats=stats)).all()
+    assert np.isnan(calibration.calibrate_counts(np.array([8191, 8191 | 1 << 14], np.uint16), ir, stats=stats)).all()
     assert stats["saturated"] == 0
 
 
@@ -213,7 +213,7 @@ def test_saturated_pixel_through_a_file(tmp_path):
     dn[0, 0], dn[0, 1] = 2047, 2047 | 3 << 14  # VI005: 11 valid bits; flag 0 vs flag 3
     write_l1b(p, "VI005", dn)
     info = {}
-    v, _ = l1b.read_channel(p, "VI005", GRID, report=info)
+    v, _ = l1b_read.read_channel(p, "VI005", GRID, report=info)
     assert v[0, 0] == pytest.approx(expected_value("VI005", 2047), abs=1e-6) and np.isnan(v[0, 1])
     assert info["saturated"] == 1
 
@@ -224,34 +224,34 @@ def test_projection_attributes_checked_against_the_grid(tmp_path):
     for where in ("global", "variable"):
         write_l1b(p, "IR105", dn, proj=where)
         info = {}
-        l1b.read_channel(p, "IR105", GRID, report=info)  # the right projection passes
+        l1b_read.read_channel(p, "IR105", GRID, report=info)  # the right projection passes
         assert info["projection_attrs"] >= 10
     # another standard parallel: refused, naming the file, the attribute, found and expected values
     write_l1b(p, "IR105", dn, standard_parallel1=25.0)
     with pytest.raises(UserError, match=r"ir105_ko020lc.*standard_parallel1 = 25\.0, expected 30") as e:
-        l1b.read_channel(p, "IR105", GRID)
+        l1b_read.read_channel(p, "IR105", GRID)
     assert "standard_parallel2" not in str(e.value)
     write_l1b(p, "IR105", dn, proj="variable", standard_parallel1=25.0)  # same, in gk2a_imager_projection
     with pytest.raises(UserError, match=r"standard_parallel1 = 25\.0, expected 30"):
-        l1b.read_channel(p, "IR105", GRID)
+        l1b_read.read_channel(p, "IR105", GRID)
     for attr, bad, want in [("central_meridian", 128.2, "expected 126"), ("origin_latitude", 0.0, "expected 38"),
                             ("projection_type", "GEOS", "expected 'LC'"), ("pixel_size", 1000.0, "expected 2000"),
                             ("upper_left_easting", GRID.x[0] + 2000, f"expected {GRID.x[0]:g}"),
                             ("number_of_columns", 900, "expected 10")]:
         write_l1b(p, "IR105", dn, **{attr: bad})
         with pytest.raises(UserError, match=f"{attr} = .*{want}"):
-            l1b.read_channel(p, "IR105", GRID)
+            l1b_read.read_channel(p, "IR105", GRID)
     # a 0.5 km file (ko005lc) has 500 m pixels; labelled 2000 m it is refused
     q = tmp_path / "gk2a_ami_le1b_vi006_ko005lc_202208010000.nc"
     write_l1b(q, "VI006", np.full((GRID.ny * 4, GRID.nx * 4), 500, np.uint16), res_km=0.5)
-    l1b.read_channel(q, "VI006", GRID, res_km=0.5)
+    l1b_read.read_channel(q, "VI006", GRID, res_km=0.5)
     write_l1b(q, "VI006", np.full((GRID.ny * 4, GRID.nx * 4), 500, np.uint16), res_km=0.5, pixel_size=2000.0)
     with pytest.raises(UserError, match="pixel_size = 2000.0, expected 500"):
-        l1b.read_channel(q, "VI006", GRID, res_km=0.5)
+        l1b_read.read_channel(q, "VI006", GRID, res_km=0.5)
     # a full KO image carries the KO area's own upper-left pixel centre
     full = tmp_path / "gk2a_ami_le1b_ir105_ko020lc_202208010100.nc"
     write_l1b(full, "IR105", np.full((900, 900), 3508, np.uint16))
-    assert l1b.read_channel(full, "IR105", GRID)[0].shape == GRID.shape
+    assert l1b_read.read_channel(full, "IR105", GRID)[0].shape == GRID.shape
 
 
 def test_projection_errors_stop_the_converter(tmp_path):
@@ -272,7 +272,7 @@ def test_files_without_projection_attributes_accepted_and_logged_once(tmp_path, 
 
 
 def test_calibration_table_version_mismatch_warns_once(tmp_path, caplog, capsys):
-    assert l1b.table_version() == TABLE_VERSION
+    assert calibration.table_version() == TABLE_VERSION
     src = make_l1b_dir(tmp_path / "l1b", ["202208010000", "202208010100"], no_cal={"NR013", "IR112"},
                        version="v.3.1_20230101")
     with caplog.at_level(logging.INFO, logger="shared.ingest.l1b"):

@@ -33,7 +33,8 @@ import numpy as np
 from shared import REPO_ROOT
 from shared.core.errors import UserError
 from shared.geo.grid import KO_GRID, Grid
-from shared.ingest.l1b import block_mean, parse_window
+from shared.ingest.l1b import parse_window
+from shared.ingest.l1b_read import block_mean
 from shared.io.channels import WATER
 from shared.io.raw import write_static as write_static_nc
 
