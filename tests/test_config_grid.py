@@ -1,4 +1,5 @@
 """Config validation, run records and the KO grid."""
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -51,6 +52,26 @@ def test_unknown_key_names_closest(tmp_path):
         load_config(Cfg, p)
     with pytest.raises(UserError, match=r"unknown config key 'inner.mdoe'.*'mode'"):
         load_config(Cfg, _write(tmp_path, ""), ["inner.mdoe=a"])
+    # nonsense is not "close" to any key: no suggestion, only the list of valid keys
+    with pytest.raises(UserError, match=r"unknown config key 'zzzqqq' \(valid: ") as e:
+        load_config(Cfg, _write(tmp_path, "zzzqqq: 1\n"))
+    assert "did you mean" not in str(e.value)
+
+
+def test_a_section_left_out_resolves_its_paths_against_the_repo_root(tmp_path, monkeypatch):
+    from shared.stages.step03_train import Config as TrainConfig
+
+    monkeypatch.chdir(tmp_path)  # relative defaults must not follow the working directory
+    cfg = load_config(TrainConfig, _write(tmp_path, "train:\n  epochs: 2\n"))  # no data: / output: sections
+    assert cfg.data.patch_dir == REPO_ROOT / "step02_make_patches" / "outputs"
+    assert cfg.output.weights_dir == REPO_ROOT / "step03_train_clay" / "weights"
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path):
+    p = _write(tmp_path, "inner:\n  lr: [0.1\n")
+    with pytest.raises(UserError, match=r"not valid YAML at line \d+, column \d+") as e:
+        load_config(Cfg, p)
+    assert "\n" not in str(e.value)
 
 
 def test_wrong_type_and_impossible_value(tmp_path):
@@ -100,5 +121,13 @@ def test_steprun_up_to_date_tracks_inputs_config_outputs(tmp_path):
     run.finish([out])
     assert StepRun(tmp_path / "outputs", {"k": 1}, [inp]).up_to_date()
     assert not StepRun(tmp_path / "outputs", {"k": 2}, [inp]).up_to_date()
+    inp.write_text("changed")  # another size: another fingerprint
+    assert not StepRun(tmp_path / "outputs", {"k": 1}, [inp]).up_to_date()
+    inp.write_text("a")
+    os.utime(inp, ns=(inp.stat().st_atime_ns, inp.stat().st_mtime_ns + 10**9))  # same bytes, touched
+    assert not StepRun(tmp_path / "outputs", {"k": 1}, [inp]).up_to_date()
+    run = StepRun(tmp_path / "outputs", {"k": 1}, [inp])
+    run.finish([out])
+    assert StepRun(tmp_path / "outputs", {"k": 1}, [inp]).up_to_date()
     out.unlink()
     assert not StepRun(tmp_path / "outputs", {"k": 1}, [inp]).up_to_date()

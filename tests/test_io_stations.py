@@ -5,7 +5,7 @@ import pytest
 
 from shared.core.errors import UserError
 from shared.geo.grid import KO_GRID
-from shared.io.stations import TA_RANGE_C, read_obs, read_stations, stations_outside_grid
+from shared.io.stations import TA_RANGE_C, read_obs, read_stations
 
 KMA_OBS_HEADER = "지점,지점명,일시,기온(°C),기온 QC플래그,강수량(mm)\n"
 
@@ -117,12 +117,15 @@ def test_stations_missing_column(tmp_path):
     assert "st.csv" in msg and "elev_m" in msg and "columns found: 지점, 지점명, 위도, 경도" in msg
 
 
-def test_stations_outside_grid(tmp_path):
-    st = pd.DataFrame({"stn_id": [108, 999], "name": ["서울", "far"], "lat": [37.5714, 10.0],
-                       "lon": [126.9658, 150.0], "elev_m": [85.8, 0.0]})
-    out = stations_outside_grid(st, KO_GRID)
-    assert out["stn_id"].tolist() == [999]
-    # Seoul (row 472, col 491) inside a 30x30 window at (460, 480), not in one beside it
-    assert stations_outside_grid(st, KO_GRID.window(460, 480, 30, 30))["stn_id"].tolist() == [999]
-    out = stations_outside_grid(st, KO_GRID.window(460, 400, 30, 30))
-    assert out["stn_id"].tolist() == [108, 999] and out["pixel_x"].iloc[0] == 91
+def test_station_pixels_inside_grid_windows():
+    """How step01 places stations (Grid.latlon_to_rowcol + inside): Seoul is row 472, col 491 of the KO grid."""
+    lat, lon = np.array([37.5714, 10.0]), np.array([126.9658, 150.0])
+    row, col = KO_GRID.latlon_to_rowcol(lat, lon)
+    assert (row[0], col[0]) == (472, 491) and KO_GRID.inside(row, col).tolist() == [True, False]
+    # inside a 30x30 window at (460, 480), not in one beside it; indices are the window's own
+    w = KO_GRID.window(460, 480, 30, 30)
+    r, c = w.latlon_to_rowcol(lat, lon)
+    assert w.inside(r, c).tolist() == [True, False] and (r[0], c[0]) == (12, 11)
+    w2 = KO_GRID.window(460, 400, 30, 30)
+    r2, c2 = w2.latlon_to_rowcol(lat, lon)
+    assert w2.inside(r2, c2).tolist() == [False, False] and c2[0] == 91

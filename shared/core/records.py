@@ -44,11 +44,22 @@ class Names:
         return f"{self.path} [names {self.pattern}]"
 
 
+class Derived:
+    """A file of which a stage reads only a part: fingerprinted by ``digest(path)`` (e.g. only the grid
+    attributes of static.nc), so a change to the rest of the file does not make the stage rerun."""
+
+    def __init__(self, path: str | Path, digest, label: str):
+        self.path, self.digest, self.label = Path(path), digest, label
+
+    def __str__(self) -> str:
+        return f"{self.path} [{self.label}]"
+
+
 def _skip(name: str) -> bool:
     return name.startswith(".tmp") or name == RUN_JSON
 
 
-def fingerprint(paths: Iterable[str | Path | Names]) -> dict[str, str]:
+def fingerprint(paths: Iterable[str | Path | Names | Derived]) -> dict[str, str]:
     """``{path: digest}`` of files or folders (recursively) by size + mtime.
 
     A missing path fingerprints as ``"missing"`` so that its appearance
@@ -58,6 +69,9 @@ def fingerprint(paths: Iterable[str | Path | Names]) -> dict[str, str]:
     out = {}
     for p in paths:
         h = hashlib.sha1()
+        if isinstance(p, Derived):
+            out[str(p)] = p.digest(p.path) if p.path.is_file() else "missing"
+            continue
         if isinstance(p, Names):
             if not p.path.is_dir():
                 out[str(p)] = "missing"

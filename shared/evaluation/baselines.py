@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from shared.io.channels import PATCH_CHANNELS
 
@@ -86,7 +87,6 @@ def fit_baselines(times: np.ndarray, feats: np.ndarray, ta_c: np.ndarray, hgb_ma
     """
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.linear_model import LinearRegression
-    from threadpoolctl import threadpool_limits
 
     clim = Climatology.fit(times, ta_c)
     lin = LinearRegression().fit(feats, ta_c)

@@ -3,7 +3,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shared.core.records import atomic_path
 from shared.evaluation.rows import MODEL
+from shared.mapping.quicklook import draw_outline
 
 
 def _plt():
@@ -17,7 +19,6 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    from shared.core.records import atomic_path
 
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -87,7 +88,6 @@ def plot_rmse_by_hour(tab: pd.DataFrame, names: list[str], path: Path) -> None:
 
 
 def plot_station_map(st: pd.DataFrame, static, path: Path) -> None:
-    from shared.mapping.quicklook import draw_outline
 
     plt = _plt()
     g = static.grid

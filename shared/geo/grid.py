@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from pyproj import CRS, Transformer
 
 KO_PROJ4 = "+proj=lcc +lat_1=30 +lat_2=60 +lat_0=38 +lon_0=126 +ellps=WGS84 +units=m +no_defs"
 KO_SIZE = 900
@@ -123,14 +124,12 @@ KO_GRID = Grid()
 
 @lru_cache(maxsize=4)
 def _crs(proj4: str):
-    from pyproj import CRS
 
     return CRS.from_proj4(proj4)
 
 
 @lru_cache(maxsize=8)
 def _transformer(proj4: str, forward: bool):
-    from pyproj import CRS, Transformer
 
     geo = CRS.from_epsg(4326)
     if forward:

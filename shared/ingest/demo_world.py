@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import shutil
 import time
@@ -40,9 +41,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
 from shared import REPO_ROOT
 from shared.core.errors import UserError
+from shared.core.records import write_csv, write_json
 from shared.ingest.demo.observations import observe, realism_report, realism_stats
 from shared.ingest.demo.tables import LAPSE, NOISE_SIGMA_K, VERSION
 from shared.ingest.demo.weather import simulate
@@ -223,7 +227,6 @@ def _init_worker(preset: str, seed: int, noise_sigma: float, raw: str) -> None:
 def _one_thread_blas():
     """Workers are processes: keep BLAS single-threaded so they do not fight for the cores."""
     try:
-        from threadpoolctl import threadpool_limits
 
         return threadpool_limits(1)
     except Exception:  # noqa: BLE001 - only an accelerator
@@ -305,7 +308,6 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
     :class:`UserError` if ``out_dir`` holds something that is not a demo
     world and ``force`` is False.
     """
-    from shared.core.records import write_csv, write_json
 
     t_start = time.time()
     P = _preset(preset)
@@ -342,7 +344,6 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
             results.append(_one_time(t))
             bar.update()
     else:
-        import multiprocessing as mp
 
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         with ctx.Pool(nproc, initializer=_init_worker, initargs=(P.name, int(seed), float(noise_sigma), str(raw))) as pool:
@@ -414,10 +415,6 @@ class _NoBar:
 
 def _progress(total: int, enabled: bool, desc: str):
     if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
         return _NoBar()
     return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
 

@@ -45,16 +45,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing as mp
 import re
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from shared import REPO_ROOT
 from shared.core.errors import UserError
 from shared.geo.grid import KO_GRID, KO_SIZE, Grid
+from shared.geo.solar import solar_zenith
 from shared.ingest.calibration import (
     CALIBRATION_TABLE,
     table_version,
@@ -148,7 +151,6 @@ def convert_time(time_utc, channels: dict, dst: str | Path, grid: Grid = KO_GRID
     without projection attributes; ``version_mismatch``: {file version: files}
     calibrated from the table although they name another table version.
     """
-    from shared.geo.solar import solar_zenith
 
     outs = outputs_for(dst, time_utc)
     stamp = f"{pd.Timestamp(time_utc):%Y%m%d%H%M}"
@@ -220,7 +222,6 @@ def convert(src, dst, start=None, end=None, every: str | None = "60min", workers
     from the table that name another table version). Each of the last three
     is logged once per run.
     """
-    from tqdm import tqdm
 
     files = find_l1b(src)
     try:
@@ -238,7 +239,6 @@ def convert(src, dst, start=None, end=None, every: str | None = "60min", workers
     # progress None: tqdm decides (bar on a terminal only)
     bar = tqdm(total=len(jobs), desc="L1B -> sat stacks", unit="time", disable=None if progress is None else not progress)
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
 
         with mp.Pool(min(workers, len(jobs))) as pool:
             for r in pool.imap_unordered(_convert_job, jobs):

@@ -12,6 +12,7 @@ import logging
 import math
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 
 from shared.core.errors import UserError
@@ -156,7 +157,6 @@ def read_channel(path: str | Path, channel: str, grid: Grid = KO_GRID, res_km: f
     ``calibration_table_version``). Without ``report`` the two notes are
     logged once per process instead.
     """
-    import netCDF4
 
     path = Path(path)
     f = int(round(2.0 / res_km))

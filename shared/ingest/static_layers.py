@@ -28,7 +28,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import netCDF4
 import numpy as np
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
+from scipy.interpolate import RegularGridInterpolator
 
 from shared import REPO_ROOT
 from shared.core.errors import UserError
@@ -40,7 +44,6 @@ from shared.io.raw import write_static as write_static_nc
 
 log = logging.getLogger(__name__)
 
-_COORD_NAMES = {"lat": ("lat", "latitude", "y"), "lon": ("lon", "longitude", "x")}
 
 
 @dataclass
@@ -76,8 +79,6 @@ def _ascending(r: Raster) -> Raster:
 
 def _crs_of(ds, var, xname: str, yname: str, path: Path):
     """CRS of a netCDF variable: grid_mapping -> CF / WKT; degree coords -> WGS84."""
-    from pyproj import CRS
-    from pyproj.exceptions import CRSError
 
     xv, yv = ds.variables[xname], ds.variables[yname]
     units = (str(getattr(xv, "units", "")) + " " + str(getattr(yv, "units", ""))).lower()
@@ -105,7 +106,6 @@ def read_netcdf_raster(path: Path, var: str | None = None, grid: Grid | None = N
     With ``grid``, only the part covering it (plus 2 pixels) is read, so a
     continental DEM is not loaded whole.
     """
-    import netCDF4
 
     try:
         ds = netCDF4.Dataset(path)
@@ -153,7 +153,6 @@ def read_geotiff(path: Path) -> Raster:
     except ImportError:
         raise UserError(f"{path}: reading GeoTIFF needs rasterio: pip install rasterio "
                         "(or convert it to netCDF: gdal_translate -of netCDF in.tif out.nc)") from None
-    from pyproj import CRS
 
     with rasterio.open(path) as src:
         t = src.transform
@@ -184,7 +183,6 @@ def _extent_in(crs, grid: Grid, path) -> tuple[float, float, float, float]:
     The transform is a smooth bijection without interior extrema, so the
     grid's perimeter (one pixel outside it) bounds the whole grid.
     """
-    from pyproj import Transformer
 
     x, y = grid.x, grid.y
     h = grid.res_m
@@ -199,7 +197,6 @@ def _extent_in(crs, grid: Grid, path) -> tuple[float, float, float, float]:
 
 def _target_in(crs, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     """KO pixel centres in ``crs`` (x, y or lon, lat), each (ny, nx)."""
-    from pyproj import Transformer
 
     xx, yy = np.meshgrid(grid.x, grid.y)
     tr = Transformer.from_crs(grid.crs(), crs, always_xy=True)
@@ -215,7 +212,6 @@ def _coarsen(r: Raster, f: int) -> Raster:
 
 def regrid(r: Raster, grid: Grid = KO_GRID, method: str = "linear") -> np.ndarray:
     """Sample ``r`` at the KO pixel centres -> (ny, nx) float64, NaN outside the source."""
-    from scipy.interpolate import RegularGridInterpolator
 
     if r.data.size == 0 or r.x.size < 2 or r.y.size < 2:
         raise UserError(f"{r.path}: the raster does not overlap the KO grid")

@@ -32,11 +32,13 @@ import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 import pandas as pd
 
 from shared.core.constants import KST_OFFSET
 from shared.core.errors import UserError
+from shared.core.records import atomic_path
 from shared.geo.grid import Grid
 
 MAP_PREFIX = "ta_map_"
@@ -110,7 +112,6 @@ def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: n
 
 def write_map(path: str | Path, ds) -> None:
     """Write ``ds`` atomically (temp name, then rename) with compression."""
-    from shared.core.records import atomic_path
 
     enc = {
         "t2m": {"zlib": True, "complevel": 4, "dtype": "float32", "_FillValue": np.float32(np.nan)},
@@ -148,7 +149,6 @@ def read_map(path: str | Path, expect_grid: Grid | None = None) -> MapField:
     UserError when the file is not a TA map, is unreadable, or lies on a grid
     other than ``expect_grid`` (e.g. a map made from another ``static.nc``).
     """
-    import netCDF4
 
     path = Path(path)
     if not path.is_file():
@@ -196,11 +196,6 @@ def read_map(path: str | Path, expect_grid: Grid | None = None) -> MapField:
         time = time_of_map_name(path.name)
     return MapField(t2m=t2m, grid=grid, time=time, attrs=attrs, path=path)
 
-
-def sample_map(path: str | Path, rows: np.ndarray, cols: np.ndarray, expect_grid: Grid | None = None) -> np.ndarray:
-    """t2m (K) at pixels ``(rows, cols)`` of one map file."""
-    f = read_map(path, expect_grid)
-    return f.t2m[np.asarray(rows), np.asarray(cols)]
 
 
 # --------------------------------------------------------------------------- quicklook

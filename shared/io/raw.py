@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 import pandas as pd
 
@@ -122,7 +123,6 @@ def read_packed(path: str | Path, var: str, n_channels: int | None, grid: Grid |
     Checks: file readable, variable present, channel count, grid shape,
     not entirely missing. Every failure is a UserError naming the file.
     """
-    import netCDF4
 
     path = Path(path)
     if not path.is_file():
@@ -188,9 +188,21 @@ class Static:
     path: Path
 
 
+def grid_signature(path: str | Path) -> str:
+    """The grid static.nc describes (its ``grid_*`` attributes and shape), as a short string; ``"unreadable"``
+    when the file cannot be opened (the stage that reads it reports why)."""
+
+    try:
+        with netCDF4.Dataset(path) as ds:
+            attrs = {k: str(ds.getncattr(k)) for k in ds.ncattrs() if k.startswith("grid_")}
+            shape = ds.variables["lat"].shape if "lat" in ds.variables else None
+    except (OSError, RuntimeError, ValueError):
+        return "unreadable"
+    return f"{sorted(attrs.items())} {shape}"
+
+
 def read_static(path: str | Path) -> Static:
     """Read ``static.nc``; its global ``grid_*`` attributes place it in the KO grid."""
-    import netCDF4
 
     path = Path(path)
     if not path.is_file():
@@ -279,7 +291,6 @@ def packed_var(ds, name: str, dims: tuple, data: np.ndarray, pack_key: str, attr
 
 def write_nc(path: str | Path, fill) -> None:
     """Create a NETCDF4 file under a temporary name, ``fill(ds)`` it, rename it to ``path``."""
-    import netCDF4
 
     with atomic_path(path) as tmp:
         ds = netCDF4.Dataset(tmp, "w", format="NETCDF4")

@@ -176,16 +176,6 @@ def read_stations(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def stations_outside_grid(stations: pd.DataFrame, grid, margin: int = 0) -> pd.DataFrame:
-    """Stations whose nearest pixel is outside ``grid`` (or within ``margin`` of its edge).
-
-    Returns those rows with ``pixel_y``/``pixel_x`` added (indices may be
-    negative or >= the grid size). Not an error: callers report them.
-    """
-    row, col = grid.latlon_to_rowcol(stations["lat"].to_numpy(), stations["lon"].to_numpy())
-    out = ~grid.inside(row, col, margin=margin)
-    return stations.loc[out].assign(pixel_y=row[out], pixel_x=col[out])
-
 
 # --------------------------------------------------------------------------- observations
 

@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.ndimage import maximum_filter
+from tqdm import tqdm
 
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError
@@ -155,7 +158,6 @@ def pad_reflect(xs: np.ndarray, h: int) -> np.ndarray:
 
 def window_has_missing(xs: np.ndarray, p: int) -> np.ndarray:
     """(H, W) bool: the reflect-padded P x P window of the pixel holds a non-finite value."""
-    from scipy.ndimage import maximum_filter
 
     bad = ~np.isfinite(xs).all(axis=0)
     if not bad.any():
@@ -166,7 +168,6 @@ def window_has_missing(xs: np.ndarray, p: int) -> np.ndarray:
 
 def block_windows(xp: np.ndarray, r0: int, r1: int, rows: np.ndarray, cols: np.ndarray, p: int) -> np.ndarray:
     """Windows (N, 19, P, P) of pixels (rows, cols) with ``r0 <= rows < r1`` from the padded stack."""
-    from numpy.lib.stride_tricks import sliding_window_view
 
     v = sliding_window_view(xp[:, r0 : r1 + p - 1, :], (p, p), axis=(1, 2))  # (C, nb, W, P, P), a view
     return np.ascontiguousarray(v[:, rows - r0, cols].transpose(1, 0, 2, 3))
@@ -212,7 +213,6 @@ def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, bl
     (ny, nx) array; its pixels get exactly the values of the whole map (their
     windows are cut from the whole image, padding only at the image edges).
     """
-    from tqdm import tqdm
 
     t0 = _time.time()
     p = predictor.patch_size

@@ -2,8 +2,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.ndimage import distance_transform_edt
 
 from shared.core.constants import KELVIN, KST_OFFSET
+from shared.core.records import atomic_path
 from shared.geo.grid import Grid
 
 
@@ -51,7 +53,6 @@ def draw_outline(ax, grid: Grid, lsmask: np.ndarray, color="k", lw=0.7, graticul
 
 def station_distance_km(grid: Grid, rows, cols) -> np.ndarray:
     """(ny, nx) distance (km) from each pixel centre to the nearest of the given station pixels."""
-    from scipy.ndimage import distance_transform_edt
 
     mask = np.ones(grid.shape, dtype=bool)
     mask[np.asarray(rows), np.asarray(cols)] = False
@@ -82,7 +83,6 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
-    from shared.core.records import atomic_path
 
     t = pd.Timestamp(time_utc)
     tc = t2m_K.astype(np.float32) - KELVIN

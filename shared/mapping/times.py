@@ -3,7 +3,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shared.core.config import resolve_path
 from shared.core.errors import UserError
+from shared.io.raw import scan_sat_times
 
 
 def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -14,8 +16,6 @@ def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFram
     ``limit`` N > 0 only N evenly spaced times of the selection are kept (the
     middle one of each of N equal parts).
     """
-    from shared.core.config import resolve_path
-    from shared.io.raw import scan_sat_times
 
     sel = cfg_times.select
     missing: list[str] = []

@@ -28,11 +28,11 @@ import pandas as pd
 
 from shared.core.cli import print_report
 from shared.core.errors import UserError, require_dir
-from shared.core.records import Names
+from shared.core.records import Derived, Names
 from shared.core.runner import Context, Result, Stage
 from shared.geo.grid import Grid
 from shared.io.index import INDEX_COLUMNS, SPLITS, index_files, write_index
-from shared.io.raw import read_static, scan_sat_times
+from shared.io.raw import grid_signature, read_static, scan_sat_times
 from shared.io.stations import read_obs, read_stations
 
 STEP = "step01_make_index"
@@ -66,9 +66,11 @@ class Config:
 
 
 def deps(cfg: Config) -> list:
-    """static.nc, the station table, every observation CSV, and the *names* of the images (their
-    contents are not read here, so touching an image does not rerun step01)."""
-    return [cfg.raw_dir / "static.nc", cfg.stations_csv, cfg.obs_dir, Names(cfg.raw_dir / "sat", "gk2a_*.nc")]
+    """The grid of static.nc (not its layers), the station table, every observation CSV, and the *names*
+    of the images (their contents are not read here): a new DEM or a touched image reruns step02 on,
+    not step01."""
+    return [Derived(cfg.raw_dir / "static.nc", grid_signature, "grid"), cfg.stations_csv, cfg.obs_dir,
+            Names(cfg.raw_dir / "sat", "gk2a_*.nc")]
 
 
 def outs(cfg: Config) -> list[Path]:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from shared.core.cli import print_report
 from shared.core.config import resolve_path
@@ -167,7 +168,6 @@ def channel_stats(x: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndar
 def make_patches(cfg: Config) -> dict:
     """step02 end to end; returns the row report."""
     import torch
-    from tqdm import tqdm
 
     p = cfg.patch_size
     out = cfg.output_dir

@@ -137,7 +137,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: PretrainConfig, ctx: Context) -> Result:
-    from shared.training.pretrain import pretrain  # torch: only after the up-to-date check
+
+    from shared.training.pretrain import pretrain  # torch: imported only after the up-to-date check
 
     w = cfg.output.weights_dir
     res = pretrain(cfg, w / CURRENT_NAME, w / CKPT_NAME, resume=ctx.args.resume, stop_after=ctx.args.stop_after)

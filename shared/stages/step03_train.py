@@ -157,6 +157,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, ctx: Context) -> Result:
+
     from shared.training.loop import train  # torch: imported only after the up-to-date check
 
     res = train(cfg, ctx.dist, resume=ctx.args.resume, stop_after=ctx.args.stop_after,

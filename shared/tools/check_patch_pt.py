@@ -7,17 +7,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+import pandas as pd
+
 from shared.core.cli import run_main
+from shared.core.errors import UserError
 from shared.io.channels import PATCH_CHANNELS
+from shared.io.patches import load_chunk
 
 
 def describe(path, idx: int = 0) -> str:
-    import numpy as np
-    import pandas as pd
     import torch
 
-    from shared.core.errors import UserError
-    from shared.io.patches import load_chunk
 
     ch = load_chunk(path)
     n = ch["x"].shape[0]

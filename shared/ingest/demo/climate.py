@@ -7,16 +7,18 @@ evaluated at the six normals stations without simulating weather
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 
 from shared.geo.grid import Grid
+from shared.geo.solar import solar_declination_eot, solar_zenith
 from shared.ingest.demo.tables import CLIM_SIGMA_KM, FOREST, KOREA_CENTRE, LAPSE, LC_PROPS, LOWLAND_NORMALS, NORMALS_1991_2020
 
 
 def _static_ns(lat, lon, dem, land, lc, **more):
     """Namespace of the static per-pixel fields the air-temperature physics needs (any array shape)."""
-    from types import SimpleNamespace
 
     lat = np.asarray(lat, dtype=np.float64)
     lon = np.asarray(lon, dtype=np.float64)
@@ -38,7 +40,6 @@ def _static_ns(lat, lon, dem, land, lc, **more):
 
 def _points(S, rows, cols):
     """The same namespace at a few pixels (1-D arrays)."""
-    from types import SimpleNamespace
 
     out = SimpleNamespace()
     shape = S.dem.shape
@@ -108,7 +109,6 @@ def _diurnal(solar_h, sunrise):
 
 def _sun(S, t: pd.Timestamp) -> dict:
     """Sun geometry on S's pixels: zenith, local solar time, sunrise, diurnal shape, incidence on the slope."""
-    from shared.geo.solar import solar_declination_eot, solar_zenith
 
     f32 = np.float32
     sza = solar_zenith(t, S.lat, S.lon)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from shared.ingest.demo.tables import LAPSE, MISSING_FRAC, VERSION
 from shared.ingest.demo.world import World, _rng
@@ -18,7 +19,6 @@ from shared.ingest.demo.world import World, _rng
 
 def _korea_mask(W: World, km: float = 50.0) -> np.ndarray:
     """Pixels within ``km`` of an ASOS station of the window (where the project's labels are)."""
-    from scipy import ndimage
 
     m = np.ones(W.dem.shape, dtype=bool)
     m[W.stations["row"].to_numpy(), W.stations["col"].to_numpy()] = False

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import fft, ndimage
 
 from shared.core.errors import UserError
 from shared.geo.grid import KO_GRID, Grid
@@ -92,7 +94,6 @@ def _fractal(rng: np.random.Generator, beta: float, n: int = TILE, lmax_px: floa
 
     ``lmax_px`` suppresses wavelengths longer than about that many pixels (band-limited texture).
     """
-    from scipy import fft
 
     white = rng.standard_normal((n, n), dtype=np.float32)
     ky = np.fft.fftfreq(n).astype(np.float32)[:, None]
@@ -116,7 +117,6 @@ def _ko_land_mask(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     900 x 900 result is kept in ``$TA2D_CACHE`` (default ``~/.cache/ta2d``),
     keyed by the package version; the cache is only an accelerator.
     """
-    from importlib import metadata
 
     try:
         ver = metadata.version("global-land-mask")
@@ -145,7 +145,6 @@ def _ko_land_mask(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 
 def _coarse(fn, XK: np.ndarray, YK: np.ndarray, f: int = 3) -> np.ndarray:
     """Evaluate a smooth field ``fn(xk, yk)`` every ``f`` pixels and interpolate back (bilinear)."""
-    from scipy import ndimage
 
     sub = fn(XK[f // 2 :: f, f // 2 :: f], YK[f // 2 :: f, f // 2 :: f])
     out = ndimage.zoom(sub, f, order=1, mode="nearest", grid_mode=True)
@@ -295,7 +294,6 @@ def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float
     """Static layers and random weather parameters. Computed on the full KO
     grid (a few seconds), then cut to the preset's window, so every window is
     the same world."""
-    from scipy import ndimage
 
     P = _preset(preset) if isinstance(preset, str) else preset
     G = KO_GRID

@@ -1,0 +1,165 @@
+"""The declared stages: deps that cover every file read, reruns only downstream of a change,
+output sets that belong together, imports that only go downward."""
+import ast
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import netCDF4
+import pandas as pd
+import pytest
+from conftest import ROOT, STAGES, run_step, step01_args
+
+from shared.core.config import load_config
+from shared.io.index import image_paths
+from shared.stages import step02_patches
+
+#: Subpackages of shared/, lowest first: a module may import only from its own layer or lower ones.
+LAYERS = ["core", "geo", "io", "features", "models", "ingest", "training", "mapping", "evaluation", "stages", "tools"]
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "shared" or len(parts) < 2 or parts[1] not in LAYERS:
+        return None
+    return LAYERS.index(parts[1])
+
+
+def test_imports_only_go_downward():
+    bad = []
+    for f in sorted((ROOT / "shared").rglob("*.py")):
+        mod = ".".join(f.relative_to(ROOT).with_suffix("").parts)
+        own = _layer(mod)
+        if own is None:
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for n in names:
+                other = _layer(n)
+                if other is not None and other > own:
+                    bad.append(f"{mod} imports {n}")
+    assert not bad, bad
+
+
+def test_run_py_files_only_hand_their_stage_to_the_runner():
+    for step in STAGES:
+        tree = ast.parse((ROOT / step / "run.py").read_text())
+        code = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+        assert len(code) <= 4, step  # imports + the main(...) call
+        assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))], step
+
+
+def _copy_world(tiny_world, tmp_path) -> Path:
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_world, raw)
+    return raw
+
+
+def _s01(raw, out):
+    return run_step("step01_make_index", *step01_args(raw, out))
+
+
+def _s02(idx, out):
+    return run_step("step02_make_patches", "--set", f"index_dir={idx}", "--set", f"output_dir={out}",
+                    "--set", "patch_chunk_rows=64", "--set", "split_workers=1")
+
+
+def test_step02_declares_static_nc_and_every_image_it_reads(tiny_index):
+    cfg = load_config(step02_patches.Config, ROOT / "step02_make_patches" / "config.yaml",
+                      [f"index_dir={tiny_index}"])
+    deps = {str(p) for p in step02_patches.deps(cfg)}
+    images = image_paths(tiny_index)
+    rows = pd.read_csv(tiny_index / "index.csv")
+    assert len(images) == 3 * rows["sat_time_utc"].nunique() and {str(p) for p in images} <= deps
+    static = [d for d in deps if d.endswith("static.nc")]
+    assert len(static) == 1 and Path(static[0]).is_file()
+
+
+def test_touching_an_image_or_static_nc_reruns_step02_not_step01(tiny_world, tmp_path, capsys):
+    raw = _copy_world(tiny_world, tmp_path)
+    s01, s02 = tmp_path / "s01", tmp_path / "s02"
+    assert _s01(raw, s01) == 0 and _s02(s01, s02) == 0
+    capsys.readouterr()
+    assert _s01(raw, s01) == 0 and _s02(s01, s02) == 0
+    out = capsys.readouterr().out
+    assert "step01_make_index: up to date" in out and "step02_make_patches: up to date" in out
+
+    # an image's content changes (its time stamp is what the fingerprint sees)
+    img = image_paths(s01)[0]
+    st = img.stat()
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    assert _s01(raw, s01) == 0 and _s02(s01, s02) == 0
+    out = capsys.readouterr().out
+    assert "step01_make_index: up to date" in out and "step02_make_patches: up to date" not in out
+
+    # a new DEM in static.nc (same grid)
+    with netCDF4.Dataset(raw / "static.nc", "a") as ds:
+        ds.variables["dem"][0, 0] = ds.variables["dem"][0, 0] + 1.0
+    assert _s01(raw, s01) == 0 and _s02(s01, s02) == 0
+    out = capsys.readouterr().out
+    assert "step01_make_index: up to date" in out and "step02_make_patches: up to date" not in out
+    assert _s02(s01, s02) == 0 and "step02_make_patches: up to date" in capsys.readouterr().out
+
+
+def test_a_rewritten_upstream_file_is_refused_naming_the_step(tiny_index, tmp_path, capsys):
+    idx = tmp_path / "idx"
+    shutil.copytree(tiny_index, idx)
+    assert _s02(idx, tmp_path / "o") == 2  # a copy is not what the finished step01 run recorded
+    assert "rerun step01" in capsys.readouterr().err
+    from conftest import adopt
+
+    adopt(idx, "step01")
+    assert _s02(idx, tmp_path / "o") == 0
+    df = pd.read_csv(idx / "index_test.csv")
+    df.iloc[::-1].to_csv(idx / "index_test.csv", index=False)  # e.g. a test split of another run
+    capsys.readouterr()
+    assert _s02(idx, tmp_path / "o2") == 2
+    err = capsys.readouterr().err
+    assert "index_test.csv changed after the last finished step01 run" in err and "rerun step01" in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "o2" / "patch_pt").exists()
+
+
+def test_a_failing_write_between_two_index_files_changes_no_final_file(tiny_world, tmp_path, monkeypatch, capsys):
+    from shared.io import index as index_io
+
+    raw = _copy_world(tiny_world, tmp_path)
+    s01 = tmp_path / "s01"
+    assert _s01(raw, s01) == 0
+    before = {p.name: p.read_bytes() for p in s01.iterdir()}
+    calls = {"n": 0}
+    real = index_io.write_csv
+
+    def flaky(path, df, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, df, **kw)
+
+    monkeypatch.setattr(index_io, "write_csv", flaky)
+    assert run_step("step01_make_index", *step01_args(raw, s01, "--force", "--set", "split.seed=7")) == 2
+    assert "disk full" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in s01.iterdir() if p.name != "run.json"}
+    assert after == {k: v for k, v in before.items() if k != "run.json"}  # no final name changed
+    assert not [p for p in s01.iterdir() if p.name.startswith(".tmp")]
+    monkeypatch.setattr(index_io, "write_csv", real)
+    # the earlier finished set is still whole, so step02 accepts it
+    assert _s02(s01, tmp_path / "s02") == 0
+
+
+@pytest.mark.parametrize("step", ["step02_make_patches", "step03_train_clay", "step04_infer_map", "step05_eval_metrics"])
+def test_missing_upstream_record_names_the_step_to_run(step, tmp_path, capsys):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    key = {"step02_make_patches": "index_dir", "step03_train_clay": "data.patch_dir",
+           "step04_infer_map": "checkpoint", "step05_eval_metrics": "checkpoint"}[step]
+    target = empty / "best.pt" if key == "checkpoint" else empty
+    if key == "checkpoint":
+        target.write_bytes(b"not a checkpoint")
+    rc = run_step(step, "--set", f"{key}={target}", "--set", f"index_dir={empty}" if step != "step03_train_clay"
+                  else f"data.patch_dir={empty}")
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "python step0" in err
