@@ -240,6 +240,12 @@ def test_step04_writes_cf_maps_resumes_and_is_up_to_date(world, tmp_path, capsys
     assert run_step(STEP, *args_for(world, out), "--force") == 0
     assert "wrote 3 map(s), kept 0 complete" in capsys.readouterr().out
 
+    # a changed quicklook setting remakes the PNGs (the maps are written after their PNG)
+    png = (out / names[0]).with_suffix(".png")
+    before = png.stat().st_mtime_ns
+    assert run_step(STEP, *args_for(world, out), "--set", "coverage_km=40") == 0
+    assert "wrote 3 map(s)" in capsys.readouterr().out and png.stat().st_mtime_ns != before
+
 
 def test_region_map_equals_the_whole_map_there(world, tmp_path):
     """A region map holds the whole map's values (real neighbours, no padding at the region's edges)."""

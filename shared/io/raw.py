@@ -95,6 +95,7 @@ class Packed:
     scale: float
     offset: float
     fill: float | None
+    out_of_range: int = 0  # pixels outside the physical range, set to missing when read
 
     def unpack(self, a: np.ndarray | None = None) -> np.ndarray:
         """float32 physical values with NaN where missing (of ``a`` or all)."""
@@ -154,7 +155,59 @@ def read_packed(path: str | Path, var: str, n_channels: int | None, grid: Grid |
     p = Packed(raw=raw, scale=scale, offset=offset, fill=fill)
     if p.all_missing():
         raise UserError(f"{path}: '{var}' is entirely missing (all NaN/fill); remove the file or {_FIX}")
+    p.out_of_range = mask_implausible(p, var, path)
     return p
+
+
+#: Physical ranges of the stacks (per channel for ``bt``): values outside are not a temperature,
+#: albedo or angle the sensor can report and are treated as missing. SW038 reaches ~400 K over fires.
+PLAUSIBLE = {
+    "bt": [(150.0, 400.0)] + [(150.0, 350.0)] * (N_BT - 1),
+    "rf": [(-0.05, 1.6)] * N_RF,
+    "sza": [(0.0, 180.0)],
+}
+DEM_RANGE_M = (-500.0, 9000.0)
+#: More than this share of a channel's valid pixels out of range: the image is not what it says it is.
+IMPLAUSIBLE_SHARE = 0.5
+
+
+def mask_implausible(p: Packed, var: str, path) -> int:
+    """Set pixels outside :data:`PLAUSIBLE` to missing (in the stored domain); return how many.
+
+    A channel with more than :data:`IMPLAUSIBLE_SHARE` of its valid pixels out of range (e.g. BT of
+    3,450 K everywhere: wrong scale factor, wrong variable) is one clear error naming file and channel.
+    """
+    if var not in PLAUSIBLE:
+        return 0
+    planes = p.raw if p.raw.ndim == 3 else p.raw[None]
+    names = {"bt": BT_CHANNELS, "rf": RF_CHANNELS}.get(var, [var])
+    total = 0
+    for c, (lo, hi) in enumerate(PLAUSIBLE[var]):
+        a = planes[c]
+        if p.scale == 0:
+            continue
+        rlo, rhi = sorted(((lo - p.offset) / p.scale, (hi - p.offset) / p.scale))
+        valid = np.isfinite(a) if a.dtype.kind == "f" else np.ones(a.shape, bool)
+        if p.fill is not None:
+            valid &= a != p.fill
+        bad = valid & ((a < rlo) | (a > rhi))
+        n_bad = int(np.count_nonzero(bad))
+        if not n_bad:
+            continue
+        n_valid = int(np.count_nonzero(valid))
+        if n_bad > IMPLAUSIBLE_SHARE * n_valid:
+            phys = a[bad][:1].astype(np.float64) * p.scale + p.offset
+            raise UserError(f"{path}: {names[c]} is implausible in {n_bad:,} of {n_valid:,} pixels (e.g. {phys[0]:.4g}, "
+                            f"plausible {lo:g}..{hi:g}); the file is not a {var} stack in the contract's units "
+                            f"(wrong scale factor or variable?): {_FIX}")
+        if p.fill is not None:
+            a[bad] = p.fill
+        elif a.dtype.kind == "f":
+            a[bad] = np.nan
+        else:
+            continue
+        total += n_bad
+    return total
 
 
 @dataclass
@@ -164,6 +217,11 @@ class Frame:
     bt: Packed
     rf: Packed
     sza: Packed
+
+    @property
+    def out_of_range(self) -> int:
+        """Pixels of the three stacks set to missing because they were outside the physical range."""
+        return self.bt.out_of_range + self.rf.out_of_range + self.sza.out_of_range
 
 
 def read_frame(path_bt, path_rf, path_sza, grid: Grid | None = None) -> Frame:
@@ -227,6 +285,12 @@ def read_static(path: str | Path) -> Static:
     if shape != grid.shape or any(arrs[k].shape != shape for k in need):
         raise UserError(f"{path}: layers have shapes {[arrs[k].shape for k in need]}, expected {grid.shape}")
     dem = arrs["dem"].astype(np.float32)
+    fin = np.isfinite(dem)
+    bad = fin & ((dem < DEM_RANGE_M[0]) | (dem > DEM_RANGE_M[1]))
+    if bad.sum() > IMPLAUSIBLE_SHARE * max(1, fin.sum()):
+        raise UserError(f"{path}: dem is outside {DEM_RANGE_M[0]:g}..{DEM_RANGE_M[1]:g} m in {int(bad.sum()):,} of "
+                        f"{int(fin.sum()):,} pixels (e.g. {dem[bad][0]:.4g}); the DEM must be in metres above sea level")
+    dem[bad] = np.nan  # a few spikes: treated as missing (0 m, like sea) rather than as mountains
     if not np.isfinite(dem).any():
         raise UserError(f"{path}: dem is entirely missing")
     return Static(

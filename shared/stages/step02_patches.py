@@ -99,10 +99,10 @@ def upstream(cfg: Config) -> list:
 
 
 def _extract_time(args):
-    """Read one time's stacks once, cut the windows of its rows."""
+    """Read one time's stacks once, cut the windows of its rows -> (windows, pixels out of physical range)."""
     (path_bt, path_rf, path_sza), py, px, p, static = args
     frame = read_frame(path_bt, path_rf, path_sza, static.grid)
-    return extract_patches(frame, static, py, px, p)
+    return extract_patches(frame, static, py, px, p), frame.out_of_range
 
 
 _STATIC: Static | None = None
@@ -121,7 +121,7 @@ def _extract_time_worker(args):
 def read_windows(tasks: list, static: Static, workers: int, on_result) -> None:
     """Run :func:`_extract_time` for every task, in ``workers`` processes when > 1.
 
-    ``on_result(i, patches)`` receives each task's windows. The first failure
+    ``on_result(i, (windows, n_out_of_range))`` receives each task's result. The first failure
     in any worker ends the whole run promptly with that worker's message:
     pending tasks are cancelled and the pool is shut down (never left waiting).
     """
@@ -227,16 +227,23 @@ def make_patches(cfg: Config) -> dict:
     for _, rows in groups:
         r0 = todo.iloc[rows[0]]
         tasks.append(((r0["path_bt"], r0["path_rf"], r0["path_sza"]), todo["pixel_y"].to_numpy()[rows], todo["pixel_x"].to_numpy()[rows], p))
-    bar = tqdm(total=len(tasks), desc="step02 images", unit="img", disable=not tasks)
+    bar = tqdm(total=len(tasks), desc="step02 images", unit="img", disable=not tasks, leave=False)
 
-    def store(i, patches):
-        x_raw[groups[i][1]] = patches
+    out_of_range = [0]
+
+    def store(i, res):
+        x_raw[groups[i][1]], n_bad = res
+        out_of_range[0] += n_bad
         bar.update()
 
-    read_windows(tasks, static, cfg.split_workers, store)
+    try:
+        read_windows(tasks, static, cfg.split_workers, store)
+    finally:
+        bar.close()  # cleared, so an error message starts on a clean line
     bar.close()
 
     finite = np.isfinite(x_raw).all(axis=(1, 2, 3))
+    report["image_pixels_out_of_physical_range"] = out_of_range[0]  # set to missing (io.raw.PLAUSIBLE)
     report["dropped_nonfinite_input"] = int((~finite).sum())
 
     # --- statistics from train rows only ------------------------------------

@@ -225,11 +225,16 @@ def run(cfg: Config, ctx: Context) -> Result:
             skipped += 1
             continue
         frame = read_frame(*srcs, static.grid)
+        n_implausible = frame.out_of_range
+        if n_implausible:
+            print(f"warning: {t:%Y-%m-%d %H:%M}: {n_implausible:,} image pixel(s) outside the physical range were "
+                  "treated as missing", flush=True)
         res = predict_map(predictor, frame, static, t, cfg.block_rows, cfg.batch_size, progress=cfg.progress,
                           desc=f"[rank {rank}] {t:%Y-%m-%d %H:%M}" if world > 1 else "", region=region)
         del frame
         attrs = dict(attrs_common, inputs_fingerprint=in_fp, input_files=" ".join(p.name for p in srcs),
-                     n_pixels_missing_input=res.n_missing, n_pixels_predicted=res.n_windows)
+                     n_pixels_missing_input=res.n_missing, n_pixels_predicted=res.n_windows,
+                     n_input_pixels_out_of_physical_range=n_implausible)
         ds = map_dataset(res.t2m_K, grid_out, t, static.lat[cut], static.lon[cut], attrs)
         if cfg.quicklook:  # PNG first: a map file present means its quicklook is too
             note = f"{predictor.model_cfg.get('size')} model, {res.n_missing:,} px without input" if res.n_missing else ""

@@ -1,0 +1,260 @@
+"""Fault injection: corrupt inputs of each kind, failing workers, kill -9 midway, full disk, shape mismatches.
+
+Each case must end with one line on stderr, exit code 2 (or a clean rerun), and no half-written file under
+a final name."""
+import errno
+import faulthandler
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import ROOT, adopt, run_step, step01_args
+
+from shared.io.index import image_paths
+
+
+def _err(capsys) -> str:
+    """What a terminal shows at the end of stderr: progress bars are cleared with \\r, then one line."""
+    err = capsys.readouterr().err.strip().split("\r")[-1].strip()
+    assert err.startswith("error: ") and "\n" not in err, err  # one line, no traceback
+    return err
+
+
+def _copy_world(tiny_world, tmp_path) -> Path:
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_world, raw)
+    return raw
+
+
+def _s02(idx, out, *extra):
+    return run_step("step02_make_patches", "--set", f"index_dir={idx}", "--set", f"output_dir={out}",
+                    "--set", "patch_chunk_rows=64", *extra)
+
+
+def test_a_corrupt_image_with_two_workers_fails_promptly_every_time(tiny_world, tmp_path, capsys):
+    raw = _copy_world(tiny_world, tmp_path)
+    s01 = tmp_path / "s01"
+    assert run_step("step01_make_index", *step01_args(raw, s01)) == 0
+    bad = image_paths(s01)[len(image_paths(s01)) // 2]
+    bad.write_bytes(b"\x89HDF garbage, not netCDF" * 10)
+    # a hang ends the test run instead of blocking CI
+    faulthandler.dump_traceback_later(120, exit=True, file=sys.__stderr__)
+    try:
+        for i in range(20):
+            t0 = time.perf_counter()
+            rc = _s02(s01, tmp_path / f"o{i}", "--set", "split_workers=2", "--force")
+            assert rc == 2 and time.perf_counter() - t0 < 60
+            err = _err(capsys)
+            assert bad.name in err and "truncated or corrupt" in err
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert not list((tmp_path / "o0").rglob("*.pt"))
+
+
+@pytest.mark.parametrize("case", ["bt_kelvin_x10", "nan_image", "wrong_variable", "wrong_shape", "rf_spikes"])
+def test_corrupt_images(case, tiny_world, tmp_path, capsys):
+    raw = _copy_world(tiny_world, tmp_path)
+    s01 = tmp_path / "s01"
+    assert run_step("step01_make_index", *step01_args(raw, s01)) == 0
+    bt = next(p for p in image_paths(s01) if "gk2a_bt_" in p.name)
+    rf = bt.with_name(bt.name.replace("_bt_", "_rf_"))
+    with netCDF4.Dataset(bt if case != "rf_spikes" else rf, "a") as ds:
+        v = ds.variables["bt" if case != "rf_spikes" else "rf"]
+        v.set_auto_maskandscale(False)
+        if case == "bt_kelvin_x10":  # BT of ~3,000 K everywhere: a wrong scale factor
+            v.scale_factor = np.float32(v.scale_factor * 10)
+            v.add_offset = np.float32(v.add_offset * 10)
+        elif case == "nan_image":
+            v[...] = np.int16(v._FillValue)
+        elif case == "wrong_variable":
+            ds.renameVariable("bt", "brightness")
+        elif case == "rf_spikes":  # a few impossible albedos: dropped as missing, counted
+            a = v[...]
+            a[2, :3, :3] = 30000  # 30 = albedo 3000 %
+            v[...] = a
+    if case == "wrong_shape":
+        shutil.copy(next(p for p in image_paths(s01) if "gk2a_sza_" in p.name), bt)
+    rc = _s02(s01, tmp_path / "o", "--set", "split_workers=1")
+    if case == "rf_spikes":
+        assert rc == 0
+        rep = pd.read_json(tmp_path / "o" / "report.json", typ="series")
+        assert rep["image_pixels_out_of_physical_range"] == 9
+        return
+    assert rc == 2
+    err = _err(capsys)
+    assert bt.name in err
+    want = {"bt_kelvin_x10": "implausible", "nan_image": "entirely missing", "wrong_variable": "no variable 'bt'",
+            "wrong_shape": "no variable 'bt'"}[case]
+    assert want in err
+    assert not (tmp_path / "o" / "patch_pt").exists()
+
+
+def test_implausible_station_ta_and_dem(tiny_world, tmp_path, capsys):
+    raw = _copy_world(tiny_world, tmp_path)
+    with netCDF4.Dataset(raw / "static.nc", "a") as ds:
+        ds.variables["dem"][...] = ds.variables["dem"][...] * 1000.0  # km read as m: Everest x 100
+    assert run_step("step01_make_index", *step01_args(raw, tmp_path / "s01")) == 2
+    assert "dem is outside" in _err(capsys)
+
+
+def test_manifest_and_checkpoint_mistakes_are_one_line(tiny_patches, tmp_path, capsys):
+    from test_train import run_step as run_step03
+
+    p = tmp_path / "p"
+    shutil.copytree(tiny_patches, p)
+    man_path = p / "patch_pt" / "manifest.json"
+    man = pd.read_json(man_path, typ="series").to_dict()
+    import json
+
+    for broken, want in [({"rows": "many"}, "malformed entry"), ({"swap": True}, "out of order"),
+                         ({"drop": True}, "lists")]:
+        m = json.loads(json.dumps(man))
+        if "rows" in broken:
+            m["chunks"]["train"][0]["rows"] = "many"
+        if "swap" in broken:
+            m["channels"][6], m["channels"][7] = m["channels"][7], m["channels"][6]
+        if "drop" in broken:  # a chunk dropped from the list: the split's row total no longer adds up
+            m["chunks"]["train"] = m["chunks"]["train"][1:]
+        man_path.write_text(json.dumps(m))
+        adopt(p, "step02", "test: manifest edited by hand")
+        assert run_step03(tmp_path, p, "train.epochs=1") == 2
+        assert want in _err(capsys)
+    man_path.write_text(json.dumps(man))
+    # y stored as int64
+    f = p / "patch_pt" / man["chunks"]["train"][0]["file"]
+    c = torch.load(f, weights_only=True)
+    c["y"] = c["y"].long()
+    torch.save(c, f)
+    adopt(p, "step02", "test: y as int64")
+    assert run_step03(tmp_path, p, "train.epochs=1") == 2
+    assert "'y' is torch.int64, expected torch.float32" in _err(capsys)
+
+
+def test_a_checkpoint_whose_shapes_do_not_fit_is_one_line(tmp_path, capsys):
+    from test_step04 import NORM, args_for, make_world, save_checkpoint
+
+    world = make_world(tmp_path / "w")
+    ckpt = save_checkpoint(tmp_path / "weights" / "best.pt", NORM)
+    ck = torch.load(ckpt, weights_only=True)
+    ck["model_cfg"]["head_hidden"] = 64  # the stored weights are for 32
+    torch.save(ck, ckpt)
+    adopt(ckpt, "step03", "test: config and weights disagree")
+    world["ckpt"] = ckpt
+    assert run_step("step04_infer_map", *args_for(world, tmp_path / "m")) == 2
+    err = _err(capsys)
+    assert "do not fit the model config" in err and "another shape" in err
+
+
+def test_disk_full_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    from test_train import run_step as run_step03
+
+    from shared.io import torch_files
+    from shared.io.patches import write_synthetic_patches
+
+    patches = write_synthetic_patches(tmp_path / "p", {"train": 64, "val": 32}, chunk_rows=64)
+    real = torch.save
+
+    def full(obj, f, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+
+    monkeypatch.setattr(torch_files.torch, "save", full)
+    assert run_step03(tmp_path, patches, "train.epochs=1") == 2
+    assert "disk full" in _err(capsys)
+    monkeypatch.setattr(torch_files.torch, "save", real)
+    assert not list((tmp_path / "run" / "weights").rglob("*.pt"))
+
+
+def test_resume_refuses_a_changed_training_config_and_says_what(tmp_path, capsys):
+    from test_train import run_step as run_step03
+
+    from shared.io.patches import write_synthetic_patches
+
+    patches = write_synthetic_patches(tmp_path / "p", {"train": 128, "val": 64}, chunk_rows=64)
+    assert run_step03(tmp_path, patches, "train.epochs=3", extra=["--stop-after", "1"]) == 0
+    assert run_step03(tmp_path, patches, "train.epochs=3", "train.lr=1e-3", extra=["--resume"]) == 2
+    err = _err(capsys)
+    assert "train.lr: 0.003 -> 0.001" in err and "--allow-config-change" in err
+    assert run_step03(tmp_path, patches, "train.epochs=3", "train.lr=1e-3",
+                      extra=["--resume", "--allow-config-change"]) == 0
+    ck = torch.load(tmp_path / "run" / "weights" / "current.pt", weights_only=True)
+    assert ck["epoch"] == 3 and ck["scheduler"]["base_lrs"] == [1e-3, 1e-3]
+
+
+# --------------------------------------------------------------------------- kill -9 midway
+
+
+def _kill_midway(cmd: list[str], ready, timeout: float = 240) -> int | None:
+    """Start ``cmd``; SIGKILL it as soon as ``ready(output_so_far)`` is true. Returns the exit code when it
+    finished before that (then the kill came too late and the caller's test is void)."""
+    import os
+    import threading
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    out = bytearray()
+    threading.Thread(target=lambda: out.extend(iter(lambda: p.stdout.read(1), b"")) or None, daemon=True).start()
+    t0 = time.time()
+    while p.poll() is None and time.time() - t0 < timeout:
+        if ready(out.decode(errors="replace")):
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            return None
+        time.sleep(0.002)
+    return p.wait()
+
+
+def test_kill_9_during_training_keeps_the_last_good_model_and_rerun_matches(tmp_path):
+    """step03 killed mid-run: best.pt/current.pt of the last finished run untouched, run.json says the
+    rerun is unfinished, step04 still reads the last finished model; a rerun equals an uninterrupted run."""
+    from shared.core.records import read_record
+    from shared.io.patches import write_synthetic_patches
+
+    patches = write_synthetic_patches(tmp_path / "p", {"train": 512, "val": 128}, chunk_rows=128)
+    py, run3 = sys.executable, str(ROOT / "step03_train_clay" / "run.py")
+    base = [py, run3, "--set", f"data.patch_dir={patches}", "--set", "model.head_hidden=32", "--set", "train.batch_size=64",
+            "--set", "train.num_threads=1"]
+
+    def cfg(out, epochs):
+        return base + ["--set", f"output.weights_dir={out}/w", "--set", f"output.outputs_dir={out}/o",
+                       "--set", f"train.epochs={epochs}"]
+
+    subprocess.run(cfg(tmp_path / "a", 2), check=True, capture_output=True)
+    good = (tmp_path / "a" / "w" / "best.pt").read_bytes()
+    staged = tmp_path / "a" / "w" / ".staging" / "current.pt"  # exists from the first epoch on
+    assert _kill_midway(cfg(tmp_path / "a", 40) + ["--force"], lambda _: staged.is_file()) is None
+    assert (tmp_path / "a" / "w" / "best.pt").read_bytes() == good
+    assert read_record(tmp_path / "a" / "w")["status"] == "running"
+    # the rerun from scratch equals an uninterrupted run of the same config
+    subprocess.run(cfg(tmp_path / "a", 6) + ["--force"], check=True, capture_output=True)
+    subprocess.run(cfg(tmp_path / "b", 6), check=True, capture_output=True)
+    a = torch.load(tmp_path / "a" / "w" / "best.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "w" / "best.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_kill_9_during_step02_then_rerun_equals_an_uninterrupted_run(tiny_index, tmp_path):
+    py = sys.executable
+    cmd = [py, str(ROOT / "step02_make_patches" / "run.py"), "--set", f"index_dir={tiny_index}",
+           "--set", "patch_chunk_rows=4", "--set", "split_workers=1"]
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    # killed while it writes chunks: some are there, the manifest and the finished record are not
+    assert _kill_midway(cmd + ["--set", f"output_dir={out_a}"],
+                        lambda _: any((out_a / "patch_pt").glob("train_chunk_*.pt"))) is None
+    # whatever the kill left, the next step refuses it (no finished record) ...
+    assert run_step("step03_train_clay", "--set", f"data.patch_dir={out_a}", "--set", f"output.weights_dir={tmp_path / 'w'}",
+                    "--set", f"output.outputs_dir={tmp_path / 'o'}") == 2
+    # ... and a rerun finishes and equals an uninterrupted run
+    subprocess.run(cmd + ["--set", f"output_dir={out_a}"], check=True, capture_output=True)
+    subprocess.run(cmd + ["--set", f"output_dir={out_b}"], check=True, capture_output=True)
+    for f in sorted((out_b / "patch_pt").glob("*.pt")):
+        ca, cb = torch.load(out_a / "patch_pt" / f.name, weights_only=True), torch.load(f, weights_only=True)
+        assert all(torch.equal(ca[k], cb[k]) for k in ("x", "y", "time7", "loc", "landcover_onehot"))
+    assert not list(out_a.rglob(".tmp*"))
