@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from shared.core.constants import KST_OFFSET
-from shared.core.errors import UserError
+from shared.core.errors import UserError, rerun
 from shared.evaluation.baselines import BASELINES
 from shared.io.channels import IGBP_CLASSES, IR105_CH, SZA_CH
 from shared.io.patches import batch_view, load_chunk, read_manifest, read_stats
@@ -88,7 +88,7 @@ def check_stats(predictor, patch_dir: Path, ckpt_path: Path) -> None:
             and np.isclose(st["target_std"], predictor.target_std, rtol=1e-6))
     if not same:
         raise UserError(f"{ckpt_path} was trained on patches normalised with other statistics than {patch_dir / 'stats'} "
-                        f"(step02 was rerun after step03); retrain: python step03_train_clay/run.py --force")
+                        f"(step02 was rerun after step03); retrain: {rerun('step03', force=True)}")
 
 
 

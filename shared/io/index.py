@@ -54,7 +54,7 @@ def read_splits(index_dir: str | Path) -> dict:
     """``splits.json`` of step01 (UserError naming the step to run when absent or broken)."""
     sp = Path(index_dir) / SPLITS_JSON
     if not sp.is_file():
-        raise UserError(f"no {SPLITS_JSON} in {index_dir}; run step01 first (python step01_make_index/run.py)")
+        raise UserError(f"no {SPLITS_JSON} in {index_dir}; {rerun('step01')}")
     try:
         with open(sp, encoding="utf-8") as fh:
             info = json.load(fh)

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from shared.core.constants import KST_OFFSET
-from shared.core.errors import UserError
+from shared.core.errors import UserError, rerun
 from shared.core.records import atomic_path
 from shared.geo.grid import Grid
 
@@ -152,7 +152,7 @@ def read_map(path: str | Path, expect_grid: Grid | None = None) -> MapField:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"map file not found: {path}; run step04 (python step04_infer_map/run.py)")
+        raise UserError(f"map file not found: {path}; {rerun('step04')}")
     try:
         with netCDF4.Dataset(path) as ds:
             if "t2m" not in ds.variables:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.core.errors import UserError
+from shared.core.errors import UserError, rerun
 from shared.core.records import StepRun, read_json, write_json
 from shared.io.channels import N_CHANNELS, N_LANDCOVER, PATCH_CHANNELS
 from shared.io.torch_files import load_torch_file, save_torch_file
@@ -42,7 +42,7 @@ BATCH_KEYS = TENSOR_KEYS + ("time_unix",)
 MANIFEST = "manifest.json"
 PATCH_SUBDIR, STATS_SUBDIR = "patch_pt", "stats"
 INPUT_STATS, TARGET_STATS = "input_statistics.json", "target_statistics.json"
-RERUN = "rerun step02 (python step02_make_patches/run.py --force)"
+RERUN = rerun("step02", force=True)
 
 
 def chunk_name(split: str, k: int) -> str:
@@ -98,7 +98,7 @@ def load_chunk(path: str | Path, n_channels: int | None = N_CHANNELS, patch_size
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"patch chunk not found: {path}; rerun step02 (python step02_make_patches/run.py)")
+        raise UserError(f"patch chunk not found: {path}; {rerun('step02')}")
     chunk = load_torch_file(path, "patch chunk", "delete it and rerun step02 (skip_existing rebuilds only missing chunks)")
     if validate:
         n = validate_chunk(chunk, path, n_channels, patch_size)
@@ -155,7 +155,7 @@ def read_manifest(patch_dir: str | Path, splits=("train", "val")) -> tuple[dict,
         raise UserError(f"patch folder not found: {patch_dir} (run step02_make_patches first, or set the patch folder)")
     pt_dir = patch_dir / PATCH_SUBDIR
     where = pt_dir / MANIFEST
-    man = read_json(where, f"no {MANIFEST} in {pt_dir}; run step02 first (python step02_make_patches/run.py)", RERUN)
+    man = read_json(where, f"no {MANIFEST} in {pt_dir}; {rerun('step02')}", RERUN)
     if not isinstance(man, dict):
         raise UserError(f"{where}: not a manifest (a JSON {type(man).__name__}); {RERUN}")
     for key in ("patch_size", "channels", "chunks"):

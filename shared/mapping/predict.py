@@ -43,7 +43,7 @@ from scipy.ndimage import maximum_filter
 from tqdm import tqdm
 
 from shared.core.constants import KELVIN
-from shared.core.errors import UserError
+from shared.core.errors import UserError, rerun
 from shared.features.patch import full_stack, landcover_onehot, loc3, normalise_, time7
 from shared.io.channels import N_CHANNELS, PATCH_CHANNELS, SZA_CH
 from shared.io.raw import Frame, Static
@@ -127,7 +127,7 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
     """Rebuild the model from ``best.pt`` alone (model config + stats are inside)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}; train the model first (python step03_train_clay/run.py) "
+        raise UserError(f"checkpoint not found: {path}; {rerun('step03')} "
                         f"or set checkpoint to a step03 weights/best.pt")
     model, ckpt = load_ta_checkpoint(path)
     mean, std, t_mean, t_std = _norm_stats(ckpt, path)

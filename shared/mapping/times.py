@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from shared.core.config import resolve_path
-from shared.core.errors import UserError
+from shared.core.errors import UserError, rerun
 from shared.io.raw import scan_sat_times
 
 
@@ -22,7 +22,7 @@ def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFram
     if sel == "test":
         p = index_dir / "index_test.csv"
         if not p.is_file():
-            raise UserError(f"{p} not found; run step01 first (python step01_make_index/run.py) or choose times.select: list/range/all")
+            raise UserError(f"{p} not found; {rerun('step01')} or choose times.select: list/range/all")
         df = pd.read_csv(p, usecols=lambda c: c in ("sat_time_utc", "path_bt", "path_rf", "path_sza"))
         if df.empty:
             raise UserError(f"{p}: the test split is empty; nothing to map (check step01's split settings or choose times.select: list/range)")

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.core.errors import UserError
+from shared.core.errors import UserError, rerun
 from shared.io.torch_files import load_torch_file, save_torch_file
 from shared.models.ta import TAModel, build_model
 
 CKPT_FORMAT = "ta2d-step03"
-HINT = "point at a step03 weights/best.pt or retrain (python step03_train_clay/run.py)"
+HINT = "point at a step03 weights/best.pt or " + rerun("step03")
 
 
 def save_ta_checkpoint(path: str | Path, ckpt: dict) -> None:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from shared.core.cli import print_report
 from shared.core.config import resolve_path
-from shared.core.errors import UserError, require_dir
+from shared.core.errors import UserError, require_dir, rerun
 from shared.core.records import fingerprint, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.features.patch import extract_patches, landcover_onehot, loc3, normalise_, time7
@@ -301,7 +301,7 @@ def make_patches(cfg: Config) -> dict:
 
 
 def run(cfg: Config, ctx: Context) -> Result:
-    require_dir(cfg.index_dir, "step01 outputs", "run step01 first: python step01_make_index/run.py")
+    require_dir(cfg.index_dir, "step01 outputs", rerun("step01"))
     report = make_patches(cfg)
     print_report("step02: rows", report)
     print(f"wrote {cfg.output_dir}/patch_pt ({report['rows_train']:,} train / {report['rows_val']:,} val / "

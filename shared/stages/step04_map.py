@@ -24,7 +24,7 @@ import pandas as pd
 
 from shared.core.config import resolve_path
 from shared.core.constants import KELVIN
-from shared.core.errors import UserError, require_file
+from shared.core.errors import UserError, require_file, rerun
 from shared.core.records import fingerprint, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.io.maps import map_dataset, map_name, read_map, write_map
@@ -174,7 +174,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
 
-    require_file(cfg.checkpoint, "checkpoint", "train the model first: python step03_train_clay/run.py (or set checkpoint)")
+    require_file(cfg.checkpoint, "checkpoint", rerun("step03") + " or set checkpoint")
     predictor = load_predictor(cfg.checkpoint, cfg.precision)
     ckpt_fp = fingerprint([cfg.checkpoint])[str(cfg.checkpoint)]
     static = read_static(cfg.raw_dir / "static.nc")
