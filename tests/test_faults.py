@@ -258,3 +258,29 @@ def test_kill_9_during_step02_then_rerun_equals_an_uninterrupted_run(tiny_index,
         ca, cb = torch.load(out_a / "patch_pt" / f.name, weights_only=True), torch.load(f, weights_only=True)
         assert all(torch.equal(ca[k], cb[k]) for k in ("x", "y", "time7", "loc", "landcover_onehot"))
     assert not list(out_a.rglob(".tmp*"))
+
+
+def test_kill_9_during_step04_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    """Killed after its first map: the record is not finished (step05 would not use the set), the map
+    written is whole, and a rerun completes the set with the same values as an uninterrupted run."""
+    import xarray as xr
+    from test_step04 import NORM, args_for, make_world, save_checkpoint
+
+    from shared.core.records import read_record
+
+    world = make_world(tmp_path / "w")
+    world["ckpt"] = save_checkpoint(tmp_path / "weights" / "best.pt", NORM)
+    run4 = [sys.executable, str(ROOT / "step04_infer_map" / "run.py")]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _kill_midway(run4 + args_for(world, a), lambda _: len(list(a.glob("ta_map_*.nc"))) >= 1) is None
+    rec = read_record(a)
+    assert rec is None or rec["status"] == "running"
+    subprocess.run(run4 + args_for(world, a), check=True, capture_output=True)
+    subprocess.run(run4 + args_for(world, b), check=True, capture_output=True)
+    assert read_record(a)["status"] == "ok"
+    names = sorted(p.name for p in b.glob("ta_map_*.nc"))
+    assert names == sorted(p.name for p in a.glob("ta_map_*.nc")) and len(names) == 3
+    for n in names:
+        with xr.open_dataset(a / n) as da, xr.open_dataset(b / n) as db:
+            np.testing.assert_array_equal(da["t2m"].values, db["t2m"].values)
+    assert not list(a.glob(".tmp*"))

@@ -85,7 +85,7 @@ class ModelCfg:
 
 @dataclass
 class TrainCfg:
-    epochs: int = 20
+    epochs: int = 45
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -97,7 +97,7 @@ class TrainCfg:
     num_threads: int = 0  # CPU threads per process; 0 = torch's default (all cores)
     seed: int = 0
     cache_features: bool = False
-    early_stop_patience: int = 0  # epochs without a better val loss before stopping; 0 = off
+    early_stop_patience: int = 10  # epochs without a better val loss before stopping; 0 = off
 
     def check(self):
         if self.epochs < 1 or self.batch_size < 1:
