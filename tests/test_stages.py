@@ -163,3 +163,28 @@ def test_missing_upstream_record_names_the_step_to_run(step, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "python step0" in err
+
+
+def test_adopt_records_files_made_elsewhere_after_checking_them(tmp_path, capsys):
+    from test_train import run_step as run_step03
+
+    from shared.io.patches import write_synthetic_patches
+    from shared.tools.adopt import main as adopt_main
+
+    made = write_synthetic_patches(tmp_path / "made", {"train": 64, "val": 32}, chunk_rows=64)
+    copied = tmp_path / "copied"
+    shutil.copytree(made, copied)
+    (copied / "run.json").unlink()  # brought from another machine without its record
+    assert run_step03(tmp_path, copied, "train.epochs=1") == 2
+    assert "python -m shared.tools.adopt step02 PATH" in capsys.readouterr().err
+    assert adopt_main(["step02", str(copied)]) == 0
+    assert run_step03(tmp_path, copied, "train.epochs=1") == 0
+    # a file that is not what it claims is not adopted
+    bad = tmp_path / "w" / "best.pt"
+    bad.parent.mkdir()
+    bad.write_bytes(b"junk")
+    from shared.core.errors import UserError
+
+    with pytest.raises(UserError, match="corrupted checkpoint"):
+        adopt_main(["step03", str(bad)])
+    assert not (bad.parent / "run.json").exists()

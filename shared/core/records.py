@@ -231,7 +231,8 @@ def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) 
     done = finished_record(rec)
     if done is None:
         state = "has no run record" if rec is None else f"holds an unfinished {step} run (status {rec.get('status')!r})"
-        raise UserError(f"{run_dir} {state}: its files do not form a finished set; {rerun(step)}")
+        raise UserError(f"{run_dir} {state}: its files do not form a finished set; {rerun(step)} (files made "
+                        f"elsewhere: python -m shared.tools.adopt {step.split('_')[0]} PATH)")
     outs = done.get("outputs") or {}
     for f in files:
         key = str(Path(f))

@@ -1,0 +1,53 @@
+"""Accept files that no run of the pipeline wrote as a finished set of a step.
+
+    python -m shared.tools.adopt step03 path/to/best.pt        # a checkpoint trained elsewhere
+    python -m shared.tools.adopt step02 path/to/patch_dir      # chunks + statistics copied from another machine
+
+Each step checks that the files it reads are those a finished run of the step
+before wrote (``run.json`` beside them). Files made or copied elsewhere have
+no such record; this command checks that they are what they claim to be
+(a loadable TA checkpoint; a valid manifest, statistics and chunks; a complete
+index set) and writes the record, saying so in it (``"adopted"``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from shared.core.cli import run_main
+from shared.core.errors import UserError
+from shared.core.records import adopt
+from shared.io.index import index_files, read_index
+from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR, load_chunk, read_manifest, read_stats
+from shared.models.checkpoint import load_ta_checkpoint
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m shared.tools.adopt", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["step01", "step02", "step03"])
+    ap.add_argument("path", type=Path, help="step01: index folder; step02: patch folder; step03: checkpoint file")
+    a = ap.parse_args(argv)
+    p = a.path.resolve()
+    how = f"adopted with python -m shared.tools.adopt {a.step} {p}"
+    if a.step == "step03":
+        load_ta_checkpoint(p)  # refuses anything that is not a loadable TA checkpoint
+        adopt(p.parent, [p], "step03_train_clay", how)
+    elif a.step == "step02":
+        _, splits = read_manifest(p, splits=("train",))
+        read_stats(p)
+        for f, n in zip(splits["train"].files, splits["train"].rows):
+            load_chunk(f, rows=n)
+        adopt(p, [p / PATCH_SUBDIR, p / STATS_SUBDIR], "step02_make_patches", how)
+    else:
+        if not p.is_dir():
+            raise UserError(f"index folder not found: {p}")
+        read_index(p)
+        adopt(p, index_files(p), "step01_make_index", how)
+    print(f"{p}: recorded as a finished {a.step} set")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])
