@@ -302,7 +302,7 @@ def test_valley_night_cooling_depends_on_the_nights_wind():
     b = climate._air_temperature(S, t, sun, windy_night)[0]
     assert a[1] - a[0] > 3.0  # a strong valley inversion after a calm clear night
     assert (b[1] - b[0]) < 0.6 * (a[1] - a[0])  # a windy evening leaves a shallower pool
-    assert abs((a[1] - b[1])) < 1e-4  # open flat ground does not pool
+    assert abs(a[1] - b[1]) < 1e-4  # open flat ground does not pool
 
 
 def test_night_history_follows_wind_and_clouds():

@@ -151,7 +151,10 @@ def _air_temperature(S, t: pd.Timestamp, sun: dict, st: dict) -> tuple[np.ndarra
     daily mean = sea-level climate (+ KMA-normals correction) - LAPSE x DEM + synoptic anomaly;
     diurnal cycle: half-range ~4-7 K inland, largest in dry spring, smaller with clouds, wind and wet soil;
     cold-air pooling / surface inversion in valleys and basins on clear calm nights (ridges slightly warm);
-    sea breeze on coastal land on warm-season afternoons; rain cooling under thick cloud; urban heat island.
+    sea breeze on coastal land on warm-season afternoons; land breeze / marine air keeps coastal land milder
+    at night when the sea is warmer (v5); rain cooling under thick cloud; urban heat island. ``st`` may hold
+    ``hist``, the clear-calm history of the last hours (``weather._night_history``); without it the pool
+    follows the present state.
     """
     f32 = np.float32
     doy = _day_of_year(t)
