@@ -140,7 +140,8 @@ def _climate_state(S, doy: float) -> dict:
 
 
 def _sm_season(sm_base, spring: float, summer: float):
-    return np.clip(sm_base - np.float32(0.12 * spring) + np.float32(0.12 * summer), 0.02, 1.0).astype(np.float32)
+    """Seasonal soil moisture: dry spring (little rain, strong sun and wind), wet monsoon summer."""
+    return np.clip(sm_base - np.float32(0.18 * spring) + np.float32(0.12 * summer), 0.02, 1.0).astype(np.float32)
 
 
 
@@ -150,7 +151,10 @@ def _air_temperature(S, t: pd.Timestamp, sun: dict, st: dict) -> tuple[np.ndarra
     daily mean = sea-level climate (+ KMA-normals correction) - LAPSE x DEM + synoptic anomaly;
     diurnal cycle: half-range ~4-7 K inland, largest in dry spring, smaller with clouds, wind and wet soil;
     cold-air pooling / surface inversion in valleys and basins on clear calm nights (ridges slightly warm);
-    sea breeze on coastal land on warm-season afternoons; rain cooling under thick cloud; urban heat island.
+    sea breeze on coastal land on warm-season afternoons; land breeze / marine air keeps coastal land milder
+    at night when the sea is warmer (v5); rain cooling under thick cloud; urban heat island. ``st`` may hold
+    ``hist``, the clear-calm history of the last hours (``weather._night_history``); without it the pool
+    follows the present state.
     """
     f32 = np.float32
     doy = _day_of_year(t)
@@ -161,26 +165,45 @@ def _air_temperature(S, t: pd.Timestamp, sun: dict, st: dict) -> tuple[np.ndarra
     fd, nightf = sun["fd"], sun["nightf"]
     wind, sm, cs, clear = st["wind"], st["sm"], st["cs"], st["clear"]
     dry = 1 - sm
-    calm = np.exp(-wind / f32(2.5))
+    calm = np.exp(-wind / f32(3.5))  # the stable night layer decouples the 2 m air from the wind aloft
     autumn = max(np.cos(ph * (doy - 290)), 0.0) ** 2
-    half = f32(4.6 + 3.6 * spring - 1.0 * summer + 1.8 * autumn)
+    half = _half_range(doy)
     amp_d = half * S.kd * (1 - f32(0.65) * cs) * (f32(0.75) + f32(0.5) * dry) / (1 + wind / f32(15.0)) + f32(0.3)
+    amp_d = amp_d * (1 - f32(0.3 * winter) * np.clip(wind / f32(8.0), 0, 1))  # winter monsoon gusts mix the day
     daily = t_sl - f32(LAPSE) * S.dem + st["anom"]
-    # cold-air pooling: grows through the night on clear calm nights, by terrain position
-    inv = nightf * (-fd) * calm * (1 - cs) * clear
-    pool_k = f32(1.6 + 0.3 * winter)
-    pooling = -np.clip(pool_k * S.valley, f32(-2.0), f32(7.0)) * inv
+    # cold-air pooling: grows through the night on clear calm nights, by terrain position at three
+    # scales (valley floor, valley, basin); the pool remembers the night: 60 % from the clear-calm
+    # history of the last ~6 h (``st["hist"]``), 40 % from now
+    now = calm * (1 - cs) * clear
+    hist = st.get("hist", now)
+    inv = nightf * np.clip(-fd, 0, 1) ** f32(0.7) * (f32(0.4) * now + f32(0.6) * hist)
+    pool_k = f32(6.0 + 1.5 * winter)
+    pooling = -np.clip(pool_k * S.valley, f32(-2.5), f32(8.0)) * inv
     # sea breeze: warm-season afternoons, coastal land, land warmer than the sea
     warm_season = f32(max(np.cos(ph * (doy - 170)), 0.0))
     contrast = np.clip((tl + half - tsea) / f32(6.0), 0, 1.5)
     seab = -f32(2.8) * warm_season * S.landf * np.exp(-S.coast_km / f32(12.0)) * np.clip(fd, 0, 1) * contrast \
         * (1 - f32(0.5) * cs) / (1 + wind / f32(6.0))
+    # land breeze / marine air at night: coastal land stays milder where the sea is warmer than the
+    # night air inland (autumn, winter), more so on calm clear nights when inland air cools most
+    night_contrast = np.clip((tsea - (tl - f32(0.7) * half)) / f32(5.0), 0, 1.5)
+    landb = f32(2.5) * S.landf * np.exp(-S.coast_km / f32(10.0)) * nightf * np.clip(-fd, 0, 1) ** f32(0.5) * night_contrast \
+        * (f32(0.4) + f32(0.6) * (1 - cs))
     rainc = -f32(1.2 + 2.3 * (1 - winter)) * st["rain"]
-    uhi = S.urban * (f32(0.4) - f32(1.3) * nightf * fd * (1 - f32(0.5) * cs))
-    t2m = daily + amp_d * fd + pooling + seab + rainc + uhi + f32(0.45) * st["tex"] + f32(273.15)
+    uhi = S.urban * (f32(0.4) - f32(2.0) * nightf * fd * (1 - f32(0.5) * cs))
+    t2m = daily + amp_d * fd + pooling + seab + landb + rainc + uhi + f32(0.45) * st["tex"] + f32(273.15)
     return t2m.astype(f32), {"t_sl": t_sl, "tl": tl, "tsea": tsea, "daily": daily, "amp_d": amp_d,
-                             "pooling": pooling, "inv": inv, "calm": calm, "winter": winter, "spring": spring,
-                             "summer": summer}
+                             "pooling": pooling, "landb": landb, "inv": inv, "calm": calm, "winter": winter,
+                             "spring": spring, "summer": summer, "autumn": autumn}
+
+
+
+def _half_range(doy: float) -> np.float32:
+    """Half the clear-sky diurnal range of a fully continental pixel (K): largest in the dry, sunny
+    spring, smaller in the humid monsoon summer, short winter days and autumn in between."""
+    winter, spring, summer = _seasons(doy)
+    autumn = max(np.cos(2 * np.pi / 365.25 * (doy - 290)), 0.0) ** 2
+    return np.float32(4.4 + 4.2 * spring - 1.0 * summer + 1.2 * autumn - 0.4 * winter)
 
 
 

@@ -119,6 +119,13 @@ SM_BASE = {1: 0.55, 2: 0.6, 3: 0.55, 4: 0.55, 5: 0.55, 6: 0.35, 7: 0.25, 8: 0.45
 
 
 
+#: v5: nocturnal radiative skin cooling per IGBP class (x clear, calm, dry): bare soil, dry grass and
+#: crops cool most (low heat capacity and conductivity), forest canopies, wetlands and cities least.
+NIGHT_COOL = {1: 0.5, 2: 0.5, 3: 0.5, 4: 0.55, 5: 0.55, 6: 0.9, 7: 1.05, 8: 0.8, 9: 0.95, 10: 1.1,
+              11: 0.45, 12: 1.0, 13: 0.4, 14: 0.85, 15: 0.8, 16: 1.25, 17: 0.0}
+
+
+
 ROUGH = {1: 0.7, 2: 0.7, 3: 0.7, 4: 0.7, 5: 0.7, 6: 0.85, 7: 1.05, 8: 0.85, 9: 0.95, 10: 1.05,
           11: 1.1, 12: 0.95, 13: 0.6, 14: 0.85, 15: 1.1, 16: 1.1, 17: 1.35}
 
@@ -166,7 +173,7 @@ SNOW_RF = (0.78, 0.77, 0.75, 0.68, 0.0, 0.09)
 
 
 #: Bump when physics or file layout change: an old demo world is then rebuilt.
-VERSION = "4"
+VERSION = "5"
 
 
 MISSING_FRAC = 0.01

@@ -29,10 +29,12 @@ def _tile(W: World, name: str, shift_rc: tuple[float, float], rows=None, cols=No
 
 
 def _meso(W: World, t_days: float) -> np.ndarray:
-    """Mesoscale anomaly (unit std): two drifting isotropic textures cross-fading over ~1.5 days."""
-    w = np.float32(np.sin(np.pi * t_days / 1.5) ** 2)
-    m1 = _tile(W, "m1", (-30.0 * t_days, 380.0 * t_days))
-    m2 = _tile(W, "m2", (40.0 * t_days, 330.0 * t_days))
+    """Mesoscale anomaly (unit std): two slowly drifting isotropic textures cross-fading over ~3 days
+    (v5: mesoscale anomalies are tied to terrain and air masses; they drift at ~2-3 m/s, not with
+    the steering wind, so they do not add several kelvin to a station's range within one day)."""
+    w = np.float32(np.sin(np.pi * t_days / 3.0) ** 2)
+    m1 = _tile(W, "m1", (-15.0 * t_days, 110.0 * t_days))
+    m2 = _tile(W, "m2", (20.0 * t_days, 90.0 * t_days))
     return (w * m1 + (1 - w) * m2) / np.sqrt(w * w + (1 - w) ** 2)
 
 
@@ -77,6 +79,65 @@ def _sig(x) -> np.ndarray:
 
 
 
+def _air_cloudiness(W: World, t: pd.Timestamp, xk, yk) -> np.ndarray:
+    """The cloudiness the air feels (0..1, the smooth synoptic part of the cloud field) at time t on
+    the separable grid (yk, xk): same threshold as ``simulate`` uses for that time."""
+    f32 = np.float32
+    t_days = (t - T0).total_seconds() / 86400.0
+    blend = 0.5 + 0.5 * np.sin(2 * np.pi * t_days / 2.7)
+    sub = np.arange(3, 900, 6)
+    _, C_sub = _cloud_field(W, t_days, KO_GRID.x[sub] / 1000.0, KO_GRID.y[sub] / 1000.0, sub, sub, blend)
+    thr = f32(np.quantile(C_sub, 1 - _cloud_fraction_target(W.seed, t)))
+    return _sig((f32(0.8) * W.modes["cloud"].eval(t_days, xk, yk) - thr) / f32(0.35))
+
+
+
+def _coarse_abs(W: World, fn, f: int = 3) -> np.ndarray:
+    """A smooth field ``fn(xk, yk)`` evaluated on the absolute KO nodes every ``f`` pixels (rows and
+    columns ``f*i + 1``) around the window and interpolated bilinearly to its pixels: the same value at a
+    pixel whatever the window (``tiny`` stays an exact window of ``demo``)."""
+    f32 = np.float32
+
+    def axis(idx, km):
+        step = km[1] - km[0] if len(km) > 1 else 2.0
+        i0 = (idx[0] - 1) // f
+        nodes = np.arange(i0, (idx[-1] - 1) // f + 2)
+        pos = (idx - 1) / f - i0
+        j = np.clip(np.floor(pos).astype(int), 0, len(nodes) - 2)
+        return km[0] + (f * nodes + 1 - idx[0]) * step, j, (pos - j).astype(f32)
+
+    xk, jc, wc = axis(W.cols_abs, W.xk)
+    yk, jr, wr = axis(W.rows_abs, W.yk)
+    sub = fn(xk, yk)  # (..., len(yk), len(xk))
+    r0, r1 = sub[..., jr, :], sub[..., jr + 1, :]
+    top = r0[..., jc] * (1 - wc) + r0[..., jc + 1] * wc
+    bot = r1[..., jc] * (1 - wc) + r1[..., jc + 1] * wc
+    return (top * (1 - wr)[:, None] + bot * wr[:, None]).astype(f32)
+
+
+
+def _night_history(W: World, t: pd.Timestamp, lags_h=(2.0, 5.0)) -> np.ndarray:
+    """Clear-calm history of the last hours (0..1): mean over ``lags_h`` of (1 - cloudiness) x calm,
+    calm = exp(-wind / 3.5 m/s) at the night-time wind (no daytime mixing boost). Cloudiness and the
+    synoptic wind are smooth (>= 150 km): evaluated every 3rd pixel (``_coarse_abs``); the terrain wind
+    factor is applied at full resolution."""
+    f32 = np.float32
+
+    def clear_and_wind(xk, yk):
+        clr, ws = 0.0, 0.0
+        for lag in lags_h:
+            tp = t - pd.Timedelta(hours=lag)
+            td = (tp - T0).total_seconds() / 86400.0
+            winter, spring, _ = _seasons(_day_of_year(tp))
+            ws = ws + f32(3.0 + 1.5 * winter + 1.0 * spring) * np.exp(f32(0.45) * W.modes["wind"].eval(td, xk, yk))
+            clr = clr + (1 - _air_cloudiness(W, tp, xk, yk))
+        return np.stack([clr, ws]) / f32(len(lags_h))
+
+    clr, ws = _coarse_abs(W, clear_and_wind)
+    return (clr * np.exp(-ws * W.wind_terrain / f32(3.5))).astype(f32)
+
+
+
 def _soil_moisture(W: World, t_days: float, spring: float, summer: float, winter: float) -> np.ndarray:
     """Soil moisture 0..1: land-cover base + antecedent rain of the last 12 days, drying out
     exponentially (e-folding 3.5 days in summer, ~7 in winter). Each day has one rain event: a
@@ -98,7 +159,9 @@ def _soil_moisture(W: World, t_days: float, spring: float, summer: float, winter
 
 
 def _anomaly(W: World, t_days: float, winter: float) -> np.ndarray:
-    return ((W.modes["ta"].eval(t_days, W.xk, W.yk) * np.float32(2.8 + 1.8 * winter)
+    """Synoptic + mesoscale 2 m TA anomaly (K). v5: the synoptic temperature waves move at half the
+    steering wind (the phase speed of baroclinic waves is well below the flow at 2 m TA scales)."""
+    return ((W.modes["ta"].eval(t_days, W.xk, W.yk, speed_scale=0.5) * np.float32(2.8 + 1.8 * winter)
              + _meso(W, t_days) * np.float32(1.5)) * (np.float32(0.55) + np.float32(0.45) * W.ks))
 
 
@@ -108,8 +171,11 @@ def _skin_temperature(W: World, t2m, sun: dict, st: dict, parts: dict, eps_c, sn
 
     Day: sunlight on the slope x (1 - cloud emissivity) x land-cover heating x dryness (dry soil, bare,
     urban: up to ~15 K; wet crops, forest: 1-4 K), reduced by wind mixing. Night: -0.5..-5 K, larger
-    when clear, calm and dry, smaller under canopy. Thermal lag: the skin leads the air by 0.8-2 h
-    (more with wet soil and forest). Ground memory: the skin keeps part of the last 9 h of advection.
+    when clear, calm and dry, smaller under canopy (v5: up to ~-8 K on dry bare ground). Thermal lag: the skin leads the air by 0.8-2 h
+    (more with wet soil and forest). Ground memory: the skin keeps 70 % (day) to 90 % (night) of the last
+    day's advection (v5). v5 also: land-cover night cooling (``W.night_cool``), extra radiative cooling of
+    snow on calm clear nights, and the skin feels only part of the valley cold pool and of the coastal
+    night warmth (the 2 m air decouples from the surface).
     Sea: SST-like, warmer than the winter air.
     """
     f32 = np.float32
@@ -120,12 +186,17 @@ def _skin_temperature(W: World, t2m, sun: dict, st: dict, parts: dict, eps_c, sn
     beta = W.lc_heat * (f32(0.25) + f32(1.25) * dry ** f32(1.5)) * (1 - f32(0.7) * snow)
     day_excess = f32(24.0 * (1 - 0.2 * parts["summer"])) * Q * beta * (f32(0.35) + f32(0.65) / (1 + wind / f32(3.0)))
     nightish = np.clip((f32(0.12) - sun["mu0"]) / f32(0.15), 0, 1)
-    night_def = -(f32(0.5) + f32(4.5) * clear * np.exp(-wind / f32(3.0))) * (f32(0.75) + f32(0.6) * dry) \
-        * (1 - f32(0.35) * W.forest) * nightish
+    # radiative cooling: clear, calm, dry soil, land cover (bare/grass/crops most, forest/city least)
+    night_def = -(f32(0.5) + f32(6.0) * clear * np.exp(-wind / f32(3.5))) * (f32(0.6) + f32(0.8) * dry) \
+        * W.night_cool * nightish
+    # the skin is set by its own radiation balance: it feels only part of the cold pool that fills the
+    # valley air (and of the warm ridge belt), and little of the milder marine air over coastal land
+    decouple = -f32(0.65) * parts["pooling"] - f32(0.7) * parts["landb"]
     lag_h = f32(0.8) + f32(0.9) * sm + f32(0.4) * W.forest
     lag = parts["amp_d"] * (_diurnal((sun["solar_h"] + lag_h) % f32(24), sun["sunrise"]) - sun["fd"])
-    memory = f32(0.7) * (anom_prev - st["anom"])
-    land = day_excess + night_def + lag + memory + f32(0.8) * W.skin_tex - f32(2.0) * snow  # snow: colder skin
+    memory = (f32(0.7) + f32(0.2) * nightish) * (anom_prev - st["anom"])
+    land = day_excess + night_def + decouple + lag + memory + f32(0.8) * W.skin_tex \
+        - (f32(2.0) + f32(3.0) * nightish * clear * np.exp(-wind / f32(3.5))) * snow  # snow: colder skin, most on calm clear nights
     sea = f32(0.4) + f32(1.4 * parts["winter"]) + f32(0.3) * W.skin_tex
     return (t2m + W.landf * land + (1 - W.landf) * sea).astype(f32)
 
@@ -171,6 +242,8 @@ def simulate(W: World, t: pd.Timestamp) -> dict:
     anom = _anomaly(W, t_days, winter)
     st = {"anom": anom, "cs": cs, "clear": 1 - f32(0.85) * eps_c, "wind": wind, "sm": sm,
           "rain": _sig((tau - f32(24.0)) / f32(4.0)) * cloud, "tex": W.ta_tex}
+    if sun["nightf"].any():  # the cold pool remembers the night's wind and clouds
+        st["hist"] = _night_history(W, t)
 
     # ---- 2 m air temperature
     t2m, parts = _air_temperature(W, t, sun, st)
@@ -198,13 +271,13 @@ def simulate(W: World, t: pd.Timestamp) -> dict:
         snow = np.zeros_like(t2m)
 
     # ---- skin temperature: land-surface coupling with soil moisture, wind, lag and memory
-    anom_prev = _anomaly(W, t_days - 0.5, _seasons(doy - 0.5)[0])
+    anom_prev = _anomaly(W, t_days - 1.0, _seasons(doy - 1.0)[0])
     tskin = _skin_temperature(W, t2m, sun, st, parts, eps_c, snow, anom_prev)
 
     # ---- water vapour (cm), slant path through the GK-2A view; upper-tropospheric humidity
     t_sl = parts["t_sl"]
     hum = W.modes["hum"].eval(t_days, W.xk, W.yk)
-    qp = f32(0.55) * np.exp(f32(0.075) * (t_sl + anom)) * (1 + f32(0.25) * hum) * W.q_dem * W.path
+    qp = f32(0.55) * np.exp(f32(0.075) * (t_sl + anom) + f32(0.4) * hum - f32(0.08)) * W.q_dem * W.path
     uth = W.modes["uth"].eval(t_days, W.xk, W.yk) + f32(0.25) * _tile(W, "wv", (0.0, 700 * t_days))
     t_up = t_sl + anom + f32(273.15 - 283.0)  # sea-level air temperature anomaly vs 283 K
     pth = W.path - f32(1.4)

@@ -25,6 +25,7 @@ from shared.ingest.demo.tables import (
     FOREST,
     GK2A_LON,
     LC_PROPS,
+    NIGHT_COOL,
     NOISE_SIGMA_K,
     RIDGES,
     ROUGH,
@@ -276,6 +277,7 @@ class World:
     clim_basis: np.ndarray = field(repr=False, default=None)  # (K, ny, nx) spatial shapes of the normals correction
     clim_coef: np.ndarray = field(repr=False, default=None)  # (K, 7) harmonic coefficients per shape
     clim_check: pd.DataFrame = field(repr=False, default=None)  # noise-free monthly means vs KMA normals
+    night_cool: np.ndarray = field(repr=False, default=None)  # v5: nocturnal skin cooling factor by land cover
 
 
 
@@ -401,8 +403,10 @@ def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float
     # surface normal in (east, north, up); row 0 is north so d/dy(row) = -d/dnorth
     nxe, nyn, nzu = -gx / nrm, gy / nrm, 1.0 / nrm
 
-    # v4: terrain position at two scales (valley floors and basins collect cold air, ridges stay mixed)
-    valley = np.clip(0.55 * pool + 0.45 * (ndimage.gaussian_filter(dem, 15) - dem) / 100.0, -3, 4) * land
+    # terrain position at three scales: valley floor (~10 km), valley (~30 km), basin (~80 km); valley
+    # floors and basins collect cold air, ridges stay mixed
+    valley = np.clip(0.45 * pool + 0.35 * (ndimage.gaussian_filter(dem, 15) - dem) / 100.0
+                     + 0.2 * (ndimage.gaussian_filter(dem, 40) - dem) / 100.0, -3, 4) * land
     sm_tab = np.array([SM_BASE.get(i, 0.5) for i in range(18)], dtype=np.float32)
     rough_tab = np.array([ROUGH.get(i, 0.95) for i in range(18)], dtype=np.float32)
     r = _rng(seed, 8)
@@ -475,5 +479,6 @@ def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float
     W.clim_basis = cut(clim_basis)
     W.clim_coef = clim_coef
     W.clim_check = clim_check
+    W.night_cool = np.array([NIGHT_COOL.get(i, 0.8) for i in range(18)], dtype=np.float32)[lcw]
     return W
 
