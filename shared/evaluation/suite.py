@@ -21,8 +21,14 @@ import numpy as np
 import pandas as pd
 
 from shared.evaluation.baselines import BASELINES, centre_features, fit_baselines, hgb_out_of_fold
-from shared.evaluation.interpolation import (STATION_BASELINES, TREND_TERMS, idw, regression_kriging, residual_kriging,
-                                             station_rows)
+from shared.evaluation.interpolation import (
+    STATION_BASELINES,
+    TREND_TERMS,
+    idw,
+    regression_kriging,
+    residual_kriging,
+    station_rows,
+)
 from shared.evaluation.kriging import VARIOGRAM_MODELS
 
 ALL_BASELINES = BASELINES + STATION_BASELINES
