@@ -86,7 +86,8 @@ def test_metrics_json_preds_and_baselines_on_the_same_rows(evaluated):
     test_rows = pd.read_csv(evaluated["index"] / "index_test.csv")
     assert m["n"] == len(p) > 0 and len(p) <= len(test_rows)
     assert set(p["stn_id"]) <= set(test_rows["stn_id"])
-    for name, col in (("model", "prediction_c"), ("climatology", "climatology_c"), ("linear", "linear_c"), ("hgb", "hgb_c")):
+    methods = ("climatology", "linear", "hgb", "idw", "regression_kriging", "hgb_residual_kriging")
+    for name, col in (("model", "prediction_c"),) + tuple((b, f"{b}_c") for b in methods):
         got = m["model"] if name == "model" else m["baselines"][name]
         e = p[col] - p["obs_c"]
         assert got["n"] == len(p)
@@ -111,6 +112,18 @@ def test_metrics_json_preds_and_baselines_on_the_same_rows(evaluated):
     want = [clim.get((h, mo), np.nan) for h, mo in zip(pt.dt.hour, pt.dt.month)]
     np.testing.assert_allclose(p["climatology_c"], want, atol=1e-3)
     assert m["baseline_info"]["fitted_on"] == "train" and m["baseline_info"]["n_train"] == len(tr)
+    assert m["baseline_info"]["hgb_early_stopping_on"] == "validation split"
+    # the interpolators' neighbours are train stations of the same time, never a test station
+    splits = json.loads((evaluated["index"] / "splits.json").read_text())
+    nbr = {int(v) for cell in p["idw_neighbours"] for v in str(cell).split(";")} - {-1}
+    assert nbr and nbr <= set(splits["stations"]["train"])
+    # bootstrap differences to the model: every method, the point value = difference of the RMSEs above
+    d = m["differences_to_model"]
+    assert set(d) == set(methods)
+    for name in methods:
+        assert d[name]["diff_K"] == pytest.approx(m["baselines"][name]["rmse_K"] - m["model"]["rmse_K"], abs=1e-9)
+        lo, hi = d[name]["ci95"]
+        assert lo <= d[name]["diff_K"] <= hi and d[name]["n_boot"] == 2000
 
 
 def test_maps_agree_with_the_model_and_are_scored_against_truth(evaluated):
@@ -134,6 +147,14 @@ def test_maps_agree_with_the_model_and_are_scored_against_truth(evaluated):
     assert len(d["maps_vs_truth"]) == 1 and d["maps_vs_truth"][0]["n_pixels_all"] == REGION[2] * REGION[3]
     assert 0 < d["maps_vs_truth"][0]["rmse_K_all"] < 100
     assert 0.3 < d["test_rows"]["test_rows_obs_vs_truth_rmse_K"] < 1.5
+    # elevation-corrected floor on the same rows: the lapse-rate part of the mismatch removed, only noise left
+    st = pd.read_csv(evaluated["raw"] / "truth" / "station_truth.csv")
+    st["time_utc"] = pd.to_datetime(st["time_utc"]).dt.strftime("%Y-%m-%d %H:%M")
+    j = p.merge(st, on=["time_utc", "stn_id"])
+    assert len(j) == d["test_rows"]["n"] == len(p)
+    want = np.sqrt(np.mean((j["obs_c"] - j["ta_true_c"] - j["elev_effect_k"]) ** 2))
+    assert d["test_rows"]["test_rows_obs_vs_truth_elev_corrected_rmse_K"] == pytest.approx(want, abs=1e-3)
+    assert set(d["test_rows"]["methods_vs_truth_rmse_K"]) == {"model", *m["differences_to_model"]}
 
 
 def test_tables_plots_and_up_to_date(evaluated, capsys):
@@ -143,7 +164,8 @@ def test_tables_plots_and_up_to_date(evaluated, capsys):
                       ("by_daynight", "day_night"), ("by_sky", "sky")):
         t = pd.read_csv(out / f"{name}.csv")
         assert key in t and t["n"].sum() == n, name
-        assert {"rmse_K_model", "rmse_K_climatology", "rmse_K_linear", "rmse_K_hgb"} <= set(t.columns)
+        assert {"rmse_K_model", "rmse_K_climatology", "rmse_K_linear", "rmse_K_hgb", "rmse_K_idw",
+                "rmse_K_regression_kriging", "rmse_K_hgb_residual_kriging"} <= set(t.columns)
     h = pd.read_csv(out / "by_hour.csv")
     assert ((h["hour_utc"] + 9) % 24 == h["hour_kst"]).all()
     assert set(pd.read_csv(out / "by_daynight.csv")["day_night"]) == {"day", "night"}

@@ -7,7 +7,14 @@ chunks hold, so they are scored on exactly the rows the model is scored on:
   seen in train falls back to the hour's mean, then to the overall mean.
 * ``linear``: ordinary least squares on the *centre-pixel* features.
 * ``hgb``: scikit-learn ``HistGradientBoostingRegressor`` on the same features
-  (tree ensembles are strong baselines for this task, ../shared/GK2A.md).
+  (tree ensembles are strong baselines for this task, ../shared/GK2A.md),
+  up to ``hgb_max_iter`` trees with early stopping on the *validation split*
+  (the val stations' rows, as the model's training uses them) when given,
+  else on 10 % of the train rows.
+
+:func:`hgb_out_of_fold` gives HGB predictions of the train rows from fits that
+did not see their station (K folds over train stations): honest residuals to
+krige (``hgb_residual_kriging``, :mod:`shared.evaluation.suite`).
 
 Centre-pixel features (28 per row): the 19 z-scored channels of the window's
 centre pixel (BT10, RF6, SZA, DEM, LSMASK; ``shared/features.py``), ``time7``
@@ -78,25 +85,69 @@ class Baselines:
         }
 
 
+def _hgb(max_iter: int, learning_rate: float, max_leaf_nodes: int, seed: int, early_stopping: bool,
+         patience: int = 50, min_samples_leaf: int = 20, l2: float = 0.0):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    return HistGradientBoostingRegressor(max_iter=max_iter, learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes,
+                                         min_samples_leaf=min_samples_leaf, l2_regularization=l2, random_state=seed,
+                                         early_stopping=early_stopping, n_iter_no_change=patience, scoring="loss")
+
+
 def fit_baselines(times: np.ndarray, feats: np.ndarray, ta_c: np.ndarray, hgb_max_iter: int = 300,
                   hgb_learning_rate: float = 0.1, hgb_max_leaf_nodes: int = 31, seed: int = 0,
-                  threads: int | None = None) -> Baselines:
+                  threads: int | None = None, val: tuple[np.ndarray, np.ndarray] | None = None,
+                  hgb_patience: int = 50, hgb_min_samples_leaf: int = 20, hgb_l2: float = 0.0) -> Baselines:
     """Fit the three baselines on train rows: ``times (N,)``, ``feats (N, 28)``, ``ta_c (N,)``.
 
+    ``val``: ``(feats (V, 28), ta_c (V,))`` of the validation split, HGB's early
+    stopping set (stops after ``hgb_patience`` trees without a better val loss);
+    None: early stopping on 10 % of the train rows when there are more than 10,000.
     ``threads`` caps the OpenMP threads of the tree fit (None: all cores).
     """
-    from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.linear_model import LinearRegression
 
     clim = Climatology.fit(times, ta_c)
     lin = LinearRegression().fit(feats, ta_c)
-    hgb = HistGradientBoostingRegressor(max_iter=hgb_max_iter, learning_rate=hgb_learning_rate,
-                                        max_leaf_nodes=hgb_max_leaf_nodes, random_state=seed,
-                                        early_stopping=len(ta_c) > 10000)
+    use_val = val is not None and len(val[1]) > 0
+    hgb = _hgb(hgb_max_iter, hgb_learning_rate, hgb_max_leaf_nodes, seed, True if use_val else len(ta_c) > 10000,
+               hgb_patience, hgb_min_samples_leaf, hgb_l2)
     with threadpool_limits(limits=threads):
-        hgb.fit(feats, ta_c)
+        if use_val:
+            hgb.fit(feats, ta_c, X_val=val[0], y_val=val[1])
+        else:
+            hgb.fit(feats, ta_c)
+    params = {"max_iter": hgb_max_iter, "learning_rate": hgb_learning_rate, "max_leaf_nodes": hgb_max_leaf_nodes,
+              "min_samples_leaf": hgb_min_samples_leaf, "l2_regularization": hgb_l2, "n_iter_no_change": hgb_patience,
+              "random_state": seed}
+    stop = ("validation split" if use_val else "10 % of the train rows" if len(ta_c) > 10000 else "none")
     info = {"features": FEATURE_NAMES, "fitted_on": "train", "n_train": int(len(ta_c)),
-            "hgb_iterations": int(hgb.n_iter_), "hgb_params": {"max_iter": hgb_max_iter, "learning_rate": hgb_learning_rate,
-                                                                 "max_leaf_nodes": hgb_max_leaf_nodes, "random_state": seed},
+            "hgb_iterations": int(hgb.n_iter_), "hgb_params": params, "hgb_early_stopping_on": stop,
+            "n_val_early_stopping": int(len(val[1])) if use_val else 0,
             "linear_r2_train": float(lin.score(feats, ta_c))}
+    if use_val:
+        info["hgb_val_rmse_K"] = float(np.sqrt(np.mean((hgb.predict(val[0]) - val[1]) ** 2)))
     return Baselines(clim, lin, hgb, int(len(ta_c)), info)
+
+
+def hgb_out_of_fold(feats: np.ndarray, ta_c: np.ndarray, stn_id: np.ndarray, n_iter: int, folds: int = 5,
+                    learning_rate: float = 0.1, max_leaf_nodes: int = 31, seed: int = 0, threads: int | None = None,
+                    min_samples_leaf: int = 20, l2: float = 0.0) -> np.ndarray:
+    """HGB predictions ``(N,)`` of train rows, each from a fit without its station's rows.
+
+    Stations are dealt to ``folds`` groups at random (``seed``); each group is
+    predicted by ``n_iter`` trees (the full fit's early-stopped count, no
+    early stopping here) fitted on the other groups. ``folds < 2``: NaN.
+    """
+    out = np.full(len(ta_c), np.nan)
+    ids, inv = np.unique(stn_id, return_inverse=True)
+    if folds < 2 or len(ids) < folds:
+        return out
+    f = (np.random.default_rng(seed).permutation(len(ids)) % folds)[inv]
+    for k in range(folds):
+        held = f == k
+        m = _hgb(n_iter, learning_rate, max_leaf_nodes, seed, False, min_samples_leaf=min_samples_leaf, l2=l2)
+        with threadpool_limits(limits=threads):
+            m.fit(feats[~held], ta_c[~held])
+        out[held] = m.predict(feats[held])
+    return out

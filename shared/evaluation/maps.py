@@ -155,15 +155,30 @@ def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, 
 
 
 
-def station_truth_floor(df: pd.DataFrame, raw_dir: Path, ta_std: float) -> dict | None:
-    """Noise floor on exactly the test rows: obs vs the true t2m at the station (demo world only)."""
+def station_truth_floor(df: pd.DataFrame, raw_dir: Path, ta_std: float, pred_cols: dict[str, str] | None = None) -> dict | None:
+    """Noise floors on exactly the test rows (demo world only), and each method against the truth.
+
+    ``floor``: obs vs the true t2m at the station's pixel (noise, the
+    station-vs-pixel elevation mismatch and 0.1 C rounding); ``elev-corrected
+    floor``: obs vs that truth moved to the station's elevation
+    (``ta_true_c + elev_effect_k``): noise and rounding only. ``pred_cols``
+    (name -> column): each method's RMSE against the true t2m of the pixel.
+    """
     p = raw_dir / "truth" / "station_truth.csv"
     if not p.is_file():
         return None
-    tr = pd.read_csv(p, usecols=["stn_id", "time_utc", "ta_true_c"])
+    head = pd.read_csv(p, nrows=0).columns
+    tr = pd.read_csv(p, usecols=[c for c in ("stn_id", "time_utc", "ta_true_c", "elev_effect_k") if c in head])
     tr["time_utc"] = pd.to_datetime(tr["time_utc"]).astype("datetime64[ns]")
-    j = df[["time_utc", "stn_id", "obs_c", "prediction_c"]].merge(tr, on=["time_utc", "stn_id"], how="left")
-    m = regression_metrics(j["ta_true_c"].to_numpy(), j["obs_c"].to_numpy(), ta_std)
-    mt = regression_metrics(j["prediction_c"].to_numpy(), j["ta_true_c"].to_numpy(), ta_std)
-    return {"test_rows_obs_vs_truth_rmse_K": m["rmse_K"], "n": m["n"], "model_vs_truth_at_stations_rmse_K": mt["rmse_K"]}
-
+    cols = pred_cols or {"model": "prediction_c"}
+    j = df[["time_utc", "stn_id", "obs_c", *cols.values()]].merge(tr, on=["time_utc", "stn_id"], how="left")
+    obs = j["obs_c"].to_numpy()
+    m = regression_metrics(j["ta_true_c"].to_numpy(), obs, ta_std)
+    out = {"test_rows_obs_vs_truth_rmse_K": m["rmse_K"], "n": m["n"], "n_rows_scored": int(len(df))}
+    if "elev_effect_k" in j:
+        me = regression_metrics((j["ta_true_c"] + j["elev_effect_k"]).to_numpy(), obs, ta_std)
+        out["test_rows_obs_vs_truth_elev_corrected_rmse_K"] = me["rmse_K"]
+    out["methods_vs_truth_rmse_K"] = {n: regression_metrics(j[c].to_numpy(), j["ta_true_c"].to_numpy(), ta_std)["rmse_K"]
+                                      for n, c in cols.items()}
+    out["model_vs_truth_at_stations_rmse_K"] = out["methods_vs_truth_rmse_K"].get("model")
+    return out

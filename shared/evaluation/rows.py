@@ -13,7 +13,7 @@ import torch
 
 from shared.core.constants import KST_OFFSET
 from shared.core.errors import UserError, rerun
-from shared.evaluation.baselines import BASELINES
+from shared.evaluation.suite import ALL_BASELINES
 from shared.io.channels import IGBP_CLASSES, IR105_CH, SZA_CH
 from shared.io.patches import batch_view, load_chunk, read_manifest, read_stats
 
@@ -110,8 +110,8 @@ def build_table(rows: dict, predictor, base_preds: dict[str, np.ndarray], clear_
         "obs_c": obs_c.round(4),
         "prediction_c": predictor.to_celsius(rows["pred_z"]).astype(np.float64),
     })
-    for name in BASELINES:
-        df[f"{name}_c"] = base_preds[name]
+    for name, pred in base_preds.items():
+        df[f"{name}_c"] = pred
     kst = t + KST_OFFSET
     df["hour_utc"] = t.hour
     df["hour_kst"] = kst.hour
@@ -128,6 +128,6 @@ def build_table(rows: dict, predictor, base_preds: dict[str, np.ndarray], clear_
 
 def pred_columns(df: pd.DataFrame) -> dict[str, str]:
     cols = {MODEL: "prediction_c"}
-    cols.update({b: f"{b}_c" for b in BASELINES if f"{b}_c" in df})
+    cols.update({b: f"{b}_c" for b in ALL_BASELINES if f"{b}_c" in df})
     return cols
 

@@ -2,9 +2,12 @@
 
 Rows are the test chunks of step02 (:mod:`shared.io.patches`): the model
 predicts each from its stored window (``best.pt`` alone, as step04 does); the
-baselines (:mod:`shared.evaluation.baselines`) are fitted on the train
-chunks and predict the same rows; all are scored with
-:mod:`shared.evaluation.metrics`. step04's maps of a finished step04 run are
+baselines (:mod:`shared.evaluation.suite`: climatology, linear, HGB on the
+centre pixel, fitted on the train chunks with HGB stopped on the val chunks;
+IDW, regression kriging and HGB + kriged residuals from the train stations'
+observations of the same hour) predict the same rows; all are scored with
+:mod:`shared.evaluation.metrics`, and each method's RMSE difference to the
+model gets a station-bootstrap interval (:mod:`shared.evaluation.bootstrap`). step04's maps of a finished step04 run are
 joined at the test stations and checked against the model
 (:mod:`shared.evaluation.maps`). Writes ``metrics.json``, ``preds_test.csv``,
 ``by_*.csv`` tables and PNG plots (:mod:`shared.evaluation.plots`) and prints
@@ -26,30 +29,20 @@ from shared.core.config import resolve_path
 from shared.core.errors import UserError, rerun
 from shared.core.records import fingerprint, finished_record, read_record, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
-from shared.evaluation.baselines import BASELINES, centre_features, fit_baselines
+from shared.evaluation.bootstrap import format_differences, station_bootstrap
+from shared.evaluation.interpolation import station_table
 from shared.evaluation.maps import join_maps, map_agreement, map_files, station_truth_floor, truth_scores
 from shared.evaluation.metrics import format_table, grouped_metrics, regression_metrics
 from shared.evaluation.plots import plot_bars, plot_residuals, plot_rmse_by_hour, plot_scatter, plot_station_map
 from shared.evaluation.rows import MODEL, build_table, check_stats, pred_columns, read_rows
-from shared.io.index import SPLITS_JSON, read_splits
+from shared.evaluation.suite import ALL_BASELINES, BaselineConfig, run_baselines
+from shared.io.index import SPLITS_JSON, read_split_csv, read_splits
 from shared.io.patches import MANIFEST, PATCH_SUBDIR, STATS_SUBDIR
 from shared.io.raw import read_static
 from shared.mapping.predict import load_predictor
 from shared.mapping.quicklook import station_distance_km
 
 STEP = "step05_eval_metrics"
-
-
-@dataclass
-class BaselineConfig:
-    hgb_max_iter: int = 300
-    hgb_learning_rate: float = 0.1
-    hgb_max_leaf_nodes: int = 31
-    seed: int = 0
-
-    def check(self):
-        if self.hgb_max_iter < 1 or self.hgb_max_leaf_nodes < 2 or not (0 < self.hgb_learning_rate <= 1):
-            raise ValueError("baselines: hgb_max_iter >= 1, hgb_max_leaf_nodes >= 2 and 0 < hgb_learning_rate <= 1 are needed")
 
 
 @dataclass
@@ -67,6 +60,8 @@ class Config:
     compare_maps: bool = True
     map_agreement_tol_K: float = 1.0e-3
     coverage_km: float = 100.0
+    bootstrap_draws: int = 2000
+    bootstrap_seed: int = 0
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
 
     def check(self):
@@ -76,6 +71,8 @@ class Config:
             raise ValueError(f"map_agreement_tol_K must be > 0, got {self.map_agreement_tol_K}")
         if not (150.0 < self.clear_ir105_K < 350.0):
             raise ValueError(f"clear_ir105_K is a brightness temperature in K (e.g. 270), got {self.clear_ir105_K}")
+        if self.bootstrap_draws < 100:
+            raise ValueError(f"bootstrap_draws must be >= 100 (2000 for stable 95 % intervals), got {self.bootstrap_draws}")
 
 
 def deps(cfg: Config) -> list[Path]:
@@ -142,14 +139,18 @@ def run(cfg: Config, ctx: Context) -> Result:
     print(f"step05: predicting the {cfg.split} split with {cfg.checkpoint.name} ...", flush=True)
     test = read_rows(cfg.patch_dir, cfg.split, predictor, cfg.batch_size)
     train = read_rows(cfg.patch_dir, "train")
+    # HGB stops early on the val rows, unless val is what is scored (then on 10 % of the train rows)
+    val = read_rows(cfg.patch_dir, "val") if cfg.split == "test" else None
     ta_std = predictor.target_std
-    tr_obs = train["y"].astype(np.float64) * ta_std + predictor.target_mean
-    print(f"step05: fitting baselines on {len(tr_obs):,} train rows ...", flush=True)
-    base = fit_baselines(train["time"], centre_features(train["centre"], train["time7"], train["loc"]), tr_obs,
-                         cfg.baselines.hgb_max_iter, cfg.baselines.hgb_learning_rate, cfg.baselines.hgb_max_leaf_nodes,
-                         cfg.baselines.seed, threads)
-    base_preds = base.predict(test["time"], centre_features(test["centre"], test["time7"], test["loc"]))
+    for r in (train, val):
+        if r is not None:
+            r["ta_c"] = r["y"].astype(np.float64) * ta_std + predictor.target_mean
+    stations = station_table(read_split_csv(cfg.index_dir, "all", ["stn_id", "lat", "lon", "elev_m"]), static.grid)
+    print(f"step05: fitting baselines on {len(train['ta_c']):,} train rows ...", flush=True)
+    base_preds, base_info, idw_nbr = run_baselines(train, val, test, stations, cfg.baselines, threads)
+    n_train = base_info["n_train"]
     df = build_table(test, predictor, base_preds, cfg.clear_ir105_K)
+    df["idw_neighbours"] = pd.DataFrame(idw_nbr).astype(str).agg(";".join, axis=1).to_numpy()
 
     # --- maps ------------------------------------------------------------------
     maps_used, maps_other, agreement, truth = [], [], None, []
@@ -186,8 +187,15 @@ def run(cfg: Config, ctx: Context) -> Result:
     metrics: dict = {"split": cfg.split, "units": "K (differences; deg C values in the CSVs)", "target_std_K": ta_std,
                      "target_mean_c": predictor.target_mean, "checkpoint": str(cfg.checkpoint),
                      "checkpoint_epoch": predictor.info.get("epoch"), **results[MODEL],
-                     "model": results[MODEL], "baselines": {n: results[n] for n in BASELINES},
-                     "baseline_info": base.info, "clear_ir105_K": cfg.clear_ir105_K}
+                     "model": results[MODEL], "baselines": {n: results[n] for n in ALL_BASELINES},
+                     "baseline_info": base_info, "clear_ir105_K": cfg.clear_ir105_K}
+    scored = {n: c for n, c in cols.items() if results[n]["n"] > 0}
+    boot = station_bootstrap(df, scored, MODEL, n_boot=cfg.bootstrap_draws, seed=cfg.bootstrap_seed)
+    metrics["differences_to_model"] = {n: boot["differences"][n] for n in scored if n != MODEL}
+    metrics["rmse_ci95"] = {n: boot["rmse"][n]["ci95"] for n in scored}
+    metrics["bootstrap"] = {"unit": "test stations, resampled with replacement", "n_boot": boot["n_boot"],
+                            "seed": boot["seed"], "n_stations": boot["n_stations"],
+                            "difference": "RMSE_method - RMSE_model on the rows both predict (< 0: method better)"}
     mapped = df["map_c"].notna()
     if mapped.any():
         metrics["map_at_stations"] = regression_metrics(df.loc[mapped, "map_c"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy(), ta_std)
@@ -204,8 +212,9 @@ def run(cfg: Config, ctx: Context) -> Result:
         noise_floor = tinfo.get("noise_floor_rmse_k")
         metrics["demo_world"] = {
             "noise_floor_rmse_K": noise_floor, "noise_floor_note": tinfo.get("noise_floor_note"),
+            "noise_floor_elev_corrected_rmse_K": tinfo.get("noise_floor_elev_corrected_rmse_k"),
             "station_noise_sigma_K": tinfo.get("station_noise_sigma_k"),
-            "test_rows": station_truth_floor(df, raw_dir, ta_std),
+            "test_rows": station_truth_floor(df, raw_dir, ta_std, cols),
             "maps_vs_truth": truth,
         }
         if truth:
@@ -235,8 +244,8 @@ def run(cfg: Config, ctx: Context) -> Result:
     table("by_landcover.csv", lc)
     table("by_daynight.csv", grouped_metrics(df, "day_night", pc, "obs_c", ta_std))
     table("by_sky.csv", grouped_metrics(df, "sky", pc, "obs_c", ta_std))
-    pt = df[["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "obs_c", "prediction_c"] + [f"{b}_c" for b in BASELINES]
-            + ["map_c", "hour_utc", "hour_kst", "month", "landcover", "sza_deg", "ir105_K", "day_night", "sky"]]
+    pt = df[["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "obs_c", "prediction_c"] + [f"{b}_c" for b in ALL_BASELINES]
+            + ["map_c", "hour_utc", "hour_kst", "month", "landcover", "sza_deg", "ir105_K", "day_night", "sky", "idw_neighbours"]]
     write_csv(out / "preds_test.csv", pt, date_format="%Y-%m-%d %H:%M", float_format="%.4f")
     outputs.append(out / "preds_test.csv")
 
@@ -254,10 +263,18 @@ def run(cfg: Config, ctx: Context) -> Result:
     # --- summary ---------------------------------------------------------------
     print()
     print(f"test split: {len(df):,} rows, {df['stn_id'].nunique()} stations, {df['time_utc'].nunique()} times "
-          f"(baselines fitted on {base.n_train:,} train rows)")
+          f"(baselines fitted on {n_train:,} train rows; HGB {base_info['hgb_iterations']} trees, "
+          f"early stopping on the {base_info['hgb_early_stopping_on']})")
     print(format_table(results))
+    print()
+    print(format_differences(boot, "RMSE and its difference to the model (95 % station-bootstrap intervals):"))
+    tr_floor = (metrics.get("demo_world") or {}).get("test_rows")
+    if tr_floor:
+        ec = tr_floor.get("test_rows_obs_vs_truth_elev_corrected_rmse_K")
+        print(f"noise floor on these test rows (obs vs true TA at the station pixel): {tr_floor['test_rows_obs_vs_truth_rmse_K']:.3f} K"
+              + (f"; elevation-corrected (obs vs true TA at the station's elevation): {ec:.3f} K" if ec is not None else ""))
     if noise_floor is not None:
-        print(f"noise floor (demo world truth.json): {noise_floor:.3f} K")
+        print(f"noise floor (demo world truth.json, all rows): {noise_floor:.3f} K")
     if truth:
         d = metrics["demo_world"]
         near = (f", {d['maps_vs_truth_mean_rmse_K_near_stations']:.3f} K within {cfg.coverage_km:g} km of a station"
@@ -267,7 +284,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         state = "ok" if agreement.get("ok") else ("not checked (bf16 maps)" if not agreement.get("checked") else "FAILED")
         print(f"map vs model at {agreement['n']} mapped test rows: max |diff| {agreement['max_abs_diff_K']:.2e} K ({state})")
     print(f"wrote {out}/metrics.json, preds_test.csv, by_*.csv, *.png")
-    return Result(counts={"n_test": int(len(df)), "n_train_baselines": base.n_train,
+    return Result(counts={"n_test": int(len(df)), "n_train_baselines": n_train,
                           "n_mapped_rows": int(mapped.sum()), "maps": len(maps_used)}, outputs=outputs)
 
 
@@ -279,6 +296,9 @@ def print_saved_table(cfg: Config) -> None:
     except (OSError, ValueError, KeyError):
         return
     print(format_table(results))
+    diffs = m.get("differences_to_model") or {}
+    for name, d in diffs.items():
+        print(f"{name:<22} RMSE - model {d['diff_K']:+.3f} K  95 % CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
     floor = (m.get("demo_world") or {}).get("noise_floor_rmse_K")
     if floor is not None:
         print(f"noise floor (demo world truth.json): {floor:.3f} K")

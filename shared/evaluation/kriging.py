@@ -1,0 +1,117 @@
+"""Ordinary kriging of station residuals, time by time, with one variogram pooled over times.
+
+The residual fields (observation minus a trend, or minus the HGB baseline)
+are kriged with PyKrige's ``OrdinaryKriging``: an unknown constant mean per
+time, so a per-time bias of the trend is absorbed.
+
+Why one pooled variogram: one time has ~60 train stations, too few for a
+stable per-time fit (the fitted range jumps between the bounds from one hour
+to the next). Ordinary-kriging *weights* depend only on the variogram's shape
+(range and nugget-to-sill ratio), not on its scale, so each time's residuals
+are divided by their own variance before pooling: every time weighs the same,
+the pooled fit gives the shape, and each time is kriged with that shape scaled
+by its own variance (which only changes the kriging variance).
+
+Distances are in km on the grid's projection (LCC on the KO grid).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+VARIOGRAM_MODELS = ("exponential", "spherical", "gaussian")
+
+
+def _model_fn(name: str):
+    from pykrige import variogram_models as vm
+
+    return {"exponential": vm.exponential_variogram_model, "spherical": vm.spherical_variogram_model,
+            "gaussian": vm.gaussian_variogram_model}[name]
+
+
+@dataclass
+class Variogram:
+    """A variogram of unit total sill: ``psill + nugget = 1`` (the shape), range in km."""
+
+    model: str
+    psill: float
+    range_km: float
+    nugget: float
+    n_pairs: int = 0
+    n_times: int = 0
+
+    def params(self, scale: float) -> dict:
+        return {"psill": self.psill * scale, "range": self.range_km, "nugget": self.nugget * scale}
+
+    def info(self) -> dict:
+        return asdict(self)
+
+
+def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]], model: str = "exponential",
+                     n_lags: int = 15, max_lag_km: float | None = None) -> Variogram:
+    """Fit one unit-sill variogram to the residuals of many times.
+
+    ``groups``: per time ``(x_km (n,), y_km (n,), resid (n,))``. Semivariances
+    ``(r_i - r_j)^2 / 2`` of every station pair of a time are divided by that
+    time's residual variance and binned by distance (up to ``max_lag_km``;
+    default half the largest pair distance); the model is fitted to the bin
+    means by least squares weighted by the pairs per bin.
+    """
+    from scipy.optimize import curve_fit
+
+    if model not in VARIOGRAM_MODELS:
+        raise ValueError(f"variogram model {model!r}: one of {', '.join(VARIOGRAM_MODELS)}")
+    dists, gams, n_times = [], [], 0
+    for x, y, r in groups:
+        ok = np.isfinite(r)
+        x, y, r = x[ok], y[ok], r[ok]
+        v = r.var()
+        if len(r) < 3 or v <= 0:
+            continue
+        i, j = np.triu_indices(len(r), k=1)
+        dists.append(np.hypot(x[i] - x[j], y[i] - y[j]))
+        gams.append(0.5 * (r[i] - r[j]) ** 2 / v)
+        n_times += 1
+    if not dists:  # constant or too few residuals everywhere: nothing to fit, any shape gives the mean
+        return Variogram(model, 1.0, 100.0, 0.0, 0, 0)
+    d, g = np.concatenate(dists), np.concatenate(gams)
+    top = max_lag_km or 0.5 * float(d.max())
+    edges = np.linspace(0.0, top, n_lags + 1)
+    b = np.digitize(d, edges) - 1
+    use = (b >= 0) & (b < n_lags)
+    cnt = np.bincount(b[use], minlength=n_lags)
+    gm = np.bincount(b[use], weights=g[use], minlength=n_lags) / np.maximum(cnt, 1)
+    dm = np.bincount(b[use], weights=d[use], minlength=n_lags) / np.maximum(cnt, 1)
+    keep = cnt > 0
+    fn = _model_fn(model)
+
+    def f(h, psill, rng, nugget):
+        return fn([psill, rng, nugget], h)
+
+    p0 = [max(float(gm[keep].max()) - float(gm[keep].min()), 0.1), top / 2, max(float(gm[keep][0]), 0.0)]
+    (ps, rg, ng), _ = curve_fit(f, dm[keep], gm[keep], p0=p0, sigma=1.0 / np.sqrt(cnt[keep]),
+                                bounds=([0.0, 1e-3, 0.0], [10.0, 10 * top, 10.0]), maxfev=20000)
+    tot = ps + ng
+    if tot <= 0:
+        return Variogram(model, 1.0, float(rg), 0.0, int(use.sum()), n_times)
+    return Variogram(model, float(ps / tot), float(rg), float(ng / tot), int(use.sum()), n_times)
+
+
+def krige(x: np.ndarray, y: np.ndarray, r: np.ndarray, tx: np.ndarray, ty: np.ndarray, vg: Variogram) -> np.ndarray:
+    """Ordinary-kriging estimate of residuals ``r`` at sites ``(x, y)`` (km) at targets ``(tx, ty)`` (km).
+
+    Fewer than 3 finite residuals: their mean (NaN with none).
+    """
+    ok = np.isfinite(r)
+    x, y, r = x[ok], y[ok], r[ok]
+    if len(r) < 3:
+        return np.full(len(tx), r.mean() if len(r) else np.nan)
+    from pykrige.ok import OrdinaryKriging
+
+    scale = float(r.var()) or 1.0  # a constant field: any scale; weights summing to 1 return the constant
+    # pseudo_inv: two stations can share a location (the kriging matrix is then singular)
+    ok_ = OrdinaryKriging(x, y, r, variogram_model=vg.model, variogram_parameters=vg.params(scale),
+                          pseudo_inv=True, exact_values=True)
+    z, _ = ok_.execute("points", np.asarray(tx, np.float64), np.asarray(ty, np.float64), backend="vectorized")
+    return np.asarray(z, dtype=np.float64)

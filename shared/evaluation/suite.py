@@ -1,0 +1,132 @@
+"""Every baseline on one set of target rows: the feature baselines and the station interpolators.
+
+Used by step05 (targets: the test split) and ``benchmarks/accuracy_table.py``
+(targets: one station fold). Sources are the train rows only: HGB stops early
+on the val rows; the interpolators use the train stations' observations of
+the target's own time, and a station that is a target is never a source
+(:func:`run_baselines` drops it from the sources, whatever the split mode).
+
+``hgb_residual_kriging`` = HGB's prediction + the kriged residuals of the
+train stations at the same time. HGB's residuals on its own training rows are
+optimistic (it has fitted them), so the residuals kriged are out-of-fold:
+K-fold over the train stations (``hgb_oof_folds``), each fold predicted by a
+fit with the full fit's number of trees on the other stations.
+"""
+from __future__ import annotations
+
+import time as _time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from shared.evaluation.baselines import BASELINES, centre_features, fit_baselines, hgb_out_of_fold
+from shared.evaluation.interpolation import (
+    STATION_BASELINES,
+    TREND_TERMS,
+    idw,
+    regression_kriging,
+    residual_kriging,
+    station_rows,
+)
+from shared.evaluation.kriging import VARIOGRAM_MODELS
+
+ALL_BASELINES = BASELINES + STATION_BASELINES
+
+
+@dataclass
+class BaselineConfig:
+    hgb_max_iter: int = 2000
+    hgb_learning_rate: float = 0.1
+    hgb_max_leaf_nodes: int = 31
+    hgb_min_samples_leaf: int = 20
+    hgb_l2: float = 0.0
+    hgb_patience: int = 50
+    hgb_oof_folds: int = 5
+    seed: int = 0
+    idw_neighbours: int = 4
+    idw_power: float = 2.0
+    lapse_rate_K_per_km: float = 6.5
+    rk_trend: list[str] = field(default_factory=lambda: ["elev"])
+    variogram_model: str = "exponential"
+
+    def check(self):
+        if self.hgb_max_iter < 1 or self.hgb_max_leaf_nodes < 2 or not (0 < self.hgb_learning_rate <= 1):
+            raise ValueError("baselines: hgb_max_iter >= 1, hgb_max_leaf_nodes >= 2 and 0 < hgb_learning_rate <= 1 are needed")
+        if self.hgb_patience < 1 or self.hgb_min_samples_leaf < 1 or self.hgb_l2 < 0:
+            raise ValueError("baselines: hgb_patience >= 1, hgb_min_samples_leaf >= 1 and hgb_l2 >= 0 are needed")
+        if self.hgb_oof_folds == 1 or self.hgb_oof_folds < 0:
+            raise ValueError(f"baselines.hgb_oof_folds: 0 (in-sample residuals) or >= 2, got {self.hgb_oof_folds}")
+        if self.idw_neighbours < 1 or self.idw_power <= 0:
+            raise ValueError("baselines: idw_neighbours >= 1 and idw_power > 0 are needed")
+        bad = [t for t in self.rk_trend if t not in TREND_TERMS]
+        if bad:
+            raise ValueError(f"baselines.rk_trend: terms among {', '.join(TREND_TERMS)}, got {bad[0]!r}")
+        if self.variogram_model not in VARIOGRAM_MODELS:
+            raise ValueError(f"baselines.variogram_model: one of {', '.join(VARIOGRAM_MODELS)}, got {self.variogram_model!r}")
+
+
+def _feats(rows: dict) -> np.ndarray:
+    return centre_features(rows["centre"], rows["time7"], rows["loc"])
+
+
+def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.DataFrame, p: BaselineConfig,
+                  threads: int | None = None) -> tuple[dict[str, np.ndarray], dict, np.ndarray]:
+    """Predictions (deg C) of every baseline at the target rows.
+
+    ``train`` / ``val`` / ``target``: row dicts of :func:`shared.evaluation.rows.read_rows`
+    (``time, stn_id, centre, time7, loc``) with ``ta_c (N,)`` deg C added to
+    train and val. ``stations``: :func:`shared.evaluation.interpolation.station_table`.
+    Returns ``name -> (M,)`` in :data:`ALL_BASELINES` order, info, and the IDW
+    neighbours' ``stn_id (M, idw_neighbours)``.
+    """
+    clock = {}
+    t0 = _time.perf_counter()
+    f_tr, f_tg = _feats(train), _feats(target)
+    val_xy = (_feats(val), val["ta_c"]) if val is not None and len(val["ta_c"]) else None
+    base = fit_baselines(train["time"], f_tr, train["ta_c"], p.hgb_max_iter, p.hgb_learning_rate, p.hgb_max_leaf_nodes,
+                         p.seed, threads, val=val_xy, hgb_patience=p.hgb_patience,
+                         hgb_min_samples_leaf=p.hgb_min_samples_leaf, hgb_l2=p.hgb_l2)
+    preds = base.predict(target["time"], f_tg)
+    clock["feature_baselines_s"] = _time.perf_counter() - t0
+
+    t0 = _time.perf_counter()
+    src = station_rows(train["time"], train["stn_id"], stations, train["ta_c"])
+    tgt = station_rows(target["time"], target["stn_id"], stations)
+    # a target station is never a source, whatever the split mode
+    src_ok = ~src["stn_id"].isin(set(tgt["stn_id"])).to_numpy()
+    src = src.loc[src_ok].reset_index(drop=True)
+    preds["idw"], nbr = idw(src, tgt, p.idw_neighbours, p.idw_power, p.lapse_rate_K_per_km)
+    clock["idw_s"] = _time.perf_counter() - t0
+
+    t0 = _time.perf_counter()
+    preds["regression_kriging"], rk_info = regression_kriging(src, tgt, tuple(p.rk_trend), p.variogram_model)
+    clock["regression_kriging_s"] = _time.perf_counter() - t0
+
+    t0 = _time.perf_counter()
+    n_iter = int(base.info["hgb_iterations"])
+    if p.hgb_oof_folds >= 2:
+        oof = hgb_out_of_fold(f_tr, train["ta_c"], train["stn_id"], n_iter, p.hgb_oof_folds, p.hgb_learning_rate,
+                              p.hgb_max_leaf_nodes, p.seed, threads, p.hgb_min_samples_leaf, p.hgb_l2)
+        how = f"out-of-fold: {p.hgb_oof_folds} folds over the train stations, {n_iter} trees each"
+    else:
+        oof = base.hgb.predict(f_tr).astype(np.float64)
+        how = "in-sample (optimistic: HGB has fitted these rows)"
+    resid = (train["ta_c"] - oof)[src_ok]
+    kr, vg = residual_kriging(src, resid, tgt, p.variogram_model)
+    preds["hgb_residual_kriging"] = preds["hgb"] + kr
+    clock["hgb_residual_kriging_s"] = _time.perf_counter() - t0
+
+    info = dict(base.info)
+    info.update({
+        "station_baselines_sources": "train stations' observations of the same time; target stations never",
+        "n_source_rows": int(len(src)), "n_source_rows_dropped_as_target_stations": int((~src_ok).sum()),
+        "n_source_stations": int(src["stn_id"].nunique()),
+        "idw": {"neighbours": p.idw_neighbours, "power": p.idw_power, "lapse_rate_K_per_km": p.lapse_rate_K_per_km,
+                "distances": "km on the grid's projection"},
+        "regression_kriging": rk_info,
+        "hgb_residual_kriging": {"residuals": how, "residual_rmse_K": float(np.sqrt(np.nanmean(resid ** 2))),
+                                 "variogram": vg.info(), "variogram_pooled_over_times": True},
+        "seconds": {k: round(v, 2) for k, v in clock.items()},
+    })
+    return {k: preds[k] for k in ALL_BASELINES}, info, nbr

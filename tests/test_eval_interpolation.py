@@ -1,0 +1,164 @@
+"""Station-interpolation baselines and the station bootstrap on tiny hand-made data."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from shared.evaluation.bootstrap import station_bootstrap
+from shared.evaluation.interpolation import idw, regression_kriging, residual_kriging, station_rows
+from shared.evaluation.kriging import Variogram, krige, pooled_variogram
+
+T0 = pd.Timestamp("2023-05-01 06:00")
+T1 = pd.Timestamp("2023-05-01 09:00")
+
+
+def _stations():
+    # five sources around a target at (0, 0) km, one of them on a hill; target 20 at 300 m
+    return pd.DataFrame({"stn_id": [1, 2, 3, 4, 5, 20],
+                         "x_km": [10.0, -20.0, 0.0, 30.0, 100.0, 0.0],
+                         "y_km": [0.0, 0.0, 40.0, -40.0, 100.0, 0.0],
+                         "elev_m": [0.0, 100.0, 500.0, 50.0, 0.0, 300.0]})
+
+
+def test_idw_equals_a_hand_computation_on_five_stations():
+    st = _stations()
+    ta = np.array([10.0, 12.0, 6.0, 11.0, 30.0])
+    src = station_rows(np.repeat(np.datetime64(T0), 5), st["stn_id"][:5], st, ta)
+    tgt = station_rows([np.datetime64(T0)], [20], st)
+    pred, nbr = idw(src, tgt, k=4, power=2.0, lapse_K_per_km=6.5)
+    # by hand: the 4 nearest are 1 (10 km), 2 (20 km), 3 (40 km), 4 (50 km); station 5 (141 km) is out
+    d = np.array([10.0, 20.0, 40.0, 50.0])
+    sea = np.array([10.0 + 0.0, 12.0 + 0.65, 6.0 + 3.25, 11.0 + 0.325])
+    w = 1 / d**2
+    want = (w * sea).sum() / w.sum() - 6.5 * 0.3
+    assert pred[0] == pytest.approx(want, abs=1e-9)
+    assert sorted(nbr[0]) == [1, 2, 3, 4]
+    # without the lapse rate: the plain weighted mean of the raw values
+    p0, _ = idw(src, tgt, k=4, lapse_K_per_km=0.0)
+    assert p0[0] == pytest.approx((w * ta[:4]).sum() / w.sum(), abs=1e-9)
+
+
+def test_lapse_adjustment_moves_a_mountain_target_colder():
+    st = pd.DataFrame({"stn_id": [1, 2, 3, 9], "x_km": [-5.0, 5.0, 0.0, 0.0], "y_km": [0.0, 0.0, 5.0, 0.0],
+                       "elev_m": [50.0, 50.0, 50.0, 1550.0]})
+    src = station_rows(np.repeat(np.datetime64(T0), 3), [1, 2, 3], st, [15.0, 15.0, 15.0])
+    tgt = station_rows([np.datetime64(T0)], [9], st)
+    flat, _ = idw(src, tgt, lapse_K_per_km=0.0)
+    lapse, _ = idw(src, tgt, lapse_K_per_km=6.5)
+    assert flat[0] == pytest.approx(15.0)
+    assert lapse[0] == pytest.approx(15.0 - 6.5 * 1.5)  # 1500 m higher: 9.75 K colder
+
+
+def test_kriging_of_a_constant_field_returns_the_constant_and_honours_data():
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 200, 12), rng.uniform(0, 200, 12)
+    tx, ty = np.array([50.0, 150.0, 500.0]), np.array([50.0, 20.0, 500.0])
+    vg = Variogram("exponential", 0.9, 80.0, 0.1)
+    np.testing.assert_allclose(krige(x, y, np.full(12, 1.7), tx, ty, vg), 1.7, atol=1e-9)
+    # a varying field: exact at a data site, between the data's extremes elsewhere, not the constant
+    r = np.sin(x / 30.0) + 0.01 * y
+    z = krige(x, y, r, np.array([x[3], 100.0]), np.array([y[3], 100.0]), vg)
+    assert z[0] == pytest.approx(r[3], abs=1e-6) and r.min() <= z[1] <= r.max()
+
+
+def test_pooled_variogram_recovers_a_short_and_a_long_range():
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(0, 300, 60), rng.uniform(0, 300, 60)
+    groups_long = [(x, y, np.sin(x / 200.0 + k) + np.cos(y / 200.0)) for k in range(10)]
+    groups_noise = [(x, y, rng.standard_normal(60)) for _ in range(10)]
+    long_ = pooled_variogram(groups_long)
+    noise = pooled_variogram(groups_noise)
+    assert long_.psill + long_.nugget == pytest.approx(1.0) and long_.n_times == 10
+    assert long_.nugget < 0.2 < noise.nugget  # smooth field: little nugget; white noise: mostly nugget
+
+
+def test_regression_kriging_recovers_an_elevation_trend():
+    rng = np.random.default_rng(2)
+    n = 40
+    st = pd.DataFrame({"stn_id": np.arange(n + 1), "x_km": rng.uniform(0, 300, n + 1), "y_km": rng.uniform(0, 300, n + 1),
+                       "elev_m": rng.uniform(0, 1500, n + 1)})
+    ta = 20.0 - 6.0 * st["elev_m"].to_numpy() / 1000.0
+    times = [np.datetime64(T0)] * n + [np.datetime64(T1)] * n
+    src = station_rows(times, list(range(n)) * 2, st, np.r_[ta[:n], ta[:n] + 3.0])
+    tgt = station_rows([np.datetime64(T0), np.datetime64(T1)], [n, n], st)
+    pred, info = regression_kriging(src, tgt, ("elev",))
+    np.testing.assert_allclose(pred, [ta[n], ta[n] + 3.0], atol=1e-6)
+    assert info["mean_elev_slope_K_per_km"] == pytest.approx(-6.0)
+
+
+def test_test_stations_are_never_neighbours_or_sources(tmp_path):
+    """The same-time sources in run_baselines exclude every target station, whatever is passed as train."""
+    from shared.evaluation.suite import BaselineConfig, run_baselines
+
+    rng = np.random.default_rng(3)
+    n_st, times = 30, pd.date_range("2023-03-01", periods=6, freq="3h").to_numpy()
+    st = pd.DataFrame({"stn_id": np.arange(100, 100 + n_st), "x_km": rng.uniform(0, 300, n_st),
+                       "y_km": rng.uniform(0, 300, n_st), "elev_m": rng.uniform(0, 800, n_st)})
+    test_ids = st["stn_id"].to_numpy()[:6]
+
+    def rows(ids):
+        t = np.repeat(times, len(ids))
+        s = np.tile(ids, len(times))
+        e = st.set_index("stn_id").loc[s]
+        ta = 15.0 - 6.5 * e["elev_m"].to_numpy() / 1000 + 0.01 * e["x_km"].to_numpy() + rng.normal(0, 0.3, len(s))
+        n = len(s)
+        return {"time": t, "stn_id": s, "centre": rng.standard_normal((n, 19)).astype(np.float32),
+                "time7": rng.standard_normal((n, 7)).astype(np.float32),
+                "loc": np.c_[e["y_km"], e["x_km"], np.full(n, 2000.0)].astype(np.float32), "ta_c": ta}
+
+    # a "train" set that (wrongly) holds the test stations too: they must not be used
+    train = rows(st["stn_id"].to_numpy())
+    target = rows(test_ids)
+    p = BaselineConfig(hgb_max_iter=20, hgb_oof_folds=3)
+    preds, info, nbr = run_baselines(train, None, target, st, p, threads=1)
+    assert set(np.unique(nbr)) <= set(st["stn_id"]) - set(test_ids)
+    assert info["n_source_rows_dropped_as_target_stations"] == len(test_ids) * len(times)
+    # the target stations' own observations do not move any interpolator's prediction
+    train2 = dict(train, ta_c=np.where(np.isin(train["stn_id"], test_ids), train["ta_c"] + 50.0, train["ta_c"]))
+    preds2, _, _ = run_baselines(train2, None, target, st, p, threads=1)
+    for name in ("idw", "regression_kriging"):
+        np.testing.assert_array_equal(preds[name], preds2[name])
+    assert all(np.isfinite(v).all() for v in preds.values())
+
+
+def test_residual_kriging_uses_only_same_time_residuals():
+    st = _stations()
+    src = station_rows([np.datetime64(T0)] * 4 + [np.datetime64(T1)] * 4, [1, 2, 3, 4] * 2, st, np.zeros(8))
+    tgt = station_rows([np.datetime64(T0), np.datetime64(T1)], [20, 20], st)
+    out, _ = residual_kriging(src, np.r_[np.full(4, 2.0), np.full(4, -1.0)], tgt)
+    np.testing.assert_allclose(out, [2.0, -1.0], atol=1e-9)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def _scored(n_st=25, n_t=40, seed=0):
+    rng = np.random.default_rng(seed)
+    stn = np.repeat(np.arange(n_st), n_t)
+    obs = rng.normal(10, 5, len(stn))
+    good = obs + rng.normal(0, 1.0, len(stn))
+    bad = obs + rng.normal(0, 2.0, len(stn))
+    return pd.DataFrame({"stn_id": stn, "obs_c": obs, "good": good, "bad": bad, "same": good})
+
+
+def test_bootstrap_of_a_method_against_itself_is_zero_and_a_worse_method_excludes_zero():
+    df = _scored()
+    b = station_bootstrap(df, {"model": "good", "twin": "same", "bad": "bad"}, "model", n_boot=500, seed=0)
+    assert b["differences"]["twin"]["ci95"] == [0.0, 0.0] and b["differences"]["twin"]["diff_K"] == 0.0
+    assert b["differences"]["model"]["ci95"] == [0.0, 0.0]
+    lo, hi = b["differences"]["bad"]["ci95"]
+    assert 0 < lo < b["differences"]["bad"]["diff_K"] < hi
+    e_good = df["good"] - df["obs_c"]
+    assert b["rmse"]["model"]["rmse_K"] == pytest.approx(np.sqrt(np.mean(e_good**2)))
+    assert b["n_stations"] == 25 and b["n_boot"] == 500
+    # seeded: the same draws give the same interval
+    assert station_bootstrap(df, {"model": "good", "bad": "bad"}, "model", n_boot=500, seed=0)["differences"]["bad"]["ci95"] == [lo, hi]
+
+
+def test_bootstrap_resamples_stations_not_rows():
+    """One station with a huge error: its presence or absence in a draw drives the interval of the RMSE,
+    so the station-level interval is much wider than a row-level one would be."""
+    df = _scored(n_st=10, n_t=200, seed=1)
+    df.loc[df["stn_id"] == 0, "bad"] += 8.0
+    b = station_bootstrap(df, {"model": "good", "bad": "bad"}, "model", n_boot=1000, seed=0)
+    lo, hi = b["rmse"]["bad"]["ci95"]
+    assert lo < 2.3 and hi > 4.0  # with / without the bad station (a row bootstrap gives +-0.1 K)
