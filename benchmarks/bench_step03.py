@@ -103,7 +103,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from shared.io.patches import check_split, read_manifest, write_synthetic_patches
+    from shared.io.patches import read_manifest, write_synthetic_patches
+    from shared.training.batches import check_split
 
     if args.threads:
         torch.set_num_threads(args.threads)
