@@ -209,6 +209,12 @@ def test_step04_writes_cf_maps_resumes_and_is_up_to_date(world, tmp_path, capsys
     from pyproj import CRS
 
     assert CRS.from_cf(crs).equals(KO_GRID.crs())
+    # where the map is extrapolation: km to the nearest station (no index here: every station of the table)
+    dist = ds["distance_to_station"]
+    assert dist.dims == ("y", "x") and dist.attrs["units"] == "km" and "station table" in dist.attrs["long_name"]
+    st0 = pd.read_csv(world["raw"] / "stations.csv").iloc[0]
+    r0, c0 = world["grid"].latlon_to_rowcol(st0["lat"], st0["lon"])
+    assert float(dist.values[r0, c0]) == 0.0 and float(dist.max()) > 10.0
     ds.close()
 
     st = pd.read_csv(out / "map_at_stations.csv")

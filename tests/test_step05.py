@@ -145,6 +145,14 @@ def test_maps_agree_with_the_model_and_are_scored_against_truth(evaluated):
     d = m["demo_world"]
     assert d["noise_floor_rmse_K"] == truth["noise_floor_rmse_k"]
     assert len(d["maps_vs_truth"]) == 1 and d["maps_vs_truth"][0]["n_pixels_all"] == REGION[2] * REGION[3]
+    # distance bands to the train/val stations partition the map's pixels; land + sea = each band
+    rec = d["maps_vs_truth"][0]
+    from shared.evaluation.maps import DISTANCE_BANDS_KM, band_name
+
+    names = [band_name(lo, hi) for lo, hi in DISTANCE_BANDS_KM]
+    assert sum(rec[f"n_pixels_dist_{n}"] for n in names) == rec["n_pixels_all"]
+    assert all(rec[f"n_pixels_dist_{n}_land"] + rec[f"n_pixels_dist_{n}_sea"] == rec[f"n_pixels_dist_{n}"] for n in names)
+    assert rec["n_pixels_dist_0_25km"] > 0 and set(d["maps_vs_truth_by_distance_band"]) == set(names)
     assert 0 < d["maps_vs_truth"][0]["rmse_K_all"] < 100
     assert 0.3 < d["test_rows"]["test_rows_obs_vs_truth_rmse_K"] < 1.5
     # elevation-corrected floor on the same rows: the lapse-rate part of the mismatch removed, only noise left

@@ -74,6 +74,7 @@ class Stage:
     on_up_to_date: Callable[[Any], None] | None = None
     config_file: str = "config.yaml"
     doc: str = ""
+    version: str = "1"  #: bump when the stage's outputs change for the same config and inputs (a new layout)
 
 
 def _pick_stage(stages: Stage | dict[str, Stage], argv: list[str]) -> Stage:
@@ -102,7 +103,9 @@ def execute(stages: Stage | dict[str, Stage], argv: list[str] | None = None) -> 
     args = parser.parse_args(argv)
     cfg = load_config(stage.config, args.config, args.set)
     d = Dist()
-    record = StepRun(stage.record_dir(cfg), config_to_dict(cfg), stage.deps(cfg), stage.name, stage.mirror_dirs(cfg))
+    # the stage's version is part of what a record must match: a new output layout reruns the step
+    record = StepRun(stage.record_dir(cfg), {**config_to_dict(cfg), "stage_version": stage.version}, stage.deps(cfg),
+                     stage.name, stage.mirror_dirs(cfg))
     resuming = stage.rerun_when_resuming and getattr(args, "resume", False)
     if not args.force and not resuming and record.up_to_date():
         if d.main:

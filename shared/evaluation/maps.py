@@ -120,17 +120,32 @@ def map_agreement(df: pd.DataFrame, predictor, patch_dir: Path, split: str, stat
 
 
 
-def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, near: np.ndarray | None = None) -> list[dict]:
+#: Distance bands (km to the nearest station the model learnt from) for map-vs-truth scores.
+DISTANCE_BANDS_KM = ((0, 25), (25, 50), (50, 100), (100, 200), (200, None))
+
+
+def band_name(lo, hi) -> str:
+    return f"{lo}_{hi}km" if hi is not None else f"over_{lo}km"
+
+
+def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, near: np.ndarray | None = None,
+                 distance_km: np.ndarray | None = None) -> list[dict]:
     """Whole-grid RMSE of each map against the demo world's true field.
 
-    Over all pixels, land, sea and (``near``, a (ny, nx) mask) the pixels
-    close to a station, where the model can be trusted most.
+    Over all pixels, land, sea, (``near``, a (ny, nx) mask) the pixels close
+    to a station, and with ``distance_km`` (ny, nx) by distance band
+    (:data:`DISTANCE_BANDS_KM`), over all pixels, land and sea of each band.
     """
     out = []
     land = static.lsmask > 0.5
     masks = [("all", None), ("land", land), ("sea", ~land)]
     if near is not None:
         masks.append(("near_stations", near))
+    if distance_km is not None:
+        for lo, hi in DISTANCE_BANDS_KM:
+            band = (distance_km >= lo) & ((distance_km < hi) if hi is not None else True)
+            name = band_name(lo, hi)
+            masks += [(f"dist_{name}", band), (f"dist_{name}_land", band & land), (f"dist_{name}_sea", band & ~land)]
     for m in maps_used:
         t = pd.Timestamp(m["time_utc"])
         tp = truth_dir / f"ta_true_{t:%Y%m%d%H%M}.nc"

@@ -59,11 +59,13 @@ def time_of_map_name(name: str) -> pd.Timestamp | None:
 
 
 def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: np.ndarray,
-                attrs: dict | None = None):
+                attrs: dict | None = None, distance_km: np.ndarray | None = None, distance_note: str = ""):
     """Build the CF dataset of one map. ``t2m_K (ny, nx)`` in K, NaN where no value.
 
     The file's ``t2m`` is ``(time=1, y, x)`` with a 1-D ``time`` coordinate
     (see the module docstring); ``read_map`` gives back the ``(ny, nx)`` field.
+    ``distance_km (ny, nx)``: distance of each pixel to the nearest station the
+    model learnt from (``distance_to_station``): where the map is extrapolation.
     """
     import xarray as xr
 
@@ -107,6 +109,12 @@ def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: n
         },
         attrs=gattrs,
     )
+    if distance_km is not None:
+        if distance_km.shape != grid.shape:
+            raise ValueError(f"distance shape {distance_km.shape} != grid shape {grid.shape}")
+        ds["distance_to_station"] = (("y", "x"), np.asarray(distance_km, dtype=np.float32), {
+            "long_name": "distance from the pixel centre to the nearest station " + (distance_note or "used in training"),
+            "units": "km", "grid_mapping": "crs", "coordinates": "lat lon"})
     return ds
 
 
@@ -115,6 +123,7 @@ def write_map(path: str | Path, ds) -> None:
 
     enc = {
         "t2m": {"zlib": True, "complevel": 4, "dtype": "float32", "_FillValue": np.float32(np.nan)},
+        "distance_to_station": {"zlib": True, "complevel": 4, "_FillValue": None},
         "lat": {"zlib": True, "complevel": 4, "_FillValue": None},
         "lon": {"zlib": True, "complevel": 4, "_FillValue": None},
         "x": {"_FillValue": None},
@@ -124,6 +133,7 @@ def write_map(path: str | Path, ds) -> None:
         "time": {"units": "seconds since 1970-01-01 00:00:00", "calendar": "standard", "dtype": "float64",
                  "_FillValue": None},
     }
+    enc = {k: v for k, v in enc.items() if k in ds.variables}
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=enc)
 

@@ -31,10 +31,12 @@ from shared.io.maps import map_dataset, map_name, read_map, write_map
 from shared.io.raw import Static, read_frame, read_static
 from shared.io.stations import read_stations
 from shared.mapping.predict import check_region, load_predictor, predict_map
-from shared.mapping.quicklook import quicklook
+from shared.mapping.quicklook import quicklook, station_distance_km
 from shared.mapping.times import select_times
 
 STEP = "step04_infer_map"
+#: Bump when the variables of a map file change, so maps of an older layout are remade.
+MAP_LAYOUT = 2  # 2: t2m (time=1, y, x) + distance_to_station
 
 
 @dataclass
@@ -119,6 +121,8 @@ def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: s
         return False
     if quicklook is not None and a.get("quicklook_settings") != quicklook:
         return False
+    if str(a.get("map_layout")) != str(MAP_LAYOUT):  # written by an older step04: other variables
+        return False
     return ok and a.get("checkpoint_fingerprint") == ckpt_fp and a.get("precision") == precision and all(str(a.get(k)) == str(v) for k, v in grid.attrs().items())
 
 
@@ -130,6 +134,23 @@ def station_pixels(stations_csv: Path, static: Static) -> pd.DataFrame:
     st = st.assign(pixel_y=py, pixel_x=px)
     return st[static.grid.inside(py, px)].reset_index(drop=True)
 
+
+
+def learnt_station_distance(stations: pd.DataFrame | None, static: Static, index_dir: Path):
+    """(ny, nx) km to the nearest station the model learnt from (train + val rows of step01's index; every
+    station of the table when there is no index), and the words that say which; (None, "") without stations."""
+    if stations is None or stations.empty:
+        return None, ""
+    ids = set()
+    for s in ("train", "val"):
+        f = index_dir / f"index_{s}.csv"
+        if f.is_file():
+            ids |= set(pd.read_csv(f, usecols=["stn_id"])["stn_id"].unique().tolist())
+    st = stations[stations["stn_id"].isin(ids)] if ids else stations
+    note = "of the train and validation splits" if ids else "in the station table"
+    if st.empty:
+        return None, ""
+    return station_distance_km(static.grid, st["pixel_y"].to_numpy(), st["pixel_x"].to_numpy()), note
 
 
 def sample_maps_at_stations(map_paths: list[Path], stations: pd.DataFrame, grid, index_dir: Path | None,
@@ -198,6 +219,8 @@ def run(cfg: Config, ctx: Context) -> Result:
             ins = grid_out.inside(stations["pixel_y"] - offset[0], stations["pixel_x"] - offset[1])
             st_out = stations[ins].reset_index(drop=True)
     cut = (slice(offset[0], offset[0] + grid_out.ny), slice(offset[1], offset[1] + grid_out.nx))
+    distance, distance_note = learnt_station_distance(stations, static, cfg.index_dir)
+    distance = None if distance is None else distance[cut]
     st_plot = None if st_out is None else st_out.assign(pixel_y=st_out["pixel_y"] - offset[0], pixel_x=st_out["pixel_x"] - offset[1])
 
     mine = times.iloc[rank::world]
@@ -213,6 +236,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         "precision": cfg.precision, "edge_handling": f"reflect padding of {predictor.patch_size // 2} pixels (numpy mode='reflect')",
         "missing_input": "pixels whose window holds a missing input value are NaN",
         "quicklook_settings": quick,
+        "map_layout": MAP_LAYOUT,
     }
     for _, r in mine.iterrows():
         t = pd.Timestamp(r["time_utc"])
@@ -235,7 +259,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         attrs = dict(attrs_common, inputs_fingerprint=in_fp, input_files=" ".join(p.name for p in srcs),
                      n_pixels_missing_input=res.n_missing, n_pixels_predicted=res.n_windows,
                      n_input_pixels_out_of_physical_range=n_implausible)
-        ds = map_dataset(res.t2m_K, grid_out, t, static.lat[cut], static.lon[cut], attrs)
+        ds = map_dataset(res.t2m_K, grid_out, t, static.lat[cut], static.lon[cut], attrs, distance, distance_note)
         if cfg.quicklook:  # PNG first: a map file present means its quicklook is too
             note = f"{predictor.model_cfg.get('size')} model, {res.n_missing:,} px without input" if res.n_missing else ""
             quicklook(png, res.t2m_K, grid_out, t, static.lsmask[cut], static.lat[cut], static.lon[cut], st_plot, note, cfg.coverage_km)
@@ -283,13 +307,17 @@ def _times(cfg: Config) -> pd.DataFrame:
         return pd.DataFrame(columns=["time_utc", "path_bt", "path_rf", "path_sza"])  # run() reports it
 
 
+def _index_files(cfg: Config) -> list[Path]:
+    """step01 files step04 reads: test times, observations (map_at_stations.csv), the stations learnt from."""
+    return [cfg.index_dir / f"index{s}.csv" for s in ("", "_test", "_train", "_val")]
+
+
 def deps(cfg: Config) -> list[Path]:
-    """The checkpoint, static.nc, the station table, the index (times, observations) and the images of the
-    selected times."""
+    """The checkpoint, static.nc, the station table, the index (times, observations, stations learnt from)
+    and the images of the selected times."""
     t = _times(cfg)
     images = sorted({resolve_path(p) for c in ("path_bt", "path_rf", "path_sza") for p in t[c]})
-    return [cfg.checkpoint, cfg.raw_dir / "static.nc", cfg.stations_csv, cfg.index_dir / "index.csv",
-            cfg.index_dir / "index_test.csv"] + images
+    return [cfg.checkpoint, cfg.raw_dir / "static.nc", cfg.stations_csv] + _index_files(cfg) + images
 
 
 def outs(cfg: Config) -> list[Path]:
@@ -301,11 +329,11 @@ def outs(cfg: Config) -> list[Path]:
 def upstream(cfg: Config) -> list:
     """The weights must be those of a finished step03 run (its record sits beside them in weights/); the index
     files read (test times, observations for map_at_stations.csv) those of a finished step01 run."""
-    index = [f for f in (cfg.index_dir / "index.csv", cfg.index_dir / "index_test.csv")
+    index = [f for f in _index_files(cfg)
              if f.exists() or (cfg.times.select == "test" and f.name == "index_test.csv")]
     return [(cfg.checkpoint.parent, [cfg.checkpoint], "step03")] + ([(cfg.index_dir, index, "step01")] if index else [])
 
 
 STAGE = Stage(name=STEP, title="one 2 m air temperature map (CF netCDF + PNG) per time from the trained model",
               config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
-              record_dir=lambda cfg: cfg.output_dir, distributed=True, doc=__doc__)
+              record_dir=lambda cfg: cfg.output_dir, distributed=True, doc=__doc__, version=str(MAP_LAYOUT))

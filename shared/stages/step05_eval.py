@@ -31,7 +31,15 @@ from shared.core.records import fingerprint, finished_record, read_record, write
 from shared.core.runner import Context, Result, Stage
 from shared.evaluation.bootstrap import format_differences, station_bootstrap
 from shared.evaluation.interpolation import station_table
-from shared.evaluation.maps import join_maps, map_agreement, map_files, station_truth_floor, truth_scores
+from shared.evaluation.maps import (
+    DISTANCE_BANDS_KM,
+    band_name,
+    join_maps,
+    map_agreement,
+    map_files,
+    station_truth_floor,
+    truth_scores,
+)
 from shared.evaluation.metrics import format_table, grouped_metrics, regression_metrics
 from shared.evaluation.plots import plot_bars, plot_residuals, plot_rmse_by_hour, plot_scatter, plot_station_map
 from shared.evaluation.rows import MODEL, build_table, check_stats, pred_columns, read_rows
@@ -169,12 +177,17 @@ def run(cfg: Config, ctx: Context) -> Result:
             fp32 = all(m["precision"] == "fp32" for m in maps_used)
             agreement = map_agreement(df, predictor, cfg.patch_dir, cfg.split, static, cfg.map_agreement_tol_K, fp32, cfg.batch_size)
             truth_dir = cfg.truth_dir or raw_dir / "truth"
-            near = None
+            near, dist = None, None
             ip = cfg.index_dir / "index.csv"
-            if ip.is_file() and cfg.coverage_km > 0:
-                px = pd.read_csv(ip, usecols=["pixel_y", "pixel_x"]).drop_duplicates()
-                near = station_distance_km(static.grid, px["pixel_y"].to_numpy(), px["pixel_x"].to_numpy()) <= cfg.coverage_km
-            truth = truth_scores(maps_used, cfg.map_dir, truth_dir, static, near)
+            if ip.is_file():
+                px = pd.read_csv(ip, usecols=["pixel_y", "pixel_x", "split"])
+                learnt = px[px["split"].isin(["train", "val"])].drop_duplicates(["pixel_y", "pixel_x"])
+                if len(learnt):  # distance to the stations the model learnt from, as step04's distance field
+                    dist = station_distance_km(static.grid, learnt["pixel_y"].to_numpy(), learnt["pixel_x"].to_numpy())
+                if cfg.coverage_km > 0:
+                    px = px.drop_duplicates(["pixel_y", "pixel_x"])
+                    near = station_distance_km(static.grid, px["pixel_y"].to_numpy(), px["pixel_x"].to_numpy()) <= cfg.coverage_km
+            truth = truth_scores(maps_used, cfg.map_dir, truth_dir, static, near, dist)
         else:
             print(f"note: no step04 map of this checkpoint in {cfg.map_dir} for a {cfg.split} time; "
                   f"map columns left empty")
@@ -223,6 +236,16 @@ def run(cfg: Config, ctx: Context) -> Result:
             if "rmse_K_near_stations" in truth[0]:
                 metrics["demo_world"]["maps_vs_truth_mean_rmse_K_near_stations"] = float(np.nanmean([r["rmse_K_near_stations"] for r in truth]))
                 metrics["demo_world"]["near_stations_km"] = cfg.coverage_km
+            bands = {}
+            for lo, hi in DISTANCE_BANDS_KM:
+                name = band_name(lo, hi)
+                if f"rmse_K_dist_{name}" in truth[0]:
+                    bands[name] = {part: float(np.nanmean([r[f"rmse_K_dist_{name}{suf}"] for r in truth]))
+                                   for part, suf in (("all", ""), ("land", "_land"), ("sea", "_sea"))}
+            if bands:
+                metrics["demo_world"]["maps_vs_truth_by_distance_band"] = bands
+                metrics["demo_world"]["distance_note"] = ("km to the nearest station of the train and validation "
+                                                          "splits; mean RMSE over the maps; NaN = no pixel in the band")
 
     # --- tables ----------------------------------------------------------------
     outputs = []
@@ -280,6 +303,8 @@ def run(cfg: Config, ctx: Context) -> Result:
         near = (f", {d['maps_vs_truth_mean_rmse_K_near_stations']:.3f} K within {cfg.coverage_km:g} km of a station"
                 if "maps_vs_truth_mean_rmse_K_near_stations" in d else "")
         print(f"maps vs true field: mean RMSE {d['maps_vs_truth_mean_rmse_K']:.3f} K over the whole grid{near} ({len(truth)} map(s))")
+        for name, v in (d.get("maps_vs_truth_by_distance_band") or {}).items():
+            print(f"  {name.replace('_', ' '):<14} from a train/val station: {v['all']:.3f} K (land {v['land']:.3f}, sea {v['sea']:.3f})")
     if agreement and agreement.get("n"):
         state = "ok" if agreement.get("ok") else ("not checked (bf16 maps)" if not agreement.get("checked") else "FAILED")
         print(f"map vs model at {agreement['n']} mapped test rows: max |diff| {agreement['max_abs_diff_K']:.2e} K ({state})")
