@@ -162,3 +162,32 @@ def test_bootstrap_resamples_stations_not_rows():
     b = station_bootstrap(df, {"model": "good", "bad": "bad"}, "model", n_boot=1000, seed=0)
     lo, hi = b["rmse"]["bad"]["ci95"]
     assert lo < 2.3 and hi > 4.0  # with / without the bad station (a row bootstrap gives +-0.1 K)
+
+
+def test_station_analysis_adds_same_hour_residuals_and_never_uses_target_stations():
+    """The analysis at a station = model + kriged residuals of the other (fusion) stations of that hour."""
+    from shared.evaluation.suite import BaselineConfig, station_analysis
+
+    rng = np.random.default_rng(5)
+    n_st, times = 30, pd.date_range("2023-03-01", periods=5, freq="3h").to_numpy()
+    st = pd.DataFrame({"stn_id": np.arange(200, 200 + n_st), "x_km": rng.uniform(0, 300, n_st),
+                       "y_km": rng.uniform(0, 300, n_st), "elev_m": rng.uniform(0, 800, n_st)})
+    ids = st["stn_id"].to_numpy()
+    test_ids = ids[:5]
+    t = np.repeat(times, n_st)
+    s = np.tile(ids, len(times))
+    offset = np.repeat(np.arange(len(times)) * 1.5 - 3.0, n_st)  # a model error shared by all stations of an hour
+    truth = 10.0 + rng.normal(0, 2.0, len(s))
+    model = truth - offset
+    fusion = {"time": t, "stn_id": s, "ta_c": truth}  # holds the test stations too: they must not be used
+    tgt = np.isin(s, test_ids)
+    target = {"time": t[tgt], "stn_id": s[tgt]}
+    p = BaselineConfig()
+    out, info = station_analysis(fusion, target, st, model, model[tgt], p)
+    # a residual field that is constant within each hour is recovered exactly: the analysis is the truth
+    np.testing.assert_allclose(out, truth[tgt], atol=1e-6)
+    assert info["n_source_stations"] == n_st - len(test_ids)
+    # the target stations' own observations do not move the analysis
+    fusion2 = dict(fusion, ta_c=np.where(np.isin(s, test_ids), truth + 40.0, truth))
+    out2, _ = station_analysis(fusion2, target, st, model, model[tgt], p)
+    np.testing.assert_array_equal(out, out2)

@@ -87,8 +87,12 @@ def test_metrics_json_preds_and_baselines_on_the_same_rows(evaluated):
     assert m["n"] == len(p) > 0 and len(p) <= len(test_rows)
     assert set(p["stn_id"]) <= set(test_rows["stn_id"])
     methods = ("climatology", "linear", "hgb", "idw", "regression_kriging", "hgb_residual_kriging")
-    for name, col in (("model", "prediction_c"),) + tuple((b, f"{b}_c") for b in methods):
-        got = m["model"] if name == "model" else m["baselines"][name]
+    # the analysis (model + kriged same-hour residuals of train/val stations) is scored on the same rows
+    assert m["analysis"]["n"] == len(p) and p["analysis_c"].notna().all()
+    assert m["analysis_info"]["n_source_stations"] > 0 and "analysis" in m["differences_to_model"]
+    assert (p["analysis_c"] - p["prediction_c"]).abs().max() > 0  # the residuals moved it
+    for name, col in (("model", "prediction_c"), ("analysis", "analysis_c")) + tuple((b, f"{b}_c") for b in methods):
+        got = m[name] if name in ("model", "analysis") else m["baselines"][name]
         e = p[col] - p["obs_c"]
         assert got["n"] == len(p)
         assert got["rmse_K"] == pytest.approx(np.sqrt(np.mean(e**2)), abs=1e-3)
@@ -119,11 +123,12 @@ def test_metrics_json_preds_and_baselines_on_the_same_rows(evaluated):
     assert nbr and nbr <= set(splits["stations"]["train"])
     # bootstrap differences to the model: every method, the point value = difference of the RMSEs above
     d = m["differences_to_model"]
-    assert set(d) == set(methods)
+    assert set(d) == set(methods) | {"analysis"}
     for name in methods:
         assert d[name]["diff_K"] == pytest.approx(m["baselines"][name]["rmse_K"] - m["model"]["rmse_K"], abs=1e-9)
         lo, hi = d[name]["ci95"]
         assert lo <= d[name]["diff_K"] <= hi and d[name]["n_boot"] == 2000
+    assert d["analysis"]["diff_K"] == pytest.approx(m["analysis"]["rmse_K"] - m["model"]["rmse_K"], abs=1e-9)
 
 
 def test_maps_agree_with_the_model_and_are_scored_against_truth(evaluated):

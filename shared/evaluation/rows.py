@@ -18,6 +18,8 @@ from shared.io.channels import IGBP_CLASSES, IR105_CH, SZA_CH
 from shared.io.patches import batch_view, load_chunk, read_manifest, read_stats
 
 MODEL = "model"
+#: The model fused with the same-hour observations of the fusion (train + val) stations, at the scored stations.
+ANALYSIS = "analysis"
 
 
 def read_rows(patch_dir: Path, split: str, predictor=None, batch_size: int = 2048) -> dict:
@@ -128,6 +130,8 @@ def build_table(rows: dict, predictor, base_preds: dict[str, np.ndarray], clear_
 
 def pred_columns(df: pd.DataFrame) -> dict[str, str]:
     cols = {MODEL: "prediction_c"}
+    if f"{ANALYSIS}_c" in df:
+        cols[ANALYSIS] = f"{ANALYSIS}_c"
     cols.update({b: f"{b}_c" for b in ALL_BASELINES if f"{b}_c" in df})
     return cols
 

@@ -42,8 +42,8 @@ from shared.evaluation.maps import (
 )
 from shared.evaluation.metrics import format_table, grouped_metrics, regression_metrics
 from shared.evaluation.plots import plot_bars, plot_residuals, plot_rmse_by_hour, plot_scatter, plot_station_map
-from shared.evaluation.rows import MODEL, build_table, check_stats, pred_columns, read_rows
-from shared.evaluation.suite import ALL_BASELINES, BaselineConfig, run_baselines
+from shared.evaluation.rows import ANALYSIS, MODEL, build_table, check_stats, pred_columns, read_rows
+from shared.evaluation.suite import ALL_BASELINES, BaselineConfig, run_baselines, station_analysis
 from shared.io.index import SPLITS_JSON, read_split_csv, read_splits
 from shared.io.patches import MANIFEST, PATCH_SUBDIR, STATS_SUBDIR
 from shared.io.raw import read_static
@@ -146,9 +146,9 @@ def run(cfg: Config, ctx: Context) -> Result:
     check_stats(predictor, cfg.patch_dir, cfg.checkpoint)
     print(f"step05: predicting the {cfg.split} split with {cfg.checkpoint.name} ...", flush=True)
     test = read_rows(cfg.patch_dir, cfg.split, predictor, cfg.batch_size)
-    train = read_rows(cfg.patch_dir, "train")
+    train = read_rows(cfg.patch_dir, "train", predictor, cfg.batch_size)
     # HGB stops early on the val rows, unless val is what is scored (then on 10 % of the train rows)
-    val = read_rows(cfg.patch_dir, "val") if cfg.split == "test" else None
+    val = read_rows(cfg.patch_dir, "val", predictor, cfg.batch_size) if cfg.split == "test" else None
     ta_std = predictor.target_std
     for r in (train, val):
         if r is not None:
@@ -158,6 +158,11 @@ def run(cfg: Config, ctx: Context) -> Result:
     base_preds, base_info, idw_nbr = run_baselines(train, val, test, stations, cfg.baselines, threads)
     n_train = base_info["n_train"]
     df = build_table(test, predictor, base_preds, cfg.clear_ir105_K)
+    # the analysis at the scored stations: the model + kriged same-hour residuals of the train + val stations
+    fusion = {k: np.concatenate([r[k] for r in (train, val) if r is not None]) for k in ("time", "stn_id", "ta_c", "pred_z")}
+    analysis_c, analysis_info = station_analysis(fusion, test, stations, predictor.to_celsius(fusion["pred_z"]).astype(np.float64),
+                                                 df["prediction_c"].to_numpy(), cfg.baselines)
+    df.insert(df.columns.get_loc("prediction_c") + 1, "analysis_c", analysis_c)
     df["idw_neighbours"] = pd.DataFrame(idw_nbr).astype(str).agg(";".join, axis=1).to_numpy()
 
     # --- maps ------------------------------------------------------------------
@@ -201,7 +206,8 @@ def run(cfg: Config, ctx: Context) -> Result:
                      "target_mean_c": predictor.target_mean, "checkpoint": str(cfg.checkpoint),
                      "checkpoint_epoch": predictor.info.get("epoch"), **results[MODEL],
                      "model": results[MODEL], "baselines": {n: results[n] for n in ALL_BASELINES},
-                     "baseline_info": base_info, "clear_ir105_K": cfg.clear_ir105_K}
+                     "baseline_info": base_info, "clear_ir105_K": cfg.clear_ir105_K,
+                     ANALYSIS: results[ANALYSIS], "analysis_info": analysis_info}
     scored = {n: c for n, c in cols.items() if results[n]["n"] > 0}
     boot = station_bootstrap(df, scored, MODEL, n_boot=cfg.bootstrap_draws, seed=cfg.bootstrap_seed)
     metrics["differences_to_model"] = {n: boot["differences"][n] for n in scored if n != MODEL}
@@ -267,7 +273,8 @@ def run(cfg: Config, ctx: Context) -> Result:
     table("by_landcover.csv", lc)
     table("by_daynight.csv", grouped_metrics(df, "day_night", pc, "obs_c", ta_std))
     table("by_sky.csv", grouped_metrics(df, "sky", pc, "obs_c", ta_std))
-    pt = df[["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "obs_c", "prediction_c"] + [f"{b}_c" for b in ALL_BASELINES]
+    pt = df[["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "obs_c", "prediction_c", "analysis_c"]
+            + [f"{b}_c" for b in ALL_BASELINES]
             + ["map_c", "hour_utc", "hour_kst", "month", "landcover", "sza_deg", "ir105_K", "day_night", "sky", "idw_neighbours"]]
     write_csv(out / "preds_test.csv", pt, date_format="%Y-%m-%d %H:%M", float_format="%.4f")
     outputs.append(out / "preds_test.csv")
@@ -317,7 +324,7 @@ def print_saved_table(cfg: Config) -> None:
     """Print the model-vs-baselines table of an earlier run's metrics.json (when step05 is up to date)."""
     try:
         m = json.loads((cfg.output_dir / "metrics.json").read_text(encoding="utf-8"))
-        results = {MODEL: m["model"], **m["baselines"]}
+        results = {MODEL: m["model"], **({ANALYSIS: m[ANALYSIS]} if ANALYSIS in m else {}), **m["baselines"]}
     except (OSError, ValueError, KeyError):
         return
     print(format_table(results))
