@@ -70,6 +70,15 @@ def _feats(rows: dict) -> np.ndarray:
     return centre_features(rows["centre"], rows["time7"], rows["loc"])
 
 
+def same_hour_sources(rows: dict, target: dict, stations: pd.DataFrame):
+    """Station rows of ``rows`` (sources, with ``ta_c``) and ``target``; a target station is never a source,
+    whatever the split mode. Returns ``(sources, targets, kept)`` with ``kept`` the mask over ``rows``."""
+    src = station_rows(rows["time"], rows["stn_id"], stations, rows["ta_c"])
+    tgt = station_rows(target["time"], target["stn_id"], stations)
+    kept = ~src["stn_id"].isin(set(tgt["stn_id"])).to_numpy()
+    return src.loc[kept].reset_index(drop=True), tgt, kept
+
+
 def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.DataFrame, p: BaselineConfig,
                   threads: int | None = None) -> tuple[dict[str, np.ndarray], dict, np.ndarray]:
     """Predictions (deg C) of every baseline at the target rows.
@@ -91,11 +100,7 @@ def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.Data
     clock["feature_baselines_s"] = _time.perf_counter() - t0
 
     t0 = _time.perf_counter()
-    src = station_rows(train["time"], train["stn_id"], stations, train["ta_c"])
-    tgt = station_rows(target["time"], target["stn_id"], stations)
-    # a target station is never a source, whatever the split mode
-    src_ok = ~src["stn_id"].isin(set(tgt["stn_id"])).to_numpy()
-    src = src.loc[src_ok].reset_index(drop=True)
+    src, tgt, src_ok = same_hour_sources(train, target, stations)
     preds["idw"], nbr = idw(src, tgt, p.idw_neighbours, p.idw_power, p.lapse_rate_K_per_km)
     clock["idw_s"] = _time.perf_counter() - t0
 
@@ -141,11 +146,8 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
     (obs - model) of the same time are kriged (one variogram pooled over times) and added; a target
     station is never a source; a time without sources keeps the model value.
     """
-    src = station_rows(fusion["time"], fusion["stn_id"], stations, fusion["ta_c"])
-    tgt = station_rows(target["time"], target["stn_id"], stations)
-    src_ok = ~src["stn_id"].isin(set(tgt["stn_id"])).to_numpy()
+    src, tgt, src_ok = same_hour_sources(fusion, target, stations)
     resid = (fusion["ta_c"] - model_fusion_c)[src_ok]
-    src = src.loc[src_ok].reset_index(drop=True)
     kr, vg = residual_kriging(src, resid, tgt, p.variogram_model)
     out = np.asarray(model_target_c, dtype=np.float64) + np.nan_to_num(kr, nan=0.0)
     info = {"sources": "same-hour observations of the fusion stations (train + val), never a target station",

@@ -110,6 +110,20 @@ def read_index(index_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     return df, splits
 
 
+#: The splits whose stations the model learns from (and a fused map may use); test stations never.
+LEARNT_SPLITS = ("train", "val")
+
+
+def learnt_station_ids(index_dir: str | Path) -> set[int]:
+    """Station ids of the :data:`LEARNT_SPLITS` rows (empty when step01's files are absent)."""
+    ids: set[int] = set()
+    for s in LEARNT_SPLITS:
+        f = Path(index_dir) / f"index_{s}.csv"
+        if f.is_file():
+            ids |= set(pd.read_csv(f, usecols=["stn_id"])["stn_id"].unique().tolist())
+    return ids
+
+
 def image_paths(index_dir: str | Path, splits=SPLITS) -> list[Path]:
     """The distinct image files (bt, rf, sza) the rows of ``splits`` use."""
     cols = ["path_bt", "path_rf", "path_sza"]

@@ -27,6 +27,7 @@ from shared.core.constants import KELVIN
 from shared.core.errors import UserError, require_file, rerun
 from shared.core.records import fingerprint, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
+from shared.io.index import learnt_station_ids
 from shared.io.maps import map_dataset, map_name, read_map, write_map
 from shared.io.raw import Static, read_frame, read_static
 from shared.io.stations import read_stations
@@ -141,11 +142,7 @@ def learnt_station_distance(stations: pd.DataFrame | None, static: Static, index
     station of the table when there is no index), and the words that say which; (None, "") without stations."""
     if stations is None or stations.empty:
         return None, ""
-    ids = set()
-    for s in ("train", "val"):
-        f = index_dir / f"index_{s}.csv"
-        if f.is_file():
-            ids |= set(pd.read_csv(f, usecols=["stn_id"])["stn_id"].unique().tolist())
+    ids = learnt_station_ids(index_dir)
     st = stations[stations["stn_id"].isin(ids)] if ids else stations
     note = "of the train and validation splits" if ids else "in the station table"
     if st.empty:

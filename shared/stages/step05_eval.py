@@ -44,8 +44,8 @@ from shared.evaluation.metrics import format_table, grouped_metrics, regression_
 from shared.evaluation.plots import plot_bars, plot_residuals, plot_rmse_by_hour, plot_scatter, plot_station_map
 from shared.evaluation.rows import ANALYSIS, MODEL, build_table, check_stats, pred_columns, read_rows
 from shared.evaluation.suite import ALL_BASELINES, BaselineConfig, run_baselines, station_analysis
-from shared.io.index import SPLITS_JSON, read_split_csv, read_splits
-from shared.io.patches import MANIFEST, PATCH_SUBDIR, STATS_SUBDIR
+from shared.io.index import SPLITS_JSON, learnt_station_ids, read_split_csv, read_splits
+from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR, read_manifest
 from shared.io.raw import read_static
 from shared.mapping.predict import load_predictor
 from shared.mapping.quicklook import station_distance_km
@@ -115,7 +115,7 @@ def check_trained_on(predictor, patch_dir: Path, ckpt_path: Path) -> None:
     """The checkpoint must have been trained on these patches (same step02 signature and statistics)."""
     check_stats(predictor, patch_dir, ckpt_path)
     want = (predictor.info.get("data") or {}).get("patch_signature")
-    man = json.loads((patch_dir / PATCH_SUBDIR / MANIFEST).read_text(encoding="utf-8"))
+    man, _ = read_manifest(patch_dir, splits=())
     if want and man.get("signature") and want != man["signature"]:
         raise UserError(f"{ckpt_path} was trained on other patches than {patch_dir} (step02 signature "
                         f"{want} vs {man['signature']}: step02 was rerun after step03); {rerun('step03')}")
@@ -185,8 +185,8 @@ def run(cfg: Config, ctx: Context) -> Result:
             near, dist = None, None
             ip = cfg.index_dir / "index.csv"
             if ip.is_file():
-                px = pd.read_csv(ip, usecols=["pixel_y", "pixel_x", "split"])
-                learnt = px[px["split"].isin(["train", "val"])].drop_duplicates(["pixel_y", "pixel_x"])
+                px = pd.read_csv(ip, usecols=["stn_id", "pixel_y", "pixel_x"])
+                learnt = px[px["stn_id"].isin(learnt_station_ids(cfg.index_dir))].drop_duplicates(["pixel_y", "pixel_x"])
                 if len(learnt):  # distance to the stations the model learnt from, as step04's distance field
                     dist = station_distance_km(static.grid, learnt["pixel_y"].to_numpy(), learnt["pixel_x"].to_numpy())
                 if cfg.coverage_km > 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import fields
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from shared.core.config import config_to_dict
 from shared.core.distributed import Dist
 from shared.core.errors import UserError
-from shared.core.records import write_csv
+from shared.core.records import atomic_path, write_csv
 from shared.io.channels import BT_WAVES_UM, RF_WAVES_UM
 from shared.io.patches import read_manifest, read_stats
 from shared.models.checkpoint import load_weights, read_ta_checkpoint, save_ta_checkpoint
@@ -359,7 +360,8 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         if source != current and d.main:  # a finished run continued: its best stays best until beaten
             staging.mkdir(parents=True, exist_ok=True)
             if (weights_dir / "best.pt").is_file():
-                save_ta_checkpoint(best, {k: v for k, v in read_ta_checkpoint(weights_dir / "best.pt").items() if k != "format"})
+                with atomic_path(best) as tmp:
+                    shutil.copyfile(weights_dir / "best.pt", tmp)
     elif resume:
         say(f"--resume: no {current} yet; starting from scratch")
     if not resume and d.main:
