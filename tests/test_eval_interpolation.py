@@ -5,7 +5,7 @@ import pytest
 
 from shared.evaluation.bootstrap import station_bootstrap
 from shared.evaluation.interpolation import idw, regression_kriging, residual_kriging, station_rows
-from shared.evaluation.kriging import Variogram, krige, pooled_variogram
+from shared.fusion.kriging import Variogram, krige, pooled_variogram
 
 T0 = pd.Timestamp("2023-05-01 06:00")
 T1 = pd.Timestamp("2023-05-01 09:00")
@@ -53,18 +53,30 @@ def test_kriging_of_a_constant_field_returns_the_constant_and_honours_data():
     x, y = rng.uniform(0, 200, 12), rng.uniform(0, 200, 12)
     tx, ty = np.array([50.0, 150.0, 500.0]), np.array([50.0, 20.0, 500.0])
     vg = Variogram("exponential", 0.9, 80.0, 0.1)
-    np.testing.assert_allclose(krige(x, y, np.full(12, 1.7), tx, ty, vg), 1.7, atol=1e-9)
+    xy, txy = np.stack([x, y], 1), np.stack([tx, ty], 1)
+    np.testing.assert_allclose(krige(xy, np.full(12, 1.7), txy, vg)[0], 1.7, atol=1e-9)
     # a varying field: exact at a data site, between the data's extremes elsewhere, not the constant
     r = np.sin(x / 30.0) + 0.01 * y
-    z = krige(x, y, r, np.array([x[3], 100.0]), np.array([y[3], 100.0]), vg)
+    z, var = krige(xy, r, np.array([[x[3], y[3]], [100.0, 100.0], [1e4, 1e4]]), vg)
     assert z[0] == pytest.approx(r[3], abs=1e-6) and r.min() <= z[1] <= r.max()
+    # kriging variance: 0 on a data site (exact), grows with distance, about the sill (+ the mean's
+    # uncertainty) far from all data
+    assert var[0] == pytest.approx(0.0, abs=1e-9) and 0 < var[1] < var[2]
+    assert var[2] == pytest.approx(r.var(), rel=0.25)
+    # not exact: the nugget is measurement error, the site's estimate is pulled towards its neighbours
+    z2, var2 = krige(xy, r, np.array([[x[3], y[3]]]), vg, exact=False)
+    assert abs(z2[0] - r[3]) > 1e-4 and var2[0] > 0
+    # a 3-D site (scaled elevation): the same sites at one height give the 2-D answer
+    z3, var3 = krige(np.c_[xy, np.zeros(12)], r, np.array([[100.0, 100.0, 0.0]]), vg)
+    assert z3[0] == pytest.approx(z[1]) and var3[0] == pytest.approx(var[1])
 
 
 def test_pooled_variogram_recovers_a_short_and_a_long_range():
     rng = np.random.default_rng(1)
     x, y = rng.uniform(0, 300, 60), rng.uniform(0, 300, 60)
-    groups_long = [(x, y, np.sin(x / 200.0 + k) + np.cos(y / 200.0)) for k in range(10)]
-    groups_noise = [(x, y, rng.standard_normal(60)) for _ in range(10)]
+    xy = np.stack([x, y], 1)
+    groups_long = [(xy, np.sin(x / 200.0 + k) + np.cos(y / 200.0)) for k in range(10)]
+    groups_noise = [(xy, rng.standard_normal(60)) for _ in range(10)]
     long_ = pooled_variogram(groups_long)
     noise = pooled_variogram(groups_noise)
     assert long_.psill + long_.nugget == pytest.approx(1.0) and long_.n_times == 10
@@ -166,7 +178,8 @@ def test_bootstrap_resamples_stations_not_rows():
 
 def test_station_analysis_adds_same_hour_residuals_and_never_uses_target_stations():
     """The analysis at a station = model + kriged residuals of the other (fusion) stations of that hour."""
-    from shared.evaluation.suite import BaselineConfig, station_analysis
+    from shared.evaluation.suite import station_analysis
+    from shared.fusion.analysis import FusionConfig
 
     rng = np.random.default_rng(5)
     n_st, times = 30, pd.date_range("2023-03-01", periods=5, freq="3h").to_numpy()
@@ -182,12 +195,15 @@ def test_station_analysis_adds_same_hour_residuals_and_never_uses_target_station
     fusion = {"time": t, "stn_id": s, "ta_c": truth}  # holds the test stations too: they must not be used
     tgt = np.isin(s, test_ids)
     target = {"time": t[tgt], "stn_id": s[tgt]}
-    p = BaselineConfig()
-    out, info = station_analysis(fusion, target, st, model, model[tgt], p)
+    p = FusionConfig(elevation_weight=100.0)
+    se = np.full(len(s), 0.8)
+    out, out_se, info = station_analysis(fusion, target, st, model, se, model[tgt], se[tgt], p)
     # a residual field that is constant within each hour is recovered exactly: the analysis is the truth
     np.testing.assert_allclose(out, truth[tgt], atol=1e-6)
     assert info["n_source_stations"] == n_st - len(test_ids)
     # the target stations' own observations do not move the analysis
     fusion2 = dict(fusion, ta_c=np.where(np.isin(s, test_ids), truth + 40.0, truth))
-    out2, _ = station_analysis(fusion2, target, st, model, model[tgt], p)
+    out2, out2_se, _ = station_analysis(fusion2, target, st, model, se, model[tgt], se[tgt], p)
     np.testing.assert_array_equal(out, out2)
+    np.testing.assert_array_equal(out_se, out2_se)
+    assert (out_se < 0.8).all() and (out_se > 0).all()  # the fusion is surer than the model alone

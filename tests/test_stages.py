@@ -16,7 +16,7 @@ from shared.io.index import image_paths
 from shared.stages import step02_patches
 
 #: Subpackages of shared/, lowest first: a module may import only from its own layer or lower ones.
-LAYERS = ["core", "geo", "io", "features", "models", "ingest", "training", "mapping", "evaluation", "stages", "tools"]
+LAYERS = ["core", "geo", "io", "features", "models", "fusion", "ingest", "training", "mapping", "evaluation", "stages", "tools"]
 
 
 def _layer(module: str) -> int | None:

@@ -230,3 +230,30 @@ def test_bad_input_exits_2(evaluated, tmp_path, capsys):
     assert run_step(STEP, *args, "--set", f"patch_dir={patches}", "--set", f"output_dir={tmp_path / 'd'}") == 2
     err = capsys.readouterr().err
     assert "split 'test' has no rows" in err and err.count("\n") == 1
+
+
+def test_maps_are_analyses_of_the_fusion_stations_and_intervals_are_scored(evaluated):
+    """step04 fused the train+val observations of its hour (never a test station); step05 checks the maps'
+    model field against the model, and scores the standard errors of the model and the analysis."""
+    from shared.io.maps import read_map
+
+    splits = json.loads((evaluated["index"] / "splits.json").read_text())
+    m = json.loads((evaluated["out"] / "metrics.json").read_text())
+    f = read_map(next(evaluated["maps"].glob("ta_map_*.nc")))
+    assert f.fusion_ids is not None and len(f.fusion_ids) >= 3
+    assert set(f.fusion_ids.tolist()) <= set(splits["stations"]["train"]) | set(splits["stations"]["val"])
+    assert np.nanmax(np.abs(f.t2m - f.t2m_model)) > 0  # the observations moved the map
+    se, mse = f.layers["t2m_standard_error"], f.layers["t2m_model_standard_error"]
+    # surer near the fusion stations; nowhere much less sure than the model (ordinary kriging's estimate of the
+    # hour's mean adds a little variance far from all stations)
+    assert np.nanmax(se / mse) <= 1.1 and np.nanmin(se) < 0.9 * np.nanmin(mse)
+    assert f.attrs["fusion_n_stations"] == len(f.fusion_ids)
+    assert np.nanmin(f.layers["distance_to_station"]) == 0.0
+    assert m["map_model_agreement"]["ok"] is True  # t2m_model is the model, bit for bit up to the tolerance
+    for name in ("model", "analysis"):
+        s = m["intervals"][name]
+        assert s["n"] == m["n"] and 0 <= s["coverage_50"] <= s["coverage_90"] <= s["coverage_95"] <= 1
+        assert s["crps_K"] > 0 and set(s["by_sky"]) <= {"clear", "cloudy"}
+    assert (evaluated["out"] / "reliability.png").is_file()
+    p = pd.read_csv(evaluated["out"] / "preds_test.csv")
+    assert (p["analysis_se_K"] <= 1.1 * p["prediction_se_K"]).all() and (p["analysis_se_K"] < p["prediction_se_K"]).mean() > 0.5

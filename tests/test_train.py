@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -92,6 +93,22 @@ def test_training_learns_and_writes_outputs(tmp_path, patches, capsys):
     assert ck["norm"]["target_std"] == 9.0 and ck["norm"]["patch_size"] == 9 and len(ck["norm"]["channels"]) == 19
     assert {"optimizer", "scheduler", "best_val", "model_cfg"} <= set(ck)
     assert (tmp_path / "run" / "outputs" / "run.json").is_file()
+    # the standard error: the variance head's sd, scaled so the val rows' standardised errors have unit RMS
+    from shared.io.patches import batch_view, load_chunk, read_manifest
+    from shared.mapping.predict import load_predictor
+
+    assert ck["model_cfg"]["uncertainty"] == "gaussian" and ck["uncertainty"]["val_rows"] > 0
+    pred = load_predictor(tmp_path / "run" / "weights" / "best.pt")
+    assert pred.sd_source.startswith("variance head") and pred.sigma_scale == ck["uncertainty"]["sigma_scale"]
+    zs, sds, ys = [], [], []
+    for f in read_manifest(patches, splits=("val",))[1]["val"].files:
+        b = batch_view(load_chunk(f))
+        z, sd = pred.predict_dist({k: v for k, v in b.items() if k != "y"})
+        zs.append(z), sds.append(sd), ys.append(b["y"].numpy())
+    z, sd, y = (np.concatenate(a) for a in (zs, sds, ys))
+    assert len(y) == ck["uncertainty"]["val_rows"]
+    assert np.sqrt(np.mean(((y - z) / sd) ** 2)) == pytest.approx(1.0, rel=1e-3)
+    assert sd.std() > 0  # one standard error per row, not one for all
     capsys.readouterr()
 
     # Unchanged config and inputs: "up to date" without importing torch.
@@ -150,7 +167,8 @@ def test_cached_features_match_uncached(tmp_path, patches, clay_ckpt, monkeypatc
     assert cached.val_loss.tolist() == pytest.approx(plain.val_loss.tolist(), rel=1e-4)
     assert cached.train_loss.tolist() == pytest.approx(plain.train_loss.tolist(), rel=1e-4)
     assert sum(encoded) == 768 + 256  # every train and val row encoded once...
-    assert n_plain == 2 * (768 + 256)  # ...instead of once per epoch
+    # ...instead of once per epoch (and the val rows once more at the end: the standard-error calibration)
+    assert n_plain == 2 * (768 + 256) + 256
     ck = torch.load(tmp_path / "cached" / "weights" / "best.pt", weights_only=True)
     enc0 = torch.load(clay_ckpt, weights_only=True)["state_dict"]
     assert torch.equal(ck["model"]["encoder.transformer.norm.weight"], enc0["model.encoder.transformer.norm.weight"])

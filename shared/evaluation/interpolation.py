@@ -10,7 +10,7 @@ never a source, see :func:`station_rows`):
   back to the target's elevation (``- lapse * elev_target``).
 * ``regression_kriging``: per time, least squares of TA on elevation (and,
   ``trend`` with ``x``/``y``, the projected coordinates) over the sources,
-  plus ordinary kriging of the sources' residuals (:mod:`shared.evaluation.kriging`).
+  plus ordinary kriging of the sources' residuals (:mod:`shared.fusion.kriging`).
 * :func:`residual_kriging`: any residual of the sources (e.g. HGB's) kriged
   to the targets: ``hgb_residual_kriging`` in :mod:`shared.evaluation.suite`.
 
@@ -25,18 +25,22 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from shared.evaluation.kriging import Variogram, krige, pooled_variogram
+from shared.fusion.kriging import Variogram, krige, pooled_variogram
 
 STATION_BASELINES = ("idw", "regression_kriging", "hgb_residual_kriging")
 TREND_TERMS = ("elev", "x", "y")
 _MIN_DIST_KM = 1e-3  # a source on the target itself: weight 1e6/km^2, i.e. its value
 
 
-def station_table(index: pd.DataFrame, grid) -> pd.DataFrame:
-    """One row per station of an index table: ``stn_id, lat, lon, elev_m, x_km, y_km``."""
-    st = index[["stn_id", "lat", "lon", "elev_m"]].drop_duplicates("stn_id").reset_index(drop=True)
+def station_table(index: pd.DataFrame, grid, dem: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per station of an index table: ``stn_id, lat, lon, elev_m, x_km, y_km`` and, with the grid's
+    ``dem`` and the index's ``pixel_y, pixel_x``, ``dem_m``: the height of the station's pixel (what a map has)."""
+    cols = ["stn_id", "lat", "lon", "elev_m"] + [c for c in ("pixel_y", "pixel_x") if c in index]
+    st = index[cols].drop_duplicates("stn_id").reset_index(drop=True)
     x, y = grid.latlon_to_xy(st["lat"].to_numpy(), st["lon"].to_numpy())
     st["x_km"], st["y_km"] = np.asarray(x) / 1000.0, np.asarray(y) / 1000.0
+    if dem is not None and "pixel_y" in st:
+        st["dem_m"] = np.asarray(dem, np.float64)[st["pixel_y"].to_numpy(), st["pixel_x"].to_numpy()]
     return st
 
 
@@ -49,8 +53,9 @@ def station_rows(time: np.ndarray, stn_id: np.ndarray, stations: pd.DataFrame, t
     missing = ~df["stn_id"].isin(st.index)
     if missing.any():
         raise ValueError(f"station {df['stn_id'][missing].iloc[0]} is not in the station table")
-    for c in ("x_km", "y_km", "elev_m"):
-        df[c] = st[c].reindex(df["stn_id"]).to_numpy(dtype=np.float64)
+    for c in ("x_km", "y_km", "elev_m", "dem_m"):
+        if c in st:
+            df[c] = st[c].reindex(df["stn_id"]).to_numpy(dtype=np.float64)
     return df
 
 
@@ -69,6 +74,11 @@ def per_time(src: pd.DataFrame, tgt: pd.DataFrame) -> Iterator[tuple[np.ndarray,
 
 def _xy(df: pd.DataFrame, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return df["x_km"].to_numpy()[idx], df["y_km"].to_numpy()[idx]
+
+
+def _sites(df: pd.DataFrame, idx: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` km: the rows' positions on the grid's projection."""
+    return np.stack(_xy(df, idx), axis=1)
 
 
 def idw(src: pd.DataFrame, tgt: pd.DataFrame, k: int = 4, power: float = 2.0,
@@ -128,11 +138,11 @@ def regression_kriging(src: pd.DataFrame, tgt: pd.DataFrame, trend: tuple[str, .
         coef, *_ = np.linalg.lstsq(a, s_ta[si], rcond=None)
         fits.append((si, ti, tr, coef, s_ta[si] - a @ coef))
     if variogram is None:
-        variogram = pooled_variogram([(*_xy(src, si), r) for si, _, _, _, r in fits], model)
+        variogram = pooled_variogram([(_sites(src, si), r) for si, _, _, _, r in fits], model)
     pred = np.full(len(tgt), np.nan)
     slopes = []
     for si, ti, tr, coef, r in fits:
-        pred[ti] = _design(tgt, ti, tr) @ coef + krige(*_xy(src, si), r, *_xy(tgt, ti), variogram)
+        pred[ti] = _design(tgt, ti, tr) @ coef + krige(_sites(src, si), r, _sites(tgt, ti), variogram)[0]
         if "elev" in tr:
             slopes.append(coef[1 + tr.index("elev")])
     info = {"trend": ["1", *trend], "variogram": variogram.info(), "variogram_pooled_over_times": True,
@@ -146,8 +156,8 @@ def residual_kriging(src: pd.DataFrame, resid: np.ndarray, tgt: pd.DataFrame, mo
     resid = np.asarray(resid, dtype=np.float64)
     groups = [(si[np.isfinite(resid[si])], ti) for si, ti in per_time(src, tgt)]
     if variogram is None:
-        variogram = pooled_variogram([(*_xy(src, si), resid[si]) for si, _ in groups], model)
+        variogram = pooled_variogram([(_sites(src, si), resid[si]) for si, _ in groups], model)
     out = np.full(len(tgt), np.nan)
     for si, ti in groups:
-        out[ti] = krige(*_xy(src, si), resid[si], *_xy(tgt, ti), variogram)
+        out[ti] = krige(_sites(src, si), resid[si], _sites(tgt, ti), variogram)[0]
     return out, variogram

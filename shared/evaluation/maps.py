@@ -50,14 +50,18 @@ def map_offset(f, grid, path: Path) -> tuple[int, int]:
 
 def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid,
               ckpt_fp: str | None) -> tuple[pd.DataFrame, list[dict], list[Path]]:
-    """Add ``map_c`` (NaN where the time has no map or the station lies outside a region map).
+    """Add ``map_c`` (the map's ``t2m``: the analysis), ``map_se_c`` and ``map_model_c`` (the model alone)
+    (NaN where the time has no map or the station lies outside a region map).
 
     Returns the table, the per-map info of the maps joined, and the maps left
     out because another checkpoint made them (an older model's maps stay in
-    step04's folder until its times are mapped again).
+    step04's folder until its times are mapped again). A map whose analysis
+    used the observations of a scored station is refused: its score there
+    would be the observation scoring itself.
     """
     df = df.copy()
-    df["map_c"] = np.nan
+    df["map_c"], df["map_se_c"], df["map_model_c"] = np.nan, np.nan, np.nan
+    scored = set(df["stn_id"].unique())
     info, other = [], []
     times = set(pd.DatetimeIndex(df["time_utc"].unique()))
     for t, p in maps.items():
@@ -69,19 +73,29 @@ def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid,
         if ckpt_fp is not None and fp is not None and fp != ckpt_fp:
             other.append(p)
             continue
+        leak = sorted(scored & set(f.fusion_ids.tolist())) if f.fusion_ids is not None else []
+        if leak:
+            raise UserError(f"{p}: its analysis used the observations of {len(leak)} station(s) that step05 scores "
+                            f"(e.g. {leak[0]}): the scores would be the observations scoring themselves; rerun step04 "
+                            f"with fusion.splits: [train, val] (the default)")
         py, px = df["pixel_y"].to_numpy() - r0, df["pixel_x"].to_numpy() - c0
         sel = (df["time_utc"] == t).to_numpy() & f.grid.inside(py, px)
-        df.loc[sel, "map_c"] = f.t2m[py[sel], px[sel]].astype(np.float64) - KELVIN
+        at = (py[sel], px[sel])
+        df.loc[sel, "map_c"] = f.t2m[at].astype(np.float64) - KELVIN
+        df.loc[sel, "map_model_c"] = f.t2m_model[at].astype(np.float64) - KELVIN
+        if "t2m_standard_error" in f.layers:
+            df.loc[sel, "map_se_c"] = f.layers["t2m_standard_error"][at].astype(np.float64)
         info.append({"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": p.name, "precision": str(f.attrs.get("precision", "?")),
-                     "rows": int(sel.sum()), "grid": f.grid.attrs()})
+                     "rows": int(sel.sum()), "grid": f.grid.attrs(),
+                     "fusion_stations": 0 if f.fusion_ids is None else int(len(f.fusion_ids))})
     return df, info, other
 
 
 
 def map_agreement(df: pd.DataFrame, predictor, patch_dir: Path, split: str, static, tol_K: float,
                   fp32_maps: bool, batch_size: int) -> dict:
-    """Rerun the mapped rows with pixel-centre lat/lon and compare with the map values."""
-    sel = np.nonzero(df["map_c"].notna().to_numpy())[0]
+    """Rerun the mapped rows with pixel-centre lat/lon and compare with the maps' model field (``t2m_model``)."""
+    sel = np.nonzero(df["map_model_c"].notna().to_numpy())[0]
     if len(sel) == 0:
         return {"n": 0, "note": "no test time has a step04 map"}
     # global row -> (chunk file, local row)
@@ -96,7 +110,7 @@ def map_agreement(df: pd.DataFrame, predictor, patch_dir: Path, split: str, stat
     loc = loc3(static.lat[py, px].astype(np.float32), static.lon[py, px].astype(np.float32), static.grid.res_m)
     z = predict_rows(predictor, x_rows, loc)
     model_pix_K = predictor.to_kelvin(z).astype(np.float64)
-    map_K = df["map_c"].to_numpy()[sel] + KELVIN
+    map_K = df["map_model_c"].to_numpy()[sel] + KELVIN
     d = np.abs(map_K - model_pix_K)
     d_station = np.abs(map_K - (df["prediction_c"].to_numpy()[sel] + KELVIN))
     worst = int(np.nanargmax(d))
@@ -113,7 +127,7 @@ def map_agreement(df: pd.DataFrame, predictor, patch_dir: Path, split: str, stat
     }
     if fp32_maps and not res["ok"]:
         r = df.iloc[sel[worst]]
-        raise UserError(f"step04 map and model disagree by {d[worst]:.4g} K (> {tol_K:g} K) at station {r['stn_id']} "
+        raise UserError(f"step04 map (t2m_model) and model disagree by {d[worst]:.4g} K (> {tol_K:g} K) at station {r['stn_id']} "
                         f"{r['time_utc']:%Y-%m-%d %H:%M} UTC (pixel {r['pixel_y']},{r['pixel_x']}); the maps are stale or "
                         f"were made differently: rerun step04 with --force")
     return res
@@ -130,22 +144,16 @@ def band_name(lo, hi) -> str:
 
 def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, near: np.ndarray | None = None,
                  distance_km: np.ndarray | None = None) -> list[dict]:
-    """Whole-grid RMSE of each map against the demo world's true field.
+    """Whole-grid RMSE of each map (``t2m``, the analysis; ``model_``: ``t2m_model``) against the demo world's
+    true field.
 
     Over all pixels, land, sea, (``near``, a (ny, nx) mask) the pixels close
-    to a station, and with ``distance_km`` (ny, nx) by distance band
-    (:data:`DISTANCE_BANDS_KM`), over all pixels, land and sea of each band.
+    to a station, and by distance band (:data:`DISTANCE_BANDS_KM`) over all
+    pixels, land and sea of each band: the distance is the map's own
+    ``distance_to_station`` (to that hour's fusion stations), else ``distance_km``.
     """
     out = []
     land = static.lsmask > 0.5
-    masks = [("all", None), ("land", land), ("sea", ~land)]
-    if near is not None:
-        masks.append(("near_stations", near))
-    if distance_km is not None:
-        for lo, hi in DISTANCE_BANDS_KM:
-            band = (distance_km >= lo) & ((distance_km < hi) if hi is not None else True)
-            name = band_name(lo, hi)
-            masks += [(f"dist_{name}", band), (f"dist_{name}_land", band & land), (f"dist_{name}_sea", band & ~land)]
     for m in maps_used:
         t = pd.Timestamp(m["time_utc"])
         tp = truth_dir / f"ta_true_{t:%Y%m%d%H%M}.nc"
@@ -159,12 +167,27 @@ def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, 
         if truth.shape != static.grid.shape:
             raise UserError(f"{tp}: truth is {truth.shape}, static.nc {static.grid.shape}; the demo world and static.nc differ: rerun the pipeline")
         truth = truth[cut]
-        rec = {"time_utc": m["time_utc"], "file": m["file"], "region": f.grid.shape != static.grid.shape}
-        for name, mask in masks:
-            s = field_rmse(f.t2m, truth, None if mask is None else mask[cut])
-            rec[f"rmse_K_{name}"] = s["rmse_K"]
-            rec[f"bias_K_{name}"] = s["bias"]
-            rec[f"n_pixels_{name}"] = s["n_pixels"]
+        lnd = land[cut]
+        masks = [("all", None), ("land", lnd), ("sea", ~lnd)]
+        if near is not None:
+            masks.append(("near_stations", near[cut]))
+        dist = f.layers.get("distance_to_station")
+        if dist is None and distance_km is not None:
+            dist = distance_km[cut]
+        if dist is not None:
+            for lo, hi in DISTANCE_BANDS_KM:
+                band = (dist >= lo) & ((dist < hi) if hi is not None else True)
+                name = band_name(lo, hi)
+                masks += [(f"dist_{name}", band), (f"dist_{name}_land", band & lnd), (f"dist_{name}_sea", band & ~lnd)]
+        rec = {"time_utc": m["time_utc"], "file": m["file"], "region": f.grid.shape != static.grid.shape,
+               "fusion_stations": m.get("fusion_stations", 0)}
+        for prefix, field in (("", f.t2m), ("model_", f.t2m_model)):
+            for name, mask in masks:
+                sc = field_rmse(field, truth, mask)
+                rec[f"{prefix}rmse_K_{name}"] = sc["rmse_K"]
+                rec[f"{prefix}bias_K_{name}"] = sc["bias"]
+                if not prefix:
+                    rec[f"n_pixels_{name}"] = sc["n_pixels"]
         out.append(rec)
     return out
 

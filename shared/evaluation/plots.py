@@ -130,3 +130,25 @@ def plot_bars(results: dict[str, dict], noise_floor: float | None, path: Path) -
     ax.legend(fontsize=8)
     _save(fig, path)
 
+
+
+def plot_reliability(scores: dict[str, dict], path: Path) -> None:
+    """Observed vs nominal coverage of the central intervals (the diagonal = calibrated), one line per method."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    ax.plot([0, 100], [0, 100], "k--", lw=1, label="calibrated")
+    for name, s in scores.items():
+        rel = s.get("reliability")
+        if not rel:
+            continue
+        lv = np.array([float(k) for k in rel])
+        ax.plot(lv, 100 * np.array(list(rel.values())), "o-", ms=4,
+                label=f"{name} (90 %: {100 * s['coverage_90']:.1f} %, CRPS {s['crps_K']:.3f} K)")
+    ax.set_xlabel("nominal coverage of the central interval (%)")
+    ax.set_ylabel("observed coverage on the test rows (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("reliability of the standard errors")
+    _save(fig, path)

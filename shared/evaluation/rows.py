@@ -27,7 +27,8 @@ def read_rows(patch_dir: Path, split: str, predictor=None, batch_size: int = 204
 
     ``centre (N, 19)`` z-scored centre pixel, ``time7``, ``loc``, ``lc (N,)``
     IGBP class (0 = none), ``time (N,)`` datetime64, ``stn_id``, ``pixel_y``,
-    ``pixel_x``, ``y (N,)`` TA z-score and, with a ``predictor``, ``pred_z (N,)``.
+    ``pixel_x``, ``y (N,)`` TA z-score and, with a ``predictor``, ``pred_z (N,)`` and its standard error
+    ``pred_sd_z (N,)`` (z-score units).
     """
     man, splits = read_manifest(patch_dir, splits=(split,))
     p = int(man["patch_size"])
@@ -35,7 +36,7 @@ def read_rows(patch_dir: Path, split: str, predictor=None, batch_size: int = 204
         raise UserError(f"{patch_dir}: patches are {p}x{p} but the checkpoint's model takes "
                         f"{predictor.patch_size}x{predictor.patch_size}; rerun step02/step03 with the same patch_size")
     sf = splits[split]
-    parts: dict[str, list] = {k: [] for k in ("centre", "time7", "loc", "lc", "time", "stn_id", "pixel_y", "pixel_x", "y", "pred_z")}
+    parts: dict[str, list] = {k: [] for k in ("centre", "time7", "loc", "lc", "time", "stn_id", "pixel_y", "pixel_x", "y", "pred_z", "pred_sd_z")}
     for f, n in zip(sf.files, sf.rows):
         ch = load_chunk(f, patch_size=p, rows=n)
         x = ch["x"]
@@ -52,9 +53,10 @@ def read_rows(patch_dir: Path, split: str, predictor=None, batch_size: int = 204
         parts["y"].append(ch["y"].numpy().copy())
         if predictor is not None:
             b = batch_view(ch)
-            preds = [predictor.predict({k: v[i:i + batch_size] for k, v in b.items() if k != "y"})
+            preds = [predictor.predict_dist({k: v[i:i + batch_size] for k, v in b.items() if k != "y"})
                      for i in range(0, n, batch_size)]
-            parts["pred_z"].append(np.concatenate(preds) if preds else np.zeros(0, np.float32))
+            parts["pred_z"].append(np.concatenate([p[0] for p in preds]) if preds else np.zeros(0, np.float32))
+            parts["pred_sd_z"].append(np.concatenate([p[1] for p in preds]) if preds else np.zeros(0, np.float32))
     return {k: np.concatenate(v) for k, v in parts.items() if v}
 
 

@@ -25,11 +25,13 @@ from shared.evaluation.interpolation import (
     STATION_BASELINES,
     TREND_TERMS,
     idw,
+    per_time,
     regression_kriging,
     residual_kriging,
     station_rows,
 )
-from shared.evaluation.kriging import VARIOGRAM_MODELS
+from shared.fusion.analysis import FusionConfig, fit_variogram, fuse, sites, standardised
+from shared.fusion.kriging import VARIOGRAM_MODELS
 
 ALL_BASELINES = BASELINES + STATION_BASELINES
 
@@ -138,21 +140,38 @@ def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.Data
 
 
 def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_fusion_c: np.ndarray,
-                     model_target_c: np.ndarray, p: BaselineConfig) -> tuple[np.ndarray, dict]:
-    """The model fused with same-hour station residuals at the target rows (deg C): what a fused map gives there.
+                     se_fusion_c: np.ndarray, model_target_c: np.ndarray, se_target_c: np.ndarray,
+                     cfg: FusionConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The analysis at the target rows (deg C) and its standard error: what step04's fused map gives there.
 
-    ``fusion``: rows of the fusion stations (``time, stn_id, ta_c``), e.g. train + val; the model's
-    predictions there ``model_fusion_c`` and at the targets ``model_target_c``. Residuals
-    (obs - model) of the same time are kriged (one variogram pooled over times) and added; a target
-    station is never a source; a time without sources keeps the model value.
+    ``fusion``: rows of the fusion stations (``time, stn_id, ta_c``); the model's predictions and standard
+    errors there and at the targets. The method is :mod:`shared.fusion.analysis` (standardised same-hour
+    residuals kriged, one variogram pooled over the times); a target station is never a source; a time
+    with fewer than ``min_stations`` sources keeps the model and its standard error.
     """
     src, tgt, src_ok = same_hour_sources(fusion, target, stations)
-    resid = (fusion["ta_c"] - model_fusion_c)[src_ok]
-    kr, vg = residual_kriging(src, resid, tgt, p.variogram_model)
-    out = np.asarray(model_target_c, dtype=np.float64) + np.nan_to_num(kr, nan=0.0)
-    info = {"sources": "same-hour observations of the fusion stations (train + val), never a target station",
-            "n_source_stations": int(src["stn_id"].nunique()), "residual_rmse_K": float(np.sqrt(np.nanmean(resid ** 2))),
-            "variogram": vg.info(), "times_without_sources": int(np.isnan(kr).sum()),
+    elev = "dem_m" if "dem_m" in src else "elev_m"
+    s_sites = sites(src["x_km"], src["y_km"], src[elev], cfg.elevation_weight)
+    t_sites = sites(tgt["x_km"], tgt["y_km"], tgt[elev], cfg.elevation_weight)
+    z = standardised(src["ta_c"].to_numpy(), np.asarray(model_fusion_c)[src_ok], np.asarray(se_fusion_c)[src_ok])
+    groups = list(per_time(src, tgt))
+    vg = fit_variogram([(s_sites[si], z[si]) for si, _ in groups], cfg)
+    out = np.asarray(model_target_c, dtype=np.float64).copy()
+    se = np.asarray(se_target_c, dtype=np.float64).copy()
+    n_fused, scales = 0, []
+    for si, ti in groups:
+        f = fuse(s_sites[si], z[si], t_sites[ti], out[ti], se[ti], vg, cfg)
+        out[ti], se[ti] = f.value, f.se
+        if f.fused:
+            n_fused += 1
+            scales.append(f.scale)
+    info = {"method": "model + se_model x kriged standardised residuals (obs - model) / se_model of the same hour",
+            "sources": f"same-hour observations of the fusion stations ({'+'.join(cfg.splits)}), never a target station",
+            "fusion": cfg.describe(), "n_source_stations": int(src["stn_id"].nunique()),
+            "residual_rmse_K": float(np.sqrt(np.nanmean((src["ta_c"].to_numpy() - np.asarray(model_fusion_c)[src_ok]) ** 2))),
+            "variogram": vg.info(), "times": len(groups), "times_fused": n_fused,
+            "times_model_only": len(groups) - n_fused,
+            "mean_variance_of_standardised_residuals": float(np.mean(scales)) if scales else None,
             "note": "train-station residuals are in-sample for the model (it was fitted on those rows), so they are "
                     "somewhat smaller than at an unseen station"}
-    return out, info
+    return out, se, info

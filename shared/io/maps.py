@@ -2,7 +2,15 @@
 
 One file per time, ``ta_map_YYYYMMDDhhmm.nc``::
 
-    t2m  (time=1, y, x) float32  K   standard_name=air_temperature, grid_mapping=crs
+    t2m  (time=1, y, x) float32  K   standard_name=air_temperature, grid_mapping=crs: the analysis (the model
+                                     corrected by the same-hour fusion stations; the model alone where the time
+                                     has none: attribute ``analysis``), ancillary_variables=t2m_standard_error
+    t2m_standard_error (time=1, y, x)  K   standard_name="air_temperature standard_error"
+    t2m_model (time=1, y, x)     K   the satellite model alone (long_name says so), with its own
+    t2m_model_standard_error (time=1, y, x)
+    distance_to_station (y, x)   km  to the nearest fusion station of this time (the model's training
+                                     stations when there was no fusion)
+    fusion_station (station)     int64 ids of the stations whose observations made the analysis
     time (time)  float64     seconds since 1970-01-01 00:00:00 (UTC, standard calendar)
     x    (x)   m             projection_x_coordinate (LCC, west -> east)
     y    (y)   m             projection_y_coordinate (north first, row 0 = north)
@@ -42,6 +50,8 @@ from shared.core.records import atomic_path
 from shared.geo.grid import Grid
 
 MAP_PREFIX = "ta_map_"
+#: (ny, nx) fields of a map file besides t2m
+LAYER_NAMES = ("t2m_standard_error", "t2m_model", "t2m_model_standard_error", "distance_to_station")
 
 
 def map_name(time_utc) -> str:
@@ -58,15 +68,29 @@ def time_of_map_name(name: str) -> pd.Timestamp | None:
     return pd.Timestamp(f"{s[:8]}T{s[8:]}")
 
 
+@dataclass
+class MapLayers:
+    """The fields of one map besides ``t2m`` (each ``(ny, nx)``, K or km), and the fusion's station ids."""
+
+    se_K: np.ndarray | None = None  # standard error of t2m
+    model_K: np.ndarray | None = None  # the satellite model alone
+    model_se_K: np.ndarray | None = None
+    distance_km: np.ndarray | None = None
+    distance_note: str = ""
+    fusion_ids: np.ndarray | None = None  # None: no fusion (t2m is the model)
+    analysis_note: str = ""
+
+
 def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: np.ndarray,
-                attrs: dict | None = None, distance_km: np.ndarray | None = None, distance_note: str = ""):
+                attrs: dict | None = None, layers: MapLayers | None = None):
     """Build the CF dataset of one map. ``t2m_K (ny, nx)`` in K, NaN where no value.
 
     The file's ``t2m`` is ``(time=1, y, x)`` with a 1-D ``time`` coordinate
     (see the module docstring); ``read_map`` gives back the ``(ny, nx)`` field.
-    ``distance_km (ny, nx)``: distance of each pixel to the nearest station the
-    model learnt from (``distance_to_station``): where the map is extrapolation.
+    ``layers``: the standard error, the model alone, the distance to the
+    nearest (fusion) station and the fusion's station ids.
     """
+    layers = layers or MapLayers()
     import xarray as xr
 
     if t2m_K.shape != grid.shape:
@@ -109,20 +133,49 @@ def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: n
         },
         attrs=gattrs,
     )
-    if distance_km is not None:
-        if distance_km.shape != grid.shape:
-            raise ValueError(f"distance shape {distance_km.shape} != grid shape {grid.shape}")
-        ds["distance_to_station"] = (("y", "x"), np.asarray(distance_km, dtype=np.float32), {
-            "long_name": "distance from the pixel centre to the nearest station " + (distance_note or "used in training"),
+    fused = layers.fusion_ids is not None
+    ds["t2m"].attrs["long_name"] = ("2 m air temperature analysis (satellite model corrected by the same-hour station "
+                                    "observations)" if fused else "2 m air temperature (satellite model)")
+    ds["t2m"].attrs["analysis"] = layers.analysis_note or ("model + kriged station residuals" if fused else "model only")
+
+    def field(name, arr, attrs):
+        if arr is None:
+            return
+        if arr.shape != grid.shape:
+            raise ValueError(f"{name} shape {arr.shape} != grid shape {grid.shape}")
+        ds[name] = (("time", "y", "x"), np.asarray(arr, dtype=np.float32)[np.newaxis],
+                    {**attrs, "grid_mapping": "crs", "coordinates": "lat lon"})
+
+    field("t2m_standard_error", layers.se_K, {
+        "standard_name": "air_temperature standard_error", "units": "K",
+        "long_name": "standard error of t2m (the analysis's; the model's where there is no fusion)"})
+    if layers.se_K is not None:
+        ds["t2m"].attrs["ancillary_variables"] = "t2m_standard_error"
+    field("t2m_model", layers.model_K, {
+        "standard_name": "air_temperature", "units": "K",
+        "long_name": "2 m air temperature from the satellite model alone (no station observation)",
+        **({"ancillary_variables": "t2m_model_standard_error"} if layers.model_se_K is not None else {})})
+    field("t2m_model_standard_error", layers.model_se_K, {
+        "standard_name": "air_temperature standard_error", "units": "K",
+        "long_name": "standard error of t2m_model (the model's variance head, calibrated on the validation stations)"})
+    if layers.distance_km is not None:
+        if layers.distance_km.shape != grid.shape:
+            raise ValueError(f"distance shape {layers.distance_km.shape} != grid shape {grid.shape}")
+        ds["distance_to_station"] = (("y", "x"), np.asarray(layers.distance_km, dtype=np.float32), {
+            "long_name": "distance from the pixel centre to the nearest station " + (layers.distance_note or "used in training"),
             "units": "km", "grid_mapping": "crs", "coordinates": "lat lon"})
+    if fused:
+        ds["fusion_station"] = (("station",), np.asarray(layers.fusion_ids, dtype=np.int64), {
+            "long_name": "ids of the stations whose observations of this time made the analysis (t2m)"})
     return ds
 
 
 def write_map(path: str | Path, ds) -> None:
     """Write ``ds`` atomically (temp name, then rename) with compression."""
 
+    f32 = {"zlib": True, "complevel": 4, "dtype": "float32", "_FillValue": np.float32(np.nan)}
     enc = {
-        "t2m": {"zlib": True, "complevel": 4, "dtype": "float32", "_FillValue": np.float32(np.nan)},
+        "t2m": f32, "t2m_standard_error": f32, "t2m_model": f32, "t2m_model_standard_error": f32,
         "distance_to_station": {"zlib": True, "complevel": 4, "_FillValue": None},
         "lat": {"zlib": True, "complevel": 4, "_FillValue": None},
         "lon": {"zlib": True, "complevel": 4, "_FillValue": None},
@@ -145,6 +198,13 @@ class MapField:
     time: pd.Timestamp
     attrs: dict
     path: Path
+    layers: dict  # the other (ny, nx) fields present: t2m_model, t2m_standard_error, ..., distance_to_station
+    fusion_ids: np.ndarray | None  # stations whose observations made t2m; None: no fusion
+
+    @property
+    def t2m_model(self) -> np.ndarray:
+        """The satellite model alone (``t2m`` in maps without fusion)."""
+        return self.layers.get("t2m_model", self.t2m)
 
 
 def grid_desc(g: Grid) -> str:
@@ -179,6 +239,15 @@ def read_map(path: str | Path, expect_grid: Grid | None = None) -> MapField:
             else:
                 raise UserError(f"{path}: t2m has dimensions {v.dimensions}; expected (time, y, x) or (y, x); rerun step04")
             attrs = {k: ds.getncattr(k) for k in ds.ncattrs()}
+            layers = {}
+            for name in LAYER_NAMES:
+                if name in ds.variables:
+                    lv = ds.variables[name]
+                    lv.set_auto_mask(False)
+                    a = np.asarray(lv[...], dtype=np.float32)
+                    layers[name] = a.reshape(a.shape[-2:]) if a.ndim == 3 else a
+            fusion_ids = (np.asarray(ds.variables["fusion_station"][...], dtype=np.int64)
+                          if "fusion_station" in ds.variables else None)
             tv = ds.variables.get("time")
             time = None
             if tv is not None:
@@ -204,7 +273,7 @@ def read_map(path: str | Path, expect_grid: Grid | None = None) -> MapField:
                         f"it was made from another static.nc: delete it and rerun step04")
     if time is None:
         time = time_of_map_name(path.name)
-    return MapField(t2m=t2m, grid=grid, time=time, attrs=attrs, path=path)
+    return MapField(t2m=t2m, grid=grid, time=time, attrs=attrs, path=path, layers=layers, fusion_ids=fusion_ids)
 
 
 

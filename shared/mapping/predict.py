@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError, rerun
-from shared.features.patch import full_stack, landcover_onehot, loc3, normalise_, time7
+from shared.features.patch import full_stack, landcover_onehot, loc3, normalise_, time7, window_index
 from shared.io.channels import N_CHANNELS, PATCH_CHANNELS, SZA_CH
 from shared.io.raw import Frame, Static
 from shared.models.checkpoint import load_ta_checkpoint
@@ -85,17 +85,29 @@ class Predictor:
     path: Path | None = None
     precision: str = "fp32"
     info: dict = field(default_factory=dict)
+    #: standard deviation of the z-score error: ``sigma_scale * exp(logvar / 2)`` with a variance head, else
+    #: the validation RMSE (``sd_source`` says which)
+    sigma_scale: float = 1.0
+    sd_source: str = ""
 
-    def predict(self, batch: dict) -> np.ndarray:
+    def _run(self, batch: dict, with_logvar: bool):
         import torch
 
         with torch.inference_mode():
             if self.precision == "bf16":
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    z = self.model(batch)
-            else:
-                z = self.model(batch)
-        return z.float().numpy()
+                    return self.model(batch, with_logvar=with_logvar)
+            return self.model(batch, with_logvar=with_logvar)
+
+    def predict(self, batch: dict) -> np.ndarray:
+        """TA z-scores ``(B,)``."""
+        return self._run(batch, False).float().numpy()
+
+    def predict_dist(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+        """TA z-scores and their standard errors ``(B,)`` each (z-score units; ``* target_std`` = K)."""
+        z, logvar = self._run(batch, True)
+        sd = self.sigma_scale * np.exp(0.5 * logvar.float().numpy().astype(np.float64))
+        return z.float().numpy(), sd.astype(np.float32)
 
     def to_kelvin(self, z: np.ndarray) -> np.ndarray:
         return (z.astype(np.float64) * self.target_std + self.target_mean + KELVIN).astype(np.float32)
@@ -132,9 +144,18 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
     model, ckpt = load_ta_checkpoint(path)
     mean, std, t_mean, t_std = _norm_stats(ckpt, path)
     cfg = ckpt["model_cfg"]
+    unc = ckpt.get("uncertainty") or {}
+    if model.logvar_mlp is not None and "sigma_scale" in unc:
+        scale, src = float(unc["sigma_scale"]), "variance head calibrated on the validation rows"
+    else:  # no variance head (or a run that never finished): one standard error, the validation RMSE
+        model.logvar_mlp = None
+        best_val = ckpt.get("best_val")
+        scale = float(np.sqrt(best_val)) if best_val is not None and np.isfinite(best_val) else 1.0
+        src = "validation RMSE (the model has no calibrated variance head): the same for every pixel"
     return Predictor(model=model, model_cfg=cfg, input_mean=mean, input_std=std, target_mean=t_mean,
                      target_std=t_std, patch_size=int(cfg.get("patch_size", 9)), path=path, precision=precision,
-                     info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data")})
+                     info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data")},
+                     sigma_scale=scale, sd_source=src)
 
 
 # --------------------------------------------------------------------------- windows
@@ -193,6 +214,7 @@ def pixel_batch(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, time_utc, lat
 @dataclass
 class MapResult:
     t2m_K: np.ndarray  # (H, W) float32
+    se_K: np.ndarray  # (H, W) float32: the model's standard error (K)
     n_windows: int
     n_missing: int
     seconds: float
@@ -207,7 +229,7 @@ class MapResult:
 def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, block_rows: int = 8,
                 batch_size: int = 8192, progress: bool = True, desc: str = "",
                 region: tuple[int, int, int, int] | None = None) -> MapResult:
-    """The map of one time: (H, W) K, NaN where a window has missing input.
+    """The map of one time and its standard error: (H, W) K each, NaN where a window has missing input.
 
     ``region = (row0, col0, ny, nx)`` maps only that part of the grid, an
     (ny, nx) array; its pixels get exactly the values of the whole map (their
@@ -224,6 +246,7 @@ def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, bl
     g0, c0, ny, nx = region if region is not None else (0, 0) + static.grid.shape
     missing = missing[g0:g0 + ny, c0:c0 + nx]
     out = np.full((ny, nx), np.nan, dtype=np.float32)
+    se = np.full((ny, nx), np.nan, dtype=np.float32)
     lat32, lon32 = static.lat.astype(np.float32), static.lon.astype(np.float32)
     n_good = int((~missing).sum())
     block_bytes = 0
@@ -241,12 +264,36 @@ def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, bl
         for b0 in range(0, len(win), batch_size):
             sl = slice(b0, b0 + batch_size)
             batch = pixel_batch(win[sl], gr[sl], gc[sl], time_utc, lat32, lon32, static.landcover, static.grid.res_m)
-            out[rr[sl], cc[sl]] = predictor.to_kelvin(predictor.predict(batch))
+            z, sd = predictor.predict_dist(batch)
+            out[rr[sl], cc[sl]] = predictor.to_kelvin(z)
+            se[rr[sl], cc[sl]] = sd * np.float32(predictor.target_std)
             bar.update(len(win[sl]))
         del win
     bar.close()
-    return MapResult(t2m_K=out, n_windows=n_good, n_missing=int(missing.sum()), seconds=_time.time() - t0,
+    return MapResult(t2m_K=out, se_K=se, n_windows=n_good, n_missing=int(missing.sum()), seconds=_time.time() - t0,
                      peak_rss_bytes=peak_rss_bytes(), block_bytes=block_bytes)
+
+
+def predict_pixels(predictor: Predictor, frame: Frame, static: Static, time_utc, rows: np.ndarray,
+                   cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model at chosen pixels, exactly as :func:`predict_map` gives them: ``(K, standard error K)``, each
+    ``(N,)``, NaN where the window holds a missing input."""
+    p = predictor.patch_size
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    xs = normalised_stack(frame, static, predictor.input_mean, predictor.input_std)
+    missing = window_has_missing(xs, p)[rows, cols]
+    xp = pad_reflect(xs, p // 2)
+    del xs
+    t2m, se = np.full(len(rows), np.nan, np.float32), np.full(len(rows), np.nan, np.float32)
+    good = np.nonzero(~missing)[0]
+    if len(good):
+        r, c = window_index(rows[good] + p // 2, cols[good] + p // 2, p)  # the padded stack's indices
+        win = np.ascontiguousarray(xp[:, r, c].transpose(1, 0, 2, 3))  # (N, 19, P, P)
+        batch = pixel_batch(win, rows[good], cols[good], time_utc, static.lat.astype(np.float32),
+                            static.lon.astype(np.float32), static.landcover, static.grid.res_m)
+        z, sd = predictor.predict_dist(batch)
+        t2m[good], se[good] = predictor.to_kelvin(z), sd * np.float32(predictor.target_std)
+    return t2m, se
 
 
 def check_region(region, grid) -> tuple[int, int, int, int] | None:

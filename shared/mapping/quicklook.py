@@ -65,24 +65,26 @@ def station_distance_km(grid: Grid, rows, cols) -> np.ndarray:
 def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask: np.ndarray,
               lat: np.ndarray | None = None, lon: np.ndarray | None = None,
               stations: pd.DataFrame | None = None, note: str = "", coverage_km: float = 0.0,
-              zoom_pad_km: float = 120.0) -> None:
+              zoom_pad_km: float = 120.0, se_K: np.ndarray | None = None, distance_km: np.ndarray | None = None,
+              what: str = "") -> None:
     """PNG of one map in deg C: colour scale + colorbar, coastline, station dots, UTC/KST title.
 
     ``stations`` (optional) has ``pixel_y, pixel_x`` in this grid. With
-    ``coverage_km`` > 0 a dashed line encloses the pixels within that distance
-    of a station: where the model was trained and can be checked; beyond it
-    (open sea, other countries) the map is extrapolation. When the stations
-    cover a small part of the grid (Korea on the 1800 km KO grid) a second
-    panel zooms on them (``zoom_pad_km`` around), same colours.
+    ``coverage_km`` > 0 the pixels farther than that from a station
+    (``distance_km``, default: from the dots) are shaded and enclosed by a
+    dashed line: beyond it (open sea, other countries) the map is the model's
+    extrapolation, unchecked by any observation. When the stations cover a
+    small part of the grid (Korea on the 1800 km KO grid) a second panel
+    zooms on them (``zoom_pad_km`` around), same colours. ``se_K``: a last
+    panel with the standard error. ``what``: how the map was made (subtitle).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import BoundaryNorm
+    from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Rectangle
-
+    from matplotlib.patches import Patch, Rectangle
 
     t = pd.Timestamp(time_utc)
     tc = t2m_K.astype(np.float32) - KELVIN
@@ -93,56 +95,77 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
     has_st = stations is not None and len(stations) > 0
     sx = xk[stations["pixel_x"].to_numpy()] if has_st else None
     sy = yk[stations["pixel_y"].to_numpy()] if has_st else None
-    dist = station_distance_km(grid, stations["pixel_y"].to_numpy(), stations["pixel_x"].to_numpy()) if has_st and coverage_km > 0 else None
+    dist = None
+    if coverage_km > 0:
+        dist = distance_km if distance_km is not None else (
+            station_distance_km(grid, stations["pixel_y"].to_numpy(), stations["pixel_x"].to_numpy()) if has_st else None)
     box = None
     if has_st:
         x0, x1 = max(extent[0], sx.min() - zoom_pad_km), min(extent[1], sx.max() + zoom_pad_km)
         y0, y1 = max(extent[2], sy.min() - zoom_pad_km), min(extent[3], sy.max() + zoom_pad_km)
         if (x1 - x0) * (y1 - y0) < 0.35 * (extent[1] - extent[0]) * (extent[3] - extent[2]):
             box = (x0, x1, y0, y1)
+    panels = ["map"] + (["zoom"] if box is not None else []) + (["se"] if se_K is not None else [])
     aspect = grid.ny / grid.nx
-    if box is None:
-        fig, ax0 = plt.subplots(figsize=(7.6, max(3.5, 6.6 * aspect)), dpi=110)
-        axes = [ax0]
-    else:
-        zaspect = (box[3] - box[2]) / (box[1] - box[0])
-        fig, axes = plt.subplots(1, 2, figsize=(14.0, max(3.5, 5.2 * max(aspect, zaspect) + 0.5)), dpi=110,
-                                 gridspec_kw={"width_ratios": [1.0, 1.0]})
-    for i, ax in enumerate(axes):
-        # each panel its own colour classes: the zoom resolves the temperatures of its own area
-        if i == 0:
-            levels = _nice_levels(tc)
+    zaspect = (box[3] - box[2]) / (box[1] - box[0]) if box is not None else aspect
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), max(3.5, 5.2 * max(aspect, zaspect) + 0.6)),
+                             dpi=110, squeeze=False)
+    axes = list(axes[0])
+    shade = ListedColormap([(1, 1, 1, 0.0), (1, 1, 1, 0.55)])
+    for kind, ax in zip(panels, axes):
+        zoomed = box is not None and kind in ("zoom", "se")
+        if kind == "se":
+            v = se_K.astype(np.float32)
+            sel = v if not zoomed else v[np.ix_((yk >= box[2]) & (yk <= box[3]), (xk >= box[0]) & (xk <= box[1]))]
+            lo, hi = (np.nanpercentile(sel, [1, 99]) if np.isfinite(sel).any() else (0.0, 1.0))
+            lo, hi = np.floor(lo * 10) / 10, max(np.ceil(hi * 10) / 10, np.floor(lo * 10) / 10 + 0.2)
+            levels = np.round(np.linspace(lo, hi, 11), 3)
+            im = ax.imshow(np.ma.masked_invalid(v), cmap=plt.get_cmap("magma_r").with_extremes(bad="0.8"),
+                           norm=BoundaryNorm(levels, 256, extend="both"), origin="upper", interpolation="nearest", extent=extent)
+            cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02)
+            cb.set_label("standard error (K)")
         else:
-            inx, iny = (xk >= box[0]) & (xk <= box[1]), (yk >= box[2]) & (yk <= box[3])
-            levels = _nice_levels(tc[np.ix_(iny, inx)], min_span=4.0)
-        norm = BoundaryNorm(levels, cmap.N, extend="both")
-        im = ax.imshow(np.ma.masked_invalid(tc), cmap=cmap, norm=norm, origin="upper", interpolation="nearest", extent=extent)
-        cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, ticks=levels[:: max(1, len(levels) // 12)])
-        cb.set_label("2 m air temperature (°C)")
+            # each panel its own colour classes: the zoom resolves the temperatures of its own area
+            if kind == "map":
+                levels = _nice_levels(tc)
+            else:
+                inx, iny = (xk >= box[0]) & (xk <= box[1]), (yk >= box[2]) & (yk <= box[3])
+                levels = _nice_levels(tc[np.ix_(iny, inx)], min_span=4.0)
+            norm = BoundaryNorm(levels, cmap.N, extend="both")
+            im = ax.imshow(np.ma.masked_invalid(tc), cmap=cmap, norm=norm, origin="upper", interpolation="nearest", extent=extent)
+            cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, ticks=levels[:: max(1, len(levels) // 12)])
+            cb.set_label("2 m air temperature (°C)")
+            if dist is not None:  # beyond coverage_km: paler, the model's extrapolation
+                ax.imshow((dist > coverage_km).astype(np.uint8), cmap=shade, vmin=0, vmax=1, origin="upper",
+                          interpolation="nearest", extent=extent)
         draw_outline(ax, grid, lsmask, lat=lat, lon=lon)
         handles = []
         if has_st:
-            handles.append(ax.scatter(sx, sy, s=4 if i == 0 else 9, c="k", edgecolors="w", linewidths=0.3, zorder=3,
+            handles.append(ax.scatter(sx, sy, s=9 if zoomed else 4, c="k", edgecolors="w", linewidths=0.3, zorder=3,
                                       label=f"stations ({len(stations)})"))
         if dist is not None:
             ax.contour(xk, yk, dist, levels=[coverage_km], colors="0.15", linewidths=0.9, linestyles="--")
             handles.append(Line2D([], [], color="0.15", lw=0.9, ls="--", label=f"{coverage_km:g} km from a station"))
-        if handles and i == len(axes) - 1:
+            if kind != "se":
+                handles.append(Patch(facecolor="0.93", edgecolor="0.6", label="farther: extrapolation (paler)"))
+        if handles and kind == panels[-1]:
             ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
-        if i == 1:
+        if zoomed:
             ax.set_xlim(box[0], box[1])
             ax.set_ylim(box[2], box[3])
+        if kind == "zoom":
             ax.set_title("zoom on the stations (own colour scale)", fontsize=9)
             axes[0].add_patch(Rectangle((box[0], box[2]), box[1] - box[0], box[3] - box[2], fill=False, ec="k", lw=0.8, ls=":"))
+        if kind == "se":
+            ax.set_title("standard error" + (" (zoom)" if zoomed else ""), fontsize=9)
     title = f"2 m air temperature  {t:%Y-%m-%d %H:%M} UTC  ({t + KST_OFFSET:%Y-%m-%d %H:%M} KST)"
-    if box is None:
-        axes[0].set_title(title, fontsize=10)
+    if len(panels) == 1:
+        axes[0].set_title(title + (f"\n{what}" if what else ""), fontsize=9)
     else:
-        fig.suptitle(title, fontsize=11, y=0.96)
+        fig.suptitle(title + (f"\n{what}" if what else ""), fontsize=11, y=0.99)
     if note:
         axes[0].text(0.01, 0.01, note, transform=axes[0].transAxes, fontsize=6.5, va="bottom", ha="left",
                      bbox=dict(facecolor="w", alpha=0.7, lw=0))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
-

@@ -10,6 +10,8 @@ One dict, everything needed to continue training or to run the model alone::
     optimizer, scheduler, scaler, rng      training state (resume)
     epoch, best_val, best_epoch, bad_epochs, log (rows of train_log.csv so far)
     train_cfg     the resolved step03 config
+    uncertainty   (models with a variance head, written when the run finishes) sigma_scale: the factor that
+                  calibrates the head's standard deviation on the validation rows, val_rows, method
 
 Read with ``weights_only=True`` (no code runs from a crafted file); a file
 whose weights do not fit its stored model config is refused in one line.

@@ -7,6 +7,12 @@
     SZA/DEM/LSMASK centre value + patch mean + patch std (B,9)  ── "aux" (B,35) ───────────────────┤
     [head_spectral] 16 radiances: centre value + patch mean (B,32)  ── also "aux" (B,67) ──────────┘
 
+``uncertainty: gaussian`` adds a small head on the same (detached) inputs that
+predicts the log-variance of the z-score error, trained with the Gaussian
+likelihood with the mean held fixed (:func:`gaussian_nll`): the mean is
+trained exactly as without it; step03 calibrates its scale on the validation
+rows (``uncertainty`` in the checkpoint).
+
 ``pool: mean`` gives the head the mean of the patch tokens instead of the CLS
 token. ``encoder_channels: all`` also feeds SZA/DEM/LSMASK to the encoder, with
 the pseudo-wavelengths ``pseudo_waves_um``. ``head_spectral`` gives the head
@@ -76,9 +82,10 @@ class TAModelConfig:
     freeze_encoder: bool = False
     head_spectral: bool = True
     pool: str = "cls"
+    uncertainty: str = "gaussian"
 
     #: Keys added after the first checkpoints were written, with the value that rebuilds those.
-    ADDED_LATER = {"head_spectral": False, "pool": "cls"}
+    ADDED_LATER = {"head_spectral": False, "pool": "cls", "uncertainty": "none"}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,6 +153,13 @@ class TAModel(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.feat_norm = nn.LayerNorm(d)  # pretrained CLS features can be far from unit scale
         self.mlp = nn.Sequential(*layers)
+        self.uncertainty = cfg.get("uncertainty", "none")
+        if self.uncertainty not in ("none", "gaussian"):
+            raise UserError(f"model.uncertainty must be 'gaussian' or 'none', got {self.uncertainty!r}")
+        # log-variance of the TA z-score from the head's (detached) inputs: it learns how large the error of the
+        # mean is, without changing the mean (see :func:`gaussian_nll`)
+        self.logvar_mlp = (nn.Sequential(nn.Linear(d + self.n_aux, 64), nn.GELU(), nn.Linear(64, 1))
+                           if self.uncertainty == "gaussian" else None)
         self.freeze_encoder = bool(cfg["freeze_encoder"])
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -184,15 +198,30 @@ class TAModel(nn.Module):
             parts += [spec[:, :, c, c], spec.mean((2, 3))]
         return torch.cat(parts, dim=1)
 
-    def head(self, features: torch.Tensor, batch: dict) -> torch.Tensor:
-        """TA z-score ``(B,)`` from encoder features ``(B, D)`` and the batch's other inputs."""
+    def head(self, features: torch.Tensor, batch: dict, with_logvar: bool = False):
+        """TA z-score ``(B,)`` from encoder features ``(B, D)`` and the batch's other inputs;
+        ``with_logvar``: also its log-variance ``(B,)`` (zeros without an uncertainty head)."""
         aux = batch["aux"] if "aux" in batch else self.aux_features(batch)
         h = torch.cat([self.feat_norm(features), aux.to(features.dtype)], dim=1)
-        return self.mlp(h).squeeze(1)
+        mean = self.mlp(h).squeeze(1)
+        if not with_logvar:
+            return mean
+        if self.logvar_mlp is None:
+            return mean, torch.zeros_like(mean)
+        return mean, self.logvar_mlp(h.detach()).squeeze(1).clamp(-12.0, 8.0)
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: dict, with_logvar: bool = False):
+        """TA z-score ``(B,)``; ``with_logvar=True``: ``(mean, log-variance)`` (uncalibrated: the checkpoint's
+        ``uncertainty.sigma_scale`` scales the standard deviation, see :mod:`shared.models.checkpoint`)."""
         feats = batch["features"] if "features" in batch else self.encode(batch)
-        return self.head(feats, batch)
+        return self.head(feats, batch, with_logvar)
+
+
+def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Gaussian negative log-likelihood of ``y`` (constant dropped) with the mean held fixed (detached): the
+    variance head learns the squared error of the mean; the mean is trained by the MSE alone."""
+    err2 = (y - mean.detach()).pow(2)
+    return 0.5 * (logvar + err2 * torch.exp(-logvar)).mean()
 
 
 def build_model(model_cfg: TAModelConfig | dict, where: str = "checkpoint") -> TAModel:

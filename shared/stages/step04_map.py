@@ -1,11 +1,14 @@
-"""step04_infer_map: trained model -> one 2 m TA map (CF netCDF + PNG) per time.
+"""step04_infer_map: trained model + same-hour observations -> one 2 m TA analysis (CF netCDF + PNG) per time.
 
 Loads ``weights/best.pt`` alone (model config and normalisation statistics are
-inside), reads each time's BT/RF/SZA stacks once and predicts every pixel of
-the grid from its P x P window (edges reflect-padded, see
-:mod:`shared.mapping.predict`). Writes ``output_dir/ta_map_YYYYMMDDhhmm.nc`` +
-``.png`` (layout: :mod:`shared.io.maps`), ``map_at_stations.csv`` and
-``maps.json``.
+inside), reads each time's BT/RF/SZA stacks and predicts every pixel of the
+grid from its P x P window, with its standard error (edges reflect-padded, see
+:mod:`shared.mapping.predict`). With ``fusion.enabled`` (default) the
+observations of the fusion stations (train + val) at that hour correct the
+model field (:mod:`shared.mapping.analysis`, :mod:`shared.fusion.analysis`):
+``t2m`` is the analysis, ``t2m_model`` the satellite model alone, both with
+standard errors. Writes ``output_dir/ta_map_YYYYMMDDhhmm.nc`` + ``.png``
+(layout: :mod:`shared.io.maps`), ``map_at_stations.csv`` and ``maps.json``.
 
 Many times: ``torchrun --nproc_per_node=N step04_infer_map/run.py`` splits the
 times between N processes (each writes its own maps); ``num_threads`` sets
@@ -14,30 +17,36 @@ the threads of each. A rerun after an interruption keeps maps already complete.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import netCDF4
+import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from shared.core.config import resolve_path
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError, require_file, rerun
 from shared.core.records import fingerprint, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
+from shared.fusion.analysis import FusionConfig
 from shared.io.index import learnt_station_ids
-from shared.io.maps import map_dataset, map_name, read_map, write_map
+from shared.io.maps import MapLayers, map_dataset, map_name, read_map, write_map
 from shared.io.raw import Static, read_frame, read_static
 from shared.io.stations import read_stations
-from shared.mapping.predict import check_region, load_predictor, predict_map
+from shared.mapping.analysis import fuse_map, fusion_observations, run_variogram, time_sources
+from shared.mapping.predict import check_region, load_predictor, predict_map, predict_pixels
 from shared.mapping.quicklook import quicklook, station_distance_km
 from shared.mapping.times import select_times
 
 STEP = "step04_infer_map"
 #: Bump when the variables of a map file change, so maps of an older layout are remade.
-MAP_LAYOUT = 2  # 2: t2m (time=1, y, x) + distance_to_station
+MAP_LAYOUT = 3  # 2: t2m (time=1, y, x) + distance_to_station; 3: analysis, model, standard errors, fusion stations
 
 
 @dataclass
@@ -85,6 +94,7 @@ class Config:
     quicklook: bool = True
     coverage_km: float = 100.0
     progress: bool = True
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def check(self):
         if self.block_rows < 1:
@@ -107,7 +117,7 @@ def inputs_fingerprint(paths) -> str:
 
 
 def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: str | None = None,
-                    quicklook: str | None = None) -> bool:
+                    quicklook: str | None = None, fusion: str | None = None) -> bool:
     """A finished map of the same checkpoint, inputs, precision, grid and quicklook settings exists
     (maps are written atomically after their PNG, so present = whole)."""
     if not path.is_file():
@@ -121,6 +131,8 @@ def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: s
     if inputs_fp is not None and a.get("inputs_fingerprint") != inputs_fp:
         return False
     if quicklook is not None and a.get("quicklook_settings") != quicklook:
+        return False
+    if fusion is not None and a.get("fusion_settings") != fusion:
         return False
     if str(a.get("map_layout")) != str(MAP_LAYOUT):  # written by an older step04: other variables
         return False
@@ -152,19 +164,25 @@ def learnt_station_distance(stations: pd.DataFrame | None, static: Static, index
 
 def sample_maps_at_stations(map_paths: list[Path], stations: pd.DataFrame, grid, index_dir: Path | None,
                             offset: tuple[int, int] = (0, 0)) -> pd.DataFrame:
-    """One row per (map, station): the map value at the station pixel, with the observation if step01 has it.
+    """One row per (map, station): the map values at the station pixel (analysis ``t2m``, its standard error,
+    the model alone), whether the station's observation made the analysis, and the observation if step01 has it.
 
     ``pixel_y/x`` are static.nc's pixel indices; ``offset`` is where the maps' ``grid`` starts in it.
     """
     parts = []
     py, px = stations["pixel_y"].to_numpy(), stations["pixel_x"].to_numpy()
+    ids = stations["stn_id"].to_numpy()
     for p in map_paths:
         f = read_map(p, grid)
-        v = f.t2m[py - offset[0], px - offset[1]]
-        parts.append(pd.DataFrame({"time_utc": f.time, "stn_id": stations["stn_id"].to_numpy(),
+        at = (py - offset[0], px - offset[1])
+        v = f.t2m[at]
+        se = f.layers["t2m_standard_error"][at] if "t2m_standard_error" in f.layers else np.full(len(v), np.nan)
+        parts.append(pd.DataFrame({"time_utc": f.time, "stn_id": ids,
                                    "lat": stations["lat"].to_numpy(), "lon": stations["lon"].to_numpy(),
-                                   "pixel_y": py, "pixel_x": px, "t2m_K": v, "t2m_c": v - KELVIN}))
-    cols = ["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "t2m_K", "t2m_c"]
+                                   "pixel_y": py, "pixel_x": px, "t2m_K": v, "t2m_c": v - KELVIN, "t2m_se_K": se,
+                                   "t2m_model_c": f.t2m_model[at] - KELVIN,
+                                   "in_fusion": np.isin(ids, f.fusion_ids) if f.fusion_ids is not None else False}))
+    cols = ["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "t2m_K", "t2m_c", "t2m_se_K", "t2m_model_c", "in_fusion"]
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
     df["time_utc"] = pd.to_datetime(df["time_utc"]).astype("datetime64[ns]")
     ip = index_dir / "index.csv" if index_dir is not None else None
@@ -220,11 +238,41 @@ def run(cfg: Config, ctx: Context) -> Result:
     distance = None if distance is None else distance[cut]
     st_plot = None if st_out is None else st_out.assign(pixel_y=st_out["pixel_y"] - offset[0], pixel_x=st_out["pixel_x"] - offset[1])
 
+    # --- fusion: the model at the fusion stations of every time, and the run's variogram --------------------
+    sources, vg, fusion_note = {}, None, "fusion disabled (fusion.enabled: false)"
+    if cfg.fusion.enabled:
+        obs = fusion_observations(cfg.index_dir, times["time_utc"], cfg.fusion)
+        by_time = dict(tuple(obs.groupby("time_utc"))) if obs is not None and len(obs) else {}
+        bar = tqdm(list(times.itertuples()), desc="model at the fusion stations", unit="time",
+                   disable=not (cfg.progress and rank == 0 and len(times) > 1))
+        for r in bar:  # every rank: the variogram is fitted to all times of the run
+            t = pd.Timestamp(r.time_utc)
+            obs_t = by_time.get(t)
+            if obs_t is None:
+                continue
+            frame = read_frame(resolve_path(r.path_bt), resolve_path(r.path_rf), resolve_path(r.path_sza), static.grid)
+            m, se = predict_pixels(predictor, frame, static, t, obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy())
+            del frame
+            sources[t] = time_sources(obs_t, m, se, static, cfg.fusion)
+        if sources:
+            vg = run_variogram(list(sources.values()), cfg.fusion)
+            fusion_note = (f"fusion: {sum(int(s.used().sum()) for s in sources.values()):,} observations of the "
+                           f"{'+'.join(cfg.fusion.splits)} stations at {len(sources)} of {len(times)} time(s); variogram "
+                           f"{vg.model}, range {vg.range_km:.0f} km, nugget {vg.nugget:.2f} of the sill "
+                           f"(elevation weight {cfg.fusion.elevation_weight:g} km/km)")
+        elif obs is None:
+            fusion_note = (f"fusion: no {cfg.index_dir / 'index.csv'} (step01's observations): the maps are the model "
+                           "alone")
+        else:
+            fusion_note = f"fusion: no observation of the {'+'.join(cfg.fusion.splits)} stations at the mapped times"
+    if rank == 0:
+        print(f"step04: {fusion_note}")
+
     mine = times.iloc[rank::world]
     if rank == 0:
         print(f"step04: {len(times)} map(s) of {grid_out.ny}x{grid_out.nx}{'' if region is None else f' (region of {static.grid.ny}x{static.grid.nx})'} on {world} process(es) x {threads} thread(s); "
               f"model {predictor.model_cfg.get('size')} (epoch {predictor.info.get('epoch')}), {cfg.precision}, "
-              f"P={predictor.patch_size}, reflect-padded edges")
+              f"P={predictor.patch_size}, reflect-padded edges; standard error: {predictor.sd_source}")
     done, skipped, records = 0, 0, []
     quick = f"quicklook={cfg.quicklook} coverage_km={cfg.coverage_km:g}"
     attrs_common = {
@@ -234,6 +282,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         "missing_input": "pixels whose window holds a missing input value are NaN",
         "quicklook_settings": quick,
         "map_layout": MAP_LAYOUT,
+        "model_standard_error": predictor.sd_source,
     }
     for _, r in mine.iterrows():
         t = pd.Timestamp(r["time_utc"])
@@ -241,7 +290,11 @@ def run(cfg: Config, ctx: Context) -> Result:
         png = path.with_suffix(".png")
         srcs = [resolve_path(r["path_bt"]), resolve_path(r["path_rf"]), resolve_path(r["path_sza"])]
         in_fp = inputs_fingerprint(srcs + [static.path])
-        if (cfg.skip_existing and not force and map_is_complete(path, ckpt_fp, grid_out, cfg.precision, in_fp, quick)
+        src = sources.get(t)
+        fusion_key = (f"{cfg.fusion.describe()} variogram={json.dumps(vg.info(), sort_keys=True)} obs={src.fingerprint()}"
+                      if vg is not None and src is not None else
+                      ("disabled" if not cfg.fusion.enabled else f"{cfg.fusion.describe()} no observation"))
+        if (cfg.skip_existing and not force and map_is_complete(path, ckpt_fp, grid_out, cfg.precision, in_fp, quick, fusion_key)
                 and (png.is_file() or not cfg.quicklook)):
             skipped += 1
             continue
@@ -253,20 +306,44 @@ def run(cfg: Config, ctx: Context) -> Result:
         res = predict_map(predictor, frame, static, t, cfg.block_rows, cfg.batch_size, progress=cfg.progress,
                           desc=f"[rank {rank}] {t:%Y-%m-%d %H:%M}" if world > 1 else "", region=region)
         del frame
+        t_fuse = time.perf_counter()
+        fused = fuse_map(res.t2m_K, res.se_K, static, offset, src, vg, cfg.fusion) if vg is not None and src is not None else None
+        if fused is not None and fused.fused:
+            used = src.used()
+            t2m, se, ids = fused.value, fused.se, src.stn_id[used]
+            dist = station_distance_km(static.grid, src.pixel_y[used], src.pixel_x[used])[cut]
+            dist_note = f"of this time's fusion ({'+'.join(cfg.fusion.splits)} stations with an observation)"
+            how = (f"model + kriged standardised residuals of {fused.n_stations} {'+'.join(cfg.fusion.splits)} station(s) "
+                   f"observed at this time")
+            st_png = st_plot[st_plot["stn_id"].isin(set(ids))] if st_plot is not None else None
+        else:
+            t2m, se, ids, dist, dist_note, st_png = res.t2m_K, res.se_K, None, distance, distance_note, st_plot
+            n_obs = 0 if src is None else int(src.used().sum())
+            how = ("model only: fusion disabled" if not cfg.fusion.enabled else
+                   f"model only: {n_obs} fusion station(s) observed at this time, fewer than fusion.min_stations "
+                   f"({cfg.fusion.min_stations})")
+        fuse_s = time.perf_counter() - t_fuse
         attrs = dict(attrs_common, inputs_fingerprint=in_fp, input_files=" ".join(p.name for p in srcs),
                      n_pixels_missing_input=res.n_missing, n_pixels_predicted=res.n_windows,
-                     n_input_pixels_out_of_physical_range=n_implausible)
-        ds = map_dataset(res.t2m_K, grid_out, t, static.lat[cut], static.lon[cut], attrs, distance, distance_note)
+                     n_input_pixels_out_of_physical_range=n_implausible, fusion_settings=fusion_key, analysis=how,
+                     fusion_n_stations=0 if ids is None else len(ids),
+                     fusion_variogram="" if vg is None else json.dumps(vg.info(), sort_keys=True))
+        layers = MapLayers(se_K=se, model_K=res.t2m_K, model_se_K=res.se_K, distance_km=dist, distance_note=dist_note,
+                           fusion_ids=ids, analysis_note=how)
+        ds = map_dataset(t2m, grid_out, t, static.lat[cut], static.lon[cut], attrs, layers)
         if cfg.quicklook:  # PNG first: a map file present means its quicklook is too
             note = f"{predictor.model_cfg.get('size')} model, {res.n_missing:,} px without input" if res.n_missing else ""
-            quicklook(png, res.t2m_K, grid_out, t, static.lsmask[cut], static.lat[cut], static.lon[cut], st_plot, note, cfg.coverage_km)
+            quicklook(png, t2m, grid_out, t, static.lsmask[cut], static.lat[cut], static.lon[cut], st_png, note,
+                      cfg.coverage_km, se_K=se, distance_km=dist, what=how)
         write_map(path, ds)
         done += 1
         rec = {"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": path.name, "seconds": round(res.seconds, 2),
+               "fusion_seconds": round(fuse_s, 2), "fusion_stations": 0 if ids is None else len(ids),
                "windows_per_s": round(res.windows_per_s), "n_missing": res.n_missing,
                "peak_rss_MB": round(res.peak_rss_bytes / 2**20), "block_MB": round(res.block_bytes / 2**20, 1)}
         records.append(rec)
-        print(f"{f'[rank {rank}] ' if world > 1 else ''}{path.name}: {res.seconds:.1f} s, {res.windows_per_s:,.0f} windows/s, "
+        print(f"{f'[rank {rank}] ' if world > 1 else ''}{path.name}: {res.seconds:.1f} s model + {fuse_s:.1f} s fusion "
+              f"({rec['fusion_stations']} station(s)), {res.windows_per_s:,.0f} windows/s, "
               f"{res.n_missing:,} px missing input, peak RSS {res.peak_rss_bytes / 2**20:,.0f} MB "
               f"(window block {res.block_bytes / 2**20:.0f} MB)", flush=True)
 

@@ -41,9 +41,18 @@ from shared.evaluation.maps import (
     truth_scores,
 )
 from shared.evaluation.metrics import format_table, grouped_metrics, regression_metrics
-from shared.evaluation.plots import plot_bars, plot_residuals, plot_rmse_by_hour, plot_scatter, plot_station_map
+from shared.evaluation.plots import (
+    plot_bars,
+    plot_reliability,
+    plot_residuals,
+    plot_rmse_by_hour,
+    plot_scatter,
+    plot_station_map,
+)
 from shared.evaluation.rows import ANALYSIS, MODEL, build_table, check_stats, pred_columns, read_rows
 from shared.evaluation.suite import ALL_BASELINES, BaselineConfig, run_baselines, station_analysis
+from shared.evaluation.uncertainty import format_interval_table, interval_scores
+from shared.fusion.analysis import FusionConfig
 from shared.io.index import SPLITS_JSON, learnt_station_ids, read_split_csv, read_splits
 from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR, read_manifest
 from shared.io.raw import read_static
@@ -71,6 +80,7 @@ class Config:
     bootstrap_draws: int = 2000
     bootstrap_seed: int = 0
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def check(self):
         if self.batch_size < 1:
@@ -98,7 +108,7 @@ def deps(cfg: Config) -> list[Path]:
 
 NAMES = ("metrics.json", "preds_test.csv", "by_station.csv", "by_hour.csv", "by_month.csv", "by_landcover.csv",
          "by_daynight.csv", "by_sky.csv", "scatter.png", "residual_hist.png", "rmse_by_hour.png",
-         "station_rmse_map.png", "model_vs_baselines.png")
+         "station_rmse_map.png", "model_vs_baselines.png", "reliability.png")
 
 
 def outs(cfg: Config) -> list[Path]:
@@ -153,16 +163,28 @@ def run(cfg: Config, ctx: Context) -> Result:
     for r in (train, val):
         if r is not None:
             r["ta_c"] = r["y"].astype(np.float64) * ta_std + predictor.target_mean
-    stations = station_table(read_split_csv(cfg.index_dir, "all", ["stn_id", "lat", "lon", "elev_m"]), static.grid)
+    stations = station_table(read_split_csv(cfg.index_dir, "all", ["stn_id", "lat", "lon", "elev_m", "pixel_y", "pixel_x"]),
+                             static.grid, static.dem)
     print(f"step05: fitting baselines on {len(train['ta_c']):,} train rows ...", flush=True)
     base_preds, base_info, idw_nbr = run_baselines(train, val, test, stations, cfg.baselines, threads)
     n_train = base_info["n_train"]
     df = build_table(test, predictor, base_preds, cfg.clear_ir105_K)
-    # the analysis at the scored stations: the model + kriged same-hour residuals of the train + val stations
-    fusion = {k: np.concatenate([r[k] for r in (train, val) if r is not None]) for k in ("time", "stn_id", "ta_c", "pred_z")}
-    analysis_c, analysis_info = station_analysis(fusion, test, stations, predictor.to_celsius(fusion["pred_z"]).astype(np.float64),
-                                                 df["prediction_c"].to_numpy(), cfg.baselines)
+    # the analysis at the scored stations: the model + kriged same-hour residuals of the fusion (train + val)
+    # stations, as step04's maps; the scored split is never a source
+    model_se_c = test["pred_sd_z"].astype(np.float64) * ta_std
+    by_split = {"train": train, "val": val}
+    src_rows = [by_split[s] for s in cfg.fusion.splits if s != cfg.split and by_split.get(s) is not None]
+    if cfg.fusion.enabled and src_rows:
+        fusion = {k: np.concatenate([r[k] for r in src_rows]) for k in ("time", "stn_id", "ta_c", "pred_z", "pred_sd_z")}
+        analysis_c, analysis_se_c, analysis_info = station_analysis(
+            fusion, test, stations, predictor.to_celsius(fusion["pred_z"]).astype(np.float64),
+            fusion["pred_sd_z"].astype(np.float64) * ta_std, df["prediction_c"].to_numpy(), model_se_c, cfg.fusion)
+    else:
+        analysis_c, analysis_se_c = np.full(len(df), np.nan), np.full(len(df), np.nan)
+        analysis_info = {"note": "fusion disabled (fusion.enabled: false) or no fusion split besides the scored one"}
     df.insert(df.columns.get_loc("prediction_c") + 1, "analysis_c", analysis_c)
+    df.insert(df.columns.get_loc("analysis_c") + 1, "prediction_se_K", model_se_c)
+    df.insert(df.columns.get_loc("prediction_se_K") + 1, "analysis_se_K", analysis_se_c)
     df["idw_neighbours"] = pd.DataFrame(idw_nbr).astype(str).agg(";".join, axis=1).to_numpy()
 
     # --- maps ------------------------------------------------------------------
@@ -196,8 +218,9 @@ def run(cfg: Config, ctx: Context) -> Result:
         else:
             print(f"note: no step04 map of this checkpoint in {cfg.map_dir} for a {cfg.split} time; "
                   f"map columns left empty")
-    if "map_c" not in df:
-        df["map_c"] = np.nan
+    for c in ("map_c", "map_se_c", "map_model_c"):
+        if c not in df:
+            df[c] = np.nan
 
     # --- metrics ---------------------------------------------------------------
     cols = pred_columns(df)
@@ -208,6 +231,19 @@ def run(cfg: Config, ctx: Context) -> Result:
                      "model": results[MODEL], "baselines": {n: results[n] for n in ALL_BASELINES},
                      "baseline_info": base_info, "clear_ir105_K": cfg.clear_ir105_K,
                      ANALYSIS: results[ANALYSIS], "analysis_info": analysis_info}
+    obs = df["obs_c"].to_numpy()
+    intervals = {MODEL: interval_scores(df["prediction_c"].to_numpy(), model_se_c, obs)}
+    if np.isfinite(analysis_c).any():
+        intervals[ANALYSIS] = interval_scores(analysis_c, analysis_se_c, obs)
+    for key, col in (("sky", "sky"), ("day_night", "day_night")):
+        for val_, part in df.groupby(col):
+            for name, (pc_, sc_) in ((MODEL, ("prediction_c", "prediction_se_K")), (ANALYSIS, ("analysis_c", "analysis_se_K"))):
+                if name in intervals:
+                    sub = interval_scores(part[pc_].to_numpy(), part[sc_].to_numpy(), part["obs_c"].to_numpy())
+                    intervals[name].setdefault(f"by_{key}", {})[str(val_)] = {k: v for k, v in sub.items() if k != "reliability"}
+    metrics["intervals"] = intervals
+    metrics["intervals_note"] = ("Gaussian predictive distributions N(prediction, se^2); model: the variance head "
+                                 f"({predictor.sd_source}); analysis: the fusion's kriging variance times the model's")
     scored = {n: c for n, c in cols.items() if results[n]["n"] > 0}
     boot = station_bootstrap(df, scored, MODEL, n_boot=cfg.bootstrap_draws, seed=cfg.bootstrap_seed)
     metrics["differences_to_model"] = {n: boot["differences"][n] for n in scored if n != MODEL}
@@ -220,6 +256,12 @@ def run(cfg: Config, ctx: Context) -> Result:
         metrics["map_at_stations"] = regression_metrics(df.loc[mapped, "map_c"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy(), ta_std)
         metrics["map_at_stations"]["model_same_rows"] = regression_metrics(
             df.loc[mapped, "prediction_c"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy(), ta_std)
+        metrics["map_at_stations"]["analysis_same_rows"] = regression_metrics(
+            df.loc[mapped, "analysis_c"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy(), ta_std)
+        metrics["map_at_stations"]["map_model_field"] = regression_metrics(
+            df.loc[mapped, "map_model_c"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy(), ta_std)
+        metrics["map_at_stations"]["intervals"] = interval_scores(
+            df.loc[mapped, "map_c"].to_numpy(), df.loc[mapped, "map_se_c"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy())
         metrics["maps_compared"] = maps_used
         metrics["map_model_agreement"] = agreement
     if maps_other:
@@ -242,16 +284,20 @@ def run(cfg: Config, ctx: Context) -> Result:
             if "rmse_K_near_stations" in truth[0]:
                 metrics["demo_world"]["maps_vs_truth_mean_rmse_K_near_stations"] = float(np.nanmean([r["rmse_K_near_stations"] for r in truth]))
                 metrics["demo_world"]["near_stations_km"] = cfg.coverage_km
+            metrics["demo_world"]["maps_vs_truth_mean_rmse_K_model_field"] = float(np.mean([r["model_rmse_K_all"] for r in truth]))
             bands = {}
             for lo, hi in DISTANCE_BANDS_KM:
                 name = band_name(lo, hi)
                 if f"rmse_K_dist_{name}" in truth[0]:
-                    bands[name] = {part: float(np.nanmean([r[f"rmse_K_dist_{name}{suf}"] for r in truth]))
+                    bands[name] = {f"{pre}{part}": float(np.nanmean([r[f"{pre}rmse_K_dist_{name}{suf}"] for r in truth]))
+                                   for pre in ("", "model_")
                                    for part, suf in (("all", ""), ("land", "_land"), ("sea", "_sea"))}
             if bands:
                 metrics["demo_world"]["maps_vs_truth_by_distance_band"] = bands
-                metrics["demo_world"]["distance_note"] = ("km to the nearest station of the train and validation "
-                                                          "splits; mean RMSE over the maps; NaN = no pixel in the band")
+                metrics["demo_world"]["distance_note"] = ("km to the nearest fusion station of the map's hour (train and "
+                                                          "validation stations with an observation; without fusion the "
+                                                          "stations the model learnt from); mean RMSE over the maps; "
+                                                          "model_*: the maps' t2m_model; NaN = no pixel in the band")
 
     # --- tables ----------------------------------------------------------------
     outputs = []
@@ -273,9 +319,10 @@ def run(cfg: Config, ctx: Context) -> Result:
     table("by_landcover.csv", lc)
     table("by_daynight.csv", grouped_metrics(df, "day_night", pc, "obs_c", ta_std))
     table("by_sky.csv", grouped_metrics(df, "sky", pc, "obs_c", ta_std))
-    pt = df[["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "obs_c", "prediction_c", "analysis_c"]
+    pt = df[["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "obs_c", "prediction_c", "analysis_c",
+             "prediction_se_K", "analysis_se_K"]
             + [f"{b}_c" for b in ALL_BASELINES]
-            + ["map_c", "hour_utc", "hour_kst", "month", "landcover", "sza_deg", "ir105_K", "day_night", "sky", "idw_neighbours"]]
+            + ["map_c", "map_se_c", "map_model_c", "hour_utc", "hour_kst", "month", "landcover", "sza_deg", "ir105_K", "day_night", "sky", "idw_neighbours"]]
     write_csv(out / "preds_test.csv", pt, date_format="%Y-%m-%d %H:%M", float_format="%.4f")
     outputs.append(out / "preds_test.csv")
 
@@ -285,7 +332,9 @@ def run(cfg: Config, ctx: Context) -> Result:
     plot_rmse_by_hour(hour, list(pc), out / "rmse_by_hour.png")
     plot_station_map(st_tab, static, out / "station_rmse_map.png")
     plot_bars(results, noise_floor, out / "model_vs_baselines.png")
-    outputs += [out / n for n in ("scatter.png", "residual_hist.png", "rmse_by_hour.png", "station_rmse_map.png", "model_vs_baselines.png")]
+    plot_reliability(intervals, out / "reliability.png")
+    outputs += [out / n for n in ("scatter.png", "residual_hist.png", "rmse_by_hour.png", "station_rmse_map.png",
+                                  "model_vs_baselines.png", "reliability.png")]
 
     write_json(out / "metrics.json", metrics)
     outputs.append(out / "metrics.json")
@@ -298,6 +347,9 @@ def run(cfg: Config, ctx: Context) -> Result:
     print(format_table(results))
     print()
     print(format_differences(boot, "RMSE and its difference to the model (95 % station-bootstrap intervals):"))
+    print()
+    print("standard errors (Gaussian intervals) on the same rows:")
+    print(format_interval_table(intervals))
     tr_floor = (metrics.get("demo_world") or {}).get("test_rows")
     if tr_floor:
         ec = tr_floor.get("test_rows_obs_vs_truth_elev_corrected_rmse_K")
@@ -309,9 +361,11 @@ def run(cfg: Config, ctx: Context) -> Result:
         d = metrics["demo_world"]
         near = (f", {d['maps_vs_truth_mean_rmse_K_near_stations']:.3f} K within {cfg.coverage_km:g} km of a station"
                 if "maps_vs_truth_mean_rmse_K_near_stations" in d else "")
-        print(f"maps vs true field: mean RMSE {d['maps_vs_truth_mean_rmse_K']:.3f} K over the whole grid{near} ({len(truth)} map(s))")
+        print(f"maps vs true field ({len(truth)} map(s)): mean RMSE {d['maps_vs_truth_mean_rmse_K']:.3f} K over the whole grid{near}; "
+              f"the model field alone {d['maps_vs_truth_mean_rmse_K_model_field']:.3f} K")
         for name, v in (d.get("maps_vs_truth_by_distance_band") or {}).items():
-            print(f"  {name.replace('_', ' '):<14} from a train/val station: {v['all']:.3f} K (land {v['land']:.3f}, sea {v['sea']:.3f})")
+            print(f"  {name.replace('_', ' '):<14} from a fusion station: t2m {v['all']:.3f} K (land {v['land']:.3f}, sea {v['sea']:.3f}); "
+                  f"t2m_model {v['model_all']:.3f} K")
     if agreement and agreement.get("n"):
         state = "ok" if agreement.get("ok") else ("not checked (bf16 maps)" if not agreement.get("checked") else "FAILED")
         print(f"map vs model at {agreement['n']} mapped test rows: max |diff| {agreement['max_abs_diff_K']:.2e} K ({state})")

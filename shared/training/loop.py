@@ -36,7 +36,7 @@ from shared.io.channels import BT_WAVES_UM, RF_WAVES_UM
 from shared.io.patches import read_manifest, read_stats
 from shared.models.checkpoint import load_weights, read_ta_checkpoint, save_ta_checkpoint
 from shared.models.clay import load_clay_state
-from shared.models.ta import TAModelConfig, build_model
+from shared.models.ta import TAModelConfig, build_model, gaussian_nll
 from shared.training.batches import ChunkBatches, TensorBatches, check_split, make_loader
 
 STAGING = ".staging"  # weights/.staging/: checkpoints of a run that has not finished yet
@@ -114,7 +114,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_names: tu
 
 #: step03 ``model:`` keys that are fields of TAModelConfig as they are.
 _USER_MODEL_FIELDS = ("type", "size", "resize_to", "encoder_channels", "pseudo_waves_um", "head_hidden", "head_layers",
-                      "head_spectral", "pool", "dropout", "freeze_encoder")
+                      "head_spectral", "pool", "dropout", "freeze_encoder", "uncertainty")
 
 
 def make_model_cfg(cfg, manifest: dict, loc_stats: dict) -> dict:
@@ -178,6 +178,29 @@ def evaluate(model, loader, device: torch.device, dtype, d: Dist) -> tuple[float
     return float(acc[0] / acc[1].clamp_min(1)), int(acc[1])
 
 
+@torch.no_grad()
+def calibrate_sigma(model, loader, device: torch.device, dtype, d: Dist) -> dict:
+    """Scale of the variance head's standard deviation that makes the validation rows' standardised errors
+    unit-variance: ``s = sqrt(mean(err^2 / exp(logvar)))``. The head learnt from training rows, where the model's
+    errors are smaller than at unseen stations; the validation stations are unseen."""
+    model.eval()
+    acc = torch.zeros(3, dtype=torch.float64, device=device)
+    for batch in loader:
+        batch = _to(batch, device)
+        with _autocast(device, dtype):
+            pred, logvar = model(batch, with_logvar=True)
+        err2 = (pred.float() - batch["y"]).pow(2)
+        acc[0] += (err2 * torch.exp(-logvar.float())).sum().double()
+        acc[1] += err2.numel()
+        acc[2] += err2.sum().double()
+    d.sum_(acc)
+    n = max(int(acc[1]), 1)
+    return {"sigma_scale": math.sqrt(float(acc[0]) / n), "val_rows": int(acc[1]),
+            "val_rmse_z": math.sqrt(float(acc[2]) / n),
+            "method": "variance head (Gaussian NLL on the training rows, mean detached), its standard deviation "
+                      "scaled so the validation rows' standardised errors have unit variance"}
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -185,6 +208,7 @@ def train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device,
                 target_std, d: Dist, params, progress: bool = True) -> tuple[float, float, float]:
     """One pass over this rank's training batches -> (mean loss over ranks, data wait s, step s)."""
     ddp_model.train()
+    has_var = getattr(getattr(ddp_model, "module", ddp_model), "logvar_mlp", None) is not None
     bar = tqdm(total=n_batches, desc=f"epoch {epoch}", disable=not (d.main and progress), leave=False, mininterval=0.5,
                dynamic_ncols=True, file=sys.stderr)
     loss_sum, n = 0.0, 0
@@ -197,9 +221,11 @@ def train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device,
         batch = _to(batch, device)
         wait += time.perf_counter() - t0
         with _autocast(device, dtype):
-            pred = ddp_model(batch)
+            pred, logvar = ddp_model(batch, with_logvar=True)
         loss = F.mse_loss(pred.float(), batch["y"])
-        lv = loss.detach()
+        lv = loss.detach()  # the logged train loss is the MSE of the mean
+        if has_var:
+            loss = loss + gaussian_nll(pred.float(), logvar.float(), batch["y"])
         bad = (~torch.isfinite(lv)).float()
         if d.enabled:  # every rank must stop together, or the others wait forever in all-reduce
             d.sum_(bad)
@@ -419,6 +445,15 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
             say(f"early stop: no better validation loss for {state['bad_epochs']} epochs")
 
     done = stopped_early or state["epoch"] >= tcfg.epochs
+    if done and model.logvar_mlp is not None and best.is_file():  # calibrate the best model's standard error on val
+        ck = read_ta_checkpoint(best)
+        load_weights(model, ck["model"], best)
+        ck["uncertainty"] = calibrate_sigma(model, val_loader, device, dtype, d)
+        say(f"standard error: variance head scaled by {ck['uncertainty']['sigma_scale']:.3f} to fit the "
+            f"{ck['uncertainty']['val_rows']} validation rows")
+        if d.main:
+            save_ta_checkpoint(best, {k: v for k, v in ck.items() if k != "format"})
+        d.barrier()
     if done and d.main:  # promote the finished run's checkpoints together
         for f in (best, current):
             os.replace(f, weights_dir / f.name)

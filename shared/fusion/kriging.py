@@ -1,5 +1,11 @@
 """Ordinary kriging of station residuals, time by time, with one variogram pooled over times.
 
+Used by the station baselines (:mod:`shared.evaluation.interpolation`) and the
+analysis (:mod:`shared.fusion.analysis`). Sites are ``(n, 2)`` coordinates in
+km (x, y on the grid's projection) or ``(n, 3)`` with a third coordinate
+(the analysis's scaled elevation, so that two stations at different heights
+are farther apart than their horizontal distance).
+
 The residual fields (observation minus a trend, or minus the HGB baseline)
 are kriged with PyKrige's ``OrdinaryKriging``: an unknown constant mean per
 time, so a per-time bias of the trend is absorbed.
@@ -48,11 +54,17 @@ class Variogram:
         return asdict(self)
 
 
-def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]], model: str = "exponential",
+def _dist(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    from scipy.spatial.distance import cdist, pdist
+
+    return pdist(a) if b is None else cdist(a, b)
+
+
+def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray]], model: str = "exponential",
                      n_lags: int = 15, max_lag_km: float | None = None) -> Variogram:
     """Fit one unit-sill variogram to the residuals of many times.
 
-    ``groups``: per time ``(x_km (n,), y_km (n,), resid (n,))``. Semivariances
+    ``groups``: per time ``(sites (n, 2 or 3) km, resid (n,))``. Semivariances
     ``(r_i - r_j)^2 / 2`` of every station pair of a time are divided by that
     time's residual variance and binned by distance (up to ``max_lag_km``;
     default half the largest pair distance); the model is fitted to the bin
@@ -63,14 +75,14 @@ def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]], mo
     if model not in VARIOGRAM_MODELS:
         raise ValueError(f"variogram model {model!r}: one of {', '.join(VARIOGRAM_MODELS)}")
     dists, gams, n_times = [], [], 0
-    for x, y, r in groups:
+    for xy, r in groups:
         ok = np.isfinite(r)
-        x, y, r = x[ok], y[ok], r[ok]
+        xy, r = np.asarray(xy, np.float64)[ok], r[ok]
         v = r.var()
         if len(r) < 3 or v <= 0:
             continue
-        i, j = np.triu_indices(len(r), k=1)
-        dists.append(np.hypot(x[i] - x[j], y[i] - y[j]))
+        i, j = np.triu_indices(len(r), k=1)  # the order pdist uses
+        dists.append(_dist(xy))
         gams.append(0.5 * (r[i] - r[j]) ** 2 / v)
         n_times += 1
     if not dists:  # constant or too few residuals everywhere: nothing to fit, any shape gives the mean
@@ -98,20 +110,38 @@ def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]], mo
     return Variogram(model, float(ps / tot), float(rg), float(ng / tot), int(use.sum()), n_times)
 
 
-def krige(x: np.ndarray, y: np.ndarray, r: np.ndarray, tx: np.ndarray, ty: np.ndarray, vg: Variogram) -> np.ndarray:
-    """Ordinary-kriging estimate of residuals ``r`` at sites ``(x, y)`` (km) at targets ``(tx, ty)`` (km).
+def krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, exact: bool = True,
+          scale: float | None = None, chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+    """Ordinary-kriging estimate of residuals ``r`` at sites ``xy (n, d)`` (km) at targets ``txy (m, d)``,
+    and its kriging variance; PyKrige's ``OrdinaryKriging`` (d = 2) or ``OrdinaryKriging3D`` (d = 3).
 
-    Fewer than 3 finite residuals: their mean (NaN with none).
+    The variogram is ``vg``'s shape times ``scale`` (default: the residuals' variance). ``exact``: a target on a
+    site gets the site's value; False: the nugget is measurement error there too (the estimate is smoothed).
+    Fewer than 3 finite residuals: their mean and variance ``scale`` (NaN and NaN with none). Targets are
+    solved ``chunk`` at a time (memory: ``chunk x n`` doubles).
     """
+    xy, txy = np.asarray(xy, np.float64), np.asarray(txy, np.float64)
     ok = np.isfinite(r)
-    x, y, r = x[ok], y[ok], r[ok]
+    xy, r = xy[ok], np.asarray(r, np.float64)[ok]
+    m = len(txy)
     if len(r) < 3:
-        return np.full(len(tx), r.mean() if len(r) else np.nan)
+        var = float(scale) if scale is not None else (float(r.var()) if len(r) > 1 else np.nan)
+        return np.full(m, r.mean() if len(r) else np.nan), np.full(m, var if len(r) else np.nan)
     from pykrige.ok import OrdinaryKriging
+    from pykrige.ok3d import OrdinaryKriging3D
 
-    scale = float(r.var()) or 1.0  # a constant field: any scale; weights summing to 1 return the constant
+    if scale is None:
+        scale = float(r.var())
+    scale = scale or 1.0  # a constant field: any scale; weights summing to 1 return the constant
+    kw = dict(variogram_model=vg.model, variogram_parameters=vg.params(scale), pseudo_inv=True, exact_values=exact)
     # pseudo_inv: two stations can share a location (the kriging matrix is then singular)
-    ok_ = OrdinaryKriging(x, y, r, variogram_model=vg.model, variogram_parameters=vg.params(scale),
-                          pseudo_inv=True, exact_values=True)
-    z, _ = ok_.execute("points", np.asarray(tx, np.float64), np.asarray(ty, np.float64), backend="vectorized")
-    return np.asarray(z, dtype=np.float64)
+    if xy.shape[1] == 3:
+        ok_ = OrdinaryKriging3D(xy[:, 0], xy[:, 1], xy[:, 2], r, **kw)
+    else:
+        ok_ = OrdinaryKriging(xy[:, 0], xy[:, 1], r, **kw)
+    est, var = np.empty(m), np.empty(m)
+    for a in range(0, m, chunk):
+        t = txy[a:a + chunk]
+        z, s = ok_.execute("points", *(t[:, k] for k in range(t.shape[1])), backend="vectorized")
+        est[a:a + chunk], var[a:a + chunk] = np.asarray(z), np.maximum(np.asarray(s), 0.0)
+    return est, var

@@ -1,0 +1,111 @@
+"""The analysis: the satellite model's field corrected by the station observations of the same hour.
+
+At each time, the fusion stations' residuals ``obs - model`` are divided by
+the model's standard error there (``z = (obs - model) / se_model``), kriged to
+every target (PyKrige ordinary kriging, :mod:`shared.fusion.kriging`) and
+added back in kelvin::
+
+    analysis(x) = model(x) + se_model(x) * z_hat(x)
+    se(x)       = se_model(x) * sqrt(v(x))
+
+with ``v`` the kriging variance of ``z``. Far from every station ``z_hat``
+tends to the hour's mean standardised residual and ``v`` to about 1: the
+analysis is the (bias-corrected) model with the model's own uncertainty. Near a station the residual is known and ``v`` shrinks to the
+nugget (observation noise and what varies below the station spacing). Dividing
+by ``se_model`` puts cloudy and clear pixels on one scale: a cloudy pixel's
+larger model error takes a larger share of the correction and keeps a larger
+standard error.
+
+Distance: km on the grid's projection plus the elevation difference times
+``elevation_weight`` (km per km): with 100, stations 500 m apart in height are
+50 km farther apart than on the map, so a valley station corrects a ridge less.
+
+The variogram (unit sill: its shape) is fitted once per run to the
+standardised residuals of all the run's times (:func:`fit_variogram`,
+:func:`shared.fusion.kriging.pooled_variogram`). Its sill stays 1: ``z`` is
+the error in units of the model's standard error, which step03 calibrated on
+unseen stations; a time with fewer than ``min_stations`` fusion stations
+keeps the model field and its standard error.
+
+The fusion stations are the train and validation stations by default
+(``splits``); test stations are never used unless asked for, and step05
+refuses to score maps made with them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shared.fusion.kriging import VARIOGRAM_MODELS, Variogram, krige, pooled_variogram
+
+FUSION_SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class FusionConfig:
+    """``fusion:`` of step04 and step05 (the same section in both)."""
+
+    enabled: bool = True
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    variogram_model: str = "exponential"
+    elevation_weight: float = 0.0
+    min_stations: int = 3
+
+    def check(self):
+        bad = [s for s in self.splits if s not in FUSION_SPLITS]
+        if bad or not self.splits:
+            raise ValueError(f"fusion.splits: a non-empty list of {', '.join(FUSION_SPLITS)}, got {self.splits}")
+        if self.variogram_model not in VARIOGRAM_MODELS:
+            raise ValueError(f"fusion.variogram_model: one of {', '.join(VARIOGRAM_MODELS)}, got {self.variogram_model!r}")
+        if self.elevation_weight < 0:
+            raise ValueError(f"fusion.elevation_weight must be >= 0 (km of distance per km of height), got {self.elevation_weight}")
+        if self.min_stations < 3:
+            raise ValueError(f"fusion.min_stations must be >= 3 (ordinary kriging), got {self.min_stations}")
+
+    def describe(self) -> str:
+        return (f"splits={'+'.join(self.splits)} variogram={self.variogram_model} "
+                f"elevation_weight={self.elevation_weight:g} min_stations={self.min_stations}")
+
+
+def sites(x_km: np.ndarray, y_km: np.ndarray, elev_m: np.ndarray, elevation_weight: float) -> np.ndarray:
+    """``(n, 3)`` kriging coordinates in km: x, y and the elevation (km) times ``elevation_weight``."""
+    e = np.nan_to_num(np.asarray(elev_m, np.float64), nan=0.0) / 1000.0 * elevation_weight
+    return np.stack([np.asarray(x_km, np.float64), np.asarray(y_km, np.float64), e], axis=1)
+
+
+def standardised(obs: np.ndarray, model: np.ndarray, se_model: np.ndarray) -> np.ndarray:
+    """``(obs - model) / se_model``: NaN where any is missing."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.asarray(obs, np.float64) - model) / np.asarray(se_model, np.float64)
+
+
+def fit_variogram(groups: list[tuple[np.ndarray, np.ndarray]], cfg: FusionConfig) -> Variogram:
+    """One unit-sill variogram for the run: ``groups`` = per time ``(sites (n, 3), z (n,))``."""
+    return pooled_variogram([(s, z) for s, z in groups if np.isfinite(z).sum() >= cfg.min_stations], cfg.variogram_model)
+
+
+@dataclass
+class Fused:
+    value: np.ndarray  # (m,) the analysis at the targets (units of the model)
+    se: np.ndarray  # (m,) its standard error
+    n_stations: int  # fusion stations with a residual at this time
+    fused: bool  # False: fewer than min_stations, the model and its standard error as they are
+    scale: float  # the time's variance of z at the fusion stations (reported; the sill is 1)
+    mean_z: float  # the time's mean standardised residual
+
+
+def fuse(src_sites: np.ndarray, z: np.ndarray, tgt_sites: np.ndarray, model: np.ndarray, se_model: np.ndarray,
+         vg: Variogram, cfg: FusionConfig) -> Fused:
+    """The analysis at ``tgt_sites`` of one time from the standardised residuals ``z`` at ``src_sites``."""
+    ok = np.isfinite(z)
+    n = int(ok.sum())
+    model, se_model = np.asarray(model, np.float64), np.asarray(se_model, np.float64)
+    if n < cfg.min_stations:
+        return Fused(model.copy(), se_model.copy(), n, False, float("nan"), float("nan"))
+    zs = z[ok]
+    # sill 1: z is the error in units of the model's standard error, calibrated on unseen (validation) stations.
+    # The hour's own variance of z would be smaller than at an unseen pixel: most fusion stations are training
+    # stations, where the model has fitted the observations.
+    zhat, v = krige(src_sites[ok], zs, tgt_sites, vg, exact=False, scale=1.0)
+    return Fused(model + se_model * zhat, se_model * np.sqrt(v), n, True, float(zs.var()), float(zs.mean()))

@@ -1,0 +1,100 @@
+"""step04's analysis: the model map corrected by the fusion stations' observations of the same hour.
+
+The method is :mod:`shared.fusion.analysis`; here are the map-side parts:
+the fusion observations of the mapped times (step01's ``index.csv``, rows of
+the fusion splits), the model at their pixels (:func:`shared.mapping.predict.predict_pixels`,
+the same values the map has there), the variogram of the run, and the
+kriging of one time's residuals onto every pixel of the map.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shared.core.constants import KELVIN
+from shared.core.errors import UserError, rerun
+from shared.fusion.analysis import Fused, FusionConfig, fit_variogram, fuse, sites, standardised
+from shared.fusion.kriging import Variogram
+from shared.io.raw import Static
+
+
+def fusion_observations(index_dir: Path, times: pd.Series, cfg: FusionConfig) -> pd.DataFrame | None:
+    """Observations of the fusion splits at ``times``: ``time_utc, stn_id, pixel_y, pixel_x, ta_c, split``;
+    None without step01's ``index.csv`` (maps of the model alone)."""
+    ip = index_dir / "index.csv"
+    if not ip.is_file():
+        return None
+    cols = ["sat_time_utc", "stn_id", "pixel_y", "pixel_x", "ta_c", "split"]
+    head = pd.read_csv(ip, nrows=0).columns
+    missing = [c for c in cols if c not in head]
+    if missing:
+        raise UserError(f"{ip}: lacks column(s) {', '.join(missing)}; {rerun('step01')}")
+    obs = pd.read_csv(ip, usecols=cols)
+    obs["time_utc"] = pd.to_datetime(obs.pop("sat_time_utc")).astype("datetime64[ns]")
+    want = set(pd.to_datetime(pd.Series(times)).astype("datetime64[ns]"))
+    obs = obs[obs["time_utc"].isin(want) & obs["split"].isin(cfg.splits) & np.isfinite(obs["ta_c"])]
+    return obs.drop_duplicates(["time_utc", "stn_id"]).sort_values(["time_utc", "stn_id"]).reset_index(drop=True)
+
+
+def pixel_sites(static: Static, rows: np.ndarray, cols: np.ndarray, cfg: FusionConfig) -> np.ndarray:
+    """Kriging coordinates (km) of grid pixels: projection x, y and the DEM height times the elevation weight."""
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    return sites(static.grid.x[cols] / 1000.0, static.grid.y[rows] / 1000.0, static.dem[rows, cols], cfg.elevation_weight)
+
+
+@dataclass
+class TimeSources:
+    """One time's fusion stations: ids, pixels, kriging sites, observation and model (K), standardised residual."""
+
+    stn_id: np.ndarray
+    pixel_y: np.ndarray
+    pixel_x: np.ndarray
+    sites: np.ndarray
+    obs_K: np.ndarray
+    model_K: np.ndarray
+    model_se_K: np.ndarray
+    z: np.ndarray
+
+    def used(self) -> np.ndarray:
+        return np.isfinite(self.z)
+
+    def fingerprint(self) -> str:
+        """Digest of the stations and values this time's fusion uses."""
+        u = self.used()
+        arr = np.concatenate([self.stn_id[u].astype(np.float64), np.round(self.obs_K[u], 3)])
+        return hashlib.sha1(arr.tobytes()).hexdigest()[:16]
+
+
+def time_sources(obs_t: pd.DataFrame, model_K: np.ndarray, model_se_K: np.ndarray, static: Static,
+                 cfg: FusionConfig) -> TimeSources:
+    py, px = obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy()
+    obs_K = obs_t["ta_c"].to_numpy(np.float64) + KELVIN
+    return TimeSources(obs_t["stn_id"].to_numpy(np.int64), py, px, pixel_sites(static, py, px, cfg), obs_K,
+                       model_K.astype(np.float64), model_se_K.astype(np.float64), standardised(obs_K, model_K, model_se_K))
+
+
+def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:
+    """The run's variogram: fitted to the standardised residuals of all its times together."""
+    return fit_variogram([(s.sites, s.z) for s in sources], cfg)
+
+
+def fuse_map(model_K: np.ndarray, model_se_K: np.ndarray, static: Static, offset: tuple[int, int],
+             src: TimeSources, vg: Variogram, cfg: FusionConfig) -> Fused:
+    """The analysis of one time over a map ``(ny, nx)`` starting at ``offset`` of static.nc's grid.
+
+    Returns :class:`~shared.fusion.analysis.Fused` with ``value`` and ``se`` reshaped to the map (NaN where
+    the model has no value)."""
+    ny, nx = model_K.shape
+    good = np.isfinite(model_K) & np.isfinite(model_se_K)
+    rr, cc = np.nonzero(good)
+    tgt = pixel_sites(static, rr + offset[0], cc + offset[1], cfg)
+    u = src.used()
+    f = fuse(src.sites[u], src.z[u], tgt, model_K[good], model_se_K[good], vg, cfg)
+    value, se = np.full((ny, nx), np.nan, np.float32), np.full((ny, nx), np.nan, np.float32)
+    value[good], se[good] = f.value, f.se
+    f.value, f.se = value, se
+    return f
