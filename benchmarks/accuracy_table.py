@@ -16,9 +16,11 @@ Printed: RMSE [95 % interval] per method and ``RMSE - RMSE_reference``
 [95 % interval] (station bootstrap, all seeds' rows of a drawn station go
 together), overall, clear/cloudy and day/night; and the spread of the
 per-fold RMSEs. Retraining the model per fold is not done here: ``--preds``
-adds the model's step05 predictions (``prediction_c`` of ``preds_test.csv``)
-and a table on the rows it covers, with the model as the reference (the
-baselines there are out-of-fold, trained on other stations than the model).
+adds the model's and the analysis's step05 predictions (``prediction_c``,
+``analysis_c`` of ``preds_test.csv``; several files = several training seeds,
+e.g. step03 ``train.seed`` 0, 1, 2) and a table on the rows they cover, with
+the first model as the reference (the baselines there are out-of-fold, trained
+on other stations than the model), and the mean +- sd of each over the seeds.
 """
 from __future__ import annotations
 
@@ -71,7 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--reference", default="hgb", help="method the differences are taken to (model with --preds)")
-    ap.add_argument("--preds", type=Path, default=None, help="step05 preds_test.csv: add the model on its rows")
+    ap.add_argument("--preds", type=Path, nargs="+", default=None,
+                    help="step05 preds_test.csv file(s), one per model training seed: add model and analysis on their rows")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--hgb-max-iter", type=int, default=None, help="override baselines.hgb_max_iter")
     ap.add_argument("--oof-folds", type=int, default=None, help="override baselines.hgb_oof_folds")
@@ -132,15 +135,26 @@ def main(argv=None) -> int:
     print("\nper-fold RMSE (K), mean +- sd over folds and seeds:")
     print("  " + ", ".join(f"{m} {pf[m].mean():.3f} +- {pf[m].std(ddof=1):.3f}" for m in ALL_BASELINES))
 
-    if a.preds is not None:
-        if not a.preds.is_file():
-            print(f"note: {a.preds} not found; no model rows")
-            return 0
-        mp = pd.read_csv(a.preds, usecols=["time_utc", "stn_id", "prediction_c"])
-        mp["time_utc"] = pd.to_datetime(mp["time_utc"]).astype("datetime64[ns]")
+    if a.preds:
+        mp = None
+        for i, f in enumerate(a.preds):
+            if not f.is_file():
+                print(f"note: {f} not found; no model rows")
+                return 0
+            d = pd.read_csv(f, usecols=lambda c: c in ("time_utc", "stn_id", "prediction_c", "analysis_c"))
+            d = d.rename(columns={"prediction_c": f"model_s{i}", "analysis_c": f"analysis_s{i}"})
+            d["time_utc"] = pd.to_datetime(d["time_utc"]).astype("datetime64[ns]")
+            mp = d if mp is None else mp.merge(d, on=["time_utc", "stn_id"], how="inner")
         j = df.merge(mp, on=["time_utc", "stn_id"], how="inner")
-        print(f"\nmodel: {len(mp):,} rows in {a.preds}, {len(j) // len(a.seeds):,} matched")
-        tables(j, {"model": "prediction_c", **cols}, "model", "rows of the model's step05 predictions (baselines out-of-fold)")
+        mcols = {c: c for c in mp.columns if c.startswith(("model_s", "analysis_s"))}
+        print(f"\nmodel: {len(mp):,} rows common to {len(a.preds)} prediction file(s), {len(j) // len(a.seeds):,} matched")
+        tables(j, {**mcols, **cols}, "model_s0", "rows of the model's step05 predictions (baselines out-of-fold)")
+        print(f"\nover the {len(a.preds)} model seed(s), RMSE K mean +- sd (same rows):")
+        for kind in ("model", "analysis"):
+            r = [float(np.sqrt(np.nanmean((j[c] - j["obs_c"]) ** 2))) for c in mcols if c.startswith(kind)]
+            if r:
+                print(f"  {kind:<9} {np.mean(r):.3f} +- {np.std(r, ddof=1) if len(r) > 1 else 0.0:.3f}  "
+                      f"({', '.join(f'{v:.3f}' for v in r)})")
     return 0
 
 
