@@ -63,6 +63,7 @@ class ModelCfg:
     head_layers: int = _M.head_layers
     head_spectral: bool = _M.head_spectral  # also give the head the 16 radiances' centre values and patch means
     pool: Literal["cls", "mean"] = _M.pool  # encoder embedding: CLS token or mean of the patch tokens
+    location: Literal["latlon", "site", "both"] = _M.location  # where a pixel is: lat/lon, site descriptors or both
     dropout: float = _M.dropout
 
     def check(self):
