@@ -46,7 +46,7 @@ from tqdm import tqdm
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError, rerun
 from shared.features.patch import full_stack, landcover_onehot, loc3, normalise_, time7
-from shared.features.site import site_at, site_fields
+from shared.features.site import SITE_FEATURES, site_at, site_fields
 from shared.io.channels import N_CHANNELS, PATCH_CHANNELS, SZA_CH
 from shared.io.raw import Frame, Static
 from shared.models.checkpoint import load_ta_checkpoint
@@ -134,6 +134,9 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
     model, ckpt = load_ta_checkpoint(path)
     mean, std, t_mean, t_std = _norm_stats(ckpt, path)
     cfg = ckpt["model_cfg"]
+    if cfg.get("location", "latlon") != "latlon" and list(cfg.get("site_features") or []) != list(SITE_FEATURES):
+        raise UserError(f"{path}: the model takes the site features {cfg.get('site_features')}, this version computes "
+                        f"{list(SITE_FEATURES)}; {rerun('step02', force=True)} and {rerun('step03', force=True)}")
     return Predictor(model=model, model_cfg=cfg, input_mean=mean, input_std=std, target_mean=t_mean,
                      target_std=t_std, patch_size=int(cfg.get("patch_size", 9)), path=path, precision=precision,
                      info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data")})
