@@ -104,10 +104,12 @@ def flops_per_window(predictor, batch: int = 256) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from shared.io.channels import N_SITE
+
     p = predictor.patch_size
     b = {"x": torch.randn(batch, 19, p, p), "time7": torch.randn(batch, 7),
          "loc": torch.tensor([[37.0, 127.0, 2000.0]]).repeat(batch, 1),
-         "landcover_onehot": torch.zeros(batch, 17), "time_unix": torch.full((batch,), 1688180400, dtype=torch.int64)}
+         "landcover_onehot": torch.zeros(batch, 17), "site": torch.zeros(batch, N_SITE), "time_unix": torch.full((batch,), 1688180400, dtype=torch.int64)}
     with torch.inference_mode():
         predictor.model(b)
         fc = FlopCounterMode(display=False)

@@ -256,7 +256,7 @@ def test_kill_9_during_step02_then_rerun_equals_an_uninterrupted_run(tiny_index,
     subprocess.run(cmd + ["--set", f"output_dir={out_b}"], check=True, capture_output=True)
     for f in sorted((out_b / "patch_pt").glob("*.pt")):
         ca, cb = torch.load(out_a / "patch_pt" / f.name, weights_only=True), torch.load(f, weights_only=True)
-        assert all(torch.equal(ca[k], cb[k]) for k in ("x", "y", "time7", "loc", "landcover_onehot"))
+        assert all(torch.equal(ca[k], cb[k]) for k in ("x", "y", "time7", "loc", "landcover_onehot", "site"))
     assert not list(out_a.rglob(".tmp*"))
 
 

@@ -16,7 +16,7 @@ from shared.models.clay import (
     load_clay_encoder,
     load_clay_state,
 )
-from shared.models.ta import TAModelConfig, build_model
+from shared.models.ta import N_TIME7, TAModelConfig, build_model
 
 WAVES = torch.tensor([3.83, 6.21, 10.35, 0.47, 0.64, 1.61])
 
@@ -171,7 +171,7 @@ def _batch(b=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"x": torch.randn(b, 19, 9, 9, generator=g), "time7": torch.randn(b, 7, generator=g),
             "loc": torch.tensor([[36.0, 127.0, 2000.0]]).repeat(b, 1), "landcover_onehot": torch.eye(17)[:b],
-            "time_unix": torch.full((b,), 1_700_000_000), "y": torch.randn(b, generator=g)}
+            "site": torch.rand(b, 7, generator=g), "time_unix": torch.full((b,), 1_700_000_000), "y": torch.randn(b, generator=g)}
 
 
 @pytest.mark.parametrize("channels,n_enc", [("spectral", 16), ("all", 19)])
@@ -223,3 +223,45 @@ def test_ta_checkpoint_rebuilds_model_and_rejects_others(tmp_path):
     torch.save({"format": "ta2d-step03", "model": {}, "model_cfg": {**cfg, "type": "unet"}}, tmp_path / "unet.pt")
     with pytest.raises(UserError, match="'unet' is not supported"):
         load_ta_checkpoint(tmp_path / "unet.pt")
+
+
+@pytest.mark.parametrize("location,n_loc", [("latlon", 2), ("site", 7), ("both", 9)])
+def test_location_inputs(location, n_loc):
+    torch.manual_seed(0)
+    base = build_model(TAModelConfig(location="latlon").to_dict())
+    m = build_model(TAModelConfig(location=location).to_dict()).eval()
+    assert m.n_aux == base.n_aux - 2 + n_loc
+    b = _batch()
+    with torch.no_grad():
+        out = m(b)
+        assert out.shape == (5,) and torch.isfinite(out).all()
+        torch.testing.assert_close(out, m({**b, "features": m.encode(b), "aux": m.aux_features(b)}))
+        moved = {**b, "loc": b["loc"] + torch.tensor([1.0, 1.0, 0.0])}
+        other_site = {**b, "site": b["site"] + 1}
+        # lat/lon reach the model only with latlon/both (head and encoder); site only with site/both
+        assert torch.equal(m(moved), out) == (location == "site")
+        assert torch.equal(m(other_site), out) == (location == "latlon")
+    if location != "latlon":
+        with pytest.raises(UserError, match="'site' has 5 features"):
+            m({**b, "site": b["site"][:, :5]})
+
+
+def test_old_model_cfg_rebuilds_as_latlon(tmp_path):
+    torch.manual_seed(0)
+    old = TAModelConfig(location="latlon").to_dict()
+    del old["location"], old["site_features"]  # as a checkpoint written before site features
+    cfg = TAModelConfig.from_dict(old)
+    assert cfg.location == "latlon" and cfg.site_features == []
+    m = build_model(old).eval()
+    assert m.n_aux == N_TIME7 + 2 + 17 + 9 + 32
+    torch.save({"format": "ta2d-step03", "model": m.state_dict(), "model_cfg": old, "norm": {}}, tmp_path / "old.pt")
+    m2, _ = load_ta_checkpoint(tmp_path / "old.pt")
+    b = _batch()
+    del b["site"]  # a latlon model never reads it
+    with torch.no_grad():
+        assert torch.equal(m(b), m2(b))
+    assert TAModelConfig().location == "both"  # the default for new models
+    with pytest.raises(UserError, match="model.location"):
+        build_model(TAModelConfig(location="xyz").to_dict())
+    with pytest.raises(UserError, match="needs site features"):
+        build_model({**old, "location": "site"})

@@ -8,8 +8,10 @@ import pytest
 import torch
 from conftest import adopt, run_step, step01_args
 
+from shared.features.site import SITE_FEATURES, site_fields
 from shared.io.channels import PATCH_CHANNELS
-from shared.io.patches import load_chunk, read_manifest
+from shared.io.patches import CHUNK_LAYOUT, load_chunk, read_manifest
+from shared.io.raw import read_static
 
 
 def _step02(index_dir, out, *extra):
@@ -91,14 +93,15 @@ def test_rerun_is_up_to_date(tiny_world, tiny_index, capsys):
 
 
 # ----------------------------------------------------------------------------- step02
-def test_chunk_layout(tiny_patches):
+def test_chunk_layout(tiny_patches, tiny_world):
     man = read_manifest(tiny_patches, splits=())[0]
     assert man["patch_size"] == 9 and man["channels"] == PATCH_CHANNELS
     ch = _all_chunks(tiny_patches, "train")[0]
     n = ch["x"].shape[0]
     assert 0 < n <= 64
     assert ch["x"].shape == (n, 19, 9, 9) and ch["x"].dtype == torch.float32 and ch["x"].is_contiguous()
-    for k, shape in {"y": (n,), "time7": (n, 7), "loc": (n, 3), "landcover_onehot": (n, 17)}.items():
+    assert man["layout"] == CHUNK_LAYOUT and man["site_features"] == list(SITE_FEATURES) and len(SITE_FEATURES) == 7
+    for k, shape in {"y": (n,), "time7": (n, 7), "loc": (n, 3), "landcover_onehot": (n, 17), "site": (n, 7)}.items():
         assert tuple(ch[k].shape) == shape and ch[k].dtype == torch.float32
     assert set(ch["meta"]) == {"time", "stn_id", "pixel_y", "pixel_x"}
     assert ch["meta"]["time"].dtype == torch.int64
@@ -108,6 +111,10 @@ def test_chunk_layout(tiny_patches):
     np.testing.assert_allclose(t7[:, 6], ch["x"][:, 16, 4, 4].numpy(), atol=1e-6)
     assert (ch["loc"][:, 2] == 2000).all()
     assert set(ch["landcover_onehot"].sum(1).tolist()) <= {0.0, 1.0}
+    # site: the station pixel's vector of the whole-grid fields, bit for bit (what step04 feeds a map pixel)
+    fields = site_fields(read_static(tiny_world / "static.nc"))
+    py, px = ch["meta"]["pixel_y"].numpy(), ch["meta"]["pixel_x"].numpy()
+    np.testing.assert_array_equal(ch["site"].numpy(), fields[:, py, px].T)
 
 
 def test_stats_come_from_train_rows_only(tiny_patches, tiny_index, tmp_path):
@@ -149,7 +156,7 @@ def test_skip_existing_rebuilds_deleted_chunk_identically(tiny_patches, tiny_ind
     n_chunks = sum(len(v) for v in man["chunks"].values())
     assert report["chunks_reused"] == n_chunks - 1
     after = torch.load(last, weights_only=True)
-    for k in ("x", "y", "time7", "loc", "landcover_onehot"):
+    for k in ("x", "y", "time7", "loc", "landcover_onehot", "site"):
         assert torch.equal(before[k], after[k]), k
     for k in before["meta"]:
         assert torch.equal(before["meta"][k], after["meta"][k])

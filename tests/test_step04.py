@@ -18,6 +18,7 @@ from conftest import ROOT, adopt, run_step
 
 from shared.core.errors import UserError
 from shared.features.patch import extract_patches, landcover_onehot, loc3, normalise_, time7
+from shared.features.site import site_fields
 from shared.geo.grid import KO_GRID
 from shared.io.channels import PATCH_CHANNELS
 from shared.io.raw import read_frame, read_static, sat_path
@@ -151,7 +152,7 @@ def test_missing_input_marks_exactly_the_windows_that_contain_it():
 
 
 def test_map_values_equal_the_model_on_each_window(world):
-    """predict_map(pixel) == model(window, time7, pixel-centre loc, land cover), any block/batch size."""
+    """predict_map(pixel) == model(window, time7, pixel-centre loc, land cover, site), any block/batch size."""
     from shared.mapping.predict import load_predictor, predict_map
 
     static = read_static(world["raw"] / "static.nc")
@@ -171,6 +172,7 @@ def test_map_values_equal_the_model_on_each_window(world):
     batch = {"x": torch.from_numpy(x), "time7": torch.from_numpy(time7(np.full(3, t.to_datetime64()), x[:, 16, 4, 4])),
              "loc": torch.from_numpy(loc3(static.lat[py, px], static.lon[py, px], 2000.0)),
              "landcover_onehot": torch.from_numpy(landcover_onehot(static.landcover[py, px])),
+             "site": torch.from_numpy(np.ascontiguousarray(site_fields(static)[:, py, px].T)),
              "time_unix": torch.full((3,), t.value // 10**9, dtype=torch.int64)}
     want = pred.to_kelvin(pred.predict(batch))
     np.testing.assert_allclose(a.t2m_K[py, px], want, atol=2e-4)

@@ -70,7 +70,7 @@ def predict_rows(predictor, x_rows: list[tuple[Path, np.ndarray]], loc: np.ndarr
         b = batch_view(load_chunk(f))
         idx_t = torch.as_tensor(idx, dtype=torch.long)
         n = len(idx)
-        batch = {key: b[key][idx_t] for key in ("x", "time7", "landcover_onehot", "time_unix")}
+        batch = {key: b[key][idx_t] for key in ("x", "time7", "landcover_onehot", "site", "time_unix")}
         batch["loc"] = torch.from_numpy(loc[k:k + n].astype(np.float32))
         out.append(predictor.predict(batch))
         k += n

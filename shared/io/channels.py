@@ -32,3 +32,8 @@ IGBP_CLASSES = [
 WATER = IGBP_CLASSES.index("water") + 1  # 17
 N_LANDCOVER = len(IGBP_CLASSES)  # 17
 GSD_M = 2000.0  # pixel spacing of the 2 km KO grid
+
+#: Per-pixel location descriptors from static.nc, in the order of every ``site (N, K)`` chunk tensor
+#: (definitions and units: :mod:`shared.features.site`, which computes them).
+SITE_FEATURES = ("coast_dist", "elev_s10", "elev_s50", "tpi_10", "tpi_50", "land_frac_10", "land_frac_50")
+N_SITE = len(SITE_FEATURES)

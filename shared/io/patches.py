@@ -3,7 +3,8 @@
 A step02 output folder (``patch_dir``)::
 
     patch_pt/{split}_chunk_XXXXX.pt   one chunk: a dict of contiguous tensors
-    patch_pt/manifest.json            {"patch_size", "channels", "signature", "chunks": {split: [{file, rows}]}, "rows"}
+    patch_pt/manifest.json            {"patch_size", "channels", "site_features", "layout", "signature",
+                                       "chunks": {split: [{file, rows}]}, "rows"}
     stats/input_statistics.json       {"channels", "mean", "std", ...} per channel, from train rows only
     stats/target_statistics.json      {"name": "ta", "units": "degC", "mean", "std", ...}
 
@@ -14,8 +15,14 @@ A chunk holds::
     time7            (N, 7)        float32   [doy_cos, doy_sin, hour_cos, hour_sin, month_cos, month_sin, sza_center]
     loc              (N, 3)        float32   [lat, lon, gsd_m]
     landcover_onehot (N, 17)       float32
+    site             (N, K)        float32   site descriptors of the station pixel (shared.features.site,
+                                             order shared.io.channels.SITE_FEATURES, K = 7)
     meta             dict of (N,) int64: time (unix s, UTC), stn_id, pixel_y, pixel_x
     signature        str  (identifies the index + settings that built it)
+
+``CHUNK_LAYOUT`` numbers this layout; the manifest records it and the
+site feature names, and :func:`read_manifest` refuses another (chunks of an
+older step02: "rerun step02").
 
 Every reader goes through :func:`read_manifest` (which checks the manifest
 against the chunk layout) and :func:`load_chunk` (memory-mapped,
@@ -32,10 +39,12 @@ import torch
 
 from shared.core.errors import UserError, rerun
 from shared.core.records import StepRun, read_json, write_json
-from shared.io.channels import N_CHANNELS, N_LANDCOVER, PATCH_CHANNELS
+from shared.io.channels import N_CHANNELS, N_LANDCOVER, N_SITE, PATCH_CHANNELS, SITE_FEATURES
 from shared.io.torch_files import load_torch_file, save_torch_file
 
-TENSOR_KEYS = ("x", "y", "time7", "loc", "landcover_onehot")
+TENSOR_KEYS = ("x", "y", "time7", "loc", "landcover_onehot", "site")
+#: Bump when the chunk tensors change (2: + site); step02 rebuilds, readers refuse older manifests.
+CHUNK_LAYOUT = 2
 META_KEYS = ("time", "stn_id", "pixel_y", "pixel_x")
 #: Keys of one batch as the model sees it (``time_unix`` is ``meta.time``).
 BATCH_KEYS = TENSOR_KEYS + ("time_unix",)
@@ -74,7 +83,7 @@ def validate_chunk(chunk, path, n_channels: int | None = N_CHANNELS, patch_size:
         raise UserError(f"{path}: 'x' has {x.shape[1]} channels, expected {n_channels}; {RERUN}")
     if patch_size is not None and tuple(x.shape[2:]) != (patch_size, patch_size):
         raise UserError(f"{path}: 'x' patches are {tuple(x.shape[2:])}, expected ({patch_size}, {patch_size}); {RERUN}")
-    want = {"y": (n,), "time7": (n, 7), "loc": (n, 3), "landcover_onehot": (n, N_LANDCOVER)}
+    want = {"y": (n,), "time7": (n, 7), "loc": (n, 3), "landcover_onehot": (n, N_LANDCOVER), "site": (n, N_SITE)}
     for k, shape in want.items():
         t = chunk[k]
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
@@ -137,7 +146,8 @@ class SplitFiles:
 def write_manifest(patch_dir: str | Path, patch_size: int, signature: str, counts: dict[str, list[tuple[str, int]]]) -> dict:
     """Write ``patch_pt/manifest.json``: ``counts`` = ``{split: [(file, rows), ...]}`` in chunk order."""
     chunks = {s: [{"file": f, "rows": int(n)} for f, n in entries] for s, entries in counts.items()}
-    manifest = {"patch_size": int(patch_size), "channels": list(PATCH_CHANNELS), "signature": signature,
+    manifest = {"patch_size": int(patch_size), "channels": list(PATCH_CHANNELS), "site_features": list(SITE_FEATURES),
+                "layout": CHUNK_LAYOUT, "signature": signature,
                 "chunks": chunks, "rows": {s: sum(e["rows"] for e in v) for s, v in chunks.items()}}
     write_json(Path(patch_dir) / PATCH_SUBDIR / MANIFEST, manifest)
     return manifest
@@ -163,6 +173,11 @@ def read_manifest(patch_dir: str | Path, splits=("train", "val")) -> tuple[dict,
             raise UserError(f"{where}: missing key '{key}'; {RERUN}")
     if not isinstance(man["patch_size"], int) or man["patch_size"] < 1:
         raise UserError(f"{where}: 'patch_size' must be a positive integer, got {man['patch_size']!r}; {RERUN}")
+    if man.get("layout") != CHUNK_LAYOUT:
+        raise UserError(f"{where}: chunk layout {man.get('layout', 1)!r} is not this version's {CHUNK_LAYOUT} "
+                        f"(written by an older step02, without the site features); {RERUN}")
+    if list(man.get("site_features") or []) != list(SITE_FEATURES):
+        raise UserError(f"{where}: site features {man.get('site_features')} are not {list(SITE_FEATURES)}; {RERUN}")
     if list(man["channels"]) != PATCH_CHANNELS:
         raise UserError(f"{where}: channels {man['channels']} are not the patch layout {PATCH_CHANNELS} "
                         f"(missing, extra or out of order); {RERUN}")
@@ -278,9 +293,11 @@ def write_synthetic_patches(patch_dir: Path, n_rows: dict[str, int], chunk_rows:
             lon = 125 + 5 * torch.rand(m, generator=g)
             lc = torch.zeros(m, 17)
             lc[torch.arange(m), torch.randint(0, 17, (m,), generator=g)] = 1
+            site = torch.rand(m, N_SITE, generator=g)
             chunk = {
                 "x": x.float().contiguous(), "y": y.float(), "time7": time7.float(),
                 "loc": torch.stack([lat, lon, torch.full((m,), 2000.0)], 1), "landcover_onehot": lc,
+                "site": site,
                 "meta": {"time": t.long(), "stn_id": torch.randint(90, 300, (m,), generator=g),
                          "pixel_y": torch.randint(0, 900, (m,), generator=g),
                          "pixel_x": torch.randint(0, 900, (m,), generator=g)},

@@ -25,8 +25,9 @@ e.g. 8 rows -> 44 MB) and the activations of one batch exist at a time, never th
 
 Inputs per window, as in the chunks (``shared/features.py``): ``x`` z-scored,
 ``time7`` with the window's own z-scored centre SZA, ``loc`` = the pixel
-centre's lat/lon and the grid spacing, ``landcover_onehot`` of the pixel, and
-``time_unix`` of the image.
+centre's lat/lon and the grid spacing, ``landcover_onehot`` of the pixel,
+``site`` of the pixel (:func:`shared.features.site.site_fields`, computed once
+per map) and ``time_unix`` of the image.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from tqdm import tqdm
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError, rerun
 from shared.features.patch import full_stack, landcover_onehot, loc3, normalise_, time7, window_index
+from shared.features.site import SITE_FEATURES, site_at, site_fields
 from shared.io.channels import N_CHANNELS, PATCH_CHANNELS, SZA_CH
 from shared.io.raw import Frame, Static
 from shared.models.checkpoint import load_ta_checkpoint
@@ -144,6 +146,9 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
     model, ckpt = load_ta_checkpoint(path)
     mean, std, t_mean, t_std = _norm_stats(ckpt, path)
     cfg = ckpt["model_cfg"]
+    if cfg.get("location", "latlon") != "latlon" and list(cfg.get("site_features") or []) != list(SITE_FEATURES):
+        raise UserError(f"{path}: the model takes the site features {cfg.get('site_features')}, this version computes "
+                        f"{list(SITE_FEATURES)}; {rerun('step02', force=True)} and {rerun('step03', force=True)}")
     unc = ckpt.get("uncertainty") or {}
     if model.logvar_mlp is not None and "sigma_scale" in unc:
         scale, src = float(unc["sigma_scale"]), "variance head calibrated on the validation rows"
@@ -195,8 +200,8 @@ def block_windows(xp: np.ndarray, r0: int, r1: int, rows: np.ndarray, cols: np.n
 
 
 def pixel_batch(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, time_utc, lat: np.ndarray, lon: np.ndarray,
-                landcover: np.ndarray, gsd_m: float) -> dict:
-    """The model's batch dict for windows ``x (N, 19, P, P)`` centred on ``(rows, cols)``."""
+                landcover: np.ndarray, gsd_m: float, site: np.ndarray) -> dict:
+    """The model's batch dict for windows ``x (N, 19, P, P)`` centred on ``(rows, cols)``; ``site (K, H, W)``."""
     import torch
 
     n, c = len(x), x.shape[-1] // 2
@@ -207,6 +212,7 @@ def pixel_batch(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, time_utc, lat
         "time7": torch.from_numpy(t7),
         "loc": torch.from_numpy(loc3(lat[rows, cols], lon[rows, cols], gsd_m)),
         "landcover_onehot": torch.from_numpy(landcover_onehot(landcover[rows, cols])),
+        "site": torch.from_numpy(site_at(site, rows, cols)),
         "time_unix": torch.full((n,), unix, dtype=torch.int64),
     }
 
@@ -228,12 +234,13 @@ class MapResult:
 
 def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, block_rows: int = 8,
                 batch_size: int = 8192, progress: bool = True, desc: str = "",
-                region: tuple[int, int, int, int] | None = None) -> MapResult:
+                region: tuple[int, int, int, int] | None = None, site: np.ndarray | None = None) -> MapResult:
     """The map of one time and its standard error: (H, W) K each, NaN where a window has missing input.
 
     ``region = (row0, col0, ny, nx)`` maps only that part of the grid, an
     (ny, nx) array; its pixels get exactly the values of the whole map (their
     windows are cut from the whole image, padding only at the image edges).
+    ``site``: :func:`~shared.features.site.site_fields` of ``static`` when already computed.
     """
 
     t0 = _time.time()
@@ -248,6 +255,7 @@ def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, bl
     out = np.full((ny, nx), np.nan, dtype=np.float32)
     se = np.full((ny, nx), np.nan, dtype=np.float32)
     lat32, lon32 = static.lat.astype(np.float32), static.lon.astype(np.float32)
+    site = site_fields(static) if site is None else site  # (K, H, W), 0.3 s for the KO grid
     n_good = int((~missing).sum())
     block_bytes = 0
     bar = tqdm(total=n_good, desc=desc or f"map {pd.Timestamp(time_utc):%Y-%m-%d %H:%M}", unit="win",
@@ -263,7 +271,8 @@ def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, bl
         block_bytes = max(block_bytes, win.nbytes)
         for b0 in range(0, len(win), batch_size):
             sl = slice(b0, b0 + batch_size)
-            batch = pixel_batch(win[sl], gr[sl], gc[sl], time_utc, lat32, lon32, static.landcover, static.grid.res_m)
+            batch = pixel_batch(win[sl], gr[sl], gc[sl], time_utc, lat32, lon32, static.landcover, static.grid.res_m,
+                                site)
             z, sd = predictor.predict_dist(batch)
             out[rr[sl], cc[sl]] = predictor.to_kelvin(z)
             se[rr[sl], cc[sl]] = sd * np.float32(predictor.target_std)
@@ -275,9 +284,9 @@ def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, bl
 
 
 def predict_pixels(predictor: Predictor, frame: Frame, static: Static, time_utc, rows: np.ndarray,
-                   cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                   cols: np.ndarray, site: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The model at chosen pixels, exactly as :func:`predict_map` gives them: ``(K, standard error K)``, each
-    ``(N,)``, NaN where the window holds a missing input."""
+    ``(N,)``, NaN where the window holds a missing input. ``site``: ``site_fields(static)`` when computed."""
     p = predictor.patch_size
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
     xs = normalised_stack(frame, static, predictor.input_mean, predictor.input_std)
@@ -290,7 +299,8 @@ def predict_pixels(predictor: Predictor, frame: Frame, static: Static, time_utc,
         r, c = window_index(rows[good] + p // 2, cols[good] + p // 2, p)  # the padded stack's indices
         win = np.ascontiguousarray(xp[:, r, c].transpose(1, 0, 2, 3))  # (N, 19, P, P)
         batch = pixel_batch(win, rows[good], cols[good], time_utc, static.lat.astype(np.float32),
-                            static.lon.astype(np.float32), static.landcover, static.grid.res_m)
+                            static.lon.astype(np.float32), static.landcover, static.grid.res_m,
+                            site_fields(static) if site is None else site)
         z, sd = predictor.predict_dist(batch)
         t2m[good], se[good] = predictor.to_kelvin(z), sd * np.float32(predictor.target_std)
     return t2m, se

@@ -3,9 +3,15 @@
 ::
 
     x (B,19,P,P) ─ encoder channels ─ bilinear resize to R×R ─ ClayEncoder ─ CLS (B,D) ─ LayerNorm ─┐
-    time7 (B,7), loc -> normalised lat/lon (B,2), landcover_onehot (B,17),                         ├─ MLP ─ TA z-score (B,)
-    SZA/DEM/LSMASK centre value + patch mean + patch std (B,9)  ── "aux" (B,35) ───────────────────┤
-    [head_spectral] 16 radiances: centre value + patch mean (B,32)  ── also "aux" (B,67) ──────────┘
+    time7 (B,7), location: loc -> normalised lat/lon (B,2) and/or site (B,7), landcover_onehot (B,17), ├─ MLP ─ TA z-score (B,)
+    SZA/DEM/LSMASK centre value + patch mean + patch std (B,9)  ── "aux" (B,35..42) ───────────────┤
+    [head_spectral] 16 radiances: centre value + patch mean (B,32)  ── also "aux" (B,67..74) ──────┘
+
+``location`` says how the model knows where a pixel is: ``latlon`` (the head
+gets the normalised lat/lon, the encoder Clay's lat/lon encoding),
+``site`` (the head gets the site descriptors of :mod:`shared.features.site`,
+the batch key ``site``; the encoder gets the lat/lon of the training mean
+location for every sample, so lat/lon reach the model nowhere) or ``both``.
 
 ``uncertainty: gaussian`` adds a small head on the same (detached) inputs that
 predicts the log-variance of the z-score error, trained with the Gaussian
@@ -43,10 +49,12 @@ from shared.io.channels import (
     PATCH_CHANNELS,
     RF_CHANNELS,
     RF_WAVES_UM,
+    SITE_FEATURES,
 )
 from shared.models.clay import CLAY_SIZES, ClayEncoder, clay_latlon_encoding, clay_time_encoding
 
 N_TIME7 = 7
+LOCATIONS = ("latlon", "site", "both")
 MODEL_TYPE = "clay_transfer"
 
 #: Wavelengths given to the non-spectral inputs when they go through the encoder
@@ -59,7 +67,7 @@ class TAModelConfig:
     """Everything that builds a :class:`TAModel`: the single source of the model's defaults.
 
     step03's ``model:`` config section takes its defaults from here; the data
-    fields (``patch_size``, ``channels``, ``gsd_m``, ``loc_*``) come from the
+    fields (``patch_size``, ``channels``, ``gsd_m``, ``loc_*``, ``site_features``) come from the
     patch chunks. Stored in every checkpoint as a plain dict (:meth:`to_dict`).
     """
 
@@ -83,9 +91,11 @@ class TAModelConfig:
     head_spectral: bool = True
     pool: str = "cls"
     uncertainty: str = "gaussian"
+    location: str = "both"  # latlon | site | both (see the module docstring)
+    site_features: list[str] = field(default_factory=lambda: list(SITE_FEATURES))
 
     #: Keys added after the first checkpoints were written, with the value that rebuilds those.
-    ADDED_LATER = {"head_spectral": False, "pool": "cls", "uncertainty": "none"}
+    ADDED_LATER = {"head_spectral": False, "pool": "cls", "uncertainty": "none", "location": "latlon", "site_features": []}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +136,13 @@ class TAModel(nn.Module):
         self.pool = cfg.get("pool", "cls")
         if self.pool not in ("cls", "mean"):
             raise UserError(f"model.pool must be 'cls' or 'mean', got {self.pool!r}")
+        self.location = cfg.get("location", "latlon")
+        if self.location not in LOCATIONS:
+            raise UserError(f"model.location must be one of {', '.join(LOCATIONS)}, got {self.location!r}")
+        self.use_latlon = self.location in ("latlon", "both")
+        self.n_site = len(cfg.get("site_features") or []) if self.location in ("site", "both") else 0
+        if self.location != "latlon" and self.n_site == 0:
+            raise UserError(f"model.location {self.location!r} needs site features, but the model config lists none")
         chans = cfg["channels"]
         # Derived from cfg, so not saved in the state dict.
         self.register_buffer("enc_idx", torch.tensor([chans.index(n) for n in waves]), persistent=False)
@@ -142,7 +159,7 @@ class TAModel(nn.Module):
 
         self.encoder = ClayEncoder(cfg["size"], cfg["clay_patch_size"])
         d = self.encoder.dim
-        self.n_aux = N_TIME7 + 2 + N_LANDCOVER + 3 * len(AUX_CHANNELS)
+        self.n_aux = N_TIME7 + 2 * self.use_latlon + self.n_site + N_LANDCOVER + 3 * len(AUX_CHANNELS)
         if self.head_spectral:
             self.n_aux += 2 * len(self.spec_idx)
         layers: list[nn.Module] = []
@@ -182,6 +199,8 @@ class TAModel(nn.Module):
         if x.shape[-1] != r or x.shape[-2] != r:
             x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
         loc = batch["loc"]
+        if not self.use_latlon:  # the same place for every sample: no lat/lon through the encoder either
+            loc = self.loc_mean.expand(loc.shape[0], 2)
         time = clay_time_encoding(batch["time_unix"]).to(x.device)
         latlon = clay_latlon_encoding(loc[:, 0], loc[:, 1])
         tokens = self.encoder(x, time, latlon, self.enc_gsd, self.waves)  # (B, 1+L, D)
@@ -191,8 +210,16 @@ class TAModel(nn.Module):
         """Non-encoder inputs of the head ``(B, n_aux)``."""
         x = batch["x"].index_select(1, self.aux_idx)  # (B, 3, P, P)
         c = x.shape[-1] // 2
-        latlon = (batch["loc"][:, :2] - self.loc_mean) / self.loc_std
-        parts = [batch["time7"], latlon, batch["landcover_onehot"], x[:, :, c, c], x.mean((2, 3)), x.std((2, 3))]
+        parts = [batch["time7"]]
+        if self.use_latlon:
+            parts.append((batch["loc"][:, :2] - self.loc_mean) / self.loc_std)
+        if self.n_site:
+            site = batch["site"]
+            if site.shape[1] != self.n_site:
+                raise UserError(f"batch 'site' has {site.shape[1]} features, the model takes {self.n_site} "
+                                f"({', '.join(self.cfg['site_features'])})")
+            parts.append(site.to(x.dtype))
+        parts += [batch["landcover_onehot"], x[:, :, c, c], x.mean((2, 3)), x.std((2, 3))]
         if self.head_spectral:  # a direct path for the radiances beside the encoder
             spec = batch["x"].index_select(1, self.spec_idx)  # (B, 16, P, P)
             parts += [spec[:, :, c, c], spec.mean((2, 3))]

@@ -12,6 +12,9 @@ sorted by (time, station) after the static filters (edge, land cover); chunk
 So ``skip_existing`` can rebuild just the missing chunks and get identical
 tensors, reading only the images those chunks need.
 
+Each row also gets the site descriptors of its station pixel
+(:mod:`shared.features.site`, computed once per run for the whole grid).
+
 Reads the index set of step01, ``static.nc`` and every image the index
 rows use (all of them are this stage's ``deps``).
 """
@@ -37,9 +40,11 @@ from shared.core.errors import UserError, require_dir, rerun
 from shared.core.records import fingerprint, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.features.patch import extract_patches, landcover_onehot, loc3, normalise_, time7
+from shared.features.site import site_at, site_fields
 from shared.io.channels import N_CHANNELS, SZA_CH
 from shared.io.index import SPLITS, image_paths, index_files, read_index, read_splits
 from shared.io.patches import (
+    CHUNK_LAYOUT,
     INPUT_STATS,
     PATCH_SUBDIR,
     STATS_SUBDIR,
@@ -193,7 +198,7 @@ def make_patches(cfg: Config) -> dict:
 
     sig_src = json.dumps({"index": fingerprint([cfg.index_dir / f"index_{s}.csv" for s in SPLITS]),
                           "static": fingerprint([static.path]), "p": p, "rows": cfg.patch_chunk_rows,
-                          "lc_ex": sorted(cfg.landcover_exclude)}, sort_keys=True)
+                          "lc_ex": sorted(cfg.landcover_exclude), "layout": CHUNK_LAYOUT}, sort_keys=True)
     signature = hashlib.sha1(sig_src.encode()).hexdigest()[:16]
 
     stats_ok = False
@@ -261,6 +266,7 @@ def make_patches(cfg: Config) -> dict:
         write_stats(out, mean, std, t_mean, t_std, {"signature": signature, "from_split": "train", "n_rows": int(tr.sum())})
 
     # --- normalise and save each needed chunk -------------------------------
+    site = site_fields(static) if len(todo) else None  # (K, H, W), once per run
     counts = dict(existing)
     todo_groups = todo.groupby(["split", "chunk"]).indices
     for (s, k), rows in tqdm(sorted(todo_groups.items()), desc="step02 chunks", unit="chunk", disable=not todo_groups):
@@ -275,6 +281,7 @@ def make_patches(cfg: Config) -> dict:
             "time7": torch.from_numpy(time7(sub["sat_time_utc"].to_numpy(), sza_c)),
             "loc": torch.from_numpy(loc3(sub["lat"].to_numpy(), sub["lon"].to_numpy(), grid.res_m)),
             "landcover_onehot": torch.from_numpy(landcover_onehot(sub["landcover"].to_numpy())),
+            "site": torch.from_numpy(site_at(site, sub["pixel_y"].to_numpy(), sub["pixel_x"].to_numpy())),
             "meta": {
                 "time": torch.from_numpy(sub["sat_time_utc"].to_numpy().astype("datetime64[s]").astype(np.int64)),
                 "stn_id": torch.from_numpy(sub["stn_id"].to_numpy().astype(np.int64)),
@@ -311,4 +318,4 @@ def run(cfg: Config, ctx: Context) -> Result:
 
 STAGE = Stage(name=STEP, title="cut 19 x P x P patches around the index rows, z-score them, write patch_pt chunks",
               config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
-              record_dir=lambda cfg: cfg.output_dir, doc=__doc__)
+              record_dir=lambda cfg: cfg.output_dir, doc=__doc__, version=str(CHUNK_LAYOUT))

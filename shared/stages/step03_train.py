@@ -64,6 +64,7 @@ class ModelCfg:
     head_spectral: bool = _M.head_spectral  # also give the head the 16 radiances' centre values and patch means
     pool: Literal["cls", "mean"] = _M.pool  # encoder embedding: CLS token or mean of the patch tokens
     uncertainty: Literal["gaussian", "none"] = _M.uncertainty  # gaussian: a log-variance head (per-pixel standard error)
+    location: Literal["latlon", "site", "both"] = _M.location  # where a pixel is: lat/lon, site descriptors or both
     dropout: float = _M.dropout
 
     def check(self):

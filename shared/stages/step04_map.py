@@ -34,6 +34,7 @@ from shared.core.constants import KELVIN
 from shared.core.errors import UserError, require_file, rerun
 from shared.core.records import fingerprint, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
+from shared.features.site import site_fields
 from shared.fusion.analysis import FusionConfig
 from shared.io.index import learnt_station_ids
 from shared.io.maps import MapLayers, map_dataset, map_name, read_map, write_map
@@ -239,6 +240,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     st_plot = None if st_out is None else st_out.assign(pixel_y=st_out["pixel_y"] - offset[0], pixel_x=st_out["pixel_x"] - offset[1])
 
     # --- fusion: the model at the fusion stations of every time, and the run's variogram --------------------
+    site = site_fields(static)  # the site descriptors of every pixel, once per run
     sources, vg, fusion_note = {}, None, "fusion disabled (fusion.enabled: false)"
     if cfg.fusion.enabled:
         obs = fusion_observations(cfg.index_dir, times["time_utc"], cfg.fusion)
@@ -251,7 +253,7 @@ def run(cfg: Config, ctx: Context) -> Result:
             if obs_t is None:
                 continue
             frame = read_frame(resolve_path(r.path_bt), resolve_path(r.path_rf), resolve_path(r.path_sza), static.grid)
-            m, se = predict_pixels(predictor, frame, static, t, obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy())
+            m, se = predict_pixels(predictor, frame, static, t, obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy(), site)
             del frame
             sources[t] = time_sources(obs_t, m, se, static, cfg.fusion)
         if sources:
@@ -304,7 +306,7 @@ def run(cfg: Config, ctx: Context) -> Result:
             print(f"warning: {t:%Y-%m-%d %H:%M}: {n_implausible:,} image pixel(s) outside the physical range were "
                   "treated as missing", flush=True)
         res = predict_map(predictor, frame, static, t, cfg.block_rows, cfg.batch_size, progress=cfg.progress,
-                          desc=f"[rank {rank}] {t:%Y-%m-%d %H:%M}" if world > 1 else "", region=region)
+                          desc=f"[rank {rank}] {t:%Y-%m-%d %H:%M}" if world > 1 else "", region=region, site=site)
         del frame
         t_fuse = time.perf_counter()
         fused = fuse_map(res.t2m_K, res.se_K, static, offset, src, vg, cfg.fusion) if vg is not None and src is not None else None

@@ -12,7 +12,7 @@ import pandas as pd
 
 from shared.core.cli import run_main
 from shared.core.errors import UserError
-from shared.io.channels import PATCH_CHANNELS
+from shared.io.channels import PATCH_CHANNELS, SITE_FEATURES
 from shared.io.patches import load_chunk
 
 
@@ -50,6 +50,8 @@ def describe(path, idx: int = 0) -> str:
     lines.append("    centre pixel: " + ", ".join(f"{nm}={x[idx, c, p // 2, p // 2]:.2f}" for c, nm in enumerate(names)))
     lines.append(f"    time7 {np.round(ch['time7'][idx].numpy(), 3).tolist()}")
     lines.append(f"    loc {np.round(ch['loc'][idx].numpy(), 4).tolist()}  landcover class {int(ch['landcover_onehot'][idx].argmax()) + 1 if ch['landcover_onehot'][idx].sum() > 0 else 'none'}")
+    if "site" in ch:
+        lines.append("    site " + ", ".join(f"{nm}={v:.3f}" for nm, v in zip(SITE_FEATURES, ch["site"][idx].tolist())))
     return "\n".join(lines)
 
 

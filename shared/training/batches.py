@@ -153,7 +153,7 @@ class ChunkBatches(BatchPlan):
     def _take(self, f: int, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self._chunk(f)
         out = {k: c[k][rows] for k in BATCH_KEYS}
-        for k in ("x", "y", "time7", "loc", "landcover_onehot"):
+        for k in ("x", "y", "time7", "loc", "landcover_onehot", "site"):
             if out[k].dtype != torch.float32:
                 out[k] = out[k].float()
         out["time_unix"] = out["time_unix"].long()

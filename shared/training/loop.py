@@ -114,7 +114,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_names: tu
 
 #: step03 ``model:`` keys that are fields of TAModelConfig as they are.
 _USER_MODEL_FIELDS = ("type", "size", "resize_to", "encoder_channels", "pseudo_waves_um", "head_hidden", "head_layers",
-                      "head_spectral", "pool", "dropout", "freeze_encoder", "uncertainty")
+                      "head_spectral", "pool", "location", "dropout", "freeze_encoder", "uncertainty")
 
 
 def make_model_cfg(cfg, manifest: dict, loc_stats: dict) -> dict:
@@ -129,9 +129,11 @@ def make_model_cfg(cfg, manifest: dict, loc_stats: dict) -> dict:
         gsd_m=loc_stats["gsd_m"],
         loc_mean=loc_stats["loc_mean"],
         loc_std=loc_stats["loc_std"],
+        site_features=list(manifest.get("site_features") or []),
     )
     assert {f.name for f in fields(TAModelConfig)} - set(_USER_MODEL_FIELDS) == {
-        "clay_patch_size", "patch_size", "channels", "bt_waves_um", "rf_waves_um", "gsd_m", "loc_mean", "loc_std"}
+        "clay_patch_size", "patch_size", "channels", "bt_waves_um", "rf_waves_um", "gsd_m", "loc_mean", "loc_std",
+        "site_features"}
     return mc.to_dict()
 
 
