@@ -255,5 +255,10 @@ def test_maps_are_analyses_of_the_fusion_stations_and_intervals_are_scored(evalu
         assert s["n"] == m["n"] and 0 <= s["coverage_50"] <= s["coverage_90"] <= s["coverage_95"] <= 1
         assert s["crps_K"] > 0 and set(s["by_sky"]) <= {"clear", "cloudy"}
     assert (evaluated["out"] / "reliability.png").is_file()
+    # every method against the analysis too: the point value is the difference of the RMSEs
+    da = m["differences_to_analysis"]
+    assert set(da) == {"model", "climatology", "linear", "hgb", "idw", "regression_kriging", "hgb_residual_kriging"}
+    assert da["model"]["diff_K"] == pytest.approx(-m["differences_to_model"]["analysis"]["diff_K"], abs=1e-9)
+    assert da["idw"]["diff_K"] == pytest.approx(m["baselines"]["idw"]["rmse_K"] - m["analysis"]["rmse_K"], abs=1e-9)
     p = pd.read_csv(evaluated["out"] / "preds_test.csv")
     assert (p["analysis_se_K"] <= 1.1 * p["prediction_se_K"]).all() and (p["analysis_se_K"] < p["prediction_se_K"]).mean() > 0.5

@@ -148,7 +148,7 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
             handles.append(Line2D([], [], color="0.15", lw=0.9, ls="--", label=f"{coverage_km:g} km from a station"))
             if kind != "se":
                 handles.append(Patch(facecolor="0.93", edgecolor="0.6", label="farther: extrapolation (paler)"))
-        if handles and kind == panels[-1]:
+        if handles and (kind == panels[-1] or kind == "map"):
             ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
         if zoomed:
             ax.set_xlim(box[0], box[1])

@@ -248,6 +248,10 @@ def run(cfg: Config, ctx: Context) -> Result:
     boot = station_bootstrap(df, scored, MODEL, n_boot=cfg.bootstrap_draws, seed=cfg.bootstrap_seed)
     metrics["differences_to_model"] = {n: boot["differences"][n] for n in scored if n != MODEL}
     metrics["rmse_ci95"] = {n: boot["rmse"][n]["ci95"] for n in scored}
+    boot_a = None
+    if ANALYSIS in scored:  # the analysis against each method (same draws: same seed, same stations)
+        boot_a = station_bootstrap(df, scored, ANALYSIS, n_boot=cfg.bootstrap_draws, seed=cfg.bootstrap_seed)
+        metrics["differences_to_analysis"] = {n: boot_a["differences"][n] for n in scored if n != ANALYSIS}
     metrics["bootstrap"] = {"unit": "test stations, resampled with replacement", "n_boot": boot["n_boot"],
                             "seed": boot["seed"], "n_stations": boot["n_stations"],
                             "difference": "RMSE_method - RMSE_model on the rows both predict (< 0: method better)"}
@@ -347,6 +351,9 @@ def run(cfg: Config, ctx: Context) -> Result:
     print(format_table(results))
     print()
     print(format_differences(boot, "RMSE and its difference to the model (95 % station-bootstrap intervals):"))
+    if boot_a is not None:
+        print()
+        print(format_differences(boot_a, "... and to the analysis:"))
     print()
     print("standard errors (Gaussian intervals) on the same rows:")
     print(format_interval_table(intervals))
