@@ -49,7 +49,7 @@ class FusionConfig:
     enabled: bool = True
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
     variogram_model: str = "exponential"
-    elevation_weight: float = 0.0
+    elevation_weight: float = 200.0
     min_stations: int = 3
 
     def check(self):
