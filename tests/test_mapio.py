@@ -108,14 +108,27 @@ def test_read_map_refuses_a_stacked_file(three_maps, tmp_path):
         read_map(tmp_path / "season.nc")
 
 
-def test_map_is_clean_under_the_ioos_compliance_checker(three_maps, tmp_path):
-    """DESIGN.md: step04's maps are CF-1.8 "clean under the IOOS compliance-checker" (int64 time was its one error)."""
+@pytest.mark.parametrize("layers", [False, True], ids=["t2m only", "analysis with every layer"])
+def test_map_is_clean_under_the_ioos_compliance_checker(three_maps, tmp_path, layers):
+    """DESIGN.md: step04's maps are CF-1.8 "clean under the IOOS compliance-checker" (int64 time was its one
+    error), also with the standard errors (standard_name modifier), the model field, the distance and the
+    fusion station ids."""
     import json
+
+    from shared.io.maps import MapLayers
 
     runner = pytest.importorskip("compliance_checker.runner")
     runner.CheckSuite().load_all_available_checkers()
+    path = three_maps[0]
+    if layers:
+        lat, lon = GRID.latlon_2d()
+        one = np.ones(GRID.shape, np.float32)
+        path = tmp_path / "layers" / map_name(TIMES[0])
+        write_map(path, map_dataset(field(0), GRID, TIMES[0], lat, lon, {}, MapLayers(
+            se_K=0.8 * one, model_K=field(0) - 0.5, model_se_K=1.2 * one, distance_km=10 * one,
+            distance_note="of this time's fusion", fusion_ids=np.array([90, 95, 101]), analysis_note="test")))
     out = tmp_path / "cc.json"
-    passed, errors = runner.ComplianceChecker.run_checker(str(three_maps[0]), ["cf:1.8"], 0, "normal",
+    passed, errors = runner.ComplianceChecker.run_checker(str(path), ["cf:1.8"], 0, "normal",
                                                           output_filename=str(out), output_format="json")
     rep = json.loads(out.read_text())["cf:1.8"]
     issues = [(g["name"], g["msgs"]) for k in ("high_priorities", "medium_priorities", "low_priorities")

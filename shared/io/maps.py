@@ -10,7 +10,7 @@ One file per time, ``ta_map_YYYYMMDDhhmm.nc``::
     t2m_model_standard_error (time=1, y, x)
     distance_to_station (y, x)   km  to the nearest fusion station of this time (the model's training
                                      stations when there was no fusion)
-    fusion_station (station)     int64 ids of the stations whose observations made the analysis
+    fusion_station (station)     int32 ids of the stations whose observations made the analysis
     time (time)  float64     seconds since 1970-01-01 00:00:00 (UTC, standard calendar)
     x    (x)   m             projection_x_coordinate (LCC, west -> east)
     y    (y)   m             projection_y_coordinate (north first, row 0 = north)
@@ -165,7 +165,7 @@ def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: n
             "long_name": "distance from the pixel centre to the nearest station " + (layers.distance_note or "used in training"),
             "units": "km", "grid_mapping": "crs", "coordinates": "lat lon"})
     if fused:
-        ds["fusion_station"] = (("station",), np.asarray(layers.fusion_ids, dtype=np.int64), {
+        ds["fusion_station"] = (("station",), np.asarray(layers.fusion_ids, dtype=np.int32), {  # CF-1.8: no int64
             "long_name": "ids of the stations whose observations of this time made the analysis (t2m)"})
     return ds
 
