@@ -217,6 +217,12 @@ def test_step04_writes_cf_maps_resumes_and_is_up_to_date(world, tmp_path, capsys
     st0 = pd.read_csv(world["raw"] / "stations.csv").iloc[0]
     r0, c0 = world["grid"].latlon_to_rowcol(st0["lat"], st0["lon"])
     assert float(dist.values[r0, c0]) == 0.0 and float(dist.max()) > 10.0
+    # no step01 index, so no observations to fuse: t2m is the model and says so; the standard errors are there
+    assert "fusion_station" not in ds and ds["t2m"].attrs["analysis"].startswith("model only")
+    np.testing.assert_array_equal(ds["t2m"].values, ds["t2m_model"].values)
+    assert ds["t2m_standard_error"].attrs["standard_name"] == "air_temperature standard_error"
+    assert ds["t2m"].attrs["ancillary_variables"] == "t2m_standard_error"
+    assert float(ds["t2m_standard_error"].min()) > 0
     ds.close()
 
     st = pd.read_csv(out / "map_at_stations.csv")
