@@ -165,40 +165,37 @@ def compute_features(model, plan, device: torch.device, dtype, store: torch.devi
 
 
 @torch.no_grad()
-def evaluate(model, loader, device: torch.device, dtype, d: Dist) -> tuple[float, int]:
-    """(MSE in z-score units, rows) over all ranks' shares of the split."""
-    model.eval()
-    acc = torch.zeros(2, dtype=torch.float64, device=device)
-    for batch in loader:
-        batch = _to(batch, device)
-        with _autocast(device, dtype):
-            pred = model(batch)
-        err = pred.float() - batch["y"]
-        acc[0] += (err * err).sum().double()
-        acc[1] += err.numel()
-    d.sum_(acc)
-    return float(acc[0] / acc[1].clamp_min(1)), int(acc[1])
-
-
-@torch.no_grad()
-def calibrate_sigma(model, loader, device: torch.device, dtype, d: Dist) -> dict:
-    """Scale of the variance head's standard deviation that makes the validation rows' standardised errors
-    unit-variance: ``s = sqrt(mean(err^2 / exp(logvar)))``. The head learnt from training rows, where the model's
-    errors are smaller than at unseen stations; the validation stations are unseen."""
+def _error_sums(model, loader, device: torch.device, dtype, d: Dist, with_logvar: bool = False) -> tuple[float, float, int]:
+    """Over all ranks' shares of the split: the sum of squared z-score errors, the sum of squared errors divided
+    by the variance head's ``exp(logvar)`` (0 without ``with_logvar``) and the number of rows."""
     model.eval()
     acc = torch.zeros(3, dtype=torch.float64, device=device)
     for batch in loader:
         batch = _to(batch, device)
         with _autocast(device, dtype):
-            pred, logvar = model(batch, with_logvar=True)
+            out = model(batch, with_logvar=with_logvar)
+        pred, logvar = out if with_logvar else (out, None)
         err2 = (pred.float() - batch["y"]).pow(2)
-        acc[0] += (err2 * torch.exp(-logvar.float())).sum().double()
-        acc[1] += err2.numel()
-        acc[2] += err2.sum().double()
+        acc[0] += err2.sum().double()
+        if with_logvar:
+            acc[1] += (err2 * torch.exp(-logvar.float())).sum().double()
+        acc[2] += err2.numel()
     d.sum_(acc)
-    n = max(int(acc[1]), 1)
-    return {"sigma_scale": math.sqrt(float(acc[0]) / n), "val_rows": int(acc[1]),
-            "val_rmse_z": math.sqrt(float(acc[2]) / n),
+    return float(acc[0]), float(acc[1]), int(acc[2])
+
+
+def evaluate(model, loader, device: torch.device, dtype, d: Dist) -> tuple[float, int]:
+    """(MSE in z-score units, rows) over all ranks' shares of the split."""
+    sse, _, n = _error_sums(model, loader, device, dtype, d)
+    return sse / max(n, 1), n
+
+
+def calibrate_sigma(model, loader, device: torch.device, dtype, d: Dist) -> dict:
+    """Scale of the variance head's standard deviation that makes the validation rows' standardised errors
+    unit-variance: ``s = sqrt(mean(err^2 / exp(logvar)))``. The head learnt from training rows, where the model's
+    errors are smaller than at unseen stations; the validation stations are unseen."""
+    sse, ssz, n = _error_sums(model, loader, device, dtype, d, with_logvar=True)
+    return {"sigma_scale": math.sqrt(ssz / max(n, 1)), "val_rows": n, "val_rmse_z": math.sqrt(sse / max(n, 1)),
             "method": "variance head (Gaussian NLL on the training rows, mean detached), its standard deviation "
                       "scaled so the validation rows' standardised errors have unit variance"}
 
