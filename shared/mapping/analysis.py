@@ -9,7 +9,7 @@ kriging of one time's residuals onto every pixel of the map.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,5 +96,4 @@ def fuse_map(model_K: np.ndarray, model_se_K: np.ndarray, static: Static, offset
     f = fuse(src.sites[u], src.z[u], tgt, model_K[good], model_se_K[good], vg, cfg)
     value, se = np.full((ny, nx), np.nan, np.float32), np.full((ny, nx), np.nan, np.float32)
     value[good], se[good] = f.value, f.se
-    f.value, f.se = value, se
-    return f
+    return replace(f, value=value, se=se)
