@@ -4,11 +4,13 @@ Each method with a standard error gives a Gaussian predictive distribution
 ``N(pred, se^2)`` per row. Over the rows where pred, se and obs are finite:
 
 * ``coverage_P``: share of rows whose observation lies in the central P %
-  interval ``pred +- z_P * se`` (``z_90 = 1.645``); calibrated: ``coverage_P ~ P``.
+  interval ``pred +- k_P * se``; calibrated: ``coverage_P ~ P``. ``k_P`` is
+  the model's multiplier measured on the validation rows
+  (:mod:`shared.models.intervals`), else Gaussian (``k_90 = 1.645``).
 * ``crps_K``: mean continuous ranked probability score, closed form for a
   Gaussian (Gneiting & Raftery 2007): ``se * (w (2 Phi(w) - 1) + 2 phi(w) - 1/sqrt(pi))``
   with ``w = (obs - pred) / se``; in K, lower is better, equals the MAE for ``se -> 0``.
-* ``width90_K``: mean width of the 90 % interval (sharpness).
+* ``width90_K``: mean width of the 90 % interval (sharpness), ``2 k_90 se``.
 * ``reliability``: coverage at nominal levels 10 ... 99 % (the reliability plot).
 """
 from __future__ import annotations
@@ -16,8 +18,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
+from shared.models.intervals import LEVELS as RELIABILITY_LEVELS
+from shared.models.intervals import gaussian_multipliers, level_key
+
 LEVELS = (0.5, 0.9, 0.95)
-RELIABILITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 def crps_gaussian(pred, se, obs) -> np.ndarray:
@@ -27,26 +31,32 @@ def crps_gaussian(pred, se, obs) -> np.ndarray:
     return se * (w * (2.0 * norm.cdf(w) - 1.0) + 2.0 * norm.pdf(w) - 1.0 / np.sqrt(np.pi))
 
 
-def coverage(pred, se, obs, level: float) -> float:
-    """Share of rows with ``|obs - pred| <= z * se`` for the central ``level`` interval."""
-    z = norm.ppf(0.5 + level / 2.0)
-    return float(np.mean(np.abs(np.asarray(obs) - pred) <= z * np.asarray(se)))
+def coverage(pred, se, obs, level: float, multipliers: dict | None = None) -> float:
+    """Share of rows with ``|obs - pred| <= k * se`` for the central ``level`` interval (``k`` from
+    ``multipliers``, else Gaussian)."""
+    k = (multipliers or {}).get(level_key(level))
+    if k is None:
+        k = norm.ppf(0.5 + level / 2.0)
+    return float(np.mean(np.abs(np.asarray(obs) - pred) <= k * np.asarray(se)))
 
 
-def interval_scores(pred, se, obs) -> dict:
-    """Coverage of the 50/90/95 % intervals, CRPS, 90 % width and the reliability curve (see module doc)."""
+def interval_scores(pred, se, obs, multipliers: dict | None = None) -> dict:
+    """Coverage of the 50/90/95 % intervals, CRPS, 90 % width and the reliability curve (see module doc);
+    ``multipliers``: the central intervals' ``k_P`` (default Gaussian)."""
     pred, se, obs = (np.asarray(a, np.float64).ravel() for a in (pred, se, obs))
     ok = np.isfinite(pred) & np.isfinite(se) & np.isfinite(obs) & (se > 0)
     n = int(ok.sum())
     if n == 0:
         return {"n": 0}
     p, s, o = pred[ok], se[ok], obs[ok]
-    out = {"n": n, **{f"coverage_{round(100 * lv)}": coverage(p, s, o, lv) for lv in LEVELS},
+    k = {**gaussian_multipliers(), **(multipliers or {})}
+    out = {"n": n, **{f"coverage_{level_key(lv)}": coverage(p, s, o, lv, k) for lv in LEVELS},
            "crps_K": float(crps_gaussian(p, s, o).mean()),
-           "width90_K": float(np.mean(2.0 * norm.ppf(0.95) * s)),
+           "width90_K": float(np.mean(2.0 * k["90"] * s)),
            "mean_se_K": float(s.mean()),
-           "rms_standardised_error": float(np.sqrt(np.mean(((o - p) / s) ** 2)))}
-    out["reliability"] = {f"{round(100 * lv)}": coverage(p, s, o, lv) for lv in RELIABILITY_LEVELS}
+           "rms_standardised_error": float(np.sqrt(np.mean(((o - p) / s) ** 2))),
+           **{f"coverage_{level_key(lv)}_gaussian": coverage(p, s, o, lv) for lv in LEVELS}}
+    out["reliability"] = {level_key(lv): coverage(p, s, o, lv, k) for lv in RELIABILITY_LEVELS}
     return out
 
 

@@ -68,6 +68,10 @@ def time_of_map_name(name: str) -> pd.Timestamp | None:
     return pd.Timestamp(f"{s[:8]}T{s[8:]}")
 
 
+INTERVAL_COMMENT = ("central P % interval: value +- k_P x this standard error, k_P (JSON, by P) in the global "
+                    "attribute interval_multipliers; errors are heavier-tailed than Gaussian")
+
+
 @dataclass
 class MapLayers:
     """The fields of one map besides ``t2m`` (each ``(ny, nx)``, K or km), and the fusion's station ids."""
@@ -148,7 +152,8 @@ def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: n
 
     field("t2m_standard_error", layers.se_K, {
         "standard_name": "air_temperature standard_error", "units": "K",
-        "long_name": "standard error of t2m (the analysis's; the model's where there is no fusion)"})
+        "long_name": "standard error of t2m (the analysis's; the model's where there is no fusion)",
+        "comment": INTERVAL_COMMENT})
     if layers.se_K is not None:
         ds["t2m"].attrs["ancillary_variables"] = "t2m_standard_error"
     field("t2m_model", layers.model_K, {
@@ -157,7 +162,8 @@ def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: n
         **({"ancillary_variables": "t2m_model_standard_error"} if layers.model_se_K is not None else {})})
     field("t2m_model_standard_error", layers.model_se_K, {
         "standard_name": "air_temperature standard_error", "units": "K",
-        "long_name": "standard error of t2m_model (the model's variance head, calibrated on the validation stations)"})
+        "long_name": "standard error of t2m_model (the model's variance head, calibrated on the validation stations)",
+        "comment": INTERVAL_COMMENT})
     if layers.distance_km is not None:
         if layers.distance_km.shape != grid.shape:
             raise ValueError(f"distance shape {layers.distance_km.shape} != grid shape {grid.shape}")

@@ -50,6 +50,7 @@ from shared.features.site import SITE_FEATURES, site_at, site_fields
 from shared.io.channels import N_CHANNELS, PATCH_CHANNELS, SZA_CH
 from shared.io.raw import Frame, Static
 from shared.models.checkpoint import load_ta_checkpoint
+from shared.models.intervals import gaussian_multipliers
 
 
 def peak_rss_bytes() -> int:
@@ -91,6 +92,10 @@ class Predictor:
     #: the validation RMSE (``sd_source`` says which)
     sigma_scale: float = 1.0
     sd_source: str = ""
+    #: central interval ``pred +- k * se`` per level ("50", "90", ...): measured on the validation rows, or
+    #: Gaussian (:mod:`shared.models.intervals`); ``intervals_source`` says which
+    interval_multipliers: dict = field(default_factory=gaussian_multipliers)
+    intervals_source: str = "Gaussian"
 
     def _run(self, batch: dict, with_logvar: bool):
         import torch
@@ -150,8 +155,12 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
         raise UserError(f"{path}: the model takes the site features {cfg.get('site_features')}, this version computes "
                         f"{list(SITE_FEATURES)}; {rerun('step02', force=True)} and {rerun('step03', force=True)}")
     unc = ckpt.get("uncertainty") or {}
+    mult, mult_src = gaussian_multipliers(), "Gaussian"
     if model.logvar_mlp is not None and "sigma_scale" in unc:
         scale, src = float(unc["sigma_scale"]), "variance head calibrated on the validation rows"
+        if unc.get("interval_multipliers"):
+            mult = {k: float(v) for k, v in unc["interval_multipliers"].items()}
+            mult_src = "quantiles of the validation rows' standardised errors"
     else:  # no variance head (or a run that never finished): one standard error, the validation RMSE
         model.logvar_mlp = None
         best_val = ckpt.get("best_val")
@@ -160,7 +169,7 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
     return Predictor(model=model, model_cfg=cfg, input_mean=mean, input_std=std, target_mean=t_mean,
                      target_std=t_std, patch_size=int(cfg.get("patch_size", 9)), path=path, precision=precision,
                      info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data")},
-                     sigma_scale=scale, sd_source=src)
+                     sigma_scale=scale, sd_source=src, interval_multipliers=mult, intervals_source=mult_src)
 
 
 # --------------------------------------------------------------------------- windows

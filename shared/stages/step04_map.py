@@ -285,6 +285,9 @@ def run(cfg: Config, ctx: Context) -> Result:
         "quicklook_settings": quick,
         "map_layout": MAP_LAYOUT,
         "model_standard_error": predictor.sd_source,
+        # central P % interval = t2m +- k_P x t2m_standard_error (shared.models.intervals)
+        "interval_multipliers": json.dumps(predictor.interval_multipliers, sort_keys=True),
+        "interval_multipliers_source": predictor.intervals_source,
     }
     for _, r in mine.iterrows():
         t = pd.Timestamp(r["time_utc"])

@@ -232,18 +232,22 @@ def run(cfg: Config, ctx: Context) -> Result:
                      "baseline_info": base_info, "clear_ir105_K": cfg.clear_ir105_K,
                      ANALYSIS: results[ANALYSIS], "analysis_info": analysis_info}
     obs = df["obs_c"].to_numpy()
-    intervals = {MODEL: interval_scores(df["prediction_c"].to_numpy(), model_se_c, obs)}
+    mult = predictor.interval_multipliers  # the model's central intervals in standard errors (validation rows)
+    intervals = {MODEL: interval_scores(df["prediction_c"].to_numpy(), model_se_c, obs, mult)}
     if np.isfinite(analysis_c).any():
-        intervals[ANALYSIS] = interval_scores(analysis_c, analysis_se_c, obs)
+        intervals[ANALYSIS] = interval_scores(analysis_c, analysis_se_c, obs, mult)
     for key, col in (("sky", "sky"), ("day_night", "day_night")):
         for val_, part in df.groupby(col):
             for name, (pc_, sc_) in ((MODEL, ("prediction_c", "prediction_se_K")), (ANALYSIS, ("analysis_c", "analysis_se_K"))):
                 if name in intervals:
-                    sub = interval_scores(part[pc_].to_numpy(), part[sc_].to_numpy(), part["obs_c"].to_numpy())
+                    sub = interval_scores(part[pc_].to_numpy(), part[sc_].to_numpy(), part["obs_c"].to_numpy(), mult)
                     intervals[name].setdefault(f"by_{key}", {})[str(val_)] = {k: v for k, v in sub.items() if k != "reliability"}
     metrics["intervals"] = intervals
-    metrics["intervals_note"] = ("Gaussian predictive distributions N(prediction, se^2); model: the variance head "
-                                 f"({predictor.sd_source}); analysis: the fusion's kriging variance times the model's")
+    metrics["intervals_note"] = ("central intervals prediction +- k_P se, k_P from the model's validation rows "
+                                 f"({predictor.intervals_source}; also applied to the analysis); CRPS of N(prediction, "
+                                 f"se^2); se: model: the variance head ({predictor.sd_source}); analysis: the fusion's "
+                                 "kriging variance times the model's")
+    metrics["interval_multipliers"] = mult
     scored = {n: c for n, c in cols.items() if results[n]["n"] > 0}
     boot = station_bootstrap(df, scored, MODEL, n_boot=cfg.bootstrap_draws, seed=cfg.bootstrap_seed)
     metrics["differences_to_model"] = {n: boot["differences"][n] for n in scored if n != MODEL}
@@ -265,7 +269,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         metrics["map_at_stations"]["map_model_field"] = regression_metrics(
             df.loc[mapped, "map_model_c"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy(), ta_std)
         metrics["map_at_stations"]["intervals"] = interval_scores(
-            df.loc[mapped, "map_c"].to_numpy(), df.loc[mapped, "map_se_c"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy())
+            df.loc[mapped, "map_c"].to_numpy(), df.loc[mapped, "map_se_c"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy(), mult)
         metrics["maps_compared"] = maps_used
         metrics["map_model_agreement"] = agreement
     if maps_other:
@@ -355,7 +359,8 @@ def run(cfg: Config, ctx: Context) -> Result:
         print()
         print(format_differences(boot_a, "... and to the analysis:"))
     print()
-    print("standard errors (Gaussian intervals) on the same rows:")
+    print(f"standard errors on the same rows: central intervals +- k se, k = "
+          f"{mult['50']:.3f} / {mult['90']:.3f} / {mult['95']:.3f} for 50 / 90 / 95 % ({predictor.intervals_source}):")
     print(format_interval_table(intervals))
     tr_floor = (metrics.get("demo_world") or {}).get("test_rows")
     if tr_floor:

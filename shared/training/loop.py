@@ -36,6 +36,7 @@ from shared.io.channels import BT_WAVES_UM, RF_WAVES_UM
 from shared.io.patches import read_manifest, read_stats
 from shared.models.checkpoint import load_weights, read_ta_checkpoint, save_ta_checkpoint
 from shared.models.clay import load_clay_state
+from shared.models.intervals import EDGES, histogram, multipliers_from_histogram
 from shared.models.ta import TAModelConfig, build_model, gaussian_nll
 from shared.training.batches import ChunkBatches, TensorBatches, check_split, make_loader
 
@@ -165,11 +166,13 @@ def compute_features(model, plan, device: torch.device, dtype, store: torch.devi
 
 
 @torch.no_grad()
-def _error_sums(model, loader, device: torch.device, dtype, d: Dist, with_logvar: bool = False) -> tuple[float, float, int]:
+def _error_sums(model, loader, device: torch.device, dtype, d: Dist, with_logvar: bool = False):
     """Over all ranks' shares of the split: the sum of squared z-score errors, the sum of squared errors divided
-    by the variance head's ``exp(logvar)`` (0 without ``with_logvar``) and the number of rows."""
+    by the variance head's ``exp(logvar)`` (0 without ``with_logvar``), the number of rows and (``with_logvar``)
+    the histogram of ``|err| / exp(logvar / 2)`` (:func:`shared.models.intervals.histogram`, else None)."""
     model.eval()
     acc = torch.zeros(3, dtype=torch.float64, device=device)
+    hist = torch.zeros(len(EDGES) + 1, dtype=torch.float64) if with_logvar else None
     for batch in loader:
         batch = _to(batch, device)
         with _autocast(device, dtype):
@@ -178,26 +181,36 @@ def _error_sums(model, loader, device: torch.device, dtype, d: Dist, with_logvar
         err2 = (pred.float() - batch["y"]).pow(2)
         acc[0] += err2.sum().double()
         if with_logvar:
-            acc[1] += (err2 * torch.exp(-logvar.float())).sum().double()
+            u2 = err2 * torch.exp(-logvar.float())
+            acc[1] += u2.sum().double()
+            hist += histogram(u2.sqrt())
         acc[2] += err2.numel()
     d.sum_(acc)
-    return float(acc[0]), float(acc[1]), int(acc[2])
+    if hist is not None:
+        hist = hist.to(device)
+        d.sum_(hist)
+        hist = hist.cpu()
+    return float(acc[0]), float(acc[1]), int(acc[2]), hist
 
 
 def evaluate(model, loader, device: torch.device, dtype, d: Dist) -> tuple[float, int]:
     """(MSE in z-score units, rows) over all ranks' shares of the split."""
-    sse, _, n = _error_sums(model, loader, device, dtype, d)
+    sse, _, n, _ = _error_sums(model, loader, device, dtype, d)
     return sse / max(n, 1), n
 
 
 def calibrate_sigma(model, loader, device: torch.device, dtype, d: Dist) -> dict:
     """Scale of the variance head's standard deviation that makes the validation rows' standardised errors
     unit-variance: ``s = sqrt(mean(err^2 / exp(logvar)))``. The head learnt from training rows, where the model's
-    errors are smaller than at unseen stations; the validation stations are unseen."""
-    sse, ssz, n = _error_sums(model, loader, device, dtype, d, with_logvar=True)
-    return {"sigma_scale": math.sqrt(ssz / max(n, 1)), "val_rows": n, "val_rmse_z": math.sqrt(sse / max(n, 1)),
+    errors are smaller than at unseen stations; the validation stations are unseen. Also the central-interval
+    multipliers of the calibrated standard error on the same rows (:mod:`shared.models.intervals`)."""
+    sse, ssz, n, hist = _error_sums(model, loader, device, dtype, d, with_logvar=True)
+    scale = math.sqrt(ssz / max(n, 1))
+    return {"sigma_scale": scale, "val_rows": n, "val_rmse_z": math.sqrt(sse / max(n, 1)),
+            "interval_multipliers": multipliers_from_histogram(hist, scale),
             "method": "variance head (Gaussian NLL on the training rows, mean detached), its standard deviation "
-                      "scaled so the validation rows' standardised errors have unit variance"}
+                      "scaled so the validation rows' standardised errors have unit variance; interval_multipliers: "
+                      "central P % interval = pred +- k_P se, k_P the P quantile of |standardised error| there"}
 
 
 # --------------------------------------------------------------------------- training
