@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import norm
 
 from shared.models.intervals import LEVELS as RELIABILITY_LEVELS
-from shared.models.intervals import gaussian_multipliers, level_key
+from shared.models.intervals import level_key, multiplier
 
 LEVELS = (0.5, 0.9, 0.95)
 
@@ -34,9 +34,7 @@ def crps_gaussian(pred, se, obs) -> np.ndarray:
 def coverage(pred, se, obs, level: float, multipliers: dict | None = None) -> float:
     """Share of rows with ``|obs - pred| <= k * se`` for the central ``level`` interval (``k`` from
     ``multipliers``, else Gaussian)."""
-    k = (multipliers or {}).get(level_key(level))
-    if k is None:
-        k = norm.ppf(0.5 + level / 2.0)
+    k = multiplier(level, multipliers)
     return float(np.mean(np.abs(np.asarray(obs) - pred) <= k * np.asarray(se)))
 
 
@@ -49,14 +47,13 @@ def interval_scores(pred, se, obs, multipliers: dict | None = None) -> dict:
     if n == 0:
         return {"n": 0}
     p, s, o = pred[ok], se[ok], obs[ok]
-    k = {**gaussian_multipliers(), **(multipliers or {})}
-    out = {"n": n, **{f"coverage_{level_key(lv)}": coverage(p, s, o, lv, k) for lv in LEVELS},
+    out = {"n": n, **{f"coverage_{level_key(lv)}": coverage(p, s, o, lv, multipliers) for lv in LEVELS},
            "crps_K": float(crps_gaussian(p, s, o).mean()),
-           "width90_K": float(np.mean(2.0 * k["90"] * s)),
+           "width90_K": float(np.mean(2.0 * multiplier(0.9, multipliers) * s)),
            "mean_se_K": float(s.mean()),
            "rms_standardised_error": float(np.sqrt(np.mean(((o - p) / s) ** 2))),
            **{f"coverage_{level_key(lv)}_gaussian": coverage(p, s, o, lv) for lv in LEVELS}}
-    out["reliability"] = {level_key(lv): coverage(p, s, o, lv, k) for lv in RELIABILITY_LEVELS}
+    out["reliability"] = {level_key(lv): coverage(p, s, o, lv, multipliers) for lv in RELIABILITY_LEVELS}
     return out
 
 

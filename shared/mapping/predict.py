@@ -155,12 +155,12 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
         raise UserError(f"{path}: the model takes the site features {cfg.get('site_features')}, this version computes "
                         f"{list(SITE_FEATURES)}; {rerun('step02', force=True)} and {rerun('step03', force=True)}")
     unc = ckpt.get("uncertainty") or {}
-    mult, mult_src = gaussian_multipliers(), "Gaussian"
+    intervals = {}  # none measured: the Predictor's Gaussian default
     if model.logvar_mlp is not None and "sigma_scale" in unc:
         scale, src = float(unc["sigma_scale"]), "variance head calibrated on the validation rows"
         if unc.get("interval_multipliers"):
-            mult = {k: float(v) for k, v in unc["interval_multipliers"].items()}
-            mult_src = "quantiles of the validation rows' standardised errors"
+            intervals = {"interval_multipliers": {k: float(v) for k, v in unc["interval_multipliers"].items()},
+                         "intervals_source": "quantiles of the validation rows' standardised errors"}
     else:  # no variance head (or a run that never finished): one standard error, the validation RMSE
         model.logvar_mlp = None
         best_val = ckpt.get("best_val")
@@ -169,7 +169,7 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
     return Predictor(model=model, model_cfg=cfg, input_mean=mean, input_std=std, target_mean=t_mean,
                      target_std=t_std, patch_size=int(cfg.get("patch_size", 9)), path=path, precision=precision,
                      info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data")},
-                     sigma_scale=scale, sd_source=src, interval_multipliers=mult, intervals_source=mult_src)
+                     sigma_scale=scale, sd_source=src, **intervals)
 
 
 # --------------------------------------------------------------------------- windows

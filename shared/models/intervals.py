@@ -34,11 +34,20 @@ def level_key(level: float) -> str:
     return f"{round(100 * level)}"
 
 
-def gaussian_multipliers(levels=LEVELS) -> dict[str, float]:
-    """``k_P = Phi^-1(0.5 + P / 2)``: the multipliers of a Gaussian predictive distribution."""
+def multiplier(level: float, multipliers: dict | None = None) -> float:
+    """``k`` of the central ``level`` interval: the stored one in ``multipliers`` (keys of :func:`level_key`),
+    else the Gaussian ``Phi^-1(0.5 + level / 2)``."""
+    k = (multipliers or {}).get(level_key(level))
+    if k is not None:
+        return float(k)
     from scipy.stats import norm
 
-    return {level_key(p): float(norm.ppf(0.5 + p / 2.0)) for p in levels}
+    return float(norm.ppf(0.5 + level / 2.0))
+
+
+def gaussian_multipliers(levels=LEVELS) -> dict[str, float]:
+    """``k_P = Phi^-1(0.5 + P / 2)``: the multipliers of a Gaussian predictive distribution."""
+    return {level_key(p): multiplier(p) for p in levels}
 
 
 def histogram(abs_u: torch.Tensor) -> torch.Tensor:
