@@ -41,6 +41,7 @@ def load_step_config(overrides: list[str]):
 def bench(cfg, size: str, mode: str, steps: int, splits, manifest, loc_stats) -> dict:
     import torch
 
+    from shared.io.patches import read_stats
     from shared.models.ta import build_model
     from shared.training import loop as T
     from shared.training.batches import ChunkBatches, TensorBatches, make_loader
@@ -48,7 +49,7 @@ def bench(cfg, size: str, mode: str, steps: int, splits, manifest, loc_stats) ->
     cfg.model.size = size
     cfg.model.freeze_encoder = mode != "train encoder"
     torch.manual_seed(0)
-    model = build_model(T.make_model_cfg(cfg, manifest, loc_stats))
+    model = build_model(T.make_model_cfg(cfg, manifest, loc_stats, read_stats(cfg.data.patch_dir)))
     device = torch.device("cpu")
     n_ch, ps, bs = len(manifest["channels"]), int(manifest["patch_size"]), cfg.train.batch_size
     plan_kw = dict(batch_size=bs, seed=0, shuffle_files=cfg.data.shuffle_files,

@@ -195,7 +195,7 @@ def test_station_analysis_adds_same_hour_residuals_and_never_uses_target_station
     fusion = {"time": t, "stn_id": s, "ta_c": truth}  # holds the test stations too: they must not be used
     tgt = np.isin(s, test_ids)
     target = {"time": t[tgt], "stn_id": s[tgt]}
-    p = FusionConfig(elevation_weight=100.0)
+    p = FusionConfig(elevation_weight=100.0, kriging="ordinary")  # ordinary kriging returns a constant field
     se = np.full(len(s), 0.8)
     out, out_se, info = station_analysis(fusion, target, st, model, se, model[tgt], se[tgt], p)
     # a residual field that is constant within each hour is recovered exactly: the analysis is the truth

@@ -21,12 +21,12 @@ def ring(n=12, r=60.0):
     return sites(r * np.cos(a), r * np.sin(a), np.zeros(n), 0.0)
 
 
-def test_uniform_residual_shifts_the_model_and_standard_error_shrinks_near_stations():
+def test_ordinary_kriging_shifts_the_model_by_a_uniform_residual_and_standard_error_shrinks_near_stations():
     src = ring()
     z = np.full(len(src), 1.5)  # every station 1.5 model standard errors warmer than the model
     tgt = sites(np.array([0.0, 60.0, 5000.0]), np.array([0.0, 0.0, 0.0]), np.zeros(3), 0.0)
     model, se = np.array([280.0, 281.0, 282.0]), np.array([1.0, 2.0, 1.0])
-    f = fuse(src, z, tgt, model, se, VG, CFG)
+    f = fuse(src, z, tgt, model, se, VG, FusionConfig(kriging="ordinary"))
     assert f.fused and f.n_stations == 12 and f.mean_z == pytest.approx(1.5)
     # ordinary kriging of a constant returns it: analysis = model + se * 1.5 everywhere
     np.testing.assert_allclose(f.value, model + se * 1.5, atol=1e-9)
@@ -35,6 +35,50 @@ def test_uniform_residual_shifts_the_model_and_standard_error_shrinks_near_stati
     assert f.se[1] / se[1] < f.se[0] / se[0] < f.se[2] / se[2]
     assert f.se[2] == pytest.approx(se[2], rel=0.15)
     assert f.se[1] / se[1] == pytest.approx(np.sqrt(VG.nugget), rel=0.35)
+
+
+def _simple_kriging_by_hand(src, r, tgt, cov, nugget):
+    """Simple kriging in closed form: w = (C + nugget I)^-1 c; estimate w.r; variance C(0) + nugget - w.c."""
+    d = np.linalg.norm(src[:, None] - src[None], axis=2)
+    dt = np.linalg.norm(tgt[:, None] - src[None], axis=2)
+    w = np.linalg.solve(cov(d) + nugget * np.eye(len(src)), cov(dt).T).T
+    return w @ r, cov(np.zeros(1))[0] + nugget - np.sum(w * cov(dt), axis=1)
+
+
+@pytest.mark.parametrize("model", ["exponential", "gaussian"])
+def test_simple_kriging_equals_the_closed_form_with_pykriges_variogram_models(model):
+    from shared.fusion.kriging import _model_fn, simple_krige
+
+    rng = np.random.default_rng(3)
+    src, tgt = rng.uniform(0, 200, (9, 3)), rng.uniform(-50, 250, (7, 3))
+    r = rng.normal(0, 1.3, 9)
+    vg = Variogram(model, 0.7, 120.0, 0.3)
+    scale = 1.7
+    gamma = _model_fn(model)
+    def cov(h):  # sill - gamma without the nugget: PyKrige's variogram models, the same parameters
+        return scale * vg.psill - gamma([scale * vg.psill, vg.range_km, 0.0], h)
+    est, var = simple_krige(src, r, tgt, vg, scale=scale)
+    want_est, want_var = _simple_kriging_by_hand(src, r, tgt, cov, scale * vg.nugget)
+    np.testing.assert_allclose(est, want_est, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(var, want_var, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="simple kriging"):
+        simple_krige(src, r, tgt, Variogram("spherical", 0.7, 120.0, 0.3))
+
+
+def test_simple_kriging_leaves_the_far_field_to_the_model():
+    """Mean 0: a uniform residual moves the pixels near the stations (less than ordinary kriging does, which
+    takes it as the hour's mean) and not a pixel far from all of them, whose standard error is the model's."""
+    src = ring()
+    z = np.full(len(src), 1.5)
+    tgt = sites(np.array([0.0, 60.0, 5000.0]), np.array([0.0, 0.0, 0.0]), np.zeros(3), 0.0)
+    model, se = np.array([280.0, 281.0, 282.0]), np.array([1.0, 2.0, 3.0])
+    f = fuse(src, z, tgt, model, se, VG, CFG)
+    o = fuse(src, z, tgt, model, se, VG, FusionConfig(kriging="ordinary"))
+    assert CFG.kriging == "simple"  # the default
+    assert model[0] < f.value[0] < o.value[0] and model[1] < f.value[1] < o.value[1]
+    assert f.value[2] == pytest.approx(model[2], abs=1e-9) and o.value[2] == pytest.approx(model[2] + 1.5 * se[2])
+    assert f.se[2] == pytest.approx(se[2], rel=1e-9)
+    assert f.se[1] / se[1] < f.se[0] / se[0] < 1.0
 
 
 def test_too_few_stations_keep_the_model_and_its_standard_error():
@@ -67,11 +111,51 @@ def test_standardised_and_variogram_pool_over_times():
     assert np.isnan(standardised(np.array([np.nan]), np.zeros(1), np.ones(1))[0])
 
 
+def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
+    """step04 and step05 fit the fusion's variogram to step03's residual table: grouped by time, at the pixels'
+    kriging sites, only rows of the fusion splits; None (the run fits its own times) without a table."""
+    from types import SimpleNamespace
+
+    from shared.mapping.analysis import stored_variogram
+
+    rng = np.random.default_rng(1)
+    static = SimpleNamespace(grid=SimpleNamespace(x=np.arange(50) * 2000.0, y=np.arange(40) * -2000.0),
+                             dem=rng.uniform(0, 800, (40, 50)))
+    n_t, n_s = 5, 30
+    py, px = rng.integers(0, 40, n_s), rng.integers(0, 50, n_s)
+    split = (np.arange(n_s) >= 24).astype(np.int8)  # 24 train stations, 6 val
+    rows = [(t, i) for t in range(n_t) for i in range(n_s)]
+    rng.shuffle(rows)  # the table's order does not matter
+    t_idx, s_idx = (np.array(a) for a in zip(*rows))
+    # smooth in x (a long range) plus noise
+    z = np.sin(px[s_idx] / 8.0 + t_idx) + rng.normal(0, 0.3, len(rows))
+    res = {"time_s": 1_700_000_000 + 3600 * t_idx, "stn_id": s_idx, "pixel_y": py[s_idx], "pixel_x": px[s_idx],
+           "split": split[s_idx], "z": z.astype(np.float32)}
+    cfg = FusionConfig(elevation_weight=100.0)
+    vg, note = stored_variogram(res, static, cfg)
+    groups = []
+    for t in range(n_t):
+        k = t_idx == t
+        groups.append((sites(static.grid.x[px[s_idx][k]] / 1000, static.grid.y[py[s_idx][k]] / 1000,
+                             static.dem[py[s_idx][k], px[s_idx][k]], 100.0), z[k].astype(np.float32).astype(np.float64)))
+    want = fit_variogram(groups, cfg)
+    assert vg.n_times == n_t and vg.n_pairs == want.n_pairs
+    assert (vg.range_km, vg.nugget) == pytest.approx((want.range_km, want.nugget), rel=1e-6)
+    assert "train+val" in note and "5 times" in note
+    val_only, _ = stored_variogram(res, static, FusionConfig(elevation_weight=100.0, splits=["val"]))
+    want_val = fit_variogram([(g[0][split[s_idx][t_idx == t] == 1], g[1][split[s_idx][t_idx == t] == 1])
+                              for t, g in enumerate(groups)], cfg)
+    assert val_only.n_pairs == want_val.n_pairs < vg.n_pairs  # the 6 val stations' pairs only
+    assert stored_variogram(None, static, cfg)[0] is None
+    assert stored_variogram(res, static, FusionConfig(splits=["test"]))[0] is None
+
+
 def test_fusion_config_is_checked():
     for bad in (dict(splits=["train", "tset"]), dict(splits=[]), dict(elevation_weight=-1.0), dict(min_stations=2),
-                dict(variogram_model="linear")):
+                dict(variogram_model="linear"), dict(kriging="universal"), dict(variogram_model="spherical")):
         with pytest.raises(ValueError):
             FusionConfig(**bad).check()
+    FusionConfig(kriging="ordinary", variogram_model="spherical").check()  # PyKrige's ordinary kriging takes it
 
 
 # --------------------------------------------------------------------------- map layers

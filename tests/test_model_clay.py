@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.core.errors import UserError
+from shared.io.channels import PATCH_CHANNELS
 from shared.models.checkpoint import load_ta_checkpoint
 from shared.models.clay import (
     ClayEncoder,
@@ -265,3 +266,31 @@ def test_old_model_cfg_rebuilds_as_latlon(tmp_path):
         build_model(TAModelConfig(location="xyz").to_dict())
     with pytest.raises(UserError, match="needs site features"):
         build_model({**old, "location": "site"})
+
+
+@pytest.mark.parametrize("location", ["latlon", "both"])
+def test_lapse_term_lowers_the_output_with_the_centre_dem(location):
+    """The output = head + (-lapse x lapse_scale) x centre DEM z-score, in the forward and the cached-feature path;
+    lapse_scale comes from the statistics; checkpoints written before the lapse term rebuild without it."""
+    from shared.training.loop import lapse_scale
+
+    stats = {"channels": ["BT13", "DEM"], "input_std": [5.0, 400.0], "target_std": 8.0}
+    assert lapse_scale(stats) == pytest.approx(0.4 / 8.0)  # 400 m = 0.4 km per DEM z-score, 8 K per TA z-score
+    torch.manual_seed(0)
+    m = build_model(TAModelConfig(location=location, lapse_rate_K_per_km=6.5, lapse_scale=0.05).to_dict()).eval()
+    with torch.no_grad():
+        last = m.mlp[-1]
+        last.weight.zero_()
+        last.bias.fill_(0.25)  # the head alone says 0.25 everywhere
+    b = _batch()
+    c = 9 // 2
+    dem = PATCH_CHANNELS.index("DEM")
+    b["x"][:, dem, c, c] = torch.tensor([-1.0, 0.0, 1.0, 2.0, 7.0])
+    with torch.no_grad():
+        out = m(b)
+        torch.testing.assert_close(out, 0.25 - 6.5 * 0.05 * b["x"][:, dem, c, c])
+        torch.testing.assert_close(out, m({**b, "features": m.encode(b), "aux": m.aux_features(b)}))
+    old = TAModelConfig(location=location).to_dict()
+    del old["lapse_rate_K_per_km"], old["lapse_scale"]  # as a checkpoint written before the lapse term
+    assert build_model(old).lapse_z == 0.0
+    assert TAModelConfig().lapse_rate_K_per_km == 6.5

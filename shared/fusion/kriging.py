@@ -110,6 +110,45 @@ def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray]], model: str = "
     return Variogram(model, float(ps / tot), float(rg), float(ng / tot), int(use.sum()), n_times)
 
 
+#: Variogram models simple kriging takes (the covariances scikit-learn's Gaussian process has).
+SIMPLE_KRIGING_MODELS = ("exponential", "gaussian")
+
+
+def simple_krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, scale: float = 1.0,
+                 chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+    """Simple kriging (known mean 0) of residuals ``r`` at sites ``xy (n, d)`` (km) at targets ``txy (m, d)``:
+    the estimate and its variance; scikit-learn's ``GaussianProcessRegressor`` with the variogram's covariance,
+    fixed (no fitting).
+
+    The covariance is ``scale x (psill x rho(h) + nugget x [h = 0])``: PyKrige's exponential model is
+    ``rho = exp(-h / (range / 3))`` (scikit-learn's Matern, nu = 0.5, length scale range / 3), its gaussian
+    model ``exp(-h^2 / (4 range / 7)^2)`` (RBF, length scale (4 range / 7) / sqrt 2). The nugget is noise at the
+    sites and at the targets: the estimate is smoothed and its variance includes the nugget, as :func:`krige`
+    with ``exact=False``. Far from every site the estimate tends to 0 and the variance to ``scale`` (the sill).
+    Fewer than 1 finite residual: 0 and ``scale``.
+    """
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, Matern, WhiteKernel
+
+    if vg.model not in SIMPLE_KRIGING_MODELS:
+        raise ValueError(f"simple kriging takes the variogram models {', '.join(SIMPLE_KRIGING_MODELS)}, not {vg.model!r}")
+    xy, txy = np.asarray(xy, np.float64), np.asarray(txy, np.float64)
+    ok = np.isfinite(r)
+    xy, r = xy[ok], np.asarray(r, np.float64)[ok]
+    m = len(txy)
+    if len(r) == 0:
+        return np.zeros(m), np.full(m, float(scale))
+    rho = (Matern(vg.range_km / 3.0, "fixed", nu=0.5) if vg.model == "exponential"
+           else RBF(4.0 * vg.range_km / 7.0 / np.sqrt(2.0), "fixed"))
+    kernel = ConstantKernel(max(vg.psill * scale, 1e-12), "fixed") * rho + WhiteKernel(max(vg.nugget * scale, 1e-9), "fixed")
+    gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=False).fit(xy, r)
+    est, var = np.empty(m), np.empty(m)
+    for a in range(0, m, chunk):
+        mu, sd = gp.predict(txy[a:a + chunk], return_std=True)
+        est[a:a + chunk], var[a:a + chunk] = mu, sd ** 2
+    return est, var
+
+
 def krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, exact: bool = True,
           scale: float | None = None, chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
     """Ordinary-kriging estimate of residuals ``r`` at sites ``xy (n, d)`` (km) at targets ``txy (m, d)``,

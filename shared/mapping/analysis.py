@@ -82,6 +82,32 @@ def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:
     return fit_variogram([(s.sites, s.z) for s in sources], cfg)
 
 
+#: The splits of step03's residual table (``split`` holds the index): :data:`shared.training.loop.RESIDUAL_SPLITS`.
+STORED_SPLITS = ("train", "val")
+
+
+def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tuple[Variogram | None, str]:
+    """The fusion's variogram fitted to the checkpoint's residual table (``Predictor.fusion_residuals``): the
+    standardised errors of the fusion splits' rows at every time of the data, at their pixels' kriging sites.
+    The same for every run of the checkpoint, whatever times it maps. ``(None, why)`` without a table or rows
+    of the fusion splits (then a run fits its own times: :func:`run_variogram`)."""
+    if res is None:
+        return None, "the checkpoint holds no residual table (written before it): fitted to the mapped times"
+    codes = [STORED_SPLITS.index(s) for s in cfg.splits if s in STORED_SPLITS]
+    keep = np.isin(res["split"], codes) & np.isfinite(res["z"])
+    if not keep.any():
+        return None, f"the checkpoint's residual table has no row of {'+'.join(cfg.splits)}: fitted to the mapped times"
+    t, py, px, z = (res[k][keep] for k in ("time_s", "pixel_y", "pixel_x", "z"))
+    order = np.argsort(t, kind="stable")
+    s_all = pixel_sites(static, py[order], px[order], cfg)
+    z = z[order].astype(np.float64)
+    cuts = np.flatnonzero(np.diff(t[order])) + 1
+    groups = [(s_all[a:b], z[a:b]) for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(z)])]
+    vg = fit_variogram(groups, cfg)
+    return vg, (f"fitted to step03's standardised errors at the {'+'.join(s for s in cfg.splits if s in STORED_SPLITS)} "
+                f"stations, {vg.n_times} times")
+
+
 def fuse_map(model_K: np.ndarray, model_se_K: np.ndarray, static: Static, offset: tuple[int, int],
              src: TimeSources, vg: Variogram, cfg: FusionConfig) -> Fused:
     """The analysis of one time over a map ``(ny, nx)`` starting at ``offset`` of static.nc's grid.

@@ -66,6 +66,7 @@ class ModelCfg:
     uncertainty: Literal["gaussian", "none"] = _M.uncertainty  # gaussian: a log-variance head (per-pixel standard error)
     location: Literal["latlon", "site", "both"] = _M.location  # where a pixel is: lat/lon, site descriptors or both
     dropout: float = _M.dropout
+    lapse_rate_K_per_km: float = _M.lapse_rate_K_per_km  # built-in TA decrease with height; 0 = the head learns it alone
 
     def check(self):
         if self.clay_ckpt_path is None and self.freeze_encoder:
@@ -83,6 +84,9 @@ class ModelCfg:
             raise ValueError("model.head_hidden must be >= 1 and model.head_layers >= 0")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.lapse_rate_K_per_km <= 12:
+            raise ValueError(f"model.lapse_rate_K_per_km must be in [0, 12] K/km (6.5: standard atmosphere), "
+                             f"got {self.lapse_rate_K_per_km}")
 
 
 @dataclass

@@ -40,7 +40,7 @@ from shared.io.index import learnt_station_ids
 from shared.io.maps import MapLayers, map_dataset, map_name, read_map, write_map
 from shared.io.raw import Static, read_frame, read_static
 from shared.io.stations import read_stations
-from shared.mapping.analysis import fuse_map, fusion_observations, run_variogram, time_sources
+from shared.mapping.analysis import fuse_map, fusion_observations, run_variogram, stored_variogram, time_sources
 from shared.mapping.predict import check_region, load_predictor, predict_map, predict_pixels
 from shared.mapping.quicklook import quicklook, station_distance_km
 from shared.mapping.times import select_times
@@ -241,7 +241,7 @@ def run(cfg: Config, ctx: Context) -> Result:
 
     # --- fusion: the model at the fusion stations of every time, and the run's variogram --------------------
     site = site_fields(static)  # the site descriptors of every pixel, once per run
-    sources, vg, fusion_note = {}, None, "fusion disabled (fusion.enabled: false)"
+    sources, vg, vg_note, fusion_note = {}, None, "", "fusion disabled (fusion.enabled: false)"
     if cfg.fusion.enabled:
         obs = fusion_observations(cfg.index_dir, times["time_utc"], cfg.fusion)
         by_time = dict(tuple(obs.groupby("time_utc"))) if obs is not None and len(obs) else {}
@@ -257,11 +257,13 @@ def run(cfg: Config, ctx: Context) -> Result:
             del frame
             sources[t] = time_sources(obs_t, m, se, static, cfg.fusion)
         if sources:
-            vg = run_variogram(list(sources.values()), cfg.fusion)
+            vg, vg_note = stored_variogram(predictor.fusion_residuals, static, cfg.fusion)
+            if vg is None:
+                vg = run_variogram(list(sources.values()), cfg.fusion)
             fusion_note = (f"fusion: {sum(int(s.used().sum()) for s in sources.values()):,} observations of the "
                            f"{'+'.join(cfg.fusion.splits)} stations at {len(sources)} of {len(times)} time(s); variogram "
                            f"{vg.model}, range {vg.range_km:.0f} km, nugget {vg.nugget:.2f} of the sill "
-                           f"(elevation weight {cfg.fusion.elevation_weight:g} km/km)")
+                           f"(elevation weight {cfg.fusion.elevation_weight:g} km/km), {vg_note}")
         elif obs is None:
             fusion_note = (f"fusion: no {cfg.index_dir / 'index.csv'} (step01's observations): the maps are the model "
                            "alone")
@@ -332,7 +334,8 @@ def run(cfg: Config, ctx: Context) -> Result:
                      n_pixels_missing_input=res.n_missing, n_pixels_predicted=res.n_windows,
                      n_input_pixels_out_of_physical_range=n_implausible, fusion_settings=fusion_key, analysis=how,
                      fusion_n_stations=0 if ids is None else len(ids),
-                     fusion_variogram="" if vg is None else json.dumps(vg.info(), sort_keys=True))
+                     fusion_variogram="" if vg is None else json.dumps(vg.info(), sort_keys=True),
+                     fusion_variogram_source="" if vg is None else vg_note)
         layers = MapLayers(se_K=se, model_K=res.t2m_K, model_se_K=res.se_K, distance_km=dist, distance_note=dist_note,
                            fusion_ids=ids, analysis_note=how)
         ds = map_dataset(t2m, grid_out, t, static.lat[cut], static.lon[cut], attrs, layers)

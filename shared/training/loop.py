@@ -33,7 +33,7 @@ from shared.core.distributed import Dist
 from shared.core.errors import UserError
 from shared.core.records import atomic_path, write_csv
 from shared.io.channels import BT_WAVES_UM, RF_WAVES_UM
-from shared.io.patches import read_manifest, read_stats
+from shared.io.patches import batch_view, load_chunk, read_manifest, read_stats
 from shared.models.checkpoint import load_weights, read_ta_checkpoint, save_ta_checkpoint
 from shared.models.clay import load_clay_state
 from shared.models.intervals import EDGES, histogram, multipliers_from_histogram
@@ -115,10 +115,16 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_names: tu
 
 #: step03 ``model:`` keys that are fields of TAModelConfig as they are.
 _USER_MODEL_FIELDS = ("type", "size", "resize_to", "encoder_channels", "pseudo_waves_um", "head_hidden", "head_layers",
-                      "head_spectral", "pool", "location", "dropout", "freeze_encoder", "uncertainty")
+                      "head_spectral", "pool", "location", "dropout", "freeze_encoder", "uncertainty",
+                      "lapse_rate_K_per_km")
 
 
-def make_model_cfg(cfg, manifest: dict, loc_stats: dict) -> dict:
+def lapse_scale(stats: dict) -> float:
+    """TA z-score per DEM z-score per K/km: the DEM channel's std (km) over the TA std (K) (:func:`read_stats`)."""
+    return float(stats["input_std"][list(stats["channels"]).index("DEM")]) / 1000.0 / float(stats["target_std"])
+
+
+def make_model_cfg(cfg, manifest: dict, loc_stats: dict, stats: dict) -> dict:
     """The model config (a plain dict for the checkpoint) from step03's ``model:`` section and the data."""
     m = cfg.model
     mc = TAModelConfig(
@@ -131,10 +137,11 @@ def make_model_cfg(cfg, manifest: dict, loc_stats: dict) -> dict:
         loc_mean=loc_stats["loc_mean"],
         loc_std=loc_stats["loc_std"],
         site_features=list(manifest.get("site_features") or []),
+        lapse_scale=lapse_scale(stats),
     )
     assert {f.name for f in fields(TAModelConfig)} - set(_USER_MODEL_FIELDS) == {
         "clay_patch_size", "patch_size", "channels", "bt_waves_um", "rf_waves_um", "gsd_m", "loc_mean", "loc_std",
-        "site_features"}
+        "site_features", "lapse_scale"}
     return mc.to_dict()
 
 
@@ -211,6 +218,37 @@ def calibrate_sigma(model, loader, device: torch.device, dtype, d: Dist) -> dict
             "method": "variance head (Gaussian NLL on the training rows, mean detached), its standard deviation "
                       "scaled so the validation rows' standardised errors have unit variance; interval_multipliers: "
                       "central P % interval = pred +- k_P se, k_P the P quantile of |standardised error| there"}
+
+
+#: Splits whose residuals step03 stores for the fusion's variogram, in the order of their code in ``split``.
+RESIDUAL_SPLITS = ("train", "val")
+
+
+@torch.no_grad()
+def fusion_residuals(model, splits: dict, device: torch.device, dtype, sd_scale: float, batch_size: int = 2048) -> dict:
+    """The best model's standardised errors ``z = (y - pred) / sd`` on every train and val row, with each row's
+    time and pixel: the rows whose same-hour residuals step04/05's fusion kriges, at every time of the data.
+    step04 and step05 fit the fusion's variogram to them, so a map of one hour and a run of many share one
+    variogram. ``sd = sd_scale x exp(logvar / 2)`` with a variance head, else ``sd_scale``.
+    Returns int64 ``time_s``, ``stn_id``, ``pixel_y``, ``pixel_x``, int8 ``split`` (index in
+    :data:`RESIDUAL_SPLITS`) and float32 ``z`` tensors, one row each."""
+    model.eval()
+    out: dict[str, list] = {k: [] for k in ("time_s", "stn_id", "pixel_y", "pixel_x", "split", "z")}
+    for code, name in enumerate(RESIDUAL_SPLITS):
+        sf = splits[name]
+        for f, n in zip(sf.files, sf.rows):
+            ch = load_chunk(f, rows=n)
+            b = batch_view(ch)
+            for i in range(0, n, batch_size):
+                part = _to({k: v[i:i + batch_size] for k, v in b.items()}, device)
+                with _autocast(device, dtype):
+                    pred, logvar = model(part, with_logvar=True)
+                sd = sd_scale * torch.exp(0.5 * logvar.float())
+                out["z"].append(((part["y"] - pred.float()) / sd).cpu())
+            for k, mk in (("time_s", "time"), ("stn_id", "stn_id"), ("pixel_y", "pixel_y"), ("pixel_x", "pixel_x")):
+                out[k].append(ch["meta"][mk].clone())
+            out["split"].append(torch.full((n,), code, dtype=torch.int8))
+    return {k: torch.cat(v).contiguous() for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------- training
@@ -325,7 +363,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
 
     # ---- model
     torch.manual_seed(tcfg.seed)
-    model_cfg = make_model_cfg(cfg, manifest, loc_stats)
+    model_cfg = make_model_cfg(cfg, manifest, loc_stats, stats)
     model = build_model(model_cfg)
     if cfg.model.clay_ckpt_path is not None:
         load_weights(model.encoder, load_clay_state(cfg.model.clay_ckpt_path, cfg.model.size), cfg.model.clay_ckpt_path)
@@ -457,13 +495,18 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
             say(f"early stop: no better validation loss for {state['bad_epochs']} epochs")
 
     done = stopped_early or state["epoch"] >= tcfg.epochs
-    if done and model.logvar_mlp is not None and best.is_file():  # calibrate the best model's standard error on val
+    if done and best.is_file():
         ck = read_ta_checkpoint(best)
         load_weights(model, ck["model"], best)
-        ck["uncertainty"] = calibrate_sigma(model, val_loader, device, dtype, d)
-        say(f"standard error: variance head scaled by {ck['uncertainty']['sigma_scale']:.3f} to fit the "
-            f"{ck['uncertainty']['val_rows']} validation rows")
+        if model.logvar_mlp is not None:  # calibrate the best model's standard error on val
+            ck["uncertainty"] = calibrate_sigma(model, val_loader, device, dtype, d)
+            sd_scale = ck["uncertainty"]["sigma_scale"]
+            say(f"standard error: variance head scaled by {sd_scale:.3f} to fit the "
+                f"{ck['uncertainty']['val_rows']} validation rows")
+        else:  # one standard error for every row: the validation RMSE (as the Predictor does)
+            sd_scale = math.sqrt(ck["best_val"]) if ck.get("best_val") is not None else 1.0
         if d.main:
+            ck["fusion_residuals"] = fusion_residuals(model, splits, device, dtype, sd_scale)
             save_ta_checkpoint(best, {k: v for k, v in ck.items() if k != "format"})
         d.barrier()
     if done and d.main:  # promote the finished run's checkpoints together
