@@ -197,13 +197,13 @@ def test_station_analysis_adds_same_hour_residuals_and_never_uses_target_station
     target = {"time": t[tgt], "stn_id": s[tgt]}
     p = FusionConfig(elevation_weight=100.0, kriging="ordinary")  # ordinary kriging returns a constant field
     se = np.full(len(s), 0.8)
-    out, out_se, info = station_analysis(fusion, target, st, model, se, model[tgt], se[tgt], p)
+    out, out_se, info = station_analysis(fusion, target, st, model, model[tgt], se[tgt], p)
     # a residual field that is constant within each hour is recovered exactly: the analysis is the truth
     np.testing.assert_allclose(out, truth[tgt], atol=1e-6)
     assert info["n_source_stations"] == n_st - len(test_ids)
     # the target stations' own observations do not move the analysis
     fusion2 = dict(fusion, ta_c=np.where(np.isin(s, test_ids), truth + 40.0, truth))
-    out2, out2_se, _ = station_analysis(fusion2, target, st, model, se, model[tgt], se[tgt], p)
+    out2, out2_se, _ = station_analysis(fusion2, target, st, model, model[tgt], se[tgt], p)
     np.testing.assert_array_equal(out, out2)
     np.testing.assert_array_equal(out_se, out2_se)
     assert (out_se < 0.8).all() and (out_se > 0).all()  # the fusion is surer than the model alone

@@ -1,4 +1,4 @@
-"""The analysis (model + kriged standardised same-hour residuals), its standard error, the map layers that
+"""The analysis (model + kriged same-hour residuals), its standard error, the map layers that
 carry them, step05's refusal of maps fused with scored stations, and the interval scores."""
 import numpy as np
 import pandas as pd
@@ -7,7 +7,7 @@ import pytest
 from shared.core.errors import UserError
 from shared.evaluation.maps import join_maps
 from shared.evaluation.uncertainty import coverage, crps_gaussian, interval_scores
-from shared.fusion.analysis import FusionConfig, fit_variogram, fuse, sites, standardised
+from shared.fusion.analysis import FusionConfig, fit_variogram, fuse, residual, sites
 from shared.fusion.kriging import Variogram
 from shared.geo.grid import Grid
 from shared.io.maps import MapLayers, map_dataset, map_name, read_map, write_map
@@ -23,13 +23,13 @@ def ring(n=12, r=60.0):
 
 def test_ordinary_kriging_shifts_the_model_by_a_uniform_residual_and_standard_error_shrinks_near_stations():
     src = ring()
-    z = np.full(len(src), 1.5)  # every station 1.5 model standard errors warmer than the model
+    r = np.full(len(src), 1.5)  # every station 1.5 K warmer than the model
     tgt = sites(np.array([0.0, 60.0, 5000.0]), np.array([0.0, 0.0, 0.0]), np.zeros(3), 0.0)
     model, se = np.array([280.0, 281.0, 282.0]), np.array([1.0, 2.0, 1.0])
-    f = fuse(src, z, tgt, model, se, VG, FusionConfig(kriging="ordinary"))
-    assert f.fused and f.n_stations == 12 and f.mean_z == pytest.approx(1.5)
-    # ordinary kriging of a constant returns it: analysis = model + se * 1.5 everywhere
-    np.testing.assert_allclose(f.value, model + se * 1.5, atol=1e-9)
+    f = fuse(src, r, tgt, model, se, VG, FusionConfig(kriging="ordinary"))
+    assert f.fused and f.n_stations == 12 and f.mean_resid == pytest.approx(1.5) and f.resid_var == pytest.approx(0.0)
+    # ordinary kriging of a constant returns it: analysis = model + 1.5 K everywhere, whatever the standard error
+    np.testing.assert_allclose(f.value, model + 1.5, atol=1e-9)
     # the standard error is the model's times sqrt(kriging variance): smallest on a station (only the
     # nugget), larger between stations, about the model's own (sill 1) far from all
     assert f.se[1] / se[1] < f.se[0] / se[0] < f.se[2] / se[2]
@@ -67,16 +67,20 @@ def test_simple_kriging_equals_the_closed_form_with_pykriges_variogram_models(mo
 
 def test_simple_kriging_leaves_the_far_field_to_the_model():
     """Mean 0: a uniform residual moves the pixels near the stations (less than ordinary kriging does, which
-    takes it as the hour's mean) and not a pixel far from all of them, whose standard error is the model's."""
+    takes it as the hour's mean) and not a pixel far from all of them, whose standard error is the model's.
+    The correction is in kelvin: a pixel with a 10x larger model standard error gets the same correction."""
     src = ring()
-    z = np.full(len(src), 1.5)
+    r = np.full(len(src), 1.5)
     tgt = sites(np.array([0.0, 60.0, 5000.0]), np.array([0.0, 0.0, 0.0]), np.zeros(3), 0.0)
     model, se = np.array([280.0, 281.0, 282.0]), np.array([1.0, 2.0, 3.0])
-    f = fuse(src, z, tgt, model, se, VG, CFG)
-    o = fuse(src, z, tgt, model, se, VG, FusionConfig(kriging="ordinary"))
+    f = fuse(src, r, tgt, model, se, VG, CFG)
+    o = fuse(src, r, tgt, model, se, VG, FusionConfig(kriging="ordinary"))
     assert CFG.kriging == "simple"  # the default
     assert model[0] < f.value[0] < o.value[0] and model[1] < f.value[1] < o.value[1]
-    assert f.value[2] == pytest.approx(model[2], abs=1e-9) and o.value[2] == pytest.approx(model[2] + 1.5 * se[2])
+    assert f.value[2] == pytest.approx(model[2], abs=1e-9) and o.value[2] == pytest.approx(model[2] + 1.5)
+    wide = fuse(src, r, tgt, model, se * 10.0, VG, CFG)
+    np.testing.assert_allclose(wide.value, f.value, atol=1e-12)
+    np.testing.assert_allclose(wide.se, f.se * 10.0, rtol=1e-12)
     assert f.se[2] == pytest.approx(se[2], rel=1e-9)
     assert f.se[1] / se[1] < f.se[0] / se[0] < 1.0
 
@@ -99,16 +103,16 @@ def test_elevation_weight_moves_a_mountain_target_away_from_the_valley_stations(
     assert tall.value[0] < flat.value[0]  # the ridge station counts more, the valley stations less
 
 
-def test_standardised_and_variogram_pool_over_times():
+def test_residuals_and_variogram_pool_over_times():
     rng = np.random.default_rng(0)
     groups = []
     for _ in range(6):
         s = sites(rng.uniform(0, 300, 40), rng.uniform(0, 300, 40), np.zeros(40), 0.0)
-        groups.append((s, standardised(rng.normal(0, 2, 40), np.zeros(40), np.full(40, 2.0))))
+        groups.append((s, residual(rng.normal(0, 2, 40), np.zeros(40))))
     vg = fit_variogram(groups, CFG)
     assert vg.n_times == 6 and vg.psill + vg.nugget == pytest.approx(1.0)
     assert vg.nugget > 0.5  # white noise: mostly nugget
-    assert np.isnan(standardised(np.array([np.nan]), np.zeros(1), np.ones(1))[0])
+    assert np.isnan(residual(np.array([np.nan]), np.zeros(1))[0])
 
 
 def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
@@ -130,7 +134,7 @@ def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
     # smooth in x (a long range) plus noise
     z = np.sin(px[s_idx] / 8.0 + t_idx) + rng.normal(0, 0.3, len(rows))
     res = {"time_s": 1_700_000_000 + 3600 * t_idx, "stn_id": s_idx, "pixel_y": py[s_idx], "pixel_x": px[s_idx],
-           "split": split[s_idx], "z": z.astype(np.float32)}
+           "split": split[s_idx], "resid": z.astype(np.float32)}
     cfg = FusionConfig(elevation_weight=100.0)
     vg, note = stored_variogram(res, static, cfg)
     groups = []

@@ -109,12 +109,12 @@ def test_training_learns_and_writes_outputs(tmp_path, patches, capsys):
     assert len(y) == ck["uncertainty"]["val_rows"]
     assert np.sqrt(np.mean(((y - z) / sd) ** 2)) == pytest.approx(1.0, rel=1e-3)
     assert sd.std() > 0  # one standard error per row, not one for all
-    # the residual table for the fusion's variogram: every train and val row, val rows in file order = the same z
+    # the residual table for the fusion's variogram: every train and val row, val rows in file order = y - pred
     res = pred.fusion_residuals
     splits = read_manifest(patches)[1]
-    assert len(res["z"]) == splits["train"].n_rows + splits["val"].n_rows
+    assert len(res["resid"]) == splits["train"].n_rows + splits["val"].n_rows
     assert (res["split"] == 0).sum() == splits["train"].n_rows and (res["split"] == 1).sum() == len(y)
-    np.testing.assert_allclose(res["z"][res["split"] == 1], (y - z) / sd, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(res["resid"][res["split"] == 1], y - z, rtol=1e-4, atol=1e-5)
     meta = [load_chunk(f)["meta"] for f in splits["val"].files]
     assert np.array_equal(res["time_s"][res["split"] == 1], np.concatenate([m["time"].numpy() for m in meta]))
     assert np.array_equal(res["pixel_x"][res["split"] == 1], np.concatenate([m["pixel_x"].numpy() for m in meta]))

@@ -30,7 +30,7 @@ from shared.evaluation.interpolation import (
     residual_kriging,
     station_rows,
 )
-from shared.fusion.analysis import FusionConfig, fit_variogram, fuse, sites, standardised
+from shared.fusion.analysis import FusionConfig, fit_variogram, fuse, residual, sites
 from shared.fusion.kriging import VARIOGRAM_MODELS, Variogram
 
 ALL_BASELINES = BASELINES + STATION_BASELINES
@@ -140,12 +140,12 @@ def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.Data
 
 
 def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_fusion_c: np.ndarray,
-                     se_fusion_c: np.ndarray, model_target_c: np.ndarray, se_target_c: np.ndarray,
+                     model_target_c: np.ndarray, se_target_c: np.ndarray,
                      cfg: FusionConfig, vg: Variogram | None = None, vg_note: str = "") -> tuple[np.ndarray, np.ndarray, dict]:
     """The analysis at the target rows (deg C) and its standard error: what step04's fused map gives there.
 
     ``fusion``: rows of the fusion stations (``time, stn_id, ta_c``); the model's predictions and standard
-    errors there and at the targets. The method is :mod:`shared.fusion.analysis` (standardised same-hour
+    errors there and at the targets. The method is :mod:`shared.fusion.analysis` (same-hour
     residuals kriged, one variogram pooled over the times); a target station is never a source; a time
     with fewer than ``min_stations`` sources keeps the model and its standard error. ``vg``: the variogram to use
     (step04's, from the checkpoint: :func:`shared.mapping.analysis.stored_variogram`); None: fitted to these times.
@@ -154,26 +154,27 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
     elev = "dem_m" if "dem_m" in src else "elev_m"
     s_sites = sites(src["x_km"], src["y_km"], src[elev], cfg.elevation_weight)
     t_sites = sites(tgt["x_km"], tgt["y_km"], tgt[elev], cfg.elevation_weight)
-    z = standardised(src["ta_c"].to_numpy(), np.asarray(model_fusion_c)[src_ok], np.asarray(se_fusion_c)[src_ok])
+    r = residual(src["ta_c"].to_numpy(), np.asarray(model_fusion_c)[src_ok])
     groups = list(per_time(src, tgt))
     if vg is None:
-        vg, vg_note = fit_variogram([(s_sites[si], z[si]) for si, _ in groups], cfg), "fitted to the scored times"
+        vg, vg_note = fit_variogram([(s_sites[si], r[si]) for si, _ in groups], cfg), "fitted to the scored times"
     out = np.asarray(model_target_c, dtype=np.float64).copy()
     se = np.asarray(se_target_c, dtype=np.float64).copy()
     n_fused, scales = 0, []
     for si, ti in groups:
-        f = fuse(s_sites[si], z[si], t_sites[ti], out[ti], se[ti], vg, cfg)
+        f = fuse(s_sites[si], r[si], t_sites[ti], out[ti], se[ti], vg, cfg)
         out[ti], se[ti] = f.value, f.se
         if f.fused:
             n_fused += 1
-            scales.append(f.scale)
-    info = {"method": "model + se_model x kriged standardised residuals (obs - model) / se_model of the same hour",
+            scales.append(f.resid_var)
+    info = {"method": f"model + {cfg.kriging}-kriged residuals (obs - model, K) of the same hour; standard error "
+                      "se_model x sqrt(kriging variance of a unit-sill field)",
             "sources": f"same-hour observations of the fusion stations ({'+'.join(cfg.splits)}), never a target station",
             "fusion": cfg.describe(), "n_source_stations": int(src["stn_id"].nunique()),
             "residual_rmse_K": float(np.sqrt(np.nanmean((src["ta_c"].to_numpy() - np.asarray(model_fusion_c)[src_ok]) ** 2))),
             "variogram": vg.info(), "variogram_source": vg_note, "times": len(groups), "times_fused": n_fused,
             "times_model_only": len(groups) - n_fused,
-            "mean_variance_of_standardised_residuals": float(np.mean(scales)) if scales else None,
+            "mean_variance_of_residuals_K2": float(np.mean(scales)) if scales else None,
             "note": "train-station residuals are in-sample for the model (it was fitted on those rows), so they are "
                     "somewhat smaller than at an unseen station"}
     return out, se, info

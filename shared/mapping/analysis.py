@@ -17,7 +17,7 @@ import pandas as pd
 
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError, rerun
-from shared.fusion.analysis import Fused, FusionConfig, fit_variogram, fuse, sites, standardised
+from shared.fusion.analysis import Fused, FusionConfig, fit_variogram, fuse, residual, sites
 from shared.fusion.kriging import Variogram
 from shared.io.raw import Static
 
@@ -48,7 +48,7 @@ def pixel_sites(static: Static, rows: np.ndarray, cols: np.ndarray, cfg: FusionC
 
 @dataclass
 class TimeSources:
-    """One time's fusion stations: ids, pixels, kriging sites, observation and model (K), standardised residual."""
+    """One time's fusion stations: ids, pixels, kriging sites, observation, model and residual (K)."""
 
     stn_id: np.ndarray
     pixel_y: np.ndarray
@@ -57,10 +57,10 @@ class TimeSources:
     obs_K: np.ndarray
     model_K: np.ndarray
     model_se_K: np.ndarray
-    z: np.ndarray
+    resid: np.ndarray
 
     def used(self) -> np.ndarray:
-        return np.isfinite(self.z)
+        return np.isfinite(self.resid)
 
     def fingerprint(self) -> str:
         """Digest of the stations and values this time's fusion uses."""
@@ -74,12 +74,12 @@ def time_sources(obs_t: pd.DataFrame, model_K: np.ndarray, model_se_K: np.ndarra
     py, px = obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy()
     obs_K = obs_t["ta_c"].to_numpy(np.float64) + KELVIN
     return TimeSources(obs_t["stn_id"].to_numpy(np.int64), py, px, pixel_sites(static, py, px, cfg), obs_K,
-                       model_K.astype(np.float64), model_se_K.astype(np.float64), standardised(obs_K, model_K, model_se_K))
+                       model_K.astype(np.float64), model_se_K.astype(np.float64), residual(obs_K, model_K))
 
 
 def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:
-    """The run's variogram: fitted to the standardised residuals of all its times together."""
-    return fit_variogram([(s.sites, s.z) for s in sources], cfg)
+    """The run's variogram: fitted to the residuals of all its times together."""
+    return fit_variogram([(s.sites, s.resid) for s in sources], cfg)
 
 
 #: The splits of step03's residual table (``split`` holds the index): :data:`shared.training.loop.RESIDUAL_SPLITS`.
@@ -88,23 +88,23 @@ STORED_SPLITS = ("train", "val")
 
 def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tuple[Variogram | None, str]:
     """The fusion's variogram fitted to the checkpoint's residual table (``Predictor.fusion_residuals``): the
-    standardised errors of the fusion splits' rows at every time of the data, at their pixels' kriging sites.
+    model's errors on the fusion splits' rows at every time of the data, at their pixels' kriging sites.
     The same for every run of the checkpoint, whatever times it maps. ``(None, why)`` without a table or rows
     of the fusion splits (then a run fits its own times: :func:`run_variogram`)."""
     if res is None:
         return None, "the checkpoint holds no residual table (written before it): fitted to the mapped times"
     codes = [STORED_SPLITS.index(s) for s in cfg.splits if s in STORED_SPLITS]
-    keep = np.isin(res["split"], codes) & np.isfinite(res["z"])
+    keep = np.isin(res["split"], codes) & np.isfinite(res["resid"])
     if not keep.any():
         return None, f"the checkpoint's residual table has no row of {'+'.join(cfg.splits)}: fitted to the mapped times"
-    t, py, px, z = (res[k][keep] for k in ("time_s", "pixel_y", "pixel_x", "z"))
+    t, py, px, z = (res[k][keep] for k in ("time_s", "pixel_y", "pixel_x", "resid"))
     order = np.argsort(t, kind="stable")
     s_all = pixel_sites(static, py[order], px[order], cfg)
     z = z[order].astype(np.float64)
     cuts = np.flatnonzero(np.diff(t[order])) + 1
     groups = [(s_all[a:b], z[a:b]) for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(z)])]
     vg = fit_variogram(groups, cfg)
-    return vg, (f"fitted to step03's standardised errors at the {'+'.join(s for s in cfg.splits if s in STORED_SPLITS)} "
+    return vg, (f"fitted to step03's residuals at the {'+'.join(s for s in cfg.splits if s in STORED_SPLITS)} "
                 f"stations, {vg.n_times} times")
 
 
@@ -119,7 +119,7 @@ def fuse_map(model_K: np.ndarray, model_se_K: np.ndarray, static: Static, offset
     rr, cc = np.nonzero(good)
     tgt = pixel_sites(static, rr + offset[0], cc + offset[1], cfg)
     u = src.used()
-    f = fuse(src.sites[u], src.z[u], tgt, model_K[good], model_se_K[good], vg, cfg)
+    f = fuse(src.sites[u], src.resid[u], tgt, model_K[good], model_se_K[good], vg, cfg)
     value, se = np.full((ny, nx), np.nan, np.float32), np.full((ny, nx), np.nan, np.float32)
     value[good], se[good] = f.value, f.se
     return replace(f, value=value, se=se)

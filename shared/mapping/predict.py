@@ -96,8 +96,8 @@ class Predictor:
     #: Gaussian (:mod:`shared.models.intervals`); ``intervals_source`` says which
     interval_multipliers: dict = field(default_factory=gaussian_multipliers)
     intervals_source: str = "Gaussian"
-    #: step03's standardised errors on the train and val rows (numpy ``time_s, stn_id, pixel_y, pixel_x, split,
-    #: z``; :func:`shared.training.loop.fusion_residuals`): the fusion's variogram; None for older checkpoints
+    #: step03's errors on the train and val rows (numpy ``time_s, stn_id, pixel_y, pixel_x, split, resid``;
+    #: :func:`shared.training.loop.fusion_residuals`): the fusion's variogram; None for older checkpoints
     fusion_residuals: dict | None = None
 
     def _run(self, batch: dict, with_logvar: bool):
@@ -175,7 +175,7 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
                      sigma_scale=scale, sd_source=src, fusion_residuals=_fusion_residuals(ckpt, path), **intervals)
 
 
-RESIDUAL_KEYS = ("time_s", "stn_id", "pixel_y", "pixel_x", "split", "z")
+RESIDUAL_KEYS = ("time_s", "stn_id", "pixel_y", "pixel_x", "split", "resid")
 
 
 def _fusion_residuals(ckpt: dict, path: Path) -> dict | None:

@@ -225,15 +225,14 @@ RESIDUAL_SPLITS = ("train", "val")
 
 
 @torch.no_grad()
-def fusion_residuals(model, splits: dict, device: torch.device, dtype, sd_scale: float, batch_size: int = 2048) -> dict:
-    """The best model's standardised errors ``z = (y - pred) / sd`` on every train and val row, with each row's
+def fusion_residuals(model, splits: dict, device: torch.device, dtype, batch_size: int = 2048) -> dict:
+    """The best model's errors ``resid = y - pred`` (TA z-score units) on every train and val row, with each row's
     time and pixel: the rows whose same-hour residuals step04/05's fusion kriges, at every time of the data.
     step04 and step05 fit the fusion's variogram to them, so a map of one hour and a run of many share one
-    variogram. ``sd = sd_scale x exp(logvar / 2)`` with a variance head, else ``sd_scale``.
-    Returns int64 ``time_s``, ``stn_id``, ``pixel_y``, ``pixel_x``, int8 ``split`` (index in
-    :data:`RESIDUAL_SPLITS`) and float32 ``z`` tensors, one row each."""
+    variogram. Returns int64 ``time_s``, ``stn_id``, ``pixel_y``, ``pixel_x``, int8 ``split`` (index in
+    :data:`RESIDUAL_SPLITS`) and float32 ``resid`` tensors, one row each."""
     model.eval()
-    out: dict[str, list] = {k: [] for k in ("time_s", "stn_id", "pixel_y", "pixel_x", "split", "z")}
+    out: dict[str, list] = {k: [] for k in ("time_s", "stn_id", "pixel_y", "pixel_x", "split", "resid")}
     for code, name in enumerate(RESIDUAL_SPLITS):
         sf = splits[name]
         for f, n in zip(sf.files, sf.rows):
@@ -242,9 +241,8 @@ def fusion_residuals(model, splits: dict, device: torch.device, dtype, sd_scale:
             for i in range(0, n, batch_size):
                 part = _to({k: v[i:i + batch_size] for k, v in b.items()}, device)
                 with _autocast(device, dtype):
-                    pred, logvar = model(part, with_logvar=True)
-                sd = sd_scale * torch.exp(0.5 * logvar.float())
-                out["z"].append(((part["y"] - pred.float()) / sd).cpu())
+                    pred = model(part)
+                out["resid"].append((part["y"] - pred.float()).cpu())
             for k, mk in (("time_s", "time"), ("stn_id", "stn_id"), ("pixel_y", "pixel_y"), ("pixel_x", "pixel_x")):
                 out[k].append(ch["meta"][mk].clone())
             out["split"].append(torch.full((n,), code, dtype=torch.int8))
@@ -500,13 +498,10 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         load_weights(model, ck["model"], best)
         if model.logvar_mlp is not None:  # calibrate the best model's standard error on val
             ck["uncertainty"] = calibrate_sigma(model, val_loader, device, dtype, d)
-            sd_scale = ck["uncertainty"]["sigma_scale"]
-            say(f"standard error: variance head scaled by {sd_scale:.3f} to fit the "
+            say(f"standard error: variance head scaled by {ck['uncertainty']['sigma_scale']:.3f} to fit the "
                 f"{ck['uncertainty']['val_rows']} validation rows")
-        else:  # one standard error for every row: the validation RMSE (as the Predictor does)
-            sd_scale = math.sqrt(ck["best_val"]) if ck.get("best_val") is not None else 1.0
         if d.main:
-            ck["fusion_residuals"] = fusion_residuals(model, splits, device, dtype, sd_scale)
+            ck["fusion_residuals"] = fusion_residuals(model, splits, device, dtype)
             save_ta_checkpoint(best, {k: v for k, v in ck.items() if k != "format"})
         d.barrier()
     if done and d.main:  # promote the finished run's checkpoints together
