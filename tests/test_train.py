@@ -175,9 +175,10 @@ def test_cached_features_match_uncached(tmp_path, patches, clay_ckpt, monkeypatc
     plain, cached = log_of(tmp_path, "plain"), log_of(tmp_path, "cached")
     assert cached.val_loss.tolist() == pytest.approx(plain.val_loss.tolist(), rel=1e-4)
     assert cached.train_loss.tolist() == pytest.approx(plain.train_loss.tolist(), rel=1e-4)
-    assert sum(encoded) == 768 + 256  # every train and val row encoded once...
+    # every train and val row encoded once, and once more at the end for the residual table of the fusion...
+    assert sum(encoded) == 2 * (768 + 256)
     # ...instead of once per epoch (and the val rows once more at the end: the standard-error calibration)
-    assert n_plain == 2 * (768 + 256) + 256
+    assert n_plain == 2 * (768 + 256) + 256 + (768 + 256)
     ck = torch.load(tmp_path / "cached" / "weights" / "best.pt", weights_only=True)
     enc0 = torch.load(clay_ckpt, weights_only=True)["state_dict"]
     assert torch.equal(ck["model"]["encoder.transformer.norm.weight"], enc0["model.encoder.transformer.norm.weight"])
@@ -203,9 +204,11 @@ def test_ddp_two_processes_on_cpu(tmp_path, patches):
     assert run_step(tmp_path, patches, "train.epochs=3", out="single",  # batch 64, same rows per step
                     extra=["--stop-after", "1"]) == 0
     # Epoch 1 agrees to float rounding amplified by Adam (its first steps divide each gradient by its own size,
-    # so summation-order noise in tiny gradients moves weights by a full step: measured 5e-4 relative with the
-    # site inputs); later epochs drift apart by a few % (a different thread count does the same to one process).
-    assert log.val_loss.iloc[0] == pytest.approx(log_of(tmp_path, "single").val_loss.iloc[0], rel=1e-3)
+    # so summation-order noise in tiny gradients moves weights by a full step); later epochs drift apart by a few
+    # % (a different thread count does the same to one process). How far epoch 1 drifts is chaotic: with the
+    # model's lapse term at 0 / 1 / 3 / 6.5 / 12 K/km (a negligible term here: the DEM's std is 1 m) the
+    # relative difference was < 1e-3 / 1.1e-2 / < 1e-3 / 1.4e-2 / < 1e-3.
+    assert log.val_loss.iloc[0] == pytest.approx(log_of(tmp_path, "single").val_loss.iloc[0], rel=3e-2)
 
 
 # --------------------------------------------------------------------------- bad input -> exit 2, one line
