@@ -175,10 +175,16 @@ def test_cached_features_match_uncached(tmp_path, patches, clay_ckpt, monkeypatc
     plain, cached = log_of(tmp_path, "plain"), log_of(tmp_path, "cached")
     assert cached.val_loss.tolist() == pytest.approx(plain.val_loss.tolist(), rel=1e-4)
     assert cached.train_loss.tolist() == pytest.approx(plain.train_loss.tolist(), rel=1e-4)
-    # every train and val row encoded once, and once more at the end for the residual table of the fusion...
-    assert sum(encoded) == 2 * (768 + 256)
-    # ...instead of once per epoch (and the val rows once more at the end: the standard-error calibration)
+    assert sum(encoded) == 768 + 256  # every train and val row encoded once (the residual table uses the cache)...
+    # ...instead of once per epoch, the val rows once more at the end (the standard-error calibration) and every
+    # row once more for the fusion's residual table
     assert n_plain == 2 * (768 + 256) + 256 + (768 + 256)
+    from shared.mapping.predict import load_predictor
+
+    res_plain = load_predictor(tmp_path / "plain" / "weights" / "best.pt").fusion_residuals
+    res_cached = load_predictor(tmp_path / "cached" / "weights" / "best.pt").fusion_residuals
+    assert len(res_cached["resid"]) == 768 + 256 and np.array_equal(res_cached["time_s"], res_plain["time_s"])
+    np.testing.assert_allclose(res_cached["resid"], res_plain["resid"], atol=2e-3)
     ck = torch.load(tmp_path / "cached" / "weights" / "best.pt", weights_only=True)
     enc0 = torch.load(clay_ckpt, weights_only=True)["state_dict"]
     assert torch.equal(ck["model"]["encoder.transformer.norm.weight"], enc0["model.encoder.transformer.norm.weight"])

@@ -225,19 +225,22 @@ RESIDUAL_SPLITS = ("train", "val")
 
 
 @torch.no_grad()
-def fusion_residuals(model, splits: dict, device: torch.device, dtype, batch_size: int = 2048) -> dict:
+def fusion_residuals(model, splits: dict, device: torch.device, dtype, batch_size: int = 2048,
+                     cached: dict | None = None) -> dict:
     """The best model's errors ``resid = y - pred`` (TA z-score units) on every train and val row, with each row's
     time and pixel: the rows whose same-hour residuals step04/05's fusion kriges, at every time of the data.
     step04 and step05 fit the fusion's variogram to them, so a map of one hour and a run of many share one
-    variogram. Returns int64 ``time_s``, ``stn_id``, ``pixel_y``, ``pixel_x``, int8 ``split`` (index in
-    :data:`RESIDUAL_SPLITS`) and float32 ``resid`` tensors, one row each."""
+    variogram. ``cached``: the frozen encoder's cached features per split (:func:`compute_features`, rows in
+    file order), so the encoder does not run again. Returns int64 ``time_s``, ``stn_id``, ``pixel_y``,
+    ``pixel_x``, int8 ``split`` (index in :data:`RESIDUAL_SPLITS`) and float32 ``resid`` tensors, one row each."""
     model.eval()
     out: dict[str, list] = {k: [] for k in ("time_s", "stn_id", "pixel_y", "pixel_x", "split", "resid")}
     for code, name in enumerate(RESIDUAL_SPLITS):
         sf = splits[name]
+        start = 0
         for f, n in zip(sf.files, sf.rows):
             ch = load_chunk(f, rows=n)
-            b = batch_view(ch)
+            b = batch_view(ch) if cached is None else {k: v[start:start + n] for k, v in cached[name].items()}
             for i in range(0, n, batch_size):
                 part = _to({k: v[i:i + batch_size] for k, v in b.items()}, device)
                 with _autocast(device, dtype):
@@ -246,6 +249,7 @@ def fusion_residuals(model, splits: dict, device: torch.device, dtype, batch_siz
             for k, mk in (("time_s", "time"), ("stn_id", "stn_id"), ("pixel_y", "pixel_y"), ("pixel_x", "pixel_x")):
                 out[k].append(ch["meta"][mk].clone())
             out["split"].append(torch.full((n,), code, dtype=torch.int8))
+            start += n
     return {k: torch.cat(v).contiguous() for k, v in out.items()}
 
 
@@ -501,7 +505,8 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
             say(f"standard error: variance head scaled by {ck['uncertainty']['sigma_scale']:.3f} to fit the "
                 f"{ck['uncertainty']['val_rows']} validation rows")
         if d.main:
-            ck["fusion_residuals"] = fusion_residuals(model, splits, device, dtype)
+            ck["fusion_residuals"] = fusion_residuals(model, splits, device, dtype,
+                                                      cached=cached if tcfg.cache_features else None)
             save_ta_checkpoint(best, {k: v for k, v in ck.items() if k != "format"})
         d.barrier()
     if done and d.main:  # promote the finished run's checkpoints together
