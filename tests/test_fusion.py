@@ -237,3 +237,19 @@ def test_calibrated_gaussian_errors_cover_their_nominal_levels():
     assert s["rms_standardised_error"] == pytest.approx(1.0, abs=0.01)
     # a standard error twice too small covers far less than 90 %
     assert interval_scores(np.zeros_like(se), se / 2, obs)["coverage_90"] < 0.65
+
+
+def test_model_standard_error_is_capped_at_the_spread_of_the_training_temperatures():
+    """The variance head's standard error, scaled, is returned as is below the cap and never above the training
+    rows' TA standard deviation (1 in z-score units)."""
+    import torch
+
+    from shared.mapping.predict import MAX_SD_Z, Predictor
+
+    logvar = torch.log(torch.tensor([0.01, 0.25, 4.0, 400.0]))  # sd 0.1, 0.5, 2, 20 before the scale
+    pred = Predictor(model=lambda batch, with_logvar=False: (torch.zeros(4), logvar), model_cfg={},
+                     input_mean=np.zeros(19), input_std=np.ones(19), target_mean=10.0, target_std=8.0, patch_size=9,
+                     sigma_scale=1.5)
+    _, sd = pred.predict_dist({})
+    assert MAX_SD_Z == 1.0
+    np.testing.assert_allclose(sd, [0.15, 0.75, 1.0, 1.0], rtol=1e-6)

@@ -70,6 +70,10 @@ def current_rss_bytes() -> int:
 # --------------------------------------------------------------------------- model
 
 
+#: Largest standard error (TA z-score units = the training rows' TA standard deviation), see ``predict_dist``.
+MAX_SD_Z = 1.0
+
+
 @dataclass
 class Predictor:
     """A trained model with the statistics it was trained with.
@@ -114,10 +118,14 @@ class Predictor:
         return self._run(batch, False).float().numpy()
 
     def predict_dist(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
-        """TA z-scores and their standard errors ``(B,)`` each (z-score units; ``* target_std`` = K)."""
+        """TA z-scores and their standard errors ``(B,)`` each (z-score units; ``* target_std`` = K).
+
+        The standard error is at most :data:`MAX_SD_Z`: the spread of TA over the training rows. The variance
+        head extrapolates far from what it learnt (over the open sea it reached 20-40 K on demo-world maps); an
+        error larger than the spread of all temperatures says only "unknown", which this bound also says."""
         z, logvar = self._run(batch, True)
         sd = self.sigma_scale * np.exp(0.5 * logvar.float().numpy().astype(np.float64))
-        return z.float().numpy(), sd.astype(np.float32)
+        return z.float().numpy(), np.minimum(sd, MAX_SD_Z).astype(np.float32)
 
     def to_kelvin(self, z: np.ndarray) -> np.ndarray:
         return (z.astype(np.float64) * self.target_std + self.target_mean + KELVIN).astype(np.float32)
@@ -169,6 +177,7 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
         best_val = ckpt.get("best_val")
         scale = float(np.sqrt(best_val)) if best_val is not None and np.isfinite(best_val) else 1.0
         src = "validation RMSE (the model has no calibrated variance head): the same for every pixel"
+    src += f"; at most the training rows' TA standard deviation ({t_std:.1f} K)"
     return Predictor(model=model, model_cfg=cfg, input_mean=mean, input_std=std, target_mean=t_mean,
                      target_std=t_std, patch_size=int(cfg.get("patch_size", 9)), path=path, precision=precision,
                      info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data")},
