@@ -1,7 +1,9 @@
-"""Ordinary kriging of station residuals, time by time, with one variogram pooled over times.
+"""Kriging of station residuals, time by time, with one variogram pooled over times.
 
-Used by the station baselines (:mod:`shared.evaluation.interpolation`) and the
-analysis (:mod:`shared.fusion.analysis`). Sites are ``(n, 2)`` coordinates in
+Ordinary kriging (PyKrige; :func:`krige`) serves the station baselines
+(:mod:`shared.evaluation.interpolation`) and ``fusion.kriging: ordinary``;
+simple kriging with mean 0 (scikit-learn's Gaussian process; :func:`simple_krige`)
+serves the analysis by default (:mod:`shared.fusion.analysis`). Sites are ``(n, 2)`` coordinates in
 km (x, y on the grid's projection) or ``(n, 3)`` with a third coordinate
 (the analysis's scaled elevation, so that two stations at different heights
 are farther apart than their horizontal distance).
