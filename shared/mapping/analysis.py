@@ -20,6 +20,7 @@ from shared.core.errors import UserError, rerun
 from shared.fusion.analysis import Fused, FusionConfig, fit_variogram, fuse, residual, sites
 from shared.fusion.kriging import Variogram
 from shared.io.raw import Static
+from shared.models.checkpoint import RESIDUAL_SPLITS
 
 
 def fusion_observations(index_dir: Path, times: pd.Series, cfg: FusionConfig) -> pd.DataFrame | None:
@@ -56,7 +57,6 @@ class TimeSources:
     sites: np.ndarray
     obs_K: np.ndarray
     model_K: np.ndarray
-    model_se_K: np.ndarray
     resid: np.ndarray
 
     def used(self) -> np.ndarray:
@@ -69,21 +69,17 @@ class TimeSources:
         return hashlib.sha1(arr.tobytes()).hexdigest()[:16]
 
 
-def time_sources(obs_t: pd.DataFrame, model_K: np.ndarray, model_se_K: np.ndarray, static: Static,
+def time_sources(obs_t: pd.DataFrame, model_K: np.ndarray, static: Static,
                  cfg: FusionConfig) -> TimeSources:
     py, px = obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy()
     obs_K = obs_t["ta_c"].to_numpy(np.float64) + KELVIN
     return TimeSources(obs_t["stn_id"].to_numpy(np.int64), py, px, pixel_sites(static, py, px, cfg), obs_K,
-                       model_K.astype(np.float64), model_se_K.astype(np.float64), residual(obs_K, model_K))
+                       model_K.astype(np.float64), residual(obs_K, model_K))
 
 
 def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:
     """The run's variogram: fitted to the residuals of all its times together."""
     return fit_variogram([(s.sites, s.resid) for s in sources], cfg)
-
-
-#: The splits of step03's residual table (``split`` holds the index): :data:`shared.training.loop.RESIDUAL_SPLITS`.
-STORED_SPLITS = ("train", "val")
 
 
 def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tuple[Variogram | None, str]:
@@ -93,7 +89,7 @@ def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tup
     of the fusion splits (then a run fits its own times: :func:`run_variogram`)."""
     if res is None:
         return None, "the checkpoint holds no residual table (written before it): fitted to the mapped times"
-    codes = [STORED_SPLITS.index(s) for s in cfg.splits if s in STORED_SPLITS]
+    codes = [RESIDUAL_SPLITS.index(s) for s in cfg.splits if s in RESIDUAL_SPLITS]
     keep = np.isin(res["split"], codes) & np.isfinite(res["resid"])
     if not keep.any():
         return None, f"the checkpoint's residual table has no row of {'+'.join(cfg.splits)}: fitted to the mapped times"
@@ -104,7 +100,7 @@ def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tup
     cuts = np.flatnonzero(np.diff(t[order])) + 1
     groups = [(s_all[a:b], z[a:b]) for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(z)])]
     vg = fit_variogram(groups, cfg)
-    return vg, (f"fitted to step03's residuals at the {'+'.join(s for s in cfg.splits if s in STORED_SPLITS)} "
+    return vg, (f"fitted to step03's residuals at the {'+'.join(s for s in cfg.splits if s in RESIDUAL_SPLITS)} "
                 f"stations, {vg.n_times} times")
 
 

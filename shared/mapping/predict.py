@@ -49,7 +49,7 @@ from shared.features.patch import full_stack, landcover_onehot, loc3, normalise_
 from shared.features.site import SITE_FEATURES, site_at, site_fields
 from shared.io.channels import N_CHANNELS, PATCH_CHANNELS, SZA_CH
 from shared.io.raw import Frame, Static
-from shared.models.checkpoint import load_ta_checkpoint
+from shared.models.checkpoint import load_ta_checkpoint, read_fusion_residuals
 from shared.models.intervals import gaussian_multipliers
 
 
@@ -181,22 +181,7 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
     return Predictor(model=model, model_cfg=cfg, input_mean=mean, input_std=std, target_mean=t_mean,
                      target_std=t_std, patch_size=int(cfg.get("patch_size", 9)), path=path, precision=precision,
                      info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data")},
-                     sigma_scale=scale, sd_source=src, fusion_residuals=_fusion_residuals(ckpt, path), **intervals)
-
-
-RESIDUAL_KEYS = ("time_s", "stn_id", "pixel_y", "pixel_x", "split", "resid")
-
-
-def _fusion_residuals(ckpt: dict, path: Path) -> dict | None:
-    """The checkpoint's residual table as numpy arrays of one length; None when it has none (older runs)."""
-    res = ckpt.get("fusion_residuals")
-    if res is None:
-        return None
-    if not isinstance(res, dict) or any(k not in res or not hasattr(res[k], "shape") or res[k].ndim != 1 for k in RESIDUAL_KEYS) \
-            or len({int(res[k].shape[0]) for k in RESIDUAL_KEYS}) != 1:
-        raise UserError(f"{path}: 'fusion_residuals' must hold 1-D {', '.join(RESIDUAL_KEYS)} of one length; "
-                        f"{rerun('step03', force=True)}")
-    return {k: res[k].numpy() for k in RESIDUAL_KEYS}
+                     sigma_scale=scale, sd_source=src, fusion_residuals=read_fusion_residuals(ckpt, path), **intervals)
 
 
 # --------------------------------------------------------------------------- windows

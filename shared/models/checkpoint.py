@@ -11,7 +11,11 @@ One dict, everything needed to continue training or to run the model alone::
     epoch, best_val, best_epoch, bad_epochs, log (rows of train_log.csv so far)
     train_cfg     the resolved step03 config
     uncertainty   (models with a variance head, written when the run finishes) sigma_scale: the factor that
-                  calibrates the head's standard deviation on the validation rows, val_rows, method
+                  calibrates the head's standard deviation on the validation rows, val_rows, method,
+                  interval_multipliers (shared.models.intervals)
+    fusion_residuals  (written when the run finishes) the best model's errors y - pred on every train and
+                  val row: 1-D RESIDUAL_KEYS of one length (split: index in RESIDUAL_SPLITS); the fusion's
+                  variogram (shared.mapping.analysis.stored_variogram)
 
 Read with ``weights_only=True`` (no code runs from a crafted file); a file
 whose weights do not fit its stored model config is refused in one line.
@@ -26,6 +30,9 @@ from shared.models.ta import TAModel, build_model
 
 CKPT_FORMAT = "ta2d-step03"
 HINT = "point at a step03 weights/best.pt or " + rerun("step03")
+#: The residual table's columns and the splits its ``split`` column indexes.
+RESIDUAL_KEYS = ("time_s", "stn_id", "pixel_y", "pixel_x", "split", "resid")
+RESIDUAL_SPLITS = ("train", "val")
 
 
 def save_ta_checkpoint(path: str | Path, ckpt: dict) -> None:
@@ -74,3 +81,15 @@ def load_weights(model, state: dict, path) -> None:
             parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
         raise UserError(f"{path}: weights do not fit the model config stored with them ({'; '.join(parts)}); {HINT}")
     model.load_state_dict(state, strict=True)
+
+
+def read_fusion_residuals(ckpt: dict, path) -> dict | None:
+    """The checkpoint's residual table as numpy arrays of one length; None when it has none (older runs)."""
+    res = ckpt.get("fusion_residuals")
+    if res is None:
+        return None
+    if not isinstance(res, dict) or any(k not in res or not hasattr(res[k], "shape") or res[k].ndim != 1 for k in RESIDUAL_KEYS) \
+            or len({int(res[k].shape[0]) for k in RESIDUAL_KEYS}) != 1:
+        raise UserError(f"{path}: 'fusion_residuals' must hold 1-D {', '.join(RESIDUAL_KEYS)} of one length; "
+                        f"{rerun('step03', force=True)}")
+    return {k: res[k].numpy() for k in RESIDUAL_KEYS}

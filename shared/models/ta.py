@@ -173,9 +173,8 @@ class TAModel(nn.Module):
         self.encoder = ClayEncoder(cfg["size"], cfg["clay_patch_size"])
         d = self.encoder.dim
         self.n_aux = N_TIME7 + 2 * self.use_latlon + self.n_site + N_LANDCOVER + 3 * len(AUX_CHANNELS)
-        # the TA z-score change per unit of the (z-scored) DEM channel; its column in x and in aux (centre values)
+        # the TA z-score change per unit of the (z-scored) DEM channel, and the DEM centre value's column in aux
         self.lapse_z = -float(cfg.get("lapse_rate_K_per_km", 0.0)) * float(cfg.get("lapse_scale", 0.0))
-        self.dem_ch = chans.index("DEM")
         self.dem_aux_col = N_TIME7 + 2 * self.use_latlon + self.n_site + N_LANDCOVER + AUX_CHANNELS.index("DEM")
         if self.head_spectral:
             self.n_aux += 2 * len(self.spec_idx)

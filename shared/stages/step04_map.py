@@ -253,9 +253,9 @@ def run(cfg: Config, ctx: Context) -> Result:
             if obs_t is None:
                 continue
             frame = read_frame(resolve_path(r.path_bt), resolve_path(r.path_rf), resolve_path(r.path_sza), static.grid)
-            m, se = predict_pixels(predictor, frame, static, t, obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy(), site)
+            m, _ = predict_pixels(predictor, frame, static, t, obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy(), site)
             del frame
-            sources[t] = time_sources(obs_t, m, se, static, cfg.fusion)
+            sources[t] = time_sources(obs_t, m, static, cfg.fusion)
         if sources:
             vg, vg_note = stored_variogram(predictor.fusion_residuals, static, cfg.fusion)
             if vg is None:

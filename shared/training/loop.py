@@ -34,7 +34,7 @@ from shared.core.errors import UserError
 from shared.core.records import atomic_path, write_csv
 from shared.io.channels import BT_WAVES_UM, RF_WAVES_UM
 from shared.io.patches import batch_view, load_chunk, read_manifest, read_stats
-from shared.models.checkpoint import load_weights, read_ta_checkpoint, save_ta_checkpoint
+from shared.models.checkpoint import RESIDUAL_KEYS, RESIDUAL_SPLITS, load_weights, read_ta_checkpoint, save_ta_checkpoint
 from shared.models.clay import load_clay_state
 from shared.models.intervals import EDGES, histogram, multipliers_from_histogram
 from shared.models.ta import TAModelConfig, build_model, gaussian_nll
@@ -220,10 +220,6 @@ def calibrate_sigma(model, loader, device: torch.device, dtype, d: Dist) -> dict
                       "central P % interval = pred +- k_P se, k_P the P quantile of |standardised error| there"}
 
 
-#: Splits whose residuals step03 stores for the fusion's variogram, in the order of their code in ``split``.
-RESIDUAL_SPLITS = ("train", "val")
-
-
 @torch.no_grad()
 def fusion_residuals(model, splits: dict, device: torch.device, dtype, batch_size: int = 2048,
                      cached: dict | None = None) -> dict:
@@ -232,9 +228,9 @@ def fusion_residuals(model, splits: dict, device: torch.device, dtype, batch_siz
     step04 and step05 fit the fusion's variogram to them, so a map of one hour and a run of many share one
     variogram. ``cached``: the frozen encoder's cached features per split (:func:`compute_features`, rows in
     file order), so the encoder does not run again. Returns int64 ``time_s``, ``stn_id``, ``pixel_y``,
-    ``pixel_x``, int8 ``split`` (index in :data:`RESIDUAL_SPLITS`) and float32 ``resid`` tensors, one row each."""
+    ``pixel_x``, int8 ``split`` (index in :data:`~shared.models.checkpoint.RESIDUAL_SPLITS`) and float32 ``resid`` tensors, one row each."""
     model.eval()
-    out: dict[str, list] = {k: [] for k in ("time_s", "stn_id", "pixel_y", "pixel_x", "split", "resid")}
+    out: dict[str, list] = {k: [] for k in RESIDUAL_KEYS}
     for code, name in enumerate(RESIDUAL_SPLITS):
         sf = splits[name]
         start = 0
