@@ -270,7 +270,8 @@ def test_old_model_cfg_rebuilds_as_latlon(tmp_path):
 
 @pytest.mark.parametrize("location", ["latlon", "both"])
 def test_lapse_term_lowers_the_output_with_the_centre_dem(location):
-    """The output = head + (-lapse x lapse_scale) x centre DEM z-score, in the forward and the cached-feature path;
+    """The output = head + (-lapse x lapse_scale) x centre DEM z-score (the batch's station ``height`` where it has
+    one), in the forward and the cached-feature path;
     lapse_scale comes from the statistics; checkpoints written before the lapse term rebuild without it."""
     from shared.training.loop import lapse_scale
 
@@ -290,6 +291,11 @@ def test_lapse_term_lowers_the_output_with_the_centre_dem(location):
         out = m(b)
         torch.testing.assert_close(out, 0.25 - 6.5 * 0.05 * b["x"][:, dem, c, c])
         torch.testing.assert_close(out, m({**b, "features": m.encode(b), "aux": m.aux_features(b)}))
+        # a station row: the lapse term takes the station's own height instead of the pixel's DEM
+        h = torch.tensor([-2.0, 0.5, 1.0, -1.0, 3.0])
+        at_station = m({**b, "height": h})
+        torch.testing.assert_close(at_station, 0.25 - 6.5 * 0.05 * h)
+        torch.testing.assert_close(at_station, m({**b, "height": h, "features": m.encode(b), "aux": m.aux_features(b)}))
     old = TAModelConfig(location=location).to_dict()
     del old["lapse_rate_K_per_km"], old["lapse_scale"]  # as a checkpoint written before the lapse term
     assert build_model(old).lapse_z == 0.0

@@ -90,7 +90,8 @@ def test_whole_ko_grid_is_fast():
 
 
 def test_chunk_carries_site_and_batches_pass_it(tmp_path):
-    assert "site" in TENSOR_KEYS and "site" in BATCH_KEYS and CHUNK_LAYOUT == 2
+    assert TENSOR_KEYS == ("x", "y", "time7", "loc", "landcover_onehot", "site", "height") and CHUNK_LAYOUT == 3
+    assert BATCH_KEYS == TENSOR_KEYS + ("time_unix",)
     d = write_synthetic_patches(tmp_path / "p", {"train": 20, "val": 8}, chunk_rows=16)
     man, splits = read_manifest(d)
     assert man["site_features"] == list(SITE_FEATURES) and man["layout"] == CHUNK_LAYOUT
@@ -104,6 +105,11 @@ def test_chunk_carries_site_and_batches_pass_it(tmp_path):
         save_chunk(tmp_path / "bad.pt", bad)
     with pytest.raises(UserError, match="'site' has shape.*rerun step02"):
         save_chunk(tmp_path / "bad.pt", {**ch, "site": ch["site"][:, :5]})
+    assert ch["height"].shape == (16,) and ch["height"].dtype == torch.float32
+    with pytest.raises(UserError, match="lacks key.*height.*rerun step02"):
+        save_chunk(tmp_path / "bad.pt", {k: v for k, v in ch.items() if k != "height"})
+    with pytest.raises(UserError, match="'height' has shape.*rerun step02"):
+        save_chunk(tmp_path / "bad.pt", {**ch, "height": ch["height"][:, None]})
 
 
 def test_manifest_of_an_older_step02_is_refused(tmp_path):

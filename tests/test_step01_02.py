@@ -10,7 +10,7 @@ from conftest import adopt, run_step, step01_args
 
 from shared.features.site import SITE_FEATURES, site_fields
 from shared.io.channels import PATCH_CHANNELS
-from shared.io.patches import CHUNK_LAYOUT, load_chunk, read_manifest
+from shared.io.patches import CHUNK_LAYOUT, TENSOR_KEYS, load_chunk, read_manifest
 from shared.io.raw import read_static
 
 
@@ -101,7 +101,8 @@ def test_chunk_layout(tiny_patches, tiny_world):
     assert 0 < n <= 64
     assert ch["x"].shape == (n, 19, 9, 9) and ch["x"].dtype == torch.float32 and ch["x"].is_contiguous()
     assert man["layout"] == CHUNK_LAYOUT and man["site_features"] == list(SITE_FEATURES) and len(SITE_FEATURES) == 7
-    for k, shape in {"y": (n,), "time7": (n, 7), "loc": (n, 3), "landcover_onehot": (n, 17), "site": (n, 7)}.items():
+    for k, shape in {"y": (n,), "time7": (n, 7), "loc": (n, 3), "landcover_onehot": (n, 17), "site": (n, 7),
+                     "height": (n,)}.items():
         assert tuple(ch[k].shape) == shape and ch[k].dtype == torch.float32
     assert set(ch["meta"]) == {"time", "stn_id", "pixel_y", "pixel_x"}
     assert ch["meta"]["time"].dtype == torch.int64
@@ -115,6 +116,13 @@ def test_chunk_layout(tiny_patches, tiny_world):
     fields = site_fields(read_static(tiny_world / "static.nc"))
     py, px = ch["meta"]["pixel_y"].numpy(), ch["meta"]["pixel_x"].numpy()
     np.testing.assert_array_equal(ch["site"].numpy(), fields[:, py, px].T)
+    # height: the station's own elevation (stations.csv) in the DEM channel's z-score units, not the pixel's DEM
+    st = json.loads((tiny_patches / "stats" / "input_statistics.json").read_text())
+    dem = PATCH_CHANNELS.index("DEM")
+    elev = pd.read_csv(tiny_world / "stations.csv").set_index("stn_id")["elev_m"]
+    want = (elev.loc[ch["meta"]["stn_id"].numpy()].to_numpy() - st["mean"][dem]) / st["std"][dem]
+    np.testing.assert_allclose(ch["height"].numpy(), want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(ch["height"].numpy(), ch["x"][:, dem, 4, 4].numpy(), atol=1e-3)
 
 
 def test_stats_come_from_train_rows_only(tiny_patches, tiny_index, tmp_path):
@@ -156,7 +164,7 @@ def test_skip_existing_rebuilds_deleted_chunk_identically(tiny_patches, tiny_ind
     n_chunks = sum(len(v) for v in man["chunks"].values())
     assert report["chunks_reused"] == n_chunks - 1
     after = torch.load(last, weights_only=True)
-    for k in ("x", "y", "time7", "loc", "landcover_onehot", "site"):
+    for k in TENSOR_KEYS:
         assert torch.equal(before[k], after[k]), k
     for k in before["meta"]:
         assert torch.equal(before["meta"][k], after["meta"][k])

@@ -179,6 +179,31 @@ def test_map_values_equal_the_model_on_each_window(world):
     assert 200 < np.nanmin(a.t2m_K) and np.nanmax(a.t2m_K) < 350
 
 
+def test_model_at_a_station_height_is_the_pixel_moved_by_the_lapse_rate(world, tmp_path):
+    """predict_pixels without heights = the map; with a station's elevation the model's lapse term moves the value
+    by -lapse x (station - pixel DEM), in K, whatever the statistics' units; an unknown height is the pixel's."""
+    from shared.mapping.predict import load_predictor, predict_map, predict_pixels
+    from shared.models.checkpoint import CKPT_FORMAT
+    from shared.models.ta import build_model
+
+    torch.manual_seed(1)
+    cfg = {**small_model_cfg(), "lapse_rate_K_per_km": 6.5,
+           "lapse_scale": NORM["input_std"][PATCH_CHANNELS.index("DEM")] / 1000.0 / NORM["target_std"]}
+    ck = tmp_path / "best.pt"
+    torch.save({"format": CKPT_FORMAT, "model": build_model(cfg).state_dict(), "model_cfg": cfg, "norm": NORM,
+                "epoch": 0, "best_val": float("nan")}, ck)
+    pred = load_predictor(adopt(ck, "step03", "test: model with a lapse term"))
+    static = read_static(world["raw"] / "static.nc")
+    t = pd.Timestamp(TIMES[0])
+    frame = read_frame(sat_path(world["raw"], "bt", t), sat_path(world["raw"], "rf", t), sat_path(world["raw"], "sza", t), static.grid)
+    py, px = np.array([5, 12, 18]), np.array([6, 24, 9])
+    at_pixel, _ = predict_pixels(pred, frame, static, t, py, px)
+    np.testing.assert_allclose(at_pixel, predict_map(pred, frame, static, t, progress=False).t2m_K[py, px], atol=2e-4)
+    h = static.dem[py, px] + np.array([-150.0, np.nan, 300.0])
+    at_station, _ = predict_pixels(pred, frame, static, t, py, px, height_m=h)
+    np.testing.assert_allclose(at_station - at_pixel, [0.975, 0.0, -1.95], atol=2e-3)
+
+
 # --------------------------------------------------------------------------- the step
 
 

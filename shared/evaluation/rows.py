@@ -61,7 +61,8 @@ def read_rows(patch_dir: Path, split: str, predictor=None, batch_size: int = 204
 
 
 def predict_rows(predictor, x_rows: list[tuple[Path, np.ndarray]], loc: np.ndarray) -> np.ndarray:
-    """Model z-scores of chosen chunk rows with a replaced ``loc (N, 3)``.
+    """Model z-scores of chosen chunk rows with a replaced ``loc (N, 3)``, at the pixels' own heights (the rows'
+    ``height`` is left out), as on a map.
 
     ``x_rows``: ``(chunk file, row indices)`` in the order of ``loc``.
     """

@@ -16,6 +16,8 @@ month_sin, sza_center] with hour in UTC (fractional) and ``sza_center`` the
 z-scored SZA of the centre pixel (= ``x[:, 16, P//2, P//2]``).
 ``loc (N, 3)`` = [lat_deg, lon_deg, gsd_m]. ``landcover_onehot (N, 17)``:
 IGBP classes 1..17; 0/255 (unclassified) give an all-zero row.
+``height (N,)``: the station's elevation in the DEM channel's z-score units
+(:func:`height_z`); the model's lapse term puts its prediction at that height.
 """
 from __future__ import annotations
 
@@ -24,6 +26,14 @@ import pandas as pd
 
 from shared.io.channels import DEM_CH, GSD_M, LSMASK_CH, N_BT, N_CHANNELS, N_LANDCOVER, N_RF, SZA_CH
 from shared.io.raw import Frame, Static
+
+
+def height_z(elev_m, dem_mean: float, dem_std: float, x: np.ndarray) -> np.ndarray:
+    """Station elevations ``(N,)`` (m, NaN = unknown) z-scored like the DEM channel of the z-scored windows
+    ``x (N, 19, P, P)``; an unknown elevation gives the centre pixel's DEM (float32, contiguous)."""
+    z = (np.asarray(elev_m, np.float64) - float(dem_mean)) / float(dem_std)
+    c = x.shape[-1] // 2
+    return np.ascontiguousarray(np.where(np.isfinite(z), z, x[:, DEM_CH, c, c]), dtype=np.float32)
 
 
 def window_index(py: np.ndarray, px: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,8 @@ A chunk holds::
     landcover_onehot (N, 17)       float32
     site             (N, K)        float32   site descriptors of the station pixel (shared.features.site,
                                              order shared.io.channels.SITE_FEATURES, K = 7)
+    height           (N,)          float32   the station's own elevation, z-scored like the DEM channel
+                                             (the pixel's DEM where the station table has none)
     meta             dict of (N,) int64: time (unix s, UTC), stn_id, pixel_y, pixel_x
     signature        str  (identifies the index + settings that built it)
 
@@ -42,9 +44,9 @@ from shared.core.records import StepRun, read_json, write_json
 from shared.io.channels import N_CHANNELS, N_LANDCOVER, N_SITE, PATCH_CHANNELS, SITE_FEATURES
 from shared.io.torch_files import load_torch_file, save_torch_file
 
-TENSOR_KEYS = ("x", "y", "time7", "loc", "landcover_onehot", "site")
-#: Bump when the chunk tensors change (2: + site); step02 rebuilds, readers refuse older manifests.
-CHUNK_LAYOUT = 2
+TENSOR_KEYS = ("x", "y", "time7", "loc", "landcover_onehot", "site", "height")
+#: Bump when the chunk tensors change (2: + site, 3: + height); step02 rebuilds, readers refuse older manifests.
+CHUNK_LAYOUT = 3
 META_KEYS = ("time", "stn_id", "pixel_y", "pixel_x")
 #: Keys of one batch as the model sees it (``time_unix`` is ``meta.time``).
 BATCH_KEYS = TENSOR_KEYS + ("time_unix",)
@@ -83,7 +85,8 @@ def validate_chunk(chunk, path, n_channels: int | None = N_CHANNELS, patch_size:
         raise UserError(f"{path}: 'x' has {x.shape[1]} channels, expected {n_channels}; {RERUN}")
     if patch_size is not None and tuple(x.shape[2:]) != (patch_size, patch_size):
         raise UserError(f"{path}: 'x' patches are {tuple(x.shape[2:])}, expected ({patch_size}, {patch_size}); {RERUN}")
-    want = {"y": (n,), "time7": (n, 7), "loc": (n, 3), "landcover_onehot": (n, N_LANDCOVER), "site": (n, N_SITE)}
+    want = {"y": (n,), "time7": (n, 7), "loc": (n, 3), "landcover_onehot": (n, N_LANDCOVER), "site": (n, N_SITE),
+            "height": (n,)}
     for k, shape in want.items():
         t = chunk[k]
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
@@ -175,7 +178,7 @@ def read_manifest(patch_dir: str | Path, splits=("train", "val")) -> tuple[dict,
         raise UserError(f"{where}: 'patch_size' must be a positive integer, got {man['patch_size']!r}; {RERUN}")
     if man.get("layout") != CHUNK_LAYOUT:
         raise UserError(f"{where}: chunk layout {man.get('layout', 1)!r} is not this version's {CHUNK_LAYOUT} "
-                        f"(written by an older step02, without the site features); {RERUN}")
+                        f"(written by an older step02, without the site features or the station heights); {RERUN}")
     if list(man.get("site_features") or []) != list(SITE_FEATURES):
         raise UserError(f"{where}: site features {man.get('site_features')} are not {list(SITE_FEATURES)}; {RERUN}")
     if list(man["channels"]) != PATCH_CHANNELS:
@@ -297,7 +300,7 @@ def write_synthetic_patches(patch_dir: Path, n_rows: dict[str, int], chunk_rows:
             chunk = {
                 "x": x.float().contiguous(), "y": y.float(), "time7": time7.float(),
                 "loc": torch.stack([lat, lon, torch.full((m,), 2000.0)], 1), "landcover_onehot": lc,
-                "site": site,
+                "site": site, "height": x[:, dem, patch_size // 2, patch_size // 2].float().contiguous(),
                 "meta": {"time": t.long(), "stn_id": torch.randint(90, 300, (m,), generator=g),
                          "pixel_y": torch.randint(0, 900, (m,), generator=g),
                          "pixel_x": torch.randint(0, 900, (m,), generator=g)},

@@ -2,8 +2,9 @@
 
 The method is :mod:`shared.fusion.analysis`; here are the map-side parts:
 the fusion observations of the mapped times (step01's ``index.csv``, rows of
-the fusion splits), the model at their pixels (:func:`shared.mapping.predict.predict_pixels`,
-the same values the map has there), the variogram of the run, and the
+the fusion splits), the model at their pixels and heights
+(:func:`shared.mapping.predict.predict_pixels`: the map's values there, moved by the model's lapse term
+from the pixel's mean height to the station's), the variogram of the run, and the
 kriging of one time's residuals onto every pixel of the map.
 """
 from __future__ import annotations
@@ -24,12 +25,12 @@ from shared.models.checkpoint import RESIDUAL_SPLITS
 
 
 def fusion_observations(index_dir: Path, times: pd.Series, cfg: FusionConfig) -> pd.DataFrame | None:
-    """Observations of the fusion splits at ``times``: ``time_utc, stn_id, pixel_y, pixel_x, ta_c, split``;
+    """Observations of the fusion splits at ``times``: ``time_utc, stn_id, pixel_y, pixel_x, elev_m, ta_c, split``;
     None without step01's ``index.csv`` (maps of the model alone)."""
     ip = index_dir / "index.csv"
     if not ip.is_file():
         return None
-    cols = ["sat_time_utc", "stn_id", "pixel_y", "pixel_x", "ta_c", "split"]
+    cols = ["sat_time_utc", "stn_id", "pixel_y", "pixel_x", "elev_m", "ta_c", "split"]
     head = pd.read_csv(ip, nrows=0).columns
     missing = [c for c in cols if c not in head]
     if missing:

@@ -45,9 +45,9 @@ from tqdm import tqdm
 
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError, rerun
-from shared.features.patch import full_stack, landcover_onehot, loc3, normalise_, time7, window_index
+from shared.features.patch import full_stack, height_z, landcover_onehot, loc3, normalise_, time7, window_index
 from shared.features.site import SITE_FEATURES, site_at, site_fields
-from shared.io.channels import N_CHANNELS, PATCH_CHANNELS, SZA_CH
+from shared.io.channels import DEM_CH, N_CHANNELS, PATCH_CHANNELS, SZA_CH
 from shared.io.raw import Frame, Static
 from shared.models.checkpoint import load_ta_checkpoint, read_fusion_residuals
 from shared.models.intervals import gaussian_multipliers
@@ -305,9 +305,12 @@ def predict_map(predictor: Predictor, frame: Frame, static: Static, time_utc, bl
 
 
 def predict_pixels(predictor: Predictor, frame: Frame, static: Static, time_utc, rows: np.ndarray,
-                   cols: np.ndarray, site: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The model at chosen pixels, exactly as :func:`predict_map` gives them: ``(K, standard error K)``, each
-    ``(N,)``, NaN where the window holds a missing input. ``site``: ``site_fields(static)`` when computed."""
+                   cols: np.ndarray, site: np.ndarray | None = None,
+                   height_m: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The model at chosen pixels: ``(K, standard error K)``, each ``(N,)``, NaN where the window holds a
+    missing input. ``site``: ``site_fields(static)`` when computed. Without ``height_m`` the values are exactly
+    :func:`predict_map`'s; with it (station elevations, m; NaN = the pixel's) the model's lapse term puts each
+    value at that height, as step03 trained it on the station rows and step05 scores it."""
     p = predictor.patch_size
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
     xs = normalised_stack(frame, static, predictor.input_mean, predictor.input_std)
@@ -322,6 +325,11 @@ def predict_pixels(predictor: Predictor, frame: Frame, static: Static, time_utc,
         batch = pixel_batch(win, rows[good], cols[good], time_utc, static.lat.astype(np.float32),
                             static.lon.astype(np.float32), static.landcover, static.grid.res_m,
                             site_fields(static) if site is None else site)
+        if height_m is not None:
+            import torch
+
+            batch["height"] = torch.from_numpy(height_z(np.asarray(height_m, np.float64)[good],
+                                                        predictor.input_mean[DEM_CH], predictor.input_std[DEM_CH], win))
         z, sd = predictor.predict_dist(batch)
         t2m[good], se[good] = predictor.to_kelvin(z), sd * np.float32(predictor.target_std)
     return t2m, se

@@ -28,6 +28,10 @@ over their range and maps the mountains several kelvin too warm (measured on
 the demo world: +5 K above 1000 m). The head still learns departures from the
 standard rate (night inversions, cold pools) from the DEM inputs. ``lapse_scale``
 (data) converts: TA z-score per DEM z-score per K/km = DEM std (km) / TA std (K).
+The height is the batch's ``height`` where it has one (a station row of a
+patch chunk: the station's own elevation, which is mostly below its pixel's
+mean height) and the centre pixel's DEM otherwise (a map pixel). So the head
+learns the TA of the pixel, not of the low spot where its station stands.
 
 ``pool: mean`` gives the head the mean of the patch tokens instead of the CLS
 token. ``encoder_channels: all`` also feeds SZA/DEM/LSMASK to the encoder, with
@@ -247,8 +251,9 @@ class TAModel(nn.Module):
         aux = batch["aux"] if "aux" in batch else self.aux_features(batch)
         h = torch.cat([self.feat_norm(features), aux.to(features.dtype)], dim=1)
         mean = self.mlp(h).squeeze(1)
-        if self.lapse_z:
-            mean = mean + self.lapse_z * aux[:, self.dem_aux_col].to(mean.dtype)
+        if self.lapse_z:  # at the station's own height where the batch has one, else the pixel's DEM
+            z = batch["height"] if "height" in batch else aux[:, self.dem_aux_col]
+            mean = mean + self.lapse_z * z.to(mean.dtype)
         if not with_logvar:
             return mean
         if self.logvar_mlp is None:

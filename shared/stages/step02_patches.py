@@ -13,7 +13,10 @@ So ``skip_existing`` can rebuild just the missing chunks and get identical
 tensors, reading only the images those chunks need.
 
 Each row also gets the site descriptors of its station pixel
-(:mod:`shared.features.site`, computed once per run for the whole grid).
+(:mod:`shared.features.site`, computed once per run for the whole grid)
+and the station's own height (``height``, the index's ``elev_m`` in the
+DEM channel's units): a station seldom stands at its pixel's mean height,
+and the model's lapse term puts its prediction at the station's height.
 
 Reads the index set of step01, ``static.nc`` and every image the index
 rows use (all of them are this stage's ``deps``).
@@ -39,9 +42,9 @@ from shared.core.config import resolve_path
 from shared.core.errors import UserError, require_dir, rerun
 from shared.core.records import fingerprint, write_json
 from shared.core.runner import Context, Result, Stage
-from shared.features.patch import extract_patches, landcover_onehot, loc3, normalise_, time7
+from shared.features.patch import extract_patches, height_z, landcover_onehot, loc3, normalise_, time7
 from shared.features.site import site_at, site_fields
-from shared.io.channels import N_CHANNELS, SZA_CH
+from shared.io.channels import DEM_CH, N_CHANNELS, SZA_CH
 from shared.io.index import SPLITS, image_paths, index_files, read_index, read_splits
 from shared.io.patches import (
     CHUNK_LAYOUT,
@@ -282,6 +285,7 @@ def make_patches(cfg: Config) -> dict:
             "loc": torch.from_numpy(loc3(sub["lat"].to_numpy(), sub["lon"].to_numpy(), grid.res_m)),
             "landcover_onehot": torch.from_numpy(landcover_onehot(sub["landcover"].to_numpy())),
             "site": torch.from_numpy(site_at(site, sub["pixel_y"].to_numpy(), sub["pixel_x"].to_numpy())),
+            "height": torch.from_numpy(height_z(sub["elev_m"].to_numpy(), mean[DEM_CH], std[DEM_CH], x)),
             "meta": {
                 "time": torch.from_numpy(sub["sat_time_utc"].to_numpy().astype("datetime64[s]").astype(np.int64)),
                 "stn_id": torch.from_numpy(sub["stn_id"].to_numpy().astype(np.int64)),

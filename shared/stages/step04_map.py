@@ -253,7 +253,9 @@ def run(cfg: Config, ctx: Context) -> Result:
             if obs_t is None:
                 continue
             frame = read_frame(resolve_path(r.path_bt), resolve_path(r.path_rf), resolve_path(r.path_sza), static.grid)
-            m, _ = predict_pixels(predictor, frame, static, t, obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy(), site)
+            # at each station's own height: the residual is what the station saw beyond the model there
+            m, _ = predict_pixels(predictor, frame, static, t, obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy(), site,
+                                  height_m=obs_t["elev_m"].to_numpy())
             del frame
             sources[t] = time_sources(obs_t, m, static, cfg.fusion)
         if sources:

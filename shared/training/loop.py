@@ -159,17 +159,19 @@ def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 @torch.no_grad()
 def compute_features(model, plan, device: torch.device, dtype, store: torch.device) -> dict[str, torch.Tensor]:
-    """Encoder CLS features, head aux inputs and targets of every row of ``plan`` (in plan order)."""
+    """Encoder CLS features, head aux inputs, station heights and targets of every row of ``plan`` (in plan
+    order)."""
     model.eval()
-    feats, aux, ys = [], [], []
+    feats, aux, hs, ys = [], [], [], []
     for batch in plan:
         batch = _to(batch, device)
         with _autocast(device, dtype):
             f = model.encode(batch)
         feats.append(f.float().to(store))
         aux.append(model.aux_features(batch).float().to(store))
+        hs.append(batch["height"].to(store))
         ys.append(batch["y"].to(store))
-    return {"features": torch.cat(feats), "aux": torch.cat(aux), "y": torch.cat(ys)}
+    return {"features": torch.cat(feats), "aux": torch.cat(aux), "height": torch.cat(hs), "y": torch.cat(ys)}
 
 
 @torch.no_grad()
