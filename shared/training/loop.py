@@ -109,6 +109,23 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_names: tu
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def plan_kwargs(cfg, d: Dist, batch_size: int) -> tuple[dict, dict]:
+    """Keyword arguments of this rank's batch plans (:class:`~shared.training.batches.BatchPlan`): those of every
+    plan (batch size, seed, rank, world) and those only the training plan adds (shuffling, ``drop_last``)."""
+    plan_kw = dict(batch_size=batch_size, seed=cfg.train.seed, rank=d.rank, world=d.world)
+    shuffle_kw = dict(shuffle_files=cfg.data.shuffle_files, shuffle_within=cfg.data.shuffle_within_file,
+                      mix_chunks=cfg.data.mix_chunks, drop_last=True)
+    return plan_kw, shuffle_kw
+
+
+def wrap_ddp(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Module:
+    """``model`` in DDP, whose backward averages the gradients over the ranks; ``model`` itself on one process
+    or when nothing in it trains."""
+    if d.enabled and any(p.requires_grad for p in model.parameters()):
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
 
 # --------------------------------------------------------------------------- data
 
@@ -352,9 +369,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         batch_size = per_proc
         say(f"note: train.batch_size {tcfg.batch_size} lowered to {batch_size}: the train split has only "
             f"{splits['train'].n_rows} rows{f' for {d.world} processes' if d.world > 1 else ''}")
-    plan_kw = dict(batch_size=batch_size, seed=tcfg.seed, rank=d.rank, world=d.world)
-    shuffle_kw = dict(shuffle_files=cfg.data.shuffle_files, shuffle_within=cfg.data.shuffle_within_file,
-                      mix_chunks=cfg.data.mix_chunks, drop_last=True)
+    plan_kw, shuffle_kw = plan_kwargs(cfg, d, batch_size)
     train_plan = ChunkBatches(splits["train"], n_ch, psize, **shuffle_kw, **plan_kw)
     val_plan = ChunkBatches(splits["val"], n_ch, psize, **plan_kw)
     if len(train_plan) == 0:
@@ -444,10 +459,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         for f in (best, current):  # leftovers of an interrupted run that is not being continued
             f.unlink(missing_ok=True)
 
-    ddp_model = model
-    if d.enabled and params:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp_model = wrap_ddp(model, d, device)
 
     # ---- epochs
     target_std = stats["target_std"]
