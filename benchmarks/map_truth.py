@@ -1,6 +1,7 @@
 """Maps against the demo world's true field at many times: seasons x day/night, by distance to a station.
 
     PYTHONPATH=. .venv/bin/python benchmarks/map_truth.py [--per-season 3] [--out benchmarks/out/map_truth]
+        [--checkpoint path/to/best.pt]
 
 Picks test times spread over the four seasons (DJF, MAM, JJA, SON) and the
 day (by default 03, 09 and 18 UTC = 12, 18 and 03 KST; the nearest test time
@@ -61,15 +62,17 @@ def main(argv=None) -> int:
     ap.add_argument("--per-season", type=int, default=3)
     ap.add_argument("--hours-utc", type=int, nargs="+", default=[3, 9, 18])
     ap.add_argument("--skip-step04", action="store_true", help="reuse the maps already in --out/maps")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="a step03 best.pt (default: step04's and step05's own)")
     a = ap.parse_args(argv)
+    ck = [] if a.checkpoint is None else [f"checkpoint={a.checkpoint.resolve()}"]
     times = pick_times(a.index_dir / "index_test.csv", a.per_season, a.hours_utc)
     print(f"{len(times)} test times: " + ", ".join(f"{t:%Y-%m-%d %H}" for t in times), flush=True)
     maps, ev = a.out / "maps", a.out / "eval"
     if not a.skip_step04:
         lst = json.dumps([f"{t:%Y-%m-%d %H:%M}" for t in times])
         run("step04_infer_map", "times.select=list", f"times.list_utc={lst}", "times.limit=0", f"output_dir={maps}",
-            "progress=false")
-    run("step05_eval_metrics", f"map_dir={maps}", f"output_dir={ev}")
+            "progress=false", *ck)
+    run("step05_eval_metrics", f"map_dir={maps}", f"output_dir={ev}", *ck)
     m = json.loads((ev / "metrics.json").read_text())
     d = m.get("demo_world") or {}
     truth = d.get("maps_vs_truth") or []

@@ -16,7 +16,7 @@ from conftest import STAGES, adopt
 from shared.core.cli import run_main
 from shared.core.distributed import Dist
 from shared.core.runner import execute
-from shared.io.patches import read_manifest, write_synthetic_patches
+from shared.io.patches import batch_view, load_chunk, read_manifest, write_synthetic_patches
 from shared.models.checkpoint import load_ta_checkpoint
 from shared.models.clay import ClayEncoder
 from shared.training.batches import ChunkBatches
@@ -150,6 +150,43 @@ def test_resume_gives_the_same_weights(tmp_path, patches):
         assert torch.equal(a["model"][k], b["model"][k]), k
     pd.testing.assert_frame_equal(log_of(tmp_path, "full").drop(columns=["seconds", "data_wait_s"]),
                                   log_of(tmp_path, "cut").drop(columns=["seconds", "data_wait_s"]))
+    # a finished run resumed with no epoch left: recalibrated and promoted again, its current.pt kept
+    assert run_step(tmp_path, patches, *sets, extra=["--resume", "--force"], out="cut") == 0
+    c = torch.load(tmp_path / "cut" / "weights" / "current.pt", weights_only=True)
+    assert c["epoch"] == 2 and all(torch.equal(c["model"][k], b["model"][k]) for k in b["model"])
+    assert torch.load(tmp_path / "cut" / "weights" / "best.pt", weights_only=True)["uncertainty"]["sigma_scale"] > 0
+    assert not (tmp_path / "cut" / "weights" / ".staging").exists()
+
+
+def test_ensemble_averages_members_and_adds_their_spread(tmp_path, patches):
+    """model.members 2: two runs with seeds 0 and 1 in weights/members/m0, m1, then best.pt = their ensemble: the
+    mean of the members' predictions, the mixture variance (mean of the members' calibrated variances + variance
+    of their means) calibrated on val; its val MSE is at most the members' mean; --stop-after/--resume work
+    member by member."""
+    from shared.mapping.predict import load_predictor
+    from shared.models.ta import TAEnsemble
+
+    assert run_step(tmp_path, patches, "train.epochs=2", "model.members=2", extra=["--stop-after", "1"]) == 0
+    w = tmp_path / "run" / "weights"
+    assert not (w / "best.pt").exists()  # member 0 stopped after 1 epoch: no ensemble yet
+    assert run_step(tmp_path, patches, "train.epochs=2", "model.members=2", extra=["--resume"]) == 0
+    ens = load_predictor(w / "best.pt")
+    m0, m1 = (load_predictor(w / "members" / f"m{k}" / "best.pt") for k in (0, 1))
+    assert isinstance(ens.model, TAEnsemble) and len(ens.model.members) == 2
+    assert ens.model_cfg["members"] == 2 and m0.model_cfg["members"] == 1
+    assert not torch.equal(m0.model.mlp[-1].weight, m1.model.mlp[-1].weight)  # different seeds
+    ck = torch.load(w / "best.pt", weights_only=True)
+    assert [m["seed"] for m in ck["members"]] == [0, 1]
+    assert ck["best_val"] <= (ck["members"][0]["best_val"] + ck["members"][1]["best_val"]) / 2 + 1e-9
+    b = batch_view(load_chunk(read_manifest(patches)[1]["val"].files[0]))
+    b = {k: v[:50] for k, v in b.items()}
+    (z, sd), (z0, sd0), (z1, sd1) = (p.predict_dist(b) for p in (ens, m0, m1))
+    np.testing.assert_allclose(z, (z0 + z1) / 2, atol=1e-5)
+    mix = np.sqrt((sd0.astype(np.float64) ** 2 + sd1.astype(np.float64) ** 2) / 2 + ((z0 - z1) / 2) ** 2)
+    np.testing.assert_allclose(sd, np.minimum(ens.sigma_scale * mix, 1.0), rtol=1e-4)
+    assert "ensemble of 2" in ens.sd_source and ck["fusion_residuals"]["resid"].shape == (768 + 256,)
+    log = log_of(tmp_path)
+    assert log["member"].tolist() == [0, 0, 1, 1] and log["epoch"].tolist() == [1, 2, 1, 2]
 
 
 def test_worker_processes_see_the_same_batches(tmp_path, patches):
@@ -334,6 +371,8 @@ def test_config_mistakes(tmp_path, patches, capsys, clay_ckpt):
     assert "did you mean 'epochs'" in _err(capsys)
     assert run_step(tmp_path, patches, f"model.clay_ckpt_path={clay_ckpt}", "model.size=small") == 2
     assert "looks like size 'tiny'" in _err(capsys)
+    assert run_step(tmp_path, patches, "model.members=0") == 2
+    assert "model.members must be >= 1" in _err(capsys)
 
 
 def test_checkpoint_of_another_model(tmp_path, patches, capsys):

@@ -51,6 +51,7 @@ from shared.io.channels import DEM_CH, N_CHANNELS, PATCH_CHANNELS, SZA_CH
 from shared.io.raw import Frame, Static
 from shared.models.checkpoint import load_ta_checkpoint, read_fusion_residuals
 from shared.models.intervals import gaussian_multipliers
+from shared.models.ta import TAEnsemble
 
 
 def peak_rss_bytes() -> int:
@@ -167,11 +168,17 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
                         f"{list(SITE_FEATURES)}; {rerun('step02', force=True)} and {rerun('step03', force=True)}")
     unc = ckpt.get("uncertainty") or {}
     intervals = {}  # none measured: the Predictor's Gaussian default
-    if model.logvar_mlp is not None and "sigma_scale" in unc:
+    if model.has_variance and "sigma_scale" in unc:
         scale, src = float(unc["sigma_scale"]), "variance head calibrated on the validation rows"
+        if isinstance(model, TAEnsemble):
+            src = (f"ensemble of {len(model.members)}: the spread of its members and their own standard errors, "
+                   "calibrated on the validation rows")
         if unc.get("interval_multipliers"):
             intervals = {"interval_multipliers": {k: float(v) for k, v in unc["interval_multipliers"].items()},
                          "intervals_source": "quantiles of the validation rows' standardised errors"}
+    elif isinstance(model, TAEnsemble):
+        raise UserError(f"{path}: an ensemble checkpoint without its calibration ('uncertainty'); "
+                        f"{rerun('step03', force=True)}")
     else:  # no variance head (or a run that never finished): one standard error, the validation RMSE
         model.logvar_mlp = None
         best_val = ckpt.get("best_val")

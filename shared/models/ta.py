@@ -109,10 +109,11 @@ class TAModelConfig:
     site_features: list[str] = field(default_factory=lambda: list(SITE_FEATURES))
     lapse_rate_K_per_km: float = 6.5  # built-in decrease of TA with height (0 = none), see the module docstring
     lapse_scale: float = 0.0  # data: DEM channel std (km) / TA std (K); 0 = no lapse term
+    members: int = 1  # > 1: a deep ensemble of that many models of this config (:class:`TAEnsemble`)
 
     #: Keys added after the first checkpoints were written, with the value that rebuilds those.
     ADDED_LATER = {"head_spectral": False, "pool": "cls", "uncertainty": "none", "location": "latlon", "site_features": [],
-                   "lapse_rate_K_per_km": 0.0, "lapse_scale": 0.0}
+                   "lapse_rate_K_per_km": 0.0, "lapse_scale": 0.0, "members": 1}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -260,6 +261,11 @@ class TAModel(nn.Module):
             return mean, torch.zeros_like(mean)
         return mean, self.logvar_mlp(h.detach()).squeeze(1).clamp(-12.0, 8.0)
 
+    @property
+    def has_variance(self) -> bool:
+        """Whether ``forward(..., with_logvar=True)`` predicts a per-row variance (a variance head)."""
+        return self.logvar_mlp is not None
+
     def forward(self, batch: dict, with_logvar: bool = False):
         """TA z-score ``(B,)``; ``with_logvar=True``: ``(mean, log-variance)`` (uncalibrated: the checkpoint's
         ``uncertainty.sigma_scale`` scales the standard deviation, see :mod:`shared.models.checkpoint`)."""
@@ -274,8 +280,44 @@ def gaussian_nll(mean: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> t
     return 0.5 * (logvar + err2 * torch.exp(-logvar)).mean()
 
 
-def build_model(model_cfg: TAModelConfig | dict, where: str = "checkpoint") -> TAModel:
-    """A :class:`TAModel` from its config (or the dict stored in a checkpoint)."""
+class TAEnsemble(nn.Module):
+    """A deep ensemble: ``members`` TA models of one config, trained apart from different seeds.
+
+    The output is the members' mean; its variance is the mixture's: the mean of the members' own error
+    variances (each member's variance head scaled by its own validation calibration, ``member_sd``; a member
+    without a head contributes its validation MSE) plus the variance of the members' means. Members disagree most
+    where the data taught them least (far from the stations, over the sea), so the spread is the part of the
+    standard error that grows there. The ensemble is calibrated on the validation rows like one model
+    (``uncertainty.sigma_scale`` of its checkpoint)."""
+
+    has_variance = True
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+        k = int(cfg["members"])
+        self.members = nn.ModuleList(TAModel({**cfg, "members": 1}) for _ in range(k))
+        # each member's calibrated standard-deviation scale (z-score units); set when the ensemble is assembled
+        self.register_buffer("member_sd", torch.ones(k))
+
+    def forward(self, batch: dict, with_logvar: bool = False):
+        """TA z-score ``(B,)``; ``with_logvar=True``: ``(mean, log of the mixture variance)``."""
+        if not with_logvar:
+            return torch.stack([m(batch) for m in self.members]).mean(0)
+        outs = [m(batch, with_logvar=True) for m in self.members]
+        mu = torch.stack([o[0] for o in outs]).float()  # (K, B)
+        var = torch.stack([o[1] for o in outs]).float().exp() * self.member_sd.float()[:, None].pow(2)
+        total = var.mean(0) + mu.var(0, unbiased=False)
+        return mu.mean(0), total.clamp_min(1e-12).log()
+
+
+def build_model(model_cfg: TAModelConfig | dict, where: str = "checkpoint") -> TAModel | TAEnsemble:
+    """A :class:`TAModel` (or, with ``members`` > 1, a :class:`TAEnsemble`) from its config (or the dict stored in
+    a checkpoint)."""
     if isinstance(model_cfg, dict):
         model_cfg = TAModelConfig.from_dict(model_cfg, where)
+    if model_cfg.members < 1:
+        raise UserError(f"{where}: model members must be >= 1, got {model_cfg.members}")
+    if model_cfg.members > 1:
+        return TAEnsemble(model_cfg.to_dict())
     return TAModel(model_cfg.to_dict())

@@ -67,6 +67,7 @@ class ModelCfg:
     location: Literal["latlon", "site", "both"] = _M.location  # where a pixel is: lat/lon, site descriptors or both
     dropout: float = _M.dropout
     lapse_rate_K_per_km: float = _M.lapse_rate_K_per_km  # built-in TA decrease with height; 0 = the head learns it alone
+    members: int = _M.members  # > 1: a deep ensemble of that many models (seeds train.seed, +1, ...)
 
     def check(self):
         if self.clay_ckpt_path is None and self.freeze_encoder:
@@ -84,6 +85,8 @@ class ModelCfg:
             raise ValueError("model.head_hidden must be >= 1 and model.head_layers >= 0")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.members < 1:
+            raise ValueError(f"model.members must be >= 1 (1 = one model, K = an ensemble of K), got {self.members}")
         if not 0 <= self.lapse_rate_K_per_km <= 12:
             raise ValueError(f"model.lapse_rate_K_per_km must be in [0, 12] K/km (6.5: standard atmosphere), "
                              f"got {self.lapse_rate_K_per_km}")
@@ -174,8 +177,11 @@ def run(cfg: Config, ctx: Context) -> Result:
         print(f"stopped after epoch {res['epochs']} of {cfg.train.epochs}; rerun with --resume to continue "
               f"(weights/best.pt is still the last finished run's)")
         return Result(done=False)
-    print(f"best epoch {res['best_epoch']}: val rmse {res['best_rmse_K']:.3f} K -> {res['outputs'][0]}")
-    return Result(counts={k: res[k] for k in ("epochs", "best_epoch", "train_rows", "val_rows")},
+    if cfg.model.members > 1:
+        print(f"ensemble of {cfg.model.members}: val rmse {res['best_rmse_K']:.3f} K -> {res['outputs'][0]}")
+    else:
+        print(f"best epoch {res['best_epoch']}: val rmse {res['best_rmse_K']:.3f} K -> {res['outputs'][0]}")
+    return Result(counts={k: res[k] for k in ("epochs", "best_epoch", "train_rows", "val_rows") if res[k] is not None},
                   extra={"best_val_loss": res["best_val"], "best_rmse_K": res["best_rmse_K"]})
 
 

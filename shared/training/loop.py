@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -133,7 +133,7 @@ def wrap_ddp(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.
 #: step03 ``model:`` keys that are fields of TAModelConfig as they are.
 _USER_MODEL_FIELDS = ("type", "size", "resize_to", "encoder_channels", "pseudo_waves_um", "head_hidden", "head_layers",
                       "head_spectral", "pool", "location", "dropout", "freeze_encoder", "uncertainty",
-                      "lapse_rate_K_per_km")
+                      "lapse_rate_K_per_km", "members")
 
 
 def lapse_scale(stats: dict) -> float:
@@ -343,9 +343,101 @@ def train(cfg, d: Dist | None = None, resume: bool = False, stop_after: int | No
         torch.set_num_threads(cfg.train.num_threads)
     say = log if d.main else (lambda *a, **k: None)
     try:
+        if cfg.model.members > 1:
+            return _train_ensemble(cfg, d, device, dtype, resume, stop_after, allow_config_change, say)
         return _train(cfg, d, device, dtype, resume, stop_after, allow_config_change, say)
     finally:
         torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- deep ensemble
+
+MEMBERS = "members"  # weights/members/mK/ and outputs/members/mK/: one member's run
+
+
+def member_config(cfg, k: int):
+    """Member ``k``'s step03 config: one model, seed ``train.seed + k``, its own weights and outputs folders."""
+    return replace(cfg, model=replace(cfg.model, members=1), train=replace(cfg.train, seed=cfg.train.seed + k),
+                   output=replace(cfg.output, weights_dir=Path(cfg.output.weights_dir) / MEMBERS / f"m{k}",
+                                  outputs_dir=Path(cfg.output.outputs_dir) / MEMBERS / f"m{k}"))
+
+
+def member_sd(ck: dict) -> float:
+    """A member's standard-deviation scale (z-score units): its variance head's calibration, else its val RMSE."""
+    unc = ck.get("uncertainty") or {}
+    if "sigma_scale" in unc:
+        return float(unc["sigma_scale"])
+    return math.sqrt(float(ck["best_val"]))
+
+
+def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change, say) -> dict:
+    """``model.members`` runs of :func:`_train` one after the other (seeds ``seed``, ``seed + 1``, ...; each promotes
+    its own ``weights/members/mK/best.pt``), then the ensemble of their best models: calibrated on the validation
+    rows, its residual table for the fusion, written as ``weights/best.pt`` (and ``current.pt``, the same finished
+    ensemble). ``--resume`` continues the member that was interrupted; finished members are kept."""
+    t_start = time.time()
+    k_all = cfg.model.members
+    weights_dir, out_dir = Path(cfg.output.weights_dir), Path(cfg.output.outputs_dir)
+    runs = []
+    for k in range(k_all):
+        mcfg = member_config(cfg, k)
+        say(f"ensemble member {k + 1}/{k_all} (seed {mcfg.train.seed}) -> {mcfg.output.weights_dir}")
+        r = _train(mcfg, d, device, dtype, resume, stop_after, allow_config_change, say)
+        runs.append(r)
+        if not r["done"]:
+            return {**r, "outputs": [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"],
+                    "seconds": round(time.time() - t_start, 2)}
+
+    # ---- the ensemble of the members' best models
+    paths = [Path(r["outputs"][0]) for r in runs]
+    cks = [read_ta_checkpoint(p) for p in paths]
+    ens_cfg = {**cks[0]["model_cfg"], "members": k_all}
+    ens = build_model(ens_cfg)
+    for m, ck, p in zip(ens.members, cks, paths):
+        load_weights(m, ck["model"], p)
+    ens.member_sd.copy_(torch.tensor([member_sd(ck) for ck in cks]))
+    ens.to(device).eval()
+    manifest, splits = read_manifest(cfg.data.patch_dir)
+    n_ch, psize = len(manifest["channels"]), int(manifest["patch_size"])
+    plan_kw, _ = plan_kwargs(cfg, d, min(cfg.train.batch_size, max(1, splits["val"].n_rows // d.world)))
+    val_loader = make_loader(ChunkBatches(splits["val"], n_ch, psize, **plan_kw), cfg.data.num_workers,
+                             device.type == "cuda")
+    val_loss, _ = evaluate(ens, val_loader, device, dtype, d)
+    unc = calibrate_sigma(ens, val_loader, device, dtype, d)
+    target_std = float(cks[0]["norm"]["target_std"])
+    each = ", ".join(f"{math.sqrt(r['best_val']) * target_std:.3f}" for r in runs)
+    say(f"ensemble of {k_all}: val rmse {math.sqrt(val_loss) * target_std:.3f} K (members {each} K); standard error scaled by "
+        f"{unc['sigma_scale']:.3f} to fit the {unc['val_rows']} validation rows")
+    if d.main:
+        staging = weights_dir / STAGING
+        ck = {"model": ens.state_dict(), "model_cfg": ens_cfg, "norm": cks[0]["norm"], "data": cks[0]["data"],
+              "epoch": max(int(c["epoch"]) for c in cks), "best_val": val_loss, "best_epoch": None,
+              "uncertainty": unc, "train_cfg": config_to_dict(cfg),
+              "members": [{"seed": cfg.train.seed + k, "best_epoch": r["best_epoch"], "best_val": r["best_val"],
+                           "weights": str(p)} for k, (r, p) in enumerate(zip(runs, paths))],
+              "fusion_residuals": fusion_residuals(ens, splits, device, dtype)}
+        for name in ("best.pt", "current.pt"):
+            save_ta_checkpoint(staging / name, ck)
+        for name in ("best.pt", "current.pt"):
+            os.replace(staging / name, weights_dir / name)
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+        logs = [pd.read_csv(Path(member_config(cfg, k).output.outputs_dir) / "train_log.csv").assign(member=k)
+                for k in range(k_all)]
+        write_csv(out_dir / "train_log.csv", pd.concat(logs, ignore_index=True)[["member"] + LOG_COLUMNS])
+    d.barrier()
+    return {
+        "done": True,
+        "epochs": sum(r["epochs"] for r in runs),
+        "best_epoch": None,
+        "best_val": val_loss,
+        "best_rmse_K": math.sqrt(val_loss) * target_std,
+        "train_rows": runs[0]["train_rows"],
+        "val_rows": runs[0]["val_rows"],
+        "seconds": round(time.time() - t_start, 2),
+        "outputs": [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"],
+        "is_main": d.main,
+    }
 
 
 def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change, say) -> dict:
@@ -421,9 +513,11 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
     cfg_dict = config_to_dict(cfg)
     if resume and source.is_file():
         ck = read_ta_checkpoint(source)
-        if ck["model_cfg"] != model_cfg:
+        # keys added since that checkpoint was written count with the value that rebuilds it
+        old_cfg = TAModelConfig.from_dict(ck["model_cfg"], str(source)).to_dict()
+        if old_cfg != model_cfg:
             raise UserError(f"{source} was trained with another model or data (differs in: "
-                            f"{', '.join(changed_keys(ck['model_cfg'], model_cfg))}); run without --resume to "
+                            f"{', '.join(changed_keys(old_cfg, model_cfg))}); run without --resume to "
                             "start over")
         changed = [c for c in changed_keys(ck.get("train_cfg", {}).get("train", {}), cfg_dict["train"], "train.")
                    + changed_keys(ck.get("train_cfg", {}).get("data", {}), cfg_dict["data"], "data.")
@@ -510,7 +604,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
     if done and best.is_file():
         ck = read_ta_checkpoint(best)
         load_weights(model, ck["model"], best)
-        if model.logvar_mlp is not None:  # calibrate the best model's standard error on val
+        if model.has_variance:  # calibrate the best model's standard error on val
             ck["uncertainty"] = calibrate_sigma(model, val_loader, device, dtype, d)
             say(f"standard error: variance head scaled by {ck['uncertainty']['sigma_scale']:.3f} to fit the "
                 f"{ck['uncertainty']['val_rows']} validation rows")
@@ -521,7 +615,8 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         d.barrier()
     if done and d.main:  # promote the finished run's checkpoints together
         for f in (best, current):
-            os.replace(f, weights_dir / f.name)
+            if f.is_file() or f is best:  # a finished run resumed with no epoch left staged no current.pt
+                os.replace(f, weights_dir / f.name)
         with contextlib.suppress(OSError):
             staging.rmdir()
     d.barrier()
