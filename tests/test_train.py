@@ -15,6 +15,7 @@ from conftest import STAGES, adopt
 
 from shared.core.cli import run_main
 from shared.core.distributed import Dist
+from shared.core.errors import UserError
 from shared.core.runner import execute
 from shared.io.patches import batch_view, load_chunk, read_manifest, write_synthetic_patches
 from shared.models.checkpoint import load_ta_checkpoint
@@ -187,6 +188,11 @@ def test_ensemble_averages_members_and_adds_their_spread(tmp_path, patches):
     assert "ensemble of 2" in ens.sd_source and ck["fusion_residuals"]["resid"].shape == (768 + 256,)
     log = log_of(tmp_path)
     assert log["member"].tolist() == [0, 0, 1, 1] and log["epoch"].tolist() == [1, 2, 1, 2]
+    # a checkpoint whose config claims more members than its weights hold is refused before any is built
+    bad = tmp_path / "bad.pt"
+    torch.save({**ck, "model_cfg": {**ck["model_cfg"], "members": 500}}, bad)
+    with pytest.raises(UserError, match="ensemble of 500 but the weights hold 2 member"):
+        load_predictor(bad)
 
 
 def test_worker_processes_see_the_same_batches(tmp_path, patches):

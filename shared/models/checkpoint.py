@@ -3,8 +3,8 @@
 One dict, everything needed to continue training or to run the model alone::
 
     format        "ta2d-step03"
-    model         state dict of TAModel
-    model_cfg     TAModelConfig as a dict (shared.models.ta)
+    model         state dict of TAModel (or of TAEnsemble: members.K.*, member_sd)
+    model_cfg     TAModelConfig as a dict (shared.models.ta); members > 1: an ensemble
     norm          channels, patch_size, input_mean/std, target_mean/std, target_units (step02's statistics)
     data          {"patch_signature": step02's manifest signature}: which patches it was trained on
     optimizer, scheduler, scaler, rng      training state (resume)
@@ -16,6 +16,7 @@ One dict, everything needed to continue training or to run the model alone::
     fusion_residuals  (written when the run finishes) the best model's errors y - pred on every train and
                   val row: 1-D RESIDUAL_KEYS of one length (split: index in RESIDUAL_SPLITS); the fusion's
                   variogram (shared.mapping.analysis.stored_variogram)
+    members       (ensembles) seed, best_epoch, best_val and weights file of each member's run
 
 Read with ``weights_only=True`` (no code runs from a crafted file); a file
 whose weights do not fit its stored model config is refused in one line.
@@ -57,6 +58,12 @@ def read_ta_checkpoint(path: str | Path) -> dict:
 def load_ta_checkpoint(path: str | Path, map_location="cpu") -> tuple[TAModel, dict]:
     """-> (model in eval mode, checkpoint dict with ``model_cfg``, ``norm``, ``epoch``, ``best_val``...)."""
     ckpt = read_ta_checkpoint(path)
+    k = ckpt["model_cfg"].get("members", 1) if isinstance(ckpt["model_cfg"], dict) else 1
+    if isinstance(k, int) and k > 1 and isinstance(ckpt["model"], dict):  # before building k models: does it hold k?
+        held = {key.split(".")[1] for key in ckpt["model"] if isinstance(key, str) and key.startswith("members.")}
+        if held != {str(i) for i in range(k)}:
+            raise UserError(f"{path}: the model config says an ensemble of {k} but the weights hold {len(held)} "
+                            f"member(s); {HINT}")
     model = build_model(ckpt["model_cfg"], where=str(path))
     load_weights(model, ckpt["model"], path)
     return model.to(map_location).eval(), ckpt
