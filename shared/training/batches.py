@@ -14,7 +14,7 @@ from collections import OrderedDict
 import torch
 
 from shared.core.errors import UserError
-from shared.io.patches import BATCH_KEYS, SplitFiles, batch_view, load_chunk
+from shared.io.patches import BATCH_KEYS, TENSOR_KEYS, SplitFiles, batch_view, load_chunk
 
 
 def check_split(split: SplitFiles, n_channels: int, patch_size: int) -> dict:
@@ -153,7 +153,7 @@ class ChunkBatches(BatchPlan):
     def _take(self, f: int, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         c = self._chunk(f)
         out = {k: c[k][rows] for k in BATCH_KEYS}
-        for k in ("x", "y", "time7", "loc", "landcover_onehot", "site"):
+        for k in TENSOR_KEYS:
             if out[k].dtype != torch.float32:
                 out[k] = out[k].float()
         out["time_unix"] = out["time_unix"].long()
