@@ -294,7 +294,6 @@ class TAEnsemble(nn.Module):
 
     def __init__(self, cfg: dict):
         super().__init__()
-        self.cfg = cfg
         k = int(cfg["members"])
         self.members = nn.ModuleList(TAModel({**cfg, "members": 1}) for _ in range(k))
         # each member's calibrated standard-deviation scale (z-score units); set when the ensemble is assembled

@@ -378,15 +378,15 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
     t_start = time.time()
     k_all = cfg.model.members
     weights_dir, out_dir = Path(cfg.output.weights_dir), Path(cfg.output.outputs_dir)
+    outputs = [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"]
+    mcfgs = [member_config(cfg, k) for k in range(k_all)]
     runs = []
-    for k in range(k_all):
-        mcfg = member_config(cfg, k)
+    for k, mcfg in enumerate(mcfgs):
         say(f"ensemble member {k + 1}/{k_all} (seed {mcfg.train.seed}) -> {mcfg.output.weights_dir}")
         r = _train(mcfg, d, device, dtype, resume, stop_after, allow_config_change, say)
         runs.append(r)
         if not r["done"]:
-            return {**r, "outputs": [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"],
-                    "seconds": round(time.time() - t_start, 2)}
+            return {**r, "outputs": outputs, "seconds": round(time.time() - t_start, 2)}
 
     # ---- the ensemble of the members' best models
     paths = [Path(r["outputs"][0]) for r in runs]
@@ -413,8 +413,8 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
         ck = {"model": ens.state_dict(), "model_cfg": ens_cfg, "norm": cks[0]["norm"], "data": cks[0]["data"],
               "epoch": max(int(c["epoch"]) for c in cks), "best_val": val_loss, "best_epoch": None,
               "uncertainty": unc, "train_cfg": config_to_dict(cfg),
-              "members": [{"seed": cfg.train.seed + k, "best_epoch": r["best_epoch"], "best_val": r["best_val"],
-                           "weights": str(p)} for k, (r, p) in enumerate(zip(runs, paths))],
+              "members": [{"seed": m.train.seed, "best_epoch": r["best_epoch"], "best_val": r["best_val"],
+                           "weights": str(p)} for m, r, p in zip(mcfgs, runs, paths)],
               "fusion_residuals": fusion_residuals(ens, splits, device, dtype)}
         for name in ("best.pt", "current.pt"):
             save_ta_checkpoint(staging / name, ck)
@@ -422,8 +422,7 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
             os.replace(staging / name, weights_dir / name)
         with contextlib.suppress(OSError):
             staging.rmdir()
-        logs = [pd.read_csv(Path(member_config(cfg, k).output.outputs_dir) / "train_log.csv").assign(member=k)
-                for k in range(k_all)]
+        logs = [pd.read_csv(Path(m.output.outputs_dir) / "train_log.csv").assign(member=k) for k, m in enumerate(mcfgs)]
         write_csv(out_dir / "train_log.csv", pd.concat(logs, ignore_index=True)[["member"] + LOG_COLUMNS])
     d.barrier()
     return {
@@ -435,7 +434,7 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
         "train_rows": runs[0]["train_rows"],
         "val_rows": runs[0]["val_rows"],
         "seconds": round(time.time() - t_start, 2),
-        "outputs": [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"],
+        "outputs": outputs,
         "is_main": d.main,
     }
 
