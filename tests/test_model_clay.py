@@ -300,3 +300,53 @@ def test_lapse_term_lowers_the_output_with_the_centre_dem(location):
     del old["lapse_rate_K_per_km"], old["lapse_scale"]  # as a checkpoint written before the lapse term
     assert build_model(old).lapse_z == 0.0
     assert TAModelConfig().lapse_rate_K_per_km == 6.5
+
+
+def test_clamp_inputs_bounds_the_mean_head_only(tmp_path):
+    """With ``clamp_inputs`` the mean head sees its inputs clamped to the range set after training: a value beyond it
+    predicts what the edge predicts; the lapse term keeps the raw DEM and the variance head the raw inputs. Before
+    the range is set the clamp changes nothing; older checkpoints rebuild without it; a NaN range is refused."""
+    torch.manual_seed(0)
+    cfg = TAModelConfig(location="both", lapse_rate_K_per_km=6.5, lapse_scale=0.05).to_dict()
+    assert cfg["clamp_inputs"] is True
+    m = build_model(cfg).eval()
+    plain = build_model({**cfg, "clamp_inputs": False}).eval()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("input_")})
+    b = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(m(b), plain(b))  # no range yet: +-inf
+        h = m.head_input(m.encode(b), m.aux_features(b))
+        m.set_input_range(h.min(0).values, h.max(0).values)
+        torch.testing.assert_close(m(b), plain(b))  # every row inside its own range
+        n_pre = N_TIME7 + 2  # the site columns follow time7 and lat/lon in the head's aux inputs
+        col = m.feature_dim + n_pre  # coast_dist
+        edge, far = {**b, "site": b["site"].clone()}, {**b, "site": b["site"].clone()}
+        edge["site"][:, 0] = h[:, col].min()
+        far["site"][:, 0] = -50.0  # far out at sea: beyond every training row
+        torch.testing.assert_close(m(far), m(edge))
+        assert not torch.allclose(plain(far), plain(edge))  # unclamped, the MLP extrapolates
+        _, lv_far = m(far, with_logvar=True)
+        _, lv_edge = m(edge, with_logvar=True)
+        assert not torch.allclose(lv_far, lv_edge)  # the variance head still sees how far out the pixel is
+        # the lapse term takes the raw DEM: a constant head plus lapse x DEM, even beyond the range
+        last = m.mlp[-1]
+        last.weight.zero_()
+        last.bias.fill_(0.25)
+        c, dem = 9 // 2, PATCH_CHANNELS.index("DEM")
+        high = {**b, "x": b["x"].clone()}
+        high["x"][:, dem, c, c] = 40.0
+        torch.testing.assert_close(m(high), 0.25 - 6.5 * 0.05 * high["x"][:, dem, c, c])
+    torch.save({"format": "ta2d-step03", "model": m.state_dict(), "model_cfg": cfg, "norm": {}}, tmp_path / "ta.pt")
+    m2, _ = load_ta_checkpoint(tmp_path / "ta.pt")
+    torch.testing.assert_close(m2.input_lo, m.input_lo)
+    bad = m.state_dict()
+    bad["input_lo"] = bad["input_lo"].clone()
+    bad["input_lo"][3] = float("nan")
+    torch.save({"format": "ta2d-step03", "model": bad, "model_cfg": cfg, "norm": {}}, tmp_path / "nan.pt")
+    with pytest.raises(UserError, match="input_lo/_hi is not a valid range"):
+        load_ta_checkpoint(tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match="finite with lo <= hi"):
+        m.set_input_range(m.input_hi, m.input_lo - 1)
+    old = dict(cfg)
+    del old["clamp_inputs"]  # as a checkpoint written before the clamp
+    assert build_model(old).clamp_inputs is False and "input_lo" not in build_model(old).state_dict()

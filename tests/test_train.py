@@ -122,6 +122,16 @@ def test_training_learns_and_writes_outputs(tmp_path, patches, capsys):
     meta = [load_chunk(f)["meta"] for f in splits["val"].files]
     assert np.array_equal(res["time_s"][res["split"] == 1], np.concatenate([m["time"].numpy() for m in meta]))
     assert np.array_equal(res["pixel_x"][res["split"] == 1], np.concatenate([m["pixel_x"].numpy() for m in meta]))
+    # the mean head's clamp range: each head input's minimum and maximum over exactly the training rows
+    m = pred.model
+    assert ck["model_cfg"]["clamp_inputs"] is True and m.clamp_inputs
+    with torch.no_grad():
+        h = torch.cat([m.head_input(m.encode(b), m.aux_features(b))
+                       for b in (batch_view(load_chunk(f)) for f in splits["train"].files)])
+    assert h.shape == (768, m.input_lo.numel())
+    torch.testing.assert_close(m.input_lo, h.min(0).values)
+    torch.testing.assert_close(m.input_hi, h.max(0).values)
+    assert (m.input_lo < m.input_hi).any()
     capsys.readouterr()
 
     # Unchanged config and inputs: "up to date" without importing torch.
@@ -222,9 +232,9 @@ def test_cached_features_match_uncached(tmp_path, patches, clay_ckpt, monkeypatc
     assert cached.val_loss.tolist() == pytest.approx(plain.val_loss.tolist(), rel=1e-4)
     assert cached.train_loss.tolist() == pytest.approx(plain.train_loss.tolist(), rel=1e-4)
     assert sum(encoded) == 768 + 256  # every train and val row encoded once (the residual table uses the cache)...
-    # ...instead of once per epoch, the val rows once more at the end (the standard-error calibration) and every
-    # row once more for the fusion's residual table
-    assert n_plain == 2 * (768 + 256) + 256 + (768 + 256)
+    # ...instead of once per epoch, the train rows once more at the end (the head's input range), the val rows
+    # once more (the standard-error calibration) and every row once more for the fusion's residual table
+    assert n_plain == 2 * (768 + 256) + 768 + 256 + (768 + 256)
     from shared.mapping.predict import load_predictor
 
     res_plain = load_predictor(tmp_path / "plain" / "weights" / "best.pt").fusion_residuals

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from shared.core.errors import UserError, rerun
 from shared.io.torch_files import load_torch_file, save_torch_file
 from shared.models.ta import TAModel, build_model
@@ -87,6 +89,11 @@ def load_weights(model, state: dict, path) -> None:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
         raise UserError(f"{path}: weights do not fit the model config stored with them ({'; '.join(parts)}); {HINT}")
+    for k in own:  # the head's input range (clamp_inputs): NaN or lo > hi would turn every prediction into NaN
+        if k.endswith("input_lo"):
+            lo, hi = state[k], state[k[:-2] + "hi"]
+            if torch.isnan(lo).any() or torch.isnan(hi).any() or (lo > hi).any():
+                raise UserError(f"{path}: {k[:-3]}_lo/_hi is not a valid range (NaN, or lo > hi); {HINT}")
     model.load_state_dict(state, strict=True)
 
 

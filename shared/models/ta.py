@@ -33,6 +33,16 @@ patch chunk: the station's own elevation, which is mostly below its pixel's
 mean height) and the centre pixel's DEM otherwise (a map pixel). So the head
 learns the TA of the pixel, not of the low spot where its station stands.
 
+``clamp_inputs`` (default true) clamps every input of the mean head to the
+range it took over the training rows (``input_lo``/``input_hi``, set by step03
+once training ends; :meth:`TAModel.set_input_range`). An MLP extrapolates
+linearly and without bound; a pixel unlike every station (the open sea: land
+fraction 0, negative coast distance; peaks above the highest station) would
+get whatever the linear pieces add up to. Clamped, it gets the value of the
+nearest edge of what the model learnt, as a tree model would. The lapse term
+keeps the raw height and the variance head the raw inputs, so the standard
+error still grows where a pixel is unlike the training rows.
+
 ``pool: mean`` gives the head the mean of the patch tokens instead of the CLS
 token. ``encoder_channels: all`` also feeds SZA/DEM/LSMASK to the encoder, with
 the pseudo-wavelengths ``pseudo_waves_um``. ``head_spectral`` gives the head
@@ -47,6 +57,7 @@ uses ``batch["features"]`` / ``batch["aux"]`` when present.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -110,10 +121,12 @@ class TAModelConfig:
     lapse_rate_K_per_km: float = 6.5  # built-in decrease of TA with height (0 = none), see the module docstring
     lapse_scale: float = 0.0  # data: DEM channel std (km) / TA std (K); 0 = no lapse term
     members: int = 1  # > 1: a deep ensemble of that many models of this config (:class:`TAEnsemble`)
+    clamp_inputs: bool = True  # the mean head sees its inputs clamped to the training rows' range (module docstring)
 
     #: Keys added after the first checkpoints were written, with the value that rebuilds those.
     ADDED_LATER = {"head_spectral": False, "pool": "cls", "uncertainty": "none", "location": "latlon", "site_features": [],
-                   "lapse_rate_K_per_km": 0.0, "lapse_scale": 0.0, "members": 1}
+                   "lapse_rate_K_per_km": 0.0, "lapse_scale": 0.0, "members": 1,
+                   "clamp_inputs": False}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,6 +211,12 @@ class TAModel(nn.Module):
         # mean is, without changing the mean (see :func:`gaussian_nll`)
         self.logvar_mlp = (nn.Sequential(nn.Linear(d + self.n_aux, 64), nn.GELU(), nn.Linear(64, 1))
                            if self.uncertainty == "gaussian" else None)
+        # the range of the head's inputs over the training rows (set once training ends, see set_input_range);
+        # +-inf until then, so the clamp changes nothing while the model learns
+        self.clamp_inputs = bool(cfg.get("clamp_inputs", False))
+        if self.clamp_inputs:
+            self.register_buffer("input_lo", torch.full((d + self.n_aux,), -math.inf))
+            self.register_buffer("input_hi", torch.full((d + self.n_aux,), math.inf))
         self.freeze_encoder = bool(cfg["freeze_encoder"])
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -246,12 +265,33 @@ class TAModel(nn.Module):
             parts += [spec[:, :, c, c], spec.mean((2, 3))]
         return torch.cat(parts, dim=1)
 
+    def head_input(self, features: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        """The head's input ``(B, D + n_aux)``: the normalised encoder features, then the aux inputs."""
+        return torch.cat([self.feat_norm(features), aux.to(features.dtype)], dim=1)
+
+    @torch.no_grad()
+    def set_input_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Set the range the mean head clamps its inputs to (per column of :meth:`head_input`)."""
+        if not self.clamp_inputs:
+            raise ValueError("set_input_range: this model was built with clamp_inputs false")
+        lo, hi = lo.detach().float().reshape(-1), hi.detach().float().reshape(-1)
+        if lo.shape != self.input_lo.shape or hi.shape != self.input_hi.shape:
+            raise ValueError(f"set_input_range: {tuple(lo.shape)} / {tuple(hi.shape)} values for "
+                             f"{self.input_lo.numel()} head inputs")
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all() and (lo <= hi).all()):
+            raise ValueError("set_input_range: the range must be finite with lo <= hi")
+        self.input_lo.copy_(lo)
+        self.input_hi.copy_(hi)
+
     def head(self, features: torch.Tensor, batch: dict, with_logvar: bool = False):
         """TA z-score ``(B,)`` from encoder features ``(B, D)`` and the batch's other inputs;
         ``with_logvar``: also its log-variance ``(B,)`` (zeros without an uncertainty head)."""
         aux = batch["aux"] if "aux" in batch else self.aux_features(batch)
-        h = torch.cat([self.feat_norm(features), aux.to(features.dtype)], dim=1)
-        mean = self.mlp(h).squeeze(1)
+        h = self.head_input(features, aux)
+        # the mean head never sees a value beyond what it was fitted on (an MLP extrapolates linearly, without
+        # bound); the variance head sees the raw inputs, so it still knows a pixel is unlike the training rows
+        hm = torch.clamp(h, self.input_lo.to(h.dtype), self.input_hi.to(h.dtype)) if self.clamp_inputs else h
+        mean = self.mlp(hm).squeeze(1)
         if self.lapse_z:  # at the station's own height where the batch has one, else the pixel's DEM
             z = batch["height"] if "height" in batch else aux[:, self.dem_aux_col]
             mean = mean + self.lapse_z * z.to(mean.dtype)

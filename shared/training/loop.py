@@ -133,7 +133,7 @@ def wrap_ddp(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.
 #: step03 ``model:`` keys that are fields of TAModelConfig as they are.
 _USER_MODEL_FIELDS = ("type", "size", "resize_to", "encoder_channels", "pseudo_waves_um", "head_hidden", "head_layers",
                       "head_spectral", "pool", "location", "dropout", "freeze_encoder", "uncertainty",
-                      "lapse_rate_K_per_km", "members")
+                      "lapse_rate_K_per_km", "members", "clamp_inputs")
 
 
 def lapse_scale(stats: dict) -> float:
@@ -189,6 +189,26 @@ def compute_features(model, plan, device: torch.device, dtype, store: torch.devi
         hs.append(batch["height"].to(store))
         ys.append(batch["y"].to(store))
     return {"features": torch.cat(feats), "aux": torch.cat(aux), "height": torch.cat(hs), "y": torch.cat(ys)}
+
+
+@torch.no_grad()
+def input_range(model, batches, device: torch.device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column minimum and maximum of the head's input (:meth:`TAModel.head_input`) over ``batches`` (chunk
+    batches, or cached ``features``/``aux`` batches): the range :meth:`TAModel.set_input_range` clamps to."""
+    model.eval()
+    lo = hi = None
+    for batch in batches:
+        batch = _to(batch, device)
+        with _autocast(device, dtype):
+            feats = batch["features"] if "features" in batch else model.encode(batch)
+            aux = batch["aux"] if "aux" in batch else model.aux_features(batch)
+            h = model.head_input(feats, aux).float()
+        blo, bhi = h.min(0).values, h.max(0).values
+        lo = blo if lo is None else torch.minimum(lo, blo)
+        hi = bhi if hi is None else torch.maximum(hi, bhi)
+    if lo is None:
+        raise UserError("no training rows to take the head's input range from")
+    return lo.cpu(), hi.cpu()
 
 
 @torch.no_grad()
@@ -603,6 +623,12 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
     if done and best.is_file():
         ck = read_ta_checkpoint(best)
         load_weights(model, ck["model"], best)
+        if model.clamp_inputs:  # every rank takes the range over all training rows: the same on each
+            rows = (TensorBatches(cached["train"], splits["train"].rows, batch_size=2048) if tcfg.cache_features
+                    else ChunkBatches(splits["train"], n_ch, psize, batch_size=2048))
+            model.set_input_range(*input_range(model, rows, device, dtype))
+            ck["model"] = model.state_dict()
+            say(f"head inputs clamped to their range over the {splits['train'].n_rows} training rows")
         if model.has_variance:  # calibrate the best model's standard error on val
             ck["uncertainty"] = calibrate_sigma(model, val_loader, device, dtype, d)
             say(f"standard error: variance head scaled by {ck['uncertainty']['sigma_scale']:.3f} to fit the "
