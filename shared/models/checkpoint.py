@@ -3,7 +3,9 @@
 One dict, everything needed to continue training or to run the model alone::
 
     format        "ta2d-step03"
-    model         state dict of TAModel (or of TAEnsemble: members.K.*, member_sd)
+    model         state dict of TAModel (or of TAEnsemble: members.K.*, member_sd); with clamp_inputs,
+                  input_lo / input_hi: the head inputs' range over the training rows (set when the run
+                  finishes; +-inf in a checkpoint of an unfinished run)
     model_cfg     TAModelConfig as a dict (shared.models.ta); members > 1: an ensemble
     norm          channels, patch_size, input_mean/std, target_mean/std, target_units (step02's statistics)
     data          {"patch_signature": step02's manifest signature}: which patches it was trained on
