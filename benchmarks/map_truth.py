@@ -10,7 +10,8 @@ analysis + model field, into ``--out/maps``) and the real step05 with those
 maps (``--out/eval``), then prints, from step05's ``metrics.json``, each map's
 RMSE against the true field (all pixels, land, sea; t2m and t2m_model) and the
 mean by distance band to the nearest fusion station of the hour, next to the
-noise floor. A full 900 x 900 map takes ~1.5 min on 2 cores: 12 maps ~20 min.
+noise floor, and how often the true value lies in each map's own 50 and 90 %
+intervals. A full 900 x 900 map takes ~1.5 min on 2 cores: 12 maps ~20 min.
 """
 from __future__ import annotations
 
@@ -90,10 +91,13 @@ def main(argv=None) -> int:
               f"{r['model_rmse_K_all']:>9.3f} {r['model_rmse_K_land']:>6.3f} {r['model_rmse_K_sea']:>6.3f}")
     print()
     print(f"mean over {len(truth)} maps, by distance to the nearest fusion station (K; t2m = analysis):")
-    print(f"{'band':<14} {'t2m':>7} {'land':>7} {'sea':>7} {'model':>7} {'land':>7} {'sea':>7}")
+    print(f"{'band':<14} {'t2m':>7} {'land':>7} {'sea':>7} {'model':>7} {'land':>7} {'sea':>7}   "
+          f"t2m's 50 / 90 % intervals cover (land; sea)")
     for name, v in (d.get("maps_vs_truth_by_distance_band") or {}).items():
+        cov = (f"   {100 * v['coverage_50_land']:.1f} / {100 * v['coverage_90_land']:.1f} %; "
+               f"{100 * v['coverage_50_sea']:.1f} / {100 * v['coverage_90_sea']:.1f} %" if "coverage_90_land" in v else "")
         print(f"{name:<14} {v['all']:>7.3f} {v['land']:>7.3f} {v['sea']:>7.3f} {v['model_all']:>7.3f} "
-              f"{v['model_land']:>7.3f} {v['model_sea']:>7.3f}")
+              f"{v['model_land']:>7.3f} {v['model_sea']:>7.3f}{cov}")
     tr = d.get("test_rows") or {}
     print(f"noise floor on the test rows: {tr.get('test_rows_obs_vs_truth_rmse_K', float('nan')):.3f} K "
           f"(elevation-corrected {tr.get('test_rows_obs_vs_truth_elev_corrected_rmse_K', float('nan')):.3f} K); "

@@ -7,6 +7,7 @@ are poor, but every one of them can be checked against its definition.
 import json
 import shutil
 
+import netCDF4
 import numpy as np
 import pandas as pd
 import pytest
@@ -158,6 +159,16 @@ def test_maps_agree_with_the_model_and_are_scored_against_truth(evaluated):
     assert sum(rec[f"n_pixels_dist_{n}"] for n in names) == rec["n_pixels_all"]
     assert all(rec[f"n_pixels_dist_{n}_land"] + rec[f"n_pixels_dist_{n}_sea"] == rec[f"n_pixels_dist_{n}"] for n in names)
     assert rec["n_pixels_dist_0_25km"] > 0 and set(d["maps_vs_truth_by_distance_band"]) == set(names)
+    # the map's own 50 / 90 % intervals against the truth: recomputed here from the file, its standard error and the
+    # multipliers it stores
+    with netCDF4.Dataset(evaluated["raw"] / "truth" / f"ta_true_{f.time:%Y%m%d%H%M}.nc") as ds:
+        true = np.ma.filled(ds.variables["t2m"][...].astype(np.float64), np.nan)[r0:r0 + ny, c0:c0 + nx]
+    k = json.loads(f.attrs["interval_multipliers"])
+    inside = np.abs(f.t2m - true) <= np.array([[[k["50"]]], [[k["90"]]]]) * f.layers["t2m_standard_error"]
+    assert rec["coverage_50_all"] == pytest.approx(inside[0].mean()) and rec["coverage_90_all"] == pytest.approx(inside[1].mean())
+    assert 0 < rec["coverage_50_all"] < rec["coverage_90_all"] <= 1
+    band = d["maps_vs_truth_by_distance_band"]["0_25km"]
+    assert band["coverage_90_land"] == pytest.approx(rec["coverage_90_dist_0_25km_land"])
     assert 0 < d["maps_vs_truth"][0]["rmse_K_all"] < 100
     assert 0.3 < d["test_rows"]["test_rows_obs_vs_truth_rmse_K"] < 1.5
     # elevation-corrected floor on the same rows: the lapse-rate part of the mismatch removed, only noise left

@@ -12,6 +12,7 @@ also scored against the true field (:func:`truth_scores`).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import netCDF4
@@ -20,7 +21,7 @@ import pandas as pd
 
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError
-from shared.evaluation.metrics import field_rmse, regression_metrics
+from shared.evaluation.metrics import field_coverage, field_rmse, regression_metrics
 from shared.evaluation.rows import chunk_row_locations, predict_rows
 from shared.features.patch import loc3
 from shared.io.maps import grid_desc, read_map, time_of_map_name
@@ -142,10 +143,24 @@ def band_name(lo, hi) -> str:
     return f"{lo}_{hi}km" if hi is not None else f"over_{lo}km"
 
 
+#: central intervals whose coverage of the true field :func:`truth_scores` reports (keys of interval_multipliers)
+COVERAGE_LEVELS = ("50", "90")
+
+
+def _multipliers(attrs: dict) -> dict[str, float] | None:
+    """A map's ``interval_multipliers`` (JSON global attribute) with every level of :data:`COVERAGE_LEVELS`, else None."""
+    try:
+        mult = json.loads(attrs.get("interval_multipliers", ""))
+        return {lev: float(mult[lev]) for lev in COVERAGE_LEVELS}
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
 def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, near: np.ndarray | None = None,
                  distance_km: np.ndarray | None = None) -> list[dict]:
     """Whole-grid RMSE of each map (``t2m``, the analysis; ``model_``: ``t2m_model``) against the demo world's
-    true field.
+    true field, and (maps with a standard error) the share of pixels whose true value lies in the map's own 50 and
+    90 % central intervals (``coverage_50_*``, ``coverage_90_*``: ``t2m +- k_P x t2m_standard_error``).
 
     Over all pixels, land, sea, (``near``, a (ny, nx) mask) the pixels close
     to a station, and by distance band (:data:`DISTANCE_BANDS_KM`) over all
@@ -181,6 +196,7 @@ def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, 
                 masks += [(f"dist_{name}", band), (f"dist_{name}_land", band & lnd), (f"dist_{name}_sea", band & ~lnd)]
         rec = {"time_utc": m["time_utc"], "file": m["file"], "region": f.grid.shape != static.grid.shape,
                "fusion_stations": m.get("fusion_stations", 0)}
+        se, mult = f.layers.get("t2m_standard_error"), _multipliers(f.attrs)
         for prefix, field in (("", f.t2m), ("model_", f.t2m_model)):
             for name, mask in masks:
                 sc = field_rmse(field, truth, mask)
@@ -188,6 +204,9 @@ def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, 
                 rec[f"{prefix}bias_K_{name}"] = sc["bias"]
                 if not prefix:
                     rec[f"n_pixels_{name}"] = sc["n_pixels"]
+                    if se is not None and mult:  # the map's own central intervals against the truth
+                        for lev in COVERAGE_LEVELS:
+                            rec[f"coverage_{lev}_{name}"] = field_coverage(field, se, truth, mult[lev], mask)
         out.append(rec)
     return out
 

@@ -32,6 +32,7 @@ from shared.core.runner import Context, Result, Stage
 from shared.evaluation.bootstrap import format_differences, station_bootstrap
 from shared.evaluation.interpolation import station_table
 from shared.evaluation.maps import (
+    COVERAGE_LEVELS,
     DISTANCE_BANDS_KM,
     band_name,
     join_maps,
@@ -302,12 +303,19 @@ def run(cfg: Config, ctx: Context) -> Result:
                     bands[name] = {f"{pre}{part}": float(np.nanmean([r[f"{pre}rmse_K_dist_{name}{suf}"] for r in truth]))
                                    for pre in ("", "model_")
                                    for part, suf in (("all", ""), ("land", "_land"), ("sea", "_sea"))}
+                    for lev in COVERAGE_LEVELS:  # the analysis's own intervals against the truth (maps with one)
+                        for part, suf in (("all", ""), ("land", "_land"), ("sea", "_sea")):
+                            vals = [r[k] for r in truth if (k := f"coverage_{lev}_dist_{name}{suf}") in r]
+                            if vals:
+                                bands[name][f"coverage_{lev}_{part}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
             if bands:
                 metrics["demo_world"]["maps_vs_truth_by_distance_band"] = bands
                 metrics["demo_world"]["distance_note"] = ("km to the nearest fusion station of the map's hour (train and "
                                                           "validation stations with an observation; without fusion the "
                                                           "stations the model learnt from); mean RMSE over the maps; "
-                                                          "model_*: the maps' t2m_model; NaN = no pixel in the band")
+                                                          "model_*: the maps' t2m_model; coverage_P_*: share of "
+                                                          "pixels whose true value lies in t2m +- k_P x "
+                                                          "t2m_standard_error; NaN = no pixel in the band")
 
     # --- tables ----------------------------------------------------------------
     outputs = []
@@ -378,8 +386,10 @@ def run(cfg: Config, ctx: Context) -> Result:
         print(f"maps vs true field ({len(truth)} map(s)): mean RMSE {d['maps_vs_truth_mean_rmse_K']:.3f} K over the whole grid{near}; "
               f"the model field alone {d['maps_vs_truth_mean_rmse_K_model_field']:.3f} K")
         for name, v in (d.get("maps_vs_truth_by_distance_band") or {}).items():
+            cov = (f"; 90 % interval covers land {100 * v['coverage_90_land']:.1f} %, sea {100 * v['coverage_90_sea']:.1f} %"
+                   if "coverage_90_land" in v else "")
             print(f"  {name.replace('_', ' '):<14} from a fusion station: t2m {v['all']:.3f} K (land {v['land']:.3f}, sea {v['sea']:.3f}); "
-                  f"t2m_model {v['model_all']:.3f} K")
+                  f"t2m_model {v['model_all']:.3f} K{cov}")
     if agreement and agreement.get("n"):
         state = "ok" if agreement.get("ok") else ("not checked (bf16 maps)" if not agreement.get("checked") else "FAILED")
         print(f"map vs model at {agreement['n']} mapped test rows: max |diff| {agreement['max_abs_diff_K']:.2e} K ({state})")
