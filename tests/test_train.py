@@ -306,6 +306,8 @@ def test_ddp_two_processes_on_cpu(tmp_path, patches, monkeypatch):
     log = pd.read_csv(tmp_path / "out" / "train_log.csv")
     assert len(log) == 3 and log.val_loss.iloc[-1] < 0.75 * log.val_loss.iloc[0]
     assert torch.load(tmp_path / "weights" / "current.pt", weights_only=True)["epoch"] == 3
+    best = torch.load(tmp_path / "weights" / "best.pt", weights_only=True)["model"]
+    assert torch.isfinite(best["input_lo"]).all() and (best["input_lo"] <= best["input_hi"]).all()  # range set under DDP
 
     # The numbers: Adam amplifies float summation-order noise chaotically within a few steps, so compare the
     # first step's gradients (same initial weights, the same 64 rows); they agree to ~1e-6 of each tensor's
