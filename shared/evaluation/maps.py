@@ -21,10 +21,12 @@ import pandas as pd
 
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError
-from shared.evaluation.metrics import field_coverage, field_rmse, regression_metrics
+from shared.evaluation.metrics import field_rmse, regression_metrics
 from shared.evaluation.rows import chunk_row_locations, predict_rows
+from shared.evaluation.uncertainty import coverage
 from shared.features.patch import loc3
 from shared.io.maps import grid_desc, read_map, time_of_map_name
+from shared.models.intervals import level_key
 
 
 def map_files(map_dir: Path) -> dict[pd.Timestamp, Path]:
@@ -143,17 +145,18 @@ def band_name(lo, hi) -> str:
     return f"{lo}_{hi}km" if hi is not None else f"over_{lo}km"
 
 
-#: central intervals whose coverage of the true field :func:`truth_scores` reports (keys of interval_multipliers)
-COVERAGE_LEVELS = ("50", "90")
+#: central intervals whose coverage of the true field :func:`truth_scores` reports (keys: :func:`level_key`)
+COVERAGE_LEVELS = (0.5, 0.9)
 
 
-def _multipliers(attrs: dict) -> dict[str, float] | None:
-    """A map's ``interval_multipliers`` (JSON global attribute) with every level of :data:`COVERAGE_LEVELS`, else None."""
+def _multipliers(attrs: dict) -> dict | None:
+    """A map's ``interval_multipliers`` (JSON global attribute) when it holds every level of
+    :data:`COVERAGE_LEVELS`, else None."""
     try:
         mult = json.loads(attrs.get("interval_multipliers", ""))
-        return {lev: float(mult[lev]) for lev in COVERAGE_LEVELS}
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError):
         return None
+    return mult if isinstance(mult, dict) and all(level_key(lv) in mult for lv in COVERAGE_LEVELS) else None
 
 
 def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, near: np.ndarray | None = None,
@@ -205,8 +208,13 @@ def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, 
                 if not prefix:
                     rec[f"n_pixels_{name}"] = sc["n_pixels"]
                     if se is not None and mult:  # the map's own central intervals against the truth
-                        for lev in COVERAGE_LEVELS:
-                            rec[f"coverage_{lev}_{name}"] = field_coverage(field, se, truth, mult[lev], mask)
+                        ok = np.isfinite(field) & np.isfinite(truth) & np.isfinite(se)
+                        if mask is not None:
+                            ok &= mask.astype(bool)
+                        for lv in COVERAGE_LEVELS:
+                            rec[f"coverage_{level_key(lv)}_{name}"] = (
+                                coverage(field[ok], se[ok].astype(np.float64), truth[ok], lv, mult) if ok.any()
+                                else float("nan"))
         out.append(rec)
     return out
 

@@ -87,18 +87,6 @@ def field_rmse(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = No
     return {"n_pixels": n, "rmse_K": float(np.sqrt(np.mean(e * e))), "bias": float(np.mean(e))}
 
 
-def field_coverage(pred: np.ndarray, se: np.ndarray, truth: np.ndarray, k: float,
-                   mask: np.ndarray | None = None) -> float:
-    """Share of pixels whose truth lies in ``pred +- k * se`` (finite pixels of all three, and ``mask``); NaN if none."""
-    ok = np.isfinite(pred) & np.isfinite(truth) & np.isfinite(se)
-    if mask is not None:
-        ok &= mask.astype(bool)
-    if not ok.any():
-        return float("nan")
-    e = np.abs(pred[ok].astype(np.float64) - truth[ok].astype(np.float64))
-    return float(np.mean(e <= k * se[ok].astype(np.float64)))
-
-
 def format_table(results: dict[str, dict], keys=("n", "rmse_K", "rmse_norm", "mae", "bias", "r2")) -> str:
     """Plain-text table: one line per model (``name -> metrics dict``)."""
     width = max(12, max(len(k) for k in results))

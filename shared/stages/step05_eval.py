@@ -60,6 +60,7 @@ from shared.io.raw import read_static
 from shared.mapping.analysis import stored_variogram
 from shared.mapping.predict import load_predictor
 from shared.mapping.quicklook import station_distance_km
+from shared.models.intervals import level_key
 
 STEP = "step05_eval_metrics"
 
@@ -303,10 +304,10 @@ def run(cfg: Config, ctx: Context) -> Result:
                     bands[name] = {f"{pre}{part}": float(np.nanmean([r[f"{pre}rmse_K_dist_{name}{suf}"] for r in truth]))
                                    for pre in ("", "model_")
                                    for part, suf in (("all", ""), ("land", "_land"), ("sea", "_sea"))}
-                    for lev in COVERAGE_LEVELS:  # the analysis's own intervals against the truth (maps with one)
+                    for lev in map(level_key, COVERAGE_LEVELS):  # the analysis's own intervals against the truth
                         for part, suf in (("all", ""), ("land", "_land"), ("sea", "_sea")):
                             vals = [r[k] for r in truth if (k := f"coverage_{lev}_dist_{name}{suf}") in r]
-                            if vals:
+                            if vals:  # maps with a standard error
                                 bands[name][f"coverage_{lev}_{part}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
             if bands:
                 metrics["demo_world"]["maps_vs_truth_by_distance_band"] = bands
