@@ -325,9 +325,20 @@ def test_clamp_inputs_bounds_the_mean_head_only(tmp_path):
         far["site"][:, 0] = -50.0  # far out at sea: beyond every training row
         torch.testing.assert_close(m(far), m(edge))
         assert not torch.allclose(plain(far), plain(edge))  # unclamped, the MLP extrapolates
+        # the variance: the head on the clamped inputs (as at the edge) + (unclamped - clamped mean)^2
         _, lv_far = m(far, with_logvar=True)
         _, lv_edge = m(edge, with_logvar=True)
-        assert not torch.allclose(lv_far, lv_edge)  # the variance head still sees how far out the pixel is
+        ext = plain(far) - m(far)
+        assert (ext.abs() > 1e-3).all()
+        torch.testing.assert_close(lv_far, torch.log(lv_edge.exp() + ext.pow(2)))
+        _, lv_in = m(b, with_logvar=True)
+        torch.testing.assert_close(lv_in, plain(b, with_logvar=True)[1])  # inside the range: the head alone
+        raw = build_model({**cfg, "extrapolation_variance": False}).eval()
+        raw.load_state_dict(m.state_dict())
+        torch.testing.assert_close(raw(far, with_logvar=True)[1], plain(far, with_logvar=True)[1])  # head on raw
+        m.train()  # training: no extrapolation term (dropout would make the two means differ)
+        torch.testing.assert_close(m(far, with_logvar=True)[1], lv_edge)
+        m.eval()
         # the lapse term takes the raw DEM: a constant head plus lapse x DEM, even beyond the range
         last = m.mlp[-1]
         last.weight.zero_()
@@ -348,5 +359,10 @@ def test_clamp_inputs_bounds_the_mean_head_only(tmp_path):
     with pytest.raises(ValueError, match="finite with lo <= hi"):
         m.set_input_range(m.input_hi, m.input_lo - 1)
     old = dict(cfg)
-    del old["clamp_inputs"]  # as a checkpoint written before the clamp
+    del old["clamp_inputs"], old["extrapolation_variance"]  # as a checkpoint written before the clamp
     assert build_model(old).clamp_inputs is False and "input_lo" not in build_model(old).state_dict()
+    assert build_model(old).extrapolation_variance is False
+    old = dict(cfg)
+    del old["extrapolation_variance"]  # written with the clamp, before the extrapolation term: raw variance head
+    assert build_model(old).clamp_inputs is True and build_model(old).extrapolation_variance is False
+    assert build_model({**cfg, "clamp_inputs": False}).extrapolation_variance is False  # only with the clamp

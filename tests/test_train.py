@@ -132,6 +132,20 @@ def test_training_learns_and_writes_outputs(tmp_path, patches, capsys):
     torch.testing.assert_close(m.input_lo, h.min(0).values)
     torch.testing.assert_close(m.input_hi, h.max(0).values)
     assert (m.input_lo < m.input_hi).any()
+    # the calibration above saw the extrapolation term: validation rows beyond the training range get a larger
+    # variance than the variance head on the clamped inputs gives alone
+    assert ck["model_cfg"]["extrapolation_variance"] is True and m.extrapolation_variance
+    b = batch_view(load_chunk(read_manifest(patches, splits=("val",))[1]["val"].files[0]))
+    b = {k: v for k, v in b.items() if k != "y"}
+    m.extrapolation_variance = False  # the variance head on the raw inputs
+    sd_raw = pred.predict_dist(b)[1]
+    m.extrapolation_variance = True
+    n = len(sd_raw)
+    assert not np.allclose(sd_raw, sd[:n])
+    with torch.no_grad():
+        hv = m.head_input(m.encode(b), m.aux_features(b))
+    outside = ((hv < m.input_lo) | (hv > m.input_hi)).any(1).numpy()
+    assert outside.any() and np.allclose(sd_raw[~outside], sd[:n][~outside])  # inside the range: no term
     capsys.readouterr()
 
     # Unchanged config and inputs: "up to date" without importing torch.

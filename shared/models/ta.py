@@ -40,8 +40,20 @@ linearly and without bound; a pixel unlike every station (the open sea: land
 fraction 0, negative coast distance; peaks above the highest station) would
 get whatever the linear pieces add up to. Clamped, it gets the value of the
 nearest edge of what the model learnt, as a tree model would. The lapse term
-keeps the raw height and the variance head the raw inputs, so the standard
-error still grows where a pixel is unlike the training rows.
+keeps the raw height.
+
+``extrapolation_variance`` (default true; it acts only with ``clamp_inputs``)
+says how sure the model is of such a pixel. The variance head sees the clamped
+inputs too, and the variance adds the square of (unclamped mean - clamped mean):
+how much the answer depends on how the model would extrapolate. The term is 0
+inside the training range (so on nearly every validation row, and the
+calibration barely moves) and grows with the distance beyond it and with how
+steeply the model's mean changes there. Measured on the demo world: the raw
+variance head, which has only seen training rows, gave the open sea a standard
+error 2-3 times its error (the 90 % interval covered 99.5 % of the true field)
+and land beyond 200 km of a station too little (64 %); with the term the 90 %
+interval covers 88-94 % over the sea and 85 % there (12 maps). Without it
+(false), the variance head sees the raw inputs.
 
 ``pool: mean`` gives the head the mean of the patch tokens instead of the CLS
 token. ``encoder_channels: all`` also feeds SZA/DEM/LSMASK to the encoder, with
@@ -122,11 +134,12 @@ class TAModelConfig:
     lapse_scale: float = 0.0  # data: DEM channel std (km) / TA std (K); 0 = no lapse term
     members: int = 1  # > 1: a deep ensemble of that many models of this config (:class:`TAEnsemble`)
     clamp_inputs: bool = True  # the mean head sees its inputs clamped to the training rows' range (module docstring)
+    extrapolation_variance: bool = True  # with clamp_inputs: variance from the clamped inputs + the clamp's effect
 
     #: Keys added after the first checkpoints were written, with the value that rebuilds those.
     ADDED_LATER = {"head_spectral": False, "pool": "cls", "uncertainty": "none", "location": "latlon", "site_features": [],
                    "lapse_rate_K_per_km": 0.0, "lapse_scale": 0.0, "members": 1,
-                   "clamp_inputs": False}
+                   "clamp_inputs": False, "extrapolation_variance": False}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -217,6 +230,7 @@ class TAModel(nn.Module):
         if self.clamp_inputs:
             self.register_buffer("input_lo", torch.full((d + self.n_aux,), -math.inf))
             self.register_buffer("input_hi", torch.full((d + self.n_aux,), math.inf))
+        self.extrapolation_variance = self.clamp_inputs and bool(cfg.get("extrapolation_variance", False))
         self.freeze_encoder = bool(cfg["freeze_encoder"])
         if self.freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -289,9 +303,10 @@ class TAModel(nn.Module):
         aux = batch["aux"] if "aux" in batch else self.aux_features(batch)
         h = self.head_input(features, aux)
         # the mean head never sees a value beyond what it was fitted on (an MLP extrapolates linearly, without
-        # bound); the variance head sees the raw inputs, so it still knows a pixel is unlike the training rows
+        # bound)
         hm = torch.clamp(h, self.input_lo.to(h.dtype), self.input_hi.to(h.dtype)) if self.clamp_inputs else h
-        mean = self.mlp(hm).squeeze(1)
+        head_mean = self.mlp(hm).squeeze(1)
+        mean = head_mean
         if self.lapse_z:  # at the station's own height where the batch has one, else the pixel's DEM
             z = batch["height"] if "height" in batch else aux[:, self.dem_aux_col]
             mean = mean + self.lapse_z * z.to(mean.dtype)
@@ -299,7 +314,13 @@ class TAModel(nn.Module):
             return mean
         if self.logvar_mlp is None:
             return mean, torch.zeros_like(mean)
-        return mean, self.logvar_mlp(h.detach()).squeeze(1).clamp(-12.0, 8.0)
+        if not self.extrapolation_variance:  # the variance head on the raw inputs
+            return mean, self.logvar_mlp(h.detach()).squeeze(1).clamp(-12.0, 8.0)
+        logvar = self.logvar_mlp(hm.detach()).squeeze(1).float()
+        if not self.training:  # + (unclamped - clamped mean)^2; in training the range is +-inf (and dropout differs)
+            ext = (self.mlp(h.detach()).squeeze(1) - head_mean.detach()).float()
+            logvar = torch.log(logvar.clamp(-12.0, 8.0).exp() + ext.pow(2))
+        return mean, logvar.clamp(-12.0, 8.0).to(mean.dtype)
 
     @property
     def has_variance(self) -> bool:

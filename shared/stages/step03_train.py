@@ -69,6 +69,7 @@ class ModelCfg:
     lapse_rate_K_per_km: float = _M.lapse_rate_K_per_km  # built-in TA decrease with height; 0 = the head learns it alone
     members: int = _M.members  # > 1: a deep ensemble of that many models (seeds train.seed, +1, ...)
     clamp_inputs: bool = _M.clamp_inputs  # the mean head's inputs clamped to the training rows' range
+    extrapolation_variance: bool = _M.extrapolation_variance  # with clamp_inputs: the clamp's effect joins the variance
 
     def check(self):
         if self.clay_ckpt_path is None and self.freeze_encoder:

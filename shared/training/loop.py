@@ -133,7 +133,7 @@ def wrap_ddp(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.
 #: step03 ``model:`` keys that are fields of TAModelConfig as they are.
 _USER_MODEL_FIELDS = ("type", "size", "resize_to", "encoder_channels", "pseudo_waves_um", "head_hidden", "head_layers",
                       "head_spectral", "pool", "location", "dropout", "freeze_encoder", "uncertainty",
-                      "lapse_rate_K_per_km", "members", "clamp_inputs")
+                      "lapse_rate_K_per_km", "members", "clamp_inputs", "extrapolation_variance")
 
 
 def lapse_scale(stats: dict) -> float:
