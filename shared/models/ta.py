@@ -48,7 +48,8 @@ inputs too, and the variance adds the square of (unclamped mean - clamped mean):
 how much the answer depends on how the model would extrapolate. The term is 0
 inside the training range (so on nearly every validation row, and the
 calibration barely moves) and grows with the distance beyond it and with how
-steeply the model's mean changes there. Measured on the demo world: the raw
+steeply the model's mean changes there. The validation calibration
+(``sigma_scale``) scales the sum, as it scales the head alone. Measured on the demo world: the raw
 variance head, which has only seen training rows, gave the open sea a standard
 error 2-3 times its error (the 90 % interval covered 99.5 % of the true field)
 and land beyond 200 km of a station too little (64 %); with the term the 90 %
