@@ -74,7 +74,9 @@ def main(argv=None) -> int:
         run("step04_infer_map", "times.select=list", f"times.list_utc={lst}", "times.limit=0", f"output_dir={maps}",
             "progress=false", *ck)
     run("step05_eval_metrics", f"map_dir={maps}", f"output_dir={ev}", *ck)
-    m = json.loads((ev / "metrics.json").read_text())
+    # a score over no pixels is null in the file: NaN here, so it prints as "nan"
+    m = json.loads((ev / "metrics.json").read_text(),
+                   object_hook=lambda o: {k: float("nan") if v is None else v for k, v in o.items()})
     d = m.get("demo_world") or {}
     truth = d.get("maps_vs_truth") or []
     if not truth:

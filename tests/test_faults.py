@@ -200,7 +200,12 @@ def _kill_midway(cmd: list[str], ready, timeout: float = 240) -> int | None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     out = bytearray()
-    threading.Thread(target=lambda: out.extend(iter(lambda: p.stdout.read(1), b"")) or None, daemon=True).start()
+
+    def drain():  # keeps the pipe from filling up (which would stall the child) and collects its output
+        for chunk in iter(lambda: p.stdout.read(1), b""):
+            out.extend(chunk)
+
+    threading.Thread(target=drain, daemon=True).start()
     t0 = time.time()
     while p.poll() is None and time.time() - t0 < timeout:
         if ready(out.decode(errors="replace")):

@@ -169,6 +169,12 @@ def test_maps_agree_with_the_model_and_are_scored_against_truth(evaluated):
     assert 0 < rec["coverage_50_all"] < rec["coverage_90_all"] <= 1
     band = d["maps_vs_truth_by_distance_band"]["0_25km"]
     assert band["coverage_90_land"] == pytest.approx(rec["coverage_90_dist_0_25km_land"])
+    # a band this region map does not reach scores null (standard JSON has no NaN), the others a number
+    empty = [n for n in names if rec[f"n_pixels_dist_{n}"] == 0]
+    assert empty and all(d["maps_vs_truth_by_distance_band"][n]["all"] is None for n in empty)
+    assert all(rec[f"rmse_K_dist_{n}"] is None for n in empty)
+    assert isinstance(d["maps_vs_truth_by_distance_band"]["0_25km"]["all"], float)
+    json.loads((evaluated["out"] / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}"))
     assert 0 < d["maps_vs_truth"][0]["rmse_K_all"] < 100
     assert 0.3 < d["test_rows"]["test_rows_obs_vs_truth_rmse_K"] < 1.5
     # elevation-corrected floor on the same rows: the lapse-rate part of the mismatch removed, only noise left

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -163,11 +164,22 @@ def output_set() -> Iterator:
                 tmp.unlink()
 
 
+def _null_non_finite(obj):
+    """``obj`` with every NaN / inf float (a score over no rows or pixels) as None: standard JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _null_non_finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_null_non_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj) -> None:
-    """Write JSON atomically (temp name, then rename)."""
+    """Write JSON atomically (temp name, then rename); NaN and inf become null, so any JSON reader takes it."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, default=str)
+            json.dump(_null_non_finite(obj), fh, indent=2, sort_keys=False, default=str, allow_nan=False)
             fh.write("\n")
 
 

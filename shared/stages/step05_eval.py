@@ -96,6 +96,13 @@ class Config:
             raise ValueError(f"bootstrap_draws must be >= 100 (2000 for stable 95 % intervals), got {self.bootstrap_draws}")
 
 
+def _finite_mean(vals) -> float:
+    """Mean of the finite values (a band a map does not reach scores NaN); NaN when there are none."""
+    a = np.asarray(vals, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
 def deps(cfg: Config) -> list[Path]:
     out = [cfg.checkpoint, cfg.patch_dir / PATCH_SUBDIR, cfg.patch_dir / STATS_SUBDIR, cfg.index_dir / SPLITS_JSON,
            cfg.index_dir / "index.csv"]
@@ -292,23 +299,23 @@ def run(cfg: Config, ctx: Context) -> Result:
         }
         if truth:
             metrics["demo_world"]["maps_vs_truth_mean_rmse_K"] = float(np.mean([r["rmse_K_all"] for r in truth]))
-            metrics["demo_world"]["maps_vs_truth_mean_rmse_K_land"] = float(np.nanmean([r["rmse_K_land"] for r in truth]))
+            metrics["demo_world"]["maps_vs_truth_mean_rmse_K_land"] = _finite_mean([r["rmse_K_land"] for r in truth])
             if "rmse_K_near_stations" in truth[0]:
-                metrics["demo_world"]["maps_vs_truth_mean_rmse_K_near_stations"] = float(np.nanmean([r["rmse_K_near_stations"] for r in truth]))
+                metrics["demo_world"]["maps_vs_truth_mean_rmse_K_near_stations"] = _finite_mean([r["rmse_K_near_stations"] for r in truth])
                 metrics["demo_world"]["near_stations_km"] = cfg.coverage_km
             metrics["demo_world"]["maps_vs_truth_mean_rmse_K_model_field"] = float(np.mean([r["model_rmse_K_all"] for r in truth]))
             bands = {}
             for lo, hi in DISTANCE_BANDS_KM:
                 name = band_name(lo, hi)
                 if f"rmse_K_dist_{name}" in truth[0]:
-                    bands[name] = {f"{pre}{part}": float(np.nanmean([r[f"{pre}rmse_K_dist_{name}{suf}"] for r in truth]))
+                    bands[name] = {f"{pre}{part}": _finite_mean([r[f"{pre}rmse_K_dist_{name}{suf}"] for r in truth])
                                    for pre in ("", "model_")
                                    for part, suf in (("all", ""), ("land", "_land"), ("sea", "_sea"))}
                     for lev in map(level_key, COVERAGE_LEVELS):  # the analysis's own intervals against the truth
                         for part, suf in (("all", ""), ("land", "_land"), ("sea", "_sea")):
                             vals = [r[k] for r in truth if (k := f"coverage_{lev}_dist_{name}{suf}") in r]
                             if vals:  # maps with a standard error
-                                bands[name][f"coverage_{lev}_{part}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+                                bands[name][f"coverage_{lev}_{part}"] = _finite_mean(vals)
             if bands:
                 metrics["demo_world"]["maps_vs_truth_by_distance_band"] = bands
                 metrics["demo_world"]["distance_note"] = ("km to the nearest fusion station of the map's hour (train and "
