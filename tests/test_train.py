@@ -194,6 +194,7 @@ def test_ensemble_averages_members_and_adds_their_spread(tmp_path, patches):
     assert run_step(tmp_path, patches, "train.epochs=2", "model.members=2", extra=["--stop-after", "1"]) == 0
     w = tmp_path / "run" / "weights"
     assert not (w / "best.pt").exists()  # member 0 stopped after 1 epoch: no ensemble yet
+    assert not (w / "members" / "m0" / "run.json").exists()  # nor a finished member
     assert run_step(tmp_path, patches, "train.epochs=2", "model.members=2", extra=["--resume"]) == 0
     ens = load_predictor(w / "best.pt")
     m0, m1 = (load_predictor(w / "members" / f"m{k}" / "best.pt") for k in (0, 1))
@@ -210,6 +211,14 @@ def test_ensemble_averages_members_and_adds_their_spread(tmp_path, patches):
     mix = np.sqrt((sd0.astype(np.float64) ** 2 + sd1.astype(np.float64) ** 2) / 2 + ((z0 - z1) / 2) ** 2)
     np.testing.assert_allclose(sd, np.minimum(ens.sigma_scale * mix, 1.0), rtol=1e-4)
     assert "ensemble of 2" in ens.sd_source and ck["fusion_residuals"]["resid"].shape == (768 + 256,)
+    # each member's folders hold the finished record of its own files, so a member can be mapped or scored alone
+    from shared.core.records import check_upstream, read_record
+
+    for k in (0, 1):
+        mw = w / "members" / f"m{k}"
+        rec = check_upstream(mw, [mw / "best.pt"], "step03")
+        assert rec["config"]["ensemble_member"] == f"{k + 1} of 2" and rec["config"]["train"]["seed"] == k
+        assert read_record(tmp_path / "run" / "outputs" / "members" / f"m{k}")["signature"] == rec["signature"]
     log = log_of(tmp_path)
     assert log["member"].tolist() == [0, 0, 1, 1] and log["epoch"].tolist() == [1, 2, 1, 2]
     # a checkpoint whose config claims more members than its weights hold is refused before any is built

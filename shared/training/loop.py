@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from shared.core.config import config_to_dict
 from shared.core.distributed import Dist
-from shared.core.errors import UserError
-from shared.core.records import atomic_path, write_csv
+from shared.core.errors import STEP_DIRS, UserError
+from shared.core.records import StepRun, atomic_path, write_csv
 from shared.io.channels import BT_WAVES_UM, RF_WAVES_UM
 from shared.io.patches import batch_view, load_chunk, read_manifest, read_stats
 from shared.models.checkpoint import RESIDUAL_KEYS, RESIDUAL_SPLITS, load_weights, read_ta_checkpoint, save_ta_checkpoint
@@ -390,6 +390,14 @@ def member_sd(ck: dict) -> float:
     return math.sqrt(float(ck["best_val"]))
 
 
+def member_record(mcfg, k: int, k_all: int) -> StepRun:
+    """The run record (``run.json``) of member ``k``'s own folders, as a single run of step03 writes it, so the
+    member's ``best.pt`` can also be mapped or scored alone (step04/05 read only files of a finished record). Its
+    config names the member, so a plain step03 run in those folders never takes it as up to date."""
+    return StepRun(mcfg.output.outputs_dir, {**config_to_dict(mcfg), "ensemble_member": f"{k + 1} of {k_all}"}, [],
+                   STEP_DIRS["step03"], mirrors=[mcfg.output.weights_dir])
+
+
 def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change, say) -> dict:
     """``model.members`` runs of :func:`_train` one after the other (seeds ``seed``, ``seed + 1``, ...; each promotes
     its own ``weights/members/mK/best.pt``), then the ensemble of their best models: calibrated on the validation
@@ -403,10 +411,25 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
     runs = []
     for k, mcfg in enumerate(mcfgs):
         say(f"ensemble member {k + 1}/{k_all} (seed {mcfg.train.seed}) -> {mcfg.output.weights_dir}")
-        r = _train(mcfg, d, device, dtype, resume, stop_after, allow_config_change, say)
+        rec = member_record(mcfg, k, k_all) if d.main else None
+        if rec is not None:
+            Path(mcfg.output.outputs_dir).mkdir(parents=True, exist_ok=True)
+            Path(mcfg.output.weights_dir).mkdir(parents=True, exist_ok=True)
+            rec.start()  # "running" until the member's files are all in place
+        try:
+            r = _train(mcfg, d, device, dtype, resume, stop_after, allow_config_change, say)
+        except BaseException:
+            if rec is not None:
+                rec.abandon()
+            raise
         runs.append(r)
         if not r["done"]:
+            if rec is not None:
+                rec.abandon()
             return {**r, "outputs": outputs, "seconds": round(time.time() - t_start, 2)}
+        if rec is not None:
+            rec.finish(r["outputs"], counts={"epochs": r["epochs"], "best_epoch": r["best_epoch"]},
+                       extra={"best_val_loss": r["best_val"], "ensemble": str(weights_dir / "best.pt")})
 
     # ---- the ensemble of the members' best models
     paths = [Path(r["outputs"][0]) for r in runs]
