@@ -315,13 +315,13 @@ class TAModel(nn.Module):
             return mean
         if self.logvar_mlp is None:
             return mean, torch.zeros_like(mean)
-        if not self.extrapolation_variance:  # the variance head on the raw inputs
-            return mean, self.logvar_mlp(h.detach()).squeeze(1).clamp(-12.0, 8.0)
-        logvar = self.logvar_mlp(hm.detach()).squeeze(1).float()
-        if not self.training:  # + (unclamped - clamped mean)^2; in training the range is +-inf (and dropout differs)
+        # the variance head on the clamped inputs (extrapolation_variance) or the raw ones
+        logvar = self.logvar_mlp((hm if self.extrapolation_variance else h).detach()).squeeze(1).clamp(-12.0, 8.0)
+        if self.extrapolation_variance and not self.training:
+            # + (unclamped - clamped mean)^2; in training the range is +-inf (and dropout differs)
             ext = (self.mlp(h.detach()).squeeze(1) - head_mean.detach()).float()
-            logvar = torch.log(logvar.clamp(-12.0, 8.0).exp() + ext.pow(2))
-        return mean, logvar.clamp(-12.0, 8.0).to(mean.dtype)
+            logvar = torch.log(logvar.float().exp() + ext.pow(2)).clamp(-12.0, 8.0).to(mean.dtype)
+        return mean, logvar
 
     @property
     def has_variance(self) -> bool:

@@ -323,7 +323,7 @@ def run(cfg: Config, ctx: Context) -> Result:
                                                           "stations the model learnt from); mean RMSE over the maps; "
                                                           "model_*: the maps' t2m_model; coverage_P_*: share of "
                                                           "pixels whose true value lies in t2m +- k_P x "
-                                                          "t2m_standard_error; NaN = no pixel in the band")
+                                                          "t2m_standard_error; null = no pixel in the band")
 
     # --- tables ----------------------------------------------------------------
     outputs = []

@@ -413,8 +413,6 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
         say(f"ensemble member {k + 1}/{k_all} (seed {mcfg.train.seed}) -> {mcfg.output.weights_dir}")
         rec = member_record(mcfg, k, k_all) if d.main else None
         if rec is not None:
-            Path(mcfg.output.outputs_dir).mkdir(parents=True, exist_ok=True)
-            Path(mcfg.output.weights_dir).mkdir(parents=True, exist_ok=True)
             rec.start()  # "running" until the member's files are all in place
         try:
             r = _train(mcfg, d, device, dtype, resume, stop_after, allow_config_change, say)
