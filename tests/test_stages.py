@@ -188,3 +188,28 @@ def test_adopt_records_files_made_elsewhere_after_checking_them(tmp_path, capsys
     with pytest.raises(UserError, match="corrupted checkpoint"):
         adopt_main(["step03", str(bad)])
     assert not (bad.parent / "run.json").exists()
+
+
+def test_a_run_that_raises_promises_nothing_new(tmp_path):
+    """``StepRun.running``: "running" while the work goes on; an exception abandons the record and goes on up."""
+    from shared.core.records import StepRun, check_upstream, finished_record, read_record
+
+    out = tmp_path / "o"
+    out.mkdir()
+    f = out / "a.txt"
+    with pytest.raises(RuntimeError, match="boom"):
+        with StepRun(out, {"x": 1}, deps=[], step="stepXX").running():
+            assert read_record(out)["status"] == "running"
+            raise RuntimeError("boom")
+    assert read_record(out) is None  # a first run that failed: no record, nothing was ever promised
+    run = StepRun(out, {"x": 1}, deps=[], step="stepXX")
+    with run.running():
+        f.write_text("1")
+        run.finish([f])
+    assert read_record(out)["status"] == "ok"
+    with pytest.raises(KeyboardInterrupt):  # any exception, also an interrupt
+        with StepRun(out, {"x": 2}, deps=[], step="stepXX").running():
+            raise KeyboardInterrupt
+    rec = read_record(out)  # a failed rerun: still "running", the finished run kept as the one to trust
+    assert rec["status"] == "running" and finished_record(rec)["config"] == {"x": 1}
+    assert check_upstream(out, [f], "stepXX")["config"] == {"x": 1}  # its unchanged file still serves

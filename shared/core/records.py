@@ -270,7 +270,9 @@ class StepRun:
 
     >>> run = StepRun(out_dir, cfg_dict, deps=[raw_dir / "static.nc"], step="step01_make_index")
     >>> if run.up_to_date(): ...  # print "up to date", exit 0
-    >>> run.start(); ...work...; run.finish(outputs=[...], counts={...})
+    >>> with run.running():  # start(); an exception abandons the record and goes on
+    ...     ...work...
+    ...     run.finish(outputs=[...], counts={...})  # or run.abandon(): stopped, nothing new promised
     """
 
     def __init__(self, out_dir: str | Path, config: dict, deps: Iterable[str | Path | Names], step: str = "",
@@ -320,6 +322,17 @@ class StepRun:
         self._write({"step": self.step, "status": "running",
                      "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      "command": " ".join(sys.argv), "config": _json_clean(self.config), "previous": done})
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[StepRun]:
+        """:meth:`start`, then the work in the ``with`` block; if it raises, :meth:`abandon` and re-raise. The
+        block itself ends with :meth:`finish` (outputs all in place) or :meth:`abandon` (stopped early)."""
+        self.start()
+        try:
+            yield self
+        except BaseException:
+            self.abandon()
+            raise
 
     def abandon(self) -> None:
         """After a failed run: with no earlier finished run the record goes (nothing was ever promised);

@@ -16,6 +16,7 @@ import a stage's ``Config`` and call :func:`main` with an argv list.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,20 +119,14 @@ def execute(stages: Stage | dict[str, Stage], argv: list[str] | None = None) -> 
     if stage.distributed:
         distributed.start(stage.backend(cfg))
     try:
-        if d.main:
-            record.start()
-        try:
+        with record.running() if d.main else contextlib.nullcontext():
             result = stage.run(cfg, Context(args=args, dist=d, record=record))
-        except BaseException:
             if d.main:
-                record.abandon()
-            raise
-        if d.main:
-            if result.done:
-                outputs = result.outputs if result.outputs is not None else stage.outs(cfg)
-                record.finish(outputs, counts=result.counts, extra=result.extra)
-            else:  # stopped on request (--stop-after): nothing new is promised yet
-                record.abandon()
+                if result.done:
+                    outputs = result.outputs if result.outputs is not None else stage.outs(cfg)
+                    record.finish(outputs, counts=result.counts, extra=result.extra)
+                else:  # stopped on request (--stop-after): nothing new is promised yet
+                    record.abandon()
     finally:
         if stage.distributed:
             distributed.stop()

@@ -412,22 +412,16 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
     for k, mcfg in enumerate(mcfgs):
         say(f"ensemble member {k + 1}/{k_all} (seed {mcfg.train.seed}) -> {mcfg.output.weights_dir}")
         rec = member_record(mcfg, k, k_all) if d.main else None
-        if rec is not None:
-            rec.start()  # "running" until the member's files are all in place
-        try:
+        with rec.running() if rec is not None else contextlib.nullcontext():  # "running" until its files are in place
             r = _train(mcfg, d, device, dtype, resume, stop_after, allow_config_change, say)
-        except BaseException:
-            if rec is not None:
+            if rec is not None and r["done"]:
+                rec.finish(r["outputs"], counts={"epochs": r["epochs"], "best_epoch": r["best_epoch"]},
+                           extra={"best_val_loss": r["best_val"], "ensemble": str(weights_dir / "best.pt")})
+            elif rec is not None:
                 rec.abandon()
-            raise
         runs.append(r)
         if not r["done"]:
-            if rec is not None:
-                rec.abandon()
             return {**r, "outputs": outputs, "seconds": round(time.time() - t_start, 2)}
-        if rec is not None:
-            rec.finish(r["outputs"], counts={"epochs": r["epochs"], "best_epoch": r["best_epoch"]},
-                       extra={"best_val_loss": r["best_val"], "ensemble": str(weights_dir / "best.pt")})
 
     # ---- the ensemble of the members' best models
     paths = [Path(r["outputs"][0]) for r in runs]
