@@ -359,3 +359,26 @@ def test_torchrun_splits_times_between_ranks(world, tmp_path):
     assert "[rank 1] ta_map_202307010600.nc" in r.stdout
     assert len(list(out.glob("ta_map_*.nc"))) == 3 and (out / "run.json").is_file()
     assert len(pd.read_csv(out / "map_at_stations.csv")) == 24
+
+
+def test_each_written_map_hands_freed_heap_back(world, tmp_path, monkeypatch):
+    """step04 trims the C heap after every map it writes (freed image buffers otherwise stay resident and fragment),
+    and the trim is a no-op where the C library has none."""
+    import ctypes
+
+    from shared.mapping import predict as predict_mod
+    from shared.stages import step04_map
+
+    assert predict_mod.release_free_heap() is True  # this machine's libc is glibc
+    calls = []
+    monkeypatch.setattr(step04_map, "release_free_heap", lambda: calls.append(len(list((tmp_path / "o").glob("*.nc")))))
+    assert run_step(STEP, *args_for(world, tmp_path / "o")) == 0
+    assert calls == list(range(1, len(TIMES) + 1))  # once per map, after the map is written
+    assert run_step(STEP, *args_for(world, tmp_path / "o")) == 0  # up to date: no map, no trim
+    assert len(calls) == len(TIMES)
+
+    def no_libc(*a, **k):
+        raise OSError("libc.so.6: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert predict_mod.release_free_heap() is False

@@ -60,6 +60,28 @@ def peak_rss_bytes() -> int:
     return int(r) * (1 if os.uname().sysname == "Darwin" else 1024)
 
 
+def release_free_heap() -> bool:
+    """Hand the C heap's freed pages back to the system (glibc ``malloc_trim``); False where there is none.
+
+    Each map allocates and frees a few hundred MB of image-sized buffers (the netCDF reads, the normalised stack,
+    the quicklook's raster); glibc keeps freed memory, and over a run of maps it fragments. Measured on the demo
+    world (step04, 4 maps of a 40 x 40 region, so the model's share is tiny): resident memory after each map 842,
+    1200, 1456, 1792 MB without a trim, 528-529 MB with one after each map; the memory Python and numpy
+    hold (tracemalloc) stayed at 223 MB throughout. Full 900 x 900 maps still climb by ~256 MB a map with the
+    trim (822, 1078, 1334, 1590 MB after maps 1-4, then 834 MB after map 5): that part is held elsewhere
+    (not the C heap's free list; not found yet)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
+
+
 def current_rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as fh:

@@ -41,7 +41,7 @@ from shared.io.maps import MapLayers, map_dataset, map_name, read_map, write_map
 from shared.io.raw import Static, read_frame, read_static
 from shared.io.stations import read_stations
 from shared.mapping.analysis import fuse_map, fusion_observations, run_variogram, stored_variogram, time_sources
-from shared.mapping.predict import check_region, load_predictor, predict_map, predict_pixels
+from shared.mapping.predict import check_region, load_predictor, predict_map, predict_pixels, release_free_heap
 from shared.mapping.quicklook import quicklook, station_distance_km
 from shared.mapping.times import select_times
 
@@ -346,6 +346,7 @@ def run(cfg: Config, ctx: Context) -> Result:
             quicklook(png, t2m, grid_out, t, static.lsmask[cut], static.lat[cut], static.lon[cut], st_png, note,
                       cfg.coverage_km, se_K=se, distance_km=dist, what=how)
         write_map(path, ds)
+        release_free_heap()  # freed image buffers back to the system (measurements: release_free_heap)
         done += 1
         rec = {"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": path.name, "seconds": round(res.seconds, 2),
                "fusion_seconds": round(fuse_s, 2), "fusion_stations": 0 if ids is None else len(ids),
