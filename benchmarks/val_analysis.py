@@ -1,6 +1,6 @@
 """Choose step03 settings by what the map gives: the analysis at the validation stations.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/val_analysis.py CKPT [CKPT ...] [--names a b ...]
+    PYTHONPATH=. .venv/bin/python benchmarks/val_analysis.py CKPT [CKPT ...] [--names a b ...] [--paired]
         [--patch-dir step02_make_patches/outputs] [--index-dir step01_make_index/outputs]
 
 For each step03 checkpoint (``best.pt``), on the validation split of step02's
@@ -20,8 +20,9 @@ the first one, on the same rows (``--paired``: checkpoints as pairs, e.g. one
 per training seed, each candidate against its own reference). The model's residuals at the train stations
 are in-sample: a model that fits its training rows closely leaves the kriging
 little to correct at an unseen station, so the setting with the best
-validation model is not always the one with the best analysis (step03's
-``model.dropout`` was chosen by this table, see the README).
+validation model is not always the one with the best analysis. Confirm a
+choice on the test split as well: step03's ``model.dropout`` 0.1 won here but
+not there (README, "Regularisation for the analysis").
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from shared.core.config import read_yaml, resolve_path  # noqa: E402
 from shared.evaluation.bootstrap import format_differences, station_bootstrap  # noqa: E402
 from shared.evaluation.interpolation import station_table  # noqa: E402
+from shared.evaluation.metrics import regression_metrics  # noqa: E402
 from shared.evaluation.rows import read_rows  # noqa: E402
 from shared.evaluation.suite import station_analysis  # noqa: E402
 from shared.fusion.analysis import FusionConfig  # noqa: E402
@@ -45,10 +47,6 @@ from shared.io.index import read_split_csv, read_splits  # noqa: E402
 from shared.io.raw import read_static  # noqa: E402
 from shared.mapping.analysis import stored_variogram  # noqa: E402
 from shared.mapping.predict import load_predictor  # noqa: E402
-
-
-def rmse(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.sqrt(np.nanmean((np.asarray(a) - np.asarray(b)) ** 2)))
 
 
 def score(ckpt: Path, patch_dir: Path, stations: pd.DataFrame, static, cfg: FusionConfig) -> tuple[dict, pd.DataFrame]:
@@ -63,8 +61,8 @@ def score(ckpt: Path, patch_dir: Path, stations: pd.DataFrame, static, cfg: Fusi
     vg, note = stored_variogram(pr.fusion_residuals, static, cfg)
     src = {k: tr[k] for k in ("time", "stn_id", "ta_c")}
     ana, _, _ = station_analysis(src, va, stations, tr["model_c"], va["model_c"], va["se_c"], cfg, vg, note)
-    res = {"train": rmse(tr["model_c"], tr["ta_c"]), "val_model": rmse(va["model_c"], va["ta_c"]),
-           "val_analysis": rmse(ana, va["ta_c"])}
+    res = {k: regression_metrics(pred, obs, pr.target_std)["rmse_K"] for k, pred, obs in
+           (("train", tr["model_c"], tr["ta_c"]), ("val_model", va["model_c"], va["ta_c"]), ("val_analysis", ana, va["ta_c"]))}
     table = pd.DataFrame({"time_utc": va["time"], "stn_id": va["stn_id"], "obs_c": va["ta_c"],
                           "model_c": va["model_c"], "analysis_c": ana})
     return res, table
@@ -92,10 +90,9 @@ def main(argv=None) -> int:
     static = read_static(resolve_path(splits.get("static", "data/raw/static.nc")))
     stations = station_table(read_split_csv(a.index_dir, "all", ["stn_id", "lat", "lon", "elev_m", "pixel_y", "pixel_x"]),
                              static.grid, static.dem)
-    merged, results = None, {}
+    merged = None
     for name, ck in zip(names, a.checkpoints):
         res, t = score(ck, a.patch_dir, stations, static, cfg)
-        results[name] = res
         print(f"{name:<24} train {res['train']:.3f} K   val model {res['val_model']:.3f} K   "
               f"val analysis {res['val_analysis']:.3f} K", flush=True)
         t = t.rename(columns={"model_c": f"{name}_model", "analysis_c": f"{name}_analysis"})

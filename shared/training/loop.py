@@ -414,11 +414,12 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
         rec = member_record(mcfg, k, k_all) if d.main else None
         with rec.running() if rec is not None else contextlib.nullcontext():  # "running" until its files are in place
             r = _train(mcfg, d, device, dtype, resume, stop_after, allow_config_change, say)
-            if rec is not None and r["done"]:
-                rec.finish(r["outputs"], counts={"epochs": r["epochs"], "best_epoch": r["best_epoch"]},
-                           extra={"best_val_loss": r["best_val"], "ensemble": str(weights_dir / "best.pt")})
-            elif rec is not None:
-                rec.abandon()
+            if rec is not None:
+                if r["done"]:
+                    rec.finish(r["outputs"], counts={"epochs": r["epochs"], "best_epoch": r["best_epoch"]},
+                               extra={"best_val_loss": r["best_val"], "ensemble": str(weights_dir / "best.pt")})
+                else:  # stopped on request (--stop-after)
+                    rec.abandon()
         runs.append(r)
         if not r["done"]:
             return {**r, "outputs": outputs, "seconds": round(time.time() - t_start, 2)}
