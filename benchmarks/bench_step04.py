@@ -1,6 +1,7 @@
-"""Benchmark step04: one 900 x 900 map with the default model, fp32 and bf16.
+"""Benchmark step04: one 900 x 900 map with the default model, fp32 and bf16, and the two attention paths.
 
     .venv/bin/python benchmarks/bench_step04.py [--rows 900] [--threads N] [--precision fp32 bf16]
+        [--attention short sdpa]
 
 The model is ``step03_train_clay/weights/best.pt`` when it exists, otherwise
 the default model of ``step03_train_clay/config.yaml`` with random weights
@@ -18,6 +19,11 @@ on the same threads. Printed per precision:
 * achieved GFLOP/s = (model FLOPs per window, counted by
   ``torch.utils.flop_counter``: matmuls, convolutions, attention) x windows / s;
 * efficiency = achieved / matmul GFLOP/s (goal >= 0.3).
+
+``--attention``: ``short`` is what step04 runs (the encoder's attention over
+its 2 tokens as broadcast products, :func:`shared.models.clay.short_attention`),
+``sdpa`` the same model with ``torch.nn.functional.scaled_dot_product_attention``;
+with both, the speed-up of ``short`` over ``sdpa`` is printed per precision.
 
 ``--rows N`` maps only the first N rows (N x 900 windows) for a quick look;
 the seconds of a full map are then extrapolated and marked as such.
@@ -125,6 +131,10 @@ def child(a) -> None:
     from shared.mapping.predict import current_rss_bytes, peak_rss_bytes, predict_map
 
     torch.set_num_threads(a.threads)
+    if a.attn == "sdpa":
+        import shared.models.clay as clay
+
+        clay.SHORT_SEQUENCE = 0  # every sequence through scaled_dot_product_attention
     predictor, what = build_predictor(a.child)
     frame, static = synthetic_world(a.rows)
     fpw = flops_per_window(predictor)
@@ -134,7 +144,7 @@ def child(a) -> None:
     # flops_per_window already ran the model: kernel cache and allocator are warm
     rss0 = current_rss_bytes()
     res = predict_map(predictor, frame, static, t, a.block_rows, a.batch_size, progress=not a.quiet, desc=f"{a.child} map")
-    out = {"precision": a.child, "model": what, "model_size": predictor.model_cfg.get("size"),
+    out = {"precision": a.child, "attention": a.attn, "model": what, "model_size": predictor.model_cfg.get("size"),
            "resize_to": predictor.model_cfg.get("resize_to"), "rows": static.grid.ny, "windows": res.n_windows,
            "seconds": res.seconds, "windows_per_s": res.windows_per_s, "peak_rss_MB": peak_rss_bytes() / 2**20,
            "rss_before_map_MB": rss0 / 2**20, "block_MB": res.block_bytes / 2**20, "mflop_per_window": fpw / 1e6,
@@ -150,34 +160,43 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=900, help="map rows (900 = the whole KO grid)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--attention", nargs="+", default=["short", "sdpa"], choices=["short", "sdpa"])
     ap.add_argument("--block-rows", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8192)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--child", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
+    ap.add_argument("--attn", choices=["short", "sdpa"], default="short", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(a)
     results = []
     for prec in a.precision:
-        cmd = [sys.executable, __file__, "--child", prec, "--rows", str(a.rows), "--threads", str(a.threads),
-               "--block-rows", str(a.block_rows), "--batch-size", str(a.batch_size)] + (["--quiet"] if a.quiet else [])
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
-        if r.returncode != 0 or not line:
-            sys.exit(f"{prec} run failed (exit {r.returncode}):\n{r.stdout[-2000:]}")
-        results.append(json.loads(line[-1][7:]))
+        for attn in a.attention:
+            cmd = [sys.executable, __file__, "--child", prec, "--attn", attn, "--rows", str(a.rows), "--threads",
+                   str(a.threads), "--block-rows", str(a.block_rows), "--batch-size", str(a.batch_size)] \
+                + (["--quiet"] if a.quiet else [])
+            r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+            if r.returncode != 0 or not line:
+                sys.exit(f"{prec}/{attn} run failed (exit {r.returncode}):\n{r.stdout[-2000:]}")
+            results.append(json.loads(line[-1][7:]))
     r0 = results[0]
     print(f"\nstep04 benchmark: {r0['model']} ({r0['model_size']}, resize_to {r0['resize_to']}), "
           f"{r0['mflop_per_window']:.2f} MFLOP/window, {a.threads} thread(s), block_rows {a.block_rows}, batch {a.batch_size}")
     full = 900 * 900
-    print(f"{'precision':<10}{'windows':>10}{'seconds':>10}{'s/900x900':>11}{'win/s':>9}{'peak MB':>9}{'map +MB':>9}"
+    print(f"{'precision':<10}{'attention':<10}{'windows':>10}{'seconds':>10}{'s/900x900':>11}{'win/s':>9}{'peak MB':>9}{'map +MB':>9}"
           f"{'GFLOP/s':>9}{'matmul':>9}{'eff.':>7}{'eff32':>7}")
     for r in results:
         est = r["seconds"] * full / r["windows"]
         mark = "" if r["windows"] == full else "*"
-        print(f"{r['precision']:<10}{r['windows']:>10,}{r['seconds']:>10.1f}{est:>10.0f}{mark:1}{r['windows_per_s']:>9,.0f}"
+        print(f"{r['precision']:<10}{r['attention']:<10}{r['windows']:>10,}{r['seconds']:>10.1f}{est:>10.0f}{mark:1}{r['windows_per_s']:>9,.0f}"
               f"{r['peak_rss_MB']:>9,.0f}{r['peak_rss_MB'] - r['rss_before_map_MB']:>9,.0f}{r['achieved_gflops']:>9.1f}"
               f"{r['matmul_gflops']:>9.1f}{r['efficiency']:>7.2f}{r['efficiency_vs_fp32_matmul']:>7.2f}")
+    for prec in a.precision:
+        by = {r["attention"]: r for r in results if r["precision"] == prec}
+        if {"short", "sdpa"} <= set(by):
+            print(f"{prec}: short attention {by['short']['windows_per_s'] / by['sdpa']['windows_per_s']:.2f}x "
+                  f"the windows/s of scaled_dot_product_attention")
     if any(r["windows"] != full for r in results):
         print("* extrapolated from the rows mapped (--rows)")
     print("eff. = achieved model GFLOP/s / same-dtype 2048^3 matmul GFLOP/s measured in the same process (goal >= 0.3);\n"

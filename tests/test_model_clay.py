@@ -16,6 +16,7 @@ from shared.models.clay import (
     iso_week,
     load_clay_encoder,
     load_clay_state,
+    short_attention,
 )
 from shared.models.ta import N_TIME7, TAModelConfig, build_model
 
@@ -85,6 +86,38 @@ def test_forward_matches_step_by_step_reference():
         ref = _reference_forward(e, x, t, ll, 1125.0, WAVES)
     assert got.shape == (3, 10, 192)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_two_token_sequence_takes_short_attention_and_matches_the_reference(monkeypatch):
+    """TA-2D's 8 x 8 input is one patch token + CLS: the short-sequence path, equal to Clay's computation."""
+    import shared.models.clay as clay
+
+    calls = []
+    real = clay.short_attention
+    monkeypatch.setattr(clay, "short_attention", lambda q, k, v: calls.append(q.shape) or real(q, k, v))
+    torch.manual_seed(0)
+    e = ClayEncoder("tiny").eval()
+    x, t, ll = _inputs(hw=8)
+    with torch.no_grad():
+        got = e(x, t, ll, 2250.0, WAVES)
+        ref = _reference_forward(e, x, t, ll, 2250.0, WAVES)
+    assert got.shape == (3, 2, 192)
+    assert calls == [(3, 4, 2, 48)] * 6  # every one of the 6 blocks, (B, heads, N, dim_head)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_short_attention_equals_sdpa_values_and_gradients(n):
+    g = torch.Generator().manual_seed(n)
+    q, k, v = (torch.randn(5, 4, n, 48, generator=g, requires_grad=True) for _ in range(3))
+    w = torch.randn(5, 4, n, 48, generator=g)
+    got = short_attention(q, k, v)
+    ref = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
+    g_got = torch.autograd.grad((got * w).sum(), (q, k, v))
+    g_ref = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_lightning_checkpoint_roundtrip_ignores_other_prefixes(tmp_path):
