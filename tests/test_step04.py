@@ -382,3 +382,32 @@ def test_each_written_map_hands_freed_heap_back(world, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
     assert predict_mod.release_free_heap() is False
+
+
+def test_freeing_a_map_collects_cyclic_garbage_like_a_closed_figure():
+    """A closed matplotlib figure lives in reference cycles with its image buffers: release_free_heap runs the
+    cycle collector, so they go after each map, not at Python's next full collection."""
+    import gc
+    import weakref
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from shared.mapping.predict import release_free_heap
+
+    was = gc.isenabled()
+    gc.disable()  # no automatic collection between here and the call
+    try:
+        fig, ax = plt.subplots()
+        ax.imshow(np.zeros((50, 50), np.float32))
+        ref = weakref.ref(fig)
+        plt.close(fig)
+        del fig, ax
+        assert ref() is not None  # the figure outlives its last name: only the cycle collector frees it
+        release_free_heap()
+        assert ref() is None
+    finally:
+        if was:
+            gc.enable()

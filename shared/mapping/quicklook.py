@@ -166,6 +166,8 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
     if note:
         axes[0].text(0.01, 0.01, note, transform=axes[0].transAxes, fontsize=6.5, va="bottom", ha="left",
                      bbox=dict(facecolor="w", alpha=0.7, lw=0))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight")
+    finally:  # closed even when the write fails; its memory is freed by the cycle collector (release_free_heap)
+        plt.close(fig)
