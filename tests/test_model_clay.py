@@ -104,6 +104,10 @@ def test_two_token_sequence_takes_short_attention_and_matches_the_reference(monk
     assert got.shape == (3, 2, 192)
     assert calls == [(3, 4, 2, 48)] * 6  # every one of the 6 blocks, (B, heads, N, dim_head)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    calls.clear()
+    trained = e(x, t, ll, 2250.0, WAVES)  # with gradients (training): scaled_dot_product_attention, as before
+    assert calls == [] and trained.requires_grad
+    torch.testing.assert_close(trained.detach(), got, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
