@@ -71,7 +71,7 @@ def release_free_heap() -> bool:
     Measured on the demo world (resident memory after each map, MB): step04 with 4 maps of a 40 x 40 region
     842, 1200, 1456, 1792 without either, 528-529 with the trim alone; 900 x 900 maps 822, 1078, 1334, 1590 with
     the trim alone (the figures' cycles waited for an occasional full collection: 834 after map 5) and
-    570, 570 with both. Four 900 x 900 quicklooks alone: 526, 528, 697, 867 with the trim alone, 358 flat with
+    570 after each of maps 1-3 with both. Four 900 x 900 quicklooks alone: 526, 528, 697, 867 with the trim alone, 358 flat with
     both (Python/numpy memory traced by tracemalloc stayed flat throughout: the growth was native buffers
     that the cyclic garbage held)."""
     gc.collect()
