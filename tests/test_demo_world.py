@@ -363,3 +363,57 @@ def test_skin_decoupled_from_the_cold_pool_and_land_cover():
     # cropland cools more at night than forest
     lc = W.landcover[clr]
     assert d[lc == 12].mean() < d[np.isin(lc, tables.FOREST)].mean() - 0.5
+
+
+def test_aws_sites_keep_their_distance_and_stay_near_asos():
+    # a 60 x 60 land square at 36 N (south of the MDL) with one ASOS station in the middle
+    lat = np.full((60, 60), 36.0)
+    lon = np.full((60, 60), 127.5)
+    land = np.ones((60, 60), dtype=bool)
+    land[:, :5] = False  # a strip of sea
+    dem = np.full((60, 60), 200.0)
+    st = dworld.aws_sites(np.random.default_rng(0), 30, lat, lon, land, dem, (np.array([30]), np.array([30])))
+    assert list(st.columns) == ["stn_id", "name", "lat", "lon", "elev_m", "row", "col"]
+    assert len(st) == 30 and st["stn_id"].tolist() == list(range(dworld.AWS_ID0, dworld.AWS_ID0 + 30))
+    rc = np.c_[st["row"], st["col"]]
+    assert land[rc[:, 0], rc[:, 1]].all()
+    pts = np.vstack([rc, [[30, 30]]]) * 2.0  # km, the ASOS station included
+    d = np.hypot(*(pts[:, None, :] - pts[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(d, np.inf)
+    assert d.min() >= dworld.AWS_MIN_KM
+    assert (np.hypot(rc[:, 0] - 30, rc[:, 1] - 30) * 2.0 <= dworld.AWS_NEAR_ASOS_KM).all()
+    assert ((st["elev_m"] <= 200.0) & (st["elev_m"] >= 140.0)).all()  # 0-30 % below the pixel
+    # north of the MDL there is no room; asking for more than fits is a clear error
+    with pytest.raises(UserError, match="only 0 synthetic AWS sites fit"):
+        dworld.aws_sites(np.random.default_rng(0), 1, lat + 3.0, lon, land, dem, (np.array([30]), np.array([30])))
+    with pytest.raises(UserError, match="ask for at most"):
+        dworld.aws_sites(np.random.default_rng(0), 500, lat, lon, land, dem, (np.array([30]), np.array([30])))
+
+
+def test_aws_stations_add_reports_without_changing_the_world(world, tmp_path):
+    raw, summary = world
+    other = tmp_path / "aws"
+    s2 = dw.generate(other, preset="tiny", seed=0, progress=False, aws=40)
+    st0, st = pd.read_csv(raw / "stations.csv"), pd.read_csv(other / "stations.csv")
+    n0 = len(st0)
+    pd.testing.assert_frame_equal(st.iloc[:n0].reset_index(drop=True), st0)  # the ASOS stations first, as they were
+    aws = st.iloc[n0:]
+    assert len(aws) > 5 and (aws["stn_id"] >= dworld.AWS_ID0).all() and s2["n_aws_stations"] == len(aws)
+    assert s2["n_stations"] == len(st) and summary["n_aws_stations"] == 0
+    # the same true fields and images, the same ASOS reports; AWS reports in their own files
+    for name in ("truth/ta_true_202307220600.nc", "ta_obs/asos_ta_202301.csv", "ta_obs/asos_ta_202307.csv"):
+        assert (raw / name).read_bytes() == (other / name).read_bytes(), name
+    s = _times(raw)[3]
+    with netCDF4.Dataset(_sat(raw, "bt", s)) as a, netCDF4.Dataset(_sat(other, "bt", s)) as b:
+        np.testing.assert_array_equal(a.variables["bt"][:], b.variables["bt"][:])
+    rep = _obs(other)
+    assert set(pd.read_csv(other / "ta_obs" / "aws_ta_202301.csv")["stn_id"]) == set(aws["stn_id"])
+    # an AWS report is the true TA at its pixel, to the station height, plus noise (sigma 0.5 K)
+    tr = pd.read_csv(other / "truth" / "station_truth.csv", parse_dates=["time_utc"])
+    m = rep.merge(tr, on=["stn_id", "time_utc"]).dropna(subset=["ta_c"])
+    m = m[m["stn_id"] >= dworld.AWS_ID0]
+    err = m["ta_c"] - m["ta_true_c"] - m["elev_effect_k"]
+    assert len(m) > 150 and abs(err.mean()) < 0.1 and 0.4 < err.std() < 0.6
+    g = Grid.from_attrs(xr.open_dataset(other / "static.nc").attrs)
+    r, c = g.latlon_to_rowcol(aws["lat"].to_numpy(), aws["lon"].to_numpy())
+    assert (xr.open_dataset(other / "static.nc")["lsmask"].values[r, c] == 1).all()

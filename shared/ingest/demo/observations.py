@@ -17,11 +17,17 @@ from shared.ingest.demo.tables import LAPSE, MISSING_FRAC, VERSION
 from shared.ingest.demo.world import World, _rng
 
 
+def _asos(st: pd.DataFrame) -> pd.DataFrame:
+    """The ASOS stations of a station table (all of it when it has no ``network`` column)."""
+    return st[st["network"] == "ASOS"] if "network" in st else st
+
+
 def _korea_mask(W: World, km: float = 50.0) -> np.ndarray:
     """Pixels within ``km`` of an ASOS station of the window (where the project's labels are)."""
 
+    st = _asos(W.stations)
     m = np.ones(W.dem.shape, dtype=bool)
-    m[W.stations["row"].to_numpy(), W.stations["col"].to_numpy()] = False
+    m[st["row"].to_numpy(), st["col"].to_numpy()] = False
     return ndimage.distance_transform_edt(m) * (W.grid.res_m / 1000.0) <= km
 
 
@@ -70,7 +76,9 @@ def realism_report(W: World, times, results, true_k, elev_eff, df, noise_floor, 
         summ[kind] = {k: _agg([x[k] for x in sel]) for k in
                       ("std_ir105_minus_ta_k", "r2_ta_on_ir", "std_ir105_minus_ta_korea_k", "r2_ta_on_ir_korea")}
     # monthly means at the six normals stations: noise-free climatology (full grid) and the simulated times
-    st = W.stations.reset_index(drop=True)
+    # the realism numbers describe the world at the ASOS stations (the first columns of true_k)
+    st = _asos(W.stations).reset_index(drop=True)
+    true_k, elev_eff = true_k[:, : len(st)], elev_eff[: len(st)]
     months = []
     for _, row in W.clim_check.iterrows():
         rec = {k: row[k] for k in ("stn_id", "name", "month", "normal_c", "model_c")}
@@ -139,10 +147,17 @@ def observe(W, times, true_k: np.ndarray, noise_sigma: float, seed: int):
     elev = st["elev_m"].to_numpy()
     dem_px = W.dem[st["row"].to_numpy(), st["col"].to_numpy()]
     elev_eff = -LAPSE * (elev - dem_px)  # K; station higher than its pixel -> colder
-    r = _rng(seed, 6)
-    noise = r.normal(0.0, noise_sigma, (T, S)) if noise_sigma > 0 else np.zeros((T, S))
+    # The ASOS stations' noise and gaps come from one stream, any synthetic AWS stations' from
+    # another, so adding AWS stations leaves every ASOS report as it was.
+    n_asos = int((st["network"] == "ASOS").sum()) if "network" in st else S
+    noise, miss = np.zeros((T, S)), np.zeros((T, S), dtype=bool)
+    for sl, stream in ((slice(0, n_asos), 6), (slice(n_asos, S), 11)):
+        r = _rng(seed, stream)
+        k = sl.stop - sl.start
+        if noise_sigma > 0:
+            noise[:, sl] = r.normal(0.0, noise_sigma, (T, k))
+        miss[:, sl] = r.random((T, k)) < MISSING_FRAC
     obs = np.round(true_k - 273.15 + elev_eff[None, :] + noise, 1)
-    miss = r.random((T, S)) < MISSING_FRAC
     obs[miss] = np.nan
     tt = np.repeat(np.array(times, dtype="datetime64[ns]"), S)
     df = pd.DataFrame({"stn_id": np.tile(st["stn_id"].to_numpy(), T), "time_utc": pd.to_datetime(tt),

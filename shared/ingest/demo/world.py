@@ -292,10 +292,69 @@ def load_asos() -> pd.DataFrame:
 
 
 
-def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float = NOISE_SIGMA_K) -> World:
+# The Military Demarcation Line, roughly, as (lon, lat) vertices: synthetic AWS sites stay south of it.
+_MDL_LONLAT = np.array([(120.0, 37.75), (126.6, 37.75), (127.0, 38.2), (128.1, 38.3), (128.4, 38.62), (135.0, 38.62)])
+AWS_MIN_KM = 5.0  # synthetic AWS sites: at least this far from each other and from an ASOS station
+AWS_NEAR_ASOS_KM = 25.0  # ... and at most this far from an ASOS station (keeps them in South Korea)
+AWS_HEIGHT_SCALE_M = 500.0  # ... drawn with weight exp(-pixel height / this)
+AWS_ID0 = 10001  # first synthetic AWS stn_id (real KMA ids are below 1000)
+
+
+def aws_sites(rng: np.random.Generator, n: int, lat: np.ndarray, lon: np.ndarray, land: np.ndarray,
+              dem: np.ndarray, asos_rc: tuple[np.ndarray, np.ndarray], res_km: float = 2.0) -> pd.DataFrame:
+    """``n`` synthetic AWS-like sites on the full grid: land pixels south of the MDL, within
+    ``AWS_NEAR_ASOS_KM`` of an ASOS station, at least ``AWS_MIN_KM`` from every other site
+    (random order weighted towards the lowlands, first come first kept).
+
+    A site stands on its pixel, 0-30 % (uniform) below the pixel's mean height, as stations
+    in hilly terrain sit in the valleys. Columns as ``load_asos()`` plus ``row, col``.
+    """
+
+    rr, cc = asos_rc
+    far = np.ones(land.shape, dtype=bool)
+    far[rr, cc] = False
+    near = ndimage.distance_transform_edt(far) * res_km <= AWS_NEAR_ASOS_KM
+    south = lat < np.interp(lon, _MDL_LONLAT[:, 0], _MDL_LONLAT[:, 1])
+    cand = np.flatnonzero((land & near & south & (dem > 0)).ravel())
+    rad = int(np.ceil(AWS_MIN_KM / res_km))
+    yy, xx = np.mgrid[-rad : rad + 1, -rad : rad + 1]
+    disc = (np.hypot(yy, xx) * res_km < AWS_MIN_KM)
+    ny, nx = land.shape
+    blocked = np.zeros((ny + 2 * rad, nx + 2 * rad), dtype=bool)  # padded by rad
+    for r0, c0 in zip(rr, cc):
+        blocked[r0 : r0 + 2 * rad + 1, c0 : c0 + 2 * rad + 1] |= disc
+    # random order, lowlands first more often (weight exp(-height / 500 m)), as most AWS stand in
+    # the valleys and towns: weighted sampling without replacement by exponential keys
+    w = np.exp(-dem.ravel()[cand] / AWS_HEIGHT_SCALE_M)
+    order = cand[np.argsort(rng.exponential(size=cand.size) / w, kind="stable")]
+    kept = []
+    for k in order:
+        r0, c0 = divmod(int(k), nx)
+        if blocked[r0 + rad, c0 + rad]:
+            continue
+        kept.append((r0, c0))
+        blocked[r0 : r0 + 2 * rad + 1, c0 : c0 + 2 * rad + 1] |= disc
+        if len(kept) == n:
+            break
+    if len(kept) < n:
+        raise UserError(f"only {len(kept)} synthetic AWS sites fit {AWS_MIN_KM:g} km apart on South Korean land; "
+                        f"ask for at most {len(kept)}")
+    r_, c_ = (np.array(v, dtype=np.int64) for v in zip(*kept)) if kept else (np.zeros(0, np.int64),) * 2
+    below = 1.0 - 0.3 * rng.random(len(kept))
+    return pd.DataFrame({"stn_id": AWS_ID0 + np.arange(len(kept)), "name": [f"AWS{i + 1:03d} (synthetic)" for i in range(len(kept))],
+                         "lat": np.round(lat[r_, c_], 4), "lon": np.round(lon[r_, c_], 4),
+                         "elev_m": np.round(dem[r_, c_] * below, 1), "row": r_, "col": c_})
+
+
+def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float = NOISE_SIGMA_K, aws: int = 0) -> World:
     """Static layers and random weather parameters. Computed on the full KO
     grid (a few seconds), then cut to the preset's window, so every window is
-    the same world."""
+    the same world.
+
+    ``aws`` > 0 adds that many synthetic AWS-like stations (:func:`aws_sites`) after
+    the ASOS ones (``stations["network"]``: "ASOS" / "AWS"). They change nothing
+    else: terrain, land and the normals fit use the ASOS stations only, so the
+    true fields are the same as with ``aws=0``."""
 
     P = _preset(preset) if isinstance(preset, str) else preset
     G = KO_GRID
@@ -417,6 +476,10 @@ def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float
                        urban=urb.astype(np.float32), valley=valley.astype(np.float32),
                        coast_km=dist_sea_km, sm_base=sm_base, wind_terrain=wind_terrain)
     clim_basis, clim_coef, clim_check = _fit_normals(fullS, st, G)
+    st = st.assign(network="ASOS")
+    if aws > 0:
+        extra = aws_sites(_rng(seed, 10), aws, lat, lon, land, dem, (srow, scol))
+        st = pd.concat([st, extra.assign(network="AWS")], ignore_index=True)
 
     # ---- window
     if P.window is None:
