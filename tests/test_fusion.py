@@ -65,6 +65,44 @@ def test_simple_kriging_equals_the_closed_form_with_pykriges_variogram_models(mo
         simple_krige(src, r, tgt, Variogram("spherical", 0.7, 120.0, 0.3))
 
 
+def test_kriging_memory_is_bounded_by_the_block_not_the_network(monkeypatch):
+    """Targets are solved in blocks of BLOCK_BYTES whatever the number of sites: the same answer as one block,
+    and a traced peak of a few blocks. With a fixed 100,000-target chunk the peak grew with the network."""
+    import tracemalloc
+
+    from shared.fusion import kriging as K
+
+    monkeypatch.setattr(K, "BLOCK_BYTES", 2 * 2**20)
+    assert K.target_chunk(200) == 1310 and K.target_chunk(2) == 131_072 and K.target_chunk(10**6) == 1024
+    assert K.target_chunk(200, chunk=50) == 50
+    rng = np.random.default_rng(5)
+    src, tgt = rng.uniform(0, 900, (200, 3)), rng.uniform(0, 900, (12_000, 3))
+    r = rng.normal(0, 1.0, 200)
+    vg = Variogram("exponential", 0.4, 70.0, 0.6)
+    K.simple_krige(src, r, tgt[:10], vg)  # imports and first-call caches are not the kriging's memory
+
+    def traced(**kw):
+        tracemalloc.start()
+        try:
+            out = K.simple_krige(src, r, tgt, vg, **kw)
+            return out, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    (est, var), peak = traced()
+    (est1, var1), peak1 = traced(chunk=12_000)
+    whole = 12_000 * 200 * 8  # one block of every target: 19.2 MB
+    assert peak < 0.6 * whole < peak1, (peak / 2**20, peak1 / 2**20)  # measured: 8.5 vs 73.8 MB
+    np.testing.assert_allclose(est, est1, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(var, var1, rtol=1e-9, atol=1e-12)
+    # ordinary kriging (PyKrige) takes the same blocks: the same answer as one block
+    small = tgt[:2500]
+    monkeypatch.setattr(K, "BLOCK_BYTES", 40 * 8 * 1024)  # 1,024 targets a block with 40 sites
+    a = K.krige(src[:40], r[:40], small, vg, exact=False, scale=1.0)
+    b = K.krige(src[:40], r[:40], small, vg, exact=False, scale=1.0, chunk=2500)
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_simple_kriging_leaves_the_far_field_to_the_model():
     """Mean 0: a uniform residual moves the pixels near the stations (less than ordinary kriging does, which
     takes it as the hour's mean) and not a pixel far from all of them, whose standard error is the model's.
