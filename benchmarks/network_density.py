@@ -53,7 +53,7 @@ def station_subset(src: Path, dst: Path, max_stn_id: int, splits=("train", "val"
         for e in entries:
             ch = load_chunk(src / PATCH_SUBDIR / e["file"], rows=e["rows"])
             keep = ch["meta"]["stn_id"] <= max_stn_id if split in splits else torch.ones(e["rows"], dtype=torch.bool)
-            out = {k: v[keep].contiguous() for k, v in ch.items() if k != "meta"}
+            out = {k: (v[keep].contiguous() if isinstance(v, torch.Tensor) else v) for k, v in ch.items() if k != "meta"}
             out["meta"] = {k: v[keep].contiguous() for k, v in ch["meta"].items()}
             if int(keep.sum()):
                 save_chunk(dst / PATCH_SUBDIR / e["file"], out)
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
             "compare_maps=false")
     rows = compare(pd.read_csv(a.dense_preds), pd.read_csv(evald / "preds_test.csv"))
     print(f"\nsame {rows[0]['n_rows']:,} test rows of {rows[0]['n_stations']} stations (RMSE K, 95 % station bootstrap):")
-    print(f"{'method':<24} {'stations <= ' + str(a.max_stn_id):>24} {'all stations':>24} {'difference':>24}")
+    print(f"{'method':<24} {'stations <= ' + str(a.max_stn_id):>24} {'all stations':>26} {'difference':>28}")
     for r in rows:
         s, d, df = r["subset"], r["dense"], r["difference"]
         print(f"{r['method']:<24} {s['rmse_K']:>7.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] "
