@@ -20,7 +20,6 @@ Takes one step03 and one step05 run on the ASOS rows (~8 min on 2 cores).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from map_truth import run  # noqa: E402
 
 from shared.core.records import adopt  # noqa: E402
 from shared.evaluation.bootstrap import station_bootstrap  # noqa: E402
-from shared.io.patches import MANIFEST, PATCH_SUBDIR, STATS_SUBDIR, load_chunk, save_chunk, write_manifest  # noqa: E402
+from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR, load_chunk, read_manifest, save_chunk, write_manifest  # noqa: E402
 
 METHODS = {"TA-2D model": "prediction_c", "TA-2D analysis": "analysis_c", "HGB": "hgb_c", "IDW": "idw_c",
            "HGB + kriged residuals": "hgb_residual_kriging_c", "regression kriging": "regression_kriging_c"}
@@ -42,22 +41,22 @@ METHODS = {"TA-2D model": "prediction_c", "TA-2D analysis": "analysis_c", "HGB":
 
 def station_subset(src: Path, dst: Path, max_stn_id: int, splits=("train", "val")) -> dict[str, int]:
     """Copy the patch folder ``src`` to ``dst`` keeping, in ``splits``, the rows with ``stn_id <= max_stn_id``."""
+    man, split_files = read_manifest(src, splits=("train", "val", "test"))  # validated, every chunk present
     (dst / PATCH_SUBDIR).mkdir(parents=True, exist_ok=True)
+    (dst / STATS_SUBDIR).mkdir(exist_ok=True)
     for f in (src / STATS_SUBDIR).iterdir():
-        (dst / STATS_SUBDIR).mkdir(exist_ok=True)
         (dst / STATS_SUBDIR / f.name).write_bytes(f.read_bytes())
-    man = json.loads((src / PATCH_SUBDIR / MANIFEST).read_text())
     counts: dict[str, list[tuple[str, int]]] = {}
-    for split, entries in man["chunks"].items():
+    for split, sf in split_files.items():
         counts[split] = []
-        for e in entries:
-            ch = load_chunk(src / PATCH_SUBDIR / e["file"], rows=e["rows"])
-            keep = ch["meta"]["stn_id"] <= max_stn_id if split in splits else torch.ones(e["rows"], dtype=torch.bool)
+        for f, n in zip(sf.files, sf.rows):
+            ch = load_chunk(f, rows=n)
+            keep = ch["meta"]["stn_id"] <= max_stn_id if split in splits else torch.ones(n, dtype=torch.bool)
             out = {k: (v[keep].contiguous() if isinstance(v, torch.Tensor) else v) for k, v in ch.items() if k != "meta"}
             out["meta"] = {k: v[keep].contiguous() for k, v in ch["meta"].items()}
             if int(keep.sum()):
-                save_chunk(dst / PATCH_SUBDIR / e["file"], out)
-                counts[split].append((e["file"], int(keep.sum())))
+                save_chunk(dst / PATCH_SUBDIR / f.name, out)
+                counts[split].append((f.name, int(keep.sum())))
     write_manifest(dst, man["patch_size"], man["signature"], counts)
     adopt(dst, [dst / PATCH_SUBDIR, dst / STATS_SUBDIR], "step02_make_patches",
           f"benchmarks/network_density.py: {src} with the train/val rows of stn_id <= {max_stn_id}")

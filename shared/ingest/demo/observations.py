@@ -149,7 +149,7 @@ def observe(W, times, true_k: np.ndarray, noise_sigma: float, seed: int):
     elev_eff = -LAPSE * (elev - dem_px)  # K; station higher than its pixel -> colder
     # The ASOS stations' noise and gaps come from one stream, any synthetic AWS stations' from
     # another, so adding AWS stations leaves every ASOS report as it was.
-    n_asos = int((st["network"] == "ASOS").sum()) if "network" in st else S
+    n_asos = len(_asos(st))
     noise, miss = np.zeros((T, S)), np.zeros((T, S), dtype=bool)
     for sl, stream in ((slice(0, n_asos), 6), (slice(n_asos, S), 11)):
         r = _rng(seed, stream)
