@@ -113,6 +113,11 @@ def test_training_learns_and_writes_outputs(tmp_path, patches, capsys):
     assert len(y) == ck["uncertainty"]["val_rows"]
     assert np.sqrt(np.mean(((y - z) / sd) ** 2)) == pytest.approx(1.0, rel=1e-3)
     assert sd.std() > 0  # one standard error per row, not one for all
+    # model.distance_variance (default): the training stations are stored, the variance's growth away from them
+    dist = ck["uncertainty"]["distance"]
+    train_ll = np.concatenate([load_chunk(f)["loc"][:, :2].numpy() for f in read_manifest(patches)[1]["train"].files])
+    np.testing.assert_array_equal(dist["train_sites"].numpy(), np.unique(train_ll.astype(np.float64), axis=0))
+    assert dist["slope_per_100km"] >= 0 and dist["cap_km"] > 0
     # the residual table for the fusion's variogram: every train and val row, val rows in file order = y - pred
     res = pred.fusion_residuals
     splits = read_manifest(patches)[1]
@@ -206,6 +211,9 @@ def test_ensemble_averages_members_and_adds_their_spread(tmp_path, patches):
     assert ck["best_val"] <= (ck["members"][0]["best_val"] + ck["members"][1]["best_val"]) / 2 + 1e-9
     b = batch_view(load_chunk(read_manifest(patches)[1]["val"].files[0]))
     b = {k: v[:50] for k, v in b.items()}
+    assert ck["uncertainty"]["distance"]["train_sites"].shape[1] == 2  # the ensemble is calibrated with distance
+    for p in (ens, m0, m1):  # the mixture itself (the distance term, tests/test_distance_variance.py, set aside)
+        p.distance = None
     (z, sd), (z0, sd0), (z1, sd1) = (p.predict_dist(b) for p in (ens, m0, m1))
     np.testing.assert_allclose(z, (z0 + z1) / 2, atol=1e-5)
     mix = np.sqrt((sd0.astype(np.float64) ** 2 + sd1.astype(np.float64) ** 2) / 2 + ((z0 - z1) / 2) ** 2)

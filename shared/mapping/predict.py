@@ -51,6 +51,7 @@ from shared.features.site import SITE_FEATURES, site_at, site_fields
 from shared.io.channels import DEM_CH, N_CHANNELS, PATCH_CHANNELS, SZA_CH
 from shared.io.raw import Frame, Static
 from shared.models.checkpoint import load_ta_checkpoint, read_fusion_residuals
+from shared.models.distance import NearestSite, variance_factor
 from shared.models.intervals import gaussian_multipliers
 from shared.models.ta import TAEnsemble
 
@@ -131,6 +132,17 @@ class Predictor:
     #: step03's errors on the train and val rows (numpy ``time_s, stn_id, pixel_y, pixel_x, split, resid``;
     #: :func:`shared.training.loop.fusion_residuals`): the fusion's variogram; None for older checkpoints
     fusion_residuals: dict | None = None
+    #: the standard error's growth with the distance to the nearest training station (``slope_per_100km``,
+    #: ``cap_km``, ``train_sites``; :mod:`shared.models.distance`); None: the same at every distance
+    distance: dict | None = None
+    _near: object = field(default=None, init=False, repr=False)
+
+    def distance_km(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """Great-circle km from each lat/lon to the nearest station the model was trained on (needs ``distance``)."""
+        if self._near is None:
+            st = np.asarray(self.distance["train_sites"], np.float64)
+            self._near = NearestSite(st[:, 0], st[:, 1])
+        return self._near.km(lat, lon)
 
     def _run(self, batch: dict, with_logvar: bool):
         import torch
@@ -153,6 +165,10 @@ class Predictor:
         error larger than the spread of all temperatures says only "unknown", which this bound also says."""
         z, logvar = self._run(batch, True)
         sd = self.sigma_scale * np.exp(0.5 * logvar.float().numpy().astype(np.float64))
+        if self.distance is not None:  # farther from the training stations, less sure
+            ll = np.asarray(batch["loc"], np.float64)
+            sd *= np.sqrt(variance_factor(self.distance_km(ll[:, 0], ll[:, 1]), self.distance["slope_per_100km"],
+                                          self.distance["cap_km"]))
         return z.float().numpy(), np.minimum(sd, MAX_SD_Z).astype(np.float32)
 
     def to_kelvin(self, z: np.ndarray) -> np.ndarray:
@@ -195,6 +211,7 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
                         f"{list(SITE_FEATURES)}; {rerun('step02', force=True)} and {rerun('step03', force=True)}")
     unc = ckpt.get("uncertainty") or {}
     intervals = {}  # none measured: the Predictor's Gaussian default
+    distance = None
     if model.has_variance and "sigma_scale" in unc:
         scale, src = float(unc["sigma_scale"]), "variance head calibrated on the validation rows"
         if isinstance(model, TAEnsemble):
@@ -203,6 +220,11 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
         if unc.get("interval_multipliers"):
             intervals = {"interval_multipliers": {k: float(v) for k, v in unc["interval_multipliers"].items()},
                          "intervals_source": "quantiles of the validation rows' standardised errors"}
+        distance = read_distance(unc.get("distance"), path)
+        if distance is not None and distance["slope_per_100km"] > 0:
+            src += (f", growing with the distance to the nearest of its {len(distance['train_sites'])} training "
+                    f"stations (variance +{distance['slope_per_100km']:.2f} per 100 km up to "
+                    f"{distance['cap_km']:.0f} km)")
     elif isinstance(model, TAEnsemble):
         raise UserError(f"{path}: an ensemble checkpoint without its calibration ('uncertainty'); "
                         f"{rerun('step03', force=True)}")
@@ -215,7 +237,28 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
     return Predictor(model=model, model_cfg=cfg, input_mean=mean, input_std=std, target_mean=t_mean,
                      target_std=t_std, patch_size=int(cfg.get("patch_size", 9)), path=path, precision=precision,
                      info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data")},
-                     sigma_scale=scale, sd_source=src, fusion_residuals=read_fusion_residuals(ckpt, path), **intervals)
+                     sigma_scale=scale, sd_source=src, fusion_residuals=read_fusion_residuals(ckpt, path),
+                     distance=distance, **intervals)
+
+
+def read_distance(dist, path: Path) -> dict | None:
+    """A checkpoint's ``uncertainty.distance`` checked (:mod:`shared.models.distance`); None without one, or
+    when its slope is 0 (the same standard error at every distance)."""
+    if dist is None:
+        return None
+    try:
+        slope, cap = float(dist["slope_per_100km"]), float(dist["cap_km"])
+        sites = np.asarray(dist["train_sites"], np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: uncertainty.distance is malformed ({e}); {rerun('step03', force=True)}") from None
+    if not (np.isfinite(slope) and slope >= 0 and np.isfinite(cap) and cap >= 0) or sites.ndim != 2 \
+            or sites.shape[1] != 2 or not len(sites) or not np.isfinite(sites).all():
+        raise UserError(f"{path}: uncertainty.distance holds slope {slope}, cap {cap} km and train_sites of shape "
+                        f"{sites.shape}; expected slope >= 0, cap >= 0 and (n >= 1, 2) finite lat/lon; "
+                        f"{rerun('step03', force=True)}")
+    if slope == 0:
+        return None
+    return {"slope_per_100km": slope, "cap_km": cap, "train_sites": sites}
 
 
 # --------------------------------------------------------------------------- windows

@@ -14,7 +14,9 @@ One dict, everything needed to continue training or to run the model alone::
     train_cfg     the resolved step03 config
     uncertainty   (models with a variance head, written when the run finishes) sigma_scale: the factor that
                   calibrates the head's standard deviation on the validation rows, val_rows, method,
-                  interval_multipliers (shared.models.intervals)
+                  interval_multipliers (shared.models.intervals); with model.distance_variance, distance:
+                  slope_per_100km, cap_km, train_sites ((n, 2) float64 lat/lon of the training stations),
+                  method: the variance grows with the distance to them (shared.models.distance)
     fusion_residuals  (written when the run finishes) the best model's errors y - pred on every train and
                   val row: 1-D RESIDUAL_KEYS of one length (split: index in RESIDUAL_SPLITS); the fusion's
                   variogram (shared.mapping.analysis.stored_variogram)

@@ -70,6 +70,7 @@ class ModelCfg:
     members: int = _M.members  # > 1: a deep ensemble of that many models (seeds train.seed, +1, ...)
     clamp_inputs: bool = _M.clamp_inputs  # the mean head's inputs clamped to the training rows' range
     extrapolation_variance: bool = _M.extrapolation_variance  # with clamp_inputs: the clamp's effect joins the variance
+    distance_variance: bool = True  # the variance grows with the distance to the nearest training station
 
     def check(self):
         if self.clay_ckpt_path is None and self.freeze_encoder:

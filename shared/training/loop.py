@@ -23,6 +23,7 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,8 @@ from shared.io.channels import BT_WAVES_UM, RF_WAVES_UM
 from shared.io.patches import batch_view, load_chunk, read_manifest, read_stats
 from shared.models.checkpoint import RESIDUAL_KEYS, RESIDUAL_SPLITS, load_weights, read_ta_checkpoint, save_ta_checkpoint
 from shared.models.clay import load_clay_state
-from shared.models.intervals import EDGES, histogram, multipliers_from_histogram
+from shared.models.distance import PER_KM, NearestSite, fit_slope, sites
+from shared.models.intervals import histogram, multipliers_from_histogram
 from shared.models.ta import TAModelConfig, build_model, gaussian_nll
 from shared.training.batches import ChunkBatches, TensorBatches, check_split, make_loader
 
@@ -176,11 +178,12 @@ def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 @torch.no_grad()
 def compute_features(model, plan, device: torch.device, dtype, store: torch.device) -> dict[str, torch.Tensor]:
-    """Encoder CLS features, head aux inputs, station heights and targets of every row of ``plan`` (in plan
-    order)."""
+    """Encoder CLS features, head aux inputs, station heights, targets and lat/lon (``loc``) of every row of
+    ``plan`` (in plan order)."""
     model.eval()
-    feats, aux, hs, ys = [], [], [], []
+    feats, aux, hs, ys, locs = [], [], [], [], []
     for batch in plan:
+        locs.append(batch["loc"][:, :2].to(store))
         batch = _to(batch, device)
         with _autocast(device, dtype):
             f = model.encode(batch)
@@ -188,7 +191,8 @@ def compute_features(model, plan, device: torch.device, dtype, store: torch.devi
         aux.append(model.aux_features(batch).float().to(store))
         hs.append(batch["height"].to(store))
         ys.append(batch["y"].to(store))
-    return {"features": torch.cat(feats), "aux": torch.cat(aux), "height": torch.cat(hs), "y": torch.cat(ys)}
+    return {"features": torch.cat(feats), "aux": torch.cat(aux), "height": torch.cat(hs), "y": torch.cat(ys),
+            "loc": torch.cat(locs)}
 
 
 @torch.no_grad()
@@ -212,51 +216,101 @@ def input_range(model, batches, device: torch.device, dtype) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def _error_sums(model, loader, device: torch.device, dtype, d: Dist, with_logvar: bool = False):
-    """Over all ranks' shares of the split: the sum of squared z-score errors, the sum of squared errors divided
-    by the variance head's ``exp(logvar)`` (0 without ``with_logvar``), the number of rows and (``with_logvar``)
-    the histogram of ``|err| / exp(logvar / 2)`` (:func:`shared.models.intervals.histogram`, else None)."""
+def _error_sums(model, loader, device: torch.device, dtype, d: Dist) -> tuple[float, int]:
+    """Over all ranks' shares of the split: the sum of squared z-score errors and the number of rows."""
     model.eval()
-    acc = torch.zeros(3, dtype=torch.float64, device=device)
-    hist = torch.zeros(len(EDGES) + 1, dtype=torch.float64) if with_logvar else None
+    acc = torch.zeros(2, dtype=torch.float64, device=device)
     for batch in loader:
         batch = _to(batch, device)
         with _autocast(device, dtype):
-            out = model(batch, with_logvar=with_logvar)
-        pred, logvar = out if with_logvar else (out, None)
-        err2 = (pred.float() - batch["y"]).pow(2)
-        acc[0] += err2.sum().double()
-        if with_logvar:
-            u2 = err2 * torch.exp(-logvar.float())
-            acc[1] += u2.sum().double()
-            hist += histogram(u2.sqrt())
-        acc[2] += err2.numel()
+            pred = model(batch)
+        acc[0] += (pred.float() - batch["y"]).pow(2).sum().double()
+        acc[1] += batch["y"].numel()
     d.sum_(acc)
-    if hist is not None:
-        hist = hist.to(device)
-        d.sum_(hist)
-        hist = hist.cpu()
-    return float(acc[0]), float(acc[1]), int(acc[2]), hist
+    return float(acc[0]), int(acc[1])
 
 
 def evaluate(model, loader, device: torch.device, dtype, d: Dist) -> tuple[float, int]:
     """(MSE in z-score units, rows) over all ranks' shares of the split."""
-    sse, _, n, _ = _error_sums(model, loader, device, dtype, d)
+    sse, n = _error_sums(model, loader, device, dtype, d)
     return sse / max(n, 1), n
 
 
-def calibrate_sigma(model, loader, device: torch.device, dtype, d: Dist) -> dict:
+def split_sites(split) -> np.ndarray:
+    """The distinct station ``(lat, lon)`` (degrees) of a split's chunks (:class:`~shared.io.patches.SplitFiles`)."""
+    locs = [load_chunk(f, rows=n)["loc"][:, :2].numpy() for f, n in zip(split.files, split.rows)]
+    return sites(np.concatenate(locs)) if locs else np.zeros((0, 2))
+
+
+def describe_sigma(unc: dict) -> str:
+    """One line on a calibration of :func:`calibrate_sigma`."""
+    text = f"scaled by {unc['sigma_scale']:.3f} to fit the {unc['val_rows']} validation rows"
+    dist = unc.get("distance")
+    if dist:
+        text += (f"; its variance grows by {dist['slope_per_100km']:.2f} per 100 km to the nearest of the "
+                 f"{len(dist['train_sites'])} training stations, up to {dist['cap_km']:.0f} km")
+    return text
+
+
+def distance_sites(cfg, splits: dict) -> dict:
+    """``calibrate_sigma``'s ``train_sites``/``val_sites`` when ``model.distance_variance`` is on, else none."""
+    if not cfg.model.distance_variance:
+        return {}
+    return {"train_sites": split_sites(splits["train"]), "val_sites": split_sites(splits["val"])}
+
+
+@torch.no_grad()
+def calibrate_sigma(model, loader, device: torch.device, dtype, d: Dist, train_sites: np.ndarray | None = None,
+                    val_sites: np.ndarray | None = None) -> dict:
     """Scale of the variance head's standard deviation that makes the validation rows' standardised errors
-    unit-variance: ``s = sqrt(mean(err^2 / exp(logvar)))``. The head learnt from training rows, where the model's
-    errors are smaller than at unseen stations; the validation stations are unseen. Also the central-interval
-    multipliers of the calibrated standard error on the same rows (:mod:`shared.models.intervals`)."""
-    sse, ssz, n, hist = _error_sums(model, loader, device, dtype, d, with_logvar=True)
+    unit-variance: ``s = sqrt(mean(err^2 / (exp(logvar) f(d))))``. The head learnt from training rows, where the
+    model's errors are smaller than at unseen stations; the validation stations are unseen. Also the
+    central-interval multipliers of the calibrated standard error on the same rows (:mod:`shared.models.intervals`).
+
+    With ``train_sites`` and ``val_sites`` (``(n, 2)`` lat/lon of the stations of each split) the variance also
+    grows with the distance ``d`` to the nearest training station, ``f(d) = 1 + slope min(d, cap) / 100 km``
+    (:mod:`shared.models.distance`), ``slope`` fitted on the validation rows; without them ``f = 1``."""
+    near, cap = None, 0.0
+    if train_sites is not None and val_sites is not None and len(train_sites) and len(val_sites):
+        near = NearestSite(train_sites[:, 0], train_sites[:, 1])
+        cap = float(near.km(val_sites[:, 0], val_sites[:, 1]).max())
+    model.eval()
+    err2s, u2s, dists = [], [], []
+    for batch in loader:
+        if near is not None:
+            ll = batch["loc"][:, :2].double().numpy()
+            dists.append(torch.from_numpy(near.km(ll[:, 0], ll[:, 1])))
+        batch = _to(batch, device)
+        with _autocast(device, dtype):
+            pred, logvar = model(batch, with_logvar=True)
+        err2 = (pred.float() - batch["y"]).pow(2).double().cpu()
+        err2s.append(err2)
+        u2s.append(err2 * torch.exp(-logvar.double().cpu()))
+    err2, u2 = torch.cat(err2s), torch.cat(u2s)
+    slope = 0.0
+    if near is not None:
+        x = torch.cat(dists).clamp(max=cap) / PER_KM
+        sums = torch.stack([torch.tensor(float(len(x)), dtype=torch.float64), x.sum(), (x * x).sum(), u2.sum(),
+                            (u2 * x).sum()]).to(device)
+        slope = fit_slope(*d.sum_(sums).tolist())
+        u2 = u2 / (1.0 + slope * x)
+    acc = torch.stack([err2.sum(), u2.sum(), torch.tensor(float(len(u2)), dtype=torch.float64)]).to(device)
+    sse, ssz, n = d.sum_(acc).tolist()
+    hist = d.sum_(histogram(u2.sqrt()).to(device)).cpu()
     scale = math.sqrt(ssz / max(n, 1))
-    return {"sigma_scale": scale, "val_rows": n, "val_rmse_z": math.sqrt(sse / max(n, 1)),
-            "interval_multipliers": multipliers_from_histogram(hist, scale),
-            "method": "variance head (Gaussian NLL on the training rows, mean detached), its standard deviation "
-                      "scaled so the validation rows' standardised errors have unit variance; interval_multipliers: "
-                      "central P % interval = pred +- k_P se, k_P the P quantile of |standardised error| there"}
+    out = {"sigma_scale": scale, "val_rows": int(n), "val_rmse_z": math.sqrt(sse / max(n, 1)),
+           "interval_multipliers": multipliers_from_histogram(hist, scale),
+           "method": "variance head (Gaussian NLL on the training rows, mean detached), its standard deviation "
+                     "scaled so the validation rows' standardised errors have unit variance; interval_multipliers: "
+                     "central P % interval = pred +- k_P se, k_P the P quantile of |standardised error| there"}
+    if near is not None:
+        out["distance"] = {"slope_per_100km": slope, "cap_km": cap,
+                           "train_sites": torch.from_numpy(np.ascontiguousarray(train_sites, dtype=np.float64)),
+                           "method": "variance times 1 + slope min(d, cap_km) / 100 km, d the great-circle distance "
+                                     "to the nearest training station (train_sites, lat/lon), slope the "
+                                     "least-squares line of the validation rows' err^2 / exp(logvar) on d, cap_km "
+                                     "the farthest validation station (shared.models.distance)"}
+    return out
 
 
 @torch.no_grad()
@@ -439,11 +493,11 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
     val_loader = make_loader(ChunkBatches(splits["val"], n_ch, psize, **plan_kw), cfg.data.num_workers,
                              device.type == "cuda")
     val_loss, _ = evaluate(ens, val_loader, device, dtype, d)
-    unc = calibrate_sigma(ens, val_loader, device, dtype, d)
+    unc = calibrate_sigma(ens, val_loader, device, dtype, d, **distance_sites(cfg, splits))
     target_std = float(cks[0]["norm"]["target_std"])
     each = ", ".join(f"{math.sqrt(r['best_val']) * target_std:.3f}" for r in runs)
-    say(f"ensemble of {k_all}: val rmse {math.sqrt(val_loss) * target_std:.3f} K (members {each} K); standard error scaled by "
-        f"{unc['sigma_scale']:.3f} to fit the {unc['val_rows']} validation rows")
+    say(f"ensemble of {k_all}: val rmse {math.sqrt(val_loss) * target_std:.3f} K (members {each} K); standard error "
+        f"{describe_sigma(unc)}")
     if d.main:
         staging = weights_dir / STAGING
         ck = {"model": ens.state_dict(), "model_cfg": ens_cfg, "norm": cks[0]["norm"], "data": cks[0]["data"],
@@ -646,9 +700,8 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
             ck["model"] = model.state_dict()
             say(f"head inputs clamped to their range over the {splits['train'].n_rows} training rows")
         if model.has_variance:  # calibrate the best model's standard error on val
-            ck["uncertainty"] = calibrate_sigma(model, val_loader, device, dtype, d)
-            say(f"standard error: variance head scaled by {ck['uncertainty']['sigma_scale']:.3f} to fit the "
-                f"{ck['uncertainty']['val_rows']} validation rows")
+            ck["uncertainty"] = calibrate_sigma(model, val_loader, device, dtype, d, **distance_sites(cfg, splits))
+            say(f"standard error: variance head {describe_sigma(ck['uncertainty'])}")
         if d.main:
             ck["fusion_residuals"] = fusion_residuals(model, splits, device, dtype,
                                                       cached=cached if tcfg.cache_features else None)
