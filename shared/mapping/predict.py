@@ -221,7 +221,7 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
             intervals = {"interval_multipliers": {k: float(v) for k, v in unc["interval_multipliers"].items()},
                          "intervals_source": "quantiles of the validation rows' standardised errors"}
         distance = read_distance(unc.get("distance"), path)
-        if distance is not None and distance["slope_per_100km"] > 0:
+        if distance is not None:  # read_distance gives None for a slope of 0
             src += (f", growing with the distance to the nearest of its {len(distance['train_sites'])} training "
                     f"stations (variance +{distance['slope_per_100km']:.2f} per 100 km up to "
                     f"{distance['cap_km']:.0f} km)")
