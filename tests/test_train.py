@@ -17,9 +17,11 @@ from shared.core.cli import run_main
 from shared.core.distributed import Dist
 from shared.core.errors import UserError
 from shared.core.runner import execute
+from shared.io.channels import IR105_CH
 from shared.io.patches import batch_view, load_chunk, read_manifest, write_synthetic_patches
 from shared.models.checkpoint import load_ta_checkpoint
 from shared.models.clay import ClayEncoder
+from shared.models.se_growth import COLD_REF_K
 from shared.training.batches import ChunkBatches
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +120,12 @@ def test_training_learns_and_writes_outputs(tmp_path, patches, capsys):
     train_ll = np.concatenate([load_chunk(f)["loc"][:, :2].numpy() for f in read_manifest(patches)[1]["train"].files])
     np.testing.assert_array_equal(dist["train_sites"].numpy(), np.unique(train_ll.astype(np.float64), axis=0))
     assert dist["slope_per_100km"] >= 0 and dist["cap_km"] > 0
+    # model.cloud_variance (default): the cold-top term, capped at the coldest validation row's IR 10.5 um
+    val_t = np.concatenate([load_chunk(f)["x"][:, IR105_CH, 4, 4].numpy() for f in read_manifest(patches)[1]["val"].files])
+    val_t = val_t.astype(np.float64) * pred.input_std[IR105_CH] + pred.input_mean[IR105_CH]
+    cold = ck["uncertainty"]["cold"]
+    assert cold["ref_K"] == COLD_REF_K and cold["slope_per_10K"] >= 0
+    assert cold["cap_K"] == pytest.approx(max(COLD_REF_K - val_t.min(), 0.0), rel=1e-5)
     # the residual table for the fusion's variogram: every train and val row, val rows in file order = y - pred
     res = pred.fusion_residuals
     splits = read_manifest(patches)[1]
@@ -212,8 +220,9 @@ def test_ensemble_averages_members_and_adds_their_spread(tmp_path, patches):
     b = batch_view(load_chunk(read_manifest(patches)[1]["val"].files[0]))
     b = {k: v[:50] for k, v in b.items()}
     assert ck["uncertainty"]["distance"]["train_sites"].shape[1] == 2  # the ensemble is calibrated with distance
-    for p in (ens, m0, m1):  # the mixture itself (the distance term, tests/test_distance_variance.py, set aside)
-        p.distance = None
+    assert "cold" in ck["uncertainty"]  # ... and the cold-top term
+    for p in (ens, m0, m1):  # the mixture itself (the growth terms, tests/test_se_growth.py, set aside)
+        p.distance = p.cold = None
     (z, sd), (z0, sd0), (z1, sd1) = (p.predict_dist(b) for p in (ens, m0, m1))
     np.testing.assert_allclose(z, (z0 + z1) / 2, atol=1e-5)
     mix = np.sqrt((sd0.astype(np.float64) ** 2 + sd1.astype(np.float64) ** 2) / 2 + ((z0 - z1) / 2) ** 2)

@@ -31,6 +31,14 @@ class Dist:
             dist.all_reduce(t)
         return t
 
+    def max_(self, t):
+        """All-reduce (max) a tensor in place across ranks; a no-op on one process."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist

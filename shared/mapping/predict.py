@@ -48,11 +48,11 @@ from shared.core.constants import KELVIN
 from shared.core.errors import UserError, rerun
 from shared.features.patch import full_stack, height_z, landcover_onehot, loc3, normalise_, time7, window_index
 from shared.features.site import SITE_FEATURES, site_at, site_fields
-from shared.io.channels import DEM_CH, N_CHANNELS, PATCH_CHANNELS, SZA_CH
+from shared.io.channels import DEM_CH, IR105_CH, N_CHANNELS, PATCH_CHANNELS, SZA_CH
 from shared.io.raw import Frame, Static
 from shared.models.checkpoint import load_ta_checkpoint, read_fusion_residuals
-from shared.models.distance import NearestSite, variance_factor
 from shared.models.intervals import gaussian_multipliers
+from shared.models.se_growth import NearestSite, growth_phrases, variance_factor
 from shared.models.ta import TAEnsemble
 
 
@@ -133,8 +133,11 @@ class Predictor:
     #: :func:`shared.training.loop.fusion_residuals`): the fusion's variogram; None for older checkpoints
     fusion_residuals: dict | None = None
     #: the standard error's growth with the distance to the nearest training station (``slope_per_100km``,
-    #: ``cap_km``, ``train_sites``; :mod:`shared.models.distance`); None: the same at every distance
+    #: ``cap_km``, ``train_sites``; :mod:`shared.models.se_growth`); None: the same at every distance
     distance: dict | None = None
+    #: ... and below COLD_REF_K of the centre pixel's IR 10.5 um brightness temperature (``slope_per_10K``,
+    #: ``cap_K``); None: the same under any sky
+    cold: dict | None = None
     _near: object = field(default=None, init=False, repr=False)
 
     def distance_km(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -165,10 +168,16 @@ class Predictor:
         error larger than the spread of all temperatures says only "unknown", which this bound also says."""
         z, logvar = self._run(batch, True)
         sd = self.sigma_scale * np.exp(0.5 * logvar.float().numpy().astype(np.float64))
-        if self.distance is not None:  # farther from the training stations, less sure
-            ll = np.asarray(batch["loc"], np.float64)
-            sd *= np.sqrt(variance_factor(self.distance_km(ll[:, 0], ll[:, 1]), self.distance["slope_per_100km"],
-                                          self.distance["cap_km"]))
+        if self.distance is not None or self.cold is not None:  # far from the stations, under cold tops: less sure
+            d_km = t_K = None
+            if self.distance is not None:
+                ll = np.asarray(batch["loc"], np.float64)
+                d_km = self.distance_km(ll[:, 0], ll[:, 1])
+            if self.cold is not None:
+                x = np.asarray(batch["x"])
+                c = x.shape[-1] // 2
+                t_K = x[:, IR105_CH, c, c].astype(np.float64) * self.input_std[IR105_CH] + self.input_mean[IR105_CH]
+            sd *= np.sqrt(variance_factor(d_km, self.distance, t_K, self.cold))
         return z.float().numpy(), np.minimum(sd, MAX_SD_Z).astype(np.float32)
 
     def to_kelvin(self, z: np.ndarray) -> np.ndarray:
@@ -211,7 +220,7 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
                         f"{list(SITE_FEATURES)}; {rerun('step02', force=True)} and {rerun('step03', force=True)}")
     unc = ckpt.get("uncertainty") or {}
     intervals = {}  # none measured: the Predictor's Gaussian default
-    distance = None
+    distance = cold = None
     if model.has_variance and "sigma_scale" in unc:
         scale, src = float(unc["sigma_scale"]), "variance head calibrated on the validation rows"
         if isinstance(model, TAEnsemble):
@@ -220,11 +229,8 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
         if unc.get("interval_multipliers"):
             intervals = {"interval_multipliers": {k: float(v) for k, v in unc["interval_multipliers"].items()},
                          "intervals_source": "quantiles of the validation rows' standardised errors"}
-        distance = read_distance(unc.get("distance"), path)
-        if distance is not None:  # read_distance gives None for a slope of 0
-            src += (f", growing with the distance to the nearest of its {len(distance['train_sites'])} training "
-                    f"stations (variance +{distance['slope_per_100km']:.2f} per 100 km up to "
-                    f"{distance['cap_km']:.0f} km)")
+        distance, cold = read_distance(unc.get("distance"), path), read_cold(unc.get("cold"), path)
+        src += "".join(f"; {g}" for g in growth_phrases(distance, cold))
     elif isinstance(model, TAEnsemble):
         raise UserError(f"{path}: an ensemble checkpoint without its calibration ('uncertainty'); "
                         f"{rerun('step03', force=True)}")
@@ -238,11 +244,11 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
                      target_std=t_std, patch_size=int(cfg.get("patch_size", 9)), path=path, precision=precision,
                      info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data")},
                      sigma_scale=scale, sd_source=src, fusion_residuals=read_fusion_residuals(ckpt, path),
-                     distance=distance, **intervals)
+                     distance=distance, cold=cold, **intervals)
 
 
 def read_distance(dist, path: Path) -> dict | None:
-    """A checkpoint's ``uncertainty.distance`` checked (:mod:`shared.models.distance`); None without one, or
+    """A checkpoint's ``uncertainty.distance`` checked (:mod:`shared.models.se_growth`); None without one, or
     when its slope is 0 (the same standard error at every distance)."""
     if dist is None:
         return None
@@ -259,6 +265,23 @@ def read_distance(dist, path: Path) -> dict | None:
     if slope == 0:
         return None
     return {"slope_per_100km": slope, "cap_km": cap, "train_sites": sites}
+
+
+def read_cold(cold, path: Path) -> dict | None:
+    """A checkpoint's ``uncertainty.cold`` checked (:mod:`shared.models.se_growth`); None without one, or when
+    its slope is 0 (the same standard error under any sky)."""
+    if cold is None:
+        return None
+    try:
+        slope, ref, cap = float(cold["slope_per_10K"]), float(cold["ref_K"]), float(cold["cap_K"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: uncertainty.cold is malformed ({e}); {rerun('step03', force=True)}") from None
+    if not (np.isfinite(slope) and slope >= 0 and np.isfinite(cap) and cap >= 0 and 150.0 < ref < 350.0):
+        raise UserError(f"{path}: uncertainty.cold holds slope {slope}, ref {ref} K and cap {cap} K; expected slope "
+                        f">= 0, cap >= 0 and a brightness temperature ref (150-350 K); {rerun('step03', force=True)}")
+    if slope == 0:
+        return None
+    return {"slope_per_10K": slope, "ref_K": ref, "cap_K": cap}
 
 
 # --------------------------------------------------------------------------- windows

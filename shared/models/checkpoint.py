@@ -16,7 +16,9 @@ One dict, everything needed to continue training or to run the model alone::
                   calibrates the head's standard deviation on the validation rows, val_rows, method,
                   interval_multipliers (shared.models.intervals); with model.distance_variance, distance:
                   slope_per_100km, cap_km, train_sites ((n, 2) float64 lat/lon of the training stations),
-                  method: the variance grows with the distance to them (shared.models.distance)
+                  method: the variance grows with the distance to them; with model.cloud_variance, cold:
+                  slope_per_10K, ref_K, cap_K, method: ... and as the centre pixel's IR 10.5 um brightness
+                  temperature falls below ref_K (shared.models.se_growth)
     fusion_residuals  (written when the run finishes) the best model's errors y - pred on every train and
                   val row: 1-D RESIDUAL_KEYS of one length (split: index in RESIDUAL_SPLITS); the fusion's
                   variogram (shared.mapping.analysis.stored_variogram)

@@ -71,6 +71,7 @@ class ModelCfg:
     clamp_inputs: bool = _M.clamp_inputs  # the mean head's inputs clamped to the training rows' range
     extrapolation_variance: bool = _M.extrapolation_variance  # with clamp_inputs: the clamp's effect joins the variance
     distance_variance: bool = True  # the variance grows with the distance to the nearest training station
+    cloud_variance: bool = True  # ... and as the centre pixel's IR 10.5 um brightness temperature falls (cloud tops)
 
     def check(self):
         if self.clay_ckpt_path is None and self.freeze_encoder:

@@ -33,12 +33,12 @@ from shared.core.config import config_to_dict
 from shared.core.distributed import Dist
 from shared.core.errors import STEP_DIRS, UserError
 from shared.core.records import StepRun, atomic_path, write_csv
-from shared.io.channels import BT_WAVES_UM, RF_WAVES_UM
+from shared.io.channels import BT_WAVES_UM, IR105_CH, RF_WAVES_UM
 from shared.io.patches import batch_view, load_chunk, read_manifest, read_stats
 from shared.models.checkpoint import RESIDUAL_KEYS, RESIDUAL_SPLITS, load_weights, read_ta_checkpoint, save_ta_checkpoint
 from shared.models.clay import load_clay_state
-from shared.models.distance import PER_KM, NearestSite, fit_slope, sites
 from shared.models.intervals import histogram, multipliers_from_histogram
+from shared.models.se_growth import COLD_REF_K, NearestSite, cold_term, distance_term, fit_growth, growth_phrases, sites
 from shared.models.ta import TAModelConfig, build_model, gaussian_nll
 from shared.training.batches import ChunkBatches, TensorBatches, check_split, make_loader
 
@@ -178,12 +178,13 @@ def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 @torch.no_grad()
 def compute_features(model, plan, device: torch.device, dtype, store: torch.device) -> dict[str, torch.Tensor]:
-    """Encoder CLS features, head aux inputs, station heights, targets and lat/lon (``loc``) of every row of
-    ``plan`` (in plan order)."""
+    """Encoder CLS features, head aux inputs, station heights, targets, lat/lon (``loc``) and the centre pixel's
+    IR 10.5 um z-score (``ir105_z``) of every row of ``plan`` (in plan order)."""
     model.eval()
-    feats, aux, hs, ys, locs = [], [], [], [], []
+    feats, aux, hs, ys, locs, irs = [], [], [], [], [], []
     for batch in plan:
         locs.append(batch["loc"][:, :2].to(store))
+        irs.append(centre_ir105_z(batch).to(store))
         batch = _to(batch, device)
         with _autocast(device, dtype):
             f = model.encode(batch)
@@ -192,7 +193,16 @@ def compute_features(model, plan, device: torch.device, dtype, store: torch.devi
         hs.append(batch["height"].to(store))
         ys.append(batch["y"].to(store))
     return {"features": torch.cat(feats), "aux": torch.cat(aux), "height": torch.cat(hs), "y": torch.cat(ys),
-            "loc": torch.cat(locs)}
+            "loc": torch.cat(locs), "ir105_z": torch.cat(irs)}
+
+
+def centre_ir105_z(batch: dict) -> torch.Tensor:
+    """The centre pixel's IR 10.5 um z-score of each row: from the window, or as cached by compute_features."""
+    if "ir105_z" in batch:
+        return batch["ir105_z"]
+    x = batch["x"]
+    c = x.shape[-1] // 2
+    return x[:, IR105_CH, c, c]
 
 
 @torch.no_grad()
@@ -245,41 +255,46 @@ def split_sites(split) -> np.ndarray:
 def describe_sigma(unc: dict) -> str:
     """One line on a calibration of :func:`calibrate_sigma`."""
     text = f"scaled by {unc['sigma_scale']:.3f} to fit the {unc['val_rows']} validation rows"
-    dist = unc.get("distance")
-    if dist:
-        text += (f"; its variance grows by {dist['slope_per_100km']:.2f} per 100 km to the nearest of the "
-                 f"{len(dist['train_sites'])} training stations, up to {dist['cap_km']:.0f} km")
-    return text
+    return text + "".join(f"; {g}" for g in growth_phrases(unc.get("distance"), unc.get("cold")))
 
 
-def distance_sites(cfg, splits: dict) -> dict:
-    """``calibrate_sigma``'s ``train_sites``/``val_sites`` when ``model.distance_variance`` is on, else none."""
-    if not cfg.model.distance_variance:
-        return {}
-    return {"train_sites": split_sites(splits["train"]), "val_sites": split_sites(splits["val"])}
+def growth_inputs(cfg, splits: dict, stats: dict) -> dict:
+    """``calibrate_sigma``'s keyword arguments for ``model.distance_variance`` (the training and validation
+    stations) and ``model.cloud_variance`` (the IR 10.5 um channel's normalisation); none when both are off."""
+    kw = {}
+    if cfg.model.distance_variance:
+        kw.update(train_sites=split_sites(splits["train"]), val_sites=split_sites(splits["val"]))
+    if cfg.model.cloud_variance:
+        i = list(stats["channels"]).index("IR105")
+        kw["ir105_norm"] = (float(stats["input_mean"][i]), float(stats["input_std"][i]))
+    return kw
 
 
 @torch.no_grad()
 def calibrate_sigma(model, loader, device: torch.device, dtype, d: Dist, train_sites: np.ndarray | None = None,
-                    val_sites: np.ndarray | None = None) -> dict:
+                    val_sites: np.ndarray | None = None, ir105_norm: tuple[float, float] | None = None) -> dict:
     """Scale of the variance head's standard deviation that makes the validation rows' standardised errors
-    unit-variance: ``s = sqrt(mean(err^2 / (exp(logvar) f(d))))``. The head learnt from training rows, where the
+    unit-variance: ``s = sqrt(mean(err^2 / (exp(logvar) f)))``. The head learnt from training rows, where the
     model's errors are smaller than at unseen stations; the validation stations are unseen. Also the
     central-interval multipliers of the calibrated standard error on the same rows (:mod:`shared.models.intervals`).
 
-    With ``train_sites`` and ``val_sites`` (``(n, 2)`` lat/lon of the stations of each split) the variance also
-    grows with the distance ``d`` to the nearest training station, ``f(d) = 1 + slope min(d, cap) / 100 km``
-    (:mod:`shared.models.distance`), ``slope`` fitted on the validation rows; without them ``f = 1``."""
-    near, cap = None, 0.0
+    ``f`` (:mod:`shared.models.se_growth`) grows with the distance ``d`` to the nearest training station when
+    ``train_sites`` and ``val_sites`` (``(n, 2)`` lat/lon of the stations of each split) are given, and with the
+    centre pixel's IR 10.5 um brightness temperature below ``COLD_REF_K`` when ``ir105_norm`` (its channel's
+    mean and std, to undo the z-score) is; the slopes are fitted together on the validation rows. Without
+    either, ``f = 1``."""
+    near, cap_d = None, 0.0
     if train_sites is not None and val_sites is not None and len(train_sites) and len(val_sites):
         near = NearestSite(train_sites[:, 0], train_sites[:, 1])
-        cap = float(near.km(val_sites[:, 0], val_sites[:, 1]).max())
+        cap_d = float(near.km(val_sites[:, 0], val_sites[:, 1]).max())
     model.eval()
-    err2s, u2s, dists = [], [], []
+    err2s, u2s, dists, temps = [], [], [], []
     for batch in loader:
         if near is not None:
             ll = batch["loc"][:, :2].double().numpy()
-            dists.append(torch.from_numpy(near.km(ll[:, 0], ll[:, 1])))
+            dists.append(near.km(ll[:, 0], ll[:, 1]))
+        if ir105_norm is not None:
+            temps.append(centre_ir105_z(batch).double().numpy() * ir105_norm[1] + ir105_norm[0])
         batch = _to(batch, device)
         with _autocast(device, dtype):
             pred, logvar = model(batch, with_logvar=True)
@@ -287,13 +302,36 @@ def calibrate_sigma(model, loader, device: torch.device, dtype, d: Dist, train_s
         err2s.append(err2)
         u2s.append(err2 * torch.exp(-logvar.double().cpu()))
     err2, u2 = torch.cat(err2s), torch.cat(u2s)
-    slope = 0.0
+    distance = cold = None
+    terms = []
     if near is not None:
-        x = torch.cat(dists).clamp(max=cap) / PER_KM
-        sums = torch.stack([torch.tensor(float(len(x)), dtype=torch.float64), x.sum(), (x * x).sum(), u2.sum(),
-                            (u2 * x).sum()]).to(device)
-        slope = fit_slope(*d.sum_(sums).tolist())
-        u2 = u2 / (1.0 + slope * x)
+        distance = {"slope_per_100km": 0.0, "cap_km": cap_d,
+                    "train_sites": torch.from_numpy(np.ascontiguousarray(train_sites, dtype=np.float64)),
+                    "method": "variance times f = 1 + slope min(d, cap_km) / 100 km (+ the cold term), d the "
+                              "great-circle distance to the nearest training station (train_sites, lat/lon), cap_km "
+                              "the farthest validation station (shared.models.se_growth)"}
+        terms.append(distance_term(np.concatenate(dists), cap_d))
+    if ir105_norm is not None:
+        t = np.concatenate(temps)
+        below = torch.tensor(float(np.clip(COLD_REF_K - t, 0.0, None).max(initial=0.0)), dtype=torch.float64)
+        cold = {"slope_per_10K": 0.0, "ref_K": COLD_REF_K, "cap_K": float(d.max_(below.to(device)).item()),
+                "method": "variance times f = 1 + slope min(max(ref_K - T, 0), cap_K) / 10 K (+ the distance term), "
+                          "T the centre pixel's IR 10.5 um brightness temperature, cap_K the largest on the "
+                          "validation rows (shared.models.se_growth)"}
+        terms.append(cold_term(t, cold["cap_K"]))
+    if terms:  # the least-squares plane of u2 on the terms over all ranks' rows, slopes >= 0
+        x = torch.from_numpy(np.stack(terms, 1))
+        k = x.shape[1]
+        sums = d.sum_(torch.cat([torch.tensor([float(len(x))], dtype=torch.float64), x.sum(0), (x.T @ x).flatten(),
+                                 u2.sum()[None], (u2[:, None] * x).sum(0)]).to(device)).cpu().numpy()
+        slopes = fit_growth(sums[0], sums[1:1 + k], sums[1 + k:1 + k + k * k].reshape(k, k), sums[1 + k + k * k],
+                            sums[2 + k + k * k:])
+        j = 0
+        if distance is not None:
+            distance["slope_per_100km"], j = float(slopes[0]), 1
+        if cold is not None:
+            cold["slope_per_10K"] = float(slopes[j])
+        u2 = u2 / torch.from_numpy(1.0 + x.numpy() @ slopes)
     acc = torch.stack([err2.sum(), u2.sum(), torch.tensor(float(len(u2)), dtype=torch.float64)]).to(device)
     sse, ssz, n = d.sum_(acc).tolist()
     hist = d.sum_(histogram(u2.sqrt()).to(device)).cpu()
@@ -303,13 +341,10 @@ def calibrate_sigma(model, loader, device: torch.device, dtype, d: Dist, train_s
            "method": "variance head (Gaussian NLL on the training rows, mean detached), its standard deviation "
                      "scaled so the validation rows' standardised errors have unit variance; interval_multipliers: "
                      "central P % interval = pred +- k_P se, k_P the P quantile of |standardised error| there"}
-    if near is not None:
-        out["distance"] = {"slope_per_100km": slope, "cap_km": cap,
-                           "train_sites": torch.from_numpy(np.ascontiguousarray(train_sites, dtype=np.float64)),
-                           "method": "variance times 1 + slope min(d, cap_km) / 100 km, d the great-circle distance "
-                                     "to the nearest training station (train_sites, lat/lon), slope the "
-                                     "least-squares line of the validation rows' err^2 / exp(logvar) on d, cap_km "
-                                     "the farthest validation station (shared.models.distance)"}
+    if distance is not None:
+        out["distance"] = distance
+    if cold is not None:
+        out["cold"] = cold
     return out
 
 
@@ -493,7 +528,7 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
     val_loader = make_loader(ChunkBatches(splits["val"], n_ch, psize, **plan_kw), cfg.data.num_workers,
                              device.type == "cuda")
     val_loss, _ = evaluate(ens, val_loader, device, dtype, d)
-    unc = calibrate_sigma(ens, val_loader, device, dtype, d, **distance_sites(cfg, splits))
+    unc = calibrate_sigma(ens, val_loader, device, dtype, d, **growth_inputs(cfg, splits, cks[0]["norm"]))
     target_std = float(cks[0]["norm"]["target_std"])
     each = ", ".join(f"{math.sqrt(r['best_val']) * target_std:.3f}" for r in runs)
     say(f"ensemble of {k_all}: val rmse {math.sqrt(val_loss) * target_std:.3f} K (members {each} K); standard error "
@@ -700,7 +735,8 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
             ck["model"] = model.state_dict()
             say(f"head inputs clamped to their range over the {splits['train'].n_rows} training rows")
         if model.has_variance:  # calibrate the best model's standard error on val
-            ck["uncertainty"] = calibrate_sigma(model, val_loader, device, dtype, d, **distance_sites(cfg, splits))
+            ck["uncertainty"] = calibrate_sigma(model, val_loader, device, dtype, d,
+                                                **growth_inputs(cfg, splits, stats))
             say(f"standard error: variance head {describe_sigma(ck['uncertainty'])}")
         if d.main:
             ck["fusion_residuals"] = fusion_residuals(model, splits, device, dtype,
