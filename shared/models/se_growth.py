@@ -15,7 +15,7 @@ error at unseen stations are larger than it learnt:
   ground, so the error grows as the window's IR 10.5 um brightness
   temperature falls. Demo world, seed 0, test rows: the head's standard
   error was 1.20 K below 250 K against 1.01 K above 285 K, the error 1.49
-  against 0.86 K, so the 90 % interval covered 82 % of the coldest rows and
+  against 0.86 K, so the Gaussian 90 % interval covered 82 % of the coldest rows and
   94 % of the warmest.
 
 So the calibrated variance is ``se^2 = s^2 * exp(logvar) * f`` with
