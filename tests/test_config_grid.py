@@ -85,6 +85,18 @@ def test_wrong_type_and_impossible_value(tmp_path):
         load_config(Cfg, tmp_path / "nope.yaml")
 
 
+def test_off_on_yes_no_are_strings_not_booleans(tmp_path):
+    """YAML 1.1 reads ``off`` as False: step03's documented ``train.amp: off`` must arrive as "off"."""
+    from shared.stages.step03_train import Config as TrainConfig
+
+    assert load_config(TrainConfig, _write(tmp_path, "train:\n  amp: off\n")).train.amp == "off"
+    assert load_config(TrainConfig, _write(tmp_path, ""), ["train.amp=off"]).train.amp == "off"
+    cfg = load_config(TrainConfig, _write(tmp_path, "train:\n  tf32: false\n"), ["data.shuffle_files=False"])
+    assert cfg.train.tf32 is False and cfg.data.shuffle_files is False  # true/false are still booleans
+    with pytest.raises(UserError, match=r"'data.shuffle_files' expects bool, got 'yes'"):
+        load_config(TrainConfig, _write(tmp_path, "data:\n  shuffle_files: yes\n"))
+
+
 def test_grid_check_values():
     r, c = KO_GRID.latlon_to_rowcol(37.5714, 126.9658)  # Seoul, ASOS 108
     assert (int(r), int(c)) == (472, 491)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -35,10 +36,29 @@ def resolve_path(p: str | Path, root: Path = REPO_ROOT) -> Path:
     return p if p.is_absolute() else (root / p)
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML with only ``true``/``false`` as booleans (YAML 1.2's core schema).
+
+    PyYAML follows YAML 1.1, where ``off``, ``on``, ``yes`` and ``no`` are booleans too: ``train.amp: off``
+    would arrive as ``False`` and fail the check of its own documented value. Here they stay strings."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in rs if tag != "tag:yaml.org,2002:bool"]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text):
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_overrides(items: list[str] | None) -> list[tuple[list[str], Any]]:
     """``["train.lr=1e-3", ...]`` -> ``[(["train", "lr"], 0.001), ...]``.
 
-    Values are parsed as YAML scalars/lists (``true``, ``3``, ``[1,2]``, ``null``).
+    Values are parsed as YAML scalars/lists (``true``, ``3``, ``[1,2]``, ``null``); ``off``/``on``/``yes``/``no``
+    are strings (:class:`_ConfigLoader`).
     """
     out = []
     for item in items or []:
@@ -49,7 +69,7 @@ def parse_overrides(items: list[str] | None) -> list[tuple[list[str], Any]]:
         if not key:
             raise UserError(f"--set has an empty key in {item!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+            value = _load_yaml(raw) if raw.strip() != "" else ""
         except yaml.YAMLError as e:
             raise UserError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
         out.append((key.split("."), value))
@@ -211,7 +231,7 @@ def read_yaml(path: str | Path) -> dict:
         raise UserError(f"config file not found: {path} (pass --config PATH or restore the step's config.yaml)")
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+            data = _load_yaml(fh) or {}
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
