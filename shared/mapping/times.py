@@ -58,7 +58,7 @@ def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFram
             have = pd.Index(sat["time_utc"])
             ok = want.isin(have)
             missing = [f"{t:%Y-%m-%d %H:%M} UTC (no gk2a_bt/rf/sza_{t:%Y%m%d%H%M}.nc under {raw_dir / 'sat'})" for t in want[~ok]]
-            df = sat.set_index("time_utc").loc[want[ok]].reset_index()
+            df = sat[sat["time_utc"].isin(want[ok])]  # (not .loc[want]: pandas 3.0 names the index after `want`)
     df = df.sort_values("time_utc").reset_index(drop=True)
     if cfg_times.limit and len(df) > cfg_times.limit:
         # the middle time of each of ``limit`` equal parts of the sorted selection
