@@ -13,6 +13,10 @@ here. Every checkpoint is written under ``--out``; score them with step05 on any
     python -m shared.tools.adopt step03 OUT/bf16/w/best.pt
     python step05_eval_metrics/run.py --set checkpoint=OUT/bf16/w/best.pt --set output_dir=OUT/bf16/eval
 
+With ``--map TIME``, step04 also maps that UTC time three times with the same checkpoint (``--checkpoint``):
+on the CPU, on the GPU in fp32 and on the GPU in bf16, and prints each map's seconds and windows/s and the
+largest difference of the GPU maps (model, standard error, analysis) to the CPU map.
+
 Exit 2 when no CUDA device is visible.
 """
 from __future__ import annotations
@@ -55,6 +59,40 @@ def summary(weights: Path, outputs: Path) -> dict:
             "wall_s": json.loads((weights / "run.json").read_text()).get("wall_seconds")}
 
 
+def map_once(out: Path, name: str, time_utc: str, ckpt: Path, sets: list[str]) -> dict:
+    """step04 for one time into ``out/name``; its maps.json entry for that map."""
+    d = out / name
+    cmd = [sys.executable, str(ROOT / "step04_infer_map/run.py"), "--force", "--set", f"checkpoint={ckpt}",
+           "--set", f"output_dir={d}", "--set", "times.select=list", "--set", f"times.list_utc=['{time_utc}']",
+           "--set", "quicklook=false", "--set", "progress=false", *sum((["--set", s] for s in sets), [])]
+    with open(out / f"{name}.log", "a") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"{name}: step04 exited {rc}; see {out / f'{name}.log'}")
+    return json.loads((d / "maps.json").read_text())["this_run_rank0"][0]
+
+
+def compare_maps(out: Path, time_utc: str, ckpt: Path) -> dict:
+    import netCDF4
+    import numpy as np
+
+    runs = {"cpu_fp32": ["device=cpu"], "cuda_fp32": ["device=cuda"], "cuda_bf16": ["device=cuda", "precision=bf16"]}
+    res = {name: map_once(out, f"map_{name}", time_utc, ckpt, sets) for name, sets in runs.items()}
+    arrays = {}
+    for name, r in res.items():
+        with netCDF4.Dataset(out / f"map_{name}" / r["file"]) as ds:
+            arrays[name] = {v: np.asarray(ds[v][:], np.float64).squeeze()
+                            for v in ("t2m_model", "t2m_standard_error", "t2m")}
+    for name in ("cuda_fp32", "cuda_bf16"):
+        for v, a in arrays[name].items():
+            res[name][f"max_abs_diff_{v}_K"] = float(np.nanmax(np.abs(a - arrays["cpu_fp32"][v])))
+        res[name]["same_nan"] = bool(np.array_equal(np.isnan(arrays[name]["t2m"]), np.isnan(arrays["cpu_fp32"]["t2m"])))
+        res[name]["speedup_vs_cpu"] = res["cpu_fp32"]["seconds"] / res[name]["seconds"]
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="folder for the runs (weights, logs, summary.json)")
@@ -63,6 +101,10 @@ def main() -> int:
     ap.add_argument("--cpu-run", type=Path, default=None,
                     help="a CPU step03 run to compare: folder holding weights/run.json and outputs/train_log.csv")
     ap.add_argument("--set", action="append", default=[], help="extra step03 config override, repeatable")
+    ap.add_argument("--map", default=None, metavar="TIME", help="also compare step04's maps of this UTC time "
+                    "(CPU fp32, GPU fp32, GPU bf16)")
+    ap.add_argument("--checkpoint", type=Path, default=ROOT / "step03_train_clay/weights/best.pt",
+                    help="the checkpoint --map maps with")
     a = ap.parse_args()
     import torch
 
@@ -98,6 +140,8 @@ def main() -> int:
             if mode != "cpu" and r["epochs"] > 2:
                 r["epoch_speedup_vs_cpu"] = cpu["s_per_epoch_median"] / r["s_per_epoch_median"]
                 r["best_val_minus_cpu_K"] = r["best_val_rmse_K"] - cpu["best_val_rmse_K"]
+    if a.map:
+        res["maps"] = compare_maps(a.out, a.map, a.checkpoint)
     (a.out / "summary.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     return 0

@@ -331,6 +331,12 @@ def test_bad_inputs_exit_2_with_one_line(world, tmp_path, capsys):
     assert "times.start and times.end" in capsys.readouterr().err
     assert run_step(STEP, *args_for(world, out), "--set", "region=[10, 10, 20, 5]") == 2
     assert "not inside the 24x30 grid" in capsys.readouterr().err
+    assert run_step(STEP, *args_for(world, out), "--set", "device=gpu") == 2
+    assert "device must be auto, cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert run_step(STEP, *args_for(world, out), "--set", "device=cuda") == 2
+        assert "device=cuda but CUDA is not available here; use device=auto or cpu" in capsys.readouterr().err
+    assert not list(out.glob("*.nc")) if out.exists() else True  # nothing written by any of these
 
 
 def test_map_from_another_grid_is_refused(world, tmp_path):

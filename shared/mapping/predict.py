@@ -45,6 +45,8 @@ from scipy.ndimage import maximum_filter
 from tqdm import tqdm
 
 from shared.core.constants import KELVIN
+from shared.core.device import pick_device
+from shared.core.distributed import Dist
 from shared.core.errors import UserError, rerun
 from shared.features.patch import full_stack, height_z, landcover_onehot, loc3, normalise_, time7, window_index
 from shared.features.site import SITE_FEATURES, site_at, site_fields
@@ -120,6 +122,8 @@ class Predictor:
     patch_size: int
     path: Path | None = None
     precision: str = "fp32"
+    #: where the model runs ("cpu", "cuda:0"); batches are built on the CPU and moved there
+    device: str = "cpu"
     info: dict = field(default_factory=dict)
     #: standard deviation of the z-score error: ``sigma_scale * exp(logvar / 2)`` with a variance head, else
     #: the validation RMSE (``sd_source`` says which)
@@ -148,13 +152,21 @@ class Predictor:
         return self._near.km(lat, lon)
 
     def _run(self, batch: dict, with_logvar: bool):
+        """The model's outputs for ``batch`` (tensors on the CPU), computed on :attr:`device`."""
         import torch
 
+        dev = torch.device(self.device)
+        if dev.type != "cpu":
+            batch = {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         with torch.inference_mode():
             if self.precision == "bf16":
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return self.model(batch, with_logvar=with_logvar)
-            return self.model(batch, with_logvar=with_logvar)
+                with torch.autocast(dev.type, dtype=torch.bfloat16):
+                    out = self.model(batch, with_logvar=with_logvar)
+            else:
+                out = self.model(batch, with_logvar=with_logvar)
+        if dev.type == "cpu":
+            return out
+        return tuple(o.float().cpu() for o in out) if isinstance(out, tuple) else out.float().cpu()
 
     def predict(self, batch: dict) -> np.ndarray:
         """TA z-scores ``(B,)``."""
@@ -206,8 +218,12 @@ def _norm_stats(ckpt: dict, path: Path) -> tuple[np.ndarray, np.ndarray, float, 
     return mean, std, t_mean, t_std
 
 
-def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
-    """Rebuild the model from ``best.pt`` alone (model config + stats are inside)."""
+def load_predictor(path: str | Path, precision: str = "fp32", device: str = "cpu") -> Predictor:
+    """Rebuild the model from ``best.pt`` alone (model config + stats are inside), on ``device``
+    (:func:`~shared.core.device.pick_device`; ``auto`` = this process's GPU when there is one).
+
+    On a GPU, fp32 means fp32: TF32 matmuls are switched off in this process, so that the maps agree with
+    step05's CPU predictions to its ``map_agreement_tol_K``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; {rerun('step03')} "
@@ -240,8 +256,16 @@ def load_predictor(path: str | Path, precision: str = "fp32") -> Predictor:
         scale = float(np.sqrt(best_val)) if best_val is not None and np.isfinite(best_val) else 1.0
         src = "validation RMSE (the model has no calibrated variance head): the same for every pixel"
     src += f"; at most the training rows' TA standard deviation ({t_std:.1f} K)"
+    dev = pick_device(device, Dist().local_rank, "device")
+    if dev.type == "cuda":
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        model = model.to(dev)
     return Predictor(model=model, model_cfg=cfg, input_mean=mean, input_std=std, target_mean=t_mean,
                      target_std=t_std, patch_size=int(cfg.get("patch_size", 9)), path=path, precision=precision,
+                     device=str(dev),
                      info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data")},
                      sigma_scale=scale, sd_source=src, fusion_residuals=read_fusion_residuals(ckpt, path),
                      distance=distance, cold=cold, **intervals)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from shared.core.device import check_device_name
 from shared.core.runner import Context, Result, Stage
 from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR
 from shared.models.ta import TAModelConfig
@@ -121,8 +122,7 @@ class TrainCfg:
             raise ValueError("train.num_threads must be >= 0 (0 = torch default)")
         if self.early_stop_patience < 0:
             raise ValueError("train.early_stop_patience must be >= 0")
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device_name(self.device, "train.device")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from shared.core.config import resolve_path
 from shared.core.constants import KELVIN
+from shared.core.device import check_device_name
 from shared.core.errors import UserError, require_file, rerun
 from shared.core.records import fingerprint, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
@@ -90,6 +91,7 @@ class Config:
     block_rows: int = 8
     batch_size: int = 8192
     precision: Literal["fp32", "bf16"] = "fp32"
+    device: str = "cpu"
     num_threads: int = 0
     skip_existing: bool = True
     quicklook: bool = True
@@ -108,6 +110,7 @@ class Config:
             raise ValueError(f"coverage_km must be >= 0 (0 = no line), got {self.coverage_km}")
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0 (0 = all cores / processes), got {self.num_threads}")
+        check_device_name(self.device, "device")
 
 
 def inputs_fingerprint(paths) -> str:
@@ -212,7 +215,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     out.mkdir(parents=True, exist_ok=True)
 
     require_file(cfg.checkpoint, "checkpoint", rerun("step03") + " or set checkpoint")
-    predictor = load_predictor(cfg.checkpoint, cfg.precision)
+    predictor = load_predictor(cfg.checkpoint, cfg.precision, cfg.device)
     ckpt_fp = fingerprint([cfg.checkpoint])[str(cfg.checkpoint)]
     static = read_static(cfg.raw_dir / "static.nc")
     times, missing = select_times(cfg.times, cfg.index_dir, cfg.raw_dir)
@@ -277,7 +280,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     mine = times.iloc[rank::world]
     if rank == 0:
         print(f"step04: {len(times)} map(s) of {grid_out.ny}x{grid_out.nx}{'' if region is None else f' (region of {static.grid.ny}x{static.grid.nx})'} on {world} process(es) x {threads} thread(s); "
-              f"model {predictor.model_cfg.get('size')} (epoch {predictor.info.get('epoch')}), {cfg.precision}, "
+              f"model {predictor.model_cfg.get('size')} (epoch {predictor.info.get('epoch')}), {cfg.precision} on {predictor.device}, "
               f"P={predictor.patch_size}, reflect-padded edges; standard error: {predictor.sd_source}")
     done, skipped, records = 0, 0, []
     quick = f"quicklook={cfg.quicklook} coverage_km={cfg.coverage_km:g}"

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from shared.core.config import config_to_dict
+from shared.core.device import pick_device
 from shared.core.distributed import Dist
 from shared.core.errors import STEP_DIRS, UserError
 from shared.core.records import StepRun, atomic_path, write_csv
@@ -47,20 +48,6 @@ LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "rmse_norm", "rmse_K", "lr", "
 
 
 # --------------------------------------------------------------------------- setup helpers
-
-
-
-
-def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
-        if dev.index is None:
-            dev = torch.device(f"cuda:{local_rank}")
-    return dev
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -441,7 +428,7 @@ def train(cfg, d: Dist | None = None, resume: bool = False, stop_after: int | No
     invocation after that many epochs (rerun with ``resume`` to go on).
     """
     d = d or Dist()
-    device = pick_device(cfg.train.device, d.local_rank)
+    device = pick_device(cfg.train.device, d.local_rank, "train.device")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32

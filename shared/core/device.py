@@ -1,0 +1,29 @@
+"""Which torch device a step runs on: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (step03's ``train.device``,
+step04's ``device``). torch is imported only when a device is picked."""
+from __future__ import annotations
+
+from shared.core.errors import UserError
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def check_device_name(name: str, key: str) -> None:
+    """ValueError (config check) unless ``name`` is one of :data:`DEVICE_CHOICES`."""
+    if name not in ("auto", "cpu") and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ValueError(f"{key} must be {DEVICE_CHOICES}, got {name!r}")
+
+
+def pick_device(name: str, local_rank: int = 0, key: str = "train.device"):
+    """The ``torch.device`` for ``name``: ``auto`` = this process's GPU (``cuda:LOCAL_RANK`` under torchrun)
+    when CUDA is available, else the CPU; ``cuda`` without an index = ``cuda:LOCAL_RANK``."""
+    import torch
+
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"{key}={name} but CUDA is not available here; use {key}=auto or cpu")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+    return dev
