@@ -84,7 +84,7 @@ def compare_maps(out: Path, time_utc: str, ckpt: Path) -> dict:
     for name, r in res.items():
         with netCDF4.Dataset(out / f"map_{name}" / r["file"]) as ds:
             arrays[name] = {v: np.asarray(ds[v][:], np.float64).squeeze()
-                            for v in ("t2m_model", "t2m_standard_error", "t2m")}
+                            for v in ("t2m_model", "t2m_model_standard_error", "t2m_standard_error", "t2m")}
     for name in ("cuda_fp32", "cuda_bf16"):
         for v, a in arrays[name].items():
             res[name][f"max_abs_diff_{v}_K"] = float(np.nanmax(np.abs(a - arrays["cpu_fp32"][v])))
@@ -122,16 +122,18 @@ def main() -> int:
     if a.fp16_epochs > 0:
         half = max(1, a.fp16_epochs // 2)
         sets = ["train.amp=fp16", f"train.epochs={a.fp16_epochs}", *a.set]
-        train(a.out, "fp16", sets, ["--stop-after", str(half)])
+        t_first = train(a.out, "fp16", sets, ["--stop-after", str(half)])
         d = a.out / "fp16"
         cmd_resume = [sys.executable, str(ROOT / "step03_train_clay/run.py"), "--resume", "--set", "train.device=cuda",
                       "--set", f"output.weights_dir={d / 'w'}", "--set", f"output.outputs_dir={d / 'o'}",
                       *sum((["--set", s] for s in sets), [])]
+        t_resume = time.perf_counter()
         with open(a.out / "fp16.log", "a") as log:
             rc = subprocess.run(cmd_resume, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
         if rc != 0:
             raise SystemExit(f"fp16 resume: step03 exited {rc}; see {a.out / 'fp16.log'}")
         res["runs"]["fp16_resumed"] = summary(d / "w", d / "o")
+        res["runs"]["fp16_resumed"]["wall_s"] = t_first + (time.perf_counter() - t_resume)  # both invocations
         print("fp16 stop/resume", res["runs"]["fp16_resumed"], flush=True)
     if a.cpu_run is not None:
         cpu = summary(a.cpu_run / "weights", a.cpu_run / "outputs")

@@ -15,15 +15,19 @@ def check_device_name(name: str, key: str) -> None:
 
 def pick_device(name: str, local_rank: int = 0, key: str = "train.device"):
     """The ``torch.device`` for ``name``: ``auto`` = this process's GPU (``cuda:LOCAL_RANK`` under torchrun)
-    when CUDA is available, else the CPU; ``cuda`` without an index = ``cuda:LOCAL_RANK``."""
+    when CUDA is available, else the CPU; ``cuda`` without an index = ``cuda:LOCAL_RANK``. A GPU that is not
+    there (``cuda:3`` on a 2-GPU machine, or more torchrun processes than GPUs) is a UserError."""
     import torch
 
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(name)
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    dev = torch.device("cuda" if name == "auto" else name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"{key}={name} but CUDA is not available here; use {key}=auto or cpu")
         if dev.index is None:
             dev = torch.device(f"cuda:{local_rank}")
+        if dev.index >= torch.cuda.device_count():
+            raise UserError(f"{key}={name}: this process would use GPU {dev.index}, but {torch.cuda.device_count()} "
+                            "GPU(s) are visible; start at most that many torchrun processes, or name a GPU (cuda:N)")
     return dev

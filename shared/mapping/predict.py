@@ -260,6 +260,7 @@ def load_predictor(path: str | Path, precision: str = "fp32", device: str = "cpu
     if dev.type == "cuda":
         import torch
 
+        torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         model = model.to(dev)

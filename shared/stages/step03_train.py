@@ -105,7 +105,7 @@ class TrainCfg:
     weight_decay: float = 0.01
     warmup: float = 0.5  # epochs of linear warmup before the cosine decay
     grad_clip: float = 1.0  # max gradient norm; 0 = off
-    amp: Literal["auto", "off", "bf16", "fp16"] = "off"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     tf32: bool = True
     device: str = "auto"
     num_threads: int = 0  # CPU threads per process; 0 = torch's default (all cores)

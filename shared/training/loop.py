@@ -51,13 +51,13 @@ LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "rmse_norm", "rmse_K", "lr", "
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for train.amp (``None`` = full fp32)."""
-    if mode == "off":
+    """Autocast dtype for train.amp (``None`` = full fp32).
+
+    ``auto`` is fp32 everywhere (TF32 matmuls on CUDA with ``train.tf32``): a 9 x 9 window is two encoder
+    tokens, so a step is launch overhead rather than arithmetic, and autocast only adds casts (one H200: 1.5
+    against 2.1-2.6 s per epoch for bf16; ``benchmarks/cuda_check.py``). ``bf16`` / ``fp16`` when asked."""
+    if mode in ("off", "auto"):
         return None
-    if mode == "auto":
-        if device.type != "cuda":
-            return None  # bf16 on CPUs without native support is slower than fp32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if mode == "fp16" and device.type != "cuda":
         raise UserError("train.amp=fp16 needs a CUDA device; use bf16 or off on the CPU")
     return torch.bfloat16 if mode == "bf16" else torch.float16
