@@ -33,11 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train(out: Path, name: str, sets: list[str], extra: list[str] = ()) -> float:
-    d = out / name
-    cmd = [sys.executable, str(ROOT / "step03_train_clay/run.py"), "--force",
-           "--set", "train.device=cuda", "--set", f"output.weights_dir={d / 'w'}",
-           "--set", f"output.outputs_dir={d / 'o'}", *sum((["--set", s] for s in sets), []), *extra]
+def run_step(out: Path, name: str, script: str, args: list[str]) -> float:
+    """``script`` (a step's run.py) with ``args``, its output appended to ``out/name.log``; seconds taken."""
+    cmd = [sys.executable, str(ROOT / script), *args]
     t0 = time.perf_counter()
     with open(out / f"{name}.log", "a") as log:
         log.write(" ".join(cmd) + "\n")
@@ -45,8 +43,20 @@ def train(out: Path, name: str, sets: list[str], extra: list[str] = ()) -> float
         rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
     if rc != 0:
-        raise SystemExit(f"{name}: step03 exited {rc}; see {out / f'{name}.log'}")
+        raise SystemExit(f"{name}: {script} exited {rc}; see {out / f'{name}.log'}")
     return time.perf_counter() - t0
+
+
+def sets_args(sets) -> list[str]:
+    return [a for s in sets for a in ("--set", s)]
+
+
+def train(out: Path, name: str, sets: list[str], extra: list[str] = ("--force",)) -> float:
+    """step03 on CUDA into ``out/name/{w,o}``; ``extra``: ``--force`` (a new run) or ``--resume`` (+ options)."""
+    d = out / name
+    return run_step(out, name, "step03_train_clay/run.py",
+                    [*extra, *sets_args(["train.device=cuda", f"output.weights_dir={d / 'w'}",
+                                         f"output.outputs_dir={d / 'o'}", *sets])])
 
 
 def summary(weights: Path, outputs: Path) -> dict:
@@ -62,15 +72,9 @@ def summary(weights: Path, outputs: Path) -> dict:
 def map_once(out: Path, name: str, time_utc: str, ckpt: Path, sets: list[str]) -> dict:
     """step04 for one time into ``out/name``; its maps.json entry for that map."""
     d = out / name
-    cmd = [sys.executable, str(ROOT / "step04_infer_map/run.py"), "--force", "--set", f"checkpoint={ckpt}",
-           "--set", f"output_dir={d}", "--set", "times.select=list", "--set", f"times.list_utc=['{time_utc}']",
-           "--set", "quicklook=false", "--set", "progress=false", *sum((["--set", s] for s in sets), [])]
-    with open(out / f"{name}.log", "a") as log:
-        log.write(" ".join(cmd) + "\n")
-        log.flush()
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise SystemExit(f"{name}: step04 exited {rc}; see {out / f'{name}.log'}")
+    run_step(out, name, "step04_infer_map/run.py",
+             ["--force", *sets_args([f"checkpoint={ckpt}", f"output_dir={d}", "times.select=list",
+                                     f"times.list_utc=['{time_utc}']", "quicklook=false", "progress=false", *sets])])
     return json.loads((d / "maps.json").read_text())["this_run_rank0"][0]
 
 
@@ -122,18 +126,11 @@ def main() -> int:
     if a.fp16_epochs > 0:
         half = max(1, a.fp16_epochs // 2)
         sets = ["train.amp=fp16", f"train.epochs={a.fp16_epochs}", *a.set]
-        t_first = train(a.out, "fp16", sets, ["--stop-after", str(half)])
+        wall = train(a.out, "fp16", sets, ["--force", "--stop-after", str(half)])
+        wall += train(a.out, "fp16", sets, ["--resume"])
         d = a.out / "fp16"
-        cmd_resume = [sys.executable, str(ROOT / "step03_train_clay/run.py"), "--resume", "--set", "train.device=cuda",
-                      "--set", f"output.weights_dir={d / 'w'}", "--set", f"output.outputs_dir={d / 'o'}",
-                      *sum((["--set", s] for s in sets), [])]
-        t_resume = time.perf_counter()
-        with open(a.out / "fp16.log", "a") as log:
-            rc = subprocess.run(cmd_resume, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-        if rc != 0:
-            raise SystemExit(f"fp16 resume: step03 exited {rc}; see {a.out / 'fp16.log'}")
         res["runs"]["fp16_resumed"] = summary(d / "w", d / "o")
-        res["runs"]["fp16_resumed"]["wall_s"] = t_first + (time.perf_counter() - t_resume)  # both invocations
+        res["runs"]["fp16_resumed"]["wall_s"] = wall  # both invocations
         print("fp16 stop/resume", res["runs"]["fp16_resumed"], flush=True)
     if a.cpu_run is not None:
         cpu = summary(a.cpu_run / "weights", a.cpu_run / "outputs")

@@ -13,7 +13,7 @@ def check_device_name(name: str, key: str) -> None:
         raise ValueError(f"{key} must be {DEVICE_CHOICES}, got {name!r}")
 
 
-def pick_device(name: str, local_rank: int = 0, key: str = "train.device"):
+def pick_device(name: str, local_rank: int, key: str):
     """The ``torch.device`` for ``name``: ``auto`` = this process's GPU (``cuda:LOCAL_RANK`` under torchrun)
     when CUDA is available, else the CPU; ``cuda`` without an index = ``cuda:LOCAL_RANK``. A GPU that is not
     there (``cuda:3`` on a 2-GPU machine, or more torchrun processes than GPUs) is a UserError."""
@@ -31,3 +31,13 @@ def pick_device(name: str, local_rank: int = 0, key: str = "train.device"):
             raise UserError(f"{key}={name}: this process would use GPU {dev.index}, but {torch.cuda.device_count()} "
                             "GPU(s) are visible; start at most that many torchrun processes, or name a GPU (cuda:N)")
     return dev
+
+
+def use_cuda(dev, tf32: bool) -> None:
+    """Make ``dev`` (a CUDA device) this process's current GPU, with TF32 matmuls and convolutions on or off
+    (step03: ``train.tf32``; step04: off, so that fp32 maps agree with the CPU's)."""
+    import torch
+
+    torch.cuda.set_device(dev)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32

@@ -45,7 +45,7 @@ from scipy.ndimage import maximum_filter
 from tqdm import tqdm
 
 from shared.core.constants import KELVIN
-from shared.core.device import pick_device
+from shared.core.device import pick_device, use_cuda
 from shared.core.distributed import Dist
 from shared.core.errors import UserError, rerun
 from shared.features.patch import full_stack, height_z, landcover_onehot, loc3, normalise_, time7, window_index
@@ -164,9 +164,7 @@ class Predictor:
                     out = self.model(batch, with_logvar=with_logvar)
             else:
                 out = self.model(batch, with_logvar=with_logvar)
-        if dev.type == "cpu":
-            return out
-        return tuple(o.float().cpu() for o in out) if isinstance(out, tuple) else out.float().cpu()
+        return tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()  # .cpu(): no copy on the CPU
 
     def predict(self, batch: dict) -> np.ndarray:
         """TA z-scores ``(B,)``."""
@@ -258,11 +256,7 @@ def load_predictor(path: str | Path, precision: str = "fp32", device: str = "cpu
     src += f"; at most the training rows' TA standard deviation ({t_std:.1f} K)"
     dev = pick_device(device, Dist().local_rank, "device")
     if dev.type == "cuda":
-        import torch
-
-        torch.cuda.set_device(dev)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        use_cuda(dev, tf32=False)
         model = model.to(dev)
     return Predictor(model=model, model_cfg=cfg, input_mean=mean, input_std=std, target_mean=t_mean,
                      target_std=t_std, patch_size=int(cfg.get("patch_size", 9)), path=path, precision=precision,

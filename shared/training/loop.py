@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from shared.core.config import config_to_dict
-from shared.core.device import pick_device
+from shared.core.device import pick_device, use_cuda
 from shared.core.distributed import Dist
 from shared.core.errors import STEP_DIRS, UserError
 from shared.core.records import StepRun, atomic_path, write_csv
@@ -430,9 +430,7 @@ def train(cfg, d: Dist | None = None, resume: bool = False, stop_after: int | No
     d = d or Dist()
     device = pick_device(cfg.train.device, d.local_rank, "train.device")
     if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+        use_cuda(device, cfg.train.tf32)
     dtype = amp_dtype(cfg.train.amp, device)
     threads = torch.get_num_threads()
     if cfg.train.num_threads > 0:
