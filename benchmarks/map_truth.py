@@ -1,7 +1,7 @@
 """Maps against the demo world's true field at many times: seasons x day/night, by distance to a station.
 
     PYTHONPATH=. .venv/bin/python benchmarks/map_truth.py [--per-season 3] [--out benchmarks/out/map_truth]
-        [--checkpoint path/to/best.pt]
+        [--checkpoint path/to/best.pt] [--set fusion.idw_weight=0 ...]
 
 Picks test times spread over the four seasons (DJF, MAM, JJA, SON) and the
 day (by default 03, 09 and 18 UTC = 12, 18 and 03 KST; the nearest test time
@@ -64,8 +64,10 @@ def main(argv=None) -> int:
     ap.add_argument("--hours-utc", type=int, nargs="+", default=[3, 9, 18])
     ap.add_argument("--skip-step04", action="store_true", help="reuse the maps already in --out/maps")
     ap.add_argument("--checkpoint", type=Path, default=None, help="a step03 best.pt (default: step04's and step05's own)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config key set in both step04 and step05, e.g. fusion.idw_weight=0 (repeatable)")
     a = ap.parse_args(argv)
-    ck = [] if a.checkpoint is None else [f"checkpoint={a.checkpoint.resolve()}"]
+    ck = ([] if a.checkpoint is None else [f"checkpoint={a.checkpoint.resolve()}"]) + a.sets
     times = pick_times(a.index_dir / "index_test.csv", a.per_season, a.hours_utc)
     print(f"{len(times)} test times: " + ", ".join(f"{t:%Y-%m-%d %H}" for t in times), flush=True)
     maps, ev = a.out / "maps", a.out / "eval"

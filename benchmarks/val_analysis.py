@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     splits = read_splits(a.index_dir)
     static = read_static(resolve_path(splits.get("static", "data/raw/static.nc")))
     stations = station_table(read_split_csv(a.index_dir, "all", ["stn_id", "lat", "lon", "elev_m", "pixel_y", "pixel_x"]),
-                             static.grid, static.dem)
+                             static.grid, static.dem, static.lsmask)
     merged = None
     for name, ck in zip(names, a.checkpoints):
         res, t = score(ck, a.patch_dir, stations, static, cfg)

@@ -7,7 +7,7 @@ import pytest
 from shared.core.errors import UserError
 from shared.evaluation.maps import join_maps
 from shared.evaluation.uncertainty import coverage, crps_gaussian, interval_scores
-from shared.fusion.analysis import FusionConfig, fit_variogram, fuse, residual, sites
+from shared.fusion.analysis import FusionConfig, StationValues, blend_weight, fit_variogram, fuse, lapse_idw, residual, sites
 from shared.fusion.kriging import Variogram
 from shared.geo.grid import Grid
 from shared.io.maps import MapLayers, map_dataset, map_name, read_map, write_map
@@ -194,10 +194,56 @@ def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
 
 def test_fusion_config_is_checked():
     for bad in (dict(splits=["train", "tset"]), dict(splits=[]), dict(elevation_weight=-1.0), dict(min_stations=2),
-                dict(variogram_model="linear"), dict(kriging="universal"), dict(variogram_model="spherical")):
+                dict(variogram_model="linear"), dict(kriging="universal"), dict(variogram_model="spherical"),
+                dict(idw_weight=1.5), dict(idw_weight=-0.1), dict(idw_taper_km=0.0), dict(lapse_rate_K_per_km=20.0)):
         with pytest.raises(ValueError):
             FusionConfig(**bad).check()
     FusionConfig(kriging="ordinary", variogram_model="spherical").check()  # PyKrige's ordinary kriging takes it
+
+
+def test_lapse_idw_known_values():
+    xy = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 20.0], [30.0, 40.0], [500.0, 0.0]])
+    ta = np.array([10.0, 12.0, 8.0, 5.0, 0.0])
+    elev = np.array([0.0, 200.0, 100.0, 0.0, 0.0])
+    tgt = np.array([[0.0, 0.0], [5.0, 0.0]])
+    v, nn, near = lapse_idw(xy, ta, elev, tgt, np.array([0.0, 300.0]), k=4, power=2.0, lapse_K_per_km=6.5)
+    # on a source: its sea-level value at the target's height (0 m here: its own value)
+    assert v[0] == pytest.approx(10.0, abs=1e-4) and near[0] == pytest.approx(0.0)
+    # 5 km from the first two, sqrt(425) and sqrt(2225) km from the next: weights d^-2, sea-level values
+    # ta + 6.5e-3 x elev, then back down to 300 m; the source 495 km away is not among the 4 nearest
+    d = np.array([5.0, 5.0, np.sqrt(425.0), np.sqrt(2225.0)])
+    sea = np.array([10.0, 12.0 + 1.3, 8.0 + 0.65, 5.0])
+    want = (d ** -2 * sea).sum() / (d ** -2).sum() - 6.5e-3 * 300.0
+    assert v[1] == pytest.approx(want, rel=1e-12) and near[1] == pytest.approx(5.0)
+    assert sorted(nn[1].tolist()) == [0, 1, 2, 3]
+
+
+def test_blend_weight_tapers_linearly_to_zero():
+    cfg = FusionConfig(idw_weight=0.3, idw_taper_km=100.0)
+    np.testing.assert_allclose(blend_weight(np.array([0.0, 50.0, 100.0, 400.0]), cfg), [0.3, 0.15, 0.0, 0.0])
+
+
+def test_station_blend_mixes_the_idw_in_near_stations_only():
+    src = ring(8, 30.0)
+    r = np.linspace(-1.0, 1.0, 8)
+    obs = 285.0 + r  # the model is 285 K at the stations
+    tgt = sites(np.array([30.0, 0.0, 400.0]), np.zeros(3), np.zeros(3), 0.0)  # on a station, 30 km, 400 km away
+    model, se = np.full(3, 285.0), np.ones(3)
+    st = StationValues(obs, np.zeros(8), np.zeros(3))
+    plain = fuse(src, r, tgt, model, se, VG, FusionConfig(idw_weight=0.0), st)
+    off = fuse(src, r, tgt, model, se, VG, FusionConfig(), None)  # no station values: no blend
+    np.testing.assert_allclose(off.value, plain.value)
+    cfg = FusionConfig(idw_weight=0.3, idw_taper_km=100.0)
+    f = fuse(src, r, tgt, model, se, VG, cfg, st)
+    idw, _, near = lapse_idw(src[:, :2], obs, np.zeros(8), tgt[:, :2], np.zeros(3))
+    w = np.array([0.3, 0.3 * (1 - near[1] / 100.0), 0.0])
+    np.testing.assert_allclose(f.value, (1 - w) * plain.value + w * idw, rtol=0, atol=1e-9)
+    assert f.value[0] == pytest.approx(0.7 * plain.value[0] + 0.3 * obs[0], abs=1e-6)  # on a station: its own obs
+    assert f.value[2] == plain.value[2]  # beyond the taper: the kriged model alone
+    np.testing.assert_array_equal(f.se, plain.se)  # the standard error stays the kriged model's
+    # over the sea (land mask 0) the land stations' IDW is left out
+    sea = fuse(src, r, tgt, model, se, VG, cfg, StationValues(obs, np.zeros(8), np.zeros(3), np.array([1.0, 0.0, 1.0])))
+    assert sea.value[0] == f.value[0] and sea.value[1] == plain.value[1]
 
 
 # --------------------------------------------------------------------------- map layers

@@ -25,22 +25,26 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
+from shared.fusion.analysis import lapse_idw
 from shared.fusion.kriging import Variogram, krige, pooled_variogram
 
 STATION_BASELINES = ("idw", "regression_kriging", "hgb_residual_kriging")
 TREND_TERMS = ("elev", "x", "y")
-_MIN_DIST_KM = 1e-3  # a source on the target itself: weight 1e6/km^2, i.e. its value
 
 
-def station_table(index: pd.DataFrame, grid, dem: np.ndarray | None = None) -> pd.DataFrame:
+def station_table(index: pd.DataFrame, grid, dem: np.ndarray | None = None,
+                  lsmask: np.ndarray | None = None) -> pd.DataFrame:
     """One row per station of an index table: ``stn_id, lat, lon, elev_m, x_km, y_km`` and, with the grid's
-    ``dem`` and the index's ``pixel_y, pixel_x``, ``dem_m``: the height of the station's pixel (what a map has)."""
+    ``dem`` and the index's ``pixel_y, pixel_x``, ``dem_m``: the height of the station's pixel (what a map has);
+    with ``lsmask``, ``land``: the pixel's land mask (the station blend's weight is 0 over the sea)."""
     cols = ["stn_id", "lat", "lon", "elev_m"] + [c for c in ("pixel_y", "pixel_x") if c in index]
     st = index[cols].drop_duplicates("stn_id").reset_index(drop=True)
     x, y = grid.latlon_to_xy(st["lat"].to_numpy(), st["lon"].to_numpy())
     st["x_km"], st["y_km"] = np.asarray(x) / 1000.0, np.asarray(y) / 1000.0
     if dem is not None and "pixel_y" in st:
         st["dem_m"] = np.asarray(dem, np.float64)[st["pixel_y"].to_numpy(), st["pixel_x"].to_numpy()]
+    if lsmask is not None and "pixel_y" in st:
+        st["land"] = np.asarray(lsmask, np.float64)[st["pixel_y"].to_numpy(), st["pixel_x"].to_numpy()]
     return st
 
 
@@ -53,7 +57,7 @@ def station_rows(time: np.ndarray, stn_id: np.ndarray, stations: pd.DataFrame, t
     missing = ~df["stn_id"].isin(st.index)
     if missing.any():
         raise ValueError(f"station {df['stn_id'][missing].iloc[0]} is not in the station table")
-    for c in ("x_km", "y_km", "elev_m", "dem_m"):
+    for c in ("x_km", "y_km", "elev_m", "dem_m", "land"):
         if c in st:
             df[c] = st[c].reindex(df["stn_id"]).to_numpy(dtype=np.float64)
     return df
@@ -83,12 +87,11 @@ def _sites(df: pd.DataFrame, idx: np.ndarray) -> np.ndarray:
 
 def idw(src: pd.DataFrame, tgt: pd.DataFrame, k: int = 4, power: float = 2.0,
         lapse_K_per_km: float = 6.5) -> tuple[np.ndarray, np.ndarray]:
-    """Lapse-adjusted IDW of the ``k`` nearest same-time sources.
+    """Lapse-adjusted IDW of the ``k`` nearest same-time sources (:func:`shared.fusion.analysis.lapse_idw`).
 
     Returns ``pred (M,)`` deg C (NaN where the time has no source) and the
     neighbours' ``stn_id (M, k)`` (-1 where fewer than ``k`` sources).
     """
-    lapse = lapse_K_per_km / 1000.0  # K per m
     pred = np.full(len(tgt), np.nan)
     nbr = np.full((len(tgt), k), -1, dtype=np.int64)
     s_ta, s_el, s_id = src["ta_c"].to_numpy(), src["elev_m"].to_numpy(), src["stn_id"].to_numpy()
@@ -99,13 +102,9 @@ def idw(src: pd.DataFrame, tgt: pd.DataFrame, k: int = 4, power: float = 2.0,
             continue
         sx, sy = _xy(src, si)
         tx, ty = _xy(tgt, ti)
-        d = np.hypot(tx[:, None] - sx[None, :], ty[:, None] - sy[None, :])  # (m, n) km
-        kk = min(k, len(si))
-        nn = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < len(si) else np.broadcast_to(np.arange(kk), (len(ti), kk))
-        w = np.maximum(np.take_along_axis(d, nn, axis=1), _MIN_DIST_KM) ** -power
-        sea = (s_ta[si] + lapse * s_el[si])[nn]
-        pred[ti] = (w * sea).sum(1) / w.sum(1) - lapse * t_el[ti]
-        nbr[ti, :kk] = s_id[si][nn]
+        pred[ti], nn, _ = lapse_idw(np.stack([sx, sy], 1), s_ta[si], s_el[si], np.stack([tx, ty], 1), t_el[ti],
+                                    k, power, lapse_K_per_km)
+        nbr[ti, :nn.shape[1]] = s_id[si][nn]
     return pred, nbr
 
 

@@ -30,7 +30,7 @@ from shared.evaluation.interpolation import (
     residual_kriging,
     station_rows,
 )
-from shared.fusion.analysis import FusionConfig, fit_variogram, fuse, residual, sites
+from shared.fusion.analysis import FusionConfig, StationValues, fit_variogram, fuse, residual, sites
 from shared.fusion.kriging import VARIOGRAM_MODELS, Variogram
 
 ALL_BASELINES = BASELINES + STATION_BASELINES
@@ -156,19 +156,26 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
     t_sites = sites(tgt["x_km"], tgt["y_km"], tgt[elev], cfg.elevation_weight)
     r = residual(src["ta_c"].to_numpy(), np.asarray(model_fusion_c)[src_ok])
     groups = list(per_time(src, tgt))
+    # the station blend's IDW: observations made at the stations' own heights, brought to the targets' own
+    s_obs, s_elev, t_elev = (src["ta_c"].to_numpy(np.float64), src["elev_m"].to_numpy(np.float64),
+                             tgt["elev_m"].to_numpy(np.float64))
+    t_land = tgt["land"].to_numpy(np.float64) if "land" in tgt else None
     if vg is None:
         vg, vg_note = fit_variogram([(s_sites[si], r[si]) for si, _ in groups], cfg), "fitted to the scored times"
     out = np.asarray(model_target_c, dtype=np.float64).copy()
     se = np.asarray(se_target_c, dtype=np.float64).copy()
     n_fused, scales = 0, []
     for si, ti in groups:
-        f = fuse(s_sites[si], r[si], t_sites[ti], out[ti], se[ti], vg, cfg)
+        f = fuse(s_sites[si], r[si], t_sites[ti], out[ti], se[ti], vg, cfg,
+                 StationValues(s_obs[si], s_elev[si], t_elev[ti], None if t_land is None else t_land[ti]))
         out[ti], se[ti] = f.value, f.se
         if f.fused:
             n_fused += 1
             scales.append(f.resid_var)
-    info = {"method": f"model + {cfg.kriging}-kriged residuals (obs - model, K) of the same hour; standard error "
-                      "se_model x sqrt(kriging variance of a unit-sill field)",
+    info = {"method": f"model + {cfg.kriging}-kriged residuals (obs - model, K) of the same hour"
+                      + (f", blended with the stations' lapse-adjusted IDW (weight {cfg.idw_weight:g} at a station, "
+                         f"0 from {cfg.idw_taper_km:g} km)" if cfg.idw_weight > 0 else "")
+                      + "; standard error se_model x sqrt(kriging variance of a unit-sill field)",
             "sources": f"same-hour observations of the fusion stations ({'+'.join(cfg.splits)}), never a target station",
             "fusion": cfg.describe(), "n_source_stations": int(src["stn_id"].nunique()),
             "residual_rmse_K": float(np.sqrt(np.nanmean((src["ta_c"].to_numpy() - np.asarray(model_fusion_c)[src_ok]) ** 2))),

@@ -18,7 +18,7 @@ import pandas as pd
 
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError, rerun
-from shared.fusion.analysis import Fused, FusionConfig, fit_variogram, fuse, residual, sites
+from shared.fusion.analysis import Fused, FusionConfig, StationValues, fit_variogram, fuse, residual, sites
 from shared.fusion.kriging import Variogram
 from shared.io.raw import Static
 from shared.models.checkpoint import RESIDUAL_SPLITS
@@ -59,6 +59,7 @@ class TimeSources:
     obs_K: np.ndarray
     model_K: np.ndarray
     resid: np.ndarray
+    elev_m: np.ndarray  # the stations' own heights (the station blend's IDW)
 
     def used(self) -> np.ndarray:
         return np.isfinite(self.resid)
@@ -75,7 +76,7 @@ def time_sources(obs_t: pd.DataFrame, model_K: np.ndarray, static: Static,
     py, px = obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy()
     obs_K = obs_t["ta_c"].to_numpy(np.float64) + KELVIN
     return TimeSources(obs_t["stn_id"].to_numpy(np.int64), py, px, pixel_sites(static, py, px, cfg), obs_K,
-                       model_K.astype(np.float64), residual(obs_K, model_K))
+                       model_K.astype(np.float64), residual(obs_K, model_K), obs_t["elev_m"].to_numpy(np.float64))
 
 
 def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:
@@ -116,7 +117,9 @@ def fuse_map(model_K: np.ndarray, model_se_K: np.ndarray, static: Static, offset
     rr, cc = np.nonzero(good)
     tgt = pixel_sites(static, rr + offset[0], cc + offset[1], cfg)
     u = src.used()
-    f = fuse(src.sites[u], src.resid[u], tgt, model_K[good], model_se_K[good], vg, cfg)
+    f = fuse(src.sites[u], src.resid[u], tgt, model_K[good], model_se_K[good], vg, cfg,
+             StationValues(src.obs_K[u], src.elev_m[u], static.dem[rr + offset[0], cc + offset[1]],
+                           static.lsmask[rr + offset[0], cc + offset[1]]))
     value, se = np.full((ny, nx), np.nan, np.float32), np.full((ny, nx), np.nan, np.float32)
     value[good], se[good] = f.value, f.se
     return replace(f, value=value, se=se)

@@ -174,7 +174,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         if r is not None:
             r["ta_c"] = r["y"].astype(np.float64) * ta_std + predictor.target_mean
     stations = station_table(read_split_csv(cfg.index_dir, "all", ["stn_id", "lat", "lon", "elev_m", "pixel_y", "pixel_x"]),
-                             static.grid, static.dem)
+                             static.grid, static.dem, static.lsmask)
     print(f"step05: fitting baselines on {len(train['ta_c']):,} train rows ...", flush=True)
     base_preds, base_info, idw_nbr = run_baselines(train, val, test, stations, cfg.baselines, threads)
     n_train = base_info["n_train"]

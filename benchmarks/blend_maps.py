@@ -1,0 +1,95 @@
+"""The station blend on maps: each map's analysis with and without it, against the demo world's truth.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/blend_maps.py MAP_DIR [--index-dir step01_make_index/outputs]
+
+For step04 maps made with ``fusion.idw_weight`` > 0 (e.g. ``benchmarks/map_truth.py``'s ``--out/maps``), the
+blend ``t2m = (1 - w) A + w I`` (``w`` 0 over the sea) is undone from the file: ``I`` (the fusion stations' lapse-adjusted IDW,
+:func:`shared.fusion.analysis.lapse_idw`) and ``w`` (:func:`shared.fusion.analysis.blend_weight`) are recomputed
+from the same observations, so ``A = (t2m - w I) / (1 - w)`` is the kriged model alone. Prints the RMSE against
+the true field of both, and the share of the true field inside the map's 90 % interval, by distance to the
+nearest fusion station (the map's ``distance_to_station``), over land and sea, mean over the maps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.core.config import read_yaml, resolve_path  # noqa: E402
+from shared.evaluation.maps import DISTANCE_BANDS_KM, band_name, map_files, map_offset  # noqa: E402
+from shared.fusion.analysis import FusionConfig, blend_weight, lapse_idw  # noqa: E402
+from shared.io.index import read_splits  # noqa: E402
+from shared.io.maps import read_map  # noqa: E402
+from shared.io.raw import read_static  # noqa: E402
+from shared.mapping.analysis import fusion_observations  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("map_dir", type=Path)
+    ap.add_argument("--index-dir", type=Path, default=ROOT / "step01_make_index/outputs")
+    ap.add_argument("--step04-config", type=Path, default=ROOT / "step04_infer_map/config.yaml")
+    a = ap.parse_args(argv)
+    cfg = FusionConfig(**(read_yaml(a.step04_config).get("fusion", {}) or {}))
+    if cfg.idw_weight <= 0:
+        raise SystemExit("fusion.idw_weight is 0 in the step04 config: there is no blend to undo")
+    splits = read_splits(a.index_dir)
+    static = read_static(resolve_path(splits.get("static", "data/raw/static.nc")))
+    truth_dir = resolve_path(splits.get("raw_dir", "data/raw")) / "truth"
+    land_all = static.lsmask > 0.5
+    maps = map_files(a.map_dir)
+    obs = fusion_observations(a.index_dir, pd.Series(list(maps)), cfg)
+    rows = []
+    for t, path in sorted(maps.items()):
+        f = read_map(path)
+        r0, c0 = map_offset(f, static.grid, path)
+        ny, nx = f.grid.shape
+        with netCDF4.Dataset(truth_dir / f"ta_true_{t:%Y%m%d%H%M}.nc") as ds:
+            truth = np.ma.filled(ds.variables["t2m"][...].astype(np.float64), np.nan)[r0:r0 + ny, c0:c0 + nx]
+        o = obs[obs["time_utc"] == t]
+        px, py = o["pixel_x"].to_numpy(), o["pixel_y"].to_numpy()
+        src_xy = np.stack([static.grid.x[px], static.grid.y[py]], 1) / 1000.0
+        yy, xx = np.meshgrid(static.grid.y[r0:r0 + ny] / 1000.0, static.grid.x[c0:c0 + nx] / 1000.0, indexing="ij")
+        idw, _, near = lapse_idw(src_xy, o["ta_c"].to_numpy() + 273.15, o["elev_m"].to_numpy(),
+                                 np.stack([xx.ravel(), yy.ravel()], 1), static.dem[r0:r0 + ny, c0:c0 + nx].ravel(),
+                                 lapse_K_per_km=cfg.lapse_rate_K_per_km)
+        dist, land = f.layers["distance_to_station"], land_all[r0:r0 + ny, c0:c0 + nx]
+        w = blend_weight(near, cfg).reshape(ny, nx) * static.lsmask[r0:r0 + ny, c0:c0 + nx]  # as fuse(): land only
+        blended = f.t2m.astype(np.float64)
+        kriged = (blended - w * idw.reshape(ny, nx)) / (1.0 - w)
+        se = f.layers["t2m_standard_error"].astype(np.float64)
+        k90 = json.loads(f.attrs["interval_multipliers"])["90"]
+        for lo, hi in DISTANCE_BANDS_KM:
+            band = (dist >= lo) & ((dist < hi) if hi is not None else True)
+            for surf, m in (("land", band & land), ("sea", band & ~land)):
+                m = m & np.isfinite(truth) & np.isfinite(blended)
+                if not m.any():
+                    continue
+                rec = {"time": t, "band": band_name(lo, hi), "surface": surf, "n": int(m.sum())}
+                for name, field in (("kriged", kriged), ("blend", blended)):
+                    e = field[m] - truth[m]
+                    rec[f"rmse_{name}"] = float(np.sqrt(np.mean(e ** 2)))
+                    rec[f"cov90_{name}"] = float(np.mean(np.abs(e) <= k90 * se[m]))
+                rows.append(rec)
+    df = pd.DataFrame(rows)
+    print(f"{len(maps)} maps; fusion: {cfg.describe()}")
+    print("mean over the maps, RMSE against the truth (K) and 90 % interval coverage, by km to a fusion station:")
+    g = df.groupby(["surface", "band"], sort=False)[["rmse_kriged", "rmse_blend", "cov90_kriged", "cov90_blend"]].mean()
+    print(g.round(3).to_string())
+    land = df[(df["surface"] == "land") & df["band"].isin([band_name(*b) for b in DISTANCE_BANDS_KM[:3]])]
+    diff = land.assign(d=land["rmse_blend"] - land["rmse_kriged"]).pivot(index="time", columns="band", values="d")
+    print("\nper map, land: RMSE with the blend minus without (K)")
+    print(diff[[c for c in (band_name(*b) for b in DISTANCE_BANDS_KM[:3]) if c in diff]].round(3).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
