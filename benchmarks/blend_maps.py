@@ -39,8 +39,9 @@ def main(argv=None) -> int:
     ap.add_argument("--step04-config", type=Path, default=ROOT / "step04_infer_map/config.yaml")
     a = ap.parse_args(argv)
     cfg = FusionConfig(**(read_yaml(a.step04_config).get("fusion", {}) or {}))
-    if cfg.idw_weight <= 0:
-        raise SystemExit("fusion.idw_weight is 0 in the step04 config: there is no blend to undo")
+    if not 0 < cfg.idw_weight < 1:
+        raise SystemExit(f"fusion.idw_weight is {cfg.idw_weight:g} in the step04 config: the blend can be undone only "
+                         "for 0 < idw_weight < 1 (the maps must have been made with this config's fusion section)")
     splits = read_splits(a.index_dir)
     static = read_static(resolve_path(splits.get("static", "data/raw/static.nc")))
     truth_dir = resolve_path(splits.get("raw_dir", "data/raw")) / "truth"
@@ -55,14 +56,17 @@ def main(argv=None) -> int:
         with netCDF4.Dataset(truth_dir / f"ta_true_{t:%Y%m%d%H%M}.nc") as ds:
             truth = np.ma.filled(ds.variables["t2m"][...].astype(np.float64), np.nan)[r0:r0 + ny, c0:c0 + nx]
         o = obs[obs["time_utc"] == t]
+        o = o[np.isfinite(f.t2m_model[o["pixel_y"].to_numpy() - r0, o["pixel_x"].to_numpy() - c0])]  # as step04
         px, py = o["pixel_x"].to_numpy(), o["pixel_y"].to_numpy()
+        elev = np.where(o["elev_m"].notna(), o["elev_m"], static.dem[py, px])
         src_xy = np.stack([static.grid.x[px], static.grid.y[py]], 1) / 1000.0
         yy, xx = np.meshgrid(static.grid.y[r0:r0 + ny] / 1000.0, static.grid.x[c0:c0 + nx] / 1000.0, indexing="ij")
-        idw, _, near = lapse_idw(src_xy, o["ta_c"].to_numpy() + 273.15, o["elev_m"].to_numpy(),
+        idw, _, near = lapse_idw(src_xy, o["ta_c"].to_numpy() + 273.15, elev,
                                  np.stack([xx.ravel(), yy.ravel()], 1), static.dem[r0:r0 + ny, c0:c0 + nx].ravel(),
                                  lapse_K_per_km=cfg.lapse_rate_K_per_km)
         dist, land = f.layers["distance_to_station"], land_all[r0:r0 + ny, c0:c0 + nx]
         w = blend_weight(near, cfg).reshape(ny, nx) * static.lsmask[r0:r0 + ny, c0:c0 + nx]  # as fuse(): land only
+        w = np.where(np.isfinite(idw.reshape(ny, nx)), w, 0.0)
         blended = f.t2m.astype(np.float64)
         kriged = (blended - w * idw.reshape(ny, nx)) / (1.0 - w)
         se = f.layers["t2m_standard_error"].astype(np.float64)

@@ -10,7 +10,7 @@ chunks, it prints:
 * ``val model``: the satellite-only model at the validation stations;
 * ``val analysis``: the model corrected by the kriged same-hour residuals of
   the **train** stations (:func:`shared.evaluation.suite.station_analysis`,
-  step04's fusion settings and the checkpoint's stored variogram). A
+  step04's fusion settings, the station blend included, and the checkpoint's stored variogram). A
   validation station is never a source, so this is the analysis at stations
   whose observations the map did not use, as step05 scores it on the test
   stations, without looking at the test split.

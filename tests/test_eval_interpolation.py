@@ -209,7 +209,8 @@ def test_station_analysis_adds_same_hour_residuals_and_never_uses_target_station
     assert (out_se < 0.8).all() and (out_se > 0).all()  # the fusion is surer than the model alone
     # with the station blend too: the IDW moves the analysis, never with a target station's observation
     pb = FusionConfig(elevation_weight=100.0, kriging="ordinary", idw_weight=0.3)
-    outb, _, _ = station_analysis(fusion, target, st, model, model[tgt], se[tgt], pb)
-    outb2, _, _ = station_analysis(fusion2, target, st, model, model[tgt], se[tgt], pb)
+    st_land = st.assign(land=1.0)
+    outb, _, _ = station_analysis(fusion, target, st_land, model, model[tgt], se[tgt], pb)
+    outb2, _, _ = station_analysis(fusion2, target, st_land, model, model[tgt], se[tgt], pb)
     assert np.abs(outb - out).max() > 0.1
     np.testing.assert_array_equal(outb, outb2)

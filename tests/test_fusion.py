@@ -246,6 +246,51 @@ def test_station_blend_mixes_the_idw_in_near_stations_only():
     assert sea.value[0] == f.value[0] and sea.value[1] == plain.value[1]
 
 
+def test_station_blend_uses_horizontal_distance_and_each_height():
+    """Sources and target at different heights, kriging sites with an elevation weight: the blend's IDW is
+    horizontal (not the 3-D kriging distance) and brings each observation from its own height to the target's."""
+    xy = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0], [-20.0, 0.0]])
+    s_elev, obs = np.array([100.0, 600.0, 300.0, 0.0]), np.array([288.0, 285.0, 286.5, 289.0])
+    src = sites(xy[:, 0], xy[:, 1], s_elev, 200.0)
+    tgt = sites(np.array([5.0]), np.array([0.0]), np.array([900.0]), 200.0)
+    r = np.array([0.4, -0.2, 0.1, 0.3])
+    cfg = FusionConfig(idw_weight=0.3, idw_taper_km=100.0, lapse_rate_K_per_km=6.5)
+    plain = fuse(src, r, tgt, np.array([280.0]), np.ones(1), VG, FusionConfig(idw_weight=0.0))
+    f = fuse(src, r, tgt, np.array([280.0]), np.ones(1), VG, cfg, StationValues(obs, s_elev, np.array([900.0])))
+    d = np.hypot(xy[:, 0] - 5.0, xy[:, 1])
+    idw = (d ** -2 * (obs + 6.5e-3 * s_elev)).sum() / (d ** -2).sum() - 6.5e-3 * 900.0
+    w = 0.3 * (1 - 5.0 / 100.0)
+    assert f.value[0] == pytest.approx((1 - w) * plain.value[0] + w * idw, abs=1e-9)
+    # a station of unknown height gives no NaN: the blend is skipped where its IDW is undefined
+    nan_h = fuse(src, r, tgt, np.array([280.0]), np.ones(1), VG, cfg,
+                 StationValues(obs, np.array([100.0, np.nan, 300.0, 0.0]), np.array([900.0])))
+    assert nan_h.value[0] == plain.value[0]
+
+
+def test_station_analysis_blends_land_stations_only_and_needs_the_land_mask():
+    from shared.evaluation.suite import station_analysis
+
+    rng = np.random.default_rng(3)
+    n, times = 12, pd.date_range("2023-03-01", periods=3, freq="3h").to_numpy()
+    st = pd.DataFrame({"stn_id": np.arange(n), "x_km": rng.uniform(0, 150, n), "y_km": rng.uniform(0, 150, n),
+                       "elev_m": rng.uniform(0, 500, n)})
+    st["dem_m"] = st["elev_m"] + 20.0
+    st["land"] = np.where(st["stn_id"] == 1, 0.0, 1.0)  # station 1 stands on a sea pixel
+    t, s = np.repeat(times, n), np.tile(st["stn_id"].to_numpy(), len(times))
+    ta = 10.0 + rng.normal(0, 2.0, len(s))
+    fusion = {"time": t, "stn_id": s, "ta_c": ta}
+    tgt = np.isin(s, [0, 1])
+    target = {"time": t[tgt], "stn_id": s[tgt]}
+    model, se = ta + rng.normal(0, 1.0, len(s)), np.ones(int(tgt.sum()))
+    off, _, _ = station_analysis(fusion, target, st, model, model[tgt], se, FusionConfig(idw_weight=0.0))
+    on, _, _ = station_analysis(fusion, target, st, model, model[tgt], se, FusionConfig(idw_weight=0.3))
+    land_rows = target["stn_id"] == 0
+    assert np.abs(on[land_rows] - off[land_rows]).min() > 1e-6  # the land station's analysis is blended
+    np.testing.assert_array_equal(on[~land_rows], off[~land_rows])  # the sea station's is not
+    with pytest.raises(ValueError, match="land mask"):
+        station_analysis(fusion, target, st.drop(columns="land"), model, model[tgt], se, FusionConfig(idw_weight=0.3))
+
+
 # --------------------------------------------------------------------------- map layers
 
 GRID = Grid(ny=12, nx=16, row0=400, col0=400)

@@ -157,8 +157,12 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
     r = residual(src["ta_c"].to_numpy(), np.asarray(model_fusion_c)[src_ok])
     groups = list(per_time(src, tgt))
     # the station blend's IDW: observations made at the stations' own heights, brought to the targets' own
-    s_obs, s_elev, t_elev = (src["ta_c"].to_numpy(np.float64), src["elev_m"].to_numpy(np.float64),
-                             tgt["elev_m"].to_numpy(np.float64))
+    # (a station of unknown height: its pixel's, as the model and the kriging take it)
+    s_elev, t_elev = (df["elev_m"].fillna(df[elev]).to_numpy(np.float64) for df in (src, tgt))
+    s_obs = src["ta_c"].to_numpy(np.float64)
+    if cfg.idw_weight > 0 and "land" not in tgt:
+        raise ValueError("the station blend (fusion.idw_weight > 0) needs the stations' land mask: build the station "
+                         "table with station_table(..., dem, lsmask)")
     t_land = tgt["land"].to_numpy(np.float64) if "land" in tgt else None
     if vg is None:
         vg, vg_note = fit_variogram([(s_sites[si], r[si]) for si, _ in groups], cfg), "fitted to the scored times"

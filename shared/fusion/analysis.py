@@ -219,6 +219,6 @@ def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model:
         idw, _, nearest = lapse_idw(src_sites[ok, :2], np.asarray(stations.obs)[ok], np.asarray(stations.src_elev_m)[ok],
                                     tgt_sites[on, :2], np.asarray(stations.tgt_elev_m)[on],
                                     lapse_K_per_km=cfg.lapse_rate_K_per_km)
-        w = blend_weight(nearest, cfg) * land[on]
-        value[on] = (1.0 - w) * value[on] + w * idw
+        w = np.where(np.isfinite(idw), blend_weight(nearest, cfg) * land[on], 0.0)  # no height: no blend there
+        value[on] = (1.0 - w) * value[on] + w * np.nan_to_num(idw)
     return Fused(value, se_model * np.sqrt(v), n, True, float(r.var()), float(r.mean()))

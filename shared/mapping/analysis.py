@@ -75,8 +75,10 @@ def time_sources(obs_t: pd.DataFrame, model_K: np.ndarray, static: Static,
                  cfg: FusionConfig) -> TimeSources:
     py, px = obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy()
     obs_K = obs_t["ta_c"].to_numpy(np.float64) + KELVIN
+    # the station's own height for the blend's IDW; unknown: its pixel's (as the model and the kriging take it)
+    elev, dem = obs_t["elev_m"].to_numpy(np.float64), static.dem[py, px].astype(np.float64)
     return TimeSources(obs_t["stn_id"].to_numpy(np.int64), py, px, pixel_sites(static, py, px, cfg), obs_K,
-                       model_K.astype(np.float64), residual(obs_K, model_K), obs_t["elev_m"].to_numpy(np.float64))
+                       model_K.astype(np.float64), residual(obs_K, model_K), np.where(np.isfinite(elev), elev, dem))
 
 
 def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:
