@@ -291,6 +291,44 @@ def test_station_analysis_blends_land_stations_only_and_needs_the_land_mask():
         station_analysis(fusion, target, st.drop(columns="land"), model, model[tgt], se, FusionConfig(idw_weight=0.3))
 
 
+def test_fuse_map_blends_land_pixels_at_their_dem_and_leaves_the_sea_kriged():
+    """step04's fusion of a map window: land pixels get the blend (IDW brought to each pixel's DEM), sea pixels
+    and pixels of a run without the blend are the kriged model; the window's offset into static.nc is honoured."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from shared.geo.grid import KO_GRID
+    from shared.io.raw import Static
+    from shared.mapping.analysis import fuse_map, time_sources
+
+    shape = KO_GRID.shape
+    dem = np.zeros(shape, np.float32)
+    dem[:, 420:] = 400.0  # a plateau east of column 420
+    lsmask = np.ones(shape, np.float32)
+    lsmask[:, :405] = 0.0  # sea west of column 405
+    static = Static(KO_GRID, np.zeros(shape), np.zeros(shape), dem, lsmask, np.zeros(shape, np.int16), Path("static.nc"))
+    off, ny, nx = (400, 400), 30, 40
+    obs = pd.DataFrame({"stn_id": [1, 2, 3, 4], "pixel_y": [405, 410, 420, 425], "pixel_x": [410, 430, 415, 435],
+                        "elev_m": [50.0, 380.0, np.nan, 420.0], "ta_c": [12.0, 9.5, 11.0, 9.0]})
+    model_at_st = np.array([284.0, 283.0, 284.5, 282.5])
+    cfg = FusionConfig(idw_weight=0.3, elevation_weight=100.0)
+    src = time_sources(obs, model_at_st, static, cfg)
+    assert src.elev_m[2] == 0.0  # unknown height: the pixel's DEM
+    model, se = np.full((ny, nx), 283.0), np.ones((ny, nx))
+    plain = fuse_map(model, se, static, off, src, VG, replace(cfg, idw_weight=0.0)).value.astype(np.float64)
+    f = fuse_map(model, se, static, off, src, VG, cfg)
+    rr, cc = np.mgrid[0:ny, 0:nx]
+    land = lsmask[rr + off[0], cc + off[1]] > 0.5
+    np.testing.assert_array_equal(f.value[~land], plain[~land])
+    tx, ty = KO_GRID.x[cc + off[1]] / 1000.0, KO_GRID.y[rr + off[0]] / 1000.0
+    sx, sy = KO_GRID.x[obs["pixel_x"]] / 1000.0, KO_GRID.y[obs["pixel_y"]] / 1000.0
+    idw, _, near = lapse_idw(np.stack([sx, sy], 1), obs["ta_c"].to_numpy() + 273.15, src.elev_m,
+                             np.stack([tx[land], ty[land]], 1), dem[rr + off[0], cc + off[1]][land])
+    w = blend_weight(near, FusionConfig(idw_weight=0.3))
+    np.testing.assert_allclose(f.value[land], ((1 - w) * plain[land] + w * idw).astype(np.float32), atol=1e-4)
+    assert np.abs(f.value[land] - plain[land]).max() > 0.1
+
+
 # --------------------------------------------------------------------------- map layers
 
 GRID = Grid(ny=12, nx=16, row0=400, col0=400)
