@@ -3,9 +3,9 @@
     PYTHONPATH=. .venv/bin/python benchmarks/blend_maps.py MAP_DIR [--index-dir step01_make_index/outputs]
 
 For step04 maps made with ``fusion.idw_weight`` > 0 (e.g. ``benchmarks/map_truth.py``'s ``--out/maps``), the
-blend ``t2m = (1 - w) A + w I`` (``w`` 0 over the sea) is undone from the file: ``I`` (the fusion stations' lapse-adjusted IDW,
-:func:`shared.fusion.analysis.lapse_idw`) and ``w`` (:func:`shared.fusion.analysis.blend_weight`) are recomputed
-from the same observations, so ``A = (t2m - w I) / (1 - w)`` is the kriged model alone. Prints the RMSE against
+blend ``t2m = (1 - w) A + w I`` (``w`` 0 over the sea) is undone from the file: ``I`` and ``w`` (the fusion stations'
+lapse-adjusted IDW and its weight, :func:`shared.fusion.analysis.station_blend`, as step04 computes them) are
+recomputed from the same observations, so ``A = (t2m - w I) / (1 - w)`` is the kriged model alone. Prints the RMSE against
 the true field of both, and the share of the true field inside the map's 90 % interval, by distance to the
 nearest fusion station (the map's ``distance_to_station``), over land and sea, mean over the maps.
 """
@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 from shared.core.config import read_yaml, resolve_path  # noqa: E402
 from shared.evaluation.maps import DISTANCE_BANDS_KM, band_name, map_files, map_offset  # noqa: E402
-from shared.fusion.analysis import FusionConfig, blend_weight, lapse_idw  # noqa: E402
+from shared.fusion.analysis import FusionConfig, station_blend  # noqa: E402
 from shared.io.index import read_splits  # noqa: E402
 from shared.io.maps import read_map  # noqa: E402
 from shared.io.raw import read_static  # noqa: E402
-from shared.mapping.analysis import fusion_observations  # noqa: E402
+from shared.mapping.analysis import fusion_observations, time_sources  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -56,19 +56,18 @@ def main(argv=None) -> int:
         with netCDF4.Dataset(truth_dir / f"ta_true_{t:%Y%m%d%H%M}.nc") as ds:
             truth = np.ma.filled(ds.variables["t2m"][...].astype(np.float64), np.nan)[r0:r0 + ny, c0:c0 + nx]
         o = obs[obs["time_utc"] == t]
-        o = o[np.isfinite(f.t2m_model[o["pixel_y"].to_numpy() - r0, o["pixel_x"].to_numpy() - c0])]  # as step04
-        px, py = o["pixel_x"].to_numpy(), o["pixel_y"].to_numpy()
-        elev = np.where(o["elev_m"].notna(), o["elev_m"], static.dem[py, px])
-        src_xy = np.stack([static.grid.x[px], static.grid.y[py]], 1) / 1000.0
+        # step04's sources: the stations where the model has a value (the map's model at their pixels stands in
+        # for step04's at their own heights: only which ones are finite matters here)
+        src = time_sources(o, f.t2m_model[o["pixel_y"].to_numpy() - r0, o["pixel_x"].to_numpy() - c0], static, cfg)
+        u = src.used()
+        src_xy = np.stack([static.grid.x[src.pixel_x[u]], static.grid.y[src.pixel_y[u]]], 1) / 1000.0
         yy, xx = np.meshgrid(static.grid.y[r0:r0 + ny] / 1000.0, static.grid.x[c0:c0 + nx] / 1000.0, indexing="ij")
-        idw, _, near = lapse_idw(src_xy, o["ta_c"].to_numpy() + 273.15, elev,
-                                 np.stack([xx.ravel(), yy.ravel()], 1), static.dem[r0:r0 + ny, c0:c0 + nx].ravel(),
-                                 lapse_K_per_km=cfg.lapse_rate_K_per_km)
+        w, idw = station_blend(src_xy, src.obs_K[u], src.elev_m[u], np.stack([xx.ravel(), yy.ravel()], 1),
+                               static.dem[r0:r0 + ny, c0:c0 + nx].ravel(), static.lsmask[r0:r0 + ny, c0:c0 + nx].ravel(),
+                               cfg)  # as fuse() weighs it
         dist, land = f.layers["distance_to_station"], land_all[r0:r0 + ny, c0:c0 + nx]
-        w = blend_weight(near, cfg).reshape(ny, nx) * static.lsmask[r0:r0 + ny, c0:c0 + nx]  # as fuse(): land only
-        w = np.where(np.isfinite(idw.reshape(ny, nx)), w, 0.0)
         blended = f.t2m.astype(np.float64)
-        kriged = (blended - w * idw.reshape(ny, nx)) / (1.0 - w)
+        kriged = (blended - (w * idw).reshape(ny, nx)) / (1.0 - w.reshape(ny, nx))
         se = f.layers["t2m_standard_error"].astype(np.float64)
         k90 = json.loads(f.attrs["interval_multipliers"])["90"]
         for lo, hi in DISTANCE_BANDS_KM:

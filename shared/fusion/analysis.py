@@ -159,6 +159,24 @@ def blend_weight(nearest_km: np.ndarray, cfg: FusionConfig) -> np.ndarray:
     return cfg.idw_weight * np.clip(1.0 - np.asarray(nearest_km, np.float64) / cfg.idw_taper_km, 0.0, 1.0)
 
 
+def station_blend(src_xy: np.ndarray, obs: np.ndarray, src_elev_m: np.ndarray, tgt_xy: np.ndarray,
+                  tgt_elev_m: np.ndarray, tgt_land: np.ndarray | None, cfg: FusionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The station blend at the targets: ``(w (m,), idw (m,))`` with ``analysis = (1 - w) kriged + w idw``.
+
+    ``w`` is :func:`blend_weight` times the targets' land mask (``None``: all land), and 0 where the IDW is
+    undefined (a station of unknown height); the IDW (:func:`lapse_idw`) is computed only where the land mask is
+    above 0, and is 0 where ``w`` is 0."""
+    n = len(tgt_xy)
+    land = np.ones(n) if tgt_land is None else np.clip(np.asarray(tgt_land, np.float64), 0.0, 1.0)
+    on = land > 0  # the IDW only where it has a weight: over the sea it has none
+    idw_on, _, nearest = lapse_idw(src_xy, obs, src_elev_m, np.asarray(tgt_xy)[on], np.asarray(tgt_elev_m)[on],
+                                   lapse_K_per_km=cfg.lapse_rate_K_per_km)
+    w, idw = np.zeros(n), np.zeros(n)
+    w[on] = np.where(np.isfinite(idw_on), blend_weight(nearest, cfg) * land[on], 0.0)  # no height: no blend there
+    idw[on] = np.nan_to_num(idw_on)
+    return w, idw
+
+
 def residual(obs: np.ndarray, model: np.ndarray) -> np.ndarray:
     """``obs - model`` as float64: NaN where either is missing."""
     return np.asarray(obs, np.float64) - np.asarray(model, np.float64)
@@ -213,12 +231,7 @@ def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model:
     value = model + rhat
     if cfg.idw_weight > 0 and stations is not None:
         ok &= np.isfinite(stations.obs)
-        land = (np.ones(len(tgt_sites)) if stations.tgt_land is None
-                else np.clip(np.asarray(stations.tgt_land, np.float64), 0.0, 1.0))
-        on = land > 0  # the IDW only where it has a weight: over the sea it has none
-        idw, _, nearest = lapse_idw(src_sites[ok, :2], np.asarray(stations.obs)[ok], np.asarray(stations.src_elev_m)[ok],
-                                    tgt_sites[on, :2], np.asarray(stations.tgt_elev_m)[on],
-                                    lapse_K_per_km=cfg.lapse_rate_K_per_km)
-        w = np.where(np.isfinite(idw), blend_weight(nearest, cfg) * land[on], 0.0)  # no height: no blend there
-        value[on] = (1.0 - w) * value[on] + w * np.nan_to_num(idw)
+        w, idw = station_blend(src_sites[ok, :2], np.asarray(stations.obs)[ok], np.asarray(stations.src_elev_m)[ok],
+                               tgt_sites[:, :2], stations.tgt_elev_m, stations.tgt_land, cfg)
+        value = (1.0 - w) * value + w * idw
     return Fused(value, se_model * np.sqrt(v), n, True, float(r.var()), float(r.mean()))
