@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pack what benchmarks/cuda_check.py needs on a GPU machine that has torch but no network, into .gpu/
-# (git-ignored): wheels of the three packages such an image may lack (netCDF4, cftime, pyproj;
+# (git-ignored): wheels of the four packages such an image may lack (netCDF4, cftime, pyproj, PyKrige;
 # CPython 3.12, manylinux x86_64), step02's chunks (xz), the step01 index (xz), one image time with static.nc
 # and stations.csv, and step03's best.pt without its optimizer state. Run after the README's first command:
 #
@@ -24,7 +24,7 @@ PY=.venv/bin/python
 rm -rf .gpu && mkdir -p .gpu/raw/sat/"$DAY"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d .gpu/whl netCDF4 cftime pyproj
+  -d .gpu/whl netCDF4 cftime pyproj PyKrige
 (cd step02_make_patches/outputs && tar cf - patch_pt stats | xz -6 -T2 > ../../.gpu/patches.tar.xz)
 (cd step01_make_index/outputs && tar cf - . | xz -6 -T2 > ../../.gpu/index.tar.xz)
 cp data/raw/static.nc data/raw/stations.csv .gpu/raw/

@@ -91,7 +91,7 @@ class Config:
     block_rows: int = 8
     batch_size: int = 8192
     precision: Literal["fp32", "bf16"] = "fp32"
-    device: str = "cpu"
+    device: str = "auto"
     num_threads: int = 0
     skip_existing: bool = True
     quicklook: bool = True
