@@ -1,19 +1,24 @@
 """The station blend on maps: each map's analysis with and without it, against the demo world's truth.
 
     PYTHONPATH=. .venv/bin/python benchmarks/blend_maps.py MAP_DIR [--index-dir step01_make_index/outputs]
+        [--checkpoint step03_train_clay/weights/best.pt]
 
-For step04 maps made with ``fusion.idw_weight`` > 0 (e.g. ``benchmarks/map_truth.py``'s ``--out/maps``), the
+For step04 maps made with the station blend on (``fusion.idw_weight`` auto or in (0, 1); e.g. ``benchmarks/map_truth.py``'s ``--out/maps``), the
 blend ``t2m = (1 - w) A + w I`` (``w`` 0 over the sea) is undone from the file: ``I`` and ``w`` (the fusion stations'
 lapse-adjusted IDW and its weight, :func:`shared.fusion.analysis.station_blend`, as step04 computes them) are
-recomputed from the same observations, so ``A = (t2m - w I) / (1 - w)`` is the kriged model alone. Prints the RMSE against
-the true field of both, and the share of the true field inside the map's 90 % interval, by distance to the
-nearest fusion station (the map's ``distance_to_station``), over land and sea, mean over the maps.
+recomputed from the same observations, so ``A = (t2m - w I) / (1 - w)`` is the kriged model alone. The file's
+standard error is the blend's; the kriged one (which ``auto`` weighs by and ``A``'s intervals use) is recomputed from
+the map's ``t2m_model_standard_error`` and the kriging variance at each pixel, with the variogram of ``--checkpoint``
+(the checkpoint the maps were made with). Prints the RMSE against the true field of both, and the share of the true
+field inside each one's 90 % interval, by distance to the nearest fusion station (the map's ``distance_to_station``),
+over land and sea, mean over the maps.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import netCDF4
@@ -29,7 +34,8 @@ from shared.fusion.analysis import FusionConfig, station_blend  # noqa: E402
 from shared.io.index import read_splits  # noqa: E402
 from shared.io.maps import read_map  # noqa: E402
 from shared.io.raw import read_static  # noqa: E402
-from shared.mapping.analysis import fusion_observations, time_sources  # noqa: E402
+from shared.mapping.analysis import fuse_map, fusion_observations, stored_variogram, time_sources  # noqa: E402
+from shared.mapping.predict import load_predictor  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,15 +43,20 @@ def main(argv=None) -> int:
     ap.add_argument("map_dir", type=Path)
     ap.add_argument("--index-dir", type=Path, default=ROOT / "step01_make_index/outputs")
     ap.add_argument("--step04-config", type=Path, default=ROOT / "step04_infer_map/config.yaml")
+    ap.add_argument("--checkpoint", type=Path, default=ROOT / "step03_train_clay/weights/best.pt",
+                    help="the checkpoint the maps were made with (its variogram gives the kriged standard error)")
     a = ap.parse_args(argv)
     cfg = FusionConfig(**(read_yaml(a.step04_config).get("fusion", {}) or {}))
-    if not 0 < cfg.idw_weight < 1:
+    if cfg.idw_weight != "auto" and not 0 < cfg.idw_weight < 1:
         raise SystemExit(f"fusion.idw_weight is {cfg.idw_weight:g} in the step04 config: the blend can be undone only "
-                         "for 0 < idw_weight < 1 (the maps must have been made with this config's fusion section)")
+                         "for auto or 0 < idw_weight < 1 (the maps must have been made with this config's fusion section)")
     splits = read_splits(a.index_dir)
     static = read_static(resolve_path(splits.get("static", "data/raw/static.nc")))
     truth_dir = resolve_path(splits.get("raw_dir", "data/raw")) / "truth"
     land_all = static.lsmask > 0.5
+    vg, _ = stored_variogram(load_predictor(a.checkpoint).fusion_residuals, static, cfg)
+    if vg is None:
+        raise SystemExit(f"{a.checkpoint} holds no residual table for the fusion's variogram")
     maps = map_files(a.map_dir)
     obs = fusion_observations(a.index_dir, pd.Series(list(maps)), cfg)
     rows = []
@@ -62,13 +73,17 @@ def main(argv=None) -> int:
         u = src.used()
         src_xy = np.stack([static.grid.x[src.pixel_x[u]], static.grid.y[src.pixel_y[u]]], 1) / 1000.0
         yy, xx = np.meshgrid(static.grid.y[r0:r0 + ny] / 1000.0, static.grid.x[c0:c0 + nx] / 1000.0, indexing="ij")
+        # the kriged standard error (what auto weighs by): the kriging variance depends on the sites only
+        se_model = f.layers["t2m_model_standard_error"].astype(np.float64)
+        se_k = fuse_map(np.zeros((ny, nx)), se_model, static, (r0, c0), src, vg,
+                        replace(cfg, idw_weight=0.0)).se.astype(np.float64)
+        se = f.layers["t2m_standard_error"].astype(np.float64)  # the blend's
         w, idw = station_blend(src_xy, src.obs_K[u], src.elev_m[u], np.stack([xx.ravel(), yy.ravel()], 1),
                                static.dem[r0:r0 + ny, c0:c0 + nx].ravel(), static.lsmask[r0:r0 + ny, c0:c0 + nx].ravel(),
-                               cfg)  # as fuse() weighs it
+                               cfg, se_k.ravel())  # as fuse() weighs it
         dist, land = f.layers["distance_to_station"], land_all[r0:r0 + ny, c0:c0 + nx]
         blended = f.t2m.astype(np.float64)
         kriged = (blended - (w * idw).reshape(ny, nx)) / (1.0 - w.reshape(ny, nx))
-        se = f.layers["t2m_standard_error"].astype(np.float64)
         k90 = json.loads(f.attrs["interval_multipliers"])["90"]
         for lo, hi in DISTANCE_BANDS_KM:
             band = (dist >= lo) & ((dist < hi) if hi is not None else True)
@@ -77,10 +92,10 @@ def main(argv=None) -> int:
                 if not m.any():
                     continue
                 rec = {"time": t, "band": band_name(lo, hi), "surface": surf, "n": int(m.sum())}
-                for name, field in (("kriged", kriged), ("blend", blended)):
+                for name, field, sd in (("kriged", kriged, se_k), ("blend", blended, se)):
                     e = field[m] - truth[m]
                     rec[f"rmse_{name}"] = float(np.sqrt(np.mean(e ** 2)))
-                    rec[f"cov90_{name}"] = float(np.mean(np.abs(e) <= k90 * se[m]))
+                    rec[f"cov90_{name}"] = float(np.mean(np.abs(e) <= k90 * sd[m]))
                 rows.append(rec)
     df = pd.DataFrame(rows)
     print(f"{len(maps)} maps; fusion: {cfg.describe()}")

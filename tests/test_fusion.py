@@ -7,7 +7,17 @@ import pytest
 from shared.core.errors import UserError
 from shared.evaluation.maps import join_maps
 from shared.evaluation.uncertainty import coverage, crps_gaussian, interval_scores
-from shared.fusion.analysis import FusionConfig, StationValues, blend_weight, fit_variogram, fuse, lapse_idw, residual, sites
+from shared.fusion.analysis import (
+    FusionConfig,
+    StationValues,
+    blend_weight,
+    blended_se,
+    fit_variogram,
+    fuse,
+    lapse_idw,
+    residual,
+    sites,
+)
 from shared.fusion.kriging import Variogram
 from shared.geo.grid import Grid
 from shared.io.maps import MapLayers, map_dataset, map_name, read_map, write_map
@@ -195,7 +205,9 @@ def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
 def test_fusion_config_is_checked():
     for bad in (dict(splits=["train", "tset"]), dict(splits=[]), dict(elevation_weight=-1.0), dict(min_stations=2),
                 dict(variogram_model="linear"), dict(kriging="universal"), dict(variogram_model="spherical"),
-                dict(idw_weight=1.5), dict(idw_weight=-0.1), dict(idw_taper_km=0.0), dict(lapse_rate_K_per_km=20.0)):
+                dict(idw_weight=1.5), dict(idw_weight=-0.1), dict(idw_weight="automatic"), dict(idw_variance_K2=0.0),
+                dict(idw_error_correlation=1.5), dict(idw_error_correlation=-0.2),
+                dict(idw_taper_km=0.0), dict(lapse_rate_K_per_km=20.0)):
         with pytest.raises(ValueError):
             FusionConfig(**bad).check()
     FusionConfig(kriging="ordinary", variogram_model="spherical").check()  # PyKrige's ordinary kriging takes it
@@ -223,6 +235,74 @@ def test_blend_weight_tapers_linearly_to_zero():
     np.testing.assert_allclose(blend_weight(np.array([0.0, 50.0, 100.0, 400.0]), cfg), [0.3, 0.15, 0.0, 0.0])
 
 
+def test_blend_weight_auto_is_the_idw_inverse_variance_share():
+    """auto: w = se^2 / (se^2 + idw_variance_K2) at a station, tapered like the fixed weight; a NaN se: no blend."""
+    cfg = FusionConfig(idw_variance_K2=2.0, idw_taper_km=100.0)
+    assert cfg.idw_weight == "auto" and cfg.blend and not FusionConfig(idw_weight=0.0).blend
+    se = np.array([1.0, 2.0, 1.0, 1.0, np.nan])
+    w = blend_weight(np.array([0.0, 0.0, 50.0, 100.0, 0.0]), cfg, se)
+    np.testing.assert_allclose(w, [1 / 3, 4 / 6, 0.5 / 3, 0.0, 0.0], rtol=1e-12)
+    with pytest.raises(ValueError, match="standard error"):
+        blend_weight(np.zeros(1), cfg)
+
+
+def test_blended_se_known_values():
+    """sd of (1 - w) K + w I with sd(K) = se, sd(I) = sqrt(idw_variance_K2), corr(K, I) = idw_error_correlation,
+    at most se."""
+    cfg = FusionConfig(idw_variance_K2=4.0, idw_error_correlation=0.5)
+    se, w = np.array([1.0, 3.0, 3.0, 4.0, 1.0]), np.array([0.0, 0.5, 1.0, 0.25, 0.5])
+    # se 3, w 0.5: 0.25 x 9 + 0.25 x 4 + 2 x 0.25 x 0.5 x 3 x 2 = 4.75; w 1: the IDW's 2 K;
+    # se 4, w 0.25: 0.5625 x 16 + 0.0625 x 4 + 2 x 0.1875 x 0.5 x 4 x 2 = 10.75;
+    # se 1, w 0.5: 0.25 + 1 + 0.5 = 1.75 > 1: bounded by se
+    want = [1.0, np.sqrt(4.75), 2.0, np.sqrt(10.75), 1.0]
+    np.testing.assert_allclose(blended_se(se, w, cfg), want, rtol=1e-12)
+    # independent errors: the inverse-variance mix of auto's weight has variance se^2 v / (se^2 + v), below both
+    ind = FusionConfig(idw_variance_K2=2.0, idw_error_correlation=0.0)
+    s = np.array([0.5, 1.0, 4.0])
+    w_auto = s ** 2 / (s ** 2 + 2.0)  # the mix's variance is below se^2 here: the bound does not act
+    np.testing.assert_allclose(blended_se(s, w_auto, ind) ** 2, s ** 2 * 2.0 / (s ** 2 + 2.0), rtol=1e-12)
+
+
+def test_fuse_auto_weighs_the_idw_by_the_kriged_standard_error():
+    """fuse() with auto: the weight comes from the kriged analysis's standard error (se_model x sqrt(kriging
+    variance)), not the model's; a less sure model gives the IDW more weight."""
+    src = ring(8, 30.0)
+    r = np.linspace(-1.0, 1.0, 8)
+    obs = 285.0 + r
+    tgt = sites(np.array([10.0, 60.0]), np.zeros(2), np.zeros(2), 0.0)
+    model = np.full(2, 285.0)
+    st = StationValues(obs, np.zeros(8), np.zeros(2))
+    cfg = FusionConfig(idw_variance_K2=2.0, idw_taper_km=100.0)
+    for se_model in (np.ones(2), np.full(2, 2.5)):
+        plain = fuse(src, r, tgt, model, se_model, VG, FusionConfig(idw_weight=0.0), st)
+        f = fuse(src, r, tgt, model, se_model, VG, cfg, st)
+        idw, _, near = lapse_idw(src[:, :2], obs, np.zeros(8), tgt[:, :2], np.zeros(2))
+        s2 = plain.se ** 2
+        assert (plain.se < se_model).all()  # the kriged standard error, smaller than the model's
+        w = s2 / (s2 + 2.0) * (1 - near / 100.0)
+        np.testing.assert_allclose(f.value, (1 - w) * plain.value + w * idw, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(f.se, blended_se(plain.se, w, cfg), rtol=1e-12)
+    unsure = fuse(src, r, tgt, model, np.full(2, 2.5), VG, cfg, st)
+    kriged = fuse(src, r, tgt, model, np.full(2, 2.5), VG, FusionConfig(idw_weight=0.0), st)
+    assert (unsure.se < kriged.se).all()  # where the IDW takes over, the standard error follows it
+    low = fuse(src, r, tgt, model, np.ones(2), VG, cfg, st).value
+    high = unsure.value
+    idw0 = lapse_idw(src[:, :2], obs, np.zeros(8), tgt[:, :2], np.zeros(2))[0]
+    assert (np.abs(high - idw0) < np.abs(low - idw0)).all()  # closer to the IDW where the model is less sure
+
+
+def test_fusion_idw_weight_reads_auto_or_a_number():
+    from shared.core.config import REPO_ROOT, load_config
+    from shared.stages.step04_map import Config
+
+    path = REPO_ROOT / "step04_infer_map/config.yaml"
+    cfg = load_config(Config, path)
+    assert cfg.fusion.idw_weight == "auto" and cfg.fusion.idw_variance_K2 == 2.0
+    assert load_config(Config, path, ["fusion.idw_weight=0.3"]).fusion.idw_weight == 0.3
+    with pytest.raises(UserError, match="idw_weight"):
+        load_config(Config, path, ["fusion.idw_weight=sometimes"])
+
+
 def test_station_blend_mixes_the_idw_in_near_stations_only():
     src = ring(8, 30.0)
     r = np.linspace(-1.0, 1.0, 8)
@@ -240,7 +320,8 @@ def test_station_blend_mixes_the_idw_in_near_stations_only():
     np.testing.assert_allclose(f.value, (1 - w) * plain.value + w * idw, rtol=0, atol=1e-9)
     assert f.value[0] == pytest.approx(0.7 * plain.value[0] + 0.3 * obs[0], abs=1e-6)  # on a station: its own obs
     assert f.value[2] == plain.value[2]  # beyond the taper: the kriged model alone
-    np.testing.assert_array_equal(f.se, plain.se)  # the standard error stays the kriged model's
+    np.testing.assert_allclose(f.se, blended_se(plain.se, w, cfg), rtol=1e-12)  # the blend's standard error
+    assert f.se[2] == plain.se[2]  # beyond the taper: the kriged model's
     # over the sea (land mask 0) the land stations' IDW is left out
     sea = fuse(src, r, tgt, model, se, VG, cfg, StationValues(obs, np.zeros(8), np.zeros(3), np.array([1.0, 0.0, 1.0])))
     assert sea.value[0] == f.value[0] and sea.value[1] == plain.value[1]

@@ -160,8 +160,8 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
     # (a station of unknown height: its pixel's, as the model and the kriging take it)
     s_elev, t_elev = (df["elev_m"].fillna(df[elev]).to_numpy(np.float64) for df in (src, tgt))
     s_obs = src["ta_c"].to_numpy(np.float64)
-    if cfg.idw_weight > 0 and "land" not in tgt:
-        raise ValueError("the station blend (fusion.idw_weight > 0) needs the stations' land mask: build the station "
+    if cfg.blend and "land" not in tgt:
+        raise ValueError("the station blend (fusion.idw_weight auto or > 0) needs the stations' land mask: build the station "
                          "table with station_table(..., dem, lsmask)")
     t_land = tgt["land"].to_numpy(np.float64) if "land" in tgt else None
     if vg is None:
@@ -177,9 +177,11 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
             n_fused += 1
             scales.append(f.resid_var)
     info = {"method": f"model + {cfg.kriging}-kriged residuals (obs - model, K) of the same hour"
-                      + (f", blended with the stations' lapse-adjusted IDW (weight {cfg.idw_weight:g} at a station, "
-                         f"0 from {cfg.idw_taper_km:g} km)" if cfg.idw_weight > 0 else "")
-                      + "; standard error se_model x sqrt(kriging variance of a unit-sill field)",
+                      + (f", blended with the stations' lapse-adjusted IDW ({cfg.blend_text()}, "
+                         f"0 from {cfg.idw_taper_km:g} km)" if cfg.blend else "")
+                      + "; standard error se_model x sqrt(kriging variance of a unit-sill field)"
+                      + (", mixed with the IDW's as the values are (fusion.idw_variance_K2, idw_error_correlation)"
+                         if cfg.blend else ""),
             "sources": f"same-hour observations of the fusion stations ({'+'.join(cfg.splits)}), never a target station",
             "fusion": cfg.describe(), "n_source_stations": int(src["stn_id"].nunique()),
             "residual_rmse_K": float(np.sqrt(np.nanmean((src["ta_c"].to_numpy() - np.asarray(model_fusion_c)[src_ok]) ** 2))),

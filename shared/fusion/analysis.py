@@ -50,18 +50,26 @@ the data (:func:`shared.mapping.analysis.stored_variogram`), so a map of one
 hour and a run of a season share it. A time with fewer than ``min_stations``
 fusion stations keeps the model field and its standard error.
 
-Station blend (``idw_weight``, ``idw_taper_km``): over land, the kriged model
-is then mixed with the fusion stations' own lapse-adjusted IDW,
-``(1 - w) (model + r_hat) + w IDW`` with ``w = idw_weight`` at a station
-falling linearly to 0 at ``idw_taper_km`` (0 over the sea). Most fusion
-stations are training stations, whose in-sample residuals are smaller than
-the model's error at an unseen place, so the kriging corrects too little; the
-IDW does not use the model at all and its errors correlate with the
+Station blend (``idw_weight``, ``idw_variance_K2``, ``idw_taper_km``): over
+land, the kriged model is then mixed with the fusion stations' own
+lapse-adjusted IDW, ``(1 - w) (model + r_hat) + w IDW``. With ``idw_weight:
+auto`` (the default) ``w`` is the inverse-variance share of the IDW,
+``se^2 / (se^2 + idw_variance_K2)`` with ``se`` the kriged analysis's standard
+error at the target, so the IDW counts more where the model is less sure
+(under cold cloud tops, far from its training stations); a number is a fixed
+weight. Either way ``w`` tapers linearly from its value at a station to 0 at
+``idw_taper_km`` from the nearest fusion station, and is 0 over the sea. Most
+fusion stations are training stations, whose in-sample residuals are smaller
+than the model's error at an unseen place, so the kriging corrects too little;
+the IDW does not use the model at all and its errors correlate with the
 analysis's at only ~0.4-0.5, so the mix averages part of both out. Measured
 on the demo world (README, "Station blend"): at the validation stations from
-the train stations, 0.3 / 100 km took the analysis from 1.114 to 1.061 K
-(seeds 0 and 1), at the test stations from 0.993 to 0.948 K (seed 0). The
-standard error is left as the kriged model's.
+the train stations (seeds 0 and 1), the kriged model alone 1.114 K, a fixed
+0.3 / 100 km 1.061 K, ``auto`` with 2 K^2 / 100 km 1.049 K. The standard
+error is the blend's (:func:`blended_se`, at most the kriged one): the two
+errors correlate at about 0.4-0.5 (``idw_error_correlation``, 0.5); where the
+model is unsure and the IDW takes over, it falls towards the IDW's
+``sqrt(idw_variance_K2)``.
 
 The fusion stations are the train and validation stations by default
 (``splits``); test stations are never used unless asked for, and step05
@@ -70,6 +78,7 @@ refuses to score maps made with them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -94,8 +103,11 @@ class FusionConfig:
     elevation_weight: float = 200.0
     min_stations: int = 3
     # weight of the stations' own lapse-adjusted IDW in the analysis next to a station, tapering linearly to 0 at
-    # idw_taper_km from the nearest fusion station (0 = the kriged model alone)
-    idw_weight: float = 0.3
+    # idw_taper_km from the nearest fusion station: auto = se^2 / (se^2 + idw_variance_K2) with se the kriged
+    # analysis's standard error there; a number in [0, 1] = that weight (0 = the kriged model alone)
+    idw_weight: float | Literal["auto"] = "auto"
+    idw_variance_K2: float = 2.0  # the IDW's error variance near a station (K^2): auto's weight, the blend's se
+    idw_error_correlation: float = 0.5  # of the IDW's and the kriged analysis's errors: the blend's standard error
     idw_taper_km: float = 100.0
     lapse_rate_K_per_km: float = 6.5  # the IDW brings each observation to sea level and back to the target's height
 
@@ -112,8 +124,12 @@ class FusionConfig:
                              f"{self.variogram_model!r} (or set fusion.kriging: ordinary)")
         if self.elevation_weight < 0:
             raise ValueError(f"fusion.elevation_weight must be >= 0 (km of distance per km of height), got {self.elevation_weight}")
-        if not 0 <= self.idw_weight <= 1:
-            raise ValueError(f"fusion.idw_weight must be in [0, 1] (0 = no station blend), got {self.idw_weight}")
+        if self.idw_weight != "auto" and (isinstance(self.idw_weight, str) or not 0 <= self.idw_weight <= 1):
+            raise ValueError(f"fusion.idw_weight must be auto or in [0, 1] (0 = no station blend), got {self.idw_weight}")
+        if self.idw_variance_K2 <= 0:
+            raise ValueError(f"fusion.idw_variance_K2 must be > 0 K^2, got {self.idw_variance_K2}")
+        if not 0 <= self.idw_error_correlation <= 1:
+            raise ValueError(f"fusion.idw_error_correlation must be in [0, 1], got {self.idw_error_correlation}")
         if self.idw_taper_km <= 0:
             raise ValueError(f"fusion.idw_taper_km must be > 0 km, got {self.idw_taper_km}")
         if not 0 <= self.lapse_rate_K_per_km <= 12:
@@ -121,11 +137,23 @@ class FusionConfig:
         if self.min_stations < 3:
             raise ValueError(f"fusion.min_stations must be >= 3 (ordinary kriging), got {self.min_stations}")
 
+    @property
+    def blend(self) -> bool:
+        """Whether the station blend is on (``idw_weight`` auto or above 0)."""
+        return self.idw_weight == "auto" or self.idw_weight > 0
+
+    def blend_text(self) -> str:
+        """The blend's weight at a station, in words."""
+        if self.idw_weight == "auto":
+            return f"weight se^2 / (se^2 + {self.idw_variance_K2:g} K^2) at a station"
+        return f"weight {self.idw_weight:g} at a station"
+
     def describe(self) -> str:
+        w = (f"auto idw_variance_K2={self.idw_variance_K2:g}" if self.idw_weight == "auto" else f"{self.idw_weight:g}")
         return (f"splits={'+'.join(self.splits)} kriging={self.kriging} variogram={self.variogram_model} "
                 f"elevation_weight={self.elevation_weight:g} min_stations={self.min_stations}"
-                + (f" idw_weight={self.idw_weight:g} idw_taper_km={self.idw_taper_km:g} "
-                   f"lapse_rate_K_per_km={self.lapse_rate_K_per_km:g}" if self.idw_weight > 0 else ""))
+                + (f" idw_weight={w} idw_taper_km={self.idw_taper_km:g} "
+                   f"lapse_rate_K_per_km={self.lapse_rate_K_per_km:g}" if self.blend else ""))
 
 
 def sites(x_km: np.ndarray, y_km: np.ndarray, elev_m: np.ndarray, elevation_weight: float) -> np.ndarray:
@@ -153,28 +181,52 @@ def lapse_idw(src_xy: np.ndarray, src_ta: np.ndarray, src_elev_m: np.ndarray, tg
     return value, nn, d[:, 0]
 
 
-def blend_weight(nearest_km: np.ndarray, cfg: FusionConfig) -> np.ndarray:
-    """The IDW's share of the analysis over land: ``idw_weight`` at a station, falling linearly to 0 at
-    ``idw_taper_km`` (:func:`fuse` sets it to 0 over the sea)."""
-    return cfg.idw_weight * np.clip(1.0 - np.asarray(nearest_km, np.float64) / cfg.idw_taper_km, 0.0, 1.0)
+def blend_weight(nearest_km: np.ndarray, cfg: FusionConfig, se: np.ndarray | None = None) -> np.ndarray:
+    """The IDW's share of the analysis over land (:func:`fuse` sets it to 0 over the sea): at a station
+    ``idw_weight``, or with ``auto`` ``se^2 / (se^2 + idw_variance_K2)`` for the kriged analysis's standard
+    error ``se`` (K, needed then), falling linearly to 0 at ``idw_taper_km``."""
+    taper = np.clip(1.0 - np.asarray(nearest_km, np.float64) / cfg.idw_taper_km, 0.0, 1.0)
+    if cfg.idw_weight != "auto":
+        return cfg.idw_weight * taper
+    if se is None:
+        raise ValueError("fusion.idw_weight: auto needs the kriged analysis's standard error")
+    s2 = np.asarray(se, np.float64) ** 2
+    return np.where(np.isfinite(s2), s2 / (s2 + cfg.idw_variance_K2), 0.0) * taper
 
 
 def station_blend(src_xy: np.ndarray, obs: np.ndarray, src_elev_m: np.ndarray, tgt_xy: np.ndarray,
-                  tgt_elev_m: np.ndarray, tgt_land: np.ndarray | None, cfg: FusionConfig) -> tuple[np.ndarray, np.ndarray]:
+                  tgt_elev_m: np.ndarray, tgt_land: np.ndarray | None, cfg: FusionConfig,
+                  se: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The station blend at the targets: ``(w (m,), idw (m,))`` with ``analysis = (1 - w) kriged + w idw``.
 
-    ``w`` is :func:`blend_weight` times the targets' land mask (``None``: all land), and 0 where the IDW is
-    undefined (a station of unknown height); the IDW (:func:`lapse_idw`) is computed only where the land mask is
-    above 0, and is 0 where ``w`` is 0."""
+    ``w`` is :func:`blend_weight` (``se``: the kriged analysis's standard error at the targets, K, for ``auto``)
+    times the targets' land mask (``None``: all land), and 0 where the IDW is undefined (a station of unknown
+    height); the IDW (:func:`lapse_idw`) is computed only where the land mask is above 0, and is 0 where ``w`` is
+    0."""
     n = len(tgt_xy)
     land = np.ones(n) if tgt_land is None else np.clip(np.asarray(tgt_land, np.float64), 0.0, 1.0)
     on = land > 0  # the IDW only where it has a weight: over the sea it has none
     idw_on, _, nearest = lapse_idw(src_xy, obs, src_elev_m, np.asarray(tgt_xy)[on], np.asarray(tgt_elev_m)[on],
                                    lapse_K_per_km=cfg.lapse_rate_K_per_km)
     w, idw = np.zeros(n), np.zeros(n)
-    w[on] = np.where(np.isfinite(idw_on), blend_weight(nearest, cfg) * land[on], 0.0)  # no height: no blend there
+    se_on = None if se is None else np.asarray(se, np.float64)[on]
+    w[on] = np.where(np.isfinite(idw_on), blend_weight(nearest, cfg, se_on) * land[on], 0.0)  # no height: no blend
     idw[on] = np.nan_to_num(idw_on)
     return w, idw
+
+
+def blended_se(se: np.ndarray, w: np.ndarray, cfg: FusionConfig) -> np.ndarray:
+    """The standard error of ``(1 - w) kriged + w IDW``: the kriged analysis's ``se``, the IDW's
+    ``sqrt(idw_variance_K2)``, their errors correlated at ``idw_error_correlation``; at most ``se``.
+
+    The bound: where the model is sure (``se`` below about 1 K) this variance model says mixing adds error, yet
+    the blend was measured to lower it at every density tried (the IDW is better near many stations than one
+    ``idw_variance_K2`` says), so the blend never widens the kriged interval. Without the bound, on the demo world
+    with 300 AWS stations the 90 % intervals covered 93.3 % of the test rows (92.1 % with the bound)."""
+    se, w = np.asarray(se, np.float64), np.asarray(w, np.float64)
+    si = np.sqrt(cfg.idw_variance_K2)
+    var = (1 - w) ** 2 * se ** 2 + w ** 2 * si ** 2 + 2 * w * (1 - w) * cfg.idw_error_correlation * se * si
+    return np.minimum(np.sqrt(np.maximum(var, 0.0)), se)
 
 
 def residual(obs: np.ndarray, model: np.ndarray) -> np.ndarray:
@@ -213,8 +265,9 @@ def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model:
          vg: Variogram, cfg: FusionConfig, stations: StationValues | None = None) -> Fused:
     """The analysis at ``tgt_sites`` of one time from the residuals ``obs - model`` (K) at ``src_sites``.
 
-    With ``cfg.idw_weight > 0`` and ``stations``, the kriged model is blended with the stations' lapse-adjusted
-    IDW (:func:`lapse_idw`, :func:`blend_weight`); the standard error stays the kriged model's."""
+    With the blend on (``cfg.idw_weight`` auto or > 0) and ``stations``, the kriged model is blended with the
+    stations' lapse-adjusted IDW (:func:`lapse_idw`, :func:`blend_weight`) and so is the standard error
+    (:func:`blended_se`)."""
     ok = np.isfinite(resid)
     n = int(ok.sum())
     model, se_model = np.asarray(model, np.float64), np.asarray(se_model, np.float64)
@@ -228,10 +281,10 @@ def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model:
         rhat, v = simple_krige(src_sites[ok], r, tgt_sites, vg, scale=1.0)
     else:
         rhat, v = krige(src_sites[ok], r, tgt_sites, vg, exact=False, scale=1.0)
-    value = model + rhat
-    if cfg.idw_weight > 0 and stations is not None:
+    value, se = model + rhat, se_model * np.sqrt(v)
+    if cfg.blend and stations is not None:
         ok &= np.isfinite(stations.obs)
         w, idw = station_blend(src_sites[ok, :2], np.asarray(stations.obs)[ok], np.asarray(stations.src_elev_m)[ok],
-                               tgt_sites[:, :2], stations.tgt_elev_m, stations.tgt_land, cfg)
-        value = (1.0 - w) * value + w * idw
-    return Fused(value, se_model * np.sqrt(v), n, True, float(r.var()), float(r.mean()))
+                               tgt_sites[:, :2], stations.tgt_elev_m, stations.tgt_land, cfg, se)
+        value, se = (1.0 - w) * value + w * idw, blended_se(se, w, cfg)
+    return Fused(value, se, n, True, float(r.var()), float(r.mean()))

@@ -327,8 +327,9 @@ def run(cfg: Config, ctx: Context) -> Result:
             dist_note = f"of this time's fusion ({'+'.join(cfg.fusion.splits)} stations with an observation)"
             how = (f"model + {cfg.fusion.kriging}-kriged residuals of {fused.n_stations} {'+'.join(cfg.fusion.splits)} "
                    f"station(s) observed at this time"
-                   + (f", blended with their lapse-adjusted IDW within {cfg.fusion.idw_taper_km:g} km"
-                      if cfg.fusion.idw_weight > 0 else ""))
+                   + (f", blended over land with their lapse-adjusted IDW ({cfg.fusion.blend_text()}, 0 from "
+                      f"{cfg.fusion.idw_taper_km:g} km)"
+                      if cfg.fusion.blend else ""))
             st_png = st_plot[st_plot["stn_id"].isin(set(ids))] if st_plot is not None else None
         else:
             t2m, se, ids, dist, dist_note, st_png = res.t2m_K, res.se_K, None, distance, distance_note, st_plot
