@@ -34,7 +34,7 @@ from shared.fusion.analysis import FusionConfig, station_blend  # noqa: E402
 from shared.io.index import read_splits  # noqa: E402
 from shared.io.maps import read_map  # noqa: E402
 from shared.io.raw import read_static  # noqa: E402
-from shared.mapping.analysis import fuse_map, fusion_observations, stored_variogram, time_sources  # noqa: E402
+from shared.mapping.analysis import fuse_map, fusion_observations, pixel_sites, stored_variogram, time_sources  # noqa: E402
 from shared.mapping.predict import load_predictor  # noqa: E402
 
 
@@ -71,16 +71,14 @@ def main(argv=None) -> int:
         # for step04's at their own heights: only which ones are finite matters here)
         src = time_sources(o, f.t2m_model[o["pixel_y"].to_numpy() - r0, o["pixel_x"].to_numpy() - c0], static, cfg)
         u = src.used()
-        src_xy = np.stack([static.grid.x[src.pixel_x[u]], static.grid.y[src.pixel_y[u]]], 1) / 1000.0
-        yy, xx = np.meshgrid(static.grid.y[r0:r0 + ny] / 1000.0, static.grid.x[c0:c0 + nx] / 1000.0, indexing="ij")
+        rr, cc = (g.ravel() for g in np.mgrid[r0:r0 + ny, c0:c0 + nx])
         # the kriged standard error (what auto weighs by): the kriging variance depends on the sites only
         se_model = f.layers["t2m_model_standard_error"].astype(np.float64)
         se_k = fuse_map(np.zeros((ny, nx)), se_model, static, (r0, c0), src, vg,
                         replace(cfg, idw_weight=0.0)).se.astype(np.float64)
         se = f.layers["t2m_standard_error"].astype(np.float64)  # the blend's
-        w, idw = station_blend(src_xy, src.obs_K[u], src.elev_m[u], np.stack([xx.ravel(), yy.ravel()], 1),
-                               static.dem[r0:r0 + ny, c0:c0 + nx].ravel(), static.lsmask[r0:r0 + ny, c0:c0 + nx].ravel(),
-                               cfg, se_k.ravel())  # as fuse() weighs it
+        w, idw = station_blend(src.sites[u, :2], src.obs_K[u], src.elev_m[u], pixel_sites(static, rr, cc, cfg)[:, :2],
+                               static.dem[rr, cc], static.lsmask[rr, cc], cfg, se_k.ravel())  # as fuse() weighs it
         dist, land = f.layers["distance_to_station"], land_all[r0:r0 + ny, c0:c0 + nx]
         blended = f.t2m.astype(np.float64)
         kriged = (blended - (w * idw).reshape(ny, nx)) / (1.0 - w.reshape(ny, nx))

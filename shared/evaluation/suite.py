@@ -177,8 +177,7 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
             n_fused += 1
             scales.append(f.resid_var)
     info = {"method": f"model + {cfg.kriging}-kriged residuals (obs - model, K) of the same hour"
-                      + (f", blended with the stations' lapse-adjusted IDW ({cfg.blend_text()}, "
-                         f"0 from {cfg.idw_taper_km:g} km)" if cfg.blend else "")
+                      + cfg.blend_text()
                       + "; standard error se_model x sqrt(kriging variance of a unit-sill field)"
                       + (", mixed with the IDW's as the values are (fusion.idw_variance_K2, idw_error_correlation)"
                          if cfg.blend else ""),

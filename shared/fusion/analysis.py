@@ -143,10 +143,12 @@ class FusionConfig:
         return self.idw_weight == "auto" or self.idw_weight > 0
 
     def blend_text(self) -> str:
-        """The blend's weight at a station, in words."""
-        if self.idw_weight == "auto":
-            return f"weight se^2 / (se^2 + {self.idw_variance_K2:g} K^2) at a station"
-        return f"weight {self.idw_weight:g} at a station"
+        """The station blend in words, to append to a description of the kriged analysis ("" when it is off)."""
+        if not self.blend:
+            return ""
+        w = (f"se^2 / (se^2 + {self.idw_variance_K2:g} K^2)" if self.idw_weight == "auto" else f"{self.idw_weight:g}")
+        return (f", blended over land with the stations' lapse-adjusted IDW (weight {w} at a station, 0 from "
+                f"{self.idw_taper_km:g} km)")
 
     def describe(self) -> str:
         w = (f"auto idw_variance_K2={self.idw_variance_K2:g}" if self.idw_weight == "auto" else f"{self.idw_weight:g}")

@@ -326,10 +326,7 @@ def run(cfg: Config, ctx: Context) -> Result:
             dist = station_distance_km(static.grid, src.pixel_y[used], src.pixel_x[used])[cut]
             dist_note = f"of this time's fusion ({'+'.join(cfg.fusion.splits)} stations with an observation)"
             how = (f"model + {cfg.fusion.kriging}-kriged residuals of {fused.n_stations} {'+'.join(cfg.fusion.splits)} "
-                   f"station(s) observed at this time"
-                   + (f", blended over land with their lapse-adjusted IDW ({cfg.fusion.blend_text()}, 0 from "
-                      f"{cfg.fusion.idw_taper_km:g} km)"
-                      if cfg.fusion.blend else ""))
+                   f"station(s) observed at this time" + cfg.fusion.blend_text())
             st_png = st_plot[st_plot["stn_id"].isin(set(ids))] if st_plot is not None else None
         else:
             t2m, se, ids, dist, dist_note, st_png = res.t2m_K, res.se_K, None, distance, distance_note, st_plot
