@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.core.config import read_yaml, resolve_path  # noqa: E402
 from shared.evaluation.interpolation import per_time, station_table  # noqa: E402
-from shared.evaluation.rows import read_rows  # noqa: E402
+from shared.evaluation.rows import model_rows  # noqa: E402
 from shared.evaluation.suite import same_hour_sources, station_analysis  # noqa: E402
 from shared.evaluation.uncertainty import coverage, crps_gaussian  # noqa: E402
 from shared.fusion.analysis import FusionConfig, lapse_idw  # noqa: E402
@@ -86,11 +86,7 @@ def main(argv=None) -> int:
     scores = np.zeros((len(a.checkpoints), len(cands), 4))
     for i, ck in enumerate(a.checkpoints):
         pr = load_predictor(ck, "fp32")
-        rows = {s: read_rows(a.patch_dir, s, pr) for s in ("train", "val")}
-        for r in rows.values():
-            r["ta_c"] = r["y"].astype(np.float64) * pr.target_std + pr.target_mean
-            r["model_c"] = pr.to_celsius(r["pred_z"]).astype(np.float64)
-            r["se_c"] = r["pred_sd_z"].astype(np.float64) * pr.target_std
+        rows = model_rows(a.patch_dir, ("train", "val"), pr)
         tr, va = rows["train"], rows["val"]
         src = {k: tr[k] for k in ("time", "stn_id", "ta_c")}
         vg, note = stored_variogram(pr.fusion_residuals, static, base)

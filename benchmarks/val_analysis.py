@@ -30,7 +30,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +39,7 @@ from shared.core.config import read_yaml, resolve_path  # noqa: E402
 from shared.evaluation.bootstrap import format_differences, station_bootstrap  # noqa: E402
 from shared.evaluation.interpolation import station_table  # noqa: E402
 from shared.evaluation.metrics import regression_metrics  # noqa: E402
-from shared.evaluation.rows import read_rows  # noqa: E402
+from shared.evaluation.rows import model_rows  # noqa: E402
 from shared.evaluation.suite import station_analysis  # noqa: E402
 from shared.fusion.analysis import FusionConfig  # noqa: E402
 from shared.io.index import read_split_csv, read_splits  # noqa: E402
@@ -52,11 +51,7 @@ from shared.mapping.predict import load_predictor  # noqa: E402
 def score(ckpt: Path, patch_dir: Path, stations: pd.DataFrame, static, cfg: FusionConfig) -> tuple[dict, pd.DataFrame]:
     """RMSEs of one checkpoint and its validation rows' table (``time_utc, stn_id, obs_c, model_c, analysis_c``)."""
     pr = load_predictor(ckpt, "fp32")
-    rows = {s: read_rows(patch_dir, s, pr) for s in ("train", "val")}
-    for r in rows.values():
-        r["ta_c"] = r["y"].astype(np.float64) * pr.target_std + pr.target_mean
-        r["model_c"] = pr.to_celsius(r["pred_z"]).astype(np.float64)
-        r["se_c"] = r["pred_sd_z"].astype(np.float64) * pr.target_std
+    rows = model_rows(patch_dir, ("train", "val"), pr)
     tr, va = rows["train"], rows["val"]
     vg, note = stored_variogram(pr.fusion_residuals, static, cfg)
     src = {k: tr[k] for k in ("time", "stn_id", "ta_c")}

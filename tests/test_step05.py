@@ -278,3 +278,23 @@ def test_maps_are_analyses_of_the_fusion_stations_and_intervals_are_scored(evalu
     assert da["idw"]["diff_K"] == pytest.approx(m["baselines"]["idw"]["rmse_K"] - m["analysis"]["rmse_K"], abs=1e-9)
     p = pd.read_csv(evaluated["out"] / "preds_test.csv")
     assert (p["analysis_se_K"] <= 1.1 * p["prediction_se_K"]).all() and (p["analysis_se_K"] < p["prediction_se_K"]).mean() > 0.5
+
+
+def test_model_rows_are_the_rows_step05_scores(evaluated):
+    """shared.evaluation.rows.model_rows (the benchmarks' rows): observed TA, the model and its standard error in
+    deg C / K, equal to step05's preds_test.csv on every test row."""
+    from shared.evaluation.rows import model_rows
+    from shared.mapping.predict import load_predictor
+
+    rows = model_rows(evaluated["patches"], ("test",), load_predictor(evaluated["ckpt"], "fp32"))
+    r = rows["test"]
+    assert set(rows) == {"test"} and all(r[k].dtype == np.float64 for k in ("ta_c", "model_c", "se_c"))
+    got = pd.DataFrame({"time_utc": pd.DatetimeIndex(r["time"]).strftime("%Y-%m-%d %H:%M"), "stn_id": r["stn_id"],
+                        "ta_c": r["ta_c"], "model_c": r["model_c"], "se_c": r["se_c"]})
+    p = pd.read_csv(evaluated["out"] / "preds_test.csv")
+    j = p.merge(got, on=["time_utc", "stn_id"], validate="one_to_one")
+    assert len(j) == len(p) == len(got) > 0
+    np.testing.assert_allclose(j["ta_c"], j["obs_c"], atol=1e-3)
+    np.testing.assert_allclose(j["model_c"], j["prediction_c"], atol=1e-3)
+    np.testing.assert_allclose(j["se_c"], j["prediction_se_K"], rtol=1e-4)
+    assert j["se_c"].min() > 0

@@ -60,6 +60,19 @@ def read_rows(patch_dir: Path, split: str, predictor=None, batch_size: int = 204
     return {k: np.concatenate(v) for k, v in parts.items() if v}
 
 
+def model_rows(patch_dir: Path, splits: tuple[str, ...], predictor) -> dict[str, dict]:
+    """:func:`read_rows` of each split with the predictor, plus ``ta_c`` (observed), ``model_c`` (deg C) and
+    ``se_c`` (the model's standard error, K) as float64: the rows the benchmarks score."""
+    out = {}
+    for s in splits:
+        r = read_rows(patch_dir, s, predictor)
+        r["ta_c"] = r["y"].astype(np.float64) * predictor.target_std + predictor.target_mean
+        r["model_c"] = predictor.to_celsius(r["pred_z"]).astype(np.float64)
+        r["se_c"] = r["pred_sd_z"].astype(np.float64) * predictor.target_std
+        out[s] = r
+    return out
+
+
 def predict_rows(predictor, x_rows: list[tuple[Path, np.ndarray]], loc: np.ndarray) -> np.ndarray:
     """Model z-scores of chosen chunk rows with a replaced ``loc (N, 3)``, at the pixels' own heights (the rows'
     ``height`` is left out), as on a map.
