@@ -37,11 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.core.config import read_yaml, resolve_path  # noqa: E402
-from shared.evaluation.interpolation import per_time, station_table  # noqa: E402
+from shared.evaluation.interpolation import idw, station_table  # noqa: E402
 from shared.evaluation.rows import model_rows  # noqa: E402
 from shared.evaluation.suite import same_hour_sources, station_analysis  # noqa: E402
 from shared.evaluation.uncertainty import coverage, crps_gaussian  # noqa: E402
-from shared.fusion.analysis import FusionConfig, lapse_idw  # noqa: E402
+from shared.fusion.analysis import IDW_NEIGHBOURS, IDW_POWER, FusionConfig  # noqa: E402
 from shared.io.index import read_split_csv, read_splits  # noqa: E402
 from shared.io.raw import read_static  # noqa: E402
 from shared.mapping.analysis import stored_variogram  # noqa: E402
@@ -52,18 +52,12 @@ BANDS_KM = (0, 10, 20, 30, 45, 70, 100)
 
 def idw_errors(src: dict, tgt: dict, stations, cfg: FusionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The blend's IDW at the target rows from the same-hour sources: ``(error K, km to the nearest source,
-    land mask)``; NaN where a time has no source."""
+    land mask)``; NaN where a time has no source. As the blend takes them, stations of unknown height stand at
+    their pixel's DEM."""
     s, t, _ = same_hour_sources(src, tgt, stations)
-    err, near = np.full(len(t), np.nan), np.full(len(t), np.nan)
-    xy_s, xy_t = s[["x_km", "y_km"]].to_numpy(), t[["x_km", "y_km"]].to_numpy()
-    el_s, el_t = (df["elev_m"].fillna(df["dem_m"]).to_numpy(np.float64) for df in (s, t))
-    for si, ti in per_time(s, t):
-        if len(si) == 0:
-            continue
-        v, _, d0 = lapse_idw(xy_s[si], s["ta_c"].to_numpy()[si], el_s[si], xy_t[ti], el_t[ti],
-                             lapse_K_per_km=cfg.lapse_rate_K_per_km)
-        err[ti], near[ti] = v - np.asarray(tgt["ta_c"])[ti], d0
-    return err, near, t["land"].to_numpy(np.float64)
+    s, t = (df.assign(elev_m=df["elev_m"].fillna(df["dem_m"])) for df in (s, t))
+    value, _, near = idw(s, t, IDW_NEIGHBOURS, IDW_POWER, cfg.lapse_rate_K_per_km)
+    return value - np.asarray(tgt["ta_c"]), near, t["land"].to_numpy(np.float64)
 
 
 def main(argv=None) -> int:

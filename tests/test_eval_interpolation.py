@@ -24,7 +24,7 @@ def test_idw_equals_a_hand_computation_on_five_stations():
     ta = np.array([10.0, 12.0, 6.0, 11.0, 30.0])
     src = station_rows(np.repeat(np.datetime64(T0), 5), st["stn_id"][:5], st, ta)
     tgt = station_rows([np.datetime64(T0)], [20], st)
-    pred, nbr = idw(src, tgt, k=4, power=2.0, lapse_K_per_km=6.5)
+    pred, nbr, near = idw(src, tgt, k=4, power=2.0, lapse_K_per_km=6.5)
     # by hand: the 4 nearest are 1 (10 km), 2 (20 km), 3 (40 km), 4 (50 km); station 5 (141 km) is out
     d = np.array([10.0, 20.0, 40.0, 50.0])
     sea = np.array([10.0 + 0.0, 12.0 + 0.65, 6.0 + 3.25, 11.0 + 0.325])
@@ -32,8 +32,9 @@ def test_idw_equals_a_hand_computation_on_five_stations():
     want = (w * sea).sum() / w.sum() - 6.5 * 0.3
     assert pred[0] == pytest.approx(want, abs=1e-9)
     assert sorted(nbr[0]) == [1, 2, 3, 4]
+    assert near[0] == pytest.approx(10.0)  # station 1
     # without the lapse rate: the plain weighted mean of the raw values
-    p0, _ = idw(src, tgt, k=4, lapse_K_per_km=0.0)
+    p0, _, _ = idw(src, tgt, k=4, lapse_K_per_km=0.0)
     assert p0[0] == pytest.approx((w * ta[:4]).sum() / w.sum(), abs=1e-9)
 
 
@@ -42,8 +43,8 @@ def test_lapse_adjustment_moves_a_mountain_target_colder():
                        "elev_m": [50.0, 50.0, 50.0, 1550.0]})
     src = station_rows(np.repeat(np.datetime64(T0), 3), [1, 2, 3], st, [15.0, 15.0, 15.0])
     tgt = station_rows([np.datetime64(T0)], [9], st)
-    flat, _ = idw(src, tgt, lapse_K_per_km=0.0)
-    lapse, _ = idw(src, tgt, lapse_K_per_km=6.5)
+    flat, _, _ = idw(src, tgt, lapse_K_per_km=0.0)
+    lapse, _, _ = idw(src, tgt, lapse_K_per_km=6.5)
     assert flat[0] == pytest.approx(15.0)
     assert lapse[0] == pytest.approx(15.0 - 6.5 * 1.5)  # 1500 m higher: 9.75 K colder
 

@@ -86,13 +86,14 @@ def _sites(df: pd.DataFrame, idx: np.ndarray) -> np.ndarray:
 
 
 def idw(src: pd.DataFrame, tgt: pd.DataFrame, k: int = 4, power: float = 2.0,
-        lapse_K_per_km: float = 6.5) -> tuple[np.ndarray, np.ndarray]:
+        lapse_K_per_km: float = 6.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lapse-adjusted IDW of the ``k`` nearest same-time sources (:func:`shared.fusion.analysis.lapse_idw`).
 
-    Returns ``pred (M,)`` deg C (NaN where the time has no source) and the
-    neighbours' ``stn_id (M, k)`` (-1 where fewer than ``k`` sources).
+    Returns ``pred (M,)`` deg C (NaN where the time has no source), the
+    neighbours' ``stn_id (M, k)`` (-1 where fewer than ``k`` sources) and the
+    distance to the nearest source ``(M,)`` km (NaN where none).
     """
-    pred = np.full(len(tgt), np.nan)
+    pred, near = np.full(len(tgt), np.nan), np.full(len(tgt), np.nan)
     nbr = np.full((len(tgt), k), -1, dtype=np.int64)
     s_ta, s_el, s_id = src["ta_c"].to_numpy(), src["elev_m"].to_numpy(), src["stn_id"].to_numpy()
     t_el = tgt["elev_m"].to_numpy()
@@ -102,10 +103,10 @@ def idw(src: pd.DataFrame, tgt: pd.DataFrame, k: int = 4, power: float = 2.0,
             continue
         sx, sy = _xy(src, si)
         tx, ty = _xy(tgt, ti)
-        pred[ti], nn, _ = lapse_idw(np.stack([sx, sy], 1), s_ta[si], s_el[si], np.stack([tx, ty], 1), t_el[ti],
-                                    k, power, lapse_K_per_km)
+        pred[ti], nn, near[ti] = lapse_idw(np.stack([sx, sy], 1), s_ta[si], s_el[si], np.stack([tx, ty], 1), t_el[ti],
+                                           k, power, lapse_K_per_km)
         nbr[ti, :nn.shape[1]] = s_id[si][nn]
-    return pred, nbr
+    return pred, nbr, near
 
 
 def _design(df: pd.DataFrame, idx: np.ndarray, trend: tuple[str, ...]) -> np.ndarray:

@@ -103,7 +103,7 @@ def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.Data
 
     t0 = _time.perf_counter()
     src, tgt, src_ok = same_hour_sources(train, target, stations)
-    preds["idw"], nbr = idw(src, tgt, p.idw_neighbours, p.idw_power, p.lapse_rate_K_per_km)
+    preds["idw"], nbr, _ = idw(src, tgt, p.idw_neighbours, p.idw_power, p.lapse_rate_K_per_km)
     clock["idw_s"] = _time.perf_counter() - t0
 
     t0 = _time.perf_counter()
