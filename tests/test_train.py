@@ -245,6 +245,86 @@ def test_ensemble_averages_members_and_adds_their_spread(tmp_path, patches):
         load_predictor(bad)
 
 
+def test_refit_with_val_trains_on_train_and_val_and_keeps_the_runs_calibration(tmp_path, patches, capsys):
+    """train.refit_with_val: the run as without it (its best model is weights/train_only.pt), then the same model
+    trained again from its seed on the train + val rows up to the run's best epoch -> best.pt, with the run's
+    standard-error calibration, the input range and fusion residuals of the refit; a resumed finished run keeps
+    the run's own best as its starting point; a rerun without the option removes train_only.pt."""
+    from shared.mapping.predict import load_predictor
+
+    sets = ["train.epochs=3"]
+    assert run_step(tmp_path, patches, *sets, out="plain") == 0
+    assert run_step(tmp_path, patches, *sets, "train.refit_with_val=true", out="refit") == 0
+    w = tmp_path / "refit" / "weights"
+    plain = torch.load(tmp_path / "plain" / "weights" / "best.pt", weights_only=True)
+    own = torch.load(w / "train_only.pt", weights_only=True)
+    ck = torch.load(w / "best.pt", weights_only=True)
+    for k in plain["model"]:  # the run itself is unchanged by the option
+        assert torch.equal(plain["model"][k], own["model"][k]), k
+    assert ck["refit"]["rows"] == 768 + 256 and ck["refit"]["epochs"] == plain["best_epoch"]
+    assert "optimizer" not in ck and ck["best_epoch"] == plain["best_epoch"]
+    assert not torch.equal(ck["model"]["mlp.0.weight"], own["model"]["mlp.0.weight"])
+    refit_log = pd.read_csv(tmp_path / "refit" / "outputs" / "refit_log.csv")
+    assert refit_log["epoch"].tolist() == list(range(1, plain["best_epoch"] + 1))
+    # the calibration is the run's (val was unseen then); the distance term's stations now include val's
+    u, u0 = ck["uncertainty"], own["uncertainty"]
+    assert u["sigma_scale"] == u0["sigma_scale"] and u["interval_multipliers"] == u0["interval_multipliers"]
+    assert u["cold"] == u0["cold"] and u["distance"]["slope_per_100km"] == u0["distance"]["slope_per_100km"]
+    splits = read_manifest(patches)[1]
+    ll = np.concatenate([load_chunk(f)["loc"][:, :2].numpy() for s in ("train", "val") for f in splits[s].files])
+    np.testing.assert_array_equal(u["distance"]["train_sites"].numpy(), np.unique(ll.astype(np.float64), axis=0))
+    assert len(u["distance"]["train_sites"]) > len(u0["distance"]["train_sites"])
+    # input range over the train + val rows; fusion residuals of the refit model; val rows are now in-sample
+    pred, pred0 = load_predictor(w / "best.pt"), load_predictor(w / "train_only.pt")
+    m = pred.model
+    with torch.no_grad():
+        h = torch.cat([m.head_input(m.encode(b), m.aux_features(b))
+                       for s in ("train", "val") for b in (batch_view(load_chunk(f)) for f in splits[s].files)])
+    torch.testing.assert_close(m.input_lo, h.min(0).values)
+    torch.testing.assert_close(m.input_hi, h.max(0).values)
+    vb = [batch_view(load_chunk(f)) for f in splits["val"].files]
+    y = np.concatenate([b["y"].numpy() for b in vb])
+    z, z0 = (np.concatenate([p.predict_dist({k: v for k, v in b.items() if k != "y"})[0] for b in vb])
+             for p in (pred, pred0))
+    np.testing.assert_allclose(pred.fusion_residuals["resid"][pred.fusion_residuals["split"] == 1], y - z,
+                               rtol=1e-4, atol=1e-5)
+    assert np.mean((y - z) ** 2) < np.mean((y - z0) ** 2)
+    # a finished refit run resumed: it starts again from its own best (train_only.pt), not from the refit, and
+    # keeps the refit of that same run instead of training it again
+    capsys.readouterr()
+    assert run_step(tmp_path, patches, *sets, "train.refit_with_val=true", extra=["--resume", "--force"],
+                    out="refit") == 0
+    out = capsys.readouterr()
+    assert "refit: kept" in out.out + out.err and "refit epoch" not in out.out + out.err
+    again = torch.load(w / "train_only.pt", weights_only=True)
+    assert all(torch.equal(again["model"][k], own["model"][k]) for k in own["model"] if k not in ("input_lo", "input_hi"))
+    assert all(torch.equal(torch.load(w / "best.pt", weights_only=True)["model"][k], ck["model"][k]) for k in ck["model"])
+    # ... and without the option: the run's own best is best.pt again, no train_only.pt is left
+    assert run_step(tmp_path, patches, *sets, extra=["--resume", "--force"], out="refit") == 0
+    assert not (w / "train_only.pt").exists()
+    back = torch.load(w / "best.pt", weights_only=True)
+    assert "refit" not in back and all(torch.equal(back["model"][k], own["model"][k]) for k in own["model"])
+
+
+def test_ensemble_refit_is_calibrated_as_the_train_only_ensemble(tmp_path, patches):
+    """model.members 2 with train.refit_with_val: each member refit; the ensemble of the refits carries the
+    calibration of the ensemble of the members' train-only models."""
+    from shared.mapping.predict import load_predictor
+
+    assert run_step(tmp_path, patches, "train.epochs=2", "model.members=2", out="plain") == 0
+    assert run_step(tmp_path, patches, "train.epochs=2", "model.members=2", "train.refit_with_val=true") == 0
+    w = tmp_path / "run" / "weights"
+    ck = torch.load(w / "best.pt", weights_only=True)
+    plain = torch.load(tmp_path / "plain" / "weights" / "best.pt", weights_only=True)
+    assert "refit" in ck and ck["uncertainty"]["sigma_scale"] == plain["uncertainty"]["sigma_scale"]
+    assert ck["best_val"] == plain["best_val"]
+    b = {k: v[:40] for k, v in batch_view(load_chunk(read_manifest(patches)[1]["val"].files[0])).items() if k != "y"}
+    ens, m0, m1 = (load_predictor(p) for p in (w / "best.pt", w / "members" / "m0" / "best.pt",
+                                                w / "members" / "m1" / "best.pt"))
+    assert "refit" in torch.load(w / "members" / "m0" / "best.pt", weights_only=True)
+    np.testing.assert_allclose(ens.predict_dist(b)[0], (m0.predict_dist(b)[0] + m1.predict_dist(b)[0]) / 2, atol=1e-5)
+
+
 def test_worker_processes_see_the_same_batches(tmp_path, patches):
     sets = ["train.epochs=1"]
     assert run_step(tmp_path, patches, *sets, "data.num_workers=0", out="w0") == 0

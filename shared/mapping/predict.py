@@ -261,7 +261,8 @@ def load_predictor(path: str | Path, precision: str = "fp32", device: str = "cpu
     return Predictor(model=model, model_cfg=cfg, input_mean=mean, input_std=std, target_mean=t_mean,
                      target_std=t_std, patch_size=int(cfg.get("patch_size", 9)), path=path, precision=precision,
                      device=str(dev),
-                     info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data")},
+                     info={"epoch": ckpt.get("epoch"), "best_val": ckpt.get("best_val"), "data": ckpt.get("data"),
+                           "refit": ckpt.get("refit")},
                      sigma_scale=scale, sd_source=src, fusion_residuals=read_fusion_residuals(ckpt, path),
                      distance=distance, cold=cold, **intervals)
 

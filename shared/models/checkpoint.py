@@ -23,6 +23,10 @@ One dict, everything needed to continue training or to run the model alone::
                   val row: 1-D RESIDUAL_KEYS of one length (split: index in RESIDUAL_SPLITS); the fusion's
                   variogram (shared.mapping.analysis.stored_variogram)
     members       (ensembles) seed, best_epoch, best_val and weights file of each member's run
+    refit         (train.refit_with_val) rows, epochs, seconds, note: the model was trained again on the train
+                  and validation rows; no optimizer state; best_val, best_epoch and uncertainty are the
+                  train-only run's (its best model: TRAIN_ONLY beside it), the distance term's train_sites
+                  include the validation stations
 
 Read with ``weights_only=True`` (no code runs from a crafted file); a file
 whose weights do not fit its stored model config is refused in one line.
@@ -40,6 +44,8 @@ from shared.models.ta import TAModel, build_model
 CKPT_FORMAT = "ta2d-step03"
 HINT = "point at a step03 weights/best.pt or " + rerun("step03")
 #: The residual table's columns and the splits its ``split`` column indexes.
+TRAIN_ONLY = "train_only.pt"  # with train.refit_with_val: the run's own best model, beside the refit's best.pt
+REFIT_LOG = "refit_log.csv"  # ... and the refit's epochs, in step03's outputs folder
 RESIDUAL_KEYS = ("time_s", "stn_id", "pixel_y", "pixel_x", "split", "resid")
 RESIDUAL_SPLITS = ("train", "val")
 

@@ -19,6 +19,7 @@ from typing import Literal, Optional
 from shared.core.device import check_device_name
 from shared.core.runner import Context, Result, Stage
 from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR
+from shared.models.checkpoint import REFIT_LOG, TRAIN_ONLY
 from shared.models.ta import TAModelConfig
 
 STEP = "step03_train_clay"
@@ -112,6 +113,9 @@ class TrainCfg:
     seed: int = 0
     cache_features: bool = False
     early_stop_patience: int = 10  # epochs without a better val loss before stopping; 0 = off
+    # after the run: the same model trained again on the train and validation rows together, up to the run's best
+    # epoch on the same schedule; it keeps the run's standard-error calibration (weights/train_only.pt: the run's own)
+    refit_with_val: bool = False
 
     def check(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -137,6 +141,9 @@ class Config:
         if self.train.cache_features and not self.model.freeze_encoder:
             raise ValueError("train.cache_features needs model.freeze_encoder: true (a trained encoder's "
                              "features change every step)")
+        if self.train.refit_with_val and self.train.cache_features:
+            raise ValueError("train.refit_with_val does not work with train.cache_features (the refit trains on "
+                             "chunks); set one of them to false")
 
 
 def deps(cfg: Config) -> list[Path]:
@@ -148,7 +155,10 @@ def deps(cfg: Config) -> list[Path]:
 
 def outs(cfg: Config) -> list[Path]:
     w = cfg.output.weights_dir
-    return [w / "best.pt", w / "current.pt", cfg.output.outputs_dir / "train_log.csv"]
+    out = [w / "best.pt", w / "current.pt", cfg.output.outputs_dir / "train_log.csv"]
+    if cfg.train.refit_with_val and cfg.model.members == 1:  # an ensemble's are in each member's folders
+        out += [w / TRAIN_ONLY, cfg.output.outputs_dir / REFIT_LOG]
+    return out
 
 
 def upstream(cfg: Config) -> list:
@@ -181,10 +191,12 @@ def run(cfg: Config, ctx: Context) -> Result:
         print(f"stopped after epoch {res['epochs']} of {cfg.train.epochs}; rerun with --resume to continue "
               f"(weights/best.pt is still the last finished run's)")
         return Result(done=False)
+    refit = (" (trained on the train rows; best.pt is its refit on the train and validation rows, "
+             f"{TRAIN_ONLY} the run's own)") if cfg.train.refit_with_val else ""
     if cfg.model.members > 1:
-        print(f"ensemble of {cfg.model.members}: val rmse {res['best_rmse_K']:.3f} K -> {res['outputs'][0]}")
+        print(f"ensemble of {cfg.model.members}: val rmse {res['best_rmse_K']:.3f} K{refit} -> {res['outputs'][0]}")
     else:
-        print(f"best epoch {res['best_epoch']}: val rmse {res['best_rmse_K']:.3f} K -> {res['outputs'][0]}")
+        print(f"best epoch {res['best_epoch']}: val rmse {res['best_rmse_K']:.3f} K{refit} -> {res['outputs'][0]}")
     return Result(counts={k: res[k] for k in ("epochs", "best_epoch", "train_rows", "val_rows") if res[k] is not None},
                   extra={"best_val_loss": res["best_val"], "best_rmse_K": res["best_rmse_K"]})
 

@@ -238,7 +238,8 @@ def run(cfg: Config, ctx: Context) -> Result:
     results = {n: regression_metrics(df[c].to_numpy(), df["obs_c"].to_numpy(), ta_std) for n, c in cols.items()}
     metrics: dict = {"split": cfg.split, "units": "K (differences; deg C values in the CSVs)", "target_std_K": ta_std,
                      "target_mean_c": predictor.target_mean, "checkpoint": str(cfg.checkpoint),
-                     "checkpoint_epoch": predictor.info.get("epoch"), **results[MODEL],
+                     "checkpoint_epoch": predictor.info.get("epoch"),
+                     "checkpoint_refit": (predictor.info.get("refit") or {}).get("note"), **results[MODEL],
                      "model": results[MODEL], "baselines": {n: results[n] for n in ALL_BASELINES},
                      "baseline_info": base_info, "clear_ir105_K": cfg.clear_ir105_K,
                      ANALYSIS: results[ANALYSIS], "analysis_info": analysis_info}

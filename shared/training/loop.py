@@ -35,8 +35,16 @@ from shared.core.distributed import Dist
 from shared.core.errors import STEP_DIRS, UserError
 from shared.core.records import StepRun, atomic_path, write_csv
 from shared.io.channels import BT_WAVES_UM, IR105_CH, RF_WAVES_UM
-from shared.io.patches import batch_view, load_chunk, read_manifest, read_stats
-from shared.models.checkpoint import RESIDUAL_KEYS, RESIDUAL_SPLITS, load_weights, read_ta_checkpoint, save_ta_checkpoint
+from shared.io.patches import SplitFiles, batch_view, load_chunk, read_manifest, read_stats
+from shared.models.checkpoint import (
+    REFIT_LOG,
+    RESIDUAL_KEYS,
+    RESIDUAL_SPLITS,
+    TRAIN_ONLY,
+    load_weights,
+    read_ta_checkpoint,
+    save_ta_checkpoint,
+)
 from shared.models.clay import load_clay_state
 from shared.models.intervals import histogram, multipliers_from_histogram
 from shared.models.se_growth import COLD_REF_K, NearestSite, cold_term, distance_term, fit_growth, growth_phrases, sites
@@ -500,13 +508,9 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
 
     # ---- the ensemble of the members' best models
     paths = [Path(r["outputs"][0]) for r in runs]
-    cks = [read_ta_checkpoint(p) for p in paths]
-    ens_cfg = {**cks[0]["model_cfg"], "members": k_all}
-    ens = build_model(ens_cfg)
-    for m, ck, p in zip(ens.members, cks, paths):
-        load_weights(m, ck["model"], p)
-    ens.member_sd.copy_(torch.tensor([member_sd(ck) for ck in cks]))
-    ens.to(device).eval()
+    refit = cfg.train.refit_with_val  # then each member's best.pt is its refit, its train_only.pt its run's best
+    own = [p.parent / TRAIN_ONLY for p in paths] if refit else paths
+    ens, cks = _ensemble(own, k_all, device)
     manifest, splits = read_manifest(cfg.data.patch_dir)
     n_ch, psize = len(manifest["channels"]), int(manifest["patch_size"])
     plan_kw, _ = plan_kwargs(cfg, d, min(cfg.train.batch_size, max(1, splits["val"].n_rows // d.world)))
@@ -514,10 +518,15 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
                              device.type == "cuda")
     val_loss, _ = evaluate(ens, val_loader, device, dtype, d)
     unc = calibrate_sigma(ens, val_loader, device, dtype, d, **growth_inputs(cfg, splits, cks[0]["norm"]))
+    ens_cfg = {**cks[0]["model_cfg"], "members": k_all}
     target_std = float(cks[0]["norm"]["target_std"])
     each = ", ".join(f"{math.sqrt(r['best_val']) * target_std:.3f}" for r in runs)
     say(f"ensemble of {k_all}: val rmse {math.sqrt(val_loss) * target_std:.3f} K (members {each} K); standard error "
         f"{describe_sigma(unc)}")
+    if refit:  # calibrated above as trained on the train rows; the refit members replace them
+        ens, cks = _ensemble(paths, k_all, device)
+        unc = refit_uncertainty({"uncertainty": unc}, splits)
+        say(f"ensemble of the {k_all} members' refits on the train and validation rows, with that calibration")
     if d.main:
         staging = weights_dir / STAGING
         ck = {"model": ens.state_dict(), "model_cfg": ens_cfg, "norm": cks[0]["norm"], "data": cks[0]["data"],
@@ -526,6 +535,10 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
               "members": [{"seed": m.train.seed, "best_epoch": r["best_epoch"], "best_val": r["best_val"],
                            "weights": str(p)} for m, r, p in zip(mcfgs, runs, paths)],
               "fusion_residuals": fusion_residuals(ens, splits, device, dtype)}
+        if refit:
+            ck["refit"] = {"rows": combined_split(splits).n_rows, "note": "each member trained again on the train and "
+                           "validation rows (train.refit_with_val); best_val and the standard-error calibration are "
+                           "the members' train-only ensemble's (each member's " + TRAIN_ONLY + ")"}
         for name in ("best.pt", "current.pt"):
             save_ta_checkpoint(staging / name, ck)
         for name in ("best.pt", "current.pt"):
@@ -547,6 +560,17 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
         "outputs": outputs,
         "is_main": d.main,
     }
+
+
+def _ensemble(paths: list[Path], k_all: int, device) -> tuple[torch.nn.Module, list[dict]]:
+    """The ensemble of the members' checkpoints ``paths`` (each member's sd scale: :func:`member_sd`), in eval mode
+    on ``device``, and the checkpoints."""
+    cks = [read_ta_checkpoint(p) for p in paths]
+    ens = build_model({**cks[0]["model_cfg"], "members": k_all})
+    for m, ck, p in zip(ens.members, cks, paths):
+        load_weights(m, ck["model"], p)
+    ens.member_sd.copy_(torch.tensor([member_sd(ck) for ck in cks]))
+    return ens.to(device).eval(), cks
 
 
 def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change, say) -> dict:
@@ -630,7 +654,8 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
                             "start over")
         changed = [c for c in changed_keys(ck.get("train_cfg", {}).get("train", {}), cfg_dict["train"], "train.")
                    + changed_keys(ck.get("train_cfg", {}).get("data", {}), cfg_dict["data"], "data.")
-                   if not c.startswith(("train.epochs:", "train.num_threads:", "data.num_workers:"))]
+                   if not c.startswith(("train.epochs:", "train.num_threads:", "data.num_workers:",
+                                        "train.refit_with_val:"))]
         if changed and not allow_config_change:
             raise UserError(f"--resume: the training config changed since {source} was written ({'; '.join(changed)}); "
                             "restore it, add --allow-config-change to continue with the new values, or run without "
@@ -653,9 +678,11 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         say(f"resuming from {source} after epoch {state['epoch']} (best val {state['best_val']:.4f})")
         if source != current and d.main:  # a finished run continued: its best stays best until beaten
             staging.mkdir(parents=True, exist_ok=True)
-            if (weights_dir / "best.pt").is_file():
+            own = weights_dir / TRAIN_ONLY  # a refit run's own best (its best.pt is the refit)
+            own = own if own.is_file() else weights_dir / "best.pt"
+            if own.is_file():
                 with atomic_path(best) as tmp:
-                    shutil.copyfile(weights_dir / "best.pt", tmp)
+                    shutil.copyfile(own, tmp)
     elif resume:
         say(f"--resume: no {current} yet; starting from scratch")
     if not resume and d.main:
@@ -728,10 +755,25 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
                                                       cached=cached if tcfg.cache_features else None)
             save_ta_checkpoint(best, {k: v for k, v in ck.items() if k != "format"})
         d.barrier()
+        if tcfg.refit_with_val:
+            refit = kept_refit(weights_dir, ck) if resume else None
+            if refit is not None:
+                refit["uncertainty"] = refit_uncertainty(ck, splits)
+                say(f"refit: kept {weights_dir / 'best.pt'} (the refit of this same run)")
+            else:
+                refit = _refit(cfg, d, device, dtype, ck, splits, model_cfg, say)
+            if d.main:
+                save_ta_checkpoint(staging / "refit.pt", refit)
+            d.barrier()
     if done and d.main:  # promote the finished run's checkpoints together
-        for f in (best, current):
-            if f.is_file() or f is best:  # a finished run resumed with no epoch left staged no current.pt
-                os.replace(f, weights_dir / f.name)
+        if tcfg.refit_with_val:  # the run's own best becomes train_only.pt, the refit best.pt
+            os.replace(best, weights_dir / TRAIN_ONLY)
+            best = staging / "refit.pt"
+        else:
+            (weights_dir / TRAIN_ONLY).unlink(missing_ok=True)  # an earlier refit's: not this run's
+        for f, name in ((best, "best.pt"), (current, "current.pt")):
+            if f.is_file() or name == "best.pt":  # a finished run resumed with no epoch left staged no current.pt
+                os.replace(f, weights_dir / name)
         with contextlib.suppress(OSError):
             staging.rmdir()
     d.barrier()
@@ -748,6 +790,99 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         "outputs": [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"],
         "is_main": d.main,
     }
+
+
+def combined_split(splits: dict) -> SplitFiles:
+    """The train and validation chunks as one split (train first)."""
+    tr, va = splits["train"], splits["val"]
+    return SplitFiles("train+val", list(tr.files) + list(va.files), list(tr.rows) + list(va.rows))
+
+
+def refit_uncertainty(first: dict, splits: dict) -> dict | None:
+    """The run's standard-error calibration for its refit: measured on the validation stations while the model had
+    not seen them, it stays; only the distance term's stations become the train and validation stations."""
+    unc = first.get("uncertainty")
+    if unc is None:
+        return None
+    unc = {**unc, "method": unc["method"] + "; from the train-only run (train.refit_with_val): its validation "
+                                           "stations are training stations of the refit"}
+    if "distance" in unc:
+        both = np.concatenate([split_sites(splits["train"]), split_sites(splits["val"])])
+        unc["distance"] = {**unc["distance"], "train_sites": torch.from_numpy(
+            np.ascontiguousarray(sites(both), dtype=np.float64))}
+    return unc
+
+
+def kept_refit(weights_dir: Path, first: dict) -> dict | None:
+    """The finished refit of the run whose best checkpoint is ``first``, when a resumed finished run has it:
+    ``weights/best.pt`` is a refit of the same model config and best epoch and ``weights/train_only.pt`` holds
+    ``first``'s weights. None otherwise (then the refit is trained)."""
+    own, prev = weights_dir / TRAIN_ONLY, weights_dir / "best.pt"
+    if not (own.is_file() and prev.is_file()):
+        return None
+    o, p = read_ta_checkpoint(own), read_ta_checkpoint(prev)
+    if (p.get("refit") or {}).get("epochs") != first["best_epoch"] or p.get("model_cfg") != first["model_cfg"]:
+        return None
+    skip = ("input_lo", "input_hi")  # set again when the run's calibration is redone
+    keys = [k for k in first["model"] if k not in skip]
+    if set(keys) != {k for k in o["model"] if k not in skip}:
+        return None
+    if not all(torch.equal(o["model"][k].cpu(), first["model"][k].cpu()) for k in keys):
+        return None
+    return {k: v for k, v in p.items() if k != "format"}
+
+
+def _refit(cfg, d: Dist, device, dtype, first: dict, splits: dict, model_cfg: dict, say) -> dict:
+    """``train.refit_with_val``: the run's model trained again from its seed on the train and validation rows
+    together, on the run's learning-rate schedule up to its best epoch (no validation rows are left to choose
+    another), input range over those rows; its standard-error calibration is the run's (:func:`refit_uncertainty`).
+    Returns the refit's checkpoint dict (no optimizer state: a refit is not resumed, it is run again)."""
+    t_start = time.time()
+    tcfg = cfg.train
+    epochs = int(first["best_epoch"])
+    manifest, _ = read_manifest(cfg.data.patch_dir)
+    n_ch, psize = len(manifest["channels"]), int(manifest["patch_size"])
+    both = combined_split(splits)
+    batch_size = min(tcfg.batch_size, max(1, both.n_rows // d.world))
+    plan_kw, shuffle_kw = plan_kwargs(cfg, d, batch_size)
+    plan = ChunkBatches(both, n_ch, psize, **shuffle_kw, **plan_kw)
+    loader = make_loader(plan, cfg.data.num_workers, device.type == "cuda")
+    say(f"refit on the train and validation rows together ({both.n_rows} rows) for {epochs} epochs "
+        f"(the run's best epoch)")
+    torch.manual_seed(tcfg.seed)
+    model = build_model(model_cfg)
+    if cfg.model.clay_ckpt_path is not None:
+        load_weights(model.encoder, load_clay_state(cfg.model.clay_ckpt_path, cfg.model.size), cfg.model.clay_ckpt_path)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps = len(plan)
+    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps * tcfg.epochs, max(1, round(tcfg.warmup * steps))))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ddp_model = wrap_ddp(model, d, device)
+    target_std = float(first["norm"]["target_std"])
+    log = []
+    for epoch in range(1, epochs + 1):
+        plan.set_epoch(epoch)
+        loss, wait, step_s = train_epoch(epoch, ddp_model, loader, steps, opt, sched, scaler, device, dtype,
+                                         tcfg.grad_clip, target_std, d, params)
+        log.append({"epoch": epoch, "train_loss": loss, "rmse_K": math.sqrt(loss) * target_std,
+                    "lr": opt.param_groups[0]["lr"], "seconds": round(step_s, 3)})
+        say(f"refit epoch {epoch}/{epochs}: train {loss:.4f} ({log[-1]['rmse_K']:.3f} K)  lr {log[-1]['lr']:.2e}")
+    if model.clamp_inputs:
+        model.set_input_range(*input_range(model, ChunkBatches(both, n_ch, psize, batch_size=2048), device, dtype))
+    ck = {k: v for k, v in first.items() if k not in ("format", "optimizer", "scheduler", "scaler", "rng")}
+    ck.update(model=model.state_dict(), uncertainty=refit_uncertainty(first, splits),
+              refit={"rows": both.n_rows, "epochs": epochs, "seconds": round(time.time() - t_start, 1),
+                     "note": "trained on the train and validation rows together up to the train-only run's best "
+                             "epoch (train.refit_with_val); best_val and the standard-error calibration are that "
+                             "run's (weights/" + TRAIN_ONLY + ")"})
+    if ck["uncertainty"] is None:
+        ck.pop("uncertainty")
+    if d.main:
+        ck["fusion_residuals"] = fusion_residuals(model, splits, device, dtype)
+        write_csv(Path(cfg.output.outputs_dir) / REFIT_LOG, pd.DataFrame(log))
+    return ck
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
