@@ -298,3 +298,20 @@ def test_model_rows_are_the_rows_step05_scores(evaluated):
     np.testing.assert_allclose(j["model_c"], j["prediction_c"], atol=1e-3)
     np.testing.assert_allclose(j["se_c"], j["prediction_se_K"], rtol=1e-4)
     assert j["se_c"].min() > 0
+
+
+def test_model_rows_refuse_validation_rows_of_a_refit(evaluated, tmp_path):
+    """A refit checkpoint (train.refit_with_val) has learnt from the validation rows: the benchmarks that score
+    them as unseen get a clear error naming the run's own train_only.pt; its test rows are still scored."""
+    from shared.core.errors import UserError
+    from shared.evaluation.rows import model_rows
+    from shared.mapping.predict import load_predictor
+    from shared.models.checkpoint import read_ta_checkpoint, save_ta_checkpoint
+
+    ck = read_ta_checkpoint(evaluated["ckpt"])
+    ck.pop("format", None)
+    save_ta_checkpoint(tmp_path / "best.pt", {**ck, "refit": {"rows": 1, "epochs": 1, "note": "refit"}})
+    pred = load_predictor(tmp_path / "best.pt", "fp32")
+    with pytest.raises(UserError, match="refit on the train and validation rows.*train_only.pt"):
+        model_rows(evaluated["patches"], ("train", "val"), pred)
+    assert len(model_rows(evaluated["patches"], ("test",), pred)["test"]["ta_c"]) > 0

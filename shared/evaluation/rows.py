@@ -16,6 +16,7 @@ from shared.core.errors import UserError, rerun
 from shared.evaluation.suite import ALL_BASELINES
 from shared.io.channels import IGBP_CLASSES, IR105_CH, SZA_CH
 from shared.io.patches import batch_view, load_chunk, read_manifest, read_stats
+from shared.models.checkpoint import TRAIN_ONLY
 
 MODEL = "model"
 #: The model fused with the same-hour observations of the fusion (train + val) stations, at the scored stations.
@@ -62,7 +63,14 @@ def read_rows(patch_dir: Path, split: str, predictor=None, batch_size: int = 204
 
 def model_rows(patch_dir: Path, splits: tuple[str, ...], predictor) -> dict[str, dict]:
     """:func:`read_rows` of each split with the predictor, plus ``ta_c`` (observed), ``model_c`` (deg C) and
-    ``se_c`` (the model's standard error, K) as float64: the rows the benchmarks score."""
+    ``se_c`` (the model's standard error, K) as float64: the rows the benchmarks score. The benchmarks score the
+    validation rows as unseen: a refit checkpoint (``train.refit_with_val``), which has learnt from them, is
+    refused there."""
+    refit = (getattr(predictor, "info", None) or {}).get("refit")
+    if refit and "val" in splits:
+        raise UserError(f"{predictor.path}: this checkpoint was refit on the train and validation rows "
+                        f"(train.refit_with_val), so its validation rows are not unseen; score the run's own model, "
+                        f"{Path(predictor.path).with_name(TRAIN_ONLY)}")
     out = {}
     for s in splits:
         r = read_rows(patch_dir, s, predictor)
