@@ -602,17 +602,14 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
                         f"make more training rows in step01/step02 or use fewer processes")
 
     # ---- model
-    torch.manual_seed(tcfg.seed)
     model_cfg = make_model_cfg(cfg, manifest, loc_stats, stats)
-    model = build_model(model_cfg)
+    model = seeded_model(cfg, model_cfg, device)
     if cfg.model.clay_ckpt_path is not None:
-        load_weights(model.encoder, load_clay_state(cfg.model.clay_ckpt_path, cfg.model.size), cfg.model.clay_ckpt_path)
         say(f"encoder: Clay {cfg.model.size} weights from {cfg.model.clay_ckpt_path}"
             f"{' (frozen)' if cfg.model.freeze_encoder else ' (fine-tuned)'}")
     else:
         say(f"warning: model.clay_ckpt_path is null: the Clay {cfg.model.size} encoder starts from random "
             "weights and is trained from scratch (no pretrained transfer)")
-    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
 
     # ---- data paths: cached frozen-encoder features, or chunks
@@ -634,11 +631,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         val_loader = make_loader(val_plan, cfg.data.num_workers, pin)
 
     steps_per_epoch = len(train_plan)
-    total_steps = steps_per_epoch * tcfg.epochs
-    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, fused=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_lambda(total_steps, max(1, round(tcfg.warmup * steps_per_epoch))))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    opt, sched, scaler = optimizer(model, tcfg, steps_per_epoch, device, dtype)
 
     # ---- resume
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0, "log": []}
@@ -813,6 +806,25 @@ def refit_uncertainty(first: dict, splits: dict) -> dict | None:
     return unc
 
 
+def seeded_model(cfg, model_cfg: dict, device) -> torch.nn.Module:
+    """A new model of ``model_cfg`` from ``train.seed`` (its encoder from ``model.clay_ckpt_path`` when set), on
+    ``device``."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(model_cfg)
+    if cfg.model.clay_ckpt_path is not None:
+        load_weights(model.encoder, load_clay_state(cfg.model.clay_ckpt_path, cfg.model.size), cfg.model.clay_ckpt_path)
+    return model.to(device)
+
+
+def optimizer(model, tcfg, steps_per_epoch: int, device, dtype):
+    """AdamW, its schedule (linear warmup over ``train.warmup`` epochs, cosine decay over ``train.epochs``) and
+    the fp16 gradient scaler (a no-op otherwise)."""
+    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, _lr_lambda(steps_per_epoch * tcfg.epochs, max(1, round(tcfg.warmup * steps_per_epoch))))
+    return opt, sched, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
 def kept_refit(weights_dir: Path, first: dict) -> dict | None:
     """The finished refit of the run whose best checkpoint is ``first``, when a resumed finished run has it:
     ``weights/best.pt`` is a refit of the same model config and best epoch and ``weights/train_only.pt`` holds
@@ -849,16 +861,10 @@ def _refit(cfg, d: Dist, device, dtype, first: dict, splits: dict, model_cfg: di
     loader = make_loader(plan, cfg.data.num_workers, device.type == "cuda")
     say(f"refit on the train and validation rows together ({both.n_rows} rows) for {epochs} epochs "
         f"(the run's best epoch)")
-    torch.manual_seed(tcfg.seed)
-    model = build_model(model_cfg)
-    if cfg.model.clay_ckpt_path is not None:
-        load_weights(model.encoder, load_clay_state(cfg.model.clay_ckpt_path, cfg.model.size), cfg.model.clay_ckpt_path)
-    model.to(device)
+    model = seeded_model(cfg, model_cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
     steps = len(plan)
-    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, fused=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps * tcfg.epochs, max(1, round(tcfg.warmup * steps))))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    opt, sched, scaler = optimizer(model, tcfg, steps, device, dtype)
     ddp_model = wrap_ddp(model, d, device)
     target_std = float(first["norm"]["target_std"])
     log = []
