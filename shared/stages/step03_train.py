@@ -191,8 +191,9 @@ def run(cfg: Config, ctx: Context) -> Result:
         print(f"stopped after epoch {res['epochs']} of {cfg.train.epochs}; rerun with --resume to continue "
               f"(weights/best.pt is still the last finished run's)")
         return Result(done=False)
-    refit = (" (trained on the train rows; best.pt is its refit on the train and validation rows, "
-             f"{TRAIN_ONLY} the run's own)") if cfg.train.refit_with_val else ""
+    own = f"members/mK/{TRAIN_ONLY} each member's own" if cfg.model.members > 1 else f"{TRAIN_ONLY} the run's own"
+    refit = (f" (trained on the train rows; best.pt is its refit on the train and validation rows, {own})"
+             if cfg.train.refit_with_val else "")
     if cfg.model.members > 1:
         print(f"ensemble of {cfg.model.members}: val rmse {res['best_rmse_K']:.3f} K{refit} -> {res['outputs'][0]}")
     else:
