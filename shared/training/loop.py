@@ -754,7 +754,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
                 refit["uncertainty"] = refit_uncertainty(ck, splits)
                 say(f"refit: kept {weights_dir / 'best.pt'} (the refit of this same run)")
             else:
-                refit = _refit(cfg, d, device, dtype, ck, splits, model_cfg, say)
+                refit = _refit(cfg, d, device, dtype, ck, splits, (n_ch, psize), model_cfg, say)
             if d.main:
                 save_ta_checkpoint(staging / "refit.pt", refit)
             d.barrier()
@@ -844,16 +844,17 @@ def kept_refit(weights_dir: Path, first: dict) -> dict | None:
     return {k: v for k, v in p.items() if k != "format"}
 
 
-def _refit(cfg, d: Dist, device, dtype, first: dict, splits: dict, model_cfg: dict, say) -> dict:
+def _refit(cfg, d: Dist, device, dtype, first: dict, splits: dict, shape: tuple[int, int], model_cfg: dict,
+           say) -> dict:
     """``train.refit_with_val``: the run's model trained again from its seed on the train and validation rows
     together, on the run's learning-rate schedule up to its best epoch (no validation rows are left to choose
     another), input range over those rows; its standard-error calibration is the run's (:func:`refit_uncertainty`).
-    Returns the refit's checkpoint dict (no optimizer state: a refit is not resumed, it is run again)."""
+    ``shape``: the chunks' (channels, patch size). Returns the refit's checkpoint dict (no optimizer state: a refit
+    is not resumed, it is run again)."""
     t_start = time.time()
     tcfg = cfg.train
     epochs = int(first["best_epoch"])
-    manifest, _ = read_manifest(cfg.data.patch_dir)
-    n_ch, psize = len(manifest["channels"]), int(manifest["patch_size"])
+    n_ch, psize = shape
     both = combined_split(splits)
     batch_size = min(tcfg.batch_size, max(1, both.n_rows // d.world))
     plan_kw, shuffle_kw = plan_kwargs(cfg, d, batch_size)
@@ -878,13 +879,13 @@ def _refit(cfg, d: Dist, device, dtype, first: dict, splits: dict, model_cfg: di
     if model.clamp_inputs:
         model.set_input_range(*input_range(model, ChunkBatches(both, n_ch, psize, batch_size=2048), device, dtype))
     ck = {k: v for k, v in first.items() if k not in ("format", "optimizer", "scheduler", "scaler", "rng")}
-    ck.update(model=model.state_dict(), uncertainty=refit_uncertainty(first, splits),
+    if "uncertainty" in ck:
+        ck["uncertainty"] = refit_uncertainty(first, splits)
+    ck.update(model=model.state_dict(),
               refit={"rows": both.n_rows, "epochs": epochs, "seconds": round(time.time() - t_start, 1),
                      "note": "trained on the train and validation rows together up to the train-only run's best "
                              "epoch (train.refit_with_val); best_val and the standard-error calibration are that "
                              "run's (weights/" + TRAIN_ONLY + ")"})
-    if ck["uncertainty"] is None:
-        ck.pop("uncertainty")
     if d.main:
         ck["fusion_residuals"] = fusion_residuals(model, splits, device, dtype)
         write_csv(Path(cfg.output.outputs_dir) / REFIT_LOG, pd.DataFrame(log))
