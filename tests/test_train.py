@@ -252,7 +252,7 @@ def test_refit_with_val_trains_on_train_and_val_and_keeps_the_runs_calibration(t
     the run's own best as its starting point; a rerun without the option removes train_only.pt."""
     from shared.mapping.predict import load_predictor
 
-    sets = ["train.epochs=3"]
+    sets = ["train.epochs=3", "train.refit_epochs=0"]
     assert run_step(tmp_path, patches, *sets, out="plain") == 0
     assert run_step(tmp_path, patches, *sets, "train.refit_with_val=true", out="refit") == 0
     w = tmp_path / "refit" / "weights"
@@ -262,6 +262,7 @@ def test_refit_with_val_trains_on_train_and_val_and_keeps_the_runs_calibration(t
     for k in plain["model"]:  # the run itself is unchanged by the option
         assert torch.equal(plain["model"][k], own["model"][k]), k
     assert ck["refit"]["rows"] == 768 + 256 and ck["refit"]["epochs"] == plain["best_epoch"]
+    assert ck["refit"]["mode"] == "from_seed" and ck["refit"]["lr"] is None
     assert "optimizer" not in ck and ck["best_epoch"] == plain["best_epoch"]
     assert not torch.equal(ck["model"]["mlp.0.weight"], own["model"]["mlp.0.weight"])
     refit_log = pd.read_csv(tmp_path / "refit" / "outputs" / "refit_log.csv")
@@ -304,6 +305,36 @@ def test_refit_with_val_trains_on_train_and_val_and_keeps_the_runs_calibration(t
     assert not (w / "train_only.pt").exists()
     back = torch.load(w / "best.pt", weights_only=True)
     assert "refit" not in back and all(torch.equal(back["model"][k], own["model"][k]) for k in own["model"])
+
+
+def test_refit_continues_the_runs_best_model(tmp_path, patches, capsys):
+    """train.refit_epochs N > 0: the run's best model continued for N epochs on the train + val rows at
+    train.refit_lr (not trained again from the seed); a changed refit plan is not kept on --resume."""
+    from shared.mapping.predict import load_predictor
+
+    sets = ["train.epochs=3", "train.refit_with_val=true", "train.refit_epochs=2"]
+    assert run_step(tmp_path, patches, *sets, "train.refit_lr=1e-9") == 0
+    w = tmp_path / "run" / "weights"
+    own = torch.load(w / "train_only.pt", weights_only=True)
+    ck = torch.load(w / "best.pt", weights_only=True)
+    assert ck["refit"]["mode"] == "continued" and ck["refit"]["epochs"] == 2 and ck["refit"]["lr"] == 1e-9
+    log = pd.read_csv(tmp_path / "run" / "outputs" / "refit_log.csv")
+    assert log["epoch"].tolist() == [1, 2] and (log["lr"] <= 1e-9).all()
+    # at a vanishing learning rate the refit is the run's best model (a model from the seed would be far from it)
+    for k in own["model"]:
+        if k not in ("input_lo", "input_hi"):  # the refit's range is over the train + val rows
+            torch.testing.assert_close(ck["model"][k], own["model"][k], atol=1e-6, rtol=0)
+    # another learning rate is another refit: trained again on --resume, and it now fits the val rows better
+    capsys.readouterr()
+    assert run_step(tmp_path, patches, *sets, "train.refit_lr=3e-3", extra=["--resume", "--force"]) == 0
+    out = capsys.readouterr()
+    assert "refit: kept" not in out.out + out.err and "refit epoch 2/2" in out.out + out.err
+    vb = [batch_view(load_chunk(f)) for f in read_manifest(patches)[1]["val"].files]
+    y = np.concatenate([b["y"].numpy() for b in vb])
+    z, z0 = (np.concatenate([p.predict_dist({k: v for k, v in b.items() if k != "y"})[0] for b in vb])
+             for p in (load_predictor(w / "best.pt"), load_predictor(w / "train_only.pt")))
+    assert torch.load(w / "best.pt", weights_only=True)["refit"]["lr"] == 3e-3
+    assert np.mean((y - z) ** 2) < np.mean((y - z0) ** 2)
 
 
 def test_ensemble_refit_is_calibrated_as_the_train_only_ensemble(tmp_path, patches):

@@ -116,6 +116,10 @@ class TrainCfg:
     # after the run: the same model trained again on the train and validation rows together, up to the run's best
     # epoch on the same schedule; it keeps the run's standard-error calibration (weights/train_only.pt: the run's own)
     refit_with_val: bool = False
+    # the refit: > 0 = the run's best model continued for this many epochs at refit_lr (warmup, cosine decay);
+    # 0 = trained again from the seed up to the run's best epoch on the run's schedule
+    refit_epochs: int = 5
+    refit_lr: float = 1e-3
 
     def check(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -126,6 +130,8 @@ class TrainCfg:
             raise ValueError("train.num_threads must be >= 0 (0 = torch default)")
         if self.early_stop_patience < 0:
             raise ValueError("train.early_stop_patience must be >= 0")
+        if self.refit_epochs < 0 or self.refit_lr <= 0:
+            raise ValueError("train.refit_epochs must be >= 0 (0 = trained again from the seed) and train.refit_lr > 0")
         check_device_name(self.device, "train.device")
 
 

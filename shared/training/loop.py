@@ -536,7 +536,7 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
                            "weights": str(p)} for m, r, p in zip(mcfgs, runs, paths)],
               "fusion_residuals": fusion_residuals(ens, splits, device, dtype)}
         if refit:
-            ck["refit"] = {"rows": combined_split(splits).n_rows, "note": "each member trained again on the train and "
+            ck["refit"] = {"rows": combined_split(splits).n_rows, "note": "each member refit on the train and "
                            "validation rows (train.refit_with_val); best_val and the standard-error calibration are "
                            "the members' train-only ensemble's (each member's " + TRAIN_ONLY + ")"}
         for name in ("best.pt", "current.pt"):
@@ -648,7 +648,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         changed = [c for c in changed_keys(ck.get("train_cfg", {}).get("train", {}), cfg_dict["train"], "train.")
                    + changed_keys(ck.get("train_cfg", {}).get("data", {}), cfg_dict["data"], "data.")
                    if not c.startswith(("train.epochs:", "train.num_threads:", "data.num_workers:",
-                                        "train.refit_with_val:"))]
+                                        "train.refit_"))]
         if changed and not allow_config_change:
             raise UserError(f"--resume: the training config changed since {source} was written ({'; '.join(changed)}); "
                             "restore it, add --allow-config-change to continue with the new values, or run without "
@@ -749,7 +749,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
             save_ta_checkpoint(best, {k: v for k, v in ck.items() if k != "format"})
         d.barrier()
         if tcfg.refit_with_val:
-            refit = kept_refit(weights_dir, ck) if resume else None
+            refit = kept_refit(weights_dir, ck, cfg) if resume else None
             if refit is not None:
                 refit["uncertainty"] = refit_uncertainty(ck, splits)
                 say(f"refit: kept {weights_dir / 'best.pt'} (the refit of this same run)")
@@ -816,24 +816,37 @@ def seeded_model(cfg, model_cfg: dict, device) -> torch.nn.Module:
     return model.to(device)
 
 
-def optimizer(model, tcfg, steps_per_epoch: int, device, dtype):
+def optimizer(model, tcfg, steps_per_epoch: int, device, dtype, lr: float | None = None, epochs: int | None = None):
     """AdamW, its schedule (linear warmup over ``train.warmup`` epochs, cosine decay over ``train.epochs``) and
-    the fp16 gradient scaler (a no-op otherwise)."""
-    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, fused=True)
+    the fp16 gradient scaler (a no-op otherwise). ``lr`` and ``epochs`` replace ``train.lr`` and ``train.epochs``
+    (a refit that continues the run's model: :func:`_refit`)."""
+    lr, epochs = tcfg.lr if lr is None else lr, tcfg.epochs if epochs is None else epochs
+    opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_lambda(steps_per_epoch * tcfg.epochs, max(1, round(tcfg.warmup * steps_per_epoch))))
+        opt, _lr_lambda(steps_per_epoch * epochs, max(1, round(min(tcfg.warmup, epochs / 4) * steps_per_epoch))))
     return opt, sched, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
-def kept_refit(weights_dir: Path, first: dict) -> dict | None:
+def refit_plan(tcfg, first: dict) -> tuple[int, str, float | None]:
+    """The refit's (epochs, mode, peak learning rate): ``train.refit_epochs`` 0 = trained again from the seed for
+    the run's best epoch's count of epochs on the run's schedule (``lr`` None); N > 0 = the run's best model
+    continued for N epochs at ``train.refit_lr``."""
+    if tcfg.refit_epochs > 0:
+        return int(tcfg.refit_epochs), "continued", float(tcfg.refit_lr)
+    return int(first["best_epoch"]), "from_seed", None
+
+
+def kept_refit(weights_dir: Path, first: dict, cfg) -> dict | None:
     """The finished refit of the run whose best checkpoint is ``first``, when a resumed finished run has it:
-    ``weights/best.pt`` is a refit of the same model config and best epoch and ``weights/train_only.pt`` holds
+    ``weights/best.pt`` is a refit of the same model config and plan (:func:`refit_plan`) and ``weights/train_only.pt`` holds
     ``first``'s weights. None otherwise (then the refit is trained)."""
     own, prev = weights_dir / TRAIN_ONLY, weights_dir / "best.pt"
     if not (own.is_file() and prev.is_file()):
         return None
     o, p = read_ta_checkpoint(own), read_ta_checkpoint(prev)
-    if (p.get("refit") or {}).get("epochs") != first["best_epoch"] or p.get("model_cfg") != first["model_cfg"]:
+    r = p.get("refit") or {}
+    if (r.get("epochs"), r.get("mode", "from_seed"), r.get("lr")) != refit_plan(cfg.train, first) \
+            or p.get("model_cfg") != first["model_cfg"]:
         return None
     skip = ("input_lo", "input_hi")  # set again when the run's calibration is redone
     keys = [k for k in first["model"] if k not in skip]
@@ -846,26 +859,33 @@ def kept_refit(weights_dir: Path, first: dict) -> dict | None:
 
 def _refit(cfg, d: Dist, device, dtype, first: dict, splits: dict, shape: tuple[int, int], model_cfg: dict,
            say) -> dict:
-    """``train.refit_with_val``: the run's model trained again from its seed on the train and validation rows
-    together, on the run's learning-rate schedule up to its best epoch (no validation rows are left to choose
-    another), input range over those rows; its standard-error calibration is the run's (:func:`refit_uncertainty`).
+    """``train.refit_with_val``: the run's model trained on the train and validation rows together, as
+    :func:`refit_plan` says: either continued from the run's best weights for ``train.refit_epochs`` epochs at
+    ``train.refit_lr`` (warmup, cosine decay), or trained again from its seed on the run's learning-rate schedule
+    up to its best epoch (no validation rows are left to choose another). Input range over those rows; its
+    standard-error calibration is the run's (:func:`refit_uncertainty`).
     ``shape``: the chunks' (channels, patch size). Returns the refit's checkpoint dict (no optimizer state: a refit
     is not resumed, it is run again)."""
     t_start = time.time()
     tcfg = cfg.train
-    epochs = int(first["best_epoch"])
+    epochs, mode, lr = refit_plan(tcfg, first)
     n_ch, psize = shape
     both = combined_split(splits)
     batch_size = min(tcfg.batch_size, max(1, both.n_rows // d.world))
     plan_kw, shuffle_kw = plan_kwargs(cfg, d, batch_size)
     plan = ChunkBatches(both, n_ch, psize, **shuffle_kw, **plan_kw)
     loader = make_loader(plan, cfg.data.num_workers, device.type == "cuda")
-    say(f"refit on the train and validation rows together ({both.n_rows} rows) for {epochs} epochs "
-        f"(the run's best epoch)")
     model = seeded_model(cfg, model_cfg, device)
+    if mode == "continued":
+        load_weights(model, first["model"], "the run's best model")
+        say(f"refit: the run's best model continued on the train and validation rows together ({both.n_rows} rows) "
+            f"for {epochs} epochs at learning rate {lr:g}")
+    else:
+        say(f"refit: the model trained again from its seed on the train and validation rows together "
+            f"({both.n_rows} rows) for {epochs} epochs (the run's best epoch)")
     params = [p for p in model.parameters() if p.requires_grad]
     steps = len(plan)
-    opt, sched, scaler = optimizer(model, tcfg, steps, device, dtype)
+    opt, sched, scaler = optimizer(model, tcfg, steps, device, dtype, lr=lr, epochs=epochs if lr else None)
     ddp_model = wrap_ddp(model, d, device)
     target_std = float(first["norm"]["target_std"])
     log = []
@@ -882,10 +902,12 @@ def _refit(cfg, d: Dist, device, dtype, first: dict, splits: dict, shape: tuple[
     if "uncertainty" in ck:
         ck["uncertainty"] = refit_uncertainty(first, splits)
     ck.update(model=model.state_dict(),
-              refit={"rows": both.n_rows, "epochs": epochs, "seconds": round(time.time() - t_start, 1),
-                     "note": "trained on the train and validation rows together up to the train-only run's best "
-                             "epoch (train.refit_with_val); best_val and the standard-error calibration are that "
-                             "run's (weights/" + TRAIN_ONLY + ")"})
+              refit={"rows": both.n_rows, "epochs": epochs, "mode": mode, "lr": lr,
+                     "seconds": round(time.time() - t_start, 1),
+                     "note": ("the train-only run's best model continued" if mode == "continued" else
+                              "trained again from the seed up to the train-only run's best epoch")
+                     + " on the train and validation rows together (train.refit_with_val); best_val and the "
+                       "standard-error calibration are that run's (weights/" + TRAIN_ONLY + ")"})
     if d.main:
         ck["fusion_residuals"] = fusion_residuals(model, splits, device, dtype)
         write_csv(Path(cfg.output.outputs_dir) / REFIT_LOG, pd.DataFrame(log))
