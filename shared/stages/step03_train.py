@@ -116,9 +116,9 @@ class TrainCfg:
     # after the run: the same model trained again on the train and validation rows together, up to the run's best
     # epoch on the same schedule; it keeps the run's standard-error calibration (weights/train_only.pt: the run's own)
     refit_with_val: bool = False
-    # the refit: > 0 = the run's best model continued for this many epochs at refit_lr (warmup, cosine decay);
-    # 0 = trained again from the seed up to the run's best epoch on the run's schedule
-    refit_epochs: int = 5
+    # the refit: 0 = trained again from the seed up to the run's best epoch on the run's schedule; N > 0 = the
+    # run's best model continued for N epochs at refit_lr (warmup, cosine decay)
+    refit_epochs: int = 0
     refit_lr: float = 1e-3
 
     def check(self):
