@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     static = read_static(resolve_path(spl.get("static", "data/raw/static.nc")))
     stations = station_table(read_split_csv(a.index_dir, "all", ["stn_id", "lat", "lon", "elev_m", "pixel_y", "pixel_x"]),
                              static.grid, static.dem, static.lsmask)
-    cfg = FusionConfig(idw_weight=0.0)  # the kriged residuals alone: what this benchmark compares (README numbers)
+    cfg = FusionConfig(idw_weight=0.0)  # the kriged residuals alone: what this benchmark compares (docs/RESULTS.md numbers)
     vg, note = stored_variogram(p.fusion_residuals, static, cfg)
     for s in ("train", "val"):
         rows[s]["ta_c"] = rows[s]["y"].astype(np.float64) * k_std + p.target_mean

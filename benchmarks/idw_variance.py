@@ -22,7 +22,7 @@ one, or the demo world's ``run_all --aws 300``) pass its ``--patch-dir`` and
 measured error: the two errors are correlated, and on the demo world the
 validation stations preferred 1.5-2.5 K^2 at both densities although the IDW's
 measured mean squared error grows from ~0.8 K^2 within 10 km of a station to
-~3 K^2 at 45-70 km (README, "Station blend").
+~3 K^2 at 45-70 km (docs/RESULTS.md, "Station blend").
 """
 from __future__ import annotations
 

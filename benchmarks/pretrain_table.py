@@ -1,4 +1,4 @@
-"""Does self-supervised pretraining help? The four-row table of the README.
+"""Does self-supervised pretraining help? The four-row table of docs/RESULTS.md.
 
     .venv/bin/python benchmarks/pretrain_table.py [--epochs 16] [--set model.pool=mean] [--skip-pretrain]
 

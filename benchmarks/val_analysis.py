@@ -22,7 +22,7 @@ are in-sample: a model that fits its training rows closely leaves the kriging
 little to correct at an unseen station, so the setting with the best
 validation model is not always the one with the best analysis. Confirm a
 choice on the test split as well: step03's ``model.dropout`` 0.1 won here but
-not there (README, "Regularisation for the analysis").
+not there (docs/RESULTS.md, "Regularisation for the analysis").
 """
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ fusion stations are training stations, whose in-sample residuals are smaller
 than the model's error at an unseen place, so the kriging corrects too little;
 the IDW does not use the model at all and its errors correlate with the
 analysis's at only ~0.4-0.5, so the mix averages part of both out. Measured
-on the demo world (README, "Station blend"): at the validation stations from
+on the demo world (docs/RESULTS.md, "Station blend"): at the validation stations from
 the train stations (seeds 0 and 1), the kriged model alone 1.114 K, a fixed
 0.3 / 100 km 1.061 K, ``auto`` with 2 K^2 / 100 km 1.047 K. The standard
 error is the blend's (:func:`blended_se`, at most the kriged one): the two

@@ -228,7 +228,7 @@ class Attention(nn.Module):
 
 #: Sequences this short (TA-2D's 9 x 9 windows give the CLS token + 1 patch token) take :func:`short_attention`
 #: at inference on the CPU: with N = 2 ``scaled_dot_product_attention`` spends most of its time on per-(sample,
-#: head) overhead. Training keeps SDPA, so that step03 still trains exactly the models the README measured: the
+#: head) overhead. Training keeps SDPA, so that step03 still trains exactly the models docs/RESULTS.md measured: the
 #: short path's float rounding differs in the last bits and changes a run's trajectory (seed 0: best validation
 #: 1.210 K at epoch 44 instead of 1.185 K at 41). It would make a training step (batch 256) ~1.18x faster (2 cores,
 #: alternating runs in one process: 185-213 against 209-254 ms).
