@@ -337,6 +337,38 @@ def test_refit_continues_the_runs_best_model(tmp_path, patches, capsys):
     assert np.mean((y - z) ** 2) < np.mean((y - z0) ** 2)
 
 
+def test_jitter_loc_moves_only_lat_lon_by_the_asked_km():
+    """train.loc_jitter_km: lat and lon move by a Gaussian step of that many km per axis (lon scaled by
+    cos(lat)); the third loc column, the other keys and the input batch stay as they are; 0 is a no-op."""
+    from shared.training.loop import jitter_loc
+
+    n = 200_000
+    loc = torch.tensor([[60.0, 127.0, 2000.0]]).repeat(n, 1)
+    batch = {"loc": loc, "y": torch.zeros(n)}
+    assert jitter_loc(batch, 0.0) is batch
+    torch.manual_seed(0)
+    out = jitter_loc(batch, 25.0)
+    assert torch.equal(batch["loc"], loc) and out["y"] is batch["y"]  # the input batch is not changed
+    km_n = (out["loc"][:, 0] - 60.0) * 111.0
+    km_e = (out["loc"][:, 1] - 127.0) * 111.0 * 0.5  # cos(60 deg)
+    assert abs(float(km_n.std()) - 25.0) < 0.2 and abs(float(km_e.std()) - 25.0) < 0.2
+    assert abs(float(km_n.mean())) < 0.2 and abs(float(torch.corrcoef(torch.stack([km_n, km_e]))[0, 1])) < 0.01
+    assert torch.equal(out["loc"][:, 2], loc[:, 2])
+
+
+def test_loc_jitter_reaches_training_and_is_refused_with_cached_features(tmp_path, patches):
+    """The option changes what is trained (same seed, other weights); with cached encoder features, which hold
+    the exact positions, it is refused before training."""
+    assert run_step(tmp_path, patches, "train.epochs=1", out="a") == 0
+    assert run_step(tmp_path, patches, "train.epochs=1", "train.loc_jitter_km=25", out="b") == 0
+    a, b = (torch.load(tmp_path / o / "weights" / "best.pt", weights_only=True) for o in ("a", "b"))
+    assert b["train_cfg"]["train"]["loc_jitter_km"] == 25
+    assert not torch.equal(a["model"]["mlp.0.weight"], b["model"]["mlp.0.weight"])
+    assert run_step(tmp_path, patches, "train.epochs=1", "train.loc_jitter_km=25", "train.cache_features=true",
+                    "model.freeze_encoder=true", out="c") == 2
+    assert not (tmp_path / "c" / "weights" / "best.pt").exists()
+
+
 def test_ensemble_refit_is_calibrated_as_the_train_only_ensemble(tmp_path, patches):
     """model.members 2 with train.refit_with_val: each member refit; the ensemble of the refits carries the
     calibration of the ensemble of the members' train-only models."""

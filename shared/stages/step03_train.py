@@ -120,6 +120,8 @@ class TrainCfg:
     # run's best model continued for N epochs at refit_lr (warmup, cosine decay)
     refit_epochs: int = 0
     refit_lr: float = 1e-3
+    # each training row's lat/lon moved by a Gaussian step of this many km per axis (0 = off); see config.yaml
+    loc_jitter_km: float = 0.0
 
     def check(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -130,6 +132,8 @@ class TrainCfg:
             raise ValueError("train.num_threads must be >= 0 (0 = torch default)")
         if self.early_stop_patience < 0:
             raise ValueError("train.early_stop_patience must be >= 0")
+        if self.loc_jitter_km < 0:
+            raise ValueError("train.loc_jitter_km must be >= 0 (0 = off)")
         if self.refit_epochs < 0 or self.refit_lr <= 0:
             raise ValueError("train.refit_epochs must be >= 0 (0 = trained again from the seed) and train.refit_lr > 0")
         check_device_name(self.device, "train.device")
@@ -147,6 +151,9 @@ class Config:
         if self.train.cache_features and not self.model.freeze_encoder:
             raise ValueError("train.cache_features needs model.freeze_encoder: true (a trained encoder's "
                              "features change every step)")
+        if self.train.loc_jitter_km > 0 and self.train.cache_features:
+            raise ValueError("train.loc_jitter_km does not work with train.cache_features (the cached encoder "
+                             "features hold the exact positions); set one of them to 0 / false")
         if self.train.refit_with_val and self.train.cache_features:
             raise ValueError("train.refit_with_val does not work with train.cache_features (the refit trains on "
                              "chunks); set one of them to false")

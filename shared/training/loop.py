@@ -83,6 +83,24 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+KM_PER_DEG = 111.0  # km per degree of latitude (and of longitude at the equator), for the jitter's scale
+
+
+def jitter_loc(batch: dict, km: float) -> dict:
+    """``train.loc_jitter_km``: the batch with each row's latitude and longitude (``loc[:, :2]``, degrees) moved by
+    a Gaussian step of ``km`` standard deviation per axis (draws from torch's global generator, seeded by
+    ``train.seed``), so the model cannot pin a station's own offset to its exact position; the site descriptors,
+    the height and the patch stay as they are. ``km`` 0 returns the batch unchanged."""
+    if km <= 0:
+        return batch
+    loc = batch["loc"].clone()
+    dy = torch.randn(loc.shape[0], device=loc.device) * km / KM_PER_DEG
+    dx = torch.randn(loc.shape[0], device=loc.device) * km / (KM_PER_DEG * torch.cos(torch.deg2rad(loc[:, 0])))
+    loc[:, 0] += dy
+    loc[:, 1] += dx
+    return {**batch, "loc": loc}
+
+
 def _lr_lambda(total_steps: int, warmup_steps: int, min_frac: float = 0.05):
     """Linear warmup, then cosine decay to ``min_frac`` of the peak LR."""
 
@@ -376,8 +394,10 @@ def fusion_residuals(model, splits: dict, device: torch.device, dtype, batch_siz
 
 
 def train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device, dtype, grad_clip,
-                target_std, d: Dist, params, progress: bool = True) -> tuple[float, float, float]:
-    """One pass over this rank's training batches -> (mean loss over ranks, data wait s, step s)."""
+                target_std, d: Dist, params, progress: bool = True, loc_jitter_km: float = 0.0
+                ) -> tuple[float, float, float]:
+    """One pass over this rank's training batches -> (mean loss over ranks, data wait s, step s); the rows'
+    positions jittered by ``loc_jitter_km`` (:func:`jitter_loc`)."""
     ddp_model.train()
     has_var = getattr(getattr(ddp_model, "module", ddp_model), "logvar_mlp", None) is not None
     bar = tqdm(total=n_batches, desc=f"epoch {epoch}", disable=not (d.main and progress), leave=False, mininterval=0.5,
@@ -389,7 +409,7 @@ def train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device,
     for bi in range(n_batches):
         t0 = time.perf_counter()
         batch = next(it)
-        batch = _to(batch, device)
+        batch = jitter_loc(_to(batch, device), loc_jitter_km)
         wait += time.perf_counter() - t0
         with _autocast(device, dtype):
             pred, logvar = ddp_model(batch, with_logvar=True)
@@ -694,7 +714,8 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         t0 = time.perf_counter()
         train_plan.set_epoch(epoch)
         train_loss, wait, step_s = train_epoch(epoch, ddp_model, train_loader, steps_per_epoch, opt, sched,
-                                               scaler, device, dtype, tcfg.grad_clip, target_std, d, params)
+                                               scaler, device, dtype, tcfg.grad_clip, target_std, d, params,
+                                               loc_jitter_km=tcfg.loc_jitter_km)
         val_loss, _ = evaluate(model, val_loader, device, dtype, d)
         rmse = math.sqrt(val_loss)
         improved = val_loss < state["best_val"]
@@ -892,7 +913,7 @@ def _refit(cfg, d: Dist, device, dtype, first: dict, splits: dict, shape: tuple[
     for epoch in range(1, epochs + 1):
         plan.set_epoch(epoch)
         loss, wait, step_s = train_epoch(epoch, ddp_model, loader, steps, opt, sched, scaler, device, dtype,
-                                         tcfg.grad_clip, target_std, d, params)
+                                         tcfg.grad_clip, target_std, d, params, loc_jitter_km=tcfg.loc_jitter_km)
         log.append({"epoch": epoch, "train_loss": loss, "rmse_K": math.sqrt(loss) * target_std,
                     "lr": opt.param_groups[0]["lr"], "seconds": round(step_s, 3)})
         say(f"refit epoch {epoch}/{epochs}: train {loss:.4f} ({log[-1]['rmse_K']:.3f} K)  lr {log[-1]['lr']:.2e}")
