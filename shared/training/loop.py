@@ -770,7 +770,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
             save_ta_checkpoint(best, {k: v for k, v in ck.items() if k != "format"})
         d.barrier()
         if tcfg.refit_with_val:
-            refit = kept_refit(weights_dir, ck, cfg) if resume else None
+            refit = kept_refit(weights_dir, ck, tcfg) if resume else None
             if refit is not None:
                 refit["uncertainty"] = refit_uncertainty(ck, splits)
                 say(f"refit: kept {weights_dir / 'best.pt'} (the refit of this same run)")
@@ -827,12 +827,15 @@ def refit_uncertainty(first: dict, splits: dict) -> dict | None:
     return unc
 
 
-def seeded_model(cfg, model_cfg: dict, device) -> torch.nn.Module:
+def seeded_model(cfg, model_cfg: dict, device, weights: dict | None = None) -> torch.nn.Module:
     """A new model of ``model_cfg`` from ``train.seed`` (its encoder from ``model.clay_ckpt_path`` when set), on
-    ``device``."""
+    ``device``; with ``weights`` (a state dict: the run's best model, continued by :func:`_refit`) those instead.
+    Either way torch's generator is seeded the same, so what draws from it next does not depend on the weights."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(model_cfg)
-    if cfg.model.clay_ckpt_path is not None:
+    if weights is not None:
+        load_weights(model, weights, "the run's best model")
+    elif cfg.model.clay_ckpt_path is not None:
         load_weights(model.encoder, load_clay_state(cfg.model.clay_ckpt_path, cfg.model.size), cfg.model.clay_ckpt_path)
     return model.to(device)
 
@@ -840,11 +843,12 @@ def seeded_model(cfg, model_cfg: dict, device) -> torch.nn.Module:
 def optimizer(model, tcfg, steps_per_epoch: int, device, dtype, lr: float | None = None, epochs: int | None = None):
     """AdamW, its schedule (linear warmup over ``train.warmup`` epochs, cosine decay over ``train.epochs``) and
     the fp16 gradient scaler (a no-op otherwise). ``lr`` and ``epochs`` replace ``train.lr`` and ``train.epochs``
-    (a refit that continues the run's model: :func:`_refit`)."""
+    (a refit that continues the run's model: :func:`_refit`); the warmup is then at most a quarter of ``epochs``."""
+    warmup = tcfg.warmup if epochs is None else min(tcfg.warmup, epochs / 4)
     lr, epochs = tcfg.lr if lr is None else lr, tcfg.epochs if epochs is None else epochs
     opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_lambda(steps_per_epoch * epochs, max(1, round(min(tcfg.warmup, epochs / 4) * steps_per_epoch))))
+        opt, _lr_lambda(steps_per_epoch * epochs, max(1, round(warmup * steps_per_epoch))))
     return opt, sched, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
@@ -857,7 +861,7 @@ def refit_plan(tcfg, first: dict) -> tuple[int, str, float | None]:
     return int(first["best_epoch"]), "from_seed", None
 
 
-def kept_refit(weights_dir: Path, first: dict, cfg) -> dict | None:
+def kept_refit(weights_dir: Path, first: dict, tcfg) -> dict | None:
     """The finished refit of the run whose best checkpoint is ``first``, when a resumed finished run has it:
     ``weights/best.pt`` is a refit of the same model config and plan (:func:`refit_plan`) and ``weights/train_only.pt`` holds
     ``first``'s weights. None otherwise (then the refit is trained)."""
@@ -866,7 +870,7 @@ def kept_refit(weights_dir: Path, first: dict, cfg) -> dict | None:
         return None
     o, p = read_ta_checkpoint(own), read_ta_checkpoint(prev)
     r = p.get("refit") or {}
-    if (r.get("epochs"), r.get("mode", "from_seed"), r.get("lr")) != refit_plan(cfg.train, first) \
+    if (r.get("epochs"), r.get("mode", "from_seed"), r.get("lr")) != refit_plan(tcfg, first) \
             or p.get("model_cfg") != first["model_cfg"]:
         return None
     skip = ("input_lo", "input_hi")  # set again when the run's calibration is redone
@@ -896,9 +900,9 @@ def _refit(cfg, d: Dist, device, dtype, first: dict, splits: dict, shape: tuple[
     plan_kw, shuffle_kw = plan_kwargs(cfg, d, batch_size)
     plan = ChunkBatches(both, n_ch, psize, **shuffle_kw, **plan_kw)
     loader = make_loader(plan, cfg.data.num_workers, device.type == "cuda")
-    model = seeded_model(cfg, model_cfg, device)
-    if mode == "continued":
-        load_weights(model, first["model"], "the run's best model")
+    continued = mode == "continued"
+    model = seeded_model(cfg, model_cfg, device, weights=first["model"] if continued else None)
+    if continued:
         say(f"refit: the run's best model continued on the train and validation rows together ({both.n_rows} rows) "
             f"for {epochs} epochs at learning rate {lr:g}")
     else:
@@ -906,7 +910,7 @@ def _refit(cfg, d: Dist, device, dtype, first: dict, splits: dict, shape: tuple[
             f"({both.n_rows} rows) for {epochs} epochs (the run's best epoch)")
     params = [p for p in model.parameters() if p.requires_grad]
     steps = len(plan)
-    opt, sched, scaler = optimizer(model, tcfg, steps, device, dtype, lr=lr, epochs=epochs if lr else None)
+    opt, sched, scaler = optimizer(model, tcfg, steps, device, dtype, lr=lr, epochs=epochs if continued else None)
     ddp_model = wrap_ddp(model, d, device)
     target_std = float(first["norm"]["target_std"])
     log = []
