@@ -337,6 +337,19 @@ def test_refit_continues_the_runs_best_model(tmp_path, patches, capsys):
     assert np.mean((y - z) ** 2) < np.mean((y - z0) ** 2)
 
 
+def test_resume_counts_a_train_key_added_since_with_its_default(tmp_path, patches):
+    """A checkpoint written before a train key existed (here train.loc_jitter_km) resumes when the key has its
+    default, the value that run trained with; another value is a config change and is refused."""
+    assert run_step(tmp_path, patches, "train.epochs=2", extra=["--stop-after", "1"]) == 0
+    cur = tmp_path / "run" / "weights" / ".staging" / "current.pt"  # an unfinished run's
+    ck = torch.load(cur, weights_only=True)
+    del ck["train_cfg"]["train"]["loc_jitter_km"]
+    torch.save(ck, cur)
+    assert run_step(tmp_path, patches, "train.epochs=2", "train.loc_jitter_km=5", extra=["--resume"]) == 2
+    assert run_step(tmp_path, patches, "train.epochs=2", extra=["--resume"]) == 0
+    assert log_of(tmp_path)["epoch"].tolist() == [1, 2]
+
+
 def test_jitter_loc_moves_only_lat_lon_by_the_asked_km():
     """train.loc_jitter_km: lat and lon move by a Gaussian step of that many km per axis (lon scaled by
     cos(lat)); the third loc column, the other keys and the input batch stay as they are; 0 is a no-op."""

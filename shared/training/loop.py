@@ -665,8 +665,12 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
             raise UserError(f"{source} was trained with another model or data (differs in: "
                             f"{', '.join(changed_keys(old_cfg, model_cfg))}); run without --resume to "
                             "start over")
-        changed = [c for c in changed_keys(ck.get("train_cfg", {}).get("train", {}), cfg_dict["train"], "train.")
-                   + changed_keys(ck.get("train_cfg", {}).get("data", {}), cfg_dict["data"], "data.")
+        # ... and so do train/data keys: one the checkpoint lacks counts with its default, which is how that run
+        # trained (e.g. train.loc_jitter_km 0)
+        old = {sec: {**config_to_dict(type(getattr(cfg, sec))()), **ck.get("train_cfg", {}).get(sec, {})}
+               for sec in ("train", "data")}
+        changed = [c for c in changed_keys(old["train"], cfg_dict["train"], "train.")
+                   + changed_keys(old["data"], cfg_dict["data"], "data.")
                    if not c.startswith(("train.epochs:", "train.num_threads:", "data.num_workers:",
                                         "train.refit_"))]
         if changed and not allow_config_change:
