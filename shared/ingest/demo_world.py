@@ -215,10 +215,11 @@ _RAW: Path | None = None
 _LIMITS = None
 
 
-def _init_worker(preset: str, seed: int, noise_sigma: float, raw: str, aws: int = 0) -> None:
+def _init_worker(preset: str, seed: int, noise_sigma: float, raw: str, aws: int = 0, buoys: int = 0) -> None:
     global _W, _RAW
-    if _W is None or (_W.preset.name, _W.seed, _W.noise_sigma, _n_aws(_W)) != (preset, seed, noise_sigma, aws):
-        _W = build_world(preset, seed, noise_sigma, aws)  # spawn start method: rebuild (deterministic)
+    if _W is None or (_W.preset.name, _W.seed, _W.noise_sigma, _n_net(_W, "AWS"), _n_net(_W, "BUOY")) != (
+            preset, seed, noise_sigma, aws, buoys):
+        _W = build_world(preset, seed, noise_sigma, aws, buoys)  # spawn start method: rebuild (deterministic)
     _RAW = Path(raw)
     global _LIMITS
     _LIMITS = _one_thread_blas()
@@ -257,13 +258,14 @@ def _read_marker(raw: Path) -> dict | None:
         return None
 
 
-def _n_aws(W: World) -> int:
-    return int((W.stations["network"] == "AWS").sum())
+def _n_net(W: World, network: str) -> int:
+    return int((W.stations["network"] == network).sum())
 
 
-def _params(preset: str, seed: int, noise_sigma: float, aws: int = 0) -> dict:
+def _params(preset: str, seed: int, noise_sigma: float, aws: int = 0, buoys: int = 0) -> dict:
     p = {"preset": preset, "seed": int(seed), "noise_sigma_k": float(noise_sigma), "version": VERSION}
-    return {**p, "aws_stations": int(aws)} if aws else p  # an ASOS-only world keeps its marker
+    # an ASOS-only world keeps its marker
+    return {**p, **({"aws_stations": int(aws)} if aws else {}), **({"buoy_stations": int(buoys)} if buoys else {})}
 
 
 def _is_complete(raw: Path, marker: dict) -> bool:
@@ -306,12 +308,14 @@ def _prepare_out(raw: Path, params: dict, force: bool) -> dict | None:
 
 def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int = 0, force: bool = False,
              noise_sigma: float = NOISE_SIGMA_K, workers: int | None = None, progress: bool = True,
-             aws: int = 0) -> dict:
+             aws: int = 0, buoys: int = 0) -> dict:
     """Write a demo world into ``out_dir`` (default ``data/raw``) and return its summary.
 
     ``aws`` adds that many synthetic AWS-like stations to the ASOS ones (see
     :func:`shared.ingest.demo.world.aws_sites`); their reports go to
-    ``ta_obs/aws_ta_YYYYMM.csv``. The true fields and the ASOS reports are the
+    ``ta_obs/aws_ta_YYYYMM.csv``. ``buoys`` adds that many synthetic moored buoys at
+    sea (:func:`shared.ingest.demo.world.buoy_sites`), reporting to
+    ``ta_obs/buoy_ta_YYYYMM.csv``. The true fields and the ASOS reports are the
     same as without them.
 
     The summary is the content of ``truth.json`` plus ``skipped`` (True when
@@ -326,10 +330,12 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
         raise UserError(f"noise sigma must be >= 0 K, got {noise_sigma}")
     if aws < 0:
         raise UserError(f"the number of AWS stations must be >= 0, got {aws}")
+    if buoys < 0:
+        raise UserError(f"the number of buoys must be >= 0, got {buoys}")
     raw = Path(out_dir) if out_dir is not None else Path("data/raw")
     if not raw.is_absolute():
         raw = REPO_ROOT / raw
-    params = _params(P.name, seed, noise_sigma, aws)
+    params = _params(P.name, seed, noise_sigma, aws, buoys)
     old = _prepare_out(raw, params, force)
     if old is not None:
         old = {**old, "skipped": True, "seconds": round(time.time() - t_start, 2)}
@@ -341,7 +347,7 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
                               "n_timestamps": len(P.times)})
 
     global _W, _RAW
-    W = build_world(P, seed, noise_sigma, aws)
+    W = build_world(P, seed, noise_sigma, aws, buoys)
     _W, _RAW = W, raw
     write_static(raw, W)
     st = W.stations
@@ -359,7 +365,7 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
     else:
 
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        with ctx.Pool(nproc, initializer=_init_worker, initargs=(P.name, int(seed), float(noise_sigma), str(raw), int(aws))) as pool:
+        with ctx.Pool(nproc, initializer=_init_worker, initargs=(P.name, int(seed), float(noise_sigma), str(raw), int(aws), int(buoys))) as pool:
             for res in pool.imap(_one_time, times, chunksize=1):
                 results.append(res)
                 bar.update()
@@ -384,7 +390,7 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
         "generator": "shared.ingest.demo_world", "version": VERSION, "preset": P.name, "seed": int(seed),
         "grid": W.grid.attrs(), "n_timestamps": T, "first_time_utc": f"{times[0]:%Y-%m-%d %H:%M}",
         "last_time_utc": f"{times[-1]:%Y-%m-%d %H:%M}", "months": sorted({t.month for t in times}),
-        "n_stations": S, "n_aws_stations": _n_aws(W), "n_samples": int(ok.sum()), "n_missing": int((~ok).sum()),
+        "n_stations": S, "n_aws_stations": _n_net(W, "AWS"), "n_buoy_stations": _n_net(W, "BUOY"), "n_samples": int(ok.sum()), "n_missing": int((~ok).sum()),
         "station_noise_sigma_k": float(noise_sigma), "lapse_rate_k_per_m": LAPSE,
         "elevation_mismatch_rmse_k": float(np.sqrt(np.mean(elev_eff**2))),
         "noise_floor_rmse_k": round(noise_floor, 4),
@@ -445,9 +451,13 @@ def main(argv=None) -> int:
     p.add_argument("--aws", type=int, default=0, metavar="N",
                    help="add N synthetic AWS-like stations (South Korean land, >= 5 km apart) to the ASOS ones; "
                         "the true fields stay the same (default 0)")
+    p.add_argument("--buoys", type=int, default=0, metavar="N",
+                   help="add N synthetic moored buoys at sea (10-80 km offshore, >= 40 km apart, within 120 km of an "
+                        "ASOS station); the true fields stay the same (default 0)")
     p.add_argument("--force", action="store_true", help="rebuild even if the same world is there; overwrite a non-demo folder")
     a = p.parse_args(argv)
-    generate(a.out, preset=a.preset, seed=a.seed, force=a.force, noise_sigma=a.noise_sigma, workers=a.workers, aws=a.aws)
+    generate(a.out, preset=a.preset, seed=a.seed, force=a.force, noise_sigma=a.noise_sigma, workers=a.workers, aws=a.aws,
+             buoys=a.buoys)
     return 0
 
 

@@ -3,6 +3,7 @@
     python -m shared.tools.run_all                 # demo world + step01..step05 with default configs
     python -m shared.tools.run_all --preset tiny   # small world, for a quick look
     python -m shared.tools.run_all --aws 300       # the demo world with 300 more (synthetic AWS) stations
+    python -m shared.tools.run_all --buoys 20      # ... with 20 synthetic moored buoys at sea
     python -m shared.tools.run_all --no-world      # your own data/raw; steps only
     python -m shared.tools.run_all --steps 3 4 5   # a subset (each step reads the previous one's files)
 
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="demo", choices=["demo", "tiny"], help="demo world preset (default demo)")
     ap.add_argument("--aws", type=int, default=0, metavar="N",
                     help="demo world with N synthetic AWS-like stations besides the 95 ASOS ones (default 0)")
+    ap.add_argument("--buoys", type=int, default=0, metavar="N",
+                    help="demo world with N synthetic moored buoys at sea besides the stations on land (default 0)")
     ap.add_argument("--no-world", action="store_true", help="do not generate the demo world; use data/raw as it is")
     ap.add_argument("--steps", type=int, nargs="+", default=list(STEPS), choices=list(STEPS))
     ap.add_argument("--force", action="store_true", help="pass --force to every step")
@@ -42,7 +45,7 @@ def main(argv=None) -> int:
     cmds = []
     if not a.no_world:
         cmds.append(("demo world", [sys.executable, "-m", "shared.ingest.demo_world", "--preset", a.preset]
-                     + (["--aws", str(a.aws)] if a.aws else [])))
+                     + (["--aws", str(a.aws)] if a.aws else []) + (["--buoys", str(a.buoys)] if a.buoys else [])))
     for n in a.steps:
         step_dir = REPO_ROOT / STEPS[n]
         if not (step_dir / "run.py").is_file():

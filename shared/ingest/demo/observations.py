@@ -147,16 +147,17 @@ def observe(W, times, true_k: np.ndarray, noise_sigma: float, seed: int):
     elev = st["elev_m"].to_numpy()
     dem_px = W.dem[st["row"].to_numpy(), st["col"].to_numpy()]
     elev_eff = -LAPSE * (elev - dem_px)  # K; station higher than its pixel -> colder
-    # The ASOS stations' noise and gaps come from one stream, any synthetic AWS stations' from
-    # another, so adding AWS stations leaves every ASOS report as it was.
-    n_asos = len(_asos(st))
+    # Each network's noise and gaps come from its own stream (ASOS, synthetic AWS, synthetic buoys),
+    # so adding AWS stations or buoys leaves every other network's report as it was.
+    net = st["network"].to_numpy() if "network" in st else np.full(S, "ASOS")
     noise, miss = np.zeros((T, S)), np.zeros((T, S), dtype=bool)
-    for sl, stream in ((slice(0, n_asos), 6), (slice(n_asos, S), 11)):
+    for name, stream in (("ASOS", 6), ("AWS", 11), ("BUOY", 12)):
+        cols = np.flatnonzero(net == name)
         r = _rng(seed, stream)
-        k = sl.stop - sl.start
+        k = len(cols)
         if noise_sigma > 0:
-            noise[:, sl] = r.normal(0.0, noise_sigma, (T, k))
-        miss[:, sl] = r.random((T, k)) < MISSING_FRAC
+            noise[:, cols] = r.normal(0.0, noise_sigma, (T, k))
+        miss[:, cols] = r.random((T, k)) < MISSING_FRAC
     obs = np.round(true_k - 273.15 + elev_eff[None, :] + noise, 1)
     obs[miss] = np.nan
     tt = np.repeat(np.array(times, dtype="datetime64[ns]"), S)

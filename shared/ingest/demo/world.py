@@ -300,6 +300,32 @@ AWS_HEIGHT_SCALE_M = 500.0  # ... drawn with weight exp(-pixel height / this)
 AWS_ID0 = 10001  # first synthetic AWS stn_id (real KMA ids are below 1000)
 
 
+def _spaced(order: np.ndarray, shape: tuple[int, int], n: int, min_km: float, res_km: float,
+            taken_rc: tuple[np.ndarray, np.ndarray]) -> list[tuple[int, int]]:
+    """The first ``n`` pixels of ``order`` (flat indices) at least ``min_km`` from each other and from ``taken_rc``."""
+    rad = int(np.ceil(min_km / res_km))
+    yy, xx = np.mgrid[-rad : rad + 1, -rad : rad + 1]
+    disc = (np.hypot(yy, xx) * res_km < min_km)
+    ny, nx = shape
+    blocked = np.zeros((ny + 2 * rad, nx + 2 * rad), dtype=bool)  # padded by rad
+    for r0, c0 in zip(*taken_rc):
+        blocked[r0 : r0 + 2 * rad + 1, c0 : c0 + 2 * rad + 1] |= disc
+    kept = []
+    for k in order:
+        r0, c0 = divmod(int(k), nx)
+        if blocked[r0 + rad, c0 + rad]:
+            continue
+        kept.append((r0, c0))
+        blocked[r0 : r0 + 2 * rad + 1, c0 : c0 + 2 * rad + 1] |= disc
+        if len(kept) == n:
+            break
+    return kept
+
+
+def _rc(kept: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(np.array(v, dtype=np.int64) for v in zip(*kept)) if kept else (np.zeros(0, np.int64),) * 2
+
+
 def aws_sites(rng: np.random.Generator, n: int, lat: np.ndarray, lon: np.ndarray, land: np.ndarray,
               dem: np.ndarray, asos_rc: tuple[np.ndarray, np.ndarray], res_km: float = 2.0) -> pd.DataFrame:
     """``n`` synthetic AWS-like sites on the full grid: land pixels south of the MDL, within
@@ -316,45 +342,63 @@ def aws_sites(rng: np.random.Generator, n: int, lat: np.ndarray, lon: np.ndarray
     near = ndimage.distance_transform_edt(far) * res_km <= AWS_NEAR_ASOS_KM
     south = lat < np.interp(lon, _MDL_LONLAT[:, 0], _MDL_LONLAT[:, 1])
     cand = np.flatnonzero((land & near & south & (dem > 0)).ravel())
-    rad = int(np.ceil(AWS_MIN_KM / res_km))
-    yy, xx = np.mgrid[-rad : rad + 1, -rad : rad + 1]
-    disc = (np.hypot(yy, xx) * res_km < AWS_MIN_KM)
-    ny, nx = land.shape
-    blocked = np.zeros((ny + 2 * rad, nx + 2 * rad), dtype=bool)  # padded by rad
-    for r0, c0 in zip(rr, cc):
-        blocked[r0 : r0 + 2 * rad + 1, c0 : c0 + 2 * rad + 1] |= disc
     # random order, lowlands first more often (weight exp(-height / 500 m)), as most AWS stand in
     # the valleys and towns: weighted sampling without replacement by exponential keys
     w = np.exp(-dem.ravel()[cand] / AWS_HEIGHT_SCALE_M)
     order = cand[np.argsort(rng.exponential(size=cand.size) / w, kind="stable")]
-    kept = []
-    for k in order:
-        r0, c0 = divmod(int(k), nx)
-        if blocked[r0 + rad, c0 + rad]:
-            continue
-        kept.append((r0, c0))
-        blocked[r0 : r0 + 2 * rad + 1, c0 : c0 + 2 * rad + 1] |= disc
-        if len(kept) == n:
-            break
+    kept = _spaced(order, land.shape, n, AWS_MIN_KM, res_km, (rr, cc))
     if len(kept) < n:
         raise UserError(f"only {len(kept)} synthetic AWS sites fit {AWS_MIN_KM:g} km apart on South Korean land; "
                         f"ask for at most {len(kept)}")
-    r_, c_ = (np.array(v, dtype=np.int64) for v in zip(*kept)) if kept else (np.zeros(0, np.int64),) * 2
+    r_, c_ = _rc(kept)
     below = 1.0 - 0.3 * rng.random(len(kept))
     return pd.DataFrame({"stn_id": AWS_ID0 + np.arange(len(kept)), "name": [f"AWS{i + 1:03d} (synthetic)" for i in range(len(kept))],
                          "lat": np.round(lat[r_, c_], 4), "lon": np.round(lon[r_, c_], 4),
                          "elev_m": np.round(dem[r_, c_] * below, 1), "row": r_, "col": c_})
 
 
-def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float = NOISE_SIGMA_K, aws: int = 0) -> World:
+BUOY_MIN_KM = 40.0  # synthetic moored buoys: at least this far from each other
+BUOY_COAST_KM = (10.0, 80.0)  # ... this far from the nearest land (KMA's marine buoys lie ~10-80 km offshore)
+BUOY_NEAR_ASOS_KM = 120.0  # ... and at most this far from an ASOS station (Korean waters)
+BUOY_HEIGHT_M = 4.0  # ... sensor height above the sea surface
+BUOY_ID0 = 20001  # first synthetic buoy stn_id
+
+
+def buoy_sites(rng: np.random.Generator, n: int, lat: np.ndarray, lon: np.ndarray, land: np.ndarray,
+               asos_rc: tuple[np.ndarray, np.ndarray], res_km: float = 2.0) -> pd.DataFrame:
+    """``n`` synthetic moored buoys on the full grid: sea pixels south of the MDL's line,
+    ``BUOY_COAST_KM`` from the nearest land, within ``BUOY_NEAR_ASOS_KM`` of an ASOS station,
+    at least ``BUOY_MIN_KM`` apart (random order, first come first kept). The sensor is
+    ``BUOY_HEIGHT_M`` above the sea. Columns as ``load_asos()`` plus ``row, col``.
+    """
+    rr, cc = asos_rc
+    far = np.ones(land.shape, dtype=bool)
+    far[rr, cc] = False
+    near = ndimage.distance_transform_edt(far) * res_km <= BUOY_NEAR_ASOS_KM
+    off = ndimage.distance_transform_edt(~land) * res_km  # a sea pixel's distance to the nearest land pixel
+    south = lat < np.interp(lon, _MDL_LONLAT[:, 0], _MDL_LONLAT[:, 1])
+    cand = np.flatnonzero((~land & near & south & (off >= BUOY_COAST_KM[0]) & (off <= BUOY_COAST_KM[1])).ravel())
+    kept = _spaced(cand[rng.permutation(cand.size)], land.shape, n, BUOY_MIN_KM, res_km, _rc([]))
+    if len(kept) < n:
+        raise UserError(f"only {len(kept)} synthetic buoys fit {BUOY_MIN_KM:g} km apart in Korean waters; "
+                        f"ask for at most {len(kept)}")
+    r_, c_ = _rc(kept)
+    return pd.DataFrame({"stn_id": BUOY_ID0 + np.arange(len(kept)), "name": [f"BUOY{i + 1:02d} (synthetic)" for i in range(len(kept))],
+                         "lat": np.round(lat[r_, c_], 4), "lon": np.round(lon[r_, c_], 4),
+                         "elev_m": np.full(len(kept), BUOY_HEIGHT_M), "row": r_, "col": c_})
+
+
+def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float = NOISE_SIGMA_K, aws: int = 0,
+                buoys: int = 0) -> World:
     """Static layers and random weather parameters. Computed on the full KO
     grid (a few seconds), then cut to the preset's window, so every window is
     the same world.
 
     ``aws`` > 0 adds that many synthetic AWS-like stations (:func:`aws_sites`) after
-    the ASOS ones (``stations["network"]``: "ASOS" / "AWS"). They change nothing
-    else: terrain, land and the normals fit use the ASOS stations only, so the
-    true fields are the same as with ``aws=0``."""
+    the ASOS ones (``stations["network"]``: "ASOS" / "AWS"), ``buoys`` > 0 that many
+    synthetic moored buoys at sea (:func:`buoy_sites`, network "BUOY") after those. They
+    change nothing else: terrain, land and the normals fit use the ASOS stations only, so
+    the true fields are the same as with ``aws=0, buoys=0``."""
 
     P = _preset(preset) if isinstance(preset, str) else preset
     G = KO_GRID
@@ -480,6 +524,9 @@ def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float
     if aws > 0:
         extra = aws_sites(_rng(seed, 10), aws, lat, lon, land, dem, (srow, scol))
         st = pd.concat([st, extra.assign(network="AWS")], ignore_index=True)
+    if buoys > 0:
+        extra = buoy_sites(_rng(seed, 12), buoys, lat, lon, land, (srow, scol))
+        st = pd.concat([st, extra.assign(network="BUOY")], ignore_index=True)
 
     # ---- window
     if P.window is None:
