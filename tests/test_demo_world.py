@@ -417,3 +417,61 @@ def test_aws_stations_add_reports_without_changing_the_world(world, tmp_path):
     g = Grid.from_attrs(xr.open_dataset(other / "static.nc").attrs)
     r, c = g.latlon_to_rowcol(aws["lat"].to_numpy(), aws["lon"].to_numpy())
     assert (xr.open_dataset(other / "static.nc")["lsmask"].values[r, c] == 1).all()
+
+
+def test_buoy_sites_lie_offshore_apart_and_near_asos():
+    # 100 x 100 pixels at 36 N (south of the MDL): land in the west 20 columns, sea east of it;
+    # one ASOS station on the coast
+    lat = np.full((100, 100), 36.0)
+    lon = np.full((100, 100), 127.5)
+    land = np.zeros((100, 100), dtype=bool)
+    land[:, :20] = True
+    asos = (np.array([50]), np.array([19]))
+    st = dworld.buoy_sites(np.random.default_rng(0), 6, lat, lon, land, asos)
+    assert list(st.columns) == ["stn_id", "name", "lat", "lon", "elev_m", "row", "col"]
+    assert st["stn_id"].tolist() == list(range(dworld.BUOY_ID0, dworld.BUOY_ID0 + 6))
+    assert (st["elev_m"] == dworld.BUOY_HEIGHT_M).all() and st["name"].iloc[0] == "BUOY01 (synthetic)"
+    r, c = st["row"].to_numpy(), st["col"].to_numpy()
+    assert not land[r, c].any()
+    offshore_km = (c - 19) * 2.0  # the nearest land pixel is in column 19, on the same row
+    assert ((offshore_km >= 10.0) & (offshore_km <= 80.0)).all()
+    assert (np.hypot(r - 50, c - 19) * 2.0 <= dworld.BUOY_NEAR_ASOS_KM).all()
+    d = np.hypot(*(np.c_[r, c][:, None, :] - np.c_[r, c][None, :, :]).transpose(2, 0, 1)) * 2.0
+    np.fill_diagonal(d, np.inf)
+    assert d.min() >= dworld.BUOY_MIN_KM
+    # the band 10-80 km offshore, within 120 km of the station, holds only so many 40 km apart
+    with pytest.raises(UserError, match="synthetic buoys fit 40 km apart"):
+        dworld.buoy_sites(np.random.default_rng(0), 40, lat, lon, land, asos)
+    with pytest.raises(UserError, match="only 0 synthetic buoys"):  # north of the MDL
+        dworld.buoy_sites(np.random.default_rng(0), 1, lat + 3.0, lon, land, asos)
+
+
+def test_buoys_add_sea_reports_without_changing_the_world(tmp_path):
+    # seed 2: two of its 40 buoys lie in the tiny window (seed 0 puts none there)
+    with_aws, both = tmp_path / "aws", tmp_path / "both"
+    dw.generate(with_aws, preset="tiny", seed=2, progress=False, aws=10)
+    s2 = dw.generate(both, preset="tiny", seed=2, progress=False, aws=10, buoys=40)
+    st_aws, st = pd.read_csv(with_aws / "stations.csv"), pd.read_csv(both / "stations.csv")
+    n0 = len(st_aws)
+    pd.testing.assert_frame_equal(st.iloc[:n0].reset_index(drop=True), st_aws)  # ASOS, then AWS, then buoys
+    buoys = st.iloc[n0:]
+    assert len(buoys) >= 2 and (buoys["stn_id"] >= dworld.BUOY_ID0).all() and s2["n_buoy_stations"] == len(buoys)
+    assert s2["n_aws_stations"] == int(((st_aws["stn_id"] >= dworld.AWS_ID0) & (st_aws["stn_id"] < dworld.BUOY_ID0)).sum()) > 0
+    assert json.loads((both / dw.MARKER).read_text())["params"]["buoy_stations"] == 40
+    assert "buoy_stations" not in json.loads((with_aws / dw.MARKER).read_text())["params"]
+    # the same true fields, ASOS and AWS reports (each network draws its noise from its own stream)
+    for name in ("truth/ta_true_202307220600.nc", "ta_obs/asos_ta_202301.csv", "ta_obs/aws_ta_202307.csv"):
+        assert (with_aws / name).read_bytes() == (both / name).read_bytes(), name
+    g = Grid.from_attrs(xr.open_dataset(both / "static.nc").attrs)
+    r, c = g.latlon_to_rowcol(buoys["lat"].to_numpy(), buoys["lon"].to_numpy())
+    assert (xr.open_dataset(both / "static.nc")["lsmask"].values[r, c] == 0).all()  # at sea
+    # a buoy report is the true TA at its (sea) pixel, 4 m up, plus noise (sigma 0.5 K)
+    rep = pd.read_csv(both / "ta_obs" / "buoy_ta_202301.csv")
+    assert set(rep["stn_id"]) == set(buoys["stn_id"])
+    rep = _obs(both)
+    tr = pd.read_csv(both / "truth" / "station_truth.csv", parse_dates=["time_utc"])
+    m = rep.merge(tr, on=["stn_id", "time_utc"]).dropna(subset=["ta_c"])
+    m = m[m["stn_id"] >= dworld.BUOY_ID0]
+    np.testing.assert_allclose(m["elev_effect_k"], -tables.LAPSE * dworld.BUOY_HEIGHT_M, atol=1e-3)
+    err = m["ta_c"] - m["ta_true_c"] - m["elev_effect_k"]
+    assert len(m) > 12 and abs(err.mean()) < 0.25 and 0.3 < err.std() < 0.7
