@@ -325,6 +325,21 @@ def test_station_blend_mixes_the_idw_in_near_stations_only():
     # over the sea (land mask 0) the land stations' IDW is left out
     sea = fuse(src, r, tgt, model, se, VG, cfg, StationValues(obs, np.zeros(8), np.zeros(3), np.array([1.0, 0.0, 1.0])))
     assert sea.value[0] == f.value[0] and sea.value[1] == plain.value[1]
+    # a buoy (source land mask 0) is kriged but left out of the blend's IDW over land: the same value as fusing
+    # with its observation moved anywhere, and the IDW of the other seven
+    buoy = np.array([0.0] + [1.0] * 7)  # station 0, where target 0 stands
+    moved = obs.copy()
+    moved[0] += 10.0
+    fb = fuse(src, r, tgt, model, se, VG, cfg, StationValues(obs, np.zeros(8), np.zeros(3), None, buoy))
+    fm = fuse(src, r, tgt, model, se, VG, cfg, StationValues(moved, np.zeros(8), np.zeros(3), None, buoy))
+    np.testing.assert_array_equal(fb.value, fm.value)
+    idw7, _, near7 = lapse_idw(src[1:, :2], obs[1:], np.zeros(7), tgt[:, :2], np.zeros(3))
+    w7 = np.array([0.3 * (1 - near7[0] / 100.0), 0.3 * (1 - near7[1] / 100.0), 0.0])
+    np.testing.assert_allclose(fb.value, (1 - w7) * plain.value + w7 * idw7, rtol=0, atol=1e-9)
+    assert fb.value[0] != pytest.approx(f.value[0], abs=1e-3)
+    # no land station at all: the kriged model alone
+    none = fuse(src, r, tgt, model, se, VG, cfg, StationValues(obs, np.zeros(8), np.zeros(3), None, np.zeros(8)))
+    np.testing.assert_array_equal(none.value, plain.value)
 
 
 def test_station_blend_uses_horizontal_distance_and_each_height():

@@ -164,6 +164,7 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
         raise ValueError("the station blend (fusion.idw_weight auto or > 0) needs the stations' land mask: build the station "
                          "table with station_table(..., dem, lsmask)")
     t_land = tgt["land"].to_numpy(np.float64) if "land" in tgt else None
+    s_land = src["land"].to_numpy(np.float64) if "land" in src else None
     if vg is None:
         vg, vg_note = fit_variogram([(s_sites[si], r[si]) for si, _ in groups], cfg), "fitted to the scored times"
     out = np.asarray(model_target_c, dtype=np.float64).copy()
@@ -171,7 +172,8 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
     n_fused, scales = 0, []
     for si, ti in groups:
         f = fuse(s_sites[si], r[si], t_sites[ti], out[ti], se[ti], vg, cfg,
-                 StationValues(s_obs[si], s_elev[si], t_elev[ti], None if t_land is None else t_land[ti]))
+                 StationValues(s_obs[si], s_elev[si], t_elev[ti], None if t_land is None else t_land[ti],
+                               None if s_land is None else s_land[si]))
         out[ti], se[ti] = f.value, f.se
         if f.fused:
             n_fused += 1

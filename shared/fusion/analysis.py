@@ -261,6 +261,7 @@ class StationValues:
     src_elev_m: np.ndarray
     tgt_elev_m: np.ndarray
     tgt_land: np.ndarray | None = None  # the targets' land mask (0..1): land stations' IDW is not sea air
+    src_land: np.ndarray | None = None  # the stations' land mask (0..1): a buoy's sea air is not land air
 
 
 def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model: np.ndarray, se_model: np.ndarray,
@@ -269,7 +270,8 @@ def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model:
 
     With the blend on (``cfg.idw_weight`` auto or > 0) and ``stations``, the kriged model is blended with the
     stations' lapse-adjusted IDW (:func:`lapse_idw`, :func:`blend_weight`) and so is the standard error
-    (:func:`blended_se`)."""
+    (:func:`blended_se`). The blend's IDW is of the land stations only (``stations.src_land`` > 0.5, when
+    given): it is applied over land, where a buoy's marine air is not the air of the nearest coast."""
     ok = np.isfinite(resid)
     n = int(ok.sum())
     model, se_model = np.asarray(model, np.float64), np.asarray(se_model, np.float64)
@@ -286,6 +288,9 @@ def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model:
     value, se = model + rhat, se_model * np.sqrt(v)
     if cfg.blend and stations is not None:
         ok &= np.isfinite(stations.obs)
+        if stations.src_land is not None:
+            ok &= np.asarray(stations.src_land, np.float64) > 0.5
+    if cfg.blend and stations is not None and ok.any():
         w, idw = station_blend(src_sites[ok, :2], np.asarray(stations.obs)[ok], np.asarray(stations.src_elev_m)[ok],
                                tgt_sites[:, :2], stations.tgt_elev_m, stations.tgt_land, cfg, se)
         value, se = (1.0 - w) * value + w * idw, blended_se(se, w, cfg)

@@ -121,7 +121,7 @@ def fuse_map(model_K: np.ndarray, model_se_K: np.ndarray, static: Static, offset
     u = src.used()
     f = fuse(src.sites[u], src.resid[u], tgt, model_K[good], model_se_K[good], vg, cfg,
              StationValues(src.obs_K[u], src.elev_m[u], static.dem[rr + offset[0], cc + offset[1]],
-                           static.lsmask[rr + offset[0], cc + offset[1]]))
+                           static.lsmask[rr + offset[0], cc + offset[1]], static.lsmask[src.pixel_y[u], src.pixel_x[u]]))
     value, se = np.full((ny, nx), np.nan, np.float32), np.full((ny, nx), np.nan, np.float32)
     value[good], se[good] = f.value, f.se
     return replace(f, value=value, se=se)
