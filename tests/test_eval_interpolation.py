@@ -215,3 +215,54 @@ def test_station_analysis_adds_same_hour_residuals_and_never_uses_target_station
     outb2, _, _ = station_analysis(fusion2, target, st_land, model, model[tgt], se[tgt], pb)
     assert np.abs(outb - out).max() > 0.1
     np.testing.assert_array_equal(outb, outb2)
+
+
+def test_station_baselines_interpolate_each_surface_from_its_own_stations():
+    """Land targets from land stations, sea targets (buoys) from sea stations; a surface without a source at a
+    time takes every source; all stations on land: exactly the plain interpolators."""
+    from shared.evaluation.suite import BaselineConfig, run_baselines
+
+    rng = np.random.default_rng(5)
+    n_land, n_sea = 16, 6
+    n_st = n_land + n_sea
+    times = pd.date_range("2023-03-01", periods=4, freq="3h").to_numpy()
+    st = pd.DataFrame({"stn_id": np.arange(200, 200 + n_st), "x_km": rng.uniform(0, 300, n_st),
+                       "y_km": rng.uniform(0, 300, n_st), "elev_m": np.r_[rng.uniform(0, 500, n_land), np.full(n_sea, 4.0)],
+                       "land": np.r_[np.ones(n_land), np.zeros(n_sea)]})
+    land_ids, sea_ids = st["stn_id"].to_numpy()[:n_land], st["stn_id"].to_numpy()[n_land:]
+    tgt_ids = np.r_[land_ids[:2], sea_ids[:2]]
+
+    def rows(ids, tt):
+        t, s = np.repeat(tt, len(ids)), np.tile(ids, len(tt))
+        n = len(s)
+        ta = np.where(np.isin(s, sea_ids), 5.0, 15.0) + rng.normal(0, 0.3, n)  # marine air 10 K colder
+        e = st.set_index("stn_id").loc[s]
+        return {"time": t, "stn_id": s, "centre": rng.standard_normal((n, 19)).astype(np.float32),
+                "time7": rng.standard_normal((n, 7)).astype(np.float32),
+                "loc": np.c_[e["y_km"], e["x_km"], np.full(n, 2000.0)].astype(np.float32), "ta_c": ta}
+
+    src_ids = np.setdiff1d(st["stn_id"], tgt_ids)
+    train = rows(src_ids, times)
+    # the last time has no sea source: drop the sea stations' rows there
+    drop = (train["time"] == times[-1]) & np.isin(train["stn_id"], sea_ids)
+    train = {k: v[~drop] for k, v in train.items()}
+    target = rows(tgt_ids, times)
+    p = BaselineConfig(hgb_max_iter=20, hgb_oof_folds=0)
+    preds, info, nbr = run_baselines(train, None, target, st, p, threads=1)
+    assert info["station_baselines_by_surface"]
+    sea_t, last = np.isin(target["stn_id"], sea_ids), target["time"] == times[-1]
+    nb_sea = np.isin(nbr, sea_ids)
+    assert not nb_sea[~sea_t].any()  # land targets: land neighbours only
+    assert nb_sea[sea_t & ~last][:, :2].all() and not nb_sea[sea_t & last].any()  # sea from sea; none: from all
+    for name in ("idw", "regression_kriging", "hgb_residual_kriging"):
+        assert np.isfinite(preds[name]).all()
+    np.testing.assert_allclose(preds["idw"][~sea_t], 15.0, atol=1.5)  # the land air
+    np.testing.assert_allclose(preds["idw"][sea_t & ~last], 5.0, atol=1.5)  # the marine air
+    # every station on land: the plain interpolators, bit for bit
+    flat = st.assign(land=1.0)
+    a, info_a, nbr_a = run_baselines(train, None, target, flat, p, threads=1)
+    b, _, nbr_b = run_baselines(train, None, target, flat.drop(columns="land"), p, threads=1)
+    assert not info_a["station_baselines_by_surface"]
+    for name in ("idw", "regression_kriging", "hgb_residual_kriging"):
+        np.testing.assert_array_equal(a[name], b[name])
+    np.testing.assert_array_equal(nbr_a, nbr_b)

@@ -81,6 +81,47 @@ def same_hour_sources(rows: dict, target: dict, stations: pd.DataFrame):
     return src.loc[kept].reset_index(drop=True), tgt, kept
 
 
+def surface_pairs(src: pd.DataFrame, tgt: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(source mask, target mask)`` per surface: land targets are interpolated from the land stations, sea
+    targets (buoys) from the sea stations, by their pixels' land mask (column ``land``); a surface that has no
+    source takes them all. Without a land mask, or with every station on one surface: one pair, all rows."""
+    every = (np.ones(len(src), bool), np.ones(len(tgt), bool))
+    if "land" not in src or "land" not in tgt:
+        return [every]
+    s_land, t_land = src["land"].to_numpy() > 0.5, tgt["land"].to_numpy() > 0.5
+    pairs = []
+    for surface in (True, False):
+        tm = t_land == surface
+        if tm.any():
+            sm = s_land == surface
+            pairs.append((sm if sm.any() else every[0], tm))
+    return pairs or [every]
+
+
+def _by_surface(fn, src: pd.DataFrame, tgt: pd.DataFrame, *src_arrays, merged: int = 1):
+    """``fn(sources, targets, *arrays)`` per :func:`surface_pairs`; its first ``merged`` outputs (per target row,
+    ``(m, ...)``) are put together over the targets, the others are those of the first pair (land, when there is
+    land). A float output left NaN (no source of the target's surface at its time) takes the value from every
+    source."""
+    outs, rest = None, None
+    pairs = surface_pairs(src, tgt)
+    for sm, tm in pairs:
+        r = fn(src.loc[sm].reset_index(drop=True), tgt.loc[tm].reset_index(drop=True), *(a[sm] for a in src_arrays))
+        if outs is None:
+            outs = [np.full((len(tgt),) + np.shape(v)[1:], np.nan if np.asarray(v).dtype.kind == "f" else -1,
+                            np.asarray(v).dtype) for v in r[:merged]]
+            rest = tuple(r[merged:])
+        for o, v in zip(outs, r[:merged]):
+            o[tm] = v
+    if len(pairs) > 1:
+        gap = ~np.isfinite(outs[0]) if outs[0].dtype.kind == "f" else np.zeros(len(tgt), bool)
+        if gap.any():
+            r = fn(src, tgt.loc[gap].reset_index(drop=True), *src_arrays)
+            for o, v in zip(outs, r[:merged]):
+                o[gap] = v
+    return (*outs, *rest)
+
+
 def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.DataFrame, p: BaselineConfig,
                   threads: int | None = None) -> tuple[dict[str, np.ndarray], dict, np.ndarray]:
     """Predictions (deg C) of every baseline at the target rows.
@@ -103,11 +144,14 @@ def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.Data
 
     t0 = _time.perf_counter()
     src, tgt, src_ok = same_hour_sources(train, target, stations)
-    preds["idw"], nbr, _ = idw(src, tgt, p.idw_neighbours, p.idw_power, p.lapse_rate_K_per_km)
+    # each surface from its own stations: a buoy's marine air is not the coast's, nor a coastal station's the sea's
+    preds["idw"], nbr, _ = _by_surface(lambda s, t: idw(s, t, p.idw_neighbours, p.idw_power, p.lapse_rate_K_per_km),
+                                       src, tgt, merged=3)
     clock["idw_s"] = _time.perf_counter() - t0
 
     t0 = _time.perf_counter()
-    preds["regression_kriging"], rk_info = regression_kriging(src, tgt, tuple(p.rk_trend), p.variogram_model)
+    preds["regression_kriging"], rk_info = _by_surface(
+        lambda s, t: regression_kriging(s, t, tuple(p.rk_trend), p.variogram_model), src, tgt)
     clock["regression_kriging_s"] = _time.perf_counter() - t0
 
     t0 = _time.perf_counter()
@@ -120,7 +164,7 @@ def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.Data
         oof = base.hgb.predict(f_tr).astype(np.float64)
         how = "in-sample (optimistic: HGB has fitted these rows)"
     resid = (train["ta_c"] - oof)[src_ok]
-    kr, vg = residual_kriging(src, resid, tgt, p.variogram_model)
+    kr, vg = _by_surface(lambda s, t, r: residual_kriging(s, r, t, p.variogram_model), src, tgt, resid)
     preds["hgb_residual_kriging"] = preds["hgb"] + kr
     clock["hgb_residual_kriging_s"] = _time.perf_counter() - t0
 
@@ -129,6 +173,7 @@ def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.Data
         "station_baselines_sources": "train stations' observations of the same time; target stations never",
         "n_source_rows": int(len(src)), "n_source_rows_dropped_as_target_stations": int((~src_ok).sum()),
         "n_source_stations": int(src["stn_id"].nunique()),
+        "station_baselines_by_surface": len(surface_pairs(src, tgt)) > 1,
         "idw": {"neighbours": p.idw_neighbours, "power": p.idw_power, "lapse_rate_K_per_km": p.lapse_rate_K_per_km,
                 "distances": "km on the grid's projection"},
         "regression_kriging": rk_info,
