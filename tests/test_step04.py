@@ -417,3 +417,36 @@ def test_freeing_a_map_collects_cyclic_garbage_like_a_closed_figure():
     finally:
         if was:
             gc.enable()
+
+
+def test_quicklook_marks_stations_at_sea_with_their_own_symbol(tmp_path, monkeypatch):
+    """A station on a sea pixel (a buoy) is drawn as a triangle with its own legend entry; land stations as dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from shared.geo.grid import KO_GRID
+    from shared.mapping.quicklook import quicklook
+
+    grid = KO_GRID.window(400, 400, 40, 40)
+    lsmask = np.zeros((40, 40), np.uint8)
+    lsmask[:, :20] = 1  # land in the west, sea in the east
+    st = pd.DataFrame({"pixel_y": [5, 10, 30, 20], "pixel_x": [5, 15, 30, 35]})  # two on land, two at sea
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    quicklook(tmp_path / "q.png", np.full((40, 40), 280.0, np.float32), grid, "2023-02-22 03:00", lsmask, stations=st)
+    assert (tmp_path / "q.png").is_file() and len(figs) == 1
+    ax = figs[0].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["stations (2)", "at sea (2)"]
+    xk, yk = grid.x / 1000.0, grid.y / 1000.0
+    sea_pts = ax.collections[-1].get_offsets()
+    np.testing.assert_allclose(sorted(map(tuple, np.asarray(sea_pts))), sorted([(xk[30], yk[30]), (xk[35], yk[20])]))
+    # all on land: one entry, as before
+    figs.clear()
+    quicklook(tmp_path / "q2.png", np.full((40, 40), 280.0, np.float32), grid, "2023-02-22 03:00", np.ones((40, 40), np.uint8),
+              stations=st)
+    assert [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()] == ["stations (4)"]
+    for f in figs:
+        close(f)

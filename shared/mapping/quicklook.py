@@ -67,7 +67,8 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
               stations: pd.DataFrame | None = None, note: str = "", coverage_km: float = 0.0,
               zoom_pad_km: float = 120.0, se_K: np.ndarray | None = None, distance_km: np.ndarray | None = None,
               what: str = "") -> None:
-    """PNG of one map in deg C: colour scale + colorbar, coastline, station dots, UTC/KST title.
+    """PNG of one map in deg C: colour scale + colorbar, coastline, station dots (triangles for stations on sea
+    pixels: buoys), UTC/KST title.
 
     ``stations`` (optional) has ``pixel_y, pixel_x`` in this grid. With
     ``coverage_km`` > 0 the pixels farther than that from a station
@@ -95,6 +96,8 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
     has_st = stations is not None and len(stations) > 0
     sx = xk[stations["pixel_x"].to_numpy()] if has_st else None
     sy = yk[stations["pixel_y"].to_numpy()] if has_st else None
+    # stations on sea pixels (buoys) get their own marker
+    at_sea = (np.asarray(lsmask)[stations["pixel_y"].to_numpy(), stations["pixel_x"].to_numpy()] <= 0.5) if has_st else None
     dist = None
     if coverage_km > 0:
         dist = distance_km if distance_km is not None else (
@@ -141,8 +144,12 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
         draw_outline(ax, grid, lsmask, lat=lat, lon=lon)
         handles = []
         if has_st:
-            handles.append(ax.scatter(sx, sy, s=9 if zoomed else 4, c="k", edgecolors="w", linewidths=0.3, zorder=3,
-                                      label=f"stations ({len(stations)})"))
+            land = ~at_sea
+            handles.append(ax.scatter(sx[land], sy[land], s=9 if zoomed else 4, c="k", edgecolors="w", linewidths=0.3,
+                                      zorder=3, label=f"stations ({int(land.sum())})"))
+            if at_sea.any():  # buoys: the only observations of the marine air
+                handles.append(ax.scatter(sx[at_sea], sy[at_sea], s=16 if zoomed else 8, c="k", marker="^", edgecolors="w",
+                                          linewidths=0.3, zorder=3, label=f"at sea ({int(at_sea.sum())})"))
         if dist is not None:
             ax.contour(xk, yk, dist, levels=[coverage_km], colors="0.15", linewidths=0.9, linestyles="--")
             handles.append(Line2D([], [], color="0.15", lw=0.9, ls="--", label=f"{coverage_km:g} km from a station"))
