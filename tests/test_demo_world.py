@@ -475,3 +475,18 @@ def test_buoys_add_sea_reports_without_changing_the_world(tmp_path):
     np.testing.assert_allclose(m["elev_effect_k"], -tables.LAPSE * dworld.BUOY_HEIGHT_M, atol=1e-3)
     err = m["ta_c"] - m["ta_true_c"] - m["elev_effect_k"]
     assert len(m) > 12 and abs(err.mean()) < 0.25 and 0.3 < err.std() < 0.7
+
+
+def test_a_worker_keeps_the_world_it_forked_with(monkeypatch, tmp_path):
+    """A forked worker reuses the parent's world when the parameters are the same, even when the tiny window
+    holds fewer AWS stations than were asked for; other parameters rebuild it."""
+    W = dworld.build_world("tiny", 0, tables.NOISE_SIGMA_K, aws=10)
+    assert (W.stations["network"] == "AWS").sum() < 10  # the window holds only some of them
+    built = []
+    monkeypatch.setattr(dw, "_W", W)
+    monkeypatch.setattr(dw, "build_world", lambda *a: built.append(a) or W)
+    monkeypatch.setattr(dw, "_one_thread_blas", lambda: None)
+    dw._init_worker("tiny", 0, W.noise_sigma, str(tmp_path), 10, 0)
+    assert built == [] and dw._W is W
+    dw._init_worker("tiny", 0, W.noise_sigma, str(tmp_path), 10, 3)
+    assert built == [("tiny", 0, W.noise_sigma, 10, 3)]

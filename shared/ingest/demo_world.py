@@ -217,8 +217,7 @@ _LIMITS = None
 
 def _init_worker(preset: str, seed: int, noise_sigma: float, raw: str, aws: int = 0, buoys: int = 0) -> None:
     global _W, _RAW
-    if _W is None or (_W.preset.name, _W.seed, _W.noise_sigma, _n_net(_W, "AWS"), _n_net(_W, "BUOY")) != (
-            preset, seed, noise_sigma, aws, buoys):
+    if _W is None or (_W.preset.name, _W.seed, _W.noise_sigma, _W.extra_sites) != (preset, seed, noise_sigma, (aws, buoys)):
         _W = build_world(preset, seed, noise_sigma, aws, buoys)  # spawn start method: rebuild (deterministic)
     _RAW = Path(raw)
     global _LIMITS

@@ -278,6 +278,7 @@ class World:
     clim_coef: np.ndarray = field(repr=False, default=None)  # (K, 7) harmonic coefficients per shape
     clim_check: pd.DataFrame = field(repr=False, default=None)  # noise-free monthly means vs KMA normals
     night_cool: np.ndarray = field(repr=False, default=None)  # v5: nocturnal skin cooling factor by land cover
+    extra_sites: tuple[int, int] = (0, 0)  # the (AWS, buoys) asked for (on the full grid; the window may hold fewer)
 
 
 
@@ -544,7 +545,7 @@ def build_world(preset: str | Preset = "tiny", seed: int = 0, noise_sigma: float
     sw = sw[g.inside(sw["row"].to_numpy(), sw["col"].to_numpy())].reset_index(drop=True)
 
     W = World(
-        preset=P, seed=int(seed), noise_sigma=float(noise_sigma), grid=g,
+        preset=P, seed=int(seed), noise_sigma=float(noise_sigma), grid=g, extra_sites=(int(aws), int(buoys)),
         lat=cut(lat), lon=cut(lon), dem=cut(dem), land=cut(land), landcover=lcw, stations=sw,
         kd=cut(kd).astype(np.float32), ks=cut(ks).astype(np.float32), pool=cut(pool).astype(np.float32),
         urban=cut(urb), path=cut(path).astype(np.float32),
