@@ -290,8 +290,8 @@ def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model:
         ok &= np.isfinite(stations.obs)
         if stations.src_land is not None:
             ok &= np.asarray(stations.src_land, np.float64) > 0.5
-    if cfg.blend and stations is not None and ok.any():
-        w, idw = station_blend(src_sites[ok, :2], np.asarray(stations.obs)[ok], np.asarray(stations.src_elev_m)[ok],
-                               tgt_sites[:, :2], stations.tgt_elev_m, stations.tgt_land, cfg, se)
-        value, se = (1.0 - w) * value + w * idw, blended_se(se, w, cfg)
+        if ok.any():  # no land station: the kriged model alone
+            w, idw = station_blend(src_sites[ok, :2], np.asarray(stations.obs)[ok], np.asarray(stations.src_elev_m)[ok],
+                                   tgt_sites[:, :2], stations.tgt_elev_m, stations.tgt_land, cfg, se)
+            value, se = (1.0 - w) * value + w * idw, blended_se(se, w, cfg)
     return Fused(value, se, n, True, float(r.var()), float(r.mean()))

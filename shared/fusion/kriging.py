@@ -80,7 +80,9 @@ def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray]], model: str = "
     for xy, r in groups:
         ok = np.isfinite(r)
         xy, r = np.asarray(xy, np.float64)[ok], r[ok]
-        v = r.var() if len(r) >= 3 else 0.0
+        if len(r) < 3:
+            continue
+        v = r.var()
         if v <= 0:
             continue
         i, j = np.triu_indices(len(r), k=1)  # the order pdist uses
