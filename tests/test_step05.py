@@ -206,6 +206,54 @@ def test_tables_plots_and_up_to_date(evaluated, capsys):
     assert "up to date" in capsys.readouterr().out
 
 
+def test_figures_show_the_analysis_beside_the_model_with_intervals(evaluated):
+    """step05's figures from its own outputs: the bar chart has every scored method once, sorted best first, each
+    bar as long as its RMSE with its station-bootstrap interval; the floors on the test rows; the scatter and the
+    station map get an analysis panel beside the model's."""
+    import matplotlib.pyplot as plt
+
+    from shared.evaluation.plots import METHOD_LABELS, methods_figure, scatter_figure, station_map_figure
+    from shared.io.raw import read_static
+    from shared.stages.step05_eval import noise_floors
+
+    out = evaluated["out"]
+    m = json.loads((out / "metrics.json").read_text())
+    results = {"model": m["model"], "analysis": m["analysis"], **m["baselines"]}
+    floors = noise_floors(m)
+    assert floors == {"noise floor on these rows": m["demo_world"]["test_rows"]["test_rows_obs_vs_truth_rmse_K"],
+                      "elevation-corrected floor": m["demo_world"]["test_rows"]["test_rows_obs_vs_truth_elev_corrected_rmse_K"]}
+    fig = methods_figure(results, m["rmse_ci95"], floors, m["bootstrap"]["n_stations"])
+    ax = fig.axes[0]
+    order = sorted(results, key=lambda k: results[k]["rmse_K"])
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    ys = [t.get_position()[1] for t in ax.get_yticklabels()]
+    shown = [lab for _, lab in sorted(zip(ys, labels), reverse=True)]  # top to bottom
+    assert shown == [METHOD_LABELS[k] for k in order]
+    bars = sorted(ax.patches, key=lambda b: -b.get_y())
+    assert [b.get_width() for b in bars] == pytest.approx([results[k]["rmse_K"] for k in order])
+    whiskers = [c for c in ax.collections if c.get_segments() and len(c.get_segments()) == len(order)
+                and all(len(seg) == 2 and seg[0][1] == seg[1][1] for seg in c.get_segments())]
+    assert len(whiskers) == 1
+    ends = sorted(((-seg[0][1], seg[0][0], seg[1][0]) for seg in whiskers[0].get_segments()))
+    assert [v for _, lo, hi in ends for v in (lo, hi)] == pytest.approx([v for k in order for v in m["rmse_ci95"][k]])
+    assert sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() in ("--", ":")) == \
+        pytest.approx(sorted(floors.values()))
+    plt.close(fig)
+
+    df = pd.read_csv(out / "preds_test.csv")
+    fig = scatter_figure(df, results)
+    assert [a.get_title() for a in fig.axes if a.get_title()] == [METHOD_LABELS["model"], METHOD_LABELS["analysis"]]
+    plt.close(fig)
+    fig = scatter_figure(df.assign(analysis_c=np.nan), results)  # fusion off: the model alone
+    assert [a.get_title() for a in fig.axes if a.get_title()] == [METHOD_LABELS["model"]]
+    plt.close(fig)
+    st = pd.read_csv(out / "by_station.csv")
+    fig = station_map_figure(st, read_static(evaluated["raw"] / "static.nc"), results)
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    assert titles == [f"{METHOD_LABELS[k]}: {results[k]['rmse_K']:.2f} K over all rows" for k in ("model", "analysis")]
+    plt.close(fig)
+
+
 def test_bad_input_exits_2(evaluated, tmp_path, capsys):
     from shared.geo.grid import KO_GRID
     from shared.io.maps import map_dataset, write_map

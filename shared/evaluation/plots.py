@@ -1,11 +1,37 @@
+"""step05's figures: every one shows the map's value at a station (the analysis, ``t2m``) beside the satellite
+model alone (``t2m_model``), so a reader sees what the maps deliver and what the stations add.
+
+Each ``*_figure`` function builds a matplotlib figure from step05's tables (tests inspect it); each ``plot_*``
+saves it as a PNG (atomically) and closes it.
+"""
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from shared.core.records import atomic_path
-from shared.evaluation.rows import MODEL
+from shared.evaluation.rows import ANALYSIS, MODEL
 from shared.mapping.quicklook import draw_outline
+
+#: Names in the figures (``metrics.json`` and the CSVs keep the short keys).
+METHOD_LABELS = {
+    MODEL: "TA-2D model (t2m_model)",
+    ANALYSIS: "TA-2D analysis (t2m)",
+    "climatology": "climatology (hour + month)",
+    "linear": "linear regression",
+    "hgb": "HGB (gradient boosting)",
+    "idw": "IDW, lapse-adjusted",
+    "regression_kriging": "regression kriging",
+    "hgb_residual_kriging": "HGB + kriged residuals",
+}
+
+#: The model and the analysis in colour, every baseline in grey.
+METHOD_COLOURS = {MODEL: "C0", ANALYSIS: "C1"}
+BASELINE_COLOUR = "0.65"
+
+
+def method_label(name: str) -> str:
+    return METHOD_LABELS.get(name, name)
 
 
 def _plt():
@@ -17,122 +43,162 @@ def _plt():
     return plt
 
 
-
 def _save(fig, path: Path) -> None:
-
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure built with layout="constrained" keeps its own
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     _plt().close(fig)
 
 
+def _has(df: pd.DataFrame, col: str) -> bool:
+    return col in df and bool(np.isfinite(df[col].to_numpy(np.float64)).any())
 
-def plot_scatter(df: pd.DataFrame, m: dict, path: Path) -> None:
+
+def _stats_text(m: dict) -> str:
+    return (f"n = {m['n']:,}\nRMSE = {m['rmse_K']:.2f} K\nMAE = {m['mae']:.2f} K\nbias = {m['bias']:+.2f} K\n"
+            f"R² = {m['r2']:.3f}")
+
+
+def scatter_figure(df: pd.DataFrame, results: dict[str, dict]):
+    """Predicted against observed TA: one panel for the model and, when step05 has it, one for the analysis."""
     plt = _plt()
-    obs, pred = df["obs_c"].to_numpy(), df["prediction_c"].to_numpy()
-    lo, hi = np.nanmin([obs.min(), pred.min()]) - 1, np.nanmax([obs.max(), pred.max()]) + 1
-    fig, ax = plt.subplots(figsize=(5.6, 5.2))
-    if len(df) > 4000:
-        hb = ax.hexbin(obs, pred, gridsize=70, bins="log", cmap="viridis", mincnt=1, extent=(lo, hi, lo, hi))
-        fig.colorbar(hb, ax=ax, label="samples (log)")
-    else:
-        ax.scatter(obs, pred, s=6, alpha=0.5, lw=0)
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="1:1")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_aspect("equal")
-    ax.set_xlabel("observed 2 m TA (°C)")
-    ax.set_ylabel("predicted 2 m TA (°C)")
-    ax.set_title("test split: model vs station observations")
-    ax.text(0.03, 0.97, f"n = {m['n']:,}\nRMSE = {m['rmse_K']:.2f} K\nMAE = {m['mae']:.2f} K\nbias = {m['bias']:+.2f} K\nR² = {m['r2']:.3f}",
-            transform=ax.transAxes, va="top", fontsize=9, bbox=dict(facecolor="w", alpha=0.8, lw=0))
-    ax.legend(loc="lower right")
-    _save(fig, path)
+    panels = [(MODEL, "prediction_c")] + ([(ANALYSIS, "analysis_c")] if _has(df, "analysis_c") else [])
+    obs = df["obs_c"].to_numpy(np.float64)
+    vals = np.concatenate([obs] + [df[c].to_numpy(np.float64) for _, c in panels])
+    lo, hi = np.nanmin(vals) - 1, np.nanmax(vals) + 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), squeeze=False)
+    for ax, (name, col) in zip(axes[0], panels):
+        pred = df[col].to_numpy(np.float64)
+        if len(df) > 4000:
+            hb = ax.hexbin(obs, pred, gridsize=70, bins="log", cmap="viridis", mincnt=1, extent=(lo, hi, lo, hi))
+            fig.colorbar(hb, ax=ax, label="samples (log)", shrink=0.8)
+        else:
+            ax.scatter(obs, pred, s=6, alpha=0.5, lw=0, color=METHOD_COLOURS[name])
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="1:1")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.set_xlabel("observed 2 m TA (°C)")
+        ax.set_ylabel("predicted 2 m TA (°C)")
+        ax.set_title(method_label(name), fontsize=10)
+        if name in results:
+            ax.text(0.03, 0.97, _stats_text(results[name]), transform=ax.transAxes, va="top", fontsize=9,
+                    bbox=dict(facecolor="w", alpha=0.8, lw=0))
+        ax.legend(loc="lower right")
+    fig.suptitle("test split: predictions against the station observations", fontsize=11)
+    return fig
 
 
-
-def plot_residuals(df: pd.DataFrame, path: Path) -> None:
+def residuals_figure(df: pd.DataFrame):
+    """Histograms of prediction - observation: the model (filled), the analysis and HGB (outlines)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    e = (df["prediction_c"] - df["obs_c"]).to_numpy()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    obs = df["obs_c"].to_numpy(np.float64)
+    e = df["prediction_c"].to_numpy(np.float64) - obs
     bins = np.linspace(np.nanpercentile(e, 0.5) - 0.5, np.nanpercentile(e, 99.5) + 0.5, 50)
-    ax.hist(e, bins=bins, color="C0", alpha=0.8, label=f"model (mean {np.nanmean(e):+.2f}, sd {np.nanstd(e):.2f} K)")
-    if "hgb_c" in df:
-        eh = (df["hgb_c"] - df["obs_c"]).to_numpy()
-        ax.hist(eh, bins=bins, histtype="step", color="C3", lw=1.4, label=f"HGB baseline (sd {np.nanstd(eh):.2f} K)")
+    ax.hist(e, bins=bins, color=METHOD_COLOURS[MODEL], alpha=0.7,
+            label=f"{method_label(MODEL)}: mean {np.nanmean(e):+.2f}, sd {np.nanstd(e):.2f} K")
+    for name, col, colour in ((ANALYSIS, "analysis_c", METHOD_COLOURS[ANALYSIS]), ("hgb", "hgb_c", "C3")):
+        if _has(df, col):
+            ea = df[col].to_numpy(np.float64) - obs
+            ax.hist(ea, bins=bins, histtype="step", color=colour, lw=1.5,
+                    label=f"{method_label(name)}: mean {np.nanmean(ea):+.2f}, sd {np.nanstd(ea):.2f} K")
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("prediction - observation (K)")
     ax.set_ylabel("samples")
-    ax.set_title("residuals on the test split")
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    ax.set_title("errors on the test split", fontsize=10)
+    ax.legend(fontsize=7.5, loc="upper left")
+    return fig
 
 
-
-def plot_rmse_by_hour(tab: pd.DataFrame, names: list[str], path: Path) -> None:
+def rmse_by_hour_figure(tab: pd.DataFrame, names: list[str]):
+    """RMSE by hour of day for every method (the model and the analysis drawn thicker)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8.4, 4))
     t = tab.sort_values("hour_kst")
     for i, n in enumerate(names):
-        ax.plot(t["hour_kst"], t[f"rmse_K_{n}"], marker="o", lw=2.2 if n == MODEL else 1.2, color=f"C{i}", label=n)
+        main = n in METHOD_COLOURS
+        ax.plot(t["hour_kst"], t[f"rmse_K_{n}"], marker="o", ms=4 if main else 3, lw=2.4 if main else 1.0,
+                color=METHOD_COLOURS.get(n, f"C{i + 2}"), alpha=1.0 if main else 0.8, label=method_label(n),
+                zorder=3 if main else 2)
     ax.set_xlabel("hour of day: KST (top line) / UTC (bottom line)")
     ax.set_ylabel("RMSE (K)")
     ax.set_xticks(range(0, 24, 3), [f"{h:02d}\n{(h - 9) % 24:02d}Z" for h in range(0, 24, 3)])
     ax.set_xlim(-0.5, 23.5)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("RMSE by hour of day", fontsize=10)
-    _save(fig, path)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title("RMSE by hour of day (test split)", fontsize=10)
+    return fig
 
 
-
-def plot_station_map(st: pd.DataFrame, static, path: Path) -> None:
-
+def station_map_figure(st: pd.DataFrame, static, results: dict[str, dict] | None = None):
+    """RMSE at each test station on the grid: the model, and the analysis beside it on the same colour scale."""
     plt = _plt()
     g = static.grid
-    fig, ax = plt.subplots(figsize=(6.4, max(3.5, 6.0 * g.ny / g.nx)))
-    draw_outline(ax, g, static.lsmask, lat=static.lat, lon=static.lon)
+    panels = [MODEL] + ([ANALYSIS] if _has(st, f"rmse_K_{ANALYSIS}") else [])
     xk, yk = g.x / 1000.0, g.y / 1000.0
-    sc = ax.scatter(xk[st["pixel_x"].to_numpy()], yk[st["pixel_y"].to_numpy()], c=st["rmse_K_model"], s=40,
-                    cmap="magma_r", edgecolors="k", linewidths=0.5, zorder=3,
-                    vmin=0, vmax=max(1.0, float(np.nanpercentile(st["rmse_K_model"], 95))))
-    fig.colorbar(sc, ax=ax, shrink=0.8, label="RMSE (K)", extend="max")
     sx, sy = xk[st["pixel_x"].to_numpy()], yk[st["pixel_y"].to_numpy()]
-    if len(st) <= 40:
-        for x, y, sid in zip(sx, sy, st["stn_id"]):
-            ax.annotate(str(sid), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color="0.25")
-    # zoom on the stations (the KO grid is far larger than Korea), keeping the grid's bounds
-    pad = 120.0
-    ax.set_xlim(max(ax.get_xlim()[0], sx.min() - pad), min(ax.get_xlim()[1], sx.max() + pad))
-    ax.set_ylim(max(ax.get_ylim()[0], sy.min() - pad), min(ax.get_ylim()[1], sy.max() + pad))
-    ax.set_title(f"model RMSE at the {len(st)} test stations", fontsize=10)
-    _save(fig, path)
+    vals = np.concatenate([st[f"rmse_K_{n}"].to_numpy(np.float64) for n in panels])
+    vmax = max(1.0, float(np.nanpercentile(vals, 95)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.2, max(3.5, 5.4 * g.ny / g.nx)),
+                             squeeze=False, layout="constrained")
+    sc = None
+    for ax, name in zip(axes[0], panels):
+        draw_outline(ax, g, static.lsmask, lat=static.lat, lon=static.lon)
+        sc = ax.scatter(sx, sy, c=st[f"rmse_K_{name}"], s=44, cmap="magma_r", edgecolors="k", linewidths=0.5,
+                        zorder=3, vmin=0, vmax=vmax)
+        if len(st) <= 40:
+            for x, y, sid in zip(sx, sy, st["stn_id"]):
+                ax.annotate(str(sid), (x, y), xytext=(4, 2), textcoords="offset points", fontsize=6, color="0.25")
+        # zoom on the stations (the KO grid is far larger than Korea), keeping the grid's bounds
+        pad = 120.0
+        ax.set_xlim(max(ax.get_xlim()[0], sx.min() - pad), min(ax.get_xlim()[1], sx.max() + pad))
+        ax.set_ylim(max(ax.get_ylim()[0], sy.min() - pad), min(ax.get_ylim()[1], sy.max() + pad))
+        whole = f": {results[name]['rmse_K']:.2f} K over all rows" if results and name in results else ""
+        ax.set_title(f"{method_label(name)}{whole}", fontsize=9)
+    fig.colorbar(sc, ax=list(axes[0]), shrink=0.8, label="RMSE at the station (K)", extend="max")
+    fig.suptitle(f"RMSE at the {len(st)} test stations", fontsize=11)
+    return fig
 
 
-
-def plot_bars(results: dict[str, dict], noise_floor: float | None, path: Path) -> None:
+def methods_figure(results: dict[str, dict], ci95: dict[str, list] | None = None,
+                   floors: dict[str, float] | None = None, n_stations: int | None = None):
+    """Test RMSE of every method on the same rows, best at the top, with its 95 % station-bootstrap interval
+    (``ci95``: name -> [lo, hi]) and the noise floors (``floors``: label -> K) as vertical lines."""
     plt = _plt()
-    names = list(results)
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    x = np.arange(len(names))
-    rm = [results[n]["rmse_K"] for n in names]
-    ma = [results[n]["mae"] for n in names]
-    ax.bar(x - 0.18, rm, 0.36, label="RMSE", color=["C0" if n == MODEL else "0.6" for n in names])
-    ax.bar(x + 0.18, ma, 0.36, label="MAE", color=["C9" if n == MODEL else "0.8" for n in names])
-    for xi, v in zip(x, rm):
-        ax.text(xi - 0.18, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-    if noise_floor is not None:
-        ax.axhline(noise_floor, color="C3", ls="--", lw=1, label=f"noise floor {noise_floor:.2f} K")
-    ax.set_xticks(x, names)
-    ax.set_ylabel("K")
-    ax.set_title("test split: model vs baselines (same rows)", fontsize=10)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    names = sorted((n for n in results if results[n].get("n", 0) > 0), key=lambda n: results[n]["rmse_K"])
+    fig, ax = plt.subplots(figsize=(7.6, 0.42 * len(names) + 1.6))
+    y = np.arange(len(names))[::-1]  # the best at the top
+    rm = np.array([results[n]["rmse_K"] for n in names])
+    colours = [METHOD_COLOURS.get(n, BASELINE_COLOUR) for n in names]
+    ax.barh(y, rm, 0.65, color=colours)
+    ci = ci95 or {}
+    lo = np.array([ci[n][0] if n in ci else np.nan for n in names])
+    hi = np.array([ci[n][1] if n in ci else np.nan for n in names])
+    has = np.isfinite(lo) & np.isfinite(hi)
+    if has.any():
+        ax.errorbar(rm[has], y[has], xerr=np.vstack([rm[has] - lo[has], hi[has] - rm[has]]), fmt="none",
+                    ecolor="k", elinewidth=1.0, capsize=3, label="95 % station-bootstrap interval")
+    right = np.where(has, hi, rm)
+    for yi, v, r in zip(y, rm, right):
+        ax.text(r + 0.03 * rm.max(), yi, f"{v:.3f}", va="center", fontsize=8)
+    for (label, v), style in zip((floors or {}).items(), ("--", ":")):
+        ax.axvline(v, color="C3", ls=style, lw=1.1, label=f"{label}: {v:.3f} K")
+    ax.set_yticks(y, [method_label(n) for n in names])
+    ax.set_xlim(0, 1.15 * np.nanmax(np.r_[rm, right]))
+    ax.set_xlabel("RMSE on the test rows (K)")
+    n = max(results[k]["n"] for k in names) if names else 0
+    ax.set_title(f"test split: every method on the same {n:,} rows"
+                 + (f" ({n_stations} stations)" if n_stations else ""), fontsize=10)
+    if has.any() or floors:
+        ax.legend(fontsize=7.5, loc="upper right")  # beside the best methods' short bars
+    ax.grid(axis="x", alpha=0.3)
+    return fig
 
 
-
-def plot_reliability(scores: dict[str, dict], path: Path) -> None:
+def reliability_figure(scores: dict[str, dict]):
     """Observed vs nominal coverage of the central intervals (the diagonal = calibrated), one line per method."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 5.0))
@@ -142,8 +208,8 @@ def plot_reliability(scores: dict[str, dict], path: Path) -> None:
         if not rel:
             continue
         lv = np.array([float(k) for k in rel])
-        ax.plot(lv, 100 * np.array(list(rel.values())), "o-", ms=4,
-                label=f"{name} (90 %: {100 * s['coverage_90']:.1f} %, CRPS {s['crps_K']:.3f} K)")
+        ax.plot(lv, 100 * np.array(list(rel.values())), "o-", ms=4, color=METHOD_COLOURS.get(name),
+                label=f"{method_label(name)} (90 %: {100 * s['coverage_90']:.1f} %, CRPS {s['crps_K']:.3f} K)")
     ax.set_xlabel("nominal coverage of the central interval (%)")
     ax.set_ylabel("observed coverage on the test rows (%)")
     ax.set_xlim(0, 100)
@@ -151,4 +217,29 @@ def plot_reliability(scores: dict[str, dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("reliability of the standard errors")
-    _save(fig, path)
+    return fig
+
+
+def plot_scatter(df: pd.DataFrame, results: dict[str, dict], path: Path) -> None:
+    _save(scatter_figure(df, results), path)
+
+
+def plot_residuals(df: pd.DataFrame, path: Path) -> None:
+    _save(residuals_figure(df), path)
+
+
+def plot_rmse_by_hour(tab: pd.DataFrame, names: list[str], path: Path) -> None:
+    _save(rmse_by_hour_figure(tab, names), path)
+
+
+def plot_station_map(st: pd.DataFrame, static, path: Path, results: dict[str, dict] | None = None) -> None:
+    _save(station_map_figure(st, static, results), path)
+
+
+def plot_methods(results: dict[str, dict], ci95: dict[str, list] | None, floors: dict[str, float] | None,
+                 path: Path, n_stations: int | None = None) -> None:
+    _save(methods_figure(results, ci95, floors, n_stations), path)
+
+
+def plot_reliability(scores: dict[str, dict], path: Path) -> None:
+    _save(reliability_figure(scores), path)

@@ -43,7 +43,7 @@ from shared.evaluation.maps import (
 )
 from shared.evaluation.metrics import format_table, grouped_metrics, regression_metrics
 from shared.evaluation.plots import (
-    plot_bars,
+    plot_methods,
     plot_reliability,
     plot_residuals,
     plot_rmse_by_hour,
@@ -101,6 +101,22 @@ def _finite_mean(vals) -> float:
     a = np.asarray(vals, dtype=np.float64)
     a = a[np.isfinite(a)]
     return float(a.mean()) if a.size else float("nan")
+
+
+def noise_floors(metrics: dict) -> dict[str, float]:
+    """The demo world's noise floors for the figures: on exactly the test rows (obs vs the true TA at the station
+    pixel, and at the station's elevation) when step05 has them, else the world's floor over all its rows; none
+    on real data."""
+    dw = metrics.get("demo_world") or {}
+    tr = dw.get("test_rows") or {}
+    out = {}
+    if tr.get("test_rows_obs_vs_truth_rmse_K") is not None:
+        out["noise floor on these rows"] = tr["test_rows_obs_vs_truth_rmse_K"]
+        if tr.get("test_rows_obs_vs_truth_elev_corrected_rmse_K") is not None:
+            out["elevation-corrected floor"] = tr["test_rows_obs_vs_truth_elev_corrected_rmse_K"]
+    elif dw.get("noise_floor_rmse_K") is not None:
+        out["noise floor (all rows of the world)"] = dw["noise_floor_rmse_K"]
+    return out
 
 
 def deps(cfg: Config) -> list[Path]:
@@ -354,11 +370,12 @@ def run(cfg: Config, ctx: Context) -> Result:
     outputs.append(out / "preds_test.csv")
 
     # --- plots -----------------------------------------------------------------
-    plot_scatter(df, results[MODEL], out / "scatter.png")
+    plot_scatter(df, results, out / "scatter.png")
     plot_residuals(df, out / "residual_hist.png")
-    plot_rmse_by_hour(hour, list(pc), out / "rmse_by_hour.png")
-    plot_station_map(st_tab, static, out / "station_rmse_map.png")
-    plot_bars(results, noise_floor, out / "model_vs_baselines.png")
+    plot_rmse_by_hour(hour, [n for n in pc if results[n]["n"] > 0], out / "rmse_by_hour.png")
+    plot_station_map(st_tab, static, out / "station_rmse_map.png", results)
+    plot_methods(results, metrics["rmse_ci95"], noise_floors(metrics), out / "model_vs_baselines.png",
+                 boot["n_stations"])
     plot_reliability(intervals, out / "reliability.png")
     outputs += [out / n for n in ("scatter.png", "residual_hist.png", "rmse_by_hour.png", "station_rmse_map.png",
                                   "model_vs_baselines.png", "reliability.png")]
