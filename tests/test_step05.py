@@ -234,7 +234,7 @@ def test_figures_show_the_analysis_beside_the_model_with_intervals(evaluated):
     whiskers = [c for c in ax.collections if c.get_segments() and len(c.get_segments()) == len(order)
                 and all(len(seg) == 2 and seg[0][1] == seg[1][1] for seg in c.get_segments())]
     assert len(whiskers) == 1
-    ends = sorted(((-seg[0][1], seg[0][0], seg[1][0]) for seg in whiskers[0].get_segments()))
+    ends = sorted((-seg[0][1], seg[0][0], seg[1][0]) for seg in whiskers[0].get_segments())
     assert [v for _, lo, hi in ends for v in (lo, hi)] == pytest.approx([v for k in order for v in m["rmse_ci95"][k]])
     assert sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() in ("--", ":")) == \
         pytest.approx(sorted(floors.values()))
