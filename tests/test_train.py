@@ -1,4 +1,5 @@
 """step03 training on small fabricated patch chunks: learning, resume, feature cache, DDP, bad input."""
+import json
 import os
 import shutil
 import socket
@@ -172,6 +173,36 @@ def test_training_learns_and_writes_outputs(tmp_path, patches, capsys):
     r = subprocess.run([sys.executable, "-X", "importtime", *argv[1:]], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "up to date" in r.stdout
     assert not [ln for ln in r.stderr.splitlines() if ln.rstrip().endswith("| torch")]
+
+
+def test_learning_curve_draws_the_log(tmp_path, patches):
+    """A finished step03 run writes learning_curve.png from its train_log.csv: the validation line is rmse_K, the
+    training line sqrt(train_loss) x target std, the marker at the best validation epoch (the kept checkpoint);
+    an ensemble's log gets one pair of lines per member, a refit's log its own line."""
+    import matplotlib.pyplot as plt
+
+    from shared.evaluation.plots import learning_curve_figure
+
+    assert run_step(tmp_path, patches, "train.epochs=3") == 0
+    png = tmp_path / "run" / "outputs" / "learning_curve.png"
+    assert png.stat().st_size > 10_000
+    assert str(png) in json.loads((tmp_path / "run" / "outputs" / "run.json").read_text())["outputs"]
+    log = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_loss": [0.04, 0.01, 0.0081, 0.0064],
+                        "rmse_K": [3.0, 1.5, 1.2, 1.3], "lr": [1e-3, 8e-4, 4e-4, 1e-4]})
+    fig = learning_curve_figure(log, 10.0)
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    assert list(lines["validation stations"].get_ydata()) == [3.0, 1.5, 1.2, 1.3]
+    assert np.allclose(lines["training rows, mean over the epoch"].get_ydata(), [2.0, 1.0, 0.9, 0.8])
+    best = lines["best: epoch 3, 1.200 K"]
+    assert list(best.get_xdata()) == [3] and list(best.get_ydata()) == [1.2]
+    plt.close(fig)
+    two = pd.concat([log.assign(member=0), log.assign(member=1, rmse_K=log["rmse_K"] - 0.1)])
+    refit = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.04, 0.01, 0.0049]})
+    fig = learning_curve_figure(two, 10.0, refit)
+    labels = [ln.get_label() for ln in fig.axes[0].get_lines()]
+    assert "validation stations, member 1" in labels and "best: epoch 3, 1.100 K" in labels
+    assert "refit, training + validation rows" in labels
+    plt.close(fig)
 
 
 def test_resume_gives_the_same_weights(tmp_path, patches):

@@ -1,5 +1,6 @@
-"""step05's figures: every one shows the map's value at a station (the analysis, ``t2m``) beside the satellite
-model alone (``t2m_model``), so a reader sees what the maps deliver and what the stations add.
+"""The figures of step03 (the learning curve) and step05. Every step05 figure shows the map's value at a station
+(the analysis, ``t2m``) beside the satellite model alone (``t2m_model``), so a reader sees what the maps deliver
+and what the stations add.
 
 Each ``*_figure`` function builds a matplotlib figure from step05's tables (tests inspect it); each ``plot_*``
 saves it as a PNG (atomically) and closes it.
@@ -218,6 +219,50 @@ def reliability_figure(scores: dict[str, dict]):
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("reliability of the standard errors")
     return fig
+
+
+def learning_curve_figure(log: pd.DataFrame, target_std: float, refit: pd.DataFrame | None = None):
+    """step03's ``train_log.csv``: RMSE (K) by epoch on the training rows (the mean over each epoch's batches,
+    dashed) and at the validation stations (solid), one colour per ensemble member (column ``member``), each
+    run's best validation epoch marked (the checkpoint it keeps); the learning rate on the right axis;
+    ``refit``: the refit's training RMSE (``refit_log.csv``)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
+    groups = list(log.groupby("member")) if "member" in log else [(None, log)]
+    shown = []
+    for i, (k, g) in enumerate(groups):
+        g = g.sort_values("epoch")
+        c, suffix = f"C{i}", ("" if k is None else f", member {int(k)}")
+        tr = np.sqrt(g["train_loss"].to_numpy(np.float64)) * target_std
+        ax.plot(g["epoch"], tr, "--", color=c, lw=1.1, label=f"training rows, mean over the epoch{suffix}")
+        ax.plot(g["epoch"], g["rmse_K"], "-", color=c, lw=1.8, label=f"validation stations{suffix}")
+        b = g.loc[g["rmse_K"].idxmin()]
+        ax.plot([b["epoch"]], [b["rmse_K"]], "o", color=c, ms=7, mfc="w", mew=1.6,
+                label=f"best: epoch {int(b['epoch'])}, {b['rmse_K']:.3f} K")
+        shown += [tr, g["rmse_K"].to_numpy(np.float64)]
+    if refit is not None and len(refit):
+        rk = np.sqrt(refit["train_loss"].to_numpy(np.float64)) * target_std
+        ax.plot(refit["epoch"], rk, ":", color="k", lw=1.4, label="refit, training + validation rows")
+        shown.append(rk)
+    late = np.concatenate([v[min(3, len(v) - 1):] for v in shown])  # the first epochs' errors would squash the rest
+    ax.set_ylim(0, 1.1 * np.nanmax(late))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("RMSE (K)")
+    ax.grid(alpha=0.3)
+    lr = groups[0][1].sort_values("epoch")
+    ax2 = ax.twinx()
+    ax2.plot(lr["epoch"], lr["lr"], color="0.55", lw=0.9)
+    ax2.set_ylabel("learning rate (grey)", color="0.4")
+    ax2.set_ylim(0, 1.05 * float(np.nanmax(lr["lr"])))
+    ax.set_zorder(ax2.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.legend(fontsize=7.5, loc="upper right", ncol=1 if len(groups) == 1 else 2)
+    ax.set_title("step03 learning curve", fontsize=10)
+    return fig
+
+
+def plot_learning_curve(log: pd.DataFrame, target_std: float, path: Path, refit: pd.DataFrame | None = None) -> None:
+    _save(learning_curve_figure(log, target_std, refit), path)
 
 
 def plot_scatter(df: pd.DataFrame, results: dict[str, dict], path: Path) -> None:

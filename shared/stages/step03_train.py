@@ -159,6 +159,26 @@ class Config:
                              "chunks); set one of them to false")
 
 
+#: step03's learning curve beside train_log.csv (:func:`shared.evaluation.plots.learning_curve_figure`)
+CURVE_PNG = "learning_curve.png"
+
+
+def write_learning_curve(cfg: Config) -> Path:
+    """Draw ``train_log.csv`` (and the refit's log) of a finished run as ``learning_curve.png``."""
+    import pandas as pd
+
+    from shared.evaluation.plots import plot_learning_curve
+    from shared.io.patches import read_stats
+
+    out = cfg.output.outputs_dir
+    refit = out / REFIT_LOG
+    use_refit = cfg.train.refit_with_val and cfg.model.members == 1 and refit.is_file()
+    path = out / CURVE_PNG
+    plot_learning_curve(pd.read_csv(out / "train_log.csv"), float(read_stats(cfg.data.patch_dir)["target_std"]), path,
+                        pd.read_csv(refit) if use_refit else None)
+    return path
+
+
 def deps(cfg: Config) -> list[Path]:
     out = [cfg.data.patch_dir / PATCH_SUBDIR, cfg.data.patch_dir / STATS_SUBDIR]
     if cfg.model.clay_ckpt_path is not None:
@@ -168,7 +188,7 @@ def deps(cfg: Config) -> list[Path]:
 
 def outs(cfg: Config) -> list[Path]:
     w = cfg.output.weights_dir
-    out = [w / "best.pt", w / "current.pt", cfg.output.outputs_dir / "train_log.csv"]
+    out = [w / "best.pt", w / "current.pt", cfg.output.outputs_dir / "train_log.csv", cfg.output.outputs_dir / CURVE_PNG]
     if cfg.train.refit_with_val and cfg.model.members == 1:  # an ensemble's are in each member's folders
         out += [w / TRAIN_ONLY, cfg.output.outputs_dir / REFIT_LOG]
     return out
@@ -204,6 +224,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         print(f"stopped after epoch {res['epochs']} of {cfg.train.epochs}; rerun with --resume to continue "
               f"(weights/best.pt is still the last finished run's)")
         return Result(done=False)
+    print(f"learning curve: {write_learning_curve(cfg)}")
     own = f"members/mK/{TRAIN_ONLY} each member's own" if cfg.model.members > 1 else f"{TRAIN_ONLY} the run's own"
     refit = (f" (trained on the train rows; best.pt is its refit on the train and validation rows, {own})"
              if cfg.train.refit_with_val else "")
