@@ -37,6 +37,35 @@ def test_station_split_has_no_leak(tiny_index):
     assert (full["path_bt"].str.contains("gk2a_bt_")).all()
 
 
+def test_split_map_counts_each_split(tiny_world, tiny_index, tmp_path):
+    """step01 draws splits.png (recorded with the index set): one point per station in its split's colour, the
+    legend counting stations and rows per split; with a time split a station in several splits is grey."""
+    import matplotlib.pyplot as plt
+
+    from shared.evaluation.plots import split_map_figure
+
+    png = tiny_index / "splits.png"
+    assert png.stat().st_size > 10_000
+    assert str(png) in json.loads((tiny_index / "run.json").read_text())["outputs"]
+    full = pd.read_csv(tiny_index / "index.csv")
+    static = read_static(tiny_world / "static.nc")
+    fig = split_map_figure(full, static, "station")
+    ax = fig.axes[0]
+    want = [f"{s}: {full[full.split == s].stn_id.nunique()} stations, {(full.split == s).sum():,} rows"
+            for s in ("train", "val", "test")]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == want
+    offsets = {c.get_label(): c.get_offsets() for c in ax.collections if c.get_label() in want}
+    assert sum(len(o) for o in offsets.values()) == full.stn_id.nunique()
+    plt.close(fig)
+    t = pd.to_datetime(full["time_utc"])
+    mixed = full.assign(split=np.where(t < t.median(), "train", "test"))
+    fig = split_map_figure(mixed, static, "time")
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    several = mixed.groupby("stn_id")["split"].nunique().gt(1).sum()
+    assert several > 0 and f"several: {several} stations" in texts
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("mode", ["time", "station_time"])
 def test_time_splits_are_blocked_by_day(tiny_world, tmp_path, mode):
     out = tmp_path / "o"

@@ -1,4 +1,4 @@
-"""The figures of step03 (the learning curve) and step05. Every step05 figure shows the map's value at a station
+"""The figures of step01 (the station split), step03 (the learning curve) and step05. Every step05 figure shows the map's value at a station
 (the analysis, ``t2m``) beside the satellite model alone (``t2m_model``), so a reader sees what the maps deliver
 and what the stations add.
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from shared.core.records import atomic_path
-from shared.evaluation.rows import ANALYSIS, MODEL
+from shared.evaluation.names import ANALYSIS, MODEL
 from shared.mapping.quicklook import draw_outline
 
 #: Names in the figures (``metrics.json`` and the CSVs keep the short keys).
@@ -219,6 +219,41 @@ def reliability_figure(scores: dict[str, dict]):
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("reliability of the standard errors")
     return fig
+
+
+#: step01's splits and their colours in the split map
+SPLIT_COLOURS = {"train": "C0", "val": "C2", "test": "C3"}
+
+
+def split_map_figure(rows: pd.DataFrame, static, mode: str = ""):
+    """step01's stations on the grid, coloured by split (``rows``: one row per index row or station with
+    ``stn_id, pixel_y, pixel_x, split``); a station in more than one split (a split by time or year) is drawn
+    grey. The legend counts stations and rows per split."""
+    plt = _plt()
+    g = static.grid
+    xk, yk = g.x / 1000.0, g.y / 1000.0
+    per = rows.groupby("stn_id").agg(pixel_y=("pixel_y", "first"), pixel_x=("pixel_x", "first"),
+                                     split=("split", lambda v: v.iloc[0] if v.nunique() == 1 else "several"))
+    n_rows = rows["split"].value_counts()
+    fig, ax = plt.subplots(figsize=(6.6, max(3.5, 6.2 * g.ny / g.nx)))
+    draw_outline(ax, g, static.lsmask, lat=static.lat, lon=static.lon)
+    for name, colour in (*SPLIT_COLOURS.items(), ("several", "0.5")):
+        p = per[per["split"] == name]
+        if len(p):
+            rows_txt = f", {int(n_rows.get(name, 0)):,} rows" if name in n_rows else ""
+            ax.scatter(xk[p["pixel_x"].to_numpy()], yk[p["pixel_y"].to_numpy()], s=26, color=colour, edgecolors="k",
+                       linewidths=0.4, zorder=3, label=f"{name}: {len(p)} stations{rows_txt}")
+    sx, sy = xk[per["pixel_x"].to_numpy()], yk[per["pixel_y"].to_numpy()]
+    pad = 120.0  # zoom on the stations, within the grid's bounds
+    ax.set_xlim(max(ax.get_xlim()[0], sx.min() - pad), min(ax.get_xlim()[1], sx.max() + pad))
+    ax.set_ylim(max(ax.get_ylim()[0], sy.min() - pad), min(ax.get_ylim()[1], sy.max() + pad))
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"step01 station split{f' (mode: {mode})' if mode else ''}", fontsize=10)
+    return fig
+
+
+def plot_split_map(rows: pd.DataFrame, static, path: Path, mode: str = "") -> None:
+    _save(split_map_figure(rows, static, mode), path)
 
 
 def learning_curve_figure(log: pd.DataFrame, target_std: float, refit: pd.DataFrame | None = None):

@@ -13,14 +13,11 @@ import torch
 
 from shared.core.constants import KST_OFFSET
 from shared.core.errors import UserError, rerun
+from shared.evaluation.names import ANALYSIS, MODEL
 from shared.evaluation.suite import ALL_BASELINES
 from shared.io.channels import IGBP_CLASSES, IR105_CH, SZA_CH
 from shared.io.patches import batch_view, load_chunk, read_manifest, read_stats
 from shared.models.checkpoint import TRAIN_ONLY
-
-MODEL = "model"
-#: The model fused with the same-hour observations of the fusion (train + val) stations, at the scored stations.
-ANALYSIS = "analysis"
 
 
 def read_rows(patch_dir: Path, split: str, predictor=None, batch_size: int = 2048) -> dict:

@@ -73,8 +73,12 @@ def deps(cfg: Config) -> list:
             Names(cfg.raw_dir / "sat", "gk2a_*.nc")]
 
 
+#: step01's map of the station split beside the index set (:func:`shared.evaluation.plots.split_map_figure`)
+SPLIT_PNG = "splits.png"
+
+
 def outs(cfg: Config) -> list[Path]:
-    return index_files(cfg.output_dir)
+    return index_files(cfg.output_dir) + [cfg.output_dir / SPLIT_PNG]
 
 
 def match_times(obs_times: pd.Series, sat_times: pd.Series, tol_min: float) -> tuple[np.ndarray, np.ndarray]:
@@ -217,8 +221,11 @@ def run(cfg: Config, ctx: Context) -> Result:
                  "time_tolerance_min": cfg.time_tolerance_min, "report": full_report,
                  "images": len(sat), "images_incomplete": incomplete})
     write_index(cfg.output_dir, df, info)
+    from shared.evaluation.plots import plot_split_map  # matplotlib only once the index is written
+
+    plot_split_map(df[["stn_id", "pixel_y", "pixel_x", "split"]], static, cfg.output_dir / SPLIT_PNG, cfg.split.mode)
     print_report(f"step01: {len(df):,} rows kept from {len(obs_files)} file(s), {len(sat)} image time(s)", full_report)
-    print(f"wrote {cfg.output_dir}/index*.csv, splits.json")
+    print(f"wrote {cfg.output_dir}/index*.csv, splits.json, {SPLIT_PNG}")
     return Result(counts=dict(full_report))
 
 

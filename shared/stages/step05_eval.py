@@ -42,6 +42,7 @@ from shared.evaluation.maps import (
     truth_scores,
 )
 from shared.evaluation.metrics import format_table, grouped_metrics, regression_metrics
+from shared.evaluation.names import ANALYSIS, MODEL
 from shared.evaluation.plots import (
     plot_methods,
     plot_reliability,
@@ -50,7 +51,7 @@ from shared.evaluation.plots import (
     plot_scatter,
     plot_station_map,
 )
-from shared.evaluation.rows import ANALYSIS, MODEL, build_table, check_stats, pred_columns, read_rows
+from shared.evaluation.rows import build_table, check_stats, pred_columns, read_rows
 from shared.evaluation.suite import ALL_BASELINES, BaselineConfig, run_baselines, station_analysis
 from shared.evaluation.uncertainty import format_interval_table, interval_scores
 from shared.fusion.analysis import FusionConfig
