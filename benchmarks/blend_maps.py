@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.core.config import read_yaml, resolve_path  # noqa: E402
-from shared.evaluation.maps import DISTANCE_BANDS_KM, band_name, map_files, map_offset  # noqa: E402
+from shared.evaluation.maps import map_files, map_offset  # noqa: E402
+from shared.evaluation.names import DISTANCE_BANDS_KM, band_name  # noqa: E402
 from shared.fusion.analysis import FusionConfig, station_blend  # noqa: E402
 from shared.io.index import read_splits  # noqa: E402
 from shared.io.maps import read_map  # noqa: E402

@@ -266,3 +266,29 @@ def test_station_baselines_interpolate_each_surface_from_its_own_stations():
     for name in ("idw", "regression_kriging", "hgb_residual_kriging"):
         np.testing.assert_array_equal(a[name], b[name])
     np.testing.assert_array_equal(nbr_a, nbr_b)
+
+
+def test_nearest_source_is_the_closest_same_hour_fusion_station_with_an_observation():
+    """Distance from each target row to the nearest fusion station observed at the same time: target stations and
+    missing observations are never sources, another hour's stations never count, a time without a source is inf;
+    the step05 table groups the rows in band order with their station count."""
+    from shared.evaluation.names import distance_bands
+    from shared.evaluation.suite import nearest_source_km
+    from shared.stages.step05_eval import distance_table
+
+    st = pd.DataFrame({"stn_id": [1, 2, 3, 4, 5], "x_km": [0.0, 30.0, 0.0, 70.0, 10.0],
+                       "y_km": [0.0, 40.0, 20.0, 0.0, 0.0], "elev_m": 0.0})
+    t0, t1, t2 = np.datetime64("2023-01-01T00"), np.datetime64("2023-01-01T03"), np.datetime64("2023-01-01T06")
+    fusion = {"time": np.array([t0, t0, t0, t0, t1, t1]), "stn_id": np.array([2, 3, 4, 5, 4, 3]),
+              "ta_c": np.array([1.0, np.nan, 1.0, 1.0, 1.0, 1.0])}  # station 5 is a target: never a source
+    target = {"time": np.array([t0, t1, t2]), "stn_id": np.array([1, 1, 5])}
+    km = nearest_source_km(fusion, target, st)
+    # t0: station 3 (20 km) has no observation -> station 2 at 50 km; t1: station 3 at 20 km; t2: none
+    np.testing.assert_allclose(km, [50.0, 20.0, np.inf])
+    assert list(distance_bands(km)) == ["50_100km", "0_25km", ""]
+    df = pd.DataFrame({"stn_id": [1, 1, 5, 5], "obs_c": [0.0, 0.0, 0.0, 0.0], "prediction_c": [1.0, 2.0, 3.0, 4.0],
+                       "fusion_distance_km": [60.0, 10.0, 12.0, np.nan]})
+    tab = distance_table(df, {"model": "prediction_c"}, 1.0)
+    assert list(tab["fusion_distance_band"]) == ["0_25km", "50_100km"]
+    assert list(tab["n"]) == [2, 1] and list(tab["n_stations"]) == [2, 1]
+    np.testing.assert_allclose(tab["rmse_K_model"], [np.sqrt((4 + 9) / 2), 1.0])

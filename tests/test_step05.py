@@ -153,7 +153,7 @@ def test_maps_agree_with_the_model_and_are_scored_against_truth(evaluated):
     assert len(d["maps_vs_truth"]) == 1 and d["maps_vs_truth"][0]["n_pixels_all"] == REGION[2] * REGION[3]
     # distance bands to the train/val stations partition the map's pixels; land + sea = each band
     rec = d["maps_vs_truth"][0]
-    from shared.evaluation.maps import DISTANCE_BANDS_KM, band_name
+    from shared.evaluation.names import DISTANCE_BANDS_KM, band_name
 
     names = [band_name(lo, hi) for lo, hi in DISTANCE_BANDS_KM]
     assert sum(rec[f"n_pixels_dist_{n}"] for n in names) == rec["n_pixels_all"]
@@ -199,7 +199,11 @@ def test_tables_plots_and_up_to_date(evaluated, capsys):
     h = pd.read_csv(out / "by_hour.csv")
     assert ((h["hour_utc"] + 9) % 24 == h["hour_kst"]).all()
     assert set(pd.read_csv(out / "by_daynight.csv")["day_night"]) == {"day", "night"}
-    for png in ("scatter", "residual_hist", "rmse_by_hour", "station_rmse_map", "model_vs_baselines"):
+    p = pd.read_csv(out / "preds_test.csv")
+    d = pd.read_csv(out / "by_distance.csv")  # the test rows by distance to the nearest same-hour fusion station
+    assert d["n"].sum() == np.isfinite(p["fusion_distance_km"]).sum() > 0
+    assert (p["fusion_distance_km"].dropna() > 0).all()  # a test station is never its own source
+    for png in ("scatter", "residual_hist", "rmse_by_hour", "station_rmse_map", "model_vs_baselines", "rmse_by_distance"):
         assert (out / f"{png}.png").stat().st_size > 10_000, png
     capsys.readouterr()
     assert run_step(STEP, *evaluated["args"]) == 0
@@ -212,6 +216,7 @@ def test_figures_show_the_analysis_beside_the_model_with_intervals(evaluated):
     station map get an analysis panel beside the model's."""
     import matplotlib.pyplot as plt
 
+    from shared.evaluation.names import DISTANCE_BANDS_KM, band_name
     from shared.evaluation.plots import METHOD_LABELS, methods_figure, scatter_figure, station_map_figure
     from shared.io.raw import read_static
     from shared.stages.step05_eval import noise_floors
@@ -246,6 +251,22 @@ def test_figures_show_the_analysis_beside_the_model_with_intervals(evaluated):
     plt.close(fig)
     fig = scatter_figure(df.assign(analysis_c=np.nan), results)  # fusion off: the model alone
     assert [a.get_title() for a in fig.axes if a.get_title()] == [METHOD_LABELS["model"]]
+    plt.close(fig)
+    from shared.evaluation.plots import rmse_by_distance_figure
+
+    d = pd.read_csv(out / "by_distance.csv").assign(n=1000)  # every band drawn, whatever its rows
+    bands = {b: {"land": 0.5 + i, "sea": 2.0 + i} for i, b in enumerate(["0_25km", "50_100km", "over_200km"])}
+    fig = rmse_by_distance_figure(d, ["model", "analysis"], bands, 0.6)
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    want = sorted(set(d["fusion_distance_band"]) | set(bands), key=lambda b: [band_name(*lh) for lh in DISTANCE_BANDS_KM].index(b))
+    assert len(ax.get_xticks()) == len(want)
+    ana = dict(zip(want, lines[METHOD_LABELS["analysis"]].get_ydata()))
+    for b, v in zip(d["fusion_distance_band"], d["rmse_K_analysis"]):
+        assert ana[b] == pytest.approx(v)
+    land = dict(zip(want, lines["maps vs the true field, land (t2m)"].get_ydata()))
+    assert all(land[b] == v["land"] for b, v in bands.items())
+    assert lines["1.5 x noise floor of the test rows (0.90 K)"].get_ydata()[0] == pytest.approx(0.9)
     plt.close(fig)
     st = pd.read_csv(out / "by_station.csv")
     fig = station_map_figure(st, read_static(evaluated["raw"] / "static.nc"), results)

@@ -22,6 +22,7 @@ import pandas as pd
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError
 from shared.evaluation.metrics import field_rmse, regression_metrics
+from shared.evaluation.names import DISTANCE_BANDS_KM, band_name
 from shared.evaluation.rows import chunk_row_locations, predict_rows
 from shared.evaluation.uncertainty import coverage
 from shared.features.patch import loc3
@@ -135,14 +136,6 @@ def map_agreement(df: pd.DataFrame, predictor, patch_dir: Path, split: str, stat
                         f"were made differently: rerun step04 with --force")
     return res
 
-
-
-#: Distance bands (km to the nearest station the model learnt from) for map-vs-truth scores.
-DISTANCE_BANDS_KM = ((0, 25), (25, 50), (50, 100), (100, 200), (200, None))
-
-
-def band_name(lo, hi) -> str:
-    return f"{lo}_{hi}km" if hi is not None else f"over_{lo}km"
 
 
 #: central intervals whose coverage of the true field :func:`truth_scores` reports (keys: :func:`level_key`)

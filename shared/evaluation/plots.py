@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from shared.core.records import atomic_path
-from shared.evaluation.names import ANALYSIS, MODEL
+from shared.evaluation.names import ANALYSIS, DISTANCE_BANDS_KM, MODEL, band_name
 from shared.mapping.quicklook import draw_outline
 
 #: Names in the figures (``metrics.json`` and the CSVs keep the short keys).
@@ -131,6 +131,54 @@ def rmse_by_hour_figure(tab: pd.DataFrame, names: list[str]):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title("RMSE by hour of day (test split)", fontsize=10)
+    return fig
+
+
+def _band_label(name: str) -> str:
+    """``25_50km`` -> ``25-50 km``, ``over_200km`` -> ``> 200 km``."""
+    core = name.removesuffix("km")
+    return f"> {core.removeprefix('over_')} km" if core.startswith("over_") else core.replace("_", "-") + " km"
+
+
+#: A distance band with fewer test rows is left out of the figure (its row stays in ``by_distance.csv``).
+MIN_BAND_ROWS = 30
+
+
+def rmse_by_distance_figure(tab: pd.DataFrame, names: list[str], truth_bands: dict | None = None,
+                            floor: float | None = None):
+    """Every method's RMSE at the test stations by distance to the nearest same-hour fusion station (step05's
+    ``by_distance.csv``; the rows and stations of each band under its name); on the demo world also the maps
+    against the true field by the same bands over land and sea (``t2m``), and 1.5 x the noise floor of the
+    test rows (the target for the maps within 100 km). Bands of fewer than :data:`MIN_BAND_ROWS` rows are left
+    out."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.4, 4.4))
+    tab = tab[tab["n"] >= MIN_BAND_ROWS].set_index("fusion_distance_band")
+    truth_bands = truth_bands or {}
+    # every band, in order, with station rows or a map score
+    bands = [b for b in (band_name(lo, hi) for lo, hi in DISTANCE_BANDS_KM) if b in tab.index or b in truth_bands]
+    tab = tab.reindex(bands)
+    x = np.arange(len(bands))
+    for i, n in enumerate(names):
+        main = n in METHOD_COLOURS
+        ax.plot(x, tab[f"rmse_K_{n}"], marker="o", ms=5 if main else 3, lw=2.4 if main else 1.0,
+                color=METHOD_COLOURS.get(n, f"C{i + 2}"), alpha=1.0 if main else 0.75, label=method_label(n),
+                zorder=3 if main else 2)
+    for part, style in (("land", "s--"), ("sea", "v--")):
+        y = np.array([np.nan if (v := (truth_bands.get(b) or {}).get(part)) is None else v for b in bands], np.float64)
+        if np.isfinite(y).any():
+            ax.plot(x, y, style, color="k" if part == "land" else "C9", lw=1.2, ms=5,
+                    label=f"maps vs the true field, {part} (t2m)")
+    if floor is not None:
+        ax.axhline(1.5 * floor, color="C3", ls=":", lw=1.1, label=f"1.5 x noise floor of the test rows ({1.5 * floor:.2f} K)")
+    ax.set_xticks(x, [_band_label(b) + (f"\n{int(n):,} rows\n{int(k)} stations" if np.isfinite(n) else "")
+                      for b, n, k in zip(bands, tab["n"], tab["n_stations"])], fontsize=8)
+    ax.set_xlabel("distance to the nearest fusion station observed at the same hour")
+    ax.set_ylabel("RMSE (K)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title("error by distance to the stations (test stations; maps on the demo world)", fontsize=10)
     return fig
 
 
@@ -310,6 +358,11 @@ def plot_residuals(df: pd.DataFrame, path: Path) -> None:
 
 def plot_rmse_by_hour(tab: pd.DataFrame, names: list[str], path: Path) -> None:
     _save(rmse_by_hour_figure(tab, names), path)
+
+
+def plot_rmse_by_distance(tab: pd.DataFrame, names: list[str], path: Path, truth_bands: dict | None = None,
+                          floor: float | None = None) -> None:
+    _save(rmse_by_distance_figure(tab, names, truth_bands, floor), path)
 
 
 def plot_station_map(st: pd.DataFrame, static, path: Path, results: dict[str, dict] | None = None) -> None:

@@ -184,6 +184,23 @@ def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.Data
     return {k: preds[k] for k in ALL_BASELINES}, info, nbr
 
 
+def nearest_source_km(fusion: dict, target: dict, stations: pd.DataFrame) -> np.ndarray:
+    """Per target row, the horizontal distance (km, on the grid's projection) to the nearest fusion station with
+    an observation at the same time: the station the analysis there leans on most. ``fusion``: rows ``time,
+    stn_id, ta_c`` (a target station is never a source, as in :func:`station_analysis`); inf at a time with no
+    source. On real data this is the only measure of how the error grows between stations."""
+    from scipy.spatial import cKDTree
+
+    src, tgt, _ = same_hour_sources(fusion, target, stations)
+    src = src[np.isfinite(src["ta_c"].to_numpy())].reset_index(drop=True)
+    out = np.full(len(tgt), np.inf)
+    s_xy, t_xy = src[["x_km", "y_km"]].to_numpy(np.float64), tgt[["x_km", "y_km"]].to_numpy(np.float64)
+    for si, ti in per_time(src, tgt):
+        if len(si):
+            out[ti] = cKDTree(s_xy[si]).query(t_xy[ti])[0]
+    return out
+
+
 def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_fusion_c: np.ndarray,
                      model_target_c: np.ndarray, se_target_c: np.ndarray,
                      cfg: FusionConfig, vg: Variogram | None = None, vg_note: str = "") -> tuple[np.ndarray, np.ndarray, dict]:

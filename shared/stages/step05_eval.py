@@ -33,8 +33,6 @@ from shared.evaluation.bootstrap import format_differences, station_bootstrap
 from shared.evaluation.interpolation import station_table
 from shared.evaluation.maps import (
     COVERAGE_LEVELS,
-    DISTANCE_BANDS_KM,
-    band_name,
     join_maps,
     map_agreement,
     map_files,
@@ -42,17 +40,18 @@ from shared.evaluation.maps import (
     truth_scores,
 )
 from shared.evaluation.metrics import format_table, grouped_metrics, regression_metrics
-from shared.evaluation.names import ANALYSIS, MODEL
+from shared.evaluation.names import ANALYSIS, DISTANCE_BANDS_KM, MODEL, band_name, distance_bands
 from shared.evaluation.plots import (
     plot_methods,
     plot_reliability,
     plot_residuals,
+    plot_rmse_by_distance,
     plot_rmse_by_hour,
     plot_scatter,
     plot_station_map,
 )
 from shared.evaluation.rows import build_table, check_stats, pred_columns, read_rows
-from shared.evaluation.suite import ALL_BASELINES, BaselineConfig, run_baselines, station_analysis
+from shared.evaluation.suite import ALL_BASELINES, BaselineConfig, nearest_source_km, run_baselines, station_analysis
 from shared.evaluation.uncertainty import format_interval_table, interval_scores
 from shared.fusion.analysis import FusionConfig
 from shared.io.index import SPLITS_JSON, learnt_station_ids, read_split_csv, read_splits
@@ -118,6 +117,20 @@ def noise_floors(metrics: dict) -> dict[str, float]:
     elif dw.get("noise_floor_rmse_K") is not None:
         out["noise floor (all rows of the world)"] = dw["noise_floor_rmse_K"]
     return out
+
+
+def distance_table(df: pd.DataFrame, pred_cols: dict[str, str], ta_std: float) -> pd.DataFrame | None:
+    """Every method's RMSE by distance from the test station to the nearest fusion station observed at the same
+    hour (bands of :data:`DISTANCE_BANDS_KM`, in order; ``n_stations`` beside ``n``); None without the fusion."""
+    band = distance_bands(df["fusion_distance_km"].to_numpy())
+    if not (band != "").any():
+        return None
+    d = df.assign(fusion_distance_band=band)[band != ""]
+    t = grouped_metrics(d, "fusion_distance_band", pred_cols, "obs_c", ta_std)
+    order = {band_name(lo, hi): i for i, (lo, hi) in enumerate(DISTANCE_BANDS_KM)}
+    t = t.assign(_o=t["fusion_distance_band"].map(order)).sort_values("_o").drop(columns="_o").reset_index(drop=True)
+    t.insert(2, "n_stations", t["fusion_distance_band"].map(d.groupby("fusion_distance_band")["stn_id"].nunique()))
+    return t
 
 
 def deps(cfg: Config) -> list[Path]:
@@ -207,12 +220,15 @@ def run(cfg: Config, ctx: Context) -> Result:
         analysis_c, analysis_se_c, analysis_info = station_analysis(
             fusion, test, stations, predictor.to_celsius(fusion["pred_z"]).astype(np.float64),
             df["prediction_c"].to_numpy(), model_se_c, cfg.fusion, vg, vg_note)
+        fusion_km = nearest_source_km(fusion, test, stations)
     else:
         analysis_c, analysis_se_c = np.full(len(df), np.nan), np.full(len(df), np.nan)
+        fusion_km = np.full(len(df), np.nan)
         analysis_info = {"note": "fusion disabled (fusion.enabled: false) or no fusion split besides the scored one"}
     df.insert(df.columns.get_loc("prediction_c") + 1, "analysis_c", analysis_c)
     df.insert(df.columns.get_loc("analysis_c") + 1, "prediction_se_K", model_se_c)
     df.insert(df.columns.get_loc("prediction_se_K") + 1, "analysis_se_K", analysis_se_c)
+    df["fusion_distance_km"] = np.where(np.isfinite(fusion_km), fusion_km, np.nan)
     df["idw_neighbours"] = pd.DataFrame(idw_nbr).astype(str).agg(";".join, axis=1).to_numpy()
 
     # --- maps ------------------------------------------------------------------
@@ -363,8 +379,11 @@ def run(cfg: Config, ctx: Context) -> Result:
     table("by_landcover.csv", lc)
     table("by_daynight.csv", grouped_metrics(df, "day_night", pc, "obs_c", ta_std))
     table("by_sky.csv", grouped_metrics(df, "sky", pc, "obs_c", ta_std))
+    by_dist = distance_table(df, pc, ta_std)
+    if by_dist is not None:
+        table("by_distance.csv", by_dist)
     pt = df[["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "obs_c", "prediction_c", "analysis_c",
-             "prediction_se_K", "analysis_se_K"]
+             "prediction_se_K", "analysis_se_K", "fusion_distance_km"]
             + [f"{b}_c" for b in ALL_BASELINES]
             + ["map_c", "map_se_c", "map_model_c", "hour_utc", "hour_kst", "month", "landcover", "sza_deg", "ir105_K", "day_night", "sky", "idw_neighbours"]]
     write_csv(out / "preds_test.csv", pt, date_format="%Y-%m-%d %H:%M", float_format="%.4f")
@@ -380,6 +399,11 @@ def run(cfg: Config, ctx: Context) -> Result:
     plot_reliability(intervals, out / "reliability.png")
     outputs += [out / n for n in ("scatter.png", "residual_hist.png", "rmse_by_hour.png", "station_rmse_map.png",
                                   "model_vs_baselines.png", "reliability.png")]
+    if by_dist is not None:
+        floor = ((metrics.get("demo_world") or {}).get("test_rows") or {}).get("test_rows_obs_vs_truth_rmse_K")
+        plot_rmse_by_distance(by_dist, [n for n in pc if results[n]["n"] > 0], out / "rmse_by_distance.png",
+                              (metrics.get("demo_world") or {}).get("maps_vs_truth_by_distance_band"), floor)
+        outputs.append(out / "rmse_by_distance.png")
 
     write_json(out / "metrics.json", metrics)
     outputs.append(out / "metrics.json")
