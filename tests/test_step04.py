@@ -450,3 +450,50 @@ def test_quicklook_marks_stations_at_sea_with_their_own_symbol(tmp_path, monkeyp
     assert [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()] == ["stations (4)"]
     for f in figs:
         close(f)
+
+
+def test_quicklook_draws_the_analysis_increment_on_a_symmetric_scale(tmp_path, monkeypatch):
+    """With increment_K (analysis - model) the quicklook adds a panel of it, its colour classes symmetric about 0 and
+    reaching the largest increments; four panels (map, zoom, increment, standard error) are laid out 2 x 2;
+    without it, the three panels as before."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from shared.geo.grid import KO_GRID
+    from shared.mapping.quicklook import quicklook
+
+    grid = KO_GRID.window(300, 300, 300, 300)  # the stations cover a small part: a zoom panel
+    lsmask = np.ones((300, 300), np.uint8)
+    st = pd.DataFrame({"pixel_y": [140, 150, 160], "pixel_x": [140, 160, 150]})
+    inc = np.zeros((300, 300), np.float32)
+    inc[145:156, 145:156] = -1.3  # a cold bullseye around one station
+    inc[140, 140] = 0.8
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    t2m = np.full((300, 300), 280.0, np.float32)
+    se = np.full((300, 300), 1.0, np.float32)
+    quicklook(tmp_path / "q.png", t2m, grid, "2023-02-22 03:00", lsmask, stations=st, se_K=se, increment_K=inc)
+    panels = [ax for ax in figs[0].axes if ax.get_title()]
+    titles = [ax.get_title() for ax in panels]
+    assert titles == ["zoom on the stations (own colour scale)", "analysis increment: what the hour's observations changed (zoom)",
+                      "standard error (zoom)"]
+    def grid_of(fig):  # (rows, panels) of the axes that show a field
+        shown = [ax for ax in fig.axes if ax.get_images() and ax.get_title() is not None and ax.get_label() != "<colorbar>"]
+        return len({round(ax.get_position().y0, 2) for ax in shown}), len(shown)
+
+    assert grid_of(figs[0]) == (2, 4)
+    im = panels[1].get_images()[0]
+    b = im.norm.boundaries
+    np.testing.assert_allclose(b, -b[::-1])  # symmetric about 0, a class around 0 (white)
+    assert len(b) % 2 == 0 and b[len(b) // 2 - 1] < 0 < b[len(b) // 2]
+    assert b[-1] == pytest.approx(1.3)  # 6.5 classes of a round width (0.2 K) reach the largest increment
+    np.testing.assert_allclose(np.diff(b), 0.2)
+    np.testing.assert_array_equal(np.ma.filled(im.get_array(), np.nan), inc)
+    figs.clear()
+    quicklook(tmp_path / "q2.png", t2m, grid, "2023-02-22 03:00", lsmask, stations=st, se_K=se)
+    assert grid_of(figs[0]) == (1, 3)
+    assert not any("increment" in ax.get_title() for ax in figs[0].axes)
+    for f in figs:
+        close(f)

@@ -66,7 +66,7 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
               lat: np.ndarray | None = None, lon: np.ndarray | None = None,
               stations: pd.DataFrame | None = None, note: str = "", coverage_km: float = 0.0,
               zoom_pad_km: float = 120.0, se_K: np.ndarray | None = None, distance_km: np.ndarray | None = None,
-              what: str = "") -> None:
+              what: str = "", increment_K: np.ndarray | None = None) -> None:
     """PNG of one map in deg C: colour scale + colorbar, coastline, station dots (triangles for stations on sea
     pixels: buoys), UTC/KST title.
 
@@ -76,8 +76,12 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
     dashed line: beyond it (open sea, other countries) the map is the model's
     extrapolation, unchecked by any observation. When the stations cover a
     small part of the grid (Korea on the 1800 km KO grid) a second panel
-    zooms on them (``zoom_pad_km`` around), same colours. ``se_K``: a last
-    panel with the standard error. ``what``: how the map was made (subtitle).
+    zooms on them (``zoom_pad_km`` around), same colours. ``increment_K``: a
+    panel with the analysis increment (analysis - model, K): what the
+    observations of the hour changed, on a scale symmetric about 0; a lone
+    bullseye around one station points to a doubtful observation. ``se_K``: a
+    last panel with the standard error. Four panels are laid out 2 x 2.
+    ``what``: how the map was made (subtitle).
     """
     import matplotlib
 
@@ -108,16 +112,31 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
         y0, y1 = max(extent[2], sy.min() - zoom_pad_km), min(extent[3], sy.max() + zoom_pad_km)
         if (x1 - x0) * (y1 - y0) < 0.35 * (extent[1] - extent[0]) * (extent[3] - extent[2]):
             box = (x0, x1, y0, y1)
-    panels = ["map"] + (["zoom"] if box is not None else []) + (["se"] if se_K is not None else [])
+    panels = (["map"] + (["zoom"] if box is not None else []) + (["inc"] if increment_K is not None else [])
+              + (["se"] if se_K is not None else []))
     aspect = grid.ny / grid.nx
     zaspect = (box[3] - box[2]) / (box[1] - box[0]) if box is not None else aspect
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), max(3.5, 5.2 * max(aspect, zaspect) + 0.6)),
+    rows = 2 if len(panels) == 4 else 1
+    cols = len(panels) // rows
+    fig, axes = plt.subplots(rows, cols, figsize=(7.0 * cols, rows * max(3.5, 5.2 * max(aspect, zaspect) + 0.6)),
                              dpi=110, squeeze=False)
-    axes = list(axes[0])
+    axes = list(axes.ravel())
     shade = ListedColormap([(1, 1, 1, 0.0), (1, 1, 1, 0.55)])
     for kind, ax in zip(panels, axes):
-        zoomed = box is not None and kind in ("zoom", "se")
-        if kind == "se":
+        zoomed = box is not None and kind in ("zoom", "inc", "se")
+        if kind == "inc":
+            v = increment_K.astype(np.float32)
+            sel = v if not zoomed else v[np.ix_((yk >= box[2]) & (yk <= box[3]), (xk >= box[0]) & (xk <= box[1]))]
+            top = float(np.nanpercentile(np.abs(sel), 99.5)) if np.isfinite(sel).any() else 0.0
+            # 13 classes symmetric about 0 (warming red, cooling blue), the middle one white around 0, class width a
+            # round number so that 6.5 of them reach the largest increments
+            step = next((w for w in (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0) if 6.5 * w >= top), 5.0)
+            levels = np.round(step * np.arange(-6.5, 7.0), 4)
+            im = ax.imshow(np.ma.masked_invalid(v), cmap=plt.get_cmap("RdBu_r").with_extremes(bad="0.8"),
+                           norm=BoundaryNorm(levels, 256, extend="both"), origin="upper", interpolation="nearest", extent=extent)
+            cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, ticks=np.round(step * np.arange(-6, 7, 2), 4))
+            cb.set_label("analysis - model (K)")
+        elif kind == "se":
             v = se_K.astype(np.float32)
             sel = v if not zoomed else v[np.ix_((yk >= box[2]) & (yk <= box[3]), (xk >= box[0]) & (xk <= box[1]))]
             lo, hi = (np.nanpercentile(sel, [1, 99]) if np.isfinite(sel).any() else (0.0, 1.0))
@@ -153,7 +172,7 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
         if dist is not None:
             ax.contour(xk, yk, dist, levels=[coverage_km], colors="0.15", linewidths=0.9, linestyles="--")
             handles.append(Line2D([], [], color="0.15", lw=0.9, ls="--", label=f"{coverage_km:g} km from a station"))
-            if kind != "se":
+            if kind in ("map", "zoom"):
                 handles.append(Patch(facecolor="0.93", edgecolor="0.6", label="farther: extrapolation (paler)"))
         if handles and (kind == panels[-1] or kind == "map"):
             ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
@@ -163,6 +182,9 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
         if kind == "zoom":
             ax.set_title("zoom on the stations (own colour scale)", fontsize=9)
             axes[0].add_patch(Rectangle((box[0], box[2]), box[1] - box[0], box[3] - box[2], fill=False, ec="k", lw=0.8, ls=":"))
+        if kind == "inc":
+            ax.set_title("analysis increment: what the hour's observations changed" + (" (zoom)" if zoomed else ""),
+                         fontsize=9)
         if kind == "se":
             ax.set_title("standard error" + (" (zoom)" if zoomed else ""), fontsize=9)
     title = f"2 m air temperature  {t:%Y-%m-%d %H:%M} UTC  ({t + KST_OFFSET:%Y-%m-%d %H:%M} KST)"

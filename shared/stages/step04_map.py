@@ -347,7 +347,8 @@ def run(cfg: Config, ctx: Context) -> Result:
         if cfg.quicklook:  # PNG first: a map file present means its quicklook is too
             note = f"{predictor.model_cfg.get('size')} model, {res.n_missing:,} px without input" if res.n_missing else ""
             quicklook(png, t2m, grid_out, t, static.lsmask[cut], static.lat[cut], static.lon[cut], st_png, note,
-                      cfg.coverage_km, se_K=se, distance_km=dist, what=how)
+                      cfg.coverage_km, se_K=se, distance_km=dist, what=how,
+                      increment_K=None if ids is None else t2m - res.t2m_K)
         write_map(path, ds)
         release_free_heap()  # freed image buffers back to the system (measurements: release_free_heap)
         done += 1
