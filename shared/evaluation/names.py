@@ -17,6 +17,12 @@ def band_name(lo, hi) -> str:
     return f"{lo}_{hi}km" if hi is not None else f"over_{lo}km"
 
 
+def band_label(name: str) -> str:
+    """A band's name for people: ``25_50km`` -> ``25-50 km``, ``over_200km`` -> ``> 200 km``."""
+    core = name.removesuffix("km")
+    return f"> {core.removeprefix('over_')} km" if core.startswith("over_") else core.replace("_", "-") + " km"
+
+
 def distance_bands(km: np.ndarray) -> np.ndarray:
     """The :data:`DISTANCE_BANDS_KM` name (:func:`band_name`) of each distance (km); "" where it is NaN or inf."""
     km = np.asarray(km, np.float64)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from shared.core.records import atomic_path
-from shared.evaluation.names import ANALYSIS, DISTANCE_BANDS_KM, MODEL, band_name
+from shared.evaluation.names import ANALYSIS, DISTANCE_BANDS_KM, MODEL, band_label, band_name
 from shared.mapping.quicklook import draw_outline
 
 #: Names in the figures (``metrics.json`` and the CSVs keep the short keys).
@@ -134,12 +134,6 @@ def rmse_by_hour_figure(tab: pd.DataFrame, names: list[str]):
     return fig
 
 
-def _band_label(name: str) -> str:
-    """``25_50km`` -> ``25-50 km``, ``over_200km`` -> ``> 200 km``."""
-    core = name.removesuffix("km")
-    return f"> {core.removeprefix('over_')} km" if core.startswith("over_") else core.replace("_", "-") + " km"
-
-
 #: A distance band with fewer test rows is left out of the figure (its row stays in ``by_distance.csv``).
 MIN_BAND_ROWS = 30
 
@@ -171,7 +165,7 @@ def rmse_by_distance_figure(tab: pd.DataFrame, names: list[str], truth_bands: di
                     label=f"maps vs the true field, {part} (t2m)")
     if floor is not None:
         ax.axhline(1.5 * floor, color="C3", ls=":", lw=1.1, label=f"1.5 x noise floor of the test rows ({1.5 * floor:.2f} K)")
-    ax.set_xticks(x, [_band_label(b) + (f"\n{int(n):,} rows\n{int(k)} stations" if np.isfinite(n) else "")
+    ax.set_xticks(x, [band_label(b) + (f"\n{int(n):,} rows\n{int(k)} stations" if np.isfinite(n) else "")
                       for b, n, k in zip(bands, tab["n"], tab["n_stations"])], fontsize=8)
     ax.set_xlabel("distance to the nearest fusion station observed at the same hour")
     ax.set_ylabel("RMSE (K)")

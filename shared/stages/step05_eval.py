@@ -40,7 +40,7 @@ from shared.evaluation.maps import (
     truth_scores,
 )
 from shared.evaluation.metrics import format_table, grouped_metrics, regression_metrics
-from shared.evaluation.names import ANALYSIS, DISTANCE_BANDS_KM, MODEL, band_name, distance_bands
+from shared.evaluation.names import ANALYSIS, DISTANCE_BANDS_KM, MODEL, band_label, band_name, distance_bands
 from shared.evaluation.plots import (
     plot_methods,
     plot_reliability,
@@ -423,6 +423,11 @@ def run(cfg: Config, ctx: Context) -> Result:
     print(f"standard errors on the same rows: central intervals +- k se, k = "
           f"{mult['50']:.3f} / {mult['90']:.3f} / {mult['95']:.3f} for 50 / 90 / 95 % ({predictor.intervals_source}):")
     print(format_interval_table(intervals))
+    if by_dist is not None:
+        have = ANALYSIS if f"rmse_K_{ANALYSIS}" in by_dist and by_dist[f"rmse_K_{ANALYSIS}"].notna().any() else MODEL
+        print(f"{have} by distance to the nearest fusion station of the hour: " + "; ".join(
+            f"{band_label(r.fusion_distance_band)} {getattr(r, f'rmse_K_{have}'):.3f} K "
+            f"({r.n:,} rows, {r.n_stations} stations)" for r in by_dist.itertuples()))
     tr_floor = (metrics.get("demo_world") or {}).get("test_rows")
     if tr_floor:
         ec = tr_floor.get("test_rows_obs_vs_truth_elev_corrected_rmse_K")
