@@ -275,6 +275,19 @@ def test_figures_show_the_analysis_beside_the_model_with_intervals(evaluated):
     plt.close(fig)
 
 
+def test_without_fusion_no_distance_table_is_left_behind(evaluated, tmp_path):
+    """fusion.enabled false: no analysis, so no table or figure by distance to the fusion stations; an earlier
+    run's are removed, not left to describe another analysis."""
+    out = tmp_path / "s05"
+    shutil.copytree(evaluated["out"], out)
+    assert (out / "by_distance.csv").is_file() and (out / "rmse_by_distance.png").is_file()
+    args = [a if not str(a).startswith("output_dir=") else f"output_dir={out}" for a in evaluated["args"]]
+    assert run_step(STEP, *args, "--set", "fusion.enabled=false", "--set", "compare_maps=false") == 0
+    assert not (out / "by_distance.csv").exists() and not (out / "rmse_by_distance.png").exists()
+    assert pd.read_csv(out / "preds_test.csv")["fusion_distance_km"].isna().all()
+    assert (out / "model_vs_baselines.png").stat().st_size > 10_000
+
+
 def test_bad_input_exits_2(evaluated, tmp_path, capsys):
     from shared.geo.grid import KO_GRID
     from shared.io.maps import map_dataset, write_map

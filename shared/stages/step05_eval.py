@@ -382,6 +382,9 @@ def run(cfg: Config, ctx: Context) -> Result:
     by_dist = distance_table(df, pc, ta_std)
     if by_dist is not None:
         table("by_distance.csv", by_dist)
+    else:  # no fusion this run: an earlier run's distance table and figure would describe another analysis
+        for stale in ("by_distance.csv", "rmse_by_distance.png"):
+            (out / stale).unlink(missing_ok=True)
     pt = df[["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "obs_c", "prediction_c", "analysis_c",
              "prediction_se_K", "analysis_se_K", "fusion_distance_km"]
             + [f"{b}_c" for b in ALL_BASELINES]
