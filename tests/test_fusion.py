@@ -207,7 +207,7 @@ def test_fusion_config_is_checked():
                 dict(variogram_model="linear"), dict(kriging="universal"), dict(variogram_model="spherical"),
                 dict(idw_weight=1.5), dict(idw_weight=-0.1), dict(idw_weight="automatic"), dict(idw_variance_K2=0.0),
                 dict(idw_error_correlation=1.5), dict(idw_error_correlation=-0.2),
-                dict(idw_taper_km=0.0), dict(lapse_rate_K_per_km=20.0)):
+                dict(idw_taper_km=0.0), dict(lapse_rate_K_per_km=20.0), dict(qc_max_z=-1.0), dict(qc_min_error_K=-1.0)):
         with pytest.raises(ValueError):
             FusionConfig(**bad).check()
     FusionConfig(kriging="ordinary", variogram_model="spherical").check()  # PyKrige's ordinary kriging takes it
@@ -516,3 +516,65 @@ def test_model_standard_error_is_capped_at_the_spread_of_the_training_temperatur
     _, sd = pred.predict_dist({})
     assert MAX_SD_Z == 1.0
     np.testing.assert_allclose(sd, [0.15, 0.75, 1.0, 1.0], rtol=1e-6)
+
+
+def test_leave_one_out_check_equals_kriging_each_site_from_the_others():
+    """loo_check's closed form: each site's error is its residual minus simple kriging from the other sites, and
+    its z that error over the kriging standard deviation, in units of the set's robust scale."""
+    from shared.fusion.kriging import covariance, loo_check, simple_krige, site_covariance
+
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 200, (15, 2))
+    r = rng.normal(0, 1.0, 15)
+    err, z = loo_check(xy, r, VG)
+    brute, sd = np.empty(15), np.empty(15)
+    for i in range(15):
+        o = np.arange(15) != i
+        est, var = simple_krige(xy[o], r[o], xy[i:i + 1], VG)
+        brute[i], sd[i] = r[i] - est[0], np.sqrt(var[0])
+    np.testing.assert_allclose(err, brute, atol=1e-9)
+    u = brute / sd
+    np.testing.assert_allclose(z, u / (1.4826 * np.median(np.abs(u))), atol=1e-9)
+    np.testing.assert_allclose(site_covariance(xy, VG), covariance(VG)(xy), atol=1e-12)  # simple_krige's kernel
+    for model in ("gaussian", "spherical"):  # PyKrige's variograms: covariance = sill - semivariance
+        from pykrige import variogram_models as vm
+
+        v = Variogram(model, 0.7, 120.0, 0.3)
+        h = np.array([0.0, 30.0, 90.0, 200.0])
+        fn = getattr(vm, f"{model}_variogram_model")
+        want = 1.0 - fn([v.psill, v.range_km, v.nugget], h)  # off the diagonal: the nugget is in the semivariance
+        c = site_covariance(np.c_[h, np.zeros(4)], v)
+        np.testing.assert_allclose(c[0, 1:], want[1:], atol=1e-12)
+        assert c[0, 0] == pytest.approx(1.0)
+
+
+def test_buddy_check_rejects_a_gross_error_and_keeps_a_clean_hour():
+    """A smooth residual field with noise: nothing rejected; one station 12 K off: that station alone, and the
+    analysis then equals the one made without it; qc_max_z 0 keeps it; a 6 K error (below qc_min_error_K) stays."""
+    from shared.fusion.kriging import buddy_check
+
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(0, 300, 40), rng.uniform(0, 300, 40)
+    src = sites(x, y, np.zeros(40), 0.0)
+    r = np.sin(x / 80.0) + np.cos(y / 90.0) + rng.normal(0, 0.3, 40)
+    assert not buddy_check(src, r, VG, 6.0, 10.0).any()
+    bad = r.copy()
+    bad[7] += 12.0
+    rej = buddy_check(src, bad, VG, 6.0, 10.0)
+    assert np.flatnonzero(rej).tolist() == [7]
+    tgt = sites(np.array([x[7], 150.0]), np.array([y[7], 150.0]), np.zeros(2), 0.0)
+    model, se = np.array([280.0, 281.0]), np.array([1.0, 1.0])
+    cfg = FusionConfig(idw_weight=0.0)
+    f = fuse(src, bad, tgt, model, se, VG, cfg)
+    keep = np.arange(40) != 7
+    ref = fuse(src[keep], bad[keep], tgt, model, se, VG, cfg)
+    assert f.rejected.tolist() == [7] and f.n_stations == 39
+    np.testing.assert_allclose(f.value, ref.value)
+    np.testing.assert_allclose(f.se, ref.se)
+    off = fuse(src, bad, tgt, model, se, VG, FusionConfig(idw_weight=0.0, qc_max_z=0.0))
+    assert off.rejected.size == 0 and off.value[0] - f.value[0] > 3.0  # the bad value would warm its pixel by K
+    small = r.copy()
+    small[7] += 6.0
+    assert not buddy_check(src, small, VG, 6.0, 10.0).any()
+    sph = Variogram("spherical", 0.8, 250.0, 0.2)  # the check takes every variogram model
+    assert np.flatnonzero(buddy_check(src, bad, sph, 6.0, 10.0)).tolist() == [7]

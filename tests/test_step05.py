@@ -288,6 +288,41 @@ def test_without_fusion_no_distance_table_is_left_behind(evaluated, tmp_path):
     assert (out / "model_vs_baselines.png").stat().st_size > 10_000
 
 
+def test_step04_leaves_a_gross_error_out_of_its_map_and_names_it(evaluated, tmp_path, capsys):
+    """One fusion observation of the mapped hour made 30 K too warm in step01's index: step04 warns, leaves it out
+    of the analysis (not among the map's fusion stations; the map's attribute names it) and the map equals the
+    one made with that observation deleted."""
+    from shared.io.maps import read_map
+
+    maps = sorted(evaluated["maps"].glob("ta_map_*.nc"))
+    t = pd.Timestamp(read_map(maps[0]).attrs["time_utc"].replace("Z", ""))
+    idx = pd.read_csv(evaluated["index"] / "index.csv")
+    at = (pd.to_datetime(idx["sat_time_utc"]) == t) & idx["split"].isin(["train", "val"]) & idx["ta_c"].notna()
+    k = idx.index[at][len(idx.index[at]) // 2]
+    stn = int(idx.loc[k, "stn_id"])
+
+    def step04(rows, name):
+        d = tmp_path / name / "s01"
+        shutil.copytree(evaluated["index"], d)
+        rows.to_csv(d / "index.csv", index=False)
+        adopt(d, "step01", "gross-error test")
+        out = tmp_path / name / "s04"
+        assert run_step("step04_infer_map", "--set", f"checkpoint={evaluated['ckpt']}", "--set", f"raw_dir={evaluated['raw']}",
+                        "--set", f"stations_csv={evaluated['raw'] / 'stations.csv'}", "--set", f"index_dir={d}",
+                        "--set", f"output_dir={out}", "--set", "times.limit=1", "--set", "num_threads=1",
+                        "--set", "progress=false", "--set", f"region={list(REGION)}", "--set", "quicklook=false") == 0
+        return read_map(next(out.glob("ta_map_*.nc")))
+
+    capsys.readouterr()
+    wrong = step04(idx.assign(ta_c=np.where(idx.index == k, idx["ta_c"] + 30.0, idx["ta_c"])), "wrong")
+    said = capsys.readouterr().out
+    assert f"station(s) {stn} differ" in said and "left out of this hour's analysis" in said
+    assert wrong.attrs["fusion_rejected_stations"] == str(stn) and stn not in wrong.fusion_ids.tolist()
+    gone = step04(idx.drop(index=k), "gone")
+    assert gone.attrs["fusion_rejected_stations"] == "" and gone.fusion_ids.tolist() == wrong.fusion_ids.tolist()
+    np.testing.assert_allclose(wrong.t2m, gone.t2m, atol=1e-4)
+
+
 def test_bad_input_exits_2(evaluated, tmp_path, capsys):
     from shared.geo.grid import KO_GRID
     from shared.io.maps import map_dataset, write_map

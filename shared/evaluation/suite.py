@@ -231,12 +231,13 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
         vg, vg_note = fit_variogram([(s_sites[si], r[si]) for si, _ in groups], cfg), "fitted to the scored times"
     out = np.asarray(model_target_c, dtype=np.float64).copy()
     se = np.asarray(se_target_c, dtype=np.float64).copy()
-    n_fused, scales = 0, []
+    n_fused, scales, rejected = 0, [], []
     for si, ti in groups:
         f = fuse(s_sites[si], r[si], t_sites[ti], out[ti], se[ti], vg, cfg,
                  StationValues(s_obs[si], s_elev[si], t_elev[ti], None if t_land is None else t_land[ti],
                                None if s_land is None else s_land[si]))
         out[ti], se[ti] = f.value, f.se
+        rejected += [(str(src["time_utc"].iloc[k]), int(src["stn_id"].iloc[k])) for k in si[f.rejected]]
         if f.fused:
             n_fused += 1
             scales.append(f.resid_var)
@@ -251,6 +252,9 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
             "variogram": vg.info(), "variogram_source": vg_note, "times": len(groups), "times_fused": n_fused,
             "times_model_only": len(groups) - n_fused,
             "mean_variance_of_residuals_K2": float(np.mean(scales)) if scales else None,
+            "qc_rejected": {"n": len(rejected), "first": [{"time_utc": t, "stn_id": k} for t, k in rejected[:20]],
+                            "rule": "leave-one-out kriging error above fusion.qc_max_z robust standard deviations "
+                                    "and fusion.qc_min_error_K (shared.fusion.kriging.buddy_check)"},
             "note": "train-station residuals are in-sample for the model (it was fitted on those rows), so they are "
                     "somewhat smaller than at an unseen station"}
     return out, se, info

@@ -131,6 +131,83 @@ def target_chunk(n_sites: int, chunk: int | None = None) -> int:
     return max(1024, BLOCK_BYTES // (8 * max(int(n_sites), 1)))
 
 
+def covariance(vg: Variogram, scale: float = 1.0):
+    """The variogram's covariance as a fixed scikit-learn kernel: ``scale x (psill x rho(h) + nugget x [h = 0])``
+    (:func:`simple_krige` says which ``rho``); ``kernel(X)`` puts the nugget on the diagonal."""
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, Matern, WhiteKernel
+
+    if vg.model not in SIMPLE_KRIGING_MODELS:
+        raise ValueError(f"simple kriging takes the variogram models {', '.join(SIMPLE_KRIGING_MODELS)}, not {vg.model!r}")
+    rho = (Matern(vg.range_km / 3.0, "fixed", nu=0.5) if vg.model == "exponential"
+           else RBF(4.0 * vg.range_km / 7.0 / np.sqrt(2.0), "fixed"))
+    return ConstantKernel(max(vg.psill * scale, 1e-12), "fixed") * rho + WhiteKernel(max(vg.nugget * scale, 1e-9), "fixed")
+
+
+def site_covariance(xy: np.ndarray, vg: Variogram) -> np.ndarray:
+    """``(n, n)`` unit-sill covariance of sites ``xy (n, d)`` (km) under the variogram, the nugget on the
+    diagonal: ``psill x rho(h)`` with PyKrige's models (exponential ``exp(-h / (range / 3))``, gaussian
+    ``exp(-h^2 / (4 range / 7)^2)``, spherical ``1 - 1.5 h / range + 0.5 (h / range)^3`` up to the range, 0
+    beyond), as :func:`covariance` for the first two."""
+    from scipy.spatial.distance import cdist
+
+    h = cdist(np.asarray(xy, np.float64), np.asarray(xy, np.float64))
+    if vg.model == "exponential":
+        rho = np.exp(-h / (vg.range_km / 3.0))
+    elif vg.model == "gaussian":
+        rho = np.exp(-(h / (4.0 * vg.range_km / 7.0)) ** 2)
+    elif vg.model == "spherical":
+        q = np.minimum(h / vg.range_km, 1.0)
+        rho = 1.0 - 1.5 * q + 0.5 * q ** 3
+    else:
+        raise ValueError(f"variogram model {vg.model!r}: one of {', '.join(VARIOGRAM_MODELS)}")
+    return vg.psill * rho + vg.nugget * np.eye(len(h))
+
+
+def loo_check(xy: np.ndarray, r: np.ndarray, vg: Variogram) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-out check of residuals ``r (n,)`` at sites ``xy (n, d)`` (km) under the variogram's covariance
+    (simple kriging, mean 0, as :func:`simple_krige`; :func:`site_covariance`): ``(error, z)``, each site's residual minus the kriged
+    estimate from all the others (units of ``r``), and that error divided by its standard deviation in units of
+    a robust scale of the set (1.4826 x the median absolute value), so that one gross error cannot hide itself
+    by inflating the scale. Closed form with ``C`` the unit-sill covariance of the sites (nugget on the
+    diagonal): the error is ``(C^-1 r)_i / (C^-1)_ii`` with variance ``s^2 / (C^-1)_ii``. Needs finite ``r``."""
+    from scipy.linalg import cho_factor, cho_solve
+
+    xy, r = np.asarray(xy, np.float64), np.asarray(r, np.float64)
+    ci = cho_solve(cho_factor(site_covariance(xy, vg)), np.eye(len(r)))
+    d = np.diag(ci)
+    err = (ci @ r) / d
+    u = err * np.sqrt(d)  # ~ N(0, s^2) for every site
+    s = 1.4826 * np.median(np.abs(u))
+    return err, (u / s if s > 0 else np.zeros_like(u))
+
+
+#: fewer sites than this are not checked (a leave-one-out estimate needs neighbours)
+BUDDY_MIN_SITES = 5
+
+
+def buddy_check(xy: np.ndarray, r: np.ndarray, vg: Variogram, max_z: float, min_error: float,
+                max_share: float = 0.1) -> np.ndarray:
+    """Gross errors among one time's residuals (a "buddy check"): ``(n,)`` True for each rejected site.
+
+    The worst site (largest ``|z|`` of :func:`loo_check`) is rejected when its leave-one-out error exceeds both
+    ``max_z`` robust standard deviations and ``min_error`` (units of ``r``); the rest are then checked again, so
+    that one bad value does not make its neighbours look bad. At most ``max_share`` of the sites (at least one)
+    are rejected; below :data:`BUDDY_MIN_SITES` sites nothing is."""
+    r = np.asarray(r, np.float64)
+    bad = np.zeros(len(r), bool)
+    for _ in range(max(1, int(max_share * len(r)))):
+        idx = np.flatnonzero(~bad)
+        if len(idx) < BUDDY_MIN_SITES:
+            break
+        err, z = loo_check(np.asarray(xy)[idx], r[idx], vg)
+        score = np.where(np.abs(err) > min_error, np.abs(z), 0.0)
+        j = int(np.argmax(score))
+        if score[j] <= max_z:
+            break
+        bad[idx[j]] = True
+    return bad
+
+
 def simple_krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, scale: float = 1.0,
                  chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Simple kriging (known mean 0) of residuals ``r`` at sites ``xy (n, d)`` (km) at targets ``txy (m, d)``:
@@ -145,19 +222,14 @@ def simple_krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, 
     Fewer than 1 finite residual: 0 and ``scale``. Targets are solved :func:`target_chunk` at a time.
     """
     from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, Matern, WhiteKernel
 
-    if vg.model not in SIMPLE_KRIGING_MODELS:
-        raise ValueError(f"simple kriging takes the variogram models {', '.join(SIMPLE_KRIGING_MODELS)}, not {vg.model!r}")
+    kernel = covariance(vg, scale)
     xy, txy = np.asarray(xy, np.float64), np.asarray(txy, np.float64)
     ok = np.isfinite(r)
     xy, r = xy[ok], np.asarray(r, np.float64)[ok]
     m = len(txy)
     if len(r) == 0:
         return np.zeros(m), np.full(m, float(scale))
-    rho = (Matern(vg.range_km / 3.0, "fixed", nu=0.5) if vg.model == "exponential"
-           else RBF(4.0 * vg.range_km / 7.0 / np.sqrt(2.0), "fixed"))
-    kernel = ConstantKernel(max(vg.psill * scale, 1e-12), "fixed") * rho + WhiteKernel(max(vg.nugget * scale, 1e-9), "fixed")
     gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=False).fit(xy, r)
     est, var = np.empty(m), np.empty(m)
     chunk = target_chunk(len(r), chunk)

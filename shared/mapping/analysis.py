@@ -19,7 +19,7 @@ import pandas as pd
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError, rerun
 from shared.fusion.analysis import Fused, FusionConfig, StationValues, fit_variogram, fuse, residual, sites
-from shared.fusion.kriging import Variogram
+from shared.fusion.kriging import Variogram, buddy_check
 from shared.io.raw import Static
 from shared.models.checkpoint import RESIDUAL_SPLITS
 
@@ -82,8 +82,21 @@ def time_sources(obs_t: pd.DataFrame, model_K: np.ndarray, static: Static,
 
 
 def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:
-    """The run's variogram: fitted to the residuals of all its times together."""
-    return fit_variogram([(s.sites, s.resid) for s in sources], cfg)
+    """The run's variogram: fitted to the residuals of all its times together. With the gross-error check on
+    (``cfg.qc_max_z``), fitted again without the observations it rejects under the first fit, so that the maps'
+    kriging and its variogram leave out the same observations."""
+    groups = [(s.sites, s.resid) for s in sources]
+    vg = fit_variogram(groups, cfg)
+    if cfg.qc_max_z <= 0:
+        return vg
+    clean = []
+    for xy, r in groups:
+        ok = np.isfinite(r)
+        r = np.asarray(r, np.float64).copy()
+        if ok.sum() >= cfg.min_stations:
+            r[np.flatnonzero(ok)[buddy_check(xy[ok], r[ok], vg, cfg.qc_max_z, cfg.qc_min_error_K)]] = np.nan
+        clean.append((xy, r))
+    return fit_variogram(clean, cfg)
 
 
 def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tuple[Variogram | None, str]:
@@ -113,7 +126,7 @@ def fuse_map(model_K: np.ndarray, model_se_K: np.ndarray, static: Static, offset
     """The analysis of one time over a map ``(ny, nx)`` starting at ``offset`` of static.nc's grid.
 
     Returns :class:`~shared.fusion.analysis.Fused` with ``value`` and ``se`` reshaped to the map (NaN where
-    the model has no value)."""
+    the model has no value) and ``rejected`` indexing ``src``'s stations (the gross-error check's)."""
     ny, nx = model_K.shape
     good = np.isfinite(model_K) & np.isfinite(model_se_K)
     rr, cc = np.nonzero(good)
@@ -124,4 +137,4 @@ def fuse_map(model_K: np.ndarray, model_se_K: np.ndarray, static: Static, offset
                            static.lsmask[rr + offset[0], cc + offset[1]], static.lsmask[src.pixel_y[u], src.pixel_x[u]]))
     value, se = np.full((ny, nx), np.nan, np.float32), np.full((ny, nx), np.nan, np.float32)
     value[good], se[good] = f.value, f.se
-    return replace(f, value=value, se=se)
+    return replace(f, value=value, se=se, rejected=np.flatnonzero(u)[f.rejected])

@@ -320,8 +320,14 @@ def run(cfg: Config, ctx: Context) -> Result:
         del frame
         t_fuse = time.perf_counter()
         fused = fuse_map(res.t2m_K, res.se_K, static, offset, src, vg, cfg.fusion) if vg is not None and src is not None else None
+        rejected = [] if fused is None else [int(i) for i in src.stn_id[fused.rejected]]
+        if rejected:
+            print(f"warning: {t:%Y-%m-%d %H:%M}: the observation(s) of station(s) {', '.join(map(str, rejected))} differ "
+                  f"from what their neighbours give by more than fusion.qc_max_z ({cfg.fusion.qc_max_z:g}) robust "
+                  f"standard deviations and {cfg.fusion.qc_min_error_K:g} K: left out of this hour's analysis", flush=True)
         if fused is not None and fused.fused:
             used = src.used()
+            used[fused.rejected] = False
             t2m, se, ids = fused.value, fused.se, src.stn_id[used]
             dist = station_distance_km(static.grid, src.pixel_y[used], src.pixel_x[used])[cut]
             dist_note = f"of this time's fusion ({'+'.join(cfg.fusion.splits)} stations with an observation)"
@@ -340,7 +346,8 @@ def run(cfg: Config, ctx: Context) -> Result:
                      n_input_pixels_out_of_physical_range=n_implausible, fusion_settings=fusion_key, analysis=how,
                      fusion_n_stations=0 if ids is None else len(ids),
                      fusion_variogram="" if vg is None else json.dumps(vg.info(), sort_keys=True),
-                     fusion_variogram_source="" if vg is None else vg_note)
+                     fusion_variogram_source="" if vg is None else vg_note,
+                     fusion_rejected_stations=" ".join(map(str, rejected)))
         layers = MapLayers(se_K=se, model_K=res.t2m_K, model_se_K=res.se_K, distance_km=dist, distance_note=dist_note,
                            fusion_ids=ids, analysis_note=how)
         ds = map_dataset(t2m, grid_out, t, static.lat[cut], static.lon[cut], attrs, layers)

@@ -426,6 +426,11 @@ def run(cfg: Config, ctx: Context) -> Result:
     print(f"standard errors on the same rows: central intervals +- k se, k = "
           f"{mult['50']:.3f} / {mult['90']:.3f} / {mult['95']:.3f} for 50 / 90 / 95 % ({predictor.intervals_source}):")
     print(format_interval_table(intervals))
+    qc = analysis_info.get("qc_rejected") or {}
+    if qc.get("n"):
+        first = ", ".join(f"{r['stn_id']} at {r['time_utc']}" for r in qc["first"][:5])
+        print(f"warning: the gross-error check (fusion.qc_max_z) left {qc['n']} fusion observation(s) out of their hour, "
+              f"first {first} (metrics.json: analysis_info)")
     if by_dist is not None:
         have = ANALYSIS if f"rmse_K_{ANALYSIS}" in by_dist and by_dist[f"rmse_K_{ANALYSIS}"].notna().any() else MODEL
         print(f"{have} by distance to the nearest fusion station of the hour: " + "; ".join(
