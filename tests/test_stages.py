@@ -213,3 +213,24 @@ def test_a_run_that_raises_promises_nothing_new(tmp_path):
     rec = read_record(out)  # a failed rerun: still "running", the finished run kept as the one to trust
     assert rec["status"] == "running" and finished_record(rec)["config"] == {"x": 1}
     assert check_upstream(out, [f], "stepXX")["config"] == {"x": 1}  # its unchanged file still serves
+
+
+def test_run_all_lists_the_figures_each_step_wrote(tmp_path):
+    """run_all's closing list: each step's output folder as its config names it (output_dir, or step03's
+    output.outputs_dir), its PNGs by name; many maps are counted; a step without PNGs or config is left out."""
+    from shared.tools.run_all import STEPS, figure_lines
+
+    for n, name in STEPS.items():
+        (tmp_path / name).mkdir()
+    (tmp_path / STEPS[1] / "config.yaml").write_text("output_dir: s1/out\n")
+    (tmp_path / STEPS[3] / "config.yaml").write_text("output:\n  outputs_dir: s3/o\n")
+    (tmp_path / STEPS[4] / "config.yaml").write_text("output_dir: s4\n")
+    (tmp_path / STEPS[5] / "config.yaml").write_text("output_dir: s5\n")
+    for d, names in (("s1/out", ["splits.png"]), ("s3/o", ["learning_curve.png"]), ("s4", [f"ta_map_{i:02d}.png" for i in range(12)])):
+        (tmp_path / d).mkdir(parents=True)
+        for f in names:
+            (tmp_path / d / f).write_bytes(b"png")
+    (tmp_path / "s5").mkdir()  # no figure yet
+    assert figure_lines(tmp_path) == ["  s1/out/: splits.png", "  s3/o/: learning_curve.png",
+                                      "  s4/: 12 PNGs (ta_map_00.png ... ta_map_11.png)"]
+    assert figure_lines(tmp_path, [3]) == ["  s3/o/: learning_curve.png"]

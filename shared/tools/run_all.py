@@ -16,9 +16,11 @@ import argparse
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from shared import REPO_ROOT
 from shared.core.cli import run_main
+from shared.core.config import read_yaml
 from shared.core.errors import UserError
 
 STEPS = {
@@ -28,6 +30,29 @@ STEPS = {
     4: "step04_infer_map",
     5: "step05_eval_metrics",
 }
+
+
+def figure_lines(root: Path, steps=tuple(STEPS)) -> list[str]:
+    """The PNGs the steps wrote, one line per step's output folder (as its config.yaml names it): what to look at
+    once the pipeline has run. Many maps are counted, not listed."""
+    lines = []
+    for n in steps:
+        cfg_path = root / STEPS[n] / "config.yaml"
+        try:
+            cfg = read_yaml(cfg_path) if cfg_path.is_file() else {}
+        except UserError:
+            continue
+        out = cfg.get("output_dir") or (cfg.get("output") or {}).get("outputs_dir")
+        if not out:
+            continue
+        d = Path(out) if Path(out).is_absolute() else root / out
+        pngs = sorted(p.name for p in d.glob("*.png")) if d.is_dir() else []
+        if not pngs:
+            continue
+        shown = ", ".join(pngs) if len(pngs) <= 10 else f"{len(pngs)} PNGs ({pngs[0]} ... {pngs[-1]})"
+        rel = d.relative_to(root) if d.is_relative_to(root) else d
+        lines.append(f"  {rel}/: {shown}")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -61,6 +86,9 @@ def main(argv=None) -> int:
             return rc
         print(f"--- {name}: {time.time() - t0:.1f} s", flush=True)
     print(f"\npipeline finished in {time.time() - t_all:.0f} s")
+    figs = figure_lines(REPO_ROOT, a.steps)
+    if figs:
+        print("figures to look at:\n" + "\n".join(figs))
     return 0
 
 
