@@ -220,7 +220,7 @@ def test_run_all_lists_the_figures_each_step_wrote(tmp_path):
     output.outputs_dir), its PNGs by name; many maps are counted; a step without PNGs or config is left out."""
     from shared.tools.run_all import STEPS, figure_lines
 
-    for n, name in STEPS.items():
+    for name in STEPS.values():
         (tmp_path / name).mkdir()
     (tmp_path / STEPS[1] / "config.yaml").write_text("output_dir: s1/out\n")
     (tmp_path / STEPS[3] / "config.yaml").write_text("output:\n  outputs_dir: s3/o\n")
