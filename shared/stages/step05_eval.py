@@ -452,7 +452,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         for name, v in (d.get("maps_vs_truth_by_distance_band") or {}).items():
             cov = (f"; 90 % interval covers land {100 * v['coverage_90_land']:.1f} %, sea {100 * v['coverage_90_sea']:.1f} %"
                    if "coverage_90_land" in v else "")
-            print(f"  {name.replace('_', ' '):<14} from a fusion station: t2m {v['all']:.3f} K (land {v['land']:.3f}, sea {v['sea']:.3f}); "
+            print(f"  {band_label(name):<14} from a fusion station: t2m {v['all']:.3f} K (land {v['land']:.3f}, sea {v['sea']:.3f}); "
                   f"t2m_model {v['model_all']:.3f} K{cov}")
     if agreement and agreement.get("n"):
         state = "ok" if agreement.get("ok") else ("not checked (bf16 maps)" if not agreement.get("checked") else "FAILED")
