@@ -287,11 +287,17 @@ def test_nearest_source_is_the_closest_same_hour_fusion_station_with_an_observat
     np.testing.assert_allclose(km, [50.0, 20.0, np.inf])
     assert list(distance_bands(km)) == ["50_100km", "0_25km", ""]
     df = pd.DataFrame({"stn_id": [1, 1, 5, 5], "obs_c": [0.0, 0.0, 0.0, 0.0], "prediction_c": [1.0, 2.0, 3.0, 4.0],
-                       "fusion_distance_km": [60.0, 10.0, 12.0, np.nan]})
+                       "prediction_se_K": [1.0, 1.0, 1.0, 1.0], "analysis_c": [0.5, 0.5, 0.5, 0.5],
+                       "analysis_se_K": [0.2, 0.2, 1.0, 1.0], "fusion_distance_km": [60.0, 10.0, 12.0, np.nan]})
     tab = distance_table(df, {"model": "prediction_c"}, 1.0)
     assert list(tab["fusion_distance_band"]) == ["0_25km", "50_100km"]
     assert list(tab["n"]) == [2, 1] and list(tab["n_stations"]) == [2, 1]
     np.testing.assert_allclose(tab["rmse_K_model"], [np.sqrt((4 + 9) / 2), 1.0])
+    assert "coverage_90_model" not in tab
+    # with the interval multipliers: the 90 % interval's coverage per band (k = 2 here: |error| <= 2 se)
+    tab = distance_table(df, {"model": "prediction_c"}, 1.0, {"50": 0.7, "90": 2.0, "95": 2.5})
+    assert list(tab["coverage_90_model"]) == [0.5, 1.0]  # 0-25 km: errors 2 (in), 3 (out); 50-100 km: 1 (in)
+    assert list(tab["coverage_90_analysis"]) == [0.5, 0.0]  # 0.5 <= 2 x 1.0 in, 0.5 > 2 x 0.2 out
 
 
 def test_station_analysis_leaves_a_gross_error_out_and_reports_it():

@@ -119,9 +119,12 @@ def noise_floors(metrics: dict) -> dict[str, float]:
     return out
 
 
-def distance_table(df: pd.DataFrame, pred_cols: dict[str, str], ta_std: float) -> pd.DataFrame | None:
+def distance_table(df: pd.DataFrame, pred_cols: dict[str, str], ta_std: float,
+                   multipliers: dict | None = None) -> pd.DataFrame | None:
     """Every method's RMSE by distance from the test station to the nearest fusion station observed at the same
-    hour (bands of :data:`DISTANCE_BANDS_KM`, in order; ``n_stations`` beside ``n``); None without the fusion."""
+    hour (bands of :data:`DISTANCE_BANDS_KM`, in order; ``n_stations`` beside ``n``) and, with the interval
+    ``multipliers``, how often the model's and the analysis's 90 % intervals hold the observation there
+    (``coverage_90_model``, ``coverage_90_analysis``); None without the fusion."""
     band = distance_bands(df["fusion_distance_km"].to_numpy())
     if not (band != "").any():
         return None
@@ -130,6 +133,12 @@ def distance_table(df: pd.DataFrame, pred_cols: dict[str, str], ta_std: float) -
     order = {band_name(lo, hi): i for i, (lo, hi) in enumerate(DISTANCE_BANDS_KM)}
     t = t.assign(_o=t["fusion_distance_band"].map(order)).sort_values("_o").drop(columns="_o").reset_index(drop=True)
     t.insert(2, "n_stations", t["fusion_distance_band"].map(d.groupby("fusion_distance_band")["stn_id"].nunique()))
+    if multipliers is not None:
+        for name, (pc, sc) in ((MODEL, ("prediction_c", "prediction_se_K")), (ANALYSIS, ("analysis_c", "analysis_se_K"))):
+            if pc in d and sc in d:
+                cov = {b: interval_scores(g[pc].to_numpy(), g[sc].to_numpy(), g["obs_c"].to_numpy(), multipliers)
+                       .get("coverage_90") for b, g in d.groupby("fusion_distance_band")}
+                t[f"coverage_90_{name}"] = t["fusion_distance_band"].map(cov)
     return t
 
 
@@ -379,7 +388,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     table("by_landcover.csv", lc)
     table("by_daynight.csv", grouped_metrics(df, "day_night", pc, "obs_c", ta_std))
     table("by_sky.csv", grouped_metrics(df, "sky", pc, "obs_c", ta_std))
-    by_dist = distance_table(df, pc, ta_std)
+    by_dist = distance_table(df, pc, ta_std, mult)
     if by_dist is not None:
         table("by_distance.csv", by_dist)
     else:  # no fusion this run: an earlier run's distance table and figure would describe another analysis
@@ -435,7 +444,9 @@ def run(cfg: Config, ctx: Context) -> Result:
         have = ANALYSIS if f"rmse_K_{ANALYSIS}" in by_dist and by_dist[f"rmse_K_{ANALYSIS}"].notna().any() else MODEL
         print(f"{have} by distance to the nearest fusion station of the hour: " + "; ".join(
             f"{band_label(r.fusion_distance_band)} {getattr(r, f'rmse_K_{have}'):.3f} K "
-            f"({r.n:,} rows, {r.n_stations} stations)" for r in by_dist.itertuples()))
+            f"({r.n:,} rows, {r.n_stations} stations"
+            + (f"; 90 % interval holds {100 * c:.1f} %" if np.isfinite(c := getattr(r, f"coverage_90_{have}", np.nan)) else "")
+            + ")" for r in by_dist.itertuples()))
     tr_floor = (metrics.get("demo_world") or {}).get("test_rows")
     if tr_floor:
         ec = tr_floor.get("test_rows_obs_vs_truth_elev_corrected_rmse_K")
