@@ -56,6 +56,23 @@ def _has(df: pd.DataFrame, col: str) -> bool:
     return col in df and bool(np.isfinite(df[col].to_numpy(np.float64)).any())
 
 
+def _zoom_on(ax, sx: np.ndarray, sy: np.ndarray, pad_km: float = 120.0) -> None:
+    """Zoom a grid panel on the stations at ``(sx, sy)`` km (the KO grid is far larger than Korea), within the
+    grid's bounds (the axes' limits as drawn)."""
+    ax.set_xlim(max(ax.get_xlim()[0], sx.min() - pad_km), min(ax.get_xlim()[1], sx.max() + pad_km))
+    ax.set_ylim(max(ax.get_ylim()[0], sy.min() - pad_km), min(ax.get_ylim()[1], sy.max() + pad_km))
+
+
+def _method_lines(ax, x, tab: pd.DataFrame, names: list[str]) -> None:
+    """One line per method of ``tab``'s ``rmse_K_<name>`` columns against ``x``: the model and the analysis in
+    their colours and thicker, the baselines thin."""
+    for i, n in enumerate(names):
+        main = n in METHOD_COLOURS
+        ax.plot(x, tab[f"rmse_K_{n}"], marker="o", ms=5 if main else 3, lw=2.4 if main else 1.0,
+                color=METHOD_COLOURS.get(n, f"C{i + 2}"), alpha=1.0 if main else 0.8, label=method_label(n),
+                zorder=3 if main else 2)
+
+
 def _stats_text(m: dict) -> str:
     return (f"n = {m['n']:,}\nRMSE = {m['rmse_K']:.2f} K\nMAE = {m['mae']:.2f} K\nbias = {m['bias']:+.2f} K\n"
             f"R² = {m['r2']:.3f}")
@@ -118,11 +135,7 @@ def rmse_by_hour_figure(tab: pd.DataFrame, names: list[str]):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.4, 4))
     t = tab.sort_values("hour_kst")
-    for i, n in enumerate(names):
-        main = n in METHOD_COLOURS
-        ax.plot(t["hour_kst"], t[f"rmse_K_{n}"], marker="o", ms=4 if main else 3, lw=2.4 if main else 1.0,
-                color=METHOD_COLOURS.get(n, f"C{i + 2}"), alpha=1.0 if main else 0.8, label=method_label(n),
-                zorder=3 if main else 2)
+    _method_lines(ax, t["hour_kst"], t, names)
     ax.set_xlabel("hour of day: KST (top line) / UTC (bottom line)")
     ax.set_ylabel("RMSE (K)")
     ax.set_xticks(range(0, 24, 3), [f"{h:02d}\n{(h - 9) % 24:02d}Z" for h in range(0, 24, 3)])
@@ -153,11 +166,7 @@ def rmse_by_distance_figure(tab: pd.DataFrame, names: list[str], truth_bands: di
     bands = [b for b in (band_name(lo, hi) for lo, hi in DISTANCE_BANDS_KM) if b in tab.index or b in truth_bands]
     tab = tab.reindex(bands)
     x = np.arange(len(bands))
-    for i, n in enumerate(names):
-        main = n in METHOD_COLOURS
-        ax.plot(x, tab[f"rmse_K_{n}"], marker="o", ms=5 if main else 3, lw=2.4 if main else 1.0,
-                color=METHOD_COLOURS.get(n, f"C{i + 2}"), alpha=1.0 if main else 0.75, label=method_label(n),
-                zorder=3 if main else 2)
+    _method_lines(ax, x, tab, names)
     for part, style in (("land", "s--"), ("sea", "v--")):
         y = np.array([np.nan if (v := (truth_bands.get(b) or {}).get(part)) is None else v for b in bands], np.float64)
         if np.isfinite(y).any():
@@ -195,10 +204,7 @@ def station_map_figure(st: pd.DataFrame, static, results: dict[str, dict] | None
         if len(st) <= 40:
             for x, y, sid in zip(sx, sy, st["stn_id"]):
                 ax.annotate(str(sid), (x, y), xytext=(4, 2), textcoords="offset points", fontsize=6, color="0.25")
-        # zoom on the stations (the KO grid is far larger than Korea), keeping the grid's bounds
-        pad = 120.0
-        ax.set_xlim(max(ax.get_xlim()[0], sx.min() - pad), min(ax.get_xlim()[1], sx.max() + pad))
-        ax.set_ylim(max(ax.get_ylim()[0], sy.min() - pad), min(ax.get_ylim()[1], sy.max() + pad))
+        _zoom_on(ax, sx, sy)
         whole = f": {results[name]['rmse_K']:.2f} K over all rows" if results and name in results else ""
         ax.set_title(f"{method_label(name)}{whole}", fontsize=9)
     fig.colorbar(sc, ax=list(axes[0]), shrink=0.8, label="RMSE at the station (K)", extend="max")
@@ -286,9 +292,7 @@ def split_map_figure(rows: pd.DataFrame, static, mode: str = ""):
             ax.scatter(xk[p["pixel_x"].to_numpy()], yk[p["pixel_y"].to_numpy()], s=26, color=colour, edgecolors="k",
                        linewidths=0.4, zorder=3, label=f"{name}: {len(p)} stations{rows_txt}")
     sx, sy = xk[per["pixel_x"].to_numpy()], yk[per["pixel_y"].to_numpy()]
-    pad = 120.0  # zoom on the stations, within the grid's bounds
-    ax.set_xlim(max(ax.get_xlim()[0], sx.min() - pad), min(ax.get_xlim()[1], sx.max() + pad))
-    ax.set_ylim(max(ax.get_ylim()[0], sy.min() - pad), min(ax.get_ylim()[1], sy.max() + pad))
+    _zoom_on(ax, sx, sy)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"step01 station split{f' (mode: {mode})' if mode else ''}", fontsize=10)
     return fig

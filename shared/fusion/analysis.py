@@ -293,6 +293,17 @@ class StationValues:
     src_land: np.ndarray | None = None  # the stations' land mask (0..1): a buoy's sea air is not land air
 
 
+def gross_errors(src_sites: np.ndarray, resid: np.ndarray, vg: Variogram, cfg: FusionConfig) -> np.ndarray:
+    """Indices of one time's residuals that the gross-error check rejects (:func:`shared.fusion.kriging.buddy_check`
+    with ``cfg.qc_max_z`` and ``qc_min_error_K``, among the finite ones); none with the check off or fewer than
+    ``cfg.min_stations`` finite residuals."""
+    ok = np.isfinite(resid)
+    if cfg.qc_max_z <= 0 or ok.sum() < cfg.min_stations:
+        return np.zeros(0, np.int64)
+    bad = buddy_check(np.asarray(src_sites)[ok], np.asarray(resid, np.float64)[ok], vg, cfg.qc_max_z, cfg.qc_min_error_K)
+    return np.flatnonzero(ok)[bad]
+
+
 def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model: np.ndarray, se_model: np.ndarray,
          vg: Variogram, cfg: FusionConfig, stations: StationValues | None = None) -> Fused:
     """The analysis at ``tgt_sites`` of one time from the residuals ``obs - model`` (K) at ``src_sites``.
@@ -307,12 +318,9 @@ def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model:
     ok = np.isfinite(resid)
     n = int(ok.sum())
     model, se_model = np.asarray(model, np.float64), np.asarray(se_model, np.float64)
-    rejected = np.zeros(0, np.int64)
-    if n >= cfg.min_stations and cfg.qc_max_z > 0:  # gross errors: left out of this hour (buddy_check)
-        bad = buddy_check(src_sites[ok], np.asarray(resid, np.float64)[ok], vg, cfg.qc_max_z, cfg.qc_min_error_K)
-        rejected = np.flatnonzero(ok)[bad]
-        ok[rejected] = False
-        n = int(ok.sum())
+    rejected = gross_errors(src_sites, resid, vg, cfg)  # left out of this hour
+    ok[rejected] = False
+    n = int(ok.sum())
     if n < cfg.min_stations:
         return Fused(model.copy(), se_model.copy(), n, False, float("nan"), float("nan"), rejected)
     r = np.asarray(resid, np.float64)[ok]

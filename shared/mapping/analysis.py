@@ -18,8 +18,8 @@ import pandas as pd
 
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError, rerun
-from shared.fusion.analysis import Fused, FusionConfig, StationValues, fit_variogram, fuse, residual, sites
-from shared.fusion.kriging import Variogram, buddy_check
+from shared.fusion.analysis import Fused, FusionConfig, StationValues, fit_variogram, fuse, gross_errors, residual, sites
+from shared.fusion.kriging import Variogram
 from shared.io.raw import Static
 from shared.models.checkpoint import RESIDUAL_SPLITS
 
@@ -91,10 +91,8 @@ def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:
         return vg
     clean = []
     for xy, r in groups:
-        ok = np.isfinite(r)
         r = np.asarray(r, np.float64).copy()
-        if ok.sum() >= cfg.min_stations:
-            r[np.flatnonzero(ok)[buddy_check(xy[ok], r[ok], vg, cfg.qc_max_z, cfg.qc_min_error_K)]] = np.nan
+        r[gross_errors(xy, r, vg, cfg)] = np.nan
         clean.append((xy, r))
     return fit_variogram(clean, cfg)
 

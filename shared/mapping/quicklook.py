@@ -112,6 +112,7 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
         y0, y1 = max(extent[2], sy.min() - zoom_pad_km), min(extent[3], sy.max() + zoom_pad_km)
         if (x1 - x0) * (y1 - y0) < 0.35 * (extent[1] - extent[0]) * (extent[3] - extent[2]):
             box = (x0, x1, y0, y1)
+    in_box = np.ix_((yk >= box[2]) & (yk <= box[3]), (xk >= box[0]) & (xk <= box[1])) if box is not None else None
     panels = (["map"] + (["zoom"] if box is not None else []) + (["inc"] if increment_K is not None else [])
               + (["se"] if se_K is not None else []))
     aspect = grid.ny / grid.nx
@@ -126,7 +127,7 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
         zoomed = box is not None and kind in ("zoom", "inc", "se")
         if kind == "inc":
             v = increment_K.astype(np.float32)
-            sel = v if not zoomed else v[np.ix_((yk >= box[2]) & (yk <= box[3]), (xk >= box[0]) & (xk <= box[1]))]
+            sel = v[in_box] if zoomed else v
             top = float(np.nanpercentile(np.abs(sel), 99.5)) if np.isfinite(sel).any() else 0.0
             # 13 classes symmetric about 0 (warming red, cooling blue), the middle one white around 0, class width a
             # round number so that 6.5 of them reach the largest increments
@@ -138,7 +139,7 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
             cb.set_label("analysis - model (K)")
         elif kind == "se":
             v = se_K.astype(np.float32)
-            sel = v if not zoomed else v[np.ix_((yk >= box[2]) & (yk <= box[3]), (xk >= box[0]) & (xk <= box[1]))]
+            sel = v[in_box] if zoomed else v
             lo, hi = (np.nanpercentile(sel, [1, 99]) if np.isfinite(sel).any() else (0.0, 1.0))
             lo, hi = np.floor(lo * 10) / 10, max(np.ceil(hi * 10) / 10, np.floor(lo * 10) / 10 + 0.2)
             levels = np.round(np.linspace(lo, hi, 11), 3)
@@ -151,8 +152,7 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
             if kind == "map":
                 levels = _nice_levels(tc)
             else:
-                inx, iny = (xk >= box[0]) & (xk <= box[1]), (yk >= box[2]) & (yk <= box[3])
-                levels = _nice_levels(tc[np.ix_(iny, inx)], min_span=4.0)
+                levels = _nice_levels(tc[in_box], min_span=4.0)
             norm = BoundaryNorm(levels, cmap.N, extend="both")
             im = ax.imshow(np.ma.masked_invalid(tc), cmap=cmap, norm=norm, origin="upper", interpolation="nearest", extent=extent)
             cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, ticks=levels[:: max(1, len(levels) // 12)])

@@ -171,12 +171,17 @@ def write_learning_curve(cfg: Config) -> Path:
     from shared.io.patches import read_stats
 
     out = cfg.output.outputs_dir
-    refit = out / REFIT_LOG
-    use_refit = cfg.train.refit_with_val and cfg.model.members == 1 and refit.is_file()
     path = out / CURVE_PNG
+    refit = refit_log(cfg)
     plot_learning_curve(pd.read_csv(out / "train_log.csv"), float(read_stats(cfg.data.patch_dir)["target_std"]), path,
-                        pd.read_csv(refit) if use_refit else None)
+                        pd.read_csv(refit) if refit is not None and refit.is_file() else None)
     return path
+
+
+def refit_log(cfg: Config) -> Path | None:
+    """The refit's epoch log in step03's outputs (``train.refit_with_val``); None without a refit of its own (an
+    ensemble's are in each member's folders)."""
+    return cfg.output.outputs_dir / REFIT_LOG if cfg.train.refit_with_val and cfg.model.members == 1 else None
 
 
 def deps(cfg: Config) -> list[Path]:
@@ -189,8 +194,8 @@ def deps(cfg: Config) -> list[Path]:
 def outs(cfg: Config) -> list[Path]:
     w = cfg.output.weights_dir
     out = [w / "best.pt", w / "current.pt", cfg.output.outputs_dir / "train_log.csv", cfg.output.outputs_dir / CURVE_PNG]
-    if cfg.train.refit_with_val and cfg.model.members == 1:  # an ensemble's are in each member's folders
-        out += [w / TRAIN_ONLY, cfg.output.outputs_dir / REFIT_LOG]
+    if refit_log(cfg) is not None:
+        out += [w / TRAIN_ONLY, refit_log(cfg)]
     return out
 
 
