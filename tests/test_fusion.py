@@ -578,3 +578,40 @@ def test_buddy_check_rejects_a_gross_error_and_keeps_a_clean_hour():
     assert not buddy_check(src, small, VG, 6.0, 10.0).any()
     sph = Variogram("spherical", 0.8, 250.0, 0.2)  # the check takes every variogram model
     assert np.flatnonzero(buddy_check(src, bad, sph, 6.0, 10.0)).tolist() == [7]
+
+
+def test_observation_check_finds_a_gross_error_at_sea_level_and_keeps_a_cold_mountain():
+    """step01's check (shared.fusion.qc): three times of 40 stations with a smooth field and a -6.5 K/km lapse rate.
+    A 12 K error is rejected alone, with its leave-one-out error and z reported; a station 2 km up, 13 K colder than
+    the valleys, is kept, but rejected when the check ignores height (lapse 0); max_z 0 checks nothing, and a time
+    with fewer than BUDDY_MIN_SITES observations is not checked."""
+    from shared.fusion.kriging import BUDDY_MIN_SITES
+    from shared.fusion.qc import QCConfig, check_observations
+
+    rng = np.random.default_rng(5)
+    n, times = 40, 3
+    x, y = rng.uniform(0, 300, n), rng.uniform(0, 300, n)
+    elev = rng.uniform(0, 300, n)
+    elev[3] = 2000.0
+    key = np.repeat(np.arange(times), n)
+    xs, ys, es = np.tile(x, times), np.tile(y, times), np.tile(elev, times)
+    ta = (15.0 + 3.0 * key + np.sin(xs / 80.0) + np.cos(ys / 90.0) - 6.5 * es / 1000.0
+          + rng.normal(0, 0.3, n * times))
+    clean = check_observations(key, xs, ys, es, ta, QCConfig(), progress=False)
+    assert not clean.rejected.any() and clean.times_checked == times and np.isnan(clean.error_K).all()
+    bad = ta.copy()
+    i = n + 7  # station 7 at the second time
+    bad[i] += 12.0
+    res = check_observations(key, xs, ys, es, bad, QCConfig(), progress=False)
+    assert np.flatnonzero(res.rejected).tolist() == [i]
+    assert 10.0 < res.error_K[i] < 14.0 and res.z[i] > 6.0
+    assert np.isnan(res.error_K[~res.rejected]).all()
+    flat = check_observations(key, xs, ys, es, ta, QCConfig(lapse_rate_K_per_km=0.0, min_error_K=8.0), progress=False)
+    assert set(np.flatnonzero(flat.rejected) % n) == {3}  # the mountain, at every time
+    assert not check_observations(key, xs, ys, es, bad, QCConfig(max_z=0.0), progress=False).rejected.any()
+    small = key.copy()
+    small[:BUDDY_MIN_SITES - 1] = 99  # four stations of the first time form a time of their own
+    off = ta.copy()
+    off[0] += 30.0
+    few = check_observations(small, xs, ys, es, off, QCConfig(), progress=False)
+    assert few.times_checked == times and not few.rejected.any()  # too few to check: kept

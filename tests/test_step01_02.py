@@ -286,3 +286,36 @@ def test_bad_patch_size(tiny_index, tmp_path, capsys, p):
     err = capsys.readouterr().err
     assert rc == 2 and "patch_size must be odd and >= 1" in err
     assert not out.exists()
+
+
+def test_gross_error_is_left_out_before_the_split(tiny_world, tiny_index, tmp_path, capsys):
+    """One observation 25 K too cold: step01 leaves it out of every split, counts it, lists it in splits.json with what
+    its neighbours say and warns; the index equals the one made with that observation deleted from the CSV."""
+    raw, cut = tmp_path / "raw", tmp_path / "cut"
+    shutil.copytree(tiny_world, raw)
+    shutil.copytree(tiny_world, cut)
+    row = pd.read_csv(tiny_index / "index.csv").iloc[300]  # a July observation on the grid
+    f = sorted((raw / "ta_obs").glob("*.csv"))[1]
+    obs = pd.read_csv(f)
+    i = int(np.flatnonzero((obs["stn_id"] == row["stn_id"]) & (pd.to_datetime(obs["time_utc"]) == row["time_utc"]))[0])
+    stn, t, ta = int(obs.loc[i, "stn_id"]), obs.loc[i, "time_utc"], float(obs.loc[i, "ta_c"])
+    obs.loc[i, "ta_c"] = ta - 25.0
+    obs.to_csv(f, index=False)
+    obs.drop(index=i).to_csv(cut / "ta_obs" / f.name, index=False)
+    assert run_step("step01_make_index", *step01_args(raw, tmp_path / "o")) == 0
+    out = capsys.readouterr().out
+    assert f"gross error left out: station {stn}" in out
+    info = json.loads((tmp_path / "o" / "splits.json").read_text())
+    assert info["report"]["dropped_gross_error"] == 1
+    (r,) = info["qc"]["rejected"]
+    assert r["stn_id"] == stn and pd.Timestamp(r["sat_time_utc"]) == pd.Timestamp(t)
+    assert r["ta_c"] == pytest.approx(ta - 25.0) and abs(r["neighbours_c"] - ta) < 5.0 and r["z"] < -6.0
+    assert info["qc"]["times_checked"] == 8
+    assert run_step("step01_make_index", *step01_args(cut, tmp_path / "c")) == 0
+    for name in ("index.csv", "index_train.csv", "index_val.csv", "index_test.csv"):
+        a = pd.read_csv(tmp_path / "o" / name).drop(columns=["path_bt", "path_rf", "path_sza"])
+        b = pd.read_csv(tmp_path / "c" / name).drop(columns=["path_bt", "path_rf", "path_sza"])
+        pd.testing.assert_frame_equal(a, b)
+    assert run_step("step01_make_index", *step01_args(raw, tmp_path / "off", "--set", "qc.max_z=0")) == 0
+    kept = pd.read_csv(tmp_path / "off" / "index.csv")
+    assert ((kept["stn_id"] == stn) & np.isclose(kept["ta_c"], ta - 25.0)).sum() == 1

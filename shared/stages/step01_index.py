@@ -12,6 +12,12 @@ satellite time within a tolerance and to the station's pixel on the grid of
   and its day group agree (train station on a train day, ...); other rows are
   dropped and counted as ``split_mix``.
 
+Before the split, each image time's observations are checked against each
+other (``qc:``, :mod:`shared.fusion.qc`): an observation far from what its
+neighbours say after a lapse-rate adjustment (a stuck sensor, a lost sign, a
+wrong position or clock) is left out of every split, counted as
+``dropped_gross_error`` and listed in ``splits.json`` (``qc.rejected``).
+
 Reads ``stations.csv``, every CSV in ``obs_dir``, ``static.nc`` and the names
 of the satellite stacks (not their contents); writes ``index.csv``,
 ``index_{train,val,test}.csv`` and ``splits.json`` as one set.
@@ -30,6 +36,7 @@ from shared.core.cli import print_report
 from shared.core.errors import UserError, require_dir
 from shared.core.records import Derived, Names
 from shared.core.runner import Context, Result, Stage
+from shared.fusion.qc import QCConfig, check_observations
 from shared.geo.grid import Grid
 from shared.io.index import INDEX_COLUMNS, SPLITS, index_files, write_index
 from shared.io.raw import grid_signature, read_static, scan_sat_times
@@ -58,6 +65,7 @@ class Config:
     obs_dir: Path = Path("data/raw/ta_obs")
     time_tolerance_min: float = 5.0
     split: SplitConfig = field(default_factory=SplitConfig)
+    qc: QCConfig = field(default_factory=QCConfig)
     output_dir: Path = Path(f"{STEP}/outputs")
 
     def check(self):
@@ -142,14 +150,34 @@ def assign_splits(df: pd.DataFrame, mode: str, seed: int, val_frac: float, test_
     return split, info, dropped
 
 
+def gross_error_check(df: pd.DataFrame, grid: Grid, qc: QCConfig) -> tuple[np.ndarray, dict]:
+    """Rows of matched observations (one per station and image) that the gross-error check rejects
+    (:func:`shared.fusion.qc.check_observations`) and its record for ``splits.json``: the settings, the
+    variogram and each rejected observation with what its neighbours say."""
+    x, y = grid.latlon_to_xy(df["lat"].to_numpy(), df["lon"].to_numpy())
+    res = check_observations(df["sat_time_utc"].to_numpy(), np.asarray(x) / 1000.0, np.asarray(y) / 1000.0,
+                             df["elev_m"].to_numpy(), df["ta_c"].to_numpy(), qc)
+    bad = df[res.rejected]
+    rejected = [{"stn_id": int(s), "sat_time_utc": str(t), "ta_c": float(v), "neighbours_c": round(float(v - e), 2),
+                 "error_K": round(float(e), 2), "z": round(float(z), 1)}
+                for s, t, v, e, z in zip(bad["stn_id"], bad["sat_time_utc"], bad["ta_c"], res.error_K[res.rejected],
+                                         res.z[res.rejected])]
+    info = {"max_z": qc.max_z, "min_error_K": qc.min_error_K, "lapse_rate_K_per_km": qc.lapse_rate_K_per_km,
+            "times_checked": res.times_checked, "variogram": res.variogram.info() if res.variogram else None,
+            "rejected": rejected}
+    return res.rejected, info
+
+
 def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, grid: Grid,
                 tol_min: float, mode: str, seed: int, val_frac: float, test_frac: float,
-                margin: int = 0) -> tuple[pd.DataFrame, OrderedDict[str, int], dict]:
+                margin: int = 0, qc: QCConfig | None = None) -> tuple[pd.DataFrame, OrderedDict[str, int], dict]:
     """Index rows, the drop report (reason -> count) and the split description.
 
     ``obs`` has ``stn_id, time_utc, ta_c`` already cleaned of missing /
     out-of-range TA and duplicates (their counts come from the reader);
-    ``sat`` is :func:`shared.io.raw.scan_sat_times`' table.
+    ``sat`` is :func:`shared.io.raw.scan_sat_times`' table. With ``qc`` (on),
+    each image time's observations are checked against each other
+    (:func:`gross_error_check`) before the split.
     """
     report: OrderedDict[str, int] = OrderedDict()
     report["observations"] = len(obs)
@@ -178,6 +206,12 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
     report["dropped_duplicate_image_match"] = int(dup.sum())
     df = df[~dup].drop(columns="_dt")
 
+    qc_info = None
+    if qc is not None and qc.enabled and not df.empty:
+        bad, qc_info = gross_error_check(df, grid, qc)
+        df = df[~bad]
+    report["dropped_gross_error"] = len(qc_info["rejected"]) if qc_info else 0
+
     if df.empty:
         raise UserError("no observation could be matched to a satellite image; check times (UTC), time_tolerance_min and station coordinates")
     df["year"] = df["sat_time_utc"].dt.year
@@ -190,6 +224,8 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
         report[f"kept_{s}"] = int((df["split"] == s).sum())
     report["kept"] = len(df)
     info["counts"] = {s: report[f"kept_{s}"] for s in SPLITS}
+    if qc_info is not None:
+        info["qc"] = qc_info
     return df[INDEX_COLUMNS], report, info
 
 
@@ -210,7 +246,7 @@ def run(cfg: Config, ctx: Context) -> Result:
 
     df, report, info = build_index(
         stations, obs, sat, static.grid, cfg.time_tolerance_min,
-        cfg.split.mode, cfg.split.seed, cfg.split.val_frac, cfg.split.test_frac,
+        cfg.split.mode, cfg.split.seed, cfg.split.val_frac, cfg.split.test_frac, qc=cfg.qc,
     )
     full_report = OrderedDict()
     for k, v in obs_report["totals"].items():
@@ -224,6 +260,12 @@ def run(cfg: Config, ctx: Context) -> Result:
     from shared.evaluation.plots import plot_split_map  # matplotlib only once the index is written
 
     plot_split_map(df[["stn_id", "pixel_y", "pixel_x", "split"]], static, cfg.output_dir / SPLIT_PNG, cfg.split.mode)
+    rejected = info.get("qc", {}).get("rejected", [])
+    for r in rejected[:10]:
+        print(f"warning: gross error left out: station {r['stn_id']} at {r['sat_time_utc']} reported {r['ta_c']:g} C, "
+              f"its neighbours say {r['neighbours_c']:g} C ({r['z']:g} robust sd)")
+    if len(rejected) > 10:
+        print(f"warning: ... and {len(rejected) - 10} more gross errors left out (splits.json: qc.rejected)")
     print_report(f"step01: {len(df):,} rows kept from {len(obs_files)} file(s), {len(sat)} image time(s)", full_report)
     print(f"wrote {cfg.output_dir}/index*.csv, splits.json, {SPLIT_PNG}")
     return Result(counts=dict(full_report))
