@@ -103,6 +103,10 @@ def _finite_mean(vals) -> float:
     return float(a.mean()) if a.size else float("nan")
 
 
+#: :func:`noise_floors`' name of the floor on exactly the test rows (the distance figure's 1.5x line)
+TEST_ROWS_FLOOR = "noise floor on these rows"
+
+
 def noise_floors(metrics: dict) -> dict[str, float]:
     """The demo world's noise floors for the figures: on exactly the test rows (obs vs the true TA at the station
     pixel, and at the station's elevation) when step05 has them, else the world's floor over all its rows; none
@@ -111,7 +115,7 @@ def noise_floors(metrics: dict) -> dict[str, float]:
     tr = dw.get("test_rows") or {}
     out = {}
     if tr.get("test_rows_obs_vs_truth_rmse_K") is not None:
-        out["noise floor on these rows"] = tr["test_rows_obs_vs_truth_rmse_K"]
+        out[TEST_ROWS_FLOOR] = tr["test_rows_obs_vs_truth_rmse_K"]
         if tr.get("test_rows_obs_vs_truth_elev_corrected_rmse_K") is not None:
             out["elevation-corrected floor"] = tr["test_rows_obs_vs_truth_elev_corrected_rmse_K"]
     elif dw.get("noise_floor_rmse_K") is not None:
@@ -406,15 +410,15 @@ def run(cfg: Config, ctx: Context) -> Result:
     plot_residuals(df, out / "residual_hist.png")
     plot_rmse_by_hour(hour, [n for n in pc if results[n]["n"] > 0], out / "rmse_by_hour.png")
     plot_station_map(st_tab, static, out / "station_rmse_map.png", results)
-    plot_methods(results, metrics["rmse_ci95"], noise_floors(metrics), out / "model_vs_baselines.png",
-                 boot["n_stations"])
+    floors = noise_floors(metrics)
+    plot_methods(results, metrics["rmse_ci95"], floors, out / "model_vs_baselines.png", boot["n_stations"])
     plot_reliability(intervals, out / "reliability.png")
     outputs += [out / n for n in ("scatter.png", "residual_hist.png", "rmse_by_hour.png", "station_rmse_map.png",
                                   "model_vs_baselines.png", "reliability.png")]
     if by_dist is not None:
-        floor = ((metrics.get("demo_world") or {}).get("test_rows") or {}).get("test_rows_obs_vs_truth_rmse_K")
         plot_rmse_by_distance(by_dist, [n for n in pc if results[n]["n"] > 0], out / "rmse_by_distance.png",
-                              (metrics.get("demo_world") or {}).get("maps_vs_truth_by_distance_band"), floor)
+                              (metrics.get("demo_world") or {}).get("maps_vs_truth_by_distance_band"),
+                              floors.get(TEST_ROWS_FLOOR))
         outputs.append(out / "rmse_by_distance.png")
 
     write_json(out / "metrics.json", metrics)
