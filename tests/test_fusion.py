@@ -585,8 +585,8 @@ def test_observation_check_finds_a_gross_error_at_sea_level_and_keeps_a_cold_mou
     A 12 K error is rejected alone, with its leave-one-out error and z reported; a station 2 km up, 13 K colder than
     the valleys, is kept, but rejected when the check ignores height (lapse 0); max_z 0 checks nothing, and a time
     with fewer than BUDDY_MIN_SITES observations is not checked."""
-    from shared.fusion.kriging import BUDDY_MIN_SITES
-    from shared.fusion.qc import QCConfig, check_observations
+    from shared.fusion.kriging import BUDDY_MIN_SITES, loo_check
+    from shared.fusion.qc import ELEVATION_WEIGHT, QCConfig, check_observations, station_offsets
 
     rng = np.random.default_rng(5)
     n, times = 40, 3
@@ -598,14 +598,16 @@ def test_observation_check_finds_a_gross_error_at_sea_level_and_keeps_a_cold_mou
     ta = (15.0 + 3.0 * key + np.sin(xs / 80.0) + np.cos(ys / 90.0) - 6.5 * es / 1000.0
           + rng.normal(0, 0.3, n * times))
     clean = check_observations(key, xs, ys, es, ta, QCConfig(), progress=False)
-    assert not clean.rejected.any() and clean.times_checked == times and np.isnan(clean.error_K).all()
+    assert not clean.rejected.any() and clean.times_checked == times and np.isfinite(clean.error_K).all()
+    want, _ = loo_check(sites(x, y, elev, ELEVATION_WEIGHT), ta[n:2 * n] + 6.5 * elev / 1000.0
+                        - np.median(ta[n:2 * n] + 6.5 * elev / 1000.0), clean.variogram)
+    np.testing.assert_allclose(clean.error_K[n:2 * n], want)  # the second time's leave-one-out errors
     bad = ta.copy()
     i = n + 7  # station 7 at the second time
     bad[i] += 12.0
     res = check_observations(key, xs, ys, es, bad, QCConfig(), progress=False)
     assert np.flatnonzero(res.rejected).tolist() == [i]
     assert 10.0 < res.error_K[i] < 14.0 and res.z[i] > 6.0
-    assert np.isnan(res.error_K[~res.rejected]).all()
     flat = check_observations(key, xs, ys, es, ta, QCConfig(lapse_rate_K_per_km=0.0, min_error_K=8.0), progress=False)
     assert set(np.flatnonzero(flat.rejected) % n) == {3}  # the mountain, at every time
     assert not check_observations(key, xs, ys, es, bad, QCConfig(max_z=0.0), progress=False).rejected.any()
@@ -615,3 +617,12 @@ def test_observation_check_finds_a_gross_error_at_sea_level_and_keeps_a_cold_mou
     off[0] += 30.0
     few = check_observations(small, xs, ys, es, off, QCConfig(), progress=False)
     assert few.times_checked == times and not few.rejected.any()  # too few to check: kept
+    assert np.isnan(few.error_K[:BUDDY_MIN_SITES - 1]).all()
+    # station 11 listed 700 m higher than it stands: 4.55 K warm at sea level at every time
+    wrong = es.copy()
+    wrong[np.arange(n * times) % n == 11] += 700.0
+    chk = check_observations(key, xs, ys, wrong, ta, QCConfig(), progress=False)
+    off_tab = station_offsets(np.tile(np.arange(n), times), chk.error_K, chk.rejected, min_times=3)
+    assert off_tab["stn_id"].iloc[0] == 11 and 3.0 < off_tab["mean_error_K"].iloc[0] < 6.0
+    assert (off_tab["mean_error_K"].abs().iloc[1:] < 2.0).all() and (off_tab["times"] == times).all()
+    assert len(station_offsets(np.tile(np.arange(n), times), chk.error_K, chk.rejected, min_times=4)) == 0

@@ -319,3 +319,22 @@ def test_gross_error_is_left_out_before_the_split(tiny_world, tiny_index, tmp_pa
     assert run_step("step01_make_index", *step01_args(raw, tmp_path / "off", "--set", "qc.max_z=0")) == 0
     kept = pd.read_csv(tmp_path / "off" / "index.csv")
     assert ((kept["stn_id"] == stn) & np.isclose(kept["ta_c"], ta - 25.0)).sum() == 1
+
+
+def test_station_listed_at_the_wrong_height_is_named(tiny_world, tiny_index, tmp_path, capsys):
+    """A station whose stations.csv height is 1,000 m too high reads ~6.5 K warm at sea level at every time:
+    step01 keeps its rows but names it, with the file to check, and lists it in splits.json."""
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_world, raw)
+    st = pd.read_csv(raw / "stations.csv")
+    stn = int(pd.read_csv(tiny_index / "index.csv")["stn_id"].iloc[5])
+    st.loc[st["stn_id"] == stn, "elev_m"] += 1000.0
+    st.to_csv(raw / "stations.csv", index=False)
+    assert run_step("step01_make_index", *step01_args(raw, tmp_path / "o")) == 0
+    out = capsys.readouterr().out
+    assert f"warning: station {stn} reads" in out and "warmer than its neighbours" in out and "stations.csv" in out
+    qc = json.loads((tmp_path / "o" / "splits.json").read_text())["qc"]
+    assert [s["stn_id"] for s in qc["suspect_stations"]] == [stn] and qc["suspect_stations"][0]["mean_error_K"] > 3.0
+    assert qc["rejected"] == [] and (pd.read_csv(tmp_path / "o" / "index.csv")["stn_id"] == stn).sum() == 8
+    clean = json.loads((tiny_index / "splits.json").read_text())["qc"]
+    assert clean["suspect_stations"] == [] and abs(clean["largest_station_offset_K"]) < 3.0

@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from shared.fusion.analysis import sites
@@ -44,6 +45,11 @@ from shared.fusion.kriging import BUDDY_MIN_SITES, Variogram, buddy_check, loo_c
 VARIOGRAM_TIMES = 200
 #: km of distance per km of height between two stations (the fusion's default ``elevation_weight``)
 ELEVATION_WEIGHT = 200.0
+#: step01 warns about a station whose observations are on average this many kelvin off its neighbours
+#: (demo world: at most 1.2 K, station 102, a cold-pool valley)
+STATION_WARN_K = 3.0
+#: ... over at least this many checked times
+STATION_MIN_TIMES = 8
 
 
 @dataclass
@@ -69,8 +75,8 @@ class QCConfig:
 @dataclass
 class QCResult:
     rejected: np.ndarray  # (n,) bool: the observations the check leaves out
-    error_K: np.ndarray  # (n,) leave-one-out error of each rejected observation (obs - neighbours), else NaN
-    z: np.ndarray  # (n,) that error in robust standard deviations of its time, else NaN
+    error_K: np.ndarray  # (n,) leave-one-out error (obs - what all the others krige to), NaN where not checked
+    z: np.ndarray  # (n,) that error in robust standard deviations of its time, NaN where not checked
     variogram: Variogram | None
     times_checked: int
 
@@ -96,8 +102,20 @@ def check_observations(time_key: np.ndarray, x_km: np.ndarray, y_km: np.ndarray,
     vg = pooled_variogram([(xyz[g], anomaly[g]) for g in groups[::step]])
     for g in tqdm(groups, desc="step01 gross-error check", unit="time", leave=False,
                   disable=not progress or len(groups) < 500):
-        bad = buddy_check(xyz[g], anomaly[g], vg, cfg.max_z, cfg.min_error_K)
-        if bad.any():  # report how far each rejected one was from all the others
-            e, s = loo_check(xyz[g], anomaly[g], vg)
-            rejected[g[bad]], err[g[bad]], z[g[bad]] = True, e[bad], s[bad]
+        err[g], z[g] = loo_check(xyz[g], anomaly[g], vg)
+        if np.any((np.abs(err[g]) > cfg.min_error_K) & (np.abs(z[g]) > cfg.max_z)):  # buddy_check's first pass
+            rejected[g] = buddy_check(xyz[g], anomaly[g], vg, cfg.max_z, cfg.min_error_K)
     return QCResult(rejected, err, z, vg, len(groups))
+
+
+def station_offsets(stn_id: np.ndarray, error_K: np.ndarray, rejected: np.ndarray,
+                    min_times: int = STATION_MIN_TIMES) -> pd.DataFrame:
+    """Each station's mean leave-one-out error over its checked, kept observations (``stn_id, mean_error_K,
+    times``), largest magnitude first, for stations checked at ``min_times`` times or more. A station that
+    reads several kelvin off its neighbours at most times (after the lapse rate) more likely has a wrong
+    elevation or position in the station table than a bad sensor at every hour."""
+    use = np.isfinite(error_K) & ~np.asarray(rejected, bool)
+    t = (pd.DataFrame({"stn_id": np.asarray(stn_id)[use], "e": np.asarray(error_K)[use]})
+         .groupby("stn_id")["e"].agg(["mean", "size"]).reset_index())
+    t = t[t["size"] >= min_times].rename(columns={"mean": "mean_error_K", "size": "times"})
+    return t.reindex(t["mean_error_K"].abs().sort_values(ascending=False).index).reset_index(drop=True)

@@ -36,7 +36,7 @@ from shared.core.cli import print_report
 from shared.core.errors import UserError, require_dir
 from shared.core.records import Derived, Names
 from shared.core.runner import Context, Result, Stage
-from shared.fusion.qc import QCConfig, check_observations
+from shared.fusion.qc import STATION_WARN_K, QCConfig, check_observations, station_offsets
 from shared.geo.grid import Grid
 from shared.io.index import INDEX_COLUMNS, SPLITS, index_files, write_index
 from shared.io.raw import grid_signature, read_static, scan_sat_times
@@ -153,7 +153,9 @@ def assign_splits(df: pd.DataFrame, mode: str, seed: int, val_frac: float, test_
 def gross_error_check(df: pd.DataFrame, grid: Grid, qc: QCConfig) -> tuple[np.ndarray, dict]:
     """Rows of matched observations (one per station and image) that the gross-error check rejects
     (:func:`shared.fusion.qc.check_observations`) and its record for ``splits.json``: the settings, the
-    variogram and each rejected observation with what its neighbours say."""
+    variogram, each rejected observation with what its neighbours say, and the stations whose kept
+    observations are on average more than :data:`~shared.fusion.qc.STATION_WARN_K` off their neighbours
+    (``suspect_stations``: a wrong elevation or position in the station table is the likelier cause)."""
     x, y = grid.latlon_to_xy(df["lat"].to_numpy(), df["lon"].to_numpy())
     res = check_observations(df["sat_time_utc"].to_numpy(), np.asarray(x) / 1000.0, np.asarray(y) / 1000.0,
                              df["elev_m"].to_numpy(), df["ta_c"].to_numpy(), qc)
@@ -162,9 +164,13 @@ def gross_error_check(df: pd.DataFrame, grid: Grid, qc: QCConfig) -> tuple[np.nd
                  "error_K": round(float(e), 2), "z": round(float(z), 1)}
                 for s, t, v, e, z in zip(bad["stn_id"], bad["sat_time_utc"], bad["ta_c"], res.error_K[res.rejected],
                                          res.z[res.rejected])]
+    off = station_offsets(df["stn_id"].to_numpy(), res.error_K, res.rejected)
+    suspect = [{"stn_id": int(r.stn_id), "mean_error_K": round(float(r.mean_error_K), 2), "times": int(r.times)}
+               for r in off.itertuples() if abs(r.mean_error_K) > STATION_WARN_K]
     info = {"max_z": qc.max_z, "min_error_K": qc.min_error_K, "lapse_rate_K_per_km": qc.lapse_rate_K_per_km,
             "times_checked": res.times_checked, "variogram": res.variogram.info() if res.variogram else None,
-            "rejected": rejected}
+            "rejected": rejected, "largest_station_offset_K": round(float(off["mean_error_K"].iloc[0]), 2)
+            if len(off) else None, "suspect_stations": suspect}
     return res.rejected, info
 
 
@@ -266,6 +272,10 @@ def run(cfg: Config, ctx: Context) -> Result:
               f"its neighbours say {r['neighbours_c']:g} C ({r['z']:g} robust sd)")
     if len(rejected) > 10:
         print(f"warning: ... and {len(rejected) - 10} more gross errors left out (splits.json: qc.rejected)")
+    for r in info.get("qc", {}).get("suspect_stations", []):
+        print(f"warning: station {r['stn_id']} reads {abs(r['mean_error_K']):.1f} K "
+              f"{'warmer' if r['mean_error_K'] > 0 else 'colder'} than its neighbours on average ({r['times']} times, "
+              f"compared at sea level): check its elev_m, lat and lon in {cfg.stations_csv}")
     print_report(f"step01: {len(df):,} rows kept from {len(obs_files)} file(s), {len(sat)} image time(s)", full_report)
     print(f"wrote {cfg.output_dir}/index*.csv, splits.json, {SPLIT_PNG}")
     return Result(counts=dict(full_report))
