@@ -289,3 +289,16 @@ def test_kill_9_during_step04_then_rerun_equals_an_uninterrupted_run(tmp_path):
         with xr.open_dataset(a / n) as da, xr.open_dataset(b / n) as db:
             np.testing.assert_array_equal(da["t2m"].values, db["t2m"].values)
     assert not list(a.glob(".tmp*"))
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tiny_world, tiny_index, tmp_path, capsys):
+    """An output_dir below a file (a typo, a folder replaced by a file): one line naming it, exit 2, for step01
+    and step02 alike (the check is the runner's); nothing is written beside it."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    assert run_step("step01_make_index", *step01_args(tiny_world, afile / "out")) == 2
+    err = _err(capsys)
+    assert str(afile) in err and "check the path" in err
+    assert _s02(tiny_index, afile / "s02") == 2
+    assert str(afile) in _err(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "not a folder"

@@ -41,10 +41,16 @@ def step_parser(step_dir: str, description: str | None = None, config_name: str 
     return p
 
 
+#: OSErrors that name a path the user chose badly (read-only, no permission, a file where a folder should be):
+#: one line naming it, exit 2. Other OSErrors are bugs and keep their traceback.
+PATH_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG)
+
+
 def run_main(main, argv=None) -> None:
     """Call ``main(argv)`` and turn expected mistakes into exit code 2.
 
-    ``UserError`` -> one line ``error: ...`` on stderr, exit 2; so does a full
+    ``UserError`` -> one line ``error: ...`` on stderr, exit 2; so do an output path that cannot be written
+    (:data:`PATH_ERRNOS`: read-only, no permission, a file where a folder should be) and a full
     disk (``ENOSPC``). ``KeyboardInterrupt`` -> exit 130 (outputs are written
     atomically, so nothing half-written is left). Other exceptions are bugs:
     full traceback. ``TA2D_DEBUG=1`` shows tracebacks for user errors too.
@@ -57,12 +63,17 @@ def run_main(main, argv=None) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            msg = (f"disk full while writing {e.filename or 'an output'} ({e.strerror}); free space and rerun: "
+                   "files under their final names are untouched")
+        elif e.errno in PATH_ERRNOS and e.filename:
+            msg = (f"cannot use {e.filename}: {e.strerror}; check the path in the config (an output folder must be "
+                   "writable, each folder above it a folder)")
+        else:
             raise
         if os.environ.get("TA2D_DEBUG"):
             traceback.print_exc()
-        print(f"error: disk full while writing {e.filename or 'an output'} ({e.strerror}); free space and rerun: "
-              "files under their final names are untouched", file=sys.stderr)
+        print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
