@@ -338,3 +338,28 @@ def test_station_listed_at_the_wrong_height_is_named(tiny_world, tiny_index, tmp
     assert qc["rejected"] == [] and (pd.read_csv(tmp_path / "o" / "index.csv")["stn_id"] == stn).sum() == 8
     clean = json.loads((tiny_index / "splits.json").read_text())["qc"]
     assert clean["suspect_stations"] == [] and abs(clean["largest_station_offset_K"]) < 3.0
+
+
+def test_skip_existing_rebuilds_a_chunk_whose_bytes_changed(tiny_patches, tiny_index, tmp_path, capsys):
+    """Bytes of a finished run's chunk changed (a disk fault, a stray write): the chunk still loads and carries
+    the right signature, but its SHA-1 is not the manifest's, so a rerun of step02 (what step03 asks for)
+    rebuilds it as it was, says so, and reuses the rest."""
+    out = tmp_path / "o"
+    shutil.copytree(tiny_patches, out)
+    man = read_manifest(out, splits=())[0]
+    entry = man["chunks"]["train"][1]
+    f = out / "patch_pt" / entry["file"]
+    assert len(entry["sha1"]) == 40
+    before = torch.load(f, weights_only=True)
+    raw = bytearray(f.read_bytes())
+    raw[200000:200100] = bytes(255 - b for b in raw[200000:200100])
+    f.write_bytes(bytes(raw))
+    assert not torch.equal(torch.load(f, weights_only=True)["x"], before["x"])  # loads, with other values
+    assert _step02(tiny_index, out) == 0
+    assert "1 chunk(s)" in capsys.readouterr().out
+    n_chunks = sum(len(v) for v in man["chunks"].values())
+    assert json.loads((out / "report.json").read_text())["chunks_reused"] == n_chunks - 1
+    after = torch.load(f, weights_only=True)
+    for k in TENSOR_KEYS:
+        assert torch.equal(before[k], after[k]), k
+    assert read_manifest(out, splits=())[0]["chunks"]["train"][1]["sha1"] == entry["sha1"]

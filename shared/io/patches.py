@@ -4,7 +4,7 @@ A step02 output folder (``patch_dir``)::
 
     patch_pt/{split}_chunk_XXXXX.pt   one chunk: a dict of contiguous tensors
     patch_pt/manifest.json            {"patch_size", "channels", "site_features", "layout", "signature",
-                                       "chunks": {split: [{file, rows}]}, "rows"}
+                                       "chunks": {split: [{file, rows, sha1}]}, "rows"}
     stats/input_statistics.json       {"channels", "mean", "std", ...} per channel, from train rows only
     stats/target_statistics.json      {"name": "ta", "units": "degC", "mean", "std", ...}
 
@@ -33,6 +33,8 @@ model takes (``time_unix`` = ``meta.time``).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,14 +148,40 @@ class SplitFiles:
         return sum(self.rows)
 
 
+def file_sha1(path: str | Path) -> str:
+    """SHA-1 of a file's bytes (the manifest's ``sha1`` of each chunk)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_manifest(patch_dir: str | Path, patch_size: int, signature: str, counts: dict[str, list[tuple[str, int]]]) -> dict:
-    """Write ``patch_pt/manifest.json``: ``counts`` = ``{split: [(file, rows), ...]}`` in chunk order."""
-    chunks = {s: [{"file": f, "rows": int(n)} for f, n in entries] for s, entries in counts.items()}
+    """Write ``patch_pt/manifest.json``: ``counts`` = ``{split: [(file, rows), ...]}`` in chunk order. Each entry
+    also holds the ``sha1`` of the chunk's bytes, so a later step02 run reuses a chunk only while it is the one
+    written (:func:`recorded_sha1`)."""
+    pt_dir = Path(patch_dir) / PATCH_SUBDIR
+    chunks = {s: [{"file": f, "rows": int(n), "sha1": file_sha1(pt_dir / f)} for f, n in entries]
+              for s, entries in counts.items()}
     manifest = {"patch_size": int(patch_size), "channels": list(PATCH_CHANNELS), "site_features": list(SITE_FEATURES),
                 "layout": CHUNK_LAYOUT, "signature": signature,
                 "chunks": chunks, "rows": {s: sum(e["rows"] for e in v) for s, v in chunks.items()}}
     write_json(Path(patch_dir) / PATCH_SUBDIR / MANIFEST, manifest)
     return manifest
+
+
+def recorded_sha1(patch_dir: str | Path, signature: str) -> dict[str, str]:
+    """``{chunk file: sha1}`` as the folder's manifest recorded them, when it was written with ``signature``
+    (the same index, static.nc and settings); empty without a readable manifest of that signature."""
+    try:
+        with open(Path(patch_dir) / PATCH_SUBDIR / MANIFEST, encoding="utf-8") as fh:
+            man = json.load(fh)
+        if man.get("signature") != signature:
+            return {}
+        return {e["file"]: e["sha1"] for v in man["chunks"].values() for e in v if isinstance(e.get("sha1"), str)}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
 
 
 def read_manifest(patch_dir: str | Path, splits=("train", "val")) -> tuple[dict, dict[str, SplitFiles]]:

@@ -52,8 +52,10 @@ from shared.io.patches import (
     PATCH_SUBDIR,
     STATS_SUBDIR,
     chunk_name,
+    file_sha1,
     load_chunk,
     read_stats,
+    recorded_sha1,
     save_chunk,
     write_manifest,
     write_stats,
@@ -212,16 +214,25 @@ def make_patches(cfg: Config) -> dict:
         except (OSError, ValueError, AttributeError):
             stats_ok = False  # unreadable: rebuilt below
     existing: dict[tuple[str, int], int] = {}
+    changed = 0
     if cfg.skip_existing and stats_ok:
+        # a chunk the last finished run recorded is reused only while its bytes are the ones written; one
+        # written since (an interrupted run's) is reused when it loads and carries this signature
+        written = recorded_sha1(out, signature)
         for (s, k) in df.groupby(["split", "chunk"]).groups:
             f = pdir / chunk_name(s, k)
             if f.is_file():
+                if f.name in written and file_sha1(f) != written[f.name]:
+                    changed += 1
+                    continue
                 try:
                     ch = load_chunk(f, patch_size=p)
                 except UserError:
                     continue
                 if ch.get("signature") == signature:
                     existing[(s, k)] = int(ch["y"].shape[0])
+    if changed:
+        print(f"warning: {changed} chunk(s) in {pdir} changed since step02 wrote them; rebuilding them")
     need_mask = ~pd.Series(list(zip(df["split"], df["chunk"]))).isin(existing.keys()).to_numpy()
     if not stats_ok:
         need_mask[:] = True
