@@ -302,3 +302,19 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tiny_world, tiny_index
     assert _s02(tiny_index, afile / "s02") == 2
     assert str(afile) in _err(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("column, value", [("ta_c", "warm"), ("pixel_x", "12a"), ("sat_time_utc", "yesterday")])
+def test_an_edited_index_with_text_is_one_line(tiny_index, tmp_path, capsys, column, value):
+    """An index CSV edited by hand (and adopted) with text where a number or a time belongs: step02 names the
+    file, the column, the value and its line, exit 2, instead of failing deep inside with a TypeError."""
+    idx = tmp_path / "idx"
+    shutil.copytree(tiny_index, idx)
+    df = pd.read_csv(idx / "index_train.csv", dtype=str)
+    df.loc[3, column] = value
+    df.to_csv(idx / "index_train.csv", index=False)
+    adopt(idx, "step01")
+    assert _s02(idx, tmp_path / "s02") == 2
+    err = _err(capsys)
+    assert "index_train.csv" in err and column in err and repr(value) in err and "line 5" in err
+    assert not (tmp_path / "s02" / "patch_pt" / "manifest.json").exists()

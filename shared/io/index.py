@@ -29,6 +29,8 @@ SPLITS = ("train", "val", "test")
 INDEX_NEEDED = ["time_utc", "sat_time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "ta_c",
                 "path_bt", "path_rf", "path_sza", "split"]
 SPLITS_JSON = "splits.json"
+#: Index columns that must hold numbers (elev_m may be empty: the pixel's DEM height stands in)
+NUMERIC_COLUMNS = ("stn_id", "lat", "lon", "elev_m", "pixel_y", "pixel_x", "ta_c", "year")
 _DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -78,6 +80,19 @@ def read_split_csv(index_dir: str | Path, split: str, columns: list[str] | None 
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise UserError(f"{p}: missing column(s) {', '.join(missing)}; {rerun('step01', force=True)}")
+    for c in NUMERIC_COLUMNS:
+        if c in df.columns and not pd.api.types.is_numeric_dtype(df[c]):
+            bad = pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise UserError(f"{p}: column {c} holds {df[c].iloc[i]!r} on line {i + 2}, not a number (an edited "
+                            f"file?); {rerun('step01', force=True)}")
+    for c in ("time_utc", "sat_time_utc"):
+        if c in df.columns:
+            t = pd.to_datetime(df[c], errors="coerce")
+            if (t.isna() & df[c].notna()).any():
+                i = int((t.isna() & df[c].notna()).to_numpy().nonzero()[0][0])
+                raise UserError(f"{p}: column {c} holds {df[c].iloc[i]!r} on line {i + 2}, not a time (an edited "
+                                f"file?); {rerun('step01', force=True)}")
     return df
 
 
