@@ -318,3 +318,38 @@ def test_an_edited_index_with_text_is_one_line(tiny_index, tmp_path, capsys, col
     err = _err(capsys)
     assert "index_train.csv" in err and column in err and repr(value) in err and "line 5" in err
     assert not (tmp_path / "s02" / "patch_pt" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("case", ["kelvin", "fahrenheit_july", "swapped_latlon"])
+def test_observations_in_other_units_or_swapped_coordinates_say_so(tiny_world, tmp_path, capsys, case):
+    """TA in kelvin or a summer file in °F: one line naming the file and the conversion, not a silent drop
+    counted in the report (then "nothing matched"); lat and lon swapped in the station table: one line saying
+    every station lies outside the grid and to check lat and lon, without a numpy warning before it."""
+    raw = _copy_world(tiny_world, tmp_path)
+    files = sorted((raw / "ta_obs").glob("*.csv"))
+    if case == "swapped_latlon":
+        st = pd.read_csv(raw / "stations.csv")
+        st[["lat", "lon"]] = st[["lon", "lat"]].to_numpy()
+        st.to_csv(raw / "stations.csv", index=False)
+    else:
+        for f in files:
+            obs = pd.read_csv(f)
+            obs["ta_c"] = obs["ta_c"] + 273.15 if case == "kelvin" else obs["ta_c"] * 1.8 + 32.0
+            obs.to_csv(f, index=False)
+    assert run_step("step01_make_index", *step01_args(raw, tmp_path / "s01")) == 2
+    err = _err(capsys)
+    if case == "swapped_latlon":
+        assert "outside static.nc's grid" in err and "swapped" in err
+    else:
+        assert files[0 if case == "kelvin" else 1].name in err and "must be in °C" in err
+    assert not (tmp_path / "s01" / "index.csv").exists()
+
+
+def test_a_few_out_of_range_values_are_dropped_with_a_warning(tiny_world, tmp_path, caplog):
+    raw = _copy_world(tiny_world, tmp_path)
+    f = sorted((raw / "ta_obs").glob("*.csv"))[1]
+    obs = pd.read_csv(f)
+    obs.loc[10, "ta_c"] = 99.0
+    obs.to_csv(f, index=False)
+    assert run_step("step01_make_index", *step01_args(raw, tmp_path / "s01")) == 0
+    assert f"{f}: 1 TA value(s) outside -40..45 °C dropped; first at line 12: '99.0'" in caplog.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import sys
 import traceback
@@ -46,6 +47,22 @@ def step_parser(step_dir: str, description: str | None = None, config_name: str 
 PATH_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG)
 
 
+class _LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _log_warnings_as_lines() -> None:
+    """The package's log warnings on stderr as ``warning: ...``, like the steps' own warnings (unless logging is
+    already set up, e.g. by a test or an embedding program)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(_LineFormatter())
+        h.setLevel(logging.WARNING)
+        root.addHandler(h)
+
+
 def run_main(main, argv=None) -> None:
     """Call ``main(argv)`` and turn expected mistakes into exit code 2.
 
@@ -55,6 +72,7 @@ def run_main(main, argv=None) -> None:
     atomically, so nothing half-written is left). Other exceptions are bugs:
     full traceback. ``TA2D_DEBUG=1`` shows tracebacks for user errors too.
     """
+    _log_warnings_as_lines()
     try:
         rc = main(argv)
     except UserError as e:

@@ -74,8 +74,11 @@ class Grid:
         x, y = self.latlon_to_xy(lat, lon)
         col = (x + KO_HALF_M) / self.res_m - self.col0
         row = (KO_HALF_M - y) / self.res_m - self.row0
-        if round_:
-            return np.rint(row).astype(np.int64), np.rint(col).astype(np.int64)
+        if round_:  # a point the projection cannot place (latitude beyond 90: lat and lon swapped) is outside too
+            def idx(v):
+                return np.rint(np.clip(np.nan_to_num(v, nan=-1.0, posinf=-1.0, neginf=-1.0), -1.0, 1e9)).astype(np.int64)
+
+            return idx(row), idx(col)
         return row, col
 
     def rowcol_to_latlon(self, row, col):

@@ -238,6 +238,15 @@ def _read_obs_file(path: Path) -> tuple[pd.DataFrame, dict]:
                     path, rep["bad_time"], i + 2, raw[tcol].iloc[i])
     rep["missing_ta"] = int(missing_ta.sum())
     rep["out_of_range"] = int(out_range.sum())
+    has_ta = ~missing_ta & ~bad_stn & ~bad_time
+    if rep["out_of_range"] and rep["out_of_range"] > 0.5 * int(has_ta.sum()):
+        raise UserError(f"{path}: {rep['out_of_range']:,} of {int(has_ta.sum()):,} TA values lie outside "
+                        f"{TA_RANGE_C[0]:g}..{TA_RANGE_C[1]:g} °C (median {float(ta[has_ta].median()):.1f}): ta_c "
+                        "must be in °C; convert a file in kelvin (K - 273.15) or in °F ((F - 32) / 1.8)")
+    if rep["out_of_range"]:
+        i = int(np.flatnonzero(out_range.to_numpy())[0])
+        log.warning("%s: %d TA value(s) outside %g..%g °C dropped; first at line %d: %r", path, rep["out_of_range"],
+                    *TA_RANGE_C, i + 2, raw[cols["ta_c"]].iloc[i])
     keep = ~(bad_stn | bad_time | missing_ta | out_range)
     df = pd.DataFrame({"stn_id": stn[keep].astype("int64"), "time_utc": t[keep], "ta_c": ta[keep].astype("float64")})
     return df.reset_index(drop=True), rep

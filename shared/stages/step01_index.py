@@ -174,6 +174,29 @@ def gross_error_check(df: pd.DataFrame, grid: Grid, qc: QCConfig) -> tuple[np.nd
     return res.rejected, info
 
 
+#: what to check when a drop reason took every observation
+_DROP_HINTS = {
+    "dropped_unknown_station": "no observation's stn_id is in the station table: check stations_csv",
+    "dropped_outside_grid": "every station lies outside static.nc's grid: check lat and lon in stations_csv "
+                            "(swapped? in degrees?)",
+    "dropped_no_image_within_tolerance": "no observation time is within time_tolerance_min of an image: check "
+                                         "that the times are UTC and that sat/ holds those days",
+}
+
+
+def nothing_left(report: dict) -> str:
+    """Why no observation survived ``build_index``'s drops, in words, from its report."""
+    n = report.get("observations", 0)
+    if not n:
+        return "the observation files hold no usable row (see the report of missing and out-of-range values)"
+    for key, hint in _DROP_HINTS.items():
+        if report.get(key, 0) == n:
+            return f"{hint} ({n:,} of {n:,} dropped)"
+    parts = ", ".join(f"{report[k]:,} {k.removeprefix('dropped_').replace('_', ' ')}" for k in _DROP_HINTS
+                      if report.get(k))
+    return f"of {n:,} observations {parts}; check stations_csv, the times (UTC) and time_tolerance_min"
+
+
 def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, grid: Grid,
                 tol_min: float, mode: str, seed: int, val_frac: float, test_frac: float,
                 margin: int = 0, qc: QCConfig | None = None) -> tuple[pd.DataFrame, OrderedDict[str, int], dict]:
@@ -219,7 +242,7 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
     report["dropped_gross_error"] = len(qc_info["rejected"]) if qc_info else 0
 
     if df.empty:
-        raise UserError("no observation could be matched to a satellite image; check times (UTC), time_tolerance_min and station coordinates")
+        raise UserError(f"no observation is left to index: {nothing_left(report)}")
     df["year"] = df["sat_time_utc"].dt.year
     split, info, dropped = assign_splits(df, mode, seed, val_frac, test_frac)
     df["split"] = split.to_numpy()
