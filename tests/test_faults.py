@@ -353,3 +353,13 @@ def test_a_few_out_of_range_values_are_dropped_with_a_warning(tiny_world, tmp_pa
     obs.to_csv(f, index=False)
     assert run_step("step01_make_index", *step01_args(raw, tmp_path / "s01")) == 0
     assert f"{f}: 1 TA value(s) outside -40..45 °C dropped; first at line 12: '99.0'" in caplog.text
+
+
+def test_text_in_a_station_elevation_is_named(tiny_world, tmp_path, caplog):
+    """'ninety' in elev_m: the station stays (its pixel's DEM height stands in) and a warning names the line."""
+    raw = _copy_world(tiny_world, tmp_path)
+    st = pd.read_csv(raw / "stations.csv", dtype=str)
+    st.loc[0, "elev_m"] = "ninety"
+    st.to_csv(raw / "stations.csv", index=False)
+    assert run_step("step01_make_index", *step01_args(raw, tmp_path / "s01")) == 0
+    assert "1 station(s) with an elevation that is not a number (first at line 2: 'ninety')" in caplog.text

@@ -136,6 +136,11 @@ def read_stations(path: str | Path) -> pd.DataFrame:
     if bad.any():
         log.warning("%s: %d station row(s) without a numeric id/lat/lon dropped (first at line %d)",
                     path, int(bad.sum()), first_bad)
+    text_elev = ~bad & df["elev_m"].isna() & raw[cols["elev_m"]].fillna("").str.strip().ne("")
+    if text_elev.any():
+        i = int(np.flatnonzero(text_elev.to_numpy())[0])
+        log.warning("%s: %d station(s) with an elevation that is not a number (first at line %d: %r); their "
+                    "pixel's DEM height stands in", path, int(text_elev.sum()), i + 2, raw[cols["elev_m"]].iloc[i])
     df = df[~bad].copy()
     df["stn_id"] = df["stn_id"].astype("int64")
     if "name" not in cols:  # optional: KMA-style tables without names still work
