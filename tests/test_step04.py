@@ -336,6 +336,8 @@ def test_bad_inputs_exit_2_with_one_line(world, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert run_step(STEP, *args_for(world, out), "--set", "device=cuda") == 2
         assert "device=cuda but CUDA is not available here; use device=auto or cpu" in capsys.readouterr().err
+    assert run_step(STEP, *args_for(world, out), "--set", f"stations_csv={tmp_path / 'none.csv'}") == 2
+    assert "station table not found" in capsys.readouterr().err  # it was mapped silently without stations
     assert not out.exists() or not list(out.glob("*.nc"))  # nothing written by any of these
 
 

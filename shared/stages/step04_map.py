@@ -82,7 +82,7 @@ class TimesConfig:
 class Config:
     checkpoint: Path = Path("step03_train_clay/weights/best.pt")
     raw_dir: Path = Path("data/raw")
-    stations_csv: Path = Path("data/raw/stations.csv")
+    stations_csv: Path | None = Path("data/raw/stations.csv")  # null: no station dots, no map_at_stations.csv
     index_dir: Path = Path("step01_make_index/outputs")
     output_dir: Path = Path(f"{STEP}/outputs")
     times: TimesConfig = field(default_factory=TimesConfig)
@@ -227,7 +227,10 @@ def run(cfg: Config, ctx: Context) -> Result:
             print(f"warning: {msg}; skipped (on_missing_image: skip)")
     if times.empty:
         raise UserError("no time to map: " + ("; ".join(missing[:3]) if missing else "the selection is empty"))
-    stations = station_pixels(cfg.stations_csv, static) if cfg.stations_csv.is_file() else None
+    if cfg.stations_csv is not None and not cfg.stations_csv.is_file():
+        raise UserError(f"station table not found: {cfg.stations_csv} (stations_csv); point it at the station "
+                        "CSV, or set stations_csv: null to map without station dots and map_at_stations.csv")
+    stations = station_pixels(cfg.stations_csv, static) if cfg.stations_csv is not None else None
     region = check_region(cfg.region, static.grid)
     if region is None:
         grid_out, offset, st_out = static.grid, (0, 0), stations
@@ -413,7 +416,8 @@ def deps(cfg: Config) -> list[Path]:
     and the images of the selected times."""
     t = _times(cfg)
     images = sorted({resolve_path(p) for c in ("path_bt", "path_rf", "path_sza") for p in t[c]})
-    return [cfg.checkpoint, cfg.raw_dir / "static.nc", cfg.stations_csv] + _index_files(cfg) + images
+    return ([cfg.checkpoint, cfg.raw_dir / "static.nc"] + ([cfg.stations_csv] if cfg.stations_csv is not None else [])
+            + _index_files(cfg) + images)
 
 
 def outs(cfg: Config) -> list[Path]:
