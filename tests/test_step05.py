@@ -364,6 +364,17 @@ def test_bad_input_exits_2(evaluated, tmp_path, capsys):
     assert run_step(STEP, *args, "--set", f"patch_dir={patches}", "--set", f"output_dir={tmp_path / 'd'}") == 2
     err = capsys.readouterr().err
     assert "split 'test' has no rows" in err and err.count("\n") == 1
+    # the test stations as fusion sources: refused, not silently dropped (which also dropped val)
+    assert run_step(STEP, *args, "--set", "fusion.splits=[train, test]", "--set", f"output_dir={tmp_path / 'f'}") == 2
+    assert "never fuses the test stations" in capsys.readouterr().err
+    # a truth_dir that does not exist: refused, not a run without its maps-vs-truth section
+    assert run_step(STEP, *args, "--set", f"truth_dir={tmp_path / 'nope'}", "--set", f"output_dir={tmp_path / 'g'}") == 2
+    assert "truth_dir not found" in capsys.readouterr().err
+    # a map_dir that does not exist: a warning on stderr, the run goes on without map columns
+    assert run_step(STEP, *args, "--set", f"map_dir={tmp_path / 'nomaps'}", "--set", f"output_dir={tmp_path / 'h'}") == 0
+    assert "does not exist: map columns left empty" in capsys.readouterr().err
+    assert pd.read_csv(tmp_path / "h" / "preds_test.csv")["map_c"].isna().all()
+    assert [n for n in ("f", "g") if (tmp_path / n).exists()] == []
 
 
 def test_maps_are_analyses_of_the_fusion_stations_and_intervals_are_scored(evaluated):

@@ -318,6 +318,7 @@ class StepRun:
         """Mark the outputs as being rewritten; the last finished record is kept as ``previous``."""
         done = finished_record(self.previous())
         self._started_without_previous = done is None
+        self._made_dirs = [d for d in [self.out_dir] + self.mirrors if not d.exists()]
         self.t0 = time.time()
         self._write({"step": self.step, "status": "running",
                      "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -336,10 +337,14 @@ class StepRun:
 
     def abandon(self) -> None:
         """After a failed run: with no earlier finished run the record goes (nothing was ever promised);
-        otherwise it stays "running", so readers keep using the earlier run's files only while unchanged."""
+        otherwise it stays "running", so readers keep using the earlier run's files only while unchanged. An
+        output folder the run made is removed when it is left empty."""
         if self._started_without_previous:
             for d in [self.out_dir] + self.mirrors:
                 (d / RUN_JSON).unlink(missing_ok=True)
+        for d in getattr(self, "_made_dirs", []):  # a folder this run made and left empty goes too
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
     def _write(self, rec: dict) -> None:
         for d in [self.out_dir] + self.mirrors:

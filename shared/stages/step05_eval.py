@@ -94,6 +94,9 @@ class Config:
             raise ValueError(f"clear_ir105_K is a brightness temperature in K (e.g. 270), got {self.clear_ir105_K}")
         if self.bootstrap_draws < 100:
             raise ValueError(f"bootstrap_draws must be >= 100 (2000 for stable 95 % intervals), got {self.bootstrap_draws}")
+        if "test" in self.fusion.splits:
+            raise ValueError(f"fusion.splits: step05 never fuses the test stations (they would correct their own "
+                             f"scores; it also refuses maps fused with them), got {self.fusion.splits}: use [train, val]")
 
 
 def _finite_mean(vals) -> float:
@@ -199,6 +202,9 @@ def run(cfg: Config, ctx: Context) -> Result:
     threads = cfg.num_threads if cfg.num_threads > 0 else max(1, os.cpu_count() or 1)
     torch.set_num_threads(threads)
     out = cfg.output_dir
+    if cfg.truth_dir is not None and not cfg.truth_dir.is_dir():
+        raise UserError(f"truth_dir not found: {cfg.truth_dir}; point it at the folder of ta_true_*.nc, or set "
+                        "truth_dir: null (the demo world's <raw_dir>/truth; real data have none)")
     out.mkdir(parents=True, exist_ok=True)
     predictor = load_predictor(cfg.checkpoint, "fp32")
     check_trained_on(predictor, cfg.patch_dir, cfg.checkpoint)
@@ -246,7 +252,10 @@ def run(cfg: Config, ctx: Context) -> Result:
 
     # --- maps ------------------------------------------------------------------
     maps_used, maps_other, agreement, truth = [], [], None, []
-    if cfg.compare_maps:
+    if cfg.compare_maps and not cfg.map_dir.is_dir():
+        print(f"warning: map_dir {cfg.map_dir} does not exist: map columns left empty (run step04, point map_dir at its "
+              "outputs, or set compare_maps: false)", file=sys.stderr)
+    elif cfg.compare_maps:
         ckpt_fp = fingerprint([cfg.checkpoint])[str(cfg.checkpoint)]
         maps, unlisted = finished_maps(cfg.map_dir)
         if unlisted:
