@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import adopt, run_step, step01_args
 
+from shared.core.errors import UserError
 from shared.features.site import SITE_FEATURES, site_fields
 from shared.io.channels import PATCH_CHANNELS
 from shared.io.patches import CHUNK_LAYOUT, TENSOR_KEYS, load_chunk, read_manifest
@@ -363,3 +364,25 @@ def test_skip_existing_rebuilds_a_chunk_whose_bytes_changed(tiny_patches, tiny_i
     for k in TENSOR_KEYS:
         assert torch.equal(before[k], after[k]), k
     assert read_manifest(out, splits=())[0]["chunks"]["train"][1]["sha1"] == entry["sha1"]
+
+
+def test_landcover_exclude_takes_igbp_classes_only(tiny_index, tmp_path, capsys):
+    rc = _step02(tiny_index, tmp_path / "o", "--set", "landcover_exclude=[17, 99]")
+    assert rc == 2 and "landcover_exclude: IGBP classes 1-17 (0 or 255 = unclassified), got [99]" in capsys.readouterr().err
+
+
+def test_a_moved_patch_folder_is_named_as_moved_with_the_way_to_adopt_it(tiny_patches, tmp_path):
+    """step02's outputs copied to another folder: the upstream check says the folder was moved or copied and how
+    to adopt it, instead of "not written by the last finished run"; adopted, it passes."""
+    from shared.core.records import check_upstream
+    from shared.stages import step03_train
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_patches, moved)
+    cfg = step03_train.Config()
+    cfg.data.patch_dir = moved
+    (run_dir, files, step), = step03_train.upstream(cfg)
+    with pytest.raises(UserError, match="moved or copied. To use it here: python -m shared.tools.adopt step02"):
+        check_upstream(run_dir, files, step)
+    adopt(moved, "step02")
+    check_upstream(run_dir, files, step)

@@ -250,6 +250,13 @@ def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) 
         key = str(Path(f))
         want = outs.get(key)
         if want is None:
+            rel = Path(f).resolve().relative_to(run_dir.resolve()) if Path(f).resolve().is_relative_to(
+                run_dir.resolve()) else Path(Path(f).name)
+            elsewhere = [k for k in outs if Path(k).parts[-len(rel.parts):] == rel.parts]
+            if elsewhere:
+                raise UserError(f"{run_dir}: its record lists {rel} under another folder ({elsewhere[0]}): the folder "
+                                f"was moved or copied. To use it here: python -m shared.tools.adopt "
+                                f"{step.split('_')[0]} {run_dir}; or {rerun(step)}")
             raise UserError(f"{f} was not written by the last finished {step} run (its record in {run_dir / RUN_JSON} "
                             f"does not list it); {rerun(step)}")
         if fingerprint([f])[key] != want:

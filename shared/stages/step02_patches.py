@@ -44,7 +44,7 @@ from shared.core.records import fingerprint, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.features.patch import extract_patches, height_z, landcover_onehot, loc3, normalise_, time7
 from shared.features.site import site_at, site_fields
-from shared.io.channels import DEM_CH, N_CHANNELS, SZA_CH
+from shared.io.channels import DEM_CH, N_CHANNELS, N_LANDCOVER, SZA_CH
 from shared.io.index import SPLITS, image_paths, index_files, read_index, read_splits
 from shared.io.patches import (
     CHUNK_LAYOUT,
@@ -82,6 +82,9 @@ class Config:
             raise ValueError(f"patch_chunk_rows must be >= 1, got {self.patch_chunk_rows}")
         if self.split_workers < 1:
             raise ValueError(f"split_workers must be >= 1, got {self.split_workers}")
+        bad = [c for c in self.landcover_exclude if not (0 <= c <= N_LANDCOVER or c == 255)]
+        if bad:
+            raise ValueError(f"landcover_exclude: IGBP classes 1-{N_LANDCOVER} (0 or 255 = unclassified), got {bad}")
 
 
 def _static_path(cfg: Config) -> Path:
