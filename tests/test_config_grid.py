@@ -143,3 +143,22 @@ def test_steprun_up_to_date_tracks_inputs_config_outputs(tmp_path):
     assert StepRun(tmp_path / "outputs", {"k": 1}, [inp]).up_to_date()
     out.unlink()
     assert not StepRun(tmp_path / "outputs", {"k": 1}, [inp]).up_to_date()
+
+
+def test_a_bad_set_value_names_set_and_a_failed_check_names_both(tmp_path):
+    """A --set value of the wrong type is blamed on --set (the file is fine); a check that fails after --set
+    names the file and the keys set."""
+    from shared.core.config import load_config
+    from shared.core.errors import UserError
+    from shared.stages.step01_index import Config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("time_tolerance_min: 5\n")
+    with pytest.raises(UserError, match=r"^--set: config key 'time_tolerance_min' expects float, got 'five'$"):
+        load_config(Config, cfg, ["time_tolerance_min=five"])
+    cfg.write_text("time_tolerance_min: five\n")
+    with pytest.raises(UserError, match=f"^{cfg}: config key 'time_tolerance_min' expects float"):
+        load_config(Config, cfg, [])
+    cfg.write_text("time_tolerance_min: 5\n")
+    with pytest.raises(UserError, match=r"c.yaml with --set split.val_frac: split.val_frac \(0.9\)"):
+        load_config(Config, cfg, ["split.val_frac=0.9"])

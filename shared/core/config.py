@@ -14,6 +14,7 @@ All of these surface as :class:`UserError` (exit code 2, one line).
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import re
@@ -174,6 +175,10 @@ def _convert(value: Any, tp, key: str, where: str, root: Path):
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 
+#: the dotted keys the current load_config took from --set (their conversion errors name --set, not the file)
+_SET_KEYS: contextvars.ContextVar[frozenset] = contextvars.ContextVar("set_keys", default=frozenset())
+
+
 def _build(cls, data: dict, prefix: str, where: str, root: Path):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -184,7 +189,7 @@ def _build(cls, data: dict, prefix: str, where: str, root: Path):
     for name, f in fields.items():
         key = prefix + name
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], key, where, root)
+            kwargs[name] = _convert(data[name], hints[name], key, "--set" if key in _SET_KEYS.get() else where, root)
         elif f.default is not dataclasses.MISSING:
             # Defaults go through the same conversion (a default "data/raw" becomes an absolute Path).
             kwargs[name] = _convert(f.default, hints[name], key, where, root)
@@ -247,9 +252,17 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(cls, path: str | Path, overrides: list[str] | None = None, root: Path = REPO_ROOT):
     """Read ``path`` (YAML), apply ``--set`` overrides, validate into ``cls``."""
     data = read_yaml(path)
+    set_keys = []
     for keys, value in parse_overrides(overrides):
         _apply_override(data, keys, value, cls, str(path))
-    return _build(cls, data, "", str(path), root)
+        set_keys.append(".".join(keys))
+    # a value that does not convert names --set when it came from there; a failed check names both
+    where = f"{path}" + (f" with --set {', '.join(set_keys)}" if set_keys else "")
+    token = _SET_KEYS.set(frozenset(set_keys))
+    try:
+        return _build(cls, data, "", where, root)
+    finally:
+        _SET_KEYS.reset(token)
 
 
 def config_to_dict(obj) -> dict:
