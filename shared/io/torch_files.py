@@ -22,10 +22,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
-    """The first non-empty line of an exception's message, without terminal colour codes."""
+    """The first non-empty line of an exception's message, without terminal colour codes, cut at a word
+    (with "...") when longer than ``limit``."""
     text = _ANSI.sub("", str(e)).strip()
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
-    return line[:limit]
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def load_torch_file(path: str | Path, what: str, hint: str, mmap: bool = True):
