@@ -298,7 +298,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tiny_world, tiny_index
     afile.write_text("not a folder")
     assert run_step("step01_make_index", *step01_args(tiny_world, afile / "out")) == 2
     err = _err(capsys)
-    assert str(afile) in err and "check the path" in err
+    assert str(afile) in err and "check that path" in err
     assert _s02(tiny_index, afile / "s02") == 2
     assert str(afile) in _err(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "not a folder"

@@ -131,3 +131,39 @@ def test_errors(tmp_path):
         build_static(tmp_path / "far.nc", tmp_path / "far.nc", dst=tmp_path / "s.nc", grid=GRID)
     with pytest.raises(UserError, match="no variable 'zz'"):
         read_raster(f"{tmp_path / 'far.nc'}:zz")
+
+
+@pytest.mark.parametrize("case, words", [
+    ("km", "looks like kilometres"),
+    ("km_units", "units are 'km'"),
+    ("feet", "in feet?"),
+    ("nodata", "values down to -9999 m"),
+    ("all_nan", "every DEM value over the KO grid is missing"),
+    ("lc_not_igbp", "land cover values 40 are not IGBP classes"),
+])
+def test_a_dem_or_land_cover_that_is_not_what_it_should_be_is_refused(tmp_path, case, words):
+    """Heights in km or feet, an undeclared -9999 nodata, a DEM with no value, land cover that is not IGBP: one
+    line naming the file, and no static.nc (they were written, to fail a step later or never)."""
+    lat = np.arange(40.0, 35.0, -0.05)
+    lon = np.arange(124.0, 130.0, 0.05)
+    dem = 100.0 + 300.0 * (lo := lon[None, :] - 124.0) + 0 * lat[:, None]  # 100 .. 1,885 m
+    lc = np.where(lo < 3.0, 12, 14) + 0 * lat[:, None]
+    if case == "km":
+        dem = dem / 1000.0
+    elif case == "feet":
+        dem = dem * 3.2808 + 3000.0
+    elif case == "nodata":
+        dem[::3, ::3] = -9999.0
+    elif case == "all_nan":
+        dem[:] = np.nan
+    elif case == "lc_not_igbp":
+        lc[::3, ::3] = 40
+    write_latlon_raster(tmp_path / "dem.nc", "z", lat, lon, dem)
+    if case == "km_units":
+        with netCDF4.Dataset(tmp_path / "dem.nc", "a") as ds:
+            ds.variables["z"].units = "km"
+    write_latlon_raster(tmp_path / "lc.nc", "lc", lat, lon, lc)
+    with pytest.raises(UserError, match=words.replace("?", r"\?")) as e:
+        build_static(tmp_path / "dem.nc", tmp_path / "lc.nc", dst=tmp_path / "static.nc", grid=GRID)
+    assert ("lc.nc" if case == "lc_not_igbp" else "dem.nc") in str(e.value)
+    assert not (tmp_path / "static.nc").exists()

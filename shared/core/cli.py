@@ -44,7 +44,16 @@ def step_parser(step_dir: str, description: str | None = None, config_name: str 
 
 #: OSErrors that name a path the user chose badly (read-only, no permission, a file where a folder should be):
 #: one line naming it, exit 2. Other OSErrors are bugs and keep their traceback.
-PATH_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG)
+PATH_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+               errno.ENAMETOOLONG)
+
+
+def _final_name(filename) -> str:
+    """An output's own name for the temporary file it is written under (``.tmp-PID-name``)."""
+    p = Path(str(filename))
+    if p.name.startswith(".tmp-") and p.name.count("-") >= 2:
+        return str(p.with_name(p.name.split("-", 2)[2]))
+    return str(p)
 
 
 class _LineFormatter(logging.Formatter):
@@ -85,8 +94,8 @@ def run_main(main, argv=None) -> None:
             msg = (f"disk full while writing {e.filename or 'an output'} ({e.strerror}); free space and rerun: "
                    "files under their final names are untouched")
         elif e.errno in PATH_ERRNOS and e.filename:
-            msg = (f"cannot use {e.filename}: {e.strerror}; check the path in the config (an output folder must be "
-                   "writable, each folder above it a folder)")
+            msg = (f"cannot use {_final_name(e.filename)}: {e.strerror}; check that path (an output folder must be "
+                   "writable, and each folder above it a folder, not a file)")
         else:
             raise
         if os.environ.get("TA2D_DEBUG"):

@@ -40,6 +40,7 @@ from shared.geo.grid import KO_GRID, Grid
 from shared.ingest.l1b import parse_window
 from shared.ingest.l1b_read import block_mean
 from shared.io.channels import WATER
+from shared.io.raw import DEM_RANGE_M
 from shared.io.raw import write_static as write_static_nc
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Raster:
     x: np.ndarray  # (nx,) ascending
     crs: object  # pyproj.CRS
     path: str
+    units: str = ""  # the variable's units attribute (netCDF), "" when it has none
 
     @property
     def geographic(self) -> bool:
@@ -137,7 +139,8 @@ def read_netcdf_raster(path: Path, var: str | None = None, grid: Grid | None = N
             xs, ys = _index_range(x, x0, x1), _index_range(y, y0, y1)
         v.set_auto_maskandscale(True)
         data = np.ma.filled(np.ma.asarray(v[ys, xs]).astype(np.float64), np.nan)
-        return _ascending(Raster(data=data, y=y[ys], x=x[xs], crs=crs, path=str(path)))
+        units = str(getattr(v, "units", "")).strip()
+        return _ascending(Raster(data=data, y=y[ys], x=x[xs], crs=crs, path=str(path), units=units))
 
 
 def _index_range(c: np.ndarray, lo: float, hi: float, margin: int = 2) -> slice:
@@ -207,7 +210,8 @@ def _coarsen(r: Raster, f: int) -> Raster:
     """Block mean of the data, block centres as coordinates."""
     d = block_mean(r.data, f)
     ny, nx = d.shape
-    return Raster(data=d, y=r.y[:ny * f].reshape(ny, f).mean(1), x=r.x[:nx * f].reshape(nx, f).mean(1), crs=r.crs, path=r.path)
+    return Raster(data=d, y=r.y[:ny * f].reshape(ny, f).mean(1), x=r.x[:nx * f].reshape(nx, f).mean(1), crs=r.crs, path=r.path,
+                  units=r.units)
 
 
 def regrid(r: Raster, grid: Grid = KO_GRID, method: str = "linear") -> np.ndarray:
@@ -225,18 +229,66 @@ def regrid(r: Raster, grid: Grid = KO_GRID, method: str = "linear") -> np.ndarra
     return interp(np.stack([sy.ravel(), sx.ravel()], axis=-1)).reshape(grid.shape)
 
 
+#: the KO grid's highest ground is Paektu-san, 2,744 m: a DEM reaching this high is in feet (or not a DEM)
+DEM_MAX_M = 4000.0
+#: this many land pixels (land cover, not water), all below DEM_KM_MAX: a DEM in kilometres
+DEM_KM_MIN_LAND_PX, DEM_KM_MAX = 100, 4.0
+_DEM_UNITS = ("m", "meter", "meters", "metre", "metres")
+
+
+def check_dem_values(r: Raster, spec) -> None:
+    """One line naming the file when the DEM read over the grid is not heights in metres: units other than
+    metres, no value at all, a nodata value the file does not declare (far below sea level), or heights
+    above any on the grid (feet)."""
+    if r.units and r.units.lower() not in _DEM_UNITS:
+        raise UserError(f"{spec}: DEM units are {r.units!r}; the DEM must be in metres (convert it, or fix the units "
+                        "attribute if the values are metres)")
+    ok = np.isfinite(r.data)
+    if r.data.size == 0:  # the raster lies elsewhere: build_static says it does not cover the grid
+        return
+    if not ok.any():
+        raise UserError(f"{spec}: every DEM value over the KO grid is missing (nodata): a broken or empty file, or "
+                        "the wrong variable")
+    lo, hi = float(r.data[ok].min()), float(r.data[ok].max())
+    if lo < DEM_RANGE_M[0]:
+        raise UserError(f"{spec}: DEM values down to {lo:g} m: a nodata value the file does not declare; set its "
+                        "_FillValue (e.g. ncatted -a _FillValue,VAR,o,f,-9999) or mask it")
+    if hi > DEM_MAX_M:
+        raise UserError(f"{spec}: DEM values up to {hi:g}, above any ground of the KO grid (2,744 m): in feet? The "
+                        "DEM must be in metres")
+
+
+def check_landcover_values(r: Raster, spec) -> None:
+    """One line naming the file when the land cover over the grid holds no class or values that are not IGBP
+    classes (1-17; 0 and 255 unclassified)."""
+    v = r.data[np.isfinite(r.data)]
+    if r.data.size and v.size == 0:
+        raise UserError(f"{spec}: every land cover value over the KO grid is missing: a broken or empty file, or the "
+                        "wrong variable")
+    bad = np.unique(v[~(np.isin(v, np.arange(0, 18)) | (v == 255))])
+    if bad.size:
+        raise UserError(f"{spec}: land cover values {', '.join(f'{x:g}' for x in bad[:5])} are not IGBP classes "
+                        "(1-17, 0/255 unclassified); reclassify it to IGBP")
+
+
 def build_static(dem: str | Path, landcover: str | Path, landmask: str | Path | None = None,
                  dst: str | Path = REPO_ROOT / "data" / "raw" / "static.nc", grid: Grid = KO_GRID) -> dict:
     """Regrid the user rasters and write ``static.nc`` atomically; returns a summary dict."""
     dem_r = read_raster(dem, grid)
+    check_dem_values(dem_r, dem)
     dem_a = regrid(dem_r, grid, "linear")
     cover = np.isfinite(dem_a).mean()
     if cover == 0:
         raise UserError(f"{dem}: the DEM does not cover any KO pixel (its extent: x {dem_r.x.min():g}..{dem_r.x.max():g}, "
                         f"y {dem_r.y.min():g}..{dem_r.y.max():g} in {dem_r.crs.name})")
     lc_r = read_raster(landcover, grid)
+    check_landcover_values(lc_r, landcover)
     lc_a = regrid(lc_r, grid, "nearest")
     lc = np.where(np.isfinite(lc_a) & (lc_a >= 1) & (lc_a <= 17), np.rint(np.nan_to_num(lc_a)), 0).astype(np.uint8)
+    land = (lc >= 1) & (lc != WATER) & np.isfinite(dem_a)
+    if land.sum() >= DEM_KM_MIN_LAND_PX and float(dem_a[land].max()) < DEM_KM_MAX:
+        raise UserError(f"{dem}: the highest of its {int(land.sum()):,} land pixels is {float(dem_a[land].max()):.3g}: the DEM "
+                        "looks like kilometres; convert it to metres")
     if landmask is not None:
         lm = regrid(read_raster(landmask, grid), grid, "nearest")
         lsmask = (np.nan_to_num(lm) > 0).astype(np.uint8)
