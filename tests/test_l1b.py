@@ -436,3 +436,67 @@ def test_end_to_end_raw_layout(tmp_path):
     assert set(obs["time_utc"]) == set(sat["sat_time_utc"])  # KST 09/10 h == the images' 00/01 UTC
     r, c = GRID.latlon_to_rowcol(stn.lat, stn.lon)
     assert GRID.inside(r, c).all() and static.lsmask[r[0], c[0]] == 1
+
+
+@pytest.mark.parametrize("case, words", [
+    ("all_fill", "every pixel of IR105 is a fill, error or out-of-scan value"),
+    ("float_counts", "ir105.*must be integer counts"),
+    ("valid_bits_40", "bit layout total 16, quality flag 2, valid 40 is not an AMI layout"),
+    ("total_bits_4", "bit layout total 4"),
+])
+def test_a_damaged_channel_file_is_one_line_naming_it(tmp_path, case, words):
+    """An IR105 file whose every pixel is flagged, whose counts are floats or whose bit attributes are impossible:
+    one line naming the file; nothing written (an all-NaN channel was written, a bit count crashed)."""
+    src = make_l1b_dir(tmp_path / "l1b", ["202208010000"])
+    f = next(src.rglob("*ir105*"))
+    dn = channel_counts("IR105")
+    if case == "all_fill":
+        write_l1b(f, "IR105", dn | (3 << 14))
+    elif case == "float_counts":
+        with netCDF4.Dataset(f, "w") as ds:
+            ds.createDimension("dim_image_y", dn.shape[0])
+            ds.createDimension("dim_image_x", dn.shape[1])
+            v = ds.createVariable("image_pixel_values", "f4", ("dim_image_y", "dim_image_x"))
+            v.channel_name = "IR105"
+            v[:] = dn.astype(np.float32)
+    elif case == "valid_bits_40":
+        write_l1b(f, "IR105", dn)
+        with netCDF4.Dataset(f, "a") as ds:
+            ds.variables["image_pixel_values"].number_of_valid_bits_per_pixel = np.uint8(40)
+    else:
+        write_l1b(f, "IR105", dn)
+        with netCDF4.Dataset(f, "a") as ds:
+            ds.variables["image_pixel_values"].number_of_total_bits_per_pixel = np.uint8(4)
+    with pytest.raises(UserError, match=words) as e:
+        l1b.convert(src, tmp_path / "raw", grid=GRID, progress=False)
+    assert str(f) in str(e.value)
+    assert not list((tmp_path / "raw").rglob("*.nc"))
+
+
+def test_a_rerun_with_another_window_is_refused_not_skipped(tmp_path):
+    """Stacks converted for one --window, then a rerun into the same folder for another: refused, naming the
+    stack and both grids (it said "already complete" and kept the old grid)."""
+    src = make_l1b_dir(tmp_path / "l1b", ["202208010000"])
+    l1b.convert(src, tmp_path / "raw", grid=GRID, progress=False)
+    assert l1b.convert(src, tmp_path / "raw", grid=GRID, progress=False)["skipped"] == 1
+    other = KO_GRID.window(GRID.row0 + 1, GRID.col0, GRID.ny, GRID.nx)
+    with pytest.raises(UserError, match="gk2a_bt_202208010000.nc holds a .* not the .* asked for"):
+        l1b.convert(src, tmp_path / "raw", grid=other, progress=False)
+
+
+@pytest.mark.parametrize("content", [b"\x89\xff\x00garbage\xfe" * 50, None])
+def test_a_broken_calibration_table_is_one_line(tmp_path, content):
+    from shared.ingest.calibration import load_table
+
+    p = tmp_path / "cal.csv"
+    if content is None:
+        t = pd.read_csv(l1b.CALIBRATION_TABLE, comment="#")
+        t["gain"] = t["gain"].astype(object)
+        t.loc[t["channel"] == "IR105", "gain"] = "abc"
+        t.to_csv(p, index=False)
+        match = "gain of channel IR105 is 'abc', not a number"
+    else:
+        p.write_bytes(content)
+        match = "not a calibration table CSV"
+    with pytest.raises(UserError, match=match):
+        load_table(p)

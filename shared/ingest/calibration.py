@@ -60,12 +60,21 @@ def load_table(path: str | Path = CALIBRATION_TABLE) -> dict[str, dict]:
         t = pd.read_csv(path, comment="#")
     except OSError as e:
         raise UserError(f"calibration table not found: {path} ({e.strerror})") from None
+    except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:
+        raise UserError(f"{path}: not a calibration table CSV ({type(e).__name__}); see shared/data/ami_calibration.csv "
+                        "for the layout") from None
     need = {"channel", "kind", "wavelength_um", "valid_bits", "gain", "offset", "albedo_c", "c0", "c1", "c2"}
     if not need <= set(t.columns):
         raise UserError(f"{path}: calibration table lacks column(s) {sorted(need - set(t.columns))}")
     missing = sorted(set(SPECTRAL_CHANNELS) - set(t["channel"]))
     if missing:
         raise UserError(f"{path}: calibration table lacks channel(s) {', '.join(missing)}")
+    for c in sorted(need - {"channel", "kind"}):
+        num = pd.to_numeric(t[c], errors="coerce")
+        bad = num.isna() & t[c].notna()  # text where a coefficient belongs (an empty cell: not used by that kind)
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise UserError(f"{path}: {c} of channel {t['channel'].iloc[i]} is {t[c].iloc[i]!r}, not a number")
     return {r["channel"]: r for r in t.to_dict("records")}
 
 

@@ -50,6 +50,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -141,6 +142,17 @@ def outputs_for(dst: str | Path, time_utc) -> list[Path]:
     return [sat_path(dst, k, time_utc) for k in ("bt", "rf", "sza")]
 
 
+def stack_grid(path: Path) -> Grid | None:
+    """The grid a converted stack says it is on (its ``grid_*`` attributes); None when unreadable (it is then
+    converted again)."""
+    try:
+        with netCDF4.Dataset(path) as ds:
+            attrs = {k: ds.getncattr(k) for k in ds.ncattrs() if k.startswith("grid_")}
+        return Grid.from_attrs(attrs)
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
 def convert_time(time_utc, channels: dict, dst: str | Path, grid: Grid = KO_GRID,
                  table_path: str | Path = CALIBRATION_TABLE, force: bool = False) -> dict:
     """Convert one time's 16 files; returns ``{"time", "status", "table_channels", "saturated",
@@ -154,7 +166,12 @@ def convert_time(time_utc, channels: dict, dst: str | Path, grid: Grid = KO_GRID
 
     outs = outputs_for(dst, time_utc)
     stamp = f"{pd.Timestamp(time_utc):%Y%m%d%H%M}"
-    if not force and all(p.is_file() for p in outs):
+    have = stack_grid(outs[0]) if not force and all(p.is_file() for p in outs) else None
+    if have is not None and have != grid:
+        raise UserError(f"{outs[0]} holds a {have.ny}x{have.nx} grid at row {have.row0}, column {have.col0}, not the "
+                        f"{grid.ny}x{grid.nx} one at {grid.row0}, {grid.col0} asked for (--window): convert into "
+                        "another --dst, or remove those stacks")
+    if have is not None:
         return {"time": stamp, "status": "skipped", "table_channels": [], "saturated": {}, "no_projection": 0,
                 "version_mismatch": {}}
     table_used, saturated, no_proj, mismatch = [], {}, 0, {}

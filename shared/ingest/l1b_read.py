@@ -176,7 +176,8 @@ def read_channel(path: str | Path, channel: str, grid: Grid = KO_GRID, res_km: f
             else:
                 raise UserError(
                     f"{path}: image is {h}x{w}; expected the KO area {KO_SIZE * f}x{KO_SIZE * f} at {res_km:g} km"
-                    + (f" or the window {grid.ny * f}x{grid.nx * f}" if grid.shape != KO_GRID.shape else "")
+                    + (f" or the window {grid.ny * f}x{grid.nx * f}" if grid.shape != KO_GRID.shape else
+                       " (files cut to a window: pass --window ROW0,COL0,NY,NX)")
                 )
             raw = np.asarray(raw)
             full = (h, w) == (KO_SIZE * f, KO_SIZE * f)
@@ -195,9 +196,19 @@ def read_channel(path: str | Path, channel: str, grid: Grid = KO_GRID, res_km: f
     cal = channel_calibration(channel, gattrs, vattrs, table, Path(table_path).name)
     total = _num(vattrs.get("number_of_total_bits_per_pixel"))
     flag = _num(vattrs.get("number_of_data_quality_flag_bits_per_pixel"))
+    total = int(total) if math.isfinite(total) else 16
+    flag = int(flag) if math.isfinite(flag) else 2
+    if not (8 <= total <= 32 and 0 <= flag < total and 1 <= cal.valid_bits <= min(total - flag, 16)):
+        raise UserError(f"{path}: bit layout total {total}, quality flag {flag}, valid {cal.valid_bits} is not an "
+                        "AMI layout (16, 2 and 11-14); a damaged file: delete or re-download it and rerun")
     stats: dict = {}
-    val = calibrate_counts(raw, cal, int(total) if math.isfinite(total) else 16, int(flag) if math.isfinite(flag) else 2,
-                           stats=stats)
+    try:
+        val = calibrate_counts(raw, cal, total, flag, stats=stats)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    if not np.isfinite(val).any():
+        raise UserError(f"{path}: every pixel of {channel} is a fill, error or out-of-scan value: a damaged file; "
+                        "delete or re-download it and rerun (times already converted are kept)")
     file_ver = gattrs.get("calibration_table_version")
     file_ver = None if file_ver is None else (file_ver.decode() if isinstance(file_ver, bytes) else str(file_ver)).strip()
     tab_ver = table_version(str(table_path))
