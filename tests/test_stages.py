@@ -188,6 +188,22 @@ def test_adopt_records_files_made_elsewhere_after_checking_them(tmp_path, capsys
     with pytest.raises(UserError, match="corrupted checkpoint"):
         adopt_main(["step03", str(bad)])
     assert not (bad.parent / "run.json").exists()
+    # every split's chunks are checked, not the train split's only: a truncated val chunk, then one whose bytes
+    # changed (it loads) are refused
+    for how in ("truncate", "flip"):
+        broken = tmp_path / f"broken_{how}"
+        shutil.copytree(made, broken)
+        (broken / "run.json").unlink()
+        val = next((broken / "patch_pt").glob("val_chunk_*.pt"))
+        raw = bytearray(val.read_bytes())
+        if how == "truncate":
+            val.write_bytes(bytes(raw[: len(raw) // 2]))
+        else:
+            raw[len(raw) // 2] ^= 0xFF
+            val.write_bytes(bytes(raw))
+        with pytest.raises(UserError, match="val_chunk_00000.pt: " + ("corrupted" if how == "truncate" else "its bytes")):
+            adopt_main(["step02", str(broken)])
+        assert not (broken / "run.json").exists()
 
 
 def test_a_run_that_raises_promises_nothing_new(tmp_path):

@@ -113,7 +113,8 @@ def load_chunk(path: str | Path, n_channels: int | None = N_CHANNELS, patch_size
     path = Path(path)
     if not path.is_file():
         raise UserError(f"patch chunk not found: {path}; {rerun('step02')}")
-    chunk = load_torch_file(path, "patch chunk", "delete it and rerun step02 (skip_existing rebuilds only missing chunks)")
+    chunk = load_torch_file(path, "patch chunk", "delete it and rerun step02 (skip_existing rebuilds only missing chunks)"
+                            if "_chunk_" in path.name else "is it a patch chunk? step02 writes patch_pt/SPLIT_chunk_NNNNN.pt")
     if validate:
         n = validate_chunk(chunk, path, n_channels, patch_size)
         if rows is not None and n != rows:
