@@ -363,3 +363,25 @@ def test_text_in_a_station_elevation_is_named(tiny_world, tmp_path, caplog):
     st.to_csv(raw / "stations.csv", index=False)
     assert run_step("step01_make_index", *step01_args(raw, tmp_path / "s01")) == 0
     assert "1 station(s) with an elevation that is not a number (first at line 2: 'ninety')" in caplog.text
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--aws", "-3"], "--aws and --buoys take a count >= 0"),
+    (["--no-world", "--buoys", "5"], "which --no-world does not make"),
+])
+def test_run_all_refuses_bad_world_options_before_any_work(argv, words, capsys):
+    from shared.core.cli import run_main
+    from shared.tools.run_all import main as run_all_main
+
+    with pytest.raises(SystemExit) as e:
+        run_main(run_all_main, argv)
+    assert e.value.code == 2 and words in _err(capsys)
+
+
+def test_demo_world_refuses_a_nan_noise_sigma(tmp_path):
+    from shared.core.errors import UserError
+    from shared.ingest.demo_world import generate
+
+    with pytest.raises(UserError, match="finite number >= 0 K, got nan"):
+        generate(tmp_path / "raw", preset="tiny", noise_sigma=float("nan"))
+    assert not (tmp_path / "raw").exists()

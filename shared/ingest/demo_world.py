@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -325,8 +326,8 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
 
     t_start = time.time()
     P = _preset(preset)
-    if noise_sigma < 0:
-        raise UserError(f"noise sigma must be >= 0 K, got {noise_sigma}")
+    if not (noise_sigma >= 0 and math.isfinite(noise_sigma)):  # NaN fails both comparisons: test it too
+        raise UserError(f"noise sigma must be a finite number >= 0 K, got {noise_sigma}")
     if aws < 0:
         raise UserError(f"the number of AWS stations must be >= 0, got {aws}")
     if buoys < 0:

@@ -66,6 +66,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, nargs="+", default=list(STEPS), choices=list(STEPS))
     ap.add_argument("--force", action="store_true", help="pass --force to every step")
     a = ap.parse_args(argv)
+    if a.aws < 0 or a.buoys < 0:
+        raise UserError(f"--aws and --buoys take a count >= 0, got {a.aws} and {a.buoys}")
+    if a.no_world and (a.aws or a.buoys):
+        raise UserError("--aws and --buoys shape the demo world, which --no-world does not make: drop one or the other")
 
     cmds = []
     if not a.no_world:
