@@ -320,9 +320,9 @@ def test_an_edited_index_with_text_is_one_line(tiny_index, tmp_path, capsys, col
     assert not (tmp_path / "s02" / "patch_pt" / "manifest.json").exists()
 
 
-@pytest.mark.parametrize("case", ["kelvin", "fahrenheit_july", "swapped_latlon"])
+@pytest.mark.parametrize("case", ["kelvin", "fahrenheit_july", "fahrenheit_january", "swapped_latlon"])
 def test_observations_in_other_units_or_swapped_coordinates_say_so(tiny_world, tmp_path, capsys, case):
-    """TA in kelvin or a summer file in °F: one line naming the file and the conversion, not a silent drop
+    """TA in kelvin or a summer or winter file in °F: one line naming the file and the conversion, not a silent drop
     counted in the report (then "nothing matched"); lat and lon swapped in the station table: one line saying
     every station lies outside the grid and to check lat and lon, without a numpy warning before it."""
     raw = _copy_world(tiny_world, tmp_path)
@@ -332,7 +332,7 @@ def test_observations_in_other_units_or_swapped_coordinates_say_so(tiny_world, t
         st[["lat", "lon"]] = st[["lon", "lat"]].to_numpy()
         st.to_csv(raw / "stations.csv", index=False)
     else:
-        for f in files:
+        for f in {"fahrenheit_january": files[:1], "fahrenheit_july": files[1:]}.get(case, files):
             obs = pd.read_csv(f)
             obs["ta_c"] = obs["ta_c"] + 273.15 if case == "kelvin" else obs["ta_c"] * 1.8 + 32.0
             obs.to_csv(f, index=False)
@@ -340,6 +340,8 @@ def test_observations_in_other_units_or_swapped_coordinates_say_so(tiny_world, t
     err = _err(capsys)
     if case == "swapped_latlon":
         assert "outside static.nc's grid" in err and "swapped" in err
+    elif case == "fahrenheit_january":  # within -40..45 °C: the month's median against Korea's January normals
+        assert files[0].name in err and "January observations is" in err and "°F" in err
     else:
         assert files[0 if case == "kelvin" else 1].name in err and "must be in °C" in err
     assert not (tmp_path / "s01" / "index.csv").exists()

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.core.constants import KST_OFFSET
+from shared.core.constants import KST_OFFSET, NORMALS_1991_2020
 from shared.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,37 @@ def _read_obs_file(path: Path) -> tuple[pd.DataFrame, dict]:
                     *TA_RANGE_C, i + 2, raw[cols["ta_c"]].iloc[i])
     keep = ~(bad_stn | bad_time | missing_ta | out_range)
     df = pd.DataFrame({"stn_id": stn[keep].astype("int64"), "time_utc": t[keep], "ta_c": ta[keep].astype("float64")})
+    check_months(df, path)
     return df.reset_index(drop=True), rep
+
+
+#: a month's median observation may lie this far outside the range of the KMA normals of that month
+MONTH_MARGIN_K = 12.0
+#: ... when the file holds at least this many observations of the month
+MONTH_MIN_VALUES = 50
+
+
+def check_months(df: pd.DataFrame, path) -> None:
+    """One line naming the file when a month of its observations is far from Korea's climate: the median of a
+    month's values (``MONTH_MIN_VALUES`` or more) more than :data:`MONTH_MARGIN_K` outside the range of the six
+    ASOS normals of that month (:data:`~shared.core.constants.NORMALS_1991_2020`; January -7.0..6.1 °C). A
+    winter file in °F passes the -40..45 °C range check (January's 30 °F is a plausible summer value) but not
+    this one."""
+    if df.empty:
+        return
+    normals = np.array([v[1] for v in NORMALS_1991_2020.values()])  # (stations, 12)
+    month = df["time_utc"].dt.month.to_numpy()
+    for m in np.unique(month):
+        v = df["ta_c"].to_numpy()[month == m]
+        if len(v) < MONTH_MIN_VALUES:
+            continue
+        lo, hi = normals[:, m - 1].min(), normals[:, m - 1].max()
+        med = float(np.median(v))
+        if not lo - MONTH_MARGIN_K <= med <= hi + MONTH_MARGIN_K:
+            name = pd.Timestamp(2000, m, 1).strftime("%B")
+            raise UserError(f"{path}: the median of its {len(v):,} {name} observations is {med:.1f} °C, far from "
+                            f"Korea's {name} normals ({lo:g}..{hi:g} °C): ta_c must be in °C (a file in °F? "
+                            "(F - 32) / 1.8; a lost sign?)")
 
 
 def _obs_files(paths) -> list[Path]:
