@@ -443,3 +443,34 @@ def test_model_rows_refuse_validation_rows_of_a_refit(evaluated, tmp_path):
     with pytest.raises(UserError, match="refit on the train and validation rows.*train_only.pt"):
         model_rows(evaluated["patches"], ("train", "val"), pred)
     assert len(model_rows(evaluated["patches"], ("test",), pred)["test"]["ta_c"]) > 0
+
+
+def test_a_run_that_fails_while_writing_leaves_the_earlier_outputs_whole(evaluated, tmp_path, monkeypatch):
+    """step05's tables, figures and metrics.json are one output set: a figure that fails after the tables were
+    written leaves every file of the earlier run byte for byte (the tables were overwritten, beside no
+    metrics.json), and no temporary file behind."""
+    from shared.stages import step05_eval
+
+    out = tmp_path / "s05"
+    shutil.copytree(evaluated["out"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "run.json"}
+    args = [a if not str(a).startswith("output_dir=") else f"output_dir={out}" for a in evaluated["args"]]
+
+    def broken(*a, **k):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(step05_eval, "plot_reliability", broken)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        run_step(STEP, *args, "--force")
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "run.json"}
+    assert after == before and not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_the_methods_figure_takes_an_interval_that_misses_its_point_by_rounding():
+    """One test station: every bootstrap draw is that station, and the percentile interval can lie a hair above
+    the RMSE; the figure draws it (it raised on negative error bars, after the tables were written)."""
+    from shared.evaluation.plots import methods_figure
+
+    fig = methods_figure({"model": {"rmse_K": 1.2, "n": 8}, "hgb": {"rmse_K": 1.5, "n": 8}},
+                         {"model": [1.2000000001, 1.2000000002], "hgb": [1.4, 1.6]})
+    assert len(fig.axes[0].patches) == 2

@@ -228,7 +228,9 @@ def methods_figure(results: dict[str, dict], ci95: dict[str, list] | None = None
     hi = np.array([ci[n][1] if n in ci else np.nan for n in names])
     has = np.isfinite(lo) & np.isfinite(hi)
     if has.any():
-        ax.errorbar(rm[has], y[has], xerr=np.vstack([rm[has] - lo[has], hi[has] - rm[has]]), fmt="none",
+        # a percentile interval can miss its point estimate by rounding (one station: all draws the same)
+        xerr = np.clip(np.vstack([rm[has] - lo[has], hi[has] - rm[has]]), 0.0, None)
+        ax.errorbar(rm[has], y[has], xerr=xerr, fmt="none",
                     ecolor="k", elinewidth=1.0, capsize=3, label="95 % station-bootstrap interval")
     right = np.where(has, hi, rm)
     for yi, v, r in zip(y, rm, right):

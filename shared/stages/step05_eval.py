@@ -27,7 +27,7 @@ import pandas as pd
 
 from shared.core.config import resolve_path
 from shared.core.errors import UserError, rerun
-from shared.core.records import fingerprint, finished_record, read_record, write_csv, write_json
+from shared.core.records import fingerprint, finished_record, output_set, read_record, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.evaluation.bootstrap import format_differences, station_bootstrap
 from shared.evaluation.interpolation import station_table
@@ -105,6 +105,9 @@ def _finite_mean(vals) -> float:
     a = a[np.isfinite(a)]
     return float(a.mean()) if a.size else float("nan")
 
+
+#: fewer scored stations than this: step05 warns that its station-bootstrap intervals mean little
+MIN_BOOTSTRAP_STATIONS = 5
 
 #: :func:`noise_floors`' name of the floor on exactly the test rows (the distance figure's 1.5x line)
 TEST_ROWS_FLOOR = "noise floor on these rows"
@@ -194,6 +197,59 @@ def finished_maps(map_dir: Path) -> tuple[dict, list[Path]]:
     listed = (done or {}).get("outputs") or {}
     ok = {t: p for t, p in found.items() if listed.get(str(p)) == fingerprint([p])[str(p)]}
     return ok, [p for t, p in found.items() if t not in ok]
+
+
+def _write_outputs(put, out: Path, outputs: list, df: pd.DataFrame, cols: dict, ta_std: float, mult, results: dict,
+                   metrics: dict, intervals, boot: dict, static) -> pd.DataFrame | None:
+    """step05's tables, figures and metrics.json, each under ``put``'s temporary name (one output set); their
+    final paths are appended to ``outputs``. Returns the distance table (None without fusion)."""
+
+    def table(name, frame):
+        write_csv(put(out / name), frame, float_format="%.4f")
+        outputs.append(out / name)
+
+    pc = cols
+    st_tab = grouped_metrics(df, "stn_id", pc, "obs_c", ta_std)
+    first = df.groupby("stn_id")[["lat", "lon", "pixel_y", "pixel_x"]].first().reset_index()
+    st_tab = first.merge(st_tab, on="stn_id")
+    table("by_station.csv", st_tab)
+    hour = grouped_metrics(df, "hour_utc", pc, "obs_c", ta_std)
+    hour.insert(1, "hour_kst", (hour["hour_utc"] + 9) % 24)
+    table("by_hour.csv", hour)
+    table("by_month.csv", grouped_metrics(df, "month", pc, "obs_c", ta_std))
+    lc = grouped_metrics(df, ["landcover", "landcover_name"], pc, "obs_c", ta_std)
+    table("by_landcover.csv", lc)
+    table("by_daynight.csv", grouped_metrics(df, "day_night", pc, "obs_c", ta_std))
+    table("by_sky.csv", grouped_metrics(df, "sky", pc, "obs_c", ta_std))
+    by_dist = distance_table(df, pc, ta_std, mult)
+    if by_dist is not None:
+        table("by_distance.csv", by_dist)
+    pt = df[["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "obs_c", "prediction_c", "analysis_c",
+             "prediction_se_K", "analysis_se_K", "fusion_distance_km"]
+            + [f"{b}_c" for b in ALL_BASELINES]
+            + ["map_c", "map_se_c", "map_model_c", "hour_utc", "hour_kst", "month", "landcover", "sza_deg", "ir105_K", "day_night", "sky", "idw_neighbours"]]
+    write_csv(put(out / "preds_test.csv"), pt, date_format="%Y-%m-%d %H:%M", float_format="%.4f")
+    outputs.append(out / "preds_test.csv")
+
+    # --- plots -----------------------------------------------------------------
+    plot_scatter(df, results, put(out / "scatter.png"))
+    plot_residuals(df, put(out / "residual_hist.png"))
+    plot_rmse_by_hour(hour, [n for n in pc if results[n]["n"] > 0], put(out / "rmse_by_hour.png"))
+    plot_station_map(st_tab, static, put(out / "station_rmse_map.png"), results)
+    floors = noise_floors(metrics)
+    plot_methods(results, metrics["rmse_ci95"], floors, put(out / "model_vs_baselines.png"), boot["n_stations"])
+    plot_reliability(intervals, put(out / "reliability.png"))
+    outputs += [out / n for n in ("scatter.png", "residual_hist.png", "rmse_by_hour.png", "station_rmse_map.png",
+                                  "model_vs_baselines.png", "reliability.png")]
+    if by_dist is not None:
+        plot_rmse_by_distance(by_dist, [n for n in pc if results[n]["n"] > 0], put(out / "rmse_by_distance.png"),
+                              (metrics.get("demo_world") or {}).get("maps_vs_truth_by_distance_band"),
+                              floors.get(TEST_ROWS_FLOOR))
+        outputs.append(out / "rmse_by_distance.png")
+
+    write_json(put(out / "metrics.json"), metrics)
+    outputs.append(out / "metrics.json")
+    return by_dist
 
 
 def run(cfg: Config, ctx: Context) -> Result:
@@ -317,6 +373,10 @@ def run(cfg: Config, ctx: Context) -> Result:
     metrics["interval_multipliers"] = mult
     scored = {n: c for n, c in cols.items() if results[n]["n"] > 0}
     boot = station_bootstrap(df, scored, MODEL, n_boot=cfg.bootstrap_draws, seed=cfg.bootstrap_seed)
+    if boot["n_stations"] < MIN_BOOTSTRAP_STATIONS:
+        print(f"warning: the {cfg.split} split has {boot['n_stations']} station(s): station-bootstrap intervals "
+              f"need {MIN_BOOTSTRAP_STATIONS} or more to mean anything (set split.test_frac higher in step01)",
+              file=sys.stderr)
     metrics["differences_to_model"] = {n: boot["differences"][n] for n in scored if n != MODEL}
     metrics["rmse_ci95"] = {n: boot["rmse"][n]["ci95"] for n in scored}
     boot_a = None
@@ -381,57 +441,13 @@ def run(cfg: Config, ctx: Context) -> Result:
                                                           "pixels whose true value lies in t2m +- k_P x "
                                                           "t2m_standard_error; null = no pixel in the band")
 
-    # --- tables ----------------------------------------------------------------
+    # --- tables and plots, written as one set: a failure leaves the earlier run's files as they were ---------
     outputs = []
-
-    def table(name, frame):
-        write_csv(out / name, frame, float_format="%.4f")
-        outputs.append(out / name)
-
-    pc = cols
-    st_tab = grouped_metrics(df, "stn_id", pc, "obs_c", ta_std)
-    first = df.groupby("stn_id")[["lat", "lon", "pixel_y", "pixel_x"]].first().reset_index()
-    st_tab = first.merge(st_tab, on="stn_id")
-    table("by_station.csv", st_tab)
-    hour = grouped_metrics(df, "hour_utc", pc, "obs_c", ta_std)
-    hour.insert(1, "hour_kst", (hour["hour_utc"] + 9) % 24)
-    table("by_hour.csv", hour)
-    table("by_month.csv", grouped_metrics(df, "month", pc, "obs_c", ta_std))
-    lc = grouped_metrics(df, ["landcover", "landcover_name"], pc, "obs_c", ta_std)
-    table("by_landcover.csv", lc)
-    table("by_daynight.csv", grouped_metrics(df, "day_night", pc, "obs_c", ta_std))
-    table("by_sky.csv", grouped_metrics(df, "sky", pc, "obs_c", ta_std))
-    by_dist = distance_table(df, pc, ta_std, mult)
-    if by_dist is not None:
-        table("by_distance.csv", by_dist)
-    else:  # no fusion this run: an earlier run's distance table and figure would describe another analysis
+    with output_set() as put:
+        by_dist = _write_outputs(put, out, outputs, df, cols, ta_std, mult, results, metrics, intervals, boot, static)
+    if by_dist is None:  # no fusion this run: an earlier run's distance table and figure would describe another analysis
         for stale in ("by_distance.csv", "rmse_by_distance.png"):
             (out / stale).unlink(missing_ok=True)
-    pt = df[["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "obs_c", "prediction_c", "analysis_c",
-             "prediction_se_K", "analysis_se_K", "fusion_distance_km"]
-            + [f"{b}_c" for b in ALL_BASELINES]
-            + ["map_c", "map_se_c", "map_model_c", "hour_utc", "hour_kst", "month", "landcover", "sza_deg", "ir105_K", "day_night", "sky", "idw_neighbours"]]
-    write_csv(out / "preds_test.csv", pt, date_format="%Y-%m-%d %H:%M", float_format="%.4f")
-    outputs.append(out / "preds_test.csv")
-
-    # --- plots -----------------------------------------------------------------
-    plot_scatter(df, results, out / "scatter.png")
-    plot_residuals(df, out / "residual_hist.png")
-    plot_rmse_by_hour(hour, [n for n in pc if results[n]["n"] > 0], out / "rmse_by_hour.png")
-    plot_station_map(st_tab, static, out / "station_rmse_map.png", results)
-    floors = noise_floors(metrics)
-    plot_methods(results, metrics["rmse_ci95"], floors, out / "model_vs_baselines.png", boot["n_stations"])
-    plot_reliability(intervals, out / "reliability.png")
-    outputs += [out / n for n in ("scatter.png", "residual_hist.png", "rmse_by_hour.png", "station_rmse_map.png",
-                                  "model_vs_baselines.png", "reliability.png")]
-    if by_dist is not None:
-        plot_rmse_by_distance(by_dist, [n for n in pc if results[n]["n"] > 0], out / "rmse_by_distance.png",
-                              (metrics.get("demo_world") or {}).get("maps_vs_truth_by_distance_band"),
-                              floors.get(TEST_ROWS_FLOOR))
-        outputs.append(out / "rmse_by_distance.png")
-
-    write_json(out / "metrics.json", metrics)
-    outputs.append(out / "metrics.json")
 
     # --- summary ---------------------------------------------------------------
     print()
