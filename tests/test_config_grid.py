@@ -162,3 +162,20 @@ def test_a_bad_set_value_names_set_and_a_failed_check_names_both(tmp_path):
     cfg.write_text("time_tolerance_min: 5\n")
     with pytest.raises(UserError, match=r"c.yaml with --set split.val_frac: split.val_frac \(0.9\)"):
         load_config(Config, cfg, ["split.val_frac=0.9"])
+
+
+@pytest.mark.parametrize("value", ["nan", ".nan", "inf", "-.inf"])
+def test_a_non_finite_number_is_refused_by_every_float_key(tmp_path, value):
+    """NaN passes every "x <= 0" check that follows (a NaN learning rate crashed, a NaN fusion setting blanked
+    90 % of a map): the loader refuses a non-finite value for any float key, from the file or from --set."""
+    from shared.core.config import load_config
+    from shared.core.errors import UserError
+    from shared.stages.step04_map import Config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"fusion:\n  idw_variance_K2: {value}\n")
+    with pytest.raises(UserError, match="config key 'fusion.idw_variance_K2' expects a finite number"):
+        load_config(Config, cfg, [])
+    cfg.write_text("{}\n")
+    with pytest.raises(UserError, match="^--set: config key 'fusion.idw_weight' expects float or 'auto'"):
+        load_config(Config, cfg, [f"fusion.idw_weight={value}"])

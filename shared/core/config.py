@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -159,10 +160,13 @@ def _convert(value: Any, tp, key: str, where: str, root: Path):
             # YAML reads "1e-3" as a string; accept numeric strings.
             if isinstance(value, str):
                 try:
-                    return float(value)
+                    value = float(value)
                 except ValueError:
                     raise bad from None
-            raise bad
+            else:
+                raise bad
+        if not math.isfinite(value):  # NaN passes every "<= 0" check after this; no setting takes inf
+            raise UserError(f"{where}: config key '{key}' expects a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
