@@ -626,3 +626,14 @@ def test_observation_check_finds_a_gross_error_at_sea_level_and_keeps_a_cold_mou
     assert off_tab["stn_id"].iloc[0] == 11 and 3.0 < off_tab["mean_error_K"].iloc[0] < 6.0
     assert (off_tab["mean_error_K"].abs().iloc[1:] < 2.0).all() and (off_tab["times"] == times).all()
     assert len(station_offsets(np.tile(np.arange(n), times), chk.error_K, chk.rejected, min_times=4)) == 0
+
+
+def test_a_variogram_of_co_located_stations_falls_back_to_the_default_shape():
+    """Every station at one place (a station table with one position copied): no distance to fit; the pooled fit
+    returns the default shape instead of failing on an empty set of lag bins (step04 and step05 raised)."""
+    from shared.fusion.kriging import pooled_variogram
+
+    rng = np.random.default_rng(0)
+    groups = [(np.zeros((6, 3)), rng.normal(0, 1, 6)) for _ in range(4)]
+    vg = pooled_variogram(groups)
+    assert (vg.psill, vg.range_km, vg.nugget, vg.n_pairs, vg.n_times) == (1.0, 100.0, 0.0, 0, 4)

@@ -301,6 +301,11 @@ def test_region_map_equals_the_whole_map_there(world, tmp_path):
     assert len(st) > 0 and st["pixel_y"].between(3, 17).all() and st["pixel_x"].between(4, 23).all()
     fs = pd.read_csv(tmp_path / "full" / "map_at_stations.csv").set_index("stn_id")
     np.testing.assert_allclose(st["t2m_K"], fs.loc[st["stn_id"], "t2m_K"], atol=2e-4)
+    # a region one pixel wide, with its quicklook (a contour needs 2 x 2: it raised and lost the map)
+    assert run_step(STEP, *args_for(world, tmp_path / "px", *one, "--set", "region=[5, 6, 1, 1]")) == 0
+    px = read_map(tmp_path / "px" / "ta_map_202307010600.nc")
+    np.testing.assert_allclose(px.t2m, full.t2m[5:6, 6:7], atol=2e-4)
+    assert (tmp_path / "px" / "ta_map_202307010600.png").stat().st_size > 1000
 
 
 def test_times_list_missing_image_skip_or_fail(world, tmp_path, capsys):

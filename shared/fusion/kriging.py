@@ -93,6 +93,8 @@ def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray]], model: str = "
         return Variogram(model, 1.0, 100.0, 0.0, 0, 0)
     d, g = np.concatenate(dists), np.concatenate(gams)
     top = max_lag_km or 0.5 * float(d.max())
+    if not top > 0:  # every pair at one place (co-located stations): no distance to fit a shape to
+        return Variogram(model, 1.0, 100.0, 0.0, 0, n_times)
     edges = np.linspace(0.0, top, n_lags + 1)
     b = np.digitize(d, edges) - 1
     use = (b >= 0) & (b < n_lags)

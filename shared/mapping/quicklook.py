@@ -32,7 +32,9 @@ def draw_outline(ax, grid: Grid, lsmask: np.ndarray, color="k", lw=0.7, graticul
                  lat: np.ndarray | None = None, lon: np.ndarray | None = None) -> None:
     """Coastline (0.5 contour of the land-sea mask) in km, with a lat/lon graticule."""
     xk, yk = grid.x / 1000.0, grid.y / 1000.0
-    if np.any(lsmask > 0.5) and np.any(lsmask < 0.5):
+    if min(np.shape(lsmask)) < 2:  # a map one pixel wide has no line to draw (a contour needs 2 x 2)
+        graticule = False
+    elif np.any(lsmask > 0.5) and np.any(lsmask < 0.5):
         ax.contour(xk, yk, lsmask.astype(np.float32), levels=[0.5], colors=color, linewidths=lw)
     if graticule and lat is not None and lon is not None:
         def levels(a, step):
@@ -169,7 +171,7 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
             if at_sea.any():  # buoys: the only observations of the marine air
                 handles.append(ax.scatter(sx[at_sea], sy[at_sea], s=16 if zoomed else 8, c="k", marker="^", edgecolors="w",
                                           linewidths=0.3, zorder=3, label=f"at sea ({int(at_sea.sum())})"))
-        if dist is not None:
+        if dist is not None and min(dist.shape) >= 2:
             ax.contour(xk, yk, dist, levels=[coverage_km], colors="0.15", linewidths=0.9, linestyles="--")
             handles.append(Line2D([], [], color="0.15", lw=0.9, ls="--", label=f"{coverage_km:g} km from a station"))
             if kind in ("map", "zoom"):
