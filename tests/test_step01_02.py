@@ -67,12 +67,38 @@ def test_split_map_counts_each_split(tiny_world, tiny_index, tmp_path):
     plt.close(fig)
 
 
+def _with_more_days(tiny_world, tmp_path, extra: int = 4):
+    """The tiny world (2 days) with ``extra`` more days after each: its images (step01 reads their names only) and
+    observations copied one day later each time."""
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_world, raw)
+    for f in sorted((raw / "sat").rglob("gk2a_*.nc")):
+        t = pd.Timestamp(f.stem.split("_")[-1])
+        for k in range(1, extra + 1):
+            u = t + pd.Timedelta(days=k)
+            g = raw / "sat" / f"{u:%Y/%m/%d}" / f.name.replace(f"{t:%Y%m%d%H%M}", f"{u:%Y%m%d%H%M}")
+            g.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, g)
+    for f in (raw / "ta_obs").glob("*.csv"):
+        obs = pd.read_csv(f, parse_dates=["time_utc"])
+        more = [obs.assign(time_utc=obs["time_utc"] + pd.Timedelta(days=k)) for k in range(extra + 1)]
+        pd.concat(more).to_csv(f, index=False, date_format="%Y-%m-%d %H:%M")
+    return raw
+
+
 @pytest.mark.parametrize("mode", ["time", "station_time"])
-def test_time_splits_are_blocked_by_day(tiny_world, tmp_path, mode):
+def test_time_splits_are_blocked_by_day(tiny_world, tmp_path, mode, capsys):
+    """Whole days go to one split (10 days: 2 test, 2 val, 6 train); with the tiny world's 2 days alone a time
+    split leaves val and test empty, which step01 says in a warning."""
     out = tmp_path / "o"
-    assert run_step("step01_make_index", *step01_args(tiny_world, out, "--set", f"split.mode={mode}")) == 0
+    raw = _with_more_days(tiny_world, tmp_path)
+    assert run_step("step01_make_index", *step01_args(raw, out, "--set", f"split.mode={mode}")) == 0
     days = {s: set(pd.read_csv(out / f"index_{s}.csv")["sat_time_utc"].str[:10]) for s in ("train", "val", "test")}
-    assert not (days["train"] & days["test"]) and not (days["train"] & days["val"])
+    assert all(days.values()) and sum(len(d) for d in days.values()) == 10
+    assert not (days["train"] & days["test"]) and not (days["train"] & days["val"]) and not (days["val"] & days["test"])
+    capsys.readouterr()
+    assert run_step("step01_make_index", *step01_args(tiny_world, tmp_path / "two", "--set", f"split.mode={mode}")) == 0
+    assert "warning: the val and test split is empty" in capsys.readouterr().err
     if mode == "station_time":
         st = {s: set(pd.read_csv(out / f"index_{s}.csv")["stn_id"]) for s in ("train", "test")}
         assert not (st["train"] & st["test"])
@@ -304,7 +330,7 @@ def test_gross_error_is_left_out_before_the_split(tiny_world, tiny_index, tmp_pa
     obs.to_csv(f, index=False)
     obs.drop(index=i).to_csv(cut / "ta_obs" / f.name, index=False)
     assert run_step("step01_make_index", *step01_args(raw, tmp_path / "o")) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # warnings go to stderr
     assert f"gross error left out: station {stn}" in out
     info = json.loads((tmp_path / "o" / "splits.json").read_text())
     assert info["report"]["dropped_gross_error"] == 1
@@ -332,13 +358,20 @@ def test_station_listed_at_the_wrong_height_is_named(tiny_world, tiny_index, tmp
     st.loc[st["stn_id"] == stn, "elev_m"] += 1000.0
     st.to_csv(raw / "stations.csv", index=False)
     assert run_step("step01_make_index", *step01_args(raw, tmp_path / "o")) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert f"warning: station {stn} reads" in out and "warmer than its neighbours" in out and "stations.csv" in out
     qc = json.loads((tmp_path / "o" / "splits.json").read_text())["qc"]
     assert [s["stn_id"] for s in qc["suspect_stations"]] == [stn] and qc["suspect_stations"][0]["mean_error_K"] > 3.0
     assert qc["rejected"] == [] and (pd.read_csv(tmp_path / "o" / "index.csv")["stn_id"] == stn).sum() == 8
     clean = json.loads((tiny_index / "splits.json").read_text())["qc"]
     assert clean["suspect_stations"] == [] and abs(clean["largest_station_offset_K"]) < 3.0
+    # no elevation at all in the table: the pixels' DEM heights stand in (as in step02), not 0 m for everyone,
+    # which named the mountain stations
+    st = pd.read_csv(tiny_world / "stations.csv")
+    st["elev_m"] = np.nan
+    st.to_csv(raw / "stations.csv", index=False)
+    assert run_step("step01_make_index", *step01_args(raw, tmp_path / "noelev")) == 0
+    assert json.loads((tmp_path / "noelev" / "splits.json").read_text())["qc"]["suspect_stations"] == []
 
 
 def test_skip_existing_rebuilds_a_chunk_whose_bytes_changed(tiny_patches, tiny_index, tmp_path, capsys):
@@ -386,3 +419,13 @@ def test_a_moved_patch_folder_is_named_as_moved_with_the_way_to_adopt_it(tiny_pa
         check_upstream(run_dir, files, step)
     adopt(moved, "step02")
     check_upstream(run_dir, files, step)
+
+
+def test_an_empty_split_is_a_warning_in_step01_and_step02_goes_on(tiny_world, tmp_path, capsys):
+    """val_frac 0: step01 warns that step03 needs val rows; step02 makes the train and test chunks (the empty
+    val CSV, a header alone, made the pixel columns objects and raised an IndexError)."""
+    assert run_step("step01_make_index", *step01_args(tiny_world, tmp_path / "i", "--set", "split.val_frac=0")) == 0
+    assert "warning: the val split is empty" in capsys.readouterr().err
+    assert _step02(tmp_path / "i", tmp_path / "p") == 0
+    man = read_manifest(tmp_path / "p", splits=())[0]
+    assert man["rows"]["val"] == 0 and man["rows"]["train"] > 0 and man["rows"]["test"] > 0

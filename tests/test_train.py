@@ -648,3 +648,24 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, patches, capsys
     assert "NaN" in msg and "epoch 2, batch" in msg
     assert staged.read_bytes() == before
     assert not (tmp_path / "run" / "weights" / "best.pt").exists()  # an unfinished run promotes nothing
+
+
+def test_a_train_split_at_one_place_is_refused_before_training(tmp_path):
+    """Train rows of one station (a split that left one train station): lat/lon have no spread, and positions
+    scaled by the 1e-3 floor put every other place thousands of units away (validation RMSE 222 K, exit 0).
+    check_split refuses it in one line; the validation split is not held to it."""
+    from shared.core.errors import UserError
+    from shared.io.patches import load_chunk, read_manifest, save_chunk, write_synthetic_patches
+    from shared.training.batches import check_split
+
+    d = write_synthetic_patches(tmp_path / "p", {"train": 64, "val": 32}, chunk_rows=64)
+    _, splits = read_manifest(d)
+    assert check_split(splits["train"], 19, 9)["loc_std"][0] > 0.05
+    for s in ("train", "val"):
+        f = splits[s].files[0]
+        ch = {k: (v.clone() if hasattr(v, "clone") else v) for k, v in load_chunk(f).items()}
+        ch["loc"][:, :2] = torch.tensor([37.57, 126.97])
+        save_chunk(f, ch)
+    with pytest.raises(UserError, match=r"split 'train' holds rows of 1 location\(s\)"):
+        check_split(splits["train"], 19, 9)
+    check_split(splits["val"], 19, 9)

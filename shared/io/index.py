@@ -81,7 +81,7 @@ def read_split_csv(index_dir: str | Path, split: str, columns: list[str] | None 
     if missing:
         raise UserError(f"{p}: missing column(s) {', '.join(missing)}; {rerun('step01', force=True)}")
     for c in NUMERIC_COLUMNS:
-        if c in df.columns and not pd.api.types.is_numeric_dtype(df[c]):
+        if c in df.columns and len(df) and not pd.api.types.is_numeric_dtype(df[c]):  # (a header alone: no dtype)
             bad = pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()
             i = int(bad.to_numpy().nonzero()[0][0])
             raise UserError(f"{p}: column {c} holds {df[c].iloc[i]!r} on line {i + 2}, not a number (an edited "
@@ -105,7 +105,9 @@ def read_index(index_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     """
     index_dir = Path(index_dir)
     splits = read_splits(index_dir)
-    df = pd.concat([read_split_csv(index_dir, s) for s in SPLITS], ignore_index=True)
+    frames = [read_split_csv(index_dir, s) for s in SPLITS]
+    # an empty split's CSV (a header alone) has no dtypes: left out, it cannot turn the pixel columns into objects
+    df = pd.concat([f for f in frames if len(f)] or frames, ignore_index=True)
     for c in ("time_utc", "sat_time_utc"):
         df[c] = pd.to_datetime(df[c]).astype("datetime64[ns]")
     for c in ("path_bt", "path_rf", "path_sza"):

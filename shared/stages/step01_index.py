@@ -24,6 +24,7 @@ of the satellite stacks (not their contents); writes ``index.csv``,
 """
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,15 +151,18 @@ def assign_splits(df: pd.DataFrame, mode: str, seed: int, val_frac: float, test_
     return split, info, dropped
 
 
-def gross_error_check(df: pd.DataFrame, grid: Grid, qc: QCConfig) -> tuple[np.ndarray, dict]:
+def gross_error_check(df: pd.DataFrame, grid: Grid, qc: QCConfig, dem: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Rows of matched observations (one per station and image) that the gross-error check rejects
     (:func:`shared.fusion.qc.check_observations`) and its record for ``splits.json``: the settings, the
     variogram, each rejected observation with what its neighbours say, and the stations whose kept
     observations are on average more than :data:`~shared.fusion.qc.STATION_WARN_K` off their neighbours
     (``suspect_stations``: a wrong elevation or position in the station table is the likelier cause)."""
     x, y = grid.latlon_to_xy(df["lat"].to_numpy(), df["lon"].to_numpy())
+    elev = df["elev_m"].to_numpy(np.float64)
+    if dem is not None:  # a station of unknown height: its pixel's, as step02 and the fusion take it
+        elev = np.where(np.isfinite(elev), elev, dem[df["pixel_y"].to_numpy(), df["pixel_x"].to_numpy()])
     res = check_observations(df["sat_time_utc"].to_numpy(), np.asarray(x) / 1000.0, np.asarray(y) / 1000.0,
-                             df["elev_m"].to_numpy(), df["ta_c"].to_numpy(), qc)
+                             elev, df["ta_c"].to_numpy(), qc)
     bad = df[res.rejected]
     rejected = [{"stn_id": int(s), "sat_time_utc": str(t), "ta_c": float(v), "neighbours_c": round(float(v - e), 2),
                  "error_K": round(float(e), 2), "z": round(float(z), 1)}
@@ -199,7 +203,8 @@ def nothing_left(report: dict) -> str:
 
 def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, grid: Grid,
                 tol_min: float, mode: str, seed: int, val_frac: float, test_frac: float,
-                margin: int = 0, qc: QCConfig | None = None) -> tuple[pd.DataFrame, OrderedDict[str, int], dict]:
+                margin: int = 0, qc: QCConfig | None = None,
+                dem: np.ndarray | None = None) -> tuple[pd.DataFrame, OrderedDict[str, int], dict]:
     """Index rows, the drop report (reason -> count) and the split description.
 
     ``obs`` has ``stn_id, time_utc, ta_c`` already cleaned of missing /
@@ -237,7 +242,7 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
 
     qc_info = None
     if qc is not None and qc.enabled and not df.empty:
-        bad, qc_info = gross_error_check(df, grid, qc)
+        bad, qc_info = gross_error_check(df, grid, qc, dem)
         df = df[~bad]
     report["dropped_gross_error"] = len(qc_info["rejected"]) if qc_info else 0
 
@@ -251,6 +256,13 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
     df = df.sort_values(["sat_time_utc", "stn_id"]).reset_index(drop=True)
     for s in SPLITS:
         report[f"kept_{s}"] = int((df["split"] == s).sum())
+    empty = [s for s in SPLITS if report[f"kept_{s}"] == 0]
+    if empty:  # an index to map from may do without them; training (train, val) and scoring (test) may not
+        what = {"station": "stations", "time": "days", "station_time": "stations and days"}[mode]
+        n_st, n_days = df["stn_id"].nunique(), df["sat_time_utc"].dt.normalize().nunique()
+        print(f"warning: the {' and '.join(empty)} split is empty ({mode} split of {n_st} station(s) and {n_days} "
+              f"day(s), val_frac {val_frac:g}, test_frac {test_frac:g}): step03 needs train and val rows, step05 test "
+              f"rows; give the split more {what} or set split.val_frac / split.test_frac", file=sys.stderr)
     report["kept"] = len(df)
     info["counts"] = {s: report[f"kept_{s}"] for s in SPLITS}
     if qc_info is not None:
@@ -271,11 +283,12 @@ def run(cfg: Config, ctx: Context) -> Result:
     obs, obs_report = read_obs(obs_files)
     sat, incomplete = scan_sat_times(cfg.raw_dir)
     if incomplete:
-        print(f"warning: {len(incomplete)} time(s) lack a bt/rf/sza file and are ignored, e.g. {incomplete[:3]}")
+        print(f"warning: {len(incomplete)} time(s) lack a bt/rf/sza file and are ignored, e.g. {incomplete[:3]}",
+              file=sys.stderr)
 
     df, report, info = build_index(
         stations, obs, sat, static.grid, cfg.time_tolerance_min,
-        cfg.split.mode, cfg.split.seed, cfg.split.val_frac, cfg.split.test_frac, qc=cfg.qc,
+        cfg.split.mode, cfg.split.seed, cfg.split.val_frac, cfg.split.test_frac, qc=cfg.qc, dem=static.dem,
     )
     full_report = OrderedDict()
     for k, v in obs_report["totals"].items():
@@ -292,13 +305,14 @@ def run(cfg: Config, ctx: Context) -> Result:
     rejected = info.get("qc", {}).get("rejected", [])
     for r in rejected[:10]:
         print(f"warning: gross error left out: station {r['stn_id']} at {r['sat_time_utc']} reported {r['ta_c']:g} C, "
-              f"its neighbours say {r['neighbours_c']:g} C ({r['z']:g} robust sd)")
+              f"its neighbours say {r['neighbours_c']:g} C ({r['z']:g} robust sd)", file=sys.stderr)
     if len(rejected) > 10:
-        print(f"warning: ... and {len(rejected) - 10} more gross errors left out (splits.json: qc.rejected)")
+        print(f"warning: ... and {len(rejected) - 10} more gross errors left out (splits.json: qc.rejected)",
+              file=sys.stderr)
     for r in info.get("qc", {}).get("suspect_stations", []):
         print(f"warning: station {r['stn_id']} reads {abs(r['mean_error_K']):.1f} K "
               f"{'warmer' if r['mean_error_K'] > 0 else 'colder'} than its neighbours on average ({r['times']} times, "
-              f"compared at sea level): check its elev_m, lat and lon in {cfg.stations_csv}")
+              f"compared at sea level): check its elev_m, lat and lon in {cfg.stations_csv}", file=sys.stderr)
     print_report(f"step01: {len(df):,} rows kept from {len(obs_files)} file(s), {len(sat)} image time(s)", full_report)
     print(f"wrote {cfg.output_dir}/index*.csv, splits.json, {SPLIT_PNG}")
     return Result(counts=dict(full_report))

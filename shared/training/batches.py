@@ -16,6 +16,9 @@ import torch
 from shared.core.errors import UserError
 from shared.io.patches import BATCH_KEYS, TENSOR_KEYS, SplitFiles, batch_view, load_chunk
 
+#: the train rows' lat and lon must each spread at least this much (degrees): the location inputs are scaled by it
+MIN_TRAIN_SPREAD_DEG = 0.05
+
 
 def check_split(split: SplitFiles, n_channels: int, patch_size: int) -> dict:
     """Open every chunk of a split once (shapes, row counts); returns loc statistics.
@@ -28,9 +31,16 @@ def check_split(split: SplitFiles, n_channels: int, patch_size: int) -> dict:
     loc = torch.cat(locs)
     if not torch.isfinite(loc).all():
         raise UserError(f"split '{split.name}': 'loc' holds NaN/inf; rerun step02_make_patches")
+    spread = loc[:, :2].std(0) if len(loc) > 1 else torch.zeros(2)
+    if split.name == "train" and not bool((spread >= MIN_TRAIN_SPREAD_DEG).all()):
+        n_loc = len(torch.unique(loc[:, :2], dim=0))
+        raise UserError(f"split 'train' holds rows of {n_loc} location(s) (lat/lon spread {spread[0]:.3g}° / "
+                        f"{spread[1]:.3g}°): the model learns where a pixel is from the train stations, and positions "
+                        "scaled by that spread would be thousands of units away; split several stations into train "
+                        "(step01 split.val_frac / split.test_frac, or more stations)")
     return {
         "loc_mean": loc[:, :2].mean(0).tolist(),
-        "loc_std": loc[:, :2].std(0).clamp_min(1e-3).tolist(),
+        "loc_std": spread.clamp_min(1e-3).tolist(),
         "gsd_m": float(loc[0, 2]),
     }
 
