@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,6 +280,14 @@ def run(cfg: Config, ctx: Context) -> Result:
             fusion_note = f"fusion: no observation of the {'+'.join(cfg.fusion.splits)} stations at the mapped times"
     if rank == 0:
         print(f"step04: {fusion_note}")
+        few = [t for t, src in sources.items() if int(src.used().sum()) < cfg.fusion.min_stations]
+        if sources and len(few) == len(sources):
+            print(f"warning: no mapped time has fusion.min_stations ({cfg.fusion.min_stations}) observations: every "
+                  "map's t2m is the model alone", file=sys.stderr)
+        elif few:
+            print(f"warning: {len(few)} of {len(sources)} mapped time(s) have fewer than fusion.min_stations "
+                  f"({cfg.fusion.min_stations}) observations: their t2m is the model alone (first {few[0]})",
+                  file=sys.stderr)
 
     mine = times.iloc[rank::world]
     if rank == 0:

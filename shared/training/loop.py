@@ -423,8 +423,8 @@ def train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device,
         if bad.item() > 0:
             bar.close()
             raise UserError(f"loss became NaN/inf at epoch {epoch}, batch {bi + 1} of {n_batches}; "
-                            "check the inputs for NaN or lower train.lr; weights/current.pt keeps the last "
-                            "good epoch")
+                            "check the inputs for NaN or lower the learning rate (train.lr; train.refit_lr in a "
+                            "refit); the model in use (weights/best.pt) is unchanged")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip > 0:
