@@ -505,10 +505,3 @@ def test_quicklook_draws_the_analysis_increment_on_a_symmetric_scale(tmp_path, m
     for f in figs:
         close(f)
 
-
-def test_a_fusion_that_never_runs_says_so(world, tmp_path, capsys):
-    """fusion.min_stations above the network: every map is the model alone; a warning says so (the log said
-    "observations at 1 of 1 time(s)" and a default variogram, as if the analysis had run)."""
-    one = ["--set", "times.select=list", "--set", f"times.list_utc=['{TIMES[1]}']"]
-    assert run_step(STEP, *args_for(world, tmp_path / "m", *one, "--set", "fusion.min_stations=1000")) == 0
-    assert "warning: no mapped time has fusion.min_stations (1000) observations" in capsys.readouterr().err

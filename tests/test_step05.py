@@ -474,3 +474,14 @@ def test_the_methods_figure_takes_an_interval_that_misses_its_point_by_rounding(
     fig = methods_figure({"model": {"rmse_K": 1.2, "n": 8}, "hgb": {"rmse_K": 1.5, "n": 8}},
                          {"model": [1.2000000001, 1.2000000002], "hgb": [1.4, 1.6]})
     assert len(fig.axes[0].patches) == 2
+
+
+def test_a_fusion_that_never_runs_says_so(evaluated, tmp_path, capsys):
+    """step04 with fusion.min_stations above the network: every map is the model alone, and a warning says so
+    (the log said "observations at 1 of 1 time(s)" with a variogram, as if the analysis had run)."""
+    assert run_step("step04_infer_map", "--set", f"checkpoint={evaluated['ckpt']}", "--set", f"raw_dir={evaluated['raw']}",
+                    "--set", f"stations_csv={evaluated['raw'] / 'stations.csv'}", "--set", f"index_dir={evaluated['index']}",
+                    "--set", f"output_dir={tmp_path / 's04'}", "--set", "times.limit=1", "--set", "num_threads=1",
+                    "--set", "progress=false", "--set", f"region={list(REGION)}", "--set", "quicklook=false",
+                    "--set", "fusion.min_stations=1000") == 0
+    assert "warning: no mapped time has fusion.min_stations (1000) observations" in capsys.readouterr().err
