@@ -637,3 +637,22 @@ def test_a_variogram_of_co_located_stations_falls_back_to_the_default_shape():
     groups = [(np.zeros((6, 3)), rng.normal(0, 1, 6)) for _ in range(4)]
     vg = pooled_variogram(groups)
     assert (vg.psill, vg.range_km, vg.nugget, vg.n_pairs, vg.n_times) == (1.0, 100.0, 0.0, 0, 4)
+
+
+def test_stuck_runs_known_values():
+    """Station 1 repeats 5.0 for 12 h (five 3-hourly reports): the last four are flagged, the first kept; station 2
+    repeats a value for 9 h only, and station 3 repeats one across a 2-day gap (not a run): neither is flagged."""
+    from shared.fusion.qc import stuck_runs
+
+    t0 = pd.Timestamp("2023-01-08 00:00")
+    h = [pd.Timedelta(hours=x) for x in (0, 3, 6, 9, 12, 15)]
+    stn = [1] * 6 + [2] * 6 + [3] * 2
+    time = [t0 + x for x in h] * 2 + [t0, t0 + pd.Timedelta(days=2)]
+    ta = [4.0, 5.0, 5.0, 5.0, 5.0, 5.0] + [7.0, 7.0, 7.0, 7.0, 8.0, 9.0] + [3.0, 3.0]
+    flag, runs = stuck_runs(np.array(stn), np.array(time, dtype="datetime64[ns]"), np.array(ta), 12.0)
+    assert np.flatnonzero(flag).tolist() == [2, 3, 4, 5]
+    assert runs.to_dict("records") == [{"stn_id": 1, "start": t0 + h[1], "end": t0 + h[5], "value": 5.0, "reports": 5}]
+    order = np.random.default_rng(0).permutation(len(ta))  # the input's order does not matter
+    f2, _ = stuck_runs(np.array(stn)[order], np.array(time, dtype="datetime64[ns]")[order], np.array(ta)[order], 12.0)
+    np.testing.assert_array_equal(f2, flag[order])
+    assert not stuck_runs(np.array(stn), np.array(time, dtype="datetime64[ns]"), np.array(ta), 0.0)[0].any()

@@ -429,3 +429,26 @@ def test_an_empty_split_is_a_warning_in_step01_and_step02_goes_on(tiny_world, tm
     assert _step02(tmp_path / "i", tmp_path / "p") == 0
     man = read_manifest(tmp_path / "p", splits=())[0]
     assert man["rows"]["val"] == 0 and man["rows"]["train"] > 0 and man["rows"]["test"] > 0
+
+
+def test_a_stuck_sensor_is_left_out_but_its_first_report(tiny_world, tiny_index, tmp_path, capsys):
+    """One station reports its 00 UTC July value at 06, 12 and 18 UTC too (18 h of one value, the tiny world's
+    6-hourly times): step01 keeps the first report, leaves the other three out, warns and lists the run."""
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_world, raw)
+    stn = int(pd.read_csv(tiny_index / "index.csv")["stn_id"].iloc[40])
+    f = sorted((raw / "ta_obs").glob("*.csv"))[1]
+    obs = pd.read_csv(f)
+    mine = (obs["stn_id"] == stn) & obs["ta_c"].notna()
+    assert mine.sum() == 4
+    value = float(obs.loc[mine, "ta_c"].iloc[0])
+    obs.loc[mine, "ta_c"] = value
+    obs.to_csv(f, index=False)
+    assert run_step("step01_make_index", *step01_args(raw, tmp_path / "o")) == 0
+    assert f"warning: stuck sensor: station {stn} reported {value:g} C 4 times" in capsys.readouterr().err
+    info = json.loads((tmp_path / "o" / "splits.json").read_text())
+    assert info["report"]["dropped_stuck"] == 3 and [r["stn_id"] for r in info["qc"]["stuck"]] == [stn]
+    kept = pd.read_csv(tmp_path / "o" / "index.csv")
+    assert kept.loc[kept["stn_id"] == stn, "sat_time_utc"].str.startswith("2023-07").sum() == 1
+    assert run_step("step01_make_index", *step01_args(raw, tmp_path / "off", "--set", "qc.stuck_hours=0")) == 0
+    assert json.loads((tmp_path / "off" / "splits.json").read_text())["report"]["dropped_stuck"] == 0

@@ -29,6 +29,9 @@ reject nothing there. With errors of one size added to 200 random
 observations of it (``runs``-style check, both signs), the defaults found
 4 of 200 at 8 K, 102 at 10 K, 184 at 12 K, 198 at 15 K and 200 at 20 K, at
 every UTC hour, and rejected no other observation.
+
+A second check needs no neighbours: a station that reports exactly one value
+for ``stuck_hours`` or longer has a stuck sensor (:func:`stuck_runs`).
 """
 from __future__ import annotations
 
@@ -59,11 +62,14 @@ class QCConfig:
     max_z: float = 6.0  # robust standard deviations of the time's leave-one-out errors (0 = no check)
     min_error_K: float = 10.0  # and at least this many kelvin from what the neighbours krige to
     lapse_rate_K_per_km: float = 6.5  # brings every observation to sea level before comparing
+    stuck_hours: float = 12.0  # one value repeated by a station for this long: a stuck sensor (0 = no check)
 
     def check(self):
         if self.max_z < 0 or self.min_error_K < 0:
             raise ValueError(f"qc.max_z and qc.min_error_K must be >= 0 (max_z 0 = no check), got "
                              f"{self.max_z} and {self.min_error_K}")
+        if self.stuck_hours < 0:
+            raise ValueError(f"qc.stuck_hours must be >= 0 (0 = no check), got {self.stuck_hours}")
         if not 0 <= self.lapse_rate_K_per_km <= 12:
             raise ValueError(f"qc.lapse_rate_K_per_km must be in [0, 12] K/km, got {self.lapse_rate_K_per_km}")
 
@@ -119,3 +125,34 @@ def station_offsets(stn_id: np.ndarray, error_K: np.ndarray, rejected: np.ndarra
          .groupby("stn_id")["e"].agg(["mean", "size"]).reset_index())
     t = t[t["size"] >= min_times].rename(columns={"mean": "mean_error_K", "size": "times"})
     return t.reindex(t["mean_error_K"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+
+#: consecutive reports of one station farther apart than this do not continue a run of one value
+STUCK_MAX_GAP_H = 6.0
+
+
+def stuck_runs(stn_id: np.ndarray, time: np.ndarray, ta_c: np.ndarray, hours: float) -> tuple[np.ndarray, pd.DataFrame]:
+    """A stuck sensor: one station reporting exactly the same value for ``hours`` or longer (consecutive reports
+    at most :data:`STUCK_MAX_GAP_H` apart). Returns ``(n,)`` True for every report of such a run but its first
+    (which may still be the last good value), and the runs (``stn_id, start, end, value, reports``). On the
+    demo world the longest run of one value is 6 h (3 three-hourly reports; nights and fog), so the default
+    12 h flags nothing there; ``hours`` 0 checks nothing."""
+    n = len(ta_c)
+    flag = np.zeros(n, bool)
+    cols = ["stn_id", "start", "end", "value", "reports"]
+    if hours <= 0 or n == 0:
+        return flag, pd.DataFrame(columns=cols)
+    order = np.lexsort((np.asarray(time), np.asarray(stn_id)))
+    s, t, v = np.asarray(stn_id)[order], pd.DatetimeIndex(np.asarray(time)[order]), np.asarray(ta_c, np.float64)[order]
+    gap_h = np.r_[np.inf, np.diff(t.asi8) / 3.6e12]
+    cont = np.r_[False, (s[1:] == s[:-1]) & (v[1:] == v[:-1])] & (gap_h <= STUCK_MAX_GAP_H)
+    run = np.cumsum(~cont)  # one id per run of one value
+    start = np.flatnonzero(~cont)
+    end = np.r_[start[1:], n] - 1
+    span_h = (t.asi8[end] - t.asi8[start]) / 3.6e12
+    long = np.flatnonzero(span_h >= hours)
+    is_long = np.isin(run, long + 1)
+    flag[order[is_long & cont]] = True
+    runs = pd.DataFrame({"stn_id": s[start[long]].astype(np.int64), "start": t[start[long]], "end": t[end[long]],
+                         "value": v[start[long]], "reports": end[long] - start[long] + 1}, columns=cols)
+    return flag, runs

@@ -37,7 +37,7 @@ from shared.core.cli import print_report
 from shared.core.errors import UserError, require_dir
 from shared.core.records import Derived, Names
 from shared.core.runner import Context, Result, Stage
-from shared.fusion.qc import STATION_WARN_K, QCConfig, check_observations, station_offsets
+from shared.fusion.qc import STATION_WARN_K, QCConfig, check_observations, station_offsets, stuck_runs
 from shared.geo.grid import Grid
 from shared.io.index import INDEX_COLUMNS, SPLITS, index_files, write_index
 from shared.io.raw import grid_signature, read_static, scan_sat_times
@@ -241,10 +241,20 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
     df = df[~dup].drop(columns="_dt")
 
     qc_info = None
+    report["dropped_stuck"] = 0
+    if qc is not None and qc.stuck_hours > 0 and not df.empty:  # before the spatial check: a stuck value is no buddy
+        stuck, runs = stuck_runs(df["stn_id"].to_numpy(), df["sat_time_utc"].to_numpy(), df["ta_c"].to_numpy(),
+                                 qc.stuck_hours)
+        df = df[~stuck]
+        report["dropped_stuck"] = int(stuck.sum())
+        qc_info = {"stuck_hours": qc.stuck_hours,
+                   "stuck": [{"stn_id": int(r.stn_id), "start": str(r.start), "end": str(r.end), "value": float(r.value),
+                              "reports": int(r.reports)} for r in runs.itertuples()]}
     if qc is not None and qc.enabled and not df.empty:
-        bad, qc_info = gross_error_check(df, grid, qc, dem)
+        bad, spatial = gross_error_check(df, grid, qc, dem)
         df = df[~bad]
-    report["dropped_gross_error"] = len(qc_info["rejected"]) if qc_info else 0
+        qc_info = {**(qc_info or {}), **spatial}
+    report["dropped_gross_error"] = len(qc_info["rejected"]) if qc_info and "rejected" in qc_info else 0
 
     if df.empty:
         raise UserError(f"no observation is left to index: {nothing_left(report)}")
@@ -302,6 +312,11 @@ def run(cfg: Config, ctx: Context) -> Result:
     from shared.evaluation.plots import plot_split_map  # matplotlib only once the index is written
 
     plot_split_map(df[["stn_id", "pixel_y", "pixel_x", "split"]], static, cfg.output_dir / SPLIT_PNG, cfg.split.mode)
+    for r in info.get("qc", {}).get("stuck", [])[:10]:
+        print(f"warning: stuck sensor: station {r['stn_id']} reported {r['value']:g} C {r['reports']} times from "
+              f"{r['start']} to {r['end']}; all but the first left out", file=sys.stderr)
+    if len(info.get("qc", {}).get("stuck", [])) > 10:
+        print(f"warning: ... and {len(info['qc']['stuck']) - 10} more stuck runs (splits.json: qc.stuck)", file=sys.stderr)
     rejected = info.get("qc", {}).get("rejected", [])
     for r in rejected[:10]:
         print(f"warning: gross error left out: station {r['stn_id']} at {r['sat_time_utc']} reported {r['ta_c']:g} C, "
