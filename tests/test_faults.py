@@ -387,3 +387,15 @@ def test_demo_world_refuses_a_nan_noise_sigma(tmp_path):
     with pytest.raises(UserError, match="finite number >= 0 K, got nan"):
         generate(tmp_path / "raw", preset="tiny", noise_sigma=float("nan"))
     assert not (tmp_path / "raw").exists()
+
+
+def test_train_ta_without_spread_names_the_index(tiny_index, tmp_path, capsys):
+    idx = tmp_path / "idx"
+    shutil.copytree(tiny_index, idx)
+    df = pd.read_csv(idx / "index_train.csv")
+    df["ta_c"] = 10.0
+    df.to_csv(idx / "index_train.csv", index=False)
+    adopt(idx, "step01")
+    assert _s02(idx, tmp_path / "s02") == 2
+    err = _err(capsys)
+    assert "index_train.csv: every train TA value is the same" in err

@@ -174,6 +174,10 @@ def test_file_attributes_win_over_table(tmp_path):
     assert cal2.source == "ami_calibration.csv"
     assert v2[0, 0] == pytest.approx(expected_value("IR112", 3000), abs=1e-3)
     assert v[0, 0] != pytest.approx(v2[0, 0], abs=0.1)
+    # a gain of 0 in the file is no calibration (every pixel would be the offset): the table's row is used
+    write_l1b(p, "IR112", dn, gain_scale=0.0)
+    v3, cal3 = l1b_read.read_channel(p, "IR112", GRID)
+    assert cal3.source == "ami_calibration.csv" and v3[0, 0] == pytest.approx(v2[0, 0])
 
 
 def test_full_ko_image_is_cut_to_window(tmp_path):

@@ -110,12 +110,12 @@ def channel_calibration(channel: str, gattrs: dict, vattrs: dict, table: dict[st
     """Calibration of ``channel`` from a file's global/variable attributes, else the table.
 
     All of a channel's coefficients come from one source: if any is missing
-    (or not a number) in the file, the whole row of the table is used.
+    (or not a number, or the gain is 0) in the file, the whole row of the table is used.
     """
     row = table[channel]
     kind = row["kind"]
     vals = {a: _num(gattrs.get(a)) for a in _CAL_ATTRS[kind]}
-    from_file = all(math.isfinite(v) for v in vals.values())
+    from_file = all(math.isfinite(v) for v in vals.values()) and vals["DN_to_Radiance_Gain"] != 0
     bits = _num(vattrs.get("number_of_valid_bits_per_pixel"))
     common = dict(
         channel=channel, kind=kind, wavelength_um=float(row["wavelength_um"]),

@@ -279,7 +279,8 @@ def make_patches(cfg: Config) -> dict:
         ta = todo["ta_c"].to_numpy()[tr]
         t_mean, t_std = float(ta.mean()), float(ta.std())
         if not np.isfinite(t_std) or t_std <= 0:
-            raise UserError("train TA has no spread; need more than one distinct train observation")
+            raise UserError(f"{cfg.index_dir / 'index_train.csv'}: every train TA value is the same (no spread to "
+                            "scale by); check the observations and step01's split")
         write_stats(out, mean, std, t_mean, t_std, {"signature": signature, "from_split": "train", "n_rows": int(tr.sum())})
 
     # --- normalise and save each needed chunk -------------------------------
