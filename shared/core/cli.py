@@ -16,6 +16,7 @@ from pathlib import Path
 
 from shared import REPO_ROOT
 from shared.core.errors import UserError
+from shared.core.records import final_name
 
 
 def step_parser(step_dir: str, description: str | None = None, config_name: str = "config.yaml") -> argparse.ArgumentParser:
@@ -46,14 +47,6 @@ def step_parser(step_dir: str, description: str | None = None, config_name: str 
 #: one line naming it, exit 2. Other OSErrors are bugs and keep their traceback.
 PATH_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
                errno.ENAMETOOLONG)
-
-
-def _final_name(filename) -> str:
-    """An output's own name for the temporary file it is written under (``.tmp-PID-name``)."""
-    p = Path(str(filename))
-    if p.name.startswith(".tmp-") and p.name.count("-") >= 2:
-        return str(p.with_name(p.name.split("-", 2)[2]))
-    return str(p)
 
 
 class _LineFormatter(logging.Formatter):
@@ -94,7 +87,7 @@ def run_main(main, argv=None) -> None:
             msg = (f"disk full while writing {e.filename or 'an output'} ({e.strerror}); free space and rerun: "
                    "files under their final names are untouched")
         elif e.errno in PATH_ERRNOS and e.filename:
-            msg = (f"cannot use {_final_name(e.filename)}: {e.strerror}; check that path (an output folder must be "
+            msg = (f"cannot use {final_name(e.filename)}: {e.strerror}; check that path (an output folder must be "
                    "writable, and each folder above it a folder, not a file)")
         else:
             raise

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -118,6 +119,17 @@ def package_versions() -> dict[str, str]:
 
 def _tmp_name(final: Path) -> Path:
     return final.with_name(f".tmp-{os.getpid()}-{final.name}")
+
+
+#: the prefixes :func:`atomic_path` and :func:`output_set` give a file while it is written (nested when a set's
+#: file is itself written atomically)
+_TMP_PREFIX = re.compile(r"^(?:\.tmp-(?:set-)?\d+-)+")
+
+
+def final_name(path: str | Path) -> str:
+    """The final name of a file written under a temporary one (``.tmp-PID-name``, ``.tmp-set-PID-name``)."""
+    p = Path(str(path))
+    return str(p.with_name(_TMP_PREFIX.sub("", p.name)))
 
 
 @contextlib.contextmanager
@@ -250,8 +262,8 @@ def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) 
         key = str(Path(f))
         want = outs.get(key)
         if want is None:
-            rel = Path(f).resolve().relative_to(run_dir.resolve()) if Path(f).resolve().is_relative_to(
-                run_dir.resolve()) else Path(Path(f).name)
+            here, top = Path(f).resolve(), run_dir.resolve()
+            rel = here.relative_to(top) if here.is_relative_to(top) else Path(here.name)
             elsewhere = [k for k in outs if Path(k).parts[-len(rel.parts):] == rel.parts]
             if elsewhere:
                 raise UserError(f"{run_dir}: its record lists {rel} under another folder ({elsewhere[0]}): the folder "

@@ -146,13 +146,12 @@ def stuck_runs(stn_id: np.ndarray, time: np.ndarray, ta_c: np.ndarray, hours: fl
     s, t, v = np.asarray(stn_id)[order], pd.DatetimeIndex(np.asarray(time)[order]), np.asarray(ta_c, np.float64)[order]
     gap_h = np.r_[np.inf, np.diff(t.asi8) / 3.6e12]
     cont = np.r_[False, (s[1:] == s[:-1]) & (v[1:] == v[:-1])] & (gap_h <= STUCK_MAX_GAP_H)
-    run = np.cumsum(~cont)  # one id per run of one value
+    run = np.cumsum(~cont) - 1  # each report's run of one value
     start = np.flatnonzero(~cont)
     end = np.r_[start[1:], n] - 1
     span_h = (t.asi8[end] - t.asi8[start]) / 3.6e12
     long = np.flatnonzero(span_h >= hours)
-    is_long = np.isin(run, long + 1)
-    flag[order[is_long & cont]] = True
+    flag[order[(span_h >= hours)[run] & cont]] = True
     runs = pd.DataFrame({"stn_id": s[start[long]].astype(np.int64), "start": t[start[long]], "end": t[end[long]],
                          "value": v[start[long]], "reports": end[long] - start[long] + 1}, columns=cols)
     return flag, runs

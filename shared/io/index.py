@@ -80,19 +80,19 @@ def read_split_csv(index_dir: str | Path, split: str, columns: list[str] | None 
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise UserError(f"{p}: missing column(s) {', '.join(missing)}; {rerun('step01', force=True)}")
+    def refuse_unparsed(c: str, parsed: pd.Series, what: str) -> None:
+        bad = (parsed.isna() & df[c].notna()).to_numpy()
+        if bad.any():
+            i = int(bad.nonzero()[0][0])
+            raise UserError(f"{p}: column {c} holds {df[c].iloc[i]!r} on line {i + 2}, not {what} (an edited "
+                            f"file?); {rerun('step01', force=True)}")
+
     for c in NUMERIC_COLUMNS:
         if c in df.columns and len(df) and not pd.api.types.is_numeric_dtype(df[c]):  # (a header alone: no dtype)
-            bad = pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()
-            i = int(bad.to_numpy().nonzero()[0][0])
-            raise UserError(f"{p}: column {c} holds {df[c].iloc[i]!r} on line {i + 2}, not a number (an edited "
-                            f"file?); {rerun('step01', force=True)}")
+            refuse_unparsed(c, pd.to_numeric(df[c], errors="coerce"), "a number")
     for c in ("time_utc", "sat_time_utc"):
         if c in df.columns:
-            t = pd.to_datetime(df[c], errors="coerce")
-            if (t.isna() & df[c].notna()).any():
-                i = int((t.isna() & df[c].notna()).to_numpy().nonzero()[0][0])
-                raise UserError(f"{p}: column {c} holds {df[c].iloc[i]!r} on line {i + 2}, not a time (an edited "
-                                f"file?); {rerun('step01', force=True)}")
+            refuse_unparsed(c, pd.to_datetime(df[c], errors="coerce"), "a time")
     return df
 
 

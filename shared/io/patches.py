@@ -158,12 +158,14 @@ def file_sha1(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(patch_dir: str | Path, patch_size: int, signature: str, counts: dict[str, list[tuple[str, int]]]) -> dict:
+def write_manifest(patch_dir: str | Path, patch_size: int, signature: str, counts: dict[str, list[tuple[str, int]]],
+                   known_sha1: dict[str, str] | None = None) -> dict:
     """Write ``patch_pt/manifest.json``: ``counts`` = ``{split: [(file, rows), ...]}`` in chunk order. Each entry
     also holds the ``sha1`` of the chunk's bytes, so a later step02 run reuses a chunk only while it is the one
-    written (:func:`recorded_sha1`)."""
+    written (:func:`recorded_sha1`); ``known_sha1`` gives those of chunks just checked (not read again)."""
     pt_dir = Path(patch_dir) / PATCH_SUBDIR
-    chunks = {s: [{"file": f, "rows": int(n), "sha1": file_sha1(pt_dir / f)} for f, n in entries]
+    known = known_sha1 or {}
+    chunks = {s: [{"file": f, "rows": int(n), "sha1": known.get(f) or file_sha1(pt_dir / f)} for f, n in entries]
               for s, entries in counts.items()}
     manifest = {"patch_size": int(patch_size), "channels": list(PATCH_CHANNELS), "site_features": list(SITE_FEATURES),
                 "layout": CHUNK_LAYOUT, "signature": signature,

@@ -241,7 +241,7 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
     df = df[~dup].drop(columns="_dt")
 
     qc_info = None
-    report["dropped_stuck"] = 0
+    report["dropped_stuck"] = report["dropped_gross_error"] = 0
     if qc is not None and qc.stuck_hours > 0 and not df.empty:  # before the spatial check: a stuck value is no buddy
         stuck, runs = stuck_runs(df["stn_id"].to_numpy(), df["sat_time_utc"].to_numpy(), df["ta_c"].to_numpy(),
                                  qc.stuck_hours)
@@ -253,8 +253,8 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
     if qc is not None and qc.enabled and not df.empty:
         bad, spatial = gross_error_check(df, grid, qc, dem)
         df = df[~bad]
+        report["dropped_gross_error"] = int(bad.sum())
         qc_info = {**(qc_info or {}), **spatial}
-    report["dropped_gross_error"] = len(qc_info["rejected"]) if qc_info and "rejected" in qc_info else 0
 
     if df.empty:
         raise UserError(f"no observation is left to index: {nothing_left(report)}")
@@ -278,6 +278,15 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
     if qc_info is not None:
         info["qc"] = qc_info
     return df[INDEX_COLUMNS], report, info
+
+
+def warn_list(items: list, what: str, line, most: int | None = 10) -> None:
+    """One ``warning:`` line on stderr per item (``line(item)``), the first ``most`` of them (None: all), then
+    how many more ``what`` there are."""
+    for r in items[:most]:
+        print(f"warning: {line(r)}", file=sys.stderr)
+    if most is not None and len(items) > most:
+        print(f"warning: ... and {len(items) - most} more {what}", file=sys.stderr)
 
 
 def run(cfg: Config, ctx: Context) -> Result:
@@ -312,22 +321,18 @@ def run(cfg: Config, ctx: Context) -> Result:
     from shared.evaluation.plots import plot_split_map  # matplotlib only once the index is written
 
     plot_split_map(df[["stn_id", "pixel_y", "pixel_x", "split"]], static, cfg.output_dir / SPLIT_PNG, cfg.split.mode)
-    for r in info.get("qc", {}).get("stuck", [])[:10]:
-        print(f"warning: stuck sensor: station {r['stn_id']} reported {r['value']:g} C {r['reports']} times from "
-              f"{r['start']} to {r['end']}; all but the first left out", file=sys.stderr)
-    if len(info.get("qc", {}).get("stuck", [])) > 10:
-        print(f"warning: ... and {len(info['qc']['stuck']) - 10} more stuck runs (splits.json: qc.stuck)", file=sys.stderr)
-    rejected = info.get("qc", {}).get("rejected", [])
-    for r in rejected[:10]:
-        print(f"warning: gross error left out: station {r['stn_id']} at {r['sat_time_utc']} reported {r['ta_c']:g} C, "
-              f"its neighbours say {r['neighbours_c']:g} C ({r['z']:g} robust sd)", file=sys.stderr)
-    if len(rejected) > 10:
-        print(f"warning: ... and {len(rejected) - 10} more gross errors left out (splits.json: qc.rejected)",
-              file=sys.stderr)
-    for r in info.get("qc", {}).get("suspect_stations", []):
-        print(f"warning: station {r['stn_id']} reads {abs(r['mean_error_K']):.1f} K "
-              f"{'warmer' if r['mean_error_K'] > 0 else 'colder'} than its neighbours on average ({r['times']} times, "
-              f"compared at sea level): check its elev_m, lat and lon in {cfg.stations_csv}", file=sys.stderr)
+    qc = info.get("qc", {})
+    warn_list(qc.get("stuck", []), "stuck runs (splits.json: qc.stuck)",
+              lambda r: f"stuck sensor: station {r['stn_id']} reported {r['value']:g} C {r['reports']} times from "
+                        f"{r['start']} to {r['end']}; all but the first left out")
+    warn_list(qc.get("rejected", []), "gross errors left out (splits.json: qc.rejected)",
+              lambda r: f"gross error left out: station {r['stn_id']} at {r['sat_time_utc']} reported {r['ta_c']:g} C, "
+                        f"its neighbours say {r['neighbours_c']:g} C ({r['z']:g} robust sd)")
+    warn_list(qc.get("suspect_stations", []), "suspect stations (splits.json: qc.suspect_stations)",
+              lambda r: f"station {r['stn_id']} reads {abs(r['mean_error_K']):.1f} K "
+                        f"{'warmer' if r['mean_error_K'] > 0 else 'colder'} than its neighbours on average "
+                        f"({r['times']} times, compared at sea level): check its elev_m, lat and lon in {cfg.stations_csv}",
+              most=None)
     print_report(f"step01: {len(df):,} rows kept from {len(obs_files)} file(s), {len(sat)} image time(s)", full_report)
     print(f"wrote {cfg.output_dir}/index*.csv, splits.json, {SPLIT_PNG}")
     return Result(counts=dict(full_report))

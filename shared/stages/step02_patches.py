@@ -217,7 +217,7 @@ def make_patches(cfg: Config) -> dict:
         except (OSError, ValueError, AttributeError):
             stats_ok = False  # unreadable: rebuilt below
     existing: dict[tuple[str, int], int] = {}
-    changed = 0
+    changed, verified = 0, {}
     if cfg.skip_existing and stats_ok:
         # a chunk the last finished run recorded is reused only while its bytes are the ones written; one
         # written since (an interrupted run's) is reused when it loads and carries this signature
@@ -234,6 +234,8 @@ def make_patches(cfg: Config) -> dict:
                     continue
                 if ch.get("signature") == signature:
                     existing[(s, k)] = int(ch["y"].shape[0])
+                    if f.name in written:  # its bytes just checked: the manifest need not hash it again
+                        verified[f.name] = written[f.name]
     if changed:
         print(f"warning: {changed} chunk(s) in {pdir} changed since step02 wrote them; rebuilding them")
     need_mask = ~pd.Series(list(zip(df["split"], df["chunk"]))).isin(existing.keys()).to_numpy()
@@ -319,7 +321,7 @@ def make_patches(cfg: Config) -> dict:
             f.unlink()
 
     by_split = {s: [(chunk_name(ss, k), counts[(ss, k)]) for (ss, k) in sorted(counts) if ss == s] for s in SPLITS}
-    manifest = write_manifest(out, p, signature, by_split)
+    manifest = write_manifest(out, p, signature, by_split, known_sha1=verified)
     for s in SPLITS:
         report[f"rows_{s}"] = manifest["rows"][s]
     write_json(out / "report.json", report)

@@ -19,7 +19,15 @@ from shared.core.cli import run_main
 from shared.core.errors import UserError
 from shared.core.records import adopt
 from shared.io.index import index_files, read_index
-from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR, file_sha1, load_chunk, read_manifest, read_stats
+from shared.io.patches import (
+    PATCH_SUBDIR,
+    STATS_SUBDIR,
+    file_sha1,
+    load_chunk,
+    read_manifest,
+    read_stats,
+    recorded_sha1,
+)
 from shared.models.checkpoint import load_ta_checkpoint
 
 
@@ -39,11 +47,11 @@ def main(argv=None) -> int:
         present = tuple(s for s, v in man["chunks"].items() if v)  # every split's chunks, not the train split's only
         _, splits = read_manifest(p, splits=present)
         read_stats(p)
-        sha1 = {e["file"]: e.get("sha1") for v in man["chunks"].values() for e in v}
+        sha1 = recorded_sha1(p, man.get("signature"))
         for s in present:
             for f, n in zip(splits[s].files, splits[s].rows):
                 load_chunk(f, rows=n)
-                if sha1.get(Path(f).name) and file_sha1(f) != sha1[Path(f).name]:
+                if Path(f).name in sha1 and file_sha1(f) != sha1[Path(f).name]:
                     raise UserError(f"{f}: its bytes are not those the manifest recorded (changed since step02 wrote "
                                     "it); rerun step02 on that folder")
         adopt(p, [p / PATCH_SUBDIR, p / STATS_SUBDIR], "step02_make_patches", how)
