@@ -399,3 +399,24 @@ def test_train_ta_without_spread_names_the_index(tiny_index, tmp_path, capsys):
     assert _s02(idx, tmp_path / "s02") == 2
     err = _err(capsys)
     assert "index_train.csv: every train TA value is the same" in err
+
+
+def test_an_error_starts_its_own_line_after_an_open_progress_bar(capsys):
+    """stderr redirected to a file: a bar the failure left open ends its line (with its last state) before the
+    error line, which is not glued to the end of the bar's text."""
+    from tqdm import tqdm
+
+    from shared.core.cli import run_main
+    from shared.core.errors import UserError
+
+    def main(argv):
+        bar = tqdm(total=10, desc="step02 images", leave=False, file=sys.stderr)
+        bar.update(3)
+        raise UserError("boom")
+
+    with pytest.raises(SystemExit) as e:
+        run_main(main, [])
+    err = capsys.readouterr().err
+    lines = err.split("\n")
+    assert e.value.code == 2 and lines[-1] == "" and lines[-2] == "error: boom"
+    assert "step02 images" in lines[-3] and "3/10" in lines[-3]

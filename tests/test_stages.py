@@ -178,7 +178,18 @@ def test_adopt_records_files_made_elsewhere_after_checking_them(tmp_path, capsys
     assert run_step03(tmp_path, copied, "train.epochs=1") == 2
     assert "python -m shared.tools.adopt step02 PATH" in capsys.readouterr().err
     assert adopt_main(["step02", str(copied)]) == 0
+    assert "recorded as a finished step02 set" in capsys.readouterr().out
     assert run_step03(tmp_path, copied, "train.epochs=1") == 0
+    # files a finished record already lists, unchanged, keep that record (its config and inputs are not lost)
+    from shared.core.records import read_record
+
+    for folder in (made, copied):
+        rec = read_record(folder)
+        assert adopt_main(["step02", str(folder)]) == 0
+        assert read_record(folder) == rec and "kept that record" in capsys.readouterr().out
+    (copied / "stats" / "extra.txt").write_text("changed")  # changed since: adopted anew
+    assert adopt_main(["step02", str(copied)]) == 0
+    assert read_record(copied) != rec and "recorded as a finished step02 set" in capsys.readouterr().out
     # a file that is not what it claims is not adopted
     bad = tmp_path / "w" / "best.pt"
     bad.parent.mkdir()
@@ -208,27 +219,36 @@ def test_adopt_records_files_made_elsewhere_after_checking_them(tmp_path, capsys
 
 def test_a_run_that_raises_promises_nothing_new(tmp_path):
     """``StepRun.running``: "running" while the work goes on; an exception abandons the record and goes on up."""
+    from shared.core.errors import UserError
     from shared.core.records import StepRun, check_upstream, finished_record, read_record
 
     out = tmp_path / "o"
     out.mkdir()
     f = out / "a.txt"
     with pytest.raises(RuntimeError, match="boom"):
-        with StepRun(out, {"x": 1}, deps=[], step="stepXX").running():
+        with StepRun(out, {"x": 1}, deps=[], step="step01").running():
             assert read_record(out)["status"] == "running"
             raise RuntimeError("boom")
     assert read_record(out) is None  # a first run that failed: no record, nothing was ever promised
-    run = StepRun(out, {"x": 1}, deps=[], step="stepXX")
+    run = StepRun(out, {"x": 1}, deps=[], step="step01")
     with run.running():
         f.write_text("1")
         run.finish([f])
     assert read_record(out)["status"] == "ok"
+    ok = read_record(out)
     with pytest.raises(KeyboardInterrupt):  # any exception, also an interrupt
-        with StepRun(out, {"x": 2}, deps=[], step="stepXX").running():
+        with StepRun(out, {"x": 2}, deps=[], step="step01").running():
+            assert read_record(out)["status"] == "running"
             raise KeyboardInterrupt
-    rec = read_record(out)  # a failed rerun: still "running", the finished run kept as the one to trust
+    assert read_record(out) == ok  # a rerun that failed before touching an output: the record as it was
+    with pytest.raises(RuntimeError, match="boom"):
+        with StepRun(out, {"x": 3}, deps=[], step="step01").running():
+            f.write_text("22")
+            raise RuntimeError("boom")
+    rec = read_record(out)  # one that changed an output: still "running", the finished run kept as the one to trust
     assert rec["status"] == "running" and finished_record(rec)["config"] == {"x": 1}
-    assert check_upstream(out, [f], "stepXX")["config"] == {"x": 1}  # its unchanged file still serves
+    with pytest.raises(UserError, match="changed after the last finished step01 run"):
+        check_upstream(out, [f], "step01")  # ... and its changed file no longer serves
 
 
 def test_run_all_lists_the_figures_each_step_wrote(tmp_path):

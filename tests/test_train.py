@@ -17,6 +17,7 @@ from conftest import STAGES, adopt
 from shared.core.cli import run_main
 from shared.core.distributed import Dist
 from shared.core.errors import UserError
+from shared.core.records import read_record
 from shared.core.runner import execute
 from shared.io.channels import IR105_CH
 from shared.io.patches import batch_view, load_chunk, read_manifest, write_synthetic_patches
@@ -225,6 +226,11 @@ def test_resume_gives_the_same_weights(tmp_path, patches):
     assert c["epoch"] == 2 and all(torch.equal(c["model"][k], b["model"][k]) for k in b["model"])
     assert torch.load(tmp_path / "cut" / "weights" / "best.pt", weights_only=True)["uncertainty"]["sigma_scale"] > 0
     assert not (tmp_path / "cut" / "weights" / ".staging").exists()
+    # a refused --resume (the training config changed) leaves the finished run's record as it was, not "running"
+    rec = read_record(tmp_path / "cut" / "outputs")
+    assert rec["status"] == "ok"
+    assert run_step(tmp_path, patches, *sets, "train.lr=1e-3", extra=["--resume", "--force"], out="cut") == 2
+    assert read_record(tmp_path / "cut" / "outputs") == rec
 
 
 def test_ensemble_averages_members_and_adds_their_spread(tmp_path, patches):
@@ -669,3 +675,18 @@ def test_a_train_split_at_one_place_is_refused_before_training(tmp_path):
     with pytest.raises(UserError, match=r"split 'train' holds rows of 1 location\(s\)"):
         check_split(splits["train"], 19, 9)
     check_split(splits["val"], 19, 9)
+
+
+def test_a_validation_loss_that_never_moves_is_warned_about(tmp_path, patches, capsys):
+    """train.lr 1e-12: training runs and finishes, but says that best.pt is about its initial weights; a run
+    that learns says nothing of the kind."""
+    from shared.training.loop import flat_validation
+
+    assert flat_validation([{"val_loss": v} for v in (1.0, 0.9995, 0.9992)], 1e-3) is not None
+    assert flat_validation([{"val_loss": v} for v in (1.0, 0.998, 0.997)], 1e-3) is None  # 0.3 %: it moved
+    assert flat_validation([{"val_loss": v} for v in (1.0, 1.0)], 1e-3) is None  # too few epochs to tell
+    assert run_step(tmp_path, patches, "train.epochs=3", "train.lr=1e-12", out="tiny_lr") == 0
+    err = capsys.readouterr().err
+    assert "warning: the validation loss did not move in 3 epochs" in err and "train.lr 1e-12" in err
+    assert run_step(tmp_path, patches, "train.epochs=3", out="normal") == 0
+    assert "did not move" not in capsys.readouterr().err

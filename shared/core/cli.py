@@ -65,6 +65,16 @@ def _log_warnings_as_lines() -> None:
         root.addHandler(h)
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars a failure left open, each with its last state on its own line, so that the error
+    that follows starts a line of its own (not the end of a bar's, as in a log file of stderr)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.leave = True
+        bar.close()
+
+
 def run_main(main, argv=None) -> None:
     """Call ``main(argv)`` and turn expected mistakes into exit code 2.
 
@@ -78,6 +88,7 @@ def run_main(main, argv=None) -> None:
     try:
         rc = main(argv)
     except UserError as e:
+        _end_progress_bars()
         if os.environ.get("TA2D_DEBUG"):
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
@@ -91,11 +102,13 @@ def run_main(main, argv=None) -> None:
                    "writable, and each folder above it a folder, not a file)")
         else:
             raise
+        _end_progress_bars()
         if os.environ.get("TA2D_DEBUG"):
             traceback.print_exc()
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        _end_progress_bars()
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
     sys.exit(rc or 0)

@@ -336,6 +336,7 @@ class StepRun:
     def start(self) -> None:
         """Mark the outputs as being rewritten; the last finished record is kept as ``previous``."""
         done = finished_record(self.previous())
+        self._done = done
         self._started_without_previous = done is None
         self._made_dirs = [d for d in [self.out_dir] + self.mirrors if not d.exists()]
         self.t0 = time.time()
@@ -351,13 +352,20 @@ class StepRun:
         try:
             yield self
         except BaseException:
-            self.abandon()
+            self.abandon(failed=True)
             raise
 
-    def abandon(self) -> None:
-        """After a failed run: with no earlier finished run the record goes (nothing was ever promised);
-        otherwise it stays "running", so readers keep using the earlier run's files only while unchanged. An
+    def abandon(self, failed: bool = False) -> None:
+        """After a failed or stopped run: with no earlier finished run the record goes (nothing was ever
+        promised); otherwise it stays "running", so readers keep using the earlier run's files only while
+        unchanged. A failed run (``failed``; not one stopped on request, which is to be resumed) that left every
+        output of the earlier run as it was puts that run's record back: a refused rerun changes nothing. An
         output folder the run made is removed when it is left empty."""
+        done = getattr(self, "_done", None)
+        if failed and done is not None and done.get("outputs") and \
+                fingerprint(done["outputs"].keys()) == done["outputs"]:
+            self._write(done)
+            return
         if self._started_without_previous:
             for d in [self.out_dir] + self.mirrors:
                 (d / RUN_JSON).unlink(missing_ok=True)

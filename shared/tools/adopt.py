@@ -7,17 +7,20 @@ Each step checks that the files it reads are those a finished run of the step
 before wrote (``run.json`` beside them). Files made or copied elsewhere have
 no such record; this command checks that they are what they claim to be
 (a loadable TA checkpoint; a valid manifest, statistics and chunks; a complete
-index set) and writes the record, saying so in it (``"adopted"``).
+index set) and writes the record, saying so in it (``"adopted"``). Files that
+a finished run's record already lists, unchanged, keep that record: adopting
+them would only lose what it says (the config, the inputs, the other outputs).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
 from shared.core.cli import run_main
 from shared.core.errors import UserError
-from shared.core.records import adopt
+from shared.core.records import adopt, check_upstream
 from shared.io.index import index_files, read_index
 from shared.io.patches import (
     PATCH_SUBDIR,
@@ -31,6 +34,18 @@ from shared.io.patches import (
 from shared.models.checkpoint import load_ta_checkpoint
 
 
+def _record(run_dir: Path, files: list[Path], step: str, how: str) -> str:
+    """Adopt ``files`` unless a finished run of ``step`` already recorded them as they are; what was done."""
+    with contextlib.suppress(UserError):
+        done = check_upstream(run_dir, files, step.split("_")[0])
+        if done.get("step") == step:
+            when = done.get("finished_utc", "?")
+            return (f"already recorded by the {'adoption' if 'adopted' in done else 'run'} of {when} "
+                    f"({run_dir / 'run.json'}), unchanged since; kept that record")
+    adopt(run_dir, files, step, how)
+    return f"recorded as a finished {step.split('_')[0]} set"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m shared.tools.adopt", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,7 +56,7 @@ def main(argv=None) -> int:
     how = f"adopted with python -m shared.tools.adopt {a.step} {p}"
     if a.step == "step03":
         load_ta_checkpoint(p)  # refuses anything that is not a loadable TA checkpoint
-        adopt(p.parent, [p], "step03_train_clay", how)
+        done = _record(p.parent, [p], "step03_train_clay", how)
     elif a.step == "step02":
         man, _ = read_manifest(p, splits=())
         present = tuple(s for s, v in man["chunks"].items() if v)  # every split's chunks, not the train split's only
@@ -54,13 +69,13 @@ def main(argv=None) -> int:
                 if Path(f).name in sha1 and file_sha1(f) != sha1[Path(f).name]:
                     raise UserError(f"{f}: its bytes are not those the manifest recorded (changed since step02 wrote "
                                     "it); rerun step02 on that folder")
-        adopt(p, [p / PATCH_SUBDIR, p / STATS_SUBDIR], "step02_make_patches", how)
+        done = _record(p, [p / PATCH_SUBDIR, p / STATS_SUBDIR], "step02_make_patches", how)
     else:
         if not p.is_dir():
             raise UserError(f"index folder not found: {p}")
         read_index(p)
-        adopt(p, index_files(p), "step01_make_index", how)
-    print(f"{p}: recorded as a finished {a.step} set")
+        done = _record(p, index_files(p), "step01_make_index", how)
+    print(f"{p}: {done}")
     return 0
 
 

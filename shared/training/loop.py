@@ -795,6 +795,8 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         with contextlib.suppress(OSError):
             staging.rmdir()
     d.barrier()
+    if done and d.main and (flat := flat_validation(state["log"], tcfg.lr)):
+        print(f"warning: {flat}", file=sys.stderr)
     best_row = next((r for r in state["log"] if r["epoch"] == state["best_epoch"]), None)
     return {
         "done": done,
@@ -808,6 +810,22 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         "outputs": [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"],
         "is_main": d.main,
     }
+
+
+#: A validation loss whose whole range over a run is within this share of its largest value did not move.
+FLAT_VALIDATION = 1e-3
+
+
+def flat_validation(log: list[dict], lr: float) -> str | None:
+    """What to tell the user when the validation loss never moved in a run of 3 or more epochs (a learning rate
+    far too small, or inputs the model cannot use), else None: ``best.pt`` is then little more than its
+    initial weights, which nothing else in the run would show."""
+    val = [r["val_loss"] for r in log]
+    if len(val) < 3 or max(val) - min(val) > FLAT_VALIDATION * max(val):
+        return None
+    return (f"the validation loss did not move in {len(val)} epochs ({val[0]:.6g} at the first, {min(val):.6g} "
+            f"at best): best.pt is about its initial weights. Is the learning rate (train.lr {lr:g}) far too small, "
+            "or can the model not use these inputs?")
 
 
 def combined_split(splits: dict) -> SplitFiles:
