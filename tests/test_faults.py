@@ -354,7 +354,9 @@ def test_a_few_out_of_range_values_are_dropped_with_a_warning(tiny_world, tmp_pa
     obs.loc[10, "ta_c"] = 99.0
     obs.to_csv(f, index=False)
     assert run_step("step01_make_index", *step01_args(raw, tmp_path / "s01")) == 0
-    assert f"{f}: 1 TA value(s) outside -40..45 °C dropped; first at line 12: '99.0'" in caplog.text
+    stn = int(obs.loc[10, "stn_id"])
+    assert (f"{f}: 1 TA value(s) outside -40..45 °C dropped; first at line 12: '99.0'; by station: {stn} (1)\n"
+            in caplog.text + "\n")
 
 
 def test_text_in_a_station_elevation_is_named(tiny_world, tmp_path, caplog):

@@ -628,6 +628,53 @@ def test_observation_check_finds_a_gross_error_at_sea_level_and_keeps_a_cold_mou
     assert len(station_offsets(np.tile(np.arange(n), times), chk.error_K, chk.rejected, min_times=4)) == 0
 
 
+def test_a_station_in_the_wrong_unit_is_summed_up_and_its_neighbours_are_not_blamed():
+    """40 stations, 24 winter times; station 0 reports in °F (then in tenths of a degree). Its observations are
+    rejected (all of them in °F); the variogram is fitted again without them (with them it was all nugget), the
+    kept observations' errors are those without it (its nearest neighbour reads as in the clean data), its own
+    error is against the kept ones, and rejected_stations guesses the unit. A station with one gross error is
+    not summed up."""
+    from shared.fusion.kriging import loo_check, simple_krige
+    from shared.fusion.qc import ELEVATION_WEIGHT, QCConfig, check_observations, rejected_stations, station_offsets
+
+    rng = np.random.default_rng(7)
+    n, times = 40, 24
+    x, y, elev = rng.uniform(0, 300, n), rng.uniform(0, 300, n), rng.uniform(0, 300, n)
+    key, stn = np.repeat(np.arange(times), n), np.tile(np.arange(n), times)
+    xs, ys, es = np.tile(x, times), np.tile(y, times), np.tile(elev, times)
+    ta = (-3.0 + 0.25 * key + np.sin(xs / 80.0) + np.cos(ys / 90.0) - 6.5 * es / 1000.0
+          + rng.normal(0, 0.3, n * times))
+    near = int(np.argsort(np.hypot(x - x[0], y - y[0]))[1])
+    clean = check_observations(key, xs, ys, es, ta, QCConfig(), progress=False)
+    base = station_offsets(stn, clean.error_K, clean.rejected, min_times=3).set_index("stn_id")["mean_error_K"]
+    for unit, wrong in (("tenths", ta * 10.0), ("°F", ta * 1.8 + 32.0)):  # tenths: values near 0 are not far off
+        bad = np.where(stn == 0, wrong, ta)
+        res = check_observations(key, xs, ys, es, bad, QCConfig(), progress=False)
+        assert res.rejected[stn == 0].sum() > times / 2 and not res.rejected[stn != 0].any(), unit
+        (row,) = rejected_stations(stn, bad, res.error_K, res.rejected)
+        assert row["stn_id"] == 0 and row["checked"] == times and row["rejected"] > times / 2, unit
+        assert row["unit"].startswith(unit) and row["unit_rms_K"] < 1.5, (unit, row)
+        off = station_offsets(stn, res.error_K, res.rejected, min_times=3).set_index("stn_id")["mean_error_K"]
+        assert abs(off[near] - base[near]) < 0.1, unit  # the neighbour reads as without the bad station
+    assert res.variogram.psill > 0.5 and res.rejected[stn == 0].all()  # °F: the variogram fitted without it
+    # each time: the kept ones' errors are leave-one-out among the kept, the rejected one's against the kept
+    t = 5
+    g = np.flatnonzero(key == t)
+    keep, out = g[1:], g[:1]
+    a = bad + 6.5 * es / 1000.0
+    anomaly = a[g] - np.median(a[g])
+    xyz = sites(xs[g], ys[g], es[g], ELEVATION_WEIGHT)
+    want, _ = loo_check(xyz[1:], anomaly[1:], res.variogram)
+    np.testing.assert_allclose(res.error_K[keep], want)
+    np.testing.assert_allclose(res.error_K[out], anomaly[:1] - simple_krige(xyz[1:], anomaly[1:], xyz[:1],
+                                                                           res.variogram)[0])
+    one = ta.copy()
+    one[n * 3 + 5] += 15.0  # one gross error at station 5: rejected, but the station is not summed up
+    res = check_observations(key, xs, ys, es, one, QCConfig(), progress=False)
+    assert np.flatnonzero(res.rejected).tolist() == [n * 3 + 5]
+    assert rejected_stations(stn, one, res.error_K, res.rejected) == []
+
+
 def test_a_variogram_of_co_located_stations_falls_back_to_the_default_shape():
     """Every station at one place (a station table with one position copied): no distance to fit; the pooled fit
     returns the default shape instead of failing on an empty set of lag bins (step04 and step05 raised)."""

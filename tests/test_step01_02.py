@@ -374,6 +374,39 @@ def test_station_listed_at_the_wrong_height_is_named(tiny_world, tiny_index, tmp
     assert json.loads((tmp_path / "noelev" / "splits.json").read_text())["qc"]["suspect_stations"] == []
 
 
+def test_a_station_reporting_in_fahrenheit_is_left_out_and_named_once(tiny_world, tiny_index, tmp_path, capsys,
+                                                                     caplog, monkeypatch):
+    """One station's values in °F: its July reports are out of range (dropped at reading, the warning names the
+    station), its January ones gross errors; the station is left out whole, named in one warning with the unit
+    its values match in, and no other station is named. (The tiny world checks 4 of its times:
+    qc.STATION_REJECT_MIN is lowered to 3 for it; the default is 8.)"""
+    from shared.fusion import qc as qc_module
+
+    monkeypatch.setattr(qc_module, "STATION_REJECT_MIN", 3)
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_world, raw)
+    idx = pd.read_csv(tiny_index / "index.csv")
+    stn = int(idx["stn_id"].value_counts().index[0])
+    for f in sorted((raw / "ta_obs").glob("*.csv")):
+        obs = pd.read_csv(f)
+        m = obs["stn_id"] == stn
+        obs.loc[m, "ta_c"] = (obs.loc[m, "ta_c"] * 1.8 + 32.0).round(1)
+        obs.to_csv(f, index=False)
+    assert run_step("step01_make_index", *step01_args(raw, tmp_path / "o")) == 0
+    err = capsys.readouterr().err
+    assert f"by station: {stn} (" in caplog.text  # July: out of range (the reader's log warning)
+    lines = [ln for ln in err.splitlines() if "station" in ln and "by station" not in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: station {stn} left out: ") and "°F" in lines[0], err
+    info = json.loads((tmp_path / "o" / "splits.json").read_text())
+    (row,) = info["qc"]["rejected_stations"]
+    assert row["stn_id"] == stn and row["unit"].startswith("°F") and row["unit_rms_K"] < 2.0
+    assert info["qc"]["suspect_stations"] == []
+    rep = info["report"]
+    out = pd.read_csv(tmp_path / "o" / "index.csv")
+    assert stn not in set(out["stn_id"]) and len(out) == (idx["stn_id"] != stn).sum()
+    assert rep["dropped_gross_error"] + rep["dropped_bad_station"] + rep["obs_out_of_range"] == (idx["stn_id"] == stn).sum()
+
+
 def test_skip_existing_rebuilds_a_chunk_whose_bytes_changed(tiny_patches, tiny_index, tmp_path, capsys):
     """Bytes of a finished run's chunk changed (a disk fault, a stray write): the chunk still loads and carries
     the right signature, but its SHA-1 is not the manifest's, so a rerun of step02 (what step03 asks for)

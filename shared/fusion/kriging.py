@@ -107,9 +107,11 @@ def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray]], model: str = "
     def f(h, psill, rng, nugget):
         return fn([psill, rng, nugget], h)
 
+    lo, hi = np.array([0.0, 1e-3, 0.0]), np.array([10.0, 10 * top, 10.0])
     p0 = [max(float(gm[keep].max()) - float(gm[keep].min()), 0.1), top / 2, max(float(gm[keep][0]), 0.0)]
+    p0 = np.clip(p0, lo, 0.999 * hi)  # one wild pair in a bin can put the first guess beyond the bounds
     (ps, rg, ng), _ = curve_fit(f, dm[keep], gm[keep], p0=p0, sigma=1.0 / np.sqrt(cnt[keep]),
-                                bounds=([0.0, 1e-3, 0.0], [10.0, 10 * top, 10.0]), maxfev=20000)
+                                bounds=(lo, hi), maxfev=20000)
     tot = ps + ng
     if tot <= 0:
         return Variogram(model, 1.0, float(rg), 0.0, int(use.sum()), n_times)

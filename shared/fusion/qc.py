@@ -18,7 +18,14 @@ background that needs no model:
   observations, one that misses what its neighbours krige to by more than
   ``max_z`` robust standard deviations of that time **and** by more than
   ``min_error_K`` is rejected; the worst goes first and the rest are checked
-  again, at most 10 % of a time's observations.
+  again, at most 10 % of a time's observations. The kept observations'
+  errors are then computed again without the rejected ones, and a rejected
+  one's error is against what the kept ones krige to: a bad station does not
+  make its neighbours look off (:func:`station_offsets`);
+* when the variogram fitted again without the rejected observations differs
+  (gross errors in the pool, e.g. a whole station in °F, can make it all
+  nugget: every observation is then compared with the time's median, not
+  with its neighbours), every time is checked again with it.
 
 Sea-level anomalies vary more between neighbours than the model's residuals
 do (coasts, night cold pools), so this check finds only gross errors. On the
@@ -42,10 +49,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from shared.fusion.analysis import sites
-from shared.fusion.kriging import BUDDY_MIN_SITES, Variogram, buddy_check, loo_check, pooled_variogram
+from shared.fusion.kriging import BUDDY_MIN_SITES, Variogram, buddy_check, loo_check, pooled_variogram, simple_krige
 
 #: times pooled for the variogram, evenly spread over the data
 VARIOGRAM_TIMES = 200
+#: a variogram refitted without the rejected observations whose sill share or range differs from the first by
+#: more than this share: the check is done again with it
+VARIOGRAM_CHANGE = 0.1
 #: km of distance per km of height between two stations (the fusion's default ``elevation_weight``)
 ELEVATION_WEIGHT = 200.0
 #: step01 warns about a station whose observations are on average this many kelvin off its neighbours
@@ -104,13 +114,29 @@ def check_observations(time_key: np.ndarray, x_km: np.ndarray, y_km: np.ndarray,
     anomaly = np.empty(n)
     for g in groups:
         anomaly[g] = a[g] - np.median(a[g])
-    step = max(1, len(groups) // VARIOGRAM_TIMES)
-    vg = pooled_variogram([(xyz[g], anomaly[g]) for g in groups[::step]])
-    for g in tqdm(groups, desc="step01 gross-error check", unit="time", leave=False,
-                  disable=not progress or len(groups) < 500):
-        err[g], z[g] = loo_check(xyz[g], anomaly[g], vg)
-        if np.any((np.abs(err[g]) > cfg.min_error_K) & (np.abs(z[g]) > cfg.max_z)):  # buddy_check's first pass
-            rejected[g] = buddy_check(xyz[g], anomaly[g], vg, cfg.max_z, cfg.min_error_K)
+    sample = groups[::max(1, len(groups) // VARIOGRAM_TIMES)]
+    vg = pooled_variogram([(xyz[g], anomaly[g]) for g in sample])
+    for check in ("first", "again"):
+        for g in tqdm(groups, desc=f"step01 gross-error check{' (again)' if check == 'again' else ''}", unit="time",
+                      leave=False, disable=not progress or len(groups) < 500):
+            err[g], z[g] = loo_check(xyz[g], anomaly[g], vg)
+            rejected[g] = False
+            if np.any((np.abs(err[g]) > cfg.min_error_K) & (np.abs(z[g]) > cfg.max_z)):  # buddy_check's first pass
+                bad = buddy_check(xyz[g], anomaly[g], vg, cfg.max_z, cfg.min_error_K)
+                rejected[g] = bad
+                if bad.any():  # the errors without the rejected: theirs against the kept ones, the kept ones' own
+                    keep, out = g[~bad], g[bad]
+                    err[out] = anomaly[out] - simple_krige(xyz[keep], anomaly[keep], xyz[out], vg)[0]
+                    err[keep], z[keep] = loo_check(xyz[keep], anomaly[keep], vg)
+        if check == "again" or not rejected.any():
+            break
+        # the variogram without what was rejected: gross errors in the pool (a whole station in °F) can make it
+        # all nugget, which no longer compares an observation with its neighbours; if it changes, check again
+        clean = pooled_variogram([(xyz[g[~rejected[g]]], anomaly[g[~rejected[g]]]) for g in sample])
+        if abs(clean.psill - vg.psill) <= VARIOGRAM_CHANGE * max(vg.psill, 1e-9) and \
+                abs(clean.range_km - vg.range_km) <= VARIOGRAM_CHANGE * vg.range_km:
+            break
+        vg = clean
     return QCResult(rejected, err, z, vg, len(groups))
 
 
@@ -125,6 +151,48 @@ def station_offsets(stn_id: np.ndarray, error_K: np.ndarray, rejected: np.ndarra
          .groupby("stn_id")["e"].agg(["mean", "size"]).reset_index())
     t = t[t["size"] >= min_times].rename(columns={"mean": "mean_error_K", "size": "times"})
     return t.reindex(t["mean_error_K"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+
+#: a station with at least this many observations rejected, and most of its checked ones, is summed up in one
+#: line, with what its values would be in a wrong unit (:func:`rejected_stations`)
+STATION_REJECT_MIN = 8
+
+#: wrong units a whole station may report in, and how each converts to °C
+UNIT_GUESSES = {
+    "°F ((x - 32) / 1.8)": lambda x: (x - 32.0) / 1.8,
+    "tenths of a °C (x / 10)": lambda x: x / 10.0,
+    "the sign lost (-x)": lambda x: -x,
+}
+
+
+def rejected_stations(stn_id: np.ndarray, ta_c: np.ndarray, error_K: np.ndarray, rejected: np.ndarray,
+                      min_rejected: int | None = None) -> list[dict]:
+    """The stations whose observations were mostly rejected (``min_rejected``, default
+    :data:`STATION_REJECT_MIN`, or more, and more than half of
+    their checked ones): ``stn_id, rejected, checked, mean_error_K`` and, when one of :data:`UNIT_GUESSES`
+    brings the rejected values to what their neighbours krige to (RMS within 2 K and a fifth of the error),
+    ``unit`` and ``unit_rms_K``. A whole station in °F or in tenths of a degree fails at most times; one
+    line about it says more than a warning per observation."""
+    min_rejected = STATION_REJECT_MIN if min_rejected is None else min_rejected
+    stn_id, ta = np.asarray(stn_id), np.asarray(ta_c, np.float64)
+    err, rej = np.asarray(error_K, np.float64), np.asarray(rejected, bool)
+    checked = np.isfinite(err)
+    out = []
+    for s in np.unique(stn_id[rej]):
+        m = stn_id == s
+        r, c = int((m & rej).sum()), int((m & checked).sum())
+        if r < min_rejected or 2 * r <= c:
+            continue
+        x, e = ta[m & rej], err[m & rej]
+        row = {"stn_id": int(s), "rejected": r, "checked": c, "mean_error_K": round(float(e.mean()), 2)}
+        neighbours = x - e  # what the kept observations krige to, in °C at the station's height
+        rms = float(np.sqrt(np.mean(e ** 2)))
+        fits = {u: float(np.sqrt(np.mean((f(x) - neighbours) ** 2))) for u, f in UNIT_GUESSES.items()}
+        unit = min(fits, key=fits.get)
+        if fits[unit] < min(2.0, 0.2 * rms):
+            row.update(unit=unit, unit_rms_K=round(fits[unit], 2))
+        out.append(row)
+    return out
 
 
 #: consecutive reports of one station farther apart than this do not continue a run of one value

@@ -250,8 +250,10 @@ def _read_obs_file(path: Path) -> tuple[pd.DataFrame, dict]:
                         "must be in °C; convert a file in kelvin (K - 273.15) or in °F ((F - 32) / 1.8)")
     if rep["out_of_range"]:
         i = int(np.flatnonzero(out_range.to_numpy())[0])
-        log.warning("%s: %d TA value(s) outside %g..%g °C dropped; first at line %d: %r", path, rep["out_of_range"],
-                    *TA_RANGE_C, i + 2, raw[cols["ta_c"]].iloc[i])
+        by = stn[out_range].value_counts()
+        log.warning("%s: %d TA value(s) outside %g..%g °C dropped; first at line %d: %r; by station: %s%s", path,
+                    rep["out_of_range"], *TA_RANGE_C, i + 2, raw[cols["ta_c"]].iloc[i],
+                    ", ".join(f"{int(k)} ({v})" for k, v in by.head(3).items()), ", ..." if len(by) > 3 else "")
     keep = ~(bad_stn | bad_time | missing_ta | out_range)
     df = pd.DataFrame({"stn_id": stn[keep].astype("int64"), "time_utc": t[keep], "ta_c": ta[keep].astype("float64")})
     check_months(df, path)

@@ -16,7 +16,10 @@ Before the split, each image time's observations are checked against each
 other (``qc:``, :mod:`shared.fusion.qc`): an observation far from what its
 neighbours say after a lapse-rate adjustment (a stuck sensor, a lost sign, a
 wrong position or clock) is left out of every split, counted as
-``dropped_gross_error`` and listed in ``splits.json`` (``qc.rejected``).
+``dropped_gross_error`` and listed in ``splits.json`` (``qc.rejected``). A
+station most of whose observations are left out so (a station in °F or in
+tenths of a degree) loses the rest too (``dropped_bad_station``,
+``qc.rejected_stations``).
 
 Reads ``stations.csv``, every CSV in ``obs_dir``, ``static.nc`` and the names
 of the satellite stacks (not their contents); writes ``index.csv``,
@@ -37,7 +40,14 @@ from shared.core.cli import print_report
 from shared.core.errors import UserError, require_dir
 from shared.core.records import Derived, Names
 from shared.core.runner import Context, Result, Stage
-from shared.fusion.qc import STATION_WARN_K, QCConfig, check_observations, station_offsets, stuck_runs
+from shared.fusion.qc import (
+    STATION_WARN_K,
+    QCConfig,
+    check_observations,
+    rejected_stations,
+    station_offsets,
+    stuck_runs,
+)
 from shared.geo.grid import Grid
 from shared.io.index import INDEX_COLUMNS, SPLITS, index_files, write_index
 from shared.io.raw import grid_signature, read_static, scan_sat_times
@@ -151,12 +161,15 @@ def assign_splits(df: pd.DataFrame, mode: str, seed: int, val_frac: float, test_
     return split, info, dropped
 
 
-def gross_error_check(df: pd.DataFrame, grid: Grid, qc: QCConfig, dem: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+def gross_error_check(df: pd.DataFrame, grid: Grid, qc: QCConfig,
+                      dem: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Rows of matched observations (one per station and image) that the gross-error check rejects
-    (:func:`shared.fusion.qc.check_observations`) and its record for ``splits.json``: the settings, the
-    variogram, each rejected observation with what its neighbours say, and the stations whose kept
-    observations are on average more than :data:`~shared.fusion.qc.STATION_WARN_K` off their neighbours
-    (``suspect_stations``: a wrong elevation or position in the station table is the likelier cause)."""
+    (:func:`shared.fusion.qc.check_observations`), the other rows of the stations most of whose observations it
+    rejects (``rejected_stations``, with a guess at a wrong unit: what is left of such a station is no more
+    trustworthy), and the record for ``splits.json``: the settings, the variogram, each rejected observation
+    with what its neighbours say, those stations, and the stations whose kept observations are on average more
+    than :data:`~shared.fusion.qc.STATION_WARN_K` off their neighbours (``suspect_stations``: a wrong elevation
+    or position in the station table is the likelier cause; kept)."""
     x, y = grid.latlon_to_xy(df["lat"].to_numpy(), df["lon"].to_numpy())
     elev = df["elev_m"].to_numpy(np.float64)
     if dem is not None:  # a station of unknown height: its pixel's, as step02 and the fusion take it
@@ -168,14 +181,16 @@ def gross_error_check(df: pd.DataFrame, grid: Grid, qc: QCConfig, dem: np.ndarra
                  "error_K": round(float(e), 2), "z": round(float(z), 1)}
                 for s, t, v, e, z in zip(bad["stn_id"], bad["sat_time_utc"], bad["ta_c"], res.error_K[res.rejected],
                                          res.z[res.rejected])]
-    off = station_offsets(df["stn_id"].to_numpy(), res.error_K, res.rejected)
+    whole = rejected_stations(df["stn_id"].to_numpy(), df["ta_c"].to_numpy(), res.error_K, res.rejected)
+    rest = df["stn_id"].isin([r["stn_id"] for r in whole]).to_numpy() & ~res.rejected
+    off = station_offsets(df["stn_id"].to_numpy(), res.error_K, res.rejected | rest)
     suspect = [{"stn_id": int(r.stn_id), "mean_error_K": round(float(r.mean_error_K), 2), "times": int(r.times)}
                for r in off.itertuples() if abs(r.mean_error_K) > STATION_WARN_K]
     info = {"max_z": qc.max_z, "min_error_K": qc.min_error_K, "lapse_rate_K_per_km": qc.lapse_rate_K_per_km,
             "times_checked": res.times_checked, "variogram": res.variogram.info() if res.variogram else None,
-            "rejected": rejected, "largest_station_offset_K": round(float(off["mean_error_K"].iloc[0]), 2)
+            "rejected": rejected, "rejected_stations": whole, "largest_station_offset_K": round(float(off["mean_error_K"].iloc[0]), 2)
             if len(off) else None, "suspect_stations": suspect}
-    return res.rejected, info
+    return res.rejected, rest, info
 
 
 #: what to check when a drop reason took every observation
@@ -241,7 +256,7 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
     df = df[~dup].drop(columns="_dt")
 
     qc_info = None
-    report["dropped_stuck"] = report["dropped_gross_error"] = 0
+    report["dropped_stuck"] = report["dropped_gross_error"] = report["dropped_bad_station"] = 0
     if qc is not None and qc.stuck_hours > 0 and not df.empty:  # before the spatial check: a stuck value is no buddy
         stuck, runs = stuck_runs(df["stn_id"].to_numpy(), df["sat_time_utc"].to_numpy(), df["ta_c"].to_numpy(),
                                  qc.stuck_hours)
@@ -251,9 +266,9 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
                    "stuck": [{"stn_id": int(r.stn_id), "start": str(r.start), "end": str(r.end), "value": float(r.value),
                               "reports": int(r.reports)} for r in runs.itertuples()]}
     if qc is not None and qc.enabled and not df.empty:
-        bad, spatial = gross_error_check(df, grid, qc, dem)
-        df = df[~bad]
-        report["dropped_gross_error"] = int(bad.sum())
+        bad, rest, spatial = gross_error_check(df, grid, qc, dem)
+        df = df[~(bad | rest)]
+        report["dropped_gross_error"], report["dropped_bad_station"] = int(bad.sum()), int(rest.sum())
         qc_info = {**(qc_info or {}), **spatial}
 
     if df.empty:
@@ -325,7 +340,16 @@ def run(cfg: Config, ctx: Context) -> Result:
     warn_list(qc.get("stuck", []), "stuck runs (splits.json: qc.stuck)",
               lambda r: f"stuck sensor: station {r['stn_id']} reported {r['value']:g} C {r['reports']} times from "
                         f"{r['start']} to {r['end']}; all but the first left out")
-    warn_list(qc.get("rejected", []), "gross errors left out (splits.json: qc.rejected)",
+    whole = qc.get("rejected_stations", [])
+    warn_list(whole, "stations mostly left out (splits.json: qc.rejected_stations)",
+              lambda r: f"station {r['stn_id']} left out: {r['rejected']} of its {r['checked']} checked observations "
+                        f"were gross errors (on average {r['mean_error_K']:+.1f} K off its neighbours)"
+                        + (f"; in {r['unit']} they match their neighbours within {r['unit_rms_K']:.1f} K (RMS): "
+                           f"correct its values in {cfg.obs_dir}" if "unit" in r else
+                           f"; check its values in {cfg.obs_dir} and its entry in {cfg.stations_csv}"), most=None)
+    summed = {r["stn_id"] for r in whole}
+    warn_list([r for r in qc.get("rejected", []) if r["stn_id"] not in summed],
+              "gross errors left out (splits.json: qc.rejected)",
               lambda r: f"gross error left out: station {r['stn_id']} at {r['sat_time_utc']} reported {r['ta_c']:g} C, "
                         f"its neighbours say {r['neighbours_c']:g} C ({r['z']:g} robust sd)")
     warn_list(qc.get("suspect_stations", []), "suspect stations (splits.json: qc.suspect_stations)",
