@@ -459,6 +459,17 @@ def test_quicklook_marks_stations_at_sea_with_their_own_symbol(tmp_path, monkeyp
         close(f)
 
 
+def test_standard_error_levels_are_geometric_so_small_errors_get_colours():
+    """The standard-error panel's colour edges: geometric from the 1st to the 99th percentile, 2 significant digits,
+    so 0.6-1.5 K next to the stations spans several colours even when the far field reaches 11 K."""
+    from shared.mapping.quicklook import se_levels
+
+    se = np.r_[np.full(1000, 0.6), np.linspace(0.6, 11.0, 9000), np.full(1000, 11.0), [np.nan]]
+    np.testing.assert_array_equal(se_levels(se), [0.6, 0.8, 1.1, 1.4, 1.9, 2.6, 3.4, 4.6, 6.1, 8.2, 11.0])
+    assert (se_levels(se) < 1.5).sum() == 4  # evenly spaced, 0.6 to 1.64 K was one colour
+    assert len(se_levels(np.full(10, 1.0))) >= 3 and se_levels(np.full(5, np.nan))[0] == 0.5  # flat or empty: still a scale
+
+
 def test_quicklook_draws_the_analysis_increment_on_a_symmetric_scale(tmp_path, monkeypatch):
     """With increment_K (analysis - model) the quicklook adds a panel of it, its colour classes symmetric about 0 and
     reaching the largest increments; four panels (map, zoom, increment, standard error) are laid out 2 x 2;

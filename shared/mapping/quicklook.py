@@ -28,6 +28,20 @@ def _nice_levels(vals_c: np.ndarray, min_span: float = 6.0) -> np.ndarray:
 
 
 
+def se_levels(se_K: np.ndarray, n: int = 11) -> np.ndarray:
+    """Colour levels of a standard-error panel: ``n`` edges spaced geometrically from the 1st to the 99th
+    percentile (at least 0.1 K apart, edges at 2 significant digits). A standard error is a scale: next to the
+    stations it is 0.6-1.5 K and far out 5-11 K, and evenly spaced levels put all of the first in one colour."""
+    fin = np.asarray(se_K, np.float64)
+    fin = fin[np.isfinite(fin)]
+    lo, hi = np.percentile(fin, [1, 99]) if len(fin) else (0.5, 1.0)
+    lo = max(float(lo), 0.05)
+    hi = max(float(hi), lo + 0.2)
+    edges = np.geomspace(lo, hi, n)
+    edges = np.array([float(f"{v:.2g}") for v in edges])
+    return np.unique(edges)
+
+
 def draw_outline(ax, grid: Grid, lsmask: np.ndarray, color="k", lw=0.7, graticule: bool = True,
                  lat: np.ndarray | None = None, lon: np.ndarray | None = None) -> None:
     """Coastline (0.5 contour of the land-sea mask) in km, with a lat/lon graticule."""
@@ -142,12 +156,11 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
         elif kind == "se":
             v = se_K.astype(np.float32)
             sel = v[in_box] if zoomed else v
-            lo, hi = (np.nanpercentile(sel, [1, 99]) if np.isfinite(sel).any() else (0.0, 1.0))
-            lo, hi = np.floor(lo * 10) / 10, max(np.ceil(hi * 10) / 10, np.floor(lo * 10) / 10 + 0.2)
-            levels = np.round(np.linspace(lo, hi, 11), 3)
+            levels = se_levels(sel)
             im = ax.imshow(np.ma.masked_invalid(v), cmap=plt.get_cmap("magma_r").with_extremes(bad="0.8"),
                            norm=BoundaryNorm(levels, 256, extend="both"), origin="upper", interpolation="nearest", extent=extent)
-            cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02)
+            cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, ticks=levels)
+            cb.ax.set_yticklabels([f"{v:g}" for v in levels])
             cb.set_label("standard error (K)")
         else:
             # each panel its own colour classes: the zoom resolves the temperatures of its own area
