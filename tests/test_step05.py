@@ -272,6 +272,10 @@ def test_figures_show_the_analysis_beside_the_model_with_intervals(evaluated):
     fig = station_map_figure(st, read_static(evaluated["raw"] / "static.nc"), results)
     titles = [a.get_title() for a in fig.axes if a.get_title()]
     assert titles == [f"{METHOD_LABELS[k]}: {results[k]['rmse_K']:.2f} K over all rows" for k in ("model", "analysis")]
+    both = st[["rmse_K_model", "rmse_K_analysis"]].to_numpy().ravel()
+    lo, hi = fig.axes[0].collections[-1].get_clim()  # the scatter (after the outline); one scale for both panels, over the stations' range
+    assert fig.axes[1].collections[-1].get_clim() == (lo, hi)
+    assert lo == max(0.0, np.floor(np.percentile(both, 5) * 10) / 10 - 0.1) and hi >= np.percentile(both, 95)
     plt.close(fig)
 
 

@@ -193,21 +193,24 @@ def station_map_figure(st: pd.DataFrame, static, results: dict[str, dict] | None
     xk, yk = g.x / 1000.0, g.y / 1000.0
     sx, sy = xk[st["pixel_x"].to_numpy()], yk[st["pixel_y"].to_numpy()]
     vals = np.concatenate([st[f"rmse_K_{n}"].to_numpy(np.float64) for n in panels])
-    vmax = max(1.0, float(np.nanpercentile(vals, 95)))
+    # the stations' range, not 0 to the largest: the differences between stations are what the map is for
+    vmin = max(0.0, np.floor(float(np.nanpercentile(vals, 5)) * 10) / 10 - 0.1)
+    vmax = max(vmin + 0.5, float(np.nanpercentile(vals, 95)))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.2, max(3.5, 5.4 * g.ny / g.nx)),
                              squeeze=False, layout="constrained")
     sc = None
     for ax, name in zip(axes[0], panels):
         draw_outline(ax, g, static.lsmask, lat=static.lat, lon=static.lon)
         sc = ax.scatter(sx, sy, c=st[f"rmse_K_{name}"], s=44, cmap="magma_r", edgecolors="k", linewidths=0.5,
-                        zorder=3, vmin=0, vmax=vmax)
+                        zorder=3, vmin=vmin, vmax=vmax)
         if len(st) <= 40:
             for x, y, sid in zip(sx, sy, st["stn_id"]):
                 ax.annotate(str(sid), (x, y), xytext=(4, 2), textcoords="offset points", fontsize=6, color="0.25")
         _zoom_on(ax, sx, sy)
         whole = f": {results[name]['rmse_K']:.2f} K over all rows" if results and name in results else ""
         ax.set_title(f"{method_label(name)}{whole}", fontsize=9)
-    fig.colorbar(sc, ax=list(axes[0]), shrink=0.8, label="RMSE at the station (K)", extend="max")
+    fig.colorbar(sc, ax=list(axes[0]), shrink=0.8, label="RMSE at the station (K)",
+                 extend="both" if vmin > 0 else "max")
     fig.suptitle(f"RMSE at the {len(st)} test stations", fontsize=11)
     return fig
 
