@@ -129,3 +129,45 @@ def test_station_pixels_inside_grid_windows():
     w2 = KO_GRID.window(460, 400, 30, 30)
     r2, c2 = w2.latlon_to_rowcol(lat, lon)
     assert w2.inside(r2, c2).tolist() == [False, False] and c2[0] == 91
+
+
+def _cycle(days=6, stations=(108, 159), peak_utc=6.5, amp=4.0):
+    """Hourly TA with a diurnal cycle whose warmest phase is at ``peak_utc``, UTC times."""
+    t = pd.date_range("2023-05-01", periods=24 * days, freq="h")
+    h = (t.hour + t.minute / 60).to_numpy()
+    rows = [(s, tt, 15.0 + amp * np.cos(2 * np.pi * (h_ - peak_utc) / 24) + 0.3 * i)
+            for i, s in enumerate(stations) for tt, h_ in zip(t, h)]
+    return pd.DataFrame(rows, columns=["stn_id", "time_utc", "ta_c"])
+
+
+def test_times_in_the_wrong_time_zone_are_refused(tmp_path):
+    """Korea's warmest phase of the day is in the afternoon (about 06-08 UTC): a project file whose time_utc is
+    KST (9 h ahead), one converted twice (9 h early) and a KMA export whose 일시 is already UTC are refused,
+    each with its own remedy; the right times, a 3 h shift and a file of night hours only are not."""
+    from shared.io.stations import diurnal_phase
+
+    ok = _cycle()
+    peak, amp, n = diurnal_phase(ok)
+    assert peak == pytest.approx(6.5, abs=0.01) and amp == pytest.approx(4.0, abs=0.01) and n == len(ok)
+
+    def write(df, name):
+        out = df.assign(time_utc=df["time_utc"].dt.strftime("%Y-%m-%d %H:%M"))
+        out.to_csv(tmp_path / name, index=False)
+        return tmp_path / name
+
+    read_obs([write(ok, "ok.csv")])
+    read_obs([write(ok.assign(time_utc=ok["time_utc"] + pd.Timedelta(hours=3)), "late3.csv")])
+    night = ok[ok["time_utc"].dt.hour.isin([12, 13, 14, 15, 16, 17, 18, 19, 20])]
+    assert diurnal_phase(night) is None
+    read_obs([write(night.assign(time_utc=night["time_utc"] + pd.Timedelta(hours=9)), "night.csv")])
+    with pytest.raises(UserError, match=r"kst\.csv: its warmest time of day is at 15\.5 UTC .* looks like KST "
+                                        r"\(9 h ahead of UTC\): subtract 9 h"):
+        read_obs([write(ok.assign(time_utc=ok["time_utc"] + pd.Timedelta(hours=9)), "kst.csv")])
+    with pytest.raises(UserError, match="early.csv: .* at 21.5 UTC .* about 9 h early"):
+        read_obs([write(ok.assign(time_utc=ok["time_utc"] - pd.Timedelta(hours=9)), "early.csv")])
+    lines = [f"{r.stn_id},X,{r.time_utc:%Y-%m-%d %H:%M},{r.ta_c:.1f},," for r in ok.itertuples()]  # 일시 in UTC
+    f = _write(tmp_path / "kma_utc.csv", KMA_OBS_HEADER + "\n".join(lines) + "\n", "cp949")
+    with pytest.raises(UserError, match="kma_utc.csv: .* its 일시 looks like UTC already"):
+        read_obs([f])
+    flat = ok.assign(ta_c=15.0 + 0.2 * np.random.default_rng(0).normal(size=len(ok)))  # no cycle to judge
+    read_obs([write(flat.assign(time_utc=flat["time_utc"] + pd.Timedelta(hours=9)), "flat.csv")])

@@ -257,6 +257,7 @@ def _read_obs_file(path: Path) -> tuple[pd.DataFrame, dict]:
     keep = ~(bad_stn | bad_time | missing_ta | out_range)
     df = pd.DataFrame({"stn_id": stn[keep].astype("int64"), "time_utc": t[keep], "ta_c": ta[keep].astype("float64")})
     check_months(df, path)
+    check_diurnal_phase(df, path, fmt)
     return df.reset_index(drop=True), rep
 
 
@@ -287,6 +288,58 @@ def check_months(df: pd.DataFrame, path) -> None:
             raise UserError(f"{path}: the median of its {len(v):,} {name} observations is {med:.1f} °C, far from "
                             f"Korea's {name} normals ({lo:g}..{hi:g} °C): ta_c must be in °C (a file in °F? "
                             "(F - 32) / 1.8; a lost sign?)")
+
+
+#: the first harmonic of Korea's mean diurnal cycle of TA peaks in the afternoon, about 06-08 UTC (15-17 KST;
+#: the demo world's months 06.3-08.8 UTC): a file whose peak lies outside this range of UTC hours has its times
+#: in another time zone (KST written as UTC: about 15-17 UTC; UTC in a KMA export read as KST: about 21-23 UTC)
+DIURNAL_PEAK_UTC = (2.0, 12.0)
+#: ... judged only with this many values, at least a tenth of them in each quarter of the day (UTC), and a mean
+#: cycle of at least this amplitude (K)
+DIURNAL_MIN_VALUES, DIURNAL_MIN_AMPLITUDE_K = 100, 1.0
+
+
+def diurnal_phase(df: pd.DataFrame) -> tuple[float, float, int] | None:
+    """``(peak hour UTC, amplitude K, values)`` of the first harmonic of the mean diurnal cycle of ``df``'s
+    observations (each station's mean taken off; the weather of other days averages out over the hours), or
+    None when too few values (:data:`DIURNAL_MIN_VALUES`) or a quarter of the day (UTC) holds less than a tenth
+    of them: the phase of a cycle seen only at night is not the day's."""
+    if len(df) < DIURNAL_MIN_VALUES:
+        return None
+    t = df["time_utc"]
+    hour = (t.dt.hour + t.dt.minute / 60.0).to_numpy(np.float64)
+    if np.bincount((hour // 6).astype(int), minlength=4).min() < 0.1 * len(hour):
+        return None
+    v = df["ta_c"].to_numpy(np.float64)
+    anom = v - df.groupby("stn_id")["ta_c"].transform("mean").to_numpy(np.float64)
+    w = 2.0 * np.pi * hour / 24.0
+    (b, c), *_ = np.linalg.lstsq(np.c_[np.cos(w), np.sin(w)], anom, rcond=None)
+    return float(np.degrees(np.arctan2(c, b)) / 15.0 % 24.0), float(np.hypot(b, c)), len(v)
+
+
+def check_diurnal_phase(df: pd.DataFrame, path, fmt: str = "project") -> None:
+    """One line naming the file when its times are in the wrong time zone: the mean diurnal cycle's warmest
+    phase (:func:`diurnal_phase`) outside :data:`DIURNAL_PEAK_UTC` (afternoon in Korea, about 06-08 UTC).
+    The ranges, clouds and months all pass with times 9 h off, but every observation would then be matched to
+    the image of another time of day."""
+    ph = diurnal_phase(df)
+    if ph is None:
+        return
+    peak, amp, n = ph
+    lo, hi = DIURNAL_PEAK_UTC
+    if amp < DIURNAL_MIN_AMPLITUDE_K or lo <= peak <= hi:
+        return
+    kst = (peak + 9.0) % 24.0
+    late = hi < peak <= 20.0  # times ahead of UTC (KST written as UTC) rather than behind
+    fix = {("project", True): "its time_utc looks like KST (9 h ahead of UTC): subtract 9 h, or give the KMA "
+                              "export (일시 in KST is converted)",
+           ("project", False): "its time_utc looks about 9 h early (converted from KST to UTC twice?)",
+           ("kma", False): "its 일시 looks like UTC already; a KMA export's 일시 is KST and is converted: write a "
+                           "file of UTC times as stn_id,time_utc,ta_c",
+           ("kma", True): "its 일시 looks 9 h ahead of KST: check the export's time zone"}[(fmt, late)]
+    raise UserError(f"{path}: its warmest time of day is at {peak:04.1f} UTC ({kst:04.1f} KST; mean cycle "
+                    f"{2 * amp:.1f} K peak to peak over {n:,} values), not in the afternoon (about 06-08 UTC, 15-17 "
+                    f"KST): {fix}")
 
 
 def _obs_files(paths) -> list[Path]:
