@@ -675,6 +675,34 @@ def test_a_station_in_the_wrong_unit_is_summed_up_and_its_neighbours_are_not_bla
     assert rejected_stations(stn, one, res.error_K, res.rejected) == []
 
 
+def test_buoys_are_checked_against_buoys_and_land_against_land():
+    """A winter outbreak: 12 buoys offshore read 12 K warmer than the 40 land stations, as marine air does. Pooled,
+    the check rejects stations at the coast; with ``sea`` it checks each surface against its own stations and
+    rejects nothing, but still finds a 15 K error at a buoy and one on land."""
+    from shared.fusion.qc import QCConfig, check_observations
+
+    rng = np.random.default_rng(3)
+    nl, ns, times = 40, 12, 6
+    x = np.r_[rng.uniform(0, 200, nl), rng.uniform(205, 300, ns)]  # land west of x = 200 km, sea east of it
+    y = rng.uniform(0, 300, nl + ns)
+    elev = np.r_[rng.uniform(0, 200, nl), np.full(ns, 3.0)]
+    sea1 = np.r_[np.zeros(nl, bool), np.ones(ns, bool)]
+    n = nl + ns
+    key, xs, ys, es, sea = (np.repeat(np.arange(times), n), np.tile(x, times), np.tile(y, times), np.tile(elev, times),
+                            np.tile(sea1, times))
+    ta = -8.0 + np.sin(ys / 90.0) - 6.5 * es / 1000.0 + 12.0 * sea + rng.normal(0, 0.3, n * times)
+    pooled = check_observations(key, xs, ys, es, ta, QCConfig(min_error_K=6.0), progress=False)
+    assert pooled.rejected.any()  # the coast (or the buoys) against the other surface
+    per = check_observations(key, xs, ys, es, ta, QCConfig(min_error_K=6.0), progress=False, sea=sea)
+    assert not per.rejected.any() and per.times_checked == times
+    bad = ta.copy()
+    i, j = 2 * n + nl + 4, 4 * n + 7  # a buoy at the third time, a land station at the fifth
+    bad[i] += 15.0
+    bad[j] -= 15.0
+    res = check_observations(key, xs, ys, es, bad, QCConfig(min_error_K=6.0), progress=False, sea=sea)
+    assert np.flatnonzero(res.rejected).tolist() == sorted([i, j])
+
+
 def test_a_variogram_of_co_located_stations_falls_back_to_the_default_shape():
     """Every station at one place (a station table with one position copied): no distance to fit; the pooled fit
     returns the default shape instead of failing on an empty set of lag bins (step04 and step05 raised)."""

@@ -10,7 +10,13 @@ observation first, with the same buddy check
 background that needs no model:
 
 * at each image time, each observation is brought to sea level with
-  ``lapse_rate_K_per_km`` and the time's median is subtracted;
+  ``lapse_rate_K_per_km`` and the time's median is subtracted; stations on
+  sea pixels (buoys) form a group of their own at each time, checked against
+  each other, as land stations are against land stations (a buoy's marine
+  air is not the coast's: with 20 buoys in the demo world, the pooled check
+  rejected an island station's two coldest winter reports, and nothing with
+  the groups apart; with 200 errors of 15 K added it found 166 / 168 on land
+  and 25 / 32 at sea);
 * one unit-sill variogram is fitted to these anomalies pooled over the times
   (at most :data:`VARIOGRAM_TIMES` of them, evenly spread, so a year of
   hourly data does not hold every station pair of every hour in memory);
@@ -98,9 +104,13 @@ class QCResult:
 
 
 def check_observations(time_key: np.ndarray, x_km: np.ndarray, y_km: np.ndarray, elev_m: np.ndarray,
-                       ta_c: np.ndarray, cfg: QCConfig, progress: bool = True) -> QCResult:
+                       ta_c: np.ndarray, cfg: QCConfig, progress: bool = True,
+                       sea: np.ndarray | None = None) -> QCResult:
     """Gross errors among observations ``(n,)``: ``time_key`` groups them by time (one observation per station
-    and time), ``x_km, y_km`` on the grid's projection, ``elev_m`` the station's height, ``ta_c`` the value."""
+    and time), ``x_km, y_km`` on the grid's projection, ``elev_m`` the station's height, ``ta_c`` the value.
+    ``sea`` (True for a station on a sea pixel: a buoy) checks each surface against its own stations: the
+    marine air a buoy measures can be 10 K warmer than an island's or a coast's in a winter outbreak (demo
+    world with buoys: an island station's two coldest reports were rejected against the buoys around it)."""
     n = len(ta_c)
     rejected, err, z = np.zeros(n, bool), np.full(n, np.nan), np.full(n, np.nan)
     if not cfg.enabled or n == 0:
@@ -109,6 +119,8 @@ def check_observations(time_key: np.ndarray, x_km: np.ndarray, y_km: np.ndarray,
     a = np.asarray(ta_c, np.float64) + cfg.lapse_rate_K_per_km * elev / 1000.0
     xyz = sites(x_km, y_km, elev, ELEVATION_WEIGHT)
     _, inv = np.unique(np.asarray(time_key), return_inverse=True)
+    if sea is not None:  # one group per time and surface
+        inv = 2 * inv + np.asarray(sea, bool)
     order = np.argsort(inv, kind="stable")
     groups = [g for g in np.split(order, np.flatnonzero(np.diff(inv[order])) + 1) if len(g) >= BUDDY_MIN_SITES]
     anomaly = np.empty(n)
@@ -137,7 +149,7 @@ def check_observations(time_key: np.ndarray, x_km: np.ndarray, y_km: np.ndarray,
                 abs(clean.range_km - vg.range_km) <= VARIOGRAM_CHANGE * vg.range_km:
             break
         vg = clean
-    return QCResult(rejected, err, z, vg, len(groups))
+    return QCResult(rejected, err, z, vg, len(np.unique(np.asarray(time_key)[[g[0] for g in groups]])))
 
 
 def station_offsets(stn_id: np.ndarray, error_K: np.ndarray, rejected: np.ndarray,

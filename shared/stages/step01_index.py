@@ -162,7 +162,8 @@ def assign_splits(df: pd.DataFrame, mode: str, seed: int, val_frac: float, test_
 
 
 def gross_error_check(df: pd.DataFrame, grid: Grid, qc: QCConfig,
-                      dem: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+                      dem: np.ndarray | None = None,
+                      lsmask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Rows of matched observations (one per station and image) that the gross-error check rejects
     (:func:`shared.fusion.qc.check_observations`), the other rows of the stations most of whose observations it
     rejects (``rejected_stations``, with a guess at a wrong unit: what is left of such a station is no more
@@ -174,8 +175,10 @@ def gross_error_check(df: pd.DataFrame, grid: Grid, qc: QCConfig,
     elev = df["elev_m"].to_numpy(np.float64)
     if dem is not None:  # a station of unknown height: its pixel's, as step02 and the fusion take it
         elev = np.where(np.isfinite(elev), elev, dem[df["pixel_y"].to_numpy(), df["pixel_x"].to_numpy()])
+    py, px = df["pixel_y"].to_numpy(), df["pixel_x"].to_numpy()
+    sea = None if lsmask is None else np.asarray(lsmask)[py, px] < 0.5  # buoys checked against buoys
     res = check_observations(df["sat_time_utc"].to_numpy(), np.asarray(x) / 1000.0, np.asarray(y) / 1000.0,
-                             elev, df["ta_c"].to_numpy(), qc)
+                             elev, df["ta_c"].to_numpy(), qc, sea=sea)
     bad = df[res.rejected]
     rejected = [{"stn_id": int(s), "sat_time_utc": str(t), "ta_c": float(v), "neighbours_c": round(float(v - e), 2),
                  "error_K": round(float(e), 2), "z": round(float(z), 1)}
@@ -219,7 +222,8 @@ def nothing_left(report: dict) -> str:
 def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, grid: Grid,
                 tol_min: float, mode: str, seed: int, val_frac: float, test_frac: float,
                 margin: int = 0, qc: QCConfig | None = None,
-                dem: np.ndarray | None = None) -> tuple[pd.DataFrame, OrderedDict[str, int], dict]:
+                dem: np.ndarray | None = None,
+                lsmask: np.ndarray | None = None) -> tuple[pd.DataFrame, OrderedDict[str, int], dict]:
     """Index rows, the drop report (reason -> count) and the split description.
 
     ``obs`` has ``stn_id, time_utc, ta_c`` already cleaned of missing /
@@ -266,7 +270,7 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
                    "stuck": [{"stn_id": int(r.stn_id), "start": str(r.start), "end": str(r.end), "value": float(r.value),
                               "reports": int(r.reports)} for r in runs.itertuples()]}
     if qc is not None and qc.enabled and not df.empty:
-        bad, rest, spatial = gross_error_check(df, grid, qc, dem)
+        bad, rest, spatial = gross_error_check(df, grid, qc, dem, lsmask)
         df = df[~(bad | rest)]
         report["dropped_gross_error"], report["dropped_bad_station"] = int(bad.sum()), int(rest.sum())
         qc_info = {**(qc_info or {}), **spatial}
@@ -322,7 +326,7 @@ def run(cfg: Config, ctx: Context) -> Result:
 
     df, report, info = build_index(
         stations, obs, sat, static.grid, cfg.time_tolerance_min,
-        cfg.split.mode, cfg.split.seed, cfg.split.val_frac, cfg.split.test_frac, qc=cfg.qc, dem=static.dem,
+        cfg.split.mode, cfg.split.seed, cfg.split.val_frac, cfg.split.test_frac, qc=cfg.qc, dem=static.dem, lsmask=static.lsmask,
     )
     full_report = OrderedDict()
     for k, v in obs_report["totals"].items():
