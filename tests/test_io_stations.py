@@ -171,3 +171,20 @@ def test_times_in_the_wrong_time_zone_are_refused(tmp_path):
         read_obs([f])
     flat = ok.assign(ta_c=15.0 + 0.2 * np.random.default_rng(0).normal(size=len(ok)))  # no cycle to judge
     read_obs([write(flat.assign(time_utc=flat["time_utc"] + pd.Timedelta(hours=9)), "flat.csv")])
+
+
+def test_station_heights_not_in_metres_are_refused():
+    """elev_m against the DEM height of each station's pixel: stations stand a little below their pixel's mean
+    height (median ratio ~0.75); the same table in feet (x 3.28) or km (/ 1000) is refused with the unit named;
+    too few stations on high pixels, or NaN heights, are not judged."""
+    from shared.io.stations import check_station_heights
+
+    dem = np.array([160.0, 200.0, 300.0, 450.0, 800.0, 40.0, np.nan])
+    st = pd.DataFrame({"elev_m": 0.75 * np.nan_to_num(dem, nan=100.0)})
+    check_station_heights(st, dem, "s.csv")
+    with pytest.raises(UserError, match=r"s\.csv: elev_m is 2\.46 times .*median over the 5 stations .*feet\?"):
+        check_station_heights(st.assign(elev_m=st["elev_m"] * 3.2808), dem, "s.csv")
+    with pytest.raises(UserError, match=r"elev_m is 0\.00075 times .*\(km\? metres = km x 1000"):
+        check_station_heights(st.assign(elev_m=st["elev_m"] / 1000.0), dem, "s.csv")
+    check_station_heights(st.assign(elev_m=st["elev_m"] * 3.2808), np.where(dem > 300, np.nan, dem), "s.csv")  # 2
+    check_station_heights(st.assign(elev_m=np.nan), dem, "s.csv")

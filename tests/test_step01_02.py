@@ -407,6 +407,18 @@ def test_a_station_reporting_in_fahrenheit_is_left_out_and_named_once(tiny_world
     assert rep["dropped_gross_error"] + rep["dropped_bad_station"] + rep["obs_out_of_range"] == (idx["stn_id"] == stn).sum()
 
 
+def test_station_heights_in_feet_are_refused_by_step01(tiny_world, tmp_path, capsys):
+    """The tiny world's station table with elev_m in feet: step01 refuses it in one line naming the table and the
+    likely unit, and writes nothing (in metres it runs: the other tests)."""
+    raw = _copy_world(tiny_world, tmp_path)
+    st = pd.read_csv(raw / "stations.csv")
+    st["elev_m"] = (st["elev_m"] * 3.2808).round(1)
+    st.to_csv(raw / "stations.csv", index=False)
+    out = tmp_path / "o"
+    rc = run_step("step01_make_index", *step01_args(raw, out))
+    _assert_clean_failure(rc, capsys, out, "stations.csv: elev_m is", "feet?")
+
+
 def test_skip_existing_rebuilds_a_chunk_whose_bytes_changed(tiny_patches, tiny_index, tmp_path, capsys):
     """Bytes of a finished run's chunk changed (a disk fault, a stray write): the chunk still loads and carries
     the right signature, but its SHA-1 is not the manifest's, so a rerun of step02 (what step03 asks for)

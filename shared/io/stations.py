@@ -342,6 +342,36 @@ def check_diurnal_phase(df: pd.DataFrame, path, fmt: str = "project") -> None:
                     f"KST): {fix}")
 
 
+#: stations whose pixel's DEM height is at least this (m) compare their elev_m with it ...
+HEIGHT_CHECK_MIN_DEM_M = 150.0
+#: ... when there are at least this many of them; the median of elev_m / DEM outside this range is refused
+#: (demo world, the real ASOS heights: median 0.76 over 28 stations, 0.03-1.04; stations stand in valleys, below
+#: their pixel's mean height). In feet it is about 2.5, in km about 0.001.
+HEIGHT_CHECK_MIN_STATIONS, HEIGHT_RATIO_RANGE = 5, (0.2, 2.0)
+
+
+def check_station_heights(stations: pd.DataFrame, dem_at_station: np.ndarray, path) -> None:
+    """One line naming the station table when its ``elev_m`` is not in metres: the median ratio of ``elev_m`` to
+    the DEM height of each station's pixel (``dem_at_station``, m; stations on pixels of
+    :data:`HEIGHT_CHECK_MIN_DEM_M` or higher, at least :data:`HEIGHT_CHECK_MIN_STATIONS`) outside
+    :data:`HEIGHT_RATIO_RANGE`. Heights in feet pass every other check (the lapse-rate terms then move each
+    station by 2.3 times its height's worth: 11 K at 770 m) and heights in km look like a flat country."""
+    e = stations["elev_m"].to_numpy(np.float64)
+    dem = np.asarray(dem_at_station, np.float64)
+    use = np.isfinite(e) & np.isfinite(dem) & (dem >= HEIGHT_CHECK_MIN_DEM_M)
+    if use.sum() < HEIGHT_CHECK_MIN_STATIONS:
+        return
+    r = float(np.median(e[use] / dem[use]))
+    lo, hi = HEIGHT_RATIO_RANGE
+    if lo <= r <= hi:
+        return
+    guess = ("feet? metres = feet x 0.3048" if 2.0 < r < 5.0 else "km? metres = km x 1000" if r < 0.01 else
+             "check the column")
+    raise UserError(f"{path}: elev_m is {r:.3g} times the DEM height of the station's pixel (median over the "
+                    f"{int(use.sum())} stations on pixels {HEIGHT_CHECK_MIN_DEM_M:g} m or higher; stations in "
+                    f"metres give about 0.5-1.1): elev_m must be in metres ({guess})")
+
+
 def _obs_files(paths) -> list[Path]:
     if isinstance(paths, (str, Path)):
         paths = [paths]

@@ -51,7 +51,7 @@ from shared.fusion.qc import (
 from shared.geo.grid import Grid
 from shared.io.index import INDEX_COLUMNS, SPLITS, index_files, write_index
 from shared.io.raw import grid_signature, read_static, scan_sat_times
-from shared.io.stations import read_obs, read_stations
+from shared.io.stations import check_station_heights, read_obs, read_stations
 
 STEP = "step01_make_index"
 
@@ -315,6 +315,9 @@ def run(cfg: Config, ctx: Context) -> Result:
     require_dir(cfg.obs_dir, "observation folder", "set obs_dir to the folder of TA CSV files")
     static = read_static(cfg.raw_dir / "static.nc")
     stations = read_stations(cfg.stations_csv)
+    sy, sx = static.grid.latlon_to_rowcol(stations["lat"].to_numpy(), stations["lon"].to_numpy())
+    on_grid = static.grid.inside(sy, sx)
+    check_station_heights(stations[on_grid], static.dem[sy[on_grid], sx[on_grid]], cfg.stations_csv)
     obs_files = sorted(cfg.obs_dir.glob("*.csv"))
     if not obs_files:
         raise UserError(f"no *.csv files in {cfg.obs_dir}; put station TA CSVs there (stn_id,time_utc,ta_c or KMA ASOS export)")
