@@ -188,3 +188,37 @@ def test_station_heights_not_in_metres_are_refused():
         check_station_heights(st.assign(elev_m=st["elev_m"] / 1000.0), dem, "s.csv")
     check_station_heights(st.assign(elev_m=st["elev_m"] * 3.2808), np.where(dem > 300, np.nan, dem), "s.csv")  # 2
     check_station_heights(st.assign(elev_m=np.nan), dem, "s.csv")
+
+
+def test_positions_in_degrees_minutes_seconds_are_refused(tmp_path):
+    """The demo world's first 12 ASOS positions, then the same written as degrees.MMSS (37°34'12" as 37.3412): the
+    reader refuses the second with the conversion of its first station; 9 stations are too few to judge."""
+    from shared.io.stations import DMS_MIN_STATIONS
+
+    dec = pd.DataFrame({"stn_id": np.arange(90, 102), "name": "s",
+                        "lat": [38.2509, 37.9474, 37.9026, 37.7515, 37.6771, 37.5714, 37.4776, 37.2723, 37.2859,
+                                36.9705, 36.6392, 36.3722],
+                        "lon": [128.5647, 127.7544, 127.7357, 128.8910, 128.7183, 126.9658, 126.6249, 127.6018,
+                                127.2290, 128.4535, 127.4407, 126.8910], "elev_m": 50.0})
+
+    def dms(x):
+        d = np.floor(x)
+        m = np.floor((x - d) * 60)
+        return d + m / 100 + np.minimum(np.round(((x - d) * 60 - m) * 60), 59) / 1e4
+
+    dec.to_csv(tmp_path / "dec.csv", index=False)
+    assert len(read_stations(tmp_path / "dec.csv")) == 12
+    bad = dec.assign(lat=dms(dec["lat"]), lon=dms(dec["lon"]))
+    bad.to_csv(tmp_path / "dms.csv", index=False)
+    with pytest.raises(UserError, match=r"dms\.csv: every lat and lon of its 12 stations reads as degrees\.MMSS .*"
+                                        r"e\.g\. 38\.1503 = 38°15'03\"\): convert to decimal degrees \(38 \+ 15/60 \+ "
+                                        r"3/3600 = 38\.2508\)"):
+        read_stations(tmp_path / "dms.csv")
+    bad.head(DMS_MIN_STATIONS - 1).to_csv(tmp_path / "few.csv", index=False)
+    assert len(read_stations(tmp_path / "few.csv")) == DMS_MIN_STATIONS - 1
+    # a network within a degree (decimals below .60 are its own), or given to two decimals: not judged
+    small = bad.assign(lat=37.0 + (bad["lat"] % 1) * 0.5, lon=127.0 + (bad["lon"] % 1) * 0.5)
+    small.to_csv(tmp_path / "small.csv", index=False)
+    assert len(read_stations(tmp_path / "small.csv")) == 12
+    bad.round(2).to_csv(tmp_path / "two.csv", index=False)
+    assert len(read_stations(tmp_path / "two.csv")) == 12

@@ -102,6 +102,32 @@ def _missing_error(path: Path, what: str, missing: list[str], aliases: dict, hea
 # --------------------------------------------------------------------------- stations
 
 
+#: a table of at least this many stations whose every latitude and longitude reads as degrees.MMSS is refused
+DMS_MIN_STATIONS = 10
+
+
+def check_decimal_degrees(stations: pd.DataFrame, path) -> None:
+    """One line naming the table when its positions are degrees, minutes and seconds written as one number
+    (37.3412 for 37°34'12"): in every lat and lon of :data:`DMS_MIN_STATIONS` or more stations the first two
+    decimals are below 60 and so are the next two. In decimal degrees that happens to a coordinate with
+    probability 0.36, to 20 of them about once in 10^9. Judged only when most coordinates have four decimals
+    and the stations span a degree or more of latitude and of longitude. Such positions are up to 0.4° (40 km)
+    off: on the grid, plausible, and wrong."""
+    lat, lon = stations["lat"].to_numpy(np.float64), stations["lon"].to_numpy(np.float64)
+    if len(stations) < DMS_MIN_STATIONS or np.ptp(lat) < 1.0 or np.ptp(lon) < 1.0:
+        return  # within a degree, decimals below .60 can be the region's own
+    four = np.rint((np.abs(np.r_[lat, lon]) % 1.0) * 1e4).astype(np.int64)  # the first four decimals
+    if (four % 100 != 0).mean() < 0.5:  # mostly two decimals: too little to tell
+        return
+    if not ((four // 100 < 60) & (four % 100 < 60)).all():
+        return
+    lat = float(stations["lat"].iloc[0])
+    d, m, sec = int(lat), int(round((lat % 1) * 1e4)) // 100, int(round((lat % 1) * 1e4)) % 100
+    raise UserError(f"{path}: every lat and lon of its {len(stations)} stations reads as degrees.MMSS (the first "
+                    f"two decimals and the next two all below 60; e.g. {lat:g} = {d}°{m:02d}'{sec:02d}\"): convert "
+                    f"to decimal degrees ({d} + {m}/60 + {sec}/3600 = {d + m / 60 + sec / 3600:.4f})")
+
+
 def read_stations(path: str | Path) -> pd.DataFrame:
     """Read a station table (project or KMA header).
 
@@ -170,6 +196,7 @@ def read_stations(path: str | Path) -> pd.DataFrame:
             log.warning("%s: %d duplicate station id row(s); the last row of each id is kept", path, n_dup)
 
     df = df.sort_values("stn_id", kind="stable").reset_index(drop=True)
+    check_decimal_degrees(df, path)
     df["name"] = df["name"].astype(str)
     for c in ("lat", "lon", "elev_m"):
         df[c] = df[c].astype("float64")
