@@ -320,7 +320,7 @@ def test_an_edited_index_with_text_is_one_line(tiny_index, tmp_path, capsys, col
     assert not (tmp_path / "s02" / "patch_pt" / "manifest.json").exists()
 
 
-@pytest.mark.parametrize("case", ["kelvin", "fahrenheit_july", "fahrenheit_january", "swapped_latlon"])
+@pytest.mark.parametrize("case", ["kelvin", "fahrenheit_july", "fahrenheit_january", "tenths", "swapped_latlon"])
 def test_observations_in_other_units_or_swapped_coordinates_say_so(tiny_world, tmp_path, capsys, case):
     """TA in kelvin or a summer or winter file in °F: one line naming the file and the conversion, not a silent drop
     counted in the report (then "nothing matched"); lat and lon swapped in the station table: one line saying
@@ -334,16 +334,18 @@ def test_observations_in_other_units_or_swapped_coordinates_say_so(tiny_world, t
     else:
         for f in {"fahrenheit_january": files[:1], "fahrenheit_july": files[1:]}.get(case, files):
             obs = pd.read_csv(f)
-            obs["ta_c"] = obs["ta_c"] + 273.15 if case == "kelvin" else obs["ta_c"] * 1.8 + 32.0
+            obs["ta_c"] = {"kelvin": obs["ta_c"] + 273.15, "tenths": (obs["ta_c"] * 10).round()}.get(
+                case, obs["ta_c"] * 1.8 + 32.0)
             obs.to_csv(f, index=False)
     assert run_step("step01_make_index", *step01_args(raw, tmp_path / "s01")) == 2
     err = _err(capsys)
     if case == "swapped_latlon":
         assert "outside static.nc's grid" in err and "swapped" in err
     elif case == "fahrenheit_january":  # within -40..45 °C: the month's median against Korea's January normals
-        assert files[0].name in err and "January observations is" in err and "°F" in err
-    else:
-        assert files[0 if case == "kelvin" else 1].name in err and "must be in °C" in err
+        assert files[0].name in err and "January observations is" in err and "in °F? (F - 32) / 1.8 brings" in err
+    else:  # the unit whose conversion brings the months' medians nearest Korea's normals is named
+        want = {"kelvin": "in kelvin? K - 273.15", "tenths": "in tenths of a °C? x / 10"}.get(case, "in °F? (F - 32)")
+        assert files[0 if case == "kelvin" else 1].name in err and "must be in °C" in err and want in err, err
     assert not (tmp_path / "s01" / "index.csv").exists()
 
 

@@ -21,3 +21,14 @@ NORMALS_1991_2020 = {
     184: ("Jeju", (6.1, 7.0, 9.9, 14.3, 18.3, 21.7, 25.9, 27.3, 23.7, 19.0, 13.3, 8.3)),
     100: ("Daegwallyeong", (-7.0, -4.6, 0.4, 7.0, 12.6, 16.5, 19.3, 19.4, 14.8, 8.5, 1.9, -4.7)),
 }
+
+
+#: what TA given as "°C" may really be in, and how each converts to °C: the observation reader names the one
+#: that fits a file (shared.io.stations.unit_guess), step01's check the one that fits a station
+#: (shared.fusion.qc.rejected_stations)
+TA_UNITS = {
+    "kelvin": ("K - 273.15", lambda x: x - 273.15),
+    "°F": ("(F - 32) / 1.8", lambda x: (x - 32.0) / 1.8),
+    "tenths of a °C": ("x / 10", lambda x: x / 10.0),
+    "°C with the sign lost": ("-x", lambda x: -x),
+}

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from shared.core.constants import TA_UNITS
 from shared.fusion.analysis import sites
 from shared.fusion.kriging import BUDDY_MIN_SITES, Variogram, buddy_check, loo_check, pooled_variogram, simple_krige
 
@@ -169,19 +170,11 @@ def station_offsets(stn_id: np.ndarray, error_K: np.ndarray, rejected: np.ndarra
 #: line, with what its values would be in a wrong unit (:func:`rejected_stations`)
 STATION_REJECT_MIN = 8
 
-#: wrong units a whole station may report in, and how each converts to °C
-UNIT_GUESSES = {
-    "°F ((x - 32) / 1.8)": lambda x: (x - 32.0) / 1.8,
-    "tenths of a °C (x / 10)": lambda x: x / 10.0,
-    "the sign lost (-x)": lambda x: -x,
-}
-
-
 def rejected_stations(stn_id: np.ndarray, ta_c: np.ndarray, error_K: np.ndarray, rejected: np.ndarray,
                       min_rejected: int | None = None) -> list[dict]:
     """The stations whose observations were mostly rejected (``min_rejected``, default
     :data:`STATION_REJECT_MIN`, or more, and more than half of
-    their checked ones): ``stn_id, rejected, checked, mean_error_K`` and, when one of :data:`UNIT_GUESSES`
+    their checked ones): ``stn_id, rejected, checked, mean_error_K`` and, when one of :data:`~shared.core.constants.TA_UNITS`
     brings the rejected values to what their neighbours krige to (RMS within 2 K and a fifth of the error),
     ``unit`` and ``unit_rms_K``. A whole station in °F or in tenths of a degree fails at most times; one
     line about it says more than a warning per observation."""
@@ -199,10 +192,10 @@ def rejected_stations(stn_id: np.ndarray, ta_c: np.ndarray, error_K: np.ndarray,
         row = {"stn_id": int(s), "rejected": r, "checked": c, "mean_error_K": round(float(e.mean()), 2)}
         neighbours = x - e  # what the kept observations krige to, in °C at the station's height
         rms = float(np.sqrt(np.mean(e ** 2)))
-        fits = {u: float(np.sqrt(np.mean((f(x) - neighbours) ** 2))) for u, f in UNIT_GUESSES.items()}
+        fits = {u: float(np.sqrt(np.mean((f(x) - neighbours) ** 2))) for u, (_, f) in TA_UNITS.items()}
         unit = min(fits, key=fits.get)
         if fits[unit] < min(2.0, 0.2 * rms):
-            row.update(unit=unit, unit_rms_K=round(fits[unit], 2))
+            row.update(unit=f"{unit} ({TA_UNITS[unit][0]})", unit_rms_K=round(fits[unit], 2))
         out.append(row)
     return out
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.core.constants import KST_OFFSET, NORMALS_1991_2020
+from shared.core.constants import KST_OFFSET, NORMALS_1991_2020, TA_UNITS
 from shared.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ def _read_obs_file(path: Path) -> tuple[pd.DataFrame, dict]:
     if rep["out_of_range"] and rep["out_of_range"] > 0.5 * int(has_ta.sum()):
         raise UserError(f"{path}: {rep['out_of_range']:,} of {int(has_ta.sum()):,} TA values lie outside "
                         f"{TA_RANGE_C[0]:g}..{TA_RANGE_C[1]:g} °C (median {float(ta[has_ta].median()):.1f}): ta_c "
-                        "must be in °C; convert a file in kelvin (K - 273.15) or in °F ((F - 32) / 1.8)")
+                        f"must be in °C ({unit_guess(ta[has_ta].to_numpy(), t[has_ta].dt.month.to_numpy())})")
     if rep["out_of_range"]:
         i = int(np.flatnonzero(out_range.to_numpy())[0])
         by = stn[out_range].value_counts()
@@ -292,6 +292,22 @@ def _read_obs_file(path: Path) -> tuple[pd.DataFrame, dict]:
 MONTH_MARGIN_K = 12.0
 #: ... when the file holds at least this many observations of the month
 MONTH_MIN_VALUES = 50
+
+
+def unit_guess(ta: np.ndarray, month: np.ndarray) -> str:
+    """Which of :data:`TA_UNITS` brings the values' monthly medians nearest to Korea's normals of those months
+    (the mean of the six ASOS normals), in words with the conversion, e.g. ``"in kelvin? K - 273.15 brings
+    its median to 14.2 °C"``."""
+    ta, month = np.asarray(ta, np.float64), np.asarray(month)
+    normal = np.array([v[1] for v in NORMALS_1991_2020.values()]).mean(axis=0)  # (12,)
+    ms = np.unique(month)
+
+    def miss(f) -> float:
+        return float(np.mean([abs(np.median(f(ta[month == m])) - normal[m - 1]) for m in ms]))
+
+    best = min(TA_UNITS, key=lambda u: miss(TA_UNITS[u][1]))
+    how, f = TA_UNITS[best]
+    return f"in {best}? {how} brings its median to {float(np.median(f(ta))):.1f} °C"
 
 
 def check_months(df: pd.DataFrame, path) -> None:
@@ -313,8 +329,8 @@ def check_months(df: pd.DataFrame, path) -> None:
         if not lo - MONTH_MARGIN_K <= med <= hi + MONTH_MARGIN_K:
             name = pd.Timestamp(2000, m, 1).strftime("%B")
             raise UserError(f"{path}: the median of its {len(v):,} {name} observations is {med:.1f} °C, far from "
-                            f"Korea's {name} normals ({lo:g}..{hi:g} °C): ta_c must be in °C (a file in °F? "
-                            "(F - 32) / 1.8; a lost sign?)")
+                            f"Korea's {name} normals ({lo:g}..{hi:g} °C): ta_c must be in °C "
+                            f"({unit_guess(df['ta_c'].to_numpy(), month)})")
 
 
 #: the first harmonic of Korea's mean diurnal cycle of TA peaks in the afternoon, about 06-08 UTC (15-17 KST;
