@@ -167,3 +167,39 @@ def test_a_dem_or_land_cover_that_is_not_what_it_should_be_is_refused(tmp_path, 
         build_static(tmp_path / "dem.nc", tmp_path / "lc.nc", dst=tmp_path / "static.nc", grid=GRID)
     assert ("lc.nc" if case == "lc_not_igbp" else "dem.nc") in str(e.value)
     assert not (tmp_path / "static.nc").exists()
+
+
+def test_a_stack_with_its_channels_in_another_order_is_refused(tmp_path):
+    """A bt stack that names its channels in another order (or gives only wavelengths, VI004 and VI005 swapped in
+    an rf stack) is refused naming the file and the contract's order; the contract's own order, and a stack that
+    names nothing, are read."""
+    import netCDF4
+
+    from shared.core.errors import UserError
+    from shared.geo.grid import KO_GRID
+    from shared.io.channels import BT_CHANNELS
+    from shared.io.raw import read_packed, write_stack
+
+    grid = KO_GRID.window(0, 0, 4, 5)
+    bt = np.full((10, 4, 5), 280.0, np.float32)
+    rf = np.full((6, 4, 5), 0.2, np.float32)
+    ok_bt, ok_rf = tmp_path / "bt.nc", tmp_path / "rf.nc"
+    write_stack(ok_bt, "bt", bt, grid, "2023-07-08 00:00")
+    write_stack(ok_rf, "rf", rf, grid, "2023-07-08 00:00")
+    assert read_packed(ok_bt, "bt", 10, grid).raw.shape == (10, 4, 5)
+    with netCDF4.Dataset(ok_bt, "a") as ds:
+        ds["channel"][6], ds["channel"][7] = "IR112", "IR105"  # two channels named in each other's place
+    with pytest.raises(UserError, match="bt.nc: its bt channels are SW038 .* IR112 IR105 .*; the contract's order is "
+                                        + " ".join(BT_CHANNELS)):
+        read_packed(ok_bt, "bt", 10, grid)
+    with netCDF4.Dataset(ok_rf, "a") as ds:
+        ds.renameVariable("channel", "channel_name_unused")
+    read_packed(ok_rf, "rf", 6, grid)  # wavelengths in order: fine
+    with netCDF4.Dataset(ok_rf, "a") as ds:
+        w = ds["wavelength_um"][:]
+        ds["wavelength_um"][:2] = [w[1], w[0]]
+    with pytest.raises(UserError, match=r"rf.nc: its rf channels are at 0\.51 0\.47 .* um"):
+        read_packed(ok_rf, "rf", 6, grid)
+    with netCDF4.Dataset(ok_rf, "a") as ds:
+        ds.renameVariable("wavelength_um", "w_unused")
+    read_packed(ok_rf, "rf", 6, grid)  # names nothing: taken as it is

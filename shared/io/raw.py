@@ -118,11 +118,33 @@ class Packed:
         return bool(np.all(~np.isfinite(self.raw)) if self.raw.dtype.kind == "f" else False)
 
 
+def check_channel_order(ds, var: str, path) -> None:
+    """A ``bt`` or ``rf`` stack that names its channels (``channel``, or only ``wavelength_um``) must hold them in
+    the contract's order (:data:`~shared.io.channels.BT_CHANNELS`, ``RF_CHANNELS``): a stack written by another
+    tool in another order has the right shape and plausible values, and every channel would be read as another.
+    A stack without either variable is taken as it is."""
+    if var not in ("bt", "rf"):
+        return
+    want, waves = (BT_CHANNELS, BT_WAVES_UM) if var == "bt" else (RF_CHANNELS, RF_WAVES_UM)
+    if "channel" in ds.variables:
+        got = [str(n).strip().upper() for n in np.asarray(ds.variables["channel"][:]).ravel()]
+        if got != [n.upper() for n in want]:
+            raise UserError(f"{path}: its {var} channels are {' '.join(got)}; the contract's order is "
+                            f"{' '.join(want)}: write the stack in that order")
+    elif "wavelength_um" in ds.variables:
+        got_w = np.asarray(ds.variables["wavelength_um"][:], np.float64).ravel()
+        nearest = np.abs(got_w[:, None] - np.asarray(waves)[None, :]).argmin(axis=1)  # each the nearest nominal one
+        if got_w.shape != (len(waves),) or not np.array_equal(nearest, np.arange(len(waves))):
+            raise UserError(f"{path}: its {var} channels are at {' '.join(f'{w:g}' for w in got_w)} um; the "
+                            f"contract's order is {' '.join(f'{w:g}' for w in waves)} um ({' '.join(want)}): write "
+                            "the stack in that order")
+
+
 def read_packed(path: str | Path, var: str, n_channels: int | None, grid: Grid | None = None) -> Packed:
     """Read ``var`` from ``path`` without unpacking (fast; one read per file).
 
-    Checks: file readable, variable present, channel count, grid shape,
-    not entirely missing. Every failure is a UserError naming the file.
+    Checks: file readable, variable present, channel order (when the file names its channels), channel count,
+    grid shape, not entirely missing. Every failure is a UserError naming the file.
     """
 
     path = Path(path)
@@ -132,6 +154,7 @@ def read_packed(path: str | Path, var: str, n_channels: int | None, grid: Grid |
         with netCDF4.Dataset(path) as ds:
             if var not in ds.variables:
                 raise UserError(f"{path}: no variable '{var}' (found {', '.join(ds.variables)}); {_FIX}")
+            check_channel_order(ds, var, path)
             v = ds.variables[var]
             v.set_auto_maskandscale(False)
             raw = np.asarray(v[...])
