@@ -188,6 +188,8 @@ def test_station_heights_not_in_metres_are_refused():
         check_station_heights(st.assign(elev_m=st["elev_m"] / 1000.0), dem, "s.csv")
     check_station_heights(st.assign(elev_m=st["elev_m"] * 3.2808), np.where(dem > 300, np.nan, dem), "s.csv")  # 2
     check_station_heights(st.assign(elev_m=np.nan), dem, "s.csv")
+    with pytest.raises(UserError, match=r"elev_m is 0\.229 times .*static\.nc's dem in feet\?"):
+        check_station_heights(st, dem * 3.2808, "s.csv")  # the DEM in feet, the stations in metres
 
 
 def test_positions_in_degrees_minutes_seconds_are_refused(tmp_path):

@@ -389,8 +389,8 @@ def check_diurnal_phase(df: pd.DataFrame, path, fmt: str = "project") -> None:
 HEIGHT_CHECK_MIN_DEM_M = 150.0
 #: ... when there are at least this many of them; the median of elev_m / DEM outside this range is refused
 #: (demo world, the real ASOS heights: median 0.76 over 28 stations, 0.03-1.04; stations stand in valleys, below
-#: their pixel's mean height). In feet it is about 2.5, in km about 0.001.
-HEIGHT_CHECK_MIN_STATIONS, HEIGHT_RATIO_RANGE = 5, (0.2, 2.0)
+#: their pixel's mean height). In feet it is about 2.5, in km about 0.001; with static.nc's DEM in feet 0.23.
+HEIGHT_CHECK_MIN_STATIONS, HEIGHT_RATIO_RANGE = 5, (0.35, 2.0)
 
 
 def check_station_heights(stations: pd.DataFrame, dem_at_station: np.ndarray, path) -> None:
@@ -408,11 +408,19 @@ def check_station_heights(stations: pd.DataFrame, dem_at_station: np.ndarray, pa
     lo, hi = HEIGHT_RATIO_RANGE
     if lo <= r <= hi:
         return
-    guess = ("feet? metres = feet x 0.3048" if 2.0 < r < 5.0 else "km? metres = km x 1000" if r < 0.01 else
-             "check the column")
+    if 2.0 < r < 5.0:
+        guess = "elev_m must be in metres (feet? metres = feet x 0.3048)"
+    elif r < 0.01:
+        guess = "elev_m must be in metres (km? metres = km x 1000)"
+    elif 0.15 < r < 0.35:
+        guess = "is static.nc's dem in feet? (it must be metres; so must elev_m)"
+    elif r > 200:
+        guess = "is static.nc's dem in km? (it must be metres; so must elev_m)"
+    else:
+        guess = "elev_m and static.nc's dem must both be in metres"
     raise UserError(f"{path}: elev_m is {r:.3g} times the DEM height of the station's pixel (median over the "
                     f"{int(use.sum())} stations on pixels {HEIGHT_CHECK_MIN_DEM_M:g} m or higher; stations in "
-                    f"metres give about 0.5-1.1): elev_m must be in metres ({guess})")
+                    f"metres give about 0.5-1.1): {guess}")
 
 
 def _obs_files(paths) -> list[Path]:
