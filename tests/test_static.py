@@ -203,3 +203,24 @@ def test_a_stack_with_its_channels_in_another_order_is_refused(tmp_path):
     with netCDF4.Dataset(ok_rf, "a") as ds:
         ds.renameVariable("wavelength_um", "w_unused")
     read_packed(ok_rf, "rf", 6, grid)  # names nothing: taken as it is
+
+
+def test_an_inverted_land_sea_mask_is_refused(tmp_path):
+    """static.nc with lsmask 1 = sea: its 'land' is flat at 0 m and its 'sea' holds the hills; read_static refuses it
+    naming the file and the contract's convention. The same layers with the contract's lsmask are read."""
+    from shared.core.errors import UserError
+    from shared.geo.grid import KO_GRID
+    from shared.io.raw import read_static, write_static
+
+    grid = KO_GRID.window(0, 0, 20, 30)
+    lat, lon = grid.latlon_2d()
+    land = np.zeros((20, 30), np.uint8)
+    land[:, 12:] = 1
+    dem = np.where(land == 1, 100.0 + 20.0 * np.arange(30)[None, :], 0.0).astype(np.float32)
+    lc = np.where(land == 1, 10, 17).astype(np.uint8)
+    write_static(tmp_path / "ok.nc", grid, lat, lon, dem, land, lc, "t", "test")
+    assert read_static(tmp_path / "ok.nc").lsmask.sum() == land.sum()
+    write_static(tmp_path / "inv.nc", grid, lat, lon, dem, 1 - land, lc, "t", "test")
+    with pytest.raises(UserError, match=r"inv\.nc: lsmask looks inverted: the median DEM height is 0 m where it says "
+                                        r"land and \d+ m where it says sea; the contract's lsmask is 1 = land"):
+        read_static(tmp_path / "inv.nc")

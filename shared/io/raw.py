@@ -282,6 +282,24 @@ def grid_signature(path: str | Path) -> str:
     return f"{sorted(attrs.items())} {shape}"
 
 
+#: lsmask is taken as inverted (1 = sea) when the median DEM of its "land" is below the first (m) and of its
+#: "sea" above the second (demo world: land 190 m, sea 0 m); both classes need 1 % of the pixels
+LSMASK_FLAT_M, LSMASK_HIGH_M = 5.0, 50.0
+
+
+def check_lsmask(land: np.ndarray, dem: np.ndarray, path) -> None:
+    """One line naming static.nc when its ``lsmask`` says sea where the DEM has the hills and land where it is
+    flat at 0 m: the contract's 1 = land, 0 = sea the other way round. Every land/sea input (the model's
+    ``LSMASK`` channel, the blend over land, the buoys' check) would be inverted without another sign."""
+    land = np.asarray(land, bool)
+    if min(land.mean(), 1.0 - land.mean()) < 0.01:
+        return
+    med_land, med_sea = float(np.nanmedian(dem[land])), float(np.nanmedian(dem[~land]))
+    if med_land < LSMASK_FLAT_M and med_sea > LSMASK_HIGH_M:
+        raise UserError(f"{path}: lsmask looks inverted: the median DEM height is {med_land:.0f} m where it says "
+                        f"land and {med_sea:.0f} m where it says sea; the contract's lsmask is 1 = land, 0 = sea")
+
+
 def read_static(path: str | Path) -> Static:
     """Read ``static.nc``; its global ``grid_*`` attributes place it in the KO grid."""
 
@@ -316,6 +334,7 @@ def read_static(path: str | Path) -> Static:
     dem[bad] = np.nan  # a few spikes: treated as missing (0 m, like sea) rather than as mountains
     if not np.isfinite(dem).any():
         raise UserError(f"{path}: dem is entirely missing")
+    check_lsmask(arrs["lsmask"] > 0, dem, path)
     return Static(
         grid=grid,
         lat=arrs["lat"].astype(np.float64),
