@@ -497,3 +497,24 @@ def test_a_stuck_sensor_is_left_out_but_its_first_report(tiny_world, tiny_index,
     assert kept.loc[kept["stn_id"] == stn, "sat_time_utc"].str.startswith("2023-07").sum() == 1
     assert run_step("step01_make_index", *step01_args(raw, tmp_path / "off", "--set", "qc.stuck_hours=0")) == 0
     assert json.loads((tmp_path / "off" / "splits.json").read_text())["report"]["dropped_stuck"] == 0
+
+
+def test_an_image_whose_time_disagrees_with_its_sun_is_refused(tiny_world):
+    """The tiny world's 06 UTC July reflectances (day) with the sza stack of 18 UTC (night), and the other way
+    round: read_frame, the one reader of step02 and step04, refuses each in one line naming the rf file and what
+    disagrees; the matching stacks are read."""
+    from shared.core.errors import UserError
+    from shared.io.raw import read_frame, sat_path
+
+    def paths(t_img, t_sza):
+        return (sat_path(tiny_world, "bt", t_img), sat_path(tiny_world, "rf", t_img), sat_path(tiny_world, "sza", t_sza))
+
+    day, night = "2023-07-22 06:00", "2023-07-22 18:00"
+    read_frame(*paths(day, day))
+    read_frame(*paths(night, night))
+    with pytest.raises(UserError, match=r"gk2a_rf_202307220600\.nc: VI006 is bright .* where gk2a_sza_202307221800\.nc "
+                                        r"puts the sun below the horizon .* the stacks' times must be UTC"):
+        read_frame(*paths(day, night))
+    with pytest.raises(UserError, match=r"gk2a_rf_202307221800\.nc: VI006 is dark \(90th percentile albedo 0\.000\) .* "
+                                        r"puts the sun high"):
+        read_frame(*paths(night, day))

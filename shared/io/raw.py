@@ -248,12 +248,42 @@ class Frame:
 
 
 def read_frame(path_bt, path_rf, path_sza, grid: Grid | None = None) -> Frame:
-    """Read the bt/rf/sza files of one time once each."""
-    return Frame(
+    """Read the bt/rf/sza files of one time once each; refuse a frame whose reflectance and sun disagree
+    (:func:`check_daylight`)."""
+    frame = Frame(
         bt=read_packed(path_bt, "bt", N_BT, grid),
         rf=read_packed(path_rf, "rf", N_RF, grid),
         sza=read_packed(path_sza, "sza", None, grid),
     )
+    check_daylight(frame, path_rf, path_sza)
+    return frame
+
+
+#: the visible channel that must see the sun: VI006 (0.64 um)
+DAYLIGHT_CHANNEL = RF_CHANNELS.index("VI006")
+#: by day (SZA below 60°) the 90th percentile of its albedo is above the first, at night (SZA above 100°) below
+#: the second (demo world: by day 0.23-0.69, at night 0); each judged on at least 1 % of the pixels
+DAYLIGHT_MIN_ALBEDO, NIGHT_MAX_ALBEDO = 0.02, 0.1
+
+
+def check_daylight(frame: Frame, path_rf, path_sza) -> None:
+    """One line when an image and its time disagree: VI006 dark where the sza stack (the sun at the file's time)
+    is high, or bright where the sun is below the horizon. Stacks written with times in KST, or an sza stack of
+    another time, would otherwise train and map each image as another time of day."""
+    sza = frame.sza.unpack()
+    vis = frame.rf.unpack(frame.rf.raw[DAYLIGHT_CHANNEL])
+    n_min = 0.01 * sza.size
+    for name, where, bad, what in (("day", sza < 60.0, lambda p: p < DAYLIGHT_MIN_ALBEDO, "dark"),
+                                   ("night", sza > 100.0, lambda p: p > NIGHT_MAX_ALBEDO, "bright")):
+        v = vis[where & np.isfinite(vis)]
+        if len(v) < n_min:
+            continue
+        p90 = float(np.percentile(v, 90))
+        if bad(p90):
+            sun = "high (solar zenith below 60°)" if name == "day" else "below the horizon (solar zenith above 100°)"
+            raise UserError(f"{path_rf}: VI006 is {what} (90th percentile albedo {p90:.3f}) on the {len(v):,} pixels "
+                            f"where {Path(path_sza).name} puts the sun {sun}: the image and its time disagree (times "
+                            "in KST? an sza stack of another time?); the stacks' times must be UTC")
 
 
 @dataclass
