@@ -578,6 +578,17 @@ def test_buddy_check_rejects_a_gross_error_and_keeps_a_clean_hour():
     assert not buddy_check(src, small, VG, 6.0, 10.0).any()
     sph = Variogram("spherical", 0.8, 250.0, 0.2)  # the check takes every variogram model
     assert np.flatnonzero(buddy_check(src, bad, sph, 6.0, 10.0)).tolist() == [7]
+    # 15 sites (10 % is one) with two 15 K errors: both go (at least two from BUDDY_TWO_SITES sites on); 9 sites
+    # with the same two errors: one at most
+    from shared.fusion.kriging import BUDDY_TWO_SITES
+
+    two = r.copy()
+    two[[3, 11]] += [15.0, -15.0]
+    assert BUDDY_TWO_SITES == 10
+    assert np.flatnonzero(buddy_check(src[:15], two[:15], VG, 6.0, 10.0)).tolist() == [3, 11]
+    nine = two[:9].copy()  # site 3 is 15 K off; a second error at site 6
+    nine[6] -= 15.0
+    assert buddy_check(src[:9], nine, VG, 6.0, 10.0).sum() == 1
 
 
 def test_observation_check_finds_a_gross_error_at_sea_level_and_keeps_a_cold_mountain():

@@ -187,6 +187,8 @@ def loo_check(xy: np.ndarray, r: np.ndarray, vg: Variogram) -> tuple[np.ndarray,
 
 #: fewer sites than this are not checked (a leave-one-out estimate needs neighbours)
 BUDDY_MIN_SITES = 5
+#: from this many sites on, up to two may be rejected at one time even where max_share allows one
+BUDDY_TWO_SITES = 10
 
 
 def buddy_check(xy: np.ndarray, r: np.ndarray, vg: Variogram, max_z: float, min_error: float,
@@ -195,11 +197,12 @@ def buddy_check(xy: np.ndarray, r: np.ndarray, vg: Variogram, max_z: float, min_
 
     The worst site (largest ``|z|`` of :func:`loo_check`) is rejected when its leave-one-out error exceeds both
     ``max_z`` robust standard deviations and ``min_error`` (units of ``r``); the rest are then checked again, so
-    that one bad value does not make its neighbours look bad. At most ``max_share`` of the sites (at least one)
-    are rejected; below :data:`BUDDY_MIN_SITES` sites nothing is."""
+    that one bad value does not make its neighbours look bad. At most ``max_share`` of the sites are rejected
+    (at least one; two from :data:`BUDDY_TWO_SITES` sites on: 20 buoys with two bad reports at one time); below
+    :data:`BUDDY_MIN_SITES` sites nothing is."""
     r = np.asarray(r, np.float64)
     bad = np.zeros(len(r), bool)
-    for _ in range(max(1, int(max_share * len(r)))):
+    for _ in range(max(2 if len(r) >= BUDDY_TWO_SITES else 1, int(max_share * len(r)))):
         idx = np.flatnonzero(~bad)
         if len(idx) < BUDDY_MIN_SITES:
             break
