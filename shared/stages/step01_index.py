@@ -308,6 +308,31 @@ def warn_list(items: list, what: str, line, most: int | None = 10) -> None:
         print(f"warning: ... and {len(items) - most} more {what}", file=sys.stderr)
 
 
+def warn_qc(qc: dict, obs_dir, stations_csv) -> None:
+    """step01's quality-control findings (``splits.json``'s ``qc``) as ``warning:`` lines: stuck sensors, stations
+    left out whole (one line each, with the unit their values fit), the other gross errors, suspect stations."""
+    warn_list(qc.get("stuck", []), "stuck runs (splits.json: qc.stuck)",
+              lambda r: f"stuck sensor: station {r['stn_id']} reported {r['value']:g} C {r['reports']} times from "
+                        f"{r['start']} to {r['end']}; all but the first left out")
+    whole = qc.get("rejected_stations", [])
+    warn_list(whole, "stations mostly left out (splits.json: qc.rejected_stations)",
+              lambda r: f"station {r['stn_id']} left out: {r['rejected']} of its {r['checked']} checked observations "
+                        f"were gross errors (on average {r['mean_error_K']:+.1f} K off its neighbours)"
+                        + (f"; in {r['unit']} they match their neighbours within {r['unit_rms_K']:.1f} K (RMS): "
+                           f"correct its values in {obs_dir}" if "unit" in r else
+                           f"; check its values in {obs_dir} and its entry in {stations_csv}"), most=None)
+    summed = {r["stn_id"] for r in whole}
+    warn_list([r for r in qc.get("rejected", []) if r["stn_id"] not in summed],
+              "gross errors left out (splits.json: qc.rejected)",
+              lambda r: f"gross error left out: station {r['stn_id']} at {r['sat_time_utc']} reported {r['ta_c']:g} C, "
+                        f"its neighbours say {r['neighbours_c']:g} C ({r['z']:g} robust sd)")
+    warn_list(qc.get("suspect_stations", []), "suspect stations (splits.json: qc.suspect_stations)",
+              lambda r: f"station {r['stn_id']} reads {abs(r['mean_error_K']):.1f} K "
+                        f"{'warmer' if r['mean_error_K'] > 0 else 'colder'} than its neighbours on average "
+                        f"({r['times']} times, compared at sea level): check its elev_m, lat and lon in {stations_csv}",
+              most=None)
+
+
 def run(cfg: Config, ctx: Context) -> Result:
     """step01 end to end: read inputs, match, split, write the index set."""
     require_dir(cfg.raw_dir, "raw data folder",
@@ -329,7 +354,8 @@ def run(cfg: Config, ctx: Context) -> Result:
 
     df, report, info = build_index(
         stations, obs, sat, static.grid, cfg.time_tolerance_min,
-        cfg.split.mode, cfg.split.seed, cfg.split.val_frac, cfg.split.test_frac, qc=cfg.qc, dem=static.dem, lsmask=static.lsmask,
+        cfg.split.mode, cfg.split.seed, cfg.split.val_frac, cfg.split.test_frac, qc=cfg.qc, dem=static.dem,
+        lsmask=static.lsmask,
     )
     full_report = OrderedDict()
     for k, v in obs_report["totals"].items():
@@ -343,27 +369,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     from shared.evaluation.plots import plot_split_map  # matplotlib only once the index is written
 
     plot_split_map(df[["stn_id", "pixel_y", "pixel_x", "split"]], static, cfg.output_dir / SPLIT_PNG, cfg.split.mode)
-    qc = info.get("qc", {})
-    warn_list(qc.get("stuck", []), "stuck runs (splits.json: qc.stuck)",
-              lambda r: f"stuck sensor: station {r['stn_id']} reported {r['value']:g} C {r['reports']} times from "
-                        f"{r['start']} to {r['end']}; all but the first left out")
-    whole = qc.get("rejected_stations", [])
-    warn_list(whole, "stations mostly left out (splits.json: qc.rejected_stations)",
-              lambda r: f"station {r['stn_id']} left out: {r['rejected']} of its {r['checked']} checked observations "
-                        f"were gross errors (on average {r['mean_error_K']:+.1f} K off its neighbours)"
-                        + (f"; in {r['unit']} they match their neighbours within {r['unit_rms_K']:.1f} K (RMS): "
-                           f"correct its values in {cfg.obs_dir}" if "unit" in r else
-                           f"; check its values in {cfg.obs_dir} and its entry in {cfg.stations_csv}"), most=None)
-    summed = {r["stn_id"] for r in whole}
-    warn_list([r for r in qc.get("rejected", []) if r["stn_id"] not in summed],
-              "gross errors left out (splits.json: qc.rejected)",
-              lambda r: f"gross error left out: station {r['stn_id']} at {r['sat_time_utc']} reported {r['ta_c']:g} C, "
-                        f"its neighbours say {r['neighbours_c']:g} C ({r['z']:g} robust sd)")
-    warn_list(qc.get("suspect_stations", []), "suspect stations (splits.json: qc.suspect_stations)",
-              lambda r: f"station {r['stn_id']} reads {abs(r['mean_error_K']):.1f} K "
-                        f"{'warmer' if r['mean_error_K'] > 0 else 'colder'} than its neighbours on average "
-                        f"({r['times']} times, compared at sea level): check its elev_m, lat and lon in {cfg.stations_csv}",
-              most=None)
+    warn_qc(info.get("qc", {}), cfg.obs_dir, cfg.stations_csv)
     print_report(f"step01: {len(df):,} rows kept from {len(obs_files)} file(s), {len(sat)} image time(s)", full_report)
     print(f"wrote {cfg.output_dir}/index*.csv, splits.json, {SPLIT_PNG}")
     return Result(counts=dict(full_report))
