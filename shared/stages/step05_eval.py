@@ -42,6 +42,7 @@ from shared.evaluation.maps import (
 from shared.evaluation.metrics import format_table, grouped_metrics, regression_metrics
 from shared.evaluation.names import ANALYSIS, DISTANCE_BANDS_KM, MODEL, band_label, band_name, distance_bands
 from shared.evaluation.plots import (
+    MIN_BAND_ROWS,
     plot_methods,
     plot_reliability,
     plot_residuals,
@@ -474,8 +475,9 @@ def run(cfg: Config, ctx: Context) -> Result:
         print(f"{have} by distance to the nearest fusion station of the hour: " + "; ".join(
             f"{band_label(r.fusion_distance_band)} {getattr(r, f'rmse_K_{have}'):.3f} K "
             f"({r.n:,} rows, {r.n_stations} stations"
-            + (f"; 90 % interval holds {100 * c:.1f} %" if np.isfinite(c := getattr(r, f"coverage_90_{have}", np.nan)) else "")
-            + ")" for r in by_dist.itertuples()))
+            + (f"; 90 % interval holds {100 * c:.1f} %" if np.isfinite(c := getattr(r, f"coverage_90_{have}", np.nan))
+               and r.n >= MIN_BAND_ROWS else "")
+            + ("; too few rows to judge" if r.n < MIN_BAND_ROWS else "") + ")" for r in by_dist.itertuples()))
     tr_floor = (metrics.get("demo_world") or {}).get("test_rows")
     if tr_floor:
         ec = tr_floor.get("test_rows_obs_vs_truth_elev_corrected_rmse_K")
