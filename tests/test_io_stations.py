@@ -224,3 +224,26 @@ def test_positions_in_degrees_minutes_seconds_are_refused(tmp_path):
     assert len(read_stations(tmp_path / "small.csv")) == 12
     bad.round(2).to_csv(tmp_path / "two.csv", index=False)
     assert len(read_stations(tmp_path / "two.csv")) == 12
+
+
+def test_stations_whose_times_are_9_h_off_among_others_are_named(tmp_path):
+    """One file, two stations in UTC and one whose times are KST written as UTC: the file's mixed cycle passes the
+    file check, the station's own cycle (all its values) does not: read_obs names it with its peak hour. Its
+    cycle reduced to 1 K (below STATION_MIN_AMPLITUDE_K, as an island's) is not judged."""
+    from shared.io.stations import STATION_MIN_AMPLITUDE_K, station_phases
+
+    ok = _cycle(stations=(108, 159))
+    kst = _cycle(stations=(133,)).assign(time_utc=lambda d: d["time_utc"] + pd.Timedelta(hours=9))
+    mixed = pd.concat([ok, kst], ignore_index=True)
+    out = mixed.assign(time_utc=mixed["time_utc"].dt.strftime("%Y-%m-%d %H:%M"))
+    out.to_csv(tmp_path / "mixed.csv", index=False)
+    ph = station_phases(mixed).set_index("stn_id")
+    assert ph.loc[133, "peak_utc"] == pytest.approx(15.5, abs=0.01) and ph.loc[108, "peak_utc"] == pytest.approx(6.5, abs=0.01)
+    with pytest.raises(UserError, match=r"1 of 3 stations have their warmest time of day outside the afternoon .*: "
+                                        r"133 \(15\.5 UTC\); their times look 9 h off"):
+        read_obs([tmp_path / "mixed.csv"])
+    weak = _cycle(stations=(133,), amp=1.0).assign(time_utc=lambda d: d["time_utc"] + pd.Timedelta(hours=9))
+    assert STATION_MIN_AMPLITUDE_K > 1.0
+    both = pd.concat([ok, weak], ignore_index=True)
+    both.assign(time_utc=both["time_utc"].dt.strftime("%Y-%m-%d %H:%M")).to_csv(tmp_path / "weak.csv", index=False)
+    assert len(read_obs([tmp_path / "weak.csv"])[0]) == len(both)

@@ -360,6 +360,49 @@ def diurnal_phase(df: pd.DataFrame) -> tuple[float, float, int] | None:
     return float(np.degrees(np.arctan2(c, b)) / 15.0 % 24.0), float(np.hypot(b, c)), len(v)
 
 
+#: a station's own cycle is judged from this amplitude (K) on: in the demo world the median station's is 3.2 K,
+#: and the island stations that peak at odd hours have cycles of 0.1-0.6 K (the sea's)
+STATION_MIN_AMPLITUDE_K = 1.5
+
+
+def station_phases(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`diurnal_phase` of each station on its own (``stn_id, peak_utc, amplitude_K, values``), for the
+    stations with at least :data:`DIURNAL_MIN_VALUES` values and a tenth of them in each quarter of the day."""
+    cols = ["stn_id", "peak_utc", "amplitude_K", "values"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    t = df["time_utc"]
+    w = 2.0 * np.pi * (t.dt.hour + t.dt.minute / 60.0).to_numpy(np.float64) / 24.0
+    stn = df["stn_id"].to_numpy()
+    a = df["ta_c"].to_numpy(np.float64) - df.groupby("stn_id")["ta_c"].transform("mean").to_numpy(np.float64)
+    c, s_ = np.cos(w), np.sin(w)
+    g = pd.DataFrame({"stn_id": stn, "cc": c * c, "ss": s_ * s_, "cs": c * s_, "ac": a * c, "as": a * s_, "n": 1.0,
+                      **{f"q{k}": (w // (np.pi / 2) == k).astype(float) for k in range(4)}}).groupby("stn_id").sum()
+    ok = (g["n"] >= DIURNAL_MIN_VALUES) & (g[[f"q{k}" for k in range(4)]].min(axis=1) >= 0.1 * g["n"])
+    g = g[ok]
+    det = g["cc"] * g["ss"] - g["cs"] ** 2
+    b = (g["ac"] * g["ss"] - g["as"] * g["cs"]) / det
+    e = (g["as"] * g["cc"] - g["ac"] * g["cs"]) / det
+    return pd.DataFrame({"stn_id": g.index.to_numpy(), "peak_utc": (np.degrees(np.arctan2(e, b)) / 15.0 % 24.0).to_numpy(),
+                         "amplitude_K": np.hypot(b, e).to_numpy(), "values": g["n"].astype(int).to_numpy()}, columns=cols)
+
+
+def check_station_phases(df: pd.DataFrame, where: str) -> None:
+    """One line naming the stations whose own diurnal cycle peaks outside :data:`DIURNAL_PEAK_UTC`, over all
+    their observations: a network whose times are in KST merged with others in UTC (each file's mixed cycle
+    can pass :func:`check_diurnal_phase`)."""
+    ph = station_phases(df)
+    lo, hi = DIURNAL_PEAK_UTC
+    off = ph[(ph["amplitude_K"] >= STATION_MIN_AMPLITUDE_K) & ~ph["peak_utc"].between(lo, hi)]
+    if off.empty:
+        return
+    listed = ", ".join(f"{int(r.stn_id)} ({r.peak_utc:04.1f} UTC)" for r in off.head(10).itertuples())
+    more = f" and {len(off) - 10} more" if len(off) > 10 else ""
+    raise UserError(f"{where}: {len(off)} of {len(ph)} stations have their warmest time of day outside the "
+                    f"afternoon (about 06-08 UTC, 15-17 KST): {listed}{more}; their times look 9 h off (KST written "
+                    "as UTC peaks at about 15-17 UTC): correct those stations' times")
+
+
 def check_diurnal_phase(df: pd.DataFrame, path, fmt: str = "project") -> None:
     """One line naming the file when its times are in the wrong time zone: the mean diurnal cycle's warmest
     phase (:func:`diurnal_phase`) outside :data:`DIURNAL_PEAK_UTC` (afternoon in Korea, about 06-08 UTC).
@@ -473,4 +516,5 @@ def read_obs(paths: str | Path | Iterable[str | Path]) -> tuple[pd.DataFrame, di
         log.info("%d duplicate (station, time) observation(s) dropped; first occurrence kept", totals["duplicates"])
     out = (all_.drop(columns="_file").sort_values(["stn_id", "time_utc"], kind="stable").reset_index(drop=True))
     out["time_utc"] = out["time_utc"].astype("datetime64[ns]")
+    check_station_phases(out, files[0].parent if len({f.parent for f in files}) == 1 else "the observation files")
     return out, {"files": reps, "totals": totals, "ta_range_c": list(TA_RANGE_C)}
