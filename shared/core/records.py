@@ -335,9 +335,7 @@ class StepRun:
 
     def start(self) -> None:
         """Mark the outputs as being rewritten; the last finished record is kept as ``previous``."""
-        done = finished_record(self.previous())
-        self._done = done
-        self._started_without_previous = done is None
+        self._done = done = finished_record(self.previous())
         self._made_dirs = [d for d in [self.out_dir] + self.mirrors if not d.exists()]
         self.t0 = time.time()
         self._write({"step": self.step, "status": "running",
@@ -361,12 +359,12 @@ class StepRun:
         unchanged. A failed run (``failed``; not one stopped on request, which is to be resumed) that left every
         output of the earlier run as it was puts that run's record back: a refused rerun changes nothing. An
         output folder the run made is removed when it is left empty."""
-        done = getattr(self, "_done", None)
+        done = self._done  # set by start()
         if failed and done is not None and done.get("outputs") and \
                 fingerprint(done["outputs"].keys()) == done["outputs"]:
             self._write(done)
             return
-        if self._started_without_previous:
+        if done is None:  # no earlier finished run
             for d in [self.out_dir] + self.mirrors:
                 (d / RUN_JSON).unlink(missing_ok=True)
         for d in getattr(self, "_made_dirs", []):  # a folder this run made and left empty goes too

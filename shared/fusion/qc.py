@@ -40,7 +40,7 @@ leave-one-out error of the 18,078 observations is 10.2 K at 4.0 robust
 standard deviations, and the largest z is 5.1: the defaults (6 and 10 K)
 reject nothing there. With errors of one size added to 200 random
 observations of it (``runs``-style check, both signs), the defaults found
-4 of 200 at 8 K, 102 at 10 K, 184 at 12 K, 198 at 15 K and 200 at 20 K, at
+4 of 200 at 8 K, 102 at 10 K, 184 at 12 K, 197 at 15 K and 200 at 20 K, at
 every UTC hour, and rejected no other observation.
 
 A second check needs no neighbours: a station that reports exactly one value
@@ -170,13 +170,13 @@ def station_offsets(stn_id: np.ndarray, error_K: np.ndarray, rejected: np.ndarra
 #: line, with what its values would be in a wrong unit (:func:`rejected_stations`)
 STATION_REJECT_MIN = 8
 
+
 def rejected_stations(stn_id: np.ndarray, ta_c: np.ndarray, error_K: np.ndarray, rejected: np.ndarray,
                       min_rejected: int | None = None) -> list[dict]:
     """The stations whose observations were mostly rejected (``min_rejected``, default
-    :data:`STATION_REJECT_MIN`, or more, and more than half of
-    their checked ones): ``stn_id, rejected, checked, mean_error_K`` and, when one of :data:`~shared.core.constants.TA_UNITS`
-    brings the rejected values to what their neighbours krige to (RMS within 2 K and a fifth of the error),
-    ``unit`` and ``unit_rms_K``. A whole station in °F or in tenths of a degree fails at most times; one
+    :data:`STATION_REJECT_MIN`, or more, and more than half of their checked ones): ``stn_id, rejected,
+    checked, mean_error_K`` and, when one of :data:`~shared.core.constants.TA_UNITS` brings the rejected values
+    to what their neighbours krige to (RMS within 2 K and a fifth of the error), ``unit`` and ``unit_rms_K``. A whole station in °F or in tenths of a degree fails at most times; one
     line about it says more than a warning per observation."""
     min_rejected = STATION_REJECT_MIN if min_rejected is None else min_rejected
     stn_id, ta = np.asarray(stn_id), np.asarray(ta_c, np.float64)

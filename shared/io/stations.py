@@ -122,7 +122,7 @@ def check_decimal_degrees(stations: pd.DataFrame, path) -> None:
     if not ((four // 100 < 60) & (four % 100 < 60)).all():
         return
     lat = float(stations["lat"].iloc[0])
-    d, m, sec = int(lat), int(round((lat % 1) * 1e4)) // 100, int(round((lat % 1) * 1e4)) % 100
+    d, (m, sec) = int(lat), divmod(int(round((lat % 1) * 1e4)), 100)
     raise UserError(f"{path}: every lat and lon of its {len(stations)} stations reads as degrees.MMSS (the first "
                     f"two decimals and the next two all below 60; e.g. {lat:g} = {d}°{m:02d}'{sec:02d}\"): convert "
                     f"to decimal degrees ({d} + {m}/60 + {sec}/3600 = {d + m / 60 + sec / 3600:.4f})")
@@ -294,12 +294,16 @@ MONTH_MARGIN_K = 12.0
 MONTH_MIN_VALUES = 50
 
 
+#: the six ASOS normals of :data:`~shared.core.constants.NORMALS_1991_2020`, (stations, 12 months), °C
+_NORMALS = np.array([v[1] for v in NORMALS_1991_2020.values()])
+
+
 def unit_guess(ta: np.ndarray, month: np.ndarray) -> str:
     """Which of :data:`TA_UNITS` brings the values' monthly medians nearest to Korea's normals of those months
     (the mean of the six ASOS normals), in words with the conversion, e.g. ``"in kelvin? K - 273.15 brings
     its median to 14.2 °C"``."""
     ta, month = np.asarray(ta, np.float64), np.asarray(month)
-    normal = np.array([v[1] for v in NORMALS_1991_2020.values()]).mean(axis=0)  # (12,)
+    normal = _NORMALS.mean(axis=0)  # (12,)
     ms = np.unique(month)
 
     def miss(f) -> float:
@@ -318,13 +322,12 @@ def check_months(df: pd.DataFrame, path) -> None:
     this one."""
     if df.empty:
         return
-    normals = np.array([v[1] for v in NORMALS_1991_2020.values()])  # (stations, 12)
     month = df["time_utc"].dt.month.to_numpy()
     for m in np.unique(month):
         v = df["ta_c"].to_numpy()[month == m]
         if len(v) < MONTH_MIN_VALUES:
             continue
-        lo, hi = normals[:, m - 1].min(), normals[:, m - 1].max()
+        lo, hi = _NORMALS[:, m - 1].min(), _NORMALS[:, m - 1].max()
         med = float(np.median(v))
         if not lo - MONTH_MARGIN_K <= med <= hi + MONTH_MARGIN_K:
             name = pd.Timestamp(2000, m, 1).strftime("%B")
@@ -342,22 +345,39 @@ DIURNAL_PEAK_UTC = (2.0, 12.0)
 DIURNAL_MIN_VALUES, DIURNAL_MIN_AMPLITUDE_K = 100, 1.0
 
 
-def diurnal_phase(df: pd.DataFrame) -> tuple[float, float, int] | None:
-    """``(peak hour UTC, amplitude K, values)`` of the first harmonic of the mean diurnal cycle of ``df``'s
-    observations (each station's mean taken off; the weather of other days averages out over the hours), or
-    None when too few values (:data:`DIURNAL_MIN_VALUES`) or a quarter of the day (UTC) holds less than a tenth
-    of them: the phase of a cycle seen only at night is not the day's."""
-    if len(df) < DIURNAL_MIN_VALUES:
-        return None
+def _cycle_fits(df: pd.DataFrame, key: np.ndarray) -> pd.DataFrame:
+    """The first harmonic of the mean diurnal cycle of ``df``'s observations in each group of ``key`` (each
+    station's mean taken off; the weather of other days averages out over the hours): ``peak_utc`` (hour),
+    ``amplitude_K`` and ``values``, indexed by the group, for the groups of :data:`DIURNAL_MIN_VALUES` values or
+    more with a tenth of them in each quarter of the day (UTC): the phase of a cycle seen only at night is not
+    the day's. Least squares of the anomalies on cos and sin of the hour angle, by the normal equations."""
+    cols = ["peak_utc", "amplitude_K", "values"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
     t = df["time_utc"]
     hour = (t.dt.hour + t.dt.minute / 60.0).to_numpy(np.float64)
-    if np.bincount((hour // 6).astype(int), minlength=4).min() < 0.1 * len(hour):
-        return None
-    v = df["ta_c"].to_numpy(np.float64)
-    anom = v - df.groupby("stn_id")["ta_c"].transform("mean").to_numpy(np.float64)
     w = 2.0 * np.pi * hour / 24.0
-    (b, c), *_ = np.linalg.lstsq(np.c_[np.cos(w), np.sin(w)], anom, rcond=None)
-    return float(np.degrees(np.arctan2(c, b)) / 15.0 % 24.0), float(np.hypot(b, c)), len(v)
+    a = df["ta_c"].to_numpy(np.float64) - df.groupby("stn_id")["ta_c"].transform("mean").to_numpy(np.float64)
+    c, s_ = np.cos(w), np.sin(w)
+    quarter = (hour // 6).astype(int)
+    g = pd.DataFrame({"key": np.asarray(key), "cc": c * c, "ss": s_ * s_, "cs": c * s_, "ac": a * c, "as": a * s_,
+                      "n": 1.0, **{f"q{k}": (quarter == k).astype(float) for k in range(4)}}).groupby("key").sum()
+    g = g[(g["n"] >= DIURNAL_MIN_VALUES) & (g[[f"q{k}" for k in range(4)]].min(axis=1) >= 0.1 * g["n"])]
+    det = g["cc"] * g["ss"] - g["cs"] ** 2
+    b = (g["ac"] * g["ss"] - g["as"] * g["cs"]) / det
+    e = (g["as"] * g["cc"] - g["ac"] * g["cs"]) / det
+    return pd.DataFrame({"peak_utc": np.degrees(np.arctan2(e, b)) / 15.0 % 24.0, "amplitude_K": np.hypot(b, e),
+                         "values": g["n"].astype(int)}, columns=cols)
+
+
+def diurnal_phase(df: pd.DataFrame) -> tuple[float, float, int] | None:
+    """``(peak hour UTC, amplitude K, values)`` of the first harmonic of the mean diurnal cycle of all of ``df``'s
+    observations (:func:`_cycle_fits` of one group), or None when they are too few or miss part of the day."""
+    fit = _cycle_fits(df, np.zeros(len(df)))
+    if fit.empty:
+        return None
+    r = fit.iloc[0]
+    return float(r["peak_utc"]), float(r["amplitude_K"]), int(r["values"])
 
 
 #: a station's own cycle is judged from this amplitude (K) on: in the demo world the median station's is 3.2 K,
@@ -368,23 +388,8 @@ STATION_MIN_AMPLITUDE_K = 1.5
 def station_phases(df: pd.DataFrame) -> pd.DataFrame:
     """:func:`diurnal_phase` of each station on its own (``stn_id, peak_utc, amplitude_K, values``), for the
     stations with at least :data:`DIURNAL_MIN_VALUES` values and a tenth of them in each quarter of the day."""
-    cols = ["stn_id", "peak_utc", "amplitude_K", "values"]
-    if df.empty:
-        return pd.DataFrame(columns=cols)
-    t = df["time_utc"]
-    w = 2.0 * np.pi * (t.dt.hour + t.dt.minute / 60.0).to_numpy(np.float64) / 24.0
-    stn = df["stn_id"].to_numpy()
-    a = df["ta_c"].to_numpy(np.float64) - df.groupby("stn_id")["ta_c"].transform("mean").to_numpy(np.float64)
-    c, s_ = np.cos(w), np.sin(w)
-    g = pd.DataFrame({"stn_id": stn, "cc": c * c, "ss": s_ * s_, "cs": c * s_, "ac": a * c, "as": a * s_, "n": 1.0,
-                      **{f"q{k}": (w // (np.pi / 2) == k).astype(float) for k in range(4)}}).groupby("stn_id").sum()
-    ok = (g["n"] >= DIURNAL_MIN_VALUES) & (g[[f"q{k}" for k in range(4)]].min(axis=1) >= 0.1 * g["n"])
-    g = g[ok]
-    det = g["cc"] * g["ss"] - g["cs"] ** 2
-    b = (g["ac"] * g["ss"] - g["as"] * g["cs"]) / det
-    e = (g["as"] * g["cc"] - g["ac"] * g["cs"]) / det
-    return pd.DataFrame({"stn_id": g.index.to_numpy(), "peak_utc": (np.degrees(np.arctan2(e, b)) / 15.0 % 24.0).to_numpy(),
-                         "amplitude_K": np.hypot(b, e).to_numpy(), "values": g["n"].astype(int).to_numpy()}, columns=cols)
+    fits = _cycle_fits(df, df["stn_id"].to_numpy())
+    return fits.rename_axis("stn_id").reset_index()[["stn_id", "peak_utc", "amplitude_K", "values"]]
 
 
 def check_station_phases(df: pd.DataFrame, where: str) -> None:

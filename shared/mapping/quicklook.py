@@ -30,7 +30,7 @@ def _nice_levels(vals_c: np.ndarray, min_span: float = 6.0) -> np.ndarray:
 
 def se_levels(se_K: np.ndarray, n: int = 11) -> np.ndarray:
     """Colour levels of a standard-error panel: ``n`` edges spaced geometrically from the 1st to the 99th
-    percentile (at least 0.1 K apart, edges at 2 significant digits). A standard error is a scale: next to the
+    percentile (spanning at least 0.2 K, edges at 2 significant digits). A standard error is a scale: next to the
     stations it is 0.6-1.5 K and far out 5-11 K, and evenly spaced levels put all of the first in one colour."""
     fin = np.asarray(se_K, np.float64)
     fin = fin[np.isfinite(fin)]

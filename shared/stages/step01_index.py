@@ -172,10 +172,10 @@ def gross_error_check(df: pd.DataFrame, grid: Grid, qc: QCConfig,
     than :data:`~shared.fusion.qc.STATION_WARN_K` off their neighbours (``suspect_stations``: a wrong elevation
     or position in the station table is the likelier cause; kept)."""
     x, y = grid.latlon_to_xy(df["lat"].to_numpy(), df["lon"].to_numpy())
+    py, px = df["pixel_y"].to_numpy(), df["pixel_x"].to_numpy()
     elev = df["elev_m"].to_numpy(np.float64)
     if dem is not None:  # a station of unknown height: its pixel's, as step02 and the fusion take it
-        elev = np.where(np.isfinite(elev), elev, dem[df["pixel_y"].to_numpy(), df["pixel_x"].to_numpy()])
-    py, px = df["pixel_y"].to_numpy(), df["pixel_x"].to_numpy()
+        elev = np.where(np.isfinite(elev), elev, dem[py, px])
     sea = None if lsmask is None else np.asarray(lsmask)[py, px] < 0.5  # buoys checked against buoys
     res = check_observations(df["sat_time_utc"].to_numpy(), np.asarray(x) / 1000.0, np.asarray(y) / 1000.0,
                              elev, df["ta_c"].to_numpy(), qc, sea=sea)
