@@ -16,6 +16,7 @@ from test_step04 import save_checkpoint
 
 from shared.evaluation.baselines import Climatology, fit_baselines
 from shared.evaluation.metrics import grouped_metrics, regression_metrics
+from shared.fusion.analysis import FusionConfig
 
 STEP = "step05_eval_metrics"
 REGION = (20, 10, 100, 110)  # step04 maps only this part of the tiny world's 128 x 128 grid
@@ -489,3 +490,18 @@ def test_a_fusion_that_never_runs_says_so(evaluated, tmp_path, capsys):
                     "--set", "progress=false", "--set", f"region={list(REGION)}", "--set", "quicklook=false",
                     "--set", "fusion.min_stations=1000") == 0
     assert "warning: no mapped time has fusion.min_stations (1000) observations" in capsys.readouterr().err
+
+
+def test_an_analysis_that_fuses_too_few_times_says_so_and_why():
+    """step05 scored a station_time split with the analysis a copy of the model (no fusion station observed a
+    test day: their rows of those days are dropped) and said nothing; it now warns, naming the cause."""
+    from shared.stages.step05_eval import unfused_warning
+
+    fus = FusionConfig()
+    assert unfused_warning({"times": 40, "times_model_only": 20}, "test", fus, "station") is None
+    msg = unfused_warning({"times": 40, "times_model_only": 40}, "test", fus, "station_time")
+    assert msg.startswith("warning: the analysis is the model alone at 40 of the test split's 40 time(s): fewer "
+                          "than fusion.min_stations (3) train+val stations observed them")
+    assert "station_time drops the train and validation stations' rows of the test days" in msg
+    assert "station_time" not in unfused_warning({"times": 40, "times_model_only": 21}, "test", fus, "station")
+    assert unfused_warning({"times": 0, "times_model_only": 0}, "test", fus, "station_time") is None

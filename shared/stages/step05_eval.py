@@ -130,6 +130,21 @@ def noise_floors(metrics: dict) -> dict[str, float]:
     return out
 
 
+def unfused_warning(info: dict, split: str, fusion, mode: str | None) -> str | None:
+    """The warning when the analysis is the model alone at most of the scored times (:func:`station_analysis`'s
+    ``info``), with the likely cause; None when it ran at half of them or more."""
+    n, left = int(info.get("times", 0)), int(info.get("times_model_only", 0))
+    if n == 0 or 2 * left <= n:
+        return None
+    msg = (f"warning: the analysis is the model alone at {left} of the {split} split's {n} time(s): fewer than "
+           f"fusion.min_stations ({fusion.min_stations}) {'+'.join(fusion.splits)} stations observed them")
+    if mode == "station_time" and split == "test":
+        msg += (" (split mode station_time drops the train and validation stations' rows of the test days, so nothing "
+                "is fused there; benchmarks/new_times.py scores hours the model never saw with those observations "
+                "fused)")
+    return msg
+
+
 def distance_table(df: pd.DataFrame, pred_cols: dict[str, str], ta_std: float,
                    multipliers: dict | None = None) -> pd.DataFrame | None:
     """Every method's RMSE by distance from the test station to the nearest fusion station observed at the same
@@ -297,6 +312,9 @@ def run(cfg: Config, ctx: Context) -> Result:
             fusion, test, stations, predictor.to_celsius(fusion["pred_z"]).astype(np.float64),
             df["prediction_c"].to_numpy(), model_se_c, cfg.fusion, vg, vg_note)
         fusion_km = nearest_source_km(fusion, test, stations)
+        note = unfused_warning(analysis_info, cfg.split, cfg.fusion, splits.get("mode"))
+        if note:
+            print(note, file=sys.stderr)
     else:
         analysis_c, analysis_se_c = np.full(len(df), np.nan), np.full(len(df), np.nan)
         fusion_km = np.full(len(df), np.nan)
