@@ -46,7 +46,8 @@ def test_maps_stack_by_coords(three_maps):
     """What open_mfdataset(combine="by_coords") does, without needing dask: fails on scalar-time maps."""
     parts = [xr.open_dataset(p) for p in reversed(three_maps)]
     try:
-        check_stack(xr.combine_by_coords(parts, data_vars="minimal", combine_attrs="drop_conflicts"))
+        check_stack(xr.combine_by_coords(parts, data_vars="minimal", coords="minimal", compat="override",
+                                         combine_attrs="drop_conflicts"))
     finally:
         for d in parts:
             d.close()
@@ -54,9 +55,12 @@ def test_maps_stack_by_coords(three_maps):
 
 def test_maps_stack_with_open_mfdataset(three_maps, tmp_path):
     pytest.importorskip("dask")  # open_mfdataset needs dask (in requirements.txt)
-    with xr.open_mfdataset(str(tmp_path / "ta_map_*.nc"), combine="by_coords") as ds:
+    from shared.io.maps import STACK_ARGS
+
+    with xr.open_mfdataset(str(tmp_path / "ta_map_*.nc"), **STACK_ARGS) as ds:
         check_stack(ds)
-    with xr.open_mfdataset(sorted(map(str, three_maps)), concat_dim="time", combine="nested") as ds:
+    nested = {**STACK_ARGS, "combine": "nested", "concat_dim": "time"}
+    with xr.open_mfdataset(sorted(map(str, three_maps)), **nested) as ds:
         check_stack(ds)
 
 
@@ -99,9 +103,43 @@ def test_read_map_reads_older_scalar_time_files(tmp_path):
     np.testing.assert_array_equal(f.t2m, field(5))
 
 
+def test_full_maps_of_different_fusion_stations_stack_with_open_maps(tmp_path):
+    """A season of step04's maps opens as one dataset although each hour's fusion has its own number of stations
+    (one without an observation at some hour): xr.open_mfdataset with its defaults raised on the station
+    dimension (76 vs 70) and, with distance_to_station (y, x), would keep one hour's distances for every hour."""
+    import warnings
+
+    from shared.io.maps import STACK_ARGS, MapLayers, open_maps
+
+    pytest.importorskip("dask")
+    lat, lon = GRID.latlon_2d()
+    for i, t in enumerate(TIMES):
+        lay = MapLayers(se_K=np.full(GRID.shape, 0.5 + i, np.float32), model_K=field(i) + 1,
+                        model_se_K=np.full(GRID.shape, 1.0, np.float32),
+                        distance_km=np.full(GRID.shape, 10.0 * (i + 1), np.float32),
+                        fusion_ids=np.arange(76 - 3 * i))
+        write_map(tmp_path / map_name(t), map_dataset(field(i), GRID, t, lat, lon, layers=lay))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the arguments are explicit: no default that will change
+        with open_maps(str(tmp_path / "ta_map_*.nc")) as ds:
+            check_stack(ds)
+            for name in ("t2m_standard_error", "t2m_model", "t2m_model_standard_error", "distance_to_station"):
+                assert ds[name].dims == ("time", "y", "x"), name
+            np.testing.assert_array_equal(ds["distance_to_station"].values[:, 0, 0], [10.0, 20.0, 30.0])
+            np.testing.assert_array_equal(ds["t2m_standard_error"].values[:, 3, 4], [0.5, 1.5, 2.5])
+            assert ds["crs"].dims == () and ds["lat"].dims == ("y", "x") and "fusion_station" not in ds
+        with xr.open_mfdataset(str(tmp_path / "ta_map_*.nc"), **STACK_ARGS) as ds:  # the README's call
+            check_stack(ds)
+    # each file keeps its own station list
+    assert [len(read_map(tmp_path / map_name(t)).fusion_ids) for t in TIMES] == [76, 73, 70]
+    with pytest.raises(UserError, match="no map file matches"):
+        open_maps(str(tmp_path / "nothing_*.nc"))
+
+
 def test_read_map_refuses_a_stacked_file(three_maps, tmp_path):
     parts = [xr.open_dataset(p) for p in three_maps]
-    xr.combine_by_coords(parts, data_vars="minimal", combine_attrs="drop_conflicts").to_netcdf(tmp_path / "season.nc")
+    xr.combine_by_coords(parts, data_vars="minimal", coords="minimal", compat="override",
+                         combine_attrs="drop_conflicts").to_netcdf(tmp_path / "season.nc")
     for d in parts:
         d.close()
     with pytest.raises(UserError, match="holds 3 times"):

@@ -238,10 +238,10 @@ def test_step04_writes_cf_maps_resumes_and_is_up_to_date(world, tmp_path, capsys
     assert CRS.from_cf(crs).equals(KO_GRID.crs())
     # where the map is extrapolation: km to the nearest station (no index here: every station of the table)
     dist = ds["distance_to_station"]
-    assert dist.dims == ("y", "x") and dist.attrs["units"] == "km" and "station table" in dist.attrs["long_name"]
+    assert dist.dims == ("time", "y", "x") and dist.attrs["units"] == "km" and "station table" in dist.attrs["long_name"]
     st0 = pd.read_csv(world["raw"] / "stations.csv").iloc[0]
     r0, c0 = world["grid"].latlon_to_rowcol(st0["lat"], st0["lon"])
-    assert float(dist.values[r0, c0]) == 0.0 and float(dist.max()) > 10.0
+    assert float(dist.values[0, r0, c0]) == 0.0 and float(dist.max()) > 10.0
     # no step01 index, so no observations to fuse: t2m is the model and says so; the standard errors are there
     assert "fusion_station" not in ds and ds["t2m"].attrs["analysis"].startswith("model only")
     np.testing.assert_array_equal(ds["t2m"].values, ds["t2m_model"].values)

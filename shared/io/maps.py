@@ -8,8 +8,8 @@ One file per time, ``ta_map_YYYYMMDDhhmm.nc``::
     t2m_standard_error (time=1, y, x)  K   standard_name="air_temperature standard_error"
     t2m_model (time=1, y, x)     K   the satellite model alone (long_name says so), with its own
     t2m_model_standard_error (time=1, y, x)
-    distance_to_station (y, x)   km  to the nearest fusion station of this time (the model's training
-                                     stations when there was no fusion)
+    distance_to_station (time=1, y, x)  km  to the nearest fusion station of this time (the model's training
+                                     stations when there was no fusion; (y, x) in maps of layout 3 and before)
     fusion_station (station)     int32 ids of the stations whose observations made the analysis
     time (time)  float64     seconds since 1970-01-01 00:00:00 (UTC, standard calendar)
     x    (x)   m             projection_x_coordinate (LCC, west -> east)
@@ -19,8 +19,11 @@ One file per time, ``ta_map_YYYYMMDDhhmm.nc``::
     crs    ()                grid_mapping variable from pyproj ``crs.to_cf()``
 
 ``time`` is a length-1 dimension so that a season of maps stacks along it:
-``xr.open_mfdataset("step04_infer_map/outputs/ta_map_*.nc", combine="by_coords")``
-gives ``t2m (time=N, y, x)``. It is stored as float64 seconds: a data type
+:func:`open_maps` (``xr.open_mfdataset`` with the arguments it needs) gives
+``t2m (time=N, y, x)`` and every other field of the time with it. Each map's
+``fusion_station`` list has its own length (a station without an observation
+at one hour), so the stack leaves it out: :func:`read_map` reads it per file.
+``time`` is stored as float64 seconds: a data type
 CF-1.8 permits (§2.2 has no 64-bit integers, which the IOOS compliance-checker
 flags), exact for whole seconds (53-bit mantissa: about 285 million years),
 and the same encoding as the converter's satellite stacks (``shared.ingest.l1b``).
@@ -37,6 +40,7 @@ pixels without a value). Opens in Panoply and ``xarray.open_dataset``;
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,7 +171,7 @@ def map_dataset(t2m_K: np.ndarray, grid: Grid, time_utc, lat: np.ndarray, lon: n
     if layers.distance_km is not None:
         if layers.distance_km.shape != grid.shape:
             raise ValueError(f"distance shape {layers.distance_km.shape} != grid shape {grid.shape}")
-        ds["distance_to_station"] = (("y", "x"), np.asarray(layers.distance_km, dtype=np.float32), {
+        ds["distance_to_station"] = (("time", "y", "x"), np.asarray(layers.distance_km, dtype=np.float32)[np.newaxis], {
             "long_name": "distance from the pixel centre to the nearest station " + (layers.distance_note or "used in training"),
             "units": "km", "grid_mapping": "crs", "coordinates": "lat lon"})
     if fused:
@@ -211,6 +215,27 @@ class MapField:
     def t2m_model(self) -> np.ndarray:
         """The satellite model alone (``t2m`` in maps without fusion)."""
         return self.layers.get("t2m_model", self.t2m)
+
+
+#: ``xr.open_mfdataset`` arguments that stack map files along ``time`` (:func:`open_maps`): only the
+#: variables with a time dimension are concatenated (``crs``, ``lat``, ``lon`` stay as they are), and the
+#: per-map ``fusion_station`` lists, of different lengths, are left out.
+STACK_ARGS = {"combine": "by_coords", "data_vars": "minimal", "coords": "minimal", "compat": "override",
+              "combine_attrs": "drop_conflicts", "drop_variables": ["fusion_station"]}
+
+
+def open_maps(paths):
+    """Map files (a glob pattern or a list of paths) as one dataset: ``t2m (time=N, y, x)``, its standard
+    error, the model alone and ``distance_to_station``, each along ``time``. Needs dask (requirements.txt).
+    ``fusion_station`` is left out (its length differs between maps): :func:`read_map` reads it per file."""
+    import xarray as xr
+
+    if isinstance(paths, (str, Path)):
+        found = sorted(glob.glob(str(paths)))
+        if not found:
+            raise UserError(f"no map file matches {paths}; run step04")
+        paths = found
+    return xr.open_mfdataset([str(p) for p in paths], **STACK_ARGS)
 
 
 def grid_desc(g: Grid) -> str:

@@ -49,7 +49,9 @@ from shared.mapping.times import select_times
 
 STEP = "step04_infer_map"
 #: Bump when the variables of a map file change, so maps of an older layout are remade.
-MAP_LAYOUT = 3  # 2: t2m (time=1, y, x) + distance_to_station; 3: analysis, model, standard errors, fusion stations
+# 2: t2m (time=1, y, x) + distance_to_station; 3: analysis, model, standard errors, fusion stations;
+# 4: distance_to_station (time=1, y, x), so that a season of maps stacks (shared.io.maps.open_maps)
+MAP_LAYOUT = 4
 
 
 @dataclass
