@@ -24,7 +24,8 @@ measures that case on the demo world:
    interval of each method's difference to the analysis; the demo world's
    noise floors on these rows.
 
-``--station-preds``: step05's ``preds_test.csv`` of a run on the default
+``--fusion KEY=VALUE``: a step04 fusion setting for the analysis (e.g.
+``kriging=ordinary``). ``--station-preds``: step05's ``preds_test.csv`` of a run on the default
 ``station`` split (with the same step01 seed, its test stations are the
 same): its model and analysis on exactly these rows (those stations on those
 days), for comparison. About 3 min on 2 cores (step03 stops early).
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -131,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="step03's train.seed")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a step03 config key (repeatable)")
+    ap.add_argument("--fusion", dest="fusion", action="append", default=[], metavar="KEY=VALUE",
+                    help="a step04 fusion setting for the analysis, e.g. kriging=ordinary (repeatable)")
     ap.add_argument("--skip-train", action="store_true", help="reuse --out's checkpoint")
     ap.add_argument("--station-preds", type=Path, default=None,
                     help="step05's preds_test.csv of a station-split run, compared on the same rows")
@@ -147,10 +151,12 @@ def main(argv=None) -> int:
             f"output.outputs_dir={out / 'step03'}", f"train.seed={a.seed}", *a.sets)
     sp = json.loads((st / "splits.json").read_text())
     p = BaselineConfig(**(read_yaml(ROOT / "step05_eval_metrics/config.yaml").get("baselines", {}) or {}))
-    fus = FusionConfig(**{**(read_yaml(ROOT / "step04_infer_map/config.yaml").get("fusion", {}) or {}),
+    extra = {k: yaml.safe_load(v) for k, v in (f.split("=", 1) for f in a.fusion)}
+    fus = FusionConfig(**{**(read_yaml(ROOT / "step04_infer_map/config.yaml").get("fusion", {}) or {}), **extra,
                           "splits": ["train", "val"]})
     df, info = score(weights / "best.pt", patches, hyb, set(sp["stations"]["test"]), p, fus)
-    df.to_csv(out / "preds_new_times.csv", index=False)
+    tag = "".join(f"_{f.replace('=', '-')}" for f in a.fusion)
+    df.to_csv(out / f"preds_new_times{tag}.csv", index=False)
     print(f"\nunseen stations on unseen days: {len(df):,} rows of {df['stn_id'].nunique()} test stations on "
           f"{len(sp['days']['test'])} test days ({', '.join(sp['days']['test'])}); sources: {info['source_rows']:,} "
           f"observations of {info['source_stations']} train + validation stations at those hours")
