@@ -1,7 +1,8 @@
 """Maps of hours the model never trained on: the model and the analysis at unseen stations on unseen days.
 
     PYTHONPATH=. .venv/bin/python benchmarks/new_times.py [--out benchmarks/out/new_times] [--seed 0]
-        [--set KEY=VALUE ...] [--station-preds step05_eval_metrics/outputs/preds_test.csv]
+        [--set KEY=VALUE ...] [--fusion KEY=VALUE ...] [--skip-train]
+        [--station-preds step05_eval_metrics/outputs/preds_test.csv]
 
 step05 scores the ``station`` split: its test stations are unseen, but their
 hours are not: the train stations observed those very hours and the model
