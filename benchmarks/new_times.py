@@ -26,7 +26,7 @@ measures that case on the demo world:
    noise floors on these rows.
 
 ``--fusion KEY=VALUE``: a step04 fusion setting for the analysis (e.g.
-``kriging=ordinary``). ``--station-preds``: step05's ``preds_test.csv`` of a run on the default
+``kriging=ordinary land_sea_km=0``: two settings). ``--station-preds``: step05's ``preds_test.csv`` of a run on the default
 ``station`` split (with the same step01 seed, its test stations are the
 same): its model and analysis on exactly these rows (those stations on those
 days), for comparison. About 3 min on 2 cores (step03 stops early).

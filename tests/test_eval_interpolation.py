@@ -196,7 +196,7 @@ def test_station_analysis_adds_same_hour_residuals_and_never_uses_target_station
     fusion = {"time": t, "stn_id": s, "ta_c": truth}  # holds the test stations too: they must not be used
     tgt = np.isin(s, test_ids)
     target = {"time": t[tgt], "stn_id": s[tgt]}
-    p = FusionConfig(elevation_weight=100.0, kriging="ordinary", idw_weight=0.0)  # returns a constant field
+    p = FusionConfig(elevation_weight=100.0, kriging="ordinary", idw_weight=0.0, land_sea_km=0.0)  # returns a constant field
     se = np.full(len(s), 0.8)
     out, out_se, info = station_analysis(fusion, target, st, model, model[tgt], se[tgt], p)
     # a residual field that is constant within each hour is recovered exactly: the analysis is the truth
@@ -209,7 +209,7 @@ def test_station_analysis_adds_same_hour_residuals_and_never_uses_target_station
     np.testing.assert_array_equal(out_se, out2_se)
     assert (out_se < 0.8).all() and (out_se > 0).all()  # the fusion is surer than the model alone
     # with the station blend too: the IDW moves the analysis, never with a target station's observation
-    pb = FusionConfig(elevation_weight=100.0, kriging="ordinary", idw_weight=0.3)
+    pb = FusionConfig(elevation_weight=100.0, kriging="ordinary", idw_weight=0.3, land_sea_km=0.0)
     st_land = st.assign(land=1.0)
     outb, _, _ = station_analysis(fusion, target, st_land, model, model[tgt], se[tgt], pb)
     outb2, _, _ = station_analysis(fusion2, target, st_land, model, model[tgt], se[tgt], pb)

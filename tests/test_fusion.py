@@ -151,6 +151,24 @@ def test_elevation_weight_moves_a_mountain_target_away_from_the_valley_stations(
     assert tall.value[0] < flat.value[0]  # the ridge station counts more, the valley stations less
 
 
+def test_land_sea_km_keeps_land_residuals_off_the_sea():
+    """A land and a sea target equally far from land stations with a warm residual: with land_sea_km the sea
+    target gets less of the correction and keeps more of the model's standard error; land is unchanged."""
+    x, y = np.array([0.0, 20.0, 0.0, 20.0]), np.array([0.0, 0.0, 20.0, 20.0])
+    z = np.full(4, 2.0)
+    tx, ty, tland = np.array([10.0, 10.0]), np.array([40.0, 40.0]), np.array([1.0, 0.0])  # same place, land / sea
+    assert sites(x, y, np.zeros(4), 0.0, np.ones(4), 0.0).shape == (4, 3)  # off: the three coordinates as before
+    s4 = sites(x, y, np.zeros(4), 0.0, np.ones(4), 150.0)
+    assert s4.shape == (4, 4) and np.all(s4[:, 3] == 150.0)
+    np.testing.assert_array_equal(sites(tx, ty, np.zeros(2), 0.0, tland, 150.0)[:, 3], [150.0, 0.0])
+    off = fuse(sites(x, y, np.zeros(4), 0.0), z, sites(tx, ty, np.zeros(2), 0.0), np.zeros(2), np.ones(2), VG, CFG)
+    on = fuse(s4, z, sites(tx, ty, np.zeros(2), 0.0, tland, 150.0), np.zeros(2), np.ones(2), VG, CFG)
+    np.testing.assert_allclose(off.value[0], off.value[1])  # without it, land and sea are the same target
+    np.testing.assert_allclose(on.value[0], off.value[0])  # land: unchanged
+    np.testing.assert_allclose(on.se[0], off.se[0])
+    assert on.value[1] < 0.3 * on.value[0] and on.se[1] > on.se[0]  # sea: little of the land correction, less sure
+
+
 def test_residuals_and_variogram_pool_over_times():
     rng = np.random.default_rng(0)
     groups = []
@@ -172,8 +190,8 @@ def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
 
     rng = np.random.default_rng(1)
     static = SimpleNamespace(grid=SimpleNamespace(x=np.arange(50) * 2000.0, y=np.arange(40) * -2000.0),
-                             dem=rng.uniform(0, 800, (40, 50)))
-    n_t, n_s = 5, 30
+                             dem=rng.uniform(0, 800, (40, 50)), lsmask=np.ones((40, 50)))  # all land: land_sea_km
+    n_t, n_s = 5, 30                                                     # moves nothing
     py, px = rng.integers(0, 40, n_s), rng.integers(0, 50, n_s)
     split = (np.arange(n_s) >= 24).astype(np.int8)  # 24 train stations, 6 val
     rows = [(t, i) for t in range(n_t) for i in range(n_s)]
@@ -207,10 +225,13 @@ def test_fusion_config_is_checked():
                 dict(variogram_model="linear"), dict(kriging="universal"), dict(variogram_model="spherical"),
                 dict(idw_weight=1.5), dict(idw_weight=-0.1), dict(idw_weight="automatic"), dict(idw_variance_K2=0.0),
                 dict(idw_error_correlation=1.5), dict(idw_error_correlation=-0.2),
-                dict(idw_taper_km=0.0), dict(lapse_rate_K_per_km=20.0), dict(qc_max_z=-1.0), dict(qc_min_error_K=-1.0)):
+                dict(idw_taper_km=0.0), dict(lapse_rate_K_per_km=20.0), dict(qc_max_z=-1.0), dict(qc_min_error_K=-1.0),
+                dict(land_sea_km=-1.0), dict(land_sea_km=float("nan"))):
         with pytest.raises(ValueError):
             FusionConfig(**bad).check()
-    FusionConfig(kriging="ordinary", variogram_model="spherical").check()  # PyKrige's ordinary kriging takes it
+    FusionConfig(kriging="ordinary", variogram_model="spherical", land_sea_km=0.0).check()  # PyKrige's takes it
+    with pytest.raises(ValueError, match="land_sea_km works with kriging: simple"):
+        FusionConfig(kriging="ordinary").check()  # three coordinates at most
 
 
 def test_lapse_idw_known_values():

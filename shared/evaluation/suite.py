@@ -214,8 +214,8 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
     """
     src, tgt, src_ok = same_hour_sources(fusion, target, stations)
     elev = "dem_m" if "dem_m" in src else "elev_m"
-    s_sites = sites(src["x_km"], src["y_km"], src[elev], cfg.elevation_weight)
-    t_sites = sites(tgt["x_km"], tgt["y_km"], tgt[elev], cfg.elevation_weight)
+    s_sites = sites(src["x_km"], src["y_km"], src[elev], cfg.elevation_weight, src.get("land"), cfg.land_sea_km)
+    t_sites = sites(tgt["x_km"], tgt["y_km"], tgt[elev], cfg.elevation_weight, tgt.get("land"), cfg.land_sea_km)
     r = residual(src["ta_c"].to_numpy(), np.asarray(model_fusion_c)[src_ok])
     groups = list(per_time(src, tgt))
     # the station blend's IDW: observations made at the stations' own heights, brought to the targets' own

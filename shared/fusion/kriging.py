@@ -271,6 +271,9 @@ def krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, exact: 
     scale = scale or 1.0  # a constant field: any scale; weights summing to 1 return the constant
     kw = dict(variogram_model=vg.model, variogram_parameters=vg.params(scale), pseudo_inv=True, exact_values=exact)
     # pseudo_inv: two stations can share a location (the kriging matrix is then singular)
+    if xy.shape[1] > 3:
+        raise ValueError(f"ordinary kriging takes 2 or 3 coordinates, got {xy.shape[1]} (fusion.land_sea_km needs "
+                         "kriging: simple)")
     if xy.shape[1] == 3:
         ok_ = OrdinaryKriging3D(xy[:, 0], xy[:, 1], xy[:, 2], r, **kw)
     else:

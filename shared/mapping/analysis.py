@@ -43,9 +43,11 @@ def fusion_observations(index_dir: Path, times: pd.Series, cfg: FusionConfig) ->
 
 
 def pixel_sites(static: Static, rows: np.ndarray, cols: np.ndarray, cfg: FusionConfig) -> np.ndarray:
-    """Kriging coordinates (km) of grid pixels: projection x, y and the DEM height times the elevation weight."""
+    """Kriging coordinates (km) of grid pixels: projection x, y, the DEM height times the elevation weight (and
+    land or sea times ``land_sea_km``, :func:`shared.fusion.analysis.sites`)."""
     rows, cols = np.asarray(rows), np.asarray(cols)
-    return sites(static.grid.x[cols] / 1000.0, static.grid.y[rows] / 1000.0, static.dem[rows, cols], cfg.elevation_weight)
+    return sites(static.grid.x[cols] / 1000.0, static.grid.y[rows] / 1000.0, static.dem[rows, cols], cfg.elevation_weight,
+                 static.lsmask[rows, cols], cfg.land_sea_km)
 
 
 @dataclass
