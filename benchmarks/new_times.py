@@ -55,7 +55,7 @@ from shared.evaluation.bootstrap import format_differences, station_bootstrap  #
 from shared.evaluation.interpolation import residual_kriging, station_table  # noqa: E402
 from shared.evaluation.maps import station_truth_floor  # noqa: E402
 from shared.evaluation.rows import model_rows  # noqa: E402
-from shared.evaluation.suite import BaselineConfig, _by_surface, _feats, run_baselines, same_hour_sources, station_analysis  # noqa: E402
+from shared.evaluation.suite import BaselineConfig, _by_surface, _feats, station_analysis, station_interpolations  # noqa: E402
 from shared.fusion.analysis import FusionConfig  # noqa: E402
 from shared.io.index import read_split_csv, read_splits  # noqa: E402
 from shared.io.raw import read_static  # noqa: E402
@@ -103,8 +103,8 @@ def score(ckpt: Path, patch_dir: Path, index_dir: Path, test_stations: set[int],
     vg, note = stored_variogram(pr.fusion_residuals, static, fus)
     ana, ana_se, _ = station_analysis({k: src[k] for k in ("time", "stn_id", "ta_c")}, tgt, stations, src["model_c"],
                                  tgt["model_c"], tgt["se_c"], fus, vg, note)
-    # the station interpolators take the same hours' observations the analysis takes (their HGB is not used)
-    interp, _, _ = run_baselines(src, None, tgt, stations, p)
+    # the station interpolators take the same hours' observations the analysis takes
+    interp, _, _, (s_tab, t_tab, ok) = station_interpolations(src, tgt, stations, p)
     # HGB learns on the train rows (train stations, train days), as the model; its residuals at the sources kriged
     base = fit_baselines(rows["train"]["time"], _feats(rows["train"]), rows["train"]["ta_c"], p.hgb_max_iter,
                          p.hgb_learning_rate, p.hgb_max_leaf_nodes, p.seed, None,
@@ -112,7 +112,6 @@ def score(ckpt: Path, patch_dir: Path, index_dir: Path, test_stations: set[int],
                          hgb_min_samples_leaf=p.hgb_min_samples_leaf, hgb_l2=p.hgb_l2)
     hgb_t = base.predict(tgt["time"], _feats(tgt))["hgb"]
     hgb_s = base.predict(src["time"], _feats(src))["hgb"]
-    s_tab, t_tab, ok = same_hour_sources(src, tgt, stations)
     kr, _ = _by_surface(lambda s, t, r: residual_kriging(s, r, t, p.variogram_model), s_tab, t_tab,
                         (src["ta_c"] - hgb_s)[ok])
     df = pd.DataFrame({"time_utc": pd.to_datetime(tgt["time"]), "stn_id": tgt["stn_id"], "obs_c": tgt["ta_c"],

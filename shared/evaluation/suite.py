@@ -122,6 +122,27 @@ def _by_surface(fn, src: pd.DataFrame, tgt: pd.DataFrame, *src_arrays, merged: i
     return (*outs, *rest)
 
 
+def station_interpolations(sources: dict, target: dict, stations: pd.DataFrame, p: BaselineConfig,
+                           clock: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, dict, tuple]:
+    """The station interpolators at the target rows from the same-hour observations of ``sources`` (a row dict
+    with ``ta_c``; a target station is never a source), each surface from its own stations: ``{"idw",
+    "regression_kriging"} -> (M,)`` deg C, the IDW neighbours' ``stn_id (M, k)``, regression kriging's info and
+    :func:`same_hour_sources`' ``(src, tgt, src_ok)``. ``clock`` gets ``idw_s`` and ``regression_kriging_s``."""
+    clock = {} if clock is None else clock
+    t0 = _time.perf_counter()
+    src, tgt, src_ok = same_hour_sources(sources, target, stations)
+    # each surface from its own stations: a buoy's marine air is not the coast's, nor a coastal station's the sea's
+    preds = {}
+    preds["idw"], nbr, _ = _by_surface(lambda s, t: idw(s, t, p.idw_neighbours, p.idw_power, p.lapse_rate_K_per_km),
+                                       src, tgt, merged=3)
+    clock["idw_s"] = _time.perf_counter() - t0
+    t0 = _time.perf_counter()
+    preds["regression_kriging"], rk_info = _by_surface(
+        lambda s, t: regression_kriging(s, t, tuple(p.rk_trend), p.variogram_model), src, tgt)
+    clock["regression_kriging_s"] = _time.perf_counter() - t0
+    return preds, nbr, rk_info, (src, tgt, src_ok)
+
+
 def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.DataFrame, p: BaselineConfig,
                   threads: int | None = None) -> tuple[dict[str, np.ndarray], dict, np.ndarray]:
     """Predictions (deg C) of every baseline at the target rows.
@@ -142,17 +163,8 @@ def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.Data
     preds = base.predict(target["time"], f_tg)
     clock["feature_baselines_s"] = _time.perf_counter() - t0
 
-    t0 = _time.perf_counter()
-    src, tgt, src_ok = same_hour_sources(train, target, stations)
-    # each surface from its own stations: a buoy's marine air is not the coast's, nor a coastal station's the sea's
-    preds["idw"], nbr, _ = _by_surface(lambda s, t: idw(s, t, p.idw_neighbours, p.idw_power, p.lapse_rate_K_per_km),
-                                       src, tgt, merged=3)
-    clock["idw_s"] = _time.perf_counter() - t0
-
-    t0 = _time.perf_counter()
-    preds["regression_kriging"], rk_info = _by_surface(
-        lambda s, t: regression_kriging(s, t, tuple(p.rk_trend), p.variogram_model), src, tgt)
-    clock["regression_kriging_s"] = _time.perf_counter() - t0
+    interp, nbr, rk_info, (src, tgt, src_ok) = station_interpolations(train, target, stations, p, clock)
+    preds.update(interp)
 
     t0 = _time.perf_counter()
     n_iter = int(base.info["hgb_iterations"])
