@@ -70,7 +70,8 @@ def main(argv=None) -> int:
         o = obs[obs["time_utc"] == t]
         # step04's sources: the stations where the model has a value (the map's model at their pixels stands in
         # for step04's at their own heights: only which ones are finite matters here)
-        src = time_sources(o, f.t2m_model[o["pixel_y"].to_numpy() - r0, o["pixel_x"].to_numpy() - c0], static, cfg)
+        oy, ox = o["pixel_y"].to_numpy() - r0, o["pixel_x"].to_numpy() - c0
+        src = time_sources(o, f.t2m_model[oy, ox], static, cfg, f.layers["t2m_model_standard_error"][oy, ox])
         u = src.used()
         rr, cc = (g.ravel() for g in np.mgrid[r0:r0 + ny, c0:c0 + nx])
         # the kriged standard error (what auto weighs by): the kriging variance depends on the sites only

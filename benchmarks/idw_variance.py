@@ -99,7 +99,8 @@ def main(argv=None) -> int:
               f"mse = {fit[0]:.3f} + {fit[1]:.4f} x km")
         for j, v in enumerate(cands):
             cfg = replace(base, idw_variance_K2=v)
-            ana, se, _ = station_analysis(src, va, stations, tr["model_c"], va["model_c"], va["se_c"], cfg, vg, note)
+            ana, se, _ = station_analysis(src, va, stations, tr["model_c"], va["model_c"], va["se_c"], cfg, vg, note,
+                                          tr["se_c"])
             obs = va["ta_c"]
             scores[i, j] = (np.sqrt(np.mean((ana - obs) ** 2)), coverage(ana, se, obs, 0.9, pr.interval_multipliers),
                             coverage(ana, se, obs, 0.5, pr.interval_multipliers), crps_gaussian(ana, se, obs).mean())

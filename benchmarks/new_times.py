@@ -102,7 +102,7 @@ def score(ckpt: Path, patch_dir: Path, index_dir: Path, test_stations: set[int],
     tgt, src = take(is_t), take(~is_t)
     vg, note = stored_variogram(pr.fusion_residuals, static, fus)
     ana, ana_se, _ = station_analysis({k: src[k] for k in ("time", "stn_id", "ta_c")}, tgt, stations, src["model_c"],
-                                 tgt["model_c"], tgt["se_c"], fus, vg, note)
+                                 tgt["model_c"], tgt["se_c"], fus, vg, note, src["se_c"])
     # the station interpolators take the same hours' observations the analysis takes
     interp, _, _, (s_tab, t_tab, ok) = station_interpolations(src, tgt, stations, p)
     # HGB learns on the train rows (train stations, train days), as the model; its residuals at the sources kriged

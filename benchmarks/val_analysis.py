@@ -55,7 +55,7 @@ def score(ckpt: Path, patch_dir: Path, stations: pd.DataFrame, static, cfg: Fusi
     tr, va = rows["train"], rows["val"]
     vg, note = stored_variogram(pr.fusion_residuals, static, cfg)
     src = {k: tr[k] for k in ("time", "stn_id", "ta_c")}
-    ana, _, _ = station_analysis(src, va, stations, tr["model_c"], va["model_c"], va["se_c"], cfg, vg, note)
+    ana, _, _ = station_analysis(src, va, stations, tr["model_c"], va["model_c"], va["se_c"], cfg, vg, note, tr["se_c"])
     res = {k: regression_metrics(pred, obs, pr.target_std)["rmse_K"] for k, pred, obs in
            (("train", tr["model_c"], tr["ta_c"]), ("val_model", va["model_c"], va["ta_c"]), ("val_analysis", ana, va["ta_c"]))}
     table = pd.DataFrame({"time_utc": va["time"], "stn_id": va["stn_id"], "obs_c": va["ta_c"],

@@ -169,6 +169,52 @@ def test_land_sea_km_keeps_land_residuals_off_the_sea():
     assert on.value[1] < 0.3 * on.value[0] and on.se[1] > on.se[0]  # sea: little of the land correction, less sure
 
 
+def test_hour_excess_widens_the_standard_error_where_the_kriging_does_not_remove_a_common_error():
+    """An hour whose residuals are twice the model's standard error (mean z^2 = 4, excess 3): far from every station
+    the analysis's standard error is the model's times sqrt(1 + 3), at a station almost unchanged, in between
+    se^2 = se_model^2 (v + 3 (1 - sum of the kriging weights)^2); an hour within its standard error, or ordinary
+    kriging (weights summing to 1), or the option off: exactly as without it."""
+    from dataclasses import replace
+
+    from shared.fusion.analysis import hour_excess
+    from shared.fusion.kriging import simple_krige
+
+    src = ring()
+    r = np.where(np.arange(12) % 2 == 0, 2.0, -2.0)  # |r| = 2 se: mean z^2 = 4
+    tgt = sites(np.array([60.0, 0.0, 5000.0]), np.zeros(3), np.zeros(3), 0.0)  # on a station, inside, far away
+    model, se_m, ones = np.zeros(3), np.array([1.0, 1.5, 2.0]), np.ones(12)
+    cfg = FusionConfig(idw_weight=0.0)
+    off, on = fuse(src, r, tgt, model, se_m, VG, cfg), fuse(src, r, tgt, model, se_m, VG, cfg, src_se=ones)
+    assert off.excess == 0.0 and on.excess == pytest.approx(3.0) and hour_excess(r, ones) == pytest.approx(3.0)
+    np.testing.assert_array_equal(on.value, off.value)  # values untouched (no blend here)
+    _, v, wsum = simple_krige(src, r, tgt, VG, weights_sum=True)
+    np.testing.assert_allclose(on.se, se_m * np.sqrt(v + 3.0 * (1.0 - wsum) ** 2))
+    assert on.se[2] == pytest.approx(2.0 * se_m[2], rel=1e-3)  # far: the model's widened by sqrt(1 + 3)
+    assert on.se[0] < 1.05 * off.se[0] and on.se[1] > 1.05 * off.se[1]  # at a station little, inside more
+    calm = fuse(src, r / 4, tgt, model, se_m, VG, cfg, src_se=ones)  # mean z^2 = 0.25: no excess, never narrower
+    np.testing.assert_array_equal(calm.se, fuse(src, r / 4, tgt, model, se_m, VG, cfg).se)
+    np.testing.assert_array_equal(fuse(src, r, tgt, model, se_m, VG, replace(cfg, hour_excess=False), src_se=ones).se, off.se)
+    ordi = FusionConfig(kriging="ordinary", land_sea_km=0.0, idw_weight=0.0)
+    np.testing.assert_array_equal(fuse(src, r, tgt, model, se_m, VG, ordi, src_se=ones).se,
+                                  fuse(src, r, tgt, model, se_m, VG, ordi).se)
+    assert hour_excess(np.array([2.0, np.nan, 1.0]), np.array([1.0, 1.0, np.nan])) == pytest.approx(3.0)  # finite only
+    assert hour_excess(r, None) == 0.0
+
+
+def test_simple_kriging_weights_sum_is_the_estimate_of_a_field_of_ones():
+    from shared.fusion.kriging import simple_krige
+
+    src, rng = ring(), np.random.default_rng(3)
+    r = rng.normal(size=12)
+    tgt = sites(np.array([60.0, 0.0, 30.0, 5000.0]), np.array([0.0, 0.0, 10.0, 0.0]), np.zeros(4), 0.0)
+    est, var = simple_krige(src, r, tgt, VG)
+    est2, var2, wsum = simple_krige(src, r, tgt, VG, weights_sum=True)
+    np.testing.assert_allclose(est2, est, atol=1e-12)
+    np.testing.assert_allclose(var2, var, atol=1e-12)
+    np.testing.assert_allclose(wsum, simple_krige(src, np.ones(12), tgt, VG)[0], atol=1e-12)
+    assert 0.7 < wsum[0] < 1.0 and wsum[3] < 1e-6  # on a station most of a common error is removed, far away none
+
+
 def test_residuals_and_variogram_pool_over_times():
     rng = np.random.default_rng(0)
     groups = []

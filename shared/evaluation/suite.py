@@ -215,7 +215,8 @@ def nearest_source_km(fusion: dict, target: dict, stations: pd.DataFrame) -> np.
 
 def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_fusion_c: np.ndarray,
                      model_target_c: np.ndarray, se_target_c: np.ndarray,
-                     cfg: FusionConfig, vg: Variogram | None = None, vg_note: str = "") -> tuple[np.ndarray, np.ndarray, dict]:
+                     cfg: FusionConfig, vg: Variogram | None = None, vg_note: str = "",
+                     se_fusion_c: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """The analysis at the target rows (deg C) and its standard error: what step04's fused map gives there.
 
     ``fusion``: rows of the fusion stations (``time, stn_id, ta_c``); the model's predictions and standard
@@ -223,12 +224,15 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
     residuals kriged, one variogram pooled over the times); a target station is never a source; a time
     with fewer than ``min_stations`` sources keeps the model and its standard error. ``vg``: the variogram to use
     (step04's, from the checkpoint: :func:`shared.mapping.analysis.stored_variogram`); None: fitted to these times.
+    ``se_fusion_c``: the model's standard errors at the fusion rows, for the hour's excess (``cfg.hour_excess``,
+    :func:`shared.fusion.analysis.fuse`); None: not used.
     """
     src, tgt, src_ok = same_hour_sources(fusion, target, stations)
     elev = "dem_m" if "dem_m" in src else "elev_m"
     s_sites = sites(src["x_km"], src["y_km"], src[elev], cfg.elevation_weight, src.get("land"), cfg.land_sea_km)
     t_sites = sites(tgt["x_km"], tgt["y_km"], tgt[elev], cfg.elevation_weight, tgt.get("land"), cfg.land_sea_km)
     r = residual(src["ta_c"].to_numpy(), np.asarray(model_fusion_c)[src_ok])
+    s_se = None if se_fusion_c is None else np.asarray(se_fusion_c, np.float64)[src_ok]
     groups = list(per_time(src, tgt))
     # the station blend's IDW: observations made at the stations' own heights, brought to the targets' own
     # (a station of unknown height: its pixel's, as the model and the kriging take it)
@@ -243,19 +247,22 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
         vg, vg_note = fit_variogram([(s_sites[si], r[si]) for si, _ in groups], cfg), "fitted to the scored times"
     out = np.asarray(model_target_c, dtype=np.float64).copy()
     se = np.asarray(se_target_c, dtype=np.float64).copy()
-    n_fused, scales, rejected = 0, [], []
+    n_fused, scales, rejected, excess = 0, [], [], []
     for si, ti in groups:
         f = fuse(s_sites[si], r[si], t_sites[ti], out[ti], se[ti], vg, cfg,
                  StationValues(s_obs[si], s_elev[si], t_elev[ti], None if t_land is None else t_land[ti],
-                               None if s_land is None else s_land[si]))
+                               None if s_land is None else s_land[si]), None if s_se is None else s_se[si])
         out[ti], se[ti] = f.value, f.se
         rejected += [(str(src["time_utc"].iloc[k]), int(src["stn_id"].iloc[k])) for k in si[f.rejected]]
         if f.fused:
             n_fused += 1
             scales.append(f.resid_var)
+            excess.append(f.excess)
     info = {"method": f"model + {cfg.kriging}-kriged residuals (obs - model, K) of the same hour"
                       + cfg.blend_text()
-                      + "; standard error se_model x sqrt(kriging variance of a unit-sill field)"
+                      + "; standard error se_model x sqrt(kriging variance of a unit-sill field"
+                      + (" + the hour's excess x (1 - sum of the kriging weights)^2)"
+                         if cfg.hour_excess and s_se is not None and cfg.kriging == "simple" else ")")
                       + (", mixed with the IDW's as the values are (fusion.idw_variance_K2, idw_error_correlation)"
                          if cfg.blend else ""),
             "sources": f"same-hour observations of the fusion stations ({'+'.join(cfg.splits)}), never a target station",
@@ -264,6 +271,11 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
             "variogram": vg.info(), "variogram_source": vg_note, "times": len(groups), "times_fused": n_fused,
             "times_model_only": len(groups) - n_fused,
             "mean_variance_of_residuals_K2": float(np.mean(scales)) if scales else None,
+            "hour_excess": ({"rule": "mean (residual / se_model)^2 at the fusion stations minus 1, at least 0: an error "
+                                     "common to the hour, added where the kriging does not remove it",
+                             "times_above_0": int(np.sum(np.asarray(excess) > 0)), "mean": float(np.mean(excess)),
+                             "max": float(np.max(excess))}
+                            if cfg.hour_excess and s_se is not None and excess else None),
             "qc_rejected": {"n": len(rejected), "first": [{"time_utc": t, "stn_id": k} for t, k in rejected[:20]],
                             "rule": "leave-one-out kriging error above fusion.qc_max_z robust standard deviations "
                                     "and fusion.qc_min_error_K (shared.fusion.kriging.buddy_check)"},

@@ -216,7 +216,7 @@ def buddy_check(xy: np.ndarray, r: np.ndarray, vg: Variogram, max_z: float, min_
 
 
 def simple_krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, scale: float = 1.0,
-                 chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 chunk: int | None = None, weights_sum: bool = False) -> tuple[np.ndarray, ...]:
     """Simple kriging (known mean 0) of residuals ``r`` at sites ``xy (n, d)`` (km) at targets ``txy (m, d)``:
     the estimate and its variance; scikit-learn's ``GaussianProcessRegressor`` with the variogram's covariance,
     fixed (no fitting).
@@ -227,6 +227,9 @@ def simple_krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, 
     sites and at the targets: the estimate is smoothed and its variance includes the nugget, as :func:`krige`
     with ``exact=False``. Far from every site the estimate tends to 0 and the variance to ``scale`` (the sill).
     Fewer than 1 finite residual: 0 and ``scale``. Targets are solved :func:`target_chunk` at a time.
+
+    ``weights_sum``: also return each target's sum of the kriging weights (the estimate of a field of ones: near
+    a site about 1, far from every site 0), the share of an error common to every site that the estimate removes.
     """
     from sklearn.gaussian_process import GaussianProcessRegressor
 
@@ -236,14 +239,17 @@ def simple_krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, 
     xy, r = xy[ok], np.asarray(r, np.float64)[ok]
     m = len(txy)
     if len(r) == 0:
-        return np.zeros(m), np.full(m, float(scale))
-    gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=False).fit(xy, r)
-    est, var = np.empty(m), np.empty(m)
+        return (np.zeros(m), np.full(m, float(scale))) + ((np.zeros(m),) if weights_sum else ())
+    y = np.stack([r, np.ones_like(r)], axis=1) if weights_sum else r  # one solve for both: the weights are shared
+    gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=False).fit(xy, y)
+    est, var, wsum = np.empty(m), np.empty(m), np.empty(m)
     chunk = target_chunk(len(r), chunk)
     for a in range(0, m, chunk):
         mu, sd = gp.predict(txy[a:a + chunk], return_std=True)
+        if weights_sum:
+            mu, sd, wsum[a:a + chunk] = mu[:, 0], (sd[:, 0] if sd.ndim == 2 else sd), mu[:, 1]
         est[a:a + chunk], var[a:a + chunk] = mu, sd ** 2
-    return est, var
+    return (est, var, wsum) if weights_sum else (est, var)
 
 
 def krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, exact: bool = True,

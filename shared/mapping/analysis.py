@@ -62,6 +62,7 @@ class TimeSources:
     model_K: np.ndarray
     resid: np.ndarray
     elev_m: np.ndarray  # the stations' own heights (the station blend's IDW)
+    model_se_K: np.ndarray | None = None  # the model's standard error there (the hour's excess, fusion.hour_excess)
 
     def used(self) -> np.ndarray:
         return np.isfinite(self.resid)
@@ -74,13 +75,16 @@ class TimeSources:
 
 
 def time_sources(obs_t: pd.DataFrame, model_K: np.ndarray, static: Static,
-                 cfg: FusionConfig) -> TimeSources:
+                 cfg: FusionConfig, model_se_K: np.ndarray | None = None) -> TimeSources:
+    """One time's :class:`TimeSources` from its observations and the model at the stations (K; its standard
+    error, K, for the hour's excess)."""
     py, px = obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy()
     obs_K = obs_t["ta_c"].to_numpy(np.float64) + KELVIN
     # the station's own height for the blend's IDW; unknown: its pixel's (as the model and the kriging take it)
     elev, dem = obs_t["elev_m"].to_numpy(np.float64), static.dem[py, px].astype(np.float64)
     return TimeSources(obs_t["stn_id"].to_numpy(np.int64), py, px, pixel_sites(static, py, px, cfg), obs_K,
-                       model_K.astype(np.float64), residual(obs_K, model_K), np.where(np.isfinite(elev), elev, dem))
+                       model_K.astype(np.float64), residual(obs_K, model_K), np.where(np.isfinite(elev), elev, dem),
+                       None if model_se_K is None else np.asarray(model_se_K, np.float64))
 
 
 def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:
@@ -134,7 +138,8 @@ def fuse_map(model_K: np.ndarray, model_se_K: np.ndarray, static: Static, offset
     u = src.used()
     f = fuse(src.sites[u], src.resid[u], tgt, model_K[good], model_se_K[good], vg, cfg,
              StationValues(src.obs_K[u], src.elev_m[u], static.dem[rr + offset[0], cc + offset[1]],
-                           static.lsmask[rr + offset[0], cc + offset[1]], static.lsmask[src.pixel_y[u], src.pixel_x[u]]))
+                           static.lsmask[rr + offset[0], cc + offset[1]], static.lsmask[src.pixel_y[u], src.pixel_x[u]]),
+             None if src.model_se_K is None else src.model_se_K[u])
     value, se = np.full((ny, nx), np.nan, np.float32), np.full((ny, nx), np.nan, np.float32)
     value[good], se[good] = f.value, f.se
     return replace(f, value=value, se=se, rejected=np.flatnonzero(u)[f.rejected])

@@ -263,10 +263,10 @@ def run(cfg: Config, ctx: Context) -> Result:
                 continue
             frame = read_frame(resolve_path(r.path_bt), resolve_path(r.path_rf), resolve_path(r.path_sza), static.grid)
             # at each station's own height: the residual is what the station saw beyond the model there
-            m, _ = predict_pixels(predictor, frame, static, t, obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy(), site,
+            m, m_se = predict_pixels(predictor, frame, static, t, obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy(), site,
                                   height_m=obs_t["elev_m"].to_numpy())
             del frame
-            sources[t] = time_sources(obs_t, m, static, cfg.fusion)
+            sources[t] = time_sources(obs_t, m, static, cfg.fusion, m_se)
         if sources:
             vg, vg_note = stored_variogram(predictor.fusion_residuals, static, cfg.fusion)
             if vg is None:
@@ -359,6 +359,7 @@ def run(cfg: Config, ctx: Context) -> Result:
                      n_pixels_missing_input=res.n_missing, n_pixels_predicted=res.n_windows,
                      n_input_pixels_out_of_physical_range=n_implausible, fusion_settings=fusion_key, analysis=how,
                      fusion_n_stations=0 if ids is None else len(ids),
+                     fusion_hour_excess=0.0 if ids is None else round(float(fused.excess), 4),
                      fusion_variogram="" if vg is None else json.dumps(vg.info(), sort_keys=True),
                      fusion_variogram_source="" if vg is None else vg_note,
                      fusion_rejected_stations=" ".join(map(str, rejected)))

@@ -306,11 +306,12 @@ def run(cfg: Config, ctx: Context) -> Result:
     by_split = {"train": train, "val": val}
     src_rows = [by_split[s] for s in cfg.fusion.splits if s != cfg.split and by_split.get(s) is not None]
     if cfg.fusion.enabled and src_rows:
-        fusion = {k: np.concatenate([r[k] for r in src_rows]) for k in ("time", "stn_id", "ta_c", "pred_z")}
+        fusion = {k: np.concatenate([r[k] for r in src_rows]) for k in ("time", "stn_id", "ta_c", "pred_z", "pred_sd_z")}
         vg, vg_note = stored_variogram(predictor.fusion_residuals, static, cfg.fusion)  # step04's variogram
         analysis_c, analysis_se_c, analysis_info = station_analysis(
             fusion, test, stations, predictor.to_celsius(fusion["pred_z"]).astype(np.float64),
-            df["prediction_c"].to_numpy(), model_se_c, cfg.fusion, vg, vg_note)
+            df["prediction_c"].to_numpy(), model_se_c, cfg.fusion, vg, vg_note,
+            fusion["pred_sd_z"].astype(np.float64) * ta_std)
         fusion_km = nearest_source_km(fusion, test, stations)
         note = unfused_warning(analysis_info, cfg.split, cfg.fusion, splits.get("mode"))
         if note:
