@@ -170,17 +170,17 @@ def test_land_sea_km_keeps_land_residuals_off_the_sea():
 
 
 def test_hour_excess_widens_the_standard_error_where_the_kriging_does_not_remove_a_common_error():
-    """An hour whose residuals are twice the model's standard error (mean z^2 = 4, excess 3): far from every station
-    the analysis's standard error is the model's times sqrt(1 + 3), at a station almost unchanged, in between
-    se^2 = se_model^2 (v + 3 (1 - sum of the kriging weights)^2); an hour within its standard error, or ordinary
-    kriging (weights summing to 1), or the option off: exactly as without it."""
+    """An hour whose residuals are twice what a calibrated model gives (median z^2 = 4 x a normal's 0.455: excess 3):
+    far from every station the analysis's standard error is the model's times sqrt(1 + 3), at a station almost
+    unchanged, in between se^2 = se_model^2 (v + 3 (1 - sum of the kriging weights)^2); an hour within its
+    standard error, or ordinary kriging (weights summing to 1), or the option off: exactly as without it."""
     from dataclasses import replace
 
-    from shared.fusion.analysis import hour_excess
+    from shared.fusion.analysis import CHI2_1_MEDIAN, hour_excess
     from shared.fusion.kriging import simple_krige
 
     src = ring()
-    r = np.where(np.arange(12) % 2 == 0, 2.0, -2.0)  # |r| = 2 se: mean z^2 = 4
+    r = np.where(np.arange(12) % 2 == 0, 2.0, -2.0) * np.sqrt(CHI2_1_MEDIAN)  # |z| twice a normal's median |z|
     tgt = sites(np.array([60.0, 0.0, 5000.0]), np.zeros(3), np.zeros(3), 0.0)  # on a station, inside, far away
     model, se_m, ones = np.zeros(3), np.array([1.0, 1.5, 2.0]), np.ones(12)
     cfg = FusionConfig(idw_weight=0.0)
@@ -191,14 +191,18 @@ def test_hour_excess_widens_the_standard_error_where_the_kriging_does_not_remove
     np.testing.assert_allclose(on.se, se_m * np.sqrt(v + 3.0 * (1.0 - wsum) ** 2))
     assert on.se[2] == pytest.approx(2.0 * se_m[2], rel=1e-3)  # far: the model's widened by sqrt(1 + 3)
     assert on.se[0] < 1.05 * off.se[0] and on.se[1] > 1.05 * off.se[1]  # at a station little, inside more
-    calm = fuse(src, r / 4, tgt, model, se_m, VG, cfg, src_se=ones)  # mean z^2 = 0.25: no excess, never narrower
+    calm = fuse(src, r / 4, tgt, model, se_m, VG, cfg, src_se=ones)  # below a normal's: no excess, never narrower
     np.testing.assert_array_equal(calm.se, fuse(src, r / 4, tgt, model, se_m, VG, cfg).se)
     np.testing.assert_array_equal(fuse(src, r, tgt, model, se_m, VG, replace(cfg, hour_excess=False), src_se=ones).se, off.se)
     ordi = FusionConfig(kriging="ordinary", land_sea_km=0.0, idw_weight=0.0)
     np.testing.assert_array_equal(fuse(src, r, tgt, model, se_m, VG, ordi, src_se=ones).se,
                                   fuse(src, r, tgt, model, se_m, VG, ordi).se)
-    assert hour_excess(np.array([2.0, np.nan, 1.0]), np.array([1.0, 1.0, np.nan])) == pytest.approx(3.0)  # finite only
+    z = np.array([2.0, np.nan, 1.0, 3.0])
+    assert hour_excess(z, np.array([1.0, 1.0, np.nan, 1.0])) == pytest.approx(6.5 / CHI2_1_MEDIAN - 1)  # finite only
     assert hour_excess(r, None) == 0.0
+    calm_z = np.random.default_rng(5).normal(0.0, 1.5, 76)  # an hour 1.5 times its standard error: excess ~1.25
+    wild = np.append(calm_z[:-1], 8.0)  # one station 8 standard errors off: the hour is not widened for it
+    assert 0.5 < hour_excess(wild, np.ones(76)) == pytest.approx(hour_excess(np.append(calm_z[:-1], 2.0), np.ones(76)))
 
 
 def test_simple_kriging_weights_sum_is_the_estimate_of_a_field_of_ones():

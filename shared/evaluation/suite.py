@@ -271,7 +271,7 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
             "variogram": vg.info(), "variogram_source": vg_note, "times": len(groups), "times_fused": n_fused,
             "times_model_only": len(groups) - n_fused,
             "mean_variance_of_residuals_K2": float(np.mean(scales)) if scales else None,
-            "hour_excess": ({"rule": "mean (residual / se_model)^2 at the fusion stations minus 1, at least 0: an error "
+            "hour_excess": ({"rule": "median (residual / se_model)^2 at the fusion stations / 0.455 - 1, at least 0: an error "
                                      "common to the hour, added where the kriging does not remove it",
                              "times_above_0": int(np.sum(np.asarray(excess) > 0)), "mean": float(np.mean(excess)),
                              "max": float(np.max(excess))}
