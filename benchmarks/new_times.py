@@ -54,7 +54,7 @@ from shared.evaluation.baselines import fit_baselines  # noqa: E402
 from shared.evaluation.bootstrap import format_differences, station_bootstrap  # noqa: E402
 from shared.evaluation.interpolation import residual_kriging, station_table  # noqa: E402
 from shared.evaluation.maps import station_truth_floor  # noqa: E402
-from shared.evaluation.rows import model_rows  # noqa: E402
+from shared.evaluation.rows import model_rows, take_rows  # noqa: E402
 from shared.evaluation.suite import BaselineConfig, _by_surface, _feats, station_analysis, station_interpolations  # noqa: E402
 from shared.fusion.analysis import FusionConfig  # noqa: E402
 from shared.io.index import read_split_csv, read_splits  # noqa: E402
@@ -74,6 +74,10 @@ def hybrid_index(st_dir: Path, time_dir: Path, dst: Path) -> None:
     shutil.copytree(st_dir, dst)
     for f in ("index_test.csv", "index.csv"):
         shutil.copyfile(time_dir / f, dst / f)
+    # the station_time set's fusion rows (train/val stations at held-out hours) are in this test split already
+    fus = dst / "index_fusion.csv"
+    if fus.is_file():
+        pd.read_csv(fus, nrows=0).to_csv(fus, index=False)
     sp = json.loads((dst / "splits.json").read_text())
     if sp["days"] != json.loads((time_dir / "splits.json").read_text())["days"]:
         raise SystemExit("the station_time and time splits hold different days: same split.seed needed")
@@ -96,10 +100,7 @@ def score(ckpt: Path, patch_dir: Path, index_dir: Path, test_stations: set[int],
     te = rows["test"]
     is_t = np.isin(te["stn_id"], sorted(test_stations))
 
-    def take(mask):
-        return {k: (v[mask] if isinstance(v, np.ndarray) and len(v) == len(mask) else v) for k, v in te.items()}
-
-    tgt, src = take(is_t), take(~is_t)
+    tgt, src = take_rows(te, is_t), take_rows(te, ~is_t)
     vg, note = stored_variogram(pr.fusion_residuals, static, fus)
     ana, ana_se, _ = station_analysis({k: src[k] for k in ("time", "stn_id", "ta_c")}, tgt, stations, src["model_c"],
                                  tgt["model_c"], tgt["se_c"], fus, vg, note, src["se_c"])

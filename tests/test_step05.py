@@ -499,11 +499,69 @@ def test_an_analysis_that_fuses_too_few_times_says_so_and_why():
     test day: their rows of those days are dropped) and said nothing; it now warns, naming the cause."""
     from shared.stages.step05_eval import unfused_warning
 
-    fus = FusionConfig()
+    fus = FusionConfig(splits=["train", "val"])
     assert unfused_warning({"times": 40, "times_model_only": 20}, "test", fus, "station") is None
     msg = unfused_warning({"times": 40, "times_model_only": 40}, "test", fus, "station_time")
     assert msg.startswith("warning: the analysis is the model alone at 40 of the test split's 40 time(s): fewer "
                           "than fusion.min_stations (3) train+val stations observed them")
-    assert "station_time drops the train and validation stations' rows of the test days" in msg
+    assert "step01's fusion rows; add fusion to fusion.splits to fuse them" in msg
+    assert "rerun step01 and step02" in unfused_warning({"times": 40, "times_model_only": 40}, "test", FusionConfig(),
+                                                        "station_time")
     assert "station_time" not in unfused_warning({"times": 40, "times_model_only": 21}, "test", fus, "station")
     assert unfused_warning({"times": 0, "times_model_only": 0}, "test", fus, "station_time") is None
+
+
+def test_station_time_fusion_rows_make_the_analysis_of_held_out_hours(tiny_world, tmp_path, capsys):
+    """split.mode station_time: the train and validation stations' rows of the held-out days are step01's fusion
+    rows (index_fusion.csv: never a test station, never a train day), step02 cuts them into fusion chunks, and
+    step05 fuses them into the analysis of the test hours (which the model never saw) and gives them to the
+    station interpolators; without fusion in fusion.splits the analysis is the model and step05 says why. An
+    index whose fusion rows hold a test station is refused."""
+    from conftest import step01_args
+    from test_step01_02 import _with_more_days
+
+    from shared.core.errors import UserError
+    from shared.io.index import read_index
+    from shared.io.patches import patch_rows, read_stats
+
+    raw = _with_more_days(tiny_world, tmp_path)  # 10 days: 6 train, 2 val, 2 test
+    idx, patches = tmp_path / "s01", tmp_path / "s02"
+    assert run_step("step01_make_index", *step01_args(raw, idx, "--set", "split.mode=station_time")) == 0
+    sp = json.loads((idx / "splits.json").read_text())
+    fus = pd.read_csv(idx / "index_fusion.csv")
+    st, days = sp["stations"], sp["days"]
+    assert len(fus) > 0 and sp["counts"]["fusion"] == len(fus) == int((pd.read_csv(idx / "index.csv")["split"] == "fusion").sum())
+    assert set(fus["stn_id"]) <= set(st["train"]) | set(st["val"]) and not set(fus["stn_id"]) & set(st["test"])
+    fday = fus["sat_time_utc"].str[:10]
+    assert set(fday) <= set(days["val"]) | set(days["test"]) and not set(fday) & set(days["train"])
+    group = {s: k for k, v in st.items() for s in v}
+    day_group = {d: k for k, v in days.items() for d in v}
+    assert all(group[s] != day_group[d] for s, d in zip(fus["stn_id"], fday))  # never a row the model learns from
+    test_hours = set(pd.read_csv(idx / "index_test.csv")["sat_time_utc"])
+    assert set(fus["sat_time_utc"]) & test_hours  # the test hours have observations to fuse
+
+    assert run_step("step02_make_patches", "--set", f"index_dir={idx}", "--set", f"output_dir={patches}",
+                    "--set", "patch_chunk_rows=64", "--set", "split_workers=1") == 0
+    assert 0 < patch_rows(patches)["fusion"] <= len(fus) and sorted((patches / "patch_pt").glob("fusion_chunk_*.pt"))
+    ckpt = save_checkpoint(tmp_path / "weights" / "best.pt", dict(read_stats(patches), patch_size=9))
+    base = ["--set", f"checkpoint={ckpt}", "--set", f"patch_dir={patches}", "--set", f"index_dir={idx}",
+            "--set", "compare_maps=false", "--set", "num_threads=1", "--set", "baselines.hgb_max_iter=30"]
+    capsys.readouterr()
+    assert run_step(STEP, *base, "--set", f"output_dir={tmp_path / 'e'}") == 0
+    assert "the analysis is the model alone" not in capsys.readouterr().err
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    p = pd.read_csv(tmp_path / "e" / "preds_test.csv")
+    assert m["analysis_info"]["times_model_only"] == 0 and (p["analysis_c"] - p["prediction_c"]).abs().max() > 0
+    assert p["idw_c"].notna().all() and set(p["time_utc"]) <= {t[:16] for t in test_hours}
+    nbr = {int(s) for v in p["idw_neighbours"] for s in str(v).split(";")}
+    assert nbr <= set(st["train"])  # the interpolators: train stations at the test hours (their fusion rows)
+    assert run_step(STEP, *base, "--set", f"output_dir={tmp_path / 'f'}", "--set", "fusion.splits=[train, val]") == 0
+    assert "add fusion to fusion.splits" in capsys.readouterr().err
+    pf = pd.read_csv(tmp_path / "f" / "preds_test.csv")
+    np.testing.assert_allclose(pf["analysis_c"], pf["prediction_c"])  # nothing of the test hours to fuse
+
+    leak = fus.copy()
+    leak.loc[leak.index[0], "stn_id"] = st["test"][0]
+    leak.to_csv(idx / "index_fusion.csv", index=False)
+    with pytest.raises(UserError, match="index_fusion.csv: 1 station"):
+        read_index(idx)

@@ -81,8 +81,8 @@ def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid,
         if leak:
             raise UserError(f"{p}: its analysis used the observations of {len(leak)} station(s) that step05 scores "
                             f"(e.g. {leak[0]}): the scores would be the observations scoring themselves; rerun step04 "
-                            f"with fusion.splits without that split (the default [train, val] when step05 scores test; "
-                            f"[train] when it scores val)")
+                            f"with fusion.splits without that split (the default [train, val, fusion] when step05 scores "
+                            f"test; [train, fusion] when it scores val)")
         py, px = df["pixel_y"].to_numpy() - r0, df["pixel_x"].to_numpy() - c0
         sel = (df["time_utc"] == t).to_numpy() & f.grid.inside(py, px)
         at = (py[sel], px[sel])

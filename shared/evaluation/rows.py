@@ -58,6 +58,12 @@ def read_rows(patch_dir: Path, split: str, predictor=None, batch_size: int = 204
     return {k: np.concatenate(v) for k, v in parts.items() if v}
 
 
+def take_rows(rows: dict, mask: np.ndarray) -> dict:
+    """The rows of a row dict (:func:`read_rows`) where ``mask`` is True: each per-row array cut, the rest kept."""
+    mask = np.asarray(mask)
+    return {k: (v[mask] if isinstance(v, np.ndarray) and len(v) == len(mask) else v) for k, v in rows.items()}
+
+
 def model_rows(patch_dir: Path, splits: tuple[str, ...], predictor) -> dict[str, dict]:
     """:func:`read_rows` of each split with the predictor, plus ``ta_c`` (observed), ``model_c`` (deg C) and
     ``se_c`` (the model's standard error, K) as float64: the rows the benchmarks score. The benchmarks score the

@@ -144,13 +144,15 @@ def station_interpolations(sources: dict, target: dict, stations: pd.DataFrame, 
 
 
 def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.DataFrame, p: BaselineConfig,
-                  threads: int | None = None) -> tuple[dict[str, np.ndarray], dict, np.ndarray]:
+                  threads: int | None = None, more_sources: dict | None = None) -> tuple[dict[str, np.ndarray], dict, np.ndarray]:
     """Predictions (deg C) of every baseline at the target rows.
 
     ``train`` / ``val`` / ``target``: row dicts of :func:`shared.evaluation.rows.read_rows`
     (``time, stn_id, centre, time7, loc``) with ``ta_c (N,)`` deg C added to
     train and val. ``stations``: :func:`shared.evaluation.interpolation.station_table`.
-    Returns ``name -> (M,)`` in :data:`ALL_BASELINES` order, info, and the IDW
+    ``more_sources``: rows of the train stations never trained on (``split.mode: station_time``'s fusion rows, the
+    same dict) that the station interpolators take besides the train rows: the train stations' observations of
+    held-out hours. Returns ``name -> (M,)`` in :data:`ALL_BASELINES` order, info, and the IDW
     neighbours' ``stn_id (M, idw_neighbours)``.
     """
     clock = {}
@@ -163,7 +165,9 @@ def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.Data
     preds = base.predict(target["time"], f_tg)
     clock["feature_baselines_s"] = _time.perf_counter() - t0
 
-    interp, nbr, rk_info, (src, tgt, src_ok) = station_interpolations(train, target, stations, p, clock)
+    sources = train if more_sources is None else {k: np.concatenate([train[k], more_sources[k]])
+                                                  for k in ("time", "stn_id", "ta_c")}
+    interp, nbr, rk_info, (src, tgt, src_ok) = station_interpolations(sources, target, stations, p, clock)
     preds.update(interp)
 
     t0 = _time.perf_counter()
@@ -175,14 +179,17 @@ def run_baselines(train: dict, val: dict | None, target: dict, stations: pd.Data
     else:
         oof = base.hgb.predict(f_tr).astype(np.float64)
         how = "in-sample (optimistic: HGB has fitted these rows)"
-    resid = (train["ta_c"] - oof)[src_ok]
+    if more_sources is not None:  # rows HGB never fitted: its own predictions are out of sample there
+        oof = np.concatenate([oof, base.hgb.predict(_feats(more_sources)).astype(np.float64)])
+    resid = (sources["ta_c"] - oof)[src_ok]
     kr, vg = _by_surface(lambda s, t, r: residual_kriging(s, r, t, p.variogram_model), src, tgt, resid)
     preds["hgb_residual_kriging"] = preds["hgb"] + kr
     clock["hgb_residual_kriging_s"] = _time.perf_counter() - t0
 
     info = dict(base.info)
     info.update({
-        "station_baselines_sources": "train stations' observations of the same time; target stations never",
+        "station_baselines_sources": "train stations' observations of the same time; target stations never"
+                                     + ("" if more_sources is None else " (with their fusion rows: held-out hours)"),
         "n_source_rows": int(len(src)), "n_source_rows_dropped_as_target_stations": int((~src_ok).sum()),
         "n_source_stations": int(src["stn_id"].nunique()),
         "station_baselines_by_surface": len(surface_pairs(src, tgt)) > 1,

@@ -141,7 +141,7 @@ from shared.fusion.kriging import (
     simple_krige,
 )
 
-FUSION_SPLITS = ("train", "val", "test")
+FUSION_SPLITS = ("train", "val", "fusion", "test")  # fusion: station_time's train/val stations at held-out hours
 MIN_DIST_KM = 1e-3  # IDW: a source on the target itself gets weight 1e6/km^2, i.e. its value
 IDW_NEIGHBOURS, IDW_POWER = 4, 2.0  # the station blend's IDW (as step05's IDW baseline)
 #: simple: known mean 0 (the model unbiased; far from the stations the model); ordinary: each hour's mean estimated
@@ -154,7 +154,7 @@ class FusionConfig:
     """``fusion:`` of step04 and step05 (the same section in both)."""
 
     enabled: bool = True
-    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    splits: list[str] = field(default_factory=lambda: ["train", "val", "fusion"])
     kriging: str = "simple"
     variogram_model: str = "exponential"
     elevation_weight: float = 200.0

@@ -26,6 +26,11 @@ INDEX_COLUMNS = [
     "path_bt", "path_rf", "path_sza", "year", "split", "sat_time_utc",
 ]
 SPLITS = ("train", "val", "test")
+#: Rows observed by a train or validation station at a held-out hour (``split.mode: station_time``: a day of the
+#: validation or test split). Never trained on nor scored: the same-hour observations that step04 and step05 fuse
+#: and step05's station interpolators take, as in a map of a new hour. Empty in the other modes.
+FUSION_ROWS = "fusion"
+INDEX_SPLITS = SPLITS + (FUSION_ROWS,)
 INDEX_NEEDED = ["time_utc", "sat_time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "ta_c",
                 "path_bt", "path_rf", "path_sza", "split"]
 SPLITS_JSON = "splits.json"
@@ -37,18 +42,19 @@ _DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 def index_files(index_dir: str | Path) -> list[Path]:
     """Every file of the set, in the order they are written."""
     d = Path(index_dir)
-    return [d / "index.csv"] + [d / f"index_{s}.csv" for s in SPLITS] + [d / SPLITS_JSON]
+    return [d / "index.csv"] + [d / f"index_{s}.csv" for s in INDEX_SPLITS] + [d / SPLITS_JSON]
 
 
 def write_index(out_dir: str | Path, df: pd.DataFrame, info: dict) -> list[Path]:
-    """Write ``index.csv``, the three split CSVs and ``splits.json`` as one set; returns the paths."""
+    """Write ``index.csv``, the split CSVs (train, val, test and the fusion rows) and ``splits.json`` as one set;
+    returns the paths."""
     out = Path(out_dir)
     files = index_files(out)
     with output_set() as put:
         write_csv(put(files[0]), df, date_format=_DATE_FORMAT)
-        for s, f in zip(SPLITS, files[1:4]):
+        for s, f in zip(INDEX_SPLITS, files[1:-1]):
             write_csv(put(f), df[df["split"] == s], date_format=_DATE_FORMAT)
-        write_json(put(files[4]), info)
+        write_json(put(files[-1]), info)
     return files
 
 
@@ -68,7 +74,7 @@ def read_splits(index_dir: str | Path) -> dict:
 
 
 def read_split_csv(index_dir: str | Path, split: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """One of the index CSVs (``split`` = train | val | test | all), checked for the columns needed."""
+    """One of the index CSVs (``split`` = train | val | test | fusion | all), checked for the columns needed."""
     p = Path(index_dir) / ("index.csv" if split == "all" else f"index_{split}.csv")
     if not p.is_file():
         raise UserError(f"missing {p}; {rerun('step01', force=True)}")
@@ -97,15 +103,17 @@ def read_split_csv(index_dir: str | Path, split: str, columns: list[str] | None 
 
 
 def read_index(index_dir: str | Path) -> tuple[pd.DataFrame, dict]:
-    """All rows of ``index_{train,val,test}.csv`` plus ``splits.json``.
+    """All rows of ``index_{train,val,test,fusion}.csv`` plus ``splits.json``.
 
     Checks that the splits do not share what the split mode holds out
     (stations for ``station``, days for ``time``): a mix of two step01 runs
-    would leak test stations into training.
+    would leak test stations into training; and that the fusion rows are of
+    train or validation stations.
     """
     index_dir = Path(index_dir)
     splits = read_splits(index_dir)
-    frames = [read_split_csv(index_dir, s) for s in SPLITS]
+    frames = [read_split_csv(index_dir, s) for s in INDEX_SPLITS
+              if s != FUSION_ROWS or (index_dir / f"index_{s}.csv").is_file()]  # (none from before the fusion rows)
     # an empty split's CSV (a header alone) has no dtypes: left out, it cannot turn the pixel columns into objects
     df = pd.concat([f for f in frames if len(f)] or frames, ignore_index=True)
     for c in ("time_utc", "sat_time_utc"):
@@ -118,12 +126,18 @@ def read_index(index_dir: str | Path) -> tuple[pd.DataFrame, dict]:
         keys.append(("stations", df["stn_id"]))
     if mode in ("time", "station_time"):
         keys.append(("days", df["sat_time_utc"].dt.strftime("%Y-%m-%d")))
+    learnt = (df["split"] != FUSION_ROWS).to_numpy()  # the fusion rows share stations with train/val, days with test
     for what, key in keys:
-        n_splits = pd.Series(df["split"].to_numpy()).groupby(key.to_numpy()).nunique()
+        n_splits = pd.Series(df["split"].to_numpy()[learnt]).groupby(key.to_numpy()[learnt]).nunique()
         shared = n_splits[n_splits > 1]
         if len(shared):
             raise UserError(f"{index_dir}: {len(shared)} {what} appear in more than one split (e.g. {shared.index[0]}); "
                             f"the index files come from different step01 runs: {rerun('step01', force=True)}")
+    fus = df.loc[~learnt, "stn_id"]
+    stray = sorted(set(fus) - set(df.loc[df["split"].isin(LEARNT_SPLITS), "stn_id"]))
+    if stray:
+        raise UserError(f"{index_dir / f'index_{FUSION_ROWS}.csv'}: {len(stray)} station(s) (e.g. {stray[0]}) are not train "
+                        f"or validation stations; the fusion rows must never hold a test station: {rerun('step01', force=True)}")
     return df, splits
 
 
@@ -141,7 +155,7 @@ def learnt_station_ids(index_dir: str | Path) -> set[int]:
     return ids
 
 
-def image_paths(index_dir: str | Path, splits=SPLITS) -> list[Path]:
+def image_paths(index_dir: str | Path, splits=INDEX_SPLITS) -> list[Path]:
     """The distinct image files (bt, rf, sza) the rows of ``splits`` use."""
     cols = ["path_bt", "path_rf", "path_sza"]
     paths: set[str] = set()

@@ -239,6 +239,12 @@ def read_manifest(patch_dir: str | Path, splits=("train", "val")) -> tuple[dict,
     return man, out
 
 
+def patch_rows(patch_dir: str | Path) -> dict[str, int]:
+    """Rows per split as the (validated) manifest lists them: ``{split: rows}``, a split without chunks absent."""
+    man, _ = read_manifest(patch_dir, splits=())
+    return {str(k): int(v) for k, v in (man.get("rows") or {}).items()}
+
+
 # --------------------------------------------------------------------------- statistics
 
 

@@ -8,9 +8,14 @@ satellite time within a tolerance and to the station's pixel on the grid of
   station never appears in training.
 * ``time``: whole UTC days are shuffled into train/val/test (blocked by day,
   so neighbouring hours of one weather situation stay together).
-* ``station_time``: both at once. A row is kept only where its station group
-  and its day group agree (train station on a train day, ...); other rows are
-  dropped and counted as ``split_mix``.
+* ``station_time``: both at once. A row is learnt from or scored only where
+  its station group and its day group agree (train station on a train day,
+  ...). A train or validation station's row on a held-out day (a validation
+  or test day) is kept apart as a **fusion row** (``index_fusion.csv``):
+  never trained on nor scored, it is what a map of a new hour fuses, so
+  step04 and step05 measure the analysis of hours the model never saw. The
+  other rows (a test station on a train or validation day, a validation
+  station on a train day) are dropped and counted as ``split_mix``.
 
 Before the split, each image time's observations are checked against each
 other (``qc:``, :mod:`shared.fusion.qc`): an observation far from what its
@@ -49,7 +54,7 @@ from shared.fusion.qc import (
     stuck_runs,
 )
 from shared.geo.grid import Grid
-from shared.io.index import INDEX_COLUMNS, SPLITS, index_files, write_index
+from shared.io.index import FUSION_ROWS, INDEX_COLUMNS, INDEX_SPLITS, SPLITS, index_files, write_index
 from shared.io.raw import grid_signature, read_static, scan_sat_times
 from shared.io.stations import check_station_heights, read_obs, read_stations
 
@@ -154,7 +159,9 @@ def assign_splits(df: pd.DataFrame, mode: str, seed: int, val_frac: float, test_
         split[:] = by_day
     elif mode == "station_time":
         agree = by_station == by_day
-        split[:] = np.where(agree, by_station, "")
+        # a train / val station observing a held-out hour: a source for that hour's analysis (never learnt)
+        fusion = ~agree & np.isin(by_station, ["train", "val"]) & np.isin(by_day, ["val", "test"])
+        split[:] = np.where(agree, by_station, np.where(fusion, FUSION_ROWS, ""))
     else:
         raise UserError(f"unknown split mode {mode!r} (use station, time or station_time)")
     dropped = int((split == "").sum())
@@ -285,6 +292,8 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
     df = df.sort_values(["sat_time_utc", "stn_id"]).reset_index(drop=True)
     for s in SPLITS:
         report[f"kept_{s}"] = int((df["split"] == s).sum())
+    if mode == "station_time":
+        report[f"kept_{FUSION_ROWS}"] = int((df["split"] == FUSION_ROWS).sum())
     empty = [s for s in SPLITS if report[f"kept_{s}"] == 0]
     if empty:  # an index to map from may do without them; training (train, val) and scoring (test) may not
         what = {"station": "stations", "time": "days", "station_time": "stations and days"}[mode]
@@ -293,7 +302,7 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
               f"day(s), val_frac {val_frac:g}, test_frac {test_frac:g}): step03 needs train and val rows, step05 test "
               f"rows; give the split more {what} or set split.val_frac / split.test_frac", file=sys.stderr)
     report["kept"] = len(df)
-    info["counts"] = {s: report[f"kept_{s}"] for s in SPLITS}
+    info["counts"] = {s: report[f"kept_{s}"] for s in INDEX_SPLITS if f"kept_{s}" in report}
     if qc_info is not None:
         info["qc"] = qc_info
     return df[INDEX_COLUMNS], report, info

@@ -45,7 +45,7 @@ from shared.core.runner import Context, Result, Stage
 from shared.features.patch import extract_patches, height_z, landcover_onehot, loc3, normalise_, time7
 from shared.features.site import site_at, site_fields
 from shared.io.channels import DEM_CH, N_CHANNELS, N_LANDCOVER, SZA_CH
-from shared.io.index import SPLITS, image_paths, index_files, read_index, read_splits
+from shared.io.index import FUSION_ROWS, INDEX_SPLITS, SPLITS, image_paths, index_files, read_index, read_splits
 from shared.io.patches import (
     CHUNK_LAYOUT,
     INPUT_STATS,
@@ -204,7 +204,8 @@ def make_patches(cfg: Config) -> dict:
     df["pos"] = df.groupby("split").cumcount()
     df["chunk"] = df["pos"] // cfg.patch_chunk_rows
 
-    sig_src = json.dumps({"index": fingerprint([cfg.index_dir / f"index_{s}.csv" for s in SPLITS]),
+    sig_src = json.dumps({"index": fingerprint([cfg.index_dir / f"index_{s}.csv" for s in INDEX_SPLITS
+                                                if (cfg.index_dir / f"index_{s}.csv").is_file()]),
                           "static": fingerprint([static.path]), "p": p, "rows": cfg.patch_chunk_rows,
                           "lc_ex": sorted(cfg.landcover_exclude), "layout": CHUNK_LAYOUT}, sort_keys=True)
     signature = hashlib.sha1(sig_src.encode()).hexdigest()[:16]
@@ -321,8 +322,10 @@ def make_patches(cfg: Config) -> dict:
             f.unlink()
 
     by_split = {s: [(chunk_name(ss, k), counts[(ss, k)]) for (ss, k) in sorted(counts) if ss == s] for s in SPLITS}
+    if any(ss == FUSION_ROWS for ss, _ in counts):  # station_time: the train/val stations' rows of held-out hours
+        by_split[FUSION_ROWS] = [(chunk_name(ss, k), counts[(ss, k)]) for (ss, k) in sorted(counts) if ss == FUSION_ROWS]
     manifest = write_manifest(out, p, signature, by_split, known_sha1=verified)
-    for s in SPLITS:
+    for s in by_split:
         report[f"rows_{s}"] = manifest["rows"][s]
     write_json(out / "report.json", report)
     return report
@@ -333,7 +336,8 @@ def run(cfg: Config, ctx: Context) -> Result:
     report = make_patches(cfg)
     print_report("step02: rows", report)
     print(f"wrote {cfg.output_dir}/patch_pt ({report['rows_train']:,} train / {report['rows_val']:,} val / "
-          f"{report['rows_test']:,} test rows)")
+          f"{report['rows_test']:,} test rows" + (f", {report['rows_fusion']:,} fusion rows: train/val stations at held-out "
+                                                  "hours" if report.get("rows_fusion") else "") + ")")
     return Result(counts=dict(report))
 
 

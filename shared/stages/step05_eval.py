@@ -51,12 +51,12 @@ from shared.evaluation.plots import (
     plot_scatter,
     plot_station_map,
 )
-from shared.evaluation.rows import build_table, check_stats, pred_columns, read_rows
+from shared.evaluation.rows import build_table, check_stats, pred_columns, read_rows, take_rows
 from shared.evaluation.suite import ALL_BASELINES, BaselineConfig, nearest_source_km, run_baselines, station_analysis
 from shared.evaluation.uncertainty import format_interval_table, interval_scores
 from shared.fusion.analysis import FusionConfig
-from shared.io.index import SPLITS_JSON, learnt_station_ids, read_split_csv, read_splits
-from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR, read_manifest
+from shared.io.index import FUSION_ROWS, SPLITS_JSON, learnt_station_ids, read_split_csv, read_splits
+from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR, patch_rows, read_manifest
 from shared.io.raw import read_static
 from shared.mapping.analysis import stored_variogram
 from shared.mapping.predict import load_predictor
@@ -97,7 +97,7 @@ class Config:
             raise ValueError(f"bootstrap_draws must be >= 100 (2000 for stable 95 % intervals), got {self.bootstrap_draws}")
         if "test" in self.fusion.splits:
             raise ValueError(f"fusion.splits: step05 never fuses the test stations (they would correct their own "
-                             f"scores; it also refuses maps fused with them), got {self.fusion.splits}: use [train, val]")
+                             f"scores; it also refuses maps fused with them), got {self.fusion.splits}: use [train, val, fusion]")
 
 
 def _finite_mean(vals) -> float:
@@ -138,10 +138,10 @@ def unfused_warning(info: dict, split: str, fusion, mode: str | None) -> str | N
         return None
     msg = (f"warning: the analysis is the model alone at {left} of the {split} split's {n} time(s): fewer than "
            f"fusion.min_stations ({fusion.min_stations}) {'+'.join(fusion.splits)} stations observed them")
-    if mode == "station_time" and split == "test":
-        msg += (" (split mode station_time drops the train and validation stations' rows of the test days, so nothing "
-                "is fused there; benchmarks/new_times.py scores hours the model never saw with those observations "
-                "fused)")
+    if mode == "station_time" and split != "train":
+        msg += (" (split mode station_time: the train and validation stations' observations of the held-out hours are "
+                + ("step01's fusion rows; add fusion to fusion.splits to fuse them)" if FUSION_ROWS not in fusion.splits
+                   else "step01's fusion rows, and none reached step05: rerun step01 and step02 with this version)"))
     return msg
 
 
@@ -290,20 +290,26 @@ def run(cfg: Config, ctx: Context) -> Result:
     train = read_rows(cfg.patch_dir, "train", predictor, cfg.batch_size)
     # HGB stops early on the val rows, unless val is what is scored (then on 10 % of the train rows)
     val = read_rows(cfg.patch_dir, "val", predictor, cfg.batch_size) if cfg.split == "test" else None
+    # split.mode station_time: the train/val stations' rows of held-out hours (observed, never trained on)
+    fusion_rows = (read_rows(cfg.patch_dir, FUSION_ROWS, predictor, cfg.batch_size)
+                   if FUSION_ROWS in cfg.fusion.splits and patch_rows(cfg.patch_dir).get(FUSION_ROWS) else None)
     ta_std = predictor.target_std
-    for r in (train, val):
+    for r in (train, val, fusion_rows):
         if r is not None:
             r["ta_c"] = r["y"].astype(np.float64) * ta_std + predictor.target_mean
     stations = station_table(read_split_csv(cfg.index_dir, "all", ["stn_id", "lat", "lon", "elev_m", "pixel_y", "pixel_x"]),
                              static.grid, static.dem, static.lsmask)
     print(f"step05: fitting baselines on {len(train['ta_c']):,} train rows ...", flush=True)
-    base_preds, base_info, idw_nbr = run_baselines(train, val, test, stations, cfg.baselines, threads)
+    more = None  # the station interpolators' sources: the train stations, also at held-out hours (fusion rows)
+    if fusion_rows is not None:
+        more = take_rows(fusion_rows, np.isin(fusion_rows["stn_id"], np.unique(train["stn_id"])))
+    base_preds, base_info, idw_nbr = run_baselines(train, val, test, stations, cfg.baselines, threads, more)
     n_train = base_info["n_train"]
     df = build_table(test, predictor, base_preds, cfg.clear_ir105_K)
     # the analysis at the scored stations: the model + kriged same-hour residuals of the fusion (train + val)
     # stations, as step04's maps; the scored split is never a source
     model_se_c = test["pred_sd_z"].astype(np.float64) * ta_std
-    by_split = {"train": train, "val": val}
+    by_split = {"train": train, "val": val, FUSION_ROWS: fusion_rows}
     src_rows = [by_split[s] for s in cfg.fusion.splits if s != cfg.split and by_split.get(s) is not None]
     if cfg.fusion.enabled and src_rows:
         fusion = {k: np.concatenate([r[k] for r in src_rows]) for k in ("time", "stn_id", "ta_c", "pred_z", "pred_sd_z")}
