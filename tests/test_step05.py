@@ -399,6 +399,8 @@ def test_maps_are_analyses_of_the_fusion_stations_and_intervals_are_scored(evalu
     excess = f.attrs["fusion_hour_excess"]
     assert excess >= 0 and np.nanmax(se / mse) <= np.sqrt(1.0 + excess) + 1e-5 and np.nanmin(se) < 0.9 * np.nanmin(mse)
     assert f.attrs["fusion_n_stations"] == len(f.fusion_ids)
+    # the splits named are those whose stations the hour used: no fusion rows in a station split
+    assert f"residuals of {len(f.fusion_ids)} train" in f.attrs["analysis"] and "fusion station" not in f.attrs["analysis"]
     assert np.nanmin(f.layers["distance_to_station"]) == 0.0
     assert m["map_model_agreement"]["ok"] is True  # t2m_model is the model, bit for bit up to the tolerance
     for name in ("model", "analysis"):

@@ -63,6 +63,12 @@ class TimeSources:
     resid: np.ndarray
     elev_m: np.ndarray  # the stations' own heights (the station blend's IDW)
     model_se_K: np.ndarray | None = None  # the model's standard error there (the hour's excess, fusion.hour_excess)
+    split: np.ndarray | None = None  # each station's row split (train, val, fusion): what the map says it used
+
+    def splits(self, cfg: FusionConfig, used: np.ndarray | None = None) -> str:
+        """The fusion splits among these (``used``) stations, in ``cfg.splits``' order: ``train+val``."""
+        have = set(cfg.splits) if self.split is None else set(self.split[self.used() if used is None else used].tolist())
+        return "+".join(s for s in cfg.splits if s in have) or "+".join(cfg.splits)
 
     def used(self) -> np.ndarray:
         return np.isfinite(self.resid)
@@ -84,7 +90,8 @@ def time_sources(obs_t: pd.DataFrame, model_K: np.ndarray, static: Static,
     elev, dem = obs_t["elev_m"].to_numpy(np.float64), static.dem[py, px].astype(np.float64)
     return TimeSources(obs_t["stn_id"].to_numpy(np.int64), py, px, pixel_sites(static, py, px, cfg), obs_K,
                        model_K.astype(np.float64), residual(obs_K, model_K), np.where(np.isfinite(elev), elev, dem),
-                       None if model_se_K is None else np.asarray(model_se_K, np.float64))
+                       None if model_se_K is None else np.asarray(model_se_K, np.float64),
+                       obs_t["split"].to_numpy().astype(str) if "split" in obs_t else None)
 
 
 def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:

@@ -272,7 +272,7 @@ def run(cfg: Config, ctx: Context) -> Result:
             if vg is None:
                 vg = run_variogram(list(sources.values()), cfg.fusion)
             fusion_note = (f"fusion: {sum(int(s.used().sum()) for s in sources.values()):,} observations of the "
-                           f"{'+'.join(cfg.fusion.splits)} stations at {len(sources)} of {len(times)} time(s); variogram "
+                           f"{'+'.join(k for k in cfg.fusion.splits if k in set(obs['split']))} stations at {len(sources)} of {len(times)} time(s); variogram "
                            f"{vg.model}, range {vg.range_km:.0f} km, nugget {vg.nugget:.2f} of the sill "
                            f"(elevation weight {cfg.fusion.elevation_weight:g} km/km), {vg_note}")
         elif obs is None:
@@ -344,8 +344,8 @@ def run(cfg: Config, ctx: Context) -> Result:
             used[fused.rejected] = False
             t2m, se, ids = fused.value, fused.se, src.stn_id[used]
             dist = station_distance_km(static.grid, src.pixel_y[used], src.pixel_x[used])[cut]
-            dist_note = f"of this time's fusion ({'+'.join(cfg.fusion.splits)} stations with an observation)"
-            how = (f"model + {cfg.fusion.kriging}-kriged residuals of {fused.n_stations} {'+'.join(cfg.fusion.splits)} "
+            dist_note = f"of this time's fusion ({src.splits(cfg.fusion, used)} stations with an observation)"
+            how = (f"model + {cfg.fusion.kriging}-kriged residuals of {fused.n_stations} {src.splits(cfg.fusion, used)} "
                    f"station(s) observed at this time" + cfg.fusion.blend_text())
             st_png = st_plot[st_plot["stn_id"].isin(set(ids))] if st_plot is not None else None
         else:
