@@ -195,8 +195,9 @@ def test_hour_excess_widens_the_standard_error_where_the_kriging_does_not_remove
     np.testing.assert_array_equal(calm.se, fuse(src, r / 4, tgt, model, se_m, VG, cfg).se)
     np.testing.assert_array_equal(fuse(src, r, tgt, model, se_m, VG, replace(cfg, hour_excess=False), src_se=ones).se, off.se)
     ordi = FusionConfig(kriging="ordinary", land_sea_km=0.0, idw_weight=0.0)
-    np.testing.assert_array_equal(fuse(src, r, tgt, model, se_m, VG, ordi, src_se=ones).se,
-                                  fuse(src, r, tgt, model, se_m, VG, ordi).se)
+    f_ordi = fuse(src, r, tgt, model, se_m, VG, ordi, src_se=ones)
+    np.testing.assert_array_equal(f_ordi.se, fuse(src, r, tgt, model, se_m, VG, ordi).se)
+    assert f_ordi.excess == 0.0  # nothing added, nothing reported
     z = np.array([2.0, np.nan, 1.0, 3.0])
     assert hour_excess(z, np.array([1.0, 1.0, np.nan, 1.0])) == pytest.approx(6.5 / CHI2_1_MEDIAN - 1)  # finite only
     assert hour_excess(r, None) == 0.0

@@ -406,7 +406,8 @@ def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model:
     if n < cfg.min_stations:
         return Fused(model.copy(), se_model.copy(), n, False, float("nan"), float("nan"), 0.0, rejected)
     r = np.asarray(resid, np.float64)[ok]
-    excess = hour_excess(r, np.asarray(src_se, np.float64)[ok]) if cfg.hour_excess and src_se is not None else 0.0
+    use_excess = cfg.hour_excess and src_se is not None and cfg.kriging == "simple"  # ordinary: weights sum to 1
+    excess = hour_excess(r, np.asarray(src_se, np.float64)[ok]) if use_excess else 0.0
     # the kriging weights depend on the variogram's shape only; v is the kriging variance of a unit-sill field, the
     # share of the model's error variance left at the target (sill 1: the model's standard error, calibrated on
     # unseen stations; the hour's own residuals are smaller, most fusion stations are training stations)
