@@ -47,8 +47,8 @@ from map_truth import run  # noqa: E402
 from shared.evaluation.bootstrap import format_differences, station_bootstrap  # noqa: E402
 
 
-def summary(eval_dir: Path, index_dir: Path) -> dict:
-    """The run's numbers from step05's ``metrics.json``, printed."""
+def summary(eval_dir: Path, index_dir: Path) -> None:
+    """Print the run's numbers from step05's ``metrics.json``."""
     m = json.loads((eval_dir / "metrics.json").read_text())
     sp = json.loads((index_dir / "splits.json").read_text())
     ai, iv = m["analysis_info"], m["intervals"]
@@ -63,7 +63,6 @@ def summary(eval_dir: Path, index_dir: Path) -> dict:
     print(f"model {m['model']['rmse_K']:.3f} K, analysis {m['analysis']['rmse_K']:.3f} K; 90 % intervals hold "
           f"{100 * iv['model']['coverage_90']:.1f} % (model) and {100 * iv['analysis']['coverage_90']:.1f} % (analysis) "
           f"of these rows")
-    return m
 
 
 def against_station_split(preds: pd.DataFrame, station_preds: Path) -> None:

@@ -50,6 +50,13 @@ def pixel_sites(static: Static, rows: np.ndarray, cols: np.ndarray, cfg: FusionC
                  static.lsmask[rows, cols], cfg.land_sea_km)
 
 
+def split_names(cfg: FusionConfig, present=None) -> str:
+    """The fusion splits that ``present`` (each source's split) holds, in ``cfg.splits``' order, as a map names
+    them: ``train+val``; every configured one when ``present`` is None or holds none of them."""
+    have = set(cfg.splits) if present is None else set(np.asarray(present).tolist())
+    return "+".join(s for s in cfg.splits if s in have) or "+".join(cfg.splits)
+
+
 @dataclass
 class TimeSources:
     """One time's fusion stations: ids, pixels, kriging sites, observation, model and residual (K)."""
@@ -66,9 +73,8 @@ class TimeSources:
     split: np.ndarray | None = None  # each station's row split (train, val, fusion): what the map says it used
 
     def splits(self, cfg: FusionConfig, used: np.ndarray | None = None) -> str:
-        """The fusion splits among these (``used``) stations, in ``cfg.splits``' order: ``train+val``."""
-        have = set(cfg.splits) if self.split is None else set(self.split[self.used() if used is None else used].tolist())
-        return "+".join(s for s in cfg.splits if s in have) or "+".join(cfg.splits)
+        """The fusion splits among these (``used``) stations: :func:`split_names`."""
+        return split_names(cfg, None if self.split is None else self.split[self.used() if used is None else used])
 
     def used(self) -> np.ndarray:
         return np.isfinite(self.resid)

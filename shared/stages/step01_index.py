@@ -54,7 +54,7 @@ from shared.fusion.qc import (
     stuck_runs,
 )
 from shared.geo.grid import Grid
-from shared.io.index import FUSION_ROWS, INDEX_COLUMNS, INDEX_SPLITS, SPLITS, index_files, write_index
+from shared.io.index import FUSION_ROWS, INDEX_COLUMNS, INDEX_SPLITS, LEARNT_SPLITS, SPLITS, index_files, write_index
 from shared.io.raw import grid_signature, read_static, scan_sat_times
 from shared.io.stations import check_station_heights, read_obs, read_stations
 
@@ -160,7 +160,7 @@ def assign_splits(df: pd.DataFrame, mode: str, seed: int, val_frac: float, test_
     elif mode == "station_time":
         agree = by_station == by_day
         # a train / val station observing a held-out hour: a source for that hour's analysis (never learnt)
-        fusion = ~agree & np.isin(by_station, ["train", "val"]) & np.isin(by_day, ["val", "test"])
+        fusion = ~agree & np.isin(by_station, LEARNT_SPLITS) & np.isin(by_day, ["val", "test"])
         split[:] = np.where(agree, by_station, np.where(fusion, FUSION_ROWS, ""))
     else:
         raise UserError(f"unknown split mode {mode!r} (use station, time or station_time)")

@@ -321,9 +321,9 @@ def make_patches(cfg: Config) -> dict:
         if f.name not in keep:
             f.unlink()
 
-    by_split = {s: [(chunk_name(ss, k), counts[(ss, k)]) for (ss, k) in sorted(counts) if ss == s] for s in SPLITS}
-    if any(ss == FUSION_ROWS for ss, _ in counts):  # station_time: the train/val stations' rows of held-out hours
-        by_split[FUSION_ROWS] = [(chunk_name(ss, k), counts[(ss, k)]) for (ss, k) in sorted(counts) if ss == FUSION_ROWS]
+    # the fusion rows (station_time: train/val stations at held-out hours) only where there are some
+    listed = SPLITS + ((FUSION_ROWS,) if any(ss == FUSION_ROWS for ss, _ in counts) else ())
+    by_split = {s: [(chunk_name(ss, k), counts[(ss, k)]) for (ss, k) in sorted(counts) if ss == s] for s in listed}
     manifest = write_manifest(out, p, signature, by_split, known_sha1=verified)
     for s in by_split:
         report[f"rows_{s}"] = manifest["rows"][s]

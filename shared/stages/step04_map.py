@@ -42,7 +42,14 @@ from shared.io.index import learnt_station_ids
 from shared.io.maps import MapLayers, map_dataset, map_name, read_map, write_map
 from shared.io.raw import Static, read_frame, read_static
 from shared.io.stations import read_stations
-from shared.mapping.analysis import fuse_map, fusion_observations, run_variogram, stored_variogram, time_sources
+from shared.mapping.analysis import (
+    fuse_map,
+    fusion_observations,
+    run_variogram,
+    split_names,
+    stored_variogram,
+    time_sources,
+)
 from shared.mapping.predict import check_region, load_predictor, predict_map, predict_pixels, release_free_heap
 from shared.mapping.quicklook import quicklook, station_distance_km
 from shared.mapping.times import select_times
@@ -272,7 +279,7 @@ def run(cfg: Config, ctx: Context) -> Result:
             if vg is None:
                 vg = run_variogram(list(sources.values()), cfg.fusion)
             fusion_note = (f"fusion: {sum(int(s.used().sum()) for s in sources.values()):,} observations of the "
-                           f"{'+'.join(k for k in cfg.fusion.splits if k in set(obs['split']))} stations at {len(sources)} of {len(times)} time(s); variogram "
+                           f"{split_names(cfg.fusion, obs['split'])} stations at {len(sources)} of {len(times)} time(s); variogram "
                            f"{vg.model}, range {vg.range_km:.0f} km, nugget {vg.nugget:.2f} of the sill "
                            f"(elevation weight {cfg.fusion.elevation_weight:g} km/km), {vg_note}")
         elif obs is None:
