@@ -169,55 +169,65 @@ def test_land_sea_km_keeps_land_residuals_off_the_sea():
     assert on.value[1] < 0.3 * on.value[0] and on.se[1] > on.se[0]  # sea: little of the land correction, less sure
 
 
-def test_hour_excess_widens_the_standard_error_where_the_kriging_does_not_remove_a_common_error():
-    """An hour whose residuals are twice what a calibrated model gives (median z^2 = 4 x a normal's 0.455: excess 3):
-    far from every station the analysis's standard error is the model's times sqrt(1 + 3), at a station almost
-    unchanged, in between se^2 = se_model^2 (v + 3 (1 - sum of the kriging weights)^2); an hour within its
-    standard error, or ordinary kriging (weights summing to 1), or the option off: exactly as without it."""
+def test_hour_excess_is_a_long_range_field_kriged_with_the_residuals():
+    """An hour whose stations all read about 2 K above the model (median z^2 far above a normal's 0.455): its
+    excess is the variance of a second residual field of range ``excess_range_km``, kriged with the first. Known
+    values: the estimate and variance equal simple kriging written out with numpy (covariance = psill exp(-3h /
+    range) + excess exp(-3h / excess_range_km), the nugget on the sites' diagonal); 300 km from the stations the hour's offset is
+    partly estimated (without the excess: nothing, the variogram's range is 100 km); far from every station the
+    model's standard error widened to sqrt(1 + excess); an hour within its standard error, the option off, or
+    ordinary kriging: exactly as without it."""
     from dataclasses import replace
+
+    from scipy.spatial.distance import cdist
 
     from shared.fusion.analysis import CHI2_1_MEDIAN, hour_excess
     from shared.fusion.kriging import simple_krige
 
     src = ring()
-    r = np.where(np.arange(12) % 2 == 0, 2.0, -2.0) * np.sqrt(CHI2_1_MEDIAN)  # |z| twice a normal's median |z|
-    tgt = sites(np.array([60.0, 0.0, 5000.0]), np.zeros(3), np.zeros(3), 0.0)  # on a station, inside, far away
-    model, se_m, ones = np.zeros(3), np.array([1.0, 1.5, 2.0]), np.ones(12)
-    cfg = FusionConfig(idw_weight=0.0)
+    r = 2.0 + np.where(np.arange(12) % 2 == 0, 0.3, -0.3)  # a common offset of 2 K and some scatter
+    tgt = sites(np.array([60.0, 0.0, 300.0, 5000.0]), np.zeros(4), np.zeros(4), 0.0)  # station, inside, 240 km out, far
+    model, se_m, ones = np.zeros(4), np.array([1.0, 1.5, 2.0, 2.0]), np.ones(12)
+    cfg = FusionConfig(idw_weight=0.0, excess_range_km=1000.0)
     off, on = fuse(src, r, tgt, model, se_m, VG, cfg), fuse(src, r, tgt, model, se_m, VG, cfg, src_se=ones)
-    assert off.excess == 0.0 and on.excess == pytest.approx(3.0) and hour_excess(r, ones) == pytest.approx(3.0)
-    np.testing.assert_array_equal(on.value, off.value)  # values untouched (no blend here)
-    _, v, wsum = simple_krige(src, r, tgt, VG, weights_sum=True)
-    np.testing.assert_allclose(on.se, se_m * np.sqrt(v + 3.0 * (1.0 - wsum) ** 2))
-    assert on.se[2] == pytest.approx(2.0 * se_m[2], rel=1e-3)  # far: the model's widened by sqrt(1 + 3)
-    assert on.se[0] < 1.05 * off.se[0] and on.se[1] > 1.05 * off.se[1]  # at a station little, inside more
-    calm = fuse(src, r / 4, tgt, model, se_m, VG, cfg, src_se=ones)  # below a normal's: no excess, never narrower
-    np.testing.assert_array_equal(calm.se, fuse(src, r / 4, tgt, model, se_m, VG, cfg).se)
+    e = (1.7 ** 2 + 2.3 ** 2) / 2 / CHI2_1_MEDIAN - 1  # the median of six 1.7^2 and six 2.3^2
+    assert off.excess == 0.0 and on.excess == pytest.approx(e) and hour_excess(r, ones) == pytest.approx(e)
+
+    def by_hand(excess, rng_km):  # simple kriging with mean 0, written out
+        def cov(a, b):
+            h = cdist(a, b)
+            return VG.psill * np.exp(-3 * h / VG.range_km) + excess * np.exp(-3 * h / rng_km)
+        k = cov(tgt, src)  # the nugget is noise: on the sites' diagonal only (a target on a site is smoothed)
+        w = np.linalg.solve(cov(src, src) + VG.nugget * np.eye(len(src)), k.T).T
+        return w @ r, VG.psill + VG.nugget + excess - (w * k).sum(1)
+
+    est, var = by_hand(e, 1000.0)
+    np.testing.assert_allclose(on.value, est, atol=1e-9)
+    np.testing.assert_allclose(on.se, se_m * np.sqrt(var), rtol=1e-6)
+    np.testing.assert_allclose(simple_krige(src, r, tgt, VG, excess=e, excess_range_km=1000.0)[0], est, atol=1e-9)
+    est0, var0 = by_hand(0.0, 1000.0)
+    np.testing.assert_allclose(off.value, est0, atol=1e-9)
+    assert on.value[2] > 0.8 and abs(off.value[2]) < 0.01  # 240 km out: the hour's offset partly estimated
+    assert on.se[3] == pytest.approx(se_m[3] * np.sqrt(1 + e), rel=1e-3) and off.se[3] == pytest.approx(se_m[3], rel=1e-3)
+    assert on.se[0] < 1.1 * off.se[0]  # at a station the kriging removes most of it
+    flat = fuse(src, r, tgt, model, se_m, VG, replace(cfg, excess_range_km=np.inf), src_se=ones)  # a constant offset
+    assert flat.value[3] > 1.0 and flat.se[3] < on.se[3]  # estimated everywhere, so far away too
+    calm = fuse(src, (r - 2.0) / 4, tgt, model, se_m, VG, cfg, src_se=ones)  # below a normal's: no excess
+    assert calm.excess == 0.0
+    np.testing.assert_array_equal(calm.se, fuse(src, (r - 2.0) / 4, tgt, model, se_m, VG, cfg).se)
     np.testing.assert_array_equal(fuse(src, r, tgt, model, se_m, VG, replace(cfg, hour_excess=False), src_se=ones).se, off.se)
     ordi = FusionConfig(kriging="ordinary", land_sea_km=0.0, idw_weight=0.0)
     f_ordi = fuse(src, r, tgt, model, se_m, VG, ordi, src_se=ones)
     np.testing.assert_array_equal(f_ordi.se, fuse(src, r, tgt, model, se_m, VG, ordi).se)
     assert f_ordi.excess == 0.0  # nothing added, nothing reported
+    with pytest.raises(ValueError, match="excess_range_km"):
+        FusionConfig(excess_range_km=0.0).check()
     z = np.array([2.0, np.nan, 1.0, 3.0])
     assert hour_excess(z, np.array([1.0, 1.0, np.nan, 1.0])) == pytest.approx(6.5 / CHI2_1_MEDIAN - 1)  # finite only
     assert hour_excess(r, None) == 0.0
     calm_z = np.random.default_rng(5).normal(0.0, 1.5, 76)  # an hour 1.5 times its standard error: excess ~1.25
     wild = np.append(calm_z[:-1], 8.0)  # one station 8 standard errors off: the hour is not widened for it
     assert 0.5 < hour_excess(wild, np.ones(76)) == pytest.approx(hour_excess(np.append(calm_z[:-1], 2.0), np.ones(76)))
-
-
-def test_simple_kriging_weights_sum_is_the_estimate_of_a_field_of_ones():
-    from shared.fusion.kriging import simple_krige
-
-    src, rng = ring(), np.random.default_rng(3)
-    r = rng.normal(size=12)
-    tgt = sites(np.array([60.0, 0.0, 30.0, 5000.0]), np.array([0.0, 0.0, 10.0, 0.0]), np.zeros(4), 0.0)
-    est, var = simple_krige(src, r, tgt, VG)
-    est2, var2, wsum = simple_krige(src, r, tgt, VG, weights_sum=True)
-    np.testing.assert_allclose(est2, est, atol=1e-12)
-    np.testing.assert_allclose(var2, var, atol=1e-12)
-    np.testing.assert_allclose(wsum, simple_krige(src, np.ones(12), tgt, VG)[0], atol=1e-12)
-    assert 0.7 < wsum[0] < 1.0 and wsum[3] < 1e-6  # on a station most of a common error is removed, far away none
 
 
 def test_residuals_and_variogram_pool_over_times():

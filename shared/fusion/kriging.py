@@ -135,16 +135,22 @@ def target_chunk(n_sites: int, chunk: int | None = None) -> int:
     return max(1024, BLOCK_BYTES // (8 * max(int(n_sites), 1)))
 
 
-def covariance(vg: Variogram, scale: float = 1.0):
+def covariance(vg: Variogram, scale: float = 1.0, excess: float = 0.0, excess_range_km: float = np.inf):
     """The variogram's covariance as a fixed scikit-learn kernel: ``scale x (psill x rho(h) + nugget x [h = 0])``
-    (:func:`simple_krige` says which ``rho``); ``kernel(X)`` puts the nugget on the diagonal."""
+    (:func:`simple_krige` says which ``rho``); ``kernel(X)`` puts the nugget on the diagonal. ``excess`` > 0 adds
+    ``scale x excess x exp(-h / (excess_range_km / 3))``, a second field of long range (an exponential model of
+    that range, as PyKrige's; ``inf``: a constant, an offset common to every site)."""
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, Matern, WhiteKernel
 
     if vg.model not in SIMPLE_KRIGING_MODELS:
         raise ValueError(f"simple kriging takes the variogram models {', '.join(SIMPLE_KRIGING_MODELS)}, not {vg.model!r}")
     rho = (Matern(vg.range_km / 3.0, "fixed", nu=0.5) if vg.model == "exponential"
            else RBF(4.0 * vg.range_km / 7.0 / np.sqrt(2.0), "fixed"))
-    return ConstantKernel(max(vg.psill * scale, 1e-12), "fixed") * rho + WhiteKernel(max(vg.nugget * scale, 1e-9), "fixed")
+    kernel = ConstantKernel(max(vg.psill * scale, 1e-12), "fixed") * rho + WhiteKernel(max(vg.nugget * scale, 1e-9), "fixed")
+    if excess > 0:
+        far = ConstantKernel(excess * scale, "fixed")
+        kernel = kernel + (far if np.isinf(excess_range_km) else far * Matern(excess_range_km / 3.0, "fixed", nu=0.5))
+    return kernel
 
 
 def site_covariance(xy: np.ndarray, vg: Variogram) -> np.ndarray:
@@ -216,7 +222,8 @@ def buddy_check(xy: np.ndarray, r: np.ndarray, vg: Variogram, max_z: float, min_
 
 
 def simple_krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, scale: float = 1.0,
-                 chunk: int | None = None, weights_sum: bool = False) -> tuple[np.ndarray, ...]:
+                 chunk: int | None = None, excess: float = 0.0,
+                 excess_range_km: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
     """Simple kriging (known mean 0) of residuals ``r`` at sites ``xy (n, d)`` (km) at targets ``txy (m, d)``:
     the estimate and its variance; scikit-learn's ``GaussianProcessRegressor`` with the variogram's covariance,
     fixed (no fitting).
@@ -228,28 +235,25 @@ def simple_krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, 
     with ``exact=False``. Far from every site the estimate tends to 0 and the variance to ``scale`` (the sill).
     Fewer than 1 finite residual: 0 and ``scale``. Targets are solved :func:`target_chunk` at a time.
 
-    ``weights_sum``: also return each target's sum of the kriging weights (the estimate of a field of ones: near
-    a site about 1, far from every site 0), the share of an error common to every site that the estimate removes.
+    ``excess`` > 0: the field has a second part of variance ``scale x excess`` and range ``excess_range_km``
+    (:func:`covariance`), estimated from the sites with the first: the sill becomes ``scale x (1 + excess)``.
     """
     from sklearn.gaussian_process import GaussianProcessRegressor
 
-    kernel = covariance(vg, scale)
+    kernel = covariance(vg, scale, excess, excess_range_km)
     xy, txy = np.asarray(xy, np.float64), np.asarray(txy, np.float64)
     ok = np.isfinite(r)
     xy, r = xy[ok], np.asarray(r, np.float64)[ok]
     m = len(txy)
     if len(r) == 0:
-        return (np.zeros(m), np.full(m, float(scale))) + ((np.zeros(m),) if weights_sum else ())
-    y = np.stack([r, np.ones_like(r)], axis=1) if weights_sum else r  # one solve for both: the weights are shared
-    gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=False).fit(xy, y)
-    est, var, wsum = np.empty(m), np.empty(m), np.empty(m)
+        return np.zeros(m), np.full(m, float(scale) * (1.0 + max(excess, 0.0)))
+    gp = GaussianProcessRegressor(kernel, optimizer=None, normalize_y=False).fit(xy, r)
+    est, var = np.empty(m), np.empty(m)
     chunk = target_chunk(len(r), chunk)
     for a in range(0, m, chunk):
         mu, sd = gp.predict(txy[a:a + chunk], return_std=True)
-        if weights_sum:
-            mu, sd, wsum[a:a + chunk] = mu[:, 0], (sd[:, 0] if sd.ndim == 2 else sd), mu[:, 1]
         est[a:a + chunk], var[a:a + chunk] = mu, sd ** 2
-    return (est, var, wsum) if weights_sum else (est, var)
+    return est, var
 
 
 def krige(xy: np.ndarray, r: np.ndarray, txy: np.ndarray, vg: Variogram, exact: bool = True,
