@@ -17,6 +17,7 @@ from shared.fusion.analysis import (
     lapse_idw,
     residual,
     sites,
+    variogram_warning,
 )
 from shared.fusion.kriging import Variogram
 from shared.geo.grid import Grid
@@ -277,8 +278,39 @@ def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
     want_val = fit_variogram([(g[0][split[s_idx][t_idx == t] == 1], g[1][split[s_idx][t_idx == t] == 1])
                               for t, g in enumerate(groups)], cfg)
     assert val_only.n_pairs == want_val.n_pairs < vg.n_pairs  # the 6 val stations' pairs only
+    # fusion.variogram_splits picks the table's rows apart from the fusion splits (which keep train+val+fusion)
+    by_key, note_key = stored_variogram(res, static, FusionConfig(elevation_weight=100.0, variogram_splits=["val"]))
+    assert (by_key.n_pairs, by_key.range_km, by_key.nugget) == (val_only.n_pairs, val_only.range_km, val_only.nugget)
+    assert "at the val stations" in note_key
     assert stored_variogram(None, static, cfg)[0] is None
     assert stored_variogram(res, static, FusionConfig(splits=["test"]))[0] is None
+
+
+def test_variogram_warning_says_when_the_fit_does_not_level_off():
+    """A variogram whose range is beyond the farthest station pair (a line through the semivariances: the sill and
+    the nugget's share unknown) gets a warning naming what to do; one that levels off within the stations'
+    distances, or one not fitted (max_lag_km 0), none. Fitted: a field of 180 km range at stations spread over 400
+    km levels off; the same stations' residuals of a field of 6,000 km range do not."""
+    from scipy.spatial.distance import cdist
+
+    flat = Variogram("exponential", 0.97, 2362.0, 0.03, 1941, 32, 236.2)
+    assert not flat.levels_off and Variogram("exponential", 0.9, 470.0, 0.1, 10, 1, 236.2).levels_off
+    assert Variogram("exponential", 0.97, 2362.0, 0.03).levels_off  # not fitted: nothing known
+    assert "fusion.variogram_splits: null" in variogram_warning(flat, FusionConfig(variogram_splits=["val"]))
+    assert "step05" in variogram_warning(flat, CFG)
+    rng = np.random.default_rng(4)
+
+    def fit(length_km):
+        groups = []
+        for _ in range(8):  # a field of exponential covariance at 60 stations, 8 times, plus station noise
+            xy = rng.uniform(0, 400, (60, 2))
+            field = np.linalg.cholesky(np.exp(-cdist(xy, xy) / length_km) + 1e-9 * np.eye(60)) @ rng.normal(size=60)
+            groups.append((sites(xy[:, 0], xy[:, 1], np.zeros(60), 0.0), field + rng.normal(0, 0.3, 60)))
+        return fit_variogram(groups, CFG)
+
+    short, long_ = fit(60.0), fit(2000.0)
+    assert variogram_warning(short, CFG) is None and short.max_lag_km > 0
+    assert variogram_warning(long_, CFG) is not None and long_.range_km > 2 * long_.max_lag_km
 
 
 def test_fusion_config_is_checked():
@@ -287,10 +319,12 @@ def test_fusion_config_is_checked():
                 dict(idw_weight=1.5), dict(idw_weight=-0.1), dict(idw_weight="automatic"), dict(idw_variance_K2=0.0),
                 dict(idw_error_correlation=1.5), dict(idw_error_correlation=-0.2),
                 dict(idw_taper_km=0.0), dict(lapse_rate_K_per_km=20.0), dict(qc_max_z=-1.0), dict(qc_min_error_K=-1.0),
-                dict(land_sea_km=-1.0), dict(land_sea_km=float("nan"))):
+                dict(land_sea_km=-1.0), dict(land_sea_km=float("nan")), dict(excess_range_km=-5.0),
+                dict(variogram_splits=[]), dict(variogram_splits=["fusion"]), dict(variogram_splits=["test"])):
         with pytest.raises(ValueError):
             FusionConfig(**bad).check()
     FusionConfig(kriging="ordinary", variogram_model="spherical", land_sea_km=0.0).check()  # PyKrige's takes it
+    FusionConfig(variogram_splits=["val"], excess_range_km=float("inf")).check()
     with pytest.raises(ValueError, match="land_sea_km works with kriging: simple"):
         FusionConfig(kriging="ordinary").check()  # three coordinates at most
 

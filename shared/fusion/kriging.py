@@ -48,6 +48,14 @@ class Variogram:
     nugget: float
     n_pairs: int = 0
     n_times: int = 0
+    max_lag_km: float = 0.0  # the largest lag fitted (half the largest pair distance); 0: not fitted
+
+    @property
+    def levels_off(self) -> bool:
+        """Whether the fit reaches its sill within the stations' distances (range at most twice the largest lag
+        fitted, i.e. the largest pair distance); True when not fitted. A range beyond them is a line through the
+        pairs' semivariances: the sill, and so the nugget's share of it, is not known."""
+        return not self.max_lag_km > 0 or self.range_km <= 2.0 * self.max_lag_km
 
     def params(self, scale: float) -> dict:
         return {"psill": self.psill * scale, "range": self.range_km, "nugget": self.nugget * scale}
@@ -95,6 +103,7 @@ def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray]], model: str = "
     top = max_lag_km or 0.5 * float(d.max())
     if not top > 0:  # every pair at one place (co-located stations): no distance to fit a shape to
         return Variogram(model, 1.0, 100.0, 0.0, 0, n_times)
+    top = float(top)
     edges = np.linspace(0.0, top, n_lags + 1)
     b = np.digitize(d, edges) - 1
     use = (b >= 0) & (b < n_lags)
@@ -114,8 +123,8 @@ def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray]], model: str = "
                                 bounds=(lo, hi), maxfev=20000)
     tot = ps + ng
     if tot <= 0:
-        return Variogram(model, 1.0, float(rg), 0.0, int(use.sum()), n_times)
-    return Variogram(model, float(ps / tot), float(rg), float(ng / tot), int(use.sum()), n_times)
+        return Variogram(model, 1.0, float(rg), 0.0, int(use.sum()), n_times, top)
+    return Variogram(model, float(ps / tot), float(rg), float(ng / tot), int(use.sum()), n_times, top)
 
 
 #: Variogram models simple kriging takes (the covariances scikit-learn's Gaussian process has).

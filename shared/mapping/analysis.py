@@ -118,15 +118,17 @@ def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:
 
 def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tuple[Variogram | None, str]:
     """The fusion's variogram fitted to the checkpoint's residual table (``Predictor.fusion_residuals``): the
-    model's errors on the fusion splits' rows at every time of the data, at their pixels' kriging sites.
+    model's errors on the fusion splits' rows (``cfg.variogram_splits``' when set) at every time of the data, at their
+    pixels' kriging sites.
     The same for every run of the checkpoint, whatever times it maps. ``(None, why)`` without a table or rows
     of the fusion splits (then a run fits its own times: :func:`run_variogram`)."""
     if res is None:
         return None, "the checkpoint holds no residual table (written before it): fitted to the mapped times"
-    codes = [RESIDUAL_SPLITS.index(s) for s in cfg.splits if s in RESIDUAL_SPLITS]
+    names = cfg.variogram_splits or [s for s in cfg.splits if s in RESIDUAL_SPLITS]
+    codes = [RESIDUAL_SPLITS.index(s) for s in names]
     keep = np.isin(res["split"], codes) & np.isfinite(res["resid"])
     if not keep.any():
-        return None, f"the checkpoint's residual table has no row of {'+'.join(cfg.splits)}: fitted to the mapped times"
+        return None, f"the checkpoint's residual table has no row of {'+'.join(names or cfg.splits)}: fitted to the mapped times"
     t, py, px, z = (res[k][keep] for k in ("time_s", "pixel_y", "pixel_x", "resid"))
     order = np.argsort(t, kind="stable")
     s_all = pixel_sites(static, py[order], px[order], cfg)
@@ -134,7 +136,7 @@ def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tup
     cuts = np.flatnonzero(np.diff(t[order])) + 1
     groups = [(s_all[a:b], z[a:b]) for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(z)])]
     vg = fit_variogram(groups, cfg)
-    return vg, (f"fitted to step03's residuals at the {'+'.join(s for s in cfg.splits if s in RESIDUAL_SPLITS)} "
+    return vg, (f"fitted to step03's residuals at the {'+'.join(names)} "
                 f"stations, {vg.n_times} times")
 
 

@@ -37,7 +37,7 @@ from shared.core.errors import UserError, require_file, rerun
 from shared.core.records import fingerprint, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.features.site import site_fields
-from shared.fusion.analysis import FusionConfig
+from shared.fusion.analysis import FusionConfig, variogram_warning
 from shared.io.index import learnt_station_ids
 from shared.io.maps import MapLayers, map_dataset, map_name, read_map, write_map
 from shared.io.raw import Static, read_frame, read_static
@@ -278,6 +278,8 @@ def run(cfg: Config, ctx: Context) -> Result:
             vg, vg_note = stored_variogram(predictor.fusion_residuals, static, cfg.fusion)
             if vg is None:
                 vg = run_variogram(list(sources.values()), cfg.fusion)
+            if rank == 0 and (w := variogram_warning(vg, cfg.fusion)):
+                print(f"warning: {w}", file=sys.stderr)
             fusion_note = (f"fusion: {sum(int(s.used().sum()) for s in sources.values()):,} observations of the "
                            f"{split_names(cfg.fusion, obs['split'])} stations at {len(sources)} of {len(times)} time(s); variogram "
                            f"{vg.model}, range {vg.range_km:.0f} km, nugget {vg.nugget:.2f} of the sill "
