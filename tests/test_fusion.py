@@ -211,7 +211,7 @@ def test_hour_excess_is_a_long_range_field_kriged_with_the_residuals():
     assert on.value[2] > 0.8 and abs(off.value[2]) < 0.01  # 240 km out: the hour's offset partly estimated
     assert on.se[3] == pytest.approx(se_m[3] * np.sqrt(1 + e), rel=1e-3) and off.se[3] == pytest.approx(se_m[3], rel=1e-3)
     assert on.se[0] < 1.1 * off.se[0]  # at a station the kriging removes most of it
-    flat = fuse(src, r, tgt, model, se_m, VG, replace(cfg, excess_range_km=np.inf), src_se=ones)  # a constant offset
+    flat = fuse(src, r, tgt, model, se_m, VG, replace(cfg, excess_range_km=0.0), src_se=ones)  # 0: a constant offset
     assert flat.value[3] > 1.0 and flat.se[3] < on.se[3]  # estimated everywhere, so far away too
     calm = fuse(src, (r - 2.0) / 4, tgt, model, se_m, VG, cfg, src_se=ones)  # below a normal's: no excess
     assert calm.excess == 0.0
@@ -222,7 +222,7 @@ def test_hour_excess_is_a_long_range_field_kriged_with_the_residuals():
     np.testing.assert_array_equal(f_ordi.se, fuse(src, r, tgt, model, se_m, VG, ordi).se)
     assert f_ordi.excess == 0.0  # nothing added, nothing reported
     with pytest.raises(ValueError, match="excess_range_km"):
-        FusionConfig(excess_range_km=0.0).check()
+        FusionConfig(excess_range_km=-1.0).check()
     z = np.array([2.0, np.nan, 1.0, 3.0])
     assert hour_excess(z, np.array([1.0, 1.0, np.nan, 1.0])) == pytest.approx(6.5 / CHI2_1_MEDIAN - 1)  # finite only
     assert hour_excess(r, None) == 0.0
@@ -320,11 +320,12 @@ def test_fusion_config_is_checked():
                 dict(idw_error_correlation=1.5), dict(idw_error_correlation=-0.2),
                 dict(idw_taper_km=0.0), dict(lapse_rate_K_per_km=20.0), dict(qc_max_z=-1.0), dict(qc_min_error_K=-1.0),
                 dict(land_sea_km=-1.0), dict(land_sea_km=float("nan")), dict(excess_range_km=-5.0),
+                dict(excess_range_km=float("nan")),
                 dict(variogram_splits=[]), dict(variogram_splits=["fusion"]), dict(variogram_splits=["test"])):
         with pytest.raises(ValueError):
             FusionConfig(**bad).check()
     FusionConfig(kriging="ordinary", variogram_model="spherical", land_sea_km=0.0).check()  # PyKrige's takes it
-    FusionConfig(variogram_splits=["val"], excess_range_km=float("inf")).check()
+    FusionConfig(variogram_splits=["val"], excess_range_km=0.0).check()
     with pytest.raises(ValueError, match="land_sea_km works with kriging: simple"):
         FusionConfig(kriging="ordinary").check()  # three coordinates at most
 

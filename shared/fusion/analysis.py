@@ -72,7 +72,7 @@ median((r / se_model)^2) / 0.455 - 1)`` (a normal's median of z^2 is 0.455;
 the median, so that one station far off the model does not change the whole
 map), and the residuals are kriged as the sum of two fields, the variogram's
 (sill 1) and one of variance ``excess`` and range ``excess_range_km``
-(exponential; ``.inf``: a constant): the hour's large-scale error is
+(exponential; 0: a constant): the hour's large-scale error is
 estimated from all the stations and removed near and between them, and far
 from every station the standard error is the model's times ``sqrt(1 +
 excess)``. It only adds: the train stations' residuals are in-sample and
@@ -186,7 +186,7 @@ class FusionConfig:
     # added to the analysis's standard error in the share the kriging does not remove (module docstring)
     hour_excess: bool = True
     # the range (km, exponential) of that excess as a field of its own, kriged from the hour's stations with the rest
-    # (.inf: a constant offset of the hour); measured best of 150 / 300 / 1000 / 3000 km / .inf at new hours
+    # (0: a constant offset of the hour, an infinite range); measured best of 150 / 300 / 1000 / 3000 km / 0 at new hours
     excess_range_km: float = 1000.0
     # the rows of step03's residual table the variogram is fitted to: None = the fusion splits' (train + val); [val]:
     # the validation stations' alone, unseen stations whose errors are a target's (a dense network: with ~60 or more
@@ -228,8 +228,8 @@ class FusionConfig:
                 not self.variogram_splits or any(s not in VARIOGRAM_SPLITS for s in self.variogram_splits)):
             raise ValueError(f"fusion.variogram_splits: null or a non-empty list of {', '.join(VARIOGRAM_SPLITS)} (the rows "
                              f"of step03's residual table), got {self.variogram_splits}")
-        if not self.excess_range_km > 0:
-            raise ValueError(f"fusion.excess_range_km must be > 0 km (.inf: a constant offset), got {self.excess_range_km}")
+        if not self.excess_range_km >= 0:
+            raise ValueError(f"fusion.excess_range_km must be >= 0 km (0: a constant offset), got {self.excess_range_km}")
         if self.min_stations < 3:
             raise ValueError(f"fusion.min_stations must be >= 3 (ordinary kriging), got {self.min_stations}")
 
@@ -451,7 +451,7 @@ def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model:
     # hour's excess as a second, long-range field kriged with it (sill 1 + excess)
     if cfg.kriging == "simple":
         rhat, v = simple_krige(src_sites[ok], r, tgt_sites, vg, scale=1.0, excess=excess,
-                               excess_range_km=cfg.excess_range_km)
+                               excess_range_km=cfg.excess_range_km or np.inf)  # 0: a constant
     else:
         rhat, v = krige(src_sites[ok], r, tgt_sites, vg, exact=False, scale=1.0)
     value, se = model + rhat, se_model * np.sqrt(v)
