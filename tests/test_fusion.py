@@ -212,6 +212,7 @@ def test_hour_excess_is_a_long_range_field_kriged_with_the_residuals():
     assert on.se[3] == pytest.approx(se_m[3] * np.sqrt(1 + e), rel=1e-3) and off.se[3] == pytest.approx(se_m[3], rel=1e-3)
     assert on.se[0] < 1.1 * off.se[0]  # at a station the kriging removes most of it
     flat = fuse(src, r, tgt, model, se_m, VG, replace(cfg, excess_range_km=0.0), src_se=ones)  # 0: a constant offset
+    assert "1000 km range" in cfg.excess_text() and "constant" in replace(cfg, excess_range_km=0.0).excess_text()
     assert flat.value[3] > 1.0 and flat.se[3] < on.se[3]  # estimated everywhere, so far away too
     calm = fuse(src, (r - 2.0) / 4, tgt, model, se_m, VG, cfg, src_se=ones)  # below a normal's: no excess
     assert calm.excess == 0.0

@@ -395,7 +395,7 @@ def test_maps_are_analyses_of_the_fusion_stations_and_intervals_are_scored(evalu
     assert np.nanmax(np.abs(f.t2m - f.t2m_model)) > 0  # the observations moved the map
     se, mse = f.layers["t2m_standard_error"], f.layers["t2m_model_standard_error"]
     # surer near the fusion stations; nowhere less sure than the model widened by the hour's excess (simple
-    # kriging's variance is at most the sill, the excess's term at most the excess)
+    # kriging's variance is at most its sill, 1 + the excess)
     excess = f.attrs["fusion_hour_excess"]
     assert excess >= 0 and np.nanmax(se / mse) <= np.sqrt(1.0 + excess) + 1e-5 and np.nanmin(se) < 0.9 * np.nanmin(mse)
     assert f.attrs["fusion_n_stations"] == len(f.fusion_ids)

@@ -268,7 +268,7 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
     info = {"method": f"model + {cfg.kriging}-kriged residuals (obs - model, K) of the same hour"
                       + cfg.blend_text()
                       + "; standard error se_model x sqrt(kriging variance of a unit-sill field"
-                      + (f"; the hour's excess a second field of {cfg.excess_range_km:g} km range, kriged with it)"
+                      + (f"; the hour's excess {cfg.excess_text()}, kriged with it)"
                          if cfg.hour_excess and s_se is not None and cfg.kriging == "simple" else ")")
                       + (", mixed with the IDW's as the values are (fusion.idw_variance_K2, idw_error_correlation)"
                          if cfg.blend else ""),
@@ -279,8 +279,8 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
             "times_model_only": len(groups) - n_fused,
             "mean_variance_of_residuals_K2": float(np.mean(scales)) if scales else None,
             "hour_excess": ({"rule": "median (residual / se_model)^2 at the fusion stations / 0.455 - 1, at least 0: the "
-                                     f"variance of a second residual field of {cfg.excess_range_km:g} km range, the "
-                                     "hour's large-scale error, kriged with the first",
+                                     f"variance of {cfg.excess_text()}, the hour's large-scale error, kriged with the "
+                                     "first",
                              "times_above_0": int(np.sum(np.asarray(excess) > 0)), "mean": float(np.mean(excess)),
                              "max": float(np.max(excess))}
                             if cfg.hour_excess and s_se is not None and excess else None),

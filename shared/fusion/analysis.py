@@ -182,8 +182,8 @@ class FusionConfig:
     qc_max_z: float = 6.0
     qc_min_error_K: float = 10.0
     # the hour's own evidence on the model's standard error: where the fusion stations' residuals are larger than
-    # it says (median of (residual / se)^2 above a normal's), the excess is taken as an error common to the hour and
-    # added to the analysis's standard error in the share the kriging does not remove (module docstring)
+    # it says (median of (residual / se)^2 above a normal's), the excess is the variance of a second residual field,
+    # the hour's large-scale error, kriged with the first (module docstring)
     hour_excess: bool = True
     # the range (km, exponential) of that excess as a field of its own, kriged from the hour's stations with the rest
     # (0: a constant offset of the hour, an infinite range); measured best of 150 / 300 / 1000 / 3000 km / 0 at new hours
@@ -245,6 +245,11 @@ class FusionConfig:
         w = (f"se^2 / (se^2 + {self.idw_variance_K2:g} K^2)" if self.idw_weight == "auto" else f"{self.idw_weight:g}")
         return (f", blended over land with the stations' lapse-adjusted IDW (weight {w} at a station, 0 from "
                 f"{self.idw_taper_km:g} km)")
+
+    def excess_text(self) -> str:
+        """The hour's excess field in words (:attr:`excess_range_km`)."""
+        return (f"a second residual field of {self.excess_range_km:g} km range" if self.excess_range_km > 0
+                else "a second residual field, constant over the domain")
 
     def describe(self) -> str:
         w = (f"auto idw_variance_K2={self.idw_variance_K2:g}" if self.idw_weight == "auto" else f"{self.idw_weight:g}")
