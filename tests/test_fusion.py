@@ -246,7 +246,10 @@ def test_residuals_and_variogram_pool_over_times():
 
 def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
     """step04 and step05 fit the fusion's variogram to step03's residual table: grouped by time, at the pixels'
-    kriging sites, only rows of the fusion splits; None (the run fits its own times) without a table."""
+    kriging sites, only rows of the fusion splits (variogram_splits null) or of the splits asked for; with auto
+    (the default) the validation stations' fit when it levels off, else the fusion splits'; None (the run fits
+    its own times) without a table."""
+    from dataclasses import replace
     from types import SimpleNamespace
 
     from shared.mapping.analysis import stored_variogram
@@ -264,7 +267,7 @@ def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
     z = np.sin(px[s_idx] / 8.0 + t_idx) + rng.normal(0, 0.3, len(rows))
     res = {"time_s": 1_700_000_000 + 3600 * t_idx, "stn_id": s_idx, "pixel_y": py[s_idx], "pixel_x": px[s_idx],
            "split": split[s_idx], "resid": z.astype(np.float32)}
-    cfg = FusionConfig(elevation_weight=100.0)
+    cfg = FusionConfig(elevation_weight=100.0, variogram_splits=None)
     vg, note = stored_variogram(res, static, cfg)
     groups = []
     for t in range(n_t):
@@ -283,6 +286,31 @@ def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
     by_key, note_key = stored_variogram(res, static, FusionConfig(elevation_weight=100.0, variogram_splits=["val"]))
     assert (by_key.n_pairs, by_key.range_km, by_key.nugget) == (val_only.n_pairs, val_only.range_km, val_only.nugget)
     assert "at the val stations" in note_key
+    # auto: the validation stations' fit where it levels off within their distances, else the pooled one, saying why
+    auto = replace(cfg, variogram_splits="auto")
+    got, note_auto = stored_variogram(res, static, auto)
+    if val_only.levels_off:
+        assert (got.n_pairs, got.range_km) == (val_only.n_pairs, val_only.range_km) and "levels off" in note_auto
+    else:
+        assert (got.n_pairs, got.range_km) == (vg.n_pairs, vg.range_km) and "does not level off" in note_auto
+    flat = dict(res, resid=np.where(split[s_idx] == 1, np.float32(1e-3) * px[s_idx], res["resid"]).astype(np.float32))
+    got_flat, note_flat = stored_variogram(flat, static, auto)  # the val residuals a plane: no sill in their fit
+    assert not stored_variogram(flat, static, replace(cfg, variogram_splits=["val"]))[0].levels_off
+    assert got_flat.n_pairs == vg.n_pairs and "train+val stations" in note_flat and "does not level off" in note_flat
+    # 20 val stations with a field of 15 km range (exponential, per time) plus noise: their fit levels off
+    from scipy.spatial.distance import cdist
+
+    split20 = (np.arange(n_s) >= 10).astype(np.int8)
+    xy = np.stack([px * 2.0, py * 2.0], axis=1)
+    chol = np.linalg.cholesky(np.exp(-cdist(xy, xy) / 5.0) + 1e-9 * np.eye(n_s))
+    field = np.stack([chol @ rng.normal(size=n_s) for _ in range(n_t)])[t_idx, s_idx] + rng.normal(0, 0.2, len(rows))
+    short = dict(res, split=split20[s_idx], resid=np.where(split20[s_idx] == 1, field, res["resid"]).astype(np.float32))
+    got_s, note_s = stored_variogram(short, static, auto)
+    want_s = stored_variogram(short, static, replace(cfg, variogram_splits=["val"]))[0]
+    assert want_s.levels_off and (got_s.n_pairs, got_s.range_km) == (want_s.n_pairs, want_s.range_km)
+    assert "(variogram_splits auto: their fit levels off)" in note_s and "at the val stations" in note_s
+    no_val = dict(res, split=np.zeros_like(res["split"]))
+    assert "no validation row" in stored_variogram(no_val, static, auto)[1]
     assert stored_variogram(None, static, cfg)[0] is None
     assert stored_variogram(res, static, FusionConfig(splits=["test"]))[0] is None
 
@@ -297,7 +325,7 @@ def test_variogram_warning_says_when_the_fit_does_not_level_off():
     flat = Variogram("exponential", 0.97, 2362.0, 0.03, 1941, 32, 236.2)
     assert not flat.levels_off and Variogram("exponential", 0.9, 470.0, 0.1, 10, 1, 236.2).levels_off
     assert Variogram("exponential", 0.97, 2362.0, 0.03).levels_off  # not fitted: nothing known
-    assert "fusion.variogram_splits: null" in variogram_warning(flat, FusionConfig(variogram_splits=["val"]))
+    assert "fusion.variogram_splits: auto or null" in variogram_warning(flat, FusionConfig(variogram_splits=["val"]))
     assert "step05" in variogram_warning(flat, CFG)
     rng = np.random.default_rng(4)
 
@@ -322,7 +350,8 @@ def test_fusion_config_is_checked():
                 dict(idw_taper_km=0.0), dict(lapse_rate_K_per_km=20.0), dict(qc_max_z=-1.0), dict(qc_min_error_K=-1.0),
                 dict(land_sea_km=-1.0), dict(land_sea_km=float("nan")), dict(excess_range_km=-5.0),
                 dict(excess_range_km=float("nan")),
-                dict(variogram_splits=[]), dict(variogram_splits=["fusion"]), dict(variogram_splits=["test"])):
+                dict(variogram_splits=[]), dict(variogram_splits=["fusion"]), dict(variogram_splits=["test"]),
+                dict(variogram_splits="val")):
         with pytest.raises(ValueError):
             FusionConfig(**bad).check()
     FusionConfig(kriging="ordinary", variogram_model="spherical", land_sea_km=0.0).check()  # PyKrige's takes it

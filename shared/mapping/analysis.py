@@ -116,19 +116,13 @@ def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:
     return fit_variogram(clean, cfg)
 
 
-def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tuple[Variogram | None, str]:
-    """The fusion's variogram fitted to the checkpoint's residual table (``Predictor.fusion_residuals``): the
-    model's errors on the fusion splits' rows (``cfg.variogram_splits``' when set) at every time of the data, at their
-    pixels' kriging sites.
-    The same for every run of the checkpoint, whatever times it maps. ``(None, why)`` without a table or rows
-    of the fusion splits (then a run fits its own times: :func:`run_variogram`)."""
-    if res is None:
-        return None, "the checkpoint holds no residual table (written before it): fitted to the mapped times"
-    names = cfg.variogram_splits or [s for s in cfg.splits if s in RESIDUAL_SPLITS]
+def table_variogram(res: dict, static: Static, cfg: FusionConfig, names: list[str]) -> tuple[Variogram | None, str]:
+    """The variogram fitted to the rows of splits ``names`` of step03's residual table (``res``), grouped by time, at
+    their pixels' kriging sites, and its note; ``(None, why)`` without such a row."""
     codes = [RESIDUAL_SPLITS.index(s) for s in names]
     keep = np.isin(res["split"], codes) & np.isfinite(res["resid"])
     if not keep.any():
-        return None, f"the checkpoint's residual table has no row of {'+'.join(names or cfg.splits)}: fitted to the mapped times"
+        return None, f"the checkpoint's residual table has no row of {'+'.join(names)}"
     t, py, px, z = (res[k][keep] for k in ("time_s", "pixel_y", "pixel_x", "resid"))
     order = np.argsort(t, kind="stable")
     s_all = pixel_sites(static, py[order], px[order], cfg)
@@ -136,8 +130,34 @@ def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tup
     cuts = np.flatnonzero(np.diff(t[order])) + 1
     groups = [(s_all[a:b], z[a:b]) for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(z)])]
     vg = fit_variogram(groups, cfg)
-    return vg, (f"fitted to step03's residuals at the {'+'.join(names)} "
-                f"stations, {vg.n_times} times")
+    return vg, f"fitted to step03's residuals at the {'+'.join(names)} stations, {vg.n_times} times"
+
+
+def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tuple[Variogram | None, str]:
+    """The fusion's variogram fitted to the checkpoint's residual table (``Predictor.fusion_residuals``): the
+    model's errors at every time of the data (:func:`table_variogram`), at the rows ``cfg.variogram_splits`` says:
+    ``auto``, the validation stations' when that fit levels off within the stations' distances
+    (:attr:`~shared.fusion.kriging.Variogram.levels_off`; unseen stations, whose errors are a target's), else the
+    fusion splits' train and validation rows, as with ``None``; a list, those splits'. The same for every run of
+    the checkpoint, whatever times it maps. ``(None, why)`` without a table or such rows (then a run fits its own
+    times: :func:`run_variogram`)."""
+    if res is None:
+        return None, "the checkpoint holds no residual table (written before it): fitted to the mapped times"
+    pooled = [s for s in cfg.splits if s in RESIDUAL_SPLITS]
+    auto = cfg.variogram_splits == "auto"
+    names = pooled if auto or cfg.variogram_splits is None else list(cfg.variogram_splits)
+    why = ""
+    if auto:
+        val, note = table_variogram(res, static, cfg, ["val"])
+        if val is not None and val.levels_off:
+            return val, f"{note} (variogram_splits auto: their fit levels off)"
+        why = (" (variogram_splits auto: no validation row)" if val is None else
+               f" (variogram_splits auto: the validation stations' fit does not level off, range {val.range_km:.0f} km "
+               f"with the farthest pair {2 * val.max_lag_km:.0f} km apart)")
+    if not names:
+        return None, f"the fusion splits ({'+'.join(cfg.splits)}) have no row in step03's residual table: fitted to the mapped times"
+    vg, note = table_variogram(res, static, cfg, names)
+    return vg, (note + why if vg is not None else f"{note}: fitted to the mapped times")
 
 
 def fuse_map(model_K: np.ndarray, model_se_K: np.ndarray, static: Static, offset: tuple[int, int],
