@@ -269,7 +269,7 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
                       + cfg.blend_text()
                       + "; standard error se_model x sqrt(kriging variance of a unit-sill field"
                       + (f"; the hour's excess {cfg.excess_text()}, kriged with it)"
-                         if cfg.hour_excess and s_se is not None and cfg.kriging == "simple" else ")")
+                         if cfg.kriges_excess and s_se is not None else ")")
                       + (", mixed with the IDW's as the values are (fusion.idw_variance_K2, idw_error_correlation)"
                          if cfg.blend else ""),
             "sources": f"same-hour observations of the fusion stations ({'+'.join(cfg.splits)}), never a target station",

@@ -262,6 +262,12 @@ class FusionConfig:
         return (f", blended over land with the stations' lapse-adjusted IDW (weight {w} at a station, 0 from "
                 f"{self.idw_taper_km:g} km)")
 
+    @property
+    def kriges_excess(self) -> bool:
+        """Whether the hour's excess is kriged as a field (``hour_excess`` with simple kriging; ordinary kriging
+        estimates each hour's mean instead): given the model's standard error at the sources, :func:`fuse` does."""
+        return self.hour_excess and self.kriging == "simple"
+
     def excess_text(self) -> str:
         """The hour's excess field in words (:attr:`excess_range_km`)."""
         return (f"a second residual field of {self.excess_range_km:g} km range" if self.excess_range_km > 0
@@ -465,8 +471,7 @@ def fuse(src_sites: np.ndarray, resid: np.ndarray, tgt_sites: np.ndarray, model:
     if n < cfg.min_stations:
         return Fused(model.copy(), se_model.copy(), n, False, float("nan"), float("nan"), 0.0, rejected)
     r = np.asarray(resid, np.float64)[ok]
-    use_excess = cfg.hour_excess and src_se is not None and cfg.kriging == "simple"  # ordinary: its own mean
-    excess = hour_excess(r, np.asarray(src_se, np.float64)[ok]) if use_excess else 0.0
+    excess = hour_excess(r, np.asarray(src_se, np.float64)[ok]) if cfg.kriges_excess and src_se is not None else 0.0
     # the kriging weights depend on the variogram's shape only; v is the kriging variance of a unit-sill field, the
     # share of the model's error variance left at the target (sill 1: the model's standard error, calibrated on
     # unseen stations; the hour's own residuals are smaller, most fusion stations are training stations), plus the
