@@ -1,4 +1,6 @@
 """Station-interpolation baselines and the station bootstrap on tiny hand-made data."""
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -208,6 +210,12 @@ def test_station_analysis_adds_same_hour_residuals_and_never_uses_target_station
     np.testing.assert_array_equal(out, out2)
     np.testing.assert_array_equal(out_se, out2_se)
     assert (out_se < 0.8).all() and (out_se > 0).all()  # the fusion is surer than the model alone
+    # the hour's excess is reported only where it is kriged (simple kriging): ordinary kriging adds none
+    _, _, info_o = station_analysis(fusion, target, st, model, model[tgt], se[tgt], p, se_fusion_c=se)
+    assert info_o["hour_excess"] is None and "excess" not in info_o["method"]
+    _, _, info_s = station_analysis(fusion, target, st, model, model[tgt], se[tgt], replace(p, kriging="simple"),
+                                    se_fusion_c=se)
+    assert info_s["hour_excess"]["times_above_0"] >= 4 and "excess" in info_s["method"]  # hours off by 1.5-3 K, se 0.8
     # with the station blend too: the IDW moves the analysis, never with a target station's observation
     pb = FusionConfig(elevation_weight=100.0, kriging="ordinary", idw_weight=0.3, land_sea_km=0.0)
     st_land = st.assign(land=1.0)

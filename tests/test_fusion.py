@@ -311,6 +311,32 @@ def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
     assert "(variogram_splits auto: their fit levels off)" in note_s and "at the val stations" in note_s
     no_val = dict(res, split=np.zeros_like(res["split"]))
     assert "no validation row" in stored_variogram(no_val, static, auto)[1]
+    # a checkpoint without the table: step04 fits the mapped times' residuals at the rows the same key says
+    from shared.mapping.analysis import TimeSources, pixel_sites, run_variogram
+
+    def sources(table, with_split=True):
+        out = []
+        for t in range(n_t):
+            k = np.flatnonzero(t_idx == t)
+            y, x, z = table["pixel_y"][k], table["pixel_x"][k], table["resid"][k].astype(np.float64)
+            sp = np.array(["train", "val"])[table["split"][k]] if with_split else None
+            out.append(TimeSources(s_idx[k], y, x, pixel_sites(static, y, x, cfg), z, z * 0, z, z * 0, None, sp))
+        return out
+
+    noqc = replace(cfg, qc_max_z=0.0)
+    for key, want_vg in ((None, vg), (["val"], val_only), ("auto", want_s)):
+        table = short if key == "auto" else res
+        got_r, note_r = run_variogram(sources(table), replace(noqc, variogram_splits=key))
+        assert (got_r.n_pairs, got_r.range_km, got_r.nugget) == pytest.approx((want_vg.n_pairs, want_vg.range_km, want_vg.nugget))
+        assert "mapped times' residuals at the " + ("train+val" if key is None else "val") + " stations" in note_r
+    assert "their fit levels off" in run_variogram(sources(short), replace(noqc, variogram_splits="auto"))[1]
+    flat_r = run_variogram(sources(flat), replace(noqc, variogram_splits="auto"))
+    assert flat_r[0].n_pairs == vg.n_pairs and "does not level off" in flat_r[1]
+    # sources without a split (older index): all of them, whatever the key
+    assert run_variogram(sources(short, False), replace(noqc, variogram_splits="auto"))[0].n_pairs == vg.n_pairs
+    # the key's splits absent at the mapped times: every source, saying so
+    none_r = run_variogram(sources(res), replace(noqc, variogram_splits=["fusion"]))
+    assert none_r[0].n_pairs == vg.n_pairs and "no fusion station's residual" in none_r[1]
     assert stored_variogram(None, static, cfg)[0] is None
     assert stored_variogram(res, static, FusionConfig(splits=["test"]))[0] is None
 

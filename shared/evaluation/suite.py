@@ -30,7 +30,7 @@ from shared.evaluation.interpolation import (
     residual_kriging,
     station_rows,
 )
-from shared.fusion.analysis import FusionConfig, StationValues, fit_variogram, fuse, residual, sites
+from shared.fusion.analysis import FusionConfig, StationValues, fit_variogram, fuse, residual, sites, variogram_warning
 from shared.fusion.kriging import VARIOGRAM_MODELS, Variogram
 
 ALL_BASELINES = BASELINES + STATION_BASELINES
@@ -275,7 +275,8 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
             "sources": f"same-hour observations of the fusion stations ({'+'.join(cfg.splits)}), never a target station",
             "fusion": cfg.describe(), "n_source_stations": int(src["stn_id"].nunique()),
             "residual_rmse_K": float(np.sqrt(np.nanmean((src["ta_c"].to_numpy() - np.asarray(model_fusion_c)[src_ok]) ** 2))),
-            "variogram": vg.info(), "variogram_source": vg_note, "times": len(groups), "times_fused": n_fused,
+            "variogram": vg.info(), "variogram_source": vg_note, "variogram_warning": variogram_warning(vg, cfg),
+            "times": len(groups), "times_fused": n_fused,
             "times_model_only": len(groups) - n_fused,
             "mean_variance_of_residuals_K2": float(np.mean(scales)) if scales else None,
             "hour_excess": ({"rule": "median (residual / se_model)^2 at the fusion stations / 0.455 - 1, at least 0: the "
@@ -283,7 +284,7 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
                                      "first",
                              "times_above_0": int(np.sum(np.asarray(excess) > 0)), "mean": float(np.mean(excess)),
                              "max": float(np.max(excess))}
-                            if cfg.hour_excess and s_se is not None and excess else None),
+                            if cfg.kriges_excess and s_se is not None and excess else None),
             "qc_rejected": {"n": len(rejected), "first": [{"time_utc": t, "stn_id": k} for t, k in rejected[:20]],
                             "rule": "leave-one-out kriging error above fusion.qc_max_z robust standard deviations "
                                     "and fusion.qc_min_error_K (shared.fusion.kriging.buddy_check)"},

@@ -100,20 +100,59 @@ def time_sources(obs_t: pd.DataFrame, model_K: np.ndarray, static: Static,
                        obs_t["split"].to_numpy().astype(str) if "split" in obs_t else None)
 
 
-def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> Variogram:
-    """The run's variogram: fitted to the residuals of all its times together. With the gross-error check on
-    (``cfg.qc_max_z``), fitted again without the observations it rejects under the first fit, so that the maps'
-    kriging and its variogram leave out the same observations."""
-    groups = [(s.sites, s.resid) for s in sources]
-    vg = fit_variogram(groups, cfg)
-    if cfg.qc_max_z <= 0:
-        return vg
-    clean = []
-    for xy, r in groups:
-        r = np.asarray(r, np.float64).copy()
-        r[gross_errors(xy, r, vg, cfg)] = np.nan
-        clean.append((xy, r))
-    return fit_variogram(clean, cfg)
+def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> tuple[Variogram, str]:
+    """The run's variogram and its note, for a checkpoint without a residual table: fitted to the residuals of
+    all the mapped times together, at the rows ``cfg.variogram_splits`` says (:func:`choose_variogram`; sources
+    without a split: all of them). With the gross-error check on (``cfg.qc_max_z``), fitted again without the
+    observations it rejects under the first fit, so that the maps' kriging and its variogram leave out the same
+    observations."""
+
+    def fit(names: list[str]) -> tuple[Variogram | None, str]:
+        groups, have = [], set()
+        for s in sources:
+            keep = np.ones(len(s.resid), bool) if s.split is None else np.isin(s.split, names)
+            groups.append((s.sites[keep], np.asarray(s.resid, np.float64)[keep]))
+            have |= set() if s.split is None else set(s.split[keep & s.used()].tolist())
+        if not any(np.isfinite(r).sum() >= cfg.min_stations for _, r in groups):
+            return None, f"the mapped times hold no {'+'.join(names)} station's residual"
+        names = [n for n in names if n in have] or names  # the splits the rows hold (all: sources without one)
+        vg = fit_variogram(groups, cfg)
+        if cfg.qc_max_z > 0:
+            clean = []
+            for xy, r in groups:
+                r = r.copy()
+                r[gross_errors(xy, r, vg, cfg)] = np.nan
+                clean.append((xy, r))
+            vg = fit_variogram(clean, cfg)
+        return vg, f"fitted to the mapped times' residuals at the {'+'.join(names)} stations, {vg.n_times} times"
+
+    vg, note = choose_variogram(fit, list(cfg.splits), cfg)
+    if vg is None:  # no station of the chosen splits at these times: every source
+        vg = fit_variogram([(s.sites, s.resid) for s in sources], cfg)
+        note = f"{note}: fitted to every fusion station's residual at the mapped times"
+    return vg, note
+
+
+def choose_variogram(fit, pooled: list[str], cfg: FusionConfig) -> tuple[Variogram | None, str]:
+    """The fusion's variogram at the rows ``cfg.variogram_splits`` says, and its note: ``auto``, the validation
+    stations' when that fit levels off within the stations' distances
+    (:attr:`~shared.fusion.kriging.Variogram.levels_off`; unseen stations, whose errors are a target's), else the
+    ``pooled`` splits' (train and validation), as with ``None``; a list, those splits'. ``fit(names)`` returns the
+    variogram fitted to those splits' rows and its note, ``(None, why)`` without such rows."""
+    auto = cfg.variogram_splits == "auto"
+    names = pooled if auto or cfg.variogram_splits is None else list(cfg.variogram_splits)
+    why = ""
+    if auto:
+        val, note = fit(["val"])
+        if val is not None and val.levels_off:
+            return val, f"{note} (variogram_splits auto: their fit levels off)"
+        why = (" (variogram_splits auto: no validation row)" if val is None else
+               f" (variogram_splits auto: the validation stations' fit does not level off, range {val.range_km:.0f} km "
+               f"with the farthest pair {2 * val.max_lag_km:.0f} km apart)")
+    if not names:
+        return None, f"the fusion splits ({'+'.join(cfg.splits)}) have no row here"
+    vg, note = fit(names)
+    return vg, note + why
 
 
 def table_variogram(res: dict, static: Static, cfg: FusionConfig, names: list[str]) -> tuple[Variogram | None, str]:
@@ -140,24 +179,12 @@ def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tup
     (:attr:`~shared.fusion.kriging.Variogram.levels_off`; unseen stations, whose errors are a target's), else the
     fusion splits' train and validation rows, as with ``None``; a list, those splits'. The same for every run of
     the checkpoint, whatever times it maps. ``(None, why)`` without a table or such rows (then a run fits its own
-    times: :func:`run_variogram`)."""
+    times, :func:`run_variogram`)."""
     if res is None:
-        return None, "the checkpoint holds no residual table (written before it): fitted to the mapped times"
-    pooled = [s for s in cfg.splits if s in RESIDUAL_SPLITS]
-    auto = cfg.variogram_splits == "auto"
-    names = pooled if auto or cfg.variogram_splits is None else list(cfg.variogram_splits)
-    why = ""
-    if auto:
-        val, note = table_variogram(res, static, cfg, ["val"])
-        if val is not None and val.levels_off:
-            return val, f"{note} (variogram_splits auto: their fit levels off)"
-        why = (" (variogram_splits auto: no validation row)" if val is None else
-               f" (variogram_splits auto: the validation stations' fit does not level off, range {val.range_km:.0f} km "
-               f"with the farthest pair {2 * val.max_lag_km:.0f} km apart)")
-    if not names:
-        return None, f"the fusion splits ({'+'.join(cfg.splits)}) have no row in step03's residual table: fitted to the mapped times"
-    vg, note = table_variogram(res, static, cfg, names)
-    return vg, (note + why if vg is not None else f"{note}: fitted to the mapped times")
+        return None, "the checkpoint holds no residual table (written before it)"
+    vg, note = choose_variogram(lambda names: table_variogram(res, static, cfg, names),
+                                [s for s in cfg.splits if s in RESIDUAL_SPLITS], cfg)
+    return vg, note
 
 
 def fuse_map(model_K: np.ndarray, model_se_K: np.ndarray, static: Static, offset: tuple[int, int],

@@ -277,7 +277,8 @@ def run(cfg: Config, ctx: Context) -> Result:
         if sources:
             vg, vg_note = stored_variogram(predictor.fusion_residuals, static, cfg.fusion)
             if vg is None:
-                vg = run_variogram(list(sources.values()), cfg.fusion)
+                vg, run_note = run_variogram(list(sources.values()), cfg.fusion)
+                vg_note = f"{vg_note}: {run_note}"
             if rank == 0 and (w := variogram_warning(vg, cfg.fusion)):
                 print(f"warning: {w}", file=sys.stderr)
             fusion_note = (f"fusion: {sum(int(s.used().sum()) for s in sources.values()):,} observations of the "

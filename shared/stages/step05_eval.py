@@ -54,7 +54,7 @@ from shared.evaluation.plots import (
 from shared.evaluation.rows import build_table, check_stats, pred_columns, read_rows, take_rows
 from shared.evaluation.suite import ALL_BASELINES, BaselineConfig, nearest_source_km, run_baselines, station_analysis
 from shared.evaluation.uncertainty import format_interval_table, interval_scores
-from shared.fusion.analysis import FusionConfig, variogram_warning
+from shared.fusion.analysis import FusionConfig
 from shared.io.index import FUSION_ROWS, SPLITS_JSON, learnt_station_ids, read_split_csv, read_splits
 from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR, patch_rows, read_manifest
 from shared.io.raw import read_static
@@ -314,12 +314,12 @@ def run(cfg: Config, ctx: Context) -> Result:
     if cfg.fusion.enabled and src_rows:
         fusion = {k: np.concatenate([r[k] for r in src_rows]) for k in ("time", "stn_id", "ta_c", "pred_z", "pred_sd_z")}
         vg, vg_note = stored_variogram(predictor.fusion_residuals, static, cfg.fusion)  # step04's variogram
-        if vg is not None and (w := variogram_warning(vg, cfg.fusion)):
-            print(f"warning: {w}", file=sys.stderr)
         analysis_c, analysis_se_c, analysis_info = station_analysis(
             fusion, test, stations, predictor.to_celsius(fusion["pred_z"]).astype(np.float64),
             df["prediction_c"].to_numpy(), model_se_c, cfg.fusion, vg, vg_note,
             fusion["pred_sd_z"].astype(np.float64) * ta_std)
+        if w := analysis_info["variogram_warning"]:  # step04's variogram, or one fitted to the scored times
+            print(f"warning: {w}", file=sys.stderr)
         fusion_km = nearest_source_km(fusion, test, stations)
         note = unfused_warning(analysis_info, cfg.split, cfg.fusion, splits.get("mode"))
         if note:
