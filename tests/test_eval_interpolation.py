@@ -343,3 +343,44 @@ def test_station_analysis_leaves_a_gross_error_out_and_reports_it():
                                FusionConfig(elevation_weight=0.0, idw_weight=0.0, qc_max_z=0.0), vg)
     hour = t[tgt] == times[1]  # without the check the error reaches that hour's targets, only those
     assert np.abs(c - b)[hour].max() > 0.01 and np.abs(c - b)[~hour].max() == 0.0
+
+
+def test_station_analysis_without_a_stored_variogram_fits_the_splits_the_config_picks():
+    """A checkpoint without step03's residual table: step05 fits the scored times' residuals, at the stations
+    fusion.variogram_splits picks (as step04 does with the mapped times), and says so; rows without a split: all."""
+    from shared.evaluation.suite import station_analysis
+    from shared.fusion.analysis import FusionConfig, fit_variogram
+
+    rng = np.random.default_rng(3)
+    n_st, times = 30, pd.date_range("2023-05-01", periods=4, freq="3h").to_numpy()
+    st = pd.DataFrame({"stn_id": np.arange(500, 500 + n_st), "x_km": rng.uniform(0, 300, n_st),
+                       "y_km": rng.uniform(0, 300, n_st), "elev_m": 0.0})
+    ids = st["stn_id"].to_numpy()
+    split_of = np.where(np.arange(n_st) < 18, "train", "val")
+    split_of[:3] = "test"
+    t, s = np.repeat(times, n_st), np.tile(ids, len(times))
+    obs = 10.0 + rng.normal(0, 1.0, len(s))
+    src = np.tile(split_of, len(times)) != "test"
+    tgt = ~src
+    fusion = {"time": t[src], "stn_id": s[src], "ta_c": obs[src], "split": np.tile(split_of, len(times))[src]}
+    target = {"time": t[tgt], "stn_id": s[tgt]}
+    model = np.full(len(s), 10.0)
+    cfg = FusionConfig(elevation_weight=0.0, idw_weight=0.0, land_sea_km=0.0, qc_max_z=0.0)
+    xy = st[["x_km", "y_km"]].to_numpy()
+    r_all = (obs - model).reshape(len(times), n_st)
+
+    def direct(which):  # the pooled fit of those stations' residuals, time by time
+        m = np.isin(split_of, which)
+        return fit_variogram([(np.c_[xy[m], np.zeros(m.sum())], r_all[k, m]) for k in range(len(times))], cfg)
+
+    for key, which, name in ((["val"], ["val"], "val"), (None, ["train", "val"], "train+val")):
+        _, _, info = station_analysis(fusion, target, st, model[src], model[tgt], np.ones(tgt.sum()),
+                                      replace(cfg, variogram_splits=key), vg_note="no table")
+        want = direct(which)
+        assert (info["variogram"]["n_pairs"], info["variogram"]["range_km"]) == pytest.approx((want.n_pairs, want.range_km))
+        assert info["variogram_source"].startswith(f"no table: fitted to the scored times' residuals at the {name} stations")
+    assert direct(["val"]).n_pairs < direct(["train", "val"]).n_pairs
+    no_split = {k: v for k, v in fusion.items() if k != "split"}
+    _, _, info = station_analysis(no_split, target, st, model[src], model[tgt], np.ones(tgt.sum()),
+                                  replace(cfg, variogram_splits=["val"]))
+    assert info["variogram"]["n_pairs"] == direct(["train", "val"]).n_pairs

@@ -30,7 +30,15 @@ from shared.evaluation.interpolation import (
     residual_kriging,
     station_rows,
 )
-from shared.fusion.analysis import FusionConfig, StationValues, fit_variogram, fuse, residual, sites, variogram_warning
+from shared.fusion.analysis import (
+    FusionConfig,
+    StationValues,
+    fuse,
+    residual,
+    sites,
+    split_variogram,
+    variogram_warning,
+)
 from shared.fusion.kriging import VARIOGRAM_MODELS, Variogram
 
 ALL_BASELINES = BASELINES + STATION_BASELINES
@@ -230,7 +238,8 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
     errors there and at the targets. The method is :mod:`shared.fusion.analysis` (same-hour
     residuals kriged, one variogram pooled over the times); a target station is never a source; a time
     with fewer than ``min_stations`` sources keeps the model and its standard error. ``vg``: the variogram to use
-    (step04's, from the checkpoint: :func:`shared.mapping.analysis.stored_variogram`); None: fitted to these times.
+    (step04's, from the checkpoint: :func:`shared.mapping.analysis.stored_variogram`); None: fitted to these times
+    (:func:`shared.fusion.analysis.split_variogram`, at the splits of ``fusion["split"]`` when it has them).
     ``se_fusion_c``: the model's standard errors at the fusion rows, for the hour's excess (``cfg.hour_excess``,
     :func:`shared.fusion.analysis.fuse`); None: not used.
     """
@@ -250,8 +259,11 @@ def station_analysis(fusion: dict, target: dict, stations: pd.DataFrame, model_f
                          "table with station_table(..., dem, lsmask)")
     t_land = tgt["land"].to_numpy(np.float64) if "land" in tgt else None
     s_land = src["land"].to_numpy(np.float64) if "land" in src else None
-    if vg is None:
-        vg, vg_note = fit_variogram([(s_sites[si], r[si]) for si, _ in groups], cfg), "fitted to the scored times"
+    if vg is None:  # a checkpoint without step03's residual table: the scored times' residuals, as step04 does
+        sp = np.asarray(fusion["split"])[src_ok] if "split" in fusion else None
+        vg, fit_note = split_variogram([(s_sites[si], r[si], None if sp is None else sp[si]) for si, _ in groups], cfg,
+                                       "the scored times")
+        vg_note = f"{vg_note}: {fit_note}" if vg_note else fit_note
     out = np.asarray(model_target_c, dtype=np.float64).copy()
     se = np.asarray(se_target_c, dtype=np.float64).copy()
     n_fused, scales, rejected, excess = 0, [], [], []

@@ -392,6 +392,68 @@ def fit_variogram(groups: list[tuple[np.ndarray, np.ndarray]], cfg: FusionConfig
     return pooled_variogram([(s, r) for s, r in groups if np.isfinite(r).sum() >= cfg.min_stations], cfg.variogram_model)
 
 
+def choose_variogram(fit, pooled: list[str], cfg: FusionConfig) -> tuple[Variogram | None, str]:
+    """The fusion's variogram at the rows ``cfg.variogram_splits`` says, and its note: ``auto``, the validation
+    stations' when that fit levels off within the stations' distances
+    (:attr:`~shared.fusion.kriging.Variogram.levels_off`; unseen stations, whose errors are a target's), else the
+    ``pooled`` splits' (train and validation), as with ``None``; a list, those splits'. ``fit(names)`` returns the
+    variogram fitted to those splits' rows and its note, ``(None, why)`` without such rows."""
+    auto = cfg.variogram_splits == "auto"
+    names = pooled if auto or cfg.variogram_splits is None else list(cfg.variogram_splits)
+    why = ""
+    if auto:
+        val, note = fit(["val"])
+        if val is not None and val.levels_off:
+            return val, f"{note} (variogram_splits auto: their fit levels off)"
+        why = (" (variogram_splits auto: no validation row)" if val is None else
+               f" (variogram_splits auto: the validation stations' fit does not level off, range {val.range_km:.0f} km "
+               f"with the farthest pair {2 * val.max_lag_km:.0f} km apart)")
+    if not names:
+        return None, f"the fusion splits ({'+'.join(cfg.splits)}) have no row here"
+    vg, note = fit(names)
+    return vg, note + why
+
+
+def split_variogram(groups: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], cfg: FusionConfig,
+                    where: str) -> tuple[Variogram, str]:
+    """The variogram of residuals at hand (``groups``: per time ``(sites, residuals, each row's split or None)``)
+    and its note, at the stations ``cfg.variogram_splits`` picks (:func:`choose_variogram`; rows without a
+    split: all of them; none of the picked splits: every row). With the gross-error check on
+    (``cfg.qc_max_z``), fitted again without the observations it rejects under the first fit, so that the
+    kriging and its variogram leave out the same observations. For a checkpoint without step03's residual table
+    (step04's mapped times, step05's scored times, ``where``)."""
+
+    def fit_clean(sel: list[tuple[np.ndarray, np.ndarray]]) -> Variogram:
+        vg = fit_variogram(sel, cfg)
+        if cfg.qc_max_z <= 0:
+            return vg
+        clean = []
+        for xy, r in sel:
+            r = r.copy()
+            r[gross_errors(xy, r, vg, cfg)] = np.nan
+            clean.append((xy, r))
+        return fit_variogram(clean, cfg)
+
+    def fit(names: list[str]) -> tuple[Variogram | None, str]:
+        sel, have = [], set()
+        for xy, r, sp in groups:
+            r = np.asarray(r, np.float64)
+            keep = np.ones(len(r), bool) if sp is None else np.isin(sp, names)
+            sel.append((np.asarray(xy)[keep], r[keep]))
+            have |= set() if sp is None else set(np.asarray(sp)[keep & np.isfinite(r)].tolist())
+        if not any(np.isfinite(r).sum() >= cfg.min_stations for _, r in sel):
+            return None, f"{where} hold no {'+'.join(names)} station's residual"
+        names = [n for n in names if n in have] or names  # the splits the rows hold (all: rows without one)
+        vg = fit_clean(sel)
+        return vg, f"fitted to {where}' residuals at the {'+'.join(names)} stations, {vg.n_times} times"
+
+    vg, note = choose_variogram(fit, list(cfg.splits), cfg)
+    if vg is None:  # no station of the picked splits here: every row
+        vg = fit_clean([(np.asarray(xy), np.asarray(r, np.float64)) for xy, r, _ in groups])
+        note = f"{note}: fitted to every fusion station's residual at {where}"
+    return vg, note
+
+
 @dataclass
 class Fused:
     value: np.ndarray  # (m,) the analysis at the targets (units of the model)

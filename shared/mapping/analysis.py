@@ -18,7 +18,17 @@ import pandas as pd
 
 from shared.core.constants import KELVIN
 from shared.core.errors import UserError, rerun
-from shared.fusion.analysis import Fused, FusionConfig, StationValues, fit_variogram, fuse, gross_errors, residual, sites
+from shared.fusion.analysis import (
+    Fused,
+    FusionConfig,
+    StationValues,
+    choose_variogram,
+    fit_variogram,
+    fuse,
+    residual,
+    sites,
+    split_variogram,
+)
 from shared.fusion.kriging import Variogram
 from shared.io.raw import Static
 from shared.models.checkpoint import RESIDUAL_SPLITS
@@ -102,57 +112,9 @@ def time_sources(obs_t: pd.DataFrame, model_K: np.ndarray, static: Static,
 
 def run_variogram(sources: list[TimeSources], cfg: FusionConfig) -> tuple[Variogram, str]:
     """The run's variogram and its note, for a checkpoint without a residual table: fitted to the residuals of
-    all the mapped times together, at the rows ``cfg.variogram_splits`` says (:func:`choose_variogram`; sources
-    without a split: all of them). With the gross-error check on (``cfg.qc_max_z``), fitted again without the
-    observations it rejects under the first fit, so that the maps' kriging and its variogram leave out the same
-    observations."""
-
-    def fit(names: list[str]) -> tuple[Variogram | None, str]:
-        groups, have = [], set()
-        for s in sources:
-            keep = np.ones(len(s.resid), bool) if s.split is None else np.isin(s.split, names)
-            groups.append((s.sites[keep], np.asarray(s.resid, np.float64)[keep]))
-            have |= set() if s.split is None else set(s.split[keep & s.used()].tolist())
-        if not any(np.isfinite(r).sum() >= cfg.min_stations for _, r in groups):
-            return None, f"the mapped times hold no {'+'.join(names)} station's residual"
-        names = [n for n in names if n in have] or names  # the splits the rows hold (all: sources without one)
-        vg = fit_variogram(groups, cfg)
-        if cfg.qc_max_z > 0:
-            clean = []
-            for xy, r in groups:
-                r = r.copy()
-                r[gross_errors(xy, r, vg, cfg)] = np.nan
-                clean.append((xy, r))
-            vg = fit_variogram(clean, cfg)
-        return vg, f"fitted to the mapped times' residuals at the {'+'.join(names)} stations, {vg.n_times} times"
-
-    vg, note = choose_variogram(fit, list(cfg.splits), cfg)
-    if vg is None:  # no station of the chosen splits at these times: every source
-        vg = fit_variogram([(s.sites, s.resid) for s in sources], cfg)
-        note = f"{note}: fitted to every fusion station's residual at the mapped times"
-    return vg, note
-
-
-def choose_variogram(fit, pooled: list[str], cfg: FusionConfig) -> tuple[Variogram | None, str]:
-    """The fusion's variogram at the rows ``cfg.variogram_splits`` says, and its note: ``auto``, the validation
-    stations' when that fit levels off within the stations' distances
-    (:attr:`~shared.fusion.kriging.Variogram.levels_off`; unseen stations, whose errors are a target's), else the
-    ``pooled`` splits' (train and validation), as with ``None``; a list, those splits'. ``fit(names)`` returns the
-    variogram fitted to those splits' rows and its note, ``(None, why)`` without such rows."""
-    auto = cfg.variogram_splits == "auto"
-    names = pooled if auto or cfg.variogram_splits is None else list(cfg.variogram_splits)
-    why = ""
-    if auto:
-        val, note = fit(["val"])
-        if val is not None and val.levels_off:
-            return val, f"{note} (variogram_splits auto: their fit levels off)"
-        why = (" (variogram_splits auto: no validation row)" if val is None else
-               f" (variogram_splits auto: the validation stations' fit does not level off, range {val.range_km:.0f} km "
-               f"with the farthest pair {2 * val.max_lag_km:.0f} km apart)")
-    if not names:
-        return None, f"the fusion splits ({'+'.join(cfg.splits)}) have no row here"
-    vg, note = fit(names)
-    return vg, note + why
+    all the mapped times together, at the stations ``cfg.variogram_splits`` picks, without the gross errors
+    (:func:`shared.fusion.analysis.split_variogram`)."""
+    return split_variogram([(s.sites, s.resid, s.split) for s in sources], cfg, "the mapped times")
 
 
 def table_variogram(res: dict, static: Static, cfg: FusionConfig, names: list[str]) -> tuple[Variogram | None, str]:

@@ -310,9 +310,11 @@ def run(cfg: Config, ctx: Context) -> Result:
     # stations, as step04's maps; the scored split is never a source
     model_se_c = test["pred_sd_z"].astype(np.float64) * ta_std
     by_split = {"train": train, "val": val, FUSION_ROWS: fusion_rows}
-    src_rows = [by_split[s] for s in cfg.fusion.splits if s != cfg.split and by_split.get(s) is not None]
+    src_names = [s for s in cfg.fusion.splits if s != cfg.split and by_split.get(s) is not None]
+    src_rows = [by_split[s] for s in src_names]
     if cfg.fusion.enabled and src_rows:
         fusion = {k: np.concatenate([r[k] for r in src_rows]) for k in ("time", "stn_id", "ta_c", "pred_z", "pred_sd_z")}
+        fusion["split"] = np.concatenate([np.full(len(r["time"]), s) for s, r in zip(src_names, src_rows)])
         vg, vg_note = stored_variogram(predictor.fusion_residuals, static, cfg.fusion)  # step04's variogram
         analysis_c, analysis_se_c, analysis_info = station_analysis(
             fusion, test, stations, predictor.to_celsius(fusion["pred_z"]).astype(np.float64),
