@@ -176,10 +176,22 @@ def test_adopt_records_files_made_elsewhere_after_checking_them(tmp_path, capsys
     shutil.copytree(made, copied)
     (copied / "run.json").unlink()  # brought from another machine without its record
     assert run_step03(tmp_path, copied, "train.epochs=1") == 2
-    assert "python -m shared.tools.adopt step02 PATH" in capsys.readouterr().err
+    assert f"python -m shared.tools.adopt step02 {copied}" in capsys.readouterr().err
     assert adopt_main(["step02", str(copied)]) == 0
     assert "recorded as a finished step02 set" in capsys.readouterr().out
     assert run_step03(tmp_path, copied, "train.epochs=1") == 0
+    # a weights folder copied elsewhere: the message gives the command that adopts it (step03 takes the file)
+    from shared.core.errors import UserError
+    from shared.core.records import check_upstream
+
+    moved = tmp_path / "moved_weights"
+    shutil.copytree(tmp_path / "run" / "weights", moved)
+    with pytest.raises(UserError, match="moved or copied") as e:
+        check_upstream(moved, [moved / "best.pt"], "step03")
+    cmd = str(e.value).split("To use it here: python -m shared.tools.adopt ")[1].split(";")[0].split()
+    assert cmd == ["step03", str(moved / "best.pt")]
+    assert adopt_main(cmd) == 0 and "recorded as a finished step03 set" in capsys.readouterr().out
+    check_upstream(moved, [moved / "best.pt"], "step03")
     # files a finished record already lists, unchanged, keep that record (its config and inputs are not lost)
     from shared.core.records import read_record
 
@@ -194,8 +206,6 @@ def test_adopt_records_files_made_elsewhere_after_checking_them(tmp_path, capsys
     bad = tmp_path / "w" / "best.pt"
     bad.parent.mkdir()
     bad.write_bytes(b"junk")
-    from shared.core.errors import UserError
-
     with pytest.raises(UserError, match="corrupted checkpoint"):
         adopt_main(["step03", str(bad)])
     assert not (bad.parent / "run.json").exists()

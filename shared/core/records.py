@@ -240,6 +240,14 @@ def finished_record(rec: dict | None) -> dict | None:
     return prev if isinstance(prev, dict) and prev.get("status") == "ok" else None
 
 
+def adopt_command(step: str, run_dir: str | Path, files: list) -> str:
+    """The command that records files made elsewhere as a finished set of ``step`` (:mod:`shared.tools.adopt`):
+    step03 takes the checkpoint file, step01 and step02 their folder."""
+    name = step.split("_")[0]
+    what = files[0] if name == "step03" and len(files) == 1 else run_dir
+    return f"python -m shared.tools.adopt {name} {what}"
+
+
 def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) -> dict:
     """Refuse files that are not exactly those a finished run of ``step`` wrote in ``run_dir``.
 
@@ -256,7 +264,7 @@ def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) 
     if done is None:
         state = "has no run record" if rec is None else f"holds an unfinished {step} run (status {rec.get('status')!r})"
         raise UserError(f"{run_dir} {state}: its files do not form a finished set; {rerun(step)} (files made "
-                        f"elsewhere: python -m shared.tools.adopt {step.split('_')[0]} PATH)")
+                        f"elsewhere: {adopt_command(step, run_dir, files)})")
     outs = done.get("outputs") or {}
     for f in files:
         key = str(Path(f))
@@ -267,8 +275,8 @@ def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) 
             elsewhere = [k for k in outs if Path(k).parts[-len(rel.parts):] == rel.parts]
             if elsewhere:
                 raise UserError(f"{run_dir}: its record lists {rel} under another folder ({elsewhere[0]}): the folder "
-                                f"was moved or copied. To use it here: python -m shared.tools.adopt "
-                                f"{step.split('_')[0]} {run_dir}; or {rerun(step)}")
+                                f"was moved or copied. To use it here: {adopt_command(step, run_dir, files)}; or "
+                                f"{rerun(step)}")
             raise UserError(f"{f} was not written by the last finished {step} run (its record in {run_dir / RUN_JSON} "
                             f"does not list it); {rerun(step)}")
         if fingerprint([f])[key] != want:
