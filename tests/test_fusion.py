@@ -244,7 +244,7 @@ def test_residuals_and_variogram_pool_over_times():
     assert np.isnan(residual(np.array([np.nan]), np.zeros(1))[0])
 
 
-def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
+def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows(monkeypatch):
     """step04 and step05 fit the fusion's variogram to step03's residual table: grouped by time, at the pixels'
     kriging sites, only rows of the fusion splits (variogram_splits null) or of the splits asked for; with auto
     (the default) the validation stations' fit when it levels off, else the fusion splits'; None (the run fits
@@ -252,6 +252,7 @@ def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
     from dataclasses import replace
     from types import SimpleNamespace
 
+    import shared.fusion.analysis as fa
     from shared.mapping.analysis import stored_variogram
 
     rng = np.random.default_rng(1)
@@ -305,9 +306,13 @@ def test_stored_variogram_is_the_pooled_fit_of_the_fusion_splits_rows():
     chol = np.linalg.cholesky(np.exp(-cdist(xy, xy) / 5.0) + 1e-9 * np.eye(n_s))
     field = np.stack([chol @ rng.normal(size=n_s) for _ in range(n_t)])[t_idx, s_idx] + rng.normal(0, 0.2, len(rows))
     short = dict(res, split=split20[s_idx], resid=np.where(split20[s_idx] == 1, field, res["resid"]).astype(np.float32))
-    got_s, note_s = stored_variogram(short, static, auto)
     want_s = stored_variogram(short, static, replace(cfg, variogram_splits=["val"]))[0]
-    assert want_s.levels_off and (got_s.n_pairs, got_s.range_km) == (want_s.n_pairs, want_s.range_km)
+    assert want_s.levels_off and want_s.n_pairs < fa.AUTO_MIN_PAIRS  # 20 stations at 5 times: too few pairs for auto
+    got_few, note_few = stored_variogram(short, static, auto)
+    assert got_few.n_pairs == vg.n_pairs and f"rests on {want_s.n_pairs:,} station pairs, fewer than" in note_few
+    monkeypatch.setattr(fa, "AUTO_MIN_PAIRS", want_s.n_pairs)  # as many times as it takes: auto takes it
+    got_s, note_s = stored_variogram(short, static, auto)
+    assert (got_s.n_pairs, got_s.range_km) == (want_s.n_pairs, want_s.range_km)
     assert "(variogram_splits auto: their fit levels off)" in note_s and "at the val stations" in note_s
     no_val = dict(res, split=np.zeros_like(res["split"]))
     assert "no validation row" in stored_variogram(no_val, static, auto)[1]

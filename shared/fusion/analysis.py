@@ -53,8 +53,9 @@ fusion stations keeps the model field and its standard error.
 The variogram (``variogram_splits``, default auto): fitted to the validation
 stations' residuals, unseen stations whose errors are a target's, when that
 fit levels off within the stations' distances
-(:attr:`shared.fusion.kriging.Variogram.levels_off`), else to the train and
-validation stations' together (``null``: always those). The train stations'
+(:attr:`shared.fusion.kriging.Variogram.levels_off`) on at least
+:data:`AUTO_MIN_PAIRS` station pairs, else to the train and validation
+stations' together (``null``: always those). The train stations'
 residuals are in-sample: the model fitted their station-scale errors, so in a
 dense network their variogram's nugget overstates what is left at a new place
 relative to the model's standard error. Measured on the demo world (docs/RESULTS.md,
@@ -204,8 +205,9 @@ class FusionConfig:
     # (0: a constant offset of the hour, an infinite range); measured best of 150 / 300 / 1000 / 3000 km / 0 at new hours
     excess_range_km: float = 1000.0
     # the rows of step03's residual table the variogram is fitted to: auto = the validation stations' alone (unseen
-    # stations, whose errors are a target's) when their fit levels off within the stations' distances, else the
-    # fusion splits' (train + val); None = the fusion splits'; a list = those (module docstring, "The variogram")
+    # stations, whose errors are a target's) when their fit levels off within the stations' distances on enough pairs
+    # (AUTO_MIN_PAIRS), else the fusion splits' (train + val); None = the fusion splits'; a list = those (module
+    # docstring, "The variogram")
     variogram_splits: Literal["auto"] | list[str] | None = "auto"
 
     def check(self):
@@ -392,10 +394,17 @@ def fit_variogram(groups: list[tuple[np.ndarray, np.ndarray]], cfg: FusionConfig
     return pooled_variogram([(s, r) for s, r in groups if np.isfinite(r).sum() >= cfg.min_stations], cfg.variogram_model)
 
 
+#: ``variogram_splits: auto`` takes the validation stations' fit only on at least this many station pairs (within
+#: its largest lag): the demo world's 14 validation stations over 192 times give 11,515; one mapped time (a
+#: checkpoint without step03's residual table) 61, too few to tell a nugget from a range
+AUTO_MIN_PAIRS = 1000
+
+
 def choose_variogram(fit, pooled: list[str], cfg: FusionConfig) -> tuple[Variogram | None, str]:
     """The fusion's variogram at the rows ``cfg.variogram_splits`` says, and its note: ``auto``, the validation
     stations' when that fit levels off within the stations' distances
-    (:attr:`~shared.fusion.kriging.Variogram.levels_off`; unseen stations, whose errors are a target's), else the
+    (:attr:`~shared.fusion.kriging.Variogram.levels_off`) on at least :data:`AUTO_MIN_PAIRS` station pairs
+    (unseen stations, whose errors are a target's), else the
     ``pooled`` splits' (train and validation), as with ``None``; a list, those splits'. ``fit(names)`` returns the
     variogram fitted to those splits' rows and its note, ``(None, why)`` without such rows."""
     auto = cfg.variogram_splits == "auto"
@@ -403,11 +412,13 @@ def choose_variogram(fit, pooled: list[str], cfg: FusionConfig) -> tuple[Variogr
     why = ""
     if auto:
         val, note = fit(["val"])
-        if val is not None and val.levels_off:
+        if val is not None and val.levels_off and val.n_pairs >= AUTO_MIN_PAIRS:
             return val, f"{note} (variogram_splits auto: their fit levels off)"
         why = (" (variogram_splits auto: no validation row)" if val is None else
                f" (variogram_splits auto: the validation stations' fit does not level off, range {val.range_km:.0f} km "
-               f"with the farthest pair {2 * val.max_lag_km:.0f} km apart)")
+               f"with the farthest pair {2 * val.max_lag_km:.0f} km apart)" if not val.levels_off else
+               f" (variogram_splits auto: the validation stations' fit rests on {val.n_pairs:,} station pairs, "
+               f"fewer than {AUTO_MIN_PAIRS:,})")
     if not names:
         return None, f"the fusion splits ({'+'.join(cfg.splits)}) have no row here"
     vg, note = fit(names)
