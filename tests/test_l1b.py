@@ -38,7 +38,7 @@ def base_dn(ch):
     return 500
 
 
-TABLE_VERSION = "v.3.0_20190415"  # what shared/data/ami_calibration.csv states
+TABLE_VERSION = "v.3.0_20190415"  # what shared/ingest/data/ami_calibration.csv states
 
 
 def projection_attrs(shape, res_km=2.0):

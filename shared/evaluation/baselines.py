@@ -17,7 +17,7 @@ did not see their station (K folds over train stations): honest residuals to
 krige (``hgb_residual_kriging``, :mod:`shared.evaluation.suite`).
 
 Centre-pixel features (28 per row): the 19 z-scored channels of the window's
-centre pixel (BT10, RF6, SZA, DEM, LSMASK; ``shared/features.py``), ``time7``
+centre pixel (BT10, RF6, SZA, DEM, LSMASK; ``shared/features/patch.py``), ``time7``
 (7) and ``lat, lon`` (the constant gsd is left out). Z-scored or physical
 channels give the same fits (linear: an affine change of variables; trees:
 monotone), so the chunks' z-scores are used as they are.

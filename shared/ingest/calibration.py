@@ -61,7 +61,7 @@ def load_table(path: str | Path = CALIBRATION_TABLE) -> dict[str, dict]:
     except OSError as e:
         raise UserError(f"calibration table not found: {path} ({e.strerror})") from None
     except (UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:
-        raise UserError(f"{path}: not a calibration table CSV ({type(e).__name__}); see shared/data/ami_calibration.csv "
+        raise UserError(f"{path}: not a calibration table CSV ({type(e).__name__}); see shared/ingest/data/ami_calibration.csv "
                         "for the layout") from None
     need = {"channel", "kind", "wavelength_um", "valid_bits", "gain", "offset", "albedo_c", "c0", "c1", "c2"}
     if not need <= set(t.columns):
@@ -82,7 +82,7 @@ def load_table(path: str | Path = CALIBRATION_TABLE) -> dict[str, dict]:
 def table_version(path: str | Path = CALIBRATION_TABLE) -> str | None:
     """The ``calibration_table_version`` a coefficient table states in its ``#`` header.
 
-    ``shared/data/ami_calibration.csv`` says ``calibration_table_version = "v.3.0_20190415"``
+    ``shared/ingest/data/ami_calibration.csv`` says ``calibration_table_version = "v.3.0_20190415"``
     (the string real files carry); None when the header names none.
     """
     try:

@@ -23,7 +23,7 @@ the KO grid) and one block of windows (``block_rows * W * 19 * P * P * 4`` B,
 e.g. 8 rows -> 44 MB) and the activations of one batch exist at a time, never the 810,000 x 19 x 9 x 9 array
 (5 GB). The peak is reported (process max RSS).
 
-Inputs per window, as in the chunks (``shared/features.py``): ``x`` z-scored,
+Inputs per window, as in the chunks (``shared/features/patch.py``): ``x`` z-scored,
 ``time7`` with the window's own z-scored centre SZA, ``loc`` = the pixel
 centre's lat/lon and the grid spacing, ``landcover_onehot`` of the pixel,
 ``site`` of the pixel (:func:`shared.features.site.site_fields`, computed once
