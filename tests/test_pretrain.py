@@ -140,7 +140,7 @@ def test_tiles_are_centred_on_land_unless_asked_otherwise(tiny_index, tiny_patch
 
 
 def test_step03_run_py_dispatches_pretrain_mode(tmp_path, capsys):
-    """step03's run.py hands a `mode: pretrain` config to shared.pretrain (its keys, its checks)."""
+    """step03's run.py hands a `mode: pretrain` config to the pretraining stage (its keys, its checks)."""
     from conftest import run_step
 
     rc = run_step("step03_train_clay", "--config", str(ROOT / "step03_train_clay" / "pretrain.yaml"),

@@ -1,6 +1,6 @@
 """The patch layout and per-sample features, in one place.
 
-Patch tensor ``x (N, 19, P, P)`` channel order (see ``io_sat.PATCH_CHANNELS``)::
+Patch tensor ``x (N, 19, P, P)`` channel order (see ``shared.io.channels.PATCH_CHANNELS``)::
 
     0-9   BT   SW038 WV063 WV069 WV073 IR087 IR096 IR105 IR112 IR123 IR133  (K)
     10-15 RF   VI004 VI005 VI006 VI008 NR013 NR016                          (albedo)

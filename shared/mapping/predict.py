@@ -1,7 +1,7 @@
 """step04 logic: one TA prediction per grid pixel from its P x P window.
 
 For each requested time the three stacks are read once and turned into the
-(19, H, W) physical-unit stack of :func:`shared.features.full_stack`, z-scored
+(19, H, W) physical-unit stack of :func:`shared.features.patch.full_stack`, z-scored
 with the *training* statistics stored in the checkpoint (the same float32
 operations step02 applies to a station patch, so a station pixel's window
 here equals its patch in the test chunks bit for bit). Then, block by block
