@@ -1,7 +1,7 @@
 """The embedded demo world: a synthetic GK-2A-like world on the real KO grid.
 
 No real GK-2A data can be downloaded here, so this module writes the full
-raw-data contract (``../shared/DESIGN.md``) from a small physical model:
+raw-data contract (:mod:`shared.io.raw`, :mod:`shared.io.stations`) from a small physical model:
 
 * real land/sea (``global_land_mask``), synthetic terrain (Taebaek/Sobaek-like
   ridges, Halla on Jeju, fractal hills) adjusted to the ASOS station

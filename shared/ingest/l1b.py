@@ -5,7 +5,7 @@
 
 Finds ``gk2a_ami_le1b_<ch>_ko<res>lc_YYYYMMDDhhmm.nc`` below ``--src``,
 groups them by time and writes, for every time that has all 16 channels,
-``dst/sat/YYYY/MM/DD/gk2a_{bt,rf,sza}_YYYYMMDDhhmm.nc`` (see DESIGN.md).
+``dst/sat/YYYY/MM/DD/gk2a_{bt,rf,sza}_YYYYMMDDhhmm.nc`` (the raw-data contract, :mod:`shared.io.raw`).
 
 Per channel (formulas of the NMSC L1B documentation, attribute names as the
 files spell them):

@@ -1,6 +1,6 @@
 """Readers of station metadata and station air-temperature observations.
 
-Two CSV dialects are accepted for each (see DESIGN.md, raw-data contract):
+Two CSV dialects are accepted for each (the raw-data contract; README, "Using real GK-2A data"):
 
 * project: ``stn_id,name,lat,lon,elev_m`` and ``stn_id,time_utc,ta_c`` (UTC);
 * KMA (data.kma.go.kr exports): ``지점,지점명,위도,경도,노장해발고도(m)`` station
