@@ -161,6 +161,7 @@ from shared.fusion.kriging import (
     pooled_variogram,
     simple_krige,
 )
+from shared.io.index import RESIDUAL_SPLITS
 
 FUSION_SPLITS = ("train", "val", "fusion", "test")  # fusion: station_time's train/val stations at held-out hours
 MIN_DIST_KM = 1e-3  # IDW: a source on the target itself gets weight 1e6/km^2, i.e. its value
@@ -168,7 +169,6 @@ IDW_NEIGHBOURS, IDW_POWER = 4, 2.0  # the station blend's IDW (as step05's IDW b
 #: simple: known mean 0 (the model unbiased; far from the stations the model); ordinary: each hour's mean estimated
 KRIGING = ("simple", "ordinary")
 CHI2_1_MEDIAN = 0.454936  # median of z^2 for a standard normal z (chi-squared, 1 degree of freedom)
-VARIOGRAM_SPLITS = ("train", "val")  # the splits of step03's residual table (variogram_splits)
 
 
 @dataclass
@@ -243,8 +243,8 @@ class FusionConfig:
             raise ValueError(f"fusion.lapse_rate_K_per_km must be in [0, 12] K/km, got {self.lapse_rate_K_per_km}")
         if self.variogram_splits not in (None, "auto") and (
                 isinstance(self.variogram_splits, str) or not self.variogram_splits
-                or any(s not in VARIOGRAM_SPLITS for s in self.variogram_splits)):
-            raise ValueError(f"fusion.variogram_splits: auto, null or a non-empty list of {', '.join(VARIOGRAM_SPLITS)} "
+                or any(s not in RESIDUAL_SPLITS for s in self.variogram_splits)):
+            raise ValueError(f"fusion.variogram_splits: auto, null or a non-empty list of {', '.join(RESIDUAL_SPLITS)} "
                              f"(the rows of step03's residual table), got {self.variogram_splits}")
         if not self.excess_range_km >= 0:
             raise ValueError(f"fusion.excess_range_km must be >= 0 km (0: a constant offset), got {self.excess_range_km}")

@@ -31,6 +31,9 @@ SPLITS = ("train", "val", "test")
 #: and step05's station interpolators take, as in a map of a new hour. Empty in the other modes.
 FUSION_ROWS = "fusion"
 INDEX_SPLITS = SPLITS + (FUSION_ROWS,)
+#: the splits whose rows step03's residual table holds (its ``split`` column indexes this tuple): what the fusion's
+#: variogram can be fitted to (``fusion.variogram_splits``)
+RESIDUAL_SPLITS = ("train", "val")
 INDEX_NEEDED = ["time_utc", "sat_time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "ta_c",
                 "path_bt", "path_rf", "path_sza", "split"]
 SPLITS_JSON = "splits.json"

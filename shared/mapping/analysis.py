@@ -30,8 +30,8 @@ from shared.fusion.analysis import (
     split_variogram,
 )
 from shared.fusion.kriging import Variogram
+from shared.io.index import RESIDUAL_SPLITS
 from shared.io.raw import Static
-from shared.models.checkpoint import RESIDUAL_SPLITS
 
 
 def fusion_observations(index_dir: Path, times: pd.Series, cfg: FusionConfig) -> pd.DataFrame | None:
@@ -144,9 +144,8 @@ def stored_variogram(res: dict | None, static: Static, cfg: FusionConfig) -> tup
     times, :func:`run_variogram`)."""
     if res is None:
         return None, "the checkpoint holds no residual table (written before it)"
-    vg, note = choose_variogram(lambda names: table_variogram(res, static, cfg, names),
-                                [s for s in cfg.splits if s in RESIDUAL_SPLITS], cfg)
-    return vg, note
+    return choose_variogram(lambda names: table_variogram(res, static, cfg, names),
+                            [s for s in cfg.splits if s in RESIDUAL_SPLITS], cfg)
 
 
 def fuse_map(model_K: np.ndarray, model_se_K: np.ndarray, static: Static, offset: tuple[int, int],

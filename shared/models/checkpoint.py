@@ -20,7 +20,7 @@ One dict, everything needed to continue training or to run the model alone::
                   slope_per_10K, ref_K, cap_K, method: ... and as the centre pixel's IR 10.5 um brightness
                   temperature falls below ref_K (shared.models.se_growth)
     fusion_residuals  (written when the run finishes) the best model's errors y - pred on every train and
-                  val row: 1-D RESIDUAL_KEYS of one length (split: index in RESIDUAL_SPLITS); the fusion's
+                  val row: 1-D RESIDUAL_KEYS of one length (split: index in shared.io.index.RESIDUAL_SPLITS); the fusion's
                   variogram (shared.mapping.analysis.stored_variogram)
     members       (ensembles) seed, best_epoch, best_val and weights file of each member's run
     refit         (train.refit_with_val) rows, epochs, seconds, note: the model was trained again on the train
@@ -43,11 +43,10 @@ from shared.models.ta import TAModel, build_model
 
 CKPT_FORMAT = "ta2d-step03"
 HINT = "point at a step03 weights/best.pt or " + rerun("step03")
-#: The residual table's columns and the splits its ``split`` column indexes.
 TRAIN_ONLY = "train_only.pt"  # with train.refit_with_val: the run's own best model, beside the refit's best.pt
 REFIT_LOG = "refit_log.csv"  # ... and the refit's epochs, in step03's outputs folder
+#: The residual table's columns (its ``split`` column indexes shared.io.index.RESIDUAL_SPLITS).
 RESIDUAL_KEYS = ("time_s", "stn_id", "pixel_y", "pixel_x", "split", "resid")
-RESIDUAL_SPLITS = ("train", "val")
 
 
 def save_ta_checkpoint(path: str | Path, ckpt: dict) -> None:

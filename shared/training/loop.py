@@ -35,11 +35,11 @@ from shared.core.distributed import Dist
 from shared.core.errors import STEP_DIRS, UserError
 from shared.core.records import StepRun, atomic_path, write_csv
 from shared.io.channels import BT_WAVES_UM, IR105_CH, RF_WAVES_UM
+from shared.io.index import RESIDUAL_SPLITS
 from shared.io.patches import SplitFiles, batch_view, load_chunk, read_manifest, read_stats
 from shared.models.checkpoint import (
     REFIT_LOG,
     RESIDUAL_KEYS,
-    RESIDUAL_SPLITS,
     TRAIN_ONLY,
     load_weights,
     read_ta_checkpoint,
