@@ -161,9 +161,8 @@ from shared.fusion.kriging import (
     pooled_variogram,
     simple_krige,
 )
-from shared.io.index import RESIDUAL_SPLITS
+from shared.io.index import INDEX_SPLITS, RESIDUAL_SPLITS
 
-FUSION_SPLITS = ("train", "val", "fusion", "test")  # fusion: station_time's train/val stations at held-out hours
 MIN_DIST_KM = 1e-3  # IDW: a source on the target itself gets weight 1e6/km^2, i.e. its value
 IDW_NEIGHBOURS, IDW_POWER = 4, 2.0  # the station blend's IDW (as step05's IDW baseline)
 #: simple: known mean 0 (the model unbiased; far from the stations the model); ordinary: each hour's mean estimated
@@ -211,9 +210,9 @@ class FusionConfig:
     variogram_splits: Literal["auto"] | list[str] | None = "auto"
 
     def check(self):
-        bad = [s for s in self.splits if s not in FUSION_SPLITS]
+        bad = [s for s in self.splits if s not in INDEX_SPLITS]
         if bad or not self.splits:
-            raise ValueError(f"fusion.splits: a non-empty list of {', '.join(FUSION_SPLITS)}, got {self.splits}")
+            raise ValueError(f"fusion.splits: a non-empty list of {', '.join(INDEX_SPLITS)}, got {self.splits}")
         if self.kriging not in KRIGING:
             raise ValueError(f"fusion.kriging: one of {', '.join(KRIGING)}, got {self.kriging!r}")
         if self.variogram_model not in VARIOGRAM_MODELS:
