@@ -291,7 +291,7 @@ def test_kill_9_during_step04_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert not list(a.glob(".tmp*"))
 
 
-def test_an_output_folder_that_cannot_be_made_is_one_line(tiny_world, tiny_index, tmp_path, capsys):
+def test_an_output_folder_that_cannot_be_made_is_one_line(tiny_world, tiny_index, tiny_patches, tmp_path, capsys):
     """An output_dir below a file (a typo, a folder replaced by a file): one line naming it, exit 2, for step01
     and step02 alike (the check is the runner's); nothing is written beside it."""
     afile = tmp_path / "afile"
@@ -302,6 +302,14 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tiny_world, tiny_index
     assert _s02(tiny_index, afile / "s02") == 2
     assert str(afile) in _err(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and afile.read_text() == "not a folder"
+    if Path("/proc/self").is_dir():  # a file system that refuses folders with ENOENT: the same one line
+        assert run_step("step01_make_index", *step01_args(tiny_world, Path("/proc/ta2d_out"))) == 2
+        assert "cannot make the output folder /proc/ta2d_out" in _err(capsys)
+    # step03 makes two folders: the first, made before the second failed, is not left behind
+    assert run_step("step03_train_clay", "--set", f"data.patch_dir={tiny_patches}", "--set",
+                    f"output.weights_dir={tmp_path / 'w'}", "--set", f"output.outputs_dir={afile / 'o'}") == 2
+    assert "cannot make the output folder" in _err(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 @pytest.mark.parametrize("column, value", [("ta_c", "warm"), ("pixel_x", "12a"), ("sat_time_utc", "yesterday")])

@@ -67,6 +67,16 @@ def test_project_format_is_utc_and_counts(tmp_path):
     assert df.loc[df.stn_id == 2, "time_utc"].iloc[0] == pd.Timestamp("2022-08-01 04:00")
 
 
+def test_text_where_the_ta_belongs_is_named_and_an_empty_ta_is_a_gap(tmp_path, caplog):
+    f = _write(tmp_path / "a.csv", "stn_id,time_utc,ta_c\n1,2022-08-01 00:00,20.0\n1,2022-08-01 01:00,\n"
+               "1,2022-08-01 02:00, --\n1,2022-08-01 03:00,warm\n", "utf-8")
+    with caplog.at_level("WARNING"):
+        df, rep = read_obs([f])
+    assert rep["files"][0]["missing_ta"] == 3 and len(df) == 1  # all three dropped as missing
+    warned = [r.getMessage() for r in caplog.records if "not numbers" in r.getMessage()]
+    assert len(warned) == 1 and "a.csv: 2 TA value(s)" in warned[0] and "line 4: '--'" in warned[0]
+
+
 def test_obs_missing_column_names_file(tmp_path):
     f = _write(tmp_path / "bad.csv", "지점,지점명,일시,습도(%)\n108,서울,2022-08-01 09:00,80\n", "cp949")
     with pytest.raises(UserError) as e:

@@ -345,6 +345,16 @@ class StepRun:
         """Mark the outputs as being rewritten; the last finished record is kept as ``previous``."""
         self._done = done = finished_record(self.previous())
         self._made_dirs = [d for d in [self.out_dir] + self.mirrors if not d.exists()]
+        for i, d in enumerate(self._made_dirs):  # one line naming the folder, whatever the file system answers
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                for made in self._made_dirs[:i]:
+                    with contextlib.suppress(OSError):
+                        made.rmdir()
+                raise UserError(f"cannot make the output folder {d}: {e.strerror or e}; check that path (an output "
+                                "folder must be writable, and each folder above it a folder, not a file) or set "
+                                "another in the step's config") from e
         self.t0 = time.time()
         self._write({"step": self.step, "status": "running",
                      "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -269,6 +269,12 @@ def _read_obs_file(path: Path) -> tuple[pd.DataFrame, dict]:
         log.warning("%s: %d row(s) with an unparseable time dropped; first at line %d: %r",
                     path, rep["bad_time"], i + 2, raw[tcol].iloc[i])
     rep["missing_ta"] = int(missing_ta.sum())
+    # an empty TA is an ordinary gap; text where the number belongs (a marker, a shifted column) is named
+    text_ta = missing_ta & raw[cols["ta_c"]].fillna("").str.strip().ne("")
+    if text_ta.any():
+        i = int(np.flatnonzero(text_ta.to_numpy())[0])
+        log.warning("%s: %d TA value(s) that are not numbers dropped as missing; first at line %d: %r", path,
+                    int(text_ta.sum()), i + 2, raw[cols["ta_c"]].iloc[i])
     rep["out_of_range"] = int(out_range.sum())
     has_ta = ~missing_ta & ~bad_stn & ~bad_time
     if rep["out_of_range"] and rep["out_of_range"] > 0.5 * int(has_ta.sum()):
