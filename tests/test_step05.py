@@ -567,3 +567,40 @@ def test_station_time_fusion_rows_make_the_analysis_of_held_out_hours(tiny_world
     leak.to_csv(idx / "index_fusion.csv", index=False)
     with pytest.raises(UserError, match="index_fusion.csv: 1 station"):
         read_index(idx)
+
+
+def test_step04_with_other_fusion_settings_fuses_the_stored_model_field_again(evaluated, tmp_path, monkeypatch, capsys):
+    """A rerun of step04 with another fusion setting takes each map's stored model field instead of predicting
+    every pixel again, and writes the same map as a run from scratch with that setting; --force, another checkpoint
+    precision or changed images predict again."""
+    import xarray as xr
+
+    import shared.stages.step04_map as s4
+
+    calls = []
+    real = s4.predict_map
+    monkeypatch.setattr(s4, "predict_map", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def s04(out, *extra):
+        return run_step("step04_infer_map", "--set", f"checkpoint={evaluated['ckpt']}", "--set", f"raw_dir={evaluated['raw']}",
+                        "--set", f"stations_csv={evaluated['raw'] / 'stations.csv'}", "--set", f"index_dir={evaluated['index']}",
+                        "--set", f"output_dir={out}", "--set", "times.limit=1", "--set", "num_threads=1",
+                        "--set", "progress=false", "--set", f"region={list(REGION)}", *extra)
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert s04(a) == 0 and len(calls) == 1
+    capsys.readouterr()
+    other = ("--set", "fusion.elevation_weight=50", "--set", "fusion.idw_weight=0.3")
+    assert s04(a, *other) == 0 and len(calls) == 1  # no pixel predicted again
+    assert "1 fused again from their files' model field" in capsys.readouterr().out
+    assert s04(b, *other) == 0 and len(calls) == 2  # from scratch
+    (fa,), (fb,) = sorted(a.glob("ta_map_*.nc")), sorted(b.glob("ta_map_*.nc"))
+    with xr.open_dataset(fa) as da, xr.open_dataset(fb) as db:
+        assert da["t2m"].attrs["analysis"] == db["t2m"].attrs["analysis"] and "0.3" in da.attrs["fusion_settings"]
+        for v in ("t2m", "t2m_standard_error", "t2m_model", "t2m_model_standard_error", "distance_to_station",
+                  "fusion_station"):
+            np.testing.assert_array_equal(da[v].values, db[v].values)
+        assert not np.array_equal(da["t2m"].values, da["t2m_model"].values)  # the fusion did run
+    assert fa.with_suffix(".png").is_file()
+    assert s04(a, *other, "--force") == 0 and len(calls) == 3  # --force remakes all
+    assert s04(a, "--set", "precision=bf16") == 0 and len(calls) == 4  # another model field

@@ -12,7 +12,9 @@ standard errors. Writes ``output_dir/ta_map_YYYYMMDDhhmm.nc`` + ``.png``
 
 Many times: ``torchrun --nproc_per_node=N step04_infer_map/run.py`` splits the
 times between N processes (each writes its own maps); ``num_threads`` sets
-the threads of each. A rerun after an interruption keeps maps already complete.
+the threads of each. A rerun after an interruption keeps maps already complete; a rerun with other fusion or
+quicklook settings takes each existing map's model field (same checkpoint, images, precision and grid) and redoes
+the fusion and the quicklook alone (``skip_existing``; ``--force`` remakes all).
 """
 from __future__ import annotations
 
@@ -50,7 +52,15 @@ from shared.mapping.analysis import (
     stored_variogram,
     time_sources,
 )
-from shared.mapping.predict import check_region, load_predictor, predict_map, predict_pixels, release_free_heap
+from shared.mapping.predict import (
+    MapResult,
+    check_region,
+    load_predictor,
+    peak_rss_bytes,
+    predict_map,
+    predict_pixels,
+    release_free_heap,
+)
 from shared.mapping.quicklook import quicklook, station_distance_km
 from shared.mapping.times import select_times
 
@@ -130,27 +140,65 @@ def inputs_fingerprint(paths) -> str:
 
 
 
+def _map_attrs(path: Path) -> dict | None:
+    """The global attributes of a map file and its variables' names (``_variables``); None if it cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        with netCDF4.Dataset(path) as ds:
+            return {**{k: ds.getncattr(k) for k in ds.ncattrs()}, "_variables": set(ds.variables)}
+    except (OSError, RuntimeError):
+        return None
+
+
+def _same_model_field(a: dict, ckpt_fp: str, grid, precision: str, inputs_fp: str | None) -> bool:
+    """Whether a map file's attributes ``a`` say its model field (``t2m_model`` and its standard error) is the one
+    this run would compute: the same checkpoint, image and static files, precision, grid and map layout."""
+    if inputs_fp is not None and a.get("inputs_fingerprint") != inputs_fp:
+        return False
+    if str(a.get("map_layout")) != str(MAP_LAYOUT):  # written by an older step04: other variables
+        return False
+    return (a.get("checkpoint_fingerprint") == ckpt_fp and a.get("precision") == precision
+            and all(str(a.get(k)) == str(v) for k, v in grid.attrs().items()))
+
+
 def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: str | None = None,
                     quicklook: str | None = None, fusion: str | None = None) -> bool:
     """A finished map of the same checkpoint, inputs, precision, grid and quicklook settings exists
     (maps are written atomically after their PNG, so present = whole)."""
-    if not path.is_file():
-        return False
-    try:
-        with netCDF4.Dataset(path) as ds:
-            a = {k: ds.getncattr(k) for k in ds.ncattrs()}
-            ok = "t2m" in ds.variables
-    except (OSError, RuntimeError):
-        return False
-    if inputs_fp is not None and a.get("inputs_fingerprint") != inputs_fp:
+    a = _map_attrs(path)
+    if a is None or "t2m" not in a["_variables"]:
         return False
     if quicklook is not None and a.get("quicklook_settings") != quicklook:
         return False
     if fusion is not None and a.get("fusion_settings") != fusion:
         return False
-    if str(a.get("map_layout")) != str(MAP_LAYOUT):  # written by an older step04: other variables
-        return False
-    return ok and a.get("checkpoint_fingerprint") == ckpt_fp and a.get("precision") == precision and all(str(a.get(k)) == str(v) for k, v in grid.attrs().items())
+    return _same_model_field(a, ckpt_fp, grid, precision, inputs_fp)
+
+
+def stored_model_field(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: str) -> tuple[MapResult, int] | None:
+    """The model field of an existing map made with the same checkpoint, inputs, precision and grid
+    (:func:`_same_model_field`), as :func:`shared.mapping.predict.predict_map` would return it, and the count of
+    image pixels outside the physical range it recorded; None when there is none to reuse. The file stores
+    ``t2m_model`` and ``t2m_model_standard_error`` in float32, as computed, so a map fused again from them equals
+    one made from scratch: when only the fusion or the quicklook settings changed, step04 redoes those alone."""
+    a = _map_attrs(path)
+    if a is None or not {"t2m_model", "t2m_model_standard_error"} <= a["_variables"]:
+        return None
+    if not _same_model_field(a, ckpt_fp, grid, precision, inputs_fp):
+        return None
+    t0 = time.time()
+    try:
+        m = read_map(path, grid)
+    except UserError:
+        return None
+    model, se = m.layers.get("t2m_model"), m.layers.get("t2m_model_standard_error")
+    if model is None or se is None:
+        return None
+    res = MapResult(t2m_K=model, se_K=se, n_windows=int(a.get("n_pixels_predicted", 0)),
+                    n_missing=int(a.get("n_pixels_missing_input", 0)), seconds=time.time() - t0,
+                    peak_rss_bytes=peak_rss_bytes(), block_bytes=0)
+    return res, int(a.get("n_input_pixels_out_of_physical_range", 0))
 
 
 
@@ -214,7 +262,8 @@ def run(cfg: Config, ctx: Context) -> Result:
     """step04 for this rank's share of the times; rank 0 writes the summary files.
 
     Maps already complete for the same checkpoint, image files, static.nc,
-    precision and quicklook settings are kept (``skip_existing``) unless ``--force``.
+    precision, fusion and quicklook settings are kept (``skip_existing``) unless ``--force``; of a map whose
+    fusion or quicklook settings differ, the model field is reused (:func:`stored_model_field`).
     """
     import torch
 
@@ -306,7 +355,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         print(f"step04: {len(times)} map(s) of {grid_out.ny}x{grid_out.nx}{'' if region is None else f' (region of {static.grid.ny}x{static.grid.nx})'} on {world} process(es) x {threads} thread(s); "
               f"model {predictor.model_cfg.get('size')} (epoch {predictor.info.get('epoch')}), {cfg.precision} on {predictor.device}, "
               f"P={predictor.patch_size}, reflect-padded edges; standard error: {predictor.sd_source}")
-    done, skipped, records = 0, 0, []
+    done, skipped, reused, records = 0, 0, 0, []
     quick = f"quicklook={cfg.quicklook} coverage_km={cfg.coverage_km:g}"
     attrs_common = {
         "checkpoint": str(cfg.checkpoint), "checkpoint_fingerprint": ckpt_fp,
@@ -334,14 +383,20 @@ def run(cfg: Config, ctx: Context) -> Result:
                 and (png.is_file() or not cfg.quicklook)):
             skipped += 1
             continue
-        frame = read_frame(*srcs, static.grid)
-        n_implausible = frame.out_of_range
+        stored = (stored_model_field(path, ckpt_fp, grid_out, cfg.precision, in_fp)
+                  if cfg.skip_existing and not force else None)
+        if stored is not None:  # only the fusion or the quicklook changed: the model field is the file's
+            res, n_implausible = stored
+            reused += 1
+        else:
+            frame = read_frame(*srcs, static.grid)
+            n_implausible = frame.out_of_range
+            res = predict_map(predictor, frame, static, t, cfg.block_rows, cfg.batch_size, progress=cfg.progress,
+                              desc=f"[rank {rank}] {t:%Y-%m-%d %H:%M}" if world > 1 else "", region=region, site=site)
+            del frame
         if n_implausible:
             print(f"warning: {t:%Y-%m-%d %H:%M}: {n_implausible:,} image pixel(s) outside the physical range were "
                   "treated as missing", flush=True)
-        res = predict_map(predictor, frame, static, t, cfg.block_rows, cfg.batch_size, progress=cfg.progress,
-                          desc=f"[rank {rank}] {t:%Y-%m-%d %H:%M}" if world > 1 else "", region=region, site=site)
-        del frame
         t_fuse = time.perf_counter()
         fused = fuse_map(res.t2m_K, res.se_K, static, offset, src, vg, cfg.fusion) if vg is not None and src is not None else None
         rejected = [] if fused is None else [int(i) for i in src.stn_id[fused.rejected]]
@@ -387,8 +442,14 @@ def run(cfg: Config, ctx: Context) -> Result:
         rec = {"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": path.name, "seconds": round(res.seconds, 2),
                "fusion_seconds": round(fuse_s, 2), "fusion_stations": 0 if ids is None else len(ids),
                "windows_per_s": round(res.windows_per_s), "n_missing": res.n_missing,
-               "peak_rss_MB": round(res.peak_rss_bytes / 2**20), "block_MB": round(res.block_bytes / 2**20, 1)}
+               "peak_rss_MB": round(res.peak_rss_bytes / 2**20), "block_MB": round(res.block_bytes / 2**20, 1),
+               "model_field_reused": stored is not None}
         records.append(rec)
+        if stored is not None:
+            print(f"{f'[rank {rank}] ' if world > 1 else ''}{path.name}: the model field of the existing file (same "
+                  f"checkpoint, images and precision; read in {res.seconds:.1f} s) + {fuse_s:.1f} s fusion "
+                  f"({rec['fusion_stations']} station(s))", flush=True)
+            continue
         print(f"{f'[rank {rank}] ' if world > 1 else ''}{path.name}: {res.seconds:.1f} s model + {fuse_s:.1f} s fusion "
               f"({rec['fusion_stations']} station(s)), {res.windows_per_s:,.0f} windows/s, "
               f"{res.n_missing:,} px missing input, peak RSS {res.peak_rss_bytes / 2**20:,.0f} MB "
@@ -396,6 +457,7 @@ def run(cfg: Config, ctx: Context) -> Result:
 
     ctx.dist.barrier()  # rank 0 summarises only after every rank has written its maps
     summary = {"maps_total": len(times), "maps_written": done, "maps_skipped_complete": skipped,
+               "maps_model_field_reused": reused,
                "times_without_image": len(missing), "rank": rank, "world": world}
     if rank != 0:
         return Result(counts=summary)
@@ -417,7 +479,8 @@ def run(cfg: Config, ctx: Context) -> Result:
     stale = [p for p in out.glob("ta_map_*.png") if p.with_suffix(".nc") not in set(present) and not p.with_suffix(".nc").is_file()]
     for p in stale:  # a quicklook whose map is gone would mislead
         p.unlink()
-    print(f"step04: wrote {done} map(s), kept {skipped} complete one(s) (rank 0's share), {len(present)} in {out}")
+    again = f" ({reused} fused again from their files' model field)" if reused else ""
+    print(f"step04: wrote {done} map(s){again}, kept {skipped} complete one(s) (rank 0's share), {len(present)} in {out}")
     return Result(counts=summary, extra={"maps_rank0": records}, outputs=outputs)
 
 
