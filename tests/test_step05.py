@@ -604,3 +604,8 @@ def test_step04_with_other_fusion_settings_fuses_the_stored_model_field_again(ev
     assert fa.with_suffix(".png").is_file()
     assert s04(a, *other, "--force") == 0 and len(calls) == 3  # --force remakes all
     assert s04(a, "--set", "precision=bf16") == 0 and len(calls) == 4  # another model field
+    import netCDF4
+
+    with netCDF4.Dataset(fa, "a") as ds:  # a map whose standard error this code would describe otherwise
+        ds.setncattr("model_standard_error", "variance head, terms of an older step04")
+    assert s04(a, "--set", "precision=bf16") == 0 and len(calls) == 5  # neither kept nor reused

@@ -151,10 +151,14 @@ def _map_attrs(path: Path) -> dict | None:
         return None
 
 
-def _same_model_field(a: dict, ckpt_fp: str, grid, precision: str, inputs_fp: str | None) -> bool:
+def _same_model_field(a: dict, ckpt_fp: str, grid, precision: str, inputs_fp: str | None,
+                      expect: dict | None = None) -> bool:
     """Whether a map file's attributes ``a`` say its model field (``t2m_model`` and its standard error) is the one
-    this run would compute: the same checkpoint, image and static files, precision, grid and map layout."""
+    this run would compute: the same checkpoint, image and static files, precision, grid and map layout, and the
+    attributes in ``expect`` (the standard error's terms, the edge handling: what this code makes of them)."""
     if inputs_fp is not None and a.get("inputs_fingerprint") != inputs_fp:
+        return False
+    if expect and any(str(a.get(k)) != str(v) for k, v in expect.items()):
         return False
     if str(a.get("map_layout")) != str(MAP_LAYOUT):  # written by an older step04: other variables
         return False
@@ -163,7 +167,7 @@ def _same_model_field(a: dict, ckpt_fp: str, grid, precision: str, inputs_fp: st
 
 
 def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: str | None = None,
-                    quicklook: str | None = None, fusion: str | None = None) -> bool:
+                    quicklook: str | None = None, fusion: str | None = None, expect: dict | None = None) -> bool:
     """A finished map of the same checkpoint, inputs, precision, grid and quicklook settings exists
     (maps are written atomically after their PNG, so present = whole)."""
     a = _map_attrs(path)
@@ -173,10 +177,11 @@ def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: s
         return False
     if fusion is not None and a.get("fusion_settings") != fusion:
         return False
-    return _same_model_field(a, ckpt_fp, grid, precision, inputs_fp)
+    return _same_model_field(a, ckpt_fp, grid, precision, inputs_fp, expect)
 
 
-def stored_model_field(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: str) -> tuple[MapResult, int] | None:
+def stored_model_field(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: str,
+                       expect: dict | None = None) -> tuple[MapResult, int] | None:
     """The model field of an existing map made with the same checkpoint, inputs, precision and grid
     (:func:`_same_model_field`), as :func:`shared.mapping.predict.predict_map` would return it, and the count of
     image pixels outside the physical range it recorded; None when there is none to reuse. The file stores
@@ -185,7 +190,7 @@ def stored_model_field(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp
     a = _map_attrs(path)
     if a is None or not {"t2m_model", "t2m_model_standard_error"} <= a["_variables"]:
         return None
-    if not _same_model_field(a, ckpt_fp, grid, precision, inputs_fp):
+    if not _same_model_field(a, ckpt_fp, grid, precision, inputs_fp, expect):
         return None
     t0 = time.time()
     try:
@@ -369,6 +374,8 @@ def run(cfg: Config, ctx: Context) -> Result:
         "interval_multipliers": json.dumps(predictor.interval_multipliers, sort_keys=True),
         "interval_multipliers_source": predictor.intervals_source,
     }
+    # a map file's model field is this run's only if this code describes its standard error and edges the same way
+    same_model = {k: attrs_common[k] for k in ("model_standard_error", "edge_handling", "patch_size")}
     for _, r in mine.iterrows():
         t = pd.Timestamp(r["time_utc"])
         path = out / map_name(t)
@@ -379,11 +386,12 @@ def run(cfg: Config, ctx: Context) -> Result:
         fusion_key = (f"{cfg.fusion.describe()} variogram={json.dumps(vg.info(), sort_keys=True)} obs={src.fingerprint()}"
                       if vg is not None and src is not None else
                       ("disabled" if not cfg.fusion.enabled else f"{cfg.fusion.describe()} no observation"))
-        if (cfg.skip_existing and not force and map_is_complete(path, ckpt_fp, grid_out, cfg.precision, in_fp, quick, fusion_key)
+        if (cfg.skip_existing and not force and map_is_complete(path, ckpt_fp, grid_out, cfg.precision, in_fp, quick,
+                                                                fusion_key, same_model)
                 and (png.is_file() or not cfg.quicklook)):
             skipped += 1
             continue
-        stored = (stored_model_field(path, ckpt_fp, grid_out, cfg.precision, in_fp)
+        stored = (stored_model_field(path, ckpt_fp, grid_out, cfg.precision, in_fp, same_model)
                   if cfg.skip_existing and not force else None)
         if stored is not None:  # only the fusion or the quicklook changed: the model field is the file's
             res, n_implausible = stored
