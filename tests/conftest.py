@@ -4,18 +4,12 @@ from pathlib import Path
 import pytest
 
 from shared.core.runner import main
-from shared.stages import step01_index, step02_patches, step03_pretrain, step03_train, step04_map, step05_eval
+from shared.tools.status import step_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 
 #: What each step folder's run.py hands to the runner.
-STAGES = {
-    "step01_make_index": step01_index.STAGE,
-    "step02_make_patches": step02_patches.STAGE,
-    "step03_train_clay": {"train": step03_train.STAGE, "pretrain": step03_pretrain.STAGE},
-    "step04_infer_map": step04_map.STAGE,
-    "step05_eval_metrics": step05_eval.STAGE,
-}
+STAGES = step_stages()
 
 
 def run_step(step_dir: str, *argv: str) -> int:

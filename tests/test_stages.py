@@ -280,3 +280,64 @@ def test_run_all_lists_the_figures_each_step_wrote(tmp_path):
     assert figure_lines(tmp_path) == ["  s1/out/: splits.png", "  s3/o/: learning_curve.png",
                                       "  s4/: 12 PNGs (ta_map_00.png ... ta_map_11.png)"]
     assert figure_lines(tmp_path, [3]) == ["  s3/o/: learning_curve.png"]
+
+
+def test_stale_reasons_say_what_changed(tmp_path):
+    """A record names why a step would run: the config keys that changed (old -> new), the inputs and the outputs
+    that changed since its finished run; none when it is up to date (the runner's "up to date")."""
+    import os
+
+    from shared.core.records import StepRun, config_changes
+
+    dep, out = tmp_path / "in.csv", tmp_path / "out"
+    dep.write_text("a\n")
+    cfg = {"split": {"mode": "station", "seed": 1}, "x": 2}
+    rec = StepRun(out, cfg, [dep], "stepXX")
+    assert rec.stale_reasons() == [f"no run recorded in {out}"]
+    with rec.running():
+        (out / "o.txt").write_text("o")
+        rec.finish([out / "o.txt"])
+    assert StepRun(out, cfg, [dep], "stepXX").stale_reasons() == [] and StepRun(out, cfg, [dep]).up_to_date()
+    changed = {"split": {"mode": "time", "seed": 1}, "y": 3}
+    assert config_changes(cfg, changed) == ['split.mode: "station" -> "time"', "x: removed", "y: added"]
+    assert StepRun(out, changed, [dep]).stale_reasons() == ['config changed: split.mode: "station" -> "time", '
+                                                             "x: removed, y: added"]
+    os.utime(dep, ns=(dep.stat().st_atime_ns, dep.stat().st_mtime_ns + 10**9))
+    (out / "o.txt").unlink()
+    assert StepRun(out, cfg, [dep]).stale_reasons() == [f"inputs changed: {dep}",
+                                                         f"outputs changed or missing since its run: {out / 'o.txt'}"]
+
+
+def test_status_names_the_steps_that_would_run_and_those_after_them(tiny_world, tmp_path, capsys):
+    """``python -m shared.tools.status``: step01 and step02 up to date after running; an input of step01 touched:
+    step01 would run and says which file, step02 runs again after it; nothing is run or written."""
+    import os
+    import shutil
+
+    import yaml
+    from conftest import run_step, step01_args
+
+    from shared.tools.status import status_lines
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_world, raw)
+    s1, s2 = tmp_path / "s01", tmp_path / "s02"
+    c1, c2 = tmp_path / "c1.yaml", tmp_path / "c2.yaml"
+    args = step01_args(raw, s1)
+    c1.write_text(yaml.safe_dump({a.split("=")[0]: a.split("=", 1)[1] for a in args[1::2]}))
+    c2.write_text(yaml.safe_dump({"index_dir": str(s1), "output_dir": str(s2), "patch_chunk_rows": 64}))
+    assert run_step("step01_make_index", "--config", str(c1)) == 0
+    assert run_step("step02_make_patches", "--config", str(c2)) == 0
+    configs = {1: c1, 2: c2}
+    lines = status_lines((1, 2), configs)
+    assert [line.split()[1:] for line in lines] == [["up", "to", "date"], ["up", "to", "date"]]
+    st = raw / "stations.csv"
+    os.utime(st, ns=(st.stat().st_atime_ns, st.stat().st_mtime_ns + 10**9))
+    before = sorted(p.name for p in s1.iterdir())
+    one, two = status_lines((1, 2), configs)
+    assert one.startswith("step01_make_index") and one.endswith(f"would run: inputs changed: {st}")
+    assert two.endswith("up to date now; runs again after step01 (it reads its outputs)")
+    assert sorted(p.name for p in s1.iterdir()) == before
+    capsys.readouterr()
+    assert run_step("step01_make_index", "--config", str(c1)) == 0  # the runner says the same on its way in
+    assert f"step01_make_index: running (inputs changed: {st})" in capsys.readouterr().out

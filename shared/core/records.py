@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 
+from shared import REPO_ROOT
 from shared.core.errors import UserError, rerun
 
 RUN_JSON = "run.json"
@@ -220,6 +221,38 @@ def _json_clean(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+def config_changes(old, new, prefix: str = "") -> list[str]:
+    """The keys whose values differ between two resolved configs (nested dicts), as ``key: old -> new``
+    (``key: added`` / ``key: removed``), in key order."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}{k}"
+            if k not in old:
+                out.append(f"{name}: added")
+            elif k not in new:
+                out.append(f"{name}: removed")
+            else:
+                out += config_changes(old[k], new[k], f"{name}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.') or '(config)'}: {_brief(old)} -> {_brief(new)}"]
+
+
+def _brief(v) -> str:
+    t = json.dumps(v, default=str, ensure_ascii=False)
+    return t if len(t) <= 40 else t[:37] + "..."
+
+
+def _short(path: str) -> str:
+    """A recorded path relative to the repository when it is under it."""
+    root = f"{REPO_ROOT}{os.sep}"
+    return path[len(root):] if path.startswith(root) else path
+
+
+def _some(items: list[str], n: int) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
 def read_record(run_dir: str | Path) -> dict | None:
     """The ``run.json`` of a step's output folder, or None if absent / unreadable."""
     try:
@@ -330,16 +363,35 @@ class StepRun:
     def previous(self) -> dict | None:
         return read_record(self.out_dir)
 
-    def up_to_date(self) -> bool:
+    def stale_reasons(self) -> list[str]:
+        """Why the outputs are not up to date for this config and these inputs, in words (empty: up to date):
+        no finished run, the config's keys that changed (old -> new), the inputs and the outputs that changed
+        since the last finished run (by size and mtime, as :func:`fingerprint`)."""
         prev = self.previous()
-        if not prev or prev.get("status") != "ok":
-            return False
-        if prev.get("config") != _json_clean(self.config):
-            return False
-        if prev.get("inputs") != self.input_fingerprints():
-            return False
+        if not prev:
+            return [f"no run recorded in {_short(str(self.out_dir))}"]
+        if prev.get("status") != "ok":
+            return ["its last run did not finish (interrupted or failed)"]
+        reasons = []
+        keys = config_changes(prev.get("config"), _json_clean(self.config))
+        if keys:
+            reasons.append("config changed: " + _some(keys, 4))
+        old_in, new_in = prev.get("inputs") or {}, self.input_fingerprints()
+        changed = [k for k in sorted(set(old_in) | set(new_in)) if old_in.get(k) != new_in.get(k)]
+        if changed:
+            reasons.append("inputs changed: " + _some([_short(k) for k in changed], 3))
         outs = prev.get("outputs") or {}
-        return bool(outs) and fingerprint(outs.keys()) == outs
+        if not outs:
+            reasons.append("its record lists no outputs")
+        else:
+            now = fingerprint(outs.keys())
+            gone = [k for k in outs if now.get(k) != outs[k]]
+            if gone:
+                reasons.append("outputs changed or missing since its run: " + _some([_short(k) for k in gone], 3))
+        return reasons
+
+    def up_to_date(self) -> bool:
+        return not self.stale_reasons()
 
     def start(self) -> None:
         """Mark the outputs as being rewritten; the last finished record is kept as ``previous``."""

@@ -78,7 +78,7 @@ class Stage:
     version: str = "1"  #: bump when the stage's outputs change for the same config and inputs (a new layout)
 
 
-def _pick_stage(stages: Stage | dict[str, Stage], argv: list[str]) -> Stage:
+def pick_stage(stages: Stage | dict[str, Stage], argv: list[str]) -> Stage:
     """A step folder may hold several stages chosen by the config's ``mode`` key (step03: train | pretrain)."""
     if isinstance(stages, Stage):
         return stages
@@ -94,26 +94,35 @@ def _pick_stage(stages: Stage | dict[str, Stage], argv: list[str]) -> Stage:
     return stages[mode]
 
 
+def stage_record(stage: Stage, cfg) -> StepRun:
+    """The run record of ``stage`` with config ``cfg``: what its outputs must have been made from to be up to
+    date (the stage's version is part of it: a new output layout reruns the step)."""
+    return StepRun(stage.record_dir(cfg), {**config_to_dict(cfg), "stage_version": stage.version}, stage.deps(cfg),
+                   stage.name, stage.mirror_dirs(cfg))
+
+
 def execute(stages: Stage | dict[str, Stage], argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the stage; returns the exit code (errors raise UserError)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    stage = _pick_stage(stages, argv)
+    stage = pick_stage(stages, argv)
     parser = step_parser(stage.name, stage.doc or stage.title, stage.config_file)
     if stage.add_args:
         stage.add_args(parser)
     args = parser.parse_args(argv)
     cfg = load_config(stage.config, args.config, args.set)
     d = Dist()
-    # the stage's version is part of what a record must match: a new output layout reruns the step
-    record = StepRun(stage.record_dir(cfg), {**config_to_dict(cfg), "stage_version": stage.version}, stage.deps(cfg),
-                     stage.name, stage.mirror_dirs(cfg))
+    record = stage_record(stage, cfg)
     resuming = stage.rerun_when_resuming and getattr(args, "resume", False)
-    if not args.force and not resuming and record.up_to_date():
+    reasons = [] if args.force or resuming else record.stale_reasons()
+    if not args.force and not resuming and not reasons:
         if d.main:
             print(f"{stage.name}: up to date ({record.path}); use --force to rerun")
             if stage.on_up_to_date:
                 stage.on_up_to_date(cfg)
         return 0
+    if d.main:
+        print(f"{stage.name}: running ({'--force' if args.force else '--resume' if resuming else '; '.join(reasons)})",
+              flush=True)
     for run_dir, files, step in stage.upstream(cfg):
         check_upstream(run_dir, files, step)
     if stage.distributed:

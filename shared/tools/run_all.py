@@ -21,15 +21,9 @@ from pathlib import Path
 from shared import REPO_ROOT
 from shared.core.cli import run_main
 from shared.core.config import read_yaml
-from shared.core.errors import UserError
+from shared.core.errors import STEP_DIRS, UserError
 
-STEPS = {
-    1: "step01_make_index",
-    2: "step02_make_patches",
-    3: "step03_train_clay",
-    4: "step04_infer_map",
-    5: "step05_eval_metrics",
-}
+STEPS = {int(k[4:]): v for k, v in STEP_DIRS.items()}  # 1 -> "step01_make_index"
 
 
 def figure_lines(root: Path, steps=tuple(STEPS)) -> list[str]:

@@ -1,0 +1,81 @@
+"""Which steps are up to date with their configs and inputs, and why the others would run.
+
+    python -m shared.tools.status              # every step, each with its folder's config.yaml
+    python -m shared.tools.status --steps 3 4  # some of them
+
+Read-only: nothing runs and nothing is written. A step is "up to date" exactly when its ``run.py`` would say
+so (the same record check, :meth:`shared.core.records.StepRun.stale_reasons`); a step that reads the outputs of
+one that would run is marked as running again after it. Exit code 0; a config that does not load is reported
+on its step's line.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from shared import REPO_ROOT
+from shared.core.cli import run_main
+from shared.core.config import load_config
+from shared.core.errors import STEP_DIRS, UserError
+from shared.core.runner import Stage, pick_stage, stage_record
+
+STEPS = {int(k[4:]): k for k in STEP_DIRS}  # 1 -> "step01"
+
+
+def step_stages() -> dict[str, Stage | dict[str, Stage]]:
+    """What each step folder's ``run.py`` hands to the runner (step03's folder: train or pretrain by ``mode``)."""
+    from shared.stages import step01_index, step02_patches, step03_pretrain, step03_train, step04_map, step05_eval
+
+    return {"step01_make_index": step01_index.STAGE, "step02_make_patches": step02_patches.STAGE,
+            "step03_train_clay": {"train": step03_train.STAGE, "pretrain": step03_pretrain.STAGE},
+            "step04_infer_map": step04_map.STAGE, "step05_eval_metrics": step05_eval.STAGE}
+
+
+def status_lines(steps=tuple(STEPS), configs: dict[int, Path] | None = None) -> list[str]:
+    """One line per step: up to date, or would run and why; a step whose upstream step would run is marked.
+    ``configs``: another config file for some steps (default: each step folder's own)."""
+    stages, will_run, lines = step_stages(), {}, []  # will_run: short name -> its output folders
+    width = max(len(STEP_DIRS[STEPS[n]]) for n in steps)
+    for n in steps:
+        short, name = STEPS[n], STEP_DIRS[STEPS[n]]
+        try:
+            path = (configs or {}).get(n)
+            stage = pick_stage(stages[name], [] if path is None else ["--config", str(path)])
+            cfg = load_config(stage.config, path or REPO_ROOT / name / stage.config_file, [])
+            reasons = stage_record(stage, cfg).stale_reasons()
+            outs = [Path(stage.record_dir(cfg)).resolve()] + [Path(d).resolve() for d in stage.mirror_dirs(cfg)]
+            reads = [Path(getattr(d, "path", d)).resolve() for d in stage.deps(cfg)]
+            before = sorted({step for _, _, step in stage.upstream(cfg)} & set(will_run)
+                            | {s for s, dirs in will_run.items() if any(_under(r, dirs) for r in reads)})
+        except UserError as e:
+            lines.append(f"{name:<{width}}  cannot tell: {e}")
+            will_run[short] = []
+            continue
+        if reasons:
+            will_run[short] = outs
+            lines.append(f"{name:<{width}}  would run: {'; '.join(reasons)}")
+        elif before:
+            will_run[short] = outs
+            lines.append(f"{name:<{width}}  up to date now; runs again after {', '.join(before)} (it reads "
+                         f"{'their' if len(before) > 1 else 'its'} outputs)")
+        else:
+            lines.append(f"{name:<{width}}  up to date")
+    return lines
+
+
+def _under(path: Path, dirs: list[Path]) -> bool:
+    return any(path == d or d in path.parents for d in dirs)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m shared.tools.status", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, nargs="+", choices=sorted(STEPS), default=sorted(STEPS),
+                    help="which steps (default all)")
+    args = ap.parse_args(argv)
+    print("\n".join(status_lines(tuple(sorted(set(args.steps))))))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
