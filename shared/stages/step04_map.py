@@ -449,7 +449,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         done += 1
         rec = {"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": path.name, "seconds": round(res.seconds, 2),
                "fusion_seconds": round(fuse_s, 2), "fusion_stations": 0 if ids is None else len(ids),
-               "windows_per_s": round(res.windows_per_s), "n_missing": res.n_missing,
+               "windows_per_s": None if stored is not None else round(res.windows_per_s), "n_missing": res.n_missing,
                "peak_rss_MB": round(res.peak_rss_bytes / 2**20), "block_MB": round(res.block_bytes / 2**20, 1),
                "model_field_reused": stored is not None}
         records.append(rec)
