@@ -341,3 +341,7 @@ def test_status_names_the_steps_that_would_run_and_those_after_them(tiny_world, 
     capsys.readouterr()
     assert run_step("step01_make_index", "--config", str(c1)) == 0  # the runner says the same on its way in
     assert f"step01_make_index: running (inputs changed: {st})" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("index_dirr: nowhere\n")
+    (line,) = status_lines((2,), {2: bad})
+    assert "cannot tell:" in line and "unknown config key 'index_dirr'" in line

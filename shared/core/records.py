@@ -313,8 +313,9 @@ def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) 
             raise UserError(f"{f} was not written by the last finished {step} run (its record in {run_dir / RUN_JSON} "
                             f"does not list it); {rerun(step)}")
         if fingerprint([f])[key] != want:
-            raise UserError(f"{f} changed after the last finished {step} run wrote it (an interrupted rerun or an "
-                            f"edit: the files no longer belong together); {rerun(step)}")
+            raise UserError(f"{f} changed after the last finished {step} run wrote it (an interrupted rerun, an "
+                            f"edit, or a copy put back without its modification time: the record keeps each file's "
+                            f"size and time); {rerun(step)}")
     return done
 
 
