@@ -305,10 +305,11 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tiny_world, tiny_index
     if Path("/proc/self").is_dir():  # a file system that refuses folders with ENOENT: the same one line
         assert run_step("step01_make_index", *step01_args(tiny_world, Path("/proc/ta2d_out"))) == 2
         assert "cannot make the output folder /proc/ta2d_out" in _err(capsys)
-    # step03 makes two folders: the first, made before the second failed, is not left behind
+    # step03 makes two folders (outputs_dir, then weights_dir): the first, made with a parent before the second
+    # failed, is not left behind, nor its parent
     assert run_step("step03_train_clay", "--set", f"data.patch_dir={tiny_patches}", "--set",
-                    f"output.weights_dir={tmp_path / 'w'}", "--set", f"output.outputs_dir={afile / 'o'}") == 2
-    assert "cannot make the output folder" in _err(capsys)
+                    f"output.outputs_dir={tmp_path / 'new' / 'o'}", "--set", f"output.weights_dir={afile / 'w'}") == 2
+    assert f"cannot make the output folder {afile / 'w'}" in _err(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 

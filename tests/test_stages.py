@@ -300,6 +300,9 @@ def test_stale_reasons_say_what_changed(tmp_path):
     assert StepRun(out, cfg, [dep], "stepXX").stale_reasons() == [] and StepRun(out, cfg, [dep]).up_to_date()
     changed = {"split": {"mode": "time", "seed": 1}, "y": 3}
     assert config_changes(cfg, changed) == ['split.mode: "station" -> "time"', "x: removed", "y: added"]
+    long = "/data/experiments/2026/ta2d/step03_train_clay/weights/{}.pt"  # a long value shows its end
+    assert config_changes({"checkpoint": long.format("best")}, {"checkpoint": long.format("refit")}) == [
+        'checkpoint: .../2026/ta2d/step03_train_clay/weights/best.pt" -> ...2026/ta2d/step03_train_clay/weights/refit.pt"']
     assert StepRun(out, changed, [dep]).stale_reasons() == ['config changed: split.mode: "station" -> "time", '
                                                              "x: removed, y: added"]
     os.utime(dep, ns=(dep.stat().st_atime_ns, dep.stat().st_mtime_ns + 10**9))
@@ -333,15 +336,17 @@ def test_status_names_the_steps_that_would_run_and_those_after_them(tiny_world, 
     assert [line.split()[1:] for line in lines] == [["up", "to", "date"], ["up", "to", "date"]]
     st = raw / "stations.csv"
     os.utime(st, ns=(st.stat().st_atime_ns, st.stat().st_mtime_ns + 10**9))
-    before = sorted(p.name for p in s1.iterdir())
+    from shared.core.records import fingerprint
+
+    before = fingerprint([s1, s2])  # every file's size and time
     one, two = status_lines((1, 2), configs)
     assert one.startswith("step01_make_index") and one.endswith(f"would run: inputs changed: {st}")
     assert two.endswith("up to date now; runs again after step01 (it reads its outputs)")
-    assert sorted(p.name for p in s1.iterdir()) == before
+    assert fingerprint([s1, s2]) == before
     capsys.readouterr()
     assert run_step("step01_make_index", "--config", str(c1)) == 0  # the runner says the same on its way in
     assert f"step01_make_index: running (inputs changed: {st})" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("index_dirr: nowhere\n")
-    (line,) = status_lines((2,), {2: bad})
-    assert "cannot tell:" in line and "unknown config key 'index_dirr'" in line
+    one, two = status_lines((1, 2), {1: bad, 2: c2})  # a step that cannot tell does not mark the next one
+    assert "cannot tell:" in one and "unknown config key 'index_dirr'" in one and "after step01" not in two

@@ -571,8 +571,9 @@ def test_station_time_fusion_rows_make_the_analysis_of_held_out_hours(tiny_world
 
 def test_step04_with_other_fusion_settings_fuses_the_stored_model_field_again(evaluated, tmp_path, monkeypatch, capsys):
     """A rerun of step04 with another fusion setting takes each map's stored model field instead of predicting
-    every pixel again, and writes the same map as a run from scratch with that setting; --force, another checkpoint
-    precision or changed images predict again."""
+    every pixel again, and writes the same map as a run from scratch with that setting; --force, another
+    precision, changed images and a map made by other code (its version, standard error or edges described
+    otherwise) predict again."""
     import xarray as xr
 
     import shared.stages.step04_map as s4
@@ -604,8 +605,18 @@ def test_step04_with_other_fusion_settings_fuses_the_stored_model_field_again(ev
     assert fa.with_suffix(".png").is_file()
     assert s04(a, *other, "--force") == 0 and len(calls) == 3  # --force remakes all
     assert s04(a, "--set", "precision=bf16") == 0 and len(calls) == 4  # another model field
+    import os
+
     import netCDF4
 
-    with netCDF4.Dataset(fa, "a") as ds:  # a map whose standard error this code would describe otherwise
-        ds.setncattr("model_standard_error", "variance head, terms of an older step04")
-    assert s04(a, "--set", "precision=bf16") == 0 and len(calls) == 5  # neither kept nor reused
+    from shared.io.raw import sat_path
+
+    for i, key in enumerate(("model_field_version", "model_standard_error", "edge_handling", "device")):
+        with netCDF4.Dataset(fa, "a") as ds:  # a map this code would not have made so: neither kept nor reused
+            ds.setncattr(key, "made otherwise")
+        assert s04(a, "--set", "precision=bf16") == 0 and len(calls) == 5 + i, key
+    assert s04(a, "--set", "precision=bf16") == 0 and len(calls) == 8  # up to date
+    with netCDF4.Dataset(fa) as ds:
+        bt = sat_path(evaluated["raw"], "bt", pd.Timestamp(ds.getncattr("time_utc")).tz_localize(None))
+    os.utime(bt, ns=(bt.stat().st_atime_ns, bt.stat().st_mtime_ns + 10**9))  # the image changed
+    assert s04(a, "--set", "precision=bf16", "--set", "fusion.idw_weight=0.2") == 0 and len(calls) == 9

@@ -239,8 +239,9 @@ def config_changes(old, new, prefix: str = "") -> list[str]:
 
 
 def _brief(v) -> str:
-    t = json.dumps(v, default=str, ensure_ascii=False)
-    return t if len(t) <= 40 else t[:37] + "..."
+    """A config value in a few characters; a long one by its end (a path's file name, a list's last items)."""
+    t = json.dumps(_short(v) if isinstance(v, str) else v, default=str, ensure_ascii=False)
+    return t if len(t) <= 48 else "..." + t[-45:]
 
 
 def _short(path: str) -> str:
@@ -372,7 +373,7 @@ class StepRun:
         if not prev:
             return [f"no run recorded in {_short(str(self.out_dir))}"]
         if prev.get("status") != "ok":
-            return ["its last run did not finish (interrupted or failed)"]
+            return ["its last run did not finish (interrupted, failed or still running)"]
         reasons = []
         keys = config_changes(prev.get("config"), _json_clean(self.config))
         if keys:
@@ -398,13 +399,17 @@ class StepRun:
         """Mark the outputs as being rewritten; the last finished record is kept as ``previous``."""
         self._done = done = finished_record(self.previous())
         self._made_dirs = [d for d in [self.out_dir] + self.mirrors if not d.exists()]
-        for i, d in enumerate(self._made_dirs):  # one line naming the folder, whatever the file system answers
+        made: list[Path] = []  # every folder made here, parents first
+        for d in self._made_dirs:  # one line naming the folder, whatever the file system answers
             try:
-                d.mkdir(parents=True, exist_ok=True)
+                for p in [*reversed(d.parents), d]:
+                    if not p.exists():
+                        p.mkdir()
+                        made.append(p)
             except OSError as e:
-                for made in self._made_dirs[:i]:
+                for p in reversed(made):  # a failed start leaves no folder behind
                     with contextlib.suppress(OSError):
-                        made.rmdir()
+                        p.rmdir()
                 raise UserError(f"cannot make the output folder {d}: {e.strerror or e}; check that path (an output "
                                 "folder must be writable, and each folder above it a folder, not a file) or set "
                                 "another in the step's config") from e

@@ -13,7 +13,8 @@ standard errors. Writes ``output_dir/ta_map_YYYYMMDDhhmm.nc`` + ``.png``
 Many times: ``torchrun --nproc_per_node=N step04_infer_map/run.py`` splits the
 times between N processes (each writes its own maps); ``num_threads`` sets
 the threads of each. A rerun after an interruption keeps maps already complete; a rerun with other fusion or
-quicklook settings takes each existing map's model field (same checkpoint, images, precision and grid) and redoes
+quicklook settings takes each existing map's model field (same checkpoint, images, precision, grid, kind of device
+and :data:`MODEL_FIELD_VERSION`) and redoes
 the fusion and the quicklook alone (``skip_existing``; ``--force`` remakes all).
 """
 from __future__ import annotations
@@ -69,6 +70,9 @@ STEP = "step04_infer_map"
 # 2: t2m (time=1, y, x) + distance_to_station; 3: analysis, model, standard errors, fusion stations;
 # 4: distance_to_station (time=1, y, x), so that a season of maps stacks (shared.io.maps.open_maps)
 MAP_LAYOUT = 4
+#: Bump when the code that computes the model field (windows, features, the model's standard error) changes its
+#: values for the same checkpoint and images: maps made before are then predicted again, neither kept nor reused.
+MODEL_FIELD_VERSION = 1
 
 
 @dataclass
@@ -370,12 +374,16 @@ def run(cfg: Config, ctx: Context) -> Result:
         "quicklook_settings": quick,
         "map_layout": MAP_LAYOUT,
         "model_standard_error": predictor.sd_source,
+        "model_field_version": MODEL_FIELD_VERSION,
+        "device": str(predictor.device).split(":")[0],  # cpu | cuda: the last bits of the model field differ
         # central P % interval = t2m +- k_P x t2m_standard_error (shared.models.intervals)
         "interval_multipliers": json.dumps(predictor.interval_multipliers, sort_keys=True),
         "interval_multipliers_source": predictor.intervals_source,
     }
-    # a map file's model field is this run's only if this code describes its standard error and edges the same way
-    same_model = {k: attrs_common[k] for k in ("model_standard_error", "edge_handling", "patch_size")}
+    # a map file's model field is this run's only if made by this version of the code, on this kind of device, with
+    # the standard error and the edges described the same way
+    same_model = {k: attrs_common[k] for k in ("model_field_version", "device", "model_standard_error", "edge_handling",
+                                                "patch_size")}
     for _, r in mine.iterrows():
         t = pd.Timestamp(r["time_utc"])
         path = out / map_name(t)

@@ -2,6 +2,7 @@
 
     python -m shared.tools.status              # every step, each with its folder's config.yaml
     python -m shared.tools.status --steps 3 4  # some of them
+    python -m shared.tools.status --config 3=step03_train_clay/pretrain.yaml   # a step with another config
 
 Read-only: nothing runs and nothing is written. A step is "up to date" exactly when its ``run.py`` would say
 so (the same record check, :meth:`shared.core.records.StepRun.stale_reasons`); a step that reads the outputs of
@@ -48,8 +49,7 @@ def status_lines(steps=tuple(STEPS), configs: dict[int, Path] | None = None) -> 
             before = sorted({step for _, _, step in stage.upstream(cfg)} & set(will_run)
                             | {s for s, dirs in will_run.items() if any(_under(r, dirs) for r in reads)})
         except UserError as e:
-            lines.append(f"{name:<{width}}  cannot tell: {e}")
-            will_run[short] = []
+            lines.append(f"{name:<{width}}  cannot tell: {e}")  # its outputs' fate unknown: not counted below
             continue
         if reasons:
             will_run[short] = outs
@@ -72,8 +72,16 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, nargs="+", choices=sorted(STEPS), default=sorted(STEPS),
                     help="which steps (default all)")
+    ap.add_argument("--config", action="append", default=[], metavar="N=PATH",
+                    help="step N's config file instead of its folder's config.yaml (repeatable)")
     args = ap.parse_args(argv)
-    print("\n".join(status_lines(tuple(sorted(set(args.steps))))))
+    configs = {}
+    for item in args.config:
+        n, sep, path = item.partition("=")
+        if not sep or not n.strip().isdigit() or int(n) not in STEPS:
+            raise UserError(f"--config {item}: expected N=PATH with N one of {', '.join(map(str, STEPS))}")
+        configs[int(n)] = Path(path)
+    print("\n".join(status_lines(tuple(sorted(set(args.steps))), configs)))
     return 0
 
 
