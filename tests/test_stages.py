@@ -350,3 +350,25 @@ def test_status_names_the_steps_that_would_run_and_those_after_them(tiny_world, 
     bad.write_text("index_dirr: nowhere\n")
     one, two = status_lines((1, 2), {1: bad, 2: c2})  # a step that cannot tell does not mark the next one
     assert "cannot tell:" in one and "unknown config key 'index_dirr'" in one and "after step01" not in two
+
+
+def test_an_output_folder_made_by_another_rank_meanwhile_is_no_error(tmp_path, monkeypatch):
+    """Under torchrun another rank makes the output folder while rank 0 starts its record: the folder appears
+    between rank 0's look and its mkdir, which must not fail (it did, exit 2, in a fresh clone's torchrun test)."""
+    import os
+    from pathlib import Path
+
+    from shared.core.records import StepRun
+
+    out = tmp_path / "a" / "out"
+    real_mkdir = Path.mkdir
+
+    def racing(self, *a, **k):  # the other rank's mkdir lands just before ours
+        if self == out and not os.path.isdir(self):
+            os.mkdir(self)
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", racing)
+    StepRun(out, {"k": 1}, [], "stepXX").start()
+    monkeypatch.undo()
+    assert (out / "run.json").is_file()

@@ -404,7 +404,7 @@ class StepRun:
             try:
                 for p in [*reversed(d.parents), d]:
                     if not p.exists():
-                        p.mkdir()
+                        p.mkdir(exist_ok=True)  # exist_ok: another rank of a torchrun may make it at the same time
                         made.append(p)
             except OSError as e:
                 for p in reversed(made):  # a failed start leaves no folder behind
