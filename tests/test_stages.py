@@ -333,7 +333,8 @@ def test_status_names_the_steps_that_would_run_and_those_after_them(tiny_world, 
     assert run_step("step02_make_patches", "--config", str(c2)) == 0
     configs = {1: c1, 2: c2}
     lines = status_lines((1, 2), configs)
-    assert [line.split()[1:] for line in lines] == [["up", "to", "date"], ["up", "to", "date"]]
+    assert [line.split()[1:4] for line in lines] == [["up", "to", "date"], ["up", "to", "date"]]
+    assert all(" (finished 20" in line and " UTC, " in line and line.endswith(" s)") for line in lines)
     st = raw / "stations.csv"
     os.utime(st, ns=(st.stat().st_atime_ns, st.stat().st_mtime_ns + 10**9))
     from shared.core.records import fingerprint

@@ -43,7 +43,8 @@ def status_lines(steps=tuple(STEPS), configs: dict[int, Path] | None = None) -> 
             path = (configs or {}).get(n)
             stage = pick_stage(stages[name], [] if path is None else ["--config", str(path)])
             cfg = load_config(stage.config, path or REPO_ROOT / name / stage.config_file, [])
-            reasons = stage_record(stage, cfg).stale_reasons()
+            record = stage_record(stage, cfg)
+            reasons = record.stale_reasons()
             outs = [Path(stage.record_dir(cfg)).resolve()] + [Path(d).resolve() for d in stage.mirror_dirs(cfg)]
             reads = [Path(getattr(d, "path", d)).resolve() for d in stage.deps(cfg)]
             before = sorted({step for _, _, step in stage.upstream(cfg)} & set(will_run)
@@ -59,7 +60,11 @@ def status_lines(steps=tuple(STEPS), configs: dict[int, Path] | None = None) -> 
             lines.append(f"{name:<{width}}  up to date now; runs again after {', '.join(before)} (it reads "
                          f"{'their' if len(before) > 1 else 'its'} outputs)")
         else:
-            lines.append(f"{name:<{width}}  up to date")
+            prev = record.previous() or {}
+            when = str(prev.get("finished_utc", "")).replace("T", " ").rstrip("Z")[:16]
+            took = prev.get("wall_seconds")
+            lines.append(f"{name:<{width}}  up to date" + (f" (finished {when} UTC" + (
+                f", {float(took):.0f} s)" if isinstance(took, (int, float)) else ")") if when else ""))
     return lines
 
 
