@@ -170,11 +170,11 @@ def _same_model_field(a: dict, ckpt_fp: str, grid, precision: str, inputs_fp: st
             and all(str(a.get(k)) == str(v) for k, v in grid.attrs().items()))
 
 
-def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: str | None = None,
+def map_is_complete(a: dict | None, ckpt_fp: str, grid, precision: str, inputs_fp: str | None = None,
                     quicklook: str | None = None, fusion: str | None = None, expect: dict | None = None) -> bool:
-    """A finished map of the same checkpoint, inputs, precision, grid and quicklook settings exists
-    (maps are written atomically after their PNG, so present = whole)."""
-    a = _map_attrs(path)
+    """Whether the map whose attributes are ``a`` (:func:`_map_attrs`; None: no readable map) is finished with the
+    same checkpoint, inputs, precision, grid, fusion and quicklook settings (maps are written atomically after their
+    PNG, so present = whole)."""
     if a is None or "t2m" not in a["_variables"]:
         return False
     if quicklook is not None and a.get("quicklook_settings") != quicklook:
@@ -184,14 +184,14 @@ def map_is_complete(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: s
     return _same_model_field(a, ckpt_fp, grid, precision, inputs_fp, expect)
 
 
-def stored_model_field(path: Path, ckpt_fp: str, grid, precision: str, inputs_fp: str,
+def stored_model_field(path: Path, a: dict | None, ckpt_fp: str, grid, precision: str, inputs_fp: str,
                        expect: dict | None = None) -> tuple[MapResult, int] | None:
     """The model field of an existing map made with the same checkpoint, inputs, precision and grid
     (:func:`_same_model_field`), as :func:`shared.mapping.predict.predict_map` would return it, and the count of
     image pixels outside the physical range it recorded; None when there is none to reuse. The file stores
     ``t2m_model`` and ``t2m_model_standard_error`` in float32, as computed, so a map fused again from them equals
-    one made from scratch: when only the fusion or the quicklook settings changed, step04 redoes those alone."""
-    a = _map_attrs(path)
+    one made from scratch: when only the fusion or the quicklook settings changed, step04 redoes those alone.
+    ``a``: the file's attributes (:func:`_map_attrs`), read once for this and :func:`map_is_complete`."""
     if a is None or not {"t2m_model", "t2m_model_standard_error"} <= a["_variables"]:
         return None
     if not _same_model_field(a, ckpt_fp, grid, precision, inputs_fp, expect):
@@ -394,13 +394,12 @@ def run(cfg: Config, ctx: Context) -> Result:
         fusion_key = (f"{cfg.fusion.describe()} variogram={json.dumps(vg.info(), sort_keys=True)} obs={src.fingerprint()}"
                       if vg is not None and src is not None else
                       ("disabled" if not cfg.fusion.enabled else f"{cfg.fusion.describe()} no observation"))
-        if (cfg.skip_existing and not force and map_is_complete(path, ckpt_fp, grid_out, cfg.precision, in_fp, quick,
-                                                                fusion_key, same_model)
+        old = _map_attrs(path) if cfg.skip_existing and not force else None  # --force: neither kept nor reused
+        if (map_is_complete(old, ckpt_fp, grid_out, cfg.precision, in_fp, quick, fusion_key, same_model)
                 and (png.is_file() or not cfg.quicklook)):
             skipped += 1
             continue
-        stored = (stored_model_field(path, ckpt_fp, grid_out, cfg.precision, in_fp, same_model)
-                  if cfg.skip_existing and not force else None)
+        stored = stored_model_field(path, old, ckpt_fp, grid_out, cfg.precision, in_fp, same_model)
         if stored is not None:  # only the fusion or the quicklook changed: the model field is the file's
             res, n_implausible = stored
             reused += 1

@@ -17,10 +17,9 @@ from pathlib import Path
 from shared import REPO_ROOT
 from shared.core.cli import run_main
 from shared.core.config import load_config
-from shared.core.errors import STEP_DIRS, UserError
+from shared.core.errors import UserError
 from shared.core.runner import Stage, pick_stage, stage_record
-
-STEPS = {int(k[4:]): k for k in STEP_DIRS}  # 1 -> "step01"
+from shared.tools.run_all import STEPS
 
 
 def step_stages() -> dict[str, Stage | dict[str, Stage]]:
@@ -36,9 +35,10 @@ def status_lines(steps=tuple(STEPS), configs: dict[int, Path] | None = None) -> 
     """One line per step: up to date, or would run and why; a step whose upstream step would run is marked.
     ``configs``: another config file for some steps (default: each step folder's own)."""
     stages, will_run, lines = step_stages(), {}, []  # will_run: short name -> its output folders
-    width = max(len(STEP_DIRS[STEPS[n]]) for n in steps)
+    width = max(len(STEPS[n]) for n in steps)
     for n in steps:
-        short, name = STEPS[n], STEP_DIRS[STEPS[n]]
+        name = STEPS[n]
+        short = name.split("_")[0]  # "step01", as upstream records name it
         try:
             path = (configs or {}).get(n)
             stage = pick_stage(stages[name], [] if path is None else ["--config", str(path)])
@@ -48,7 +48,7 @@ def status_lines(steps=tuple(STEPS), configs: dict[int, Path] | None = None) -> 
             outs = [Path(stage.record_dir(cfg)).resolve()] + [Path(d).resolve() for d in stage.mirror_dirs(cfg)]
             reads = [Path(getattr(d, "path", d)).resolve() for d in stage.deps(cfg)]
             before = sorted({step for _, _, step in stage.upstream(cfg)} & set(will_run)
-                            | {s for s, dirs in will_run.items() if any(_under(r, dirs) for r in reads)})
+                            | {s for s, dirs in will_run.items() if any(r.is_relative_to(d) for r in reads for d in dirs)})
         except UserError as e:
             lines.append(f"{name:<{width}}  cannot tell: {e}")  # its outputs' fate unknown: not counted below
             continue
@@ -63,13 +63,10 @@ def status_lines(steps=tuple(STEPS), configs: dict[int, Path] | None = None) -> 
             prev = record.previous() or {}
             when = str(prev.get("finished_utc", "")).replace("T", " ").rstrip("Z")[:16]
             took = prev.get("wall_seconds")
-            lines.append(f"{name:<{width}}  up to date" + (f" (finished {when} UTC" + (
-                f", {float(took):.0f} s)" if isinstance(took, (int, float)) else ")") if when else ""))
+            done = [f"finished {when} UTC"] if when else []
+            done += [f"{float(took):.0f} s"] if isinstance(took, (int, float)) else []
+            lines.append(f"{name:<{width}}  up to date" + (f" ({', '.join(done)})" if done else ""))
     return lines
-
-
-def _under(path: Path, dirs: list[Path]) -> bool:
-    return any(path == d or d in path.parents for d in dirs)
 
 
 def main(argv=None) -> int:
