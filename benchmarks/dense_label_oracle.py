@@ -37,7 +37,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.core.config import load_config  # noqa: E402
+from shared.core.config import load_config, resolve_path  # noqa: E402
 from shared.evaluation.bootstrap import station_bootstrap  # noqa: E402
 from shared.evaluation.interpolation import station_table  # noqa: E402
 from shared.evaluation.suite import station_analysis  # noqa: E402
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     X, y, img, Xs, rows = [], [], [], [], []
     t0 = time.time()
     for i, r in images.iterrows():
-        frame = read_frame(r.path_bt, r.path_rf, r.path_sza, static.grid)
+        frame = read_frame(resolve_path(r.path_bt), resolve_path(r.path_rf), resolve_path(r.path_sza), static.grid)
         with Dataset(raw / "truth" / f"ta_true_{r.t:%Y%m%d%H%M}.nc") as ds:
             truth = np.asarray(ds["t2m"][:], np.float64)
         k = np.r_[rng.choice(pools[0], n_land, replace=False), rng.choice(pools[1], a.pixels - n_land, replace=False)]

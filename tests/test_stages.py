@@ -373,3 +373,63 @@ def test_an_output_folder_made_by_another_rank_meanwhile_is_no_error(tmp_path, m
     StepRun(out, {"k": 1}, [], "stepXX").start()
     monkeypatch.undo()
     assert (out / "run.json").is_file()
+
+
+def test_a_checkout_moved_or_copied_keeps_its_runs(tiny_world, tmp_path, monkeypatch, capsys):
+    """Run records, the index tables' image paths and step02's signature name the checkout's own files relative to
+    it. Moved with its files' times (``mv``, ``cp -a``): every step is up to date there. Copied without them
+    (plain ``cp``): a file an upstream run wrote is the same by its bytes, to the steps that read it; step01 and
+    step02 run again (raw data is compared by size and time alone), step02 keeps its chunks and its signature,
+    and a step that reads step02's outputs (as step03 does) stays up to date. Nothing reads the old checkout."""
+    import json
+
+    from shared.core import config
+    from shared.core.records import StepRun, check_upstream
+    from shared.io.index import index_files
+
+    a = tmp_path / "a"
+    shutil.copytree(tiny_world, a / "data" / "raw")
+    monkeypatch.setattr(config, "REPO_ROOT", a)
+
+    def steps(root):
+        assert _s01(root / "data" / "raw", root / "s01") == 0 and _s02(root / "s01", root / "s02") == 0
+        return capsys.readouterr().out
+
+    def reader(root):  # a step that reads step02's outputs, as step03 does
+        return StepRun(root / "s03", {"patch_dir": str(root / "s02")}, [root / "s02" / "patch_pt", root / "s02" / "stats"],
+                       "step03_train_clay")
+
+    steps(a)
+    assert pd.read_csv(a / "s01" / "index_train.csv")["path_bt"].str.startswith("data/raw/sat/").all()
+    assert json.loads((a / "s01" / "splits.json").read_text())["raw_dir"] == "data/raw"
+    manifest = json.loads((a / "s02" / "patch_pt" / "manifest.json").read_text())
+    with reader(a).running() as r:
+        (a / "s03" / "w.txt").write_text("weights")
+        r.finish([a / "s03" / "w.txt"])
+    record = json.loads((a / "s03" / "run.json").read_text())
+    assert set(record["outputs"]) == {"s03/w.txt"} and record["config"] == {"patch_dir": "s02"}
+    assert set(record["input_contents"]) == {"s02/patch_pt", "s02/stats"}  # read from step02's record
+
+    b = tmp_path / "b"  # moved: the files keep their times (copytree copies them with copy2), a is gone
+    shutil.copytree(a, b)
+    shutil.rmtree(a)
+    monkeypatch.setattr(config, "REPO_ROOT", b)
+    out = steps(b)
+    assert "step01_make_index: up to date" in out and "step02_make_patches: up to date" in out
+    assert reader(b).stale_reasons() == []
+
+    c = tmp_path / "c"  # copied without the files' times; b is moved away, so nothing can read it
+    shutil.copytree(b, c, copy_function=shutil.copyfile)
+    shutil.move(b, tmp_path / "gone")
+    monkeypatch.setattr(config, "REPO_ROOT", c)
+    check_upstream(c / "s01", index_files(c / "s01"), "step01")  # the same bytes: accepted, as step02 reads them
+    out = steps(c)
+    assert "step01_make_index: running (inputs changed: data/raw/stations.csv" in out
+    line = next(x for x in out.splitlines() if x.startswith("step02_make_patches: running"))
+    assert line.startswith("step02_make_patches: running (inputs changed: data/raw/sat/") and "s01/" not in line
+    assert json.loads((c / "s02" / "patch_pt" / "manifest.json").read_text()) == manifest  # same chunks, same signature
+    assert reader(c).stale_reasons() == []
+    (c / "s03" / "w.txt").write_text("WEIGHTS")  # same size, other bytes: changed
+    assert reader(c).stale_reasons() == ["outputs changed or missing since its run: s03/w.txt"]
+    with pytest.raises(Exception, match="w.txt changed after the last finished step03 run"):
+        check_upstream(c / "s03", [c / "s03" / "w.txt"], "step03")

@@ -18,6 +18,7 @@ import contextvars
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -32,10 +33,18 @@ from shared.core.errors import UserError
 __all__ = ["load_config", "parse_overrides", "config_to_dict", "resolve_path", "read_yaml"]
 
 
-def resolve_path(p: str | Path, root: Path = REPO_ROOT) -> Path:
+def resolve_path(p: str | Path, root: Path | None = None) -> Path:
     """Absolute path; relative paths are taken from the repository root."""
     p = Path(str(p)).expanduser()
-    return p if p.is_absolute() else (root / p)
+    return p if p.is_absolute() else ((REPO_ROOT if root is None else root) / p)
+
+
+def repo_relative(p: str | Path) -> str:
+    """A path as the project's own files keep it (index tables, run records): relative to the repository root
+    when under it, so that a checkout moved or copied elsewhere still names its own files; else as given.
+    :func:`resolve_path` reads it back."""
+    s, root = str(p), f"{REPO_ROOT}{os.sep}"
+    return s[len(root):] if s.startswith(root) else s
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -104,7 +113,7 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp, key: str, where: str, root: Path):
+def _convert(value: Any, tp, key: str, where: str, root: Path | None):
     """Convert one YAML value to the annotated type or raise UserError."""
     origin = get_origin(tp)
     bad = UserError(f"{where}: config key '{key}' expects {_type_name(tp)}, got {value!r}")
@@ -183,7 +192,7 @@ def _convert(value: Any, tp, key: str, where: str, root: Path):
 _SET_KEYS: contextvars.ContextVar[frozenset] = contextvars.ContextVar("set_keys", default=frozenset())
 
 
-def _build(cls, data: dict, prefix: str, where: str, root: Path):
+def _build(cls, data: dict, prefix: str, where: str, root: Path | None):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
@@ -253,7 +262,7 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(cls, path: str | Path, overrides: list[str] | None = None, root: Path = REPO_ROOT):
+def load_config(cls, path: str | Path, overrides: list[str] | None = None, root: Path | None = None):
     """Read ``path`` (YAML), apply ``--set`` overrides, validate into ``cls``."""
     data = read_yaml(path)
     set_keys = []

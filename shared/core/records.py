@@ -7,6 +7,15 @@ path, size, mtime_ns), so checking a folder of thousands of images takes
 milliseconds; :class:`Names` fingerprints only the names in a folder (a step
 that lists images without reading them).
 
+Records name paths relative to the repository (those under it): a checkout
+moved or copied with its files' times (``mv``, ``cp -a``, ``rsync -a``) keeps
+every step up to date. A record also keeps the SHA-1 of each output's bytes
+(``contents``) and of each input that an upstream record lists so
+(``input_contents``): a file whose size and time changed but whose bytes did
+not (a copy without its times: plain ``cp``, ``scp``) is the same file, to the
+step that wrote it and to the steps that read it. Only such a mismatch reads a
+file's bytes; raw data (no upstream record) is compared by size and time alone.
+
 A run record moves through two states: ``running`` (written when the step
 starts; the last finished record is kept inside as ``previous``) and ``ok``
 (written after every output is in place). The next step checks each file
@@ -30,7 +39,7 @@ from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 
-from shared import REPO_ROOT
+from shared.core.config import repo_relative, resolve_path
 from shared.core.errors import UserError, rerun
 
 RUN_JSON = "run.json"
@@ -102,6 +111,98 @@ def fingerprint(paths: Iterable[str | Path | Names | Derived]) -> dict[str, str]
             out[str(p)] = "missing"
             continue
         out[str(p)] = h.hexdigest()
+    return out
+
+
+def file_sha1(path: str | Path) -> str:
+    """SHA-1 of a file's bytes."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_digest(path: str | Path) -> str | None:
+    """SHA-1 of a file's bytes, or of a folder's files (their relative names and bytes; temporary files and
+    ``run.json`` left out, as :func:`fingerprint`); None when the path is neither."""
+    p = Path(path)
+    if p.is_file():
+        return file_sha1(p)
+    if not p.is_dir():
+        return None
+    h = hashlib.sha1()
+    for dirpath, dirnames, filenames in os.walk(p):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            if not _skip(fn):
+                fp = os.path.join(dirpath, fn)
+                h.update(f"{os.path.relpath(fp, p)}:{file_sha1(fp)}\n".encode())
+    return h.hexdigest()
+
+
+def record_key(path: str | Path | Names | Derived) -> str:
+    """How a record names a path: relative to the repository when under it (so a moved or copied checkout keeps
+    its records), else absolute; :class:`Names` and :class:`Derived` by their labelled form."""
+    if isinstance(path, (Names, Derived)):
+        return _short(str(path))
+    p = Path(path)
+    return _short(str(p if p.is_absolute() else p.absolute()))
+
+
+def _located(key: str) -> Path:
+    """The path a record's key names, here."""
+    return resolve_path(key)
+
+
+def _keyed(d: dict | None) -> dict:
+    """A record's ``{path: value}`` table by :func:`record_key` (a record written before keys were relative
+    names its paths absolute: those under this checkout read as relative)."""
+    return {_short(str(k)): v for k, v in (d or {}).items()}
+
+
+def _config_paths(obj):
+    """A config with every string that is a path under the repository relative to it (see :func:`record_key`)."""
+    if isinstance(obj, dict):
+        return {k: _config_paths(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_config_paths(v) for v in obj]
+    return _short(obj) if isinstance(obj, str) else obj
+
+
+def same_file(path: str | Path, fp: str | None, content: str | None) -> bool:
+    """Is ``path`` the file (or folder) a record fingerprinted as ``fp``, with bytes of SHA-1 ``content``? Its size
+    and time decide when they match; otherwise its bytes do, when the record has their digest."""
+    if fp is not None and fingerprint([path]).get(str(path)) == fp:
+        return True
+    return content is not None and content_digest(path) == content
+
+
+def output_unchanged(rec: dict | None, path: str | Path) -> bool:
+    """Is ``path`` listed among the outputs of the finished record ``rec`` and unchanged since (:func:`same_file`)?"""
+    if not rec:
+        return False
+    key = record_key(path)
+    outs = _keyed(rec.get("outputs"))
+    return key in outs and same_file(Path(path), outs[key], _keyed(rec.get("contents")).get(key))
+
+
+def _upstream_contents(deps: list, fps: dict[str, str]) -> dict[str, str]:
+    """``{key: SHA-1}`` of the deps that the finished record of the step that wrote them (a ``run.json`` in
+    their folder or the one above) lists with the same fingerprint and a content digest: read, not computed."""
+    out = {}
+    for d in deps:
+        if isinstance(d, (Names, Derived)):
+            continue
+        p = Path(d)
+        key = record_key(p)
+        for folder in (p.parent, p.parent.parent):
+            up = finished_record(read_record(folder))
+            if up and _keyed(up.get("outputs")).get(key) == fps.get(str(p)):
+                digest = _keyed(up.get("contents")).get(key)
+                if digest:
+                    out[key] = digest
+                break
     return out
 
 
@@ -246,8 +347,7 @@ def _brief(v) -> str:
 
 def _short(path: str) -> str:
     """A recorded path relative to the repository when it is under it."""
-    root = f"{REPO_ROOT}{os.sep}"
-    return path[len(root):] if path.startswith(root) else path
+    return repo_relative(path)
 
 
 def _some(items: list[str], n: int) -> str:
@@ -299,9 +399,9 @@ def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) 
         state = "has no run record" if rec is None else f"holds an unfinished {step} run (status {rec.get('status')!r})"
         raise UserError(f"{run_dir} {state}: its files do not form a finished set; {rerun(step)} (files made "
                         f"elsewhere: {adopt_command(step, run_dir, files)})")
-    outs = done.get("outputs") or {}
+    outs, contents = _keyed(done.get("outputs")), _keyed(done.get("contents"))
     for f in files:
-        key = str(Path(f))
+        key = record_key(f)
         want = outs.get(key)
         if want is None:
             here, top = Path(f).resolve(), run_dir.resolve()
@@ -313,10 +413,10 @@ def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) 
                                 f"{rerun(step)}")
             raise UserError(f"{f} was not written by the last finished {step} run (its record in {run_dir / RUN_JSON} "
                             f"does not list it); {rerun(step)}")
-        if fingerprint([f])[key] != want:
+        if not same_file(Path(f), want, contents.get(key)):
             raise UserError(f"{f} changed after the last finished {step} run wrote it (an interrupted rerun, an "
-                            f"edit, or a copy put back without its modification time: the record keeps each file's "
-                            f"size and time); {rerun(step)}")
+                            f"edit, or another file put in its place); {rerun(step)} (a file made elsewhere that "
+                            f"you trust: {adopt_command(step, run_dir, files)})")
     return done
 
 
@@ -359,37 +459,44 @@ class StepRun:
     @property
     def signature(self) -> str:
         """One digest of the resolved config and every input: what this run's outputs were made from."""
-        src = json.dumps({"config": _json_clean(self.config), "inputs": self.input_fingerprints()}, sort_keys=True)
+        src = json.dumps({"config": self.recorded_config(), "inputs": _keyed(self.input_fingerprints())}, sort_keys=True)
         return hashlib.sha1(src.encode()).hexdigest()[:16]
 
     def previous(self) -> dict | None:
         return read_record(self.out_dir)
 
+    def recorded_config(self) -> dict:
+        """The config as the record keeps it: JSON values, paths under the repository relative to it."""
+        return _config_paths(_json_clean(self.config))
+
     def stale_reasons(self) -> list[str]:
         """Why the outputs are not up to date for this config and these inputs, in words (empty: up to date):
         no finished run, the config's keys that changed (old -> new), the inputs and the outputs that changed
-        since the last finished run (by size and mtime, as :func:`fingerprint`)."""
+        since the last finished run (by size and mtime, as :func:`fingerprint`, or else by their bytes where the
+        record has their digest: :func:`same_file`)."""
         prev = self.previous()
         if not prev:
             return [f"no run recorded in {_short(str(self.out_dir))}"]
         if prev.get("status") != "ok":
             return ["its last run did not finish (interrupted, failed or still running)"]
         reasons = []
-        keys = config_changes(prev.get("config"), _json_clean(self.config))
+        keys = config_changes(_config_paths(prev.get("config")), self.recorded_config())
         if keys:
             reasons.append("config changed: " + _some(keys, 4))
-        old_in, new_in = prev.get("inputs") or {}, self.input_fingerprints()
-        changed = [k for k in sorted(set(old_in) | set(new_in)) if old_in.get(k) != new_in.get(k)]
+        old_in, new_in = _keyed(prev.get("inputs")), _keyed(self.input_fingerprints())
+        old_bytes = _keyed(prev.get("input_contents"))
+        changed = [k for k in sorted(set(old_in) | set(new_in)) if old_in.get(k) != new_in.get(k)
+                   and not (k in old_bytes and k in new_in and same_file(_located(k), None, old_bytes[k]))]
         if changed:
-            reasons.append("inputs changed: " + _some([_short(k) for k in changed], 3))
-        outs = prev.get("outputs") or {}
+            reasons.append("inputs changed: " + _some(changed, 3))
+        outs = _keyed(prev.get("outputs"))
         if not outs:
             reasons.append("its record lists no outputs")
         else:
-            now = fingerprint(outs.keys())
-            gone = [k for k in outs if now.get(k) != outs[k]]
+            contents = _keyed(prev.get("contents"))
+            gone = [k for k in outs if not same_file(_located(k), outs[k], contents.get(k))]
             if gone:
-                reasons.append("outputs changed or missing since its run: " + _some([_short(k) for k in gone], 3))
+                reasons.append("outputs changed or missing since its run: " + _some(gone, 3))
         return reasons
 
     def up_to_date(self) -> bool:
@@ -416,7 +523,7 @@ class StepRun:
         self.t0 = time.time()
         self._write({"step": self.step, "status": "running",
                      "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "command": " ".join(sys.argv), "config": _json_clean(self.config), "previous": done})
+                     "command": " ".join(sys.argv), "config": self.recorded_config(), "previous": done})
 
     @contextlib.contextmanager
     def running(self) -> Iterator[StepRun]:
@@ -437,7 +544,7 @@ class StepRun:
         output folder the run made is removed when it is left empty."""
         done = self._done  # set by start()
         if failed and done is not None and done.get("outputs") and \
-                fingerprint(done["outputs"].keys()) == done["outputs"]:
+                all(same_file(_located(k), v, None) for k, v in _keyed(done["outputs"]).items()):
             self._write(done)
             return
         if done is None:  # no earlier finished run
@@ -452,7 +559,9 @@ class StepRun:
             write_json(d / RUN_JSON, rec)
 
     def finish(self, outputs: Iterable[str | Path], counts: dict | None = None, extra: dict | None = None) -> dict:
-        """Write ``run.json`` (atomically) after all outputs are in place."""
+        """Write ``run.json`` (atomically) after all outputs are in place, with the SHA-1 of each output's bytes."""
+        outputs = list(outputs)
+        inputs, out_fp = self.input_fingerprints(), fingerprint(outputs)
         rec = {
             "step": self.step,
             "status": "ok",
@@ -460,9 +569,11 @@ class StepRun:
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "wall_seconds": round(time.time() - self.t0, 3),
             "command": " ".join(sys.argv),
-            "config": _json_clean(self.config),
-            "inputs": self.input_fingerprints(),
-            "outputs": fingerprint(outputs),
+            "config": self.recorded_config(),
+            "inputs": _keyed(inputs),
+            "input_contents": _upstream_contents(self.deps, inputs),
+            "outputs": {record_key(p): out_fp[str(Path(p))] for p in outputs},
+            "contents": {record_key(p): d for p in outputs if (d := content_digest(p)) is not None},
             "counts": counts or {},
             "versions": package_versions(),
         }

@@ -33,7 +33,6 @@ model takes (``time_unix`` = ``meta.time``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 
 from shared.core.errors import UserError, rerun
-from shared.core.records import StepRun, read_json, write_json
+from shared.core.records import StepRun, file_sha1, read_json, write_json
 from shared.io.channels import N_CHANNELS, N_LANDCOVER, N_SITE, PATCH_CHANNELS, SITE_FEATURES
 from shared.io.torch_files import load_torch_file, save_torch_file
 
@@ -147,15 +146,6 @@ class SplitFiles:
     @property
     def n_rows(self) -> int:
         return sum(self.rows)
-
-
-def file_sha1(path: str | Path) -> str:
-    """SHA-1 of a file's bytes (the manifest's ``sha1`` of each chunk)."""
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_manifest(patch_dir: str | Path, patch_size: int, signature: str, counts: dict[str, list[tuple[str, int]]],

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from shared.core.cli import print_report
+from shared.core.config import repo_relative
 from shared.core.errors import UserError, require_dir
 from shared.core.records import Derived, Names
 from shared.core.runner import Context, Result, Stage
@@ -371,7 +372,9 @@ def run(cfg: Config, ctx: Context) -> Result:
         full_report[f"obs_{k}"] = int(v)
     full_report.update(report)
 
-    info.update({"static": str(static.path), "raw_dir": str(cfg.raw_dir), "grid": static.grid.attrs(),
+    for c in ("path_bt", "path_rf", "path_sza"):  # a checkout moved or copied elsewhere reads its own images
+        df[c] = [repo_relative(v) for v in df[c]]
+    info.update({"static": repo_relative(static.path), "raw_dir": repo_relative(cfg.raw_dir), "grid": static.grid.attrs(),
                  "time_tolerance_min": cfg.time_tolerance_min, "report": full_report,
                  "images": len(sat), "images_incomplete": incomplete})
     write_index(cfg.output_dir, df, info)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from shared.core.cli import print_report
 from shared.core.config import resolve_path
 from shared.core.errors import UserError, require_dir, rerun
-from shared.core.records import fingerprint, write_json
+from shared.core.records import file_sha1, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.features.patch import extract_patches, height_z, landcover_onehot, loc3, normalise_, time7
 from shared.features.site import site_at, site_fields
@@ -52,7 +52,6 @@ from shared.io.patches import (
     PATCH_SUBDIR,
     STATS_SUBDIR,
     chunk_name,
-    file_sha1,
     load_chunk,
     read_stats,
     recorded_sha1,
@@ -204,9 +203,11 @@ def make_patches(cfg: Config) -> dict:
     df["pos"] = df.groupby("split").cumcount()
     df["chunk"] = df["pos"] // cfg.patch_chunk_rows
 
-    sig_src = json.dumps({"index": fingerprint([cfg.index_dir / f"index_{s}.csv" for s in INDEX_SPLITS
-                                                if (cfg.index_dir / f"index_{s}.csv").is_file()]),
-                          "static": fingerprint([static.path]), "p": p, "rows": cfg.patch_chunk_rows,
+    # by the bytes of the index and static.nc, not their paths and times: a checkout moved or copied keeps its
+    # chunks and the checkpoint trained on them
+    sig_src = json.dumps({"index": {f"index_{s}.csv": file_sha1(cfg.index_dir / f"index_{s}.csv") for s in INDEX_SPLITS
+                                    if (cfg.index_dir / f"index_{s}.csv").is_file()},
+                          "static": file_sha1(static.path), "p": p, "rows": cfg.patch_chunk_rows,
                           "lc_ex": sorted(cfg.landcover_exclude), "layout": CHUNK_LAYOUT}, sort_keys=True)
     signature = hashlib.sha1(sig_src.encode()).hexdigest()[:16]
 
@@ -251,7 +252,7 @@ def make_patches(cfg: Config) -> dict:
     tasks = []
     for _, rows in groups:
         r0 = todo.iloc[rows[0]]
-        tasks.append(((r0["path_bt"], r0["path_rf"], r0["path_sza"]), todo["pixel_y"].to_numpy()[rows], todo["pixel_x"].to_numpy()[rows], p))
+        tasks.append((tuple(resolve_path(r0[c]) for c in ("path_bt", "path_rf", "path_sza")), todo["pixel_y"].to_numpy()[rows], todo["pixel_x"].to_numpy()[rows], p))
     bar = tqdm(total=len(tasks), desc="step02 images", unit="img", disable=not tasks, leave=False)
 
     out_of_range = [0]

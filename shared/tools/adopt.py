@@ -20,12 +20,11 @@ from pathlib import Path
 
 from shared.core.cli import run_main
 from shared.core.errors import UserError
-from shared.core.records import adopt, check_upstream
+from shared.core.records import adopt, check_upstream, file_sha1
 from shared.io.index import index_files, read_index
 from shared.io.patches import (
     PATCH_SUBDIR,
     STATS_SUBDIR,
-    file_sha1,
     load_chunk,
     read_manifest,
     read_stats,
