@@ -433,3 +433,17 @@ def test_a_checkout_moved_or_copied_keeps_its_runs(tiny_world, tmp_path, monkeyp
     assert reader(c).stale_reasons() == ["outputs changed or missing since its run: s03/w.txt"]
     with pytest.raises(Exception, match="w.txt changed after the last finished step03 run"):
         check_upstream(c / "s03", [c / "s03" / "w.txt"], "step03")
+
+
+def test_portable_config_names_the_checkouts_paths_relative_to_it(tmp_path, monkeypatch):
+    """What records and checkpoints keep of a config (and compare on ``--resume``): paths under the checkout
+    relative to it, others as they are; :func:`resolve_path` reads them back in the checkout where they are read."""
+    from shared.core import config
+
+    monkeypatch.setattr(config, "REPO_ROOT", tmp_path / "a")
+    cfg = {"data": {"patch_dir": str(tmp_path / "a" / "s02"), "dirs": [tmp_path / "a" / "x", "/elsewhere/y"]},
+           "lr": 0.008, "near": str(tmp_path / "ab" / "z")}
+    assert config.portable(cfg) == {"data": {"patch_dir": "s02", "dirs": ["x", "/elsewhere/y"]}, "lr": 0.008,
+                                    "near": str(tmp_path / "ab" / "z")}
+    monkeypatch.setattr(config, "REPO_ROOT", tmp_path / "b")
+    assert config.resolve_path("s02") == tmp_path / "b" / "s02"

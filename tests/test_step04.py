@@ -271,9 +271,16 @@ def test_step04_writes_cf_maps_resumes_and_is_up_to_date(world, tmp_path, capsys
     assert "wrote 1 map(s), kept 2 complete" in text
     assert keep.stat().st_mtime_ns == mtime and (out / names[2]).is_file()
 
-    # a changed image file: its map is remade, the others kept; --force remakes all
+    # an image file touched (its time changed, not its bytes): the step runs and keeps every map
     bt0 = sat_path(world["raw"], "bt", TIMES[0])
     os.utime(bt0, ns=(bt0.stat().st_atime_ns, bt0.stat().st_mtime_ns + 10**9))
+    assert run_step(STEP, *args_for(world, out)) == 0
+    assert "wrote 0 map(s), kept 3 complete" in capsys.readouterr().out and keep.stat().st_mtime_ns == mtime
+    # a changed image (other bytes): its map is remade, the others kept; --force remakes all
+    import netCDF4
+
+    with netCDF4.Dataset(bt0, "a") as ds:
+        ds.variables["bt"][0, 0, 0] = ds.variables["bt"][0, 0, 0] + 1.0
     assert run_step(STEP, *args_for(world, out)) == 0
     assert "wrote 1 map(s), kept 2 complete" in capsys.readouterr().out and keep.stat().st_mtime_ns != mtime
     assert run_step(STEP, *args_for(world, out), "--force") == 0

@@ -618,5 +618,13 @@ def test_step04_with_other_fusion_settings_fuses_the_stored_model_field_again(ev
     assert s04(a, "--set", "precision=bf16") == 0 and len(calls) == 8  # up to date
     with netCDF4.Dataset(fa) as ds:
         bt = sat_path(evaluated["raw"], "bt", pd.Timestamp(ds.getncattr("time_utc")).tz_localize(None))
-    os.utime(bt, ns=(bt.stat().st_atime_ns, bt.stat().st_mtime_ns + 10**9))  # the image changed
-    assert s04(a, "--set", "precision=bf16", "--set", "fusion.idw_weight=0.2") == 0 and len(calls) == 9
+    st, original = bt.stat(), bt.read_bytes()
+    os.utime(bt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, the same bytes: reused
+    assert s04(a, "--set", "precision=bf16", "--set", "fusion.idw_weight=0.3") == 0 and len(calls) == 8
+    try:
+        with netCDF4.Dataset(bt, "a") as ds:  # the image changed
+            ds.variables["bt"][0, 0, 0] = ds.variables["bt"][0, 0, 0] + 1.0
+        assert s04(a, "--set", "precision=bf16", "--set", "fusion.idw_weight=0.2") == 0 and len(calls) == 9
+    finally:  # the world is shared with other tests
+        bt.write_bytes(original)
+        os.utime(bt, ns=(st.st_atime_ns, st.st_mtime_ns))

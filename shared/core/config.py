@@ -47,6 +47,16 @@ def repo_relative(p: str | Path) -> str:
     return s[len(root):] if s.startswith(root) else s
 
 
+def portable(obj):
+    """A config (nested dicts and lists, as :func:`config_to_dict` gives) with every path under the repository
+    relative to it (:func:`repo_relative`): the same config in a checkout moved or copied elsewhere."""
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v) for v in obj]
+    return repo_relative(obj) if isinstance(obj, (str, Path)) else obj
+
+
 class _ConfigLoader(yaml.SafeLoader):
     """YAML with only ``true``/``false`` as booleans (YAML 1.2's core schema).
 

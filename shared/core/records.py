@@ -39,7 +39,7 @@ from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 
-from shared.core.config import repo_relative, resolve_path
+from shared.core.config import portable, repo_relative, resolve_path
 from shared.core.errors import UserError, rerun
 
 RUN_JSON = "run.json"
@@ -159,15 +159,6 @@ def _keyed(d: dict | None) -> dict:
     """A record's ``{path: value}`` table by :func:`record_key` (a record written before keys were relative
     names its paths absolute: those under this checkout read as relative)."""
     return {_short(str(k)): v for k, v in (d or {}).items()}
-
-
-def _config_paths(obj):
-    """A config with every string that is a path under the repository relative to it (see :func:`record_key`)."""
-    if isinstance(obj, dict):
-        return {k: _config_paths(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_config_paths(v) for v in obj]
-    return _short(obj) if isinstance(obj, str) else obj
 
 
 def same_file(path: str | Path, fp: str | None, content: str | None) -> bool:
@@ -467,7 +458,7 @@ class StepRun:
 
     def recorded_config(self) -> dict:
         """The config as the record keeps it: JSON values, paths under the repository relative to it."""
-        return _config_paths(_json_clean(self.config))
+        return portable(_json_clean(self.config))
 
     def stale_reasons(self) -> list[str]:
         """Why the outputs are not up to date for this config and these inputs, in words (empty: up to date):
@@ -480,7 +471,7 @@ class StepRun:
         if prev.get("status") != "ok":
             return ["its last run did not finish (interrupted, failed or still running)"]
         reasons = []
-        keys = config_changes(_config_paths(prev.get("config")), self.recorded_config())
+        keys = config_changes(portable(prev.get("config")), self.recorded_config())
         if keys:
             reasons.append("config changed: " + _some(keys, 4))
         old_in, new_in = _keyed(prev.get("inputs")), _keyed(self.input_fingerprints())

@@ -34,13 +34,17 @@ either way.
 Global attributes: ``Conventions = CF-1.8``, ``title``, ``source``,
 ``history``, the grid placement (``grid_row0`` ... from :meth:`Grid.attrs`)
 and how the map was made (checkpoint fingerprint, precision, edge padding,
-pixels without a value). Opens in Panoply and ``xarray.open_dataset``;
+pixels without a value). ``checkpoint_fingerprint`` and ``inputs_fingerprint``
+(:func:`checkpoint_fingerprint`, :func:`inputs_fingerprint`) are digests of the
+files' bytes: a map copied or moved with its checkpoint and images is still
+theirs. Opens in Panoply and ``xarray.open_dataset``;
 ``benchmarks/cf_check.py`` runs the IOOS compliance-checker on a fresh map.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import glob
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +54,21 @@ import pandas as pd
 
 from shared.core.constants import KST_OFFSET
 from shared.core.errors import UserError, rerun
-from shared.core.records import atomic_path
+from shared.core.records import atomic_path, file_sha1
 from shared.geo.grid import Grid
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """A map's ``checkpoint_fingerprint``: the SHA-1 of the checkpoint's bytes (step04 writes it, step05 checks a
+    map against its checkpoint with it)."""
+    return file_sha1(path)
+
+
+def inputs_fingerprint(paths, known: dict[str, str] | None = None) -> str:
+    """A map's ``inputs_fingerprint``: one digest of the bytes of the image and static files it is made from;
+    ``known`` gives the SHA-1 of some of them already read (``{str(path): sha1}``: static.nc, once per run)."""
+    known = known or {}
+    return hashlib.sha1("|".join(known.get(str(p)) or file_sha1(p) for p in paths).encode()).hexdigest()[:16]
 
 MAP_PREFIX = "ta_map_"
 #: (ny, nx) fields of a map file besides t2m

@@ -19,7 +19,6 @@ the fusion and the quicklook alone (``skip_existing``; ``--force`` remakes all).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -37,12 +36,20 @@ from shared.core.config import resolve_path
 from shared.core.constants import KELVIN
 from shared.core.device import check_device_name
 from shared.core.errors import UserError, require_file, rerun
-from shared.core.records import fingerprint, write_csv, write_json
+from shared.core.records import file_sha1, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.features.site import site_fields
 from shared.fusion.analysis import FusionConfig, variogram_warning
 from shared.io.index import learnt_station_ids
-from shared.io.maps import MapLayers, map_dataset, map_name, read_map, write_map
+from shared.io.maps import (
+    MapLayers,
+    checkpoint_fingerprint,
+    inputs_fingerprint,
+    map_dataset,
+    map_name,
+    read_map,
+    write_map,
+)
 from shared.io.raw import Static, read_frame, read_static
 from shared.io.stations import read_stations
 from shared.mapping.analysis import (
@@ -73,6 +80,10 @@ MAP_LAYOUT = 4
 #: Bump when the code that computes the model field (windows, features, the model's standard error) changes its
 #: values for the same checkpoint and images: maps made before are then predicted again, neither kept nor reused.
 MODEL_FIELD_VERSION = 1
+#: How a map names its checkpoint and images (``checkpoint_fingerprint``, ``inputs_fingerprint``): 2 = by their
+#: bytes (shared/io/maps.py), 1 = by size and time. Part of the step's version, so that maps of another kind are
+#: made again once rather than left out by step05 as another checkpoint's.
+FINGERPRINTS = 2
 
 
 @dataclass
@@ -135,13 +146,6 @@ class Config:
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0 (0 = all cores / processes), got {self.num_threads}")
         check_device_name(self.device, "device")
-
-
-def inputs_fingerprint(paths) -> str:
-    """One digest of the image and static files a map is made from (sizes + mtimes)."""
-    fp = fingerprint([Path(p) for p in paths])
-    return hashlib.sha1("|".join(fp[str(Path(p))] for p in paths).encode()).hexdigest()[:16]
-
 
 
 def _map_attrs(path: Path) -> dict | None:
@@ -284,8 +288,9 @@ def run(cfg: Config, ctx: Context) -> Result:
 
     require_file(cfg.checkpoint, "checkpoint", rerun("step03") + " or set checkpoint")
     predictor = load_predictor(cfg.checkpoint, cfg.precision, cfg.device)
-    ckpt_fp = fingerprint([cfg.checkpoint])[str(cfg.checkpoint)]
+    ckpt_fp = checkpoint_fingerprint(cfg.checkpoint)
     static = read_static(cfg.raw_dir / "static.nc")
+    static_sha1 = {str(static.path): file_sha1(static.path)}  # read once: part of every map's inputs_fingerprint
     times, missing = select_times(cfg.times, cfg.index_dir, cfg.raw_dir)
     if missing:
         msg = f"{len(missing)} requested time(s) have no image: {'; '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
@@ -389,7 +394,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         path = out / map_name(t)
         png = path.with_suffix(".png")
         srcs = [resolve_path(r["path_bt"]), resolve_path(r["path_rf"]), resolve_path(r["path_sza"])]
-        in_fp = inputs_fingerprint(srcs + [static.path])
+        in_fp = inputs_fingerprint(srcs + [static.path], static_sha1)
         src = sources.get(t)
         fusion_key = (f"{cfg.fusion.describe()} variogram={json.dumps(vg.info(), sort_keys=True)} obs={src.fingerprint()}"
                       if vg is not None and src is not None else
@@ -536,4 +541,5 @@ def upstream(cfg: Config) -> list:
 
 STAGE = Stage(name=STEP, title="one 2 m air temperature map (CF netCDF + PNG) per time from the trained model",
               config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
-              record_dir=lambda cfg: cfg.output_dir, distributed=True, doc=__doc__, version=str(MAP_LAYOUT))
+              record_dir=lambda cfg: cfg.output_dir, distributed=True, doc=__doc__,
+              version=f"{MAP_LAYOUT}.{FINGERPRINTS}")

@@ -27,7 +27,7 @@ import pandas as pd
 
 from shared.core.config import resolve_path
 from shared.core.errors import UserError, rerun
-from shared.core.records import fingerprint, finished_record, output_set, output_unchanged, read_record, write_csv, write_json
+from shared.core.records import finished_record, output_set, output_unchanged, read_record, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.evaluation.bootstrap import format_differences, station_bootstrap
 from shared.evaluation.interpolation import station_table
@@ -56,6 +56,7 @@ from shared.evaluation.suite import ALL_BASELINES, BaselineConfig, nearest_sourc
 from shared.evaluation.uncertainty import format_interval_table, interval_scores
 from shared.fusion.analysis import FusionConfig
 from shared.io.index import FUSION_ROWS, SPLITS_JSON, learnt_station_ids, read_split_csv, read_splits
+from shared.io.maps import checkpoint_fingerprint
 from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR, patch_rows, read_manifest
 from shared.io.raw import read_static
 from shared.mapping.analysis import stored_variogram
@@ -341,7 +342,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         print(f"warning: map_dir {cfg.map_dir} does not exist: map columns left empty (run step04, point map_dir at its "
               "outputs, or set compare_maps: false)", file=sys.stderr)
     elif cfg.compare_maps:
-        ckpt_fp = fingerprint([cfg.checkpoint])[str(cfg.checkpoint)]
+        ckpt_fp = checkpoint_fingerprint(cfg.checkpoint)
         maps, unlisted = finished_maps(cfg.map_dir)
         if unlisted:
             print(f"warning: {len(unlisted)} map(s) in {cfg.map_dir} are not part of step04's last finished run and are "

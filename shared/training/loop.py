@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from shared.core.config import config_to_dict
+from shared.core.config import config_to_dict, portable
 from shared.core.device import pick_device, use_cuda
 from shared.core.distributed import Dist
 from shared.core.errors import STEP_DIRS, UserError
@@ -551,7 +551,7 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
         staging = weights_dir / STAGING
         ck = {"model": ens.state_dict(), "model_cfg": ens_cfg, "norm": cks[0]["norm"], "data": cks[0]["data"],
               "epoch": max(int(c["epoch"]) for c in cks), "best_val": val_loss, "best_epoch": None,
-              "uncertainty": unc, "train_cfg": config_to_dict(cfg),
+              "uncertainty": unc, "train_cfg": portable(config_to_dict(cfg)),
               "members": [{"seed": m.train.seed, "best_epoch": r["best_epoch"], "best_val": r["best_val"],
                            "weights": str(p)} for m, r, p in zip(mcfgs, runs, paths)],
               "fusion_residuals": fusion_residuals(ens, splits, device, dtype)}
@@ -656,7 +656,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
     # ---- resume
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0, "log": []}
     source = current if current.is_file() else weights_dir / "current.pt"
-    cfg_dict = config_to_dict(cfg)
+    cfg_dict = portable(config_to_dict(cfg))  # as the checkpoint keeps it: the same in a moved checkout
     if resume and source.is_file():
         ck = read_ta_checkpoint(source)
         # keys added since that checkpoint was written count with the value that rebuilds it
@@ -667,7 +667,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
                             "start over")
         # ... and so do train/data keys: one the checkpoint lacks counts with its default, which is how that run
         # trained (e.g. train.loc_jitter_km 0)
-        old = {sec: {**config_to_dict(type(getattr(cfg, sec))()), **ck.get("train_cfg", {}).get(sec, {})}
+        old = {sec: portable({**config_to_dict(type(getattr(cfg, sec))()), **ck.get("train_cfg", {}).get(sec, {})})
                for sec in ("train", "data")}
         changed = [c for c in changed_keys(old["train"], cfg_dict["train"], "train.")
                    + changed_keys(old["data"], cfg_dict["data"], "data.")

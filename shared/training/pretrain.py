@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from shared.core.config import config_to_dict, resolve_path
+from shared.core.config import config_to_dict, portable, resolve_path
 from shared.core.errors import UserError
 from shared.core.records import atomic_path, write_csv
 from shared.features.patch import full_stack
@@ -256,12 +256,12 @@ def pretrain(cfg, current: Path, final: Path, resume: bool = False, stop_after: 
             return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-        cfg_dict = config_to_dict(cfg)
+        cfg_dict = portable(config_to_dict(cfg))  # as the checkpoint keeps it: the same in a moved checkout
         step, log_rows = 0, []
         gen = torch.Generator().manual_seed(tc.seed)
         if resume and current.is_file():
             ck = load_torch_file(current, "pretraining checkpoint", "delete it and rerun without --resume", mmap=False)
-            if not isinstance(ck, dict) or ck.get("config") != cfg_dict:
+            if not isinstance(ck, dict) or portable(ck.get("config")) != cfg_dict:
                 raise UserError(f"{current} was written with another config; rerun without --resume "
                                 "(or restore the config it was started with)")
             load_weights(model, ck["model"], current)
