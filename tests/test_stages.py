@@ -428,7 +428,17 @@ def test_a_checkout_moved_or_copied_keeps_its_runs(tiny_world, tmp_path, monkeyp
     line = next(x for x in out.splitlines() if x.startswith("step02_make_patches: running"))
     assert line.startswith("step02_make_patches: running (inputs changed: data/raw/sat/") and "s01/" not in line
     assert json.loads((c / "s02" / "patch_pt" / "manifest.json").read_text()) == manifest  # same chunks, same signature
-    assert reader(c).stale_reasons() == []
+    from shared.core import records
+
+    hashed = []
+    monkeypatch.setattr(records, "file_sha1", lambda p, f=records.file_sha1: hashed.append(p) or f(p))
+    r = reader(c)
+    assert r.stale_reasons() == [] and len(hashed) > 0  # its input and output recognised by their bytes
+    assert r.note_same_bytes()  # their new times recorded (as the runner does)
+    hashed.clear()
+    again = reader(c)
+    assert again.stale_reasons() == [] and hashed == []  # ... so the next check reads nothing
+    assert not again.note_same_bytes()  # and has nothing to note
     (c / "s03" / "w.txt").write_text("WEIGHTS")  # same size, other bytes: changed
     assert reader(c).stale_reasons() == ["outputs changed or missing since its run: s03/w.txt"]
     with pytest.raises(Exception, match="w.txt changed after the last finished step03 run"):

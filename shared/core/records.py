@@ -465,6 +465,7 @@ class StepRun:
         no finished run, the config's keys that changed (old -> new), the inputs and the outputs that changed
         since the last finished run (by size and mtime, as :func:`fingerprint`, or else by their bytes where the
         record has their digest: :func:`same_file`)."""
+        self._same_bytes = None
         prev = self.previous()
         if not prev:
             return [f"no run recorded in {_short(str(self.out_dir))}"]
@@ -476,19 +477,39 @@ class StepRun:
             reasons.append("config changed: " + _some(keys, 4))
         old_in, new_in = _keyed(prev.get("inputs")), _keyed(self.input_fingerprints())
         old_bytes = _keyed(prev.get("input_contents"))
-        changed = [k for k in sorted(set(old_in) | set(new_in)) if old_in.get(k) != new_in.get(k)
-                   and not (k in old_bytes and k in new_in and same_file(_located(k), None, old_bytes[k]))]
-        if changed:
-            reasons.append("inputs changed: " + _some(changed, 3))
+        differ = [k for k in sorted(set(old_in) | set(new_in)) if old_in.get(k) != new_in.get(k)]
+        same = {k: new_in[k] for k in differ if k in old_bytes and k in new_in
+                and same_file(_located(k), None, old_bytes[k])}
+        if len(same) < len(differ):
+            reasons.append("inputs changed: " + _some([k for k in differ if k not in same], 3))
+        self._same_bytes = {"inputs": same, "outputs": {}}
         outs = _keyed(prev.get("outputs"))
         if not outs:
             reasons.append("its record lists no outputs")
         else:
-            contents = _keyed(prev.get("contents"))
-            gone = [k for k in outs if not same_file(_located(k), outs[k], contents.get(k))]
+            contents, now = _keyed(prev.get("contents")), fingerprint([_located(k) for k in outs])
+            gone = []
+            for k in outs:
+                fp = now[str(_located(k))]
+                if fp != outs[k]:
+                    if k in contents and same_file(_located(k), None, contents[k]):
+                        self._same_bytes["outputs"][k] = fp
+                    else:
+                        gone.append(k)
             if gone:
                 reasons.append("outputs changed or missing since its run: " + _some(gone, 3))
         return reasons
+
+    def note_same_bytes(self) -> bool:
+        """After :meth:`stale_reasons` found the step up to date with files recognised by their bytes (copied
+        without their times), write their new sizes and times into the record, so that the next check does not
+        read them again. The runner calls it; ``status`` (read-only) does not. Returns whether it wrote."""
+        same, prev = getattr(self, "_same_bytes", None), self.previous()
+        if not same or not (same["inputs"] or same["outputs"]) or not prev or prev.get("status") != "ok":
+            return False
+        self._write({**prev, "inputs": {**_keyed(prev.get("inputs")), **same["inputs"]},
+                     "outputs": {**_keyed(prev.get("outputs")), **same["outputs"]}})
+        return True
 
     def up_to_date(self) -> bool:
         return not self.stale_reasons()

@@ -116,6 +116,7 @@ def execute(stages: Stage | dict[str, Stage], argv: list[str] | None = None) -> 
     reasons = [] if args.force or resuming else record.stale_reasons()
     if not args.force and not resuming and not reasons:
         if d.main:
+            record.note_same_bytes()  # files copied without their times: their new times, not read again next time
             print(f"{stage.name}: up to date ({record.path}); use --force to rerun")
             if stage.on_up_to_date:
                 stage.on_up_to_date(cfg)
