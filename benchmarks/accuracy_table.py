@@ -35,7 +35,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.core.config import load_config  # noqa: E402
+from shared.core.config import load_config, resolve_path  # noqa: E402
 from shared.evaluation.bootstrap import format_differences, station_bootstrap  # noqa: E402
 from shared.evaluation.interpolation import station_table  # noqa: E402
 from shared.evaluation.rows import read_rows  # noqa: E402
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     if a.reference not in ALL_BASELINES:
         ap.error(f"--reference: one of {', '.join(ALL_BASELINES)}")
     splits = read_splits(a.index_dir)
-    static = read_static(Path(splits.get("static", ROOT / "data/raw/static.nc")))
+    static = read_static(resolve_path(splits.get("static", "data/raw/static.nc")))
     stations = station_table(read_split_csv(a.index_dir, "all", ["stn_id", "lat", "lon", "elev_m"]), static.grid)
     rows = load_all(a.patch_dir)
     n = len(rows["ta_c"])

@@ -227,6 +227,30 @@ def test_ta_model_encode_head_equals_forward(channels, n_enc):
     torch.testing.assert_close(full, via_cache)
 
 
+@pytest.mark.parametrize("channels,patch", [("spectral", 9), ("all", 9), ("spectral", 8)])
+def test_inference_folds_channels_resize_and_patch_kernel_into_one_product(channels, patch):
+    """Under inference_mode the encoder channels' selection, the 9 -> 8 bilinear resize and the 8 x 8 patch kernel
+    are one matrix product: the same embedding and outputs as the resize and the convolution (no_grad), to float
+    rounding; the input channels outside the encoder's have zero weight; the bias is the kernel's."""
+    torch.manual_seed(0)
+    m = build_model(TAModelConfig(encoder_channels=channels, uncertainty="gaussian").to_dict()).eval()
+    batch = _batch(b=16)
+    batch["x"] = batch["x"][..., :patch, :patch].contiguous()
+    with torch.no_grad():
+        ref, ref_out = m.encode(batch), m(batch, with_logvar=True)
+    with torch.inference_mode():
+        fold, fold_out = m.encode(batch), m(batch, with_logvar=True)
+        weight, bias = m.folded_patch_kernel(patch)
+    assert weight.shape == (m.encoder.dim, 19 * patch * patch)
+    assert not torch.equal(fold, ref)  # another order of the sums: the folded path did run
+    torch.testing.assert_close(fold, ref, atol=2e-5, rtol=1e-5)
+    for a, b in zip(fold_out, ref_out):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(bias, m.encoder._kernel(m.waves)[1])
+    unused = sorted(set(range(19)) - set(m.enc_idx.tolist()))
+    assert (weight.reshape(-1, 19, patch * patch)[:, unused] == 0).all() and len(unused) == 19 - len(m.waves)
+
+
 def test_mean_pool_is_the_mean_of_the_patch_tokens():
     torch.manual_seed(0)
     cls_m = build_model(TAModelConfig(resize_to=16).to_dict()).eval()

@@ -439,10 +439,41 @@ def test_a_checkout_moved_or_copied_keeps_its_runs(tiny_world, tmp_path, monkeyp
     again = reader(c)
     assert again.stale_reasons() == [] and hashed == []  # ... so the next check reads nothing
     assert not again.note_same_bytes()  # and has nothing to note
+    idx = c / "s01" / "index_train.csv"  # touched, the same bytes: step02 is up to date and the runner notes
+    os.utime(idx, ns=(idx.stat().st_atime_ns, idx.stat().st_mtime_ns + 10**9))  # its new time in the record
+    assert _s02(c / "s01", c / "s02") == 0 and "step02_make_patches: up to date" in capsys.readouterr().out
+    from shared.core.records import fingerprint
+
+    assert json.loads((c / "s02" / "run.json").read_text())["inputs"]["s01/index_train.csv"] == fingerprint([idx])[str(idx)]
     (c / "s03" / "w.txt").write_text("WEIGHTS")  # same size, other bytes: changed
     assert reader(c).stale_reasons() == ["outputs changed or missing since its run: s03/w.txt"]
     with pytest.raises(Exception, match="w.txt changed after the last finished step03 run"):
         check_upstream(c / "s03", [c / "s03" / "w.txt"], "step03")
+
+
+def test_a_record_written_with_absolute_paths_reads_the_same(tmp_path, monkeypatch):
+    """Records written before paths were kept relative name them absolute: in the same checkout they are read as
+    the relative ones (the step stays up to date, a reader's check passes)."""
+    import json
+
+    from shared.core import config
+    from shared.core.records import RUN_JSON, StepRun, check_upstream
+
+    root = tmp_path / "repo"
+    monkeypatch.setattr(config, "REPO_ROOT", root)
+    dep, out = root / "in.csv", root / "out"
+    root.mkdir()
+    dep.write_text("a\n")
+    cfg = {"src": str(dep), "n": 1}
+    with StepRun(out, cfg, [dep], "step01_make_index").running() as r:
+        (out / "o.txt").write_text("o")
+        r.finish([out / "o.txt"])
+    rec = json.loads((out / RUN_JSON).read_text())
+    assert rec["config"] == {"src": "in.csv", "n": 1} and list(rec["outputs"]) == ["out/o.txt"]
+    absolute = {k: {str(root / p): v for p, v in rec[k].items()} for k in ("inputs", "outputs", "contents")}
+    (out / RUN_JSON).write_text(json.dumps({**rec, **absolute, "config": cfg}))  # as the earlier code wrote it
+    assert StepRun(out, cfg, [dep], "step01_make_index").stale_reasons() == []
+    check_upstream(out, [out / "o.txt"], "step01")
 
 
 def test_portable_config_names_the_checkouts_paths_relative_to_it(tmp_path, monkeypatch):

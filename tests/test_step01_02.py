@@ -1,6 +1,7 @@
 """step01 (index + splits) and step02 (patch chunks) on the tiny demo world."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -224,6 +225,37 @@ def test_skip_existing_rebuilds_deleted_chunk_identically(tiny_patches, tiny_ind
         assert torch.equal(before[k], after[k]), k
     for k in before["meta"]:
         assert torch.equal(before["meta"][k], after["meta"][k])
+
+
+def test_chunks_under_the_earlier_size_and_time_signature_are_kept(tiny_patches, tiny_index, tmp_path):
+    """Chunks written before step02's signature was of the files' bytes carry one of the index's and static.nc's
+    paths, sizes and times: while those hold, a rerun keeps the chunks and that signature (a model trained on
+    them stays valid) instead of rebuilding them under the new one."""
+    import hashlib
+
+    from shared.core.records import fingerprint
+    from shared.io.index import INDEX_SPLITS, read_splits
+    from shared.io.patches import save_chunk, write_manifest
+
+    out = tmp_path / "o"
+    shutil.copytree(tiny_patches, out)
+    index_files = [tiny_index / f"index_{s}.csv" for s in INDEX_SPLITS if (tiny_index / f"index_{s}.csv").is_file()]
+    static = Path(read_splits(tiny_index)["static"])
+    src = json.dumps({"index": fingerprint(index_files), "static": fingerprint([static]), "p": 9, "rows": 64,
+                      "lc_ex": [], "layout": CHUNK_LAYOUT}, sort_keys=True)
+    legacy = hashlib.sha1(src.encode()).hexdigest()[:16]
+    man = read_manifest(out, splits=())[0]
+    for entries in man["chunks"].values():  # the set as the earlier step02 wrote it
+        for e in entries:
+            ch = torch.load(out / "patch_pt" / e["file"], weights_only=True)
+            save_chunk(out / "patch_pt" / e["file"], {**ch, "signature": legacy})
+    write_manifest(out, 9, legacy, {s: [(e["file"], e["rows"]) for e in v] for s, v in man["chunks"].items()})
+    stats = out / "stats" / "input_statistics.json"
+    stats.write_text(json.dumps({**json.loads(stats.read_text()), "signature": legacy}))
+    assert _step02(tiny_index, out) == 0  # runs: its record lists the fixture's folder
+    n_chunks = sum(len(v) for v in man["chunks"].values())
+    assert json.loads((out / "report.json").read_text())["chunks_reused"] == n_chunks
+    assert read_manifest(out, splits=())[0]["signature"] == legacy
 
 
 def test_check_patch_pt_prints_layout(tiny_patches, capsys):

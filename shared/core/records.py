@@ -10,11 +10,13 @@ that lists images without reading them).
 Records name paths relative to the repository (those under it): a checkout
 moved or copied with its files' times (``mv``, ``cp -a``, ``rsync -a``) keeps
 every step up to date. A record also keeps the SHA-1 of each output's bytes
-(``contents``) and of each input that an upstream record lists so
-(``input_contents``): a file whose size and time changed but whose bytes did
-not (a copy without its times: plain ``cp``, ``scp``) is the same file, to the
-step that wrote it and to the steps that read it. Only such a mismatch reads a
-file's bytes; raw data (no upstream record) is compared by size and time alone.
+(``contents``, read when the run finishes) and of each input that an upstream
+record lists so (``input_contents``, taken from that record): a file whose size
+and time changed but whose bytes did not (a copy without its times: plain
+``cp``, ``scp``) is the same file, to the step that wrote it and to the steps
+that read it. Checks read a file's bytes only on such a mismatch, and only while
+nothing else already makes the step run; raw data (no upstream record) is
+compared by size and time alone.
 
 A run record moves through two states: ``running`` (written when the step
 starts; the last finished record is kept inside as ``previous``) and ``ok``
@@ -114,13 +116,21 @@ def fingerprint(paths: Iterable[str | Path | Names | Derived]) -> dict[str, str]
     return out
 
 
+_SHA1_SEEN: dict[tuple, str] = {}  # (path, size, mtime_ns, inode) -> digest: a file read once per process
+
+
 def file_sha1(path: str | Path) -> str:
-    """SHA-1 of a file's bytes."""
-    h = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-1 of a file's bytes. Read once per process while its size, time and inode stay the same (a step that
+    checks, reuses and records the same chunks reads each of them once)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SHA1_SEEN:
+        h = hashlib.sha1()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        _SHA1_SEEN[key] = h.hexdigest()
+    return _SHA1_SEEN[key]
 
 
 def content_digest(path: str | Path) -> str | None:
@@ -169,13 +179,14 @@ def same_file(path: str | Path, fp: str | None, content: str | None) -> bool:
     return content is not None and content_digest(path) == content
 
 
-def output_unchanged(rec: dict | None, path: str | Path) -> bool:
-    """Is ``path`` listed among the outputs of the finished record ``rec`` and unchanged since (:func:`same_file`)?"""
+def unchanged_outputs(rec: dict | None, paths: Iterable[str | Path]) -> list[Path]:
+    """Those of ``paths`` that the finished record ``rec`` lists among its outputs, unchanged since
+    (:func:`same_file`)."""
     if not rec:
-        return False
-    key = record_key(path)
-    outs = _keyed(rec.get("outputs"))
-    return key in outs and same_file(Path(path), outs[key], _keyed(rec.get("contents")).get(key))
+        return []
+    outs, contents = _keyed(rec.get("outputs")), _keyed(rec.get("contents"))
+    return [Path(p) for p in paths
+            if (k := record_key(p)) in outs and same_file(Path(p), outs[k], contents.get(k))]
 
 
 def _upstream_contents(deps: list, fps: dict[str, str]) -> dict[str, str]:
@@ -376,8 +387,8 @@ def adopt_command(step: str, run_dir: str | Path, files: list) -> str:
 def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) -> dict:
     """Refuse files that are not exactly those a finished run of ``step`` wrote in ``run_dir``.
 
-    Each path must be listed among the outputs of the last finished record
-    with the same fingerprint. Returns that record.
+    Each path must be listed among the outputs of the last finished record, with the same fingerprint or else
+    the same bytes (:func:`same_file`). Returns that record.
     """
     run_dir = Path(run_dir)
     files = list(files)
@@ -478,8 +489,9 @@ class StepRun:
         old_in, new_in = _keyed(prev.get("inputs")), _keyed(self.input_fingerprints())
         old_bytes = _keyed(prev.get("input_contents"))
         differ = [k for k in sorted(set(old_in) | set(new_in)) if old_in.get(k) != new_in.get(k)]
-        same = {k: new_in[k] for k in differ if k in old_bytes and k in new_in
-                and same_file(_located(k), None, old_bytes[k])}
+        # their bytes are read only while nothing else makes the step run
+        same = {} if reasons else {k: new_in[k] for k in differ if k in old_bytes and k in new_in
+                                   and same_file(_located(k), None, old_bytes[k])}
         if len(same) < len(differ):
             reasons.append("inputs changed: " + _some([k for k in differ if k not in same], 3))
         self._same_bytes = {"inputs": same, "outputs": {}}
@@ -492,7 +504,7 @@ class StepRun:
             for k in outs:
                 fp = now[str(_located(k))]
                 if fp != outs[k]:
-                    if k in contents and same_file(_located(k), None, contents[k]):
+                    if not reasons and k in contents and same_file(_located(k), None, contents[k]):
                         self._same_bytes["outputs"][k] = fp
                     else:
                         gone.append(k)

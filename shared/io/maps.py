@@ -54,7 +54,7 @@ import pandas as pd
 
 from shared.core.constants import KST_OFFSET
 from shared.core.errors import UserError, rerun
-from shared.core.records import atomic_path, file_sha1
+from shared.core.records import atomic_path, file_sha1, fingerprint
 from shared.geo.grid import Grid
 
 
@@ -69,6 +69,14 @@ def inputs_fingerprint(paths, known: dict[str, str] | None = None) -> str:
     ``known`` gives the SHA-1 of some of them already read (``{str(path): sha1}``: static.nc, once per run)."""
     known = known or {}
     return hashlib.sha1("|".join(known.get(str(p)) or file_sha1(p) for p in paths).encode()).hexdigest()[:16]
+
+
+def inputs_stat_fingerprint(paths) -> str:
+    """A map's ``inputs_stat_fingerprint``: one digest of the same files' sizes and times. While it holds, the
+    map's ``inputs_fingerprint`` holds too and step04 does not read the files to tell (a rerun over a season of
+    maps it keeps reads none of their images)."""
+    fp = fingerprint([Path(p) for p in paths])
+    return hashlib.sha1("|".join(fp[str(Path(p))] for p in paths).encode()).hexdigest()[:16]
 
 MAP_PREFIX = "ta_map_"
 #: (ny, nx) fields of a map file besides t2m

@@ -11,7 +11,7 @@ One dict, everything needed to continue training or to run the model alone::
     data          {"patch_signature": step02's manifest signature}: which patches it was trained on
     optimizer, scheduler, scaler, rng      training state (resume)
     epoch, best_val, best_epoch, bad_epochs, log (rows of train_log.csv so far)
-    train_cfg     the resolved step03 config
+    train_cfg     the resolved step03 config (paths under the repository relative to it: shared.core.config.portable)
     uncertainty   (models with a variance head, written when the run finishes) sigma_scale: the factor that
                   calibrates the head's standard deviation on the validation rows, val_rows, method,
                   interval_multipliers (shared.models.intervals); with model.distance_variance, distance:

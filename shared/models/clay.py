@@ -334,7 +334,14 @@ class ClayEncoder(nn.Module):
             raise ValueError(f"waves has shape {tuple(waves.shape)}, expected ({c},) for {c} bands")
         weight, bias = self._kernel(waves)
         patches = self.patch_embedding(pixels, weight, bias)  # (B, L, D)
-        pos = posemb_sincos_2d_with_gsd(h // p, w // p, self.dim - 8, gsd, device=pixels.device)  # (L, D-8)
+        return self.encode_patches(patches, h // p, w // p, time, latlon, gsd)
+
+    def encode_patches(self, patches: torch.Tensor, gh: int, gw: int, time: torch.Tensor, latlon: torch.Tensor,
+                       gsd: float) -> torch.Tensor:
+        """The encoder after the patch embedding: ``patches`` ``(B, gh·gw, D)`` (row-major) -> tokens
+        ``(B, 1 + L, D)``, as :meth:`forward`."""
+        b = patches.shape[0]
+        pos = posemb_sincos_2d_with_gsd(gh, gw, self.dim - 8, gsd, device=patches.device)  # (L, D-8)
         meta = torch.cat((time, latlon), dim=-1).to(patches.dtype)  # (B, 8)
         enc = torch.cat((pos.to(patches.dtype).expand(b, -1, -1),
                          meta[:, None, :].expand(-1, pos.shape[0], -1)), dim=-1)  # (B, L, D)

@@ -161,6 +161,11 @@ class TAModelConfig:
         return cls(**{**cls.ADDED_LATER, **d})
 
 
+#: Under inference_mode, the patch embedding of a one-token window as one matrix product (:meth:`TAModel.encode`);
+#: ``benchmarks/bench_step04.py --embedding conv`` switches it off to compare.
+FOLD_PATCH_EMBEDDING = True
+
+
 class TAModel(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
@@ -248,18 +253,47 @@ class TAModel(nn.Module):
         return self.encoder.dim
 
     def encode(self, batch: dict) -> torch.Tensor:
-        """Encoder embedding ``(B, D)`` of the patches in ``batch``: the CLS token, or the mean patch token."""
-        x = batch["x"].index_select(1, self.enc_idx)  # (B, C_enc, P, P)
+        """Encoder embedding ``(B, D)`` of the patches in ``batch``: the CLS token, or the mean patch token.
+
+        Under ``torch.inference_mode`` (step04's maps, step05's predictions) with one Clay token per window
+        (``resize_to`` = the Clay patch size, the default), the encoder channels' selection, the bilinear resize
+        and the patch convolution are one linear map of the window, applied as one matrix product
+        (:meth:`folded_patch_kernel`): the same tokens to float rounding, ~1.3 times the windows per second on a
+        CPU (``benchmarks/predict_speed.py``). Training and its validation (autograd or ``no_grad``) take the
+        resize and the convolution as written."""
+        x = batch["x"]
         r = self.cfg["resize_to"]
-        if x.shape[-1] != r or x.shape[-2] != r:
-            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
         loc = batch["loc"]
         if not self.use_latlon:  # the same place for every sample: no lat/lon through the encoder either
             loc = self.loc_mean.expand(loc.shape[0], 2)
         time = clay_time_encoding(batch["time_unix"]).to(x.device)
         latlon = clay_latlon_encoding(loc[:, 0], loc[:, 1])
-        tokens = self.encoder(x, time, latlon, self.enc_gsd, self.waves)  # (B, 1+L, D)
+        if FOLD_PATCH_EMBEDDING and torch.is_inference_mode_enabled() and r == self.encoder.patch_size:
+            weight, bias = self.folded_patch_kernel(x.shape[-1])
+            patches = torch.addmm(bias.to(x.dtype), x.reshape(x.shape[0], -1), weight.to(x.dtype).t())
+            tokens = self.encoder.encode_patches(patches[:, None], 1, 1, time, latlon, self.enc_gsd)
+        else:
+            x = x.index_select(1, self.enc_idx)  # (B, C_enc, P, P)
+            if x.shape[-1] != r or x.shape[-2] != r:
+                x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
+            tokens = self.encoder(x, time, latlon, self.enc_gsd, self.waves)  # (B, 1+L, D)
         return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(1)
+
+    def folded_patch_kernel(self, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patch embedding of a P x P window of all input channels as one linear map: weight
+        ``(D, C·P·P)`` and bias ``(D,)``, with ``token = weight @ x.flatten() + bias`` equal (to float rounding)
+        to selecting the encoder channels, resizing them bilinearly to R x R (R = the Clay patch size) and
+        applying the generated R x R patch kernel. Other channels have zero weight."""
+        r = self.cfg["resize_to"]
+        w, b = self.encoder._kernel(self.waves)  # (D, C_enc, R, R), (D,)
+        with torch.autocast(w.device.type, enabled=False):  # the map itself in full precision (bf16 applies it)
+            w = w.float()
+            eye = torch.eye(p * p, dtype=w.dtype, device=w.device).reshape(p * p, 1, p, p)
+            resize = eye if p == r else F.interpolate(eye, size=(r, r), mode="bilinear", align_corners=False)
+            folded = w.reshape(w.shape[0], w.shape[1], r * r) @ resize.reshape(p * p, r * r).t()  # (D, C_enc, P·P)
+            full = w.new_zeros(w.shape[0], len(self.cfg["channels"]), p * p)
+            full[:, self.enc_idx] = folded
+        return full.reshape(w.shape[0], -1), b
 
     def aux_features(self, batch: dict) -> torch.Tensor:
         """Non-encoder inputs of the head ``(B, n_aux)``."""

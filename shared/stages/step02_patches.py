@@ -40,7 +40,7 @@ from tqdm import tqdm
 from shared.core.cli import print_report
 from shared.core.config import resolve_path
 from shared.core.errors import UserError, require_dir, rerun
-from shared.core.records import file_sha1, write_json
+from shared.core.records import file_sha1, fingerprint, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.features.patch import extract_patches, height_z, landcover_onehot, loc3, normalise_, time7
 from shared.features.site import site_at, site_fields
@@ -205,17 +205,24 @@ def make_patches(cfg: Config) -> dict:
 
     # by the bytes of the index and static.nc, not their paths and times: a checkout moved or copied keeps its
     # chunks and the checkpoint trained on them
-    sig_src = json.dumps({"index": {f"index_{s}.csv": file_sha1(cfg.index_dir / f"index_{s}.csv") for s in INDEX_SPLITS
-                                    if (cfg.index_dir / f"index_{s}.csv").is_file()},
-                          "static": file_sha1(static.path), "p": p, "rows": cfg.patch_chunk_rows,
-                          "lc_ex": sorted(cfg.landcover_exclude), "layout": CHUNK_LAYOUT}, sort_keys=True)
+    index_files = [cfg.index_dir / f"index_{s}.csv" for s in INDEX_SPLITS if (cfg.index_dir / f"index_{s}.csv").is_file()]
+    settings = {"p": p, "rows": cfg.patch_chunk_rows, "lc_ex": sorted(cfg.landcover_exclude), "layout": CHUNK_LAYOUT}
+    sig_src = json.dumps({"index": {f.name: file_sha1(f) for f in index_files}, "static": file_sha1(static.path),
+                          **settings}, sort_keys=True)
     signature = hashlib.sha1(sig_src.encode()).hexdigest()[:16]
+    # chunks written before signatures were of bytes carry one of the same files' paths, sizes and times: while
+    # those still hold they stay valid under it (a model trained on them is kept); a move or a copy writes anew
+    legacy_src = json.dumps({"index": fingerprint(index_files), "static": fingerprint([static.path]), **settings},
+                            sort_keys=True)
+    legacy = hashlib.sha1(legacy_src.encode()).hexdigest()[:16]
 
     stats_ok = False
     if cfg.skip_existing and (sdir / INPUT_STATS).is_file():
         try:
             with open(sdir / INPUT_STATS, encoding="utf-8") as fh:
-                stats_ok = json.load(fh).get("signature") == signature
+                written = json.load(fh).get("signature")
+            signature = legacy if written == legacy else signature
+            stats_ok = written == signature
         except (OSError, ValueError, AttributeError):
             stats_ok = False  # unreadable: rebuilt below
     existing: dict[tuple[str, int], int] = {}

@@ -45,6 +45,7 @@ from shared.io.maps import (
     MapLayers,
     checkpoint_fingerprint,
     inputs_fingerprint,
+    inputs_stat_fingerprint,
     map_dataset,
     map_name,
     read_map,
@@ -79,7 +80,7 @@ STEP = "step04_infer_map"
 MAP_LAYOUT = 4
 #: Bump when the code that computes the model field (windows, features, the model's standard error) changes its
 #: values for the same checkpoint and images: maps made before are then predicted again, neither kept nor reused.
-MODEL_FIELD_VERSION = 1
+MODEL_FIELD_VERSION = 2  # 2: the patch embedding folded into one product at inference (shared/models/ta.py)
 #: How a map names its checkpoint and images (``checkpoint_fingerprint``, ``inputs_fingerprint``): 2 = by their
 #: bytes (shared/io/maps.py), 1 = by size and time. Part of the step's version, so that maps of another kind are
 #: made again once rather than left out by step05 as another checkpoint's.
@@ -394,12 +395,14 @@ def run(cfg: Config, ctx: Context) -> Result:
         path = out / map_name(t)
         png = path.with_suffix(".png")
         srcs = [resolve_path(r["path_bt"]), resolve_path(r["path_rf"]), resolve_path(r["path_sza"])]
-        in_fp = inputs_fingerprint(srcs + [static.path], static_sha1)
         src = sources.get(t)
         fusion_key = (f"{cfg.fusion.describe()} variogram={json.dumps(vg.info(), sort_keys=True)} obs={src.fingerprint()}"
                       if vg is not None and src is not None else
                       ("disabled" if not cfg.fusion.enabled else f"{cfg.fusion.describe()} no observation"))
         old = _map_attrs(path) if cfg.skip_existing and not force else None  # --force: neither kept nor reused
+        in_stat = inputs_stat_fingerprint(srcs + [static.path])  # the files' bytes are read only when this differs
+        in_fp = (old["inputs_fingerprint"] if old and old.get("inputs_stat_fingerprint") == in_stat
+                 and old.get("inputs_fingerprint") else inputs_fingerprint(srcs + [static.path], static_sha1))
         if (map_is_complete(old, ckpt_fp, grid_out, cfg.precision, in_fp, quick, fusion_key, same_model)
                 and (png.is_file() or not cfg.quicklook)):
             skipped += 1
@@ -440,7 +443,7 @@ def run(cfg: Config, ctx: Context) -> Result:
                    f"model only: {n_obs} fusion station(s) observed at this time, fewer than fusion.min_stations "
                    f"({cfg.fusion.min_stations})")
         fuse_s = time.perf_counter() - t_fuse
-        attrs = dict(attrs_common, inputs_fingerprint=in_fp, input_files=" ".join(p.name for p in srcs),
+        attrs = dict(attrs_common, inputs_fingerprint=in_fp, inputs_stat_fingerprint=in_stat, input_files=" ".join(p.name for p in srcs),
                      n_pixels_missing_input=res.n_missing, n_pixels_predicted=res.n_windows,
                      n_input_pixels_out_of_physical_range=n_implausible, fusion_settings=fusion_key, analysis=how,
                      fusion_n_stations=0 if ids is None else len(ids),

@@ -27,7 +27,7 @@ import pandas as pd
 
 from shared.core.config import resolve_path
 from shared.core.errors import UserError, rerun
-from shared.core.records import finished_record, output_set, output_unchanged, read_record, write_csv, write_json
+from shared.core.records import finished_record, output_set, read_record, unchanged_outputs, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.evaluation.bootstrap import format_differences, station_bootstrap
 from shared.evaluation.interpolation import station_table
@@ -211,7 +211,8 @@ def finished_maps(map_dir: Path) -> tuple[dict, list[Path]]:
     """Maps of step04's last finished run (unchanged since), and the other map files found in the folder."""
     found = map_files(map_dir)
     done = finished_record(read_record(map_dir))
-    ok = {t: p for t, p in found.items() if output_unchanged(done, p)}
+    same = set(unchanged_outputs(done, found.values()))
+    ok = {t: p for t, p in found.items() if Path(p) in same}
     return ok, [p for t, p in found.items() if t not in ok]
 
 

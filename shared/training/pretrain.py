@@ -109,7 +109,7 @@ def sample_tiles(cfg, log=print) -> dict:
     names, waves = encoder_channels(cfg.encoder_channels)
     mean, std = read_norm(cfg.patch_dir, names)
     ch_idx = [PATCH_CHANNELS.index(n) for n in names]
-    static = read_static(splits["static"])
+    static = read_static(resolve_path(splits["static"]))
     h, w = static.lat.shape
     s = cfg.source_px or cfg.tile_px
     if s > min(h, w):
@@ -125,7 +125,7 @@ def sample_tiles(cfg, log=print) -> dict:
         on_land = static.lsmask[ok_y + s // 2, ok_x + s // 2] > 0
         ok_y, ok_x = ok_y[on_land], ok_x[on_land]
         if ok_y.size == 0:
-            raise UserError(f"{splits['static']}: no land pixel to centre tiles on; set data.centre: any")
+            raise UserError(f"{static.path}: no land pixel to centre tiles on; set data.centre: any")
     ok_y, ok_x = ok_y.ravel(), ok_x.ravel()
     for row in df.itertuples(index=False):
         stack = full_stack(read_frame(row.path_bt, row.path_rf, row.path_sza), static)[ch_idx]  # (C, H, W)
