@@ -307,8 +307,14 @@ def test_stale_reasons_say_what_changed(tmp_path):
                                                              "x: removed, y: added"]
     os.utime(dep, ns=(dep.stat().st_atime_ns, dep.stat().st_mtime_ns + 10**9))
     (out / "o.txt").unlink()
-    assert StepRun(out, cfg, [dep]).stale_reasons() == [f"inputs changed: {dep}",
-                                                         f"outputs changed or missing since its run: {out / 'o.txt'}"]
+    assert StepRun(out, cfg, [dep]).stale_reasons() == [f"inputs changed: {dep}", "outputs changed (size or time) or "
+                                                         f"missing since its run: {out / 'o.txt'}"]
+    dep.write_text("b\n")  # an input and a missing output alone
+    (out / "o.txt").write_text("o")
+    with StepRun(out, cfg, [dep], "stepXX").running() as r:
+        r.finish([out / "o.txt"])
+    (out / "o.txt").unlink()
+    assert StepRun(out, cfg, [dep]).stale_reasons() == [f"outputs changed or missing since its run: {out / 'o.txt'}"]
 
 
 def test_status_names_the_steps_that_would_run_and_those_after_them(tiny_world, tmp_path, capsys):

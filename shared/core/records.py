@@ -508,8 +508,9 @@ class StepRun:
                         self._same_bytes["outputs"][k] = fp
                     else:
                         gone.append(k)
-            if gone:
-                reasons.append("outputs changed or missing since its run: " + _some(gone, 3))
+            if gone:  # when the step runs anyway their bytes were not compared: only their sizes or times may differ
+                what = "changed or missing" if not reasons else "changed (size or time) or missing"
+                reasons.append(f"outputs {what} since its run: " + _some(gone, 3))
         return reasons
 
     def note_same_bytes(self) -> bool:
