@@ -233,6 +233,28 @@ def test_resume_gives_the_same_weights(tmp_path, patches):
     assert read_record(tmp_path / "cut" / "outputs") == rec
 
 
+def test_an_interrupted_training_resumes_in_its_moved_checkout(tmp_path, patches, monkeypatch):
+    """Training stopped after one epoch, the checkout (patches, weights, records) moved elsewhere, then --resume
+    there: the config its checkpoint keeps names the checkout's paths relative to it, so the resume is not refused
+    as another config, and it ends where an uninterrupted run would."""
+    from shared.core import config
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(patches, a / "p")
+    monkeypatch.setattr(config, "REPO_ROOT", a)
+    adopt(a / "p", "step02")
+    sets = ["train.epochs=2", "data.num_workers=0"]
+    assert run_step(a, a / "p", *sets, extra=["--stop-after", "1"], out="cut") == 0
+    staged = torch.load(a / "cut" / "weights" / ".staging" / "current.pt", weights_only=True)  # not promoted yet
+    assert staged["train_cfg"]["data"]["patch_dir"] == "p" and staged["epoch"] == 1
+    shutil.copytree(a, b)
+    shutil.rmtree(a)
+    monkeypatch.setattr(config, "REPO_ROOT", b)
+    assert run_step(b, b / "p", *sets, extra=["--resume"], out="cut") == 0
+    assert torch.load(b / "cut" / "weights" / "current.pt", weights_only=True)["epoch"] == 2
+    assert len(log_of(b, "cut")) == 2
+
+
 def test_ensemble_averages_members_and_adds_their_spread(tmp_path, patches):
     """model.members 2: two runs with seeds 0 and 1 in weights/members/m0, m1, then best.pt = their ensemble: the
     mean of the members' predictions, the mixture variance (mean of the members' calibrated variances + variance
