@@ -73,6 +73,17 @@ def _skip(name: str) -> bool:
     return name.startswith(".tmp") or name == RUN_JSON
 
 
+def _folder_files(folder: Path) -> Iterator[tuple[str, str]]:
+    """``(relative name, path)`` of every file under ``folder`` in a fixed order, temporary files and ``run.json``
+    left out: what :func:`fingerprint` and :func:`content_digest` see of a folder."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            if not _skip(fn):
+                fp = os.path.join(dirpath, fn)
+                yield os.path.relpath(fp, folder), fp
+
+
 def fingerprint(paths: Iterable[str | Path | Names | Derived]) -> dict[str, str]:
     """``{path: digest}`` of files or folders (recursively) by size + mtime.
 
@@ -100,15 +111,9 @@ def fingerprint(paths: Iterable[str | Path | Names | Derived]) -> dict[str, str]
             st = p.stat()
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
         elif p.is_dir():
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames.sort()
-                for fn in sorted(filenames):
-                    if _skip(fn):
-                        continue
-                    fp = os.path.join(dirpath, fn)
-                    st = os.stat(fp)
-                    rel = os.path.relpath(fp, p)
-                    h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            for rel, fp in _folder_files(p):
+                st = os.stat(fp)
+                h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         else:
             out[str(p)] = "missing"
             continue
@@ -142,12 +147,8 @@ def content_digest(path: str | Path) -> str | None:
     if not p.is_dir():
         return None
     h = hashlib.sha1()
-    for dirpath, dirnames, filenames in os.walk(p):
-        dirnames.sort()
-        for fn in sorted(filenames):
-            if not _skip(fn):
-                fp = os.path.join(dirpath, fn)
-                h.update(f"{os.path.relpath(fp, p)}:{file_sha1(fp)}\n".encode())
+    for rel, fp in _folder_files(p):
+        h.update(f"{rel}:{file_sha1(fp)}\n".encode())
     return h.hexdigest()
 
 
@@ -155,20 +156,15 @@ def record_key(path: str | Path | Names | Derived) -> str:
     """How a record names a path: relative to the repository when under it (so a moved or copied checkout keeps
     its records), else absolute; :class:`Names` and :class:`Derived` by their labelled form."""
     if isinstance(path, (Names, Derived)):
-        return _short(str(path))
+        return repo_relative(str(path))
     p = Path(path)
-    return _short(str(p if p.is_absolute() else p.absolute()))
-
-
-def _located(key: str) -> Path:
-    """The path a record's key names, here."""
-    return resolve_path(key)
+    return repo_relative(str(p if p.is_absolute() else p.absolute()))
 
 
 def _keyed(d: dict | None) -> dict:
     """A record's ``{path: value}`` table by :func:`record_key` (a record written before keys were relative
     names its paths absolute: those under this checkout read as relative)."""
-    return {_short(str(k)): v for k, v in (d or {}).items()}
+    return {repo_relative(str(k)): v for k, v in (d or {}).items()}
 
 
 def same_file(path: str | Path, fp: str | None, content: str | None) -> bool:
@@ -192,18 +188,23 @@ def unchanged_outputs(rec: dict | None, paths: Iterable[str | Path]) -> list[Pat
 def _upstream_contents(deps: list, fps: dict[str, str]) -> dict[str, str]:
     """``{key: SHA-1}`` of the deps that the finished record of the step that wrote them (a ``run.json`` in
     their folder or the one above) lists with the same fingerprint and a content digest: read, not computed."""
-    out = {}
+    out, tables = {}, {}  # tables: folder -> its finished record's (outputs, contents), read once
+
+    def table(folder: Path):
+        if folder not in tables:
+            up = finished_record(read_record(folder))
+            tables[folder] = (_keyed(up.get("outputs")), _keyed(up.get("contents"))) if up else None
+        return tables[folder]
+
     for d in deps:
         if isinstance(d, (Names, Derived)):
             continue
         p = Path(d)
         key = record_key(p)
         for folder in (p.parent, p.parent.parent):
-            up = finished_record(read_record(folder))
-            if up and _keyed(up.get("outputs")).get(key) == fps.get(str(p)):
-                digest = _keyed(up.get("contents")).get(key)
-                if digest:
-                    out[key] = digest
+            if (t := table(folder)) is not None and t[0].get(key) == fps.get(str(p)):
+                if t[1].get(key):
+                    out[key] = t[1][key]
                 break
     return out
 
@@ -343,13 +344,8 @@ def config_changes(old, new, prefix: str = "") -> list[str]:
 
 def _brief(v) -> str:
     """A config value in a few characters; a long one by its end (a path's file name, a list's last items)."""
-    t = json.dumps(_short(v) if isinstance(v, str) else v, default=str, ensure_ascii=False)
+    t = json.dumps(repo_relative(v) if isinstance(v, str) else v, default=str, ensure_ascii=False)
     return t if len(t) <= 48 else "..." + t[-45:]
-
-
-def _short(path: str) -> str:
-    """A recorded path relative to the repository when it is under it."""
-    return repo_relative(path)
 
 
 def _some(items: list[str], n: int) -> str:
@@ -479,7 +475,7 @@ class StepRun:
         self._same_bytes = None
         prev = self.previous()
         if not prev:
-            return [f"no run recorded in {_short(str(self.out_dir))}"]
+            return [f"no run recorded in {repo_relative(str(self.out_dir))}"]
         if prev.get("status") != "ok":
             return ["its last run did not finish (interrupted, failed or still running)"]
         reasons = []
@@ -491,7 +487,7 @@ class StepRun:
         differ = [k for k in sorted(set(old_in) | set(new_in)) if old_in.get(k) != new_in.get(k)]
         # their bytes are read only while nothing else makes the step run
         same = {} if reasons else {k: new_in[k] for k in differ if k in old_bytes and k in new_in
-                                   and same_file(_located(k), None, old_bytes[k])}
+                                   and same_file(resolve_path(k), None, old_bytes[k])}
         if len(same) < len(differ):
             reasons.append("inputs changed: " + _some([k for k in differ if k not in same], 3))
         self._same_bytes = {"inputs": same, "outputs": {}}
@@ -499,12 +495,12 @@ class StepRun:
         if not outs:
             reasons.append("its record lists no outputs")
         else:
-            contents, now = _keyed(prev.get("contents")), fingerprint([_located(k) for k in outs])
+            contents, now = _keyed(prev.get("contents")), fingerprint([resolve_path(k) for k in outs])
             gone = []
             for k in outs:
-                fp = now[str(_located(k))]
+                fp = now[str(resolve_path(k))]
                 if fp != outs[k]:
-                    if not reasons and k in contents and same_file(_located(k), None, contents[k]):
+                    if not reasons and k in contents and same_file(resolve_path(k), None, contents[k]):
                         self._same_bytes["outputs"][k] = fp
                     else:
                         gone.append(k)
@@ -569,7 +565,7 @@ class StepRun:
         output folder the run made is removed when it is left empty."""
         done = self._done  # set by start()
         if failed and done is not None and done.get("outputs") and \
-                all(same_file(_located(k), v, None) for k, v in _keyed(done["outputs"]).items()):
+                all(same_file(resolve_path(k), v, None) for k, v in _keyed(done["outputs"]).items()):
             self._write(done)
             return
         if done is None:  # no earlier finished run

@@ -64,11 +64,10 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     return file_sha1(path)
 
 
-def inputs_fingerprint(paths, known: dict[str, str] | None = None) -> str:
-    """A map's ``inputs_fingerprint``: one digest of the bytes of the image and static files it is made from;
-    ``known`` gives the SHA-1 of some of them already read (``{str(path): sha1}``: static.nc, once per run)."""
-    known = known or {}
-    return hashlib.sha1("|".join(known.get(str(p)) or file_sha1(p) for p in paths).encode()).hexdigest()[:16]
+def inputs_fingerprint(paths) -> str:
+    """A map's ``inputs_fingerprint``: one digest of the bytes of the image and static files it is made from (each
+    file read once per process: static.nc once for all the maps of a run, :func:`shared.core.records.file_sha1`)."""
+    return hashlib.sha1("|".join(file_sha1(p) for p in paths).encode()).hexdigest()[:16]
 
 
 def inputs_stat_fingerprint(paths) -> str:

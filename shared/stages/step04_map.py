@@ -36,7 +36,7 @@ from shared.core.config import resolve_path
 from shared.core.constants import KELVIN
 from shared.core.device import check_device_name
 from shared.core.errors import UserError, require_file, rerun
-from shared.core.records import file_sha1, write_csv, write_json
+from shared.core.records import write_csv, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.features.site import site_fields
 from shared.fusion.analysis import FusionConfig, variogram_warning
@@ -291,7 +291,6 @@ def run(cfg: Config, ctx: Context) -> Result:
     predictor = load_predictor(cfg.checkpoint, cfg.precision, cfg.device)
     ckpt_fp = checkpoint_fingerprint(cfg.checkpoint)
     static = read_static(cfg.raw_dir / "static.nc")
-    static_sha1 = {str(static.path): file_sha1(static.path)}  # read once: part of every map's inputs_fingerprint
     times, missing = select_times(cfg.times, cfg.index_dir, cfg.raw_dir)
     if missing:
         msg = f"{len(missing)} requested time(s) have no image: {'; '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
@@ -402,7 +401,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         old = _map_attrs(path) if cfg.skip_existing and not force else None  # --force: neither kept nor reused
         in_stat = inputs_stat_fingerprint(srcs + [static.path])  # the files' bytes are read only when this differs
         in_fp = (old["inputs_fingerprint"] if old and old.get("inputs_stat_fingerprint") == in_stat
-                 and old.get("inputs_fingerprint") else inputs_fingerprint(srcs + [static.path], static_sha1))
+                 and old.get("inputs_fingerprint") else inputs_fingerprint(srcs + [static.path]))
         if (map_is_complete(old, ckpt_fp, grid_out, cfg.precision, in_fp, quick, fusion_key, same_model)
                 and (png.is_file() or not cfg.quicklook)):
             skipped += 1
