@@ -4,7 +4,7 @@
 self-supervised pretraining of shared/stages/step03_pretrain.py instead.
 """
 from shared.core.runner import main
-from shared.stages import step03_pretrain, step03_train
+from shared.stages.step03 import STAGES
 
 if __name__ == "__main__":
-    main({"train": step03_train.STAGE, "pretrain": step03_pretrain.STAGE})
+    main(STAGES)

@@ -1,4 +1,5 @@
 """Self-supervised pretraining (shared/pretrain.py) on the tiny demo world: masking, loss, checkpoint, resume."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,7 @@ def test_pretrain_loss_falls_ckpt_loads_strict_and_resume_matches(tiny_index, ti
     assert any(k.startswith("model.decoder.embed_to_pixels.weight_generator.") for k in sd)
     enc = load_clay_encoder(ckpt, "tiny")  # strict, through the loader step03 uses
     assert torch.equal(enc.cls_token, sd["model.encoder.cls_token"])
+    _raw_copied_without_times_keeps_the_pretraining(_argv(tiny_index, tiny_patches, full, 40), ckpt)
 
     # interrupted after 20 steps, resumed: same weights as the uninterrupted run
     part = tmp_path / "part"
@@ -101,6 +103,43 @@ def test_pretrain_loss_falls_ckpt_loads_strict_and_resume_matches(tiny_index, ti
     for k in ("model.encoder.transformer.layers.0.0.to_qkv.weight", "model.decoder.mask_patch"):
         torch.testing.assert_close(sd2[k], sd[k], rtol=1e-4, atol=1e-5)
     assert len(pd.read_csv(part / "outputs" / "pretrain_log.csv")) == 40
+
+
+def _raw_copied_without_times_keeps_the_pretraining(argv, ckpt: Path) -> None:
+    """The raw data pretraining read (static.nc, the train images) with new times and the same bytes, as after a
+    plain ``cp`` of the checkout: the run is up to date (its record keeps their SHA-1); an image with other bytes
+    of the same size makes it run again. The files' times are put back for the other tests."""
+    import json
+
+    from shared.core.config import load_config
+    from shared.stages import step03_pretrain
+
+    argv = [a for a in argv if a != "--force"]
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    cfg = load_config(step03_pretrain.PretrainConfig, YAML, sets)
+    raw = step03_pretrain.hashed(cfg)
+    assert len(raw) >= 2 and raw[0].name == "static.nc" and all(p.name.startswith("gk2a_") for p in raw[1:])
+    kept = json.loads((ckpt.parents[1] / "outputs" / "run.json").read_text())["input_contents"]
+    assert sum(k.endswith(".nc") for k in kept) == len(raw)
+    times = {p: p.stat() for p in raw}
+    before = ckpt.stat().st_mtime_ns
+    try:
+        for p, st in times.items():
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        assert _run(argv) == 0 and ckpt.stat().st_mtime_ns == before  # up to date: nothing pretrained again
+        from shared.core.runner import stage_record
+
+        assert stage_record(step03_pretrain.STAGE, cfg).stale_reasons() == []  # the new times now recorded
+        img = raw[1]
+        data = img.read_bytes()
+        try:
+            img.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+            assert stage_record(step03_pretrain.STAGE, cfg).stale_reasons() == [f"inputs changed: {img}"]
+        finally:
+            img.write_bytes(data)
+    finally:
+        for p, st in times.items():
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def test_pretrain_uses_train_times_only_and_bad_input_exits_2(tiny_index, tmp_path):

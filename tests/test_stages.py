@@ -2,6 +2,7 @@
 output sets that belong together, imports that only go downward."""
 import ast
 import errno
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -386,7 +387,8 @@ def test_a_checkout_moved_or_copied_keeps_its_runs(tiny_world, tmp_path, monkeyp
     it. Moved with its files' times (``mv``, ``cp -a``): every step is up to date there. Copied without them
     (plain ``cp``): a file an upstream run wrote is the same by its bytes, to the steps that read it; step01 and
     step02 run again (raw data is compared by size and time alone), step02 keeps its chunks and its signature,
-    and a step that reads step02's outputs (as step03 does) stays up to date. Nothing reads the old checkout."""
+    and a step that reads step02's outputs and a raw checkpoint whose bytes it keeps (``hashed``, as step03 a
+    Clay checkpoint to fine-tune from) stays up to date. Nothing reads the old checkout."""
     import json
 
     from shared.core import config
@@ -401,11 +403,13 @@ def test_a_checkout_moved_or_copied_keeps_its_runs(tiny_world, tmp_path, monkeyp
         assert _s01(root / "data" / "raw", root / "s01") == 0 and _s02(root / "s01", root / "s02") == 0
         return capsys.readouterr().out
 
-    def reader(root):  # a step that reads step02's outputs, as step03 does
-        return StepRun(root / "s03", {"patch_dir": str(root / "s02")}, [root / "s02" / "patch_pt", root / "s02" / "stats"],
-                       "step03_train_clay")
+    def reader(root):  # a step that reads step02's outputs and a checkpoint kept by its bytes, as step03 does
+        ckpt = root / "clay.ckpt"
+        return StepRun(root / "s03", {"patch_dir": str(root / "s02")},
+                       [root / "s02" / "patch_pt", root / "s02" / "stats", ckpt], "step03_train_clay", hashed=[ckpt])
 
     steps(a)
+    (a / "clay.ckpt").write_bytes(b"pretrained")
     assert pd.read_csv(a / "s01" / "index_train.csv")["path_bt"].str.startswith("data/raw/sat/").all()
     assert json.loads((a / "s01" / "splits.json").read_text())["raw_dir"] == "data/raw"
     manifest = json.loads((a / "s02" / "patch_pt" / "manifest.json").read_text())
@@ -414,7 +418,8 @@ def test_a_checkout_moved_or_copied_keeps_its_runs(tiny_world, tmp_path, monkeyp
         r.finish([a / "s03" / "w.txt"])
     record = json.loads((a / "s03" / "run.json").read_text())
     assert set(record["outputs"]) == {"s03/w.txt"} and record["config"] == {"patch_dir": "s02"}
-    assert set(record["input_contents"]) == {"s02/patch_pt", "s02/stats"}  # read from step02's record
+    assert set(record["input_contents"]) == {"s02/patch_pt", "s02/stats", "clay.ckpt"}  # step02's record; read
+    assert record["input_contents"]["clay.ckpt"] == hashlib.sha1(b"pretrained").hexdigest()
 
     b = tmp_path / "b"  # moved: the files keep their times (copytree copies them with copy2), a is gone
     shutil.copytree(a, b)
@@ -451,6 +456,10 @@ def test_a_checkout_moved_or_copied_keeps_its_runs(tiny_world, tmp_path, monkeyp
     from shared.core.records import fingerprint
 
     assert json.loads((c / "s02" / "run.json").read_text())["inputs"]["s01/index_train.csv"] == fingerprint([idx])[str(idx)]
+    (c / "clay.ckpt").write_bytes(b"PRETRAINED")  # same size, other bytes: changed
+    assert reader(c).stale_reasons() == ["inputs changed: clay.ckpt"]
+    (c / "clay.ckpt").write_bytes(b"pretrained")
+    assert reader(c).stale_reasons() == []
     (c / "s03" / "w.txt").write_text("WEIGHTS")  # same size, other bytes: changed
     assert reader(c).stale_reasons() == ["outputs changed or missing since its run: s03/w.txt"]
     with pytest.raises(Exception, match="w.txt changed after the last finished step03 run"):

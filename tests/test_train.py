@@ -1,4 +1,5 @@
 """step03 training on small fabricated patch chunks: learning, resume, feature cache, DDP, bad input."""
+import hashlib
 import json
 import os
 import shutil
@@ -499,6 +500,17 @@ def test_cached_features_match_uncached(tmp_path, patches, clay_ckpt, monkeypatc
     ck = torch.load(tmp_path / "cached" / "weights" / "best.pt", weights_only=True)
     enc0 = torch.load(clay_ckpt, weights_only=True)["state_dict"]
     assert torch.equal(ck["model"]["encoder.transformer.norm.weight"], enc0["model.encoder.transformer.norm.weight"])
+    # the checkpoint fine-tuned from is kept by its bytes: with a new time (a plain copy) the model is up to date
+    record = json.loads((tmp_path / "cached" / "outputs" / "run.json").read_text())
+    assert record["input_contents"][str(clay_ckpt)] == hashlib.sha1(clay_ckpt.read_bytes()).hexdigest()
+    st, best = clay_ckpt.stat(), tmp_path / "cached" / "weights" / "best.pt"
+    made = best.stat().st_mtime_ns
+    try:
+        os.utime(clay_ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        assert run_step(tmp_path, patches, *sets, "train.cache_features=true", out="cached") == 0
+        assert best.stat().st_mtime_ns == made  # not trained again
+    finally:
+        os.utime(clay_ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _first_step_grads(patches, batch_size):

@@ -15,8 +15,10 @@ record lists so (``input_contents``, taken from that record): a file whose size
 and time changed but whose bytes did not (a copy without its times: plain
 ``cp``, ``scp``) is the same file, to the step that wrote it and to the steps
 that read it. Checks read a file's bytes only on such a mismatch, and only while
-nothing else already makes the step run; raw data (no upstream record) is
-compared by size and time alone.
+nothing else already makes the step run. Raw data (no upstream record) is
+compared by size and time alone, except the inputs a stage names ``hashed``
+(e.g. a Clay checkpoint to fine-tune from, the images of a long pretraining):
+their SHA-1 is read when the run finishes and kept in ``input_contents`` too.
 
 A run record moves through two states: ``running`` (written when the step
 starts; the last finished record is kept inside as ``previous``) and ``ok``
@@ -185,9 +187,10 @@ def unchanged_outputs(rec: dict | None, paths: Iterable[str | Path]) -> list[Pat
             if (k := record_key(p)) in outs and same_file(Path(p), outs[k], contents.get(k))]
 
 
-def _upstream_contents(deps: list, fps: dict[str, str]) -> dict[str, str]:
+def _input_contents(deps: list, fps: dict[str, str], hashed: Iterable = ()) -> dict[str, str]:
     """``{key: SHA-1}`` of the deps that the finished record of the step that wrote them (a ``run.json`` in
-    their folder or the one above) lists with the same fingerprint and a content digest: read, not computed."""
+    their folder or the one above) lists with the same fingerprint and a content digest (read, not computed),
+    and of those in ``hashed`` that no such record lists (computed: files or folders of raw data)."""
     out, tables = {}, {}  # tables: folder -> its finished record's (outputs, contents), read once
 
     def table(folder: Path):
@@ -206,6 +209,9 @@ def _upstream_contents(deps: list, fps: dict[str, str]) -> dict[str, str]:
                 if t[1].get(key):
                     out[key] = t[1][key]
                 break
+    for d in hashed:
+        if (key := record_key(d)) not in out and (digest := content_digest(d)) is not None:
+            out[key] = digest
     return out
 
 
@@ -436,8 +442,9 @@ class StepRun:
     """
 
     def __init__(self, out_dir: str | Path, config: dict, deps: Iterable[str | Path | Names], step: str = "",
-                 mirrors: Iterable[str | Path] = ()):
+                 mirrors: Iterable[str | Path] = (), hashed: Iterable[str | Path] = ()):
         self.out_dir = Path(out_dir)
+        self.hashed = [Path(h) for h in hashed]  # deps of raw data whose bytes the record keeps too
         self.mirrors = [Path(m) for m in mirrors if Path(m) != Path(out_dir)]  # folders that get a copy of run.json
         self.config = config
         self.deps = list(deps)
@@ -592,7 +599,7 @@ class StepRun:
             "command": " ".join(sys.argv),
             "config": self.recorded_config(),
             "inputs": _keyed(inputs),
-            "input_contents": _upstream_contents(self.deps, inputs),
+            "input_contents": _input_contents(self.deps, inputs, self.hashed),
             "outputs": {record_key(p): out_fp[str(Path(p))] for p in outputs},
             "contents": {record_key(p): d for p in outputs if (d := content_digest(p)) is not None},
             "counts": counts or {},

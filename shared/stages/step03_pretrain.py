@@ -107,12 +107,20 @@ class PretrainConfig:
 
 def deps(cfg: PretrainConfig) -> list[Path]:
     d = cfg.data
-    out = [d.index_dir / "index_train.csv", d.index_dir / SPLITS_JSON, d.patch_dir / STATS_SUBDIR / INPUT_STATS]
+    return [d.index_dir / "index_train.csv", d.index_dir / SPLITS_JSON, d.patch_dir / STATS_SUBDIR / INPUT_STATS,
+            *hashed(cfg)]
+
+
+def hashed(cfg: PretrainConfig) -> list[Path]:
+    """The raw data pretraining reads (static.nc, the train images, a Clay checkpoint to continue from), kept by
+    its bytes: a checkout copied without its files' times keeps its pretraining (hours on a season of images)
+    for one read of them."""
+    out = []
     try:
-        out.append(resolve_path(read_splits(d.index_dir)["static"]))
+        out.append(resolve_path(read_splits(cfg.data.index_dir)["static"]))
     except (UserError, KeyError):
         pass  # run() reports the missing index
-    out += image_paths(d.index_dir, splits=("train",))
+    out += image_paths(cfg.data.index_dir, splits=("train",))
     if cfg.model.clay_ckpt_path is not None:
         out.append(cfg.model.clay_ckpt_path)
     return out
@@ -152,6 +160,6 @@ def run(cfg: PretrainConfig, ctx: Context) -> Result:
 
 
 STAGE = Stage(name=STEP, title="self-supervised Clay-style pretraining (masked autoencoder) on GK-2A tiles",
-              config=PretrainConfig, deps=deps, outs=outs, upstream=upstream, run=run,
+              config=PretrainConfig, deps=deps, outs=outs, upstream=upstream, run=run, hashed=hashed,
               record_dir=lambda cfg: cfg.output.outputs_dir, add_args=add_args, rerun_when_resuming=True,
               config_file="pretrain.yaml", doc=__doc__)

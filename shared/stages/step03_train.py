@@ -191,6 +191,12 @@ def deps(cfg: Config) -> list[Path]:
     return out
 
 
+def hashed(cfg: Config) -> list[Path]:
+    """The Clay checkpoint fine-tuned from: raw data to this step (no record of ours wrote it, or a pretraining's
+    elsewhere), kept by its bytes so that a checkout copied without its files' times keeps the trained model."""
+    return [cfg.model.clay_ckpt_path] if cfg.model.clay_ckpt_path is not None else []
+
+
 def outs(cfg: Config) -> list[Path]:
     w = cfg.output.weights_dir
     out = [w / "best.pt", w / "current.pt", cfg.output.outputs_dir / "train_log.csv", cfg.output.outputs_dir / CURVE_PNG]
@@ -242,7 +248,7 @@ def run(cfg: Config, ctx: Context) -> Result:
 
 
 STAGE = Stage(name=STEP, title="train the TA model (Clay encoder + regression head) on the patch chunks",
-              config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
+              config=Config, deps=deps, outs=outs, upstream=upstream, run=run, hashed=hashed,
               record_dir=lambda cfg: cfg.output.outputs_dir, mirror_dirs=lambda cfg: [cfg.output.weights_dir],
               distributed=True, backend=backend,
               add_args=add_args, rerun_when_resuming=True, doc=__doc__)

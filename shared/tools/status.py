@@ -24,11 +24,11 @@ from shared.tools.run_all import STEPS
 
 def step_stages() -> dict[str, Stage | dict[str, Stage]]:
     """What each step folder's ``run.py`` hands to the runner (step03's folder: train or pretrain by ``mode``)."""
-    from shared.stages import step01_index, step02_patches, step03_pretrain, step03_train, step04_map, step05_eval
+    from shared.stages import step01_index, step02_patches, step03, step04_map, step05_eval
 
     return {"step01_make_index": step01_index.STAGE, "step02_make_patches": step02_patches.STAGE,
-            "step03_train_clay": {"train": step03_train.STAGE, "pretrain": step03_pretrain.STAGE},
-            "step04_infer_map": step04_map.STAGE, "step05_eval_metrics": step05_eval.STAGE}
+            "step03_train_clay": step03.STAGES, "step04_infer_map": step04_map.STAGE,
+            "step05_eval_metrics": step05_eval.STAGE}
 
 
 def status_lines(steps=tuple(STEPS), configs: dict[int, Path] | None = None) -> list[str]:
