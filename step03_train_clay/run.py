@@ -3,8 +3,14 @@
 ``--config step03_train_clay/pretrain.yaml`` (``mode: pretrain``) runs the
 self-supervised pretraining of shared/stages/step03_pretrain.py instead.
 """
-from shared.core.runner import main
-from shared.stages.step03 import STAGES
+import sys
+from pathlib import Path
+
+# this checkout's shared/ first: a .venv copied or moved with the checkout still points at the old one
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared.core.runner import main  # noqa: E402
+from shared.stages.step03 import STAGES  # noqa: E402
 
 if __name__ == "__main__":
     main(STAGES)

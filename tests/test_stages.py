@@ -48,8 +48,30 @@ def test_run_py_files_only_hand_their_stage_to_the_runner():
     for step in STAGES:
         tree = ast.parse((ROOT / step / "run.py").read_text())
         code = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
-        assert len(code) <= 4, step  # imports + the main(...) call
+        assert len(code) <= 6, step  # imports, this checkout first on sys.path, the main(...) call
+        assert ast.unparse(code[2]) == "sys.path.insert(0, str(Path(__file__).resolve().parents[1]))", step
         assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))], step
+
+
+def test_a_run_py_runs_its_own_checkouts_code(tiny_world, tmp_path):
+    """A checkout copied with its .venv: the editable install still names the original's shared/, but the copy's
+    run.py imports the copy's, so its relative paths resolve in the copy and nothing is written to the original."""
+    import subprocess
+    import sys
+
+    ck = tmp_path / "copy"
+    shutil.copytree(ROOT / "shared", ck / "shared", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "step01_make_index", ck / "step01_make_index", ignore=shutil.ignore_patterns("outputs"))
+    assert not (ROOT / "outs_of_a_copy").exists()
+    try:
+        r = subprocess.run([sys.executable, str(ck / "step01_make_index" / "run.py"),
+                            *step01_args(tiny_world, Path("outs_of_a_copy"))], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert (ck / "outs_of_a_copy" / "index_train.csv").is_file()  # REPO_ROOT is the copy's
+        assert not (ROOT / "outs_of_a_copy").exists()
+    finally:  # the original checkout is left as it was, whatever happened
+        shutil.rmtree(ROOT / "outs_of_a_copy", ignore_errors=True)
 
 
 def _copy_world(tiny_world, tmp_path) -> Path:
