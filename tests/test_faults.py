@@ -153,6 +153,45 @@ def test_a_checkpoint_whose_shapes_do_not_fit_is_one_line(tmp_path, capsys):
     assert "do not fit the model config" in err and "another shape" in err
 
 
+def test_a_checkpoint_with_damaged_bytes_is_one_line_and_no_map(tmp_path, capsys):
+    """torch does not check the bytes of a checkpoint's tensors: 4 KB of one tensor overwritten with 0xFF (NaN in
+    float32) loaded, and step04 wrote an all-NaN map with exit 0, even after ``adopt`` recorded the file. Now the
+    loader refuses non-finite weights in one line, and a model that gives NaN or inf for complete inputs (finite
+    but overflowing weights) is refused where it predicts; neither writes a map."""
+    from test_step04 import NORM, TIMES, args_for, make_world, save_checkpoint
+
+    from shared.core.errors import UserError
+    from shared.io.raw import read_frame, read_static, sat_path
+    from shared.mapping.predict import load_predictor, predict_pixels
+
+    world = make_world(tmp_path / "w")
+    ckpt = save_checkpoint(tmp_path / "weights" / "best.pt", NORM)
+    state = torch.load(ckpt, weights_only=True)["model"]
+    name, big = max(state.items(), key=lambda kv: kv[1].numel())
+    data = ckpt.read_bytes()
+    at = data.index(big.contiguous().numpy().tobytes()[:64])  # the tensor's storage inside the zip file
+    n = min(4096, big.numel() * big.element_size())
+    ckpt.write_bytes(data[:at] + b"\xff" * n + data[at + n:])
+    adopt(ckpt, "step03", "test: damaged tensor bytes")  # recorded as it is: the bytes themselves are wrong
+    world["ckpt"] = ckpt
+    out = tmp_path / "m"
+    assert run_step("step04_infer_map", *args_for(world, out)) == 2
+    err = _err(capsys)
+    assert "weight tensor(s) hold NaN or infinite values" in err and name in err and str(ckpt) in err
+    assert not list(out.glob("ta_map_*"))
+
+    ckpt2 = save_checkpoint(tmp_path / "w2" / "best.pt", NORM)
+    ck = torch.load(ckpt2, weights_only=True)
+    for k in ("mlp.0.weight", "mlp.3.weight"):  # the mean head's two layers: finite, but its output overflows
+        ck["model"][k] = ck["model"][k] * 1e30
+    torch.save(ck, ckpt2)
+    static = read_static(world["raw"] / "static.nc")
+    t = pd.Timestamp(TIMES[0])
+    frame = read_frame(*(sat_path(world["raw"], k, t) for k in ("bt", "rf", "sza")), static.grid)
+    with pytest.raises(UserError, match="gave NaN or infinite values for windows with complete inputs"):
+        predict_pixels(load_predictor(ckpt2), frame, static, t, np.array([5, 6]), np.array([5, 6]))
+
+
 def test_disk_full_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
     from test_train import run_step as run_step03
 

@@ -52,7 +52,7 @@ from shared.features.patch import full_stack, height_z, landcover_onehot, loc3, 
 from shared.features.site import SITE_FEATURES, site_at, site_fields
 from shared.io.channels import DEM_CH, IR105_CH, N_CHANNELS, PATCH_CHANNELS, SZA_CH
 from shared.io.raw import Frame, Static
-from shared.models.checkpoint import load_ta_checkpoint, read_fusion_residuals
+from shared.models.checkpoint import HINT, load_ta_checkpoint, read_fusion_residuals
 from shared.models.intervals import gaussian_multipliers
 from shared.models.se_growth import NearestSite, growth_phrases, variance_factor
 from shared.models.ta import TAEnsemble
@@ -177,7 +177,11 @@ class Predictor:
         head extrapolates far from what it learnt (over the open sea it reached 20-40 K on demo-world maps); an
         error larger than the spread of all temperatures says only "unknown", which this bound also says."""
         z, logvar = self._run(batch, True)
-        sd = self.sigma_scale * np.exp(0.5 * logvar.float().numpy().astype(np.float64))
+        z, logvar = z.float().numpy(), logvar.float().numpy().astype(np.float64)
+        if not (np.isfinite(z).all() and np.isfinite(logvar).all()):  # every window here has complete inputs
+            raise UserError(f"{self.path or 'the model'}: gave NaN or infinite values for windows with complete "
+                            f"inputs; {HINT}")
+        sd = self.sigma_scale * np.exp(0.5 * logvar)
         if self.distance is not None or self.cold is not None:  # far from the stations, under cold tops: less sure
             d_km = t_K = None
             if self.distance is not None:
@@ -188,7 +192,7 @@ class Predictor:
                 c = x.shape[-1] // 2
                 t_K = x[:, IR105_CH, c, c].astype(np.float64) * self.input_std[IR105_CH] + self.input_mean[IR105_CH]
             sd *= np.sqrt(variance_factor(d_km, self.distance, t_K, self.cold))
-        return z.float().numpy(), np.minimum(sd, MAX_SD_Z).astype(np.float32)
+        return z, np.minimum(sd, MAX_SD_Z).astype(np.float32)
 
     def to_kelvin(self, z: np.ndarray) -> np.ndarray:
         return (z.astype(np.float64) * self.target_std + self.target_mean + KELVIN).astype(np.float32)

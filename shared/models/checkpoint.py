@@ -100,6 +100,11 @@ def load_weights(model, state: dict, path) -> None:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
         raise UserError(f"{path}: weights do not fit the model config stored with them ({'; '.join(parts)}); {HINT}")
+    broken = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()
+              and not k.endswith(("input_lo", "input_hi")) and not bool(torch.isfinite(v).all())]
+    if broken:  # a damaged file (torch does not check the bytes of its tensors) or a diverged training
+        raise UserError(f"{path}: {len(broken)} weight tensor(s) hold NaN or infinite values, e.g. {broken[0]}: the "
+                        f"file is damaged or its training diverged; {HINT}")
     for k in own:  # the head's input range (clamp_inputs): NaN or lo > hi would turn every prediction into NaN
         if k.endswith("input_lo"):
             lo, hi = state[k], state[k[:-2] + "hi"]
