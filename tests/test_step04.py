@@ -328,6 +328,26 @@ def test_times_list_missing_image_skip_or_fail(world, tmp_path, capsys):
     assert [p.name for p in out.glob("ta_map_*.nc")] == ["ta_map_202307010600.nc"]
 
 
+def test_configured_times_are_utc_and_other_zones_are_converted():
+    """A map time with an offset is converted to UTC (15:00 KST = 06:00 UTC; before, the offset was dropped and
+    the map was of 15:00 UTC); dates, ISO and GK-2A's YYYYMMDDhhmm forms are read; forms whose day and month could
+    be swapped, and values that are not times, are refused."""
+    import datetime
+
+    from shared.stages.step04_map import TimesConfig
+
+    t = TimesConfig(select="list", list_utc=["2023-07-01 15:00+09:00", "2023-07-01T06:00Z", "2023-07-01 06:00",
+                                             "202307010600", 202307010600, datetime.datetime(2023, 7, 1, 6),
+                                             "2023-07-01T06:00:00-00:00"],
+                    start=datetime.date(2023, 7, 1), end="2023-07-01 23:00+09:00")
+    t.check()
+    assert t.list_utc == ["2023-07-01 06:00"] * 7
+    assert (t.start, t.end) == ("2023-07-01 00:00", "2023-07-01 14:00")
+    for bad in ("01/07/2023 06:00", "2023/07/01 6h", "2023-07-01 6", "tomorrow", 5, True):
+        with pytest.raises(ValueError, match=r"times.list_utc\[0\]: cannot read .* as a time; use 'YYYY-MM-DD hh:mm'"):
+            TimesConfig(select="list", list_utc=[bad]).check()
+
+
 def test_bad_inputs_exit_2_with_one_line(world, tmp_path, capsys):
     out = tmp_path / "out"
     assert run_step(STEP, *args_for(world, out), "--set", f"checkpoint={tmp_path / 'nope.pt'}") == 2

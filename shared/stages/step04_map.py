@@ -19,8 +19,10 @@ the fusion and the quicklook alone (``skip_existing``; ``--force`` remakes all).
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -87,6 +89,28 @@ MODEL_FIELD_VERSION = 2  # 2: the patch embedding folded into one product at inf
 FINGERPRINTS = 2
 
 
+#: The time forms a config may give: ISO 8601 (date, then hh:mm[:ss] after a space or T, then Z or an offset such
+#: as +09:00) or GK-2A's file-name form YYYYMMDDhhmm. Others (08/07/2023: 8 July or 7 August?) are refused.
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{1,2}:\d{2}(?::\d{2})?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)?|\d{12}")
+
+
+def utc_text(v, key: str) -> str:
+    """A configured time as ``YYYY-MM-DD hh:mm`` UTC: a YAML date or datetime (taken as UTC), or a string of
+    :data:`_ISO_TIME`'s forms; a time with an offset (``2023-07-08 09:00+09:00``, KST) is converted to UTC."""
+    bad = f"{key}: cannot read {v!r} as a time; use 'YYYY-MM-DD hh:mm' (UTC), or add another zone's offset " \
+          "('2023-07-08 09:00+09:00' is 00:00 UTC)"
+    s = str(v).strip() if isinstance(v, (str, int)) and not isinstance(v, bool) else v  # YAML reads 202307080000 as int
+    if isinstance(s, str) and not _ISO_TIME.fullmatch(s) or not isinstance(s, (str, datetime.date)):
+        raise ValueError(bad)
+    try:
+        t = pd.to_datetime(s, format="%Y%m%d%H%M") if isinstance(s, str) and s.isdigit() else pd.Timestamp(s)
+    except (ValueError, TypeError):
+        raise ValueError(bad) from None
+    if t.tzinfo is not None:
+        t = t.tz_convert("UTC").tz_localize(None)
+    return f"{t:%Y-%m-%d %H:%M}"
+
+
 @dataclass
 class TimesConfig:
     select: Literal["test", "list", "range", "all"] = "test"
@@ -97,15 +121,9 @@ class TimesConfig:
     limit: int = 0
 
     def check(self):
-        def utc(v, key):  # YAML turns 2023-07-01 into a date: accept it and any pandas-readable time
-            try:
-                return f"{pd.Timestamp(v):%Y-%m-%d %H:%M}"
-            except (ValueError, TypeError):
-                raise ValueError(f"times.{key}: cannot read {v!r} as a time; use 'YYYY-MM-DD hh:mm' (UTC)") from None
-
-        self.list_utc = [utc(v, f"list_utc[{i}]") for i, v in enumerate(self.list_utc)]
-        self.start = None if self.start is None else utc(self.start, "start")
-        self.end = None if self.end is None else utc(self.end, "end")
+        self.list_utc = [utc_text(v, f"times.list_utc[{i}]") for i, v in enumerate(self.list_utc)]
+        self.start = None if self.start is None else utc_text(self.start, "times.start")
+        self.end = None if self.end is None else utc_text(self.end, "times.end")
         if self.select == "range" and (not self.start or not self.end):
             raise ValueError("times.select is 'range': set times.start and times.end (UTC, e.g. '2023-07-01 00:00')")
         if self.step_min < 1:
