@@ -328,6 +328,31 @@ def test_times_list_missing_image_skip_or_fail(world, tmp_path, capsys):
     assert [p.name for p in out.glob("ta_map_*.nc")] == ["ta_map_202307010600.nc"]
 
 
+def test_test_times_from_another_raw_folder_are_refused(world, tmp_path, capsys):
+    """``times.select: test`` maps the images step01 indexed; with ``raw_dir`` set to another folder the map mixed
+    that folder's static.nc with the index's images, silently. Refused now, naming both folders."""
+    import json
+
+    from shared.io.raw import sat_path
+
+    t = pd.Timestamp(TIMES[1])
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    pd.DataFrame({"sat_time_utc": [TIMES[1]], **{f"path_{k}": [str(sat_path(world["raw"], k, t))]
+                                                   for k in ("bt", "rf", "sza")}}).to_csv(idx / "index_test.csv", index=False)
+    args = args_for(world, tmp_path / "m", "--set", "times.select=test", "--set", f"index_dir={idx}")
+    (idx / "splits.json").write_text(json.dumps({"raw_dir": str(tmp_path / "other_raw")}))
+    adopt(idx, "step01", "test: a one-time test split indexed from another folder")
+    assert run_step(STEP, *args) == 2
+    err = capsys.readouterr().err
+    assert "the test times' images are those of step01's index, made from" in err and "other_raw" in err
+    assert err.count("\n") == 1 and not (tmp_path / "m").exists()
+    (idx / "splits.json").write_text(json.dumps({"raw_dir": str(world["raw"])}))
+    adopt(idx, "step01", "test: a one-time test split")
+    assert run_step(STEP, *args) == 0
+    assert [p.name for p in (tmp_path / "m").glob("ta_map_*.nc")] == [f"ta_map_{t:%Y%m%d%H%M}.nc"]
+
+
 def test_configured_times_are_utc_and_other_zones_are_converted():
     """A map time with an offset is converted to UTC (15:00 KST = 06:00 UTC; before, the offset was dropped and
     the map was of 15:00 UTC); dates, ISO and GK-2A's YYYYMMDDhhmm forms are read; forms whose day and month could

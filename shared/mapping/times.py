@@ -5,7 +5,16 @@ import pandas as pd
 
 from shared.core.config import resolve_path
 from shared.core.errors import UserError, rerun
+from shared.io.index import SPLITS_JSON, read_splits
 from shared.io.raw import scan_sat_times
+
+
+def _indexed_raw_dir(index_dir: Path) -> Path | None:
+    """The raw folder step01 indexed (its ``splits.json``), None when it does not say."""
+    if not (Path(index_dir) / SPLITS_JSON).is_file():
+        return None
+    raw = read_splits(index_dir).get("raw_dir")
+    return resolve_path(raw) if isinstance(raw, str) else None
 
 
 def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -23,6 +32,12 @@ def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFram
         p = index_dir / "index_test.csv"
         if not p.is_file():
             raise UserError(f"{p} not found; {rerun('step01')} or choose times.select: list/range/all")
+        indexed = _indexed_raw_dir(index_dir)
+        if indexed is not None and indexed.resolve() != Path(raw_dir).resolve():
+            raise UserError(f"times.select is 'test': the test times' images are those of step01's index, made from "
+                            f"{indexed}, but raw_dir is {raw_dir} (static.nc would come from there); set raw_dir to "
+                            f"{indexed}, rerun step01 on {raw_dir}, or map {raw_dir}'s own images with times.select: "
+                            "list, range or all")
         df = pd.read_csv(p, usecols=lambda c: c in ("sat_time_utc", "path_bt", "path_rf", "path_sza"))
         if df.empty:
             raise UserError(f"{p}: the test split is empty; nothing to map (check step01's split settings or choose times.select: list/range)")
