@@ -328,6 +328,28 @@ def test_step04_leaves_a_gross_error_out_of_its_map_and_names_it(evaluated, tmp_
     np.testing.assert_allclose(wrong.t2m, gone.t2m, atol=1e-4)
 
 
+def test_maps_fused_with_other_settings_are_named():
+    """step05 joins step04's maps at the test stations beside its own analysis; made with other fusion settings
+    (``fusion.idw_weight: 0`` in step04 only) the two differed without a word. The map's ``fusion_settings``
+    attribute is compared with step05's, and the settings that differ are named."""
+    from shared.evaluation.maps import fusion_mismatch, fusion_settings
+    from shared.fusion.analysis import FusionConfig
+
+    mine, off = FusionConfig(), FusionConfig(idw_weight=0.0)
+    mine.check(), off.check()
+    key = f"{off.describe()} variogram={{\"model\": \"exponential\", \"range_km\": 80.0}} obs=ab12"
+    assert fusion_settings(key) == off.describe() and fusion_settings(f"{mine.describe()} no observation") == \
+        mine.describe() and fusion_settings("disabled") == "disabled" and fusion_settings(None) is None
+    same = [{"file": "ta_map_202307080000.nc", "fusion_settings": mine.describe()}, {"file": "old.nc", "fusion_settings": None}]
+    assert fusion_mismatch(same, mine.describe()) is None  # equal, or not recorded: nothing to say
+    w = fusion_mismatch(same + [{"file": "ta_map_202307080300.nc", "fusion_settings": fusion_settings(key)}],
+                        mine.describe())
+    assert w.startswith("1 of 3 map(s) (first: ta_map_202307080300.nc) were fused with other settings")
+    assert "the map's: no others; step05's: " in w and "idw_weight=auto" in w
+    w = fusion_mismatch([{"file": "a.nc", "fusion_settings": "disabled"}], mine.describe())  # step04 without fusion
+    assert "(the map's: disabled; step05's: " in w
+
+
 def test_bad_input_exits_2(evaluated, tmp_path, capsys):
     from shared.geo.grid import KO_GRID
     from shared.io.maps import map_dataset, write_map
@@ -375,11 +397,14 @@ def test_bad_input_exits_2(evaluated, tmp_path, capsys):
     # a truth_dir that does not exist: refused, not a run without its maps-vs-truth section
     assert run_step(STEP, *args, "--set", f"truth_dir={tmp_path / 'nope'}", "--set", f"output_dir={tmp_path / 'g'}") == 2
     assert "truth_dir not found" in capsys.readouterr().err
-    # a map_dir that does not exist: a warning on stderr, the run goes on without map columns
-    assert run_step(STEP, *args, "--set", f"map_dir={tmp_path / 'nomaps'}", "--set", f"output_dir={tmp_path / 'h'}") == 0
-    assert "does not exist: map columns left empty" in capsys.readouterr().err
-    assert pd.read_csv(tmp_path / "h" / "preds_test.csv")["map_c"].isna().all()
-    assert [n for n in ("f", "g") if (tmp_path / n).exists()] == []
+    # a map_dir that does not exist (a typo): refused as well, before any work; without maps on request
+    assert run_step(STEP, *args, "--set", f"map_dir={tmp_path / 'nomaps'}", "--set", f"output_dir={tmp_path / 'h'}") == 2
+    err = capsys.readouterr().err
+    assert "map_dir not found" in err and "compare_maps: false" in err and err.count("\n") == 1
+    assert run_step(STEP, *args, "--set", f"map_dir={tmp_path / 'nomaps'}", "--set", "compare_maps=false",
+                    "--set", f"output_dir={tmp_path / 'i'}") == 0
+    assert pd.read_csv(tmp_path / "i" / "preds_test.csv")["map_c"].isna().all()
+    assert [n for n in ("f", "g", "h") if (tmp_path / n).exists()] == []
 
 
 def test_maps_are_analyses_of_the_fusion_stations_and_intervals_are_scored(evaluated):

@@ -92,8 +92,30 @@ def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid,
             df.loc[sel, "map_se_c"] = f.layers["t2m_standard_error"][at].astype(np.float64)
         info.append({"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": p.name, "precision": str(f.attrs.get("precision", "?")),
                      "rows": int(sel.sum()), "grid": f.grid.attrs(),
-                     "fusion_stations": 0 if f.fusion_ids is None else int(len(f.fusion_ids))})
+                     "fusion_stations": 0 if f.fusion_ids is None else int(len(f.fusion_ids)),
+                     "fusion_settings": fusion_settings(f.attrs.get("fusion_settings"))})
     return df, info, other
+
+
+def fusion_settings(key) -> str | None:
+    """The fusion settings a map was made with (``FusionConfig.describe()``, from its ``fusion_settings``
+    attribute, without the variogram and observations that follow them); "disabled"; None when not recorded."""
+    if not isinstance(key, str) or not key:
+        return None
+    return key.split(" variogram={")[0].removesuffix(" no observation")  # the fitted variogram: a JSON object
+
+
+def fusion_mismatch(maps_used: list[dict], mine: str) -> str | None:
+    """A warning when maps were fused with other settings than ``mine`` (step05's ``fusion.describe()``): their
+    ``map_c`` and step05's analysis then differ by design. Names the settings that differ."""
+    other = [m for m in maps_used if m.get("fusion_settings") not in (None, mine)]
+    if not other:
+        return None
+    a, b = set(other[0]["fusion_settings"].split()), set(mine.split())
+    return (f"{len(other)} of {len(maps_used)} map(s) (first: {other[0]['file']}) were fused with other settings than "
+            f"step05's fusion (the map's: {', '.join(sorted(a - b)) or 'no others'}; step05's: "
+            f"{', '.join(sorted(b - a)) or 'no others'}); their t2m at the stations (map_c) and step05's analysis "
+            "differ by design: keep step04's and step05's fusion: sections equal to compare them")
 
 
 

@@ -33,6 +33,7 @@ from shared.evaluation.bootstrap import format_differences, station_bootstrap
 from shared.evaluation.interpolation import station_table
 from shared.evaluation.maps import (
     COVERAGE_LEVELS,
+    fusion_mismatch,
     join_maps,
     map_agreement,
     map_files,
@@ -275,6 +276,9 @@ def run(cfg: Config, ctx: Context) -> Result:
     threads = cfg.num_threads if cfg.num_threads > 0 else max(1, os.cpu_count() or 1)
     torch.set_num_threads(threads)
     out = cfg.output_dir
+    if cfg.compare_maps and not cfg.map_dir.is_dir():
+        raise UserError(f"map_dir not found: {cfg.map_dir}; run step04 (or point map_dir at its outputs folder), or "
+                        "set compare_maps: false to score without maps")
     if cfg.truth_dir is not None and not cfg.truth_dir.is_dir():
         raise UserError(f"truth_dir not found: {cfg.truth_dir}; point it at the folder of ta_true_*.nc, or set "
                         "truth_dir: null (the demo world's <raw_dir>/truth; real data have none)")
@@ -339,10 +343,7 @@ def run(cfg: Config, ctx: Context) -> Result:
 
     # --- maps ------------------------------------------------------------------
     maps_used, maps_other, agreement, truth = [], [], None, []
-    if cfg.compare_maps and not cfg.map_dir.is_dir():
-        print(f"warning: map_dir {cfg.map_dir} does not exist: map columns left empty (run step04, point map_dir at its "
-              "outputs, or set compare_maps: false)", file=sys.stderr)
-    elif cfg.compare_maps:
+    if cfg.compare_maps:
         ckpt_fp = checkpoint_fingerprint(cfg.checkpoint)
         maps, unlisted = finished_maps(cfg.map_dir)
         if unlisted:
@@ -353,6 +354,9 @@ def run(cfg: Config, ctx: Context) -> Result:
             print(f"warning: {len(maps_other)} map(s) in {cfg.map_dir} were made with another checkpoint than "
                   f"{cfg.checkpoint} and are left out (first: {maps_other[0].name}); rerun step04 for their times "
                   f"or delete them", file=sys.stderr)
+        if maps_used and (w := fusion_mismatch(maps_used, "disabled" if not cfg.fusion.enabled
+                                                else cfg.fusion.describe())):
+            print(f"warning: {w}", file=sys.stderr)
         if maps_used:
             fp32 = all(m["precision"] == "fp32" for m in maps_used)
             agreement = map_agreement(df, predictor, cfg.patch_dir, cfg.split, static, cfg.map_agreement_tol_K, fp32, cfg.batch_size)
