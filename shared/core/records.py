@@ -442,8 +442,9 @@ class StepRun:
     """
 
     def __init__(self, out_dir: str | Path, config: dict, deps: Iterable[str | Path | Names], step: str = "",
-                 mirrors: Iterable[str | Path] = (), hashed: Iterable[str | Path] = ()):
+                 mirrors: Iterable[str | Path] = (), hashed: Iterable[str | Path] = (), volatile: Iterable[str] = ()):
         self.out_dir = Path(out_dir)
+        self.volatile = set(volatile)  # config keys recorded but not compared: they do not change the outputs
         self.hashed = [Path(h) for h in hashed]  # deps of raw data whose bytes the record keeps too
         self.mirrors = [Path(m) for m in mirrors if Path(m) != Path(out_dir)]  # folders that get a copy of run.json
         self.config = config
@@ -486,7 +487,8 @@ class StepRun:
         if prev.get("status") != "ok":
             return ["its last run did not finish (interrupted, failed or still running)"]
         reasons = []
-        keys = config_changes(portable(prev.get("config")), self.recorded_config())
+        keys = [k for k in config_changes(portable(prev.get("config")), self.recorded_config())
+                if k.split(":")[0] not in self.volatile]
         if keys:
             reasons.append("config changed: " + _some(keys, 4))
         old_in, new_in = _keyed(prev.get("inputs")), _keyed(self.input_fingerprints())

@@ -79,6 +79,9 @@ class Stage:
     #: raw inputs (no upstream record) whose bytes the record keeps: after a copy that lost their times, the
     #: step is still up to date when they are the same bytes (worth a read when the step is costly to rerun)
     hashed: Callable[[Any], list[Path]] = lambda cfg: []
+    #: config keys (dotted) that do not change the outputs (progress bars, threads, batch sizes of inference):
+    #: recorded, but a change alone does not make the step run again
+    volatile: tuple[str, ...] = ()
 
 
 def pick_stage(stages: Stage | dict[str, Stage], argv: list[str]) -> Stage:
@@ -101,7 +104,7 @@ def stage_record(stage: Stage, cfg) -> StepRun:
     """The run record of ``stage`` with config ``cfg``: what its outputs must have been made from to be up to
     date (the stage's version is part of it: a new output layout reruns the step)."""
     return StepRun(stage.record_dir(cfg), {**config_to_dict(cfg), "stage_version": stage.version}, stage.deps(cfg),
-                   stage.name, stage.mirror_dirs(cfg), stage.hashed(cfg))
+                   stage.name, stage.mirror_dirs(cfg), stage.hashed(cfg), stage.volatile)
 
 
 def execute(stages: Stage | dict[str, Stage], argv: list[str] | None = None) -> int:
