@@ -53,6 +53,21 @@ def test_run_py_files_only_hand_their_stage_to_the_runner():
         assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))], step
 
 
+def test_help_shows_plain_text_and_a_set_example_of_its_own_step(capsys):
+    """``--help`` of every step (and of pretraining): its docstring without reST markup, and a ``--set`` example
+    that is a key of that step's config (the shared example split.mode=time is step01's alone)."""
+    from shared.core.runner import execute
+
+    for step, stages in STAGES.items():
+        for stage in (stages.values() if isinstance(stages, dict) else [stages]):
+            load_config(stage.config, ROOT / step / stage.config_file, [stage.set_example])  # a valid key and value
+            with pytest.raises(SystemExit):
+                execute(stage, ["--config", str(ROOT / step / stage.config_file), "--help"])
+            out = capsys.readouterr().out
+            assert f"e.g. --set {stage.set_example}" in " ".join(out.split()), step
+            assert "``" not in out and ":mod:" not in out and ":func:" not in out, step
+
+
 def test_a_run_py_runs_its_own_checkouts_code(tiny_world, tmp_path):
     """A checkout copied with its .venv: the editable install still names the original's shared/, but the copy's
     run.py imports the copy's, so its relative paths resolve in the copy and nothing is written to the original."""

@@ -335,7 +335,7 @@ def test_all_nan_image(tiny_world, tmp_path, capsys):
 def test_unknown_config_key(tiny_world, tmp_path, capsys):
     out = tmp_path / "o"
     rc = run_step("step01_make_index", *step01_args(tiny_world, out, "--set", "split.mdoe=time"))
-    _assert_clean_failure(rc, capsys, out, "split.mdoe", "did you mean 'mode'")
+    _assert_clean_failure(rc, capsys, out, "split.mdoe", "did you mean 'split.mode'")
 
 
 @pytest.mark.parametrize("p", ["8", "0", "-3"])

@@ -653,7 +653,7 @@ def test_config_mistakes(tmp_path, patches, capsys, clay_ckpt):
     assert run_step(tmp_path, patches, f"model.clay_ckpt_path={clay_ckpt}", "train.cache_features=true") == 2
     assert "needs model.freeze_encoder: true" in _err(capsys)
     assert run_step(tmp_path, patches, "train.epoch=3") == 2
-    assert "did you mean 'epochs'" in _err(capsys)
+    assert "did you mean 'train.epochs'" in _err(capsys)
     assert run_step(tmp_path, patches, f"model.clay_ckpt_path={clay_ckpt}", "model.size=small") == 2
     assert "looks like size 'tiny'" in _err(capsys)
     assert run_step(tmp_path, patches, "model.members=0") == 2

@@ -10,6 +10,7 @@ import argparse
 import errno
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -19,11 +20,19 @@ from shared.core.errors import UserError
 from shared.core.records import final_name
 
 
-def step_parser(step_dir: str, description: str | None = None, config_name: str = "config.yaml") -> argparse.ArgumentParser:
-    """Parser with the options every step has: --config, --set, --force."""
+def plain_text(doc: str | None) -> str | None:
+    """A docstring as ``--help`` shows it: reST roles (``:mod:`x```) and literals (````x````) as their plain text."""
+    if not doc:
+        return doc
+    return re.sub(r"``([^`]+)``", r"\1", re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc))
+
+
+def step_parser(step_dir: str, description: str | None = None, config_name: str = "config.yaml",
+                set_example: str = "split.mode=time") -> argparse.ArgumentParser:
+    """Parser with the options every step has: --config, --set (``set_example``: a key of this step), --force."""
     p = argparse.ArgumentParser(
         prog=f"python {step_dir}/run.py",
-        description=description,
+        description=plain_text(description),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -37,7 +46,7 @@ def step_parser(step_dir: str, description: str | None = None, config_name: str 
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config key, e.g. --set split.mode=time (repeatable)",
+        help=f"override one config key, e.g. --set {set_example} (repeatable)",
     )
     p.add_argument("--force", action="store_true", help="rerun even if outputs are up to date")
     return p

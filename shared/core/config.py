@@ -104,8 +104,9 @@ def _closest(name: str, options) -> str:
 
 
 def _unknown_key_msg(key: str, options, where: str) -> str:
-    best = _closest(key.split(".")[-1], options)
-    hint = f"; did you mean '{best}'?" if best else ""
+    parent, _, name = key.rpartition(".")
+    best = _closest(name, options)
+    hint = f"; did you mean '{parent + '.' if parent else ''}{best}'?" if best else ""
     return f"{where}: unknown config key '{key}'{hint} (valid: {', '.join(sorted(options))})"
 
 
@@ -227,11 +228,16 @@ def _build(cls, data: dict, prefix: str, where: str, root: Path | None):
     if callable(check):
         try:
             check()
-        except UserError as e:
-            raise UserError(f"{where}: {e}") from None
-        except ValueError as e:
-            raise UserError(f"{where}: {e}") from None
+        except (UserError, ValueError) as e:
+            raise UserError(f"{_check_where(where, str(e), prefix)}: {e}") from None
     return obj
+
+
+def _check_where(where: str, msg: str, prefix: str) -> str:
+    """Where a failed check's value came from: the file, and the ``--set`` keys the message names (by their full
+    name or their name within the section checked), not every key set on the command line."""
+    named = [k for k in sorted(_SET_KEYS.get()) if k in msg or (k.startswith(prefix) and k[len(prefix):] in msg)]
+    return where + (f" with --set {', '.join(named)}" if named else "")
 
 
 def _apply_override(data: dict, path: list[str], value, cls, where: str) -> None:
@@ -279,11 +285,11 @@ def load_config(cls, path: str | Path, overrides: list[str] | None = None, root:
     for keys, value in parse_overrides(overrides):
         _apply_override(data, keys, value, cls, str(path))
         set_keys.append(".".join(keys))
-    # a value that does not convert names --set when it came from there; a failed check names both
-    where = f"{path}" + (f" with --set {', '.join(set_keys)}" if set_keys else "")
+    # a value that does not convert names --set when it came from there; a failed check names the file and the
+    # --set keys its message names (:func:`_check_where`)
     token = _SET_KEYS.set(frozenset(set_keys))
     try:
-        return _build(cls, data, "", where, root)
+        return _build(cls, data, "", str(path), root)
     finally:
         _SET_KEYS.reset(token)
 

@@ -82,6 +82,7 @@ class Stage:
     #: config keys (dotted) that do not change the outputs (progress bars, threads, batch sizes of inference):
     #: recorded, but a change alone does not make the step run again
     volatile: tuple[str, ...] = ()
+    set_example: str = "split.mode=time"  #: ``--help``'s example of ``--set``: a key of this stage's config
 
 
 def pick_stage(stages: Stage | dict[str, Stage], argv: list[str]) -> Stage:
@@ -111,7 +112,7 @@ def execute(stages: Stage | dict[str, Stage], argv: list[str] | None = None) -> 
     """Parse ``argv`` and run the stage; returns the exit code (errors raise UserError)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     stage = pick_stage(stages, argv)
-    parser = step_parser(stage.name, stage.doc or stage.title, stage.config_file)
+    parser = step_parser(stage.name, stage.doc or stage.title, stage.config_file, stage.set_example)
     if stage.add_args:
         stage.add_args(parser)
     args = parser.parse_args(argv)

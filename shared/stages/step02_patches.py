@@ -351,4 +351,4 @@ def run(cfg: Config, ctx: Context) -> Result:
 
 STAGE = Stage(name=STEP, title="cut 19 x P x P patches around the index rows, z-score them, write patch_pt chunks",
               config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
-              record_dir=lambda cfg: cfg.output_dir, doc=__doc__, version=str(CHUNK_LAYOUT))
+              record_dir=lambda cfg: cfg.output_dir, set_example="patch_chunk_rows=2048", doc=__doc__, version=str(CHUNK_LAYOUT))

@@ -162,4 +162,4 @@ def run(cfg: PretrainConfig, ctx: Context) -> Result:
 STAGE = Stage(name=STEP, title="self-supervised Clay-style pretraining (masked autoencoder) on GK-2A tiles",
               config=PretrainConfig, deps=deps, outs=outs, upstream=upstream, run=run, hashed=hashed,
               record_dir=lambda cfg: cfg.output.outputs_dir, add_args=add_args, rerun_when_resuming=True,
-              config_file="pretrain.yaml", doc=__doc__)
+              config_file="pretrain.yaml", set_example="train.steps=2000", doc=__doc__)

@@ -251,4 +251,4 @@ STAGE = Stage(name=STEP, title="train the TA model (Clay encoder + regression he
               config=Config, deps=deps, outs=outs, upstream=upstream, run=run, hashed=hashed,
               record_dir=lambda cfg: cfg.output.outputs_dir, mirror_dirs=lambda cfg: [cfg.output.weights_dir],
               distributed=True, backend=backend,
-              add_args=add_args, rerun_when_resuming=True, doc=__doc__)
+              add_args=add_args, rerun_when_resuming=True, set_example="train.epochs=60", doc=__doc__)

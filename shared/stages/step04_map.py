@@ -561,6 +561,6 @@ def upstream(cfg: Config) -> list:
 
 STAGE = Stage(name=STEP, title="one 2 m air temperature map (CF netCDF + PNG) per time from the trained model",
               config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
-              record_dir=lambda cfg: cfg.output_dir, distributed=True, doc=__doc__,
+              record_dir=lambda cfg: cfg.output_dir, distributed=True, set_example="times.select=all", doc=__doc__,
               version=f"{MAP_LAYOUT}.{FINGERPRINTS}",
               volatile=("progress", "num_threads", "batch_size", "block_rows"))  # as maps kept: not their key

@@ -556,5 +556,5 @@ def print_saved_table(cfg: Config) -> None:
 
 STAGE = Stage(name=STEP, title="score the model and the baselines on the test split; tables and plots",
               config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
-              record_dir=lambda cfg: cfg.output_dir, on_up_to_date=print_saved_table, doc=__doc__,
+              record_dir=lambda cfg: cfg.output_dir, on_up_to_date=print_saved_table, set_example="fusion.enabled=false", doc=__doc__,
               volatile=("num_threads", "batch_size"))
