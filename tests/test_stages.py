@@ -343,6 +343,10 @@ def test_stale_reasons_say_what_changed(tmp_path):
         'checkpoint: .../2026/ta2d/step03_train_clay/weights/best.pt" -> ...2026/ta2d/step03_train_clay/weights/refit.pt"']
     assert StepRun(out, changed, [dep]).stale_reasons() == ['config changed: split.mode: "station" -> "time", '
                                                              "x: removed, y: added"]
+    other = tmp_path / "other.csv"  # an input left out of the selection, or a new one: said so, not "changed"
+    other.write_text("c\n")
+    assert StepRun(out, cfg, [dep, other]).stale_reasons() == [f"new inputs: {other}"]
+    assert StepRun(out, cfg, []).stale_reasons() == [f"inputs no longer read: {dep}"]
     vol = StepRun(out, {**cfg, "x": 7}, [dep], "stepXX", volatile=("x",))  # a key that does not change the outputs
     assert vol.stale_reasons() == [] and StepRun(out, {**cfg, "x": 7}, [dep]).stale_reasons() == ["config changed: x: 2 -> 7"]
     os.utime(dep, ns=(dep.stat().st_atime_ns, dep.stat().st_mtime_ns + 10**9))

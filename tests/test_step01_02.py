@@ -332,6 +332,12 @@ def test_all_nan_image(tiny_world, tmp_path, capsys):
     assert not (out / "patch_pt" / "manifest.json").exists()
 
 
+def test_missing_station_table_names_its_key(tiny_world, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = run_step("step01_make_index", *step01_args(tiny_world, out, "--set", f"stations_csv={tmp_path / 'nope.csv'}"))
+    _assert_clean_failure(rc, capsys, out, "station table (stations_csv) not found", "nope.csv", "set stations_csv")
+
+
 def test_unknown_config_key(tiny_world, tmp_path, capsys):
     out = tmp_path / "o"
     rc = run_step("step01_make_index", *step01_args(tiny_world, out, "--set", "split.mdoe=time"))

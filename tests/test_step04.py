@@ -325,6 +325,7 @@ def test_times_list_missing_image_skip_or_fail(world, tmp_path, capsys):
     assert run_step(STEP, *args, "--set", "on_missing_image=fail") == 2
     err = capsys.readouterr().err
     assert "2023-07-02 06:00 UTC" in err and err.count("\n") == 1
+    assert "(images nearest it: 2023-07-01 18:00; 3 image times from 2023-07-01 00:00 to 2023-07-01 18:00)" in err
     assert run_step(STEP, *args) == 0
     cap = capsys.readouterr()
     assert "2023-07-02 06:00 UTC" in cap.out and "skipped" in cap.out

@@ -498,7 +498,12 @@ class StepRun:
         same = {} if reasons else {k: new_in[k] for k in differ if k in old_bytes and k in new_in
                                    and same_file(resolve_path(k), None, old_bytes[k])}
         if len(same) < len(differ):
-            reasons.append("inputs changed: " + _some([k for k in differ if k not in same], 3))
+            left = [k for k in differ if k not in same]
+            for what, keys in (("inputs changed: ", [k for k in left if k in old_in and k in new_in]),
+                               ("new inputs: ", [k for k in left if k not in old_in]),
+                               ("inputs no longer read: ", [k for k in left if k not in new_in])):
+                if keys:
+                    reasons.append(what + _some(keys, 3))
         self._same_bytes = {"inputs": same, "outputs": {}}
         outs = _keyed(prev.get("outputs"))
         if not outs:

@@ -17,6 +17,15 @@ def _indexed_raw_dir(index_dir: Path) -> Path | None:
     return resolve_path(raw) if isinstance(raw, str) else None
 
 
+def _nearest_images(have: pd.Index, t: pd.Timestamp) -> str:
+    """`` (images nearest it: ...; N times from A to B)`` for a time without an image."""
+    times = pd.DatetimeIndex(have.sort_values().unique())
+    i = times.searchsorted(t)
+    near = [f"{x:%Y-%m-%d %H:%M}" for x in times[max(0, i - 1):i + 1]]
+    return (f" (images nearest it: {', '.join(near)}; {len(times)} image times from {times[0]:%Y-%m-%d %H:%M} to "
+            f"{times[-1]:%Y-%m-%d %H:%M})") if len(times) else ""
+
+
 def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """Requested times -> (table ``time_utc, path_bt, path_rf, path_sza``, names of times without image).
 
@@ -73,6 +82,8 @@ def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFram
             have = pd.Index(sat["time_utc"])
             ok = want.isin(have)
             missing = [f"{t:%Y-%m-%d %H:%M} UTC (no gk2a_bt/rf/sza_{t:%Y%m%d%H%M}.nc under {raw_dir / 'sat'})" for t in want[~ok]]
+            if missing:  # where the images are: the nearest ones around the first time without one
+                missing[0] += _nearest_images(have, want[~ok][0])
             df = sat[sat["time_utc"].isin(want[ok])]  # (not .loc[want]: pandas 3.0 names the index after `want`)
     df = df.sort_values("time_utc").reset_index(drop=True)
     if cfg_times.limit and len(df) > cfg_times.limit:

@@ -43,7 +43,7 @@ import pandas as pd
 
 from shared.core.cli import print_report
 from shared.core.config import repo_relative
-from shared.core.errors import UserError, require_dir
+from shared.core.errors import UserError, require_dir, require_file
 from shared.core.records import Derived, Names
 from shared.core.runner import Context, Result, Stage
 from shared.fusion.qc import (
@@ -348,6 +348,8 @@ def run(cfg: Config, ctx: Context) -> Result:
     require_dir(cfg.raw_dir, "raw data folder",
                 "generate the demo world with `python -m shared.ingest.demo_world` or set raw_dir")
     require_dir(cfg.obs_dir, "observation folder", "set obs_dir to the folder of TA CSV files")
+    require_file(cfg.stations_csv, "station table (stations_csv)",
+                 "set stations_csv to the station CSV: stn_id,name,lat,lon,elev_m or KMA's station metadata export")
     static = read_static(cfg.raw_dir / "static.nc")
     stations = read_stations(cfg.stations_csv)
     sy, sx = static.grid.latlon_to_rowcol(stations["lat"].to_numpy(), stations["lon"].to_numpy())
