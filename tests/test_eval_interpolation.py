@@ -303,9 +303,12 @@ def test_nearest_source_is_the_closest_same_hour_fusion_station_with_an_observat
     np.testing.assert_allclose(tab["rmse_K_model"], [np.sqrt((4 + 9) / 2), 1.0])
     assert "coverage_90_model" not in tab
     # with the interval multipliers: the 90 % interval's coverage per band (k = 2 here: |error| <= 2 se)
-    tab = distance_table(df, {"model": "prediction_c"}, 1.0, {"50": 0.7, "90": 2.0, "95": 2.5})
+    k = {"50": 0.7, "90": 2.0, "95": 2.5}
+    tab = distance_table(df, {"model": "prediction_c"}, 1.0, k, min_rows=1)
     assert list(tab["coverage_90_model"]) == [0.5, 1.0]  # 0-25 km: errors 2 (in), 3 (out); 50-100 km: 1 (in)
     assert list(tab["coverage_90_analysis"]) == [0.5, 0.0]  # 0.5 <= 2 x 1.0 in, 0.5 > 2 x 0.2 out
+    tab = distance_table(df, {"model": "prediction_c"}, 1.0, k, min_rows=2)  # a share of one row is no coverage
+    assert list(tab["coverage_90_model"][:1]) == [0.5] and np.isnan(tab["coverage_90_model"][1])
 
 
 def test_station_analysis_leaves_a_gross_error_out_and_reports_it():

@@ -510,7 +510,8 @@ def run(cfg: Config, ctx: Context) -> Result:
         outputs += [p.with_suffix(".png") for p in present]
     if st_out is not None:
         st_csv = out / "map_at_stations.csv"
-        write_csv(st_csv, sample_maps_at_stations(present, st_out, grid_out, cfg.index_dir, offset), date_format="%Y-%m-%d %H:%M:%S")
+        write_csv(st_csv, sample_maps_at_stations(present, st_out, grid_out, cfg.index_dir, offset), date_format="%Y-%m-%d %H:%M:%S",
+                  float_format="%.4f")  # 0.1 mK: the float32 maps hold no more
         outputs.append(st_csv)
     write_json(out / "maps.json", {"times_utc": [f"{t:%Y-%m-%d %H:%M}" for t in times["time_utc"]],
                                    "files": [p.name for p in present], "times_without_image": missing,

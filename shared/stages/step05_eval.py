@@ -148,11 +148,12 @@ def unfused_warning(info: dict, split: str, fusion, mode: str | None) -> str | N
 
 
 def distance_table(df: pd.DataFrame, pred_cols: dict[str, str], ta_std: float,
-                   multipliers: dict | None = None) -> pd.DataFrame | None:
+                   multipliers: dict | None = None, min_rows: int = MIN_BAND_ROWS) -> pd.DataFrame | None:
     """Every method's RMSE by distance from the test station to the nearest fusion station observed at the same
     hour (bands of :data:`DISTANCE_BANDS_KM`, in order; ``n_stations`` beside ``n``) and, with the interval
     ``multipliers``, how often the model's and the analysis's 90 % intervals hold the observation there
-    (``coverage_90_model``, ``coverage_90_analysis``); None without the fusion."""
+    (``coverage_90_model``, ``coverage_90_analysis``; empty for a band of fewer than ``min_rows`` rows);
+    None without the fusion."""
     band = distance_bands(df["fusion_distance_km"].to_numpy())
     if not (band != "").any():
         return None
@@ -165,7 +166,8 @@ def distance_table(df: pd.DataFrame, pred_cols: dict[str, str], ta_std: float,
         for name, (pc, sc) in ((MODEL, ("prediction_c", "prediction_se_K")), (ANALYSIS, ("analysis_c", "analysis_se_K"))):
             if pc in d and sc in d:
                 cov = {b: interval_scores(g[pc].to_numpy(), g[sc].to_numpy(), g["obs_c"].to_numpy(), multipliers)
-                       .get("coverage_90") for b, g in d.groupby("fusion_distance_band")}
+                       .get("coverage_90") if len(g) >= min_rows else np.nan  # a share of a few rows: none
+                       for b, g in d.groupby("fusion_distance_band")}
                 t[f"coverage_90_{name}"] = t["fusion_distance_band"].map(cov)
     return t
 
