@@ -653,3 +653,21 @@ def test_step04_with_other_fusion_settings_fuses_the_stored_model_field_again(ev
     finally:  # the world is shared with other tests
         bt.write_bytes(original)
         os.utime(bt, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_station_labels_of_neighbouring_stations_do_not_cover_each_other():
+    """station_rmse_map.png labels each test station; stations a few km apart had their labels printed over each
+    other. A lone station keeps the spot right of its marker; each neighbour gets a spot whose label box
+    (about 10 x 6 points) overlaps no other label and no marker."""
+    from shared.evaluation.plots import _LABEL_SPOTS, _label_offsets
+
+    k = 2.0  # km per point
+    x = np.array([0.0, -8.0, 2.0, 300.0])  # three stations within 13 km, one far away
+    y = np.array([0.0, -4.0, -12.0, 300.0])
+    spots = _label_offsets(x, y, k)
+    assert spots[0] == _LABEL_SPOTS[0] and spots[3] == _LABEL_SPOTS[0] and len(set(spots[:3])) == 3
+    centres = [(xi + (dx + 5) * k, yi + (dy + 3) * k) for xi, yi, (dx, dy) in zip(x, y, spots)]
+    for i, (a, b) in enumerate(centres):
+        assert not ((abs(x - a) < 9 * k) & (abs(y - b) < 7 * k)).any()  # no marker under a label
+        for c, d in centres[i + 1:]:
+            assert abs(a - c) > 12 * k or abs(b - d) > 7 * k  # no two labels on each other

@@ -185,6 +185,27 @@ def rmse_by_distance_figure(tab: pd.DataFrame, names: list[str], truth_bands: di
     return fig
 
 
+#: where a station's label may go, in points from its marker: right, then left, above and below
+_LABEL_SPOTS = ((4, 2), (4, -9), (-16, 2), (-16, -9), (4, 10), (-16, 10), (4, -17), (-16, -17))
+
+
+def _label_offsets(x_km: np.ndarray, y_km: np.ndarray, k: float) -> list[tuple[int, int]]:
+    """A label spot (:data:`_LABEL_SPOTS`) for each station, in turn the first whose label does not cover another
+    station's marker or a label placed before (stations a few km apart: the labels were printed over each other).
+    ``k``: km per point on the panel."""
+    taken: list[tuple[float, float]] = []
+    out = []
+    for x, y in zip(x_km, y_km):
+        centres = [(x + (dx + 5) * k, y + (dy + 3) * k) for dx, dy in _LABEL_SPOTS]  # each label's centre
+        free = [i for i, (lx, ly) in enumerate(centres)
+                if not ((abs(x_km - lx) < 9 * k) & (abs(y_km - ly) < 7 * k)).any()  # a marker (radius ~4 pt)
+                and all(abs(lx - a) > 12 * k or abs(ly - b) > 7 * k for a, b in taken)]
+        i = free[0] if free else 0
+        taken.append(centres[i])
+        out.append(_LABEL_SPOTS[i])
+    return out
+
+
 def station_map_figure(st: pd.DataFrame, static, results: dict[str, dict] | None = None):
     """RMSE at each test station on the grid: the model, and the analysis beside it on the same colour scale."""
     plt = _plt()
@@ -203,10 +224,11 @@ def station_map_figure(st: pd.DataFrame, static, results: dict[str, dict] | None
         draw_outline(ax, g, static.lsmask, lat=static.lat, lon=static.lon)
         sc = ax.scatter(sx, sy, c=st[f"rmse_K_{name}"], s=44, cmap="magma_r", edgecolors="k", linewidths=0.5,
                         zorder=3, vmin=vmin, vmax=vmax)
-        if len(st) <= 40:
-            for x, y, sid in zip(sx, sy, st["stn_id"]):
-                ax.annotate(str(sid), (x, y), xytext=(4, 2), textcoords="offset points", fontsize=6, color="0.25")
         _zoom_on(ax, sx, sy)
+        if len(st) <= 40:  # km per point: the zoomed extent over the panel's ~3.4 inches
+            kpp = float(np.diff(ax.get_xlim())[0]) / (0.75 * 4.6 * 72)
+            for x, y, sid, off in zip(sx, sy, st["stn_id"], _label_offsets(sx, sy, kpp)):
+                ax.annotate(str(sid), (x, y), xytext=off, textcoords="offset points", fontsize=6, color="0.25")
         whole = f": {results[name]['rmse_K']:.2f} K over all rows" if results and name in results else ""
         ax.set_title(f"{method_label(name)}{whole}", fontsize=9)
     fig.colorbar(sc, ax=list(axes[0]), shrink=0.8, label="RMSE at the station (K)",
