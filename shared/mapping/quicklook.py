@@ -106,6 +106,7 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch, Rectangle
+    from matplotlib.transforms import ScaledTranslation
 
     t = pd.Timestamp(time_utc)
     tc = t2m_K.astype(np.float32) - KELVIN
@@ -190,7 +191,12 @@ def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask:
             if kind in ("map", "zoom"):
                 handles.append(Patch(facecolor="0.93", edgecolor="0.6", label="farther: extrapolation (paler)"))
         if handles and (kind == panels[-1] or kind == "map"):
-            ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
+            if kind == "map" and grid.nx > 2.5 * grid.ny:  # a wide strip of a region: its legend below it, in a row
+                below = ax.transAxes + ScaledTranslation(0, -34 / 72, fig.dpi_scale_trans)  # under the x label
+                ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below,
+                          ncol=min(2, len(handles)), fontsize=7, frameon=False)
+            else:
+                ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
         if zoomed:
             ax.set_xlim(box[0], box[1])
             ax.set_ylim(box[2], box[3])
