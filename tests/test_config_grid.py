@@ -52,6 +52,8 @@ def test_unknown_key_names_closest(tmp_path):
         load_config(Cfg, p)
     with pytest.raises(UserError, match=r"unknown config key 'inner.mdoe'; did you mean 'inner.mode'"):
         load_config(Cfg, _write(tmp_path, ""), ["inner.mdoe=a"])
+    with pytest.raises(UserError, match=r"unknown config key 'innr'; did you mean 'inner'"):  # a misspelt section
+        load_config(Cfg, _write(tmp_path, ""), ["innr.mode=a"])
     # nonsense is not "close" to any key: no suggestion, only the list of valid keys
     with pytest.raises(UserError, match=r"unknown config key 'zzzqqq' \(valid: ") as e:
         load_config(Cfg, _write(tmp_path, "zzzqqq: 1\n"))

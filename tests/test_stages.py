@@ -361,6 +361,28 @@ def test_stale_reasons_say_what_changed(tmp_path):
     assert StepRun(out, cfg, [dep]).stale_reasons() == [f"outputs changed or missing since its run: {out / 'o.txt'}"]
 
 
+def test_a_hashed_input_replaced_during_the_run_is_not_recorded_by_its_new_bytes(tmp_path):
+    """A hashed input's SHA-1 is read when the run finishes; a file replaced meanwhile would pair the fingerprint
+    taken at the start with the new bytes, and a later copy of the new file would pass as what the run read. Its
+    digest is recorded only while the file is still the one the run started with."""
+    import json
+
+    from shared.core.records import StepRun
+
+    ckpt, out = tmp_path / "clay.ckpt", tmp_path / "out"
+    ckpt.write_bytes(b"version 1")
+    for replaced in (False, True):
+        run = StepRun(out, {}, [ckpt], "stepXX", hashed=[ckpt])
+        run.input_fingerprints()  # as the up-to-date check does before the run
+        with run.running():
+            (out / "o.txt").write_text("o")
+            if replaced:
+                ckpt.write_bytes(b"version 22")
+            run.finish([out / "o.txt"])
+        kept = json.loads((out / "run.json").read_text())["input_contents"]
+        assert (str(ckpt) in kept) is not replaced
+
+
 def test_status_names_the_steps_that_would_run_and_those_after_them(tiny_world, tmp_path, capsys):
     """``python -m shared.tools.status``: step01 and step02 up to date after running; an input of step01 touched:
     step01 would run and says which file, step02 runs again after it; nothing is run or written."""

@@ -372,6 +372,8 @@ def test_configured_times_are_utc_and_other_zones_are_converted():
     t.check()
     assert t.list_utc == ["2023-07-01 06:00"] * 7
     assert (t.start, t.end) == ("2023-07-01 00:00", "2023-07-01 14:00")
+    with pytest.raises(ValueError, match="not on a whole minute"):
+        TimesConfig(select="list", list_utc=["2023-07-01 06:00:30"]).check()
     for bad in ("01/07/2023 06:00", "2023/07/01 6h", "2023-07-01 6", "tomorrow", 5, True):
         with pytest.raises(ValueError, match=r"times.list_utc\[0\]: cannot read .* as a time; use 'YYYY-MM-DD hh:mm'"):
             TimesConfig(select="list", list_utc=[bad]).check()

@@ -247,8 +247,8 @@ def _apply_override(data: dict, path: list[str], value, cls, where: str) -> None
         if not dataclasses.is_dataclass(tp):
             raise UserError(f"--set {'.'.join(path)}: '{'.'.join(path[:i])}' is not a section")
         names = {f.name for f in dataclasses.fields(tp)}
-        if part not in names:
-            raise UserError(_unknown_key_msg(".".join(path), names, "--set"))
+        if part not in names:  # the misspelt part, a section or a key, against the names at its own level
+            raise UserError(_unknown_key_msg(".".join(path[:i + 1]), names, "--set"))
         hint = typing.get_type_hints(tp)[part]
         if i == len(path) - 1:
             node[part] = value

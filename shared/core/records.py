@@ -209,8 +209,9 @@ def _input_contents(deps: list, fps: dict[str, str], hashed: Iterable = ()) -> d
                 if t[1].get(key):
                     out[key] = t[1][key]
                 break
-    for d in hashed:
-        if (key := record_key(d)) not in out and (digest := content_digest(d)) is not None:
+    for d in hashed:  # read now, at the run's end: recorded only when the file is the one the run started with
+        if (key := record_key(d)) not in out and fingerprint([d]).get(str(d)) == fps.get(str(d)) \
+                and (digest := content_digest(d)) is not None:
             out[key] = digest
     return out
 

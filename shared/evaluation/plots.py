@@ -225,8 +225,9 @@ def station_map_figure(st: pd.DataFrame, static, results: dict[str, dict] | None
         sc = ax.scatter(sx, sy, c=st[f"rmse_K_{name}"], s=44, cmap="magma_r", edgecolors="k", linewidths=0.5,
                         zorder=3, vmin=vmin, vmax=vmax)
         _zoom_on(ax, sx, sy)
-        if len(st) <= 40:  # km per point: the zoomed extent over the panel's ~3.4 inches
-            kpp = float(np.diff(ax.get_xlim())[0]) / (0.75 * 4.6 * 72)
+        if len(st) <= 40:  # km per point: the zoomed extent over the panel's width (its equal aspect applied)
+            ax.apply_aspect()
+            kpp = float(np.diff(ax.get_xlim())[0]) / (ax.get_window_extent().width * 72 / fig.dpi)
             for x, y, sid, off in zip(sx, sy, st["stn_id"], _label_offsets(sx, sy, kpp)):
                 ax.annotate(str(sid), (x, y), xytext=off, textcoords="offset points", fontsize=6, color="0.25")
         whole = f": {results[name]['rmse_K']:.2f} K over all rows" if results and name in results else ""

@@ -168,7 +168,15 @@ class Predictor:
 
     def predict(self, batch: dict) -> np.ndarray:
         """TA z-scores ``(B,)``."""
-        return self._run(batch, False).float().numpy()
+        return self._finite(self._run(batch, False).float().numpy())
+
+    def _finite(self, *arrays: np.ndarray):
+        """The model's outputs, refused when NaN or infinite: every window it is given has complete inputs, so only
+        a damaged or diverged model gives them."""
+        if not all(np.isfinite(a).all() for a in arrays):
+            raise UserError(f"{self.path or 'the model'}: gave NaN or infinite values for windows with complete "
+                            f"inputs; {HINT}")
+        return arrays[0] if len(arrays) == 1 else arrays
 
     def predict_dist(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
         """TA z-scores and their standard errors ``(B,)`` each (z-score units; ``* target_std`` = K).
@@ -177,10 +185,7 @@ class Predictor:
         head extrapolates far from what it learnt (over the open sea it reached 20-40 K on demo-world maps); an
         error larger than the spread of all temperatures says only "unknown", which this bound also says."""
         z, logvar = self._run(batch, True)
-        z, logvar = z.float().numpy(), logvar.float().numpy().astype(np.float64)
-        if not (np.isfinite(z).all() and np.isfinite(logvar).all()):  # every window here has complete inputs
-            raise UserError(f"{self.path or 'the model'}: gave NaN or infinite values for windows with complete "
-                            f"inputs; {HINT}")
+        z, logvar = self._finite(z.float().numpy(), logvar.float().numpy().astype(np.float64))
         sd = self.sigma_scale * np.exp(0.5 * logvar)
         if self.distance is not None or self.cold is not None:  # far from the stations, under cold tops: less sure
             d_km = t_K = None

@@ -106,6 +106,8 @@ def utc_text(v, key: str) -> str:
         t = pd.to_datetime(s, format="%Y%m%d%H%M") if isinstance(s, str) and s.isdigit() else pd.Timestamp(s)
     except (ValueError, TypeError):
         raise ValueError(bad) from None
+    if t.second or t.microsecond or t.nanosecond:  # images are named to the minute
+        raise ValueError(f"{key}: {v!r} is not on a whole minute; images are named to the minute (YYYY-MM-DD hh:mm)")
     if t.tzinfo is not None:
         t = t.tz_convert("UTC").tz_localize(None)
     return f"{t:%Y-%m-%d %H:%M}"
@@ -510,8 +512,9 @@ def run(cfg: Config, ctx: Context) -> Result:
         outputs += [p.with_suffix(".png") for p in present]
     if st_out is not None:
         st_csv = out / "map_at_stations.csv"
-        write_csv(st_csv, sample_maps_at_stations(present, st_out, grid_out, cfg.index_dir, offset), date_format="%Y-%m-%d %H:%M:%S",
-                  float_format="%.4f")  # 0.1 mK: the float32 maps hold no more
+        at_st = sample_maps_at_stations(present, st_out, grid_out, cfg.index_dir, offset)
+        kelvin = [c for c in ("t2m_K", "t2m_c", "t2m_se_K", "t2m_model_c", "obs_c", "error_K") if c in at_st]
+        write_csv(st_csv, at_st.round(dict.fromkeys(kelvin, 4)), date_format="%Y-%m-%d %H:%M:%S")  # 0.1 mK: float32
         outputs.append(st_csv)
     write_json(out / "maps.json", {"times_utc": [f"{t:%Y-%m-%d %H:%M}" for t in times["time_utc"]],
                                    "files": [p.name for p in present], "times_without_image": missing,
