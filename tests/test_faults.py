@@ -472,3 +472,20 @@ def test_an_error_starts_its_own_line_after_an_open_progress_bar(capsys):
     lines = err.split("\n")
     assert e.value.code == 2 and lines[-1] == "" and lines[-2] == "error: boom"
     assert "step02 images" in lines[-3] and "3/10" in lines[-3]
+
+
+def test_an_image_of_another_window_than_static_nc_is_refused(tmp_path):
+    """Images and static.nc of the same size on different windows of the KO grid (static.nc built with another
+    --window): only the sizes were compared, and every station and DEM pixel sat 8 km off its image, silently."""
+    from shared.core.errors import UserError
+    from shared.geo.grid import KO_GRID
+    from shared.io.raw import read_packed, write_stack
+
+    g, shifted = KO_GRID.window(450, 480, 24, 30), KO_GRID.window(454, 484, 24, 30)
+    bt = np.full((10, 24, 30), 280.0, np.float32)
+    write_stack(tmp_path / "a.nc", "bt", bt, shifted, pd.Timestamp("2023-07-01 06:00"))
+    write_stack(tmp_path / "b.nc", "bt", bt, g, pd.Timestamp("2023-07-01 06:00"))
+    assert read_packed(tmp_path / "b.nc", "bt", 10, g).raw.shape == (10, 24, 30)  # the same window: read
+    with pytest.raises(UserError, match=r"a.nc: image window starts at KO row/col 454,484 but static.nc's at "
+                                        r"450,480; build static.nc with the images' --window"):
+        read_packed(tmp_path / "a.nc", "bt", 10, g)

@@ -22,6 +22,8 @@ def test_kma_cp949_kst_to_utc(tmp_path):
         "159,부산,2023-01-01 05:00,-1.2,,",  # year boundary in UTC
         "159,부산,2022-03-01 08:00,3.0,,",  # month boundary in UTC
         "159,부산,2022-03-01 09,4.0,,",  # 'YYYY-MM-DD HH' spelling
+        "159,부산,2022-03-01T10:00+09:00,4.5,,",  # a time with its own offset: converted once, not twice
+        "159,부산,2022-03-01T02:00Z,5.0,,",
     ]
     f = _write(tmp_path / "asos.csv", KMA_OBS_HEADER + "\n".join(rows) + "\n", "cp949")
     df, rep = read_obs([f])
@@ -34,7 +36,8 @@ def test_kma_cp949_kst_to_utc(tmp_path):
     assert got[(159, pd.Timestamp("2022-12-31 20:00"))] == -1.2
     assert got[(159, pd.Timestamp("2022-02-28 23:00"))] == 3.0
     assert got[(159, pd.Timestamp("2022-03-01 00:00"))] == 4.0
-    assert len(df) == 5 and rep["totals"]["rows_kept"] == 5
+    assert got[(159, pd.Timestamp("2022-03-01 01:00"))] == 4.5 and got[(159, pd.Timestamp("2022-03-01 02:00"))] == 5.0
+    assert len(df) == 7 and rep["totals"]["rows_kept"] == 7
 
 
 def test_kma_utf8_bom_and_degree_sign_variant(tmp_path):

@@ -290,6 +290,33 @@ def test_missing_raw_folder(tmp_path, capsys):
     _assert_clean_failure(rc, capsys, out, "raw data folder not found", "nope")
 
 
+def test_observation_files_in_subfolders_or_named_csv_in_capitals_are_read(tiny_world, tiny_index, tmp_path, capsys):
+    """step01 listed obs_dir/*.csv only: files in subfolders (a year per folder) or named .CSV were skipped without
+    a word. It reads what read_obs finds under obs_dir: the same index as with every file at the top."""
+    raw = _copy_world(tiny_world, tmp_path)
+    files = sorted((raw / "ta_obs").glob("*.csv"))
+    assert len(files) >= 2
+    (raw / "ta_obs" / "2023").mkdir()
+    files[0].rename(raw / "ta_obs" / "2023" / files[0].name)
+    files[1].rename(files[1].with_suffix(".CSV"))
+    out = tmp_path / "o"
+    assert run_step("step01_make_index", *step01_args(raw, out)) == 0
+    assert f"from {len(files)} file(s)" in capsys.readouterr().out
+    cols = ["time_utc", "stn_id", "ta_c", "split"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "index.csv")[cols], pd.read_csv(tiny_index / "index.csv")[cols])
+
+
+def test_observations_of_stations_missing_from_the_table_are_named(tiny_world, tmp_path, capsys):
+    raw = _copy_world(tiny_world, tmp_path)
+    f = sorted((raw / "ta_obs").glob("*.csv"))[0]
+    extra = pd.read_csv(f).drop_duplicates("time_utc").head(7).assign(stn_id=999)  # hours of one station
+    pd.concat([pd.read_csv(f), extra]).to_csv(f, index=False)
+    assert run_step("step01_make_index", *step01_args(raw, tmp_path / "o")) == 0
+    err = capsys.readouterr().err
+    n = len(extra)
+    assert f"warning: {n} observation(s) of 1 station id(s) not in" in err and f"stations.csv are left out: 999 ({n})" in err
+
+
 def test_csv_missing_column(tiny_world, tmp_path, capsys):
     raw = _copy_world(tiny_world, tmp_path)
     f = sorted((raw / "ta_obs").glob("*.csv"))[0]

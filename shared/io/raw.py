@@ -155,6 +155,7 @@ def read_packed(path: str | Path, var: str, n_channels: int | None, grid: Grid |
             if var not in ds.variables:
                 raise UserError(f"{path}: no variable '{var}' (found {', '.join(ds.variables)}); {_FIX}")
             check_channel_order(ds, var, path)
+            placed = {k: int(ds.getncattr(k)) for k in ("grid_row0", "grid_col0") if k in ds.ncattrs()}
             v = ds.variables[var]
             v.set_auto_maskandscale(False)
             raw = np.asarray(v[...])
@@ -175,6 +176,11 @@ def read_packed(path: str | Path, var: str, n_channels: int | None, grid: Grid |
         raise UserError(f"{path}: variable '{var}' has shape {raw.shape}, expected {want}")
     if grid is not None and raw.shape[-2:] != grid.shape:
         raise UserError(f"{path}: image is {raw.shape[-2]}x{raw.shape[-1]} but static.nc grid is {grid.ny}x{grid.nx}; images and static.nc must be on the same grid")
+    if grid is not None and placed and (placed.get("grid_row0", grid.row0), placed.get("grid_col0", grid.col0)) != \
+            (grid.row0, grid.col0):  # the same size on another window: every pixel off by the shift, silently
+        raise UserError(f"{path}: image window starts at KO row/col {placed.get('grid_row0')},{placed.get('grid_col0')} "
+                        f"but static.nc's at {grid.row0},{grid.col0}; build static.nc with the images' --window "
+                        "(python -m shared.ingest.static_layers build --window ROW0,COL0,NY,NX)")
     p = Packed(raw=raw, scale=scale, offset=offset, fill=fill)
     if p.all_missing():
         raise UserError(f"{path}: '{var}' is entirely missing (all NaN/fill); remove the file or {_FIX}")

@@ -252,8 +252,9 @@ def _read_obs_file(path: Path) -> tuple[pd.DataFrame, dict]:
     stn = pd.to_numeric(raw[cols["stn_id"]], errors="coerce")
     tcol = cols["time_utc"] if fmt == "project" else cols["time_kst"]
     t = _parse_times(raw[tcol])
-    if fmt == "kma":
-        t = t - KST_OFFSET
+    if fmt == "kma":  # 일시 is KST; a time that carries its own offset (or Z) was converted to UTC already
+        zoned = raw[tcol].str.strip().str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True, na=False)
+        t = t.where(zoned, t - KST_OFFSET)
     ta = pd.to_numeric(raw[cols["ta_c"]], errors="coerce")
 
     bad_stn = stn.isna() | (stn % 1 != 0)
@@ -486,7 +487,8 @@ def _obs_files(paths) -> list[Path]:
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.suffix.lower() == ".csv" and q.is_file())
             if not found:
-                raise UserError(f"no *.csv observation files under {p}")
+                raise UserError(f"no *.csv observation files under {p}; put the station TA CSVs there "
+                                "(stn_id,time_utc,ta_c or the KMA ASOS/AWS export)")
             files += found
         elif p.is_file():
             files.append(p)

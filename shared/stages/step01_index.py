@@ -355,10 +355,13 @@ def run(cfg: Config, ctx: Context) -> Result:
     sy, sx = static.grid.latlon_to_rowcol(stations["lat"].to_numpy(), stations["lon"].to_numpy())
     on_grid = static.grid.inside(sy, sx)
     check_station_heights(stations[on_grid], static.dem[sy[on_grid], sx[on_grid]], cfg.stations_csv)
-    obs_files = sorted(cfg.obs_dir.glob("*.csv"))
-    if not obs_files:
-        raise UserError(f"no *.csv files in {cfg.obs_dir}; put station TA CSVs there (stn_id,time_utc,ta_c or KMA ASOS export)")
-    obs, obs_report = read_obs(obs_files)
+    obs, obs_report = read_obs([cfg.obs_dir])  # every *.csv under it, in subfolders too, any case of .csv
+    unknown = obs.loc[~obs["stn_id"].isin(stations["stn_id"]), "stn_id"].value_counts()
+    if len(unknown):  # left out by build_index; name them, a table and its observations may disagree on ids
+        print(f"warning: {int(unknown.sum()):,} observation(s) of {len(unknown)} station id(s) not in "
+              f"{cfg.stations_csv} are left out: " + ", ".join(f"{i} ({n:,})" for i, n in unknown.head(10).items())
+              + (" ..." if len(unknown) > 10 else "") + "; add them to the station table or check the ids",
+              file=sys.stderr)
     sat, incomplete = scan_sat_times(cfg.raw_dir)
     if incomplete:
         print(f"warning: {len(incomplete)} time(s) lack a bt/rf/sza file and are ignored, e.g. {incomplete[:3]}",
@@ -384,7 +387,8 @@ def run(cfg: Config, ctx: Context) -> Result:
 
     plot_split_map(df[["stn_id", "pixel_y", "pixel_x", "split"]], static, cfg.output_dir / SPLIT_PNG, cfg.split.mode)
     warn_qc(info.get("qc", {}), cfg.obs_dir, cfg.stations_csv)
-    print_report(f"step01: {len(df):,} rows kept from {len(obs_files)} file(s), {len(sat)} image time(s)", full_report)
+    print_report(f"step01: {len(df):,} rows kept from {len(obs_report['files'])} file(s), {len(sat)} image time(s)",
+                 full_report)
     print(f"wrote {cfg.output_dir}/index*.csv, splits.json, {SPLIT_PNG}")
     return Result(counts=dict(full_report))
 
