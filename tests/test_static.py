@@ -140,6 +140,7 @@ def test_errors(tmp_path):
     ("nodata", "values down to -9999 m"),
     ("all_nan", "every DEM value over the KO grid is missing"),
     ("lc_not_igbp", "land cover values 40 are not IGBP classes"),
+    ("lc_water_0", "of the land cover is 0 and none is 17"),
 ])
 def test_a_dem_or_land_cover_that_is_not_what_it_should_be_is_refused(tmp_path, case, words):
     """Heights in km or feet, an undeclared -9999 nodata, a DEM with no value, land cover that is not IGBP: one
@@ -158,6 +159,8 @@ def test_a_dem_or_land_cover_that_is_not_what_it_should_be_is_refused(tmp_path, 
         dem[:] = np.nan
     elif case == "lc_not_igbp":
         lc[::3, ::3] = 40
+    elif case == "lc_water_0":  # UMD classes (MCD12Q1 LC_Type2): water is 0, read before as "unclassified"
+        lc = np.where(lo > 3.4, 0, lc)  # east of 127.4 E: inside the test grid
     write_latlon_raster(tmp_path / "dem.nc", "z", lat, lon, dem)
     if case == "km_units":
         with netCDF4.Dataset(tmp_path / "dem.nc", "a") as ds:
@@ -165,7 +168,7 @@ def test_a_dem_or_land_cover_that_is_not_what_it_should_be_is_refused(tmp_path, 
     write_latlon_raster(tmp_path / "lc.nc", "lc", lat, lon, lc)
     with pytest.raises(UserError, match=words.replace("?", r"\?")) as e:
         build_static(tmp_path / "dem.nc", tmp_path / "lc.nc", dst=tmp_path / "static.nc", grid=GRID)
-    assert ("lc.nc" if case == "lc_not_igbp" else "dem.nc") in str(e.value)
+    assert ("lc.nc" if case.startswith("lc_") else "dem.nc") in str(e.value)
     assert not (tmp_path / "static.nc").exists()
 
 

@@ -269,6 +269,12 @@ def check_landcover_values(r: Raster, spec) -> None:
     if bad.size:
         raise UserError(f"{spec}: land cover values {', '.join(f'{x:g}' for x in bad[:5])} are not IGBP classes "
                         "(1-17, 0/255 unclassified); reclassify it to IGBP")
+    zero = float((v == 0).mean())
+    classified = ((v >= 1) & (v < WATER)).any()
+    if zero >= 0.01 and classified and not (v == WATER).any():  # 0 as "unclassified": sea and lakes lose class 17
+        raise UserError(f"{spec}: {100 * zero:.0f} % of the land cover is 0 and none is {WATER} (water): 0 looks like "
+                        f"water (MCD12Q1's LC_Type2 codes water 0; LC_Type1 is IGBP); use the IGBP layer or recode "
+                        f"water to {WATER}")
 
 
 def build_static(dem: str | Path, landcover: str | Path, landmask: str | Path | None = None,
