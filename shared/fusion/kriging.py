@@ -24,6 +24,7 @@ Distances are in km on the grid's projection (LCC on the KO grid).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -80,7 +81,7 @@ def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray]], model: str = "
     default half the largest pair distance); the model is fitted to the bin
     means by least squares weighted by the pairs per bin.
     """
-    from scipy.optimize import curve_fit
+    from scipy.optimize import OptimizeWarning, curve_fit
 
     if model not in VARIOGRAM_MODELS:
         raise ValueError(f"variogram model {model!r}: one of {', '.join(VARIOGRAM_MODELS)}")
@@ -119,8 +120,10 @@ def pooled_variogram(groups: list[tuple[np.ndarray, np.ndarray]], model: str = "
     lo, hi = np.array([0.0, 1e-3, 0.0]), np.array([10.0, 10 * top, 10.0])
     p0 = [max(float(gm[keep].max()) - float(gm[keep].min()), 0.1), top / 2, max(float(gm[keep][0]), 0.0)]
     p0 = np.clip(p0, lo, 0.999 * hi)  # one wild pair in a bin can put the first guess beyond the bounds
-    (ps, rg, ng), _ = curve_fit(f, dm[keep], gm[keep], p0=p0, sigma=1.0 / np.sqrt(cnt[keep]),
-                                bounds=(lo, hi), maxfev=20000)
+    with warnings.catch_warnings():  # "covariance could not be estimated": only the parameters are used
+        warnings.simplefilter("ignore", OptimizeWarning)
+        (ps, rg, ng), _ = curve_fit(f, dm[keep], gm[keep], p0=p0, sigma=1.0 / np.sqrt(cnt[keep]),
+                                    bounds=(lo, hi), maxfev=20000)
     tot = ps + ng
     if tot <= 0:
         return Variogram(model, 1.0, float(rg), 0.0, int(use.sum()), n_times, top)

@@ -240,7 +240,7 @@ def check_dem_values(r: Raster, spec) -> None:
     """One line naming the file when the DEM read over the grid is not heights in metres: units other than
     metres, no value at all, a nodata value the file does not declare (far below sea level), or heights
     above any on the grid (feet)."""
-    if r.units and r.units.lower() not in _DEM_UNITS:
+    if r.units and r.units.lower().split()[0].rstrip(".,") not in _DEM_UNITS:  # "m", "meters above sea level"
         raise UserError(f"{spec}: DEM units are {r.units!r}; the DEM must be in metres (convert it, or fix the units "
                         "attribute if the values are metres)")
     ok = np.isfinite(r.data)
@@ -252,7 +252,8 @@ def check_dem_values(r: Raster, spec) -> None:
     lo, hi = float(r.data[ok].min()), float(r.data[ok].max())
     if lo < DEM_RANGE_M[0]:
         raise UserError(f"{spec}: DEM values down to {lo:g} m: a nodata value the file does not declare; set its "
-                        "_FillValue (e.g. ncatted -a _FillValue,VAR,o,f,-9999) or mask it")
+                        f"_FillValue to it in the variable's own type (ncatted -a _FillValue,VAR,o,f,{lo:g}; s "
+                        "instead of f for a 16-bit integer DEM) or mask it")
     if hi > DEM_MAX_M:
         raise UserError(f"{spec}: DEM values up to {hi:g}, above any ground of the KO grid (2,744 m): in feet? The "
                         "DEM must be in metres")
