@@ -368,7 +368,8 @@ def test_an_edited_index_with_text_is_one_line(tiny_index, tmp_path, capsys, col
     assert not (tmp_path / "s02" / "patch_pt" / "manifest.json").exists()
 
 
-@pytest.mark.parametrize("case", ["kelvin", "fahrenheit_july", "fahrenheit_january", "tenths", "swapped_latlon"])
+@pytest.mark.parametrize("case", ["kelvin", "fahrenheit_july", "fahrenheit_january", "tenths", "tenths_january",
+                                  "swapped_latlon"])
 def test_observations_in_other_units_or_swapped_coordinates_say_so(tiny_world, tmp_path, capsys, case):
     """TA in kelvin or a summer or winter file in °F: one line naming the file and the conversion, not a silent drop
     counted in the report (then "nothing matched"); lat and lon swapped in the station table: one line saying
@@ -380,10 +381,11 @@ def test_observations_in_other_units_or_swapped_coordinates_say_so(tiny_world, t
         st[["lat", "lon"]] = st[["lon", "lat"]].to_numpy()
         st.to_csv(raw / "stations.csv", index=False)
     else:
-        for f in {"fahrenheit_january": files[:1], "fahrenheit_july": files[1:]}.get(case, files):
-            obs = pd.read_csv(f)
-            obs["ta_c"] = {"kelvin": obs["ta_c"] + 273.15, "tenths": (obs["ta_c"] * 10).round()}.get(
-                case, obs["ta_c"] * 1.8 + 32.0)
+        for f in {"fahrenheit_january": files[:1], "fahrenheit_july": files[1:],
+                  "tenths_january": files[:1]}.get(case, files):  # a January in tenths: a quarter of it outside
+            obs = pd.read_csv(f)  # -40..45 °C (dropped before, the rest kept at ten times their value)
+            obs["ta_c"] = {"kelvin": obs["ta_c"] + 273.15, "tenths": (obs["ta_c"] * 10).round(),
+                           "tenths_january": (obs["ta_c"] * 10).round()}.get(case, obs["ta_c"] * 1.8 + 32.0)
             obs.to_csv(f, index=False)
     assert run_step("step01_make_index", *step01_args(raw, tmp_path / "s01")) == 2
     err = _err(capsys)
@@ -392,8 +394,10 @@ def test_observations_in_other_units_or_swapped_coordinates_say_so(tiny_world, t
     elif case == "fahrenheit_january":  # within -40..45 °C: the month's median against Korea's January normals
         assert files[0].name in err and "January observations is" in err and "in °F? (F - 32) / 1.8 brings" in err
     else:  # the unit whose conversion brings the months' medians nearest Korea's normals is named
-        want = {"kelvin": "in kelvin? K - 273.15", "tenths": "in tenths of a °C? x / 10"}.get(case, "in °F? (F - 32)")
-        assert files[0 if case == "kelvin" else 1].name in err and "must be in °C" in err and want in err, err
+        want = {"kelvin": "in kelvin? K - 273.15"}.get(case, "in tenths of a °C? x / 10" if "tenths" in case
+                                                          else "in °F? (F - 32)")
+        assert files[1 if case == "fahrenheit_july" else 0].name in err and "must be in °C" in err
+        assert want in err, err
     assert not (tmp_path / "s01" / "index.csv").exists()
 
 

@@ -278,7 +278,7 @@ def _read_obs_file(path: Path) -> tuple[pd.DataFrame, dict]:
                     int(text_ta.sum()), i + 2, raw[cols["ta_c"]].iloc[i])
     rep["out_of_range"] = int(out_range.sum())
     has_ta = ~missing_ta & ~bad_stn & ~bad_time
-    if rep["out_of_range"] and rep["out_of_range"] > 0.5 * int(has_ta.sum()):
+    if rep["out_of_range"] >= OUT_OF_RANGE_MIN and rep["out_of_range"] > OUT_OF_RANGE_SHARE * int(has_ta.sum()):
         raise UserError(f"{path}: {rep['out_of_range']:,} of {int(has_ta.sum()):,} TA values lie outside "
                         f"{TA_RANGE_C[0]:g}..{TA_RANGE_C[1]:g} °C (median {float(ta[has_ta].median()):.1f}): ta_c "
                         f"must be in °C ({unit_guess(ta[has_ta].to_numpy(), t[has_ta].dt.month.to_numpy())})")
@@ -294,6 +294,12 @@ def _read_obs_file(path: Path) -> tuple[pd.DataFrame, dict]:
     check_diurnal_phase(df, path, fmt)
     return df.reset_index(drop=True), rep
 
+
+#: A file with more than this share of its TA values outside TA_RANGE_C (and at least OUT_OF_RANGE_MIN of them) is
+#: in another unit: a sensor glitch is a value or two, while tenths of a degree put a winter's colder half and °F a
+#: summer's warmer half outside (tenths of a January: about 30 %, the rest read as ten times its value).
+OUT_OF_RANGE_SHARE = 0.1
+OUT_OF_RANGE_MIN = 10
 
 #: a month's median observation may lie this far outside the range of the KMA normals of that month
 MONTH_MARGIN_K = 12.0
