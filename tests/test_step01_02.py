@@ -413,6 +413,20 @@ def test_gross_error_is_left_out_before_the_split(tiny_world, tiny_index, tmp_pa
     assert ((kept["stn_id"] == stn) & np.isclose(kept["ta_c"], ta - 25.0)).sum() == 1
 
 
+def test_a_suspect_station_far_off_its_neighbours_is_pointed_at_its_unit_and_times(capsys):
+    """6.5 K off at sea level: a height 1 km wrong, so the table entry is named; 31.5 K off (a short file in °F or
+    9 h off, too short for the file checks): no height or position explains it, so the values are named first."""
+    from shared.stages.step01_index import warn_qc
+
+    qc = {"suspect_stations": [{"stn_id": 1, "mean_error_K": 6.5, "times": 8},
+                               {"stn_id": 2, "mean_error_K": 31.5, "times": 8}]}
+    warn_qc(qc, "data/raw/ta_obs", "data/raw/stations.csv")
+    one, two = capsys.readouterr().err.splitlines()
+    assert one.endswith("check its elev_m, lat and lon in data/raw/stations.csv")
+    assert "station 2 reads 31.5 K warmer" in two and "check its values' unit (°F, tenths of a degree) and time " \
+        "zone in data/raw/ta_obs, then its entry in data/raw/stations.csv" in two
+
+
 def test_station_listed_at_the_wrong_height_is_named(tiny_world, tiny_index, tmp_path, capsys):
     """A station whose stations.csv height is 1,000 m too high reads ~6.5 K warm at sea level at every time:
     step01 keeps its rows but names it, with the file to check, and lists it in splits.json."""

@@ -318,6 +318,11 @@ def warn_list(items: list, what: str, line, most: int | None = 10) -> None:
         print(f"warning: ... and {len(items) - most} more {what}", file=sys.stderr)
 
 
+#: a station this far (K, on average) from its neighbours at sea level is not misplaced (that would be 1.5 km of
+#: height at 6.5 K/km) but in another unit or time zone: its warning says so
+UNIT_SUSPECT_K = 10.0
+
+
 def warn_qc(qc: dict, obs_dir, stations_csv) -> None:
     """step01's quality-control findings (``splits.json``'s ``qc``) as ``warning:`` lines: stuck sensors, stations
     left out whole (one line each, with the unit their values fit), the other gross errors, suspect stations."""
@@ -339,7 +344,10 @@ def warn_qc(qc: dict, obs_dir, stations_csv) -> None:
     warn_list(qc.get("suspect_stations", []), "suspect stations (splits.json: qc.suspect_stations)",
               lambda r: f"station {r['stn_id']} reads {abs(r['mean_error_K']):.1f} K "
                         f"{'warmer' if r['mean_error_K'] > 0 else 'colder'} than its neighbours on average "
-                        f"({r['times']} times, compared at sea level): check its elev_m, lat and lon in {stations_csv}",
+                        f"({r['times']} times, compared at sea level): "
+                        + (f"check its elev_m, lat and lon in {stations_csv}" if abs(r["mean_error_K"]) < UNIT_SUSPECT_K
+                           else f"no height or position error explains that much: check its values' unit (°F, "
+                                f"tenths of a degree) and time zone in {obs_dir}, then its entry in {stations_csv}"),
               most=None)
 
 
