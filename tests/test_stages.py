@@ -243,10 +243,27 @@ def test_adopt_records_files_made_elsewhere_after_checking_them(tmp_path, capsys
     # a file that is not what it claims is not adopted
     bad = tmp_path / "w" / "best.pt"
     bad.parent.mkdir()
-    bad.write_bytes(b"junk")
+    bad.write_bytes(b"\x00\x01junk")
     with pytest.raises(UserError, match="corrupted checkpoint"):
         adopt_main(["step03", str(bad)])
+    bad.write_text('{"not": "a checkpoint"}')  # a text file: named as such, not as a damaged checkpoint
+    with pytest.raises(UserError, match="best.pt: not a PyTorch file but a JSON or text file"):
+        adopt_main(["step03", str(bad)])
     assert not (bad.parent / "run.json").exists()
+    # adopting one more file beside a finished run's keeps the files that record lists, unchanged (adopting an
+    # ensemble member's train_only.pt dropped its best.pt, which step04 then refused)
+    weights = tmp_path / "run" / "weights"
+    shutil.copy(weights / "best.pt", weights / "train_only.pt")
+    assert adopt_main(["step03", str(weights / "train_only.pt")]) == 0
+    assert "the earlier record listed, unchanged: best.pt, current.pt" in capsys.readouterr().out
+    check_upstream(weights, [weights / "best.pt", weights / "train_only.pt"], "step03")
+    # a checkpoint of a run still training is not adopted: it is finished with --resume
+    (weights / ".staging").mkdir(exist_ok=True)
+    shutil.copy(weights / "best.pt", weights / ".staging" / "best.pt")
+    for p in (weights / ".staging" / "best.pt", weights / "current.pt"):
+        with pytest.raises(UserError, match="a checkpoint of a run that has not finished .* finish that run with --resume"):
+            adopt_main(["step03", str(p)])
+    assert not (weights / ".staging" / "run.json").exists()
     # every split's chunks are checked, not the train split's only: a truncated val chunk, then one whose bytes
     # changed (it loads) are refused
     for how in ("truncate", "flip"):

@@ -29,14 +29,33 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
+#: the first bytes of files a user may give where a .pt or .ckpt belongs
+_MAGIC = ((b"\x89HDF", "a netCDF-4 / HDF5 file (a map? static.nc?)"), (b"CDF", "a netCDF file"),
+          (b"\x89PNG", "a PNG image"), (b"{", "a JSON or text file"))
+
+
+def _other_format(path: Path) -> str | None:
+    """What a file that is not a torch zip archive is, by its first bytes (None: unknown, e.g. damaged)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return "a text file" if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head) else None
+
+
 def load_torch_file(path: str | Path, what: str, hint: str, mmap: bool = True):
     """``torch.load(path, weights_only=True)`` with one-line errors naming the file.
 
     ``what`` names the artifact ("patch chunk", "checkpoint"), ``hint`` what to do.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a {what} file; {hint}")
     if not path.is_file():
         raise UserError(f"{what} not found: {path}; {hint}")
+    if not zipfile.is_zipfile(path) and (kind := _other_format(path)):  # torch.save writes a zip archive
+        raise UserError(f"{path}: not a PyTorch file but {kind}; {hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:

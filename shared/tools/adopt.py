@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 
 from shared.core.cli import run_main
+from shared.core.config import resolve_path
 from shared.core.errors import UserError
-from shared.core.records import adopt, check_upstream, file_sha1
+from shared.core.records import adopt, check_upstream, file_sha1, finished_record, read_record, unchanged_outputs
 from shared.io.index import index_files, read_index
 from shared.io.patches import (
     PATCH_SUBDIR,
@@ -31,18 +32,26 @@ from shared.io.patches import (
     recorded_sha1,
 )
 from shared.models.checkpoint import load_ta_checkpoint
+from shared.training.loop import STAGING
 
 
 def _record(run_dir: Path, files: list[Path], step: str, how: str) -> str:
-    """Adopt ``files`` unless a finished run of ``step`` already recorded them as they are; what was done."""
+    """Adopt ``files`` unless a finished run of ``step`` already recorded them as they are; what was done. The
+    other files a finished record in ``run_dir`` lists, unchanged, stay recorded (adopting a member's
+    train_only.pt dropped its best.pt from the record, and step04 then refused to map it)."""
     with contextlib.suppress(UserError):
         done = check_upstream(run_dir, files, step.split("_")[0])
         if done.get("step") == step:
             when = done.get("finished_utc", "?")
             return (f"already recorded by the {'adoption' if 'adopted' in done else 'run'} of {when} "
                     f"({run_dir / 'run.json'}), unchanged since; kept that record")
-    adopt(run_dir, files, step, how)
-    return f"recorded as a finished {step.split('_')[0]} set"
+    prev = finished_record(read_record(run_dir))
+    listed = [resolve_path(k) for k in (prev or {}).get("outputs", {})]
+    kept = [f for f in unchanged_outputs(prev, listed) if f.resolve() not in {Path(x).resolve() for x in files}]
+    adopt(run_dir, list(files) + kept, step, how)
+    return f"recorded as a finished {step.split('_')[0]} set" + (
+        f" (with {len(kept)} file(s) the earlier record listed, unchanged: {', '.join(f.name for f in kept[:4])})"
+        if kept else "")
 
 
 def main(argv=None) -> int:
@@ -54,6 +63,10 @@ def main(argv=None) -> int:
     p = a.path.resolve()
     how = f"adopted with python -m shared.tools.adopt {a.step} {p}"
     if a.step == "step03":
+        if p.parent.name == STAGING or p.name in ("current.pt", "pretrain_current.pt"):
+            raise UserError(f"{p}: a checkpoint of a run that has not finished (weights/{STAGING}, current.pt); "
+                            "finish that run with --resume (the same command and --set options) and use its "
+                            "weights/best.pt")
         load_ta_checkpoint(p)  # refuses anything that is not a loadable TA checkpoint
         done = _record(p.parent, [p], "step03_train_clay", how)
     elif a.step == "step02":
