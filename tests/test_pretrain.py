@@ -188,3 +188,22 @@ def test_step03_run_py_dispatches_pretrain_mode(tmp_path, capsys):
     assert rc == 2 and "mask_ratio" in err
     rc = run_step("step03_train_clay", "--set", "data.tile_px=32")  # a pretrain-only key is unknown in train mode
     assert rc == 2 and "unknown config key 'data.tile_px'" in capsys.readouterr().err
+
+
+def test_an_interrupted_pretraining_can_be_extended_with_allow_config_change(tiny_index, tiny_patches, tmp_path,
+                                                                            capsys):
+    """--resume with more train.steps: refused naming the change, or continued with --allow-config-change (the flag
+    was listed by --help but refused as an unknown argument); a changed model key cannot be resumed."""
+    import pandas as pd
+
+    out = tmp_path / "ext"
+    assert _run(_argv(tiny_index, tiny_patches, out, 10, "--stop-after", "5")) == 0
+    capsys.readouterr()
+    assert _run(_argv(tiny_index, tiny_patches, out, 12, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "was written with another config (train.steps: 10 -> 12)" in err and "--allow-config-change" in err
+    assert _run(_argv(tiny_index, tiny_patches, out, 12, "--resume", "--set", "model.decoder_depth=2",
+                      "--allow-config-change")) == 2
+    assert "model and data keys cannot change on --resume" in capsys.readouterr().err
+    assert _run(_argv(tiny_index, tiny_patches, out, 12, "--resume", "--allow-config-change")) == 0
+    assert len(pd.read_csv(out / "outputs" / "pretrain_log.csv")) == 12

@@ -397,6 +397,17 @@ def test_refit_continues_the_runs_best_model(tmp_path, patches, capsys):
     assert np.mean((y - z) ** 2) < np.mean((y - z0) ** 2)
 
 
+def test_starting_over_an_interrupted_run_says_so(tmp_path, patches, capsys):
+    """The same command without --resume after a stopped run starts over: it says what it discards (and that
+    stopping at once keeps it), instead of a silent restart from epoch 1."""
+    assert run_step(tmp_path, patches, "train.epochs=2", extra=["--stop-after", "1"]) == 0
+    capsys.readouterr()
+    assert run_step(tmp_path, patches, "train.epochs=2") == 0
+    out = capsys.readouterr()
+    assert "warning: an interrupted run is staged in" in out.out + out.err and "(after epoch 1)" in out.out + out.err
+    assert log_of(tmp_path)["epoch"].tolist() == [1, 2]
+
+
 def test_resume_counts_a_train_key_added_since_with_its_default(tmp_path, patches):
     """A checkpoint written before a train key existed (here train.loc_jitter_km) resumes when the key has its
     default, the value that run trained with; another value is a config change and is refused."""

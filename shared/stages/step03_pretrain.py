@@ -142,6 +142,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help=f"continue from weights/{CURRENT_NAME}")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="stop after N steps in this invocation (continue later with --resume)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue although train.* keys changed (e.g. more train.steps)")
 
 
 def run(cfg: PretrainConfig, ctx: Context) -> Result:
@@ -149,7 +151,8 @@ def run(cfg: PretrainConfig, ctx: Context) -> Result:
     from shared.training.pretrain import pretrain  # torch: imported only after the up-to-date check
 
     w = cfg.output.weights_dir
-    res = pretrain(cfg, w / CURRENT_NAME, w / CKPT_NAME, resume=ctx.args.resume, stop_after=ctx.args.stop_after)
+    res = pretrain(cfg, w / CURRENT_NAME, w / CKPT_NAME, resume=ctx.args.resume, stop_after=ctx.args.stop_after,
+                   allow_config_change=ctx.args.allow_config_change)
     if not res["done"]:
         print(f"stopped after step {res['steps']} of {cfg.train.steps}; rerun with --resume to continue")
         return Result(done=False)

@@ -657,6 +657,11 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0, "log": []}
     source = current if current.is_file() else weights_dir / "current.pt"
     cfg_dict = portable(config_to_dict(cfg))  # as the checkpoint keeps it: the same in a moved checkout
+    if not resume and current.is_file():  # the same command without --resume: say what is lost, while it is not
+        with contextlib.suppress(UserError):
+            ep = read_ta_checkpoint(current).get("epoch")
+            say(f"warning: an interrupted run is staged in {staging} (after epoch {ep}); this run starts over and "
+                "replaces it at the end of its first epoch: stop now and add --resume to continue it instead")
     if resume and source.is_file():
         ck = read_ta_checkpoint(source)
         # keys added since that checkpoint was written count with the value that rebuilds it

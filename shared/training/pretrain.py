@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from shared.core.config import config_to_dict, portable, resolve_path
 from shared.core.errors import UserError
-from shared.core.records import atomic_path, write_csv
+from shared.core.records import atomic_path, config_changes, write_csv
 from shared.features.patch import full_stack
 from shared.io.channels import AUX_CHANNELS, BT_CHANNELS, BT_WAVES_UM, PATCH_CHANNELS, RF_CHANNELS, RF_WAVES_UM
 from shared.io.index import read_split_csv, read_splits
@@ -224,12 +224,13 @@ def save_recon_png(path: Path, model: ClayMAE, tiles: dict, n: int, channels: li
 
 
 def pretrain(cfg, current: Path, final: Path, resume: bool = False, stop_after: int | None = None,
-             log=print) -> dict:
+             log=print, allow_config_change: bool = False) -> dict:
     """Train the MAE per ``cfg`` (the pretraining config); write ``final`` (Lightning layout). Returns a summary.
 
     ``current`` is the resume checkpoint; ``stop_after``: leave after this many
     steps in this call (resume checkpoint written, no final checkpoint);
-    continue with ``resume=True``.
+    continue with ``resume=True`` (with ``allow_config_change``, under changed ``train.*`` values, e.g. more
+    ``train.steps``; the model and data keys cannot change).
     """
     tc = cfg.train
     threads = torch.get_num_threads()
@@ -261,9 +262,18 @@ def pretrain(cfg, current: Path, final: Path, resume: bool = False, stop_after: 
         gen = torch.Generator().manual_seed(tc.seed)
         if resume and current.is_file():
             ck = load_torch_file(current, "pretraining checkpoint", "delete it and rerun without --resume", mmap=False)
-            if not isinstance(ck, dict) or portable(ck.get("config")) != cfg_dict:
-                raise UserError(f"{current} was written with another config; rerun without --resume "
-                                "(or restore the config it was started with)")
+            if not isinstance(ck, dict):
+                raise UserError(f"{current}: not a pretraining checkpoint; delete it and rerun without --resume")
+            changes = config_changes(portable(ck.get("config")), cfg_dict)
+            fixed = [c for c in changes if not c.startswith("train.")]
+            if fixed or (changes and not allow_config_change):
+                raise UserError(f"{current} was written with another config ({', '.join(changes[:4])}"
+                                f"{', ...' if len(changes) > 4 else ''}); " + (
+                                    "model and data keys cannot change on --resume: restore them, or rerun without "
+                                    "--resume to start over" if fixed else "restore it, add --allow-config-change to "
+                                    "continue with the new train values, or rerun without --resume to start over"))
+            if changes:
+                log(f"--allow-config-change: continuing with {', '.join(changes)}")
             load_weights(model, ck["model"], current)
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
