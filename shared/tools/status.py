@@ -45,10 +45,13 @@ def status_lines(steps=tuple(STEPS), configs: dict[int, Path] | None = None) -> 
             cfg = load_config(stage.config, path or REPO_ROOT / name / stage.config_file, [])
             record = stage_record(stage, cfg)
             reasons = record.stale_reasons()
-            outs = [Path(stage.record_dir(cfg)).resolve()] + [Path(d).resolve() for d in stage.mirror_dirs(cfg)]
+            outs = [Path(stage.record_dir(cfg)).resolve()] + [Path(d).resolve() for d in stage.mirror_dirs(cfg)] \
+                + [Path(o).resolve() for o in stage.outs(cfg)]
             reads = [Path(getattr(d, "path", d)).resolve() for d in stage.deps(cfg)]
-            before = sorted({step for _, _, step in stage.upstream(cfg)} & set(will_run)
-                            | {s for s, dirs in will_run.items() if any(r.is_relative_to(d) for r in reads for d in dirs)})
+            # a step runs again after one whose outputs it reads (a file in a folder it reads, or in one it wrote):
+            # not after any run of the step before (a pretraining, or a training into other folders, is not read)
+            before = sorted(s for s, made in will_run.items()
+                            if any(r.is_relative_to(m) or m.is_relative_to(r) for r in reads for m in made))
         except UserError as e:
             lines.append(f"{name:<{width}}  cannot tell: {e}")  # its outputs' fate unknown: not counted below
             continue
