@@ -665,6 +665,8 @@ def test_config_mistakes(tmp_path, patches, capsys, clay_ckpt):
     assert "needs model.freeze_encoder: true" in _err(capsys)
     assert run_step(tmp_path, patches, "train.epoch=3") == 2
     assert "did you mean 'train.epochs'" in _err(capsys)
+    assert run_step(tmp_path, patches, extra=["--stop-after", "0"]) == 2  # it ran nothing and said to --resume
+    assert "--stop-after: must be 1 or more, got 0" in _err(capsys)
     assert run_step(tmp_path, patches, f"model.clay_ckpt_path={clay_ckpt}", "model.size=small") == 2
     assert "looks like size 'tiny'" in _err(capsys)
     assert run_step(tmp_path, patches, "model.members=0") == 2

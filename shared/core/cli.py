@@ -20,6 +20,17 @@ from shared.core.errors import UserError
 from shared.core.records import final_name
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number of 1 or more (``--stop-after 0`` ran nothing, or one step, silently)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
+    return n
+
+
 def plain_text(doc: str | None) -> str | None:
     """A docstring as ``--help`` shows it: reST roles (``:mod:`x```) and literals (````x````) as their plain text."""
     if not doc:

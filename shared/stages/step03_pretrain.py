@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from shared.core.cli import count
 from shared.core.config import resolve_path
 from shared.core.errors import UserError
 from shared.core.runner import Context, Result, Stage
@@ -140,7 +141,7 @@ def upstream(cfg: PretrainConfig) -> list:
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help=f"continue from weights/{CURRENT_NAME}")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+    parser.add_argument("--stop-after", type=count, default=None, metavar="N",
                         help="stop after N steps in this invocation (continue later with --resume)")
     parser.add_argument("--allow-config-change", action="store_true",
                         help="with --resume: continue although train.* keys changed (e.g. more train.steps)")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from shared.core.cli import count
 from shared.core.device import check_device_name
 from shared.core.runner import Context, Result, Stage
 from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR
@@ -219,7 +220,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run (weights/.staging/current.pt)")
     parser.add_argument("--allow-config-change", action="store_true",
                         help="with --resume: continue although the training config changed (new values apply)")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+    parser.add_argument("--stop-after", type=count, default=None, metavar="N",
                         help="stop after N epochs in this invocation (continue later with --resume)")
 
 
