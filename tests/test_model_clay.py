@@ -165,9 +165,12 @@ def test_not_a_clay_file(tmp_path):
     torch.save({"state_dict": {"model.backbone.w": torch.zeros(2)}}, tmp_path / "other.ckpt")
     with pytest.raises(UserError, match="no Clay encoder tensors"):
         load_clay_state(tmp_path / "other.ckpt", "tiny")
-    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    (tmp_path / "junk.ckpt").write_bytes(b"\x00\x01not a checkpoint")
     with pytest.raises(UserError, match="corrupted Clay checkpoint"):
         load_clay_state(tmp_path / "junk.ckpt", "tiny")
+    (tmp_path / "text.ckpt").write_bytes(b"not a checkpoint")  # text: named as such
+    with pytest.raises(UserError, match="text.ckpt: not a PyTorch file but a text file"):
+        load_clay_state(tmp_path / "text.ckpt", "tiny")
 
 
 def test_kernel_cache_reused_and_invalidated():
