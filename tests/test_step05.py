@@ -76,9 +76,22 @@ def evaluated(tiny_world, tiny_index, tiny_patches, tmp_path_factory):
     args = ["--set", f"checkpoint={ckpt}", "--set", f"patch_dir={tiny_patches}", "--set", f"index_dir={tiny_index}",
             "--set", f"map_dir={maps}", "--set", f"output_dir={out}", "--set", "num_threads=1",
             "--set", "baselines.hgb_max_iter=60"]
-    assert run_step(STEP, *args) == 0
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert run_step(STEP, *args) == 0
     return {"root": root, "ckpt": ckpt, "maps": maps, "out": out, "args": args, "norm": norm, "raw": tiny_world,
-            "patches": tiny_patches, "index": tiny_index}
+            "patches": tiny_patches, "index": tiny_index, "stdout": printed.getvalue()}
+
+
+def test_a_region_map_is_scored_as_a_region(evaluated):
+    """The map is of a region: its scores against the true field say so (they said "over the whole grid"), and a
+    distance band the region does not reach is left out of the printed lines (it printed "t2m nan K")."""
+    lines = [ln for ln in evaluated["stdout"].splitlines() if "maps vs true field" in ln or "from a fusion station:" in ln]
+    assert lines and "over the mapped regions" in lines[0] and "whole grid" not in lines[0]
+    assert not any("nan K" in ln for ln in lines)
 
 
 def test_metrics_json_preds_and_baselines_on_the_same_rows(evaluated):

@@ -525,9 +525,12 @@ def run(cfg: Config, ctx: Context) -> Result:
         d = metrics["demo_world"]
         near = (f", {d['maps_vs_truth_mean_rmse_K_near_stations']:.3f} K within {cfg.coverage_km:g} km of a station"
                 if "maps_vs_truth_mean_rmse_K_near_stations" in d else "")
-        print(f"maps vs true field ({len(truth)} map(s)): mean RMSE {d['maps_vs_truth_mean_rmse_K']:.3f} K over the whole grid{near}; "
+        where = "the mapped regions" if any(m.get("region") for m in truth) else "the whole grid"
+        print(f"maps vs true field ({len(truth)} map(s)): mean RMSE {d['maps_vs_truth_mean_rmse_K']:.3f} K over {where}{near}; "
               f"the model field alone {d['maps_vs_truth_mean_rmse_K_model_field']:.3f} K")
         for name, v in (d.get("maps_vs_truth_by_distance_band") or {}).items():
+            if not np.isfinite(v.get("all", np.nan)):  # a region map may hold no pixel of a band
+                continue
             cov = (f"; 90 % interval covers land {100 * v['coverage_90_land']:.1f} %, sea {100 * v['coverage_90_sea']:.1f} %"
                    if "coverage_90_land" in v else "")
             print(f"  {band_label(name):<14} from a fusion station: t2m {v['all']:.3f} K (land {v['land']:.3f}, sea {v['sea']:.3f}); "
