@@ -574,3 +574,30 @@ def test_quicklook_draws_the_analysis_increment_on_a_symmetric_scale(tmp_path, m
     for f in figs:
         close(f)
 
+
+
+def test_status_marks_step04_only_after_a_step03_run_it_reads(world, tmp_path):
+    """``status`` with a pretraining config for step03 (which writes weights/pretrain_clay.ckpt, not best.pt): an
+    up-to-date step04 is not "runs again after step03" (it was, for any run of step03's folder)."""
+    import yaml
+
+    from shared.tools.status import status_lines
+
+    out = tmp_path / "m"
+    args = args_for(world, out, "--set", "region=[5, 6, 4, 4]", "--set", "quicklook=false")
+    assert run_step(STEP, *args) == 0
+    c4 = {}
+    for item in args[1::2]:  # the --set pairs as a YAML config
+        key, value = item.split("=", 1)
+        node = c4
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    (tmp_path / "c4.yaml").write_text(yaml.safe_dump(c4))
+    pre = yaml.safe_load((ROOT / "step03_train_clay" / "pretrain.yaml").read_text())
+    pre["output"] = {"weights_dir": str(tmp_path / "pw"), "outputs_dir": str(tmp_path / "po")}
+    (tmp_path / "c3.yaml").write_text(yaml.safe_dump(pre))
+    three, four = status_lines((3, 4), {3: tmp_path / "c3.yaml", 4: tmp_path / "c4.yaml"})
+    assert "would run: no run recorded" in three
+    assert four.split()[1:4] == ["up", "to", "date"] and "after step03" not in four
