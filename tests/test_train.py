@@ -207,6 +207,17 @@ def test_learning_curve_draws_the_log(tmp_path, patches):
     plt.close(fig)
 
 
+def test_resuming_a_finished_run_for_more_epochs_says_so(tmp_path, patches, capsys):
+    """--resume of a finished run with more train.epochs continues without --allow-config-change (the one key
+    allowed to change): it says what happens, since the learning-rate schedule follows the new length."""
+    assert run_step(tmp_path, patches, "train.epochs=2") == 0
+    capsys.readouterr()
+    assert run_step(tmp_path, patches, "train.epochs=3", extra=["--resume"]) == 0
+    out = capsys.readouterr()
+    assert "--resume: train.epochs 2 -> 3: training continues to epoch 3" in out.out + out.err
+    assert log_of(tmp_path)["epoch"].tolist() == [1, 2, 3]
+
+
 def test_resume_gives_the_same_weights(tmp_path, patches):
     sets = ["train.epochs=2", "data.num_workers=0"]
     assert run_step(tmp_path, patches, *sets, out="full") == 0

@@ -678,6 +678,10 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
                    + changed_keys(old["data"], cfg_dict["data"], "data.")
                    if not c.startswith(("train.epochs:", "train.num_threads:", "data.num_workers:",
                                         "train.refit_"))]
+        old_epochs = old["train"].get("epochs")
+        if old_epochs != tcfg.epochs:  # allowed without --allow-config-change: said, with what it does
+            say(f"--resume: train.epochs {old_epochs} -> {tcfg.epochs}: training continues to epoch {tcfg.epochs}; the "
+                "learning-rate schedule follows the new length from here (it may rise again after a finished decay)")
         if changed and not allow_config_change:
             raise UserError(f"--resume: the training config changed since {source} was written ({'; '.join(changed)}); "
                             "restore it, add --allow-config-change to continue with the new values, or run without "
