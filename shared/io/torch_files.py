@@ -34,14 +34,19 @@ _MAGIC = ((b"\x89HDF", "a netCDF-4 / HDF5 file (a map? static.nc?)"), (b"CDF", "
           (b"\x89PNG", "a PNG image"), (b"{", "a JSON or text file"))
 
 
-def _other_format(path: Path) -> str | None:
-    """What a file that is not a torch zip archive is, by its first bytes (None: unknown, e.g. damaged)."""
+def _refuse_other_format(path: Path, hint: str) -> None:
+    """After torch.load failed: a file that is not a torch zip archive but, by its first bytes, a file of another
+    kind (a map, JSON, text, an image) is named as such, not as a damaged checkpoint with torch's own advice.
+    Unknown bytes (a damaged file, a crafted pickle) are left to the caller's message."""
+    if zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        return
     with open(path, "rb") as fh:
         head = fh.read(8)
-    for magic, kind in _MAGIC:
-        if head.startswith(magic):
-            return kind
-    return "a text file" if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head) else None
+    kind = next((k for magic, k in _MAGIC if head.startswith(magic)), None)
+    if kind is None and head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        kind = "a text file"
+    if kind:
+        raise UserError(f"{path}: not a PyTorch file but {kind}; {hint}")
 
 
 def load_torch_file(path: str | Path, what: str, hint: str, mmap: bool = True):
@@ -54,17 +59,17 @@ def load_torch_file(path: str | Path, what: str, hint: str, mmap: bool = True):
         raise UserError(f"{path} is a folder, not a {what} file; {hint}")
     if not path.is_file():
         raise UserError(f"{what} not found: {path}; {hint}")
-    if not zipfile.is_zipfile(path) and (kind := _other_format(path)):  # torch.save writes a zip archive
-        raise UserError(f"{path}: not a PyTorch file but {kind}; {hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        _refuse_other_format(path, hint)
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise UserError(f"{path}: refused to load: the {what} holds Python objects other than tensors and plain "
                             f"values ({first_line(e, 120)}); a file of this project never does, so it may be "
                             f"crafted: {hint}") from None
         raise UserError(f"{path}: corrupted {what} ({first_line(e)}); {hint}") from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, AttributeError, TypeError) as e:
+        _refuse_other_format(path, hint)
         raise UserError(f"{path}: corrupted {what} ({type(e).__name__}: {first_line(e)}); {hint}") from None
 
 

@@ -168,15 +168,16 @@ class Predictor:
 
     def predict(self, batch: dict) -> np.ndarray:
         """TA z-scores ``(B,)``."""
-        return self._finite(self._run(batch, False).float().numpy())
+        z = self._run(batch, False).float().numpy()
+        self._check_finite(z)
+        return z
 
-    def _finite(self, *arrays: np.ndarray):
-        """The model's outputs, refused when NaN or infinite: every window it is given has complete inputs, so only
-        a damaged or diverged model gives them."""
-        if not all(np.isfinite(a).all() for a in arrays):
+    def _check_finite(self, *outputs: np.ndarray) -> None:
+        """Refuse NaN or infinite model outputs: every window it is given has complete inputs, so only a damaged or
+        diverged model gives them."""
+        if not all(np.isfinite(a).all() for a in outputs):
             raise UserError(f"{self.path or 'the model'}: gave NaN or infinite values for windows with complete "
                             f"inputs; {HINT}")
-        return arrays[0] if len(arrays) == 1 else arrays
 
     def predict_dist(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:
         """TA z-scores and their standard errors ``(B,)`` each (z-score units; ``* target_std`` = K).
@@ -185,7 +186,8 @@ class Predictor:
         head extrapolates far from what it learnt (over the open sea it reached 20-40 K on demo-world maps); an
         error larger than the spread of all temperatures says only "unknown", which this bound also says."""
         z, logvar = self._run(batch, True)
-        z, logvar = self._finite(z.float().numpy(), logvar.float().numpy().astype(np.float64))
+        z, logvar = z.float().numpy(), logvar.float().numpy().astype(np.float64)
+        self._check_finite(z, logvar)
         sd = self.sigma_scale * np.exp(0.5 * logvar)
         if self.distance is not None or self.cold is not None:  # far from the stations, under cold tops: less sure
             d_km = t_K = None

@@ -259,7 +259,7 @@ class TAModel(nn.Module):
         (``resize_to`` = the Clay patch size, the default), the encoder channels' selection, the bilinear resize
         and the patch convolution are one linear map of the window, applied as one matrix product
         (:meth:`folded_patch_kernel`): the same tokens to float rounding, ~1.3 times the windows per second on a
-        CPU (``benchmarks/predict_speed.py``). Training and its validation (autograd or ``no_grad``) take the
+        CPU (``benchmarks/bench_step04.py --embedding folded conv``). Training and its validation (autograd or ``no_grad``) take the
         resize and the convolution as written."""
         x = batch["x"]
         r = self.cfg["resize_to"]
