@@ -186,6 +186,33 @@ def test_times_in_the_wrong_time_zone_are_refused(tmp_path):
     read_obs([write(flat.assign(time_utc=flat["time_utc"] + pd.Timedelta(hours=9)), "flat.csv")])
 
 
+def test_short_files_in_the_wrong_time_zone_are_warned_about(tmp_path, caplog):
+    """A file of three days of one station (72 values, under the 100 a refusal needs): in KMA format with its
+    일시 already in UTC it is read with a warning naming the file and its time zone; the same days in KST, a day
+    of 20 values and a file without a cycle read without one."""
+    import logging
+
+    ok = _cycle(days=3, stations=(108,))
+
+    def kma(df, name):
+        lines = [f"{r.stn_id},X,{r.time_utc:%Y-%m-%d %H:%M},{r.ta_c:.1f},," for r in df.itertuples()]
+        return _write(tmp_path / name, KMA_OBS_HEADER + "\n".join(lines) + "\n", "cp949")
+
+    with caplog.at_level(logging.WARNING):
+        df, _ = read_obs([kma(ok, "kma_utc.csv")])
+    assert len(df) == 72
+    msg = [r.getMessage() for r in caplog.records if "warmest time" in r.getMessage()]
+    assert len(msg) == 1 and "kma_utc.csv: its warmest time of day is at 21.5 UTC" in msg[0], msg
+    assert "its 일시 looks like UTC already" in msg[0] and "72 values are too few to be sure" in msg[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        read_obs([kma(ok.assign(time_utc=ok["time_utc"] + pd.Timedelta(hours=9)), "kma_kst.csv")])
+        read_obs([kma(ok.head(20).assign(time_utc=ok["time_utc"].head(20)), "kma_20.csv")])
+        flat = ok.assign(ta_c=15.0 + 0.2 * np.random.default_rng(0).normal(size=len(ok)))
+        read_obs([kma(flat, "kma_flat.csv")])
+    assert not [r for r in caplog.records if "warmest time" in r.getMessage()]
+
+
 def test_station_heights_not_in_metres_are_refused():
     """elev_m against the DEM height of each station's pixel: stations stand a little below their pixel's mean
     height (median ratio ~0.75); the same table in feet (x 3.28) or km (/ 1000) is refused with the unit named;

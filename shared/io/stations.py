@@ -356,13 +356,15 @@ DIURNAL_PEAK_UTC = (2.0, 12.0)
 #: ... judged only with this many values, at least a tenth of them in each quarter of the day (UTC), and a mean
 #: cycle of at least this amplitude (K)
 DIURNAL_MIN_VALUES, DIURNAL_MIN_AMPLITUDE_K = 100, 1.0
+#: a shorter file (one to four days) is judged from this many values, with a cycle of this amplitude (K) or more,
+#: and only warned about: a few days' weather can move the warmest hour
+DIURNAL_WARN_MIN_VALUES, DIURNAL_WARN_MIN_AMPLITUDE_K = 24, 1.5
 
 
-def _cycle_fits(df: pd.DataFrame, key: np.ndarray) -> pd.DataFrame:
+def _cycle_fits(df: pd.DataFrame, key: np.ndarray, min_values: int = DIURNAL_MIN_VALUES) -> pd.DataFrame:
     """The first harmonic of the mean diurnal cycle of ``df``'s observations in each group of ``key`` (each
     station's mean taken off; the weather of other days averages out over the hours): ``peak_utc`` (hour),
-    ``amplitude_K`` and ``values``, indexed by the group, for the groups of :data:`DIURNAL_MIN_VALUES` values or
-    more with a tenth of them in each quarter of the day (UTC): the phase of a cycle seen only at night is not
+    ``amplitude_K`` and ``values``, indexed by the group, for the groups of ``min_values`` values or more with a tenth of them in each quarter of the day (UTC): the phase of a cycle seen only at night is not
     the day's. Least squares of the anomalies on cos and sin of the hour angle, by the normal equations."""
     cols = ["peak_utc", "amplitude_K", "values"]
     if df.empty:
@@ -375,7 +377,7 @@ def _cycle_fits(df: pd.DataFrame, key: np.ndarray) -> pd.DataFrame:
     quarter = (hour // 6).astype(int)
     g = pd.DataFrame({"key": np.asarray(key), "cc": c * c, "ss": s_ * s_, "cs": c * s_, "ac": a * c, "as": a * s_,
                       "n": 1.0, **{f"q{k}": (quarter == k).astype(float) for k in range(4)}}).groupby("key").sum()
-    g = g[(g["n"] >= DIURNAL_MIN_VALUES) & (g[[f"q{k}" for k in range(4)]].min(axis=1) >= 0.1 * g["n"])]
+    g = g[(g["n"] >= min_values) & (g[[f"q{k}" for k in range(4)]].min(axis=1) >= 0.1 * g["n"])]
     det = g["cc"] * g["ss"] - g["cs"] ** 2
     b = (g["ac"] * g["ss"] - g["as"] * g["cs"]) / det
     e = (g["as"] * g["cc"] - g["ac"] * g["cs"]) / det
@@ -383,10 +385,10 @@ def _cycle_fits(df: pd.DataFrame, key: np.ndarray) -> pd.DataFrame:
                          "values": g["n"].astype(int)}, columns=cols)
 
 
-def diurnal_phase(df: pd.DataFrame) -> tuple[float, float, int] | None:
+def diurnal_phase(df: pd.DataFrame, min_values: int = DIURNAL_MIN_VALUES) -> tuple[float, float, int] | None:
     """``(peak hour UTC, amplitude K, values)`` of the first harmonic of the mean diurnal cycle of all of ``df``'s
     observations (:func:`_cycle_fits` of one group), or None when they are too few or miss part of the day."""
-    fit = _cycle_fits(df, np.zeros(len(df)))
+    fit = _cycle_fits(df, np.zeros(len(df)), min_values)
     if fit.empty:
         return None
     r = fit.iloc[0]
@@ -425,13 +427,17 @@ def check_diurnal_phase(df: pd.DataFrame, path, fmt: str = "project") -> None:
     """One line naming the file when its times are in the wrong time zone: the mean diurnal cycle's warmest
     phase (:func:`diurnal_phase`) outside :data:`DIURNAL_PEAK_UTC` (afternoon in Korea, about 06-08 UTC).
     The ranges, clouds and months all pass with times 9 h off, but every observation would then be matched to
-    the image of another time of day."""
-    ph = diurnal_phase(df)
-    if ph is None:
-        return
-    peak, amp, n = ph
+    the image of another time of day. A file of one to four days (:data:`DIURNAL_WARN_MIN_VALUES` values or more,
+    fewer than :data:`DIURNAL_MIN_VALUES`) gets the same words as a warning."""
     lo, hi = DIURNAL_PEAK_UTC
-    if amp < DIURNAL_MIN_AMPLITUDE_K or lo <= peak <= hi:
+    ph = diurnal_phase(df)
+    short = ph is None
+    if short:
+        ph = diurnal_phase(df, DIURNAL_WARN_MIN_VALUES)
+        if ph is None:
+            return
+    peak, amp, n = ph
+    if amp < (DIURNAL_WARN_MIN_AMPLITUDE_K if short else DIURNAL_MIN_AMPLITUDE_K) or lo <= peak <= hi:
         return
     kst = (peak + 9.0) % 24.0
     late = hi < peak <= 20.0  # times ahead of UTC (KST written as UTC) rather than behind
@@ -441,9 +447,12 @@ def check_diurnal_phase(df: pd.DataFrame, path, fmt: str = "project") -> None:
            ("kma", False): "its 일시 looks like UTC already; a KMA export's 일시 is KST and is converted: write a "
                            "file of UTC times as stn_id,time_utc,ta_c",
            ("kma", True): "its 일시 looks 9 h ahead of KST: check the export's time zone"}[(fmt, late)]
-    raise UserError(f"{path}: its warmest time of day is at {peak:04.1f} UTC ({kst:04.1f} KST; mean cycle "
-                    f"{2 * amp:.1f} K peak to peak over {n:,} values), not in the afternoon (about 06-08 UTC, 15-17 "
-                    f"KST): {fix}")
+    msg = (f"{path}: its warmest time of day is at {peak:04.1f} UTC ({kst:04.1f} KST; mean cycle {2 * amp:.1f} K "
+           f"peak to peak over {n:,} values), not in the afternoon (about 06-08 UTC, 15-17 KST): {fix}")
+    if not short:
+        raise UserError(msg)
+    log.warning("%s (%d values are too few to be sure: a few days' weather can move the warmest hour; files of "
+                "%d values or more are refused)", msg, n, DIURNAL_MIN_VALUES)
 
 
 #: stations whose pixel's DEM height is at least this (m) compare their elev_m with it ...
