@@ -261,8 +261,12 @@ def test_adopt_records_files_made_elsewhere_after_checking_them(tmp_path, capsys
     (weights / ".staging").mkdir(exist_ok=True)
     shutil.copy(weights / "best.pt", weights / ".staging" / "best.pt")
     for p in (weights / ".staging" / "best.pt", weights / "current.pt"):
-        with pytest.raises(UserError, match="a checkpoint of a run that has not finished .* finish that run with --resume"):
+        with pytest.raises(UserError, match="a checkpoint of a training run that has not finished .* finish that run "
+                                            "with --resume"):
             adopt_main(["step03", str(p)])
+        # nor read by a later step, which says how to finish it (it said "rerun step03", and suggested adopting)
+        with pytest.raises(UserError, match="has not finished .*--resume \\(the same command and --set options\\)"):
+            check_upstream(p.parent, [p], "step03")
     assert not (weights / ".staging" / "run.json").exists()
     # every split's chunks are checked, not the train split's only: a truncated val chunk, then one whose bytes
     # changed (it loads) are refused

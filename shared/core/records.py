@@ -379,6 +379,22 @@ def finished_record(rec: dict | None) -> dict | None:
     return prev if isinstance(prev, dict) and prev.get("status") == "ok" else None
 
 
+#: step03's folder of checkpoints of a training run that has not finished (weights/.staging/); ``current.pt`` and
+#: ``pretrain_current.pt`` are the state a --resume continues from
+STAGING = ".staging"
+UNFINISHED_NAMES = ("current.pt", "pretrain_current.pt")
+
+
+def check_finished_checkpoint(path: str | Path) -> None:
+    """Refuse, with the way to finish it, a checkpoint of a training run that has not finished: it is neither
+    read by step04 nor adopted (the run that writes it may still replace it, and it is not its best epoch)."""
+    p = Path(path)
+    if p.parent.name == STAGING or p.name in UNFINISHED_NAMES:
+        raise UserError(f"{p}: a checkpoint of a training run that has not finished (weights/{STAGING}/, "
+                        "current.pt); finish that run with --resume (the same command and --set options) and use "
+                        "its weights/best.pt")
+
+
 def adopt_command(step: str, run_dir: str | Path, files: list) -> str:
     """The command that records files made elsewhere as a finished set of ``step`` (:mod:`shared.tools.adopt`):
     step03 takes the checkpoint file, step01 and step02 their folder."""
@@ -396,6 +412,7 @@ def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) 
     run_dir = Path(run_dir)
     files = list(files)
     for f in files:
+        check_finished_checkpoint(f)
         if not Path(f).exists():
             raise UserError(f"{f} not found; {rerun(step)} or set its path in the config")
     rec = read_record(run_dir)

@@ -21,7 +21,15 @@ from pathlib import Path
 from shared.core.cli import run_main
 from shared.core.config import resolve_path
 from shared.core.errors import UserError
-from shared.core.records import adopt, check_upstream, file_sha1, finished_record, read_record, unchanged_outputs
+from shared.core.records import (
+    adopt,
+    check_finished_checkpoint,
+    check_upstream,
+    file_sha1,
+    finished_record,
+    read_record,
+    unchanged_outputs,
+)
 from shared.io.index import index_files, read_index
 from shared.io.patches import (
     PATCH_SUBDIR,
@@ -32,7 +40,6 @@ from shared.io.patches import (
     recorded_sha1,
 )
 from shared.models.checkpoint import load_ta_checkpoint
-from shared.training.loop import STAGING
 
 
 def _record(run_dir: Path, files: list[Path], step: str, how: str) -> str:
@@ -63,10 +70,7 @@ def main(argv=None) -> int:
     p = a.path.resolve()
     how = f"adopted with python -m shared.tools.adopt {a.step} {p}"
     if a.step == "step03":
-        if p.parent.name == STAGING or p.name in ("current.pt", "pretrain_current.pt"):
-            raise UserError(f"{p}: a checkpoint of a run that has not finished (weights/{STAGING}, current.pt); "
-                            "finish that run with --resume (the same command and --set options) and use its "
-                            "weights/best.pt")
+        check_finished_checkpoint(p)
         load_ta_checkpoint(p)  # refuses anything that is not a loadable TA checkpoint
         done = _record(p.parent, [p], "step03_train_clay", how)
     elif a.step == "step02":

@@ -33,7 +33,7 @@ from shared.core.config import config_to_dict, portable
 from shared.core.device import pick_device, use_cuda
 from shared.core.distributed import Dist
 from shared.core.errors import STEP_DIRS, UserError
-from shared.core.records import StepRun, atomic_path, write_csv
+from shared.core.records import STAGING, StepRun, atomic_path, write_csv
 from shared.io.channels import BT_WAVES_UM, IR105_CH, RF_WAVES_UM
 from shared.io.index import RESIDUAL_SPLITS
 from shared.io.patches import SplitFiles, batch_view, load_chunk, read_manifest, read_stats
@@ -51,7 +51,6 @@ from shared.models.se_growth import COLD_REF_K, NearestSite, cold_term, distance
 from shared.models.ta import TAModelConfig, build_model, gaussian_nll
 from shared.training.batches import ChunkBatches, TensorBatches, check_split, make_loader
 
-STAGING = ".staging"  # weights/.staging/: checkpoints of a run that has not finished yet
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "rmse_norm", "rmse_K", "lr", "seconds", "data_wait_s"]
 
 
