@@ -205,6 +205,16 @@ def test_learning_curve_draws_the_log(tmp_path, patches):
     assert "validation stations, member 1" in labels and "best: epoch 3, 1.100 K" in labels
     assert "refit, training + validation rows" in labels
     plt.close(fig)
+    # an ensemble's refits: one dotted line per member, in its colour
+    fig = learning_curve_figure(two, 10.0, pd.concat([refit.assign(member=0), refit.assign(member=1)]))
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    assert lines["refit, training + validation rows, member 1"].get_color() == lines[
+        "validation stations, member 1"].get_color() != lines["validation stations, member 0"].get_color()
+    plt.close(fig)
+    # a short run shows its first epochs (the limit skipped the first three whatever the length)
+    fig = learning_curve_figure(log.head(3), 10.0)
+    assert fig.axes[0].get_ylim()[1] >= 3.0
+    plt.close(fig)
 
 
 def test_resuming_a_finished_run_for_more_epochs_says_so(tmp_path, patches, capsys):
@@ -279,6 +289,11 @@ def test_ensemble_averages_members_and_adds_their_spread(tmp_path, patches):
     w = tmp_path / "run" / "weights"
     assert not (w / "best.pt").exists()  # member 0 stopped after 1 epoch: no ensemble yet
     assert not (w / "members" / "m0" / "run.json").exists()  # nor a finished member
+    # --stop-after counts this invocation's epochs over the members: member 0's last epoch and one of member 1's
+    assert run_step(tmp_path, patches, "train.epochs=2", "model.members=2", extra=["--resume", "--stop-after", "2"]) == 0
+    assert (w / "members" / "m0" / "run.json").exists() and not (w / "members" / "m1" / "run.json").exists()
+    m1_log = pd.read_csv(tmp_path / "run" / "outputs" / "members" / "m1" / "train_log.csv")
+    assert not (w / "best.pt").exists() and m1_log["epoch"].tolist() == [1]
     assert run_step(tmp_path, patches, "train.epochs=2", "model.members=2", extra=["--resume"]) == 0
     ens = load_predictor(w / "best.pt")
     m0, m1 = (load_predictor(w / "members" / f"m{k}" / "best.pt") for k in (0, 1))
@@ -480,6 +495,12 @@ def test_ensemble_refit_is_calibrated_as_the_train_only_ensemble(tmp_path, patch
     ens, m0, m1 = (load_predictor(p) for p in (w / "best.pt", w / "members" / "m0" / "best.pt",
                                                 w / "members" / "m1" / "best.pt"))
     assert "refit" in torch.load(w / "members" / "m0" / "best.pt", weights_only=True)
+    # each member's record lists its train-only model and refit log (adopting one dropped from it was needed)
+    from shared.core.records import check_upstream
+
+    for k in (0, 1):
+        mw, mo = w / "members" / f"m{k}", tmp_path / "run" / "outputs" / "members" / f"m{k}"
+        check_upstream(mw, [mw / "best.pt", mw / "train_only.pt", mo / "refit_log.csv"], "step03")
     np.testing.assert_allclose(ens.predict_dist(b)[0], (m0.predict_dist(b)[0] + m1.predict_dist(b)[0]) / 2, atol=1e-5)
 
 

@@ -334,7 +334,8 @@ def learning_curve_figure(log: pd.DataFrame, target_std: float, refit: pd.DataFr
     """step03's ``train_log.csv``: RMSE (K) by epoch on the training rows (the mean over each epoch's batches,
     dashed) and at the validation stations (solid), one colour per ensemble member (column ``member``), each
     run's best validation epoch marked (the checkpoint it keeps); the learning rate on the right axis;
-    ``refit``: the refit's training RMSE (``refit_log.csv``)."""
+    ``refit``: the refit's training RMSE (``refit_log.csv``; an ensemble's with a ``member`` column, in each
+    member's colour)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.6, 4.2))
     groups = list(log.groupby("member")) if "member" in log else [(None, log)]
@@ -350,10 +351,16 @@ def learning_curve_figure(log: pd.DataFrame, target_std: float, refit: pd.DataFr
                 label=f"best: epoch {int(b['epoch'])}, {b['rmse_K']:.3f} K")
         shown += [tr, g["rmse_K"].to_numpy(np.float64)]
     if refit is not None and len(refit):
-        rk = np.sqrt(refit["train_loss"].to_numpy(np.float64)) * target_std
-        ax.plot(refit["epoch"], rk, ":", color="k", lw=1.4, label="refit, training + validation rows")
-        shown.append(rk)
-    late = np.concatenate([v[min(3, len(v) - 1):] for v in shown])  # the first epochs' errors would squash the rest
+        members = dict(list(groups)) if "member" in refit else {}
+        for k, g in (refit.groupby("member") if "member" in refit else [(None, refit)]):
+            g = g.sort_values("epoch")
+            rk = np.sqrt(g["train_loss"].to_numpy(np.float64)) * target_std
+            c = f"C{list(members).index(k)}" if k in members else "k"
+            ax.plot(g["epoch"], rk, ":", color=c, lw=1.4,
+                    label="refit, training + validation rows" + ("" if k is None else f", member {int(k)}"))
+            shown.append(rk)
+    # in a long run the first epochs' errors would squash the rest; a short one shows them all
+    late = np.concatenate([v[3:] if len(v) >= 10 else v for v in shown])
     ax.set_ylim(0, 1.1 * np.nanmax(late))
     ax.set_xlabel("epoch")
     ax.set_ylabel("RMSE (K)")

@@ -170,12 +170,18 @@ def write_learning_curve(cfg: Config) -> Path:
 
     from shared.evaluation.plots import plot_learning_curve
     from shared.io.patches import read_stats
+    from shared.training.loop import member_config
 
     out = cfg.output.outputs_dir
     path = out / CURVE_PNG
-    refit = refit_log(cfg)
+    if cfg.model.members > 1:  # each member's refit log, in its own folder
+        logs = [(k, member_config(cfg, k).output.outputs_dir / REFIT_LOG) for k in range(cfg.model.members)]
+    else:
+        logs = [(None, refit_log(cfg))]
+    logs = [pd.read_csv(f).assign(**({} if k is None else {"member": k})) for k, f in logs
+            if cfg.train.refit_with_val and f is not None and f.is_file()]
     plot_learning_curve(pd.read_csv(out / "train_log.csv"), float(read_stats(cfg.data.patch_dir)["target_std"]), path,
-                        pd.read_csv(refit) if refit is not None and refit.is_file() else None)
+                        pd.concat(logs, ignore_index=True) if logs else None)
     return path
 
 

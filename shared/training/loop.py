@@ -33,7 +33,7 @@ from shared.core.config import config_to_dict, portable
 from shared.core.device import pick_device, use_cuda
 from shared.core.distributed import Dist
 from shared.core.errors import STEP_DIRS, UserError
-from shared.core.records import STAGING, StepRun, atomic_path, write_csv
+from shared.core.records import STAGING, StepRun, atomic_path, read_record, write_csv
 from shared.io.channels import BT_WAVES_UM, IR105_CH, RF_WAVES_UM
 from shared.io.index import RESIDUAL_SPLITS
 from shared.io.patches import SplitFiles, batch_view, load_chunk, read_manifest, read_stats
@@ -499,6 +499,12 @@ def member_record(mcfg, k: int, k_all: int) -> StepRun:
                    STEP_DIRS["step03"], mirrors=[mcfg.output.weights_dir])
 
 
+def _finished_member(mcfg) -> bool:
+    """Whether member ``mcfg``'s last run finished (its record ok, nothing staged): --resume keeps it as it is."""
+    rec = read_record(mcfg.output.outputs_dir)
+    return bool(rec) and rec.get("status") == "ok" and not (Path(mcfg.output.weights_dir) / STAGING).exists()
+
+
 def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change, say) -> dict:
     """``model.members`` runs of :func:`_train` one after the other (seeds ``seed``, ``seed + 1``, ...; each promotes
     its own ``weights/members/mK/best.pt``), then the ensemble of their best models: calibrated on the validation
@@ -509,12 +515,15 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
     weights_dir, out_dir = Path(cfg.output.weights_dir), Path(cfg.output.outputs_dir)
     outputs = [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"]
     mcfgs = [member_config(cfg, k) for k in range(k_all)]
-    runs = []
+    runs, left = [], stop_after  # --stop-after counts the epochs of this invocation over all members
     for k, mcfg in enumerate(mcfgs):
+        if left is not None and left <= 0 and not (resume and _finished_member(mcfg)):
+            return {**runs[-1], "done": False, "outputs": outputs, "seconds": round(time.time() - t_start, 2)}
         say(f"ensemble member {k + 1}/{k_all} (seed {mcfg.train.seed}) -> {mcfg.output.weights_dir}")
         rec = member_record(mcfg, k, k_all) if d.main else None
         with rec.running() if rec is not None else contextlib.nullcontext():  # "running" until its files are in place
-            r = _train(mcfg, d, device, dtype, resume, stop_after, allow_config_change, say)
+            r = _train(mcfg, d, device, dtype, resume, left, allow_config_change, say)
+            left = None if left is None else left - r["ran"]
             if rec is not None:
                 if r["done"]:
                     rec.finish(r["outputs"], counts={"epochs": r["epochs"], "best_epoch": r["best_epoch"]},
@@ -815,7 +824,9 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         "train_rows": splits["train"].n_rows,
         "val_rows": splits["val"].n_rows,
         "seconds": round(time.time() - t_start, 2),
-        "outputs": [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"],
+        "outputs": [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"]
+        + ([weights_dir / TRAIN_ONLY, out_dir / REFIT_LOG] if done and tcfg.refit_with_val else []),
+        "ran": ran,  # epochs trained in this invocation
         "is_main": d.main,
     }
 
