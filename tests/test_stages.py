@@ -444,6 +444,25 @@ def test_status_names_the_steps_that_would_run_and_those_after_them(tiny_world, 
     bad.write_text("index_dirr: nowhere\n")
     one, two = status_lines((1, 2), {1: bad, 2: c2})  # a step that cannot tell does not mark the next one
     assert "cannot tell:" in one and "unknown config key 'index_dirr'" in one and "after step01" not in two
+    # --set N:KEY=VALUE tells as that step's run.py --set would (a variant without a YAML of its own)
+    from shared.tools.status import main as status_main
+
+    capsys.readouterr()
+    assert status_main(["--steps", "1", "2", "--config", f"1={c1}", "--config", f"2={c2}", "--set",
+                        "2:patch_chunk_rows=32"]) == 0
+    one, two = capsys.readouterr().out.splitlines()
+    assert one.endswith("up to date") or "up to date (" in one
+    assert "would run: config changed: patch_chunk_rows: 64 -> 32" in two
+    from shared.core.errors import UserError
+
+    with pytest.raises(UserError, match="expected N:KEY=VALUE"):
+        status_main(["--set", "patch_chunk_rows=32"])
+    # --set mode=pretrain picks step03's pretraining, as its config's key does (it was refused as a train key)
+    from shared.core.runner import pick_stage
+    from shared.stages.step03 import STAGES
+
+    assert pick_stage(STAGES, ["--set", "mode=pretrain"]).config_file == "pretrain.yaml"
+    assert pick_stage(STAGES, []).config_file == "config.yaml"
 
 
 def test_an_output_folder_made_by_another_rank_meanwhile_is_no_error(tmp_path, monkeypatch):

@@ -92,10 +92,15 @@ def pick_stage(stages: Stage | dict[str, Stage], argv: list[str]) -> Stage:
     first = next(iter(stages.values()))
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path, default=None)
+    pre.add_argument("--set", action="append", default=[])
     known, _ = pre.parse_known_args(argv)
     path = known.config or REPO_ROOT / first.name / first.config_file
     data = read_yaml(path) if Path(path).is_file() else {}
     mode = data.get("mode", next(iter(stages))) if isinstance(data, dict) else next(iter(stages))
+    for item in known.set:  # --set mode=pretrain picks the stage as the config's key would
+        key, sep, value = item.partition("=")
+        if sep and key.strip() == "mode":
+            mode = value.strip()
     if mode not in stages:
         raise UserError(f"{path}: mode must be one of {', '.join(stages)}, got {mode!r}")
     return stages[mode]

@@ -3,6 +3,7 @@
     python -m shared.tools.status              # every step, each with its folder's config.yaml
     python -m shared.tools.status --steps 3 4  # some of them
     python -m shared.tools.status --config 3=step03_train_clay/pretrain.yaml   # a step with another config
+    python -m shared.tools.status --set 3:train.epochs=60   # a step with one key overridden, as its run.py --set
 
 Read-only: nothing runs and nothing is written. A step is "up to date" exactly when its ``run.py`` would say
 so (the same record check, :meth:`shared.core.records.StepRun.stale_reasons`); a step that reads the outputs of
@@ -31,18 +32,21 @@ def step_stages() -> dict[str, Stage | dict[str, Stage]]:
             "step05_eval_metrics": step05_eval.STAGE}
 
 
-def status_lines(steps=tuple(STEPS), configs: dict[int, Path] | None = None) -> list[str]:
+def status_lines(steps=tuple(STEPS), configs: dict[int, Path] | None = None,
+                 sets: dict[int, list[str]] | None = None) -> list[str]:
     """One line per step: up to date, or would run and why; a step whose upstream step would run is marked.
-    ``configs``: another config file for some steps (default: each step folder's own)."""
+    ``configs``: another config file for some steps (default: each step folder's own); ``sets``: ``KEY=VALUE``
+    overrides of some steps (as their ``run.py --set``)."""
     stages, will_run, lines = step_stages(), {}, []  # will_run: short name -> its output folders
     width = max(len(STEPS[n]) for n in steps)
     for n in steps:
         name = STEPS[n]
         short = name.split("_")[0]  # "step01", as upstream records name it
         try:
-            path = (configs or {}).get(n)
-            stage = pick_stage(stages[name], [] if path is None else ["--config", str(path)])
-            cfg = load_config(stage.config, path or REPO_ROOT / name / stage.config_file, [])
+            path, overrides = (configs or {}).get(n), (sets or {}).get(n, [])
+            argv = ([] if path is None else ["--config", str(path)]) + [a for o in overrides for a in ("--set", o)]
+            stage = pick_stage(stages[name], argv)
+            cfg = load_config(stage.config, path or REPO_ROOT / name / stage.config_file, overrides)
             record = stage_record(stage, cfg)
             reasons = record.stale_reasons()
             outs = [Path(stage.record_dir(cfg)).resolve()] + [Path(d).resolve() for d in stage.mirror_dirs(cfg)] \
@@ -79,14 +83,22 @@ def main(argv=None) -> int:
                     help="which steps (default all)")
     ap.add_argument("--config", action="append", default=[], metavar="N=PATH",
                     help="step N's config file instead of its folder's config.yaml (repeatable)")
+    ap.add_argument("--set", action="append", default=[], metavar="N:KEY=VALUE",
+                    help="override one key of step N's config, e.g. --set 3:train.epochs=60 (repeatable)")
     args = ap.parse_args(argv)
-    configs = {}
+    configs, sets = {}, {}
+    for item in args.set:
+        n, sep, kv = item.partition(":")
+        if not sep or not n.strip().isdigit() or int(n) not in STEPS or "=" not in kv:
+            raise UserError(f"--set {item}: expected N:KEY=VALUE with N one of {', '.join(map(str, STEPS))}, e.g. "
+                            "--set 3:train.epochs=60")
+        sets.setdefault(int(n), []).append(kv)
     for item in args.config:
         n, sep, path = item.partition("=")
         if not sep or not n.strip().isdigit() or int(n) not in STEPS:
             raise UserError(f"--config {item}: expected N=PATH with N one of {', '.join(map(str, STEPS))}")
         configs[int(n)] = Path(path)
-    print("\n".join(status_lines(tuple(sorted(set(args.steps))), configs)))
+    print("\n".join(status_lines(tuple(sorted(set(args.steps))), configs, sets)))
     return 0
 
 
