@@ -332,6 +332,24 @@ def test_times_list_missing_image_skip_or_fail(world, tmp_path, capsys):
     assert [p.name for p in out.glob("ta_map_*.nc")] == ["ta_map_202307010600.nc"]
 
 
+def test_times_limit_thins_a_selection_but_not_a_list(world, tmp_path, capsys):
+    """times.limit keeps evenly spaced times of a test/range/all selection and says how many it dropped; the times
+    of a list were asked for one by one and are all mapped (config.yaml's limit 1 mapped one of them, silently)."""
+    from shared.mapping.times import select_times
+    from shared.stages.step04_map import TimesConfig
+
+    t = TimesConfig(select="list", list_utc=TIMES, limit=1)
+    t.check()
+    df, missing, n = select_times(t, tmp_path, world["raw"])
+    assert [f"{x:%Y-%m-%d %H:%M}" for x in df["time_utc"]] == TIMES and n == 3 and not missing
+    df, _, n = select_times(TimesConfig(select="all", limit=1), tmp_path, world["raw"])
+    assert [f"{x:%Y-%m-%d %H:%M}" for x in df["time_utc"]] == [TIMES[1]] and n == 3
+    assert run_step(STEP, *args_for(world, tmp_path / "out", "--set", "times.limit=1", "--set", "fusion.enabled=false",
+                                    "--set", "region=[0, 0, 4, 4]")) == 0
+    assert "mapping 1 of the 3 times of times.select: all, evenly spaced (times.limit: 1; 0 maps them all)" in (
+        capsys.readouterr().out)
+
+
 def test_test_times_from_another_raw_folder_are_refused(world, tmp_path, capsys):
     """``times.select: test`` maps the images step01 indexed; with ``raw_dir`` set to another folder the map mixed
     that folder's static.nc with the index's images, silently. Refused now, naming both folders."""

@@ -26,13 +26,15 @@ def _nearest_images(have: pd.Index, t: pd.Timestamp) -> str:
             f"{times[-1]:%Y-%m-%d %H:%M})") if len(times) else ""
 
 
-def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Requested times -> (table ``time_utc, path_bt, path_rf, path_sza``, names of times without image).
+def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFrame, list[str], int]:
+    """Requested times -> (table ``time_utc, path_bt, path_rf, path_sza``, names of times without image, number
+    of times with an image before ``limit``).
 
     ``select``: ``test`` (every image time of step01's test split), ``all``
     (every complete image under raw_dir), ``list`` or ``range`` (UTC). With
-    ``limit`` N > 0 only N evenly spaced times of the selection are kept (the
-    middle one of each of N equal parts).
+    ``limit`` N > 0 only N evenly spaced times of a ``test``, ``range`` or ``all``
+    selection are kept (the middle one of each of N equal parts); a ``list``
+    is mapped whole (its times were asked for one by one).
     """
 
     sel = cfg_times.select
@@ -86,9 +88,10 @@ def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFram
                 missing[0] += _nearest_images(have, want[~ok][0])
             df = sat[sat["time_utc"].isin(want[ok])]  # (not .loc[want]: pandas 3.0 names the index after `want`)
     df = df.sort_values("time_utc").reset_index(drop=True)
-    if cfg_times.limit and len(df) > cfg_times.limit:
+    selected = len(df)
+    if cfg_times.limit and len(df) > cfg_times.limit and sel != "list":
         # the middle time of each of ``limit`` equal parts of the sorted selection
         pick = np.unique(((np.arange(cfg_times.limit) + 0.5) * len(df) / cfg_times.limit).astype(int))
         df = df.iloc[pick].reset_index(drop=True)
-    return df[["time_utc", "path_bt", "path_rf", "path_sza"]], missing
+    return df[["time_utc", "path_bt", "path_rf", "path_sza"]], missing, selected
 

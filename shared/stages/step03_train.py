@@ -59,8 +59,10 @@ class ModelCfg:
     freeze_encoder: bool = _M.freeze_encoder
     resize_to: int = _M.resize_to
     encoder_channels: Literal["spectral", "all"] = _M.encoder_channels
-    bt_waves_um: Optional[list[float]] = None  # null: GK-2A central wavelengths (shared.io.channels)
-    rf_waves_um: Optional[list[float]] = None
+    # GK-2A central wavelengths by default, as config.yaml writes them (a partial YAML records the same config);
+    # null: the same values
+    bt_waves_um: Optional[list[float]] = field(default_factory=lambda: list(_M.bt_waves_um))
+    rf_waves_um: Optional[list[float]] = field(default_factory=lambda: list(_M.rf_waves_um))
     pseudo_waves_um: list[float] = field(default_factory=lambda: list(_M.pseudo_waves_um))
     head_hidden: int = _M.head_hidden
     head_layers: int = _M.head_layers

@@ -311,7 +311,10 @@ def run(cfg: Config, ctx: Context) -> Result:
     predictor = load_predictor(cfg.checkpoint, cfg.precision, cfg.device)
     ckpt_fp = checkpoint_fingerprint(cfg.checkpoint)
     static = read_static(cfg.raw_dir / "static.nc")
-    times, missing = select_times(cfg.times, cfg.index_dir, cfg.raw_dir)
+    times, missing, selected = select_times(cfg.times, cfg.index_dir, cfg.raw_dir)
+    if len(times) < selected and rank == 0:
+        print(f"mapping {len(times)} of the {selected} times of times.select: {cfg.times.select}, evenly spaced "
+              f"(times.limit: {cfg.times.limit}; 0 maps them all)")
     if missing:
         msg = f"{len(missing)} requested time(s) have no image: {'; '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
         if cfg.on_missing_image == "fail":
