@@ -46,6 +46,27 @@ def test_config_defaults_overrides_and_paths(tmp_path):
     assert cfg.opt == Path("/abs/x")
 
 
+def test_every_shipped_config_is_its_steps_defaults(tmp_path):
+    """A config that leaves a key out gets the value the step folder's own config.yaml (or pretrain.yaml) writes:
+    a partial YAML records the same config (it recorded GK-2A's wavelengths as changed, mapped every test time
+    instead of one, and pretrained without a time cap)."""
+    from shared import REPO_ROOT
+    from shared.core.config import config_to_dict
+    from shared.core.records import config_changes
+    from shared.tools.status import step_stages
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    seen = []
+    for name, stages in step_stages().items():
+        for mode, stage in (stages.items() if isinstance(stages, dict) else [(None, stages)]):
+            shipped = config_to_dict(load_config(stage.config, REPO_ROOT / name / stage.config_file, []))
+            left_out = config_to_dict(load_config(stage.config, empty, [f"mode={mode}"] if mode else []))
+            assert config_changes(shipped, left_out) == [], (name, stage.config_file)
+            seen.append(stage.config_file)
+    assert seen.count("config.yaml") == 5 and seen.count("pretrain.yaml") == 1
+
+
 def test_unknown_key_names_closest(tmp_path):
     p = _write(tmp_path, "inner:\n  lrr: 0.1\n")
     with pytest.raises(UserError, match=r"unknown config key 'inner.lrr'.*did you mean 'inner.lr'"):

@@ -76,7 +76,7 @@ class PretrainTrainCfg:
     weight_decay: float = 0.05
     warmup_steps: int = 50
     grad_clip: float = 1.0
-    max_minutes: float = 0.0  # stop early (and still write the checkpoint) after this wall time, tile sampling included; 0 = off
+    max_minutes: float = 10.0  # stop early (and still write the checkpoint) after this wall time, tile sampling included; 0 = off
     ckpt_every: int = 100  # steps between resume checkpoints
     num_threads: int = 0  # torch CPU threads; 0 = torch default (all cores). 1 is faster on a busy machine
     seed: int = 0

@@ -120,7 +120,7 @@ class TimesConfig:
     start: Any = None
     end: Any = None
     step_min: int = 60
-    limit: int = 0
+    limit: int = 1  # as config.yaml: a whole-grid map takes minutes
 
     def check(self):
         self.list_utc = [utc_text(v, f"times.list_utc[{i}]") for i, v in enumerate(self.list_utc)]
