@@ -232,7 +232,9 @@ def test_resume_gives_the_same_weights(tmp_path, patches):
     sets = ["train.epochs=2", "data.num_workers=0"]
     assert run_step(tmp_path, patches, *sets, out="full") == 0
     assert run_step(tmp_path, patches, *sets, extra=["--stop-after", "1"], out="cut") == 0
-    assert len(log_of(tmp_path, "cut")) == 1
+    # a run that did not finish keeps its log with its checkpoints (outputs/ holds the finished run's only)
+    assert len(pd.read_csv(tmp_path / "cut" / "weights" / ".staging" / "train_log.csv")) == 1
+    assert not (tmp_path / "cut" / "outputs" / "train_log.csv").exists()
     assert not (tmp_path / "cut" / "outputs" / "run.json").exists()  # not finished yet
     assert run_step(tmp_path, patches, *sets, extra=["--resume"], out="cut") == 0
     a = torch.load(tmp_path / "full" / "weights" / "current.pt", weights_only=True)
@@ -292,7 +294,7 @@ def test_ensemble_averages_members_and_adds_their_spread(tmp_path, patches):
     # --stop-after counts this invocation's epochs over the members: member 0's last epoch and one of member 1's
     assert run_step(tmp_path, patches, "train.epochs=2", "model.members=2", extra=["--resume", "--stop-after", "2"]) == 0
     assert (w / "members" / "m0" / "run.json").exists() and not (w / "members" / "m1" / "run.json").exists()
-    m1_log = pd.read_csv(tmp_path / "run" / "outputs" / "members" / "m1" / "train_log.csv")
+    m1_log = pd.read_csv(w / "members" / "m1" / ".staging" / "train_log.csv")
     assert not (w / "best.pt").exists() and m1_log["epoch"].tolist() == [1]
     assert run_step(tmp_path, patches, "train.epochs=2", "model.members=2", extra=["--resume"]) == 0
     ens = load_predictor(w / "best.pt")
@@ -423,12 +425,33 @@ def test_refit_continues_the_runs_best_model(tmp_path, patches, capsys):
     assert np.mean((y - z) ** 2) < np.mean((y - z0) ** 2)
 
 
-def test_starting_over_an_interrupted_run_says_so(tmp_path, patches, capsys):
+def test_starting_over_an_interrupted_run_says_so(tmp_path, patches, capsys, monkeypatch):
     """The same command without --resume after a stopped run starts over: it says what it discards (and that
-    stopping at once keeps it), instead of a silent restart from epoch 1."""
-    assert run_step(tmp_path, patches, "train.epochs=2", extra=["--stop-after", "1"]) == 0
-    capsys.readouterr()
+    stopping at once keeps it), instead of a silent restart from epoch 1. Stopped before its first epoch ends, the
+    staged run is still there to --resume (it was deleted at the start), and Ctrl-C says to add --resume; the
+    finished run's train_log.csv is not replaced by a run that did not finish."""
+    from shared.training import loop
+
     assert run_step(tmp_path, patches, "train.epochs=2") == 0
+    finished = log_of(tmp_path)
+    assert run_step(tmp_path, patches, "train.epochs=2", extra=["--stop-after", "1", "--force"]) == 0
+    pd.testing.assert_frame_equal(log_of(tmp_path), finished)  # a run that stopped leaves the finished log
+    staged = tmp_path / "run" / "weights" / ".staging"
+    before = {f.name: f.read_bytes() for f in staged.iterdir()}
+    assert {"best.pt", "current.pt", "train_log.csv"} <= set(before)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_epoch", interrupted)
+    capsys.readouterr()
+    assert run_step(tmp_path, patches, "train.epochs=2") == 130
+    err = capsys.readouterr().err
+    assert "interrupted; rerun the same command with --resume to continue (without --resume it starts over)" in err
+    assert {f.name: f.read_bytes() for f in staged.iterdir()} == before
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert run_step(tmp_path, patches, "train.epochs=2", extra=["--force"]) == 0
     out = capsys.readouterr()
     assert "warning: an interrupted run is staged in" in out.out + out.err and "(after epoch 1)" in out.out + out.err
     assert log_of(tmp_path)["epoch"].tolist() == [1, 2]

@@ -127,9 +127,9 @@ def run_main(main, argv=None) -> None:
             traceback.print_exc()
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         _end_progress_bars()
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"interrupted; {getattr(e, 'hint', None) or 'rerun the same command to resume'}", file=sys.stderr)
         sys.exit(130)
     sys.exit(rc or 0)
 

@@ -142,7 +142,13 @@ def execute(stages: Stage | dict[str, Stage], argv: list[str] | None = None) -> 
         distributed.start(stage.backend(cfg))
     try:
         with record.running() if d.main else contextlib.nullcontext():
-            result = stage.run(cfg, Context(args=args, dist=d, record=record))
+            try:
+                result = stage.run(cfg, Context(args=args, dist=d, record=record))
+            except KeyboardInterrupt as e:  # a training continues only with --resume: the same command starts over
+                if stage.rerun_when_resuming:
+                    e.hint = ("rerun the same command with --resume to continue (without --resume it starts "
+                              "over)")
+                raise
             if d.main:
                 if result.done:
                     outputs = result.outputs if result.outputs is not None else stage.outs(cfg)

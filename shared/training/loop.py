@@ -51,6 +51,7 @@ from shared.models.se_growth import COLD_REF_K, NearestSite, cold_term, distance
 from shared.models.ta import TAModelConfig, build_model, gaussian_nll
 from shared.training.batches import ChunkBatches, TensorBatches, check_split, make_loader
 
+LOG_NAME = "train_log.csv"  # staged with the checkpoints while a run trains, in outputs/ once it finished
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "rmse_norm", "rmse_K", "lr", "seconds", "data_wait_s"]
 
 
@@ -719,9 +720,6 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
                     shutil.copyfile(own, tmp)
     elif resume:
         say(f"--resume: no {current} yet; starting from scratch")
-    if not resume and d.main:
-        for f in (best, current):  # leftovers of an interrupted run that is not being continued
-            f.unlink(missing_ok=True)
 
     ddp_model = wrap_ddp(model, d, device)
 
@@ -762,7 +760,9 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
             save_ta_checkpoint(current, ckpt)
             if improved:
                 save_ta_checkpoint(best, ckpt)
-            _write_log(out_dir / "train_log.csv", state["log"])
+            elif ran == 1 and not resume:  # an interrupted run's best, staged before this run: not this run's
+                best.unlink(missing_ok=True)
+            _write_log(staging / LOG_NAME, state["log"])  # outputs/train_log.csv: the finished run's, until promoted
             say(f"epoch {epoch}/{tcfg.epochs}: train {train_loss:.4f}  val {val_loss:.4f}  "
                 f"rmse {rmse:.4f} ({rmse * target_std:.3f} K)  lr {row['lr']:.2e}  {row['seconds']:.1f} s"
                 f"  data wait {100 * wait / max(step_s, 1e-9):.1f}%" + ("  *best" if improved else ""))
@@ -800,7 +800,11 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
             if d.main:
                 save_ta_checkpoint(staging / "refit.pt", refit)
             d.barrier()
-    if done and d.main:  # promote the finished run's checkpoints together
+    if done and d.main:  # promote the finished run's checkpoints and logs together
+        _write_log(out_dir / LOG_NAME, state["log"])
+        (staging / LOG_NAME).unlink(missing_ok=True)
+        if (staging / REFIT_LOG).is_file():
+            os.replace(staging / REFIT_LOG, out_dir / REFIT_LOG)
         if tcfg.refit_with_val:  # the run's own best becomes train_only.pt, the refit best.pt
             os.replace(best, weights_dir / TRAIN_ONLY)
             best = staging / "refit.pt"
@@ -976,7 +980,7 @@ def _refit(cfg, d: Dist, device, dtype, first: dict, splits: dict, shape: tuple[
                        "standard-error calibration are that run's (weights/" + TRAIN_ONLY + ")"})
     if d.main:
         ck["fusion_residuals"] = fusion_residuals(model, splits, device, dtype)
-        write_csv(Path(cfg.output.outputs_dir) / REFIT_LOG, pd.DataFrame(log))
+        write_csv(Path(cfg.output.weights_dir) / STAGING / REFIT_LOG, pd.DataFrame(log))  # promoted with best.pt
     return ck
 
 
