@@ -196,6 +196,37 @@ def test_skips_existing_and_refuses_foreign(world, tmp_path):
     assert p.returncode == 2 and "not a demo world" in p.stderr and "Traceback" not in p.stderr
 
 
+
+def test_data_added_to_a_demo_world_is_not_deleted(world, tmp_path):
+    """A day of images and a station file added to a demo world's folder: regenerating it (run_all, the README's
+    first command, calls the generator each time) deleted them silently; it refuses now, naming them, and
+    --force deletes them. A marker written before the generator listed its files is judged by its names."""
+    import json
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(world[0], raw)
+    marker = json.loads((raw / dw.MARKER).read_text())
+    assert len(marker["files"]) == len(list((raw / "sat").rglob("*.nc"))) + len(list((raw / "truth").rglob("*"))) \
+        + len(list((raw / "ta_obs").rglob("*.csv")))
+    first = sorted((raw / "sat").rglob("gk2a_bt_*.nc"))[0]
+    new_day = raw / "sat" / "2023" / "07" / "23"
+    new_day.mkdir(parents=True)
+    shutil.copy(first, new_day / "gk2a_bt_202307230000.nc")
+    (raw / "ta_obs" / "kma").mkdir()
+    (raw / "ta_obs" / "kma" / "new.csv").write_text("stn_id,time_utc,ta_c\n90,2023-07-23 00:00,25.1\n")
+    older = {k: v for k, v in marker.items() if k != "files"}  # by the names and the image count
+    for m, named in ((marker, r"sat/2023/07/23/gk2a_bt_202307230000\.nc, ta_obs/kma/new\.csv"),
+                     (older, r"ta_obs/kma/new\.csv, 1 image time\(s\) more than the demo world's 8 under sat/")):
+        (raw / dw.MARKER).write_text(json.dumps(m))
+        for params in ({}, {"seed": 1}):  # the same world (skipped before) or another one
+            with pytest.raises(UserError, match=r"holds files the demo world generator did not write \(" + named
+                               + r"\); regenerating it would delete them: .* --force"):
+                dw.generate(raw, preset="tiny", progress=False, **params)
+    assert (new_day / "gk2a_bt_202307230000.nc").is_file() and (raw / "ta_obs" / "kma" / "new.csv").is_file()
+    dw.generate(raw, preset="tiny", progress=False, force=True)
+    assert not new_day.exists()
+
 # --------------------------------------------------------------------------- v4 physics
 def _pts(n, **over):
     """A namespace of n identical flat lowland pixels for the pure physics functions."""

@@ -36,6 +36,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -277,6 +278,33 @@ def _is_complete(raw: Path, marker: dict) -> bool:
     return all(len(list((raw / "sat").rglob(f"gk2a_{k}_*.nc"))) == n for k in ("bt", "rf", "sza"))
 
 
+#: the folders of MANAGED whose files the marker lists (a regeneration deletes them)
+GENERATED_DIRS = ("sat", "ta_obs", "truth")
+#: the names the generator gives, for a marker written before it listed its files
+_GENERATED = re.compile(r"^(sat/\d{4}/\d{2}/\d{2}/gk2a_(bt|rf|sza)_\d{12}\.nc|ta_obs/[a-z]+_ta_\d{6}\.csv|"
+                        r"truth/(station_truth\.csv|ta_true_\d{12}\.nc))$")
+
+
+def _generated_files(raw: Path) -> list[str]:
+    """The files under :data:`GENERATED_DIRS`, relative to ``raw`` (POSIX), sorted."""
+    return sorted(f.relative_to(raw).as_posix() for d in GENERATED_DIRS if (raw / d).is_dir()
+                  for f in (raw / d).rglob("*") if f.is_file() and not f.name.startswith(".tmp-"))
+
+
+def _foreign_files(raw: Path, marker: dict) -> list[str]:
+    """Files under the generated folders that the generator did not write (data a user added, e.g. a day of
+    images or a station file): the marker's list, or the generator's names and image count for an older marker."""
+    present = _generated_files(raw)
+    if isinstance(marker.get("files"), list):
+        written = set(marker["files"])
+        return [f for f in present if f not in written]
+    out = [f for f in present if not _GENERATED.match(f)]
+    n_bt, n = sum(f.startswith("sat/") and "/gk2a_bt_" in f for f in present), marker.get("n_timestamps")
+    if isinstance(n, int) and n_bt > n:
+        out.append(f"{n_bt - n} image time(s) more than the demo world's {n} under sat/")
+    return out
+
+
 def _prepare_out(raw: Path, params: dict, force: bool) -> dict | None:
     """Decide what to do with an existing folder. Returns the old truth summary
     when the same demo world is already complete (nothing to do)."""
@@ -292,6 +320,11 @@ def _prepare_out(raw: Path, params: dict, force: bool) -> dict | None:
             f"Refusing to overwrite it: pass --out to another folder, or --force to replace "
             f"its {', '.join(MANAGED[:3])}, sat/, ta_obs/, truth/"
         )
+    if marker is not None and not force and (foreign := _foreign_files(raw, marker)):
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise UserError(f"{raw} holds files the demo world generator did not write ({', '.join(foreign[:3])}{more}); "
+                        "regenerating it would delete them: move them to a raw folder of their own (and point "
+                        "the steps' raw_dir / obs_dir at it), or pass --force to delete them")
     if marker is not None and not force and marker.get("params") == params and _is_complete(raw, marker):
         try:
             return json.loads((raw / "truth.json").read_text())
@@ -410,7 +443,8 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
     summary["seconds"] = round(time.time() - t_start, 1)
     write_json(raw / "truth.json", summary)
     write_json(raw / MARKER, {"generator": "shared.ingest.demo_world", "params": params, "status": "complete",
-                              "n_timestamps": T, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                              "n_timestamps": T, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "files": _generated_files(raw)})
     summary["skipped"] = False
     if progress:
         print(
