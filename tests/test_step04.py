@@ -350,6 +350,18 @@ def test_times_limit_thins_a_selection_but_not_a_list(world, tmp_path, capsys):
         capsys.readouterr().out)
 
 
+def test_a_map_rewritten_without_quicklook_leaves_no_earlier_png(world, tmp_path):
+    """quicklook: false on a map that had one: the earlier PNG (another fusion's title and panels) is removed with
+    the rewrite, not left beside the new file under its name."""
+    one = ["--set", "times.select=list", "--set", f"times.list_utc=['{TIMES[1]}']", "--set", "region=[0, 0, 6, 6]"]
+    out = tmp_path / "out"
+    assert run_step(STEP, *args_for(world, out, *one)) == 0
+    png = out / "ta_map_202307010600.png"
+    assert png.is_file()
+    assert run_step(STEP, *args_for(world, out, *one, "--set", "quicklook=false", "--set", "fusion.enabled=false")) == 0
+    assert (out / "ta_map_202307010600.nc").is_file() and not png.exists()
+
+
 def test_test_times_from_another_raw_folder_are_refused(world, tmp_path, capsys):
     """``times.select: test`` maps the images step01 indexed; with ``raw_dir`` set to another folder the map mixed
     that folder's static.nc with the index's images, silently. Refused now, naming both folders."""

@@ -481,6 +481,8 @@ def run(cfg: Config, ctx: Context) -> Result:
             quicklook(png, t2m, grid_out, t, static.lsmask[cut], static.lat[cut], static.lon[cut], st_png, note,
                       cfg.coverage_km, se_K=se, distance_km=dist, what=how,
                       increment_K=None if ids is None else t2m - res.t2m_K)
+        else:  # an earlier run's quicklook would show another map under this one's name
+            png.unlink(missing_ok=True)
         write_map(path, ds)
         release_free_heap()  # freed image buffers back to the system (measurements: release_free_heap)
         done += 1
