@@ -465,6 +465,43 @@ def test_status_names_the_steps_that_would_run_and_those_after_them(tiny_world, 
     assert pick_stage(STAGES, []).config_file == "config.yaml"
 
 
+def test_a_second_run_of_a_step_while_one_is_running_is_refused(tmp_path):
+    """Two runs of one step at once mixed their files and kept only the last one's record: a run whose "running"
+    record names a live Python process of this machine is refused, naming it (status says so too); a record left
+    by a process that is gone, or whose number now belongs to another program, is not."""
+    import json
+    import subprocess
+    import sys
+
+    from shared.core.errors import UserError
+    from shared.core.records import StepRun
+
+    out = tmp_path / "out"
+    first = StepRun(out, {"k": 1}, [], "stepXX")
+    first.start()
+    rec = json.loads((out / "run.json").read_text())
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / "run.json").write_text(json.dumps({**rec, "pid": live.pid, "command": "step0X/run.py --force"}))
+        second = StepRun(out, {"k": 1}, [], "stepXX")
+        assert second.stale_reasons() == [f"a run is in progress (process {live.pid}, started "
+                                          f"{rec['started_utc'][:16].replace('T', ' ')} UTC: step0X/run.py --force)"]
+        with pytest.raises(UserError, match=f"stepXX: another run is writing .*out \\(process {live.pid}, .*wait for "
+                                            "it to finish or stop it"):
+            second.start()
+        (out / "run.json").write_text(json.dumps({**rec, "pid": other.pid}))  # not a Python process
+        StepRun(out, {"k": 1}, [], "stepXX").check_not_running()
+    finally:
+        live.kill()
+        other.kill()
+        live.wait()
+        other.wait()
+    (out / "run.json").write_text(json.dumps({**rec, "pid": live.pid}))  # its process is gone
+    assert "did not finish" in StepRun(out, {"k": 1}, [], "stepXX").stale_reasons()[0]
+    StepRun(out, {"k": 1}, [], "stepXX").start()
+
+
 def test_an_output_folder_made_by_another_rank_meanwhile_is_no_error(tmp_path, monkeypatch):
     """Under torchrun another rank makes the output folder while rank 0 starts its record: the folder appears
     between rank 0's look and its mkdir, which must not fail (it did, exit 2, in a fresh clone's torchrun test)."""

@@ -395,6 +395,27 @@ def check_finished_checkpoint(path: str | Path) -> None:
                         "its weights/best.pt")
 
 
+def running_process(rec: dict | None) -> str | None:
+    """Words for the live process of this machine that a "running" record names (not this one), else None: a run
+    that crashed or was killed left a record whose process is gone (or is no Python process now)."""
+    if not rec or rec.get("status") != "running" or rec.get("host") != platform.node():
+        return None
+    pid = rec.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except ProcessLookupError:
+        return None
+    except OSError:  # alive but not ours to signal, or no /proc: judged alive
+        cmd = "python"
+    if "python" not in cmd:
+        return None
+    when = str(rec.get("started_utc", "")).replace("T", " ").rstrip("Z")[:16]
+    return f"process {pid}, started {when} UTC: {rec.get('command', '')}".rstrip(": ")
+
+
 def adopt_command(step: str, run_dir: str | Path, files: list) -> str:
     """The command that records files made elsewhere as a finished set of ``step`` (:mod:`shared.tools.adopt`):
     step03 takes the checkpoint file, step01 and step02 their folder."""
@@ -503,7 +524,9 @@ class StepRun:
         if not prev:
             return [f"no run recorded in {repo_relative(str(self.out_dir))}"]
         if prev.get("status") != "ok":
-            return ["its last run did not finish (interrupted, failed or still running)"]
+            other = running_process(prev)
+            return [f"a run is in progress ({other})" if other else
+                    "its last run did not finish (interrupted, failed or still running)"]
         reasons = []
         keys = [k for k in config_changes(portable(prev.get("config")), self.recorded_config())
                 if k.split(":")[0] not in self.volatile]
@@ -555,8 +578,17 @@ class StepRun:
     def up_to_date(self) -> bool:
         return not self.stale_reasons()
 
+    def check_not_running(self) -> None:
+        """Refuse to start while another process of this machine is rewriting the same outputs (its "running"
+        record names it): two runs at once mix their files and only the last one's record stays."""
+        other = running_process(self.previous())
+        if other is not None:
+            raise UserError(f"{self.step}: another run is writing {repo_relative(str(self.out_dir))} ({other}); wait "
+                            "for it to finish or stop it, or give this run other output folders")
+
     def start(self) -> None:
         """Mark the outputs as being rewritten; the last finished record is kept as ``previous``."""
+        self.check_not_running()
         self._done = done = finished_record(self.previous())
         self._made_dirs = [d for d in [self.out_dir] + self.mirrors if not d.exists()]
         made: list[Path] = []  # every folder made here, parents first
@@ -576,7 +608,8 @@ class StepRun:
         self.t0 = time.time()
         self._write({"step": self.step, "status": "running",
                      "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "command": " ".join(sys.argv), "config": self.recorded_config(), "previous": done})
+                     "command": " ".join(sys.argv), "pid": os.getpid(), "host": platform.node(),
+                     "config": self.recorded_config(), "previous": done})
 
     @contextlib.contextmanager
     def running(self) -> Iterator[StepRun]:

@@ -134,6 +134,7 @@ def execute(stages: Stage | dict[str, Stage], argv: list[str] | None = None) -> 
                 stage.on_up_to_date(cfg)
         return 0
     if d.main:
+        record.check_not_running()
         print(f"{stage.name}: running ({'--force' if args.force else '--resume' if resuming else '; '.join(reasons)})",
               flush=True)
     for run_dir, files, step in stage.upstream(cfg):
