@@ -341,6 +341,38 @@ def test_step04_leaves_a_gross_error_out_of_its_map_and_names_it(evaluated, tmp_
     np.testing.assert_allclose(wrong.t2m, gone.t2m, atol=1e-4)
 
 
+def test_step04_warns_when_step01s_inputs_changed_since_its_index(evaluated, tiny_world, tmp_path, capsys):
+    """Observations added to the raw folder after step01: step04 fused only the index's (a map of the new hour was
+    the model alone, said in an info line); it now warns that step01's index is older than its inputs."""
+    from conftest import step01_args
+
+    from shared.core.records import changed_inputs
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_world, raw)
+    s01 = tmp_path / "s01"
+    assert run_step("step01_make_index", *step01_args(raw, s01)) == 0
+    assert changed_inputs(s01) == []
+    first = sorted((raw / "ta_obs").glob("*.csv"))[0]
+    (raw / "ta_obs" / "late.csv").write_text(first.read_text().splitlines()[0] + "\n")
+    changed = changed_inputs(s01)
+    assert len(changed) == 1 and changed[0].endswith("ta_obs")
+
+    def step04(out):
+        assert run_step("step04_infer_map", "--set", f"checkpoint={evaluated['ckpt']}", "--set", f"raw_dir={raw}",
+                        "--set", f"stations_csv={raw / 'stations.csv'}", "--set", f"index_dir={s01}",
+                        "--set", f"output_dir={out}", "--set", "times.limit=1", "--set", "num_threads=1",
+                        "--set", "progress=false", "--set", "region=[20, 10, 8, 8]", "--set", "quicklook=false") == 0
+        return capsys.readouterr().out
+
+    capsys.readouterr()
+    said = step04(tmp_path / "s04")
+    assert "warning: step01's index in " in said and f"{changed[0]}): the maps fuse the observations it holds; " \
+        "rerun step01" in said
+    assert run_step("step01_make_index", *step01_args(raw, s01)) == 0
+    assert "warning: step01's index" not in step04(tmp_path / "s04b")
+
+
 def test_maps_fused_with_other_settings_are_named():
     """step05 joins step04's maps at the test stations beside its own analysis; made with other fusion settings
     (``fusion.idw_weight: 0`` in step04 only) the two differed without a word. The map's ``fusion_settings``

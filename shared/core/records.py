@@ -395,6 +395,18 @@ def check_finished_checkpoint(path: str | Path) -> None:
                         "its weights/best.pt")
 
 
+def changed_inputs(run_dir: str | Path) -> list[str]:
+    """The files and folders (by their record keys) that the last finished run in ``run_dir`` read and that have
+    changed since, by size and time or else their bytes where the record has them (a step reading that run's
+    outputs would otherwise use them silently as they were, e.g. step01's observations)."""
+    done = finished_record(read_record(run_dir))
+    if not done:
+        return []
+    contents = _keyed(done.get("input_contents"))
+    return [k for k, fp in _keyed(done.get("inputs")).items()
+            if " [" not in k and not same_file(resolve_path(k), fp, contents.get(k))]  # "[...]": a derived form
+
+
 def running_process(rec: dict | None) -> str | None:
     """Words for the live process of this machine that a "running" record names (not this one), else None: a run
     that crashed or was killed left a record whose process is gone (or is no Python process now)."""
