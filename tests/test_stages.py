@@ -502,6 +502,28 @@ def test_a_second_run_of_a_step_while_one_is_running_is_refused(tmp_path):
     StepRun(out, {"k": 1}, [], "stepXX").start()
 
 
+def test_temporary_files_of_a_killed_run_are_removed_when_the_step_runs_again(tmp_path):
+    """SIGKILL leaves a step's temporary files (atomic_path's .tmp-PID-name, output_set's .tmp-set-PID-name) beside
+    its outputs, where they stayed for good; the next run of the step removes those whose process is gone, and
+    leaves those of a live process."""
+    import os
+    import subprocess
+
+    from shared.core.records import StepRun
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "out"
+    (out / "patch_pt").mkdir(parents=True)
+    left = [out / f".tmp-{dead.pid}-index.csv", out / f".tmp-{dead.pid}-.tmp-set-{dead.pid}-index.csv",
+            out / "patch_pt" / f".tmp-set-{dead.pid}-train_chunk_0000.pt"]
+    kept = [out / f".tmp-{os.getpid()}-maps.json", out / "notes.tmp-1-x"]
+    for f in left + kept:
+        f.write_text("x")
+    StepRun(out, {"k": 1}, [], "stepXX").start()
+    assert [f for f in left if f.exists()] == [] and all(f.exists() for f in kept)
+
+
 def test_an_output_folder_made_by_another_rank_meanwhile_is_no_error(tmp_path, monkeypatch):
     """Under torchrun another rank makes the output folder while rank 0 starts its record: the folder appears
     between rank 0's look and its mkdir, which must not fail (it did, exit 2, in a fresh clone's torchrun test)."""

@@ -407,20 +407,47 @@ def changed_inputs(run_dir: str | Path) -> list[str]:
             if " [" not in k and not same_file(resolve_path(k), fp, contents.get(k))]  # "[...]": a derived form
 
 
+_TMP_PID = re.compile(r"^\.tmp-(?:set-)?(\d+)-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, but not ours to signal
+        return True
+    return True
+
+
+def remove_orphan_temporaries(folders: Iterable[str | Path]) -> list[Path]:
+    """Remove the temporary files (:func:`atomic_path`, :func:`output_set`) that a killed process left in
+    ``folders`` and two levels below (SIGKILL gives no time to remove them; a finished run never lists them):
+    those whose process is gone. Returns them."""
+    gone = []
+    for d in folders:
+        d = Path(d)
+        for pattern in (".tmp-*", "*/.tmp-*", "*/*/.tmp-*"):
+            for f in d.glob(pattern) if d.is_dir() else ():
+                m = _TMP_PID.match(f.name)
+                if m and f.is_file() and not _alive(int(m.group(1))):
+                    with contextlib.suppress(OSError):
+                        f.unlink()
+                        gone.append(f)
+    return gone
+
+
 def running_process(rec: dict | None) -> str | None:
     """Words for the live process of this machine that a "running" record names (not this one), else None: a run
     that crashed or was killed left a record whose process is gone (or is no Python process now)."""
     if not rec or rec.get("status") != "running" or rec.get("host") != platform.node():
         return None
     pid = rec.get("pid")
-    if not isinstance(pid, int) or pid == os.getpid():
+    if not isinstance(pid, int) or pid == os.getpid() or not _alive(pid):
         return None
     try:
-        os.kill(pid, 0)
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except ProcessLookupError:
-        return None
-    except OSError:  # alive but not ours to signal, or no /proc: judged alive
+    except OSError:  # no /proc: judged alive
         cmd = "python"
     if "python" not in cmd:
         return None
@@ -601,6 +628,7 @@ class StepRun:
     def start(self) -> None:
         """Mark the outputs as being rewritten; the last finished record is kept as ``previous``."""
         self.check_not_running()
+        remove_orphan_temporaries([self.out_dir, *self.mirrors])
         self._done = done = finished_record(self.previous())
         self._made_dirs = [d for d in [self.out_dir] + self.mirrors if not d.exists()]
         made: list[Path] = []  # every folder made here, parents first
