@@ -344,6 +344,19 @@ def test_times_limit_thins_a_selection_but_not_a_list(world, tmp_path, capsys):
     assert [f"{x:%Y-%m-%d %H:%M}" for x in df["time_utc"]] == TIMES and n == 3 and not missing
     df, _, n = select_times(TimesConfig(select="all", limit=1), tmp_path, world["raw"])
     assert [f"{x:%Y-%m-%d %H:%M}" for x in df["time_utc"]] == [TIMES[1]] and n == 3
+    # a time with its bt and rf images but no sza is named with the file it lacks
+    import shutil
+
+    from shared.io.raw import sat_path
+
+    raw = tmp_path / "raw"
+    shutil.copytree(world["raw"] / "sat", raw / "sat")
+    for k in ("bt", "rf"):
+        dst = sat_path(raw, k, "2023-07-02 06:00")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(sat_path(world["raw"], k, TIMES[1]).read_bytes())
+    _, missing, _ = select_times(TimesConfig(select="list", list_utc=["2023-07-02 06:00"]), tmp_path, raw)
+    assert missing[0].startswith(f"2023-07-02 06:00 UTC (its sza file missing: {sat_path(raw, 'sza', '2023-07-02 06:00')})")
     assert run_step(STEP, *args_for(world, tmp_path / "out", "--set", "times.limit=1", "--set", "fusion.enabled=false",
                                     "--set", "region=[0, 0, 4, 4]")) == 0
     assert "mapping 1 of the 3 times of times.select: all, evenly spaced (times.limit: 1; 0 maps them all)" in (

@@ -6,7 +6,15 @@ import pandas as pd
 from shared.core.config import resolve_path
 from shared.core.errors import UserError, rerun
 from shared.io.index import SPLITS_JSON, read_splits
-from shared.io.raw import scan_sat_times
+from shared.io.raw import sat_path, scan_sat_times
+
+
+def _what_is_missing(raw_dir: Path, t: pd.Timestamp) -> str:
+    """A requested time without a complete image, with the files it lacks (all three, or some)."""
+    lack = [k for k in ("bt", "rf", "sza") if not sat_path(raw_dir, k, t).is_file()]
+    if len(lack) == 3:
+        return f"{t:%Y-%m-%d %H:%M} UTC (no gk2a_bt/rf/sza_{t:%Y%m%d%H%M}.nc under {Path(raw_dir) / 'sat'})"
+    return f"{t:%Y-%m-%d %H:%M} UTC (its {', '.join(lack)} file missing: {sat_path(raw_dir, lack[0], t)})"
 
 
 def _indexed_raw_dir(index_dir: Path) -> Path | None:
@@ -83,7 +91,7 @@ def select_times(cfg_times, index_dir: Path, raw_dir: Path) -> tuple[pd.DataFram
             want = want.astype("datetime64[ns]")
             have = pd.Index(sat["time_utc"])
             ok = want.isin(have)
-            missing = [f"{t:%Y-%m-%d %H:%M} UTC (no gk2a_bt/rf/sza_{t:%Y%m%d%H%M}.nc under {raw_dir / 'sat'})" for t in want[~ok]]
+            missing = [_what_is_missing(raw_dir, t) for t in want[~ok]]
             if missing:  # where the images are: the nearest ones around the first time without one
                 missing[0] += _nearest_images(have, want[~ok][0])
             df = sat[sat["time_utc"].isin(want[ok])]  # (not .loc[want]: pandas 3.0 names the index after `want`)
