@@ -364,8 +364,8 @@ DIURNAL_WARN_MIN_VALUES, DIURNAL_WARN_MIN_AMPLITUDE_K = 24, 1.5
 def _cycle_fits(df: pd.DataFrame, key: np.ndarray, min_values: int = DIURNAL_MIN_VALUES) -> pd.DataFrame:
     """The first harmonic of the mean diurnal cycle of ``df``'s observations in each group of ``key`` (each
     station's mean taken off; the weather of other days averages out over the hours): ``peak_utc`` (hour),
-    ``amplitude_K`` and ``values``, indexed by the group, for the groups of ``min_values`` values or more with a tenth of them in each quarter of the day (UTC): the phase of a cycle seen only at night is not
-    the day's. Least squares of the anomalies on cos and sin of the hour angle, by the normal equations."""
+    ``amplitude_K`` and ``values``, indexed by the group, for the groups of ``min_values`` values or more with a
+    tenth of them in each quarter of the day (UTC): the phase of a cycle seen only at night is not the day's. Least squares of the anomalies on cos and sin of the hour angle, by the normal equations."""
     cols = ["peak_utc", "amplitude_K", "values"]
     if df.empty:
         return pd.DataFrame(columns=cols)
