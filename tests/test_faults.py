@@ -59,7 +59,8 @@ def test_a_corrupt_image_with_two_workers_fails_promptly_every_time(tiny_world, 
     assert not list((tmp_path / "o0").rglob("*.pt"))
 
 
-@pytest.mark.parametrize("case", ["bt_kelvin_x10", "nan_image", "wrong_variable", "wrong_shape", "rf_spikes"])
+@pytest.mark.parametrize("case", ["bt_kelvin_x10", "nan_image", "nan_channel", "wrong_variable", "wrong_shape",
+                                  "rf_spikes"])
 def test_corrupt_images(case, tiny_world, tmp_path, capsys):
     raw = _copy_world(tiny_world, tmp_path)
     s01 = tmp_path / "s01"
@@ -74,6 +75,10 @@ def test_corrupt_images(case, tiny_world, tmp_path, capsys):
             v.add_offset = np.float32(v.add_offset * 10)
         elif case == "nan_image":
             v[...] = np.int16(v._FillValue)
+        elif case == "nan_channel":  # one channel lost: its windows were dropped (step02) or NaN (step04's map)
+            a = v[...]
+            a[6] = v._FillValue
+            v[...] = a
         elif case == "wrong_variable":
             ds.renameVariable("bt", "brightness")
         elif case == "rf_spikes":  # a few impossible albedos: dropped as missing, counted
@@ -92,6 +97,7 @@ def test_corrupt_images(case, tiny_world, tmp_path, capsys):
     err = _err(capsys)
     assert bt.name in err
     want = {"bt_kelvin_x10": "implausible", "nan_image": "entirely missing", "wrong_variable": "no variable 'bt'",
+            "nan_channel": "'bt' has no value at all in IR105 (all NaN/fill)",
             "wrong_shape": "no variable 'bt'"}[case]
     assert want in err
     assert not (tmp_path / "o" / "patch_pt").exists()

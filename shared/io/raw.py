@@ -112,10 +112,18 @@ class Packed:
             out[miss] = np.nan
         return out
 
-    def all_missing(self) -> bool:
+    def missing(self) -> np.ndarray:
+        """Where the stored values are missing (fill, or NaN in a float variable), the raw array's shape."""
         if self.fill is not None and np.issubdtype(self.raw.dtype, np.integer):
-            return bool(np.all(self.raw == self.fill))
-        return bool(np.all(~np.isfinite(self.raw)) if self.raw.dtype.kind == "f" else False)
+            return self.raw == self.fill
+        return ~np.isfinite(self.raw) if self.raw.dtype.kind == "f" else np.zeros(self.raw.shape, bool)
+
+    def all_missing(self) -> bool:
+        return bool(self.missing().all())
+
+    def missing_channels(self) -> list[int]:
+        """The channels (of a (C, H, W) stack) with no value at all."""
+        return [] if self.raw.ndim != 3 else np.flatnonzero(self.missing().all(axis=(1, 2))).tolist()
 
 
 def check_channel_order(ds, var: str, path) -> None:
@@ -185,6 +193,11 @@ def read_packed(path: str | Path, var: str, n_channels: int | None, grid: Grid |
     if p.all_missing():
         raise UserError(f"{path}: '{var}' is entirely missing (all NaN/fill); remove the file or {_FIX}")
     p.out_of_range = mask_implausible(p, var, path)
+    if gone := p.missing_channels():  # a whole channel lost (a failed segment, a wrong unit masked as implausible)
+        names = dict(enumerate(BT_CHANNELS if var == "bt" else RF_CHANNELS if var == "rf" else ()))
+        listed = ", ".join(str(names.get(c, f"channel {c}")) for c in gone)
+        raise UserError(f"{path}: '{var}' has no value at all in {listed} (all NaN/fill); every pixel's window "
+                        f"needs all channels: remove the file or {_FIX}")
     return p
 
 
