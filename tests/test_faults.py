@@ -4,6 +4,7 @@ Each case must end with one line on stderr, exit code 2 (or a clean rerun), and 
 a final name."""
 import errno
 import faulthandler
+import json
 import shutil
 import signal
 import subprocess
@@ -101,6 +102,36 @@ def test_corrupt_images(case, tiny_world, tmp_path, capsys):
             "wrong_shape": "no variable 'bt'"}[case]
     assert want in err
     assert not (tmp_path / "o" / "patch_pt").exists()
+
+
+def test_an_image_changed_after_step02_is_cut_again(tiny_world, tmp_path, capsys):
+    """An image reprocessed (or replaced) after step02: step02 ran ("inputs changed") but reused every chunk, since
+    their signature covers the index and static.nc only, so the patches kept the old values (even with --force) and
+    a broken image was recorded as a good input. Now every chunk and the statistics are made again, from the new
+    bytes; --force also makes them again."""
+    raw = _copy_world(tiny_world, tmp_path)
+    s01, out = tmp_path / "s01", tmp_path / "o"
+    assert run_step("step01_make_index", *step01_args(raw, s01)) == 0
+    assert _s02(s01, out, "--set", "split_workers=1") == 0
+    before = json.loads((out / "stats" / "input_statistics.json").read_text())["mean"]
+    bt = next(p for p in image_paths(s01) if "gk2a_bt_" in p.name)
+    with netCDF4.Dataset(bt, "a") as ds:  # 2 K warmer in every channel
+        v = ds.variables["bt"]
+        v.set_auto_maskandscale(False)
+        a = v[...]
+        ok = a != v._FillValue
+        a[ok] = a[ok] + np.int16(round(2.0 / float(v.scale_factor)))
+        v[...] = a
+    capsys.readouterr()
+    assert _s02(s01, out, "--set", "split_workers=1") == 0
+    said = capsys.readouterr().out
+    assert "1 image(s) changed since step02's last run (e.g. " in said
+    assert json.loads((out / "report.json").read_text())["chunks_reused"] == 0
+    after = json.loads((out / "stats" / "input_statistics.json").read_text())["mean"]
+    assert after[0] > before[0]  # the BT channels' mean moved with the image
+    assert _s02(s01, out, "--set", "split_workers=1") == 0  # nothing changed since: up to date
+    assert _s02(s01, out, "--set", "split_workers=1", "--force") == 0
+    assert json.loads((out / "report.json").read_text())["chunks_reused"] == 0
 
 
 def test_implausible_station_ta_and_dem(tiny_world, tmp_path, capsys):
