@@ -373,6 +373,42 @@ def test_step04_warns_when_step01s_inputs_changed_since_its_index(evaluated, tin
     assert "warning: step01's index" not in step04(tmp_path / "s04b")
 
 
+def test_damaged_demo_world_truth_files_are_one_line(tiny_world, tmp_path):
+    """The demo world's truth files that step05 scores against: empty, truncated, all NaN, not a JSON object, a
+    column missing or text in a number each gave a traceback (or a score of nan): one line naming the file now."""
+    from shared.core.errors import UserError
+    from shared.evaluation.maps import read_truth_field, read_truth_json, station_truth_floor
+
+    tp = sorted((tiny_world / "truth").glob("ta_true_*.nc"))[0]
+    assert np.isfinite(read_truth_field(tp)).mean() > 0.99
+    bad = tmp_path / tp.name
+    for how, said in ((b"", "cannot read the true field"), (tp.read_bytes()[:3000], "cannot read the true field")):
+        bad.write_bytes(how)
+        with pytest.raises(UserError, match=f"{bad.name}: {said}.*regenerate the demo world"):
+            read_truth_field(bad)
+    shutil.copy(tp, bad)
+    with netCDF4.Dataset(bad, "a") as ds:
+        ds.variables["t2m"][...] = np.ma.masked_all(ds.variables["t2m"].shape)
+    with pytest.raises(UserError, match="the true field holds no value"):
+        read_truth_field(bad)
+    tj = tmp_path / "truth.json"
+    for text, said in (('{"a":', "cannot read"), ("[1]", "not a JSON object")):
+        tj.write_text(text)
+        with pytest.raises(UserError, match=f"truth.json: {said}"):
+            read_truth_json(tj)
+    raw = tmp_path / "raw"
+    (raw / "truth").mkdir(parents=True)
+    st = (tiny_world / "truth" / "station_truth.csv").read_text().splitlines()
+    rows = pd.DataFrame({"time_utc": pd.to_datetime([st[1].split(",")[1]]), "stn_id": [int(st[1].split(",")[0])],
+                         "obs_c": [1.0], "prediction_c": [1.0]})
+    assert station_truth_floor(rows, tiny_world, 1.0)["n"] == 1
+    for text, said in ("", "cannot read"), (st[0].replace("ta_true_c", "t") + "\n" + st[1], "no column ta_true_c"), \
+            (st[0] + "\n" + ",".join(st[1].split(",")[:2] + ["abc"] + st[1].split(",")[3:]), "cannot read"):
+        (raw / "truth" / "station_truth.csv").write_text(text)
+        with pytest.raises(UserError, match=f"station_truth.csv: {said}"):
+            station_truth_floor(rows, raw, 1.0)
+
+
 def test_maps_fused_with_other_settings_are_named():
     """step05 joins step04's maps at the test stations beside its own analysis; made with other fusion settings
     (``fusion.idw_weight: 0`` in step04 only) the two differed without a word. The map's ``fusion_settings``

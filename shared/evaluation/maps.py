@@ -13,6 +13,7 @@ also scored against the true field (:func:`truth_scores`).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import netCDF4
@@ -192,12 +193,13 @@ def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, 
         t = pd.Timestamp(m["time_utc"])
         tp = truth_dir / f"ta_true_{t:%Y%m%d%H%M}.nc"
         if not tp.is_file():
+            print(f"warning: no true field for {m['file']} ({tp} not found): that map is not scored against the truth",
+                  file=sys.stderr)
             continue
         f = read_map(map_dir / m["file"])
         r0, c0 = map_offset(f, static.grid, map_dir / m["file"])
         cut = (slice(r0, r0 + f.grid.ny), slice(c0, c0 + f.grid.nx))
-        with netCDF4.Dataset(tp) as ds:
-            truth = np.ma.filled(ds.variables["t2m"][...].astype(np.float64), np.nan)
+        truth = read_truth_field(tp)
         if truth.shape != static.grid.shape:
             raise UserError(f"{tp}: truth is {truth.shape}, static.nc {static.grid.shape}; the demo world and static.nc differ: rerun the pipeline")
         truth = truth[cut]
@@ -236,6 +238,55 @@ def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, 
 
 
 
+#: what to do with a demo world's truth files that cannot be read
+TRUTH_FIX = "regenerate the demo world (python -m shared.ingest.demo_world --force), or set truth_dir / raw_dir"
+
+
+def read_truth_field(path: Path) -> np.ndarray:
+    """The demo world's true ``t2m`` field (K, NaN where missing) of one time; one line naming the file when it
+    cannot be read, lacks ``t2m`` or holds no value."""
+    try:
+        with netCDF4.Dataset(path) as ds:
+            if "t2m" not in ds.variables:
+                raise UserError(f"{path}: no variable 't2m' (found {', '.join(ds.variables)}); {TRUTH_FIX}")
+            truth = np.ma.filled(ds.variables["t2m"][...].astype(np.float64), np.nan)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the true field ({type(e).__name__}: {e}); {TRUTH_FIX}") from None
+    if not np.isfinite(truth).any():
+        raise UserError(f"{path}: the true field holds no value (all NaN/fill); {TRUTH_FIX}")
+    return truth
+
+
+def read_truth_json(path: Path) -> dict:
+    """The demo world's ``truth.json`` (noise floor, climatology), one line naming it when it is not a JSON object."""
+    try:
+        out = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path}: cannot read ({type(e).__name__}: {e}); {TRUTH_FIX}") from None
+    if not isinstance(out, dict):
+        raise UserError(f"{path}: not a JSON object ({type(out).__name__}); {TRUTH_FIX}")
+    return out
+
+
+def _station_truth(path: Path) -> pd.DataFrame:
+    """``truth/station_truth.csv``: stn_id, time_utc, ta_true_c (and elev_effect_k), checked."""
+    try:
+        head = pd.read_csv(path, nrows=0).columns
+        need = ["stn_id", "time_utc", "ta_true_c"]
+        if missing := [c for c in need if c not in head]:
+            raise UserError(f"{path}: no column {', '.join(missing)} (found {', '.join(head)}); {TRUTH_FIX}")
+        tr = pd.read_csv(path, usecols=[c for c in (*need, "elev_effect_k") if c in head])
+        tr["time_utc"] = pd.to_datetime(tr["time_utc"], format="%Y-%m-%d %H:%M").astype("datetime64[ns]")
+        for c in ("stn_id", "ta_true_c", "elev_effect_k"):
+            if c in tr:
+                tr[c] = pd.to_numeric(tr[c])
+    except UserError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"{path}: cannot read ({type(e).__name__}: {e}); {TRUTH_FIX}") from None
+    return tr
+
+
 def station_truth_floor(df: pd.DataFrame, raw_dir: Path, ta_std: float, pred_cols: dict[str, str] | None = None) -> dict | None:
     """Noise floors on exactly the test rows (demo world only), and each method against the truth.
 
@@ -248,9 +299,7 @@ def station_truth_floor(df: pd.DataFrame, raw_dir: Path, ta_std: float, pred_col
     p = raw_dir / "truth" / "station_truth.csv"
     if not p.is_file():
         return None
-    head = pd.read_csv(p, nrows=0).columns
-    tr = pd.read_csv(p, usecols=[c for c in ("stn_id", "time_utc", "ta_true_c", "elev_effect_k") if c in head])
-    tr["time_utc"] = pd.to_datetime(tr["time_utc"]).astype("datetime64[ns]")
+    tr = _station_truth(p)
     cols = pred_cols or {"model": "prediction_c"}
     j = df[["time_utc", "stn_id", "obs_c", *cols.values()]].merge(tr, on=["time_utc", "stn_id"], how="left")
     obs = j["obs_c"].to_numpy()

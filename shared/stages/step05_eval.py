@@ -37,6 +37,7 @@ from shared.evaluation.maps import (
     join_maps,
     map_agreement,
     map_files,
+    read_truth_json,
     station_truth_floor,
     truth_scores,
 )
@@ -441,7 +442,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     noise_floor = None
     tj = raw_dir / "truth.json"
     if tj.is_file():
-        tinfo = json.loads(tj.read_text(encoding="utf-8"))
+        tinfo = read_truth_json(tj)
         noise_floor = tinfo.get("noise_floor_rmse_k")
         metrics["demo_world"] = {
             "noise_floor_rmse_K": noise_floor, "noise_floor_note": tinfo.get("noise_floor_note"),
