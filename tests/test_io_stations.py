@@ -213,6 +213,28 @@ def test_short_files_in_the_wrong_time_zone_are_warned_about(tmp_path, caplog):
     assert not [r for r in caplog.records if "warmest time" in r.getMessage()]
 
 
+def test_a_file_without_one_usable_observation_is_refused(tmp_path, caplog):
+    """A station file none of whose rows is usable (every time in another format, every TA text or empty) lost a
+    month with a warning and exit 0; it is refused naming the file and why. A header-only file is warned about."""
+    import logging
+
+    ok = _cycle(days=1, stations=(108,))
+    base = ok.assign(time_utc=ok["time_utc"].dt.strftime("%Y-%m-%d %H:%M"))
+    cases = {"times.csv": (base.assign(time_utc=ok["time_utc"].dt.strftime("%d/%m/%Y %H:%M")),
+                           "none of its times can be read \\(first: '01/05/2023 00:00'"),
+             "text.csv": (base.assign(ta_c="abc"), "none of its rows has a TA value"),
+             "empty_ta.csv": (base.assign(ta_c=""), "none of its rows has a TA value")}
+    for name, (df, said) in cases.items():
+        df.to_csv(tmp_path / name, index=False)
+        with pytest.raises(UserError, match=f"{name}: none of its 24 rows is a usable observation: {said}"):
+            read_obs([tmp_path / name])
+    base.head(0).to_csv(tmp_path / "header.csv", index=False)
+    base.to_csv(tmp_path / "good.csv", index=False)
+    with caplog.at_level(logging.WARNING):
+        df, _ = read_obs([tmp_path / "header.csv", tmp_path / "good.csv"])
+    assert len(df) == 24 and any("header.csv: no observation rows" in r.getMessage() for r in caplog.records)
+
+
 def test_station_heights_not_in_metres_are_refused():
     """elev_m against the DEM height of each station's pixel: stations stand a little below their pixel's mean
     height (median ratio ~0.75); the same table in feet (x 3.28) or km (/ 1000) is refused with the unit named;

@@ -289,6 +289,14 @@ def _read_obs_file(path: Path) -> tuple[pd.DataFrame, dict]:
                     rep["out_of_range"], *TA_RANGE_C, i + 2, raw[cols["ta_c"]].iloc[i],
                     ", ".join(f"{int(k)} ({v})" for k, v in by.head(3).items()), ", ..." if len(by) > 3 else "")
     keep = ~(bad_stn | bad_time | missing_ta | out_range)
+    if not len(raw):
+        log.warning("%s: no observation rows (a header only)", path)
+    elif not keep.any():  # a file none of whose rows is usable: a format or export mistake, not gaps
+        why = (f"no station id is a whole number (first: {raw[cols['stn_id']].iloc[0]!r})" if bad_stn.all() else
+               f"none of its times can be read (first: {raw[tcol].iloc[0]!r}; write YYYY-MM-DD hh:mm)"
+               if (bad_stn | bad_time).all() else "none of its rows has a TA value (all empty or text)")
+        raise UserError(f"{path}: none of its {len(raw):,} rows is a usable observation: {why}; fix the file or "
+                        "move it out of the observation folder")
     df = pd.DataFrame({"stn_id": stn[keep].astype("int64"), "time_utc": t[keep], "ta_c": ta[keep].astype("float64")})
     check_months(df, path)
     check_diurnal_phase(df, path, fmt)
