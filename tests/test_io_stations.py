@@ -254,6 +254,29 @@ def test_station_heights_not_in_metres_are_refused():
         check_station_heights(st, dem * 3.2808, "s.csv")  # the DEM in feet, the stations in metres
 
 
+def test_text_in_a_station_id_or_position_is_refused_and_an_empty_one_dropped(tmp_path, caplog):
+    """A station table with text where a number belongs (lat 'abc', an id '9O') dropped the row with a warning and
+    exit 0; it is refused naming the line. A row whose position is empty is a station without one: dropped, named."""
+    import logging
+
+    rows = ["stn_id,name,lat,lon,elev_m", "90,A,38.25,128.56,18", "93,B,37.94,127.75,77", "95,C,38.15,127.30,155"]
+    for line, key, said in ((2, "lat", "'abc'"), (3, "stn_id", "'9O'"), (1, "stn_id", "'90.5'")):
+        bad = list(rows)
+        parts = bad[line].split(",")
+        parts[{"stn_id": 0, "lat": 2}[key]] = said.strip("'")
+        bad[line] = ",".join(parts)
+        (tmp_path / "s.csv").write_text("\n".join(bad) + "\n")
+        with pytest.raises(UserError, match=f"s.csv: line {line + 1}: {key} is {said}, not a"):
+            read_stations(tmp_path / "s.csv")
+    empty = list(rows)
+    empty[2] = "93,B,,127.75,77"
+    (tmp_path / "s.csv").write_text("\n".join(empty) + "\n")
+    with caplog.at_level(logging.WARNING):
+        assert read_stations(tmp_path / "s.csv")["stn_id"].tolist() == [90, 95]
+    assert any("1 station row(s) without a numeric id/lat/lon dropped (first at line 3)" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_positions_in_degrees_minutes_seconds_are_refused(tmp_path):
     """The demo world's first 12 ASOS positions, then the same written as degrees.MMSS (37°34'12" as 37.3412): the
     reader refuses the second with the conversion of its first station; 9 stations are too few to judge."""

@@ -158,6 +158,15 @@ def read_stations(path: str | Path) -> pd.DataFrame:
         "elev_m": pd.to_numeric(raw[cols["elev_m"]], errors="coerce"),
     })
     bad = df["stn_id"].isna() | df["lat"].isna() | df["lon"].isna() | (df["stn_id"] % 1 != 0)
+    for key in ("stn_id", "lat", "lon"):  # text where the number belongs: a shifted column, a typo, not a gap
+        text = df[key].isna() & raw[cols[key]].fillna("").str.strip().ne("")
+        if key == "stn_id":
+            text |= df[key].notna() & (df[key] % 1 != 0)
+        if text.any():
+            i = int(np.flatnonzero(text.to_numpy())[0])
+            raise UserError(f"{path}: line {i + 2}: {key} is {raw[cols[key]].iloc[i]!r}, not a "
+                            f"{'whole number' if key == 'stn_id' else 'number in decimal degrees'} ({int(text.sum())} "
+                            "row(s) like it); fix those rows (a station without a position may leave it empty)")
     first_bad = int(np.flatnonzero(bad.to_numpy())[0]) + 2 if bad.any() else None
     if bad.any():
         log.warning("%s: %d station row(s) without a numeric id/lat/lon dropped (first at line %d)",
