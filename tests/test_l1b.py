@@ -295,7 +295,7 @@ def test_calibration_table_version_mismatch_warns_once(tmp_path, caplog, capsys)
     # the CLI prints it in its summary
     assert l1b.main(["convert", "--src", str(src), "--dst", str(tmp_path / "raw3"),
                      "--window", ",".join(map(str, WINDOW))]) == 0
-    assert "calibration table v.3.0_20190415 used for files naming v.3.1_20230101 (4)" in capsys.readouterr().out
+    assert "calibration table v.3.0_20190415 used for files naming v.3.1_20230101 (4)" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- conversion

@@ -514,7 +514,7 @@ def test_skip_existing_rebuilds_a_chunk_whose_bytes_changed(tiny_patches, tiny_i
     f.write_bytes(bytes(raw))
     assert not torch.equal(torch.load(f, weights_only=True)["x"], before["x"])  # loads, with other values
     assert _step02(tiny_index, out) == 0
-    assert "1 chunk(s)" in capsys.readouterr().out
+    assert "1 chunk(s)" in capsys.readouterr().err
     n_chunks = sum(len(v) for v in man["chunks"].values())
     assert json.loads((out / "report.json").read_text())["chunks_reused"] == n_chunks - 1
     after = torch.load(f, weights_only=True)

@@ -328,7 +328,7 @@ def test_times_list_missing_image_skip_or_fail(world, tmp_path, capsys):
     assert "(images nearest it: 2023-07-01 18:00; 3 image times from 2023-07-01 00:00 to 2023-07-01 18:00)" in err
     assert run_step(STEP, *args) == 0
     cap = capsys.readouterr()
-    assert "2023-07-02 06:00 UTC" in cap.out and "skipped" in cap.out
+    assert "2023-07-02 06:00 UTC" in cap.err and "skipped" in cap.err
     assert [p.name for p in out.glob("ta_map_*.nc")] == ["ta_map_202307010600.nc"]
 
 

@@ -333,7 +333,7 @@ def test_step04_leaves_a_gross_error_out_of_its_map_and_names_it(evaluated, tmp_
 
     capsys.readouterr()
     wrong = step04(idx.assign(ta_c=np.where(idx.index == k, idx["ta_c"] + 30.0, idx["ta_c"])), "wrong")
-    said = capsys.readouterr().out
+    said = capsys.readouterr().err
     assert f"station(s) {stn} differ" in said and "left out of this hour's analysis" in said
     assert wrong.attrs["fusion_rejected_stations"] == str(stn) and stn not in wrong.fusion_ids.tolist()
     gone = step04(idx.drop(index=k), "gone")
@@ -363,7 +363,7 @@ def test_step04_warns_when_step01s_inputs_changed_since_its_index(evaluated, tin
                         "--set", f"stations_csv={raw / 'stations.csv'}", "--set", f"index_dir={s01}",
                         "--set", f"output_dir={out}", "--set", "times.limit=1", "--set", "num_threads=1",
                         "--set", "progress=false", "--set", "region=[20, 10, 8, 8]", "--set", "quicklook=false") == 0
-        return capsys.readouterr().out
+        return capsys.readouterr().err
 
     capsys.readouterr()
     said = step04(tmp_path / "s04")

@@ -47,6 +47,7 @@ import argparse
 import logging
 import multiprocessing as mp
 import re
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -341,7 +342,7 @@ def main(argv=None) -> int:
     if rep["calibration_version_mismatch"]:
         m = rep["calibration_version_mismatch"]
         print(f"warning: calibration table {m['table']} used for files naming "
-              + ", ".join(f"{v} ({n})" for v, n in sorted(m["files"].items())))
+              + ", ".join(f"{v} ({n})" for v, n in sorted(m["files"].items())), file=sys.stderr)
     print(f"wrote {rep['written']} time(s) to {Path(args.dst) / 'sat'}; {rep['skipped']} already complete; "
           f"{len(rep['incomplete'])} incomplete time(s) skipped")
     return 0

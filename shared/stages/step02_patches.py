@@ -27,6 +27,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import sys
 from collections import OrderedDict
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -261,7 +262,7 @@ def make_patches(cfg: Config, previous: dict | None = None, rebuild: bool = Fals
                     if f.name in written:  # its bytes just checked: the manifest need not hash it again
                         verified[f.name] = written[f.name]
     if changed:
-        print(f"warning: {changed} chunk(s) in {pdir} changed since step02 wrote them; rebuilding them")
+        print(f"warning: {changed} chunk(s) in {pdir} changed since step02 wrote them; rebuilding them", file=sys.stderr)
     need_mask = ~pd.Series(list(zip(df["split"], df["chunk"]))).isin(existing.keys()).to_numpy()
     if not stats_ok:
         need_mask[:] = True

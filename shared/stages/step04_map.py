@@ -320,7 +320,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         if cfg.on_missing_image == "fail":
             raise UserError(msg + " (set on_missing_image: skip to map the others)")
         if rank == 0:
-            print(f"warning: {msg}; skipped (on_missing_image: skip)")
+            print(f"warning: {msg}; skipped (on_missing_image: skip)", file=sys.stderr)
     if times.empty:
         raise UserError("no time to map: " + ("; ".join(missing[:3]) if missing else "the selection is empty"))
     if cfg.stations_csv is not None and not cfg.stations_csv.is_file():
@@ -348,7 +348,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         if rank == 0 and (changed := changed_inputs(cfg.index_dir)):  # e.g. observations added since step01
             print(f"warning: step01's index in {repo_relative(str(cfg.index_dir))} was made before its inputs changed "
                   f"({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}): the maps fuse the observations "
-                  f"it holds; {rerun('step01')} to fuse the new ones")
+                  f"it holds; {rerun('step01')} to fuse the new ones", file=sys.stderr)
         obs = fusion_observations(cfg.index_dir, times["time_utc"], cfg.fusion)
         by_time = dict(tuple(obs.groupby("time_utc"))) if obs is not None and len(obs) else {}
         bar = tqdm(list(times.itertuples()), desc="model at the fusion stations", unit="time",
@@ -445,14 +445,14 @@ def run(cfg: Config, ctx: Context) -> Result:
             del frame
         if n_implausible:
             print(f"warning: {t:%Y-%m-%d %H:%M}: {n_implausible:,} image pixel(s) outside the physical range were "
-                  "treated as missing", flush=True)
+                  "treated as missing", flush=True, file=sys.stderr)
         t_fuse = time.perf_counter()
         fused = fuse_map(res.t2m_K, res.se_K, static, offset, src, vg, cfg.fusion) if vg is not None and src is not None else None
         rejected = [] if fused is None else [int(i) for i in src.stn_id[fused.rejected]]
         if rejected:
             print(f"warning: {t:%Y-%m-%d %H:%M}: the observation(s) of station(s) {', '.join(map(str, rejected))} differ "
                   f"from what their neighbours give by more than fusion.qc_max_z ({cfg.fusion.qc_max_z:g}) robust "
-                  f"standard deviations and {cfg.fusion.qc_min_error_K:g} K: left out of this hour's analysis", flush=True)
+                  f"standard deviations and {cfg.fusion.qc_min_error_K:g} K: left out of this hour's analysis", flush=True, file=sys.stderr)
         if fused is not None and fused.fused:
             used = src.used()
             used[fused.rejected] = False

@@ -506,7 +506,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     if qc.get("n"):
         first = ", ".join(f"{r['stn_id']} at {r['time_utc']}" for r in qc["first"][:5])
         print(f"warning: the gross-error check (fusion.qc_max_z) left {qc['n']} fusion observation(s) out of their hour, "
-              f"first {first} (metrics.json: analysis_info)")
+              f"first {first} (metrics.json: analysis_info)", file=sys.stderr)
     if by_dist is not None:
         have = ANALYSIS if f"rmse_K_{ANALYSIS}" in by_dist and by_dist[f"rmse_K_{ANALYSIS}"].notna().any() else MODEL
         print(f"{have} by distance to the nearest fusion station of the hour: " + "; ".join(
