@@ -134,6 +134,30 @@ def test_an_image_changed_after_step02_is_cut_again(tiny_world, tmp_path, capsys
     assert json.loads((out / "report.json").read_text())["chunks_reused"] == 0
 
 
+@pytest.mark.parametrize("case", ["dem_in_feet", "landcover_200", "latlon_swapped"])
+def test_a_static_nc_replaced_after_step01_is_checked_by_step02(case, tiny_world, tmp_path, capsys):
+    """static.nc edited after step01 (which reruns only when its grid changes): a DEM in feet, land cover that is
+    not IGBP, lat and lon swapped were cut into patches with exit 0; each is one line naming static.nc now."""
+    raw = _copy_world(tiny_world, tmp_path)
+    s01 = tmp_path / "s01"
+    assert run_step("step01_make_index", *step01_args(raw, s01)) == 0
+    with netCDF4.Dataset(raw / "static.nc", "a") as ds:
+        if case == "dem_in_feet":
+            ds.variables["dem"][...] = ds.variables["dem"][...] * 3.28084
+        elif case == "landcover_200":
+            ds.variables["landcover"][...] = 200
+        else:
+            lat = ds.variables["lat"][...]
+            ds.variables["lat"][...] = ds.variables["lon"][...]
+            ds.variables["lon"][...] = lat
+    assert _s02(s01, tmp_path / "o", "--set", "split_workers=1") == 2
+    err = _err(capsys)
+    assert "static.nc" in err and {"dem_in_feet": "is static.nc's dem in feet?", "landcover_200": "landcover holds "
+                                   "values that are not IGBP classes (e.g. 200", "latlon_swapped": "lat and lon swapped"
+                                   }[case] in err, err
+    assert not (tmp_path / "o" / "patch_pt").exists()
+
+
 def test_implausible_station_ta_and_dem(tiny_world, tmp_path, capsys):
     raw = _copy_world(tiny_world, tmp_path)
     with netCDF4.Dataset(raw / "static.nc", "a") as ds:

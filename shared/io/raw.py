@@ -31,7 +31,16 @@ import pandas as pd
 from shared.core.errors import UserError
 from shared.core.records import atomic_path
 from shared.geo.grid import Grid
-from shared.io.channels import BT_CHANNELS, BT_WAVES_UM, IGBP_CLASSES, N_BT, N_RF, RF_CHANNELS, RF_WAVES_UM
+from shared.io.channels import (
+    BT_CHANNELS,
+    BT_WAVES_UM,
+    IGBP_CLASSES,
+    N_BT,
+    N_LANDCOVER,
+    N_RF,
+    RF_CHANNELS,
+    RF_WAVES_UM,
+)
 
 KINDS = {"bt": ("bt", N_BT), "rf": ("rf", N_RF), "sza": ("sza", None)}
 _NAME_RE = re.compile(r"^gk2a_(bt|rf|sza)_(\d{12})\.nc$")
@@ -384,6 +393,12 @@ def read_static(path: str | Path) -> Static:
     if not np.isfinite(dem).any():
         raise UserError(f"{path}: dem is entirely missing")
     check_lsmask(arrs["lsmask"] > 0, dem, path)
+    check_static_positions(arrs["lat"], arrs["lon"], grid, path)
+    lc = np.asarray(arrs["landcover"])
+    if (bad_lc := ~(np.isin(lc, np.arange(0, N_LANDCOVER + 1)) | (lc == 255))).any():
+        raise UserError(f"{path}: landcover holds values that are not IGBP classes (e.g. {lc[bad_lc][0]:g} in "
+                        f"{int(bad_lc.sum()):,} pixels; 1-{N_LANDCOVER}, 0/255 unclassified); rebuild static.nc "
+                        "(python -m shared.ingest.static_layers build)")
     return Static(
         grid=grid,
         lat=arrs["lat"].astype(np.float64),
@@ -393,6 +408,26 @@ def read_static(path: str | Path) -> Static:
         landcover=np.asarray(arrs["landcover"]).astype(np.int16),
         path=path,
     )
+
+
+#: the largest distance (degrees) between static.nc's lat/lon and the grid's own at a few pixels
+LATLON_TOLERANCE_DEG = 0.05
+
+
+def check_static_positions(lat: np.ndarray, lon: np.ndarray, grid: Grid, path) -> None:
+    """One line when static.nc's lat/lon are not its grid's (swapped, shifted, another window): checked at the
+    corners and the centre against the grid's projection."""
+    ny, nx = lat.shape
+    rows, cols = np.array([0, 0, ny - 1, ny - 1, ny // 2]), np.array([0, nx - 1, 0, nx - 1, nx // 2])
+    want_lat, want_lon = grid.rowcol_to_latlon(rows, cols)
+    got_lat, got_lon = lat[rows, cols], lon[rows, cols]
+    off = np.nanmax(np.maximum(np.abs(got_lat - want_lat), np.abs(got_lon - want_lon)))
+    if not off <= LATLON_TOLERANCE_DEG:
+        swapped = np.nanmax(np.maximum(np.abs(got_lat - want_lon), np.abs(got_lon - want_lat))) <= LATLON_TOLERANCE_DEG
+        raise UserError(f"{path}: its lat/lon are {off:.3g} degrees off the grid's own at its corners and centre "
+                        f"(e.g. pixel 0,0: {got_lat[0]:.3f}, {got_lon[0]:.3f} against {want_lat[0]:.3f}, "
+                        f"{want_lon[0]:.3f}){': lat and lon swapped' if swapped else ''}; rebuild static.nc "
+                        "(python -m shared.ingest.static_layers build)")
 
 
 # --------------------------------------------------------------------------- writing

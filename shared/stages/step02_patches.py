@@ -61,6 +61,7 @@ from shared.io.patches import (
     write_stats,
 )
 from shared.io.raw import Static, read_frame, read_static
+from shared.io.stations import check_station_heights
 
 STEP = "step02_make_patches"
 
@@ -198,6 +199,10 @@ def make_patches(cfg: Config, previous: dict | None = None, rebuild: bool = Fals
     df, splits_info = read_index(cfg.index_dir)
     static = read_static(resolve_path(splits_info.get("static", "data/raw/static.nc")))
     grid = static.grid
+    # static.nc replaced since step01 (which reruns only when its grid changes): its dem against the stations' heights
+    st = df.drop_duplicates("stn_id")
+    on = grid.inside(st["pixel_y"].to_numpy(), st["pixel_x"].to_numpy())
+    check_station_heights(st[on], static.dem[st["pixel_y"].to_numpy()[on], st["pixel_x"].to_numpy()[on]], static.path)
 
     report: OrderedDict[str, int] = OrderedDict(rows_in=len(df))
     inside = grid.inside(df["pixel_y"].to_numpy(), df["pixel_x"].to_numpy(), margin=p // 2)
