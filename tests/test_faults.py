@@ -61,7 +61,7 @@ def test_a_corrupt_image_with_two_workers_fails_promptly_every_time(tiny_world, 
 
 
 @pytest.mark.parametrize("case", ["bt_kelvin_x10", "nan_image", "nan_channel", "wrong_variable", "wrong_shape",
-                                  "rf_spikes"])
+                                  "other_time", "rf_spikes"])
 def test_corrupt_images(case, tiny_world, tmp_path, capsys):
     raw = _copy_world(tiny_world, tmp_path)
     s01 = tmp_path / "s01"
@@ -88,6 +88,8 @@ def test_corrupt_images(case, tiny_world, tmp_path, capsys):
             v[...] = a
     if case == "wrong_shape":
         shutil.copy(next(p for p in image_paths(s01) if "gk2a_sza_" in p.name), bt)
+    if case == "other_time":  # another time's stack copied onto this time's name
+        shutil.copy(next(p for p in image_paths(s01) if "gk2a_bt_" in p.name and p != bt), bt)
     rc = _s02(s01, tmp_path / "o", "--set", "split_workers=1")
     if case == "rf_spikes":
         assert rc == 0
@@ -99,6 +101,7 @@ def test_corrupt_images(case, tiny_world, tmp_path, capsys):
     assert bt.name in err
     want = {"bt_kelvin_x10": "implausible", "nan_image": "entirely missing", "wrong_variable": "no variable 'bt'",
             "nan_channel": "'bt' has no value at all in IR105 (all NaN/fill)",
+            "other_time": "but its name says",
             "wrong_shape": "no variable 'bt'"}[case]
     assert want in err
     assert not (tmp_path / "o" / "patch_pt").exists()

@@ -157,6 +157,28 @@ def check_channel_order(ds, var: str, path) -> None:
                             "the stack in that order")
 
 
+#: an image's own time (its ``time_utc`` attribute) may differ from its name's by this much (a scan's start)
+IMAGE_TIME_TOLERANCE = pd.Timedelta(minutes=15)
+_NAME_TIME = re.compile(r"_(\d{12})\.nc$")
+
+
+def check_image_time(path: Path, stamped: str | None) -> None:
+    """One line when an image's own ``time_utc`` is not the time its name gives (a file copied or renamed onto
+    another time's name would be matched to that time's observations)."""
+    m = _NAME_TIME.search(Path(path).name)
+    if stamped is None or m is None:
+        return
+    try:
+        own = pd.Timestamp(stamped)
+    except ValueError:
+        return
+    own = own.tz_convert("UTC").tz_localize(None) if own.tzinfo is not None else own
+    named = pd.to_datetime(m.group(1), format="%Y%m%d%H%M")
+    if abs(own - named) > IMAGE_TIME_TOLERANCE:
+        raise UserError(f"{path}: its time_utc is {own:%Y-%m-%d %H:%M} but its name says {named:%Y-%m-%d %H:%M}: "
+                        "the file was copied or renamed onto another time; restore it or reconvert that time")
+
+
 def read_packed(path: str | Path, var: str, n_channels: int | None, grid: Grid | None = None) -> Packed:
     """Read ``var`` from ``path`` without unpacking (fast; one read per file).
 
@@ -173,6 +195,7 @@ def read_packed(path: str | Path, var: str, n_channels: int | None, grid: Grid |
                 raise UserError(f"{path}: no variable '{var}' (found {', '.join(ds.variables)}); {_FIX}")
             check_channel_order(ds, var, path)
             placed = {k: int(ds.getncattr(k)) for k in ("grid_row0", "grid_col0") if k in ds.ncattrs()}
+            stamped = str(ds.getncattr("time_utc")) if "time_utc" in ds.ncattrs() else None
             v = ds.variables[var]
             v.set_auto_maskandscale(False)
             raw = np.asarray(v[...])
@@ -198,6 +221,7 @@ def read_packed(path: str | Path, var: str, n_channels: int | None, grid: Grid |
         raise UserError(f"{path}: image window starts at KO row/col {placed.get('grid_row0')},{placed.get('grid_col0')} "
                         f"but static.nc's at {grid.row0},{grid.col0}; build static.nc with the images' --window "
                         "(python -m shared.ingest.static_layers build --window ROW0,COL0,NY,NX)")
+    check_image_time(path, stamped)
     p = Packed(raw=raw, scale=scale, offset=offset, fill=fill)
     if p.all_missing():
         raise UserError(f"{path}: '{var}' is entirely missing (all NaN/fill); remove the file or {_FIX}")
