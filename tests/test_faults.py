@@ -107,6 +107,19 @@ def test_corrupt_images(case, tiny_world, tmp_path, capsys):
     assert not (tmp_path / "o" / "patch_pt").exists()
 
 
+def test_a_float_stack_with_a_fill_value_counts_it_as_missing():
+    """A float stack whose missing pixels carry a numeric _FillValue (-999) rather than NaN: a channel all fill
+    is a channel lost (it passed, and unpacked to all NaN)."""
+    from shared.io.raw import Packed
+
+    raw = np.full((3, 4, 5), 280.0, np.float32)
+    raw[1] = -999.0
+    raw[2, 0, 0] = np.nan
+    p = Packed(raw=raw, scale=1.0, offset=0.0, fill=-999.0)
+    assert p.missing_channels() == [1] and not p.all_missing() and int(p.missing().sum()) == 21
+    assert Packed(raw=raw, scale=1.0, offset=0.0, fill=None).missing_channels() == []
+
+
 def test_an_image_changed_after_step02_is_cut_again(tiny_world, tmp_path, capsys):
     """An image reprocessed (or replaced) after step02: step02 ran ("inputs changed") but reused every chunk, since
     their signature covers the index and static.nc only, so the patches kept the old values (even with --force) and

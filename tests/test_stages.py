@@ -264,9 +264,12 @@ def test_adopt_records_files_made_elsewhere_after_checking_them(tmp_path, capsys
         with pytest.raises(UserError, match="a checkpoint of a training run that has not finished .* finish that run "
                                             "with --resume"):
             adopt_main(["step03", str(p)])
-        # nor read by a later step, which says how to finish it (it said "rerun step03", and suggested adopting)
-        with pytest.raises(UserError, match="has not finished .*--resume \\(the same command and --set options\\)"):
-            check_upstream(p.parent, [p], "step03")
+    # nor read by a later step, which says how to finish it (it said "rerun step03", and suggested adopting); a
+    # finished run's current.pt, which its record lists, is read like its best.pt
+    staged = weights / ".staging" / "best.pt"
+    with pytest.raises(UserError, match="has not finished .*--resume \\(the same command and --set options\\)"):
+        check_upstream(staged.parent, [staged], "step03")
+    check_upstream(weights, [weights / "current.pt"], "step03")
     assert not (weights / ".staging" / "run.json").exists()
     # every split's chunks are checked, not the train split's only: a truncated val chunk, then one whose bytes
     # changed (it loads) are refused
@@ -472,16 +475,18 @@ def test_a_second_run_of_a_step_while_one_is_running_is_refused(tmp_path):
     import json
     import subprocess
     import sys
+    import time
 
     from shared.core.errors import UserError
     from shared.core.records import StepRun
 
     out = tmp_path / "out"
-    first = StepRun(out, {"k": 1}, [], "stepXX")
-    first.start()
-    rec = json.loads((out / "run.json").read_text())
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     other = subprocess.Popen(["sleep", "60"])
+    time.sleep(1.0)
+    first = StepRun(out, {"k": 1}, [], "stepXX")
+    first.start()  # the record is written after both processes started, as their own would be
+    rec = json.loads((out / "run.json").read_text())
     try:
         (out / "run.json").write_text(json.dumps({**rec, "pid": live.pid, "command": "step0X/run.py --force"}))
         second = StepRun(out, {"k": 1}, [], "stepXX")
@@ -491,6 +496,9 @@ def test_a_second_run_of_a_step_while_one_is_running_is_refused(tmp_path):
                                             "it to finish or stop it"):
             second.start()
         (out / "run.json").write_text(json.dumps({**rec, "pid": other.pid}))  # not a Python process
+        StepRun(out, {"k": 1}, [], "stepXX").check_not_running()
+        # a Python process that started after the record was written: its number used again, not the writer
+        (out / "run.json").write_text(json.dumps({**rec, "pid": live.pid, "started_utc": "2020-01-01T00:00:00Z"}))
         StepRun(out, {"k": 1}, [], "stepXX").check_not_running()
     finally:
         live.kill()

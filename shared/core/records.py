@@ -30,6 +30,7 @@ with one line naming the step to rerun.
 """
 from __future__ import annotations
 
+import calendar
 import contextlib
 import hashlib
 import json
@@ -390,11 +391,13 @@ STAGING = ".staging"
 UNFINISHED_NAMES = ("current.pt", "pretrain_current.pt")
 
 
-def check_finished_checkpoint(path: str | Path) -> None:
+def check_finished_checkpoint(path: str | Path, by_name: bool = True) -> None:
     """Refuse, with the way to finish it, a checkpoint of a training run that has not finished: it is neither
-    read by step04 nor adopted (the run that writes it may still replace it, and it is not its best epoch)."""
+    read by step04 nor adopted (the run that writes it may still replace it, and it is not its best epoch).
+    ``by_name``: also a ``current.pt`` outside ``.staging`` (adopting one; a finished run's, which its record
+    lists, is read like its best.pt)."""
     p = Path(path)
-    if p.parent.name == STAGING or p.name in UNFINISHED_NAMES:
+    if p.parent.name == STAGING or (by_name and p.name in UNFINISHED_NAMES):
         raise UserError(f"{p}: a checkpoint of a training run that has not finished (weights/{STAGING}/, "
                         "current.pt); finish that run with --resume (the same command and --set options) and use "
                         "its weights/best.pt")
@@ -442,6 +445,25 @@ def remove_orphan_temporaries(folders: Iterable[str | Path]) -> list[Path]:
     return gone
 
 
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from /proc; None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        btime = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime"))
+        return btime + float(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _utc_seconds(text) -> float | None:
+    """A record's ``...Z`` UTC time in seconds since the epoch, or None."""
+    try:
+        return float(calendar.timegm(time.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ")))
+    except (ValueError, OverflowError):
+        return None
+
+
 def running_process(rec: dict | None) -> str | None:
     """Words for the live process of this machine that a "running" record names (not this one), else None: a run
     that crashed or was killed left a record whose process is gone (or is no Python process now)."""
@@ -454,8 +476,9 @@ def running_process(rec: dict | None) -> str | None:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:  # no /proc: judged alive
         cmd = "python"
-    if "python" not in cmd:
-        return None
+    began, wrote = _process_start(pid), _utc_seconds(rec.get("started_utc"))
+    if "python" not in cmd or (began is not None and wrote is not None and began > wrote + 2.0):
+        return None  # another program, or a process started after the record (its number used again)
     when = str(rec.get("started_utc", "")).replace("T", " ").rstrip("Z")[:16]
     return f"process {pid}, started {when} UTC: {rec.get('command', '')}".rstrip(": ")
 
@@ -477,7 +500,7 @@ def check_upstream(run_dir: str | Path, files: Iterable[str | Path], step: str) 
     run_dir = Path(run_dir)
     files = list(files)
     for f in files:
-        check_finished_checkpoint(f)
+        check_finished_checkpoint(f, by_name=False)
         if not Path(f).exists():
             raise UserError(f"{f} not found; {rerun(step)} or set its path in the config")
     rec = read_record(run_dir)

@@ -286,9 +286,10 @@ _GENERATED = re.compile(r"^(sat/\d{4}/\d{2}/\d{2}/gk2a_(bt|rf|sza)_\d{12}\.nc|ta
 
 
 def _generated_files(raw: Path) -> list[str]:
-    """The files under :data:`GENERATED_DIRS`, relative to ``raw`` (POSIX), sorted."""
+    """The files under :data:`GENERATED_DIRS`, relative to ``raw`` (POSIX), sorted; hidden ones (temporary files,
+    a desktop's own) left out."""
     return sorted(f.relative_to(raw).as_posix() for d in GENERATED_DIRS if (raw / d).is_dir()
-                  for f in (raw / d).rglob("*") if f.is_file() and not f.name.startswith(".tmp-"))
+                  for f in (raw / d).rglob("*") if f.is_file() and not f.name.startswith("."))  # .tmp-*, .DS_Store
 
 
 def _foreign_files(raw: Path, marker: dict) -> list[str]:
@@ -320,16 +321,16 @@ def _prepare_out(raw: Path, params: dict, force: bool) -> dict | None:
             f"Refusing to overwrite it: pass --out to another folder, or --force to replace "
             f"its {', '.join(MANAGED[:3])}, sat/, ta_obs/, truth/"
         )
-    if marker is not None and not force and (foreign := _foreign_files(raw, marker)):
-        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        raise UserError(f"{raw} holds files the demo world generator did not write ({', '.join(foreign[:3])}{more}); "
-                        "regenerating it would delete them: move them to a raw folder of their own (and point "
-                        "the steps' raw_dir / obs_dir at it), or pass --force to delete them")
     if marker is not None and not force and marker.get("params") == params and _is_complete(raw, marker):
         try:
             return json.loads((raw / "truth.json").read_text())
         except (OSError, ValueError):
             pass
+    if marker is not None and not force and (foreign := _foreign_files(raw, marker)):  # about to be rebuilt
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise UserError(f"{raw} holds files the demo world generator did not write ({', '.join(foreign[:3])}{more}); "
+                        "regenerating it would delete them: move them to a raw folder of their own (and point "
+                        "the steps' raw_dir / obs_dir at it), or pass --force to delete them")
     for name in MANAGED:
         p = raw / name
         if p.is_dir():

@@ -125,7 +125,9 @@ class Packed:
         """Where the stored values are missing (fill, or NaN in a float variable), the raw array's shape."""
         if self.fill is not None and np.issubdtype(self.raw.dtype, np.integer):
             return self.raw == self.fill
-        return ~np.isfinite(self.raw) if self.raw.dtype.kind == "f" else np.zeros(self.raw.shape, bool)
+        if self.raw.dtype.kind == "f":
+            return ~np.isfinite(self.raw) | ((self.raw == self.fill) if self.fill is not None else False)
+        return np.zeros(self.raw.shape, bool)
 
     def all_missing(self) -> bool:
         return bool(self.missing().all())
