@@ -69,8 +69,10 @@ def test_split_map_counts_each_split(tiny_world, tiny_index, tmp_path):
 
 
 def _with_more_days(tiny_world, tmp_path, extra: int = 4):
-    """The tiny world (2 days) with ``extra`` more days after each: its images (step01 reads their names only) and
-    observations copied one day later each time."""
+    """The tiny world (2 days) with ``extra`` more days after each: its images (their time_utc set to the new day's,
+    as readers check it against the name) and observations copied one day later each time."""
+    import netCDF4
+
     raw = tmp_path / "raw"
     shutil.copytree(tiny_world, raw)
     for f in sorted((raw / "sat").rglob("gk2a_*.nc")):
@@ -80,6 +82,8 @@ def _with_more_days(tiny_world, tmp_path, extra: int = 4):
             g = raw / "sat" / f"{u:%Y/%m/%d}" / f.name.replace(f"{t:%Y%m%d%H%M}", f"{u:%Y%m%d%H%M}")
             g.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(f, g)
+            with netCDF4.Dataset(g, "a") as ds:
+                ds.setncattr("time_utc", f"{u:%Y-%m-%dT%H:%M:%SZ}")
     for f in (raw / "ta_obs").glob("*.csv"):
         obs = pd.read_csv(f, parse_dates=["time_utc"])
         more = [obs.assign(time_utc=obs["time_utc"] + pd.Timedelta(days=k)) for k in range(extra + 1)]
