@@ -170,11 +170,6 @@ def _keyed(d: dict | None) -> dict:
     return {repo_relative(str(k)): v for k, v in (d or {}).items()}
 
 
-def record_table(rec: dict | None, field: str) -> dict:
-    """A record's ``{path: value}`` table ``field`` (``inputs``, ``outputs``, ...) keyed as :func:`record_key`."""
-    return _keyed((rec or {}).get(field))
-
-
 def same_file(path: str | Path, fp: str | None, content: str | None) -> bool:
     """Is ``path`` the file (or folder) a record fingerprinted as ``fp``, with bytes of SHA-1 ``content``? Its size
     and time decide when they match; otherwise its bytes do, when the record has their digest."""

@@ -40,7 +40,7 @@ from shared.geo.grid import KO_GRID, Grid
 from shared.ingest.l1b import parse_window
 from shared.ingest.l1b_read import block_mean
 from shared.io.channels import WATER
-from shared.io.raw import DEM_RANGE_M
+from shared.io.raw import DEM_RANGE_M, igbp_coded
 from shared.io.raw import write_static as write_static_nc
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ def check_landcover_values(r: Raster, spec) -> None:
     if r.data.size and v.size == 0:
         raise UserError(f"{spec}: every land cover value over the KO grid is missing: a broken or empty file, or the "
                         "wrong variable")
-    bad = np.unique(v[~(np.isin(v, np.arange(0, 18)) | (v == 255))])
+    bad = np.unique(v[~igbp_coded(v)])
     if bad.size:
         raise UserError(f"{spec}: land cover values {', '.join(f'{x:g}' for x in bad[:5])} are not IGBP classes "
                         "(1-17, 0/255 unclassified); reclassify it to IGBP")

@@ -161,13 +161,12 @@ def check_channel_order(ds, var: str, path) -> None:
 
 #: an image's own time (its ``time_utc`` attribute) may differ from its name's by this much (a scan's start)
 IMAGE_TIME_TOLERANCE = pd.Timedelta(minutes=15)
-_NAME_TIME = re.compile(r"_(\d{12})\.nc$")
 
 
 def check_image_time(path: Path, stamped: str | None) -> None:
     """One line when an image's own ``time_utc`` is not the time its name gives (a file copied or renamed onto
     another time's name would be matched to that time's observations)."""
-    m = _NAME_TIME.search(Path(path).name)
+    m = _NAME_RE.match(Path(path).name)
     if stamped is None or m is None:
         return
     try:
@@ -175,7 +174,7 @@ def check_image_time(path: Path, stamped: str | None) -> None:
     except ValueError:
         return
     own = own.tz_convert("UTC").tz_localize(None) if own.tzinfo is not None else own
-    named = pd.to_datetime(m.group(1), format="%Y%m%d%H%M")
+    named = pd.to_datetime(m.group(2), format="%Y%m%d%H%M")
     if abs(own - named) > IMAGE_TIME_TOLERANCE:
         raise UserError(f"{path}: its time_utc is {own:%Y-%m-%d %H:%M} but its name says {named:%Y-%m-%d %H:%M}: "
                         "the file was copied or renamed onto another time; restore it or reconvert that time")
@@ -421,7 +420,7 @@ def read_static(path: str | Path) -> Static:
     check_lsmask(arrs["lsmask"] > 0, dem, path)
     check_static_positions(arrs["lat"], arrs["lon"], grid, path)
     lc = np.asarray(arrs["landcover"])
-    if (bad_lc := ~(np.isin(lc, np.arange(0, N_LANDCOVER + 1)) | (lc == 255))).any():
+    if (bad_lc := ~igbp_coded(lc)).any():
         raise UserError(f"{path}: landcover holds values that are not IGBP classes (e.g. {lc[bad_lc][0]:g} in "
                         f"{int(bad_lc.sum()):,} pixels; 1-{N_LANDCOVER}, 0/255 unclassified); rebuild static.nc "
                         "(python -m shared.ingest.static_layers build)")
@@ -434,6 +433,11 @@ def read_static(path: str | Path) -> Static:
         landcover=np.asarray(arrs["landcover"]).astype(np.int16),
         path=path,
     )
+
+
+def igbp_coded(v: np.ndarray) -> np.ndarray:
+    """Whether each land cover value is an IGBP class (1-17) or unclassified (0, 255)."""
+    return np.isin(v, np.arange(0, N_LANDCOVER + 1)) | (v == 255)
 
 
 #: the largest distance (degrees) between static.nc's lat/lon and the grid's own at a few pixels

@@ -157,7 +157,6 @@ def read_stations(path: str | Path) -> pd.DataFrame:
         "lon": pd.to_numeric(raw[cols["lon"]], errors="coerce"),
         "elev_m": pd.to_numeric(raw[cols["elev_m"]], errors="coerce"),
     })
-    bad = df["stn_id"].isna() | df["lat"].isna() | df["lon"].isna() | (df["stn_id"] % 1 != 0)
     for key in ("stn_id", "lat", "lon"):  # text where the number belongs: a shifted column, a typo, not a gap
         text = df[key].isna() & raw[cols[key]].fillna("").str.strip().ne("")
         if key == "stn_id":
@@ -167,6 +166,7 @@ def read_stations(path: str | Path) -> pd.DataFrame:
             raise UserError(f"{path}: line {i + 2}: {key} is {raw[cols[key]].iloc[i]!r}, not a "
                             f"{'whole number' if key == 'stn_id' else 'number in decimal degrees'} ({int(text.sum())} "
                             "row(s) like it); fix those rows (a station without a position may leave it empty)")
+    bad = df["stn_id"].isna() | df["lat"].isna() | df["lon"].isna()  # empty: a station without an id or position
     first_bad = int(np.flatnonzero(bad.to_numpy())[0]) + 2 if bad.any() else None
     if bad.any():
         log.warning("%s: %d station row(s) without a numeric id/lat/lon dropped (first at line %d)",
@@ -382,7 +382,8 @@ def _cycle_fits(df: pd.DataFrame, key: np.ndarray, min_values: int = DIURNAL_MIN
     """The first harmonic of the mean diurnal cycle of ``df``'s observations in each group of ``key`` (each
     station's mean taken off; the weather of other days averages out over the hours): ``peak_utc`` (hour),
     ``amplitude_K`` and ``values``, indexed by the group, for the groups of ``min_values`` values or more with a
-    tenth of them in each quarter of the day (UTC): the phase of a cycle seen only at night is not the day's. Least squares of the anomalies on cos and sin of the hour angle, by the normal equations."""
+    tenth of them in each quarter of the day (UTC): the phase of a cycle seen only at night is not the day's.
+    Least squares of the anomalies on cos and sin of the hour angle, by the normal equations."""
     cols = ["peak_utc", "amplitude_K", "values"]
     if df.empty:
         return pd.DataFrame(columns=cols)

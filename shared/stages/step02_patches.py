@@ -41,7 +41,7 @@ from tqdm import tqdm
 from shared.core.cli import print_report
 from shared.core.config import resolve_path
 from shared.core.errors import UserError, require_dir, rerun
-from shared.core.records import file_sha1, fingerprint, finished_record, record_key, record_table, write_json
+from shared.core.records import changed_inputs, file_sha1, fingerprint, record_key, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.features.patch import extract_patches, height_z, landcover_onehot, loc3, normalise_, time7
 from shared.features.site import site_at, site_fields
@@ -179,18 +179,9 @@ def channel_stats(x: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndar
     return mean, std
 
 
-def changed_images(paths, previous: dict | None) -> list[str]:
-    """The images among ``paths`` whose size or time differ from the last finished run's record ``previous`` (its
-    chunks and statistics were cut from other bytes: a reprocessed, truncated or replaced file)."""
-    before = record_table(previous, "inputs")
-    keys = {record_key(f): f for f in paths}
-    now = fingerprint(list(keys.values()))
-    return sorted(k for k, f in keys.items() if k in before and before[k] != now[str(f)])
-
-
-def make_patches(cfg: Config, previous: dict | None = None, rebuild: bool = False) -> dict:
-    """step02 end to end; returns the row report. ``previous``: the last finished run's record (chunks cut from
-    images that changed since are not reused); ``rebuild``: reuse no chunk (--force)."""
+def make_patches(cfg: Config, rebuild: bool = False) -> dict:
+    """step02 end to end; returns the row report. Chunks cut from images that changed since the last finished
+    run are not reused (their bytes are other); ``rebuild``: reuse no chunk (--force)."""
     import torch
 
     p = cfg.patch_size
@@ -233,8 +224,8 @@ def make_patches(cfg: Config, previous: dict | None = None, rebuild: bool = Fals
     legacy = hashlib.sha1(legacy_src.encode()).hexdigest()[:16]
 
     stats_ok = False
-    images = {resolve_path(v) for c in ("path_bt", "path_rf", "path_sza") for v in df[c].unique()}
-    if rebuild or (moved := changed_images(sorted(images), previous)):
+    images = {record_key(resolve_path(v)) for c in ("path_bt", "path_rf", "path_sza") for v in df[c].unique()}
+    if rebuild or (moved := sorted(k for k in changed_inputs(out) if k in images)):
         if not rebuild:
             print(f"{len(moved)} image(s) changed since step02's last run (e.g. {moved[0]}): every chunk and the "
                   "statistics are made again")
@@ -362,7 +353,7 @@ def make_patches(cfg: Config, previous: dict | None = None, rebuild: bool = Fals
 
 def run(cfg: Config, ctx: Context) -> Result:
     require_dir(cfg.index_dir, "step01 outputs", rerun("step01"))
-    report = make_patches(cfg, finished_record(ctx.record.previous()), rebuild=ctx.args.force)
+    report = make_patches(cfg, rebuild=ctx.args.force)
     print_report("step02: rows", report)
     print(f"wrote {cfg.output_dir}/patch_pt ({report['rows_train']:,} train / {report['rows_val']:,} val / "
           f"{report['rows_test']:,} test rows" + (f", {report['rows_fusion']:,} fusion rows: train/val stations at held-out "

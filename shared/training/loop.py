@@ -514,7 +514,7 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
     t_start = time.time()
     k_all = cfg.model.members
     weights_dir, out_dir = Path(cfg.output.weights_dir), Path(cfg.output.outputs_dir)
-    outputs = [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"]
+    outputs = [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / LOG_NAME]
     mcfgs = [member_config(cfg, k) for k in range(k_all)]
     runs, left = [], stop_after  # --stop-after counts the epochs of this invocation over all members
     for k, mcfg in enumerate(mcfgs):
@@ -574,8 +574,8 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
             os.replace(staging / name, weights_dir / name)
         with contextlib.suppress(OSError):
             staging.rmdir()
-        logs = [pd.read_csv(Path(m.output.outputs_dir) / "train_log.csv").assign(member=k) for k, m in enumerate(mcfgs)]
-        write_csv(out_dir / "train_log.csv", pd.concat(logs, ignore_index=True)[["member"] + LOG_COLUMNS])
+        logs = [pd.read_csv(Path(m.output.outputs_dir) / LOG_NAME).assign(member=k) for k, m in enumerate(mcfgs)]
+        write_csv(out_dir / LOG_NAME, pd.concat(logs, ignore_index=True)[["member"] + LOG_COLUMNS])
     d.barrier()
     return {
         "done": True,
@@ -828,7 +828,7 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
         "train_rows": splits["train"].n_rows,
         "val_rows": splits["val"].n_rows,
         "seconds": round(time.time() - t_start, 2),
-        "outputs": [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / "train_log.csv"]
+        "outputs": [weights_dir / "best.pt", weights_dir / "current.pt", out_dir / LOG_NAME]
         + ([weights_dir / TRAIN_ONLY, out_dir / REFIT_LOG] if done and tcfg.refit_with_val else []),
         "ran": ran,  # epochs trained in this invocation
         "is_main": d.main,
