@@ -39,6 +39,47 @@ def test_station_split_has_no_leak(tiny_index):
     assert (full["path_bt"].str.contains("gk2a_bt_")).all()
 
 
+def test_hash_draw_keeps_each_station_in_its_split_as_stations_are_added():
+    """``split.draw: hash`` orders ids by a keyed hash (pinned here), so each station added moves at most two
+    stations across a cut (the test/val and val/train boundaries) and the fractions stay those of the shuffle;
+    the default shuffle redraws many (22 of 95 for one added station)."""
+    from shared.stages.step01_index import _three_way
+
+    def split_of(keys, draw):
+        return {k: s for s, v in _three_way(np.array(keys), 42, 0.15, 0.20, draw).items() for k in v}
+
+    ids = list(range(100, 195))
+    first = _three_way(np.array(ids), 42, 0.15, 0.20, "hash")
+    assert first["test"] == [111, 115, 124, 125, 126, 133, 144, 150, 151, 152, 153, 155, 159, 160, 162, 174, 180,
+                             188, 191]
+    assert {k: len(v) for k, v in first.items()} == {"train": 62, "val": 14, "test": 19}
+    assert first == _three_way(np.array(ids[::-1]), 42, 0.15, 0.20, "hash")  # the order given does not matter
+    moved = {"hash": [], "shuffle": []}
+    for draw in moved:
+        before = split_of(ids, draw)
+        for new in range(900, 920):
+            now = split_of(list(before) + [new], draw)
+            moved[draw].append(sum(now[k] != s for k, s in before.items()))
+            before = now
+    assert max(moved["hash"]) <= 2 and sum(moved["hash"]) < sum(moved["shuffle"]) / 4
+    assert max(moved["shuffle"]) > 10
+    assert split_of(ids, "hash") != {k: s for s, v in _three_way(np.array(ids), 7, 0.15, 0.20, "hash").items()
+                                     for k in v}  # the seed still draws
+
+
+def test_hash_draw_runs_in_step01_and_is_recorded(tiny_world, tmp_path):
+    from shared.stages.step01_index import _three_way
+
+    out = tmp_path / "o"
+    assert run_step("step01_make_index", *step01_args(tiny_world, out, "--set", "split.draw=hash")) == 0
+    info = json.loads((out / "splits.json").read_text())
+    assert info["draw"] == "hash"
+    full = pd.read_csv(out / "index.csv")
+    assert info["stations"] == _three_way(full["stn_id"].to_numpy(), 42, 0.15, 0.20, "hash")
+    for s in ("train", "val", "test"):
+        assert set(pd.read_csv(out / f"index_{s}.csv")["stn_id"]) == set(info["stations"][s])
+
+
 def test_split_map_counts_each_split(tiny_world, tiny_index, tmp_path):
     """step01 draws splits.png (recorded with the index set): one point per station in its split's colour, the
     legend counting stations and rows per split; with a time split a station in several splits is grey."""

@@ -32,6 +32,7 @@ of the satellite stacks (not their contents); writes ``index.csv``,
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ STEP = "step01_make_index"
 class SplitConfig:
     mode: Literal["station", "time", "station_time"] = "station"
     seed: int = 42
+    draw: Literal["shuffle", "hash"] = "shuffle"
     val_frac: float = 0.15
     test_frac: float = 0.20
 
@@ -123,11 +125,23 @@ def match_times(obs_times: pd.Series, sat_times: pd.Series, tol_min: float) -> t
     return pick, ok
 
 
-def _three_way(keys: np.ndarray, seed: int, val_frac: float, test_frac: float) -> dict:
-    """Shuffle unique ``keys`` with ``seed`` and cut them into train/val/test."""
+def _hash_order(keys: np.ndarray, seed: int) -> np.ndarray:
+    """``keys`` ordered by a keyed hash of each (BLAKE2b of ``seed`` and the key's text): a key's place among
+    the others never depends on which other keys there are, so adding one moves at most two across a cut."""
+    salt = str(int(seed)).encode()[:16]
+    h = [int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8, salt=salt).digest(), "big") for k in keys]
+    return keys[np.argsort(np.array(h, dtype=np.uint64), kind="stable")]
+
+
+def _three_way(keys: np.ndarray, seed: int, val_frac: float, test_frac: float, draw: str = "shuffle") -> dict:
+    """Order the unique ``keys`` (``draw``: ``shuffle``, a permutation drawn with ``seed`` over the sorted keys;
+    ``hash``, :func:`_hash_order`) and cut them into test, val and train, in that order."""
     keys = np.array(sorted(np.unique(keys)))
-    rng = np.random.default_rng(seed)
-    perm = keys[rng.permutation(len(keys))]
+    if draw == "hash":
+        perm = _hash_order(keys, seed)
+    else:
+        rng = np.random.default_rng(seed)
+        perm = keys[rng.permutation(len(keys))]
     n = len(perm)
     n_test = int(round(n * test_frac))
     n_val = int(round(n * val_frac))
@@ -139,18 +153,21 @@ def _three_way(keys: np.ndarray, seed: int, val_frac: float, test_frac: float) -
     return {"train": sorted(train.tolist()), "val": sorted(val.tolist()), "test": sorted(test.tolist())}
 
 
-def assign_splits(df: pd.DataFrame, mode: str, seed: int, val_frac: float, test_frac: float) -> tuple[pd.Series, dict, int]:
+def assign_splits(df: pd.DataFrame, mode: str, seed: int, val_frac: float, test_frac: float,
+                  draw: str = "shuffle") -> tuple[pd.Series, dict, int]:
     """Split label per row, a description of the split, and rows dropped by it."""
     day = df["sat_time_utc"].dt.strftime("%Y-%m-%d").to_numpy()
     info: dict = {"mode": mode, "seed": seed, "val_frac": val_frac, "test_frac": test_frac}
+    if draw != "shuffle":
+        info["draw"] = draw
     split = pd.Series(np.full(len(df), "", dtype=object), index=df.index)
     if mode in ("station", "station_time"):
-        st = _three_way(df["stn_id"].to_numpy(), seed, val_frac, test_frac)
+        st = _three_way(df["stn_id"].to_numpy(), seed, val_frac, test_frac, draw)
         info["stations"] = {k: [int(s) for s in v] for k, v in st.items()}
         st_of = {s: k for k, v in st.items() for s in v}
         by_station = df["stn_id"].map(st_of).to_numpy()
     if mode in ("time", "station_time"):
-        dy = _three_way(day, seed + 1, val_frac, test_frac)
+        dy = _three_way(day, seed + 1, val_frac, test_frac, draw)
         info["days"] = dy
         day_of = {d: k for k, v in dy.items() for d in v}
         by_day = pd.Series(day).map(day_of).to_numpy()
@@ -231,7 +248,7 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
                 tol_min: float, mode: str, seed: int, val_frac: float, test_frac: float,
                 margin: int = 0, qc: QCConfig | None = None,
                 dem: np.ndarray | None = None,
-                lsmask: np.ndarray | None = None) -> tuple[pd.DataFrame, OrderedDict[str, int], dict]:
+                lsmask: np.ndarray | None = None, draw: str = "shuffle") -> tuple[pd.DataFrame, OrderedDict[str, int], dict]:
     """Index rows, the drop report (reason -> count) and the split description.
 
     ``obs`` has ``stn_id, time_utc, ta_c`` already cleaned of missing /
@@ -286,7 +303,7 @@ def build_index(stations: pd.DataFrame, obs: pd.DataFrame, sat: pd.DataFrame, gr
     if df.empty:
         raise UserError(f"no observation is left to index: {nothing_left(report)}")
     df["year"] = df["sat_time_utc"].dt.year
-    split, info, dropped = assign_splits(df, mode, seed, val_frac, test_frac)
+    split, info, dropped = assign_splits(df, mode, seed, val_frac, test_frac, draw)
     df["split"] = split.to_numpy()
     report["dropped_split_mix"] = dropped
     df = df[df["split"] != ""]
@@ -378,7 +395,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     df, report, info = build_index(
         stations, obs, sat, static.grid, cfg.time_tolerance_min,
         cfg.split.mode, cfg.split.seed, cfg.split.val_frac, cfg.split.test_frac, qc=cfg.qc, dem=static.dem,
-        lsmask=static.lsmask,
+        lsmask=static.lsmask, draw=cfg.split.draw,
     )
     full_report = OrderedDict()
     for k, v in obs_report["totals"].items():
