@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--index-dir", type=Path, default=ROOT / "step01_make_index/outputs")
     ap.add_argument("--config", type=Path, default=ROOT / "step05_eval_metrics/config.yaml",
                     help="step05 config whose baselines: section is used")
-    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--folds", type=int, default=5, help="station folds, at least 3 (fold k tests, fold k+1 "
+                    "validates, the others train)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--reference", default="hgb", help="method the differences are taken to (model with --preds)")
     ap.add_argument("--preds", type=Path, nargs="+", default=None,
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None, help="write the out-of-fold predictions here (CSV)")
     a = ap.parse_args(argv)
+    if a.folds < 3:
+        ap.error(f"--folds {a.folds}: at least 3 (one fold tests, the next validates, the others train)")
 
     p = load_config(Config, a.config).baselines
     if a.hgb_max_iter is not None:

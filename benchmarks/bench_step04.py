@@ -206,7 +206,8 @@ def child(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=900, help="map rows (900 = the whole KO grid)")
+    ap.add_argument("--rows", type=int, default=900, help="map rows, 5 to 900 (900 = the whole KO grid; the "
+                    "reflect padding of a 9 x 9 window needs 5)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--attention", nargs="+", default=["short", "sdpa"], choices=["short", "sdpa"])
@@ -219,6 +220,8 @@ def main() -> None:
     ap.add_argument("--emb", choices=["folded", "conv"], default="folded", help=argparse.SUPPRESS)
     ap.add_argument("--save-map", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if not 5 <= a.rows <= 900:
+        ap.error(f"--rows {a.rows}: 5 to 900 (a 9 x 9 window's reflect padding of 4 rows needs more rows than that)")
     if a.child:
         return child(a)
     results, maps = [], {}

@@ -13,8 +13,10 @@ as trained (its features computed once); the fold's rows get that head's
 prediction. A head retrained the same way on every train row is scored on the
 test rows too, to show the recipe matches the model. Then step05's analysis at
 the test stations (:func:`shared.evaluation.suite.station_analysis`, the
-checkpoint's stored variogram, step04's default fusion settings) with the
-in-sample and with the cross-fitted train residuals, and the station-bootstrap
+checkpoint's stored variogram, step04's default fusion settings but the
+station blend: ``fusion.idw_weight: 0``, the kriged residuals alone, as
+docs/RESULTS.md measured it; step05's own analysis, with the blend, scores
+lower) with the in-sample and with the cross-fitted train residuals, and the station-bootstrap
 interval of the difference. The validation stations' residuals are out of
 sample already and are used as they are.
 """
@@ -149,7 +151,7 @@ def main(argv=None) -> int:
     boot = station_bootstrap(df, {c: c for c in ("model", "analysis_in_sample", "analysis_cross_fitted")},
                              "analysis_in_sample")
     print(format_differences(boot, f"test rows ({len(df):,}, {df['stn_id'].nunique()} stations), against the "
-                                   "analysis with in-sample train residuals (step05's)"))
+                                   "analysis with in-sample train residuals (step05's, kriged alone)"))
     return 0
 
 

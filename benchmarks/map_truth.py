@@ -82,7 +82,9 @@ def main(argv=None) -> int:
     d = m.get("demo_world") or {}
     truth = d.get("maps_vs_truth") or []
     if not truth:
-        print("no map was scored against the truth (not the demo world?)")
+        print(f"no map was scored against the truth: step05 read no finished map of step04's in {maps} (an "
+              "interrupted step04: rerun without --skip-step04; step05's warnings above say which it left out), or "
+              "the raw data are not the demo world's (no true fields)")
         return 1
     print()
     print(f"{'time UTC':<17} {'KST':>5} {'season':>6} {'stations':>8} {'t2m all':>8} {'land':>6} {'sea':>6} "
