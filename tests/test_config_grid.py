@@ -168,6 +168,35 @@ def test_steprun_up_to_date_tracks_inputs_config_outputs(tmp_path):
     assert not StepRun(tmp_path / "outputs", {"k": 1}, [inp]).up_to_date()
 
 
+def test_a_rerun_records_the_digest_of_an_output_it_kept_without_reading_it(tmp_path, monkeypatch):
+    """A run's record keeps each output's SHA-1. An output the last finished run recorded with the same size and
+    time keeps that digest (step04 hashed every map of a season at the end of a run that remade one); one
+    rewritten, or new, is read."""
+    import hashlib
+
+    from shared.core import records
+
+    inp, kept, remade = tmp_path / "in.txt", tmp_path / "kept.txt", tmp_path / "remade.txt"
+    inp.write_text("a")
+    kept.write_text("kept")
+    remade.write_text("first")
+    run = StepRun(tmp_path / "outputs", {"k": 1}, [inp])
+    run.start()
+    run.finish([kept, remade])
+    read = []
+    real = records.content_digest
+    monkeypatch.setattr(records, "content_digest", lambda p: read.append(Path(p).name) or real(p))
+    run = StepRun(tmp_path / "outputs", {"k": 1}, [inp])
+    run.start()
+    remade.write_text("second")
+    os.utime(remade, ns=(remade.stat().st_atime_ns, remade.stat().st_mtime_ns + 10**9))
+    rec = run.finish([kept, remade])
+    assert read == ["remade.txt"]
+    assert rec["contents"][records.record_key(kept)] == hashlib.sha1(b"kept").hexdigest()
+    assert rec["contents"][records.record_key(remade)] == hashlib.sha1(b"second").hexdigest()
+    assert StepRun(tmp_path / "outputs", {"k": 1}, [inp]).up_to_date()
+
+
 def test_a_bad_set_value_names_set_and_a_failed_check_names_both(tmp_path):
     """A --set value of the wrong type is blamed on --set (the file is fine); a check that fails after --set
     names the file and the keys set."""

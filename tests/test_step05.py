@@ -752,3 +752,57 @@ def test_station_labels_of_neighbouring_stations_do_not_cover_each_other():
         assert not ((abs(x - a) < 9 * k) & (abs(y - b) < 7 * k)).any()  # no marker under a label
         for c, d in centres[i + 1:]:
             assert abs(a - c) > 12 * k or abs(b - d) > 7 * k  # no two labels on each other
+
+
+def test_step04_reads_each_image_once_and_only_for_the_maps_it_makes(evaluated, tmp_path, monkeypatch):
+    """With the checkpoint's residual table (step03 writes one) the variogram needs no mapped time, so step04 runs
+    the model at a time's fusion stations from the image its map reads: each image once per map made, none for a
+    map kept. It read every selected time's image before the first map, and each made map's twice (remaking 1 of
+    150 maps took 90 s). A map fused again from its file's model field (other fusion settings) reads its image for
+    the stations alone, and equals the map made from scratch with those settings."""
+    import torch
+
+    import shared.stages.step04_map as s04
+    from shared.io.maps import read_map
+    from shared.models.checkpoint import RESIDUAL_KEYS
+
+    ck = torch.load(evaluated["ckpt"], weights_only=True)
+    idx = pd.concat([pd.read_csv(evaluated["index"] / f"index_{s}.csv") for s in ("train", "val")])
+    rng = np.random.default_rng(0)
+    table = {"time_s": pd.to_datetime(idx["sat_time_utc"]).astype("datetime64[s]").astype(np.int64).to_numpy(),
+             "stn_id": idx["stn_id"].to_numpy(np.int64), "pixel_y": idx["pixel_y"].to_numpy(np.int64),
+             "pixel_x": idx["pixel_x"].to_numpy(np.int64),
+             "split": np.where(idx["split"].to_numpy() == "train", 0, 1).astype(np.int64),
+             "resid": rng.normal(0.0, 1.0, len(idx)).astype(np.float32)}
+    ck["fusion_residuals"] = {k: torch.from_numpy(np.array(table[k])) for k in RESIDUAL_KEYS}
+    ckpt = tmp_path / "weights" / "best.pt"
+    ckpt.parent.mkdir()
+    torch.save(ck, ckpt)
+    adopt(ckpt, "step03", "test: the residual table added")
+    reads = []
+    real = s04.read_frame
+    monkeypatch.setattr(s04, "read_frame", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+
+    def step04(out, *extra):
+        reads.clear()
+        assert run_step("step04_infer_map", "--set", f"checkpoint={ckpt}", "--set", f"raw_dir={evaluated['raw']}",
+                        "--set", f"stations_csv={evaluated['raw'] / 'stations.csv'}", "--set",
+                        f"index_dir={evaluated['index']}", "--set", f"output_dir={out}", "--set", "times.limit=0",
+                        "--set", "num_threads=1", "--set", "progress=false", "--set", "region=[20, 10, 40, 40]",
+                        "--set", "quicklook=false", *extra) == 0
+        return sorted(out.glob("ta_map_*.nc"))
+
+    maps = step04(tmp_path / "a")
+    n = len(maps)
+    assert n >= 2 and len(reads) == n and len(set(reads)) == n
+    assert all(read_map(m).fusion_ids is not None and len(read_map(m).fusion_ids) > 0 for m in maps)
+    maps[0].unlink()
+    step04(tmp_path / "a")
+    assert len(reads) == 1  # the one map made again; the kept maps' images are not read
+    step04(tmp_path / "a", "--set", "fusion.idw_weight=0")  # fused again from each file's model field
+    assert len(reads) == n
+    step04(tmp_path / "b", "--set", "fusion.idw_weight=0")
+    for m in maps:
+        a, b = read_map(m), read_map(tmp_path / "b" / m.name)
+        np.testing.assert_array_equal(a.t2m, b.t2m)
+        assert a.fusion_ids.tolist() == b.fusion_ids.tolist()

@@ -56,8 +56,10 @@ from shared.io.maps import (
 from shared.io.raw import Static, read_frame, read_static
 from shared.io.stations import read_stations
 from shared.mapping.analysis import (
+    TimeSources,
     fuse_map,
     fusion_observations,
+    obs_digest,
     run_variogram,
     split_names,
     stored_variogram,
@@ -193,6 +195,15 @@ def _same_model_field(a: dict, ckpt_fp: str, grid, precision: str, inputs_fp: st
         return False
     return (a.get("checkpoint_fingerprint") == ckpt_fp and a.get("precision") == precision
             and all(str(a.get(k)) == str(v) for k, v in grid.attrs().items()))
+
+
+def station_sources(predictor, frame, static: Static, t: pd.Timestamp, obs_t: pd.DataFrame, site: np.ndarray,
+                    cfg: FusionConfig) -> TimeSources:
+    """One time's fusion stations (:func:`~shared.mapping.analysis.time_sources`) with the model run at each
+    station's own height: the residual is what the station saw beyond the model there."""
+    m, m_se = predict_pixels(predictor, frame, static, t, obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy(),
+                             site, height_m=obs_t["elev_m"].to_numpy())
+    return time_sources(obs_t, m, static, cfg, m_se)
 
 
 def map_is_complete(a: dict | None, ckpt_fp: str, grid, precision: str, inputs_fp: str | None = None,
@@ -343,7 +354,7 @@ def run(cfg: Config, ctx: Context) -> Result:
 
     # --- fusion: the model at the fusion stations of every time, and the run's variogram --------------------
     site = site_fields(static)  # the site descriptors of every pixel, once per run
-    sources, vg, vg_note, fusion_note = {}, None, "", "fusion disabled (fusion.enabled: false)"
+    sources, by_time, vg, vg_note, fusion_note = {}, {}, None, "", "fusion disabled (fusion.enabled: false)"
     if cfg.fusion.enabled:
         if rank == 0 and (changed := changed_inputs(cfg.index_dir)):  # e.g. observations added since step01
             print(f"warning: step01's index in {repo_relative(str(cfg.index_dir))} was made before its inputs changed "
@@ -351,28 +362,27 @@ def run(cfg: Config, ctx: Context) -> Result:
                   f"it holds; {rerun('step01')} to fuse the new ones", file=sys.stderr)
         obs = fusion_observations(cfg.index_dir, times["time_utc"], cfg.fusion)
         by_time = dict(tuple(obs.groupby("time_utc"))) if obs is not None and len(obs) else {}
-        bar = tqdm(list(times.itertuples()), desc="model at the fusion stations", unit="time",
-                   disable=not (cfg.progress and rank == 0 and len(times) > 1))
-        for r in bar:  # every rank: the variogram is fitted to all times of the run
-            t = pd.Timestamp(r.time_utc)
-            obs_t = by_time.get(t)
-            if obs_t is None:
-                continue
-            frame = read_frame(resolve_path(r.path_bt), resolve_path(r.path_rf), resolve_path(r.path_sza), static.grid)
-            # at each station's own height: the residual is what the station saw beyond the model there
-            m, m_se = predict_pixels(predictor, frame, static, t, obs_t["pixel_y"].to_numpy(), obs_t["pixel_x"].to_numpy(), site,
-                                  height_m=obs_t["elev_m"].to_numpy())
-            del frame
-            sources[t] = time_sources(obs_t, m, static, cfg.fusion, m_se)
-        if sources:
+        if by_time:
             vg, vg_note = stored_variogram(predictor.fusion_residuals, static, cfg.fusion)
-            if vg is None:
-                vg, run_note = run_variogram(list(sources.values()), cfg.fusion)
-                vg_note = f"{vg_note}: {run_note}"
+        if by_time and vg is None:
+            # a checkpoint without a residual table: the variogram is fitted to the model's errors at the stations
+            # of every mapped time (every rank), so the model is run there first; else each map's time does so
+            bar = tqdm(list(times.itertuples()), desc="model at the fusion stations", unit="time",
+                       disable=not (cfg.progress and rank == 0 and len(times) > 1))
+            for r in bar:
+                t = pd.Timestamp(r.time_utc)
+                if (obs_t := by_time.get(t)) is not None:
+                    frame = read_frame(resolve_path(r.path_bt), resolve_path(r.path_rf), resolve_path(r.path_sza),
+                                       static.grid)
+                    sources[t] = station_sources(predictor, frame, static, t, obs_t, site, cfg.fusion)
+                    del frame
+            vg, run_note = run_variogram(list(sources.values()), cfg.fusion)
+            vg_note = f"{vg_note}: {run_note}"
+        if vg is not None:
             if rank == 0 and (w := variogram_warning(vg, cfg.fusion)):
                 print(f"warning: {w}", file=sys.stderr)
-            fusion_note = (f"fusion: {sum(int(s.used().sum()) for s in sources.values()):,} observations of the "
-                           f"{split_names(cfg.fusion, obs['split'])} stations at {len(sources)} of {len(times)} time(s); variogram "
+            fusion_note = (f"fusion: {sum(len(o) for o in by_time.values()):,} observations of the "
+                           f"{split_names(cfg.fusion, obs['split'])} stations at {len(by_time)} of {len(times)} time(s); variogram "
                            f"{vg.model}, range {vg.range_km:.0f} km, nugget {vg.nugget:.2f} of the sill "
                            f"(elevation weight {cfg.fusion.elevation_weight:g} km/km), {vg_note}")
         elif obs is None:
@@ -382,12 +392,12 @@ def run(cfg: Config, ctx: Context) -> Result:
             fusion_note = f"fusion: no observation of the {'+'.join(cfg.fusion.splits)} stations at the mapped times"
     if rank == 0:
         print(f"step04: {fusion_note}")
-        few = [t for t, src in sources.items() if int(src.used().sum()) < cfg.fusion.min_stations]
-        if sources and len(few) == len(sources):
+        few = [t for t, o in by_time.items() if len(o) < cfg.fusion.min_stations]
+        if by_time and len(few) == len(by_time):
             print(f"warning: no mapped time has fusion.min_stations ({cfg.fusion.min_stations}) observations: every "
                   "map's t2m is the model alone", file=sys.stderr)
         elif few:
-            print(f"warning: {len(few)} of {len(sources)} mapped time(s) have fewer than fusion.min_stations "
+            print(f"warning: {len(few)} of {len(by_time)} mapped time(s) have fewer than fusion.min_stations "
                   f"({cfg.fusion.min_stations}) observations: their t2m is the model alone (first {few[0]})",
                   file=sys.stderr)
 
@@ -421,9 +431,9 @@ def run(cfg: Config, ctx: Context) -> Result:
         path = out / map_name(t)
         png = path.with_suffix(".png")
         srcs = [resolve_path(r["path_bt"]), resolve_path(r["path_rf"]), resolve_path(r["path_sza"])]
-        src = sources.get(t)
-        fusion_key = (f"{cfg.fusion.describe()} variogram={json.dumps(vg.info(), sort_keys=True)} obs={src.fingerprint()}"
-                      if vg is not None and src is not None else
+        obs_t = by_time.get(t) if vg is not None else None
+        fusion_key = (f"{cfg.fusion.describe()} variogram={json.dumps(vg.info(), sort_keys=True)} obs={obs_digest(obs_t)}"
+                      if obs_t is not None else
                       ("disabled" if not cfg.fusion.enabled else f"{cfg.fusion.describe()} no observation"))
         old = _map_attrs(path) if cfg.skip_existing and not force else None  # --force: neither kept nor reused
         in_stat = inputs_stat_fingerprint(srcs + [static.path])  # the files' bytes are read only when this differs
@@ -434,6 +444,7 @@ def run(cfg: Config, ctx: Context) -> Result:
             skipped += 1
             continue
         stored = stored_model_field(path, old, ckpt_fp, grid_out, cfg.precision, in_fp, same_model)
+        frame = None
         if stored is not None:  # only the fusion or the quicklook changed: the model field is the file's
             res, n_implausible = stored
             reused += 1
@@ -442,7 +453,11 @@ def run(cfg: Config, ctx: Context) -> Result:
             n_implausible = frame.out_of_range
             res = predict_map(predictor, frame, static, t, cfg.block_rows, cfg.batch_size, progress=cfg.progress,
                               desc=f"[rank {rank}] {t:%Y-%m-%d %H:%M}" if world > 1 else "", region=region, site=site)
-            del frame
+        src = sources.get(t)
+        if obs_t is not None and src is None:  # the model at this time's fusion stations, from the image read once
+            src = station_sources(predictor, frame if frame is not None else read_frame(*srcs, static.grid), static, t,
+                                  obs_t, site, cfg.fusion)
+        del frame
         if n_implausible:
             print(f"warning: {t:%Y-%m-%d %H:%M}: {n_implausible:,} image pixel(s) outside the physical range were "
                   "treated as missing", flush=True, file=sys.stderr)
@@ -529,7 +544,8 @@ def run(cfg: Config, ctx: Context) -> Result:
                                    "files": [p.name for p in present], "times_without_image": missing,
                                    "this_run_rank0": records, **summary})
     outputs.append(out / "maps.json")
-    stale = [p for p in out.glob("ta_map_*.png") if p.with_suffix(".nc") not in set(present) and not p.with_suffix(".nc").is_file()]
+    mapped = set(present)
+    stale = [p for p in out.glob("ta_map_*.png") if p.with_suffix(".nc") not in mapped and not p.with_suffix(".nc").is_file()]
     for p in stale:  # a quicklook whose map is gone would mislead
         p.unlink()
     again = f" ({reused} fused again from their files' model field)" if reused else ""
