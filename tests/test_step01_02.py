@@ -272,6 +272,37 @@ def test_skip_existing_rebuilds_deleted_chunk_identically(tiny_patches, tiny_ind
         assert torch.equal(before["meta"][k], after["meta"][k])
 
 
+def test_windows_beyond_the_memory_limit_go_through_a_temporary_file_with_the_same_chunks(tiny_patches, tiny_index,
+                                                                                         tmp_path, monkeypatch):
+    """step02 held every row's windows in memory (a season of 600 stations: some 10 GB). Beyond
+    WINDOWS_IN_MEMORY_MAX they are held in a temporary file of the output folder, removed at the end: the chunks
+    and statistics come out byte for byte the same."""
+    import shared.stages.step02_patches as s02
+
+    made = []
+    real = s02.window_buffer
+    monkeypatch.setattr(s02, "WINDOWS_IN_MEMORY_MAX", 0)
+    monkeypatch.setattr(s02, "window_buffer", lambda *a: (r := real(*a), made.append(r[1]))[0])
+    out = tmp_path / "o"
+    assert _step02(tiny_index, out) == 0
+    assert len(made) == 1 and made[0] is not None and made[0].parent == out and not made[0].exists()
+    assert not list(out.rglob(".tmp-*"))
+    for f in sorted((tiny_patches / "patch_pt").glob("*.pt")) + sorted((tiny_patches / "stats").iterdir()):
+        assert f.read_bytes() == (out / f.relative_to(tiny_patches)).read_bytes(), f.name
+
+
+def test_channel_stats_of_chosen_rows_equal_those_of_their_copy():
+    from shared.stages.step02_patches import channel_stats
+
+    x = np.random.default_rng(0).normal(280.0, 9.0, (50, 3, 5, 5)).astype(np.float32)
+    rows = np.array([1, 4, 9, 10, 33, 49])
+    for got, want in zip(channel_stats(x, rows, block=4), channel_stats(x[rows])):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    m, sd = channel_stats(x[rows])
+    np.testing.assert_allclose(m, x[rows].astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(sd, x[rows].astype(np.float64).std(axis=(0, 2, 3)), rtol=1e-9)
+
+
 def test_chunks_under_the_earlier_size_and_time_signature_are_kept(tiny_patches, tiny_index, tmp_path):
     """Chunks written before step02's signature was of the files' bytes carry one of the index's and static.nc's
     paths, sizes and times: while those hold, a rerun keeps the chunks and that signature (a model trained on

@@ -159,14 +159,16 @@ def read_windows(tasks: list, static: Static, workers: int, on_result) -> None:
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-def channel_stats(x: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of ``x (N, C, P, P)`` in float64, by blocks."""
+def channel_stats(x: np.ndarray, rows: np.ndarray | None = None, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of ``x (N, C, P, P)`` (its ``rows``, all when None) in float64, by blocks (no
+    copy of the rows taken at once)."""
     c = x.shape[1]
     s = np.zeros(c)
     ss = np.zeros(c)
     n = 0
-    for i in range(0, len(x), block):
-        b = x[i : i + block].astype(np.float64).transpose(1, 0, 2, 3).reshape(c, -1)
+    rows = np.arange(len(x)) if rows is None else np.asarray(rows)
+    for i in range(0, len(rows), block):
+        b = x[rows[i : i + block]].astype(np.float64).transpose(1, 0, 2, 3).reshape(c, -1)
         s += b.sum(1)
         ss += (b * b).sum(1)
         n += b.shape[1]
@@ -179,10 +181,30 @@ def channel_stats(x: np.ndarray, block: int = 4096) -> tuple[np.ndarray, np.ndar
     return mean, std
 
 
+#: the windows of the rows to cut stay in memory up to this many bytes; beyond, in a temporary file in the output
+#: folder that the system pages (a season of 600 stations is some 10 GB of windows, each 19 x 9 x 9 float32)
+WINDOWS_IN_MEMORY_MAX = 2 * 2**30
+
+
+def window_buffer(n: int, p: int, folder: Path) -> tuple[np.ndarray, Path | None]:
+    """An ``(n, channels, p, p)`` float32 array for the windows of ``n`` rows and the temporary file holding it
+    (None: in memory), :data:`WINDOWS_IN_MEMORY_MAX`. The file is named for this process, so a run killed
+    before removing it leaves one the next run removes (:func:`shared.core.records.remove_orphan_temporaries`)."""
+    shape = (n, N_CHANNELS, p, p)
+    if n * N_CHANNELS * p * p * 4 <= WINDOWS_IN_MEMORY_MAX:
+        return np.empty(shape, dtype=np.float32), None
+    path = Path(folder) / f".tmp-{os.getpid()}-windows.npy"
+    try:
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape), path
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise UserError(f"cannot hold the {n:,} rows' windows ({n * N_CHANNELS * p * p * 4 / 2**30:.1f} GB) in "
+                        f"{path}: {e.strerror or e}; free that much disk in {folder} or set output_dir elsewhere") from e
+
+
 def make_patches(cfg: Config, rebuild: bool = False) -> dict:
     """step02 end to end; returns the row report. Chunks cut from images that changed since the last finished
     run are not reused (their bytes are other); ``rebuild``: reuse no chunk (--force)."""
-    import torch
 
     p = cfg.patch_size
     out = cfg.output_dir
@@ -266,7 +288,24 @@ def make_patches(cfg: Config, rebuild: bool = False) -> dict:
     report["chunks_reused"] = len(existing)
 
     # --- read each needed image once, cut windows for all its rows ---------
-    x_raw = np.empty((len(todo), N_CHANNELS, p, p), dtype=np.float32)
+    x_raw, spill = window_buffer(len(todo), p, out)
+    try:
+        return _cut_and_save(cfg, todo, x_raw, static, existing, verified, stats_ok, signature, report)
+    finally:
+        del x_raw
+        if spill is not None:
+            spill.unlink(missing_ok=True)
+
+
+def _cut_and_save(cfg: Config, todo: pd.DataFrame, x_raw: np.ndarray, static: Static, existing: dict,
+                  verified: dict, stats_ok: bool, signature: str, report: OrderedDict) -> dict:
+    """The rest of :func:`make_patches`: cut ``todo``'s windows into ``x_raw``, the statistics (from the train
+    rows, unless ``stats_ok``), the chunks, the manifest and the report."""
+    import torch
+
+    p, out, grid = cfg.patch_size, cfg.output_dir, static.grid
+    pdir = out / PATCH_SUBDIR
+    finite = np.ones(len(todo), dtype=bool)
     groups = list(todo.groupby("sat_time_utc", sort=True).indices.items())
     tasks = []
     for _, rows in groups:
@@ -277,7 +316,9 @@ def make_patches(cfg: Config, rebuild: bool = False) -> dict:
     out_of_range = [0]
 
     def store(i, res):
-        x_raw[groups[i][1]], n_bad = res
+        windows, n_bad = res
+        x_raw[groups[i][1]] = windows
+        finite[groups[i][1]] = np.isfinite(windows).all(axis=(1, 2, 3))
         out_of_range[0] += n_bad
         bar.update()
 
@@ -287,7 +328,6 @@ def make_patches(cfg: Config, rebuild: bool = False) -> dict:
         bar.close()  # cleared, so an error message starts on a clean line
     bar.close()
 
-    finite = np.isfinite(x_raw).all(axis=(1, 2, 3))
     report["image_pixels_out_of_physical_range"] = out_of_range[0]  # set to missing (io.raw.PLAUSIBLE)
     report["dropped_nonfinite_input"] = int((~finite).sum())
 
@@ -298,7 +338,7 @@ def make_patches(cfg: Config, rebuild: bool = False) -> dict:
         t_mean, t_std = st["target_mean"], st["target_std"]
     else:
         tr = (todo["split"].to_numpy() == "train") & finite
-        mean, std = channel_stats(x_raw[tr])
+        mean, std = channel_stats(x_raw, np.flatnonzero(tr))
         ta = todo["ta_c"].to_numpy()[tr]
         t_mean, t_std = float(ta.mean()), float(ta.std())
         if not np.isfinite(t_std) or t_std <= 0:
