@@ -291,6 +291,24 @@ def test_windows_beyond_the_memory_limit_go_through_a_temporary_file_with_the_sa
         assert f.read_bytes() == (out / f.relative_to(tiny_patches)).read_bytes(), f.name
 
 
+def test_a_chunk_saved_by_another_process_has_the_same_bytes(tiny_patches, tmp_path, monkeypatch):
+    """torch.save given a path names the zip's folder after the file, and chunks are saved under a temporary name
+    holding the process number: the same tensors were other bytes in each run, so a rebuild (an image changed,
+    --force) changed the chunks' digests and step03 trained again. Saved through an open file, they are equal."""
+    import os
+
+    from shared.io.patches import save_chunk
+
+    src = sorted((tiny_patches / "patch_pt").glob("train_chunk_*.pt"))[0]
+    chunk = load_chunk(src)
+    save_chunk(tmp_path / "a" / src.name, chunk)
+    pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: pid + 12345)
+    save_chunk(tmp_path / "b" / src.name, chunk)
+    assert (tmp_path / "a" / src.name).read_bytes() == (tmp_path / "b" / src.name).read_bytes()
+    assert (tmp_path / "a" / src.name).read_bytes() == src.read_bytes()
+
+
 def test_channel_stats_of_chosen_rows_equal_those_of_their_copy():
     from shared.stages.step02_patches import channel_stats
 

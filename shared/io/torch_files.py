@@ -74,11 +74,13 @@ def load_torch_file(path: str | Path, what: str, hint: str, mmap: bool = True):
 
 
 def save_torch_file(path: str | Path, obj) -> None:
-    """``torch.save`` under a temporary name, then rename; disk full -> one line."""
+    """``torch.save`` under a temporary name, then rename; disk full -> one line. Saved through an open file, so
+    the archive's folder inside the zip is ``archive`` whatever the temporary name (given a path, torch names it
+    after the file: the process number in the temporary name made the same tensors other bytes in every run)."""
     path = Path(path)
     try:
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(obj, fh)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"{path}: disk full while writing ({e.strerror}); free space in {path.parent} and rerun "
