@@ -920,3 +920,16 @@ def test_stuck_runs_known_values():
     f2, _ = stuck_runs(np.array(stn)[order], np.array(time, dtype="datetime64[ns]")[order], np.array(ta)[order], 12.0)
     np.testing.assert_array_equal(f2, flag[order])
     assert not stuck_runs(np.array(stn), np.array(time, dtype="datetime64[ns]"), np.array(ta), 0.0)[0].any()
+
+
+def test_a_maps_observation_digest_is_pinned():
+    """The hour's observations enter a map's fusion key (a change remakes every map of a season): pinned, and
+    equal to the digest maps carried before the key was taken ahead of the model (of the stations fused, here
+    all of them)."""
+    import pandas as pd
+
+    from shared.mapping.analysis import obs_digest
+
+    obs = pd.DataFrame({"stn_id": [101, 205, 96], "ta_c": [12.3, -4.07, 25.0]})
+    assert obs_digest(obs) == "8ec686ae8d018660"
+    assert obs_digest(obs.assign(ta_c=[12.3, -4.07, 25.001])) != "8ec686ae8d018660"

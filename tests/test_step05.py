@@ -760,36 +760,17 @@ def test_step04_reads_each_image_once_and_only_for_the_maps_it_makes(evaluated, 
     map kept. It read every selected time's image before the first map, and each made map's twice (remaking 1 of
     150 maps took 90 s). A map fused again from its file's model field (other fusion settings) reads its image for
     the stations alone, and equals the map made from scratch with those settings."""
-    import torch
-
     import shared.stages.step04_map as s04
     from shared.io.maps import read_map
-    from shared.models.checkpoint import RESIDUAL_KEYS
 
-    ck = torch.load(evaluated["ckpt"], weights_only=True)
-    idx = pd.concat([pd.read_csv(evaluated["index"] / f"index_{s}.csv") for s in ("train", "val")])
-    rng = np.random.default_rng(0)
-    table = {"time_s": pd.to_datetime(idx["sat_time_utc"]).astype("datetime64[s]").astype(np.int64).to_numpy(),
-             "stn_id": idx["stn_id"].to_numpy(np.int64), "pixel_y": idx["pixel_y"].to_numpy(np.int64),
-             "pixel_x": idx["pixel_x"].to_numpy(np.int64),
-             "split": np.where(idx["split"].to_numpy() == "train", 0, 1).astype(np.int64),
-             "resid": rng.normal(0.0, 1.0, len(idx)).astype(np.float32)}
-    ck["fusion_residuals"] = {k: torch.from_numpy(np.array(table[k])) for k in RESIDUAL_KEYS}
-    ckpt = tmp_path / "weights" / "best.pt"
-    ckpt.parent.mkdir()
-    torch.save(ck, ckpt)
-    adopt(ckpt, "step03", "test: the residual table added")
+    ckpt = _with_residual_table(evaluated, tmp_path)
     reads = []
     real = s04.read_frame
     monkeypatch.setattr(s04, "read_frame", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
 
     def step04(out, *extra):
         reads.clear()
-        assert run_step("step04_infer_map", "--set", f"checkpoint={ckpt}", "--set", f"raw_dir={evaluated['raw']}",
-                        "--set", f"stations_csv={evaluated['raw'] / 'stations.csv'}", "--set",
-                        f"index_dir={evaluated['index']}", "--set", f"output_dir={out}", "--set", "times.limit=0",
-                        "--set", "num_threads=1", "--set", "progress=false", "--set", "region=[20, 10, 40, 40]",
-                        "--set", "quicklook=false", *extra) == 0
+        assert _step04_tiny(evaluated, ckpt, out, *extra) == 0
         return sorted(out.glob("ta_map_*.nc"))
 
     maps = step04(tmp_path / "a")
@@ -806,3 +787,67 @@ def test_step04_reads_each_image_once_and_only_for_the_maps_it_makes(evaluated, 
         a, b = read_map(m), read_map(tmp_path / "b" / m.name)
         np.testing.assert_array_equal(a.t2m, b.t2m)
         assert a.fusion_ids.tolist() == b.fusion_ids.tolist()
+
+
+def _step04_tiny(evaluated, ckpt, out, *extra) -> int:
+    return run_step("step04_infer_map", "--set", f"checkpoint={ckpt}", "--set", f"raw_dir={evaluated['raw']}",
+                    "--set", f"stations_csv={evaluated['raw'] / 'stations.csv'}", "--set",
+                    f"index_dir={evaluated['index']}", "--set", f"output_dir={out}", "--set", "times.limit=0",
+                    "--set", "num_threads=1", "--set", "progress=false", "--set", "region=[20, 10, 40, 40]",
+                    "--set", "quicklook=false", *extra)
+
+
+def _with_residual_table(evaluated, tmp_path):
+    """The fixture's checkpoint with a residual table of the tiny index's train and validation rows (random
+    residuals), as step03 writes one: step04 then takes the variogram from it."""
+    import torch
+
+    from shared.models.checkpoint import RESIDUAL_KEYS
+
+    ck = torch.load(evaluated["ckpt"], weights_only=True)
+    idx = pd.concat([pd.read_csv(evaluated["index"] / f"index_{s}.csv") for s in ("train", "val")])
+    rng = np.random.default_rng(0)
+    table = {"time_s": pd.to_datetime(idx["sat_time_utc"]).astype("datetime64[s]").astype(np.int64).to_numpy(),
+             "stn_id": idx["stn_id"].to_numpy(np.int64), "pixel_y": idx["pixel_y"].to_numpy(np.int64),
+             "pixel_x": idx["pixel_x"].to_numpy(np.int64),
+             "split": np.where(idx["split"].to_numpy() == "train", 0, 1).astype(np.int64),
+             "resid": rng.normal(0.0, 1.0, len(idx)).astype(np.float32)}
+    ck["fusion_residuals"] = {k: torch.from_numpy(np.array(table[k])) for k in RESIDUAL_KEYS}
+    ckpt = tmp_path / "weights" / "best.pt"
+    ckpt.parent.mkdir()
+    torch.save(ck, ckpt)
+    adopt(ckpt, "step03", "test: the residual table added")
+    return ckpt
+
+
+def test_step04_warns_when_too_few_observing_stations_have_a_model_value(evaluated, tmp_path, monkeypatch, capsys):
+    """Enough observations at a time, but the model has no value at two of the stations (a missing input pixel
+    in their window): the map is the model alone. The warning before mapping counts observations; a warning
+    after it says which maps fell back (the review found it silent)."""
+    import shared.stages.step04_map as s04
+    from shared.io.maps import read_map
+    from shared.mapping.analysis import fusion_observations
+
+    ckpt = _with_residual_table(evaluated, tmp_path)
+    obs = fusion_observations(evaluated["index"], pd.to_datetime(pd.read_csv(evaluated["index"] / "index_test.csv")
+                                                                 ["sat_time_utc"]).unique(), FusionConfig())
+    fewest = int(obs.groupby("time_utc").size().min())
+    real = s04.predict_pixels
+
+    def two_missing(*a, **k):
+        m, se = real(*a, **k)
+        m[:2] = np.nan
+        return m, se
+
+    monkeypatch.setattr(s04, "predict_pixels", two_missing)
+    capsys.readouterr()
+    assert _step04_tiny(evaluated, ckpt, tmp_path / "m", "--set", f"fusion.min_stations={fewest - 1}") == 0
+    err = capsys.readouterr().err
+    n_obs = obs.groupby("time_utc").size()
+    alone = {t for t, n in n_obs.items() if n - 2 < fewest - 1}  # the times with the fewest observations
+    for m in sorted((tmp_path / "m").glob("ta_map_*.nc")):
+        f = read_map(m)
+        assert f.attrs["analysis"].startswith("model only") == (pd.Timestamp(f.time) in alone), m.name
+    assert alone and len(alone) < len(n_obs)
+    assert "observations: their t2m is the model alone" not in err and "no mapped time has" not in err
+    assert f"warning: {len(alone)} map(s) are the model alone: fewer than fusion.min_stations ({fewest - 1})" in err

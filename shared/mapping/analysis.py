@@ -89,24 +89,15 @@ class TimeSources:
     def used(self) -> np.ndarray:
         return np.isfinite(self.resid)
 
-    def fingerprint(self) -> str:
-        """Digest of the stations and values this time's fusion uses (:func:`observations_digest`)."""
-        u = self.used()
-        return observations_digest(self.stn_id[u], self.obs_K[u])
-
-
-def observations_digest(stn_id: np.ndarray, obs_K: np.ndarray) -> str:
-    """Digest of one time's fusion stations and observations (K, to 1 mK): a map's ``fusion_settings`` hold it.
-    Of a time's observations (:func:`obs_digest`) it equals its :class:`TimeSources`' wherever the model has a
-    value at every station; where it has none at one, that station is not fused, which the images and checkpoint,
-    also in the map's key, decide."""
-    arr = np.concatenate([np.asarray(stn_id).astype(np.float64), np.round(np.asarray(obs_K, np.float64), 3)])
-    return hashlib.sha1(arr.tobytes()).hexdigest()[:16]
-
 
 def obs_digest(obs_t: pd.DataFrame) -> str:
-    """:func:`observations_digest` of one time's rows of :func:`fusion_observations`, before the model is run."""
-    return observations_digest(obs_t["stn_id"].to_numpy(np.int64), obs_t["ta_c"].to_numpy(np.float64) + KELVIN)
+    """Digest of one time's fusion stations and observations (its rows of :func:`fusion_observations`; K, to
+    1 mK), before the model is run: a map's ``fusion_settings`` hold it. Which of them the model has a value
+    at, and so fuses, the images and the checkpoint decide, also in the map's key. Maps made before carry the
+    digest of the stations fused, the same bytes wherever the model has a value at every station."""
+    arr = np.concatenate([obs_t["stn_id"].to_numpy(np.int64).astype(np.float64),
+                          np.round(obs_t["ta_c"].to_numpy(np.float64) + KELVIN, 3)])
+    return hashlib.sha1(arr.tobytes()).hexdigest()[:16]
 
 
 def time_sources(obs_t: pd.DataFrame, model_K: np.ndarray, static: Static,

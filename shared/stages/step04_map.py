@@ -390,9 +390,9 @@ def run(cfg: Config, ctx: Context) -> Result:
                            "alone")
         else:
             fusion_note = f"fusion: no observation of the {'+'.join(cfg.fusion.splits)} stations at the mapped times"
+    few = [t for t, o in by_time.items() if len(o) < cfg.fusion.min_stations]
     if rank == 0:
         print(f"step04: {fusion_note}")
-        few = [t for t, o in by_time.items() if len(o) < cfg.fusion.min_stations]
         if by_time and len(few) == len(by_time):
             print(f"warning: no mapped time has fusion.min_stations ({cfg.fusion.min_stations}) observations: every "
                   "map's t2m is the model alone", file=sys.stderr)
@@ -407,6 +407,7 @@ def run(cfg: Config, ctx: Context) -> Result:
               f"model {predictor.model_cfg.get('size')} (epoch {predictor.info.get('epoch')}), {cfg.precision} on {predictor.device}, "
               f"P={predictor.patch_size}, reflect-padded edges; standard error: {predictor.sd_source}")
     done, skipped, reused, records = 0, 0, 0, []
+    thin = []  # times with enough observations whose stations with a model value were too few: the model alone
     quick = f"quicklook={cfg.quicklook} coverage_km={cfg.coverage_km:g}"
     attrs_common = {
         "checkpoint": str(cfg.checkpoint), "checkpoint_fingerprint": ckpt_fp,
@@ -480,6 +481,8 @@ def run(cfg: Config, ctx: Context) -> Result:
         else:
             t2m, se, ids, dist, dist_note, st_png = res.t2m_K, res.se_K, None, distance, distance_note, st_plot
             n_obs = 0 if src is None else int(src.used().sum())
+            if src is not None and t not in few:
+                thin.append(t)
             how = ("model only: fusion disabled" if not cfg.fusion.enabled else
                    f"model only: {n_obs} fusion station(s) observed at this time, fewer than fusion.min_stations "
                    f"({cfg.fusion.min_stations})")
@@ -521,6 +524,11 @@ def run(cfg: Config, ctx: Context) -> Result:
               f"{res.n_missing:,} px missing input, peak RSS {res.peak_rss_bytes / 2**20:,.0f} MB "
               f"(window block {res.block_bytes / 2**20:.0f} MB)", flush=True)
 
+    if thin:  # the warning above counted observations; at these times the model had no value at some stations
+        print(f"warning: {f'[rank {rank}] ' if world > 1 else ''}{len(thin)} map(s) are the model alone: fewer than "
+              f"fusion.min_stations ({cfg.fusion.min_stations}) of the time's observing fusion stations could be used (the "
+              f"model has no value at a station whose window holds a missing input pixel; first "
+              f"{thin[0]:%Y-%m-%d %H:%M})", file=sys.stderr)
     ctx.dist.barrier()  # rank 0 summarises only after every rank has written its maps
     summary = {"maps_total": len(times), "maps_written": done, "maps_skipped_complete": skipped,
                "maps_model_field_reused": reused,
