@@ -570,3 +570,23 @@ def test_an_image_of_another_window_than_static_nc_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"a.nc: image window starts at KO row/col 454,484 but static.nc's at "
                                         r"450,480; build static.nc with the images' --window"):
         read_packed(tmp_path / "a.nc", "bt", 10, g)
+
+
+def test_a_short_write_of_torchs_zip_writer_is_the_disk_full_line(tmp_path, monkeypatch):
+    """Saved through an open file, a full disk surfaces as torch's RuntimeError 'unexpected pos N vs M' (seen on a
+    full tmpfs): the disk-full line, the earlier file untouched and no temporary left."""
+    from shared.core.errors import UserError
+    from shared.io import torch_files
+
+    path = tmp_path / "best.pt"
+    path.write_bytes(b"earlier")
+
+    def short(obj, f, *a, **k):
+        f.write(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file "
+                           "data/0: unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch_files.torch, "save", short)
+    with pytest.raises(UserError, match="disk full while writing"):
+        torch_files.save_torch_file(path, {"a": 1})
+    assert path.read_bytes() == b"earlier" and list(tmp_path.iterdir()) == [path]

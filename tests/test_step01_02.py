@@ -50,8 +50,8 @@ def test_hash_draw_keeps_each_station_in_its_split_as_stations_are_added():
 
     ids = list(range(100, 195))
     first = _three_way(np.array(ids), 42, 0.15, 0.20, "hash")
-    assert first["test"] == [111, 115, 124, 125, 126, 133, 144, 150, 151, 152, 153, 155, 159, 160, 162, 174, 180,
-                             188, 191]
+    assert first["test"] == [105, 118, 120, 122, 127, 131, 135, 138, 145, 146, 149, 152, 153, 161, 168, 176, 183,
+                             190, 192]
     assert {k: len(v) for k, v in first.items()} == {"train": 62, "val": 14, "test": 19}
     assert first == _three_way(np.array(ids[::-1]), 42, 0.15, 0.20, "hash")  # the order given does not matter
     moved = {"hash": [], "shuffle": []}
@@ -65,6 +65,15 @@ def test_hash_draw_keeps_each_station_in_its_split_as_stations_are_added():
     assert max(moved["shuffle"]) > 10
     assert split_of(ids, "hash") != {k: s for s, v in _three_way(np.array(ids), 7, 0.15, 0.20, "hash").items()
                                      for k in v}  # the seed still draws
+    assert _three_way(np.array(ids, dtype=float), 42, 0.15, 0.20, "hash") == first  # 101.0 is station 101
+    # other fractions, every network size: each cut moves by one at the most (round(n val_frac) and
+    # round(n test_frac) cut separately moved the val/train cut by two, three stations, at some sizes)
+    for val_frac, test_frac in ((0.1, 0.1), (0.2, 0.3), (0.05, 0.1)):
+        for n in range(5, 120):
+            a = _three_way(np.arange(n), 42, val_frac, test_frac, "hash")
+            b = _three_way(np.arange(n + 1), 42, val_frac, test_frac, "hash")
+            of_a, of_b = ({k: s for s, v in d.items() for k in v} for d in (a, b))
+            assert sum(of_a[k] != of_b[k] for k in of_a) <= 2, (val_frac, test_frac, n)
 
 
 def test_hash_draw_runs_in_step01_and_is_recorded(tiny_world, tmp_path):
@@ -289,6 +298,26 @@ def test_windows_beyond_the_memory_limit_go_through_a_temporary_file_with_the_sa
     assert not list(out.rglob(".tmp-*"))
     for f in sorted((tiny_patches / "patch_pt").glob("*.pt")) + sorted((tiny_patches / "stats").iterdir()):
         assert f.read_bytes() == (out / f.relative_to(tiny_patches)).read_bytes(), f.name
+
+
+def test_no_disk_for_the_windows_file_is_one_line_and_leaves_nothing(tiny_index, tmp_path, monkeypatch, capsys):
+    """The windows' file is sparse: without its blocks taken first, a full disk killed step02 with SIGBUS midway
+    and left the file. Its blocks are reserved at once; no room is one line naming the folder, exit 2."""
+    import errno
+    import os
+
+    import shared.stages.step02_patches as s02
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(s02, "WINDOWS_IN_MEMORY_MAX", 0)
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    out = tmp_path / "o"
+    assert _step02(tiny_index, out) == 2
+    err = capsys.readouterr().err
+    assert "windows" in err and "No space left on device; free that much disk in" in err and str(out) in err
+    assert not list(out.rglob(".tmp-*")) and not list(out.rglob("*.pt"))
 
 
 def test_a_chunk_saved_by_another_process_has_the_same_bytes(tiny_patches, tmp_path, monkeypatch):

@@ -244,7 +244,9 @@ def package_versions() -> dict[str, str]:
 # --------------------------------------------------------------------------- atomic writes
 
 
-def _tmp_name(final: Path) -> Path:
+def tmp_name(final: Path) -> Path:
+    """The temporary name of ``final`` while this process writes it (:func:`remove_orphan_temporaries` knows it
+    by the process number)."""
     return final.with_name(f".tmp-{os.getpid()}-{final.name}")
 
 
@@ -268,7 +270,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(final)
+    tmp = tmp_name(final)
     try:
         yield tmp
         os.replace(tmp, final)

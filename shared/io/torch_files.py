@@ -87,7 +87,7 @@ def save_torch_file(path: str | Path, obj) -> None:
                             "(the previous file under this name is untouched)") from None
         raise
     except RuntimeError as e:  # torch wraps write failures of its zip writer
-        if "No space left" in str(e) or "file write failed" in str(e):
+        if any(m in str(e) for m in ("No space left", "file write failed", "unexpected pos")):  # the last: a short write
             raise UserError(f"{path}: disk full while writing ({first_line(e)}); free space in {path.parent} and "
                             "rerun (the previous file under this name is untouched)") from None
         raise

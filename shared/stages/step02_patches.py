@@ -23,6 +23,7 @@ rows use (all of them are this stage's ``deps``).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import multiprocessing as mp
@@ -41,7 +42,7 @@ from tqdm import tqdm
 from shared.core.cli import print_report
 from shared.core.config import resolve_path
 from shared.core.errors import UserError, require_dir, rerun
-from shared.core.records import changed_inputs, file_sha1, fingerprint, record_key, write_json
+from shared.core.records import changed_inputs, file_sha1, fingerprint, record_key, tmp_name, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.features.patch import extract_patches, height_z, landcover_onehot, loc3, normalise_, time7
 from shared.features.site import site_at, site_fields
@@ -191,21 +192,29 @@ def window_buffer(n: int, p: int, folder: Path) -> tuple[np.ndarray, Path | None
     (None: in memory), :data:`WINDOWS_IN_MEMORY_MAX`. The file is named for this process, so a run killed
     before removing it leaves one the next run removes (:func:`shared.core.records.remove_orphan_temporaries`)."""
     shape = (n, N_CHANNELS, p, p)
-    if n * N_CHANNELS * p * p * 4 <= WINDOWS_IN_MEMORY_MAX:
+    size = n * N_CHANNELS * p * p * 4
+    if size <= WINDOWS_IN_MEMORY_MAX:
         return np.empty(shape, dtype=np.float32), None
-    path = Path(folder) / f".tmp-{os.getpid()}-windows.npy"
+    path = tmp_name(Path(folder) / "windows.npy")
     try:
-        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape), path
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        with open(path, "r+b") as fh:  # the file is sparse: take its blocks now, or a full disk kills with SIGBUS
+            try:
+                os.posix_fallocate(fh.fileno(), 0, os.path.getsize(path))
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                # another answer: a file system that cannot reserve blocks; they are taken as the windows come
+        return arr, path
     except OSError as e:
         path.unlink(missing_ok=True)
-        raise UserError(f"cannot hold the {n:,} rows' windows ({n * N_CHANNELS * p * p * 4 / 2**30:.1f} GB) in "
-                        f"{path}: {e.strerror or e}; free that much disk in {folder} or set output_dir elsewhere") from e
+        raise UserError(f"cannot hold the {n:,} rows' windows ({size / 2**30:.1f} GB) in {path}: "
+                        f"{e.strerror or e}; free that much disk in {folder} or set output_dir elsewhere") from e
 
 
 def make_patches(cfg: Config, rebuild: bool = False) -> dict:
     """step02 end to end; returns the row report. Chunks cut from images that changed since the last finished
     run are not reused (their bytes are other); ``rebuild``: reuse no chunk (--force)."""
-
     p = cfg.patch_size
     out = cfg.output_dir
     pdir, sdir = out / PATCH_SUBDIR, out / STATS_SUBDIR
