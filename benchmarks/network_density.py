@@ -42,12 +42,16 @@ METHODS = {"TA-2D model": "prediction_c", "TA-2D analysis": "analysis_c", "HGB":
 def station_subset(src: Path, dst: Path, max_stn_id: int, splits=("train", "val")) -> dict[str, int]:
     """Copy the patch folder ``src`` to ``dst`` keeping, in ``splits``, the rows with ``stn_id <= max_stn_id``."""
     man, split_files = read_manifest(src, splits=("train", "val", "test"))  # validated, every chunk present
+    if not any(bool((load_chunk(f, rows=n)["meta"]["stn_id"] > max_stn_id).any())
+               for s in splits for f, n in zip(split_files[s].files, split_files[s].rows)):
+        raise SystemExit(f"every train and validation station of {src} has stn_id <= {max_stn_id}: there is no "
+                         "denser network to compare with; make the demo world with AWS stations first "
+                         "(python -m shared.tools.run_all --aws 300) or lower --max-stn-id")
     (dst / PATCH_SUBDIR).mkdir(parents=True, exist_ok=True)
     (dst / STATS_SUBDIR).mkdir(exist_ok=True)
     for f in (src / STATS_SUBDIR).iterdir():
         (dst / STATS_SUBDIR / f.name).write_bytes(f.read_bytes())
     counts: dict[str, list[tuple[str, int]]] = {}
-    dropped = 0
     for split, sf in split_files.items():
         counts[split] = []
         for f, n in zip(sf.files, sf.rows):
@@ -55,14 +59,9 @@ def station_subset(src: Path, dst: Path, max_stn_id: int, splits=("train", "val"
             keep = ch["meta"]["stn_id"] <= max_stn_id if split in splits else torch.ones(n, dtype=torch.bool)
             out = {k: (v[keep].contiguous() if isinstance(v, torch.Tensor) else v) for k, v in ch.items() if k != "meta"}
             out["meta"] = {k: v[keep].contiguous() for k, v in ch["meta"].items()}
-            dropped += n - int(keep.sum())
             if int(keep.sum()):
                 save_chunk(dst / PATCH_SUBDIR / f.name, out)
                 counts[split].append((f.name, int(keep.sum())))
-    if not dropped:
-        raise SystemExit(f"every train and validation station of {src} has stn_id <= {max_stn_id}: there is no "
-                         "denser network to compare with; make the demo world with AWS stations first "
-                         "(python -m shared.tools.run_all --aws 300) or lower --max-stn-id")
     write_manifest(dst, man["patch_size"], man["signature"], counts)
     adopt(dst, [dst / PATCH_SUBDIR, dst / STATS_SUBDIR], "step02_make_patches",
           f"benchmarks/network_density.py: {src} with the train/val rows of stn_id <= {max_stn_id}")

@@ -126,16 +126,23 @@ def match_times(obs_times: pd.Series, sat_times: pd.Series, tol_min: float) -> t
 
 
 def _hash_order(keys: np.ndarray, seed: int) -> np.ndarray:
-    """``keys`` ordered by a keyed hash of each (BLAKE2b of ``seed`` and the key's text): a key's place among
-    the others never depends on which other keys there are, so adding one moves at most two across a cut."""
-    salt = str(int(seed)).encode()[:16]
-    h = [int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8, salt=salt).digest(), "big") for k in keys]
+    """``keys`` ordered by a keyed hash of each (BLAKE2b keyed with ``seed``, of the key's text; an integer key's
+    as an integer, so 101 and 101.0 are one station): a key's place among the others never depends on which
+    other keys there are."""
+    key = str(int(seed)).encode()
+
+    def text(k) -> bytes:
+        return str(int(k) if isinstance(k, (int, np.integer)) or (isinstance(k, float) and k.is_integer()) else k).encode()
+
+    h = [int.from_bytes(hashlib.blake2b(text(k), digest_size=8, key=key).digest(), "big") for k in keys]
     return keys[np.argsort(np.array(h, dtype=np.uint64), kind="stable")]
 
 
 def _three_way(keys: np.ndarray, seed: int, val_frac: float, test_frac: float, draw: str = "shuffle") -> dict:
     """Order the unique ``keys`` (``draw``: ``shuffle``, a permutation drawn with ``seed`` over the sorted keys;
-    ``hash``, :func:`_hash_order`) and cut them into test, val and train, in that order."""
+    ``hash``, :func:`_hash_order`) and cut them into test, val and train, in that order. ``hash`` cuts at
+    ``round(n * test_frac)`` and ``round(n * (test_frac + val_frac))``: a key added moves each cut by one at
+    the most, so at most two others change split."""
     keys = np.array(sorted(np.unique(keys)))
     if draw == "hash":
         perm = _hash_order(keys, seed)
@@ -144,7 +151,7 @@ def _three_way(keys: np.ndarray, seed: int, val_frac: float, test_frac: float, d
         perm = keys[rng.permutation(len(keys))]
     n = len(perm)
     n_test = int(round(n * test_frac))
-    n_val = int(round(n * val_frac))
+    n_val = int(round(n * val_frac)) if draw != "hash" else int(round(n * (test_frac + val_frac))) - n_test
     if n >= 3:
         n_test = max(1, n_test) if test_frac > 0 else 0
         n_val = max(1, n_val) if val_frac > 0 else 0
