@@ -352,7 +352,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     distance = None if distance is None else distance[cut]
     st_plot = None if st_out is None else st_out.assign(pixel_y=st_out["pixel_y"] - offset[0], pixel_x=st_out["pixel_x"] - offset[1])
 
-    # --- fusion: the model at the fusion stations of every time, and the run's variogram --------------------
+    # --- fusion: the hour's observations at the fusion stations, and the variogram ---------------------------
     site = site_fields(static)  # the site descriptors of every pixel, once per run
     sources, by_time, vg, vg_note, fusion_note = {}, {}, None, "", "fusion disabled (fusion.enabled: false)"
     if cfg.fusion.enabled:
@@ -527,8 +527,8 @@ def run(cfg: Config, ctx: Context) -> Result:
     if thin:  # the warning above counted observations; at these times the model had no value at some stations
         print(f"warning: {f'[rank {rank}] ' if world > 1 else ''}{len(thin)} map(s) are the model alone: fewer than "
               f"fusion.min_stations ({cfg.fusion.min_stations}) of the time's observing fusion stations could be used (the "
-              f"model has no value at a station whose window holds a missing input pixel; first "
-              f"{thin[0]:%Y-%m-%d %H:%M})", file=sys.stderr)
+              f"model has no value at a station whose window holds a missing input pixel, and the check leaves out a "
+              f"gross error; first {thin[0]:%Y-%m-%d %H:%M})", file=sys.stderr)
     ctx.dist.barrier()  # rank 0 summarises only after every rank has written its maps
     summary = {"maps_total": len(times), "maps_written": done, "maps_skipped_complete": skipped,
                "maps_model_field_reused": reused,
