@@ -225,7 +225,7 @@ def _output_contents(outputs: list, out_fp: dict[str, str], done: dict | None) -
     out = {}
     for p in outputs:
         k = record_key(p)
-        d = contents.get(k) if outs.get(k) == out_fp[str(Path(p))] and out_fp[str(Path(p))] != "missing" else None
+        d = contents.get(k) if outs.get(k) == out_fp[str(Path(p))] else None  # a missing file has no digest
         if (d := d or content_digest(p)) is not None:
             out[k] = d
     return out

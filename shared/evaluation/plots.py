@@ -351,11 +351,11 @@ def learning_curve_figure(log: pd.DataFrame, target_std: float, refit: pd.DataFr
                 label=f"best: epoch {int(b['epoch'])}, {b['rmse_K']:.3f} K")
         shown += [tr, g["rmse_K"].to_numpy(np.float64)]
     if refit is not None and len(refit):
-        members = dict(list(groups)) if "member" in refit else {}
+        members = [k for k, _ in groups] if "member" in refit else []  # the colours of the epoch curves
         for k, g in (refit.groupby("member") if "member" in refit else [(None, refit)]):
             g = g.sort_values("epoch")
             rk = np.sqrt(g["train_loss"].to_numpy(np.float64)) * target_std
-            c = f"C{list(members).index(k)}" if k in members else "k"
+            c = f"C{members.index(k)}" if k in members else "k"
             ax.plot(g["epoch"], rk, ":", color=c, lw=1.4,
                     label="refit, training + validation rows" + ("" if k is None else f", member {int(k)}"))
             shown.append(rk)
