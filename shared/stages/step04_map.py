@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import sys
 import time
@@ -40,6 +39,7 @@ from shared.core.device import check_device_name
 from shared.core.errors import UserError, require_file, rerun
 from shared.core.records import changed_inputs, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
+from shared.core.threads import set_cpu_threads
 from shared.features.site import site_fields
 from shared.fusion.analysis import FusionConfig, variogram_warning
 from shared.io.index import learnt_station_ids
@@ -385,11 +385,9 @@ def run(cfg: Config, ctx: Context) -> Result:
     precision, fusion and quicklook settings are kept (``skip_existing``) unless ``--force``; of a map whose
     fusion or quicklook settings differ, the model field is reused (:func:`stored_model_field`).
     """
-    import torch
 
     rank, world, force = ctx.dist.rank, ctx.dist.world, ctx.force
-    threads = cfg.num_threads if cfg.num_threads > 0 else max(1, (os.cpu_count() or 1) // world)
-    torch.set_num_threads(threads)
+    threads = set_cpu_threads(cfg.num_threads, "num_threads", world)
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
 

@@ -16,7 +16,6 @@ the metrics table.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from shared.core.config import resolve_path
 from shared.core.errors import UserError, rerun
 from shared.core.records import finished_record, output_set, read_record, unchanged_outputs, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
+from shared.core.threads import set_cpu_threads
 from shared.evaluation.bootstrap import format_differences, station_bootstrap
 from shared.evaluation.interpolation import station_table
 from shared.evaluation.maps import (
@@ -274,10 +274,8 @@ def _write_outputs(put, out: Path, outputs: list, df: pd.DataFrame, cols: dict, 
 
 
 def run(cfg: Config, ctx: Context) -> Result:
-    import torch
 
-    threads = cfg.num_threads if cfg.num_threads > 0 else max(1, os.cpu_count() or 1)
-    torch.set_num_threads(threads)
+    threads = set_cpu_threads(cfg.num_threads, "num_threads")
     out = cfg.output_dir
     if cfg.compare_maps and not cfg.map_dir.is_dir():
         raise UserError(f"map_dir not found: {cfg.map_dir}; run step04 (or point map_dir at its outputs folder), or "

@@ -34,6 +34,7 @@ from shared.core.device import pick_device, use_cuda
 from shared.core.distributed import Dist
 from shared.core.errors import STEP_DIRS, UserError
 from shared.core.records import STAGING, StepRun, atomic_path, read_record, write_csv
+from shared.core.threads import set_cpu_threads
 from shared.io.channels import BT_WAVES_UM, IR105_CH, RF_WAVES_UM
 from shared.io.index import RESIDUAL_SPLITS
 from shared.io.patches import SplitFiles, batch_view, load_chunk, read_manifest, read_stats
@@ -461,8 +462,7 @@ def train(cfg, d: Dist | None = None, resume: bool = False, stop_after: int | No
         use_cuda(device, cfg.train.tf32)
     dtype = amp_dtype(cfg.train.amp, device)
     threads = torch.get_num_threads()
-    if cfg.train.num_threads > 0:
-        torch.set_num_threads(cfg.train.num_threads)
+    set_cpu_threads(cfg.train.num_threads, "train.num_threads", d.world, default=threads, training=True)
     say = log if d.main else (lambda *a, **k: None)
     try:
         if cfg.model.members > 1:

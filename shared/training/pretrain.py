@@ -40,6 +40,7 @@ from tqdm import tqdm
 from shared.core.config import config_to_dict, portable, resolve_path
 from shared.core.errors import UserError
 from shared.core.records import atomic_path, config_changes, write_csv
+from shared.core.threads import set_cpu_threads
 from shared.features.patch import full_stack
 from shared.io.channels import AUX_CHANNELS, BT_CHANNELS, BT_WAVES_UM, PATCH_CHANNELS, RF_CHANNELS, RF_WAVES_UM
 from shared.io.index import read_split_csv, read_splits
@@ -234,8 +235,7 @@ def pretrain(cfg, current: Path, final: Path, resume: bool = False, stop_after: 
     """
     tc = cfg.train
     threads = torch.get_num_threads()
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
+    set_cpu_threads(tc.num_threads, "train.num_threads", default=threads, training=True)
     try:
         t_start = time.time()
         odir = Path(cfg.output.outputs_dir)

@@ -1,0 +1,69 @@
+"""CPU threads of a step (shared/core/threads.py): 0 = every usable core, and a warning when fewer are idle."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import shared.core.threads as th
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_idle_cores_is_the_idle_share_of_proc_stat_times_the_cores(monkeypatch):
+    """/proc/stat's first line: user nice system idle iowait irq softirq steal ...; idle counts idle + iowait."""
+    lines = iter(["cpu  100 0 50 800 50 0 0 0 0 0\n", "cpu  250 0 100 900 50 0 0 0 0 0\n"])
+
+    class _F:
+        def __init__(self, *a, **k):
+            self.line = next(lines)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def readline(self):
+            return self.line
+
+    monkeypatch.setattr(th, "open", _F, raising=False)
+    monkeypatch.setattr(th.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(th.time, "sleep", lambda s: None)
+    # 300 jiffies passed, 100 of them idle: a third of 4 cores
+    assert th.idle_cores() == pytest.approx(4 * 100 / 300)
+
+
+def test_idle_cores_on_this_machine_is_within_its_cores():
+    got = th.idle_cores(0.05)
+    assert got is None or 0.0 <= got <= (th.os.cpu_count() or 1) + 1e-9
+
+
+def test_busy_warning_names_the_count_that_fits_or_stays_silent():
+    assert th.busy_warning(2, 1.9, "num_threads") is None  # within half a core
+    assert th.busy_warning(2, None, "num_threads") is None  # not measurable
+    assert th.busy_warning(1, 0.1, "num_threads") is None  # one thread cannot oversubscribe
+    msg = th.busy_warning(2, 0.9, "train.num_threads")
+    assert msg.startswith("warning: 2 CPU threads") and "about 0.9 core(s) are idle" in msg
+    assert "set train.num_threads: 1" in msg and "weights" not in msg
+    assert "trained weights then differ" in th.busy_warning(2, 0.9, "train.num_threads", training=True)
+    assert "set num_threads: 3" in th.busy_warning(8, 3.2, "num_threads")
+
+
+def test_set_cpu_threads_sets_torch_and_warns_only_for_an_automatic_count(monkeypatch, capsys):
+    monkeypatch.setattr(th, "usable_cores", lambda: 4)
+    monkeypatch.setattr(th, "idle_cores", lambda *a: 1.0)
+    assert th.set_cpu_threads(3, "num_threads") == 3 and torch.get_num_threads() == 3
+    assert capsys.readouterr().err == ""  # an explicit count is the user's choice
+    assert th.set_cpu_threads(0, "num_threads") == 4 and torch.get_num_threads() == 4
+    err = capsys.readouterr().err
+    assert "4 CPU threads" in err and "set num_threads: 1" in err
+    assert th.set_cpu_threads(0, "num_threads", world=2) == 2  # torchrun: the ranks start together, no check
+    assert capsys.readouterr().err == ""
+    assert th.set_cpu_threads(0, "train.num_threads", default=2) == 2 and "set train.num_threads: 1" in capsys.readouterr().err
+    monkeypatch.setattr(th, "idle_cores", lambda *a: 3.8)
+    assert th.set_cpu_threads(0, "num_threads") == 4 and capsys.readouterr().err == ""
