@@ -196,7 +196,6 @@ def test_skips_existing_and_refuses_foreign(world, tmp_path):
     assert p.returncode == 2 and "not a demo world" in p.stderr and "Traceback" not in p.stderr
 
 
-
 def test_data_added_to_a_demo_world_is_not_deleted(world, tmp_path):
     """A day of images and a station file added to a demo world's folder: regenerating it (run_all, the README's
     first command, calls the generator each time) deleted them silently; it refuses now, naming them, and

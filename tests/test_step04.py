@@ -618,7 +618,6 @@ def test_quicklook_draws_the_analysis_increment_on_a_symmetric_scale(tmp_path, m
         close(f)
 
 
-
 def test_status_marks_step04_only_after_a_step03_run_it_reads(world, tmp_path):
     """``status`` with a pretraining config for step03 (which writes weights/pretrain_clay.ckpt, not best.pt): an
     up-to-date step04 is not "runs again after step03" (it was, for any run of step03's folder)."""

@@ -41,7 +41,6 @@ def map_files(map_dir: Path) -> dict[pd.Timestamp, Path]:
     return out
 
 
-
 def map_offset(f, grid, path: Path) -> tuple[int, int]:
     """Where map ``f`` starts inside ``grid``: the whole grid or a region of it (step04 ``region``)."""
     g = f.grid
@@ -50,7 +49,6 @@ def map_offset(f, grid, path: Path) -> tuple[int, int]:
         raise UserError(f"{path}: map is on grid {grid_desc(g)}, which is not part of the data's grid {grid_desc(grid)}; "
                         f"it was made from another static.nc: delete it and rerun step04")
     return r0, c0
-
 
 
 def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid,
@@ -119,7 +117,6 @@ def fusion_mismatch(maps_used: list[dict], mine: str) -> str | None:
             "differ by design: keep step04's and step05's fusion: sections equal to compare them")
 
 
-
 def map_agreement(df: pd.DataFrame, predictor, patch_dir: Path, split: str, static, tol_K: float,
                   fp32_maps: bool, batch_size: int) -> dict:
     """Rerun the mapped rows with pixel-centre lat/lon and compare with the maps' model field (``t2m_model``)."""
@@ -159,7 +156,6 @@ def map_agreement(df: pd.DataFrame, predictor, patch_dir: Path, split: str, stat
                         f"{r['time_utc']:%Y-%m-%d %H:%M} UTC (pixel {r['pixel_y']},{r['pixel_x']}); the maps are stale or "
                         f"were made differently: rerun step04 with --force")
     return res
-
 
 
 #: central intervals whose coverage of the true field :func:`truth_scores` reports (keys: :func:`level_key`)
@@ -235,7 +231,6 @@ def truth_scores(maps_used: list[dict], map_dir: Path, truth_dir: Path, static, 
                                 else float("nan"))
         out.append(rec)
     return out
-
 
 
 #: what to do with a demo world's truth files that cannot be read

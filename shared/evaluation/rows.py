@@ -120,7 +120,6 @@ def check_stats(predictor, patch_dir: Path, ckpt_path: Path) -> None:
                         f"(step02 was rerun after step03); retrain: {rerun('step03', force=True)}")
 
 
-
 def build_table(rows: dict, predictor, base_preds: dict[str, np.ndarray], clear_ir105_K: float) -> pd.DataFrame:
     """One row per test sample: ids, obs, predictions (deg C) and the breakdown keys."""
     mean, std = predictor.input_mean, predictor.input_std
@@ -152,7 +151,6 @@ def build_table(rows: dict, predictor, base_preds: dict[str, np.ndarray], clear_
     df["day_night"] = np.where(sza < 90.0, "day", "night")
     df["sky"] = np.where(ir105 >= clear_ir105_K, "clear", "cloudy")
     return df
-
 
 
 def pred_columns(df: pd.DataFrame) -> dict[str, str]:

@@ -71,13 +71,7 @@ MARKER = "DEMO_WORLD.json"
 MANAGED = ("static.nc", "stations.csv", "truth.json", MARKER, "sat", "ta_obs", "truth", "realism.json")
 
 
-
-
-
 # --------------------------------------------------------------------------- presets
-
-
-
 
 
 # --------------------------------------------------------------------------- land cover table
@@ -95,75 +89,13 @@ MANAGED = ("static.nc", "stations.csv", "truth.json", MARKER, "sat", "ta_obs", "
 # --------------------------------------------------------------------------- static helpers
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------- dynamics
-
-
-
-
-
-
-
-
-
-
 
 
 # Cloud effect per BT channel: (emissivity factor, weighting-function height km or 0 = surface channel)
 
 
 # --------------------------------------------------------------------------- v4 physics
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------- netCDF writing
@@ -241,10 +173,6 @@ def _one_time(t: pd.Timestamp) -> tuple[np.ndarray, float, float, dict]:
     write_sat(_RAW, W, t, F)
     rr, cc = W.stations["row"].to_numpy(), W.stations["col"].to_numpy()
     return F["t2m"][rr, cc].astype(np.float64), float(F["cloud"].mean()), F["cf"], realism_stats(W, t, F)
-
-
-
-
 
 
 # --------------------------------------------------------------------------- driver
@@ -454,10 +382,6 @@ def generate(out_dir: str | Path | None = None, preset: str = "tiny", seed: int 
             f"noise floor {noise_floor:.2f} K"
         )
     return summary
-
-
-
-
 
 
 class _NoBar:

@@ -46,7 +46,6 @@ from shared.io.raw import write_static as write_static_nc
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Raster:
     """A source raster on a regular grid in its own CRS (coords ascending)."""

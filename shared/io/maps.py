@@ -331,13 +331,6 @@ def read_map(path: str | Path, expect_grid: Grid | None = None) -> MapField:
     return MapField(t2m=t2m, grid=grid, time=time, attrs=attrs, path=path, layers=layers, fusion_ids=fusion_ids)
 
 
-
 # --------------------------------------------------------------------------- quicklook
-
-
-
-
-
-
 
 

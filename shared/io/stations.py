@@ -217,7 +217,6 @@ def read_stations(path: str | Path) -> pd.DataFrame:
     return df
 
 
-
 # --------------------------------------------------------------------------- observations
 
 

@@ -27,7 +27,6 @@ def _nice_levels(vals_c: np.ndarray, min_span: float = 6.0) -> np.ndarray:
     return np.arange(lo, hi + step / 2, step)
 
 
-
 def se_levels(se_K: np.ndarray, n: int = 11) -> np.ndarray:
     """Colour levels of a standard-error panel: ``n`` edges spaced geometrically from the 1st to the 99th
     percentile (spanning at least 0.2 K, edges at 2 significant digits). A standard error is a scale: next to the
@@ -66,7 +65,6 @@ def draw_outline(ax, grid: Grid, lsmask: np.ndarray, color="k", lw=0.7, graticul
     ax.set_ylim(yk[-1] - grid.res_m / 2000, yk[0] + grid.res_m / 2000)
 
 
-
 def station_distance_km(grid: Grid, rows, cols) -> np.ndarray:
     """(ny, nx) distance (km) from each pixel centre to the nearest of the given station pixels."""
 
@@ -75,7 +73,6 @@ def station_distance_km(grid: Grid, rows, cols) -> np.ndarray:
     if mask.all():
         return np.full(grid.shape, np.inf, dtype=np.float32)
     return (distance_transform_edt(mask) * grid.res_m / 1000.0).astype(np.float32)
-
 
 
 def quicklook(path: str | Path, t2m_K: np.ndarray, grid: Grid, time_utc, lsmask: np.ndarray,

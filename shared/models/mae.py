@@ -20,13 +20,11 @@ def random_masking(b: int, n: int, ratio: float, generator: torch.Generator | No
     return order[:, :n_mask], order[:, n_mask:]
 
 
-
 def patchify(pixels: torch.Tensor, p: int) -> torch.Tensor:
     """``(B, C, H, W)`` -> ``(B, L, C, p·p)``, tokens row-major as in the encoder."""
     b, c, h, w = pixels.shape
     x = pixels.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
     return x.reshape(b, (h // p) * (w // p), c, p * p)
-
 
 
 def position_metadata(h: int, w: int, dim: int, gsd: float, time: torch.Tensor, latlon: torch.Tensor):
@@ -35,7 +33,6 @@ def position_metadata(h: int, w: int, dim: int, gsd: float, time: torch.Tensor, 
     meta = torch.cat((time, latlon), dim=-1)  # (B, 8)
     b, n = time.shape[0], pos.shape[0]
     return torch.cat((pos.expand(b, -1, -1), meta[:, None, :].expand(-1, n, -1)), dim=-1)
-
 
 
 def encode_visible(enc: ClayEncoder, pixels, time, latlon, gsd, waves, visible):
@@ -55,7 +52,6 @@ def encode_visible(enc: ClayEncoder, pixels, time, latlon, gsd, waves, visible):
     tokens = tokens + torch.gather(pos, 1, visible[:, :, None].expand(-1, -1, pos.shape[-1]))
     x = torch.cat((enc.cls_token.expand(b, -1, -1).to(tokens.dtype), tokens), dim=1)
     return enc.transformer(x)
-
 
 
 class PixelHead(nn.Module):
@@ -88,7 +84,6 @@ class PixelHead(nn.Module):
         return out.reshape(*x.shape[:2], c, self.patch_size**2)
 
 
-
 class MAEDecoder(nn.Module):
     """Clay's decoder layout: ``enc_to_dec``, ``mask_patch``, ``transformer``, ``embed_to_pixels``."""
 
@@ -112,7 +107,6 @@ class MAEDecoder(nn.Module):
         full = full + enc
         y = self.transformer(torch.cat((cls, full), dim=1))[:, 1:]
         return self.embed_to_pixels(y, waves)
-
 
 
 class ClayMAE(nn.Module):
@@ -144,7 +138,6 @@ class ClayMAE(nn.Module):
         diff = torch.gather(recon, 1, idx) - torch.gather(target, 1, idx)
         loss = diff.abs().mean() if self.loss_kind == "l1" else diff.pow(2).mean()
         return loss, recon, masked
-
 
 
 def lightning_state(model: ClayMAE) -> dict:

@@ -246,14 +246,12 @@ def stored_model_field(path: Path, a: dict | None, ckpt_fp: str, grid, precision
     return res, int(a.get("n_input_pixels_out_of_physical_range", 0))
 
 
-
 def station_pixels(stations_csv: Path, static: Static) -> pd.DataFrame:
     """Stations of ``stations_csv`` on this grid: ``stn_id, name, lat, lon, pixel_y, pixel_x``."""
     st = read_stations(stations_csv)
     py, px = static.grid.latlon_to_rowcol(st["lat"].to_numpy(), st["lon"].to_numpy())
     st = st.assign(pixel_y=py, pixel_x=px)
     return st[static.grid.inside(py, px)].reset_index(drop=True)
-
 
 
 def learnt_station_distance(stations: pd.DataFrame | None, static: Static, index_dir: Path):

@@ -37,7 +37,6 @@ def _static_ns(lat, lon, dem, land, lc, **more):
     return S
 
 
-
 def _points(S, rows, cols):
     """The same namespace at a few pixels (1-D arrays)."""
 
@@ -50,7 +49,6 @@ def _points(S, rows, cols):
     return out
 
 
-
 def _seasons(doy: float) -> tuple[float, float, float]:
     """(winter, spring, summer) weights 0..1: mid-Jan, late April (dry, sunny), late July (humid monsoon)."""
     ph = 2 * np.pi / 365.25
@@ -60,11 +58,9 @@ def _seasons(doy: float) -> tuple[float, float, float]:
     return float(winter), float(spring), float(summer)
 
 
-
 def _harm(doy: float) -> np.ndarray:
     ph = 2 * np.pi / 365.25
     return np.array([1.0] + [f(k * ph * doy) for k in (1, 2, 3) for f in (np.cos, np.sin)])
-
 
 
 def _sea_level_clim(S, doy: float):
@@ -87,13 +83,11 @@ def _sea_level_clim(S, doy: float):
     return tl, tsea, S.ks * tl + (1 - S.ks) * tsea
 
 
-
 def _clim_corr(S, doy: float):
     if S.clim_basis is None:
         return np.float32(0)
     a = (S.clim_coef @ _harm(doy)).astype(np.float32)
     return np.tensordot(a, S.clim_basis, axes=1)
-
 
 
 def _diurnal(solar_h, sunrise):
@@ -104,7 +98,6 @@ def _diurnal(solar_h, sunrise):
     s_night = np.clip((tau_d - rise_len) / (f32(24) - rise_len), 0, 1)
     return np.where(tau_d <= rise_len, -np.cos(f32(np.pi) * tau_d / rise_len),
                     f32(2) * (1 - s_night) ** f32(1.6) - 1).astype(f32)
-
 
 
 def _sun(S, t: pd.Timestamp) -> dict:
@@ -128,7 +121,6 @@ def _sun(S, t: pd.Timestamp) -> dict:
     return out
 
 
-
 def _climate_state(S, doy: float) -> dict:
     """The mean weather state (no anomaly, climatological cloudiness, wind and soil moisture, no rain)."""
     winter, spring, summer = _seasons(doy)
@@ -138,11 +130,9 @@ def _climate_state(S, doy: float) -> dict:
             "sm": _sm_season(S.sm_base, spring, summer) + np.float32(0.05), "rain": np.float32(0), "tex": np.float32(0)}
 
 
-
 def _sm_season(sm_base, spring: float, summer: float):
     """Seasonal soil moisture: dry spring (little rain, strong sun and wind), wet monsoon summer."""
     return np.clip(sm_base - np.float32(0.18 * spring) + np.float32(0.12 * summer), 0.02, 1.0).astype(np.float32)
-
 
 
 def _air_temperature(S, t: pd.Timestamp, sun: dict, st: dict) -> tuple[np.ndarray, dict]:
@@ -197,7 +187,6 @@ def _air_temperature(S, t: pd.Timestamp, sun: dict, st: dict) -> tuple[np.ndarra
                              "spring": spring, "summer": summer, "autumn": autumn}
 
 
-
 def _half_range(doy: float) -> np.float32:
     """Half the clear-sky diurnal range of a fully continental pixel (K): largest in the dry, sunny
     spring, smaller in the humid monsoon summer, short winter days and autumn in between."""
@@ -206,11 +195,9 @@ def _half_range(doy: float) -> np.float32:
     return np.float32(4.4 + 4.2 * spring - 1.0 * summer + 1.2 * autumn - 0.4 * winter)
 
 
-
 def _clim_times(month: int):
     """Times that define a month's noise-free climatological mean: 3 days x every 2 h."""
     return [pd.Timestamp(2023, month, d, h) for d in (5, 15, 25) for h in range(0, 24, 2)]
-
 
 
 def climatology_monthly(S) -> np.ndarray:
@@ -224,7 +211,6 @@ def climatology_monthly(S) -> np.ndarray:
             acc = acc + _air_temperature(S, t, _sun(S, t), st)[0]
         out.append(acc / len(ts) - 273.15)
     return np.array(out, dtype=np.float64)
-
 
 
 def _fit_normals(S, st: pd.DataFrame, G: Grid):

@@ -31,7 +31,6 @@ def _korea_mask(W: World, km: float = 50.0) -> np.ndarray:
     return ndimage.distance_transform_edt(m) * (W.grid.res_m / 1000.0) <= km
 
 
-
 def realism_stats(W: World, t: pd.Timestamp, F: dict) -> dict:
     """Per-time realism numbers over clear land: spatial std of (IR105 - TA) and R^2 of the linear
     fit TA ~ IR105 + IR123 + DEM, on the whole window and within 50 km of an ASOS station."""
@@ -55,14 +54,12 @@ def realism_stats(W: World, t: pd.Timestamp, F: dict) -> dict:
     return out
 
 
-
 def _agg(vals) -> dict | None:
     v = np.array([x for x in vals if x is not None], dtype=float)
     if v.size == 0:
         return None
     return {"n": int(v.size), "median": round(float(np.median(v)), 3), "min": round(float(v.min()), 3),
             "max": round(float(v.max()), 3)}
-
 
 
 def realism_report(W: World, times, results, true_k, elev_eff, df, noise_floor, noise_floor_elev) -> dict:

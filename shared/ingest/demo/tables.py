@@ -13,21 +13,16 @@ from shared.core.constants import NORMALS_1991_2020  # noqa: F401  (re-exported 
 LAPSE = 0.0065  # K per m (standard atmosphere)
 
 
-
 NOISE_SIGMA_K = 0.5
-
 
 
 STATIONS_CSV = REPO_ROOT / "data" / "asos_stations.csv"
 
 
-
 TILE = 1024  # periodic texture tiles (pixels); > 900 so no repeat inside the grid
 
 
-
 GK2A_LON = 128.2  # sub-satellite longitude (deg E)
-
 
 
 LC_PROPS = {
@@ -52,13 +47,10 @@ LC_PROPS = {
 }
 
 
-
 SEASONAL_VEG = (4, 5, 8, 9, 10, 12, 14)  # classes whose NIR greens up in summer
 
 
-
 FOREST = (1, 2, 3, 4, 5)
-
 
 
 RIDGES = [
@@ -95,14 +87,12 @@ RIDGES = [
 ]
 
 
-
 CONES = [
     (33.362, 126.533, 1930.0, 3.7, 1.9), (37.50, 130.87, 984.0, 1.5, 1.0),  # Halla (Jeju), Ulleungdo
     (38.119, 128.465, 1760.0, 4.0, 1.0), (35.337, 127.731, 1780.0, 4.5, 1.0),  # Seorak, Jiri
     (35.860, 127.747, 1600.0, 4.0, 1.0), (37.794, 128.543, 1560.0, 4.0, 1.0),  # Deogyu, Odae
     (37.096, 128.916, 1550.0, 4.0, 1.0), (36.957, 128.485, 1430.0, 4.0, 1.0),  # Taebaek, Sobaek
 ]
-
 
 
 CITIES = [
@@ -114,17 +104,14 @@ CITIES = [
 ]
 
 
-
 SM_BASE = {1: 0.55, 2: 0.6, 3: 0.55, 4: 0.55, 5: 0.55, 6: 0.35, 7: 0.25, 8: 0.45, 9: 0.4, 10: 0.3,
             11: 0.9, 12: 0.5, 13: 0.12, 14: 0.45, 15: 0.9, 16: 0.08, 17: 1.0}
-
 
 
 #: v5: nocturnal radiative skin cooling per IGBP class (x clear, calm, dry): bare soil, dry grass and
 #: crops cool most (low heat capacity and conductivity), forest canopies, wetlands and cities least.
 NIGHT_COOL = {1: 0.5, 2: 0.5, 3: 0.5, 4: 0.55, 5: 0.55, 6: 0.9, 7: 1.05, 8: 0.8, 9: 0.95, 10: 1.1,
               11: 0.45, 12: 1.0, 13: 0.4, 14: 0.85, 15: 0.8, 16: 1.25, 17: 0.0}
-
 
 
 ROUGH = {1: 0.7, 2: 0.7, 3: 0.7, 4: 0.7, 5: 0.7, 6: 0.85, 7: 1.05, 8: 0.85, 9: 0.95, 10: 1.05,
@@ -134,13 +121,10 @@ ROUGH = {1: 0.7, 2: 0.7, 3: 0.7, 4: 0.7, 5: 0.7, 6: 0.85, 7: 1.05, 8: 0.85, 9: 0
 #: NORMALS_1991_2020 (the KMA normals the climate is fitted to) lives in shared.core.constants.
 
 
-
 LOWLAND_NORMALS = (108, 159, 143, 105, 184)  # Gaussian bumps; 100 (Daegwallyeong) acts on high ground only
 
 
-
 CLIM_SIGMA_KM = 60.0
-
 
 
 KOREA_CENTRE = (36.3, 127.8)
@@ -149,13 +133,10 @@ KOREA_CENTRE = (36.3, 127.8)
 T0 = pd.Timestamp(2023, 1, 1)
 
 
-
 BT_CLOUD = ((0.9, 0), (1, 8.0), (1, 6.2), (1, 4.5), (0.95, 0), (1, 0), (1, 0), (1, 0), (1.03, 0), (1, 2.5))
 
 
-
 RAYLEIGH = (0.085, 0.065, 0.04, 0.012, 0.0, 0.003)
-
 
 
 SNOW_RF = (0.78, 0.77, 0.75, 0.68, 0.0, 0.09)

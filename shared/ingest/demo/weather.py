@@ -24,10 +24,6 @@ def _tile(W: World, name: str, shift_rc: tuple[float, float], rows=None, cols=No
     return W.tiles[name].take(ri, axis=0).take(ci, axis=1)
 
 
-
-
-
-
 def _meso(W: World, t_days: float) -> np.ndarray:
     """Mesoscale anomaly (unit std): two slowly drifting isotropic textures cross-fading over ~3 days
     (v5: mesoscale anomalies are tied to terrain and air masses; they drift at ~2-3 m/s, not with
@@ -36,7 +32,6 @@ def _meso(W: World, t_days: float) -> np.ndarray:
     m1 = _tile(W, "m1", (-15.0 * t_days, 110.0 * t_days))
     m2 = _tile(W, "m2", (20.0 * t_days, 90.0 * t_days))
     return (w * m1 + (1 - w) * m2) / np.sqrt(w * w + (1 - w) ** 2)
-
 
 
 def _cloud_fraction_target(seed: int, t: pd.Timestamp) -> float:
@@ -49,7 +44,6 @@ def _cloud_fraction_target(seed: int, t: pd.Timestamp) -> float:
     return float(np.clip(base + slow, 0.2, 0.6))
 
 
-
 def _cloud_field(W: World, t_days: float, xk, yk, rows, cols, blend: float) -> tuple[np.ndarray, np.ndarray]:
     """(smooth synoptic part, full cloud field) on the separable grid (yk, xk)."""
     smooth = W.modes["cloud"].eval(t_days, xk, yk)
@@ -59,24 +53,10 @@ def _cloud_field(W: World, t_days: float, xk, yk, rows, cols, blend: float) -> t
     return smooth, 0.8 * smooth + 0.55 * (np.float32(blend) * t1 + np.float32(1 - blend) * t2)
 
 
-
 def _sig(x) -> np.ndarray:
     """Logistic function, float32."""
     with np.errstate(over="ignore"):
         return (1 / (1 + np.exp(-np.asarray(x, dtype=np.float32)))).astype(np.float32)
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _air_cloudiness(W: World, t: pd.Timestamp, xk, yk) -> np.ndarray:
@@ -89,7 +69,6 @@ def _air_cloudiness(W: World, t: pd.Timestamp, xk, yk) -> np.ndarray:
     _, C_sub = _cloud_field(W, t_days, KO_GRID.x[sub] / 1000.0, KO_GRID.y[sub] / 1000.0, sub, sub, blend)
     thr = f32(np.quantile(C_sub, 1 - _cloud_fraction_target(W.seed, t)))
     return _sig((f32(0.8) * W.modes["cloud"].eval(t_days, xk, yk) - thr) / f32(0.35))
-
 
 
 def _coarse_abs(W: World, fn, f: int = 3) -> np.ndarray:
@@ -115,7 +94,6 @@ def _coarse_abs(W: World, fn, f: int = 3) -> np.ndarray:
     return (top * (1 - wr)[:, None] + bot * wr[:, None]).astype(f32)
 
 
-
 def _night_history(W: World, t: pd.Timestamp, lags_h=(2.0, 5.0)) -> np.ndarray:
     """Clear-calm history of the last hours (0..1): mean over ``lags_h`` of (1 - cloudiness) x calm,
     calm = exp(-wind / 3.5 m/s) at the night-time wind (no daytime mixing boost). Cloudiness and the
@@ -137,7 +115,6 @@ def _night_history(W: World, t: pd.Timestamp, lags_h=(2.0, 5.0)) -> np.ndarray:
     return (clr * np.exp(-ws * W.wind_terrain / f32(3.5))).astype(f32)
 
 
-
 def _soil_moisture(W: World, t_days: float, spring: float, summer: float, winter: float) -> np.ndarray:
     """Soil moisture 0..1: land-cover base + antecedent rain of the last 12 days, drying out
     exponentially (e-folding 3.5 days in summer, ~7 in winter). Each day has one rain event: a
@@ -157,13 +134,11 @@ def _soil_moisture(W: World, t_days: float, spring: float, summer: float, winter
     return np.clip(_sm_season(W.sm_base, spring, summer) - f32(0.08) + f32(0.4) * np.tanh(api / f32(1.2)), 0.02, 1.0).astype(f32)
 
 
-
 def _anomaly(W: World, t_days: float, winter: float) -> np.ndarray:
     """Synoptic + mesoscale 2 m TA anomaly (K). v5: the synoptic temperature waves move at half the
     steering wind (the phase speed of baroclinic waves is well below the flow at 2 m TA scales)."""
     return ((W.modes["ta"].eval(t_days, W.xk, W.yk, speed_scale=0.5) * np.float32(2.8 + 1.8 * winter)
              + _meso(W, t_days) * np.float32(1.5)) * (np.float32(0.55) + np.float32(0.45) * W.ks))
-
 
 
 def _skin_temperature(W: World, t2m, sun: dict, st: dict, parts: dict, eps_c, snow, anom_prev) -> np.ndarray:
@@ -199,7 +174,6 @@ def _skin_temperature(W: World, t2m, sun: dict, st: dict, parts: dict, eps_c, sn
         - (f32(2.0) + f32(3.0) * nightish * clear * np.exp(-wind / f32(3.5))) * snow  # snow: colder skin, most on calm clear nights
     sea = f32(0.4) + f32(1.4 * parts["winter"]) + f32(0.3) * W.skin_tex
     return (t2m + W.landf * land + (1 - W.landf) * sea).astype(f32)
-
 
 
 def simulate(W: World, t: pd.Timestamp) -> dict:

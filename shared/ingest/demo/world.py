@@ -47,7 +47,6 @@ class Preset:
         return KO_GRID if self.window is None else KO_GRID.window(*self.window)
 
 
-
 def _preset(name: str) -> Preset:
     if name == "demo":
         # 2 days a month (8th, 22nd) x 3-hourly = 192 images over a whole year, day and night.
@@ -61,33 +60,7 @@ def _preset(name: str) -> Preset:
     raise UserError(f"unknown demo-world preset '{name}'; use 'demo' or 'tiny'")
 
 
-
 PRESETS = ("demo", "tiny")
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _fractal(rng: np.random.Generator, beta: float, n: int = TILE, lmax_px: float | None = None) -> np.ndarray:
@@ -108,7 +81,6 @@ def _fractal(rng: np.random.Generator, beta: float, n: int = TILE, lmax_px: floa
     f -= f.mean()
     f /= f.std()
     return f.astype(np.float32)
-
 
 
 def _ko_land_mask(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -143,14 +115,12 @@ def _ko_land_mask(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     return m
 
 
-
 def _coarse(fn, XK: np.ndarray, YK: np.ndarray, f: int = 3) -> np.ndarray:
     """Evaluate a smooth field ``fn(xk, yk)`` every ``f`` pixels and interpolate back (bilinear)."""
 
     sub = fn(XK[f // 2 :: f, f // 2 :: f], YK[f // 2 :: f, f // 2 :: f])
     out = ndimage.zoom(sub, f, order=1, mode="nearest", grid_mode=True)
     return out[: XK.shape[0], : XK.shape[1]].astype(np.float32)
-
 
 
 def _dist_to_polyline_km(xk: np.ndarray, yk: np.ndarray, pts_xy: np.ndarray) -> np.ndarray:
@@ -164,7 +134,6 @@ def _dist_to_polyline_km(xk: np.ndarray, yk: np.ndarray, pts_xy: np.ndarray) -> 
     return np.sqrt(d2)
 
 
-
 def _view_zenith(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """GK-2A view zenith angle (deg) from a geostationary orbit at 128.2E."""
     R, H = 6371.0, 42164.0
@@ -172,7 +141,6 @@ def _view_zenith(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     g = np.arccos(cg)
     d = np.sqrt(R * R + H * H - 2 * R * H * cg)
     return np.rad2deg(np.arcsin(np.clip(H / d * np.sin(g), -1, 1)))
-
 
 
 @dataclass
@@ -217,7 +185,6 @@ class _Modes:
         A = np.concatenate([ey.real, -ey.imag], axis=1).astype(np.float32)
         B = np.concatenate([ex.real, ex.imag], axis=0).astype(np.float32)
         return A @ B
-
 
 
 @dataclass
@@ -281,16 +248,13 @@ class World:
     extra_sites: tuple[int, int] = (0, 0)  # the (AWS, buoys) asked for (on the full grid; the window may hold fewer)
 
 
-
 def _rng(seed: int, stream: int, *more: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), stream, *more]))
-
 
 
 def load_asos() -> pd.DataFrame:
     st = pd.read_csv(STATIONS_CSV, dtype={"stn_id": "int64"})
     return st[["stn_id", "name", "lat", "lon", "elev_m"]]
-
 
 
 # The Military Demarcation Line, roughly, as (lon, lat) vertices: synthetic AWS sites stay south of it.
