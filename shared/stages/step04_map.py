@@ -351,11 +351,10 @@ def map_samples(present: list[Path], stations: pd.DataFrame, grid, offset: tuple
     key = stations_key(stations, offset)
     keys = {p.name: _file_key(p) for p in present}
     csv = out / "map_at_stations.csv"
-    old = previous
     kept: list[Path] = []
     rows = None
-    if old.get("stations") == key and csv.is_file() and old.get("csv") == _file_key(csv):
-        was = old.get("maps") if isinstance(old.get("maps"), dict) else {}
+    if previous.get("stations") == key and csv.is_file() and previous.get("csv") == _file_key(csv):
+        was = previous.get("maps") if isinstance(previous.get("maps"), dict) else {}
         kept = [p for p in present if was.get(p.name) == keys[p.name]]
     if kept:
         try:
@@ -383,7 +382,6 @@ def run(cfg: Config, ctx: Context) -> Result:
     precision, fusion and quicklook settings are kept (``skip_existing``) unless ``--force``; of a map whose
     fusion or quicklook settings differ, the model field is reused (:func:`stored_model_field`).
     """
-
     rank, world, force = ctx.dist.rank, ctx.dist.world, ctx.force
     threads = set_cpu_threads(cfg.num_threads, "num_threads", world)
     out = cfg.output_dir
