@@ -47,8 +47,8 @@ def test_busy_warning_names_the_count_that_fits_or_stays_silent():
     assert th.busy_warning(2, 1.9, "num_threads") is None  # within half a core
     assert th.busy_warning(2, None, "num_threads") is None  # not measurable
     assert th.busy_warning(1, 0.1, "num_threads") is None  # one thread cannot oversubscribe
-    msg = th.busy_warning(2, 0.9, "train.num_threads")
-    assert msg.startswith("warning: 2 CPU threads") and "about 0.9 core(s) are idle" in msg
+    msg = th.busy_warning(2, 0.9, "train.num_threads", when="during epoch 3")
+    assert msg.startswith("warning: 2 CPU threads") and "only about 0.9 of the" in msg and "free during epoch 3" in msg
     assert "set train.num_threads: 1" in msg and "weights" not in msg
     assert "trained weights then differ" in th.busy_warning(2, 0.9, "train.num_threads", training=True)
     assert "set num_threads: 3" in th.busy_warning(8, 3.2, "num_threads")
@@ -57,13 +57,45 @@ def test_busy_warning_names_the_count_that_fits_or_stays_silent():
 def test_set_cpu_threads_sets_torch_and_warns_only_for_an_automatic_count(monkeypatch, capsys):
     monkeypatch.setattr(th, "usable_cores", lambda: 4)
     monkeypatch.setattr(th, "idle_cores", lambda *a: 1.0)
-    assert th.set_cpu_threads(3, "num_threads") == 3 and torch.get_num_threads() == 3
+    w = th.set_cpu_threads(3, "num_threads")
+    assert w.threads == 3 and torch.get_num_threads() == 3 and not w.enabled
     assert capsys.readouterr().err == ""  # an explicit count is the user's choice
-    assert th.set_cpu_threads(0, "num_threads") == 4 and torch.get_num_threads() == 4
+    w = th.set_cpu_threads(0, "num_threads")
+    assert w.threads == 4 and torch.get_num_threads() == 4
     err = capsys.readouterr().err
     assert "4 CPU threads" in err and "set num_threads: 1" in err
-    assert th.set_cpu_threads(0, "num_threads", world=2) == 2  # torchrun: the ranks start together, no check
+    assert not w.enabled  # warned once at the start: not again while running
+    assert th.set_cpu_threads(0, "num_threads", world=2).threads == 2  # torchrun: the ranks start together
     assert capsys.readouterr().err == ""
-    assert th.set_cpu_threads(0, "train.num_threads", default=2) == 2 and "set train.num_threads: 1" in capsys.readouterr().err
+    assert th.set_cpu_threads(0, "train.num_threads", default=2).threads == 2
+    assert "set train.num_threads: 1" in capsys.readouterr().err
     monkeypatch.setattr(th, "idle_cores", lambda *a: 3.8)
-    assert th.set_cpu_threads(0, "num_threads") == 4 and capsys.readouterr().err == ""
+    w = th.set_cpu_threads(0, "num_threads")
+    assert w.threads == 4 and capsys.readouterr().err == "" and w.enabled == (th._cpu_times() is not None)
+    assert not th.set_cpu_threads(0, "num_threads", watch=False).enabled  # e.g. on a GPU
+
+
+def test_busy_watch_counts_other_processes_not_this_one(monkeypatch, capsys):
+    """Between two checks 2 cores ran 200 ticks each (400); 150 were idle, this process used 1.5 s (150 ticks at
+    100 per second): other processes kept 100 ticks busy, half a core, so 1.5 cores were free for 2 threads (no
+    warning). Next, 300 of 400 busy with this process at 1 s: others 1 core, 1 free: the warning, once."""
+    stats = iter([(0, 0), (150, 400), (250, 800), (350, 1200)])
+    own = iter([0.0, 1.5, 2.5, 3.5])
+    monkeypatch.setattr(th, "_cpu_times", lambda: next(stats))
+    monkeypatch.setattr(th.os, "times", lambda: type("T", (), {"user": next(own), "system": 0.0})())
+    monkeypatch.setattr(th.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(th.os, "sysconf", lambda name: 100)
+    w = th.BusyWatch.__new__(th.BusyWatch)
+    w.threads, w.key, w.training, w.enabled = 2, "train.num_threads", True, True
+    w._mark = w._sample()
+    assert w.check("during epoch 1") is None
+    msg = w.check("during epoch 2")
+    assert "about 1.0 of the 2 cores free during epoch 2" in msg and "set train.num_threads: 1" in msg
+    assert capsys.readouterr().err.strip() == msg
+    assert w.check("during epoch 3") is None and not w.enabled  # once
+
+
+def test_busy_watch_is_off_for_one_thread_or_when_disabled():
+    assert not th.BusyWatch(1, "num_threads").enabled
+    assert not th.BusyWatch(2, "num_threads", enabled=False).enabled
+    assert th.BusyWatch(2, "num_threads", enabled=False).check("now") is None

@@ -52,30 +52,75 @@ def idle_cores(sample_s: float = IDLE_SAMPLE_S) -> float | None:
     return (os.cpu_count() or 1) * (b[0] - a[0]) / (b[1] - a[1])
 
 
-def busy_warning(threads: int, idle: float | None, key: str, training: bool = False) -> str | None:
-    """The warning for ``threads`` threads when about ``idle`` cores are idle; None when they fit. ``training``:
-    the step trains weights, which then depend on the count."""
-    if idle is None or threads <= 1 or idle >= threads - 0.5:
+def busy_warning(threads: int, free: float | None, key: str, training: bool = False, when: str = "now") -> str | None:
+    """The warning for ``threads`` threads when other processes leave about ``free`` cores ``when``; None when
+    they fit. ``training``: the step trains weights, which then depend on the count."""
+    if free is None or threads <= 1 or free >= threads - 0.5:
         return None
-    fit = max(1, int(idle + 0.5))
-    return (f"warning: {threads} CPU threads ({key}: 0 = every core), but only about {idle:.1f} core(s) are idle now: "
-            f"another process is busy. Threads that share a core with it can make this step several times slower "
-            f"(2 threads on 1 idle core: 2.4-2.8x slower than 1 thread here). If it is slow, set {key}: {fit}"
+    fit = max(1, int(free + 0.5))
+    return (f"warning: {threads} CPU threads ({key}: 0 = every core), but other processes left only about {free:.1f} "
+            f"of the {os.cpu_count() or 1} cores free {when}. Threads that share a core with another process can make "
+            f"this step several times slower (2 threads on 1 free core: 2.4-2.8x slower than 1 thread here). If it is "
+            f"slow, set {key}: {fit}"
             + (f"; trained weights then differ a little from those of a {threads}-thread run" if training else ""))
 
 
+class BusyWatch:
+    """Warns once (stderr) when, between two :meth:`check` calls, other processes left fewer cores free than this
+    process's ``threads``: /proc/stat's busy time minus this process's own CPU time (its threads; not its child
+    processes, so a step with worker processes should not watch). Off when ``enabled`` is false, for one thread,
+    or where /proc/stat is not there."""
+
+    def __init__(self, threads: int, key: str, training: bool = False, enabled: bool = True):
+        self.threads, self.key, self.training = threads, key, training
+        self.enabled = enabled and threads > 1 and _cpu_times() is not None
+        self._mark = self._sample() if self.enabled else None
+
+    @staticmethod
+    def _sample():
+        t = os.times()
+        return _cpu_times(), t.user + t.system
+
+    def free_cores(self) -> float | None:
+        """Cores that other processes left free since the last call (or since this watch began)."""
+        (c0, own0), (c1, own1) = self._mark, self._sample()
+        self._mark = (c1, own1)
+        if c0 is None or c1 is None or c1[1] <= c0[1]:
+            return None
+        n = os.cpu_count() or 1
+        total, idle = c1[1] - c0[1], c1[0] - c0[0]
+        own = (own1 - own0) * os.sysconf("SC_CLK_TCK")  # seconds -> /proc/stat's ticks
+        others = max(0.0, (total - idle - own) / (total / n))
+        return max(0.0, n - others)
+
+    def check(self, when: str) -> str | None:
+        """The warning (printed once) when other processes left too few cores free since the last call."""
+        if not self.enabled:
+            return None
+        msg = busy_warning(self.threads, self.free_cores(), self.key, self.training, when)
+        if msg:
+            self.enabled = False
+            print(msg, file=sys.stderr, flush=True)
+        return msg
+
+
 def set_cpu_threads(requested: int, key: str, world: int = 1, default: int | None = None,
-                    training: bool = False) -> int:
-    """Set torch's intra-op threads for a step and return them: ``requested`` when > 0, else ``default`` (when
-    given) or this process's share of the usable cores (``world`` processes on one machine). When the count
-    comes from 0 and a single process would use more threads than there are idle cores, warns once on stderr;
-    an explicit count is the user's choice and is not second-guessed."""
+                    training: bool = False, watch: bool = True) -> BusyWatch:
+    """Set torch's intra-op threads for a step: ``requested`` when > 0, else ``default`` (when given) or this
+    process's share of the usable cores (``world`` processes on one machine). When the count comes from 0 and a
+    single process would use more threads than there are idle cores, warns once on stderr; an explicit count is
+    the user's choice and is not second-guessed. Returns the :class:`BusyWatch` that goes on checking (``.threads``
+    the count; it stays silent after a warning here, and with ``watch`` false, e.g. on a GPU or with worker
+    processes)."""
     import torch
 
     n = requested if requested > 0 else (default or max(1, usable_cores() // world))
     torch.set_num_threads(n)
-    if requested <= 0 and world == 1 and n > 1:
-        msg = busy_warning(n, idle_cores(), key, training)
+    auto = requested <= 0 and world == 1 and n > 1
+    warned = False
+    if auto:
+        msg = busy_warning(n, idle_cores(), key, training, "now")
         if msg:
             print(msg, file=sys.stderr, flush=True)
-    return n
+            warned = True
+    return BusyWatch(n, key, training, enabled=auto and watch and not warned)

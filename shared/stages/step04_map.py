@@ -383,12 +383,13 @@ def run(cfg: Config, ctx: Context) -> Result:
     fusion or quicklook settings differ, the model field is reused (:func:`stored_model_field`).
     """
     rank, world, force = ctx.dist.rank, ctx.dist.world, ctx.force
-    threads = set_cpu_threads(cfg.num_threads, "num_threads", world)
     out = cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
 
     require_file(cfg.checkpoint, "checkpoint", rerun("step03") + " or set checkpoint")
     predictor = load_predictor(cfg.checkpoint, cfg.precision, cfg.device)
+    cpu = set_cpu_threads(cfg.num_threads, "num_threads", world, watch=str(predictor.device).startswith("cpu"))
+    threads = cpu.threads
     ckpt_fp = checkpoint_fingerprint(cfg.checkpoint)
     static = read_static(cfg.raw_dir / "static.nc")
     times, missing, selected = select_times(cfg.times, cfg.index_dir, cfg.raw_dir)
@@ -575,6 +576,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         else:  # an earlier run's quicklook would show another map under this one's name
             png.unlink(missing_ok=True)
         write_map(path, ds)
+        cpu.check(f"while making {path.name}")
         release_free_heap()  # freed image buffers back to the system (measurements: release_free_heap)
         done += 1
         rec = {"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": path.name, "seconds": round(res.seconds, 2),

@@ -275,7 +275,7 @@ def _write_outputs(put, out: Path, outputs: list, df: pd.DataFrame, cols: dict, 
 
 def run(cfg: Config, ctx: Context) -> Result:
 
-    threads = set_cpu_threads(cfg.num_threads, "num_threads")
+    threads = set_cpu_threads(cfg.num_threads, "num_threads").threads
     out = cfg.output_dir
     if cfg.compare_maps and not cfg.map_dir.is_dir():
         raise UserError(f"map_dir not found: {cfg.map_dir}; run step04 (or point map_dir at its outputs folder), or "

@@ -34,7 +34,7 @@ from shared.core.device import pick_device, use_cuda
 from shared.core.distributed import Dist
 from shared.core.errors import STEP_DIRS, UserError
 from shared.core.records import STAGING, StepRun, atomic_path, read_record, write_csv
-from shared.core.threads import set_cpu_threads
+from shared.core.threads import BusyWatch, set_cpu_threads
 from shared.io.channels import BT_WAVES_UM, IR105_CH, RF_WAVES_UM
 from shared.io.index import RESIDUAL_SPLITS
 from shared.io.patches import SplitFiles, batch_view, load_chunk, read_manifest, read_stats
@@ -462,12 +462,13 @@ def train(cfg, d: Dist | None = None, resume: bool = False, stop_after: int | No
         use_cuda(device, cfg.train.tf32)
     dtype = amp_dtype(cfg.train.amp, device)
     threads = torch.get_num_threads()
-    set_cpu_threads(cfg.train.num_threads, "train.num_threads", d.world, default=threads, training=True)
+    cpu = set_cpu_threads(cfg.train.num_threads, "train.num_threads", d.world, default=threads, training=True,
+                          watch=device.type == "cpu" and cfg.data.num_workers == 0)  # workers: other processes
     say = log if d.main else (lambda *a, **k: None)
     try:
         if cfg.model.members > 1:
-            return _train_ensemble(cfg, d, device, dtype, resume, stop_after, allow_config_change, say)
-        return _train(cfg, d, device, dtype, resume, stop_after, allow_config_change, say)
+            return _train_ensemble(cfg, d, device, dtype, resume, stop_after, allow_config_change, say, cpu)
+        return _train(cfg, d, device, dtype, resume, stop_after, allow_config_change, say, cpu)
     finally:
         torch.set_num_threads(threads)
 
@@ -506,7 +507,8 @@ def _finished_member(mcfg) -> bool:
     return bool(rec) and rec.get("status") == "ok" and not (Path(mcfg.output.weights_dir) / STAGING).exists()
 
 
-def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change, say) -> dict:
+def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change, say,
+                    cpu: BusyWatch | None = None) -> dict:
     """``model.members`` runs of :func:`_train` one after the other (seeds ``seed``, ``seed + 1``, ...; each promotes
     its own ``weights/members/mK/best.pt``), then the ensemble of their best models: calibrated on the validation
     rows, its residual table for the fusion, written as ``weights/best.pt`` (and ``current.pt``, the same finished
@@ -523,7 +525,7 @@ def _train_ensemble(cfg, d: Dist, device, dtype, resume, stop_after, allow_confi
         say(f"ensemble member {k + 1}/{k_all} (seed {mcfg.train.seed}) -> {mcfg.output.weights_dir}")
         rec = member_record(mcfg, k, k_all) if d.main else None
         with rec.running() if rec is not None else contextlib.nullcontext():  # "running" until its files are in place
-            r = _train(mcfg, d, device, dtype, resume, left, allow_config_change, say)
+            r = _train(mcfg, d, device, dtype, resume, left, allow_config_change, say, cpu)
             left = None if left is None else left - r["ran"]
             if rec is not None:
                 if r["done"]:
@@ -602,7 +604,8 @@ def _ensemble(paths: list[Path], k_all: int, device) -> tuple[torch.nn.Module, l
     return ens.to(device).eval(), cks
 
 
-def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change, say) -> dict:
+def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change, say,
+           cpu: BusyWatch | None = None) -> dict:
     t_start = time.time()
     weights_dir, out_dir = Path(cfg.output.weights_dir), Path(cfg.output.outputs_dir)
     staging = weights_dir / STAGING
@@ -766,6 +769,8 @@ def _train(cfg, d: Dist, device, dtype, resume, stop_after, allow_config_change,
             say(f"epoch {epoch}/{tcfg.epochs}: train {train_loss:.4f}  val {val_loss:.4f}  "
                 f"rmse {rmse:.4f} ({rmse * target_std:.3f} K)  lr {row['lr']:.2e}  {row['seconds']:.1f} s"
                 f"  data wait {100 * wait / max(step_s, 1e-9):.1f}%" + ("  *best" if improved else ""))
+            if cpu is not None:  # once, when other processes left this run's threads too few cores
+                cpu.check(f"during epoch {epoch}")
         d.barrier()
         stopped_early = tcfg.early_stop_patience > 0 and state["bad_epochs"] >= tcfg.early_stop_patience
         if stopped_early:

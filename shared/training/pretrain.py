@@ -235,7 +235,7 @@ def pretrain(cfg, current: Path, final: Path, resume: bool = False, stop_after: 
     """
     tc = cfg.train
     threads = torch.get_num_threads()
-    set_cpu_threads(tc.num_threads, "train.num_threads", default=threads, training=True)
+    set_cpu_threads(tc.num_threads, "train.num_threads", default=threads, training=True, watch=False)
     try:
         t_start = time.time()
         odir = Path(cfg.output.outputs_dir)
