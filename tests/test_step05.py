@@ -373,6 +373,45 @@ def test_step04_warns_when_step01s_inputs_changed_since_its_index(evaluated, tin
     assert "warning: step01's index" not in step04(tmp_path / "s04b")
 
 
+def test_step04_warns_when_images_came_after_step01s_index(evaluated, tiny_world, tmp_path, capsys):
+    """A day's images added after step01 (its observations were in the raw folder, but step01 drops observations
+    without an image): step04 mapped the new hour as the model alone with one info line, because the check of
+    step01's inputs skipped the image folder's file names. It now warns that the index is older than its inputs,
+    and that the index holds no observation at the mapped time, and the map says so."""
+    from conftest import step01_args
+
+    from shared.core.records import changed_inputs
+    from shared.io.maps import read_map
+    from shared.io.raw import sat_path
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_world, raw)
+    t = pd.Timestamp(pd.read_csv(evaluated["index"] / "index.csv")["sat_time_utc"].max())
+    kept = tmp_path / "later"
+    kept.mkdir()
+    for kind in ("bt", "rf", "sza"):
+        shutil.move(sat_path(raw, kind, t), kept / kind)
+    s01 = tmp_path / "s01"
+    assert run_step("step01_make_index", *step01_args(raw, s01)) == 0
+    assert changed_inputs(s01) == []
+    for kind in ("bt", "rf", "sza"):  # the images arrive
+        shutil.move(kept / kind, sat_path(raw, kind, t))
+    changed = changed_inputs(s01)
+    assert len(changed) == 1 and changed[0].endswith("sat [names gk2a_*.nc]")
+    capsys.readouterr()
+    out = tmp_path / "s04"
+    assert run_step("step04_infer_map", "--set", f"checkpoint={evaluated['ckpt']}", "--set", f"raw_dir={raw}",
+                    "--set", f"stations_csv={raw / 'stations.csv'}", "--set", f"index_dir={s01}",
+                    "--set", f"output_dir={out}", "--set", "times.select=list", "--set",
+                    f"times.list_utc=['{t:%Y-%m-%d %H:%M}']", "--set", "num_threads=1", "--set", "progress=false",
+                    "--set", "region=[20, 10, 8, 8]", "--set", "quicklook=false") == 0
+    said = capsys.readouterr().err
+    assert f"made before its inputs changed ({changed[0]})" in said
+    assert "warning: fusion: step01's index holds no observation of the train+val" in said and "rerun step01" in said
+    (m,) = out.glob("ta_map_*.nc")
+    assert read_map(m).attrs["analysis"] == "model only: step01's index holds no observation of a fusion station at this time"
+
+
 def test_damaged_demo_world_truth_files_are_one_line(tiny_world, tmp_path):
     """The demo world's truth files that step05 scores against: empty, truncated, all NaN, not a JSON object, a
     column missing or text in a number each gave a traceback (or a score of nan): one line naming the file now."""

@@ -422,8 +422,18 @@ def changed_inputs(run_dir: str | Path) -> list[str]:
     if not done:
         return []
     contents = _keyed(done.get("input_contents"))
-    return [k for k, fp in _keyed(done.get("inputs")).items()
-            if " [" not in k and not same_file(resolve_path(k), fp, contents.get(k))]  # "[...]": a derived form
+    changed = []
+    for k, fp in _keyed(done.get("inputs")).items():
+        if (m := _NAMES_KEY.fullmatch(k)) is not None:  # a folder's file names (images added or removed)
+            names = Names(resolve_path(m.group(1)), m.group(2))
+            if fingerprint([names])[str(names)] != fp:
+                changed.append(k)
+        elif " [" not in k and not same_file(resolve_path(k), fp, contents.get(k)):  # "[...]": a derived form
+            changed.append(k)
+    return changed
+
+
+_NAMES_KEY = re.compile(r"(.+) \[names (.+)\]")  # how a record names a Names input (Names.__str__)
 
 
 _TMP_PID = re.compile(r"^\.tmp-(?:set-)?(\d+)-")

@@ -459,10 +459,13 @@ def run(cfg: Config, ctx: Context) -> Result:
             fusion_note = (f"fusion: no {cfg.index_dir / 'index.csv'} (step01's observations): the maps are the model "
                            "alone")
         else:
-            fusion_note = f"fusion: no observation of the {'+'.join(cfg.fusion.splits)} stations at the mapped times"
+            fusion_note = (f"warning: fusion: step01's index holds no observation of the {'+'.join(cfg.fusion.splits)} "
+                           f"stations at the mapped times: the maps are the model alone (for hours after the index "
+                           f"was made, {rerun('step01')} first)")
     few = [t for t, o in by_time.items() if len(o) < cfg.fusion.min_stations]
     if rank == 0:
-        print(f"step04: {fusion_note}")
+        warn = fusion_note.startswith("warning:")
+        print(fusion_note if warn else f"step04: {fusion_note}", file=sys.stderr if warn else sys.stdout)
         if by_time and len(few) == len(by_time):
             print(f"warning: no mapped time has fusion.min_stations ({cfg.fusion.min_stations}) observations: every "
                   "map's t2m is the model alone", file=sys.stderr)
@@ -554,7 +557,8 @@ def run(cfg: Config, ctx: Context) -> Result:
             if src is not None and t not in few:
                 thin.append(t)
             how = ("model only: fusion disabled" if not cfg.fusion.enabled else
-                   f"model only: {n_obs} fusion station(s) observed at this time, fewer than fusion.min_stations "
+                   "model only: step01's index holds no observation of a fusion station at this time" if n_obs == 0
+                   else f"model only: {n_obs} fusion station(s) observed at this time, fewer than fusion.min_stations "
                    f"({cfg.fusion.min_stations})")
         fuse_s = time.perf_counter() - t_fuse
         attrs = dict(attrs_common, inputs_fingerprint=in_fp, inputs_stat_fingerprint=in_stat, input_files=" ".join(p.name for p in srcs),
