@@ -231,6 +231,26 @@ def test_data_added_to_a_demo_world_is_not_deleted(world, tmp_path):
     dw.generate(raw, preset="tiny", progress=False, force=True)
     assert not new_day.exists()
 
+def test_a_demo_world_generated_again_says_why(world, tmp_path, capsys):
+    """run_all calls the generator each time: a demo world missing an image time was deleted and built again
+    with the line of a fresh build. It now says why (files missing, other parameters, --force)."""
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(world[0], raw)
+    stamp = sorted((raw / "sat").rglob("gk2a_bt_*.nc"))[-1].stem.split("_")[-1]
+    for f in (raw / "sat").rglob(f"gk2a_*_{stamp}.nc"):  # the last time's bt, rf and sza
+        f.unlink()
+    capsys.readouterr()
+    dw.generate(raw, preset="tiny", seed=0, progress=False)
+    assert f"demo world in {raw}: incomplete (7 of 8 image times); generating it again" in capsys.readouterr().out
+    assert len(list((raw / "sat").rglob("gk2a_bt_*.nc"))) == 8
+    assert dw._rebuild_reason(raw, json.loads((raw / dw.MARKER).read_text()), {"x": 1}, False).startswith(
+        "other parameters (")
+    dw.generate(raw, preset="tiny", seed=0, progress=False, force=True)
+    assert "--force; generating it again" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- v4 physics
 def _pts(n, **over):
     """A namespace of n identical flat lowland pixels for the pure physics functions."""

@@ -234,6 +234,23 @@ def _foreign_files(raw: Path, marker: dict) -> list[str]:
     return out
 
 
+def _rebuild_reason(raw: Path, marker: dict, params: dict, force: bool) -> str:
+    """Why the demo world in ``raw`` is generated again: --force, other parameters, or files missing."""
+    if force:
+        return "--force"
+    old = marker.get("params") if isinstance(marker.get("params"), dict) else {}
+    if old != params:
+        diff = [k for k in sorted(set(old) | set(params)) if old.get(k) != params.get(k)]
+        return "other parameters (" + ", ".join(f"{k}: {old.get(k)} -> {params.get(k)}" for k in diff) + ")"
+    if marker.get("status") != "complete":
+        return "an unfinished generation"
+    n = marker.get("n_timestamps", -1)
+    have = min(len(list((raw / "sat").rglob(f"gk2a_{k}_*.nc"))) for k in ("bt", "rf", "sza"))
+    missing = [f for f in ("static.nc", "truth.json") if not (raw / f).is_file()]
+    return "incomplete (" + ", ".join(([f"{have} of {n} image times"] if have != n else []) +
+                                      [f"no {f}" for f in missing]) + ")"
+
+
 def _prepare_out(raw: Path, params: dict, force: bool) -> dict | None:
     """Decide what to do with an existing folder. Returns the old truth summary
     when the same demo world is already complete (nothing to do)."""
@@ -259,6 +276,8 @@ def _prepare_out(raw: Path, params: dict, force: bool) -> dict | None:
         raise UserError(f"{raw} holds files the demo world generator did not write ({', '.join(foreign[:3])}{more}); "
                         "regenerating it would delete them: move them to a raw folder of their own (and point "
                         "the steps' raw_dir / obs_dir at it), or pass --force to delete them")
+    if marker is not None:  # say why a demo world is built again
+        print(f"demo world in {raw}: {_rebuild_reason(raw, marker, params, force)}; generating it again", flush=True)
     for name in MANAGED:
         p = raw / name
         if p.is_dir():
