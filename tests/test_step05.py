@@ -343,7 +343,9 @@ def test_step04_leaves_a_gross_error_out_of_its_map_and_names_it(evaluated, tmp_
 
 def test_step04_warns_when_step01s_inputs_changed_since_its_index(evaluated, tiny_world, tmp_path, capsys):
     """Observations added to the raw folder after step01: step04 fused only the index's (a map of the new hour was
-    the model alone, said in an info line); it now warns that step01's index is older than its inputs."""
+    the model alone, said in an info line); it now warns that step01's index is older than its inputs. The
+    runner gives this warning for every step's upstream outputs (step05 after step01 alone scored step02's
+    chunks of the old index without a word)."""
     from conftest import step01_args
 
     from shared.core.records import changed_inputs
@@ -367,10 +369,10 @@ def test_step04_warns_when_step01s_inputs_changed_since_its_index(evaluated, tin
 
     capsys.readouterr()
     said = step04(tmp_path / "s04")
-    assert "warning: step01's index in " in said and f"{changed[0]}): the maps fuse the observations it holds; " \
-        "rerun step01" in said
+    assert f"warning: step01's outputs in {s01} were made before its inputs changed ({changed[0]}): " \
+        "step04_infer_map reads them as they are; rerun step01" in said
     assert run_step("step01_make_index", *step01_args(raw, s01)) == 0
-    assert "warning: step01's index" not in step04(tmp_path / "s04b")
+    assert "warning: step01's outputs" not in step04(tmp_path / "s04b")
 
 
 def test_step04_warns_when_images_came_after_step01s_index(evaluated, tiny_world, tmp_path, capsys):

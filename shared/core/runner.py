@@ -26,10 +26,10 @@ from typing import Any
 from shared import REPO_ROOT
 from shared.core import distributed
 from shared.core.cli import run_main, step_parser
-from shared.core.config import config_to_dict, load_config, read_yaml
+from shared.core.config import config_to_dict, load_config, read_yaml, repo_relative
 from shared.core.distributed import Dist
-from shared.core.errors import UserError
-from shared.core.records import Names, StepRun, check_upstream
+from shared.core.errors import UserError, rerun
+from shared.core.records import Names, StepRun, changed_inputs, check_upstream
 
 
 @dataclass
@@ -139,6 +139,10 @@ def execute(stages: Stage | dict[str, Stage], argv: list[str] | None = None) -> 
               flush=True)
     for run_dir, files, step in stage.upstream(cfg):
         check_upstream(run_dir, files, step)
+        if d.main and (changed := changed_inputs(run_dir)):  # e.g. step05 after step01 alone: step02's old chunks
+            print(f"warning: {step}'s outputs in {repo_relative(str(run_dir))} were made before its inputs changed "
+                  f"({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}): {stage.name} reads them as they "
+                  f"are; {rerun(step)} first to use the new inputs", file=sys.stderr, flush=True)
     if stage.distributed:
         distributed.start(stage.backend(cfg))
     try:

@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from shared.core.config import repo_relative, resolve_path
+from shared.core.config import resolve_path
 from shared.core.constants import KELVIN
 from shared.core.device import check_device_name
 from shared.core.errors import UserError, require_file, rerun
-from shared.core.records import changed_inputs, write_csv, write_json
+from shared.core.records import write_csv, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.core.threads import set_cpu_threads
 from shared.features.site import site_fields
@@ -426,10 +426,6 @@ def run(cfg: Config, ctx: Context) -> Result:
     site = site_fields(static)  # the site descriptors of every pixel, once per run
     sources, by_time, vg, vg_note, fusion_note = {}, {}, None, "", "fusion disabled (fusion.enabled: false)"
     if cfg.fusion.enabled:
-        if rank == 0 and (changed := changed_inputs(cfg.index_dir)):  # e.g. observations added since step01
-            print(f"warning: step01's index in {repo_relative(str(cfg.index_dir))} was made before its inputs changed "
-                  f"({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}): the maps fuse the observations "
-                  f"it holds; {rerun('step01')} to fuse the new ones", file=sys.stderr)
         obs = fusion_observations(cfg.index_dir, times["time_utc"], cfg.fusion)
         by_time = dict(tuple(obs.groupby("time_utc"))) if obs is not None and len(obs) else {}
         if by_time:

@@ -374,8 +374,8 @@ def run(cfg: Config, ctx: Context) -> Result:
                     near = station_distance_km(static.grid, px["pixel_y"].to_numpy(), px["pixel_x"].to_numpy()) <= cfg.coverage_km
             truth = truth_scores(maps_used, cfg.map_dir, truth_dir, static, near, dist)
         else:
-            print(f"note: no step04 map of this checkpoint in {cfg.map_dir} for a {cfg.split} time; "
-                  f"map columns left empty")
+            print(f"note: no step04 map of this checkpoint in {cfg.map_dir} for a time of step02's {cfg.split} "
+                  f"rows; map columns left empty")
     for c in ("map_c", "map_se_c", "map_model_c"):
         if c not in df:
             df[c] = np.nan
