@@ -342,6 +342,13 @@ def test_run_all_lists_the_figures_each_step_wrote(tmp_path):
     assert figure_lines(tmp_path) == ["  s1/out/: splits.png", "  s3/o/: learning_curve.png",
                                       "  s4/: 12 PNGs (ta_map_00.png ... ta_map_11.png)"]
     assert figure_lines(tmp_path, [3]) == ["  s3/o/: learning_curve.png"]
+    # with a finished run's record, only the PNGs it wrote (a quicklook of an earlier run's map is left out)
+    from shared.core.records import StepRun
+
+    rec = StepRun(tmp_path / "s4", {"x": 1}, [], "step04_infer_map")
+    with rec.running():
+        rec.finish([tmp_path / "s4" / "ta_map_03.png"])
+    assert figure_lines(tmp_path, [4]) == ["  s4/: ta_map_03.png"]
 
 
 def test_stale_reasons_say_what_changed(tmp_path):

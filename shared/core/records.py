@@ -414,6 +414,12 @@ def check_finished_checkpoint(path: str | Path, by_name: bool = True) -> None:
                         "its weights/best.pt")
 
 
+def finished_outputs(run_dir: str | Path) -> set[str] | None:
+    """The outputs (record keys) of the last finished run in ``run_dir``; None when there is none."""
+    done = finished_record(read_record(run_dir))
+    return None if done is None else set(_keyed(done.get("outputs")))
+
+
 def changed_inputs(run_dir: str | Path) -> list[str]:
     """The files and folders (by their record keys) that the last finished run in ``run_dir`` read and that have
     changed since, by size and time or else their bytes where the record has them (a step reading that run's

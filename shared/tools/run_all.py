@@ -22,13 +22,15 @@ from shared import REPO_ROOT
 from shared.core.cli import run_main
 from shared.core.config import read_yaml
 from shared.core.errors import STEP_DIRS, UserError
+from shared.core.records import finished_outputs, record_key
 
 STEPS = {int(k[4:]): v for k, v in STEP_DIRS.items()}  # 1 -> "step01_make_index"
 
 
 def figure_lines(root: Path, steps=tuple(STEPS)) -> list[str]:
-    """The PNGs the steps wrote, one line per step's output folder (as its config.yaml names it): what to look at
-    once the pipeline has run. Many maps are counted, not listed."""
+    """The PNGs the steps' last finished runs wrote, one line per step's output folder (as its config.yaml names
+    it): what to look at once the pipeline has run (a quicklook of an earlier run's map left in the folder is not
+    listed). Many maps are counted, not listed."""
     lines = []
     for n in steps:
         cfg_path = root / STEPS[n] / "config.yaml"
@@ -40,7 +42,8 @@ def figure_lines(root: Path, steps=tuple(STEPS)) -> list[str]:
         if not out:
             continue
         d = Path(out) if Path(out).is_absolute() else root / out
-        pngs = sorted(p.name for p in d.glob("*.png")) if d.is_dir() else []
+        made = finished_outputs(d) if d.is_dir() else None
+        pngs = sorted(p.name for p in d.glob("*.png") if made is None or record_key(p) in made) if d.is_dir() else []
         if not pngs:
             continue
         shown = ", ".join(pngs) if len(pngs) <= 10 else f"{len(pngs)} PNGs ({pngs[0]} ... {pngs[-1]})"
