@@ -682,3 +682,26 @@ def test_portable_config_names_the_checkouts_paths_relative_to_it(tmp_path, monk
                                     "near": str(tmp_path / "ab" / "z")}
     monkeypatch.setattr(config, "REPO_ROOT", tmp_path / "b")
     assert config.resolve_path("s02") == tmp_path / "b" / "s02"
+
+
+def test_changed_inputs_names_changed_files_folder_names_and_optionally_missing_ones(tmp_path):
+    """What a finished run read and what changed since: a file's bytes, a folder's file names (images added), and
+    a file gone, which the runner's warning leaves out (inputs archived after the run are no change to report)."""
+    from shared.core.records import Names, StepRun, changed_inputs, record_key
+
+    a, b, sat = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "sat"
+    a.write_text("1\n")
+    b.write_text("2\n")
+    sat.mkdir()
+    (sat / "gk2a_bt_1.nc").write_bytes(b"x")
+    names = Names(sat, "gk2a_*.nc")
+    rec = StepRun(tmp_path / "out", {"x": 1}, [a, b, names], "step01_make_index")
+    with rec.running():
+        rec.finish([])
+    assert changed_inputs(tmp_path / "out") == []
+    a.write_text("3\n")  # other bytes
+    (sat / "gk2a_bt_2.nc").write_bytes(b"y")  # an image added
+    b.unlink()  # archived
+    got = changed_inputs(tmp_path / "out")
+    assert sorted(got) == sorted([record_key(a), record_key(b), record_key(names)])
+    assert sorted(changed_inputs(tmp_path / "out", missing=False)) == sorted([record_key(a), record_key(names)])

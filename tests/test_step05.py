@@ -379,7 +379,8 @@ def test_step04_warns_when_images_came_after_step01s_index(evaluated, tiny_world
     """A day's images added after step01 (its observations were in the raw folder, but step01 drops observations
     without an image): step04 mapped the new hour as the model alone with one info line, because the check of
     step01's inputs skipped the image folder's file names. It now warns that the index is older than its inputs,
-    and that the index holds no observation at the mapped time, and the map says so."""
+    and that the mapped time comes after the index's last, and the map says so. (A time inside the index without
+    observations of the fusion stations, e.g. a test day of split.mode: time, is an info line.)"""
     from conftest import step01_args
 
     from shared.core.records import changed_inputs
@@ -409,9 +410,18 @@ def test_step04_warns_when_images_came_after_step01s_index(evaluated, tiny_world
                     "--set", "region=[20, 10, 8, 8]", "--set", "quicklook=false") == 0
     said = capsys.readouterr().err
     assert f"made before its inputs changed ({changed[0]})" in said
-    assert "warning: fusion: step01's index holds no observation of the train+val" in said and "rerun step01" in said
+    assert (f"warning: 1 mapped time(s) come after the last time of step01's index (first {t:%Y-%m-%d %H:%M}): no "
+            "observation of theirs is fused, their maps are the model alone; rerun step01") in said
     (m,) = out.glob("ta_map_*.nc")
     assert read_map(m).attrs["analysis"] == "model only: step01's index holds no observation of a fusion station at this time"
+    assert run_step("step01_make_index", *step01_args(raw, s01)) == 0  # indexed: fused, no warning
+    assert run_step("step04_infer_map", "--set", f"checkpoint={evaluated['ckpt']}", "--set", f"raw_dir={raw}",
+                    "--set", f"stations_csv={raw / 'stations.csv'}", "--set", f"index_dir={s01}",
+                    "--set", f"output_dir={out}", "--set", "times.select=list", "--set",
+                    f"times.list_utc=['{t:%Y-%m-%d %H:%M}']", "--set", "num_threads=1", "--set", "progress=false",
+                    "--set", "region=[20, 10, 8, 8]", "--set", "quicklook=false") == 0
+    said = capsys.readouterr().err
+    assert "come after" not in said and "made before" not in said and read_map(m).fusion_ids is not None
 
 
 def test_damaged_demo_world_truth_files_are_one_line(tiny_world, tmp_path):
@@ -872,8 +882,14 @@ def test_map_at_stations_reads_only_the_maps_written_since_its_last_run(evaluate
     maps[0].unlink()
     step04(a)
     assert reads == [maps[0].name]
-    stations = pd.read_csv(evaluated["raw"] / "stations.csv")  # one station of the region fewer: every map again
-    gone = int(df["stn_id"].iloc[0])
+    stations = pd.read_csv(evaluated["raw"] / "stations.csv")
+    outside = tmp_path / "outside.csv"  # a station outside the region dropped: the step runs, no map is read
+    stations[~stations["stn_id"].isin(df["stn_id"])].iloc[1:].pipe(
+        lambda s: pd.concat([stations[stations["stn_id"].isin(df["stn_id"])], s])).to_csv(outside, index=False)
+    before = csv.read_bytes()
+    step04(a, "--set", f"stations_csv={outside}")
+    assert reads == [] and csv.read_bytes() == before
+    gone = int(df["stn_id"].iloc[0])  # one station of the region fewer: every map again
     fewer = tmp_path / "stations.csv"
     stations[stations["stn_id"] != gone].to_csv(fewer, index=False)
     step04(a, "--set", f"stations_csv={fewer}")

@@ -14,28 +14,28 @@ def _keep_torch_threads():
     torch.set_num_threads(n)
 
 
-def test_idle_cores_is_the_idle_share_of_proc_stat_times_the_cores(monkeypatch):
-    """/proc/stat's first line: user nice system idle iowait irq softirq steal ...; idle counts idle + iowait."""
-    lines = iter(["cpu  100 0 50 800 50 0 0 0 0 0\n", "cpu  250 0 100 900 50 0 0 0 0 0\n"])
+def test_idle_cores_counts_the_cpus_this_process_may_use(monkeypatch, tmp_path):
+    """/proc/stat's cpuN lines: user nice system idle iowait irq softirq steal ...; idle counts idle + iowait. Only
+    the CPUs of the process's affinity count (a container's cpuset, taskset): here CPUs 0 and 2 of 4, CPU 1 busy
+    and CPU 3 idle outside it."""
+    snaps = iter([
+        "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 100 0 0 100 0 0 0 0 0 0\ncpu1 200 0 0 0 0 0 0 0 0 0\n"
+        "cpu2 50 0 0 150 0 0 0 0 0 0\ncpu3 0 0 0 200 0 0 0 0 0 0\nintr 1 2 3\n",
+        "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 200 0 0 100 0 0 0 0 0 0\ncpu1 300 0 0 0 0 0 0 0 0 0\n"
+        "cpu2 50 0 0 230 20 0 0 0 0 0\ncpu3 0 0 0 300 0 0 0 0 0 0\nintr 1 2 3\n",
+    ])
+    real_open = open
 
-    class _F:
-        def __init__(self, *a, **k):
-            self.line = next(lines)
+    def fake_open(path, *a, **k):
+        f = tmp_path / "stat"
+        f.write_text(next(snaps))
+        return real_open(f, *a, **k)
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-        def readline(self):
-            return self.line
-
-    monkeypatch.setattr(th, "open", _F, raising=False)
-    monkeypatch.setattr(th.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(th, "open", fake_open, raising=False)
+    monkeypatch.setattr(th, "_affinity", lambda: {0, 2})
     monkeypatch.setattr(th.time, "sleep", lambda s: None)
-    # 300 jiffies passed, 100 of them idle: a third of 4 cores
-    assert th.idle_cores() == pytest.approx(4 * 100 / 300)
+    # 200 jiffies passed on CPUs 0 and 2, 100 of them idle (CPU 2: 80 idle + 20 iowait): one of the 2 cores
+    assert th.idle_cores() == pytest.approx(1.0)
 
 
 def test_idle_cores_on_this_machine_is_within_its_cores():
@@ -72,14 +72,17 @@ def test_set_cpu_threads_sets_torch_and_warns_only_for_an_automatic_count(monkey
     monkeypatch.setattr(th, "idle_cores", lambda *a: 3.8)
     w = th.set_cpu_threads(0, "num_threads")
     assert w.threads == 4 and capsys.readouterr().err == "" and w.enabled == (th._cpu_times() is not None)
-    assert not th.set_cpu_threads(0, "num_threads", watch=False).enabled  # e.g. on a GPU
+    assert not th.set_cpu_threads(0, "num_threads", watch=False).enabled  # e.g. worker processes
+    monkeypatch.setattr(th, "idle_cores", lambda *a: 0.5)
+    w = th.set_cpu_threads(0, "num_threads", on_cpu=False)  # on a GPU: neither check
+    assert w.threads == 4 and not w.enabled and capsys.readouterr().err == ""
 
 
 def test_busy_watch_counts_other_processes_not_this_one(monkeypatch, capsys):
     """Between two checks 2 cores ran 200 ticks each (400); 150 were idle, this process used 1.5 s (150 ticks at
     100 per second): other processes kept 100 ticks busy, half a core, so 1.5 cores were free for 2 threads (no
     warning). Next, 300 of 400 busy with this process at 1 s: others 1 core, 1 free: the warning, once."""
-    stats = iter([(0, 0), (150, 400), (250, 800), (350, 1200)])
+    stats = iter([(0, 0, 2), (150, 400, 2), (250, 800, 2), (350, 1200, 2)])
     own = iter([0.0, 1.5, 2.5, 3.5])
     monkeypatch.setattr(th, "_cpu_times", lambda: next(stats))
     monkeypatch.setattr(th.os, "times", lambda: type("T", (), {"user": next(own), "system": 0.0})())

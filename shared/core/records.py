@@ -420,10 +420,11 @@ def finished_outputs(run_dir: str | Path) -> set[str] | None:
     return None if done is None else set(_keyed(done.get("outputs")))
 
 
-def changed_inputs(run_dir: str | Path) -> list[str]:
+def changed_inputs(run_dir: str | Path, missing: bool = True) -> list[str]:
     """The files and folders (by their record keys) that the last finished run in ``run_dir`` read and that have
     changed since, by size and time or else their bytes where the record has them (a step reading that run's
-    outputs would otherwise use them silently as they were, e.g. step01's observations)."""
+    outputs would otherwise use them silently as they were, e.g. step01's observations). ``missing``: also those
+    no longer there (false: inputs archived after the run are not a change to report)."""
     done = finished_record(read_record(run_dir))
     if not done:
         return []
@@ -435,7 +436,8 @@ def changed_inputs(run_dir: str | Path) -> list[str]:
             if fingerprint([names])[str(names)] != fp:
                 changed.append(k)
         elif " [" not in k and not same_file(resolve_path(k), fp, contents.get(k)):  # "[...]": a derived form
-            changed.append(k)
+            if missing or resolve_path(k).exists():
+                changed.append(k)
     return changed
 
 

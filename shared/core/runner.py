@@ -139,7 +139,7 @@ def execute(stages: Stage | dict[str, Stage], argv: list[str] | None = None) -> 
               flush=True)
     for run_dir, files, step in stage.upstream(cfg):
         check_upstream(run_dir, files, step)
-        if d.main and (changed := changed_inputs(run_dir)):  # e.g. step05 after step01 alone: step02's old chunks
+        if d.main and (changed := changed_inputs(run_dir, missing=False)):  # e.g. step05 after step01 alone: step02's old chunks
             print(f"warning: {step}'s outputs in {repo_relative(str(run_dir))} were made before its inputs changed "
                   f"({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}): {stage.name} reads them as they "
                   f"are; {rerun(step)} first to use the new inputs", file=sys.stderr, flush=True)

@@ -25,41 +25,55 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(idle, total) jiffies of all CPUs since boot from /proc/stat; None where there is none (not Linux)."""
+def _affinity() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpu_times() -> tuple[int, int, int] | None:
+    """(idle, total, cpus): jiffies since boot summed over /proc/stat's lines of the CPUs this process may run on
+    (its affinity: a container's cpuset, taskset), and how many those are; None where there is no /proc/stat."""
+    mine = _affinity()
     try:
         with open("/proc/stat", encoding="ascii") as fh:
-            fields = fh.readline().split()
+            lines = [ln.split() for ln in fh if ln.startswith("cpu") and ln[3:4].isdigit()]
     except OSError:
         return None
-    if not fields or fields[0] != "cpu":
-        return None
-    v = [int(x) for x in fields[1:]]
-    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
-    return idle, sum(v[:8])  # user nice system idle iowait irq softirq steal (guest is counted in user)
+    idle = total = n = 0
+    for f in lines:
+        if mine is not None and int(f[0][3:]) not in mine:
+            continue
+        v = [int(x) for x in f[1:9]]
+        idle += v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+        total += sum(v)  # user nice system idle iowait irq softirq steal (guest is counted in user)
+        n += 1
+    return (idle, total, n) if n else None
 
 
 def idle_cores(sample_s: float = IDLE_SAMPLE_S) -> float | None:
-    """About how many of the machine's cores were idle over the next ``sample_s`` seconds (this process
+    """About how many of this process's cores were idle over the next ``sample_s`` seconds (this process
     sleeping meanwhile); None where it cannot be measured."""
     a = _cpu_times()
     if a is None:
         return None
     time.sleep(sample_s)
     b = _cpu_times()
-    if b is None or b[1] <= a[1]:
+    if b is None or b[1] <= a[1] or b[2] != a[2]:
         return None
-    return (os.cpu_count() or 1) * (b[0] - a[0]) / (b[1] - a[1])
+    return b[2] * (b[0] - a[0]) / (b[1] - a[1])
 
 
-def busy_warning(threads: int, free: float | None, key: str, training: bool = False, when: str = "now") -> str | None:
-    """The warning for ``threads`` threads when other processes leave about ``free`` cores ``when``; None when
-    they fit. ``training``: the step trains weights, which then depend on the count."""
+def busy_warning(threads: int, free: float | None, key: str, training: bool = False, when: str = "now",
+                 cores: int | None = None) -> str | None:
+    """The warning for ``threads`` threads when other processes leave about ``free`` of ``cores`` cores ``when``;
+    None when they fit. ``training``: the step trains weights, which then depend on the count."""
     if free is None or threads <= 1 or free >= threads - 0.5:
         return None
     fit = max(1, int(free + 0.5))
     return (f"warning: {threads} CPU threads ({key}: 0 = every core), but other processes left only about {free:.1f} "
-            f"of the {os.cpu_count() or 1} cores free {when}. Threads that share a core with another process can make "
+            f"of the {cores or usable_cores()} cores free {when}. Threads that share a core with another process can make "
             f"this step several times slower (2 threads on 1 free core: 2.4-2.8x slower than 1 thread here). If it is "
             f"slow, set {key}: {fit}"
             + (f"; trained weights then differ a little from those of a {threads}-thread run" if training else ""))
@@ -85,9 +99,9 @@ class BusyWatch:
         """Cores that other processes left free since the last call (or since this watch began)."""
         (c0, own0), (c1, own1) = self._mark, self._sample()
         self._mark = (c1, own1)
-        if c0 is None or c1 is None or c1[1] <= c0[1]:
+        if c0 is None or c1 is None or c1[1] <= c0[1] or c1[2] != c0[2]:
             return None
-        n = os.cpu_count() or 1
+        n = c1[2]
         total, idle = c1[1] - c0[1], c1[0] - c0[0]
         own = (own1 - own0) * os.sysconf("SC_CLK_TCK")  # seconds -> /proc/stat's ticks
         others = max(0.0, (total - idle - own) / (total / n))
@@ -105,18 +119,18 @@ class BusyWatch:
 
 
 def set_cpu_threads(requested: int, key: str, world: int = 1, default: int | None = None,
-                    training: bool = False, watch: bool = True) -> BusyWatch:
+                    training: bool = False, on_cpu: bool = True, watch: bool = True) -> BusyWatch:
     """Set torch's intra-op threads for a step: ``requested`` when > 0, else ``default`` (when given) or this
     process's share of the usable cores (``world`` processes on one machine). When the count comes from 0 and a
     single process would use more threads than there are idle cores, warns once on stderr; an explicit count is
     the user's choice and is not second-guessed. Returns the :class:`BusyWatch` that goes on checking (``.threads``
-    the count; it stays silent after a warning here, and with ``watch`` false, e.g. on a GPU or with worker
-    processes)."""
+    the count; it stays silent after a warning here, and with ``watch`` false, e.g. with worker processes). A
+    step computing on a GPU (``on_cpu`` false) is not checked: its CPU threads do little."""
     import torch
 
     n = requested if requested > 0 else (default or max(1, usable_cores() // world))
     torch.set_num_threads(n)
-    auto = requested <= 0 and world == 1 and n > 1
+    auto = requested <= 0 and world == 1 and n > 1 and on_cpu
     warned = False
     if auto:
         msg = busy_warning(n, idle_cores(), key, training, "now")

@@ -247,8 +247,8 @@ def _rebuild_reason(raw: Path, marker: dict, params: dict, force: bool) -> str:
     n = marker.get("n_timestamps", -1)
     have = min(len(list((raw / "sat").rglob(f"gk2a_{k}_*.nc"))) for k in ("bt", "rf", "sza"))
     missing = [f for f in ("static.nc", "truth.json") if not (raw / f).is_file()]
-    return "incomplete (" + ", ".join(([f"{have} of {n} image times"] if have != n else []) +
-                                      [f"no {f}" for f in missing]) + ")"
+    what = ([f"{have} of {n} image times"] if have != n else []) + [f"no {f}" for f in missing]
+    return f"incomplete ({', '.join(what)})" if what else "truth.json unreadable"
 
 
 def _prepare_out(raw: Path, params: dict, force: bool) -> dict | None:

@@ -289,6 +289,16 @@ def stations_key(stations: pd.DataFrame, offset: tuple[int, int]) -> str:
     return h.hexdigest()
 
 
+def times_after_index(times, index_dir: Path) -> list[pd.Timestamp]:
+    """The ``times`` later than the last image time of step01's index (none without an index): hours whose
+    observations step01 has not indexed yet."""
+    ip = index_dir / "index.csv"
+    if not ip.is_file():
+        return []
+    last = pd.to_datetime(pd.read_csv(ip, usecols=["sat_time_utc"])["sat_time_utc"]).max()
+    return [] if pd.isna(last) else [pd.Timestamp(t) for t in times if pd.Timestamp(t) > last]
+
+
 def _last_station_samples(out: Path) -> dict:
     """The last run's ``station_samples`` entry of maps.json; empty when there is none or it is unreadable."""
     try:
@@ -350,6 +360,8 @@ def map_samples(present: list[Path], stations: pd.DataFrame, grid, offset: tuple
     """
     key = stations_key(stations, offset)
     keys = {p.name: _file_key(p) for p in present}
+    if not len(stations):  # no station in the region: no row, no map to read
+        return sample_maps_at_stations([], stations, grid, offset), {"stations": key, "maps": keys}, 0
     csv = out / "map_at_stations.csv"
     kept: list[Path] = []
     rows = None
@@ -370,7 +382,10 @@ def map_samples(present: list[Path], stations: pd.DataFrame, grid, offset: tuple
         rows = rows[rows["time_utc"].isin([times[p.name] for p in kept])]
     read = [p for p in present if p not in set(kept)]
     new = sample_maps_at_stations(read, stations, grid, offset)
-    df = pd.concat([rows, new], ignore_index=True) if rows is not None and len(rows) else new
+    if rows is None or not len(rows):
+        df = new
+    else:  # rows of the last CSV and of the maps read now (none: the CSV's alone, with its column types)
+        df = pd.concat([rows, new], ignore_index=True) if len(new) else rows.reset_index(drop=True)
     df["in_fusion"] = df["in_fusion"].astype(bool)
     return df, {"stations": key, "maps": keys}, len(read)
 
@@ -388,7 +403,7 @@ def run(cfg: Config, ctx: Context) -> Result:
 
     require_file(cfg.checkpoint, "checkpoint", rerun("step03") + " or set checkpoint")
     predictor = load_predictor(cfg.checkpoint, cfg.precision, cfg.device)
-    cpu = set_cpu_threads(cfg.num_threads, "num_threads", world, watch=str(predictor.device).startswith("cpu"))
+    cpu = set_cpu_threads(cfg.num_threads, "num_threads", world, on_cpu=str(predictor.device).startswith("cpu"))
     threads = cpu.threads
     ckpt_fp = checkpoint_fingerprint(cfg.checkpoint)
     static = read_static(cfg.raw_dir / "static.nc")
@@ -455,13 +470,16 @@ def run(cfg: Config, ctx: Context) -> Result:
             fusion_note = (f"fusion: no {cfg.index_dir / 'index.csv'} (step01's observations): the maps are the model "
                            "alone")
         else:
-            fusion_note = (f"warning: fusion: step01's index holds no observation of the {'+'.join(cfg.fusion.splits)} "
-                           f"stations at the mapped times: the maps are the model alone (for hours after the index "
-                           f"was made, {rerun('step01')} first)")
+            fusion_note = (f"fusion: step01's index holds no observation of the {'+'.join(cfg.fusion.splits)} stations "
+                           f"at the mapped times (with split.mode: time, a test day's observations are all test "
+                           f"rows): the maps are the model alone")
     few = [t for t, o in by_time.items() if len(o) < cfg.fusion.min_stations]
     if rank == 0:
-        warn = fusion_note.startswith("warning:")
-        print(fusion_note if warn else f"step04: {fusion_note}", file=sys.stderr if warn else sys.stdout)
+        print(f"step04: {fusion_note}")
+        if cfg.fusion.enabled and (late := times_after_index(times["time_utc"], cfg.index_dir)):
+            print(f"warning: {len(late)} mapped time(s) come after the last time of step01's index (first "
+                  f"{late[0]:%Y-%m-%d %H:%M}): no observation of theirs is fused, their maps are the model alone; "
+                  f"{rerun('step01')} first to index them", file=sys.stderr)
         if by_time and len(few) == len(by_time):
             print(f"warning: no mapped time has fusion.min_stations ({cfg.fusion.min_stations}) observations: every "
                   "map's t2m is the model alone", file=sys.stderr)

@@ -463,7 +463,7 @@ def train(cfg, d: Dist | None = None, resume: bool = False, stop_after: int | No
     dtype = amp_dtype(cfg.train.amp, device)
     threads = torch.get_num_threads()
     cpu = set_cpu_threads(cfg.train.num_threads, "train.num_threads", d.world, default=threads, training=True,
-                          watch=device.type == "cpu" and cfg.data.num_workers == 0)  # workers: other processes
+                          on_cpu=device.type == "cpu", watch=cfg.data.num_workers == 0)  # workers: other processes
     say = log if d.main else (lambda *a, **k: None)
     try:
         if cfg.model.members > 1:
