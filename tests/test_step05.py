@@ -401,26 +401,25 @@ def test_step04_warns_when_images_came_after_step01s_index(evaluated, tiny_world
         shutil.move(kept / kind, sat_path(raw, kind, t))
     changed = changed_inputs(s01)
     assert len(changed) == 1 and changed[0].endswith("sat [names gk2a_*.nc]")
-    capsys.readouterr()
     out = tmp_path / "s04"
-    assert run_step("step04_infer_map", "--set", f"checkpoint={evaluated['ckpt']}", "--set", f"raw_dir={raw}",
-                    "--set", f"stations_csv={raw / 'stations.csv'}", "--set", f"index_dir={s01}",
-                    "--set", f"output_dir={out}", "--set", "times.select=list", "--set",
-                    f"times.list_utc=['{t:%Y-%m-%d %H:%M}']", "--set", "num_threads=1", "--set", "progress=false",
-                    "--set", "region=[20, 10, 8, 8]", "--set", "quicklook=false") == 0
-    said = capsys.readouterr().err
+
+    def step04():  # the hour t alone, into out
+        capsys.readouterr()
+        assert run_step("step04_infer_map", "--set", f"checkpoint={evaluated['ckpt']}", "--set", f"raw_dir={raw}",
+                        "--set", f"stations_csv={raw / 'stations.csv'}", "--set", f"index_dir={s01}",
+                        "--set", f"output_dir={out}", "--set", "times.select=list", "--set",
+                        f"times.list_utc=['{t:%Y-%m-%d %H:%M}']", "--set", "num_threads=1", "--set", "progress=false",
+                        "--set", "region=[20, 10, 8, 8]", "--set", "quicklook=false") == 0
+        return capsys.readouterr().err
+
+    said = step04()
     assert f"made before its inputs changed ({changed[0]})" in said
     assert (f"warning: 1 mapped time(s) come after the last time of step01's index (first {t:%Y-%m-%d %H:%M}): no "
             "observation of theirs is fused, their maps are the model alone; rerun step01") in said
     (m,) = out.glob("ta_map_*.nc")
     assert read_map(m).attrs["analysis"] == "model only: step01's index holds no observation of a fusion station at this time"
     assert run_step("step01_make_index", *step01_args(raw, s01)) == 0  # indexed: fused, no warning
-    assert run_step("step04_infer_map", "--set", f"checkpoint={evaluated['ckpt']}", "--set", f"raw_dir={raw}",
-                    "--set", f"stations_csv={raw / 'stations.csv'}", "--set", f"index_dir={s01}",
-                    "--set", f"output_dir={out}", "--set", "times.select=list", "--set",
-                    f"times.list_utc=['{t:%Y-%m-%d %H:%M}']", "--set", "num_threads=1", "--set", "progress=false",
-                    "--set", "region=[20, 10, 8, 8]", "--set", "quicklook=false") == 0
-    said = capsys.readouterr().err
+    said = step04()
     assert "come after" not in said and "made before" not in said and read_map(m).fusion_ids is not None
 
 
