@@ -71,33 +71,6 @@ MARKER = "DEMO_WORLD.json"
 MANAGED = ("static.nc", "stations.csv", "truth.json", MARKER, "sat", "ta_obs", "truth", "realism.json")
 
 
-# --------------------------------------------------------------------------- presets
-
-
-# --------------------------------------------------------------------------- land cover table
-# IGBP class -> (VI004, VI005, VI006, VI008, NR013, NR016 surface reflectance),
-#               emissivity at 3.8 / 8.7 / 10-13 um, daytime skin heating factor.
-
-# Mountain features: (polyline [(lat, lon), ...], half-width km, strength 0..1)
-# Volcanic cones and the main summits of South Korea: (lat, lon, height m, e-folding km, east-west stretch)
-# Cities (urban land cover + heat island): (lat, lon, radius km)
-
-
-# v4: soil-moisture base (0 dry .. 1 saturated) and wind roughness factor per IGBP class
-
-
-# --------------------------------------------------------------------------- static helpers
-
-
-# --------------------------------------------------------------------------- dynamics
-
-
-# Cloud effect per BT channel: (emissivity factor, weighting-function height km or 0 = surface channel)
-
-
-# --------------------------------------------------------------------------- v4 physics
-
-
 # --------------------------------------------------------------------------- netCDF writing
 _SOURCE = f"TA-2D embedded demo world v{VERSION} (synthetic, shared/ingest/demo_world.py)"
 _DEMO_ATTRS = {"institution": "TA-2D", "platform": "GK-2A (synthetic)", "area": "ko020lc"}

@@ -75,9 +75,6 @@ SOURCE = "GK-2A AMI L1B (KO area) converted by shared.ingest.l1b"
 _NAME_RE = re.compile(r"^gk2a_ami_le1b_([a-z]{2}\d{3})_ko(\d{3})lc_(\d{12})\.nc$", re.IGNORECASE)
 
 
-# --------------------------------------------------------------------------- calibration
-
-
 # --------------------------------------------------------------------------- finding files
 
 
