@@ -1,5 +1,5 @@
-"""How many CPU threads a step uses (``num_threads``; step03: ``train.num_threads``), and a warning when fewer
-cores are idle than it is about to use.
+"""How many CPU threads a step uses (``num_threads``; step03: ``train.num_threads``), and a warning when other
+processes leave fewer cores free than that, at the start or while the step runs.
 
 Measured on a 2-core machine with a third process busy on one core (2 threads against 1): step03's epochs 2.8x
 slower, step05 2.7x slower (88 s against 32 s), scikit-learn's HistGradientBoosting 2.4x. A thread sharing a core

@@ -274,7 +274,6 @@ def _write_outputs(put, out: Path, outputs: list, df: pd.DataFrame, cols: dict, 
 
 
 def run(cfg: Config, ctx: Context) -> Result:
-
     threads = set_cpu_threads(cfg.num_threads, "num_threads").threads
     out = cfg.output_dir
     if cfg.compare_maps and not cfg.map_dir.is_dir():
