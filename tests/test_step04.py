@@ -643,3 +643,18 @@ def test_status_marks_step04_only_after_a_step03_run_it_reads(world, tmp_path):
     three, four = status_lines((3, 4), {3: tmp_path / "c3.yaml", 4: tmp_path / "c4.yaml"})
     assert "would run: no run recorded" in three
     assert four.split()[1:4] == ["up", "to", "date"] and "after step03" not in four
+
+
+def test_a_finished_runs_current_pt_is_read_with_a_warning(tmp_path, capsys):
+    """weights/current.pt is the last epoch's model kept for --resume (no clamp, calibration or residual table):
+    mapping with it took a worse model without a word. It is read, with a warning naming best.pt beside it."""
+    from shared.mapping.predict import load_predictor
+
+    best = save_checkpoint(tmp_path / "weights" / "best.pt", NORM)
+    current = save_checkpoint(tmp_path / "weights" / "current.pt", NORM)
+    capsys.readouterr()
+    load_predictor(best)
+    assert "warning" not in capsys.readouterr().err
+    load_predictor(current)
+    err = capsys.readouterr().err
+    assert f"warning: {current} is the last epoch's model, kept for --resume" in err and str(best) in err

@@ -34,6 +34,7 @@ from __future__ import annotations
 import gc
 import os
 import resource
+import sys
 import time as _time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +239,10 @@ def load_predictor(path: str | Path, precision: str = "fp32", device: str = "cpu
         raise UserError(f"checkpoint not found: {path}; {rerun('step03')} "
                         f"or set checkpoint to a step03 weights/best.pt")
     model, ckpt = load_ta_checkpoint(path)
+    if path.name == "current.pt" and "fusion_residuals" not in ckpt and (path.parent / "best.pt").is_file():
+        print(f"warning: {path} is the last epoch's model, kept for --resume: it has no input clamp, no calibrated "
+              f"standard error and no residual table for the fusion; step03's model is {path.parent / 'best.pt'}",
+              file=sys.stderr, flush=True)
     mean, std, t_mean, t_std = _norm_stats(ckpt, path)
     cfg = ckpt["model_cfg"]
     if cfg.get("location", "latlon") != "latlon" and list(cfg.get("site_features") or []) != list(SITE_FEATURES):
