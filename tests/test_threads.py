@@ -14,7 +14,7 @@ def _keep_torch_threads():
     torch.set_num_threads(n)
 
 
-def test_idle_cores_counts_the_cpus_this_process_may_use(monkeypatch, tmp_path):
+def test_free_cores_counts_the_cpus_this_process_may_use(monkeypatch, tmp_path):
     """/proc/stat's cpuN lines: user nice system idle iowait irq softirq steal ...; idle counts idle + iowait. Only
     the CPUs of the process's affinity count (a container's cpuset, taskset): here CPUs 0 and 2 of 4, CPU 1 busy
     and CPU 3 idle outside it."""
@@ -33,14 +33,19 @@ def test_idle_cores_counts_the_cpus_this_process_may_use(monkeypatch, tmp_path):
 
     monkeypatch.setattr(th, "open", fake_open, raising=False)
     monkeypatch.setattr(th, "_affinity", lambda: {0, 2})
-    monkeypatch.setattr(th.time, "sleep", lambda s: None)
+    monkeypatch.setattr(th.os, "times", lambda: type("T", (), {"user": 5.0, "system": 1.0})())  # this one slept
+    w = th.BusyWatch(2, "num_threads")
     # 200 jiffies passed on CPUs 0 and 2, 100 of them idle (CPU 2: 80 idle + 20 iowait): one of the 2 cores
-    assert th.idle_cores() == pytest.approx(1.0)
+    assert w.free_cores() == pytest.approx(1.0)
 
 
-def test_idle_cores_on_this_machine_is_within_its_cores():
-    got = th.idle_cores(0.05)
-    assert got is None or 0.0 <= got <= (th.os.cpu_count() or 1) + 1e-9
+def test_free_cores_on_this_machine_is_within_its_cores():
+    import time
+
+    w = th.BusyWatch(2, "num_threads")
+    time.sleep(0.05)
+    got = w.free_cores() if w.enabled else None
+    assert got is None or 0.0 <= got <= th.usable_cores() + 1e-9
 
 
 def test_busy_warning_names_the_count_that_fits_or_stays_silent():
@@ -56,7 +61,9 @@ def test_busy_warning_names_the_count_that_fits_or_stays_silent():
 
 def test_set_cpu_threads_sets_torch_and_warns_only_for_an_automatic_count(monkeypatch, capsys):
     monkeypatch.setattr(th, "usable_cores", lambda: 4)
-    monkeypatch.setattr(th, "idle_cores", lambda *a: 1.0)
+    monkeypatch.setattr(th, "_cpu_times", lambda: (0, 0, 4))  # /proc/stat there; the load comes from free_cores
+    monkeypatch.setattr(th.time, "sleep", lambda s: None)
+    monkeypatch.setattr(th.BusyWatch, "free_cores", lambda self: 1.0)
     w = th.set_cpu_threads(3, "num_threads")
     assert w.threads == 3 and torch.get_num_threads() == 3 and not w.enabled
     assert capsys.readouterr().err == ""  # an explicit count is the user's choice
@@ -69,11 +76,11 @@ def test_set_cpu_threads_sets_torch_and_warns_only_for_an_automatic_count(monkey
     assert capsys.readouterr().err == ""
     assert th.set_cpu_threads(0, "train.num_threads", default=2).threads == 2
     assert "set train.num_threads: 1" in capsys.readouterr().err
-    monkeypatch.setattr(th, "idle_cores", lambda *a: 3.8)
+    monkeypatch.setattr(th.BusyWatch, "free_cores", lambda self: 3.8)
     w = th.set_cpu_threads(0, "num_threads")
-    assert w.threads == 4 and capsys.readouterr().err == "" and w.enabled == (th._cpu_times() is not None)
+    assert w.threads == 4 and capsys.readouterr().err == "" and w.enabled
     assert not th.set_cpu_threads(0, "num_threads", watch=False).enabled  # e.g. worker processes
-    monkeypatch.setattr(th, "idle_cores", lambda *a: 0.5)
+    monkeypatch.setattr(th.BusyWatch, "free_cores", lambda self: 0.5)
     w = th.set_cpu_threads(0, "num_threads", on_cpu=False)  # on a GPU: neither check
     assert w.threads == 4 and not w.enabled and capsys.readouterr().err == ""
 

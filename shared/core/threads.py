@@ -17,19 +17,18 @@ import time
 IDLE_SAMPLE_S = 0.2
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. under taskset or a container's cpuset)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def _affinity() -> set[int] | None:
+    """The CPUs this process may run on (a container's cpuset, taskset); None where the system cannot say."""
     try:
         return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return None
+
+
+def usable_cores() -> int:
+    """How many cores this process may run on (:func:`_affinity`, else every core)."""
+    mine = _affinity()
+    return max(1, len(mine) if mine else os.cpu_count() or 1)
 
 
 def _cpu_times() -> tuple[int, int, int] | None:
@@ -52,28 +51,14 @@ def _cpu_times() -> tuple[int, int, int] | None:
     return (idle, total, n) if n else None
 
 
-def idle_cores(sample_s: float = IDLE_SAMPLE_S) -> float | None:
-    """About how many of this process's cores were idle over the next ``sample_s`` seconds (this process
-    sleeping meanwhile); None where it cannot be measured."""
-    a = _cpu_times()
-    if a is None:
-        return None
-    time.sleep(sample_s)
-    b = _cpu_times()
-    if b is None or b[1] <= a[1] or b[2] != a[2]:
-        return None
-    return b[2] * (b[0] - a[0]) / (b[1] - a[1])
-
-
-def busy_warning(threads: int, free: float | None, key: str, training: bool = False, when: str = "now",
-                 cores: int | None = None) -> str | None:
-    """The warning for ``threads`` threads when other processes leave about ``free`` of ``cores`` cores ``when``;
-    None when they fit. ``training``: the step trains weights, which then depend on the count."""
+def busy_warning(threads: int, free: float | None, key: str, training: bool = False, when: str = "now") -> str | None:
+    """The warning for ``threads`` threads when other processes leave about ``free`` cores ``when``; None when
+    they fit. ``training``: the step trains weights, which then depend on the count."""
     if free is None or threads <= 1 or free >= threads - 0.5:
         return None
     fit = max(1, int(free + 0.5))
     return (f"warning: {threads} CPU threads ({key}: 0 = every core), but other processes left only about {free:.1f} "
-            f"of the {cores or usable_cores()} cores free {when}. Threads that share a core with another process can make "
+            f"of the {usable_cores()} cores free {when}. Threads that share a core with another process can make "
             f"this step several times slower (2 threads on 1 free core: 2.4-2.8x slower than 1 thread here). If it is "
             f"slow, set {key}: {fit}"
             + (f"; trained weights then differ a little from those of a {threads}-thread run" if training else ""))
@@ -87,8 +72,8 @@ class BusyWatch:
 
     def __init__(self, threads: int, key: str, training: bool = False, enabled: bool = True):
         self.threads, self.key, self.training = threads, key, training
-        self.enabled = enabled and threads > 1 and _cpu_times() is not None
-        self._mark = self._sample() if self.enabled else None
+        self._mark = self._sample() if enabled and threads > 1 else None
+        self.enabled = self._mark is not None and self._mark[0] is not None
 
     @staticmethod
     def _sample():
@@ -130,11 +115,9 @@ def set_cpu_threads(requested: int, key: str, world: int = 1, default: int | Non
 
     n = requested if requested > 0 else (default or max(1, usable_cores() // world))
     torch.set_num_threads(n)
-    auto = requested <= 0 and world == 1 and n > 1 and on_cpu
-    warned = False
-    if auto:
-        msg = busy_warning(n, idle_cores(), key, training, "now")
-        if msg:
-            print(msg, file=sys.stderr, flush=True)
-            warned = True
-    return BusyWatch(n, key, training, enabled=auto and watch and not warned)
+    w = BusyWatch(n, key, training, enabled=requested <= 0 and world == 1 and on_cpu)
+    if w.enabled:  # the start: the other processes' load while this one sleeps
+        time.sleep(IDLE_SAMPLE_S)
+        w.check("now")  # a warning here silences the watch
+    w.enabled = w.enabled and watch
+    return w
