@@ -37,7 +37,7 @@ from shared.core.config import resolve_path
 from shared.core.constants import KELVIN
 from shared.core.device import check_device_name
 from shared.core.errors import UserError, require_file, rerun
-from shared.core.records import write_csv, write_json
+from shared.core.records import fingerprint, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
 from shared.core.threads import set_cpu_threads
 from shared.features.site import site_fields
@@ -274,9 +274,9 @@ _KELVIN_COLUMNS = ["t2m_K", "t2m_c", "t2m_se_K", "t2m_model_c"]
 
 
 def _file_key(path: Path) -> str:
-    """Size and modification time: a file written again has another (the rule records.same_file applies)."""
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    """A file's size and time as a run record holds them (:func:`~shared.core.records.fingerprint`): a file
+    written again has another."""
+    return fingerprint([path])[str(path)]
 
 
 def stations_key(stations: pd.DataFrame, offset: tuple[int, int]) -> str:
@@ -359,7 +359,8 @@ def map_samples(present: list[Path], stations: pd.DataFrame, grid, offset: tuple
     Returns the rows, the ``station_samples`` entry to record (written after the CSV) and the maps read.
     """
     key = stations_key(stations, offset)
-    keys = {p.name: _file_key(p) for p in present}
+    fps = fingerprint(present)
+    keys = {p.name: fps[str(p)] for p in present}
     if not len(stations):  # no station in the region: no row, no map to read
         return sample_maps_at_stations([], stations, grid, offset), {"stations": key, "maps": keys}, 0
     csv = out / "map_at_stations.csv"
@@ -380,7 +381,8 @@ def map_samples(present: list[Path], stations: pd.DataFrame, grid, offset: tuple
         n = rows.groupby("time_utc").size()
         kept = [p for p in kept if p.name in times and n.get(times[p.name], 0) == len(stations)]
         rows = rows[rows["time_utc"].isin([times[p.name] for p in kept])]
-    read = [p for p in present if p not in set(kept)]
+    kept_names = {p.name for p in kept}
+    read = [p for p in present if p.name not in kept_names]
     new = sample_maps_at_stations(read, stations, grid, offset)
     if rows is None or not len(rows):
         df = new
