@@ -219,9 +219,18 @@ def test_tables_plots_and_up_to_date(evaluated, capsys):
     assert (p["fusion_distance_km"].dropna() > 0).all()  # a test station is never its own source
     for png in ("scatter", "residual_hist", "rmse_by_hour", "station_rmse_map", "model_vs_baselines", "rmse_by_distance"):
         assert (out / f"{png}.png").stat().st_size > 10_000, png
+    # the closing summary is a file of the set; an up-to-date rerun prints it whole, as the run that made it did
+    m = json.loads((out / "metrics.json").read_text())
+    summary = (out / "summary.txt").read_text()
+    for part in (f"test split: {n:,} rows", "RMSE and its difference to the model", "... and to the analysis:",
+                 "standard errors on the same rows", "cov90", "noise floor on these test rows"):
+        assert part in summary, part
+    row = ["model", f"{m['model']['n']:,}", f"{m['model']['rmse_K']:.3f}"]  # the methods' table, from metrics.json
+    assert any(line.split()[:3] == row for line in summary.splitlines())
     capsys.readouterr()
     assert run_step(STEP, *evaluated["args"]) == 0
-    assert "up to date" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "up to date" in printed and summary in printed
 
 
 def test_figures_show_the_analysis_beside_the_model_with_intervals(evaluated):

@@ -15,7 +15,6 @@ the metrics table.
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,7 +185,8 @@ def deps(cfg: Config) -> list[Path]:
     return out
 
 
-NAMES = ("metrics.json", "preds_test.csv", "by_station.csv", "by_hour.csv", "by_month.csv", "by_landcover.csv",
+SUMMARY = "summary.txt"  #: the closing summary as printed (an up-to-date rerun prints it again)
+NAMES = ("metrics.json", SUMMARY, "preds_test.csv", "by_station.csv", "by_hour.csv", "by_month.csv", "by_landcover.csv",
          "by_daynight.csv", "by_sky.csv", "scatter.png", "residual_hist.png", "rmse_by_hour.png",
          "station_rmse_map.png", "model_vs_baselines.png", "reliability.png")
 
@@ -476,37 +476,51 @@ def run(cfg: Config, ctx: Context) -> Result:
                                                           "pixels whose true value lies in t2m +- k_P x "
                                                           "t2m_standard_error; null = no pixel in the band")
 
-    # --- tables and plots, written as one set: a failure leaves the earlier run's files as they were ---------
+    # --- tables, plots and the summary, written as one set: a failure leaves the earlier run's files as they were
     outputs = []
     with output_set() as put:
         by_dist = _write_outputs(put, out, outputs, df, cols, ta_std, mult, results, metrics, intervals, boot, static)
+        summary = summary_lines(df, n_train, base_info, results, boot, boot_a, predictor.intervals_source, mult,
+                                intervals, by_dist, metrics, truth, cfg.coverage_km, agreement)
+        put(out / SUMMARY).write_text("\n".join(summary) + "\n", encoding="utf-8")
+        outputs.append(out / SUMMARY)
     if by_dist is None:  # no fusion this run: an earlier run's distance table and figure would describe another analysis
         for stale in ("by_distance.csv", "rmse_by_distance.png"):
             (out / stale).unlink(missing_ok=True)
-
-    # --- summary ---------------------------------------------------------------
     print()
-    print(f"test split: {len(df):,} rows, {df['stn_id'].nunique()} stations, {df['time_utc'].nunique()} times "
-          f"(baselines fitted on {n_train:,} train rows; HGB {base_info['hgb_iterations']} trees, "
-          f"early stopping on the {base_info['hgb_early_stopping_on']})")
-    print(format_table(results))
-    print()
-    print(format_differences(boot, "RMSE and its difference to the model (95 % station-bootstrap intervals):"))
-    if boot_a is not None:
-        print()
-        print(format_differences(boot_a, "... and to the analysis:"))
-    print()
-    print(f"standard errors on the same rows: central intervals +- k se, k = "
-          f"{mult['50']:.3f} / {mult['90']:.3f} / {mult['95']:.3f} for 50 / 90 / 95 % ({predictor.intervals_source}):")
-    print(format_interval_table(intervals))
+    print("\n".join(summary))
     qc = analysis_info.get("qc_rejected") or {}
     if qc.get("n"):
         first = ", ".join(f"{r['stn_id']} at {r['time_utc']}" for r in qc["first"][:5])
         print(f"warning: the gross-error check (fusion.qc_max_z) left {qc['n']} fusion observation(s) out of their hour, "
               f"first {first} (metrics.json: analysis_info)", file=sys.stderr)
+    print(f"wrote {out}/metrics.json, {SUMMARY}, preds_test.csv, by_*.csv, *.png")
+    return Result(counts={"n_test": int(len(df)), "n_train_baselines": n_train,
+                          "n_mapped_rows": int(mapped.sum()), "maps": len(maps_used)}, outputs=outputs)
+
+
+def summary_lines(df: pd.DataFrame, n_train: int, base_info: dict, results: dict, boot: dict, boot_a: dict | None,
+                  intervals_source: str, mult: dict, intervals: dict, by_dist: pd.DataFrame | None, metrics: dict,
+                  truth: list, coverage_km: float, agreement: dict | None) -> list[str]:
+    """The run's closing summary (printed, and written as summary.txt so that an up-to-date rerun prints it
+    again): the methods' table, the bootstrap differences, the intervals, the distance bands, the noise floors,
+    the maps against the truth."""
+    lines = [f"test split: {len(df):,} rows, {df['stn_id'].nunique()} stations, {df['time_utc'].nunique()} times "
+             f"(baselines fitted on {n_train:,} train rows; HGB {base_info['hgb_iterations']} trees, "
+             f"early stopping on the {base_info['hgb_early_stopping_on']})"]
+    lines.append(format_table(results))
+    lines.append("")
+    lines.append(format_differences(boot, "RMSE and its difference to the model (95 % station-bootstrap intervals):"))
+    if boot_a is not None:
+        lines.append("")
+        lines.append(format_differences(boot_a, "... and to the analysis:"))
+    lines.append("")
+    lines.append(f"standard errors on the same rows: central intervals +- k se, k = "
+                 f"{mult['50']:.3f} / {mult['90']:.3f} / {mult['95']:.3f} for 50 / 90 / 95 % ({intervals_source}):")
+    lines.append(format_interval_table(intervals))
     if by_dist is not None:
         have = ANALYSIS if f"rmse_K_{ANALYSIS}" in by_dist and by_dist[f"rmse_K_{ANALYSIS}"].notna().any() else MODEL
-        print(f"{have} by distance to the nearest fusion station of the hour: " + "; ".join(
+        lines.append(f"{have} by distance to the nearest fusion station of the hour: " + "; ".join(
             f"{band_label(r.fusion_distance_band)} {getattr(r, f'rmse_K_{have}'):.3f} K "
             f"({r.n:,} rows, {r.n_stations} stations"
             + (f"; 90 % interval holds {100 * c:.1f} %" if np.isfinite(c := getattr(r, f"coverage_90_{have}", np.nan))
@@ -515,49 +529,41 @@ def run(cfg: Config, ctx: Context) -> Result:
     tr_floor = (metrics.get("demo_world") or {}).get("test_rows")
     if tr_floor:
         ec = tr_floor.get("test_rows_obs_vs_truth_elev_corrected_rmse_K")
-        print(f"noise floor on these test rows (obs vs true TA at the station pixel): {tr_floor['test_rows_obs_vs_truth_rmse_K']:.3f} K"
-              + (f"; elevation-corrected (obs vs true TA at the station's elevation): {ec:.3f} K" if ec is not None else ""))
-    if noise_floor is not None:
-        print(f"noise floor (demo world truth.json, all rows): {noise_floor:.3f} K")
+        lines.append(f"noise floor on these test rows (obs vs true TA at the station pixel): {tr_floor['test_rows_obs_vs_truth_rmse_K']:.3f} K"
+                     + (f"; elevation-corrected (obs vs true TA at the station's elevation): {ec:.3f} K" if ec is not None else ""))
+    if (noise_floor := (metrics.get("demo_world") or {}).get("noise_floor_rmse_K")) is not None:
+        lines.append(f"noise floor (demo world truth.json, all rows): {noise_floor:.3f} K")
     if truth:
         d = metrics["demo_world"]
-        near = (f", {d['maps_vs_truth_mean_rmse_K_near_stations']:.3f} K within {cfg.coverage_km:g} km of a station"
+        near = (f", {d['maps_vs_truth_mean_rmse_K_near_stations']:.3f} K within {coverage_km:g} km of a station"
                 if "maps_vs_truth_mean_rmse_K_near_stations" in d else "")
         where = "the mapped regions" if any(m.get("region") for m in truth) else "the whole grid"
-        print(f"maps vs true field ({len(truth)} map(s)): mean RMSE {d['maps_vs_truth_mean_rmse_K']:.3f} K over {where}{near}; "
-              f"the model field alone {d['maps_vs_truth_mean_rmse_K_model_field']:.3f} K")
+        lines.append(f"maps vs true field ({len(truth)} map(s)): mean RMSE {d['maps_vs_truth_mean_rmse_K']:.3f} K over {where}{near}; "
+                     f"the model field alone {d['maps_vs_truth_mean_rmse_K_model_field']:.3f} K")
         for name, v in (d.get("maps_vs_truth_by_distance_band") or {}).items():
             if not np.isfinite(v.get("all", np.nan)):  # a region map may hold no pixel of a band
                 continue
             cov = (f"; 90 % interval covers land {100 * v['coverage_90_land']:.1f} %, sea {100 * v['coverage_90_sea']:.1f} %"
                    if "coverage_90_land" in v else "")
-            print(f"  {band_label(name):<14} from a fusion station: t2m {v['all']:.3f} K (land {v['land']:.3f}, sea {v['sea']:.3f}); "
-                  f"t2m_model {v['model_all']:.3f} K{cov}")
+            lines.append(f"  {band_label(name):<14} from a fusion station: t2m {v['all']:.3f} K (land {v['land']:.3f}, sea {v['sea']:.3f}); "
+                         f"t2m_model {v['model_all']:.3f} K{cov}")
     if agreement and agreement.get("n"):
         state = "ok" if agreement.get("ok") else ("not checked (bf16 maps)" if not agreement.get("checked") else "FAILED")
-        print(f"map vs model at {agreement['n']} mapped test rows: max |diff| {agreement['max_abs_diff_K']:.2e} K ({state})")
-    print(f"wrote {out}/metrics.json, preds_test.csv, by_*.csv, *.png")
-    return Result(counts={"n_test": int(len(df)), "n_train_baselines": n_train,
-                          "n_mapped_rows": int(mapped.sum()), "maps": len(maps_used)}, outputs=outputs)
+        lines.append(f"map vs model at {agreement['n']} mapped test rows: max |diff| {agreement['max_abs_diff_K']:.2e} K ({state})")
+    return lines
 
 
 def print_saved_table(cfg: Config) -> None:
-    """Print the model-vs-baselines table of an earlier run's metrics.json (when step05 is up to date)."""
+    """Print the closing summary of the run whose outputs are up to date (its summary.txt)."""
     try:
-        m = json.loads((cfg.output_dir / "metrics.json").read_text(encoding="utf-8"))
-        results = {MODEL: m["model"], **({ANALYSIS: m[ANALYSIS]} if ANALYSIS in m else {}), **m["baselines"]}
-    except (OSError, ValueError, KeyError):
+        text = (cfg.output_dir / SUMMARY).read_text(encoding="utf-8")
+    except OSError:
         return
-    print(format_table(results))
-    diffs = m.get("differences_to_model") or {}
-    for name, d in diffs.items():
-        print(f"{name:<22} RMSE - model {d['diff_K']:+.3f} K  95 % CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
-    floor = (m.get("demo_world") or {}).get("noise_floor_rmse_K")
-    if floor is not None:
-        print(f"noise floor (demo world truth.json): {floor:.3f} K")
+    print()
+    print(text, end="")
 
 
 STAGE = Stage(name=STEP, title="score the model and the baselines on the test split; tables and plots",
               config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
               record_dir=lambda cfg: cfg.output_dir, on_up_to_date=print_saved_table, set_example="fusion.enabled=false", doc=__doc__,
-              volatile=("num_threads", "batch_size"))
+              volatile=("num_threads", "batch_size"), version="2")  # 2: summary.txt
