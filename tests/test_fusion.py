@@ -654,7 +654,7 @@ def test_step05_refuses_a_map_fused_with_a_scored_station(tmp_path):
     df, info, other = join_maps(rows, {T: p}, GRID, None)
     assert df["map_c"].tolist() == pytest.approx([291.0 - 273.15] * 2)
     assert df["map_model_c"].tolist() == pytest.approx([290.0 - 273.15] * 2)
-    assert df["map_se_c"].tolist() == pytest.approx([0.7, 0.7]) and info[0]["fusion_stations"] == 2
+    assert df["map_se_K"].tolist() == pytest.approx([0.7, 0.7]) and info[0]["fusion_stations"] == 2
 
 
 # --------------------------------------------------------------------------- interval scores

@@ -115,6 +115,16 @@ def test_split_map_counts_each_split(tiny_world, tiny_index, tmp_path):
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     several = mixed.groupby("stn_id")["split"].nunique().gt(1).sum()
     assert several > 0 and f"several: {several} stations" in texts
+    # a time split: the second panel counts each split's rows by day, stacked
+    days = t.dt.floor("D")
+    want = [f"{s}: {days[mixed.split == s].nunique()} days, {(mixed.split == s).sum():,} rows" for s in ("train", "test")]
+    ax2 = fig.axes[1]
+    assert [x.get_text() for x in ax2.get_legend().get_texts()] == want
+    heights = sum(np.array([b.get_height() for b in c]) for c in ax2.containers)
+    assert sorted(heights) == sorted(days.value_counts().to_numpy())
+    plt.close(fig)
+    fig = split_map_figure(full.drop(columns="time_utc"), static, "time")  # no times given: the map alone
+    assert len(fig.axes) == 1
     plt.close(fig)
 
 

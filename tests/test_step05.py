@@ -813,6 +813,34 @@ def test_station_labels_of_neighbouring_stations_do_not_cover_each_other():
             assert abs(a - c) > 12 * k or abs(b - d) > 7 * k  # no two labels on each other
 
 
+def test_station_labels_do_not_overlap_on_the_drawn_figure(tiny_world):
+    """The same on the figure as drawn: the km per point must be taken after the layout has sized the panels
+    (taken before, the spots were computed for a wider panel and the labels of a cluster overlapped). Eight
+    stations a few pixels apart on the tiny world's grid and two far away; the drawn label boxes overlap neither
+    each other nor a marker's centre."""
+    import matplotlib.pyplot as plt
+
+    from shared.evaluation.plots import station_map_figure
+    from shared.io.raw import read_static
+
+    static = read_static(tiny_world / "static.nc")
+    py = np.array([60, 61, 63, 64, 61, 63, 65, 62, 5, 120])  # a cluster 2-16 km across, two stations far apart
+    px = np.array([60, 62, 59, 62, 65, 66, 58, 57, 5, 120])
+    st = pd.DataFrame({"stn_id": np.arange(101, 111), "pixel_y": py, "pixel_x": px,
+                       "rmse_K_model": np.linspace(0.8, 1.2, 10), "rmse_K_analysis": np.linspace(0.7, 1.0, 10)})
+    fig = station_map_figure(st, static)
+    fig.canvas.draw()
+    for ax in fig.axes[:2]:
+        ids = set(map(str, st["stn_id"]))  # the graticule's labels are texts too
+        boxes = [t.get_window_extent().expanded(0.98, 0.9) for t in ax.texts if t.get_text() in ids]
+        assert len(boxes) == len(st)
+        centres = ax.transData.transform(np.c_[static.grid.x[px] / 1000.0, static.grid.y[py] / 1000.0])
+        for i, b in enumerate(boxes):
+            assert not any(b.overlaps(o) for o in boxes[i + 1:]), st["stn_id"][i]
+            assert not any(b.contains(cx, cy) for cx, cy in centres), st["stn_id"][i]
+    plt.close(fig)
+
+
 def test_step04_reads_each_image_once_and_only_for_the_maps_it_makes(evaluated, tmp_path, monkeypatch):
     """With the checkpoint's residual table (step03 writes one) the variogram needs no mapped time, so step04 runs
     the model at a time's fusion stations from the image its map reads: each image once per map made, none for a

@@ -53,7 +53,7 @@ def map_offset(f, grid, path: Path) -> tuple[int, int]:
 
 def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid,
               ckpt_fp: str | None) -> tuple[pd.DataFrame, list[dict], list[Path]]:
-    """Add ``map_c`` (the map's ``t2m``: the analysis), ``map_se_c`` and ``map_model_c`` (the model alone)
+    """Add ``map_c`` (the map's ``t2m``: the analysis), ``map_se_K`` and ``map_model_c`` (the model alone)
     (NaN where the time has no map or the station lies outside a region map).
 
     Returns the table, the per-map info of the maps joined, and the maps left
@@ -63,7 +63,7 @@ def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid,
     would be the observation scoring itself.
     """
     df = df.copy()
-    df["map_c"], df["map_se_c"], df["map_model_c"] = np.nan, np.nan, np.nan
+    df["map_c"], df["map_se_K"], df["map_model_c"] = np.nan, np.nan, np.nan
     scored = set(df["stn_id"].unique())
     info, other = [], []
     times = set(pd.DatetimeIndex(df["time_utc"].unique()))
@@ -88,7 +88,7 @@ def join_maps(df: pd.DataFrame, maps: dict[pd.Timestamp, Path], grid,
         df.loc[sel, "map_c"] = f.t2m[at].astype(np.float64) - KELVIN
         df.loc[sel, "map_model_c"] = f.t2m_model[at].astype(np.float64) - KELVIN
         if "t2m_standard_error" in f.layers:
-            df.loc[sel, "map_se_c"] = f.layers["t2m_standard_error"][at].astype(np.float64)
+            df.loc[sel, "map_se_K"] = f.layers["t2m_standard_error"][at].astype(np.float64)
         info.append({"time_utc": f"{t:%Y-%m-%d %H:%M}", "file": p.name, "precision": str(f.attrs.get("precision", "?")),
                      "rows": int(sel.sum()), "grid": f.grid.attrs(),
                      "fusion_stations": 0 if f.fusion_ids is None else int(len(f.fusion_ids)),
@@ -148,7 +148,8 @@ def map_agreement(df: pd.DataFrame, predictor, patch_dir: Path, split: str, stat
         "ok": bool(np.nanmax(d) <= tol_K) if fp32_maps else None,
         "note": "model rerun on the same chunk windows with the map pixel's centre lat/lon (what the map uses)",
         "station_latlon_max_abs_diff_K": float(np.nanmax(d_station)),
-        "station_latlon_note": "map vs the model with the station's own lat/lon (the scored predictions): effect of the ~1 km location offset",
+        "station_latlon_note": ("map vs the model at the station's own lat/lon and height (the scored predictions): the "
+                               "~1 km location offset and the station's height against its pixel's mean height"),
     }
     if fp32_maps and not res["ok"]:
         r = df.iloc[sel[worst]]

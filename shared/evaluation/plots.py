@@ -186,7 +186,8 @@ def rmse_by_distance_figure(tab: pd.DataFrame, names: list[str], truth_bands: di
 
 
 #: where a station's label may go, in points from its marker: right, then left, above and below
-_LABEL_SPOTS = ((4, 2), (4, -9), (-16, 2), (-16, -9), (4, 10), (-16, 10), (4, -17), (-16, -17))
+_LABEL_SPOTS = ((4, 2), (4, -9), (-16, 2), (-16, -9), (4, 10), (-16, 10), (4, -17), (-16, -17),
+                (-6, 8), (-6, -15), (14, 2), (14, -9), (-26, 2), (-26, -9), (-6, 18), (-6, -25))
 
 
 def _label_offsets(x_km: np.ndarray, y_km: np.ndarray, k: float) -> list[tuple[int, int]]:
@@ -209,6 +210,8 @@ def _label_offsets(x_km: np.ndarray, y_km: np.ndarray, k: float) -> list[tuple[i
 def station_map_figure(st: pd.DataFrame, static, results: dict[str, dict] | None = None):
     """RMSE at each test station on the grid: the model, and the analysis beside it on the same colour scale."""
     plt = _plt()
+    from matplotlib import patheffects
+
     g = static.grid
     panels = [MODEL] + ([ANALYSIS] if _has(st, f"rmse_K_{ANALYSIS}") else [])
     xk, yk = g.x / 1000.0, g.y / 1000.0
@@ -226,10 +229,12 @@ def station_map_figure(st: pd.DataFrame, static, results: dict[str, dict] | None
                         zorder=3, vmin=vmin, vmax=vmax)
         _zoom_on(ax, sx, sy)
         if len(st) <= 40:  # km per point: the zoomed extent over the panel's width (its equal aspect applied)
+            fig.get_layout_engine().execute(fig)  # the panel's final size (the layout shrinks it when drawn)
             ax.apply_aspect()
             kpp = float(np.diff(ax.get_xlim())[0]) / (ax.get_window_extent().width * 72 / fig.dpi)
             for x, y, sid, off in zip(sx, sy, st["stn_id"], _label_offsets(sx, sy, kpp)):
-                ax.annotate(str(sid), (x, y), xytext=off, textcoords="offset points", fontsize=6, color="0.25")
+                ax.annotate(str(sid), (x, y), xytext=off, textcoords="offset points", fontsize=6, color="0.2",
+                            zorder=4, path_effects=[patheffects.withStroke(linewidth=2, foreground="w")])
         whole = f": {results[name]['rmse_K']:.2f} K over all rows" if results and name in results else ""
         ax.set_title(f"{method_label(name)}{whole}", fontsize=9)
     fig.colorbar(sc, ax=list(axes[0]), shrink=0.8, label="RMSE at the station (K)",
@@ -304,14 +309,20 @@ SPLIT_COLOURS = {"train": "C0", "val": "C2", "test": "C3"}
 def split_map_figure(rows: pd.DataFrame, static, mode: str = ""):
     """step01's stations on the grid, coloured by split (``rows``: one row per index row or station with
     ``stn_id, pixel_y, pixel_x, split``); a station in more than one split (a split by time or year) is drawn
-    grey. The legend counts stations and rows per split."""
+    grey. The legend counts stations and rows per split. When stations share splits and ``rows`` has
+    ``time_utc``, a second panel shows the rows of each day by split (which days each split holds: the
+    seasons, day and night, should be spread alike)."""
     plt = _plt()
     g = static.grid
     xk, yk = g.x / 1000.0, g.y / 1000.0
     per = rows.groupby("stn_id").agg(pixel_y=("pixel_y", "first"), pixel_x=("pixel_x", "first"),
                                      split=("split", lambda v: v.iloc[0] if v.nunique() == 1 else "several"))
     n_rows = rows["split"].value_counts()
-    fig, ax = plt.subplots(figsize=(6.6, max(3.5, 6.2 * g.ny / g.nx)))
+    by_time = "time_utc" in rows and (per["split"] == "several").any()
+    width = 6.6 * (2.0 if by_time else 1.0)
+    fig, axes = plt.subplots(1, 2 if by_time else 1, figsize=(width, max(3.5, 6.2 * g.ny / g.nx)), squeeze=False,
+                             layout="constrained" if by_time else None)
+    ax = axes[0][0]
     draw_outline(ax, g, static.lsmask, lat=static.lat, lon=static.lon)
     for name, colour in (*SPLIT_COLOURS.items(), ("several", "0.5")):
         p = per[per["split"] == name]
@@ -323,6 +334,24 @@ def split_map_figure(rows: pd.DataFrame, static, mode: str = ""):
     _zoom_on(ax, sx, sy)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"step01 station split{f' (mode: {mode})' if mode else ''}", fontsize=10)
+    if by_time:
+        day = pd.to_datetime(rows["time_utc"]).dt.floor("D")
+        counts = pd.crosstab(day, rows["split"])
+        ax2, bottom = axes[0][1], np.zeros(len(counts))
+        span = (counts.index.max() - counts.index.min()).days
+        for name, colour in SPLIT_COLOURS.items():
+            if name in counts:
+                n = counts[name].to_numpy()
+                ax2.bar(counts.index, n, width=max(1.0, span / 120), bottom=bottom, color=colour,  # a day seen on a year
+                        label=f"{name}: {int((n > 0).sum())} days, {int(n.sum()):,} rows")
+                bottom = bottom + n
+        ax2.set_ylim(0, 1.3 * bottom.max())  # room for the legend above the bars
+        ax2.set_ylabel("index rows of the day")
+        ax2.set_xlabel("day (UTC)")
+        ax2.grid(alpha=0.3, axis="y")
+        ax2.legend(fontsize=8, loc="upper left")
+        ax2.set_title("rows of each day by split", fontsize=10)
+        ax2.tick_params(axis="x", labelrotation=30)
     return fig
 
 

@@ -8,8 +8,9 @@ One file per time, ``ta_map_YYYYMMDDhhmm.nc``::
     t2m_standard_error (time=1, y, x)  K   standard_name="air_temperature standard_error"
     t2m_model (time=1, y, x)     K   the satellite model alone (long_name says so), with its own
     t2m_model_standard_error (time=1, y, x)
-    distance_to_station (time=1, y, x)  km  to the nearest fusion station of this time (the model's training
-                                     stations when there was no fusion; (y, x) in maps of layout 3 and before)
+    distance_to_station (time=1, y, x)  km  to the nearest fusion station of this time (without fusion: of the
+                                     stations the model learnt from, the train and validation splits; (y, x) in
+                                     maps of layout 3 and before)
     fusion_station (station)     int32 ids of the stations whose observations made the analysis
     time (time)  float64     seconds since 1970-01-01 00:00:00 (UTC, standard calendar)
     x    (x)   m             projection_x_coordinate (LCC, west -> east)

@@ -417,7 +417,8 @@ def run(cfg: Config, ctx: Context) -> Result:
     write_index(cfg.output_dir, df, info)
     from shared.evaluation.plots import plot_split_map  # matplotlib only once the index is written
 
-    plot_split_map(df[["stn_id", "pixel_y", "pixel_x", "split"]], static, cfg.output_dir / SPLIT_PNG, cfg.split.mode)
+    plot_split_map(df[["stn_id", "pixel_y", "pixel_x", "split", "time_utc"]], static, cfg.output_dir / SPLIT_PNG,
+                   cfg.split.mode)
     warn_qc(info.get("qc", {}), cfg.obs_dir, cfg.stations_csv)
     print_report(f"step01: {len(df):,} rows kept from {len(obs_report['files'])} file(s), {len(sat)} image time(s)",
                  full_report)

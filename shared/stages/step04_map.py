@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from shared.core.config import resolve_path
+from shared.core.config import repo_relative, resolve_path
 from shared.core.constants import KELVIN
 from shared.core.device import check_device_name
 from shared.core.errors import UserError, require_file, rerun
@@ -499,7 +499,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     thin = []  # times with enough observations whose stations with a model value were too few: the model alone
     quick = f"quicklook={cfg.quicklook} coverage_km={cfg.coverage_km:g}"
     attrs_common = {
-        "checkpoint": str(cfg.checkpoint), "checkpoint_fingerprint": ckpt_fp,
+        "checkpoint": repo_relative(cfg.checkpoint), "checkpoint_fingerprint": ckpt_fp,  # relative under the checkout
         "model_size": str(predictor.model_cfg.get("size")), "patch_size": predictor.patch_size,
         "precision": cfg.precision, "edge_handling": f"reflect padding of {predictor.patch_size // 2} pixels (numpy mode='reflect')",
         "missing_input": "pixels whose window holds a missing input value are NaN",

@@ -23,7 +23,7 @@ from typing import Literal, Optional
 import numpy as np
 import pandas as pd
 
-from shared.core.config import resolve_path
+from shared.core.config import repo_relative, resolve_path
 from shared.core.errors import UserError, rerun
 from shared.core.records import finished_record, output_set, read_record, unchanged_outputs, write_csv, write_json
 from shared.core.runner import Context, Result, Stage
@@ -248,7 +248,7 @@ def _write_outputs(put, out: Path, outputs: list, df: pd.DataFrame, cols: dict, 
     pt = df[["time_utc", "stn_id", "lat", "lon", "pixel_y", "pixel_x", "obs_c", "prediction_c", "analysis_c",
              "prediction_se_K", "analysis_se_K", "fusion_distance_km"]
             + [f"{b}_c" for b in ALL_BASELINES]
-            + ["map_c", "map_se_c", "map_model_c", "hour_utc", "hour_kst", "month", "landcover", "sza_deg", "ir105_K", "day_night", "sky", "idw_neighbours"]]
+            + ["map_c", "map_se_K", "map_model_c", "hour_utc", "hour_kst", "month", "landcover", "sza_deg", "ir105_K", "day_night", "sky", "idw_neighbours"]]
     write_csv(put(out / "preds_test.csv"), pt, date_format="%Y-%m-%d %H:%M", float_format="%.4f")
     outputs.append(out / "preds_test.csv")
 
@@ -375,7 +375,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         else:
             print(f"note: no step04 map of this checkpoint in {cfg.map_dir} for a time of step02's {cfg.split} "
                   f"rows; map columns left empty")
-    for c in ("map_c", "map_se_c", "map_model_c"):
+    for c in ("map_c", "map_se_K", "map_model_c"):
         if c not in df:
             df[c] = np.nan
 
@@ -383,7 +383,7 @@ def run(cfg: Config, ctx: Context) -> Result:
     cols = pred_columns(df)
     results = {n: regression_metrics(df[c].to_numpy(), df["obs_c"].to_numpy(), ta_std) for n, c in cols.items()}
     metrics: dict = {"split": cfg.split, "units": "K (differences; deg C values in the CSVs)", "target_std_K": ta_std,
-                     "target_mean_c": predictor.target_mean, "checkpoint": str(cfg.checkpoint),
+                     "target_mean_c": predictor.target_mean, "checkpoint": repo_relative(cfg.checkpoint),
                      "checkpoint_epoch": predictor.info.get("epoch"),
                      "checkpoint_refit": (predictor.info.get("refit") or {}).get("note"), **results[MODEL],
                      "model": results[MODEL], "baselines": {n: results[n] for n in ALL_BASELINES},
@@ -431,7 +431,7 @@ def run(cfg: Config, ctx: Context) -> Result:
         metrics["map_at_stations"]["map_model_field"] = regression_metrics(
             df.loc[mapped, "map_model_c"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy(), ta_std)
         metrics["map_at_stations"]["intervals"] = interval_scores(
-            df.loc[mapped, "map_c"].to_numpy(), df.loc[mapped, "map_se_c"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy(), mult)
+            df.loc[mapped, "map_c"].to_numpy(), df.loc[mapped, "map_se_K"].to_numpy(), df.loc[mapped, "obs_c"].to_numpy(), mult)
         metrics["maps_compared"] = maps_used
         metrics["map_model_agreement"] = agreement
     if maps_other:
@@ -566,4 +566,4 @@ def print_saved_table(cfg: Config) -> None:
 STAGE = Stage(name=STEP, title="score the model and the baselines on the test split; tables and plots",
               config=Config, deps=deps, outs=outs, upstream=upstream, run=run,
               record_dir=lambda cfg: cfg.output_dir, on_up_to_date=print_saved_table, set_example="fusion.enabled=false", doc=__doc__,
-              volatile=("num_threads", "batch_size"), version="2")  # 2: summary.txt
+              volatile=("num_threads", "batch_size"), version="2")  # 2: summary.txt, preds_test.csv map_se_K
