@@ -8,7 +8,7 @@ with a synthetic temperature field (a few NaN pixels, as where inputs are
 missing), then runs ``compliance-checker --test=cf:1.8`` on it through its
 Python API and prints the report. Exit code: 0 when the checker reports no
 issue, 1 when it does, 0 with a message when ``compliance_checker`` is not
-installed (it is not a project requirement: ``pip install compliance-checker``).
+installed (requirements.txt installs it; an environment made otherwise may lack it).
 """
 from __future__ import annotations
 

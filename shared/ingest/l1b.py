@@ -47,7 +47,6 @@ import argparse
 import logging
 import multiprocessing as mp
 import re
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -329,17 +328,9 @@ def main(argv=None) -> int:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     rep = convert(args.src, args.dst, _parse_time(args.start, "--start"), _parse_time(args.end, "--end"),
                   args.every, args.workers, parse_window(args.window), args.calibration, args.force)
-    for line in rep["incomplete"]:
+    for line in rep["incomplete"]:  # convert() logged the first five
         print(f"incomplete: {line}")
-    if rep["saturated"]:
-        print("saturated reflective pixels kept at the maximum albedo: "
-              + ", ".join(f"{c} {n:,}" for c, n in sorted(rep["saturated"].items())))
-    if rep["files_without_projection"]:
-        print(f"{rep['files_without_projection']} file(s) without projection attributes (not checked against the KO grid)")
-    if rep["calibration_version_mismatch"]:
-        m = rep["calibration_version_mismatch"]
-        print(f"warning: calibration table {m['table']} used for files naming "
-              + ", ".join(f"{v} ({n})" for v, n in sorted(m["files"].items())), file=sys.stderr)
+    # convert() logged the saturated pixels, the files without projection and a calibration table version mismatch
     print(f"wrote {rep['written']} time(s) to {Path(args.dst) / 'sat'}; {rep['skipped']} already complete; "
           f"{len(rep['incomplete'])} incomplete time(s) skipped")
     return 0

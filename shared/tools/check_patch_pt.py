@@ -32,7 +32,8 @@ def describe(path, idx: int = 0) -> str:
         else:
             lines.append(f"  {k:<17} {v!r}")
     x = ch["x"].numpy()
-    lines.append("  per-channel stats of x (z-scores; train chunks should be near mean 0, std 1):")
+    lines.append("  per-channel stats of x (z-scores: near mean 0, std 1 over all train chunks together; chunks hold "
+                 "consecutive times, so one chunk's season or hours can sit a few tenths away):")
     lines.append(f"    {'channel':<8} {'mean':>8} {'std':>8} {'min':>8} {'max':>8} {'nonfinite':>9}")
     names = PATCH_CHANNELS if x.shape[1] == len(PATCH_CHANNELS) else [str(i) for i in range(x.shape[1])]
     for c, name in enumerate(names):
