@@ -2,9 +2,11 @@
 
 Each case must end with one line on stderr, exit code 2 (or a clean rerun), and no half-written file under
 a final name."""
+import contextlib
 import errno
 import faulthandler
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -590,3 +592,113 @@ def test_a_short_write_of_torchs_zip_writer_is_the_disk_full_line(tmp_path, monk
     with pytest.raises(UserError, match="disk full while writing"):
         torch_files.save_torch_file(path, {"a": 1})
     assert path.read_bytes() == b"earlier" and list(tmp_path.iterdir()) == [path]
+
+
+_SLOW_WORKERS = '''
+import sys, time
+from types import SimpleNamespace
+from shared.stages import step02_patches as s
+
+def slow(task):  # an image that takes a while: the workers are busy when the signal comes
+    time.sleep(1.5)
+    return task
+
+s._extract_time_worker = slow  # forked workers see the module as it is here
+s._init_worker = lambda path: None
+
+def main(argv):
+    print("started", flush=True)
+    s.read_windows([(i,) for i in range(40)], SimpleNamespace(path="static.nc"), 2, lambda i, r: None)
+    return 0
+
+from shared.core.cli import run_main
+run_main(main)
+'''
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the worker processes")
+def test_sigterm_shuts_the_worker_pool_down_and_says_so(tmp_path):
+    """`kill PID` of a step with worker processes (step02's split_workers): SIGTERM ends the step as Ctrl-C does,
+    after its clean-up: the pool is shut down, the workers end, exit 143 with one line. Before, the step died at
+    once and its workers stayed behind for good, blocked on a pipe no one read."""
+    script = tmp_path / "slow.py"
+    script.write_text(_SLOW_WORKERS)
+    out, err_file = tmp_path / "out.txt", tmp_path / "err.txt"  # files, not pipes: a worker left behind holds a pipe open
+    with open(out, "w") as fo, open(err_file, "w") as fe:
+        p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=fo, stderr=fe)
+    deadline = time.time() + 30
+    while len(kids := _children(p.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert "started" in out.read_text() and len(kids) >= 2, "the workers did not start"
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    try:
+        rc = p.wait(timeout=30)
+        err = err_file.read_text()
+        assert rc == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
+        deadline = time.time() + 10
+        while (alive := [k for k in kids if Path(f"/proc/{k}").exists()]) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not alive, f"worker processes {alive} outlived the step"
+    finally:  # a failing test must not leave them behind either
+        for k in [p.pid, *kids]:
+            with contextlib.suppress(OSError):
+                os.kill(k, signal.SIGKILL)
+
+
+_CHILD = '''
+import sys, time
+from pathlib import Path
+from shared.core.cli import run_main
+
+def main(argv):
+    Path(sys.argv[1]).with_name("started").write_text("")
+    try:
+        time.sleep(60)
+    finally:  # a step's clean-up (records, temporary files, worker pools) takes a moment
+        time.sleep(0.5)
+        Path(sys.argv[1]).write_text("cleaned")
+    return 0
+
+run_main(main)
+'''
+_PARENT = '''
+import sys
+from shared.core.cli import run_main
+from shared.tools.run_all import run_child
+
+run_main(lambda argv: run_child([sys.executable, sys.argv[1], sys.argv[2]]))
+'''
+
+
+def test_run_all_passes_sigterm_on_and_lets_the_step_clean_up(tmp_path):
+    """A SIGTERM to run_all reaches the running step, which ends after its own clean-up; run_all then exits 143.
+    Before, run_all died at once and the step ran on unseen (under Ctrl-C, subprocess.call killed the step before
+    its clean-up: its record stayed "running")."""
+    (tmp_path / "child.py").write_text(_CHILD)
+    (tmp_path / "parent.py").write_text(_PARENT)
+    flag = tmp_path / "cleaned"
+    p = subprocess.Popen([sys.executable, str(tmp_path / "parent.py"), str(tmp_path / "child.py"), str(flag)],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while not (tmp_path / "started").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 143
+        assert flag.read_text() == "cleaned"
+    finally:
+        p.kill()
+        with contextlib.suppress(OSError):  # the step, were it left running
+            subprocess.run(["pkill", "-9", "-f", str(tmp_path / "child.py")], check=False)

@@ -11,7 +11,9 @@ import errno
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -95,16 +97,42 @@ def _end_progress_bars() -> None:
         bar.close()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a batch system's time limit), raised in the main thread like Ctrl-C's
+    KeyboardInterrupt so that the same clean-up runs: worker pools are shut down (a killed step02 left its
+    workers blocked on a pipe for good), run records and temporary files are put right."""
+
+
+_MAIN_PID = os.getpid()
+
+
+def _on_sigterm(signum, frame) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked worker inherits the handler: it ends as SIGTERM ends a process
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
+def catch_sigterm() -> None:
+    """SIGTERM raises :class:`Terminated` in this process's main thread (see there)."""
+    global _MAIN_PID
+    if threading.current_thread() is threading.main_thread():
+        _MAIN_PID = os.getpid()
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def run_main(main, argv=None) -> None:
     """Call ``main(argv)`` and turn expected mistakes into exit code 2.
 
     ``UserError`` -> one line ``error: ...`` on stderr, exit 2; so do an output path that cannot be written
     (:data:`PATH_ERRNOS`: read-only, no permission, a file where a folder should be) and a full
-    disk (``ENOSPC``). ``KeyboardInterrupt`` -> exit 130 (outputs are written
-    atomically, so nothing half-written is left). Other exceptions are bugs:
+    disk (``ENOSPC``). ``KeyboardInterrupt`` -> exit 130, SIGTERM -> exit 143 after the same clean-up
+    (:class:`Terminated`; outputs are written atomically, so nothing half-written is left). Other exceptions are bugs:
     full traceback. ``TA2D_DEBUG=1`` shows tracebacks for user errors too.
     """
     _log_warnings_as_lines()
+    catch_sigterm()
     try:
         rc = main(argv)
     except UserError as e:
@@ -127,10 +155,11 @@ def run_main(main, argv=None) -> None:
             traceback.print_exc()
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         _end_progress_bars()
-        print(f"interrupted; {getattr(e, 'hint', None) or 'rerun the same command to resume'}", file=sys.stderr)
-        sys.exit(130)
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}; {getattr(e, 'hint', None) or 'rerun the same command to resume'}", file=sys.stderr)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     sys.exit(rc or 0)
 
 

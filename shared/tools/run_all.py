@@ -13,13 +13,14 @@ whose inputs did not change says "up to date" and finishes in a second.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from shared import REPO_ROOT
-from shared.core.cli import run_main
+from shared.core.cli import Terminated, run_main
 from shared.core.config import read_yaml
 from shared.core.errors import STEP_DIRS, UserError
 from shared.core.records import finished_outputs, record_key
@@ -52,6 +53,24 @@ def figure_lines(root: Path, steps=tuple(STEPS)) -> list[str]:
     return lines
 
 
+def run_child(cmd: list[str], grace_s: float = 60.0) -> int:
+    """Run one step and return its exit code. Interrupted, the step is given ``grace_s`` to clean up and end on
+    its own (Ctrl-C reaches it too; a SIGTERM to this process alone is passed on to it), then killed: killed at
+    once, as ``subprocess.call`` does, it left its run record "running" and its worker processes behind."""
+    p = subprocess.Popen(cmd, cwd=REPO_ROOT)
+    try:
+        return p.wait()
+    except KeyboardInterrupt as e:
+        if isinstance(e, Terminated):
+            p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        raise
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m shared.tools.run_all", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="demo", choices=["demo", "tiny"], help="demo world preset (default demo)")
@@ -81,7 +100,7 @@ def main(argv=None) -> int:
     for name, cmd in cmds:
         print(f"\n=== {name} ===", flush=True)
         t0 = time.time()
-        rc = subprocess.call(cmd, cwd=REPO_ROOT)
+        rc = run_child(cmd)
         if rc != 0:
             print(f"\n{name} failed (exit {rc}); fix the message above and rerun: finished steps are skipped as up to date", file=sys.stderr)
             return rc
