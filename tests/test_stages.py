@@ -705,3 +705,47 @@ def test_changed_inputs_names_changed_files_folder_names_and_optionally_missing_
     got = changed_inputs(tmp_path / "out")
     assert sorted(got) == sorted([record_key(a), record_key(b), record_key(names)])
     assert sorted(changed_inputs(tmp_path / "out", missing=False)) == sorted([record_key(a), record_key(names)])
+
+
+def test_a_deleted_or_damaged_copy_of_the_record_is_written_again_without_rerunning(tmp_path, capsys):
+    """step03 keeps a copy of its record beside the weights (weights/run.json), which step04 and step05 check
+    best.pt against. Deleted or damaged by hand, the step was "up to date" while the next step refused the
+    weights, and rerunning step03 only said "up to date" again. Now the up-to-date step writes the copy again
+    from its record (no work redone), and ``status`` says so."""
+    import json
+    from dataclasses import dataclass
+
+    from shared.core.records import StepRun
+    from shared.core.runner import Result, Stage, execute
+
+    dep, out, weights = tmp_path / "in.csv", tmp_path / "out", tmp_path / "weights"
+    dep.write_text("a\n")
+    rec = StepRun(out, {"x": 1, "stage_version": "1"}, [dep], "stepXX", mirrors=[weights])  # as the runner records it
+    with rec.running():
+        (weights / "best.pt").write_text("w")
+        rec.finish([weights / "best.pt"])
+    copy = weights / "run.json"
+    assert json.loads(copy.read_text()) == json.loads((out / "run.json").read_text())
+    assert rec.damaged_copies() == []
+    copy.write_text(copy.read_text()[:200])  # damaged
+    assert rec.stale_reasons() == [] and rec.damaged_copies() == [weights]
+    copy.unlink()  # or deleted
+    assert rec.damaged_copies() == [weights]
+
+    ran = []
+
+    @dataclass
+    class Cfg:
+        x: int = 1
+
+    stage = Stage(name="stepXX", title="t", config=Cfg, deps=lambda c: [dep], outs=lambda c: [weights / "best.pt"],
+                  run=lambda c, ctx: ran.append(1) or Result(), record_dir=lambda c: out,
+                  mirror_dirs=lambda c: [weights])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("x: 1\n")
+    capsys.readouterr()
+    assert execute(stage, ["--config", str(cfg)]) == 0 and ran == []
+    said = capsys.readouterr().out
+    assert f"wrote {weights / 'run.json'} again (it was missing or damaged)" in said and "up to date" in said
+    assert json.loads(copy.read_text()) == json.loads((out / "run.json").read_text())
+    assert rec.damaged_copies() == []

@@ -660,6 +660,23 @@ class StepRun:
                 reasons.append(f"outputs {what} since its run: " + _some(gone, 3))
         return reasons
 
+    def damaged_copies(self) -> list[Path]:
+        """The folders (:attr:`mirrors`, e.g. step03's ``weights/``) whose ``run.json`` is missing or is not the
+        finished record's copy (deleted or damaged by hand): the next step, which checks its files against that
+        copy, refuses them. Empty without a finished record."""
+        prev = self.previous()
+        if not prev or prev.get("status") != "ok":
+            return []
+        return [d for d in self.mirrors if d.is_dir() and read_record(d) != prev]
+
+    def restore_copies(self) -> list[Path]:
+        """Write the finished record again into the folders of :meth:`damaged_copies` (the step is up to date:
+        its outputs are those the record lists, so its copy is right). Returns them."""
+        prev, fix = self.previous(), self.damaged_copies()
+        for d in fix:
+            write_json(d / RUN_JSON, prev)
+        return fix
+
     def note_same_bytes(self) -> bool:
         """After :meth:`stale_reasons` found the step up to date with files recognised by their bytes (copied
         without their times), write their new sizes and times into the record, so that the next check does not

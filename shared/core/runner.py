@@ -129,6 +129,9 @@ def execute(stages: Stage | dict[str, Stage], argv: list[str] | None = None) -> 
     if not args.force and not resuming and not reasons:
         if d.main:
             record.note_same_bytes()  # files copied without their times: their new times, not read again next time
+            for d in record.restore_copies():
+                print(f"{stage.name}: wrote {repo_relative(str(d / 'run.json'))} again (it was missing or damaged) "
+                      f"from {repo_relative(str(record.path))}")
             print(f"{stage.name}: up to date ({record.path}); use --force to rerun")
             if stage.on_up_to_date:
                 stage.on_up_to_date(cfg)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from shared import REPO_ROOT
 from shared.core.cli import run_main
-from shared.core.config import load_config
+from shared.core.config import load_config, repo_relative
 from shared.core.errors import UserError
 from shared.core.runner import Stage, pick_stage, stage_record
 from shared.tools.run_all import STEPS
@@ -72,6 +72,9 @@ def status_lines(steps=tuple(STEPS), configs: dict[int, Path] | None = None,
             took = prev.get("wall_seconds")
             done = [f"finished {when} UTC"] if when else []
             done += [f"{float(took):.0f} s"] if isinstance(took, (int, float)) else []
+            copies = [repo_relative(str(d / "run.json")) for d in record.damaged_copies()]
+            done += [f"{', '.join(copies)} missing or damaged: run it to write the record's copy again (no work "
+                     "redone)"] if copies else []
             lines.append(f"{name:<{width}}  up to date" + (f" ({', '.join(done)})" if done else ""))
     return lines
 
