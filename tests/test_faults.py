@@ -702,3 +702,14 @@ def test_run_all_passes_sigterm_on_and_lets_the_step_clean_up(tmp_path):
         p.kill()
         with contextlib.suppress(OSError):  # the step, were it left running
             subprocess.run(["pkill", "-9", "-f", str(tmp_path / "child.py")], check=False)
+
+
+@pytest.mark.parametrize("step", ["step04_infer_map", "step05_eval_metrics"])
+def test_a_folder_given_as_the_checkpoint_is_named_so(step, tmp_path, capsys):
+    """checkpoint: a folder (weights/ instead of weights/best.pt) was refused as "<its parent> has no run record",
+    which named neither the mistake nor the folder."""
+    (tmp_path / "weights").mkdir()
+    rc = run_step(step, "--set", f"checkpoint={tmp_path / 'weights'}", "--set", f"output_dir={tmp_path / 'out'}")
+    err = capsys.readouterr().err
+    assert rc == 2 and f"checkpoint {tmp_path / 'weights'} is a folder, not a checkpoint file" in err, err
+    assert not (tmp_path / "out").exists()

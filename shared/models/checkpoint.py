@@ -49,6 +49,15 @@ REFIT_LOG = "refit_log.csv"  # ... and the refit's epochs, in step03's outputs f
 RESIDUAL_KEYS = ("time_s", "stn_id", "pixel_y", "pixel_x", "split", "resid")
 
 
+def step03_upstream(path: Path) -> tuple[Path, list[Path], str]:
+    """The step03 run a map model ``path`` comes from, as :attr:`shared.core.runner.Stage.upstream` lists it: its
+    record sits beside it. A folder given as the checkpoint is refused by name (its parent has no record to
+    check it against, which said nothing about the mistake)."""
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder, not a checkpoint file; {HINT}")
+    return path.parent, [path], "step03"
+
+
 def save_ta_checkpoint(path: str | Path, ckpt: dict) -> None:
     """Write a checkpoint dict (``format`` is set here) atomically."""
     save_torch_file(path, {"format": CKPT_FORMAT, **ckpt})

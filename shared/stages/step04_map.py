@@ -76,6 +76,7 @@ from shared.mapping.predict import (
 )
 from shared.mapping.quicklook import quicklook, station_distance_km
 from shared.mapping.times import select_times
+from shared.models.checkpoint import step03_upstream
 
 STEP = "step04_infer_map"
 #: Bump when the variables of a map file change, so maps of an older layout are remade.
@@ -687,7 +688,7 @@ def upstream(cfg: Config) -> list:
     files read (test times, observations for map_at_stations.csv) those of a finished step01 run."""
     index = [f for f in _index_files(cfg)
              if f.exists() or (cfg.times.select == "test" and f.name == "index_test.csv")]
-    return [(cfg.checkpoint.parent, [cfg.checkpoint], "step03")] + ([(cfg.index_dir, index, "step01")] if index else [])
+    return [step03_upstream(cfg.checkpoint)] + ([(cfg.index_dir, index, "step01")] if index else [])
 
 
 STAGE = Stage(name=STEP, title="one 2 m air temperature map (CF netCDF + PNG) per time from the trained model",

@@ -63,6 +63,7 @@ from shared.io.raw import read_static
 from shared.mapping.analysis import stored_variogram
 from shared.mapping.predict import load_predictor
 from shared.mapping.quicklook import station_distance_km
+from shared.models.checkpoint import step03_upstream
 from shared.models.intervals import level_key
 
 STEP = "step05_eval_metrics"
@@ -196,7 +197,7 @@ def outs(cfg: Config) -> list[Path]:
 
 
 def upstream(cfg: Config) -> list:
-    return [(cfg.checkpoint.parent, [cfg.checkpoint], "step03"),
+    return [step03_upstream(cfg.checkpoint),
             (cfg.patch_dir, [cfg.patch_dir / PATCH_SUBDIR, cfg.patch_dir / STATS_SUBDIR], "step02"),
             (cfg.index_dir, [cfg.index_dir / SPLITS_JSON, cfg.index_dir / "index.csv"], "step01")]
 
