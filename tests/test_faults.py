@@ -713,3 +713,39 @@ def test_a_folder_given_as_the_checkpoint_is_named_so(step, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and f"checkpoint {tmp_path / 'weights'} is a folder, not a checkpoint file" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_chunk_damaged_in_place_is_named_when_the_model_gives_nan(tiny_patches, tmp_path):
+    """Bytes of a chunk damaged with its size and time kept: no record check sees it, and the model's NaN was
+    reported as a damaged model ("rerun step03"). step05's rows and step03's training now name the chunk whose
+    SHA-1 differs from step02's manifest and say to rerun step02; an intact chunk keeps the model's message."""
+    from shared.core.errors import NonFiniteError, UserError
+    from shared.evaluation.rows import read_rows
+    from shared.io.patches import PATCH_SUBDIR, damaged_chunks, name_damaged_chunks
+
+    pd_ = tmp_path / "s02"
+    shutil.copytree(tiny_patches, pd_)
+    chunk = sorted((pd_ / PATCH_SUBDIR).glob("test_chunk_*.pt"))[0]
+    man = json.loads((pd_ / PATCH_SUBDIR / "manifest.json").read_text())
+
+    class NaNModel:  # what a damaged input makes of any model
+        patch_size = man["patch_size"]
+
+        def predict_dist(self, batch):
+            raise NonFiniteError("best.pt: gave NaN or infinite values for windows with complete inputs")
+
+    with pytest.raises(UserError, match="gave NaN") as e:  # intact chunks: the model's own message
+        read_rows(pd_, "test", NaNModel())
+    assert "step02" not in str(e.value) and damaged_chunks(pd_) == []
+    st = chunk.stat()
+    with open(chunk, "r+b") as fh:  # the same size and time, other bytes
+        fh.seek(st.st_size // 2)
+        fh.write(bytes(64))
+    os.utime(chunk, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert damaged_chunks(pd_) == [chunk]
+    with pytest.raises(UserError) as e:
+        read_rows(pd_, "test", NaNModel())
+    msg = str(e.value)
+    assert msg.startswith(f"{chunk}: the bytes differ from what step02 wrote") and "step02_make_patches/run.py --force" in msg
+    train_err = NonFiniteError("loss became NaN/inf at epoch 1")  # step03: every chunk of the folder is checked
+    assert str(name_damaged_chunks(train_err, pd_)).startswith(f"{chunk}: the bytes differ")

@@ -23,6 +23,11 @@ class UserError(Exception):
     exit_code = 2
 
 
+class NonFiniteError(UserError):
+    """The model gave NaN or infinite values (a prediction, a training loss): its inputs or its weights are
+    damaged, or the training diverged. A step that knows which chunks it read names those whose bytes changed."""
+
+
 def rerun(step: str, force: bool = False) -> str:
     """``"rerun step02 (python step02_make_patches/run.py --force)"`` for ``step="step02"``."""
     return f"rerun {step} (python {STEP_DIRS[step]}/run.py{' --force' if force else ''})"

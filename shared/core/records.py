@@ -127,12 +127,13 @@ def fingerprint(paths: Iterable[str | Path | Names | Derived]) -> dict[str, str]
 _SHA1_SEEN: dict[tuple, str] = {}  # (path, size, mtime_ns, inode) -> digest: a file read once per process
 
 
-def file_sha1(path: str | Path) -> str:
+def file_sha1(path: str | Path, cached: bool = True) -> str:
     """SHA-1 of a file's bytes. Read once per process while its size, time and inode stay the same (a step that
-    checks, reuses and records the same chunks reads each of them once)."""
+    checks, reuses and records the same chunks reads each of them once); ``cached=False`` reads them again (a
+    file suspected of damage in place, which keeps all three)."""
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _SHA1_SEEN:
+    if key not in _SHA1_SEEN or not cached:
         h = hashlib.sha1()
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):

@@ -12,11 +12,11 @@ import pandas as pd
 import torch
 
 from shared.core.constants import KST_OFFSET
-from shared.core.errors import UserError, rerun
+from shared.core.errors import NonFiniteError, UserError, rerun
 from shared.evaluation.names import ANALYSIS, MODEL
 from shared.evaluation.suite import ALL_BASELINES
 from shared.io.channels import IGBP_CLASSES, IR105_CH, SZA_CH
-from shared.io.patches import batch_view, load_chunk, read_manifest, read_stats
+from shared.io.patches import batch_view, load_chunk, name_damaged_chunks, read_manifest, read_stats
 from shared.models.checkpoint import TRAIN_ONLY
 
 
@@ -51,8 +51,11 @@ def read_rows(patch_dir: Path, split: str, predictor=None, batch_size: int = 204
         parts["y"].append(ch["y"].numpy().copy())
         if predictor is not None:
             b = batch_view(ch)
-            preds = [predictor.predict_dist({k: v[i:i + batch_size] for k, v in b.items() if k != "y"})
-                     for i in range(0, n, batch_size)]
+            try:
+                preds = [predictor.predict_dist({k: v[i:i + batch_size] for k, v in b.items() if k != "y"})
+                         for i in range(0, n, batch_size)]
+            except NonFiniteError as e:  # a damaged chunk, or a damaged model
+                raise name_damaged_chunks(e, patch_dir, [f]) from None
             parts["pred_z"].append(np.concatenate([p[0] for p in preds]) if preds else np.zeros(0, np.float32))
             parts["pred_sd_z"].append(np.concatenate([p[1] for p in preds]) if preds else np.zeros(0, np.float32))
     return {k: np.concatenate(v) for k, v in parts.items() if v}

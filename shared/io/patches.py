@@ -177,6 +177,32 @@ def recorded_sha1(patch_dir: str | Path, signature: str) -> dict[str, str]:
         return {}
 
 
+def damaged_chunks(patch_dir: str | Path, files: list | None = None) -> list[Path]:
+    """The chunks (of ``files``; every one the manifest lists when None) whose bytes are not those step02 wrote
+    (the SHA-1 its manifest keeps): damaged in place, with the same size and time, which no record check sees.
+    Reads each chunk: for an error's message, not for every run."""
+    pt_dir = Path(patch_dir) / PATCH_SUBDIR
+    try:
+        man = read_json(pt_dir / MANIFEST, "", "")
+        listed = {e["file"]: e.get("sha1") for v in man["chunks"].values() for e in v}
+    except (UserError, OSError, KeyError, TypeError, AttributeError):
+        return []
+    names = listed if files is None else [Path(f).name for f in files]
+    return [pt_dir / n for n in names if isinstance(listed.get(n), str) and (pt_dir / n).is_file()
+            and file_sha1(pt_dir / n, cached=False) != listed[n]]
+
+
+def name_damaged_chunks(err: UserError, patch_dir: str | Path, files: list | None = None) -> UserError:
+    """``err`` (the model gave NaN or inf) said again with the chunks whose bytes changed since step02 wrote
+    them, when there are any: the cause and the step to rerun; else ``err`` itself."""
+    bad = damaged_chunks(patch_dir, files)
+    if not bad:
+        return err
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return UserError(f"{bad[0]}{more}: the bytes differ from what step02 wrote (the SHA-1 in its {MANIFEST}), a "
+                     f"damaged chunk ({err}); {rerun('step02', force=True)}")
+
+
 def read_manifest(patch_dir: str | Path, splits=("train", "val")) -> tuple[dict, dict[str, SplitFiles]]:
     """Validate ``patch_dir/patch_pt/manifest.json``; returns (manifest, {split: SplitFiles}).
 

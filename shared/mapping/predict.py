@@ -48,7 +48,7 @@ from tqdm import tqdm
 from shared.core.constants import KELVIN
 from shared.core.device import pick_device, use_cuda
 from shared.core.distributed import Dist
-from shared.core.errors import UserError, rerun
+from shared.core.errors import NonFiniteError, UserError, rerun
 from shared.features.patch import full_stack, height_z, landcover_onehot, loc3, normalise_, time7, window_index
 from shared.features.site import SITE_FEATURES, site_at, site_fields
 from shared.io.channels import DEM_CH, IR105_CH, N_CHANNELS, PATCH_CHANNELS, SZA_CH
@@ -177,7 +177,7 @@ class Predictor:
         """Refuse NaN or infinite model outputs: every window it is given has complete inputs, so only a damaged or
         diverged model gives them."""
         if not all(np.isfinite(a).all() for a in outputs):
-            raise UserError(f"{self.path or 'the model'}: gave NaN or infinite values for windows with complete "
+            raise NonFiniteError(f"{self.path or 'the model'}: gave NaN or infinite values for windows with complete "
                             f"inputs; {HINT}")
 
     def predict_dist(self, batch: dict) -> tuple[np.ndarray, np.ndarray]:

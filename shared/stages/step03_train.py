@@ -18,8 +18,9 @@ from typing import Literal, Optional
 
 from shared.core.cli import count
 from shared.core.device import check_device_name
+from shared.core.errors import NonFiniteError
 from shared.core.runner import Context, Result, Stage
-from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR
+from shared.io.patches import PATCH_SUBDIR, STATS_SUBDIR, name_damaged_chunks
 from shared.models.checkpoint import REFIT_LOG, TRAIN_ONLY
 from shared.models.ta import TAModelConfig
 
@@ -236,8 +237,11 @@ def run(cfg: Config, ctx: Context) -> Result:
 
     from shared.training.loop import train  # torch: imported only after the up-to-date check
 
-    res = train(cfg, ctx.dist, resume=ctx.args.resume, stop_after=ctx.args.stop_after,
-                allow_config_change=ctx.args.allow_config_change)
+    try:
+        res = train(cfg, ctx.dist, resume=ctx.args.resume, stop_after=ctx.args.stop_after,
+                    allow_config_change=ctx.args.allow_config_change)
+    except NonFiniteError as e:  # a damaged chunk (same size and time: no record check sees it), or divergence
+        raise name_damaged_chunks(e, cfg.data.patch_dir) from None
     if not ctx.dist.main:
         return Result(done=res["done"])
     if not res["done"]:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from shared.core.config import config_to_dict, portable
 from shared.core.device import pick_device, use_cuda
 from shared.core.distributed import Dist
-from shared.core.errors import STEP_DIRS, UserError
+from shared.core.errors import STEP_DIRS, NonFiniteError, UserError
 from shared.core.records import STAGING, StepRun, atomic_path, read_record, write_csv
 from shared.core.threads import BusyWatch, set_cpu_threads
 from shared.io.channels import BT_WAVES_UM, IR105_CH, RF_WAVES_UM
@@ -423,7 +423,7 @@ def train_epoch(epoch, ddp_model, loader, n_batches, opt, sched, scaler, device,
             d.sum_(bad)
         if bad.item() > 0:
             bar.close()
-            raise UserError(f"loss became NaN/inf at epoch {epoch}, batch {bi + 1} of {n_batches}; "
+            raise NonFiniteError(f"loss became NaN/inf at epoch {epoch}, batch {bi + 1} of {n_batches}; "
                             "check the inputs for NaN or lower the learning rate (train.lr; train.refit_lr in a "
                             "refit); the model in use (weights/best.pt) is unchanged")
         opt.zero_grad(set_to_none=True)
