@@ -93,10 +93,12 @@ def test_obs_missing_path(tmp_path):
         read_obs([tmp_path / "nope.csv"])
 
 
-def test_stations_project_header_and_duplicates(tmp_path):
+def test_stations_project_header_and_duplicates(tmp_path, caplog):
     f = _write(tmp_path / "st.csv", "stn_id,name,lat,lon,elev_m\n"
                "108,서울,37.5714,126.9658,85.8\n159,부산,35.1047,129.032,70\n108,서울2,37.0,127.0,1\n", "utf-8")
-    st = read_stations(f)
+    with caplog.at_level("WARNING"):
+        st = read_stations(f)
+    assert "the last row of each id is kept (at another position than the earlier row: station(s) 108;" in caplog.text
     assert list(st.columns) == ["stn_id", "name", "lat", "lon", "elev_m"]
     assert st["stn_id"].dtype == np.int64 and st["elev_m"].dtype == np.float64
     assert st.attrs["report"]["duplicates"] == 1 and len(st) == 2

@@ -199,10 +199,15 @@ def read_stations(path: str | Path) -> pd.DataFrame:
         n_dup = 0
     else:
         before = len(df)
+        dup = df[df["stn_id"].duplicated(keep=False)]
         df = df.drop_duplicates("stn_id", keep="last")
         n_dup = before - len(df)
-        if n_dup:
-            log.warning("%s: %d duplicate station id row(s); the last row of each id is kept", path, n_dup)
+        if n_dup:  # a relocated station appended at the end is kept there; a wrong id is not: say which ids
+            moved = [int(i) for i, g in dup.groupby("stn_id")
+                     if g[["lat", "lon"]].astype("float64").round(4).drop_duplicates().shape[0] > 1]
+            log.warning("%s: %d duplicate station id row(s); the last row of each id is kept%s", path, n_dup,
+                        f" (at another position than the earlier row: station(s) {', '.join(map(str, moved[:5]))}"
+                        f"{' ...' if len(moved) > 5 else ''}; check that each is one station)" if moved else "")
 
     df = df.sort_values("stn_id", kind="stable").reset_index(drop=True)
     check_decimal_degrees(df, path)
