@@ -509,6 +509,17 @@ def test_bad_input_exits_2(evaluated, tmp_path, capsys):
     adopt(bad_maps, "step04", "test: map on another grid")
     assert run_step(STEP, *args, "--set", f"map_dir={bad_maps}", "--set", f"output_dir={tmp_path / 'b'}") == 2
     assert "another static.nc" in capsys.readouterr().err
+    # a map step04 wrote, damaged since (truncated): left out, named as changed, not as foreign
+    damaged = tmp_path / "damaged"
+    shutil.copytree(evaluated["maps"], damaged)
+    (damaged / "run.json").unlink()  # the copy recorded as its own finished set (the record names the original)
+    adopt(damaged, "step04", "test: a copy of the maps")
+    victim = sorted(damaged.glob("ta_map_*.nc"))[0]
+    victim.write_bytes(victim.read_bytes()[:5000])
+    assert run_step(STEP, *args, "--set", f"map_dir={damaged}", "--set", f"output_dir={tmp_path / 'b1'}") == 0
+    err = capsys.readouterr().err
+    assert f"changed after step04 wrote them (damaged or edited; first: {victim.name})" in err
+    assert "not part of step04's last finished run" not in err
     # maps of another checkpoint (an older model's maps): left out of the comparison, named in a warning
     other = save_checkpoint(tmp_path / "other.pt", evaluated["norm"], seed=1)
     assert run_step(STEP, *args, "--set", f"checkpoint={other}", "--set", f"output_dir={tmp_path / 'c'}") == 0

@@ -25,7 +25,16 @@ import pandas as pd
 
 from shared.core.config import repo_relative, resolve_path
 from shared.core.errors import UserError, rerun
-from shared.core.records import finished_record, output_set, read_record, unchanged_outputs, write_csv, write_json
+from shared.core.records import (
+    finished_outputs,
+    finished_record,
+    output_set,
+    read_record,
+    record_key,
+    unchanged_outputs,
+    write_csv,
+    write_json,
+)
 from shared.core.runner import Context, Result, Stage
 from shared.core.threads import set_cpu_threads
 from shared.evaluation.bootstrap import format_differences, station_bootstrap
@@ -212,13 +221,16 @@ def check_trained_on(predictor, patch_dir: Path, ckpt_path: Path) -> None:
                         f"{want} vs {man['signature']}: step02 was rerun after step03); {rerun('step03')}")
 
 
-def finished_maps(map_dir: Path) -> tuple[dict, list[Path]]:
-    """Maps of step04's last finished run (unchanged since), and the other map files found in the folder."""
+def finished_maps(map_dir: Path) -> tuple[dict, list[Path], list[Path]]:
+    """Maps of step04's last finished run (unchanged since); the maps that run wrote that changed since (damaged
+    or edited: their size, time and bytes differ); and the other map files found in the folder."""
     found = map_files(map_dir)
     done = finished_record(read_record(map_dir))
     same = set(unchanged_outputs(done, found.values()))
+    listed = finished_outputs(map_dir) or set()
     ok = {t: p for t, p in found.items() if Path(p) in same}
-    return ok, [p for t, p in found.items() if t not in ok]
+    rest = [p for t, p in found.items() if t not in ok]
+    return ok, [p for p in rest if record_key(p) in listed], [p for p in rest if record_key(p) not in listed]
 
 
 def _write_outputs(put, out: Path, outputs: list, df: pd.DataFrame, cols: dict, ta_std: float, mult, results: dict,
@@ -346,7 +358,11 @@ def run(cfg: Config, ctx: Context) -> Result:
     maps_used, maps_other, agreement, truth = [], [], None, []
     if cfg.compare_maps:
         ckpt_fp = checkpoint_fingerprint(cfg.checkpoint)
-        maps, unlisted = finished_maps(cfg.map_dir)
+        maps, changed, unlisted = finished_maps(cfg.map_dir)
+        if changed:
+            print(f"warning: {len(changed)} map(s) in {cfg.map_dir} changed after step04 wrote them (damaged or "
+                  f"edited; first: {changed[0].name}) and are left out; rerun step04 with --force to write them "
+                  "again", file=sys.stderr)
         if unlisted:
             print(f"warning: {len(unlisted)} map(s) in {cfg.map_dir} are not part of step04's last finished run and are "
                   f"left out (first: {unlisted[0].name}); rerun step04 to include them", file=sys.stderr)
