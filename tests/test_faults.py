@@ -749,3 +749,20 @@ def test_a_chunk_damaged_in_place_is_named_when_the_model_gives_nan(tiny_patches
     assert msg.startswith(f"{chunk}: the bytes differ from what step02 wrote") and "step02_make_patches/run.py --force" in msg
     train_err = NonFiniteError("loss became NaN/inf at epoch 1")  # step03: every chunk of the folder is checked
     assert str(name_damaged_chunks(train_err, pd_)).startswith(f"{chunk}: the bytes differ")
+
+
+@pytest.mark.parametrize("step", ["step04_infer_map", "step05_eval_metrics"])
+def test_a_checkpoint_of_another_kind_says_what_it_is(step, tmp_path, capsys):
+    """A file no step03 run recorded, given as the checkpoint: an encoder checkpoint (a pretraining's, Clay's) or
+    any other torch file was refused as "has no run record ... adopt", which said nothing of what the file is."""
+    w = tmp_path / "weights"
+    w.mkdir()
+    torch.save({"state_dict": {"model.encoder.cls_token": torch.zeros(1, 1, 8)}}, w / "pretrain_clay.ckpt")
+    torch.save({"something": torch.zeros(2)}, w / "other.pt")
+    rc = run_step(step, "--set", f"checkpoint={w / 'pretrain_clay.ckpt'}", "--set", f"output_dir={tmp_path / 'o'}")
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a TA-2D step03 checkpoint" in err and "an encoder checkpoint" in err, err
+    rc = run_step(step, "--set", f"checkpoint={w / 'other.pt'}", "--set", f"output_dir={tmp_path / 'o'}")
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a TA-2D step03 checkpoint (format None, keys: something)" in err, err
+    assert "encoder" not in err and not (tmp_path / "o").exists()

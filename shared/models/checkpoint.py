@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from shared.core.errors import UserError, rerun
+from shared.core.records import finished_outputs, record_key
 from shared.io.torch_files import load_torch_file, save_torch_file
 from shared.models.ta import TAModel, build_model
 
@@ -55,6 +56,8 @@ def step03_upstream(path: Path) -> tuple[Path, list[Path], str]:
     check it against, which said nothing about the mistake)."""
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a folder, not a checkpoint file; {HINT}")
+    if path.is_file() and record_key(path) not in (finished_outputs(path.parent) or set()):
+        read_ta_checkpoint(path)  # a file of another kind says what it is, before "not written by step03"
     return path.parent, [path], "step03"
 
 
@@ -70,7 +73,11 @@ def read_ta_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
         keys = ", ".join(map(str, list(ckpt)[:6])) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise UserError(f"{path}: not a TA-2D step03 checkpoint (format {fmt!r}, keys: {keys}); {HINT}")
+        enc = isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and any(
+            str(k).startswith("model.encoder.") for k in ckpt["state_dict"])
+        what = (" (an encoder checkpoint, Clay's or step03's pretraining: step03 starts from it with "
+                "model.clay_ckpt_path; step04 and step05 take the trained map model, weights/best.pt)") if enc else ""
+        raise UserError(f"{path}: not a TA-2D step03 checkpoint (format {fmt!r}, keys: {keys}){what}; {HINT}")
     for key in ("model", "model_cfg"):
         if key not in ckpt:
             raise UserError(f"{path}: checkpoint lacks '{key}'; {HINT}")
