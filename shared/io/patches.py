@@ -164,13 +164,14 @@ def write_manifest(patch_dir: str | Path, patch_size: int, signature: str, count
     return manifest
 
 
-def recorded_sha1(patch_dir: str | Path, signature: str) -> dict[str, str]:
+def recorded_sha1(patch_dir: str | Path, signature: str | None = None) -> dict[str, str]:
     """``{chunk file: sha1}`` as the folder's manifest recorded them, when it was written with ``signature``
-    (the same index, static.nc and settings); empty without a readable manifest of that signature."""
+    (the same index, static.nc and settings; None: whatever its signature); empty without a readable manifest
+    of that signature."""
     try:
         with open(Path(patch_dir) / PATCH_SUBDIR / MANIFEST, encoding="utf-8") as fh:
             man = json.load(fh)
-        if man.get("signature") != signature:
+        if signature is not None and man.get("signature") != signature:
             return {}
         return {e["file"]: e["sha1"] for v in man["chunks"].values() for e in v if isinstance(e.get("sha1"), str)}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
@@ -181,14 +182,9 @@ def damaged_chunks(patch_dir: str | Path, files: list | None = None) -> list[Pat
     """The chunks (of ``files``; every one the manifest lists when None) whose bytes are not those step02 wrote
     (the SHA-1 its manifest keeps): damaged in place, with the same size and time, which no record check sees.
     Reads each chunk: for an error's message, not for every run."""
-    pt_dir = Path(patch_dir) / PATCH_SUBDIR
-    try:
-        man = read_json(pt_dir / MANIFEST, "", "")
-        listed = {e["file"]: e.get("sha1") for v in man["chunks"].values() for e in v}
-    except (UserError, OSError, KeyError, TypeError, AttributeError):
-        return []
+    pt_dir, listed = Path(patch_dir) / PATCH_SUBDIR, recorded_sha1(patch_dir)
     names = listed if files is None else [Path(f).name for f in files]
-    return [pt_dir / n for n in names if isinstance(listed.get(n), str) and (pt_dir / n).is_file()
+    return [pt_dir / n for n in names if n in listed and (pt_dir / n).is_file()
             and file_sha1(pt_dir / n, cached=False) != listed[n]]
 
 
